@@ -1,0 +1,27 @@
+"""The HTTP layer: one blueprint per resource, errors rendered as problem+json."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from recsvc.api import health, problems, recommendations
+from recsvc.registry import ModelRegistry, ServedModel
+
+
+def init_app(app: Flask) -> None:
+    problems.init_app(app)
+    health.init_app(app)
+    recommendations.init_app(app)
+
+
+def registry() -> ModelRegistry:
+    found: ModelRegistry = current_app.extensions["recsvc.registry"]
+    return found
+
+
+def served_model() -> ServedModel:
+    """The model for this request, or a 503 problem when none is loaded."""
+    model = registry().model
+    if model is None:
+        raise problems.Problem(503, "No model loaded", registry().last_error or "no bundle yet")
+    return model

@@ -1,0 +1,24 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, jsonify
+
+from recsvc import api
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@blueprint.get("/readyz")
+def readyz() -> Response:
+    model = api.served_model()
+    return jsonify(status="ready", model_version=model.version)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(blueprint)

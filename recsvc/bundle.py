@@ -1,0 +1,259 @@
+"""The model bundle format: the one module that writes, verifies and loads bundles.
+
+A bundle is a directory ``<models_dir>/<version>/`` holding numpy archives, a manifest with
+the sha256 of every file, and optional attachments (e.g. the quarantine file). The file
+``<models_dir>/current`` names the version being served; it is replaced atomically only after
+the bundle directory is complete, so a reader never sees a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from recsvc.errors import BundleCorrupt, BundleNotFound
+
+BUNDLE_FORMAT = 1
+MANIFEST_FILE = "manifest.json"
+CURRENT_POINTER = "current"
+_STAGING_PREFIX = ".staging-"
+
+
+@dataclass(frozen=True)
+class BundleArrays:
+    """Everything the service needs to rank, indexed by matrix row (customer) and column (item).
+
+    Raw ids stay in ``customer_ids`` / ``item_ids``; every other array refers to positions in
+    them. ``owned_indptr``/``owned_indices`` is a CSR list of the catalog items each customer
+    owns (net quantity > 0 over every source). ``prices`` is NaN where no price is known.
+    """
+
+    customer_ids: NDArray[np.str_]
+    item_ids: NDArray[np.str_]
+    user_factors: NDArray[np.float32]
+    item_factors: NDArray[np.float32]
+    owned_indptr: NDArray[np.int64]
+    owned_indices: NDArray[np.int32]
+    titles: NDArray[np.str_]
+    prices: NDArray[np.float64]
+    popular_items: NDArray[np.int32]
+    popular_scores: NDArray[np.float32]
+
+    def check(self) -> None:
+        """Raise ValueError when the arrays do not describe one consistent model."""
+        n_customers, n_items = len(self.customer_ids), len(self.item_ids)
+        expectations = {
+            "user_factors rows": (self.user_factors.shape[0], n_customers),
+            "item_factors rows": (self.item_factors.shape[0], n_items),
+            "factor width": (self.user_factors.shape[1], self.item_factors.shape[1]),
+            "owned_indptr length": (len(self.owned_indptr), n_customers + 1),
+            "owned_indices length": (len(self.owned_indices), int(self.owned_indptr[-1])),
+            "titles length": (len(self.titles), n_items),
+            "prices length": (len(self.prices), n_items),
+            "popular_scores length": (len(self.popular_scores), len(self.popular_items)),
+        }
+        for what, (actual, expected) in expectations.items():
+            if actual != expected:
+                raise ValueError(f"{what} is {actual}, expected {expected}")
+        for name, indices in (
+            ("owned_indices", self.owned_indices),
+            ("popular_items", self.popular_items),
+        ):
+            if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
+                raise ValueError(f"{name} refers to items outside the catalog")
+
+
+# Which array lives in which file: the single definition of the on-disk layout.
+ARRAY_FILES: dict[str, tuple[str, ...]] = {
+    "ids.npz": ("customer_ids", "item_ids"),
+    "factors.npz": ("user_factors", "item_factors"),
+    "owned.npz": ("owned_indptr", "owned_indices"),
+    "catalog.npz": ("titles", "prices"),
+    "popular.npz": ("popular_items", "popular_scores"),
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle loaded into memory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    arrays: BundleArrays
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+
+def new_version(fingerprint: str, now: datetime | None = None) -> str:
+    """A sortable, unique-per-data version name: UTC time plus a prefix of the data fingerprint."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%S}Z-{fingerprint[:8]}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def publish_bundle(
+    models_dir: Path,
+    version: str,
+    arrays: BundleArrays,
+    manifest: Mapping[str, Any],
+    attachments: Mapping[str, Path] | None = None,
+) -> Path:
+    """Write a complete bundle, then point ``current`` at it. Returns the bundle directory.
+
+    ``attachments`` are extra files (name -> existing path) copied into the bundle and covered
+    by the checksums. The bundle is staged in a hidden directory and renamed into place, and
+    the pointer is replaced with an atomic rename, so a crash leaves the previous bundle served.
+    """
+    arrays.check()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    final = models_dir / version
+    if final.exists():
+        raise FileExistsError(f"bundle {final} already exists")
+    staging = models_dir / f"{_STAGING_PREFIX}{version}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        for file_name, array_names in ARRAY_FILES.items():
+            with (staging / file_name).open("wb") as handle:
+                np.savez(handle, **{name: getattr(arrays, name) for name in array_names})
+        for file_name, source in (attachments or {}).items():
+            shutil.copyfile(source, staging / file_name)
+        checksums = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
+        full_manifest = {
+            **manifest,
+            "format": BUNDLE_FORMAT,
+            "version": version,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "counts": {"customers": len(arrays.customer_ids), "items": len(arrays.item_ids)},
+            "files": checksums,
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2) + "\n")
+        _fsync_tree(staging)
+        staging.rename(final)
+        _fsync_dir(models_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    point_current(models_dir, version)
+    return final
+
+
+def point_current(models_dir: Path, version: str) -> None:
+    """Atomically make ``version`` the bundle that loaders pick up."""
+    if not (models_dir / version / MANIFEST_FILE).is_file():
+        raise BundleNotFound(f"{models_dir / version} is not a published bundle")
+    temporary = models_dir / f".{CURRENT_POINTER}.{os.getpid()}"
+    with temporary.open("w") as handle:
+        handle.write(version + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, models_dir / CURRENT_POINTER)
+    _fsync_dir(models_dir)
+
+
+def current_version(models_dir: Path) -> str:
+    pointer = models_dir / CURRENT_POINTER
+    try:
+        version = pointer.read_text().strip()
+    except FileNotFoundError:
+        raise BundleNotFound(
+            f"no bundle published in {models_dir} ({pointer} is missing)"
+        ) from None
+    if not version or "/" in version or version.startswith("."):
+        raise BundleCorrupt(f"{pointer}: does not name a bundle version")
+    return version
+
+
+def load_current(models_dir: Path) -> Bundle:
+    """Load and verify the bundle that ``current`` points at."""
+    return load_bundle(models_dir / current_version(models_dir))
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Load a bundle, verifying its manifest, every checksum and the array shapes.
+
+    Raises BundleNotFound when the directory does not exist and BundleCorrupt, naming the
+    file, for anything else that is wrong.
+    """
+    if not path.is_dir():
+        raise BundleNotFound(f"bundle directory {path} does not exist")
+    manifest = _read_manifest(path)
+    listed: dict[str, str] = manifest["files"]
+    for file_name in ARRAY_FILES:
+        if file_name not in listed:
+            raise BundleCorrupt(f"{path / MANIFEST_FILE}: does not list {file_name}")
+    for file_name, expected in listed.items():
+        file_path = path / file_name
+        if not file_path.is_file():
+            raise BundleCorrupt(f"{file_path}: missing")
+        if sha256_file(file_path) != expected:
+            raise BundleCorrupt(f"{file_path}: sha256 does not match the manifest")
+    loaded: dict[str, NDArray[Any]] = {}
+    for file_name, array_names in ARRAY_FILES.items():
+        try:
+            with np.load(path / file_name, allow_pickle=False) as archive:
+                for name in array_names:
+                    loaded[name] = archive[name]
+        except (KeyError, ValueError, OSError) as error:
+            raise BundleCorrupt(f"{path / file_name}: unreadable ({error})") from error
+    arrays = BundleArrays(**loaded)
+    try:
+        arrays.check()
+    except ValueError as error:
+        raise BundleCorrupt(f"{path}: inconsistent arrays: {error}") from error
+    return Bundle(path=path, manifest=manifest, arrays=arrays)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise BundleCorrupt(f"{manifest_path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleCorrupt(f"{manifest_path}: unreadable ({error})") from error
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise BundleCorrupt(f"{manifest_path}: has no 'files' table")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleCorrupt(
+            f"{manifest_path}: format {manifest.get('format')!r}, "
+            f"this service reads format {BUNDLE_FORMAT}"
+        )
+    if manifest.get("version") != path.name:
+        raise BundleCorrupt(f"{manifest_path}: version {manifest.get('version')!r} != {path.name}")
+    return manifest
+
+
+def _fsync_tree(directory: Path) -> None:
+    for file_path in directory.iterdir():
+        with file_path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

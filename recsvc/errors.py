@@ -1,0 +1,32 @@
+"""Errors raised by the service core.
+
+RecsvcError
+├── ConfigError            a RECSVC_* setting is missing or invalid (names the key)
+└── BundleError            no usable model bundle
+    ├── BundleNotFound     the models directory has no published bundle
+    └── BundleCorrupt      a bundle file is missing, altered or inconsistent (names the file)
+
+The HTTP layer (recsvc.api.problems) is the only place these become responses.
+"""
+
+from __future__ import annotations
+
+
+class RecsvcError(Exception):
+    """Base class of every error the service raises on purpose."""
+
+
+class ConfigError(RecsvcError):
+    """A configuration value is missing or invalid."""
+
+
+class BundleError(RecsvcError):
+    """No usable model bundle."""
+
+
+class BundleNotFound(BundleError):
+    """The models directory holds no published bundle."""
+
+
+class BundleCorrupt(BundleError):
+    """A bundle failed verification; the message names the offending file."""

@@ -1,0 +1,45 @@
+"""The model being served: the current verified bundle and the ranker built on it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from recsvc.bundle import Bundle, load_current
+from recsvc.errors import BundleError
+from recsvc.ranker import Ranker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    bundle: Bundle
+    ranker: Ranker
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+
+class ModelRegistry:
+    """Holds the served model; a request takes one reference and uses it throughout."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+        self.model: ServedModel | None = None
+        self.last_error: str | None = None
+
+    def load(self) -> bool:
+        """Load the bundle ``current`` points at. On failure keep serving the previous one."""
+        try:
+            bundle = load_current(self.models_dir)
+        except BundleError as error:
+            self.last_error = str(error)
+            log.error("bundle refused: %s", error)
+            return False
+        self.model = ServedModel(bundle=bundle, ranker=Ranker(bundle.arrays))
+        self.last_error = None
+        log.info("serving bundle %s from %s", bundle.version, bundle.path)
+        return True

@@ -1,0 +1,62 @@
+"""Small builders for test sources and configs."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+SHOP_COLUMNS = {
+    "order_id": "InvoiceNo",
+    "item_id": "StockCode",
+    "description": "Description",
+    "quantity": "Quantity",
+    "timestamp": "InvoiceDate",
+    "unit_price": "UnitPrice",
+    "customer_id": "CustomerID",
+    "country": "Country",
+}
+SHOP_HEADER = list(SHOP_COLUMNS.values())
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def source_toml(name: str, path: str, columns: dict[str, str], **options: str) -> str:
+    lines = ["[[sources]]", f'name = "{name}"', 'kind = "csv"', f'path = "{path}"']
+    lines += [f'{key} = "{value}"' for key, value in options.items()]
+    lines += ["[sources.columns]"] + [f'{k} = "{v}"' for k, v in columns.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(directory: Path, *sources: str, model: str = "", items: str = "") -> Path:
+    model_table = "[model]\nfactors = 8\niterations = 10\nregularization = 0.01\nseed = 1\n"
+    text = (model or model_table) + "\n" + items + "\n" + "\n".join(sources)
+    path = directory / "train.toml"
+    path.write_text(text)
+    return path
+
+
+def purchase_rows(baskets: dict[str, list[str]], start_order: int = 1000) -> list[list[object]]:
+    """One order per customer, one line per item, in the SHOP_HEADER layout."""
+    rows: list[list[object]] = []
+    for number, (customer, items) in enumerate(sorted(baskets.items()), start=start_order):
+        for item in items:
+            rows.append(
+                [
+                    number,
+                    item,
+                    f"Item {item}",
+                    1,
+                    "2011-01-05 10:00:00",
+                    1.5,
+                    customer,
+                    "United Kingdom",
+                ]
+            )
+    return rows

@@ -1,0 +1,112 @@
+"""The HTTP API on a bundle trained from the demo sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from recsvc import create_app
+from recsvc.bundle import load_current
+from recsvc.errors import ConfigError
+
+PROBLEM = "application/problem+json"
+
+
+def known_customer(models: Path) -> str:
+    return str(load_current(models).arrays.customer_ids[0])
+
+
+def test_recommendations_for_known_customer(client: FlaskClient, sample_models: Path) -> None:
+    bundle = load_current(sample_models)
+    customer = known_customer(sample_models)
+
+    response = client.get(f"/v1/customers/{customer}/recommendations?n=7")
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["customer_id"] == customer
+    assert body["model_version"] == bundle.version
+    assert body["fallback"] is False
+    assert len(body["items"]) == 7
+    assert set(body["items"][0]) == {"item_id", "score", "title", "price"}
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_default_n_is_ten(client: FlaskClient, sample_models: Path) -> None:
+    body = client.get(f"/v1/customers/{known_customer(sample_models)}/recommendations").get_json()
+    assert len(body["items"]) == 10
+
+
+def test_unknown_customer_gets_popular_fallback(client: FlaskClient, sample_models: Path) -> None:
+    bundle = load_current(sample_models)
+    response = client.get("/v1/customers/never-seen/recommendations?n=3")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["fallback"] is True
+    popular = [str(bundle.arrays.item_ids[i]) for i in bundle.arrays.popular_items[:3]]
+    assert [item["item_id"] for item in body["items"]] == popular
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("n=abc", "must be an integer"),
+        ("n=0", "between 1 and 100"),
+        ("n=101", "between 1"),
+        ("n=-5", "between 1"),
+        ("n=", "must be an integer"),
+        ("n=1.5", "must be an integer"),
+    ],
+)
+def test_bad_n_is_a_problem(client: FlaskClient, query: str, reason: str) -> None:
+    response = client.get(f"/v1/customers/x/recommendations?{query}")
+    assert response.status_code == 400
+    assert response.mimetype == PROBLEM
+    body = response.get_json(force=True)
+    assert body["status"] == 400 and reason in body["detail"]
+    assert body["invalid_params"][0]["name"] == "n"
+
+
+@pytest.mark.parametrize("path", ["/nope", "/v1/customers/", "/v1/customers/x/unknown"])
+def test_unknown_routes_are_problems(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.mimetype == PROBLEM
+
+
+def test_wrong_method_is_a_problem(client: FlaskClient) -> None:
+    response = client.post("/v1/customers/x/recommendations")
+    assert response.status_code == 405 and response.mimetype == PROBLEM
+
+
+def test_odd_customer_ids_are_just_unknown(client: FlaskClient) -> None:
+    for customer in ["%00", "a%20b", "%F0%9F%98%80", "x" * 500, "'; DROP TABLE"]:
+        response = client.get(f"/v1/customers/{customer}/recommendations")
+        assert response.status_code == 200, customer
+        assert response.get_json()["fallback"] is True
+
+
+def test_health_and_readiness(client: FlaskClient, sample_models: Path) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["model_version"] == load_current(sample_models).version
+
+
+def test_without_a_bundle_not_ready_but_alive(tmp_path: Path) -> None:
+    client = create_app({"RECSVC_MODELS_DIR": str(tmp_path)}).test_client()
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.mimetype == PROBLEM
+    assert "current" in ready.get_json(force=True)["detail"]
+    assert client.get("/v1/customers/x/recommendations").status_code == 503
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="RECSVC_LOG_LEVEL"):
+        create_app({"RECSVC_MODELS_DIR": str(tmp_path), "RECSVC_LOG_LEVEL": "LOUD"})
+    with pytest.raises(ConfigError, match="RECSVC_MODELS_DIR"):
+        create_app({"RECSVC_MODELS_DIR": " "})

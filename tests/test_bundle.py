@@ -1,0 +1,115 @@
+"""Bundle format: round trip, verification, atomic publication."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc.bundle import (
+    ARRAY_FILES,
+    CURRENT_POINTER,
+    MANIFEST_FILE,
+    BundleArrays,
+    current_version,
+    load_bundle,
+    load_current,
+    publish_bundle,
+)
+from recsvc.errors import BundleCorrupt, BundleNotFound
+from recsvc.registry import ModelRegistry
+
+
+def tiny_arrays(scale: float = 1.0) -> BundleArrays:
+    return BundleArrays(
+        customer_ids=np.array(["c1", "c2"]),
+        item_ids=np.array(["i1", "i2", "i3"]),
+        user_factors=np.ones((2, 4), dtype=np.float32) * scale,
+        item_factors=np.arange(12, dtype=np.float32).reshape(3, 4),
+        owned_indptr=np.array([0, 1, 1], dtype=np.int64),
+        owned_indices=np.array([2], dtype=np.int32),
+        titles=np.array(["One", "Two", "Thrée"]),
+        prices=np.array([1.0, np.nan, 3.5]),
+        popular_items=np.array([1, 0, 2], dtype=np.int32),
+        popular_scores=np.array([3.0, 2.0, 1.0], dtype=np.float32),
+    )
+
+
+def test_layout_covers_every_array() -> None:
+    on_disk = {name for names in ARRAY_FILES.values() for name in names}
+    assert on_disk == {field.name for field in fields(BundleArrays)}
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), {"model": "als"})
+    bundle = load_current(tmp_path)
+    assert bundle.version == "v1" and bundle.path == path
+    assert bundle.manifest["model"] == "als"
+    assert set(bundle.manifest["files"]) == set(ARRAY_FILES)
+    np.testing.assert_array_equal(bundle.arrays.prices, tiny_arrays().prices)
+    assert bundle.arrays.titles[2] == "Thrée"
+
+
+def test_no_bundle_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(BundleNotFound, match="current"):
+        load_current(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "delete", "truncate"])
+def test_corrupt_file_is_refused_by_name(tmp_path: Path, damage: str) -> None:
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    target = path / "factors.npz"
+    if damage == "flip_byte":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[:40])
+    with pytest.raises(BundleCorrupt, match="factors.npz"):
+        load_bundle(path)
+
+
+def test_manifest_edits_are_refused(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    del manifest["files"]["owned.npz"]
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleCorrupt, match="owned.npz"):
+        load_bundle(path)
+    (path / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(BundleCorrupt, match=MANIFEST_FILE):
+        load_bundle(path)
+
+
+def test_inconsistent_arrays_are_not_published(tmp_path: Path) -> None:
+    arrays = tiny_arrays()
+    broken = BundleArrays(**{**arrays.__dict__, "prices": np.array([1.0])})
+    with pytest.raises(ValueError, match="prices length"):
+        publish_bundle(tmp_path, "v1", broken, {})
+    assert not any(tmp_path.iterdir())
+
+
+def test_failed_publish_leaves_current_untouched(tmp_path: Path) -> None:
+    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    with pytest.raises(FileNotFoundError):
+        publish_bundle(tmp_path, "v2", tiny_arrays(), {}, attachments={"q.csv": tmp_path / "nope"})
+    assert current_version(tmp_path) == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CURRENT_POINTER, "v1"]
+
+
+def test_registry_keeps_serving_previous_bundle_when_new_one_is_corrupt(tmp_path: Path) -> None:
+    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    registry = ModelRegistry(tmp_path)
+    assert registry.load()
+    path = publish_bundle(tmp_path, "v2", tiny_arrays(2.0), {})
+    (path / "ids.npz").write_bytes(b"garbage")
+
+    assert not registry.load()
+
+    assert registry.model is not None and registry.model.version == "v1"
+    assert registry.last_error is not None and "ids.npz" in registry.last_error

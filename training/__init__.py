@@ -1,0 +1,1 @@
+"""The trainer: reads purchase sources, merges them, fits models and publishes bundles."""

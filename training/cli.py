@@ -1,0 +1,114 @@
+"""The ``recsvc`` command: train bundles, serve them, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from training.config import load_config
+from training.errors import TrainingError
+from training.pipeline import TrainReport, train
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result: int = args.run(args)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsvc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train_cmd = commands.add_parser("train", help="train a model bundle from a sources config")
+    train_cmd.add_argument("--config", type=Path, required=True, help="training config (TOML)")
+    train_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    train_cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train_cmd.set_defaults(run=_train)
+
+    serve_cmd = commands.add_parser("serve", help="serve the current bundle (development server)")
+    serve_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.set_defaults(run=_serve)
+
+    demo_cmd = commands.add_parser(
+        "demo", help="train on the bundled sample and serve it on the embedded store"
+    )
+    demo_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    demo_cmd.add_argument("--host", default="127.0.0.1")
+    demo_cmd.add_argument("--port", type=int, default=8000)
+    demo_cmd.set_defaults(run=_demo)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    report = train(load_config(args.config), args.models_dir, progress=not args.no_progress)
+    print_report(report)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from recsvc import create_app
+    from recsvc.config import ServiceConfig
+
+    app = create_app(ServiceConfig(models_dir=args.models_dir))
+    app.run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    with resources.as_file(resources.files("training") / "sample" / "sample.toml") as config_path:
+        report = train(load_config(config_path), args.models_dir, progress=True)
+    print_report(report)
+    from recsvc.bundle import load_bundle
+
+    bundle = load_bundle(report.path)
+    customer = str(bundle.arrays.customer_ids[0])
+    base = f"http://{args.host}:{args.port}"
+    print("\nTry:")
+    print(f"  curl -s '{base}/v1/customers/{customer}/recommendations?n=5'")
+    print(f"  curl -s '{base}/v1/customers/no-such-customer/recommendations?n=5'   # fallback")
+    print(f"  curl -s '{base}/readyz'\n")
+    return _serve(args)
+
+
+def print_report(report: TrainReport) -> None:
+    print(f"trained bundle {report.version} in {report.seconds:.1f} s -> {report.path}")
+    header = [
+        "source",
+        "rows_read",
+        "used",
+        "duplicate",
+        "cancellation",
+        "anonymous",
+        "adjustment",
+        "quarantined",
+    ]
+    rows: list[list[Any]] = []
+    for name, counts in report.accounting.items():
+        rows.append([name, *(counts[k] for k in header[1:-1]), sum(counts["quarantined"].values())])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True)))
+    for name, counts in report.accounting.items():
+        for reason, count in counts["quarantined"].items():
+            print(f"  quarantined in {name}: {count} {reason}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""The training config (TOML): sources with their column mappings, item rules, model parameters."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.errors import ConfigError
+
+SOURCE_KINDS = ("csv",)
+# Canonical event fields; a source maps each it has to one of its own column names.
+FIELDS = (
+    "customer_id",
+    "item_id",
+    "quantity",
+    "unit_price",
+    "timestamp",
+    "order_id",
+    "description",
+    "country",
+)
+REQUIRED_FIELDS = ("item_id",)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    kind: str
+    path: str  # a glob, relative to the config file's directory unless absolute
+    base_dir: Path
+    columns: dict[str, str]  # canonical field -> source column
+    customer_namespace: str = "customer"
+    timestamp_format: str | None = None
+    cancellation_prefix: str = "C"
+    encoding: str = "utf-8"
+    delimiter: str = ","
+
+    def files(self) -> list[Path]:
+        pattern = Path(self.path)
+        if pattern.is_absolute():
+            return sorted(Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))))
+        return sorted(self.base_dir.glob(self.path))
+
+
+@dataclass(frozen=True)
+class ItemRules:
+    """Which item ids are not products (postage, fees, discounts, vouchers): set aside."""
+
+    non_product_ids: frozenset[str] = frozenset()
+    non_product_pattern: str | None = None
+
+    def is_non_product(self, item_id: str) -> bool:
+        if item_id in self.non_product_ids:
+            return True
+        return bool(self.non_product_pattern and re.search(self.non_product_pattern, item_id))
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 1.0
+    iterations: int = 15
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    half_life_days: float = 90.0
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    sources: tuple[SourceConfig, ...]
+    items: ItemRules = field(default_factory=ItemRules)
+    model: ModelParams = field(default_factory=ModelParams)
+
+
+def load_config(path: Path) -> TrainConfig:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from error
+    return parse_config(raw, base_dir=path.resolve().parent, origin=str(path))
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") -> TrainConfig:
+    _reject_unknown(raw, {"sources", "items", "model"}, origin)
+    raw_sources = raw.get("sources")
+    if not isinstance(raw_sources, list) or not raw_sources:
+        raise ConfigError(f"{origin}: [[sources]] must declare at least one source")
+    sources = tuple(
+        _parse_source(s, base_dir, f"{origin}: sources[{i}]") for i, s in enumerate(raw_sources)
+    )
+    names = [s.name for s in sources]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"{origin}: source names must be unique, repeated: {duplicated}")
+    return TrainConfig(
+        sources=sources,
+        items=_parse_items(_table(raw, "items", origin), f"{origin}: items"),
+        model=_parse_model(_table(raw, "model", origin), f"{origin}: model"),
+    )
+
+
+def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table")
+    allowed = {
+        "name",
+        "kind",
+        "path",
+        "columns",
+        "customer_namespace",
+        "timestamp_format",
+        "cancellation_prefix",
+        "encoding",
+        "delimiter",
+    }
+    _reject_unknown(raw, allowed, where)
+    name = _string(raw, "name", where)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ConfigError(f"{where}.name: {name!r} may hold only letters, digits, '_' and '-'")
+    where = f"{where} ({name})"
+    kind = _string(raw, "kind", where)
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(SOURCE_KINDS)}")
+    columns_raw = raw.get("columns")
+    if not isinstance(columns_raw, dict):
+        raise ConfigError(f"{where}.columns: a table mapping fields to column names is required")
+    _reject_unknown(columns_raw, set(FIELDS), f"{where}.columns")
+    columns: dict[str, str] = {}
+    for key, value in columns_raw.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}.columns.{key}: must be a non-empty column name")
+        columns[key] = value
+    for required in REQUIRED_FIELDS:
+        if required not in columns:
+            raise ConfigError(f"{where}.columns.{required}: required")
+    delimiter = _string(raw, "delimiter", where, default=",")
+    if len(delimiter) != 1:
+        raise ConfigError(f"{where}.delimiter: must be one character, got {delimiter!r}")
+    return SourceConfig(
+        name=name,
+        kind=kind,
+        path=_string(raw, "path", where),
+        base_dir=base_dir,
+        columns=columns,
+        customer_namespace=_string(raw, "customer_namespace", where, default="customer"),
+        timestamp_format=_optional_string(raw, "timestamp_format", where),
+        cancellation_prefix=_string(raw, "cancellation_prefix", where, default="C"),
+        encoding=_string(raw, "encoding", where, default="utf-8"),
+        delimiter=delimiter,
+    )
+
+
+def _parse_items(raw: dict[str, Any], where: str) -> ItemRules:
+    _reject_unknown(raw, {"non_product_ids", "non_product_pattern"}, where)
+    ids = raw.get("non_product_ids", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ConfigError(f"{where}.non_product_ids: must be a list of item ids")
+    pattern = _optional_string(raw, "non_product_pattern", where)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"{where}.non_product_pattern: invalid regex ({error})") from None
+    return ItemRules(frozenset(i.strip().upper() for i in ids), pattern)
+
+
+def _parse_model(raw: dict[str, Any], where: str) -> ModelParams:
+    defaults = ModelParams()
+    _reject_unknown(raw, set(defaults.__dataclass_fields__), where)
+    values: dict[str, Any] = {}
+    for key in defaults.__dataclass_fields__:
+        default = getattr(defaults, key)
+        value = raw.get(key, default)
+        if isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{key}: must be an integer, got {value!r}")
+        elif not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}: must be a number, got {value!r}")
+        if key != "seed" and value <= 0:
+            raise ConfigError(f"{where}.{key}: must be positive, got {value!r}")
+        values[key] = float(value) if isinstance(default, float) else value
+    return ModelParams(**values)
+
+
+def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _reject_unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _string(raw: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}.{key}: required, a non-empty string")
+    return value
+
+
+def _optional_string(raw: dict[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}.{key}: must be a non-empty string")
+    return value

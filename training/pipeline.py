@@ -1,0 +1,104 @@
+"""One training run: read every source, merge, build the dataset, fit, publish a bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsvc.bundle import BundleArrays, new_version, publish_bundle, sha256_file
+from training.config import TrainConfig
+from training.dataset import TrainingData, build_dataset
+from training.fit import Factors, fit_als
+from training.merge import MergedHistory, merge_sources
+from training.sources import SourceRows, read_source
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_FILE = "quarantine.csv"
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    version: str
+    path: Path
+    seconds: float
+    accounting: dict[str, dict[str, Any]]
+
+
+def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> TrainReport:
+    started = time.perf_counter()
+    sources = [read_source(source) for source in config.sources]
+    merged = merge_sources(sources, config.items)
+    data = build_dataset(merged.events, config.model.half_life_days)
+    factors = fit_als(data.interactions, config.model, progress=progress)
+    fingerprint = data_fingerprint(config, sources)
+    version = new_version(fingerprint)
+    path = publish(models_dir, version, fingerprint, config, merged, data, factors)
+    return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
+
+
+def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
+    """sha256 over every input file's content and the parameters: same inputs, same model."""
+    digest = hashlib.sha256()
+    for rows in sources:
+        for path in rows.files:
+            digest.update(f"{rows.source.name}\0{sha256_file(path)}\0".encode())
+    digest.update(json.dumps(_parameters(config), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def publish(
+    models_dir: Path,
+    version: str,
+    fingerprint: str,
+    config: TrainConfig,
+    merged: MergedHistory,
+    data: TrainingData,
+    factors: Factors,
+) -> Path:
+    order = np.lexsort((np.arange(len(data.item_ids)), -data.popularity))
+    arrays = BundleArrays(
+        customer_ids=data.customer_ids,
+        item_ids=data.item_ids,
+        user_factors=factors.user_factors,
+        item_factors=factors.item_factors,
+        owned_indptr=data.owned.indptr.astype(np.int64),
+        owned_indices=data.owned.indices.astype(np.int32),
+        titles=data.titles,
+        prices=data.prices,
+        popular_items=order.astype(np.int32),
+        popular_scores=data.popularity[order].astype(np.float32),
+    )
+    manifest = {
+        "model": "als",
+        "data_fingerprint": fingerprint,
+        "data_as_of": None if data.as_of is None else data.as_of.isoformat(),
+        "parameters": _parameters(config),
+        "accounting": merged.accounting,
+        "sources": [{"name": s.name, "kind": s.kind, "path": s.path} for s in config.sources],
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        quarantine_path = Path(scratch) / QUARANTINE_FILE
+        merged.quarantine.to_csv(quarantine_path, index=False)
+        return publish_bundle(
+            models_dir, version, arrays, manifest, attachments={QUARANTINE_FILE: quarantine_path}
+        )
+
+
+def _parameters(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "model": dataclasses.asdict(config.model),
+        "items": {
+            "non_product_ids": sorted(config.items.non_product_ids),
+            "non_product_pattern": config.items.non_product_pattern,
+        },
+    }
