@@ -42,6 +42,7 @@ def merged(tmp_path: Path):  # type: ignore[no-untyped-def]
             ["400", "21232", "CUPS", "12", "2010-12-03 12:00:00", "0.85", "", "UK"],
             ["401", "", "NO ITEM", "1", "2010-12-03 12:00:00", "1", "13085", "UK"],
             ["402", "21232", "CUPS", "many", "2010-12-03 12:00:00", "0.85", "13085", "UK"],
+            ["403", "22960", "JAM SET", "1", "2010-11-20 12:00:00", "4.25", "12346", "UK"],
         ],
     )
     write_csv(
@@ -56,6 +57,8 @@ def merged(tmp_path: Path):  # type: ignore[no-untyped-def]
             ["503", "21232", "CUPS", "3", "2011-01-31 09:00:00", "abc", "13085", "UK"],
             ["504", "21232", "CUPS", "0", "2011-01-31 09:00:00", "0.85", "13085", "UK"],
             ["505", "21232", "CUPS", "2", "2011-02-01 09:00:00", "0.85", "12346", "UK"],
+            # cancels, in the new system, a purchase recorded only in the old one
+            ["C506", "22960", "JAM SET", "-1", "2011-02-02 09:00:00", "4.25", "12346", "UK"],
         ],
     )
     config = load_config(
@@ -72,8 +75,8 @@ def merged(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_accounting_is_exact(merged) -> None:  # type: ignore[no-untyped-def]
     assert merged.accounting == {
         "legacy": {
-            "rows_read": 9,
-            "used": 4,
+            "rows_read": 10,
+            "used": 5,
             "duplicate": 0,
             "cancellation": 1,
             "anonymous": 1,
@@ -81,10 +84,10 @@ def test_accounting_is_exact(merged) -> None:  # type: ignore[no-untyped-def]
             "quarantined": {"missing_item": 1, "bad_quantity": 1},
         },
         "shop": {
-            "rows_read": 8,
+            "rows_read": 9,
             "used": 2,
             "duplicate": 1,
-            "cancellation": 0,
+            "cancellation": 1,
             "anonymous": 0,
             "adjustment": 2,
             "quarantined": {"bad_timestamp": 1, "bad_price": 1, "zero_quantity": 1},
@@ -123,9 +126,15 @@ def test_cancellation_removes_ownership_and_overlap_counts_once(merged) -> None:
     }
     # 17850 returned both lanterns; 13085's frame lines: two in legacy (a within-source repeat
     # is kept) plus the 2011 order, while shop's copy of the overlap line is a duplicate.
-    assert owned == {("17850", "85123A"), ("13085", "22041"), ("12346", "21232")}
-    frames = merged.events[(merged.events["customer_id"] == "13085")]
-    assert frames["quantity"].sum() == 9
+    # 12346's jam set nets to zero when merged, but the old system still lists it: owned.
+    assert owned == {
+        ("17850", "85123A"),
+        ("13085", "22041"),
+        ("12346", "21232"),
+        ("12346", "22960"),
+    }
+    frames = merged.events[merged.events["customer_id"] == "13085"]
+    assert frames.loc[frames["outcome"] != "duplicate", "quantity"].sum() == 9
     # Anonymous cups count for popularity only.
     assert "21232" in set(data.item_ids)
     assert data.popularity[list(data.item_ids).index("21232")] > 0

@@ -15,8 +15,8 @@ from numpy.typing import NDArray
 class TrainingData:
     customer_ids: NDArray[np.str_]
     item_ids: NDArray[np.str_]
-    # customers x items, summed time-decayed purchase lines, only where the customer still
-    # holds the item; its sparsity pattern is exactly the owned set.
+    # customers x items: summed time-decayed purchase lines of every item the customer holds;
+    # its sparsity pattern is exactly the owned set (see ``build_dataset``).
     interactions: sp.csr_matrix
     titles: NDArray[np.str_]
     prices: NDArray[np.float64]
@@ -29,28 +29,21 @@ class TrainingData:
 
 
 def build_dataset(events: pd.DataFrame, half_life_days: float) -> TrainingData:
-    """``events`` are merged rows with outcome used, cancellation or anonymous."""
-    sales = events[events["quantity"] > 0]
+    """``events`` are merged rows (see ``training.merge.MergedHistory``).
+
+    A customer holds an item when its net quantity is above zero in the merged history *or*
+    in any one source's own records. Sources can disagree: a purchase made in one system and
+    cancelled in another nets to zero when merged, yet the first system still lists it.
+    Ownership wins: a missed suggestion costs less than offering what the customer may own.
+    """
+    sales = events[(events["quantity"] > 0) & events["outcome"].isin(["used", "anonymous"])]
     item_ids = np.sort(sales["item_id"].unique()).astype(str)
     item_index = pd.Index(item_ids)
     as_of = events["timestamp"].max()
     as_of = None if pd.isna(as_of) else pd.Timestamp(as_of)
     weight = pd.Series(decay_weights(events["timestamp"], as_of, half_life_days), events.index)
 
-    personal = events[(events["outcome"] != "anonymous") & events["item_id"].isin(item_index)]
-    pairs = (
-        pd.DataFrame(
-            {
-                "customer_id": personal["customer_id"].to_numpy(),
-                "item": item_index.get_indexer(personal["item_id"]),
-                "quantity": personal["quantity"].to_numpy(),
-                "weight": np.where(personal["quantity"] > 0, weight.loc[personal.index], 0.0),
-            }
-        )
-        .groupby(["customer_id", "item"], sort=True)
-        .agg(quantity=("quantity", "sum"), weight=("weight", "sum"))
-    )
-    held = pairs[pairs["quantity"] > 1e-9].reset_index()
+    held = _held(events, item_index, weight)
     customer_ids = np.sort(held["customer_id"].unique()).astype(str)
     rows = pd.Index(customer_ids).get_indexer(held["customer_id"])
     interactions = sp.csr_matrix(
@@ -74,6 +67,35 @@ def build_dataset(events: pd.DataFrame, half_life_days: float) -> TrainingData:
         popularity=popularity,
         as_of=as_of,
     )
+
+
+def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.DataFrame:
+    """One row per (customer_id, item) the customer holds, with its summed decayed weight."""
+    personal = events[
+        events["outcome"].isin(["used", "cancellation", "duplicate"])
+        & events["item_id"].isin(item_index)
+    ]
+    is_duplicate = (personal["outcome"] == "duplicate").to_numpy()
+    lines = pd.DataFrame(
+        {
+            "customer_id": personal["customer_id"].to_numpy(),
+            "item": item_index.get_indexer(pd.Index(personal["item_id"])),
+            "source": personal["source"].cat.codes.to_numpy(),
+            "quantity": personal["quantity"].to_numpy(),
+            "merged_quantity": np.where(is_duplicate, 0.0, personal["quantity"]),
+            "weight": np.where(
+                (personal["outcome"] == "used").to_numpy(), weight.loc[personal.index], 0.0
+            ),
+        }
+    )
+    per_source = lines.groupby(["customer_id", "item", "source"])["quantity"].sum()
+    pairs = lines.groupby(["customer_id", "item"], sort=True).agg(
+        merged=("merged_quantity", "sum"), weight=("weight", "sum")
+    )
+    pairs["best_source"] = per_source.groupby(level=["customer_id", "item"]).max()
+    epsilon = 1e-9  # quantities may be fractional; sums of them are not exact
+    held = pairs[(pairs["merged"] > epsilon) | (pairs["best_source"] > epsilon)]
+    return held.reset_index()
 
 
 def decay_weights(

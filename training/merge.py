@@ -56,9 +56,14 @@ EVENT_COLUMNS = [
 
 @dataclass(frozen=True)
 class MergedHistory:
-    """``events``: the rows that carry information (outcome used, cancellation or anonymous;
-    ``outcome`` holds the name), typed. ``quarantine``: malformed rows with their reason and raw
-    values. ``accounting``: per source, where its rows went; the parts add up to rows_read."""
+    """The merge's result.
+
+    ``events``: the rows that carry information, typed, with ``outcome`` used, duplicate,
+    cancellation or anonymous. Duplicates are kept because they still say what their own
+    source lists as held; they never count twice towards weights, spend or popularity.
+    ``quarantine``: malformed rows with their reason and raw values.
+    ``accounting``: per source, where its rows went; the parts add up to rows_read.
+    """
 
     events: pd.DataFrame
     quarantine: pd.DataFrame
@@ -80,7 +85,8 @@ def merge_sources(sources: list[SourceRows], items: ItemRules) -> MergedHistory:
     parsed["outcome"] = outcome
 
     names = [rows.source.name for rows in sources]
-    kept = parsed[np.isin(outcome, (USED, CANCELLATION, ANONYMOUS))].reset_index(drop=True)
+    kept = parsed[np.isin(outcome, (USED, DUPLICATE, CANCELLATION, ANONYMOUS))]
+    kept = kept.reset_index(drop=True)
     kept["source"] = pd.Categorical.from_codes(
         kept["source_position"].to_numpy(), categories=pd.Index(names)
     )
