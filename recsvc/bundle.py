@@ -35,13 +35,15 @@ class BundleArrays:
 
     Raw ids stay in ``customer_ids`` / ``item_ids``; every other array refers to positions in
     them. ``owned_indptr``/``owned_indices`` is a CSR list of the catalog items each customer
-    owns (net quantity > 0 over every source). ``prices`` is NaN where no price is known.
+    owns. ``item_prior`` is added to a customer's standardised factor scores (see
+    recsvc.ranker). ``prices`` is NaN where no price is known.
     """
 
     customer_ids: NDArray[np.str_]
     item_ids: NDArray[np.str_]
     user_factors: NDArray[np.float32]
     item_factors: NDArray[np.float32]
+    item_prior: NDArray[np.float32]
     owned_indptr: NDArray[np.int64]
     owned_indices: NDArray[np.int32]
     titles: NDArray[np.str_]
@@ -55,6 +57,7 @@ class BundleArrays:
         expectations = {
             "user_factors rows": (self.user_factors.shape[0], n_customers),
             "item_factors rows": (self.item_factors.shape[0], n_items),
+            "item_prior length": (len(self.item_prior), n_items),
             "factor width": (self.user_factors.shape[1], self.item_factors.shape[1]),
             "owned_indptr length": (len(self.owned_indptr), n_customers + 1),
             "owned_indices length": (len(self.owned_indices), int(self.owned_indptr[-1])),
@@ -76,7 +79,7 @@ class BundleArrays:
 # Which array lives in which file: the single definition of the on-disk layout.
 ARRAY_FILES: dict[str, tuple[str, ...]] = {
     "ids.npz": ("customer_ids", "item_ids"),
-    "factors.npz": ("user_factors", "item_factors"),
+    "factors.npz": ("user_factors", "item_factors", "item_prior"),
     "owned.npz": ("owned_indptr", "owned_indices"),
     "catalog.npz": ("titles", "prices"),
     "popular.npz": ("popular_items", "popular_scores"),

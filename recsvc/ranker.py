@@ -1,5 +1,9 @@
 """Ranking for one customer: score the catalog, drop every owned item, fall back to popular.
 
+A known customer's score for an item is their factor score standardised over the catalog
+(zero mean, unit variance) plus the item's prior from the bundle; standardising puts every
+customer's scores on the scale the prior was tuned for.
+
 Pure numpy; no web framework. The evaluation tooling ranks through this same code, so offline
 metrics describe what customers are served.
 """
@@ -56,8 +60,14 @@ class Ranker:
         if row is None:
             return Ranking(items=self.popular(n, exclude=extra), fallback=True)
         excluded = np.concatenate([self.owned(row), extra])
-        scores = self.arrays.item_factors @ self.arrays.user_factors[row]
-        return Ranking(items=top_n(scores, n, excluded), fallback=False)
+        return Ranking(items=top_n(self.scores(row), n, excluded), fallback=False)
+
+    def scores(self, row: int) -> NDArray[np.float64]:
+        raw = (self.arrays.item_factors @ self.arrays.user_factors[row]).astype(np.float64)
+        spread = raw.std()
+        standardised = (raw - raw.mean()) / spread if spread > 0 else raw - raw.mean()
+        scores: NDArray[np.float64] = standardised + self.arrays.item_prior
+        return scores
 
     def popular(self, n: int, exclude: NDArray[np.int32] | None = None) -> list[RankedItem]:
         candidates = self.arrays.popular_items
@@ -72,7 +82,7 @@ class Ranker:
 
 def top_n(scores: NDArray[np.floating], n: int, excluded: NDArray[np.int32]) -> list[RankedItem]:
     """The ``n`` highest-scoring indices outside ``excluded``, ties broken by index."""
-    scores = scores.astype(np.float64, copy=True)
+    scores = scores.astype(np.float64, copy=True)  # the caller's array stays intact
     scores[excluded] = -np.inf
     eligible = len(scores) - len(np.unique(excluded))
     k = min(n, eligible)

@@ -35,14 +35,17 @@ def source_toml(name: str, path: str, columns: dict[str, str], **options: str) -
 
 
 def write_config(directory: Path, *sources: str, model: str = "", items: str = "") -> Path:
-    model_table = "[model]\nfactors = 8\niterations = 10\nregularization = 0.01\nseed = 1\n"
-    text = (model or model_table) + "\n" + items + "\n" + "\n".join(sources)
+    """A config with a small, fast model; ``model`` adds or overrides [model] lines."""
+    model_table = f"[model]\nfactors = 8\niterations = 10\nseed = 1\n{model}\n"
+    text = model_table + "\n" + items + "\n" + "\n".join(sources)
     path = directory / "train.toml"
     path.write_text(text)
     return path
 
 
-def purchase_rows(baskets: dict[str, list[str]], start_order: int = 1000) -> list[list[object]]:
+def purchase_rows(
+    baskets: dict[str, list[str]], start_order: int = 1000, when: str = "2011-01-05 10:00:00"
+) -> list[list[object]]:
     """One order per customer, one line per item, in the SHOP_HEADER layout."""
     rows: list[list[object]] = []
     for number, (customer, items) in enumerate(sorted(baskets.items()), start=start_order):
@@ -53,7 +56,7 @@ def purchase_rows(baskets: dict[str, list[str]], start_order: int = 1000) -> lis
                     item,
                     f"Item {item}",
                     1,
-                    "2011-01-05 10:00:00",
+                    when,
                     1.5,
                     customer,
                     "United Kingdom",

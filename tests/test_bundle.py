@@ -29,6 +29,7 @@ def tiny_arrays(scale: float = 1.0) -> BundleArrays:
         item_ids=np.array(["i1", "i2", "i3"]),
         user_factors=np.ones((2, 4), dtype=np.float32) * scale,
         item_factors=np.arange(12, dtype=np.float32).reshape(3, 4),
+        item_prior=np.zeros(3, dtype=np.float32),
         owned_indptr=np.array([0, 1, 1], dtype=np.int64),
         owned_indices=np.array([2], dtype=np.int32),
         titles=np.array(["One", "Two", "Thrée"]),

@@ -119,7 +119,7 @@ def test_ids_are_normalised_and_cancellations_negative(merged) -> None:  # type:
 
 
 def test_cancellation_removes_ownership_and_overlap_counts_once(merged) -> None:  # type: ignore[no-untyped-def]
-    data = build_dataset(merged.events, half_life_days=90.0)
+    data = build_dataset(merged.events, half_life_days=90.0, trend_half_life_days=14.0)
     owned = {
         (str(data.customer_ids[row]), str(data.item_ids[col]))
         for row, col in zip(*data.owned.nonzero(), strict=True)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from training.config import load_config
+import pandas as pd
+
+from training.config import load_config, tuned_path
 from training.errors import TrainingError
 from training.pipeline import TrainReport, train
 
@@ -46,6 +49,27 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.set_defaults(run=_serve)
 
+    evaluate_cmd = commands.add_parser(
+        "evaluate", help="time-based holdout of the served model against baselines"
+    )
+    evaluate_cmd.add_argument("--config", type=Path, required=True)
+    evaluate_cmd.add_argument("--cutoff", type=_date, required=True, help="e.g. 2011-11-09")
+    evaluate_cmd.add_argument("--end", type=_date, help="end of the test window (default: all)")
+    evaluate_cmd.add_argument("--k", type=int, default=10)
+    evaluate_cmd.add_argument("--out", type=Path, required=True, help="report directory")
+    evaluate_cmd.set_defaults(run=_evaluate)
+
+    tune_cmd = commands.add_parser(
+        "tune", help="search model parameters on a validation window before the cutoff"
+    )
+    tune_cmd.add_argument("--config", type=Path, required=True)
+    tune_cmd.add_argument("--cutoff", type=_date, required=True)
+    tune_cmd.add_argument("--trials", type=int, default=30)
+    tune_cmd.add_argument("--validation-days", type=int, default=30)
+    tune_cmd.add_argument("--k", type=int, default=10)
+    tune_cmd.add_argument("--seed", type=int, default=0)
+    tune_cmd.set_defaults(run=_tune)
+
     demo_cmd = commands.add_parser(
         "demo", help="train on the bundled sample and serve it on the embedded store"
     )
@@ -60,6 +84,60 @@ def _train(args: argparse.Namespace) -> int:
     report = train(load_config(args.config), args.models_dir, progress=not args.no_progress)
     print_report(report)
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import MODEL_KEYS, evaluate
+    from training.report import render_html
+
+    if args.k < 1:
+        raise TrainingError(f"--k must be at least 1, got {args.k}")
+    report = evaluate(load_config(args.config), args.cutoff, args.k, args.end, progress=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "report.html").write_text(render_html(report))
+    metric = f"ndcg@{args.k}"
+    print(f"{report['protocol']['test_customers']} test customers, cutoff {args.cutoff.date()}")
+    for name in MODEL_KEYS:
+        scores = report[name]
+        violations = scores["owned_violations"]
+        print(f"  {name:8} {metric} {scores[metric]:.4f}  owned_violations {violations}")
+    print(f"report: {args.out / 'report.json'}, {args.out / 'report.html'}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from training.pipeline import merged_history
+    from training.tune import tune, write_tuned
+
+    if args.trials < 1 or args.validation_days < 1:
+        raise TrainingError("--trials and --validation-days must be at least 1")
+    config = load_config(args.config)
+    result = tune(
+        merged_history(config),
+        config.model,
+        args.cutoff,
+        args.trials,
+        args.validation_days,
+        args.k,
+        args.seed,
+        progress=True,
+    )
+    target = tuned_path(args.config)
+    write_tuned(target, result)
+    print(
+        f"best {result.metric} {result.best.score:.4f} on the {args.validation_days} days "
+        f"before {args.cutoff.date()} (base config: {result.trials[0].score:.4f})"
+    )
+    print(f"parameters written to {target}; `recsvc train` picks them up")
+    return 0
+
+
+def _date(text: str) -> pd.Timestamp:
+    try:
+        return pd.Timestamp(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -60,14 +61,38 @@ class ItemRules:
 
 @dataclass(frozen=True)
 class ModelParams:
+    """ALS on BM25-weighted, time-decayed purchases, blended with a trending-items prior.
+
+    Score of an item for a customer: z(ALS score over the catalog) + trend_weight * z(log(1 +
+    trending sales)), where trending sales decay with ``trend_half_life_days``. A weight of 0
+    gives plain ALS.
+    """
+
     factors: int = 64
-    regularization: float = 0.05
+    regularization: float = 1.0
     alpha: float = 1.0
     iterations: int = 15
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
-    half_life_days: float = 90.0
+    half_life_days: float = 30.0
+    trend_half_life_days: float = 14.0
+    trend_weight: float = 2.0
     seed: int = 42
+
+
+# Allowed range of each model parameter, inclusive; bm25_b = 1 makes implicit divide by zero.
+MODEL_RANGES: dict[str, tuple[float, float]] = {
+    "factors": (1, 4096),
+    "regularization": (1e-9, 1e6),
+    "alpha": (1e-9, 1e6),
+    "iterations": (1, 1000),
+    "bm25_k1": (1e-9, 1e6),
+    "bm25_b": (0.0, 0.99),
+    "half_life_days": (1e-3, 1e6),
+    "trend_half_life_days": (1e-3, 1e6),
+    "trend_weight": (0.0, 100.0),
+    "seed": (0, 2**31 - 1),
+}
 
 
 @dataclass(frozen=True)
@@ -75,16 +100,35 @@ class TrainConfig:
     sources: tuple[SourceConfig, ...]
     items: ItemRules = field(default_factory=ItemRules)
     model: ModelParams = field(default_factory=ModelParams)
+    tuned_from: Path | None = None  # the file whose [model] overrode the config's
+
+
+def tuned_path(config_path: Path) -> Path:
+    """Where ``recsvc tune`` writes, and ``load_config`` reads, tuned model parameters."""
+    return config_path.with_name(f"{config_path.stem}.tuned.toml")
 
 
 def load_config(path: Path) -> TrainConfig:
+    """Read a config; a sibling ``<name>.tuned.toml`` overrides its [model] table."""
+    raw = _read_toml(path)
+    tuned = tuned_path(path)
+    tuned_from = None
+    if tuned.is_file():
+        tuned_raw = _read_toml(tuned)
+        _reject_unknown(tuned_raw, {"model", "validation"}, str(tuned))
+        raw["model"] = {**_table(raw, "model", str(path)), **_table(tuned_raw, "model", str(tuned))}
+        tuned_from = tuned
+    config = parse_config(raw, base_dir=path.resolve().parent, origin=str(path))
+    return dataclasses.replace(config, tuned_from=tuned_from)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from error
-    return parse_config(raw, base_dir=path.resolve().parent, origin=str(path))
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") -> TrainConfig:
@@ -183,8 +227,9 @@ def _parse_model(raw: dict[str, Any], where: str) -> ModelParams:
                 raise ConfigError(f"{where}.{key}: must be an integer, got {value!r}")
         elif not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"{where}.{key}: must be a number, got {value!r}")
-        if key != "seed" and value <= 0:
-            raise ConfigError(f"{where}.{key}: must be positive, got {value!r}")
+        low, high = MODEL_RANGES[key]
+        if not low <= value <= high:
+            raise ConfigError(f"{where}.{key}: must be between {low:g} and {high:g}, got {value!r}")
         values[key] = float(value) if isinstance(default, float) else value
     return ModelParams(**values)
 

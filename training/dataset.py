@@ -20,7 +20,8 @@ class TrainingData:
     interactions: sp.csr_matrix
     titles: NDArray[np.str_]
     prices: NDArray[np.float64]
-    popularity: NDArray[np.float64]
+    popularity: NDArray[np.float64]  # sales decayed with the model's half-life
+    trending: NDArray[np.float64]  # sales decayed with the (shorter) trend half-life
     as_of: pd.Timestamp | None
 
     @property
@@ -28,7 +29,9 @@ class TrainingData:
         return self.interactions
 
 
-def build_dataset(events: pd.DataFrame, half_life_days: float) -> TrainingData:
+def build_dataset(
+    events: pd.DataFrame, half_life_days: float, trend_half_life_days: float
+) -> TrainingData:
     """``events`` are merged rows (see ``training.merge.MergedHistory``).
 
     A customer holds an item when its net quantity is above zero in the merged history *or*
@@ -52,11 +55,10 @@ def build_dataset(events: pd.DataFrame, half_life_days: float) -> TrainingData:
     )
     interactions.sort_indices()
 
-    popularity = np.bincount(
-        item_index.get_indexer(sales["item_id"]),
-        weights=weight.loc[sales.index].to_numpy(),
-        minlength=len(item_ids),
-    ).astype(np.float64)
+    sold = item_index.get_indexer(pd.Index(sales["item_id"]))
+    popularity = np.bincount(sold, weight.loc[sales.index].to_numpy(), len(item_ids))
+    trend_weight = decay_weights(sales["timestamp"], as_of, trend_half_life_days)
+    trending = np.bincount(sold, trend_weight, len(item_ids))
     titles, prices = _catalog(sales, item_index)
     return TrainingData(
         customer_ids=customer_ids,
@@ -64,7 +66,8 @@ def build_dataset(events: pd.DataFrame, half_life_days: float) -> TrainingData:
         interactions=interactions,
         titles=titles,
         prices=prices,
-        popularity=popularity,
+        popularity=popularity.astype(np.float64),
+        trending=trending.astype(np.float64),
         as_of=as_of,
     )
 

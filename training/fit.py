@@ -1,17 +1,22 @@
-"""Collaborative-filtering models fitted with ``implicit``."""
+"""Collaborative-filtering models fitted with ``implicit``, and the trending-items prior."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
-from implicit.nearest_neighbours import bm25_weight
+from implicit.cpu.bpr import BayesianPersonalizedRanking
+from implicit.nearest_neighbours import BM25Recommender, bm25_weight
+from implicit.recommender_base import ModelFitError
+from implicit.utils import ParameterWarning
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from training.config import ModelParams
+from training.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,51 @@ def fit_als(interactions: sp.csr_matrix, params: ModelParams, progress: bool = F
             iterations=params.iterations,
             random_state=params.seed,
         )
-        model.fit(weighted.astype(np.float32), show_progress=progress)
+        try:
+            model.fit(weighted.astype(np.float32), show_progress=progress)
+        except ModelFitError as error:
+            raise TrainingError(f"ALS did not converge with {params}: {error}") from error
+    return _factors(model)
+
+
+def fit_bpr(interactions: sp.csr_matrix, params: ModelParams, progress: bool = False) -> Factors:
+    """Bayesian personalised ranking on which items each customer holds (a baseline).
+
+    Uses implicit's own learning rate and regularisation: ALS's regularisation is on a
+    different scale. One thread: implicit's multi-threaded SGD is not reproducible."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = BayesianPersonalizedRanking(
+            factors=params.factors, iterations=100, random_state=params.seed, num_threads=1
+        )
+        model.fit((interactions > 0).astype(np.float32).tocsr(), show_progress=progress)
+    return _factors(model)
+
+
+def fit_item_knn(interactions: sp.csr_matrix, neighbours: int = 100) -> sp.csr_matrix:
+    """Item-item BM25 similarities, ``neighbours`` per item (a baseline): items x items."""
+    model = BM25Recommender(K=neighbours)
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        # implicit BM25-weights into a COO matrix internally, then warns about its own input.
+        warnings.filterwarnings("ignore", "Method expects CSR input", ParameterWarning)
+        model.fit(interactions.tocsr(), show_progress=False)
+    similarity: sp.csr_matrix = model.similarity.tocsr()
+    return similarity
+
+
+def trend_prior(trending: NDArray[np.float64], weight: float) -> NDArray[np.float32]:
+    """weight * standardised log(1 + trending sales): lifts what is selling now, on the scale
+    of the standardised factor scores it is added to.
+
+    The spread is floored at one log unit (real catalogs measure about 1.3), so a catalog
+    where every item sells alike cannot blow a one-sale difference up to several deviations.
+    """
+    logged = np.log1p(trending)
+    spread = max(float(logged.std()), 1.0)
+    prior: NDArray[np.float32] = (weight * (logged - logged.mean()) / spread).astype(np.float32)
+    return prior
+
+
+def _factors(model: AlternatingLeastSquares | BayesianPersonalizedRanking) -> Factors:
     return Factors(
         user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
         item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32),

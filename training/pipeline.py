@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -13,17 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from recsvc.bundle import BundleArrays, new_version, publish_bundle, sha256_file
-from training.config import TrainConfig
+from training.config import ModelParams, TrainConfig
 from training.dataset import TrainingData, build_dataset
-from training.fit import Factors, fit_als
+from training.fit import Factors, fit_als, trend_prior
 from training.merge import MergedHistory, merge_sources
 from training.sources import SourceRows, read_source
 
-log = logging.getLogger(__name__)
-
 QUARANTINE_FILE = "quarantine.csv"
+MODEL_KIND = "als+trend"
 
 
 @dataclass(frozen=True)
@@ -38,12 +37,43 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     started = time.perf_counter()
     sources = [read_source(source) for source in config.sources]
     merged = merge_sources(sources, config.items)
-    data = build_dataset(merged.events, config.model.half_life_days)
-    factors = fit_als(data.interactions, config.model, progress=progress)
+    data = build_dataset(
+        merged.events, config.model.half_life_days, config.model.trend_half_life_days
+    )
+    arrays = fit_model(data, config.model, progress=progress)
     fingerprint = data_fingerprint(config, sources)
     version = new_version(fingerprint)
-    path = publish(models_dir, version, fingerprint, config, merged, data, factors)
+    path = publish(models_dir, version, fingerprint, config, merged, data, arrays)
     return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
+
+
+def merged_history(config: TrainConfig) -> MergedHistory:
+    return merge_sources([read_source(source) for source in config.sources], config.items)
+
+
+def fit_model(data: TrainingData, params: ModelParams, progress: bool = False) -> BundleArrays:
+    """The served model: ALS factors plus the trending prior, as the bundle holds them."""
+    factors = fit_als(data.interactions, params, progress=progress)
+    return bundle_arrays(data, factors, trend_prior(data.trending, params.trend_weight))
+
+
+def bundle_arrays(
+    data: TrainingData, factors: Factors, item_prior: NDArray[np.float32]
+) -> BundleArrays:
+    order = np.lexsort((np.arange(len(data.item_ids)), -data.popularity))
+    return BundleArrays(
+        customer_ids=data.customer_ids,
+        item_ids=data.item_ids,
+        user_factors=factors.user_factors,
+        item_factors=factors.item_factors,
+        item_prior=item_prior,
+        owned_indptr=data.owned.indptr.astype(np.int64),
+        owned_indices=data.owned.indices.astype(np.int32),
+        titles=data.titles,
+        prices=data.prices,
+        popular_items=order.astype(np.int32),
+        popular_scores=data.popularity[order].astype(np.float32),
+    )
 
 
 def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
@@ -52,7 +82,7 @@ def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
     for rows in sources:
         for path in rows.files:
             digest.update(f"{rows.source.name}\0{sha256_file(path)}\0".encode())
-    digest.update(json.dumps(_parameters(config), sort_keys=True).encode())
+    digest.update(json.dumps(parameters(config), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -63,26 +93,13 @@ def publish(
     config: TrainConfig,
     merged: MergedHistory,
     data: TrainingData,
-    factors: Factors,
+    arrays: BundleArrays,
 ) -> Path:
-    order = np.lexsort((np.arange(len(data.item_ids)), -data.popularity))
-    arrays = BundleArrays(
-        customer_ids=data.customer_ids,
-        item_ids=data.item_ids,
-        user_factors=factors.user_factors,
-        item_factors=factors.item_factors,
-        owned_indptr=data.owned.indptr.astype(np.int64),
-        owned_indices=data.owned.indices.astype(np.int32),
-        titles=data.titles,
-        prices=data.prices,
-        popular_items=order.astype(np.int32),
-        popular_scores=data.popularity[order].astype(np.float32),
-    )
     manifest = {
-        "model": "als",
+        "model": MODEL_KIND,
         "data_fingerprint": fingerprint,
         "data_as_of": None if data.as_of is None else data.as_of.isoformat(),
-        "parameters": _parameters(config),
+        "parameters": parameters(config),
         "accounting": merged.accounting,
         "sources": [{"name": s.name, "kind": s.kind, "path": s.path} for s in config.sources],
     }
@@ -94,9 +111,10 @@ def publish(
         )
 
 
-def _parameters(config: TrainConfig) -> dict[str, Any]:
+def parameters(config: TrainConfig) -> dict[str, Any]:
     return {
         "model": dataclasses.asdict(config.model),
+        "tuned_from": None if config.tuned_from is None else str(config.tuned_from),
         "items": {
             "non_product_ids": sorted(config.items.non_product_ids),
             "non_product_pattern": config.items.non_product_pattern,

@@ -1,0 +1,218 @@
+"""Offline evaluation "as served": a time-based holdout ranked through the service's ranker.
+
+Protocol: train on every event before the cutoff; the test set is, for each customer the model
+knows at the cutoff, the items they bought from the cutoff on that they did not own before it
+(in the merged history or in any one source). The full catalog is ranked with owned items
+excluded, through ``recsvc.ranker`` exactly as the service does. Events without a timestamp
+cannot be placed on either side of the cutoff and are left out (counted in the protocol).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm import tqdm
+
+from recsvc.ranker import Ranker, top_n
+from training.config import ModelParams, TrainConfig
+from training.dataset import TrainingData, build_dataset
+from training.errors import TrainingError
+from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
+from training.merge import MergedHistory
+from training.pipeline import bundle_arrays, fit_model, merged_history
+
+# Customers by how many distinct items they owned at the cutoff.
+HISTORY_GROUPS = (("cold", 1, 5), ("light", 6, 30), ("heavy", 31, math.inf))
+# The brief's reference "plain ALS": 64 factors, BM25 weights, 90-day half-life decay.
+PLAIN_ALS = ModelParams(factors=64, regularization=0.05, half_life_days=90.0, trend_weight=0.0)
+MODEL_KEYS = ("recsvc", "popular", "itemknn", "als", "bpr")
+
+Recommend = Callable[[int], Sequence[str]]  # customer row -> item ids, best first
+
+
+@dataclass(frozen=True)
+class Holdout:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    undated: int
+
+
+def split_at(events: pd.DataFrame, cutoff: pd.Timestamp, end: pd.Timestamp | None) -> Holdout:
+    """Events before ``cutoff`` train; purchases in [cutoff, end) are the test window."""
+    stamps = events["timestamp"]
+    in_window = stamps >= cutoff
+    if end is not None:
+        in_window &= stamps < end
+    bought = (events["outcome"] == "used") & (events["quantity"] > 0)
+    holdout = Holdout(
+        train=events[stamps < cutoff],
+        test=events[in_window & bought],
+        undated=int(stamps.isna().sum()),
+    )
+    window = f"[{cutoff.date()}, {'end' if end is None else end.date()})"
+    if not (holdout.train["quantity"] > 0).any():
+        raise TrainingError(f"no purchases before {cutoff.date()} to train on")
+    if holdout.test.empty:
+        raise TrainingError(f"no purchases in the test window {window}")
+    return holdout
+
+
+def relevant_items(data: TrainingData, test: pd.DataFrame) -> dict[int, set[str]]:
+    """Customer row -> items bought in the test window that the customer did not own."""
+    rows = pd.Index(data.customer_ids).get_indexer(pd.Index(test["customer_id"]))
+    bought: dict[int, set[str]] = {}
+    for row, item in zip(rows.tolist(), test["item_id"].tolist(), strict=True):
+        if row >= 0:
+            bought.setdefault(row, set()).add(str(item))
+    relevant = {row: items - _owned_ids(data, row) for row, items in bought.items()}
+    return {row: items for row, items in relevant.items() if items}
+
+
+def metrics_at_k(recommended: Sequence[str], relevant: set[str], k: int) -> dict[str, float]:
+    """Binary-relevance precision, recall, NDCG, average precision and hit at k."""
+    top = list(recommended[:k])
+    hits = [item in relevant for item in top]
+    dcg = sum(1.0 / math.log2(rank + 2) for rank, hit in enumerate(hits) if hit)
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(len(relevant), k)))
+    precisions = [sum(hits[: rank + 1]) / (rank + 1) for rank, hit in enumerate(hits) if hit]
+    found = sum(hits)
+    return {
+        f"precision@{k}": found / k,
+        f"recall@{k}": found / len(relevant),
+        f"ndcg@{k}": dcg / ideal,
+        f"map@{k}": sum(precisions) / min(len(relevant), k),
+        f"hit_rate@{k}": float(found > 0),
+    }
+
+
+def score_model(
+    recommend: Recommend, data: TrainingData, relevant: dict[int, set[str]], k: int
+) -> dict[str, Any]:
+    """Mean metrics over test customers, owned-item violations, coverage, per history group."""
+    per_customer: list[dict[str, float]] = []
+    history: list[int] = []
+    shown: set[str] = set()
+    violations = 0
+    for row, items in relevant.items():
+        recommended = list(recommend(row))[:k]
+        violations += len(set(recommended) & _owned_ids(data, row))
+        shown.update(recommended)
+        per_customer.append(metrics_at_k(recommended, items, k))
+        history.append(int(data.owned.indptr[row + 1] - data.owned.indptr[row]))
+    report: dict[str, Any] = _mean(per_customer)
+    report["owned_violations"] = violations
+    report[f"coverage@{k}"] = len(shown) / len(data.item_ids)
+    report["test_customers"] = len(per_customer)
+    report["by_history"] = {
+        name: {
+            **_mean([m for m, h in zip(per_customer, history, strict=True) if lo <= h <= hi]),
+            "test_customers": sum(lo <= h <= hi for h in history),
+        }
+        for name, lo, hi in HISTORY_GROUPS
+    }
+    return report
+
+
+def evaluate(
+    config: TrainConfig,
+    cutoff: pd.Timestamp,
+    k: int = 10,
+    end: pd.Timestamp | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    merged = merged_history(config)
+    return evaluate_merged(merged, config.model, cutoff, k, end, progress)
+
+
+def evaluate_merged(
+    merged: MergedHistory,
+    params: ModelParams,
+    cutoff: pd.Timestamp,
+    k: int = 10,
+    end: pd.Timestamp | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    holdout = split_at(merged.events, cutoff, end)
+    data = build_dataset(holdout.train, params.half_life_days, params.trend_half_life_days)
+    relevant = relevant_items(data, holdout.test)
+    recommenders = _recommenders(holdout.train, data, params, k)
+    report: dict[str, Any] = {
+        "protocol": {
+            "cutoff": cutoff.isoformat(),
+            "end": None if end is None else end.isoformat(),
+            "k": k,
+            "train_events": len(holdout.train),
+            "test_purchases": len(holdout.test),
+            "undated_events_left_out": holdout.undated,
+            "customers_at_cutoff": len(data.customer_ids),
+            "catalog_items": len(data.item_ids),
+            "test_customers": len(relevant),
+            "recsvc_parameters": dataclasses.asdict(params),
+        }
+    }
+    for name in tqdm(MODEL_KEYS, desc="evaluating", disable=not progress):
+        report[name] = score_model(recommenders[name](), data, relevant, k)
+    return report
+
+
+def _recommenders(
+    train: pd.DataFrame, data: TrainingData, params: ModelParams, k: int
+) -> dict[str, Callable[[], Recommend]]:
+    """Each model, fitted lazily, as a function from customer row to its top-k item ids."""
+    ids = data.item_ids
+    no_prior = np.zeros(len(ids), dtype=np.float32)
+
+    def served(ranker: Ranker) -> Recommend:
+        return lambda row: [
+            str(ids[item.index]) for item in ranker.recommend(str(data.customer_ids[row]), k).items
+        ]
+
+    def recsvc() -> Recommend:
+        return served(Ranker(fit_model(data, params)))
+
+    def popular() -> Recommend:
+        # The service's fallback list, minus what each customer owns.
+        empty = Factors(
+            np.zeros((len(data.customer_ids), 1), np.float32), np.zeros((len(ids), 1), np.float32)
+        )
+        ranker = Ranker(bundle_arrays(data, empty, no_prior))
+        return lambda row: [str(ids[i.index]) for i in ranker.popular(k, ranker.owned(row))]
+
+    def plain_als() -> Recommend:
+        plain = build_dataset(train, PLAIN_ALS.half_life_days, PLAIN_ALS.trend_half_life_days)
+        factors = fit_als(plain.interactions, dataclasses.replace(PLAIN_ALS, seed=params.seed))
+        return served(Ranker(bundle_arrays(data, factors, no_prior)))
+
+    def bpr() -> Recommend:
+        return served(Ranker(bundle_arrays(data, fit_bpr(data.interactions, params), no_prior)))
+
+    def itemknn() -> Recommend:
+        similarity = fit_item_knn(data.interactions)
+        history: sp.csr_matrix = data.interactions.tocsr()
+
+        def recommend(row: int) -> list[str]:
+            scores = np.asarray((history[row] @ similarity).todense()).ravel()
+            owned = data.owned.indices[data.owned.indptr[row] : data.owned.indptr[row + 1]]
+            return [str(ids[item.index]) for item in top_n(scores, k, owned)]
+
+        return recommend
+
+    return {"recsvc": recsvc, "popular": popular, "itemknn": itemknn, "als": plain_als, "bpr": bpr}
+
+
+def _owned_ids(data: TrainingData, row: int) -> set[str]:
+    owned = data.owned.indices[data.owned.indptr[row] : data.owned.indptr[row + 1]]
+    return {str(item) for item in data.item_ids[owned]}
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}

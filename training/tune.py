@@ -1,0 +1,122 @@
+"""Seeded random search over model parameters, scored on a validation window before the cutoff.
+
+The validation window is the ``validation_days`` just before the cutoff: the candidate trains
+on everything earlier and is scored on that window with the evaluation's own protocol. Nothing
+on or after the cutoff is read, so a later evaluation at that cutoff stays honest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from recsvc.ranker import Ranker
+from training.config import ModelParams
+from training.dataset import TrainingData, build_dataset
+from training.evaluate import relevant_items, score_model, split_at
+from training.merge import MergedHistory
+from training.pipeline import fit_model
+
+SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
+    "factors": (32, 64, 96, 128),
+    "regularization": (0.05, 0.2, 0.5, 1.0, 2.0, 5.0),
+    "alpha": (0.5, 1.0, 1.5),
+    "iterations": (10, 15, 20),
+    "bm25_k1": (10.0, 50.0, 100.0, 200.0),
+    "bm25_b": (0.5, 0.7, 0.8, 0.9),
+    "half_life_days": (14.0, 21.0, 30.0, 45.0, 60.0),
+    "trend_half_life_days": (7.0, 14.0, 21.0),
+    "trend_weight": (0.0, 1.0, 1.5, 2.0, 2.5, 3.0),
+}
+
+
+@dataclass(frozen=True)
+class Trial:
+    params: ModelParams
+    score: float
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    best: Trial
+    trials: list[Trial]
+    metric: str
+    train_end: pd.Timestamp
+    validation_end: pd.Timestamp
+
+
+def tune(
+    merged: MergedHistory,
+    base: ModelParams,
+    cutoff: pd.Timestamp,
+    trials: int = 30,
+    validation_days: int = 30,
+    k: int = 10,
+    seed: int = 0,
+    progress: bool = False,
+) -> TuneResult:
+    """Try ``base`` and ``trials - 1`` random candidates; return the best by NDCG@k."""
+    train_end = cutoff - pd.Timedelta(days=validation_days)
+    holdout = split_at(merged.events, train_end, cutoff)
+    rng = random.Random(seed)
+    candidates = [base] + [
+        dataclasses.replace(
+            base, **{key: rng.choice(values) for key, values in SEARCH_SPACE.items()}
+        )
+        for _ in range(trials - 1)
+    ]
+    datasets: dict[tuple[float, float], TrainingData] = {}
+    metric = f"ndcg@{k}"
+    results: list[Trial] = []
+    bar = tqdm(candidates, desc="tuning", disable=not progress)
+    for params in bar:
+        key = (params.half_life_days, params.trend_half_life_days)
+        if key not in datasets:
+            datasets[key] = build_dataset(holdout.train, *key)
+        data = datasets[key]
+        ranker = Ranker(fit_model(data, params))
+        relevant = relevant_items(data, holdout.test)
+
+        def recommend(row: int, ranker: Ranker = ranker, data: TrainingData = data) -> list[str]:
+            items = ranker.recommend(str(data.customer_ids[row]), k).items
+            return [str(data.item_ids[item.index]) for item in items]
+
+        score = float(score_model(recommend, data, relevant, k)[metric])
+        results.append(Trial(params, score))
+        best = max(results, key=lambda trial: trial.score)
+        bar.set_postfix({metric: f"{score:.4f}", "best": f"{best.score:.4f}"})
+    best = max(results, key=lambda trial: trial.score)
+    return TuneResult(best, results, metric, train_end, cutoff)
+
+
+def write_tuned(path: Path, result: TuneResult) -> None:
+    """Write the winning parameters as TOML, where ``load_config`` picks them up."""
+    lines = [
+        "# Written by `recsvc tune`; `recsvc train` reads [model] from here, over the config's.",
+        "[model]",
+        *(
+            f"{key} = {_toml(value)}"
+            for key, value in dataclasses.asdict(result.best.params).items()
+        ),
+        "",
+        "[validation]",
+        f'metric = "{result.metric}"',
+        f"score = {result.best.score:.6f}",
+        f'train_before = "{result.train_end.isoformat()}"',
+        f'window_end = "{result.validation_end.isoformat()}"',
+        f"trials = {len(result.trials)}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    return str(value)
