@@ -36,7 +36,9 @@ class BundleArrays:
     Raw ids stay in ``customer_ids`` / ``item_ids``; every other array refers to positions in
     them. ``owned_indptr``/``owned_indices`` is a CSR list of the catalog items each customer
     owns. ``item_prior`` is added to a customer's standardised factor scores (see
-    recsvc.ranker). ``prices`` is NaN where no price is known.
+    recsvc.ranker). ``prices`` is NaN where no price is known. ``item_group`` gives items that
+    are one work (editions) the same value. ``alias_high``/``alias_low`` (sorted together) and
+    ``alias_rows`` map the digest of every customer alias (see recsvc.identity) to its row.
     """
 
     customer_ids: NDArray[np.str_]
@@ -48,6 +50,10 @@ class BundleArrays:
     owned_indices: NDArray[np.int32]
     titles: NDArray[np.str_]
     prices: NDArray[np.float64]
+    item_group: NDArray[np.int32]
+    alias_high: NDArray[np.uint64]
+    alias_low: NDArray[np.uint64]
+    alias_rows: NDArray[np.int32]
     popular_items: NDArray[np.int32]
     popular_scores: NDArray[np.float32]
 
@@ -63,17 +69,25 @@ class BundleArrays:
             "owned_indices length": (len(self.owned_indices), int(self.owned_indptr[-1])),
             "titles length": (len(self.titles), n_items),
             "prices length": (len(self.prices), n_items),
+            "item_group length": (len(self.item_group), n_items),
+            "alias_low length": (len(self.alias_low), len(self.alias_high)),
+            "alias_rows length": (len(self.alias_rows), len(self.alias_high)),
             "popular_scores length": (len(self.popular_scores), len(self.popular_items)),
         }
         for what, (actual, expected) in expectations.items():
             if actual != expected:
                 raise ValueError(f"{what} is {actual}, expected {expected}")
-        for name, indices in (
-            ("owned_indices", self.owned_indices),
-            ("popular_items", self.popular_items),
+        for name, indices, size in (
+            ("owned_indices", self.owned_indices, n_items),
+            ("popular_items", self.popular_items, n_items),
+            ("alias_rows", self.alias_rows, n_customers),
         ):
-            if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
-                raise ValueError(f"{name} refers to items outside the catalog")
+            if len(indices) and (indices.min() < 0 or indices.max() >= size):
+                raise ValueError(f"{name} refers to rows outside the bundle")
+        if len(self.alias_high) > 1:
+            order = np.lexsort((self.alias_low, self.alias_high))
+            if (order != np.arange(len(order))).any():
+                raise ValueError("alias digests are not sorted")
 
 
 # Which array lives in which file: the single definition of the on-disk layout.
@@ -81,7 +95,8 @@ ARRAY_FILES: dict[str, tuple[str, ...]] = {
     "ids.npz": ("customer_ids", "item_ids"),
     "factors.npz": ("user_factors", "item_factors", "item_prior"),
     "owned.npz": ("owned_indptr", "owned_indices"),
-    "catalog.npz": ("titles", "prices"),
+    "catalog.npz": ("titles", "prices", "item_group"),
+    "aliases.npz": ("alias_high", "alias_low", "alias_rows"),
     "popular.npz": ("popular_items", "popular_scores"),
 }
 

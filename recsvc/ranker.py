@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.bundle import BundleArrays
+from recsvc.identity import AliasIndex, IdentityRules
 
 
 @dataclass(frozen=True)
@@ -27,40 +28,60 @@ class RankedItem:
 
 @dataclass(frozen=True)
 class Ranking:
-    """Items best first. ``fallback`` is true when the customer is unknown to the model."""
+    """Items best first. ``fallback`` is true when the customer is unknown to the model;
+    ``customer_id`` is then None, else the customer's canonical id."""
 
     items: list[RankedItem]
     fallback: bool
+    customer_id: str | None = None
 
 
 class Ranker:
-    def __init__(self, arrays: BundleArrays) -> None:
+    def __init__(
+        self,
+        arrays: BundleArrays,
+        rules: IdentityRules | None = None,
+        namespaces: Iterable[str] = (),
+    ) -> None:
         self.arrays = arrays
-        self._customer_rows = {cid: row for row, cid in enumerate(arrays.customer_ids.tolist())}
+        self.aliases = AliasIndex(
+            arrays.alias_high,
+            arrays.alias_low,
+            arrays.alias_rows,
+            rules or IdentityRules(),
+            namespaces,
+        )
 
-    @property
-    def n_items(self) -> int:
-        return len(self.arrays.item_ids)
-
-    def customer_row(self, customer_id: str) -> int | None:
-        return self._customer_rows.get(customer_id)
+    def customer_row(self, key: str) -> int | None:
+        """The row of the customer a key names: canonical id, <source>:<id>, email:, phone:."""
+        return self.aliases.row(key)
 
     def owned(self, row: int) -> NDArray[np.int32]:
         start, end = self.arrays.owned_indptr[row], self.arrays.owned_indptr[row + 1]
         return self.arrays.owned_indices[start:end]
 
-    def recommend(self, customer_id: str, n: int, also_owned: Iterable[int] = ()) -> Ranking:
+    def recommend(self, key: str, n: int, also_owned: Iterable[int] = ()) -> Ranking:
         """Top ``n`` items the customer does not own; popular items when the model lacks them.
 
         ``also_owned`` adds item indices known to be owned beyond the bundle (e.g. purchases
-        reported after training).
+        reported after training); items grouped with them are excluded too.
         """
-        extra = np.fromiter(also_owned, dtype=np.int32)
-        row = self.customer_row(customer_id)
+        extra = self.with_groups(np.fromiter(also_owned, dtype=np.int32))
+        row = self.customer_row(key)
         if row is None:
             return Ranking(items=self.popular(n, exclude=extra), fallback=True)
         excluded = np.concatenate([self.owned(row), extra])
-        return Ranking(items=top_n(self.scores(row), n, excluded), fallback=False)
+        customer_id = str(self.arrays.customer_ids[row])
+        return Ranking(
+            top_n(self.scores(row), n, excluded), fallback=False, customer_id=customer_id
+        )
+
+    def with_groups(self, items: NDArray[np.int32]) -> NDArray[np.int32]:
+        """``items`` plus every item in the same group (editions of one work)."""
+        if not len(items):
+            return items
+        groups = self.arrays.item_group
+        return np.flatnonzero(np.isin(groups, groups[items])).astype(np.int32)
 
     def scores(self, row: int) -> NDArray[np.float64]:
         raw = (self.arrays.item_factors @ self.arrays.user_factors[row]).astype(np.float64)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from recsvc.bundle import Bundle, load_current
 from recsvc.errors import BundleError
+from recsvc.identity import IdentityRules
 from recsvc.ranker import Ranker
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,13 @@ class ModelRegistry:
             self.last_error = str(error)
             log.error("bundle refused: %s", error)
             return False
-        self.model = ServedModel(bundle=bundle, ranker=Ranker(bundle.arrays))
+        identity = bundle.manifest.get("identity", {})
+        ranker = Ranker(
+            bundle.arrays,
+            IdentityRules.from_manifest(identity.get("rules", {})),
+            identity.get("namespaces", []),
+        )
+        self.model = ServedModel(bundle=bundle, ranker=ranker)
         self.last_error = None
         log.info("serving bundle %s from %s", bundle.version, bundle.path)
         return True

@@ -20,6 +20,7 @@ from recsvc.bundle import (
     publish_bundle,
 )
 from recsvc.errors import BundleCorrupt, BundleNotFound
+from recsvc.identity import alias_table
 from recsvc.registry import ModelRegistry
 
 
@@ -34,6 +35,14 @@ def tiny_arrays(scale: float = 1.0) -> BundleArrays:
         owned_indices=np.array([2], dtype=np.int32),
         titles=np.array(["One", "Two", "Thrée"]),
         prices=np.array([1.0, np.nan, 3.5]),
+        item_group=np.array([0, 1, 1], dtype=np.int32),
+        **dict(
+            zip(
+                ("alias_high", "alias_low", "alias_rows"),
+                alias_table({"id:c1": "c1", "id:c2": "c2"}, ["c1", "c2"]),
+                strict=True,
+            )
+        ),
         popular_items=np.array([1, 0, 2], dtype=np.int32),
         popular_scores=np.array([3.0, 2.0, 1.0], dtype=np.float32),
     )

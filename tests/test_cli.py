@@ -59,3 +59,24 @@ def test_missing_files_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[s
     config = write_config(tmp_path, source_toml("shop", "exports/*.csv", SHOP_COLUMNS))
     assert main(["train", "--config", str(config)]) == 2
     assert "no file matches 'exports/*.csv'" in capsys.readouterr().err
+
+
+def test_sources_check_names_source_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = purchase_rows({"c1": ["A", "B"], "c2": ["B"]})
+    rows.append([9, "C", "Item C", "x", "2011-01-05 10:00:00", 1.5, "c3", "UK"])
+    write_csv(tmp_path / "shop.csv", SHOP_HEADER, rows)
+    good = write_config(tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS))
+    assert main(["sources", "check", "--config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "ok     shop (csv): 4 rows" in out
+    assert "warning: source 'shop': column 'Quantity' (quantity): 1 of 4" in out
+
+    wrong_format = write_config(
+        tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS, timestamp_format="%d/%m/%Y")
+    )
+    assert main(["sources", "check", "--config", str(wrong_format)]) == 1
+    out = capsys.readouterr().out
+    assert "error: source 'shop': column 'InvoiceDate' (timestamp): 4 of 4" in out
+    assert "format %d/%m/%Y" in out

@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument("--seed", type=int, default=0)
     tune_cmd.set_defaults(run=_tune)
 
+    sources_cmd = commands.add_parser("sources", help="inspect the sources a config declares")
+    sources_commands = sources_cmd.add_subparsers(dest="sources_command", required=True)
+    check_cmd = sources_commands.add_parser(
+        "check", help="validate the config and sample every source; non-zero exit on errors"
+    )
+    check_cmd.add_argument("--config", type=Path, required=True)
+    check_cmd.set_defaults(run=_check_sources)
+
     demo_cmd = commands.add_parser(
         "demo", help="train on the bundled sample and serve it on the embedded store"
     )
@@ -131,6 +139,20 @@ def _tune(args: argparse.Namespace) -> int:
     )
     print(f"parameters written to {target}; `recsvc train` picks them up")
     return 0
+
+
+def _check_sources(args: argparse.Namespace) -> int:
+    from training.check import check_sources
+
+    results = check_sources(load_config(args.config))
+    for result in results:
+        status = "error" if result.errors else "ok"
+        print(f"{status:5}  {result.name} ({result.kind}): {result.rows:,} rows")
+        for message in result.errors:
+            print(f"  error: source {result.name!r}: {message}")
+        for message in result.warnings:
+            print(f"  warning: source {result.name!r}: {message}")
+    return 1 if any(result.errors for result in results) else 0
 
 
 def _date(text: str) -> pd.Timestamp:

@@ -5,16 +5,24 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.errors import ConfigError
+import phonenumbers
 
-SOURCE_KINDS = ("csv",)
+from recsvc.identity import IdentityRules
+from training.errors import ConfigError
+from training.identity import LinkRules
+
+SOURCE_KINDS = ("csv", "jsonl", "parquet", "postgresql")
+FILE_KINDS = ("csv", "jsonl", "parquet")
 # Canonical event fields; a source maps each it has to one of its own column names.
 FIELDS = (
     "customer_id",
+    "email",
+    "phone",
     "item_id",
     "quantity",
     "unit_price",
@@ -30,16 +38,26 @@ REQUIRED_FIELDS = ("item_id",)
 class SourceConfig:
     name: str
     kind: str
-    path: str  # a glob, relative to the config file's directory unless absolute
     base_dir: Path
     columns: dict[str, str]  # canonical field -> source column
+    path: str | None = None  # files: a glob, relative to the config file unless absolute
+    dsn: str | None = None  # postgresql: a libpq connection string...
+    dsn_env: str | None = None  # ...or the environment variable that holds one
+    table: str | None = None  # postgresql: a table ("schema.table")...
+    query: str | None = None  # ...or a SELECT
+    chunk_rows: int = 50_000  # postgresql: rows fetched per round trip
     customer_namespace: str = "customer"
     timestamp_format: str | None = None
+    timezone: str = "UTC"  # of timestamps written without an offset
+    currency_rate: float = 1.0  # unit price x rate = price in the shop currency
+    trust: float = 1.0  # weight of this source's purchases in training
     cancellation_prefix: str = "C"
     encoding: str = "utf-8"
     delimiter: str = ","
 
     def files(self) -> list[Path]:
+        if self.path is None:
+            return []
         pattern = Path(self.path)
         if pattern.is_absolute():
             return sorted(Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))))
@@ -48,10 +66,12 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class ItemRules:
-    """Which item ids are not products (postage, fees, discounts, vouchers): set aside."""
+    """Which item ids are not products (postage, fees, discounts, vouchers): set aside; and
+    the optional crosswalk from source item ids to catalog items and groups of editions."""
 
     non_product_ids: frozenset[str] = frozenset()
     non_product_pattern: str | None = None
+    crosswalk: Path | None = None
 
     def is_non_product(self, item_id: str) -> bool:
         if item_id in self.non_product_ids:
@@ -96,10 +116,18 @@ MODEL_RANGES: dict[str, tuple[float, float]] = {
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    rules: IdentityRules = field(default_factory=IdentityRules)
+    links: LinkRules = field(default_factory=LinkRules)
+    crosswalk: Path | None = None  # CSV: left,right = two keys of one customer
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     sources: tuple[SourceConfig, ...]
     items: ItemRules = field(default_factory=ItemRules)
     model: ModelParams = field(default_factory=ModelParams)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     tuned_from: Path | None = None  # the file whose [model] overrode the config's
 
 
@@ -132,7 +160,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") -> TrainConfig:
-    _reject_unknown(raw, {"sources", "items", "model"}, origin)
+    _reject_unknown(raw, {"sources", "items", "model", "identity"}, origin)
     raw_sources = raw.get("sources")
     if not isinstance(raw_sources, list) or not raw_sources:
         raise ConfigError(f"{origin}: [[sources]] must declare at least one source")
@@ -145,26 +173,26 @@ def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") ->
         raise ConfigError(f"{origin}: source names must be unique, repeated: {duplicated}")
     return TrainConfig(
         sources=sources,
-        items=_parse_items(_table(raw, "items", origin), f"{origin}: items"),
+        items=_parse_items(_table(raw, "items", origin), base_dir, f"{origin}: items"),
         model=_parse_model(_table(raw, "model", origin), f"{origin}: model"),
+        identity=_parse_identity(_table(raw, "identity", origin), base_dir, f"{origin}: identity"),
     )
 
 
 def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table")
-    allowed = {
+    common = {
         "name",
         "kind",
-        "path",
         "columns",
         "customer_namespace",
         "timestamp_format",
+        "timezone",
+        "currency_rate",
+        "trust",
         "cancellation_prefix",
-        "encoding",
-        "delimiter",
     }
-    _reject_unknown(raw, allowed, where)
     name = _string(raw, "name", where)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ConfigError(f"{where}.name: {name!r} may hold only letters, digits, '_' and '-'")
@@ -172,6 +200,15 @@ def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
     kind = _string(raw, "kind", where)
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(SOURCE_KINDS)}")
+    if kind == "postgresql":
+        _reject_unknown(raw, common | {"dsn", "dsn_env", "table", "query", "chunk_rows"}, where)
+        if ("dsn" in raw) == ("dsn_env" in raw):
+            raise ConfigError(f"{where}: set exactly one of dsn or dsn_env")
+        if ("table" in raw) == ("query" in raw):
+            raise ConfigError(f"{where}: set exactly one of table or query")
+    else:
+        _reject_unknown(raw, common | {"path", "encoding", "delimiter"}, where)
+        _string(raw, "path", where)
     columns_raw = raw.get("columns")
     if not isinstance(columns_raw, dict):
         raise ConfigError(f"{where}.columns: a table mapping fields to column names is required")
@@ -187,22 +224,68 @@ def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
     delimiter = _string(raw, "delimiter", where, default=",")
     if len(delimiter) != 1:
         raise ConfigError(f"{where}.delimiter: must be one character, got {delimiter!r}")
+    timezone = _string(raw, "timezone", where, default="UTC")
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}.timezone: {timezone!r} is not an IANA time zone") from None
+    namespace = _string(raw, "customer_namespace", where, default="customer")
+    if namespace in ("email", "phone", "id") or ":" in namespace:
+        raise ConfigError(f"{where}.customer_namespace: {namespace!r} is reserved or has ':'")
     return SourceConfig(
         name=name,
         kind=kind,
-        path=_string(raw, "path", where),
         base_dir=base_dir,
         columns=columns,
-        customer_namespace=_string(raw, "customer_namespace", where, default="customer"),
+        path=_optional_string(raw, "path", where),
+        dsn=_optional_string(raw, "dsn", where),
+        dsn_env=_optional_string(raw, "dsn_env", where),
+        table=_optional_string(raw, "table", where),
+        query=_optional_string(raw, "query", where),
+        chunk_rows=int(_number(raw, "chunk_rows", where, 50_000, 1, 10_000_000, integer=True)),
+        customer_namespace=namespace,
         timestamp_format=_optional_string(raw, "timestamp_format", where),
+        timezone=timezone,
+        currency_rate=_number(raw, "currency_rate", where, 1.0, 1e-9, 1e9),
+        trust=_number(raw, "trust", where, 1.0, 1e-9, 1e3),
         cancellation_prefix=_string(raw, "cancellation_prefix", where, default="C"),
         encoding=_string(raw, "encoding", where, default="utf-8"),
         delimiter=delimiter,
     )
 
 
-def _parse_items(raw: dict[str, Any], where: str) -> ItemRules:
-    _reject_unknown(raw, {"non_product_ids", "non_product_pattern"}, where)
+def _parse_identity(raw: dict[str, Any], base_dir: Path, where: str) -> IdentityConfig:
+    allowed = {
+        "strip_plus_tags",
+        "dotless_domains",
+        "default_region",
+        "link_distinct_ids",
+        "max_cluster_ids",
+        "crosswalk",
+    }
+    _reject_unknown(raw, allowed, where)
+    domains = raw.get("dotless_domains", [])
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        raise ConfigError(f"{where}.dotless_domains: must be a list of domains")
+    region = _optional_string(raw, "default_region", where)
+    if region is not None and region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"{where}.default_region: {region!r} is not a region code (e.g. GB)")
+    return IdentityConfig(
+        rules=IdentityRules(
+            strip_plus_tags=_bool(raw, "strip_plus_tags", where, False),
+            dotless_domains=frozenset(d.strip().lower() for d in domains),
+            default_region=None if region is None else region.upper(),
+        ),
+        links=LinkRules(
+            link_distinct_ids=_bool(raw, "link_distinct_ids", where, False),
+            max_cluster_ids=int(_number(raw, "max_cluster_ids", where, 10, 1, 10_000, True)),
+        ),
+        crosswalk=_optional_file(raw, "crosswalk", base_dir, where),
+    )
+
+
+def _parse_items(raw: dict[str, Any], base_dir: Path, where: str) -> ItemRules:
+    _reject_unknown(raw, {"non_product_ids", "non_product_pattern", "crosswalk"}, where)
     ids = raw.get("non_product_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ConfigError(f"{where}.non_product_ids: must be a list of item ids")
@@ -212,7 +295,11 @@ def _parse_items(raw: dict[str, Any], where: str) -> ItemRules:
             re.compile(pattern)
         except re.error as error:
             raise ConfigError(f"{where}.non_product_pattern: invalid regex ({error})") from None
-    return ItemRules(frozenset(i.strip().upper() for i in ids), pattern)
+    return ItemRules(
+        frozenset(i.strip().upper() for i in ids),
+        pattern,
+        _optional_file(raw, "crosswalk", base_dir, where),
+    )
 
 
 def _parse_model(raw: dict[str, Any], where: str) -> ModelParams:
@@ -252,6 +339,40 @@ def _string(raw: dict[str, Any], key: str, where: str, default: str | None = Non
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}.{key}: required, a non-empty string")
     return value
+
+
+def _number(
+    raw: dict[str, Any],
+    key: str,
+    where: str,
+    default: float,
+    low: float,
+    high: float,
+    integer: bool = False,
+) -> float:
+    value = raw.get(key, default)
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}.{key}: must be {kind} from {low:g} to {high:g}, got {value!r}")
+    return float(value)
+
+
+def _bool(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: must be true or false, got {value!r}")
+    return value
+
+
+def _optional_file(raw: dict[str, Any], key: str, base_dir: Path, where: str) -> Path | None:
+    name = _optional_string(raw, key, where)
+    if name is None:
+        return None
+    path = Path(name) if Path(name).is_absolute() else base_dir / name
+    if not path.is_file():
+        raise ConfigError(f"{where}.{key}: file {path} not found")
+    return path
 
 
 def _optional_string(raw: dict[str, Any], key: str, where: str) -> str | None:

@@ -15,22 +15,25 @@ from numpy.typing import NDArray
 class TrainingData:
     customer_ids: NDArray[np.str_]
     item_ids: NDArray[np.str_]
-    # customers x items: summed time-decayed purchase lines of every item the customer holds;
-    # its sparsity pattern is exactly the owned set (see ``build_dataset``).
+    # customers x items: summed time-decayed, trust-weighted purchase lines of every item
+    # the customer holds (see ``build_dataset``).
     interactions: sp.csr_matrix
+    # customers x items: what the customer holds, plus every item grouped with one of those
+    # (editions of one work); never recommended to them.
+    owned: sp.csr_matrix
+    item_group: NDArray[np.int32]  # items with the same value are one work
     titles: NDArray[np.str_]
     prices: NDArray[np.float64]
     popularity: NDArray[np.float64]  # sales decayed with the model's half-life
     trending: NDArray[np.float64]  # sales decayed with the (shorter) trend half-life
     as_of: pd.Timestamp | None
 
-    @property
-    def owned(self) -> sp.csr_matrix:
-        return self.interactions
-
 
 def build_dataset(
-    events: pd.DataFrame, half_life_days: float, trend_half_life_days: float
+    events: pd.DataFrame,
+    half_life_days: float,
+    trend_half_life_days: float,
+    item_groups: dict[str, str] | None = None,
 ) -> TrainingData:
     """``events`` are merged rows (see ``training.merge.MergedHistory``).
 
@@ -38,6 +41,7 @@ def build_dataset(
     in any one source's own records. Sources can disagree: a purchase made in one system and
     cancelled in another nets to zero when merged, yet the first system still lists it.
     Ownership wins: a missed suggestion costs less than offering what the customer may own.
+    ``item_groups`` (catalog item -> group) extends ownership to every item of a held group.
     """
     sales = events[(events["quantity"] > 0) & events["outcome"].isin(["used", "anonymous"])]
     item_ids = np.sort(sales["item_id"].unique()).astype(str)
@@ -46,14 +50,15 @@ def build_dataset(
     as_of = None if pd.isna(as_of) else pd.Timestamp(as_of)
     weight = pd.Series(decay_weights(events["timestamp"], as_of, half_life_days), events.index)
 
-    held = _held(events, item_index, weight)
+    held = _held(events, item_index, weight * events["trust"].astype(np.float64))
     customer_ids = np.sort(held["customer_id"].unique()).astype(str)
-    rows = pd.Index(customer_ids).get_indexer(held["customer_id"])
-    interactions = sp.csr_matrix(
-        (held["weight"].to_numpy(dtype=np.float32), (rows, held["item"].to_numpy())),
-        shape=(len(customer_ids), len(item_ids)),
-    )
+    rows = pd.Index(customer_ids).get_indexer(pd.Index(held["customer_id"]))
+    items = held["item"].to_numpy()
+    shape = (len(customer_ids), len(item_ids))
+    interactions = sp.csr_matrix((held["weight"].to_numpy(dtype=np.float32), (rows, items)), shape)
     interactions.sort_indices()
+    item_group = _group_codes(item_ids, item_groups or {})
+    owned = _owned(rows, items, item_group, shape)
 
     sold = item_index.get_indexer(pd.Index(sales["item_id"]))
     popularity = np.bincount(sold, weight.loc[sales.index].to_numpy(), len(item_ids))
@@ -64,6 +69,8 @@ def build_dataset(
         customer_ids=customer_ids,
         item_ids=item_ids,
         interactions=interactions,
+        owned=owned,
+        item_group=item_group,
         titles=titles,
         prices=prices,
         popularity=popularity.astype(np.float64),
@@ -99,6 +106,38 @@ def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.D
     epsilon = 1e-9  # quantities may be fractional; sums of them are not exact
     held = pairs[(pairs["merged"] > epsilon) | (pairs["best_source"] > epsilon)]
     return held.reset_index()
+
+
+def _group_codes(item_ids: NDArray[np.str_], item_groups: dict[str, str]) -> NDArray[np.int32]:
+    """One code per work: grouped items share their group's code, others get their own."""
+    labels = [
+        f"group:{item_groups[item]}" if item in item_groups else f"item:{item}"
+        for item in item_ids.tolist()
+    ]
+    codes, _ = pd.factorize(pd.Index(labels))
+    return codes.astype(np.int32)
+
+
+def _owned(
+    rows: NDArray[np.intp],
+    items: NDArray[np.intp],
+    item_group: NDArray[np.int32],
+    shape: tuple[int, int],
+) -> sp.csr_matrix:
+    pairs = pd.DataFrame({"row": rows, "item": items})
+    group_sizes = np.bincount(item_group)
+    if (group_sizes > 1).any():
+        grouped = np.flatnonzero(group_sizes[item_group] > 1)
+        members = pd.DataFrame({"group": item_group[grouped], "member": grouped})
+        expanded = pairs.assign(group=item_group[items]).merge(members, on="group")
+        pairs = pd.concat(
+            [pairs, expanded[["row", "member"]].rename(columns={"member": "item"})]
+        ).drop_duplicates()
+    owned = sp.csr_matrix(
+        (np.ones(len(pairs), dtype=np.float32), (pairs["row"], pairs["item"])), shape
+    )
+    owned.sort_indices()
+    return owned
 
 
 def decay_weights(

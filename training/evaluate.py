@@ -140,9 +140,11 @@ def evaluate_merged(
     progress: bool = False,
 ) -> dict[str, Any]:
     holdout = split_at(merged.events, cutoff, end)
-    data = build_dataset(holdout.train, params.half_life_days, params.trend_half_life_days)
+    data = build_dataset(
+        holdout.train, params.half_life_days, params.trend_half_life_days, merged.item_groups
+    )
     relevant = relevant_items(data, holdout.test)
-    recommenders = _recommenders(holdout.train, data, params, k)
+    recommenders = _recommenders(holdout.train, data, params, k, merged.item_groups)
     report: dict[str, Any] = {
         "protocol": {
             "cutoff": cutoff.isoformat(),
@@ -163,7 +165,11 @@ def evaluate_merged(
 
 
 def _recommenders(
-    train: pd.DataFrame, data: TrainingData, params: ModelParams, k: int
+    train: pd.DataFrame,
+    data: TrainingData,
+    params: ModelParams,
+    k: int,
+    item_groups: dict[str, str],
 ) -> dict[str, Callable[[], Recommend]]:
     """Each model, fitted lazily, as a function from customer row to its top-k item ids."""
     ids = data.item_ids
@@ -186,7 +192,9 @@ def _recommenders(
         return lambda row: [str(ids[i.index]) for i in ranker.popular(k, ranker.owned(row))]
 
     def plain_als() -> Recommend:
-        plain = build_dataset(train, PLAIN_ALS.half_life_days, PLAIN_ALS.trend_half_life_days)
+        plain = build_dataset(
+            train, PLAIN_ALS.half_life_days, PLAIN_ALS.trend_half_life_days, item_groups
+        )
         factors = fit_als(plain.interactions, dataclasses.replace(PLAIN_ALS, seed=params.seed))
         return served(Ranker(bundle_arrays(data, factors, no_prior)))
 

@@ -8,15 +8,21 @@ Each row gets exactly one outcome, decided in this order:
 4. ``duplicate``: the same order line (order id, item, quantity, timestamp) was already read
    from an earlier source. A line repeated inside one source is kept as many times as it appears
    there; only the copies that another source also holds count once.
-5. ``anonymous``: no customer id. Sales count for popularity, not for anyone's history.
+5. ``anonymous``: no customer id, email or phone that identifies anyone. Sales count for
+   popularity, not for anyone's history.
 6. ``cancellation``: order id with the source's cancellation prefix, or a negative quantity.
    Applied as a negative quantity: it reduces what the customer holds and what they spent.
 7. ``used``: a purchase by a known customer.
+
+Before that, each row's identifiers are linked across sources (``training.identity``) and its
+item id is mapped through the item crosswalk; prices are converted to the shop currency and
+naive timestamps read in the source's time zone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +31,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from training.config import ItemRules
+from recsvc.identity import (
+    CANONICAL,
+    EMAIL,
+    PHONE,
+    IdentityRules,
+    normalise_email,
+    normalise_phone,
+)
+from training.config import IdentityConfig, ItemRules
+from training.crosswalk import ItemCrosswalk, load_customer_crosswalk, load_item_crosswalk
+from training.identity import link
 from training.sources import SourceRows
 
 OUTCOMES = ("used", "duplicate", "cancellation", "anonymous", "adjustment", "quarantined")
@@ -42,6 +58,7 @@ UNDECIDED = -1
 DEDUP_KEY = ["order_id", "item_id", "quantity", "timestamp"]
 EVENT_COLUMNS = [
     "source",
+    "trust",
     "customer_id",
     "item_id",
     "quantity",
@@ -68,11 +85,23 @@ class MergedHistory:
     events: pd.DataFrame
     quarantine: pd.DataFrame
     accounting: dict[str, dict[str, Any]]
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> canonical customer id
+    identity: dict[str, Any] = field(default_factory=dict)  # linking report for the manifest
+    item_groups: dict[str, str] = field(default_factory=dict)  # catalog item -> group
 
 
-def merge_sources(sources: list[SourceRows], items: ItemRules) -> MergedHistory:
-    parts = [_parse(rows, position, items) for position, rows in enumerate(sources)]
+def merge_sources(
+    sources: list[SourceRows], items: ItemRules, identity: IdentityConfig | None = None
+) -> MergedHistory:
+    identity = identity or IdentityConfig()
+    crosswalk = load_item_crosswalk(items.crosswalk, {rows.source.name for rows in sources})
+    parts = [
+        _parse(rows, position, items, crosswalk, identity.rules)
+        for position, rows in enumerate(sources)
+    ]
     parsed = pd.concat([frame for frame, _ in parts], ignore_index=True)
+    aliases, identity_report = _link(parsed, sources, identity)
+    parsed["customer_id"] = _customer_of(parsed, aliases)
     outcome = parsed["outcome"].to_numpy(copy=True)
     _mark_duplicates(parsed, outcome)
     undecided = outcome == UNDECIDED
@@ -97,10 +126,58 @@ def merge_sources(sources: list[SourceRows], items: ItemRules) -> MergedHistory:
         events=kept[EVENT_COLUMNS],
         quarantine=pd.concat([bad for _, bad in parts], ignore_index=True),
         accounting=_accounting(parsed, names),
+        aliases=aliases,
+        identity=identity_report,
+        item_groups=dict(crosswalk.groups),
     )
 
 
-def _parse(rows: SourceRows, position: int, items: ItemRules) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _link(
+    parsed: pd.DataFrame, sources: list[SourceRows], config: IdentityConfig
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Link every row's identifiers; return alias -> canonical id (including ``<source>:<id>``
+    and ``id:<canonical>`` lookups for the service) and the linking report."""
+    namespace_of = {rows.source.name: rows.source.customer_namespace for rows in sources}
+    namespace_of |= {namespace: namespace for namespace in namespace_of.values()}
+    crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
+    columns = ["id_alias", "email_alias", "phone_alias"]
+    records = parsed[columns].drop_duplicates()
+    linked = link(records.itertuples(index=False, name=None), crosswalk, config.links)
+    aliases = dict(linked.customer_of)
+    source_ids = parsed.loc[
+        parsed["raw_customer_id"] != "", ["source_position", "raw_customer_id", "id_alias"]
+    ].drop_duplicates()
+    for position, raw_id, id_alias in source_ids.itertuples(index=False, name=None):
+        aliases[f"{sources[position].source.name}:{raw_id}"] = linked.customer_of[id_alias]
+    for canonical in set(linked.customer_of.values()):
+        aliases[f"{CANONICAL}:{canonical}"] = canonical
+    report = linked.report()
+    report["rules"] = config.rules.to_manifest()
+    report["invalid"] = {
+        "email": int(parsed["invalid_email"].sum()),
+        "phone": int(parsed["invalid_phone"].sum()),
+    }
+    return aliases, report
+
+
+def _customer_of(parsed: pd.DataFrame, aliases: dict[str, str]) -> pd.Series:
+    """A row belongs to the customer of its strongest identifier: id, then email, then phone
+    (they differ only where linking refused a conflict)."""
+    customer = pd.Series("", index=parsed.index, dtype="str")
+    for column in ("phone_alias", "email_alias", "id_alias"):
+        values = parsed[column]
+        present = values != ""
+        customer[present] = values[present].map(aliases)
+    return customer
+
+
+def _parse(
+    rows: SourceRows,
+    position: int,
+    items: ItemRules,
+    crosswalk: ItemCrosswalk,
+    identity_rules: IdentityRules,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Typed rows with a provisional outcome, and the quarantined rows with their raw values."""
     raw = rows.frame
     source = rows.source
@@ -112,6 +189,8 @@ def _parse(rows: SourceRows, position: int, items: ItemRules) -> tuple[pd.DataFr
         return pd.Series("", index=raw.index, dtype="str")
 
     item_id = text("item_id").str.upper()
+    if crosswalk.catalog_ids:
+        item_id = item_id.map(lambda item: crosswalk.catalog_id(source.name, item))
     reason = np.full(count, UNDECIDED, dtype=np.int8)
 
     def flag(mask: Any, why: str) -> None:
@@ -124,24 +203,19 @@ def _parse(rows: SourceRows, position: int, items: ItemRules) -> tuple[pd.DataFr
     non_product &= reason == UNDECIDED
 
     if "quantity" in raw:
-        quantity = _numbers(text("quantity"))
+        quantity = parse_numbers(text("quantity"))
         flag(~np.isfinite(quantity) & ~non_product, "bad_quantity")
         flag((quantity == 0) & ~non_product, "zero_quantity")
     else:
         quantity = np.ones(count)
     if "unit_price" in raw:
-        price = _numbers(text("unit_price"))
+        price = parse_numbers(text("unit_price")) * source.currency_rate
         flag(~np.isfinite(price) & ~non_product, "bad_price")
         flag((price < 0) & ~non_product, "negative_price")
     else:
         price = np.full(count, np.nan)
     if "timestamp" in raw:
-        timestamp = pd.to_datetime(
-            text("timestamp"),
-            format=source.timestamp_format or "ISO8601",
-            errors="coerce",
-            utc=True,
-        ).dt.tz_localize(None)
+        timestamp = parse_timestamps(text("timestamp"), source.timestamp_format, source.timezone)
         flag(timestamp.isna().to_numpy() & ~non_product, "bad_timestamp")
     else:
         timestamp = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
@@ -166,10 +240,19 @@ def _parse(rows: SourceRows, position: int, items: ItemRules) -> tuple[pd.DataFr
             **{field: bad[field].to_numpy() for field in source.columns},
         }
     )
+    raw_id = customer_ids(text("customer_id"))
+    email = _normalised(text("email"), lambda value: normalise_email(value, identity_rules))
+    phone = _normalised(text("phone"), lambda value: normalise_phone(value, identity_rules))
     parsed = pd.DataFrame(
         {
             "source_position": np.full(count, position, dtype=np.int16),
-            "customer_id": customer_ids(text("customer_id"), source.customer_namespace),
+            "trust": np.full(count, source.trust, dtype=np.float32),
+            "raw_customer_id": raw_id,
+            "id_alias": raw_id.where(raw_id == "", source.customer_namespace + ":" + raw_id),
+            "email_alias": email.where(email == "", f"{EMAIL}:" + email),
+            "phone_alias": phone.where(phone == "", f"{PHONE}:" + phone),
+            "invalid_email": (email == "") & (text("email") != ""),
+            "invalid_phone": (phone == "") & (text("phone") != ""),
             "item_id": item_id,
             "quantity": quantity,
             "unit_price": price,
@@ -185,17 +268,40 @@ def _parse(rows: SourceRows, position: int, items: ItemRules) -> tuple[pd.DataFr
     return parsed, quarantine
 
 
-def customer_ids(raw: pd.Series, namespace: str) -> pd.Series:
-    """Canonical customer ids. Exports that went through a spreadsheet write ids as floats
-    ("13085.0"); those are read as the integer id. Ids outside the shop's own namespace
-    ("customer") are prefixed with their namespace so that unrelated id schemes never collide."""
-    ids = raw.where(~raw.str.fullmatch(r"\d+\.0+"), raw.str.replace(r"\.0+$", "", regex=True))
-    if namespace == "customer":
-        return ids
-    return ids.where(ids == "", namespace + ":" + ids)
+def customer_ids(raw: pd.Series) -> pd.Series:
+    """Exports that went through a spreadsheet write ids as floats ("13085.0"); those are
+    read as the integer id."""
+    return raw.where(~raw.str.fullmatch(r"\d+\.0+"), raw.str.replace(r"\.0+$", "", regex=True))
 
 
-def _numbers(values: pd.Series) -> NDArray[np.float64]:
+def _normalised(values: pd.Series, normalise: Callable[[str], str | None]) -> pd.Series:
+    """Apply ``normalise`` once per distinct value; "" where absent or invalid."""
+    if not (values != "").any():
+        return values
+    distinct = {value: normalise(value) or "" for value in values.unique() if value}
+    return values.map(distinct).fillna("").astype("str")
+
+
+def parse_timestamps(values: pd.Series, fmt: str | None, timezone: str) -> pd.Series:
+    """Naive UTC timestamps. Values without an offset are read in the source's time zone;
+    an hour that does not exist or is ambiguous there (DST changes) does not parse."""
+    if timezone == "UTC":
+        parsed = pd.to_datetime(values, format=fmt or "ISO8601", errors="coerce", utc=True)
+        return parsed.dt.tz_localize(None)
+    has_offset = values.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True)
+    result = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    if has_offset.any():
+        aware = pd.to_datetime(
+            values[has_offset], format=fmt or "ISO8601", errors="coerce", utc=True
+        )
+        result[has_offset] = aware.dt.tz_localize(None)
+    naive = pd.to_datetime(values[~has_offset], format=fmt or "ISO8601", errors="coerce")
+    local = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+    result[~has_offset] = local.dt.tz_convert("UTC").dt.tz_localize(None)
+    return result
+
+
+def parse_numbers(values: pd.Series) -> NDArray[np.float64]:
     """Parse decimal strings; anything unparseable (including "") becomes NaN."""
     try:  # fast path: every value parses
         parsed = pc.cast(pa.array(values, type=pa.string()), pa.float64())

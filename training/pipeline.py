@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
 from recsvc.bundle import BundleArrays, new_version, publish_bundle, sha256_file
-from training.config import ModelParams, TrainConfig
+from recsvc.identity import CANONICAL, alias_table
+from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset
 from training.fit import Factors, fit_als, trend_prior
 from training.merge import MergedHistory, merge_sources
@@ -36,11 +38,14 @@ class TrainReport:
 def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> TrainReport:
     started = time.perf_counter()
     sources = [read_source(source) for source in config.sources]
-    merged = merge_sources(sources, config.items)
+    merged = merge_sources(sources, config.items, config.identity)
     data = build_dataset(
-        merged.events, config.model.half_life_days, config.model.trend_half_life_days
+        merged.events,
+        config.model.half_life_days,
+        config.model.trend_half_life_days,
+        merged.item_groups,
     )
-    arrays = fit_model(data, config.model, progress=progress)
+    arrays = fit_model(data, config.model, progress=progress, aliases=merged.aliases)
     fingerprint = data_fingerprint(config, sources)
     version = new_version(fingerprint)
     path = publish(models_dir, version, fingerprint, config, merged, data, arrays)
@@ -48,19 +53,34 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
 
 
 def merged_history(config: TrainConfig) -> MergedHistory:
-    return merge_sources([read_source(source) for source in config.sources], config.items)
+    sources = [read_source(source) for source in config.sources]
+    return merge_sources(sources, config.items, config.identity)
 
 
-def fit_model(data: TrainingData, params: ModelParams, progress: bool = False) -> BundleArrays:
+def fit_model(
+    data: TrainingData,
+    params: ModelParams,
+    progress: bool = False,
+    aliases: dict[str, str] | None = None,
+) -> BundleArrays:
     """The served model: ALS factors plus the trending prior, as the bundle holds them."""
     factors = fit_als(data.interactions, params, progress=progress)
-    return bundle_arrays(data, factors, trend_prior(data.trending, params.trend_weight))
+    prior = trend_prior(data.trending, params.trend_weight)
+    return bundle_arrays(data, factors, prior, aliases)
 
 
 def bundle_arrays(
-    data: TrainingData, factors: Factors, item_prior: NDArray[np.float32]
+    data: TrainingData,
+    factors: Factors,
+    item_prior: NDArray[np.float32],
+    aliases: dict[str, str] | None = None,
 ) -> BundleArrays:
+    """The served arrays. Without ``aliases`` a customer is found by canonical id only."""
     order = np.lexsort((np.arange(len(data.item_ids)), -data.popularity))
+    customer_ids = data.customer_ids.tolist()
+    if aliases is None:
+        aliases = {f"{CANONICAL}:{customer}": customer for customer in customer_ids}
+    alias_high, alias_low, alias_rows = alias_table(aliases, customer_ids)
     return BundleArrays(
         customer_ids=data.customer_ids,
         item_ids=data.item_ids,
@@ -71,17 +91,26 @@ def bundle_arrays(
         owned_indices=data.owned.indices.astype(np.int32),
         titles=data.titles,
         prices=data.prices,
+        item_group=data.item_group,
+        alias_high=alias_high,
+        alias_low=alias_low,
+        alias_rows=alias_rows,
         popular_items=order.astype(np.int32),
         popular_scores=data.popularity[order].astype(np.float32),
     )
 
 
 def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
-    """sha256 over every input file's content and the parameters: same inputs, same model."""
+    """sha256 over every input's content and the parameters: same inputs, same model.
+    Files are hashed as bytes; a database source by the rows it returned."""
     digest = hashlib.sha256()
     for rows in sources:
-        for path in rows.files:
-            digest.update(f"{rows.source.name}\0{sha256_file(path)}\0".encode())
+        if rows.source.kind == "postgresql":
+            content = pd.util.hash_pandas_object(rows.frame, index=False).to_numpy().tobytes()
+            part = hashlib.sha256(content).hexdigest()
+        else:
+            part = "".join(sha256_file(Path(path)) for path in rows.files)
+        digest.update(f"{rows.source.name}\0{part}\0".encode())
     digest.update(json.dumps(parameters(config), sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -101,7 +130,13 @@ def publish(
         "data_as_of": None if data.as_of is None else data.as_of.isoformat(),
         "parameters": parameters(config),
         "accounting": merged.accounting,
-        "sources": [{"name": s.name, "kind": s.kind, "path": s.path} for s in config.sources],
+        "identity": {
+            **merged.identity,
+            "namespaces": sorted(
+                {s.name for s in config.sources} | {s.customer_namespace for s in config.sources}
+            ),
+        },
+        "sources": [_source_summary(source, merged) for source in config.sources],
     }
     with tempfile.TemporaryDirectory() as scratch:
         quarantine_path = Path(scratch) / QUARANTINE_FILE
@@ -109,6 +144,26 @@ def publish(
         return publish_bundle(
             models_dir, version, arrays, manifest, attachments={QUARANTINE_FILE: quarantine_path}
         )
+
+
+def _source_summary(source: SourceConfig, merged: MergedHistory) -> dict[str, Any]:
+    """What a source is and what it contributed (provenance)."""
+    events = merged.events[merged.events["source"] == source.name]
+    personal = events[events["outcome"].isin(["used", "cancellation"])]
+    return {
+        "name": source.name,
+        "kind": source.kind,
+        "location": source.path or source.table or "query",
+        "customer_namespace": source.customer_namespace,
+        "trust": source.trust,
+        "currency_rate": source.currency_rate,
+        "timezone": source.timezone,
+        "contribution": {
+            "purchases": int((events["outcome"] == "used").sum()),
+            "customers": int(personal["customer_id"].nunique()),
+            "items": int(events["item_id"].nunique()),
+        },
+    }
 
 
 def parameters(config: TrainConfig) -> dict[str, Any]:

@@ -1,18 +1,24 @@
-"""Source readers: each turns a declared source into rows of canonical fields, as raw strings.
+"""Source readers: each turns a declared source into rows of canonical fields, as text.
 
-Parsing and validation happen in ``training.merge`` so every source kind is judged by the same
-rules and every row is accounted for in one place.
+Every kind (CSV, JSONL, Parquet, PostgreSQL) yields the same shape, so ``training.merge``
+judges all of them by one set of parsing rules and accounts for every row in one place.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from training.config import SourceConfig
 from training.errors import SourceError
@@ -20,39 +26,53 @@ from training.errors import SourceError
 
 @dataclass(frozen=True)
 class SourceRows:
-    """All rows of one source. ``frame`` has one column per mapped field (strings, "" when
-    empty), plus ``file`` (index into ``files``) and ``record`` (1-based record number in it)."""
+    """All rows of one source. ``frame`` has one column per mapped field (text, "" when
+    empty), plus ``file`` (index into ``files``) and ``record`` (1-based record number in it).
+    A database source has one pseudo-file, its table or query."""
 
     source: SourceConfig
-    files: list[Path]
+    files: list[str]
     frame: pd.DataFrame
 
 
 def read_source(source: SourceConfig) -> SourceRows:
+    if source.kind == "postgresql":
+        return SourceRows(source, [_database_label(source)], _read_postgresql(source))
     files = source.files()
     if not files:
         raise SourceError(
             f"source {source.name!r}: no file matches {source.path!r} "
             f"(relative to {source.base_dir})"
         )
-    if source.kind != "csv":
-        raise SourceError(f"source {source.name!r}: kind {source.kind!r} has no reader")
-    frames = [_read_csv(source, index, path) for index, path in enumerate(files)]
-    return SourceRows(source=source, files=files, frame=pd.concat(frames, ignore_index=True))
+    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[source.kind]
+    frames = [_numbered(reader(source, path), index) for index, path in enumerate(files)]
+    return SourceRows(source, [str(p) for p in files], pd.concat(frames, ignore_index=True))
 
 
-def _read_csv(source: SourceConfig, file_index: int, path: Path) -> pd.DataFrame:
-    where = f"source {source.name!r}, file {path}"
-    header = _read_header(source, path, where)
+def _numbered(frame: pd.DataFrame, file_index: int) -> pd.DataFrame:
+    frame["file"] = file_index
+    frame["record"] = range(1, len(frame) + 1)
+    return frame
+
+
+def _check_columns(source: SourceConfig, found: list[str], where: str) -> None:
     missing = [
-        f"{field} -> {column!r}" for field, column in source.columns.items() if column not in header
+        f"{field} -> {column!r}" for field, column in source.columns.items() if column not in found
     ]
     if missing:
-        raise SourceError(f"{where}: missing column(s) {', '.join(missing)}; found {header}")
-    by_column = {column: field for field, column in source.columns.items()}
+        raise SourceError(f"{where}: missing column(s) {', '.join(missing)}; found {found}")
+
+
+def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
+    where = f"source {source.name!r}, file {path}"
+    try:
+        header = pd.read_csv(path, sep=source.delimiter, nrows=0, encoding=source.encoding)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, ValueError, csv.Error) as error:
+        raise SourceError(f"{where}: cannot read header ({error})") from error
+    _check_columns(source, [str(column) for column in header.columns], where)
     options: dict[str, Any] = {
         "sep": source.delimiter,
-        "usecols": list(by_column),
+        "usecols": list(source.columns.values()),
         "dtype": str,
         "keep_default_na": False,
         "encoding": source.encoding,
@@ -68,15 +88,127 @@ def _read_csv(source: SourceConfig, file_index: int, path: Path) -> pd.DataFrame
             raise SourceError(f"{where}: not valid {source.encoding} ({error})") from error
         except (pd.errors.ParserError, ValueError) as error:
             raise SourceError(f"{where}: cannot parse as CSV ({error})") from error
-    frame: pd.DataFrame = raw.rename(columns=by_column)
-    frame["file"] = file_index
-    frame["record"] = range(1, len(frame) + 1)
-    return frame
+    return _fields(raw, source)
 
 
-def _read_header(source: SourceConfig, path: Path, where: str) -> list[str]:
+def _read_jsonl(source: SourceConfig, path: Path) -> pd.DataFrame:
+    where = f"source {source.name!r}, file {path}"
     try:
-        header = pd.read_csv(path, sep=source.delimiter, nrows=0, encoding=source.encoding)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, ValueError, csv.Error) as error:
-        raise SourceError(f"{where}: cannot read header ({error})") from error
-    return [str(column) for column in header.columns]
+        table = pa_json.read_json(path)
+    except pa.ArrowInvalid as error:
+        raise SourceError(f"{where}: {_first_bad_json_line(path) or error}") from error
+    except OSError as error:
+        raise SourceError(f"{where}: cannot read ({error})") from error
+    _check_columns(source, table.column_names, where)
+    return _fields(_arrow_text(table, list(source.columns.values()), where), source)
+
+
+def _read_parquet(source: SourceConfig, path: Path) -> pd.DataFrame:
+    where = f"source {source.name!r}, file {path}"
+    try:
+        schema = pq.read_schema(path)
+        _check_columns(source, schema.names, where)
+        table = pq.read_table(path, columns=list(source.columns.values()))
+    except (pa.ArrowException, OSError) as error:
+        raise SourceError(f"{where}: cannot read as Parquet ({error})") from error
+    return _fields(_arrow_text(table, list(source.columns.values()), where), source)
+
+
+def _read_postgresql(source: SourceConfig) -> pd.DataFrame:
+    import psycopg
+    from psycopg import sql
+
+    where = f"source {source.name!r} ({_database_label(source)})"
+    columns = list(source.columns.values())
+    selected = sql.SQL(", ").join(sql.Identifier(column) for column in columns)
+    if source.table is not None:
+        relation: sql.Composable = sql.Identifier(*source.table.split("."))
+    else:
+        relation = sql.SQL("({}) AS source").format(sql.SQL(source.query))  # type: ignore[arg-type]
+    try:
+        with psycopg.connect(database_dsn(source), connect_timeout=10) as connection:
+            probe = sql.SQL("SELECT * FROM {} LIMIT 0").format(relation)
+            with connection.cursor() as cursor:
+                cursor.execute(probe)
+                found = [column.name for column in cursor.description or []]
+            _check_columns(source, found, where)
+            chunks: list[pd.DataFrame] = []
+            with connection.cursor(name="recsvc_source") as cursor:
+                cursor.itersize = source.chunk_rows
+                cursor.execute(sql.SQL("SELECT {} FROM {}").format(selected, relation))
+                while rows := cursor.fetchmany(source.chunk_rows):
+                    chunks.append(
+                        pd.DataFrame(
+                            {
+                                column: [_text(row[i]) for row in rows]
+                                for i, column in enumerate(columns)
+                            }
+                        )
+                    )
+    except psycopg.Error as error:
+        raise SourceError(f"{where}: {str(error).strip()}") from error
+    frame = (
+        pd.concat(chunks, ignore_index=True)
+        if chunks
+        else pd.DataFrame({column: pd.Series([], dtype="str") for column in columns})
+    )
+    return _numbered(_fields(frame, source), 0)
+
+
+def database_dsn(source: SourceConfig) -> str:
+    if source.dsn is not None:
+        return source.dsn
+    assert source.dsn_env is not None  # the config requires one of the two
+    value = os.environ.get(source.dsn_env, "")
+    if not value:
+        raise SourceError(f"source {source.name!r}: environment variable {source.dsn_env} is unset")
+    return value
+
+
+def _database_label(source: SourceConfig) -> str:
+    return f"table {source.table}" if source.table else "query"
+
+
+def _fields(raw: pd.DataFrame, source: SourceConfig) -> pd.DataFrame:
+    """Columns renamed to canonical fields, as text with "" for missing values."""
+    by_column = {column: field for field, column in source.columns.items()}
+    frame = raw[list(by_column)].rename(columns=by_column)
+    return frame.astype("str").where(frame.notna(), "")
+
+
+def _arrow_text(table: pa.Table, columns: list[str], where: str) -> pd.DataFrame:
+    """Typed Arrow columns (numbers, timestamps, strings) as text, "" for nulls."""
+    text: dict[str, Any] = {}
+    for column in columns:
+        values = table.column(column)
+        try:
+            as_text = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
+        except pa.ArrowNotImplementedError:
+            raise SourceError(
+                f"{where}: column {column!r} of type {values.type} is not "
+                "a number, text or timestamp"
+            ) from None
+        text[column] = pc.fill_null(as_text, "").to_pandas()
+    return pd.DataFrame(text)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime | date):
+        return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+    return str(value)
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"line {number} is not JSON ({error.msg})"
+            if not isinstance(record, dict):
+                return f"line {number} is not a JSON object"
+    return None

@@ -79,7 +79,7 @@ def tune(
     for params in bar:
         key = (params.half_life_days, params.trend_half_life_days)
         if key not in datasets:
-            datasets[key] = build_dataset(holdout.train, *key)
+            datasets[key] = build_dataset(holdout.train, *key, merged.item_groups)
         data = datasets[key]
         ranker = Ranker(fit_model(data, params))
         relevant = relevant_items(data, holdout.test)

@@ -19,7 +19,7 @@ def recommendations(customer_id: str) -> Response:
     model = api.served_model()
     ranking = model.ranker.recommend(customer_id, n)
     return jsonify(
-        customer_id=customer_id,
+        customer_id=ranking.customer_id or customer_id,
         model_version=model.version,
         fallback=ranking.fallback,
         items=[item_json(model.ranker, item) for item in ranking.items],

@@ -1,0 +1,151 @@
+"""Customer keys: how emails and phone numbers are normalised, and how a request key maps to
+the aliases a bundle knows. Shared by the trainer (linking) and the service (lookup), so both
+normalise exactly alike.
+
+Alias forms: ``id:<canonical id>``, ``<namespace or source name>:<raw id>``,
+``email:<normalised address>``, ``phone:<E.164 number>``. Bundles store a 16-byte BLAKE2b
+digest of each alias (as two uint64 halves), never the alias itself, so no address or number
+sits in a model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import phonenumbers
+from numpy.typing import NDArray
+
+CANONICAL = "id"
+EMAIL = "email"
+PHONE = "phone"
+DIGEST_BYTES = 16
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    strip_plus_tags: bool = False  # ann+news@x.com is ann@x.com
+    dotless_domains: frozenset[str] = field(default_factory=frozenset)  # a.nn@gmail = ann@gmail
+    default_region: str | None = None  # for phone numbers written without a country code
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "strip_plus_tags": self.strip_plus_tags,
+            "dotless_domains": sorted(self.dotless_domains),
+            "default_region": self.default_region,
+        }
+
+    @classmethod
+    def from_manifest(cls, raw: dict[str, Any]) -> IdentityRules:
+        return cls(
+            strip_plus_tags=bool(raw.get("strip_plus_tags", False)),
+            dotless_domains=frozenset(raw.get("dotless_domains", [])),
+            default_region=raw.get("default_region"),
+        )
+
+
+def normalise_email(raw: str, rules: IdentityRules) -> str | None:
+    """Trimmed and lower-cased; plus tags and dots removed only where configured. None when
+    the text is not an address (no single '@' with text on both sides)."""
+    address = raw.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or "@" in local or any(c.isspace() for c in address):
+        return None
+    if rules.strip_plus_tags:
+        local = local.split("+", 1)[0] or local
+    if domain in rules.dotless_domains:
+        local = local.replace(".", "") or local
+    return f"{local}@{domain}"
+
+
+def normalise_phone(raw: str, rules: IdentityRules) -> str | None:
+    """E.164 (``+442079460958``), or None when it cannot be a phone number."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        number = phonenumbers.parse(text, rules.default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def digest(alias: str) -> bytes:
+    return hashlib.blake2b(alias.encode("utf-8"), digest_size=DIGEST_BYTES).digest()
+
+
+def request_aliases(key: str, rules: IdentityRules, namespaces: Iterable[str]) -> list[str]:
+    """The aliases a request key may stand for, most specific first.
+
+    A key is a canonical id (``12346``), ``<source or namespace>:<id>`` (``shop:12346``),
+    ``email:<address>`` or ``phone:<number>``; the last two are normalised as in training.
+    A canonical id that itself contains ':' still resolves: it is always tried first.
+    """
+    aliases = [f"{CANONICAL}:{key}"]
+    prefix, colon, rest = key.partition(":")
+    if not colon or not rest:
+        return aliases
+    if prefix.lower() == EMAIL:
+        email = normalise_email(rest, rules)
+        if email:
+            aliases.append(f"{EMAIL}:{email}")
+    elif prefix.lower() == PHONE:
+        phone = normalise_phone(rest, rules)
+        if phone:
+            aliases.append(f"{PHONE}:{phone}")
+    elif prefix in set(namespaces):
+        aliases.append(f"{prefix}:{rest.strip()}")
+    return aliases
+
+
+def digest_halves(alias: str) -> tuple[int, int]:
+    value = digest(alias)
+    return int.from_bytes(value[:8], "big"), int.from_bytes(value[8:], "big")
+
+
+def alias_table(
+    customer_of: dict[str, str], customer_ids: Sequence[str]
+) -> tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int32]]:
+    """Alias digests (high and low halves, sorted) and the customer row of each, for the
+    customers in the model."""
+    row_of = {customer: row for row, customer in enumerate(customer_ids)}
+    entries = sorted(
+        (*digest_halves(alias), row_of[customer])
+        for alias, customer in customer_of.items()
+        if customer in row_of
+    )
+    high = np.array([entry[0] for entry in entries], dtype=np.uint64)
+    low = np.array([entry[1] for entry in entries], dtype=np.uint64)
+    rows = np.array([entry[2] for entry in entries], dtype=np.int32)
+    return high, low, rows
+
+
+class AliasIndex:
+    """Resolves request keys to customer rows through a bundle's alias digests."""
+
+    def __init__(
+        self,
+        high: NDArray[np.uint64],
+        low: NDArray[np.uint64],
+        rows: NDArray[np.int32],
+        rules: IdentityRules,
+        namespaces: Iterable[str],
+    ) -> None:
+        self.high, self.low, self.rows = high, low, rows
+        self.rules = rules
+        self.namespaces = frozenset(namespaces)
+
+    def row(self, key: str) -> int | None:
+        for alias in request_aliases(key, self.rules, self.namespaces):
+            high, low = digest_halves(alias)
+            start = int(np.searchsorted(self.high, np.uint64(high), side="left"))
+            end = int(np.searchsorted(self.high, np.uint64(high), side="right"))
+            for position in range(start, end):
+                if int(self.low[position]) == low:
+                    return int(self.rows[position])
+        return None

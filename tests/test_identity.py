@@ -1,0 +1,124 @@
+"""Identity: normalisation of keys and linking of customers, with known answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsvc.identity import IdentityRules, normalise_email, normalise_phone, request_aliases
+from training.identity import LinkRules, canonical_id, link, mask
+
+PLAIN = IdentityRules()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Ann@Example.com", "ann@example.com"),
+        ("  ann@EXAMPLE.com \t", "ann@example.com"),
+        ("ann+news@example.com", "ann+news@example.com"),
+        ("a.nn@gmail.com", "a.nn@gmail.com"),
+        ("not an address", None),
+        ("@example.com", None),
+        ("ann@", None),
+        ("a@b@c", None),
+    ],
+)
+def test_email_normalisation_has_no_provider_tricks_by_default(raw: str, expected: str) -> None:
+    assert normalise_email(raw, PLAIN) == expected
+
+
+def test_email_tricks_only_when_configured() -> None:
+    rules = IdentityRules(strip_plus_tags=True, dotless_domains=frozenset({"gmail.com"}))
+    assert normalise_email("Ann+News@Example.com", rules) == "ann@example.com"
+    assert normalise_email("a.n.n@gmail.com", rules) == "ann@gmail.com"
+    assert normalise_email("a.n.n@example.com", rules) == "a.n.n@example.com"
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "expected"),
+    [
+        ("+44 20 7946 0958", None, "+442079460958"),
+        ("020 7946 0958", "GB", "+442079460958"),
+        ("(020) 7946-0958", "GB", "+442079460958"),
+        ("020 7946 0958", None, None),
+        ("12", "GB", None),
+        ("call me", "GB", None),
+    ],
+)
+def test_phone_numbers_become_e164(raw: str, region: str | None, expected: str | None) -> None:
+    assert normalise_phone(raw, IdentityRules(default_region=region)) == expected
+
+
+def test_request_keys_map_to_aliases() -> None:
+    rules = IdentityRules(default_region="GB")
+    namespaces = {"shop", "customer"}
+    assert request_aliases("12346", rules, namespaces) == ["id:12346"]
+    assert request_aliases("shop:12346", rules, namespaces) == ["id:shop:12346", "shop:12346"]
+    assert request_aliases("email: Ann@Example.com", rules, namespaces)[1] == (
+        "email:ann@example.com"
+    )
+    assert request_aliases("phone:020 7946 0958", rules, namespaces)[1] == "phone:+442079460958"
+    assert request_aliases("nosuch:1", rules, namespaces) == ["id:nosuch:1"]
+
+
+def test_links_are_transitive() -> None:
+    identity = link(
+        [
+            ("customer:1", "email:a@x.com", ""),
+            ("", "email:a@x.com", "phone:+441"),
+            ("partner:9", "", "phone:+441"),
+            ("customer:2", "", ""),
+        ],
+        [],
+        LinkRules(),
+    )
+    ann = {
+        identity.customer_of[a] for a in ("customer:1", "email:a@x.com", "phone:+441", "partner:9")
+    }
+    assert ann == {"1"}
+    assert identity.customer_of["customer:2"] == "2"
+    assert identity.report()["customers_with_several_aliases"] == 1
+
+
+def test_shared_email_does_not_fuse_two_accounts() -> None:
+    identity = link(
+        [("customer:300", "email:family@x.com", ""), ("customer:301", "email:family@x.com", "")],
+        [],
+        LinkRules(),
+    )
+    assert identity.customer_of["customer:300"] == "300"
+    assert identity.customer_of["customer:301"] == "301"
+    assert identity.customer_of["email:family@x.com"] == "300"  # first link, in sorted order
+    conflicts = identity.report()["conflicts"]
+    assert conflicts["distinct_ids"]["count"] == 1
+    assert conflicts["distinct_ids"]["examples"] == ["customer:301 ~ email:f***@x.com"]
+
+
+def test_shared_email_fuses_accounts_when_allowed_and_crosswalk_always_does() -> None:
+    records = [
+        ("customer:300", "email:family@x.com", ""),
+        ("customer:301", "email:family@x.com", ""),
+    ]
+    allowed = link(records, [], LinkRules(link_distinct_ids=True))
+    assert allowed.customer_of["customer:301"] == "300"
+    explicit = link(
+        [("customer:5", "", ""), ("customer:6", "", "")],
+        [("customer:5", "customer:6")],
+        LinkRules(),
+    )
+    assert explicit.customer_of["customer:6"] == "5"
+
+
+def test_cluster_cap_refuses_placeholder_identifiers() -> None:
+    records = [(f"customer:{i}", "", "phone:+440000000000") for i in range(5)]
+    identity = link(records, [], LinkRules(link_distinct_ids=True, max_cluster_ids=3))
+    assert len({identity.customer_of[f"customer:{i}"] for i in range(5)}) == 3
+    assert identity.report()["conflicts"]["cluster_cap"]["count"] == 2
+
+
+def test_canonical_ids_never_show_an_address() -> None:
+    assert canonical_id(["email:a@x.com", "customer:9", "customer:10"]) == "10"
+    assert canonical_id(["partner:7", "email:a@x.com"]) == "partner:7"
+    token = canonical_id(["email:a@x.com", "phone:+441"])
+    assert token.startswith("c-") and "@" not in token
+    assert mask("phone:+442079460958") == "phone:+44***58"
