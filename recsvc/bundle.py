@@ -34,10 +34,12 @@ class BundleArrays:
     """Everything the service needs to rank, indexed by matrix row (customer) and column (item).
 
     Raw ids stay in ``customer_ids`` / ``item_ids``; every other array refers to positions in
-    them. ``owned_indptr``/``owned_indices`` is a CSR list of the catalog items each customer
-    owns. ``item_prior`` is added to a customer's standardised factor scores (see
-    recsvc.ranker). ``prices`` is NaN where no price is known. ``item_group`` gives items that
-    are one work (editions) the same value. ``alias_high``/``alias_low`` (sorted together) and
+    them. ``owned_indptr``/``owned_indices``/``owned_quantity`` is a CSR list of the catalog
+    items each customer holds and their net quantities (items grouped with them are owned
+    too; see ``item_group``). ``customer_spend``/``customer_orders`` are per-customer totals.
+    ``item_prior`` is added to a customer's standardised factor scores (see recsvc.ranker).
+    ``prices`` is NaN where no price is known. ``item_group`` gives items that are one work
+    (editions) the same value. ``alias_high``/``alias_low`` (sorted together) and
     ``alias_rows`` map the digest of every customer alias (see recsvc.identity) to its row.
     """
 
@@ -48,6 +50,9 @@ class BundleArrays:
     item_prior: NDArray[np.float32]
     owned_indptr: NDArray[np.int64]
     owned_indices: NDArray[np.int32]
+    owned_quantity: NDArray[np.float32]
+    customer_spend: NDArray[np.float64]
+    customer_orders: NDArray[np.int32]
     titles: NDArray[np.str_]
     prices: NDArray[np.float64]
     item_group: NDArray[np.int32]
@@ -67,6 +72,9 @@ class BundleArrays:
             "factor width": (self.user_factors.shape[1], self.item_factors.shape[1]),
             "owned_indptr length": (len(self.owned_indptr), n_customers + 1),
             "owned_indices length": (len(self.owned_indices), int(self.owned_indptr[-1])),
+            "owned_quantity length": (len(self.owned_quantity), len(self.owned_indices)),
+            "customer_spend length": (len(self.customer_spend), n_customers),
+            "customer_orders length": (len(self.customer_orders), n_customers),
             "titles length": (len(self.titles), n_items),
             "prices length": (len(self.prices), n_items),
             "item_group length": (len(self.item_group), n_items),
@@ -94,7 +102,8 @@ class BundleArrays:
 ARRAY_FILES: dict[str, tuple[str, ...]] = {
     "ids.npz": ("customer_ids", "item_ids"),
     "factors.npz": ("user_factors", "item_factors", "item_prior"),
-    "owned.npz": ("owned_indptr", "owned_indices"),
+    "owned.npz": ("owned_indptr", "owned_indices", "owned_quantity"),
+    "customers.npz": ("customer_spend", "customer_orders"),
     "catalog.npz": ("titles", "prices", "item_group"),
     "aliases.npz": ("alias_high", "alias_low", "alias_rows"),
     "popular.npz": ("popular_items", "popular_scores"),

@@ -10,7 +10,7 @@ metrics describe what customers are served.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,8 @@ from numpy.typing import NDArray
 
 from recsvc.bundle import BundleArrays
 from recsvc.identity import AliasIndex, IdentityRules
+
+HELD = 1e-9  # net quantities are sums of decimals; above this the customer holds the item
 
 
 @dataclass(frozen=True)
@@ -51,34 +53,58 @@ class Ranker:
             rules or IdentityRules(),
             namespaces,
         )
+        group_sizes = np.bincount(arrays.item_group, minlength=1)
+        self._grouped = group_sizes[arrays.item_group] > 1
 
     def customer_row(self, key: str) -> int | None:
         """The row of the customer a key names: canonical id, <source>:<id>, email:, phone:."""
         return self.aliases.row(key)
 
     def owned(self, row: int) -> NDArray[np.int32]:
+        """Items the customer held at training time (without their editions)."""
         start, end = self.arrays.owned_indptr[row], self.arrays.owned_indptr[row + 1]
         return self.arrays.owned_indices[start:end]
 
-    def recommend(self, key: str, n: int, also_owned: Iterable[int] = ()) -> Ranking:
+    def recommend(self, key: str, n: int, deltas: Mapping[int, float] | None = None) -> Ranking:
         """Top ``n`` items the customer does not own; popular items when the model lacks them.
 
-        ``also_owned`` adds item indices known to be owned beyond the bundle (e.g. purchases
-        reported after training); items grouped with them are excluded too.
+        ``deltas`` are net quantity changes per item index since the bundle was trained
+        (purchases positive, returns negative), as the store reports them.
         """
-        extra = self.with_groups(np.fromiter(also_owned, dtype=np.int32))
-        row = self.customer_row(key)
+        return self.recommend_row(self.customer_row(key), n, deltas)
+
+    def recommend_row(
+        self, row: int | None, n: int, deltas: Mapping[int, float] | None = None
+    ) -> Ranking:
+        excluded = self.excluded(row, deltas or {})
         if row is None:
-            return Ranking(items=self.popular(n, exclude=extra), fallback=True)
-        excluded = np.concatenate([self.owned(row), extra])
+            return Ranking(items=self.popular(n, exclude=excluded), fallback=True)
         customer_id = str(self.arrays.customer_ids[row])
-        return Ranking(
-            top_n(self.scores(row), n, excluded), fallback=False, customer_id=customer_id
-        )
+        items = top_n(self.scores(row), n, excluded)
+        return Ranking(items=items, fallback=False, customer_id=customer_id)
+
+    def excluded(self, row: int | None, deltas: Mapping[int, float]) -> NDArray[np.int32]:
+        """Items never to show: what the customer holds after ``deltas``, and its editions."""
+        quantity: dict[int, float] = {}
+        if row is not None:
+            start, end = self.arrays.owned_indptr[row], self.arrays.owned_indptr[row + 1]
+            if not deltas:
+                return self.with_groups(self.arrays.owned_indices[start:end])
+            quantity = dict(
+                zip(
+                    self.arrays.owned_indices[start:end].tolist(),
+                    self.arrays.owned_quantity[start:end].tolist(),
+                    strict=True,
+                )
+            )
+        for item, change in deltas.items():
+            quantity[item] = quantity.get(item, 0.0) + change
+        held = np.fromiter((i for i, q in quantity.items() if q > HELD), dtype=np.int32)
+        return self.with_groups(held)
 
     def with_groups(self, items: NDArray[np.int32]) -> NDArray[np.int32]:
         """``items`` plus every item in the same group (editions of one work)."""
-        if not len(items):
+        if not len(items) or not self._grouped[items].any():
             return items
         groups = self.arrays.item_group
         return np.flatnonzero(np.isin(groups, groups[items])).astype(np.int32)

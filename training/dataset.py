@@ -18,10 +18,14 @@ class TrainingData:
     # customers x items: summed time-decayed, trust-weighted purchase lines of every item
     # the customer holds (see ``build_dataset``).
     interactions: sp.csr_matrix
+    # customers x items: the net quantity of every item the customer holds.
+    held: sp.csr_matrix
     # customers x items: what the customer holds, plus every item grouped with one of those
     # (editions of one work); never recommended to them.
     owned: sp.csr_matrix
     item_group: NDArray[np.int32]  # items with the same value are one work
+    spend: NDArray[np.float64]  # per customer, in the shop currency, after cancellations
+    orders: NDArray[np.int32]  # per customer, distinct orders with a purchase
     titles: NDArray[np.str_]
     prices: NDArray[np.float64]
     popularity: NDArray[np.float64]  # sales decayed with the model's half-life
@@ -57,8 +61,13 @@ def build_dataset(
     shape = (len(customer_ids), len(item_ids))
     interactions = sp.csr_matrix((held["weight"].to_numpy(dtype=np.float32), (rows, items)), shape)
     interactions.sort_indices()
+    held_quantity = sp.csr_matrix(
+        (held["quantity"].to_numpy(dtype=np.float32), (rows, items)), shape
+    )
+    held_quantity.sort_indices()
     item_group = _group_codes(item_ids, item_groups or {})
     owned = _owned(rows, items, item_group, shape)
+    spend, orders = _customer_totals(events, pd.Index(customer_ids))
 
     sold = item_index.get_indexer(pd.Index(sales["item_id"]))
     popularity = np.bincount(sold, weight.loc[sales.index].to_numpy(), len(item_ids))
@@ -69,8 +78,11 @@ def build_dataset(
         customer_ids=customer_ids,
         item_ids=item_ids,
         interactions=interactions,
+        held=held_quantity,
         owned=owned,
         item_group=item_group,
+        spend=spend,
+        orders=orders,
         titles=titles,
         prices=prices,
         popularity=popularity.astype(np.float64),
@@ -105,7 +117,24 @@ def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.D
     pairs["best_source"] = per_source.groupby(level=["customer_id", "item"]).max()
     epsilon = 1e-9  # quantities may be fractional; sums of them are not exact
     held = pairs[(pairs["merged"] > epsilon) | (pairs["best_source"] > epsilon)]
+    held = held.assign(quantity=np.maximum(held["merged"], held["best_source"]))
     return held.reset_index()
+
+
+def _customer_totals(
+    events: pd.DataFrame, customers: pd.Index
+) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
+    """Spend (purchases minus cancellations; unknown prices count 0) and distinct orders."""
+    personal = events[events["outcome"].isin(["used", "cancellation"])]
+    rows = customers.get_indexer(pd.Index(personal["customer_id"]))
+    known = rows >= 0
+    amount = (personal["quantity"] * personal["unit_price"].fillna(0.0)).to_numpy()
+    spend = np.bincount(rows[known], amount[known], len(customers))
+    bought = personal[known & (personal["outcome"] == "used").to_numpy()]
+    orders = bought.groupby("customer_id")["order_id"].nunique()
+    order_counts = np.zeros(len(customers), dtype=np.int32)
+    order_counts[customers.get_indexer(orders.index)] = orders.to_numpy()
+    return spend.astype(np.float64), order_counts
 
 
 def _group_codes(item_ids: NDArray[np.str_], item_groups: dict[str, str]) -> NDArray[np.int32]:

@@ -189,7 +189,9 @@ def _recommenders(
             np.zeros((len(data.customer_ids), 1), np.float32), np.zeros((len(ids), 1), np.float32)
         )
         ranker = Ranker(bundle_arrays(data, empty, no_prior))
-        return lambda row: [str(ids[i.index]) for i in ranker.popular(k, ranker.owned(row))]
+        return lambda row: [
+            str(ids[item.index]) for item in ranker.popular(k, ranker.excluded(row, {}))
+        ]
 
     def plain_als() -> Recommend:
         plain = build_dataset(
