@@ -4,13 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check clean
+.PHONY: demo test check services clean
 
 demo: $(STAMP)
 	$(BIN)/recsvc demo
 
-test: check
+test: check services
 	$(BIN)/pytest
+
+# Tests use the machine's Redis and PostgreSQL when they run, and start redis-server
+# themselves to test outages, so the binary must be installed.
+services:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
+	  else echo "redis-server is needed: sudo apt-get install redis-server" >&2; exit 1; fi; }
 
 check: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,8 +8,15 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from recsvc import defaults
+from recsvc.auth import Authenticator
 from recsvc.config import ServiceConfig
+from recsvc.events import ErasureLog, EventLog
+from recsvc.realtime import Realtime
 from recsvc.registry import ModelRegistry
+from recsvc.store import EmbeddedStore, RedisStore, Store
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask:
@@ -19,6 +26,8 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
     elif not isinstance(config, ServiceConfig):
         config = ServiceConfig.from_mapping(config)
     logging.getLogger("recsvc").setLevel(config.log_level)
+    if not config.auth:
+        log.warning("RECSVC_AUTH=off: every request is allowed; use this for local work only")
 
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -26,8 +35,25 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
     registry = ModelRegistry(config.models_dir)
     registry.load()
     app.extensions["recsvc.registry"] = registry
+    app.extensions["recsvc.realtime"] = Realtime(
+        make_store(config), EventLog(config.events_dir), ErasureLog(config.events_dir)
+    )
+    app.extensions["recsvc.auth"] = Authenticator(config.api_keys) if config.auth else None
 
     from recsvc import api
 
     api.init_app(app)
     return app
+
+
+def make_store(config: ServiceConfig) -> Store:
+    retention = config.event_retention_days * 86400.0
+    if config.redis_url is None:
+        return EmbeddedStore(retention)
+    return RedisStore(
+        config.redis_url,
+        config.redis_prefix,
+        retention,
+        timeout=config.store_timeout_ms / 1000,
+        cooldown=defaults.STORE_COOLDOWN_SECONDS,
+    )

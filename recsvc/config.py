@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsvc import defaults
+from recsvc.auth import ApiKey, parse_api_keys
 from recsvc.errors import ConfigError
 
 PREFIX = "RECSVC_"
@@ -17,16 +18,76 @@ PREFIX = "RECSVC_"
 class ServiceConfig:
     models_dir: Path
     log_level: str = defaults.LOG_LEVEL
+    redis_url: str | None = None  # None: the embedded in-process store
+    redis_prefix: str = defaults.REDIS_PREFIX
+    store_timeout_ms: int = defaults.STORE_TIMEOUT_MS
+    events_dir: Path = Path(defaults.EVENTS_DIR)
+    event_retention_days: int = defaults.EVENT_RETENTION_DAYS
+    auth: bool = True
+    api_keys: tuple[ApiKey, ...] = ()
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> ServiceConfig:
         """Build from a mapping such as ``os.environ``; a bad value raises ConfigError naming it."""
-        models_dir = values.get(f"{PREFIX}MODELS_DIR", defaults.MODELS_DIR).strip()
+
+        def get(name: str, default: str) -> str:
+            return values.get(PREFIX + name, default).strip()
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = get(name, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{PREFIX}{name}={raw!r} is not an integer") from None
+            if not low <= value <= high:
+                raise ConfigError(f"{PREFIX}{name}={value} must be from {low} to {high}")
+            return value
+
+        models_dir = get("MODELS_DIR", defaults.MODELS_DIR)
         if not models_dir:
             raise ConfigError(f"{PREFIX}MODELS_DIR is empty; set it to the models directory")
-        log_level = values.get(f"{PREFIX}LOG_LEVEL", defaults.LOG_LEVEL).strip().upper()
+        log_level = get("LOG_LEVEL", defaults.LOG_LEVEL).upper()
         if not isinstance(logging.getLevelNamesMapping().get(log_level), int):
             raise ConfigError(
                 f"{PREFIX}LOG_LEVEL={log_level!r} is not a log level (DEBUG, INFO, WARNING, ERROR)"
             )
-        return cls(models_dir=Path(models_dir), log_level=log_level)
+        auth = get("AUTH", "on").lower()
+        if auth not in ("on", "off"):
+            raise ConfigError(f"{PREFIX}AUTH={auth!r} must be 'on' or 'off'")
+        redis_url = get("REDIS_URL", "") or None
+        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"{PREFIX}REDIS_URL must start with redis://, rediss:// or unix://")
+        keys = _api_keys(values)
+        if auth == "on" and not keys:
+            raise ConfigError(
+                f"{PREFIX}API_KEYS or {PREFIX}API_KEYS_FILE must grant at least one key "
+                f"(mint one with `recsvc keys mint`), or set {PREFIX}AUTH=off for local use"
+            )
+        return cls(
+            models_dir=Path(models_dir),
+            log_level=log_level,
+            redis_url=redis_url,
+            redis_prefix=get("REDIS_PREFIX", defaults.REDIS_PREFIX) or defaults.REDIS_PREFIX,
+            store_timeout_ms=integer("STORE_TIMEOUT_MS", defaults.STORE_TIMEOUT_MS, 1, 10_000),
+            events_dir=Path(get("EVENTS_DIR", defaults.EVENTS_DIR) or defaults.EVENTS_DIR),
+            event_retention_days=integer(
+                "EVENT_RETENTION_DAYS", defaults.EVENT_RETENTION_DAYS, 1, 3650
+            ),
+            auth=auth == "on",
+            api_keys=keys,
+        )
+
+
+def _api_keys(values: Mapping[str, str]) -> tuple[ApiKey, ...]:
+    inline = values.get(f"{PREFIX}API_KEYS", "")
+    file_name = values.get(f"{PREFIX}API_KEYS_FILE", "").strip()
+    text = inline
+    if file_name:
+        try:
+            text += "\n" + Path(file_name).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"{PREFIX}API_KEYS_FILE={file_name!r}: {error}") from None
+    try:
+        return parse_api_keys(text, f"{PREFIX}API_KEYS")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

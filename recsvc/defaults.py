@@ -8,3 +8,11 @@ LOG_LEVEL = "INFO"
 # GET /v1/customers/<id>/recommendations?n=
 DEFAULT_N = 10
 MAX_N = 100
+
+# The real-time store
+REDIS_PREFIX = "recsvc"
+STORE_TIMEOUT_MS = 50  # a slower store is treated as down: answers come from the bundle
+STORE_COOLDOWN_SECONDS = 1.0  # after a store failure, skip it this long before retrying
+EVENTS_DIR = "events"  # durable event log and erasure list
+EVENT_RETENTION_DAYS = 90  # how long reported events and their ids are kept in the store
+RETRY_AFTER_SECONDS = 1  # told to event writers while the store is down

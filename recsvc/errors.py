@@ -2,6 +2,7 @@
 
 RecsvcError
 ├── ConfigError            a RECSVC_* setting is missing or invalid (names the key)
+├── StoreUnavailable       the real-time store did not answer in time
 └── BundleError            no usable model bundle
     ├── BundleNotFound     the models directory has no published bundle
     └── BundleCorrupt      a bundle file is missing, altered or inconsistent (names the file)
@@ -18,6 +19,10 @@ class RecsvcError(Exception):
 
 class ConfigError(RecsvcError):
     """A configuration value is missing or invalid."""
+
+
+class StoreUnavailable(RecsvcError):
+    """The real-time store (Redis) is unreachable or too slow; callers degrade."""
 
 
 class BundleError(RecsvcError):

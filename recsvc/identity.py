@@ -140,6 +140,11 @@ class AliasIndex:
         self.rules = rules
         self.namespaces = frozenset(namespaces)
 
+    def of_row(self, row: int) -> list[tuple[np.uint64, np.uint64]]:
+        """The digests of every alias of one customer (a scan; for rare operations)."""
+        positions = np.flatnonzero(self.rows == row)
+        return [(self.high[p], self.low[p]) for p in positions]
+
     def row(self, key: str) -> int | None:
         for alias in request_aliases(key, self.rules, self.namespaces):
             high, low = digest_halves(alias)

@@ -18,10 +18,16 @@ log = logging.getLogger(__name__)
 class ServedModel:
     bundle: Bundle
     ranker: Ranker
+    item_index: dict[str, int]  # item id -> catalog index
 
     @property
     def version(self) -> str:
         return self.bundle.version
+
+    @property
+    def events_through(self) -> float:
+        """Receipt time of the last reported event the bundle learned from (0: none)."""
+        return float(self.bundle.manifest.get("events_through") or 0.0)
 
 
 class ModelRegistry:
@@ -46,7 +52,8 @@ class ModelRegistry:
             IdentityRules.from_manifest(identity.get("rules", {})),
             identity.get("namespaces", []),
         )
-        self.model = ServedModel(bundle=bundle, ranker=ranker)
+        item_index = {item: i for i, item in enumerate(bundle.arrays.item_ids.tolist())}
+        self.model = ServedModel(bundle=bundle, ranker=ranker, item_index=item_index)
         self.last_error = None
         log.info("serving bundle %s from %s", bundle.version, bundle.path)
         return True

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from recsvc import create_app
 from recsvc.config import ServiceConfig
+from tests.redis_server import shared_redis_url
 from training.config import load_config
 from training.pipeline import train
 
@@ -24,10 +27,34 @@ def sample_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample_app(sample_models: Path) -> Flask:
-    return create_app(ServiceConfig(models_dir=sample_models))
+def sample_app(sample_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    events = tmp_path_factory.mktemp("sample-events")
+    return create_app(ServiceConfig(models_dir=sample_models, events_dir=events, auth=False))
 
 
 @pytest.fixture
 def client(sample_app: Flask) -> FlaskClient:
     return sample_app.test_client()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis database for tests, flushed before and after the session."""
+    url, private = shared_redis_url(tmp_path_factory.mktemp("redis"))
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+    if private is not None:
+        private.stop()
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[str]:
+    """The test Redis database, flushed around one test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield redis_url
+    client.flushdb()
+    client.close()

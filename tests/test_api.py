@@ -97,7 +97,13 @@ def test_health_and_readiness(client: FlaskClient, sample_models: Path) -> None:
 
 
 def test_without_a_bundle_not_ready_but_alive(tmp_path: Path) -> None:
-    client = create_app({"RECSVC_MODELS_DIR": str(tmp_path)}).test_client()
+    client = create_app(
+        {
+            "RECSVC_MODELS_DIR": str(tmp_path),
+            "RECSVC_AUTH": "off",
+            "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
+        }
+    ).test_client()
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.mimetype == PROBLEM
@@ -106,7 +112,14 @@ def test_without_a_bundle_not_ready_but_alive(tmp_path: Path) -> None:
 
 
 def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    base = {"RECSVC_MODELS_DIR": str(tmp_path), "RECSVC_AUTH": "off"}
     with pytest.raises(ConfigError, match="RECSVC_LOG_LEVEL"):
-        create_app({"RECSVC_MODELS_DIR": str(tmp_path), "RECSVC_LOG_LEVEL": "LOUD"})
+        create_app({**base, "RECSVC_LOG_LEVEL": "LOUD"})
     with pytest.raises(ConfigError, match="RECSVC_MODELS_DIR"):
-        create_app({"RECSVC_MODELS_DIR": " "})
+        create_app({**base, "RECSVC_MODELS_DIR": " "})
+    with pytest.raises(ConfigError, match="RECSVC_API_KEYS"):
+        create_app({"RECSVC_MODELS_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match="RECSVC_REDIS_URL"):
+        create_app({**base, "RECSVC_REDIS_URL": "localhost:6379"})
+    with pytest.raises(ConfigError, match="RECSVC_STORE_TIMEOUT_MS"):
+        create_app({**base, "RECSVC_STORE_TIMEOUT_MS": "fast"})

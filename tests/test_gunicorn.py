@@ -33,9 +33,15 @@ def get(url: str) -> tuple[int, dict[str, object]]:
 
 
 @pytest.fixture
-def gunicorn_url(sample_models: Path) -> Iterator[str]:
+def gunicorn_url(sample_models: Path, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "RECSVC_MODELS_DIR": str(sample_models), "OPENBLAS_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "RECSVC_MODELS_DIR": str(sample_models),
+        "OPENBLAS_NUM_THREADS": "1",
+        "RECSVC_AUTH": "off",
+        "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
+    }
     process = subprocess.Popen(
         [
             sys.executable,

@@ -81,6 +81,7 @@ def test_accounting_is_exact(merged) -> None:  # type: ignore[no-untyped-def]
             "cancellation": 1,
             "anonymous": 1,
             "adjustment": 1,
+            "erased": 0,
             "quarantined": {"missing_item": 1, "bad_quantity": 1},
         },
         "shop": {
@@ -90,6 +91,7 @@ def test_accounting_is_exact(merged) -> None:  # type: ignore[no-untyped-def]
             "cancellation": 1,
             "anonymous": 0,
             "adjustment": 2,
+            "erased": 0,
             "quarantined": {"bad_timestamp": 1, "bad_price": 1, "zero_quantity": 1},
         },
     }

@@ -89,6 +89,7 @@ def test_table_source_trains(tmp_path: Path, schema: str, monkeypatch: pytest.Mo
         "cancellation": 1,
         "anonymous": 1,
         "adjustment": 0,
+        "erased": 0,
         "quarantined": {"zero_quantity": 1},
     }
     ranker = Ranker(load_current(tmp_path / "models").arrays)

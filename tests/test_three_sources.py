@@ -145,7 +145,8 @@ def three_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(three_sources: Path) -> FlaskClient:
-    return create_app(ServiceConfig(models_dir=three_sources)).test_client()
+    config = ServiceConfig(models_dir=three_sources, events_dir=three_sources / "ev", auth=False)
+    return create_app(config).test_client()
 
 
 def recommended(client: FlaskClient, key: str) -> tuple[str, list[str]]:
@@ -210,6 +211,7 @@ def test_manifest_reports_links_conflicts_and_accounting(three_sources: Path) ->
         "cancellation": 0,
         "anonymous": 1,
         "adjustment": 0,
+        "erased": 0,
         "quarantined": {},
     }
     assert accounting["reading"]["used"] == 2

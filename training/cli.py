@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -77,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check_cmd.add_argument("--config", type=Path, required=True)
     check_cmd.set_defaults(run=_check_sources)
+
+    keys_cmd = commands.add_parser("keys", help="API keys for the service")
+    keys_commands = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    mint_cmd = keys_commands.add_parser("mint", help="make a new API key and its config line")
+    mint_cmd.add_argument("--name", required=True, help="who uses it, e.g. web or email")
+    mint_cmd.add_argument(
+        "--scopes", required=True, help="comma-separated: recs:read, events:write, admin"
+    )
+    mint_cmd.set_defaults(run=_mint_key)
 
     demo_cmd = commands.add_parser(
         "demo", help="train on the bundled sample and serve it on the embedded store"
@@ -155,6 +166,21 @@ def _check_sources(args: argparse.Namespace) -> int:
     return 1 if any(result.errors for result in results) else 0
 
 
+def _mint_key(args: argparse.Namespace) -> int:
+    from recsvc.auth import SCOPES, mint
+
+    scopes = {scope.strip() for scope in args.scopes.split(",") if scope.strip()}
+    unknown = scopes - set(SCOPES)
+    if not scopes or unknown or not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+        raise TrainingError(
+            f"--name: letters, digits, '_', '.', '-'; --scopes: some of {', '.join(SCOPES)}"
+        )
+    key, line = mint(args.name, scopes)
+    print(f"key (give it to the caller; it is not stored anywhere): {key}")
+    print(f"config line (add to RECSVC_API_KEYS, comma-separated, or RECSVC_API_KEYS_FILE): {line}")
+    return 0
+
+
 def _date(text: str) -> pd.Timestamp:
     try:
         return pd.Timestamp(text)
@@ -162,11 +188,18 @@ def _date(text: str) -> pd.Timestamp:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> int:
+    """The development server, configured from RECSVC_* like gunicorn (--models-dir wins)."""
     from recsvc import create_app
     from recsvc.config import ServiceConfig
+    from recsvc.errors import ConfigError
 
-    app = create_app(ServiceConfig(models_dir=args.models_dir))
+    environment = {**os.environ, "RECSVC_MODELS_DIR": str(args.models_dir), **(overrides or {})}
+    try:
+        app = create_app(ServiceConfig.from_mapping(environment))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     app.run(host=args.host, port=args.port, threaded=True)
     return 0
 
@@ -183,8 +216,16 @@ def _demo(args: argparse.Namespace) -> int:
     print("\nTry:")
     print(f"  curl -s '{base}/v1/customers/{customer}/recommendations?n=5'")
     print(f"  curl -s '{base}/v1/customers/no-such-customer/recommendations?n=5'   # fallback")
+    print(f"  curl -s '{base}/v1/customers/{customer}/profile'")
+    print(f"  curl -s -X POST '{base}/v1/events' -H 'Content-Type: application/json' \\")
+    print(
+        f'    -d \'{{"events": [{{"event_id": "demo-1", "customer": "{customer}", '
+        f'"item_id": "85123A", "quantity": 1, "price": 2.55, '
+        f'"timestamp": "2011-12-10T10:00:00Z"}}]}}\''
+    )
     print(f"  curl -s '{base}/readyz'\n")
-    return _serve(args)
+    print("The demo runs with RECSVC_AUTH=off on localhost and the embedded store.\n")
+    return _serve(args, {"RECSVC_AUTH": "off"})
 
 
 def print_report(report: TrainReport) -> None:
@@ -197,6 +238,7 @@ def print_report(report: TrainReport) -> None:
         "cancellation",
         "anonymous",
         "adjustment",
+        "erased",
         "quarantined",
     ]
     rows: list[list[Any]] = []

@@ -16,8 +16,17 @@ from recsvc.identity import IdentityRules
 from training.errors import ConfigError
 from training.identity import LinkRules
 
-SOURCE_KINDS = ("csv", "jsonl", "parquet", "postgresql")
-FILE_KINDS = ("csv", "jsonl", "parquet")
+SOURCE_KINDS = ("csv", "jsonl", "parquet", "postgresql", "events")
+# The service's event log (recsvc.events.EventLog) has fixed columns; its customer column holds
+# request keys (canonical id, <source>:<id>, email:, phone:).
+EVENTS_COLUMNS = {
+    "order_id": "event_id",
+    "customer_id": "customer",
+    "item_id": "item_id",
+    "quantity": "quantity",
+    "unit_price": "price",
+    "timestamp": "timestamp",
+}
 # Canonical event fields; a source maps each it has to one of its own column names.
 FIELDS = (
     "customer_id",
@@ -120,6 +129,8 @@ class IdentityConfig:
     rules: IdentityRules = field(default_factory=IdentityRules)
     links: LinkRules = field(default_factory=LinkRules)
     crosswalk: Path | None = None  # CSV: left,right = two keys of one customer
+    # The service's erasure list; may not exist yet (nobody erased), which the manifest notes.
+    erasures: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,11 @@ def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
     kind = _string(raw, "kind", where)
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(SOURCE_KINDS)}")
-    if kind == "postgresql":
+    if kind == "events":
+        _reject_unknown(raw, {"name", "kind", "path", "trust"}, where)
+        _string(raw, "path", where)
+        raw = {**raw, "columns": EVENTS_COLUMNS}
+    elif kind == "postgresql":
         _reject_unknown(raw, common | {"dsn", "dsn_env", "table", "query", "chunk_rows"}, where)
         if ("dsn" in raw) == ("dsn_env" in raw):
             raise ConfigError(f"{where}: set exactly one of dsn or dsn_env")
@@ -262,6 +277,7 @@ def _parse_identity(raw: dict[str, Any], base_dir: Path, where: str) -> Identity
         "link_distinct_ids",
         "max_cluster_ids",
         "crosswalk",
+        "erasures",
     }
     _reject_unknown(raw, allowed, where)
     domains = raw.get("dotless_domains", [])
@@ -281,7 +297,15 @@ def _parse_identity(raw: dict[str, Any], base_dir: Path, where: str) -> Identity
             max_cluster_ids=int(_number(raw, "max_cluster_ids", where, 10, 1, 10_000, True)),
         ),
         crosswalk=_optional_file(raw, "crosswalk", base_dir, where),
+        erasures=_optional_path(raw, "erasures", base_dir, where),
     )
+
+
+def _optional_path(raw: dict[str, Any], key: str, base_dir: Path, where: str) -> Path | None:
+    name = _optional_string(raw, key, where)
+    if name is None:
+        return None
+    return Path(name) if Path(name).is_absolute() else base_dir / name
 
 
 def _parse_items(raw: dict[str, Any], base_dir: Path, where: str) -> ItemRules:

@@ -5,6 +5,8 @@ Each row gets exactly one outcome, decided in this order:
 1. ``quarantined`` (reason ``missing_item``): no item id.
 2. ``adjustment``: the item is not a product (postage, fees, discounts, vouchers; see ItemRules).
 3. ``quarantined`` with a reason: unparseable or impossible quantity, price or timestamp.
+   Then ``erased``: the row names a customer on the service's erasure list; it is not used
+   at all (not even to link identities).
 4. ``duplicate``: the same order line (order id, item, quantity, timestamp) was already read
    from an earlier source. A line repeated inside one source is kept as many times as it appears
    there; only the copies that another source also holds count once.
@@ -21,8 +23,10 @@ naive timestamps read in the source's time zone.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,16 +40,31 @@ from recsvc.identity import (
     EMAIL,
     PHONE,
     IdentityRules,
+    digest,
     normalise_email,
     normalise_phone,
 )
 from training.config import IdentityConfig, ItemRules
-from training.crosswalk import ItemCrosswalk, load_customer_crosswalk, load_item_crosswalk
-from training.identity import link
+from training.crosswalk import (
+    ItemCrosswalk,
+    load_customer_crosswalk,
+    load_item_crosswalk,
+    training_alias,
+)
+from training.errors import SourceError
+from training.identity import PRIMARY_NAMESPACE, link
 from training.sources import SourceRows
 
-OUTCOMES = ("used", "duplicate", "cancellation", "anonymous", "adjustment", "quarantined")
-USED, DUPLICATE, CANCELLATION, ANONYMOUS, ADJUSTMENT, QUARANTINED = range(len(OUTCOMES))
+OUTCOMES = (
+    "used",
+    "duplicate",
+    "cancellation",
+    "anonymous",
+    "adjustment",
+    "erased",
+    "quarantined",
+)
+USED, DUPLICATE, CANCELLATION, ANONYMOUS, ADJUSTMENT, ERASED, QUARANTINED = range(len(OUTCOMES))
 REASONS = (
     "missing_item",
     "bad_quantity",
@@ -95,12 +114,23 @@ def merge_sources(
 ) -> MergedHistory:
     identity = identity or IdentityConfig()
     crosswalk = load_item_crosswalk(items.crosswalk, {rows.source.name for rows in sources})
+    namespace_of = {rows.source.name: rows.source.customer_namespace for rows in sources}
+    namespace_of |= {namespace: namespace for namespace in namespace_of.values()}
     parts = [
-        _parse(rows, position, items, crosswalk, identity.rules)
+        _parse(rows, position, items, crosswalk, identity.rules, namespace_of)
         for position, rows in enumerate(sources)
     ]
     parsed = pd.concat([frame for frame, _ in parts], ignore_index=True)
-    aliases, identity_report = _link(parsed, sources, identity)
+    erased = _erased_rows(parsed, sources, load_erasures(identity.erasures))
+    outcome = parsed["outcome"].to_numpy(copy=True)
+    outcome[erased & (outcome == UNDECIDED)] = ERASED
+    parsed["outcome"] = outcome
+    aliases, identity_report = _link(parsed[outcome != ERASED], sources, identity)
+    identity_report["erasures"] = {
+        "list": None if identity.erasures is None else str(identity.erasures),
+        "list_present": identity.erasures is not None and identity.erasures.is_file(),
+        "rows_erased": int((outcome == ERASED).sum()),
+    }
     parsed["customer_id"] = _customer_of(parsed, aliases)
     outcome = parsed["outcome"].to_numpy(copy=True)
     _mark_duplicates(parsed, outcome)
@@ -177,6 +207,7 @@ def _parse(
     items: ItemRules,
     crosswalk: ItemCrosswalk,
     identity_rules: IdentityRules,
+    namespace_of: dict[str, str],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Typed rows with a provisional outcome, and the quarantined rows with their raw values."""
     raw = rows.frame
@@ -222,7 +253,7 @@ def _parse(
 
     order_id = text("order_id")
     is_cancellation = quantity < 0
-    if "order_id" in raw and source.cancellation_prefix:
+    if "order_id" in raw and source.cancellation_prefix and source.kind != "events":
         is_cancellation |= order_id.str.startswith(source.cancellation_prefix).to_numpy()
     quantity = np.where(is_cancellation, -np.abs(quantity), quantity)
 
@@ -240,15 +271,20 @@ def _parse(
             **{field: bad[field].to_numpy() for field in source.columns},
         }
     )
-    raw_id = customer_ids(text("customer_id"))
-    email = _normalised(text("email"), lambda value: normalise_email(value, identity_rules))
-    phone = _normalised(text("phone"), lambda value: normalise_phone(value, identity_rules))
+    if source.kind == "events":
+        raw_id = pd.Series("", index=raw.index, dtype="str")
+        id_alias, email, phone = _key_aliases(text("customer_id"), identity_rules, namespace_of)
+    else:
+        raw_id = customer_ids(text("customer_id"))
+        id_alias = raw_id.where(raw_id == "", source.customer_namespace + ":" + raw_id)
+        email = _normalised(text("email"), lambda value: normalise_email(value, identity_rules))
+        phone = _normalised(text("phone"), lambda value: normalise_phone(value, identity_rules))
     parsed = pd.DataFrame(
         {
             "source_position": np.full(count, position, dtype=np.int16),
             "trust": np.full(count, source.trust, dtype=np.float32),
             "raw_customer_id": raw_id,
-            "id_alias": raw_id.where(raw_id == "", source.customer_namespace + ":" + raw_id),
+            "id_alias": id_alias,
             "email_alias": email.where(email == "", f"{EMAIL}:" + email),
             "phone_alias": phone.where(phone == "", f"{PHONE}:" + phone),
             "invalid_email": (email == "") & (text("email") != ""),
@@ -272,6 +308,71 @@ def customer_ids(raw: pd.Series) -> pd.Series:
     """Exports that went through a spreadsheet write ids as floats ("13085.0"); those are
     read as the integer id."""
     return raw.where(~raw.str.fullmatch(r"\d+\.0+"), raw.str.replace(r"\.0+$", "", regex=True))
+
+
+def _key_aliases(
+    keys: pd.Series, rules: IdentityRules, namespace_of: dict[str, str]
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Request keys (as the service's event log holds them) as id, email and phone aliases.
+    A bare key is a canonical id: the shop's own id."""
+    id_of: dict[str, str] = {}
+    email_of: dict[str, str] = {}
+    phone_of: dict[str, str] = {}
+    for key in keys.unique():
+        if not key:
+            continue
+        alias = training_alias(key, rules, namespace_of) or f"{PRIMARY_NAMESPACE}:{key}"
+        kind, _, value = alias.partition(":")
+        if kind == EMAIL:
+            email_of[key] = value
+        elif kind == PHONE:
+            phone_of[key] = value
+        else:
+            id_of[key] = alias
+
+    def column(mapping: dict[str, str]) -> pd.Series:
+        if not mapping:
+            return pd.Series("", index=keys.index, dtype="str")
+        return keys.map(mapping).fillna("").astype("str")
+
+    return column(id_of), column(email_of), column(phone_of)
+
+
+def load_erasures(path: Path | None) -> set[str]:
+    """Alias digests (hex) of every erased customer, from the service's erasure list."""
+    if path is None or not path.is_file():
+        return set()
+    digests: set[str] = set()
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                digests.update(json.loads(line)["alias_digests"])
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise SourceError(
+                    f"{path}, line {number}: not an erasure record ({error})"
+                ) from None
+    return digests
+
+
+def _erased_rows(
+    parsed: pd.DataFrame, sources: list[SourceRows], erased: set[str]
+) -> NDArray[np.bool_]:
+    """Rows carrying any alias of an erased customer."""
+    mask = np.zeros(len(parsed), dtype=bool)
+    if not erased:
+        return mask
+    names = np.array([rows.source.name for rows in sources], dtype=object)
+    source_alias = pd.Series(names[parsed["source_position"].to_numpy()] + ":", index=parsed.index)
+    source_alias = (source_alias + parsed["raw_customer_id"]).where(
+        parsed["raw_customer_id"] != "", ""
+    )
+    for column in (parsed["id_alias"], parsed["email_alias"], parsed["phone_alias"], source_alias):
+        hit = {alias for alias in column.unique() if alias and digest(alias).hex() in erased}
+        if hit:
+            mask |= column.isin(hit).to_numpy()
+    return mask
 
 
 def _normalised(values: pd.Series, normalise: Callable[[str], str | None]) -> pd.Series:

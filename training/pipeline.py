@@ -21,7 +21,7 @@ from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset
 from training.fit import Factors, fit_als, trend_prior
 from training.merge import MergedHistory, merge_sources
-from training.sources import SourceRows, read_source
+from training.sources import SourceRows, events_through, read_source
 
 QUARANTINE_FILE = "quarantine.csv"
 MODEL_KIND = "als+trend"
@@ -48,7 +48,9 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     arrays = fit_model(data, config.model, progress=progress, aliases=merged.aliases)
     fingerprint = data_fingerprint(config, sources)
     version = new_version(fingerprint)
-    path = publish(models_dir, version, fingerprint, config, merged, data, arrays)
+    received = [events_through(rows) for rows in sources]
+    latest_event = max((t for t in received if t is not None), default=None)
+    path = publish(models_dir, version, fingerprint, config, merged, data, arrays, latest_event)
     return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
 
 
@@ -126,11 +128,15 @@ def publish(
     merged: MergedHistory,
     data: TrainingData,
     arrays: BundleArrays,
+    latest_event: float | None = None,
 ) -> Path:
     manifest = {
         "model": MODEL_KIND,
         "data_fingerprint": fingerprint,
         "data_as_of": None if data.as_of is None else data.as_of.isoformat(),
+        # Receipt time of the last reported event learned from; the service only applies
+        # events received after it, so none counts twice.
+        "events_through": latest_event,
         "parameters": parameters(config),
         "accounting": merged.accounting,
         "identity": {

@@ -44,7 +44,13 @@ def read_source(source: SourceConfig) -> SourceRows:
             f"source {source.name!r}: no file matches {source.path!r} "
             f"(relative to {source.base_dir})"
         )
-    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[source.kind]
+    readers = {
+        "csv": _read_csv,
+        "jsonl": _read_jsonl,
+        "parquet": _read_parquet,
+        "events": _read_events,
+    }
+    reader = readers[source.kind]
     frames = [_numbered(reader(source, path), index) for index, path in enumerate(files)]
     return SourceRows(source, [str(p) for p in files], pd.concat(frames, ignore_index=True))
 
@@ -92,6 +98,24 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
 
 
 def _read_jsonl(source: SourceConfig, path: Path) -> pd.DataFrame:
+    table = _jsonl_table(source, path)
+    return _fields(_arrow_text(table, list(source.columns.values()), str(path)), source)
+
+
+def _read_events(source: SourceConfig, path: Path) -> pd.DataFrame:
+    """The service's event log: the fixed columns, plus ``received_at`` (seconds)."""
+    table = _jsonl_table(source, path)
+    frame = _fields(_arrow_text(table, list(source.columns.values()), str(path)), source)
+    received = (
+        pc.fill_null(table.column("received_at").cast(pa.float64()), 0.0).to_numpy()
+        if "received_at" in table.column_names
+        else 0.0
+    )
+    frame["received_at"] = received
+    return frame
+
+
+def _jsonl_table(source: SourceConfig, path: Path) -> pa.Table:
     where = f"source {source.name!r}, file {path}"
     try:
         table = pa_json.read_json(path)
@@ -100,7 +124,14 @@ def _read_jsonl(source: SourceConfig, path: Path) -> pd.DataFrame:
     except OSError as error:
         raise SourceError(f"{where}: cannot read ({error})") from error
     _check_columns(source, table.column_names, where)
-    return _fields(_arrow_text(table, list(source.columns.values()), where), source)
+    return table
+
+
+def events_through(rows: SourceRows) -> float | None:
+    """Receipt time of the last event read from an event log source."""
+    if rows.source.kind != "events" or rows.frame.empty:
+        return None
+    return float(rows.frame["received_at"].max())
 
 
 def _read_parquet(source: SourceConfig, path: Path) -> pd.DataFrame:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from recsvc.api import health, problems, recommendations
+from recsvc.api import customers, events, health, problems, recommendations
+from recsvc.realtime import Realtime
 from recsvc.registry import ModelRegistry, ServedModel
 
 
@@ -12,10 +13,17 @@ def init_app(app: Flask) -> None:
     problems.init_app(app)
     health.init_app(app)
     recommendations.init_app(app)
+    events.init_app(app)
+    customers.init_app(app)
 
 
 def registry() -> ModelRegistry:
     found: ModelRegistry = current_app.extensions["recsvc.registry"]
+    return found
+
+
+def realtime() -> Realtime:
+    found: Realtime = current_app.extensions["recsvc.realtime"]
     return found
 
 

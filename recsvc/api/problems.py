@@ -16,11 +16,19 @@ PROBLEM_JSON = "application/problem+json"
 class Problem(Exception):
     """An error response: status, a short title, and a detail that says what is wrong."""
 
-    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -32,7 +40,9 @@ def problem_response(problem: Problem) -> Response:
         "detail": problem.detail,
         **problem.extra,
     }
-    return Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_JSON)
+    return Response(
+        json.dumps(body), status=problem.status, mimetype=PROBLEM_JSON, headers=problem.headers
+    )
 
 
 def invalid_parameter(name: str, reason: str) -> Problem:

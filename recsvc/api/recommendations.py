@@ -1,4 +1,4 @@
-"""GET /v1/customers/<customer_id>/recommendations"""
+"""GET /v1/customers/<key>/recommendations"""
 
 from __future__ import annotations
 
@@ -7,21 +7,25 @@ import math
 from flask import Blueprint, Flask, Response, jsonify
 
 from recsvc import api, defaults
+from recsvc.api.access import requires
 from recsvc.api.params import int_arg
 from recsvc.ranker import RankedItem, Ranker
 
 blueprint = Blueprint("recommendations", __name__, url_prefix="/v1/customers")
 
 
-@blueprint.get("/<customer_id>/recommendations")
-def recommendations(customer_id: str) -> Response:
+@blueprint.get("/<key>/recommendations")
+@requires("recs:read")
+def recommendations(key: str) -> Response:
     n = int_arg("n", default=defaults.DEFAULT_N, low=1, high=defaults.MAX_N)
     model = api.served_model()
-    ranking = model.ranker.recommend(customer_id, n)
+    customer = api.realtime().view(model, key)
+    ranking = model.ranker.recommend_row(customer.row, n, customer.deltas)
     return jsonify(
-        customer_id=ranking.customer_id or customer_id,
+        customer_id=ranking.customer_id or key,
         model_version=model.version,
         fallback=ranking.fallback,
+        degraded=customer.degraded,
         items=[item_json(model.ranker, item) for item in ranking.items],
     )
 

@@ -1,0 +1,83 @@
+"""API keys with scopes. The service stores only each key's sha256; a presented key is hashed
+and compared with every configured digest in constant time.
+
+Configuration (RECSVC_API_KEYS, or one per line in RECSVC_API_KEYS_FILE)::
+
+    <name>:<sha256 hex of the key>:<scope>+<scope>
+
+Mint a key with ``recsvc keys mint --name web --scopes recs:read``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+SCOPES = ("recs:read", "events:write", "admin")
+_LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+):(?P<digest>[0-9a-f]{64}):(?P<scopes>[a-z:+]+)$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    digest: bytes
+    scopes: frozenset[str]
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def parse_api_keys(text: str, origin: str) -> tuple[ApiKey, ...]:
+    """Parse key lines (comma- or newline-separated); ValueError names the bad entry."""
+    keys = []
+    for number, entry in enumerate(re.split(r"[,\n]", text), start=1):
+        entry = entry.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        match = _LINE.match(entry)
+        if match is None:
+            raise ValueError(f"{origin} entry {number}: expected <name>:<sha256 hex>:<scopes>")
+        scopes = frozenset(match["scopes"].split("+"))
+        unknown = scopes - set(SCOPES)
+        if unknown:
+            raise ValueError(
+                f"{origin} entry {number}: unknown scope(s) {sorted(unknown)}; "
+                f"scopes are {', '.join(SCOPES)}"
+            )
+        keys.append(ApiKey(match["name"], bytes.fromhex(match["digest"]), scopes))
+    return tuple(keys)
+
+
+def mint(name: str, scopes: Iterable[str]) -> tuple[str, str]:
+    """A new random key and the configuration line that grants it ``scopes``."""
+    key = "rk_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return key, f"{name}:{digest}:{'+'.join(sorted(scopes))}"
+
+
+class Authenticator:
+    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
+        self.keys = keys
+
+    def authorise(self, presented: str | None, scope: str) -> ApiKey:
+        """The key presented, if it exists and grants ``scope``; else AuthError 401 or 403."""
+        if not presented:
+            raise AuthError(401, "an API key is required (Authorization: Bearer <key>)")
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for key in self.keys:  # every digest is compared, found or not
+            if hmac.compare_digest(key.digest, digest):
+                found = key
+        if found is None:
+            raise AuthError(401, "the API key is not valid")
+        if scope not in found.scopes and "admin" not in found.scopes:
+            raise AuthError(403, f"the API key lacks the scope {scope!r}")
+        return found

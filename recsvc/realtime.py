@@ -1,0 +1,186 @@
+"""What changed since training: reading a customer's real-time state, recording events and
+erasing customers. Ties the store, the durable logs and the served bundle together; no web
+framework here."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from recsvc.errors import StoreUnavailable
+from recsvc.events import ErasureLog, Event, EventLog, Rejection
+from recsvc.identity import CANONICAL, digest, request_aliases
+from recsvc.registry import ServedModel
+from recsvc.store import Applied, Store, StoredEvent, customer_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    """A customer as the service sees them now: the bundle plus events since training."""
+
+    row: int | None  # None: unknown to the model (or erased)
+    customer_id: str | None  # canonical id, when known
+    store_key: str
+    events: list[StoredEvent]
+    deltas: dict[int, float]  # net quantity change per catalog item since training
+    degraded: bool  # the store did not answer; bundle data only
+    erased: bool = False
+
+
+@dataclass
+class BatchResult:
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ErasureReceipt:
+    customer_id: str | None
+    aliases: int
+    events_removed: int
+    erased_at: str
+
+
+class Realtime:
+    def __init__(
+        self,
+        store: Store,
+        event_log: EventLog,
+        erasures: ErasureLog,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.event_log = event_log
+        self.erasures = erasures
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._erased = set(erasures.customer_keys())  # this process's view; no round trip
+        try:
+            store.mark_erased(sorted(self._erased))
+        except StoreUnavailable as error:
+            log.warning("could not restore erasures into the store: %s", error)
+
+    def resolve(self, model: ServedModel, key: str) -> tuple[int | None, str]:
+        """The customer's model row and store key; erased customers have no row."""
+        ranker = model.ranker
+        row = ranker.customer_row(key)
+        if row is not None:
+            alias = f"{CANONICAL}:{ranker.arrays.customer_ids[row]}"
+        else:
+            aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
+            alias = aliases[-1]
+        store_key = customer_key(alias)
+        if store_key in self._erased:
+            return None, store_key
+        return row, store_key
+
+    def view(self, model: ServedModel, key: str) -> CustomerView:
+        row, store_key = self.resolve(model, key)
+        if store_key in self._erased:
+            return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
+        try:
+            state = self.store.customer_state(store_key, model.events_through)
+        except StoreUnavailable as error:
+            log.warning("store unavailable, serving from the bundle: %s", error)
+            return CustomerView(row, _canonical(model, row), store_key, [], {}, degraded=True)
+        if state.erased:
+            return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
+        deltas: dict[int, float] = {}
+        for event in state.events:
+            index = model.item_index.get(event.item_id)
+            if index is not None:
+                deltas[index] = deltas.get(index, 0.0) + event.quantity
+        return CustomerView(row, _canonical(model, row), store_key, state.events, deltas, False)
+
+    def record(self, model: ServedModel, batch: list[tuple[int, Event]]) -> BatchResult:
+        """Apply valid events to the store, then append the new ones to the durable log.
+        Raises StoreUnavailable (nothing applied) or OSError (the store change is undone)."""
+        received = self.clock()
+        entries: list[tuple[str, StoredEvent]] = []
+        keys: list[str] = []
+        for _, event in batch:
+            _, store_key = self.resolve(model, event.customer)
+            keys.append(store_key)
+            entries.append(
+                (
+                    store_key,
+                    StoredEvent(
+                        event_id=event.event_id,
+                        item_id=event.item_id,
+                        quantity=event.quantity,
+                        price=event.price,
+                        timestamp=event.timestamp.isoformat(),
+                        source=event.source,
+                        received_at=received.timestamp(),
+                    ),
+                )
+            )
+        outcomes = self.store.apply(entries)
+        result = BatchResult()
+        new_entries = []
+        records = []
+        for (index, event), entry, outcome in zip(batch, entries, outcomes, strict=True):
+            if outcome is Applied.NEW and entry[0] not in self._erased:
+                result.accepted.append(event.event_id)
+                new_entries.append(entry)
+                records.append({**_log_record(event), "received_at": entry[1].received_at})
+            elif outcome is Applied.DUPLICATE:
+                result.duplicates.append(event.event_id)
+            else:
+                result.rejected.append(
+                    Rejection(index, event.event_id, ["customer: this customer was erased"])
+                )
+        try:
+            self.event_log.append(records)
+        except OSError:
+            self.store.forget(new_entries)
+            raise
+        return result
+
+    def erase(self, model: ServedModel, key: str) -> ErasureReceipt:
+        """Forget a customer: every alias, their real-time events, and (through the durable
+        erasure list) their rows in the next training run."""
+        row, store_key = self.resolve(model, key)
+        ranker = model.ranker
+        digests = {
+            digest(alias).hex()
+            for alias in request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
+        }
+        customer_id = None
+        if row is not None:
+            customer_id = str(ranker.arrays.customer_ids[row])
+            digests |= {_hex(high, low) for high, low in ranker.aliases.of_row(row)}
+        now = self.clock()
+        removed = self.store.erase(store_key)
+        self.erasures.record(sorted(digests), [store_key], now)
+        with self._lock:
+            self._erased.add(store_key)
+        return ErasureReceipt(customer_id, len(digests), removed, now.isoformat(timespec="seconds"))
+
+
+def _canonical(model: ServedModel, row: int | None) -> str | None:
+    return None if row is None else str(model.ranker.arrays.customer_ids[row])
+
+
+def _hex(high: np.uint64, low: np.uint64) -> str:
+    return int(high).to_bytes(8, "big").hex() + int(low).to_bytes(8, "big").hex()
+
+
+def _log_record(event: Event) -> dict[str, object]:
+    return {
+        "event_id": event.event_id,
+        "customer": event.customer,
+        "item_id": event.item_id,
+        "quantity": event.quantity,
+        "price": event.price,
+        "timestamp": event.timestamp.isoformat(),
+        "source": event.source,
+    }

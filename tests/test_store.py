@@ -1,0 +1,96 @@
+"""One contract for the real-time store, run against the embedded store and a real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recsvc.errors import StoreUnavailable
+from recsvc.store import Applied, EmbeddedStore, RedisStore, Store, StoredEvent
+from tests.redis_server import RedisProcess
+
+RETENTION = 90 * 86400.0
+
+
+def event(event_id: str, item: str = "A", quantity: float = 1.0, at: float = 1000.0) -> StoredEvent:
+    return StoredEvent(event_id, item, quantity, 2.5, "2011-12-10T10:00:00+00:00", "api", at)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    clock = lambda: 2000.0  # noqa: E731 - a fixed "now" inside retention for every event
+    if request.param == "embedded":
+        yield EmbeddedStore(RETENTION, clock=clock)
+    else:
+        url = request.getfixturevalue("clean_redis")
+        yield RedisStore(url, "recsvc-test", RETENTION, timeout=1.0, clock=clock)
+
+
+def test_apply_is_idempotent_by_event_id(store: Store) -> None:
+    batch = [("c1", event("e1")), ("c1", event("e2", "B")), ("c1", event("e1"))]
+    assert store.apply(batch) == [Applied.NEW, Applied.NEW, Applied.DUPLICATE]
+    assert store.apply(batch) == [Applied.DUPLICATE] * 3
+    state = store.customer_state("c1", since=0.0)
+    assert sorted(e.event_id for e in state.events) == ["e1", "e2"] and not state.erased
+
+
+def test_only_events_after_the_watermark_are_returned(store: Store) -> None:
+    store.apply([("c1", event("old", at=100.0)), ("c1", event("new", at=500.0))])
+    assert [e.event_id for e in store.customer_state("c1", since=100.0).events] == ["new"]
+    assert store.customer_state("c2", since=0.0).events == []
+
+
+def test_events_round_trip_exactly(store: Store) -> None:
+    sent = event("e1", "85123A", -2.0, 1234.5)
+    store.apply([("c1", sent)])
+    assert store.customer_state("c1", since=0.0).events == [sent]
+
+
+def test_erase_removes_events_and_blocks_new_ones(store: Store) -> None:
+    store.apply([("c1", event("e1")), ("c1", event("e2")), ("c2", event("e3"))])
+    assert store.erase("c1") == 2
+    state = store.customer_state("c1", since=0.0)
+    assert state.erased and state.events == []
+    assert store.apply([("c1", event("e4"))]) == [Applied.ERASED]
+    assert len(store.customer_state("c2", since=0.0).events) == 1
+
+
+def test_forget_undoes_apply(store: Store) -> None:
+    entries = [("c1", event("e1"))]
+    store.apply(entries)
+    store.forget(entries)
+    assert store.customer_state("c1", since=0.0).events == []
+    assert store.apply(entries) == [Applied.NEW]
+
+
+def test_mark_erased(store: Store) -> None:
+    store.mark_erased(["c9"])
+    assert store.customer_state("c9", since=0.0).erased
+    assert store.ping()
+
+
+def test_redis_outage_fails_fast_and_recovers_by_itself(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path)
+    server.start()
+    store = RedisStore(server.url, "recsvc-test", RETENTION, timeout=0.05, cooldown=0.2)
+    try:
+        assert store.apply([("c1", event("e1", at=time.time()))]) == [Applied.NEW]
+        server.stop()
+
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.customer_state("c1", since=0.0)
+        with pytest.raises(StoreUnavailable, match="cooling down"):
+            store.apply([("c1", event("e2"))])
+        assert time.monotonic() - started < 0.5
+        assert not store.ping()
+
+        server.start()  # empty again: this Redis keeps nothing on disk
+        time.sleep(0.25)  # past the cooldown
+        assert store.apply([("c1", event("e2", at=time.time()))]) == [Applied.NEW]
+        assert [e.event_id for e in store.customer_state("c1", since=0.0).events] == ["e2"]
+    finally:
+        server.stop()
