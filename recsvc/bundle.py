@@ -31,15 +31,19 @@ _STAGING_PREFIX = ".staging-"
 
 @dataclass(frozen=True)
 class BundleArrays:
-    """Everything the service needs to rank, indexed by matrix row (customer) and column (item).
+    """Everything the service needs, indexed by matrix row (customer) and column (item).
 
     Raw ids stay in ``customer_ids`` / ``item_ids``; every other array refers to positions in
     them. ``owned_indptr``/``owned_indices``/``owned_quantity`` is a CSR list of the catalog
     items each customer holds and their net quantities (items grouped with them are owned
-    too; see ``item_group``). ``customer_spend``/``customer_orders`` are per-customer totals.
-    ``item_prior`` is added to a customer's standardised factor scores (see recsvc.ranker).
-    ``prices`` is NaN where no price is known. ``item_group`` gives items that are one work
-    (editions) the same value. ``alias_high``/``alias_low`` (sorted together) and
+    too; see ``item_group``). ``item_prior`` is added to a customer's standardised factor
+    scores (see recsvc.ranker). ``prices`` is NaN where no price is known. ``item_group`` gives
+    items that are one work (editions) the same value; ``item_min_tier`` is the lowest tier
+    that may see an item; ``item_premium`` marks premium-priced items. Per customer: spend and
+    orders (all time), spend in the tier window, first/last purchase (seconds since the epoch,
+    0 = none), median days between orders (NaN: too few), usual order hour and weekday (and
+    whether from their own orders), and their usual unit-price band. ``trigger_*`` list the
+    CRM triggers that fired in training. ``alias_high``/``alias_low`` (sorted together) and
     ``alias_rows`` map the digest of every customer alias (see recsvc.identity) to its row.
     """
 
@@ -53,42 +57,53 @@ class BundleArrays:
     owned_quantity: NDArray[np.float32]
     customer_spend: NDArray[np.float64]
     customer_orders: NDArray[np.int32]
+    window_spend: NDArray[np.float64]
+    first_purchase: NDArray[np.int64]
+    last_purchase: NDArray[np.int64]
+    median_interval_days: NDArray[np.float32]
+    best_hour: NDArray[np.int8]
+    best_weekday: NDArray[np.int8]
+    timing_own: NDArray[np.bool_]
+    price_low: NDArray[np.float32]
+    price_high: NDArray[np.float32]
     titles: NDArray[np.str_]
     prices: NDArray[np.float64]
     item_group: NDArray[np.int32]
+    item_min_tier: NDArray[np.int8]
+    item_premium: NDArray[np.bool_]
     alias_high: NDArray[np.uint64]
     alias_low: NDArray[np.uint64]
     alias_rows: NDArray[np.int32]
     popular_items: NDArray[np.int32]
     popular_scores: NDArray[np.float32]
+    trigger_rows: NDArray[np.int32]
+    trigger_kinds: NDArray[np.str_]
+    trigger_at: NDArray[np.int64]
+    trigger_reasons: NDArray[np.str_]
+    trigger_figures: NDArray[np.str_]  # JSON objects
 
     def check(self) -> None:
         """Raise ValueError when the arrays do not describe one consistent model."""
         n_customers, n_items = len(self.customer_ids), len(self.item_ids)
-        expectations = {
-            "user_factors rows": (self.user_factors.shape[0], n_customers),
-            "item_factors rows": (self.item_factors.shape[0], n_items),
-            "item_prior length": (len(self.item_prior), n_items),
-            "factor width": (self.user_factors.shape[1], self.item_factors.shape[1]),
-            "owned_indptr length": (len(self.owned_indptr), n_customers + 1),
-            "owned_indices length": (len(self.owned_indices), int(self.owned_indptr[-1])),
-            "owned_quantity length": (len(self.owned_quantity), len(self.owned_indices)),
-            "customer_spend length": (len(self.customer_spend), n_customers),
-            "customer_orders length": (len(self.customer_orders), n_customers),
-            "titles length": (len(self.titles), n_items),
-            "prices length": (len(self.prices), n_items),
-            "item_group length": (len(self.item_group), n_items),
-            "alias_low length": (len(self.alias_low), len(self.alias_high)),
-            "alias_rows length": (len(self.alias_rows), len(self.alias_high)),
-            "popular_scores length": (len(self.popular_scores), len(self.popular_items)),
+        lengths = {name: n_customers for name in PER_CUSTOMER} | {
+            name: n_items for name in PER_ITEM
         }
-        for what, (actual, expected) in expectations.items():
+        lengths |= {"owned_indptr": n_customers + 1, "owned_indices": int(self.owned_indptr[-1])}
+        lengths |= {name: len(self.owned_indices) for name in ("owned_quantity",)}
+        lengths |= {name: len(self.alias_high) for name in ("alias_low", "alias_rows")}
+        lengths |= {"popular_scores": len(self.popular_items)}
+        lengths |= {name: len(self.trigger_rows) for name in TRIGGER_ARRAYS}
+        for name, expected in lengths.items():
+            actual = len(getattr(self, name))
             if actual != expected:
-                raise ValueError(f"{what} is {actual}, expected {expected}")
+                raise ValueError(f"{name} length is {actual}, expected {expected}")
+        if self.user_factors.shape[1] != self.item_factors.shape[1]:
+            raise ValueError("user and item factors differ in width")
         for name, indices, size in (
             ("owned_indices", self.owned_indices, n_items),
             ("popular_items", self.popular_items, n_items),
             ("alias_rows", self.alias_rows, n_customers),
+            ("trigger_rows", self.trigger_rows, n_customers),
         ):
             if len(indices) and (indices.min() < 0 or indices.max() >= size):
                 raise ValueError(f"{name} refers to rows outside the bundle")
@@ -98,15 +113,53 @@ class BundleArrays:
                 raise ValueError("alias digests are not sorted")
 
 
+PER_CUSTOMER = (
+    "user_factors",
+    "customer_spend",
+    "customer_orders",
+    "window_spend",
+    "first_purchase",
+    "last_purchase",
+    "median_interval_days",
+    "best_hour",
+    "best_weekday",
+    "timing_own",
+    "price_low",
+    "price_high",
+)
+PER_ITEM = (
+    "item_factors",
+    "item_prior",
+    "titles",
+    "prices",
+    "item_group",
+    "item_min_tier",
+    "item_premium",
+)
+TRIGGER_ARRAYS = ("trigger_kinds", "trigger_at", "trigger_reasons", "trigger_figures")
+
 # Which array lives in which file: the single definition of the on-disk layout.
 ARRAY_FILES: dict[str, tuple[str, ...]] = {
     "ids.npz": ("customer_ids", "item_ids"),
     "factors.npz": ("user_factors", "item_factors", "item_prior"),
     "owned.npz": ("owned_indptr", "owned_indices", "owned_quantity"),
-    "customers.npz": ("customer_spend", "customer_orders"),
-    "catalog.npz": ("titles", "prices", "item_group"),
+    "customers.npz": (
+        "customer_spend",
+        "customer_orders",
+        "window_spend",
+        "first_purchase",
+        "last_purchase",
+        "median_interval_days",
+        "best_hour",
+        "best_weekday",
+        "timing_own",
+        "price_low",
+        "price_high",
+    ),
+    "catalog.npz": ("titles", "prices", "item_group", "item_min_tier", "item_premium"),
     "aliases.npz": ("alias_high", "alias_low", "alias_rows"),
     "popular.npz": ("popular_items", "popular_scores"),
+    "triggers.npz": ("trigger_rows", *TRIGGER_ARRAYS),
 }
 
 

@@ -4,6 +4,10 @@ A known customer's score for an item is their factor score standardised over the
 (zero mean, unit variance) plus the item's prior from the bundle; standardising puts every
 customer's scores on the scale the prior was tuned for.
 
+Tier policy, on top: items reserved for higher tiers are never shown; premium-priced items
+get the tier's ``premium_boost``; and with ``price_affinity`` > 0 an item priced outside the
+customer's usual band loses ``price_affinity`` per log unit it lies outside.
+
 Pure numpy; no web framework. The evaluation tooling ranks through this same code, so offline
 metrics describe what customers are served.
 """
@@ -18,6 +22,7 @@ from numpy.typing import NDArray
 
 from recsvc.bundle import BundleArrays
 from recsvc.identity import AliasIndex, IdentityRules
+from recsvc.tiers import TierTable
 
 HELD = 1e-9  # net quantities are sums of decimals; above this the customer holds the item
 
@@ -44,8 +49,12 @@ class Ranker:
         arrays: BundleArrays,
         rules: IdentityRules | None = None,
         namespaces: Iterable[str] = (),
+        tiers: TierTable | None = None,
     ) -> None:
         self.arrays = arrays
+        self.tiers = tiers or TierTable.from_manifest(None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._log_prices = np.log(arrays.prices)
         self.aliases = AliasIndex(
             arrays.alias_high,
             arrays.alias_low,
@@ -71,17 +80,40 @@ class Ranker:
         ``deltas`` are net quantity changes per item index since the bundle was trained
         (purchases positive, returns negative), as the store reports them.
         """
-        return self.recommend_row(self.customer_row(key), n, deltas)
+        row = self.customer_row(key)
+        tier = 0 if row is None else self.tiers.index(float(self.arrays.window_spend[row]))
+        return self.recommend_row(row, n, deltas, tier)
 
     def recommend_row(
-        self, row: int | None, n: int, deltas: Mapping[int, float] | None = None
+        self,
+        row: int | None,
+        n: int,
+        deltas: Mapping[int, float] | None = None,
+        tier: int = 0,
+        policy: bool = True,
     ) -> Ranking:
         excluded = self.excluded(row, deltas or {})
+        reserved = np.flatnonzero(self.arrays.item_min_tier > tier).astype(np.int32)
+        if len(reserved):
+            excluded = np.union1d(excluded, reserved).astype(np.int32)
         if row is None:
             return Ranking(items=self.popular(n, exclude=excluded), fallback=True)
         customer_id = str(self.arrays.customer_ids[row])
-        items = top_n(self.scores(row), n, excluded)
-        return Ranking(items=items, fallback=False, customer_id=customer_id)
+        scores = self.scores(row)
+        if policy:
+            scores = self.with_policy(scores, row, tier)
+        return Ranking(top_n(scores, n, excluded), fallback=False, customer_id=customer_id)
+
+    def with_policy(self, scores: NDArray[np.float64], row: int, tier: int) -> NDArray[np.float64]:
+        boost = float(self.tiers.levels[tier].get("premium_boost", 0.0))
+        if boost:
+            scores = scores + boost * self.arrays.item_premium
+        low, high = self.arrays.price_low[row], self.arrays.price_high[row]
+        if self.tiers.price_affinity and np.isfinite(low) and low > 0:
+            prices = self._log_prices
+            outside = np.maximum(np.log(low) - prices, prices - np.log(high)).clip(0.0)
+            scores = scores - self.tiers.price_affinity * np.nan_to_num(outside)
+        return scores
 
     def excluded(self, row: int | None, deltas: Mapping[int, float]) -> NDArray[np.int32]:
         """Items never to show: what the customer holds after ``deltas``, and its editions."""

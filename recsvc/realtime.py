@@ -4,10 +4,11 @@ framework here."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -32,6 +33,12 @@ class CustomerView:
     deltas: dict[int, float]  # net quantity change per catalog item since training
     degraded: bool  # the store did not answer; bundle data only
     erased: bool = False
+    window_spend: float = 0.0  # spend in the tier window, events included
+    lifetime_spend: float = 0.0
+
+    @property
+    def recent_spend(self) -> float:
+        return sum(event.quantity * event.price for event in self.events)
 
 
 @dataclass
@@ -68,6 +75,11 @@ class Realtime:
         except StoreUnavailable as error:
             log.warning("could not restore erasures into the store: %s", error)
 
+    @property
+    def erased(self) -> frozenset[str]:
+        """Customer keys erased through this process or before it started."""
+        return frozenset(self._erased)
+
     def resolve(self, model: ServedModel, key: str) -> tuple[int | None, str]:
         """The customer's model row and store key; erased customers have no row."""
         ranker = model.ranker
@@ -90,7 +102,9 @@ class Realtime:
             state = self.store.customer_state(store_key, model.events_through)
         except StoreUnavailable as error:
             log.warning("store unavailable, serving from the bundle: %s", error)
-            return CustomerView(row, _canonical(model, row), store_key, [], {}, degraded=True)
+            return self._with_spend(
+                model, CustomerView(row, _canonical(model, row), store_key, [], {}, True)
+            )
         if state.erased:
             return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
         deltas: dict[int, float] = {}
@@ -98,7 +112,16 @@ class Realtime:
             index = model.item_index.get(event.item_id)
             if index is not None:
                 deltas[index] = deltas.get(index, 0.0) + event.quantity
-        return CustomerView(row, _canonical(model, row), store_key, state.events, deltas, False)
+        view = CustomerView(row, _canonical(model, row), store_key, state.events, deltas, False)
+        return self._with_spend(model, view)
+
+    @staticmethod
+    def _with_spend(model: ServedModel, view: CustomerView) -> CustomerView:
+        arrays = model.ranker.arrays
+        window = 0.0 if view.row is None else float(arrays.window_spend[view.row])
+        lifetime = 0.0 if view.row is None else float(arrays.customer_spend[view.row])
+        recent = view.recent_spend
+        return replace(view, window_spend=window + recent, lifetime_spend=lifetime + recent)
 
     def record(self, model: ServedModel, batch: list[tuple[int, Event]]) -> BatchResult:
         """Apply valid events to the store, then append the new ones to the durable log.
@@ -143,7 +166,75 @@ class Realtime:
         except OSError:
             self.store.forget(new_entries)
             raise
+        self._fire_triggers(model, batch, entries, outcomes)
         return result
+
+    def _fire_triggers(
+        self,
+        model: ServedModel,
+        batch: list[tuple[int, Event]],
+        entries: list[tuple[str, StoredEvent]],
+        outcomes: list[Applied],
+    ) -> None:
+        """Tier upgrades and spend thresholds that this batch's new events crossed."""
+        added: dict[str, float] = {}
+        keys: dict[str, str] = {}
+        for (_, event), (store_key, stored), outcome in zip(batch, entries, outcomes, strict=True):
+            if outcome is Applied.NEW:
+                added[store_key] = added.get(store_key, 0.0) + stored.quantity * stored.price
+                keys[store_key] = event.customer
+        tiers = model.ranker.tiers
+        thresholds = model.bundle.manifest.get("tiers") or {}
+        fired: list[tuple[float, str]] = []
+        now = self.clock().timestamp()
+        for store_key, amount in added.items():
+            if amount <= 0:
+                continue
+            view = self.view(model, keys[store_key])
+            customer = view.customer_id or keys[store_key]
+            window_before = view.window_spend - amount
+            lifetime_before = view.lifetime_spend - amount
+            before, after = tiers.index(window_before), tiers.index(view.window_spend)
+            if after > before:
+                old, new = tiers.levels[before]["name"], tiers.levels[after]["name"]
+                fired.append(
+                    _trigger(
+                        now,
+                        store_key,
+                        customer,
+                        "tier_up",
+                        f"moved up from {old} to {new}",
+                        {"window_spend": round(view.window_spend, 2), "from": old, "to": new},
+                    )
+                )
+            for threshold in thresholds.get("spend_thresholds", []):
+                if lifetime_before < threshold <= view.lifetime_spend:
+                    fired.append(
+                        _trigger(
+                            now,
+                            store_key,
+                            customer,
+                            "threshold",
+                            f"lifetime spend reached {threshold:g}",
+                            {"spend": round(view.lifetime_spend, 2)},
+                        )
+                    )
+            thank_you = thresholds.get("thank_you_spend")
+            if thank_you is not None and lifetime_before < thank_you <= view.lifetime_spend:
+                fired.append(
+                    _trigger(
+                        now,
+                        store_key,
+                        customer,
+                        "thank_you",
+                        "a loyal customer: thank them",
+                        {"spend": round(view.lifetime_spend, 2)},
+                    )
+                )
+        try:
+            self.store.add_triggers(fired)
+        except StoreUnavailable as error:  # the events are safe; only the alerts are late
+            log.warning("could not record %d triggers: %s", len(fired), error)
 
     def erase(self, model: ServedModel, key: str) -> ErasureReceipt:
         """Forget a customer: every alias, their real-time events, and (through the durable
@@ -164,6 +255,20 @@ class Realtime:
         with self._lock:
             self._erased.add(store_key)
         return ErasureReceipt(customer_id, len(digests), removed, now.isoformat(timespec="seconds"))
+
+
+def _trigger(
+    at: float, store_key: str, customer: str, kind: str, reason: str, figures: dict[str, object]
+) -> tuple[float, str]:
+    record = {
+        "fired_at": at,
+        "store_key": store_key,
+        "customer_id": customer,
+        "kind": kind,
+        "reason": reason,
+        "figures": figures,
+    }
+    return at, json.dumps(record, sort_keys=True)
 
 
 def _canonical(model: ServedModel, row: int | None) -> str | None:

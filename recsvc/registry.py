@@ -10,6 +10,7 @@ from recsvc.bundle import Bundle, load_current
 from recsvc.errors import BundleError
 from recsvc.identity import IdentityRules
 from recsvc.ranker import Ranker
+from recsvc.tiers import TierTable
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ModelRegistry:
             bundle.arrays,
             IdentityRules.from_manifest(identity.get("rules", {})),
             identity.get("namespaces", []),
+            TierTable.from_manifest(bundle.manifest.get("tiers")),
         )
         item_index = {item: i for i, item in enumerate(bundle.arrays.item_ids.tolist())}
         self.model = ServedModel(bundle=bundle, ranker=ranker, item_index=item_index)

@@ -33,6 +33,7 @@ T = TypeVar("T")
 EVENT_KEY = "{prefix}:event:{event_id}"  # idempotency marker, expires with the retention
 CUSTOMER_EVENTS_KEY = "{prefix}:customer:{customer}:events"  # sorted set, score = received_at
 ERASED_KEY = "{prefix}:erased"  # set of erased customer keys
+TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
 
 
 def customer_key(alias: str) -> str:
@@ -82,11 +83,21 @@ class Store(Protocol):
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
         """Undo ``apply`` of these entries (used when the durable log write fails)."""
 
+    def add_triggers(self, triggers: Sequence[tuple[float, str]]) -> None:
+        """Record (fired_at, JSON) triggers; each JSON names its customer's store key."""
+
+    def triggers_since(self, since: float) -> list[str]:
+        """Triggers fired after ``since``, oldest first."""
+
     def erase(self, customer: str) -> int:
-        """Remove the customer's events and mark them erased; returns events removed."""
+        """Remove the customer's events and triggers and mark them erased; returns events
+        removed."""
 
     def mark_erased(self, customers: Sequence[str]) -> None:
         """Mark customers erased (reloading the durable erasure list at start)."""
+
+    def erased_keys(self) -> set[str]:
+        """Every erased customer key."""
 
     def ping(self) -> bool: ...
 
@@ -101,6 +112,16 @@ class EmbeddedStore:
         self._seen: dict[str, float] = {}  # event id -> expiry
         self._events: dict[str, list[StoredEvent]] = {}
         self._erased: set[str] = set()
+        self._triggers: list[tuple[float, str]] = []
+
+    def add_triggers(self, triggers: Sequence[tuple[float, str]]) -> None:
+        with self._lock:
+            horizon = self.clock() - self.retention
+            self._triggers = sorted([t for t in self._triggers if t[0] > horizon] + list(triggers))
+
+    def triggers_since(self, since: float) -> list[str]:
+        with self._lock:
+            return [text for at, text in self._triggers if at > since]
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
         with self._lock:
@@ -135,11 +156,16 @@ class EmbeddedStore:
     def erase(self, customer: str) -> int:
         with self._lock:
             self._erased.add(customer)
+            self._triggers = [t for t in self._triggers if customer not in t[1]]
             return len(self._events.pop(customer, []))
 
     def mark_erased(self, customers: Sequence[str]) -> None:
         with self._lock:
             self._erased.update(customers)
+
+    def erased_keys(self) -> set[str]:
+        with self._lock:
+            return set(self._erased)
 
     def ping(self) -> bool:
         return True
@@ -201,6 +227,27 @@ class RedisStore:
     def _erased_key(self) -> str:
         return ERASED_KEY.format(prefix=self.prefix)
 
+    def _triggers_key(self) -> str:
+        return TRIGGERS_KEY.format(prefix=self.prefix)
+
+    def add_triggers(self, triggers: Sequence[tuple[float, str]]) -> None:
+        if not triggers:
+            return
+
+        def add() -> None:
+            pipeline = self.client.pipeline(transaction=False)
+            pipeline.zadd(self._triggers_key(), {text: at for at, text in triggers})
+            pipeline.zremrangebyscore(self._triggers_key(), "-inf", self.clock() - self.retention)
+            pipeline.execute()
+
+        self._call(add)
+
+    def triggers_since(self, since: float) -> list[str]:
+        members = self._call(
+            lambda: self.client.zrangebyscore(self._triggers_key(), f"({since}", "+inf")
+        )
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
     def _call(self, operation: Callable[[], T]) -> T:
         if self.clock() < self._down_until:
             raise StoreUnavailable("redis is unavailable (cooling down after a failure)")
@@ -245,11 +292,15 @@ class RedisStore:
 
     def erase(self, customer: str) -> int:
         def run() -> int:
+            members = self.client.zrange(self._triggers_key(), 0, -1)
+            mine = [m for m in members if isinstance(m, bytes) and customer.encode() in m]
             pipeline = self.client.pipeline(transaction=True)
             pipeline.zcard(self._events_key(customer))
             pipeline.delete(self._events_key(customer))
             pipeline.sadd(self._erased_key(), customer)
-            count, _, _ = pipeline.execute()
+            if mine:
+                pipeline.zrem(self._triggers_key(), *mine)
+            count = pipeline.execute()[0]
             return int(count)
 
         return self._call(run)
@@ -257,6 +308,10 @@ class RedisStore:
     def mark_erased(self, customers: Sequence[str]) -> None:
         if customers:
             self._call(lambda: self.client.sadd(self._erased_key(), *customers))
+
+    def erased_keys(self) -> set[str]:
+        members = self._call(lambda: self.client.smembers(self._erased_key()))
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     def ping(self) -> bool:
         try:

@@ -22,10 +22,12 @@ from recsvc.bundle import (
 from recsvc.errors import BundleCorrupt, BundleNotFound
 from recsvc.identity import alias_table
 from recsvc.registry import ModelRegistry
+from training.tiers import empty_crm
 
 
 def tiny_arrays(scale: float = 1.0) -> BundleArrays:
     return BundleArrays(
+        **empty_crm(2, 3),
         customer_ids=np.array(["c1", "c2"]),
         item_ids=np.array(["i1", "i2", "i3"]),
         user_factors=np.ones((2, 4), dtype=np.float32) * scale,

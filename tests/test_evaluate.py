@@ -177,7 +177,7 @@ def test_evaluate_command_writes_json_and_self_contained_html(tmp_path: Path) ->
     assert report["recsvc"]["owned_violations"] == 0
     page = (out / "report.html").read_text()
     assert page == render_html(report)
-    assert page.count("src='data:image/png;base64,") == 3
+    assert page.count("src='data:image/png;base64,") == 4
     assert "http://" not in page and "https://" not in page
 
 

@@ -15,6 +15,7 @@ import phonenumbers
 from recsvc.identity import IdentityRules
 from training.errors import ConfigError
 from training.identity import LinkRules
+from training.tiers import TierConfig, TierLevel
 
 SOURCE_KINDS = ("csv", "jsonl", "parquet", "postgresql", "events")
 # The service's event log (recsvc.events.EventLog) has fixed columns; its customer column holds
@@ -139,6 +140,7 @@ class TrainConfig:
     items: ItemRules = field(default_factory=ItemRules)
     model: ModelParams = field(default_factory=ModelParams)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    tiers: TierConfig = field(default_factory=TierConfig)
     tuned_from: Path | None = None  # the file whose [model] overrode the config's
 
 
@@ -171,7 +173,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") -> TrainConfig:
-    _reject_unknown(raw, {"sources", "items", "model", "identity"}, origin)
+    _reject_unknown(raw, {"sources", "items", "model", "identity", "tiers"}, origin)
     raw_sources = raw.get("sources")
     if not isinstance(raw_sources, list) or not raw_sources:
         raise ConfigError(f"{origin}: [[sources]] must declare at least one source")
@@ -187,6 +189,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") ->
         items=_parse_items(_table(raw, "items", origin), base_dir, f"{origin}: items"),
         model=_parse_model(_table(raw, "model", origin), f"{origin}: model"),
         identity=_parse_identity(_table(raw, "identity", origin), base_dir, f"{origin}: identity"),
+        tiers=_parse_tiers(_table(raw, "tiers", origin), base_dir, f"{origin}: tiers"),
     )
 
 
@@ -298,6 +301,94 @@ def _parse_identity(raw: dict[str, Any], base_dir: Path, where: str) -> Identity
         ),
         crosswalk=_optional_file(raw, "crosswalk", base_dir, where),
         erasures=_optional_path(raw, "erasures", base_dir, where),
+    )
+
+
+def _parse_tiers(raw: dict[str, Any], base_dir: Path, where: str) -> TierConfig:
+    if not raw:
+        return TierConfig()
+    allowed = {
+        "window_days",
+        "method",
+        "levels",
+        "price_affinity",
+        "premium_price_percentile",
+        "exclusive_items",
+        "lapsing_factor",
+        "min_orders_for_interval",
+        "min_orders_for_timing",
+        "spend_thresholds",
+        "order_thresholds",
+        "thank_you_spend",
+        "thank_you_orders",
+    }
+    _reject_unknown(raw, allowed, where)
+    method = _string(raw, "method", where, default="thresholds")
+    if method not in ("thresholds", "percentiles"):
+        raise ConfigError(f"{where}.method: {method!r} is not thresholds or percentiles")
+    bound = "min_spend" if method == "thresholds" else "min_percentile"
+    raw_levels = raw.get("levels")
+    if not isinstance(raw_levels, list) or not raw_levels:
+        raise ConfigError(f"{where}.levels: [[tiers.levels]] must declare at least one tier")
+    levels = []
+    for index, level in enumerate(raw_levels):
+        at = f"{where}.levels[{index}]"
+        if not isinstance(level, dict):
+            raise ConfigError(f"{at}: must be a table")
+        _reject_unknown(level, {"name", bound, "perks", "premium_boost"}, at)
+        perks = level.get("perks", [])
+        if not isinstance(perks, list) or not all(isinstance(p, str) for p in perks):
+            raise ConfigError(f"{at}.perks: must be a list of strings")
+        high = 100.0 if method == "percentiles" else 1e12
+        value = _number(level, bound, at, -1.0, 0.0, high)
+        if value < 0:
+            raise ConfigError(f"{at}.{bound}: required")
+        levels.append(
+            TierLevel(
+                name=_string(level, "name", at),
+                min_spend=value if method == "thresholds" else None,
+                min_percentile=value if method == "percentiles" else None,
+                perks=tuple(perks),
+                premium_boost=_number(level, "premium_boost", at, 0.0, 0.0, 10.0),
+            )
+        )
+    if getattr(levels[0], bound) != 0:
+        raise ConfigError(f"{where}.levels[0].{bound}: the first tier must start at 0")
+    names = [level.name for level in levels]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}.levels: tier names must be unique")
+
+    def numbers(key: str, integer: bool) -> tuple[Any, ...]:
+        values = raw.get(key, [])
+        kinds = (int,) if integer else (int, float)
+        if not isinstance(values, list) or not all(
+            isinstance(v, kinds) and not isinstance(v, bool) and v > 0 for v in values
+        ):
+            raise ConfigError(f"{where}.{key}: must be a list of positive numbers")
+        return tuple(sorted(values))
+
+    thank_spend = raw.get("thank_you_spend")
+    thank_orders = raw.get("thank_you_orders")
+    return TierConfig(
+        window_days=_number(raw, "window_days", where, 365.0, 1.0, 3650.0),
+        method=method,
+        levels=tuple(levels),
+        price_affinity=_number(raw, "price_affinity", where, 0.0, 0.0, 10.0),
+        premium_price_percentile=_number(raw, "premium_price_percentile", where, 90.0, 0.0, 100.0),
+        exclusive_items=_optional_file(raw, "exclusive_items", base_dir, where),
+        lapsing_factor=_number(raw, "lapsing_factor", where, 2.0, 1.0, 100.0),
+        min_orders_for_interval=int(
+            _number(raw, "min_orders_for_interval", where, 3, 2, 1000, True)
+        ),
+        min_orders_for_timing=int(_number(raw, "min_orders_for_timing", where, 3, 1, 1000, True)),
+        spend_thresholds=numbers("spend_thresholds", integer=False),
+        order_thresholds=numbers("order_thresholds", integer=True),
+        thank_you_spend=None
+        if thank_spend is None
+        else _number(raw, "thank_you_spend", where, 0.0, 0.0, 1e12),
+        thank_you_orders=None
+        if thank_orders is None
+        else int(_number(raw, "thank_you_orders", where, 0, 1, 1_000_000, True)),
     )
 
 

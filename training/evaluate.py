@@ -18,21 +18,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from recsvc.ranker import Ranker, top_n
+from recsvc.tiers import TierTable
 from training.config import ModelParams, TrainConfig
 from training.dataset import TrainingData, build_dataset
 from training.errors import TrainingError
 from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
 from training.merge import MergedHistory
 from training.pipeline import bundle_arrays, fit_model, merged_history
+from training.tiers import Crm, TierConfig, build_crm, tier_index
 
 # Customers by how many distinct items they owned at the cutoff.
 HISTORY_GROUPS = (("cold", 1, 5), ("light", 6, 30), ("heavy", 31, math.inf))
 # The brief's reference "plain ALS": 64 factors, BM25 weights, 90-day half-life decay.
 PLAIN_ALS = ModelParams(factors=64, regularization=0.05, half_life_days=90.0, trend_weight=0.0)
-MODEL_KEYS = ("recsvc", "popular", "itemknn", "als", "bpr")
+MODEL_KEYS = ("recsvc", "recsvc_no_policy", "popular", "itemknn", "als", "bpr")
 
 Recommend = Callable[[int], Sequence[str]]  # customer row -> item ids, best first
 
@@ -93,9 +96,15 @@ def metrics_at_k(recommended: Sequence[str], relevant: set[str], k: int) -> dict
 
 
 def score_model(
-    recommend: Recommend, data: TrainingData, relevant: dict[int, set[str]], k: int
+    recommend: Recommend,
+    data: TrainingData,
+    relevant: dict[int, set[str]],
+    k: int,
+    tier_names: list[str] | None = None,
+    tier_of: NDArray[np.int8] | None = None,
 ) -> dict[str, Any]:
-    """Mean metrics over test customers, owned-item violations, coverage, per history group."""
+    """Mean metrics over test customers, owned-item violations, coverage, per history group
+    and (given ``tier_of``, each customer row's tier) per tier."""
     per_customer: list[dict[str, float]] = []
     history: list[int] = []
     shown: set[str] = set()
@@ -117,6 +126,15 @@ def score_model(
         }
         for name, lo, hi in HISTORY_GROUPS
     }
+    if tier_names is not None and tier_of is not None:
+        tiers = [int(tier_of[row]) for row in relevant]
+        report["by_tier"] = {
+            name: {
+                **_mean([m for m, t in zip(per_customer, tiers, strict=True) if t == index]),
+                "test_customers": tiers.count(index),
+            }
+            for index, name in enumerate(tier_names)
+        }
     return report
 
 
@@ -128,7 +146,7 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, Any]:
     merged = merged_history(config)
-    return evaluate_merged(merged, config.model, cutoff, k, end, progress)
+    return evaluate_merged(merged, config.model, cutoff, k, end, progress, config.tiers)
 
 
 def evaluate_merged(
@@ -138,13 +156,27 @@ def evaluate_merged(
     k: int = 10,
     end: pd.Timestamp | None = None,
     progress: bool = False,
+    tier_config: TierConfig | None = None,
 ) -> dict[str, Any]:
     holdout = split_at(merged.events, cutoff, end)
     data = build_dataset(
         holdout.train, params.half_life_days, params.trend_half_life_days, merged.item_groups
     )
     relevant = relevant_items(data, holdout.test)
-    recommenders = _recommenders(holdout.train, data, params, k, merged.item_groups)
+    crm = build_crm(
+        holdout.train,
+        data.customer_ids,
+        data.item_ids,
+        data.prices,
+        data.as_of,
+        tier_config or TierConfig(),
+    )
+    tiers = TierTable.from_manifest(crm.manifest)
+    tier_of = tier_index(crm.manifest["levels"], crm.arrays["window_spend"])
+    recommenders = _recommenders(
+        holdout.train, data, params, k, merged.item_groups, crm, tiers, tier_of
+    )
+    tier_names = [level["name"] for level in tiers.levels]
     report: dict[str, Any] = {
         "protocol": {
             "cutoff": cutoff.isoformat(),
@@ -157,10 +189,11 @@ def evaluate_merged(
             "catalog_items": len(data.item_ids),
             "test_customers": len(relevant),
             "recsvc_parameters": dataclasses.asdict(params),
+            "tiers": crm.manifest,
         }
     }
     for name in tqdm(MODEL_KEYS, desc="evaluating", disable=not progress):
-        report[name] = score_model(recommenders[name](), data, relevant, k)
+        report[name] = score_model(recommenders[name](), data, relevant, k, tier_names, tier_of)
     return report
 
 
@@ -170,6 +203,9 @@ def _recommenders(
     params: ModelParams,
     k: int,
     item_groups: dict[str, str],
+    crm: Crm,
+    tiers: TierTable,
+    tier_of: NDArray[np.int8],
 ) -> dict[str, Callable[[], Recommend]]:
     """Each model, fitted lazily, as a function from customer row to its top-k item ids."""
     ids = data.item_ids
@@ -180,8 +216,18 @@ def _recommenders(
             str(ids[item.index]) for item in ranker.recommend(str(data.customer_ids[row]), k).items
         ]
 
+    def as_served(policy: bool) -> Recommend:
+        ranker = Ranker(fit_model(data, params, crm=crm.arrays), tiers=tiers)
+        return lambda row: [
+            str(ids[item.index])
+            for item in ranker.recommend_row(row, k, None, int(tier_of[row]), policy).items
+        ]
+
     def recsvc() -> Recommend:
-        return served(Ranker(fit_model(data, params)))
+        return as_served(policy=True)
+
+    def recsvc_no_policy() -> Recommend:
+        return as_served(policy=False)
 
     def popular() -> Recommend:
         # The service's fallback list, minus what each customer owns.
@@ -214,7 +260,14 @@ def _recommenders(
 
         return recommend
 
-    return {"recsvc": recsvc, "popular": popular, "itemknn": itemknn, "als": plain_als, "bpr": bpr}
+    return {
+        "recsvc": recsvc,
+        "recsvc_no_policy": recsvc_no_policy,
+        "popular": popular,
+        "itemknn": itemknn,
+        "als": plain_als,
+        "bpr": bpr,
+    }
 
 
 def _owned_ids(data: TrainingData, row: int) -> set[str]:

@@ -22,6 +22,7 @@ from training.dataset import TrainingData, build_dataset
 from training.fit import Factors, fit_als, trend_prior
 from training.merge import MergedHistory, merge_sources
 from training.sources import SourceRows, events_through, read_source
+from training.tiers import build_crm, empty_crm
 
 QUARANTINE_FILE = "quarantine.csv"
 MODEL_KIND = "als+trend"
@@ -45,12 +46,17 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
         config.model.trend_half_life_days,
         merged.item_groups,
     )
-    arrays = fit_model(data, config.model, progress=progress, aliases=merged.aliases)
+    crm = build_crm(
+        merged.events, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
+    )
+    arrays = fit_model(data, config.model, progress, merged.aliases, crm.arrays)
     fingerprint = data_fingerprint(config, sources)
     version = new_version(fingerprint)
     received = [events_through(rows) for rows in sources]
     latest_event = max((t for t in received if t is not None), default=None)
-    path = publish(models_dir, version, fingerprint, config, merged, data, arrays, latest_event)
+    path = publish(
+        models_dir, version, fingerprint, config, merged, data, arrays, latest_event, crm.manifest
+    )
     return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
 
 
@@ -64,11 +70,12 @@ def fit_model(
     params: ModelParams,
     progress: bool = False,
     aliases: dict[str, str] | None = None,
+    crm: dict[str, NDArray[Any]] | None = None,
 ) -> BundleArrays:
     """The served model: ALS factors plus the trending prior, as the bundle holds them."""
     factors = fit_als(data.interactions, params, progress=progress)
     prior = trend_prior(data.trending, params.trend_weight)
-    return bundle_arrays(data, factors, prior, aliases)
+    return bundle_arrays(data, factors, prior, aliases, crm)
 
 
 def bundle_arrays(
@@ -76,8 +83,10 @@ def bundle_arrays(
     factors: Factors,
     item_prior: NDArray[np.float32],
     aliases: dict[str, str] | None = None,
+    crm: dict[str, NDArray[Any]] | None = None,
 ) -> BundleArrays:
-    """The served arrays. Without ``aliases`` a customer is found by canonical id only."""
+    """The served arrays. Without ``aliases`` a customer is found by canonical id only;
+    without ``crm`` every customer is in the first tier with no signals."""
     order = np.lexsort((np.arange(len(data.item_ids)), -data.popularity))
     customer_ids = data.customer_ids.tolist()
     if aliases is None:
@@ -102,6 +111,7 @@ def bundle_arrays(
         alias_rows=alias_rows,
         popular_items=order.astype(np.int32),
         popular_scores=data.popularity[order].astype(np.float32),
+        **(crm if crm is not None else empty_crm(len(customer_ids), len(data.item_ids))),
     )
 
 
@@ -129,6 +139,7 @@ def publish(
     data: TrainingData,
     arrays: BundleArrays,
     latest_event: float | None = None,
+    tiers: dict[str, Any] | None = None,
 ) -> Path:
     manifest = {
         "model": MODEL_KIND,
@@ -139,6 +150,7 @@ def publish(
         "events_through": latest_event,
         "parameters": parameters(config),
         "accounting": merged.accounting,
+        "tiers": tiers,
         "identity": {
             **merged.identity,
             "namespaces": sorted(

@@ -25,6 +25,7 @@ def render_html(report: dict[str, Any]) -> str:
         ("Ranking metrics by model", _metrics_plot(report, models, k)),
         (f"NDCG@{k} by customer history length", _history_plot(report, models, k)),
         (f"Catalog coverage@{k}", _coverage_plot(report, models, k)),
+        (f"NDCG@{k} by tier, with and without the tier policy", _tier_plot(report, k)),
     ]
     columns = [f"{m}@{k}" for m in RANK_METRICS] + [
         f"coverage@{k}",
@@ -96,6 +97,21 @@ def _history_plot(report: dict[str, Any], models: list[str], k: int) -> str:
     ]
     axes.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
     axes.set_xticklabels(labels)
+    axes.set_ylabel(f"ndcg@{k}")
+    axes.legend()
+    return _png(figure)
+
+
+def _tier_plot(report: dict[str, Any], k: int) -> str:
+    figure, axes = plt.subplots(figsize=(8, 4))
+    tiers = list(report["recsvc"]["by_tier"])
+    for offset, name in ((0.0, "recsvc"), (0.4, "recsvc_no_policy")):
+        values = [report[name]["by_tier"][t].get(f"ndcg@{k}", 0.0) for t in tiers]
+        axes.bar([i + offset for i in range(len(tiers))], values, 0.4, label=name)
+    axes.set_xticks([i + 0.2 for i in range(len(tiers))])
+    axes.set_xticklabels(
+        [f"{t} ({report['recsvc']['by_tier'][t]['test_customers']})" for t in tiers]
+    )
     axes.set_ylabel(f"ndcg@{k}")
     axes.legend()
     return _png(figure)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from recsvc.api import customers, events, health, problems, recommendations
+from recsvc.api import customers, events, health, problems, recommendations, triggers
 from recsvc.realtime import Realtime
 from recsvc.registry import ModelRegistry, ServedModel
 
@@ -15,6 +15,7 @@ def init_app(app: Flask) -> None:
     recommendations.init_app(app)
     events.init_app(app)
     customers.init_app(app)
+    triggers.init_app(app)
 
 
 def registry() -> ModelRegistry:

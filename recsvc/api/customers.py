@@ -10,6 +10,7 @@ from recsvc import api
 from recsvc.api.access import requires
 from recsvc.api.problems import Problem
 from recsvc.errors import StoreUnavailable
+from recsvc.signals import customer_signals
 
 blueprint = Blueprint("customers", __name__, url_prefix="/v1/customers")
 
@@ -20,16 +21,17 @@ def profile(key: str) -> Response:
     model = api.served_model()
     customer = api.realtime().view(model, key)
     arrays = model.ranker.arrays
-    trained_spend = 0.0 if customer.row is None else float(arrays.customer_spend[customer.row])
     trained_orders = 0 if customer.row is None else int(arrays.customer_orders[customer.row])
-    recent_spend = sum(event.quantity * event.price for event in customer.events)
+    recent_spend = customer.recent_spend
     return jsonify(
         customer_id=customer.customer_id or key,
         known=customer.row is not None,
         model_version=model.version,
         degraded=customer.degraded,
-        spend=round(trained_spend + recent_spend, 2),
+        tier=model.ranker.tiers.describe(customer.window_spend),
+        spend=round(customer.lifetime_spend, 2),
         orders=trained_orders,
+        signals=customer_signals(model, customer),
         since_training={
             "events": len(customer.events),
             "purchases": sum(1 for event in customer.events if event.quantity > 0),

@@ -20,12 +20,15 @@ def recommendations(key: str) -> Response:
     n = int_arg("n", default=defaults.DEFAULT_N, low=1, high=defaults.MAX_N)
     model = api.served_model()
     customer = api.realtime().view(model, key)
-    ranking = model.ranker.recommend_row(customer.row, n, customer.deltas)
+    tiers = model.ranker.tiers
+    tier = tiers.index(customer.window_spend)
+    ranking = model.ranker.recommend_row(customer.row, n, customer.deltas, tier)
     return jsonify(
         customer_id=ranking.customer_id or key,
         model_version=model.version,
         fallback=ranking.fallback,
         degraded=customer.degraded,
+        tier=tiers.describe(customer.window_spend),
         items=[item_json(model.ranker, item) for item in ranking.items],
     )
 

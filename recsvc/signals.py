@@ -1,0 +1,77 @@
+"""A customer's CRM signals as the service reports them: the bundle's figures, brought up to
+date by the events reported since training.
+
+Times are measured against the data, not the wall clock: "now" is the later of the bundle's
+``as_of`` (its last event) and the customer's latest reported event. A shop that trains daily
+sees no difference; a bundle trained on an old history still answers sensibly.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from recsvc.realtime import CustomerView
+from recsvc.registry import ServedModel
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def customer_signals(model: ServedModel, view: CustomerView) -> dict[str, Any]:
+    arrays = model.ranker.arrays
+    tiers = model.bundle.manifest.get("tiers") or {}
+    as_of = _seconds(tiers.get("as_of"))
+    row = view.row
+    last = 0 if row is None else int(arrays.last_purchase[row])
+    first = 0 if row is None else int(arrays.first_purchase[row])
+    bought_since = [_seconds(e.timestamp) for e in view.events if e.quantity > 0]
+    if bought_since:
+        last = max(last, max(bought_since))
+        first = first or min(bought_since)
+    now = max(as_of, last)
+    median = math.nan if row is None else float(arrays.median_interval_days[row])
+    days_since = (now - last) / 86400.0 if last else None
+    overdue = days_since / median if days_since is not None and median > 0 else None
+    orders = 0 if row is None else int(arrays.customer_orders[row])
+    own = row is not None and bool(arrays.timing_own[row])
+    hour = int(arrays.best_hour[row]) if row is not None else -1
+    weekday = int(arrays.best_weekday[row]) if row is not None else -1
+    if row is None or hour < 0:
+        hour = int(tiers.get("population_best_hour", -1))
+        weekday = int(tiers.get("population_best_weekday", -1))
+    crossed = [
+        f"spend>={t:g}" for t in tiers.get("spend_thresholds", []) if view.lifetime_spend >= t
+    ]
+    crossed += [f"orders>={t}" for t in tiers.get("order_thresholds", []) if orders >= t]
+    thank_spend, thank_orders = tiers.get("thank_you_spend"), tiers.get("thank_you_orders")
+    return {
+        "as_of": _iso(now),
+        "first_purchase": _iso(first) if first else None,
+        "last_purchase": _iso(last) if last else None,
+        "days_since_last_purchase": None if days_since is None else round(days_since, 1),
+        "median_days_between_orders": None if math.isnan(median) else round(median, 1),
+        "overdue_ratio": None if overdue is None else round(overdue, 2),
+        "lapsing": overdue is not None and overdue > float(tiers.get("lapsing_factor", 2.0)),
+        "best_contact": {
+            "hour": hour if hour >= 0 else None,
+            "weekday": WEEKDAYS[weekday] if 0 <= weekday < 7 else None,
+            "from": "own orders" if own else "population",
+        },
+        "thresholds_crossed": crossed,
+        "thank_you": (thank_spend is not None and view.lifetime_spend >= thank_spend)
+        or (thank_orders is not None and orders >= thank_orders),
+    }
+
+
+def _seconds(value: str | None) -> int:
+    if not value:
+        return 0
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,51 @@
+"""Value tiers as the service applies them: the table the trainer resolved into the bundle's
+manifest, applied to spend that keeps growing as events arrive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_LEVELS = [{"name": "standard", "min_spend": 0.0, "perks": [], "premium_boost": 0.0}]
+
+
+@dataclass(frozen=True)
+class TierTable:
+    window_days: float
+    levels: list[dict[str, Any]]  # ascending: name, min_spend, perks, premium_boost
+    price_affinity: float = 0.0
+
+    @classmethod
+    def from_manifest(cls, tiers: dict[str, Any] | None) -> TierTable:
+        if not tiers:
+            return cls(365.0, DEFAULT_LEVELS)
+        return cls(
+            float(tiers["window_days"]),
+            list(tiers["levels"]),
+            float(tiers.get("price_affinity") or 0.0),
+        )
+
+    def index(self, spend: float) -> int:
+        position = 0
+        for number, level in enumerate(self.levels):
+            if spend >= float(level["min_spend"]):
+                position = number
+        return position
+
+    def describe(self, spend: float) -> dict[str, Any]:
+        """The ``tier`` object of every customer response."""
+        position = self.index(spend)
+        level = self.levels[position]
+        following = self.levels[position + 1] if position + 1 < len(self.levels) else None
+        return {
+            "name": level["name"],
+            "spend": round(spend, 2),
+            "window_days": self.window_days,
+            "perks": list(level["perks"]),
+            "next": None
+            if following is None
+            else {
+                "name": following["name"],
+                "gap": round(max(float(following["min_spend"]) - spend, 0.0), 2),
+            },
+        }

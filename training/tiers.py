@@ -1,0 +1,440 @@
+"""Value tiers and CRM signals, computed at training time.
+
+Tiers rank customers by spend over a trailing window (``window_days`` before the data's end).
+Levels are given by minimum spend, or by percentile of the customers who spent in the window
+(resolved to spend thresholds here, so the service applies the same table as events arrive).
+
+Signals per customer: last and first purchase, median days between orders, how overdue they
+are (lapsing when more than ``lapsing_factor`` median intervals have passed), the hour and
+weekday they usually order (the population's when they have fewer than
+``min_orders_for_timing`` orders), price band, and thresholds crossed. Triggers are the
+signals that fired: ``lapsing``, ``tier_up``, ``thank_you``, ``threshold``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from training.errors import ConfigError
+
+TRIGGER_KINDS = ("lapsing", "tier_up", "thank_you", "threshold")
+
+
+@dataclass(frozen=True)
+class TierLevel:
+    name: str
+    min_spend: float | None = None  # method "thresholds"
+    min_percentile: float | None = None  # method "percentiles": 0..100
+    perks: tuple[str, ...] = ()
+    premium_boost: float = 0.0  # added to premium items' scores for this tier
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    window_days: float = 365.0
+    method: str = "thresholds"
+    levels: tuple[TierLevel, ...] = (TierLevel("standard", min_spend=0.0),)
+    price_affinity: float = 0.0  # penalty per log-unit a price lies outside the usual band
+    premium_price_percentile: float = 90.0  # items priced above this percentile are premium
+    exclusive_items: Any = None  # Path of a CSV item_id,tier: items only that tier and up see
+    lapsing_factor: float = 2.0
+    min_orders_for_interval: int = 3
+    min_orders_for_timing: int = 3
+    spend_thresholds: tuple[float, ...] = ()
+    order_thresholds: tuple[int, ...] = ()
+    thank_you_spend: float | None = None
+    thank_you_orders: int | None = None
+
+
+@dataclass(frozen=True)
+class CustomerSignals:
+    window_spend: NDArray[np.float64]
+    first_purchase: NDArray[np.int64]  # seconds since the epoch; 0 = none
+    last_purchase: NDArray[np.int64]
+    median_interval_days: NDArray[np.float32]  # NaN when too few orders
+    best_hour: NDArray[np.int8]
+    best_weekday: NDArray[np.int8]  # 0 = Monday
+    timing_own: NDArray[np.bool_]  # best hour/weekday from their own orders (else population)
+    price_low: NDArray[np.float32]  # the customer's usual unit-price band (10th..90th pct.)
+    price_high: NDArray[np.float32]
+    population_hour: int = -1  # most common order hour and weekday over everyone's orders
+    population_weekday: int = -1
+    triggers: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def resolve_levels(config: TierConfig, window_spend: NDArray[np.float64]) -> list[dict[str, Any]]:
+    """The tier table as the service applies it: spend thresholds, ascending."""
+    levels: list[dict[str, Any]] = []
+    spenders = window_spend[window_spend > 0]
+    for level in config.levels:
+        if config.method == "percentiles":
+            assert level.min_percentile is not None
+            threshold = (
+                0.0
+                if level.min_percentile <= 0 or not len(spenders)
+                else float(np.percentile(spenders, level.min_percentile))
+            )
+        else:
+            assert level.min_spend is not None
+            threshold = level.min_spend
+        levels.append(
+            {
+                "name": level.name,
+                "min_spend": round(threshold, 2),
+                "perks": list(level.perks),
+                "premium_boost": level.premium_boost,
+            }
+        )
+    for lower, higher in zip(levels, levels[1:], strict=False):
+        if float(higher["min_spend"]) < float(lower["min_spend"]):
+            raise ConfigError(f"tiers: {higher['name']} starts below {lower['name']}")
+    return levels
+
+
+def tier_index(levels: list[dict[str, Any]], spend: NDArray[np.float64]) -> NDArray[np.int8]:
+    thresholds = np.array([level["min_spend"] for level in levels])
+    return (np.searchsorted(thresholds, spend, side="right") - 1).clip(0).astype(np.int8)
+
+
+def customer_signals(
+    events: pd.DataFrame,
+    customers: pd.Index,
+    as_of: pd.Timestamp | None,
+    config: TierConfig,
+) -> CustomerSignals:
+    """Per-customer figures from merged events (used and cancellation rows)."""
+    count = len(customers)
+    personal = events[events["outcome"].isin(["used", "cancellation"])]
+    rows = customers.get_indexer(pd.Index(personal["customer_id"]))
+    personal = personal.assign(row=rows)[rows >= 0]
+    amount = personal["quantity"] * personal["unit_price"].fillna(0.0)
+    window_spend: NDArray[np.float64] = np.zeros(count)
+    if as_of is not None:
+        recent = (personal["timestamp"] >= as_of - pd.Timedelta(days=config.window_days)).to_numpy()
+        window_spend = np.bincount(
+            personal["row"].to_numpy()[recent], amount.to_numpy()[recent], count
+        ).astype(np.float64)
+
+    bought = personal[(personal["outcome"] == "used") & personal["timestamp"].notna()]
+    orders = bought.groupby(["row", "order_id"], sort=False)["timestamp"].min().reset_index()
+    first = np.zeros(count, dtype=np.int64)
+    last = np.zeros(count, dtype=np.int64)
+    by_row = orders.groupby("row")["timestamp"]
+    earliest, latest = by_row.min(), by_row.max()
+    first[earliest.index.to_numpy()] = earliest.to_numpy().astype("datetime64[s]").astype(np.int64)
+    last[latest.index.to_numpy()] = latest.to_numpy().astype("datetime64[s]").astype(np.int64)
+
+    median = np.full(count, np.nan, dtype=np.float32)
+    days = orders.assign(day=orders["timestamp"].dt.floor("D")).drop_duplicates(["row", "day"])
+    days = days.sort_values(["row", "day"])
+    gaps = days.groupby("row")["day"].diff().dt.total_seconds() / 86400.0
+    order_days = days.groupby("row").size()
+    enough = order_days[order_days >= config.min_orders_for_interval].index
+    gap_median = gaps.groupby(days["row"]).median()
+    median[enough] = gap_median.loc[enough].to_numpy(dtype=np.float32)
+
+    best_hour, best_weekday, own, population = _timing(orders, count, config.min_orders_for_timing)
+    low, high = _price_band(bought, count)
+    return CustomerSignals(
+        window_spend, first, last, median, best_hour, best_weekday, own, low, high, *population
+    )
+
+
+def _timing(
+    orders: pd.DataFrame, count: int, min_orders: int
+) -> tuple[NDArray[np.int8], NDArray[np.int8], NDArray[np.bool_], tuple[int, int]]:
+    """Each customer's most common order hour and weekday (ties go to the earlier), the
+    population's for customers with fewer than ``min_orders`` orders, and the population's."""
+    hour = np.full(count, -1, dtype=np.int8)
+    weekday = np.full(count, -1, dtype=np.int8)
+    own = np.zeros(count, dtype=bool)
+    if orders.empty:
+        return hour, weekday, own, (-1, -1)
+    hours = orders["timestamp"].dt.hour
+    weekdays = orders["timestamp"].dt.day_of_week
+    population = (
+        int(hours.value_counts().sort_index().idxmax()),
+        int(weekdays.value_counts().sort_index().idxmax()),
+    )
+    hour[:], weekday[:] = population
+    sizes = orders.groupby("row").size()
+    regulars = sizes[sizes >= min_orders].index.to_numpy()
+    for values, target in ((hours, hour), (weekdays, weekday)):
+        counts = pd.crosstab(orders["row"], values)
+        counts = counts.loc[counts.index.isin(regulars)]
+        target[counts.index.to_numpy()] = counts.columns.to_numpy()[counts.to_numpy().argmax(1)]
+    own[regulars] = True
+    return hour, weekday, own, population
+
+
+def _price_band(
+    bought: pd.DataFrame, count: int
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    low = np.full(count, np.nan, dtype=np.float32)
+    high = np.full(count, np.nan, dtype=np.float32)
+    priced = bought[bought["unit_price"] > 0]
+    if priced.empty:
+        return low, high
+    prices = priced.groupby("row")["unit_price"]
+    for target, share in ((low, 0.1), (high, 0.9)):
+        quantile = prices.quantile(share)
+        target[quantile.index.to_numpy()] = quantile.to_numpy()
+    return low, high
+
+
+def training_triggers(
+    events: pd.DataFrame,
+    customers: pd.Index,
+    signals: CustomerSignals,
+    levels: list[dict[str, Any]],
+    config: TierConfig,
+    as_of: pd.Timestamp | None,
+) -> pd.DataFrame:
+    """Every trigger that fired up to ``as_of``: customer row, kind, when, why, figures."""
+    records: list[dict[str, Any]] = []
+    orders = _order_totals(events, customers)
+    if not orders.empty:
+        records += _crossings(orders, levels, config)
+    if as_of is not None:
+        now = int(as_of.timestamp())
+        overdue = signals.median_interval_days > 0
+        for row in np.flatnonzero(overdue & (signals.last_purchase > 0)):
+            median = float(signals.median_interval_days[row])
+            since = (now - int(signals.last_purchase[row])) / 86400.0
+            if since > config.lapsing_factor * median:
+                fired = int(signals.last_purchase[row] + config.lapsing_factor * median * 86400)
+                records.append(
+                    {
+                        "row": int(row),
+                        "kind": "lapsing",
+                        "fired_at": fired,
+                        "reason": f"{since:.0f} days since the last order, usually {median:.0f}",
+                        "figures": {
+                            "days_since_last_purchase": round(since, 1),
+                            "median_days_between_orders": round(median, 1),
+                            "overdue_ratio": round(since / median, 2),
+                        },
+                    }
+                )
+    columns = ["row", "kind", "fired_at", "reason", "figures"]
+    return pd.DataFrame(records, columns=columns).sort_values(
+        ["fired_at", "row", "kind"], ignore_index=True
+    )
+
+
+def _order_totals(events: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
+    """One row per (customer, order) in time order: amount, and running spend and orders."""
+    personal = events[
+        events["outcome"].isin(["used", "cancellation"]) & events["timestamp"].notna()
+    ]
+    rows = customers.get_indexer(pd.Index(personal["customer_id"]))
+    personal = personal.assign(
+        row=rows, amount=personal["quantity"] * personal["unit_price"].fillna(0.0)
+    )[rows >= 0]
+    orders = (
+        personal.groupby(["row", "order_id"], sort=False)
+        .agg(
+            at=("timestamp", "min"),
+            amount=("amount", "sum"),
+            purchase=("outcome", lambda o: bool((o == "used").any())),
+        )
+        .reset_index()
+        .sort_values(["row", "at"], kind="stable", ignore_index=True)
+    )
+    orders["spend"] = orders.groupby("row")["amount"].cumsum()
+    orders["orders"] = orders.groupby("row")["purchase"].cumsum()
+    orders["seconds"] = orders["at"].astype("datetime64[s]").astype(np.int64)
+    return orders
+
+
+def _crossings(
+    orders: pd.DataFrame, levels: list[dict[str, Any]], config: TierConfig
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+
+    def first_crossing(kind: str, mask: pd.Series, reason: str, figure: str) -> None:
+        hits = orders[mask].groupby("row").head(1)
+        for row, seconds, value in zip(
+            hits["row"].tolist(), hits["seconds"].tolist(), hits[figure].tolist(), strict=True
+        ):
+            records.append(
+                {
+                    "row": int(row),
+                    "kind": kind,
+                    "fired_at": int(seconds),
+                    "reason": reason,
+                    "figures": {figure: round(float(value), 2)},
+                }
+            )
+
+    for threshold in config.spend_thresholds:
+        first_crossing(
+            "threshold",
+            orders["spend"] >= threshold,
+            f"lifetime spend reached {threshold:g}",
+            "spend",
+        )
+    for threshold in config.order_thresholds:
+        first_crossing(
+            "threshold", orders["orders"] >= threshold, f"order count reached {threshold}", "orders"
+        )
+    thank = pd.Series(False, index=orders.index)
+    if config.thank_you_spend is not None:
+        thank |= orders["spend"] >= config.thank_you_spend
+    if config.thank_you_orders is not None:
+        thank |= orders["orders"] >= config.thank_you_orders
+    first_crossing("thank_you", thank, "a loyal customer: thank them", "spend")
+
+    # Tier after each order, by spend in the trailing window ending at that order.
+    window = int(config.window_days * 86400)
+    key = orders["row"].to_numpy(np.int64) * (1 << 40) + orders["seconds"].to_numpy()
+    start = np.searchsorted(key, key - window, side="right")
+    running = np.concatenate([[0.0], orders["amount"].to_numpy().cumsum()])
+    window_spend = running[1:] - running[start]
+    tiers = tier_index(levels, window_spend)
+    previous = np.concatenate([[0], tiers[:-1]])
+    first_of_customer = np.concatenate(
+        [[True], orders["row"].to_numpy()[1:] != orders["row"].to_numpy()[:-1]]
+    )
+    previous[first_of_customer] = 0
+    upgrades = orders.assign(tier=tiers, before=previous, window_spend=window_spend)[
+        tiers > previous
+    ]
+    last_upgrades = upgrades.groupby("row").tail(1)
+    for row, seconds, before, after, spend in zip(
+        *(last_upgrades[c].tolist() for c in ("row", "seconds", "before", "tier", "window_spend")),
+        strict=True,
+    ):
+        old, new = levels[int(before)]["name"], levels[int(after)]["name"]
+        records.append(
+            {
+                "row": int(row),
+                "kind": "tier_up",
+                "fired_at": int(seconds),
+                "reason": f"moved up from {old} to {new}",
+                "figures": {"window_spend": round(float(spend), 2), "from": old, "to": new},
+            }
+        )
+    return records
+
+
+@dataclass(frozen=True)
+class Crm:
+    """Tier and signal arrays for the bundle, and the tier table for its manifest."""
+
+    arrays: dict[str, NDArray[Any]]
+    manifest: dict[str, Any]
+
+
+def build_crm(
+    events: pd.DataFrame,
+    customer_ids: NDArray[np.str_],
+    item_ids: NDArray[np.str_],
+    prices: NDArray[np.float64],
+    as_of: pd.Timestamp | None,
+    config: TierConfig,
+) -> Crm:
+    customers = pd.Index(customer_ids)
+    signals = customer_signals(events, customers, as_of, config)
+    levels = resolve_levels(config, signals.window_spend)
+    triggers = training_triggers(events, customers, signals, levels, config, as_of)
+    known_prices = prices[np.isfinite(prices)]
+    premium_price = (
+        float(np.percentile(known_prices, config.premium_price_percentile))
+        if len(known_prices)
+        else float("inf")
+    )
+    arrays: dict[str, NDArray[Any]] = {
+        "window_spend": signals.window_spend,
+        "first_purchase": signals.first_purchase,
+        "last_purchase": signals.last_purchase,
+        "median_interval_days": signals.median_interval_days,
+        "best_hour": signals.best_hour,
+        "best_weekday": signals.best_weekday,
+        "timing_own": signals.timing_own,
+        "price_low": signals.price_low,
+        "price_high": signals.price_high,
+        "item_min_tier": _exclusive_tiers(config, item_ids, levels),
+        "item_premium": np.nan_to_num(prices, nan=0.0) >= premium_price,
+        "trigger_rows": triggers["row"].to_numpy(dtype=np.int32),
+        "trigger_kinds": triggers["kind"].to_numpy().astype(np.str_),
+        "trigger_at": triggers["fired_at"].to_numpy(dtype=np.int64),
+        "trigger_reasons": triggers["reason"].to_numpy().astype(np.str_),
+        "trigger_figures": np.array(
+            [json.dumps(f, sort_keys=True) for f in triggers["figures"]], dtype=np.str_
+        ),
+    }
+    manifest = {
+        "window_days": config.window_days,
+        "method": config.method,
+        "levels": levels,
+        "price_affinity": config.price_affinity,
+        "premium_price": premium_price if np.isfinite(premium_price) else None,
+        "lapsing_factor": config.lapsing_factor,
+        "min_orders_for_interval": config.min_orders_for_interval,
+        "spend_thresholds": list(config.spend_thresholds),
+        "order_thresholds": list(config.order_thresholds),
+        "thank_you_spend": config.thank_you_spend,
+        "thank_you_orders": config.thank_you_orders,
+        "as_of": None if as_of is None else as_of.isoformat(),
+        "population_best_hour": signals.population_hour,
+        "population_best_weekday": signals.population_weekday,
+        "customers_per_tier": {
+            level["name"]: int(count)
+            for level, count in zip(
+                levels,
+                np.bincount(tier_index(levels, signals.window_spend), minlength=len(levels)),
+                strict=True,
+            )
+        },
+    }
+    return Crm(arrays, manifest)
+
+
+def empty_crm(n_customers: int, n_items: int) -> dict[str, NDArray[Any]]:
+    """Neutral tier and signal arrays, for models scored without them (baselines, tuning)."""
+    return {
+        "window_spend": np.zeros(n_customers),
+        "first_purchase": np.zeros(n_customers, np.int64),
+        "last_purchase": np.zeros(n_customers, np.int64),
+        "median_interval_days": np.full(n_customers, np.nan, np.float32),
+        "best_hour": np.full(n_customers, -1, np.int8),
+        "best_weekday": np.full(n_customers, -1, np.int8),
+        "timing_own": np.zeros(n_customers, bool),
+        "price_low": np.full(n_customers, np.nan, np.float32),
+        "price_high": np.full(n_customers, np.nan, np.float32),
+        "item_min_tier": np.zeros(n_items, np.int8),
+        "item_premium": np.zeros(n_items, bool),
+        "trigger_rows": np.zeros(0, np.int32),
+        "trigger_kinds": np.zeros(0, np.str_),
+        "trigger_at": np.zeros(0, np.int64),
+        "trigger_reasons": np.zeros(0, np.str_),
+        "trigger_figures": np.zeros(0, np.str_),
+    }
+
+
+def _exclusive_tiers(
+    config: TierConfig, item_ids: NDArray[np.str_], levels: list[dict[str, Any]]
+) -> NDArray[np.int8]:
+    """Per item, the lowest tier allowed to see it (0: everyone), from the exclusives file."""
+    minimum = np.zeros(len(item_ids), dtype=np.int8)
+    if config.exclusive_items is None:
+        return minimum
+    names = [level["name"] for level in levels]
+    index = pd.Index(item_ids)
+    with open(config.exclusive_items, newline="", encoding="utf-8-sig") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            item, tier = (row.get("item_id") or "").strip().upper(), (row.get("tier") or "").strip()
+            if tier not in names:
+                raise ConfigError(f"{config.exclusive_items}, line {number}: unknown tier {tier!r}")
+            position = index.get_indexer(pd.Index([item]))[0]
+            if position >= 0:
+                minimum[position] = names.index(tier)
+    return minimum
