@@ -166,10 +166,10 @@ def _timing(
     hour[:], weekday[:] = population
     sizes = orders.groupby("row").size()
     regulars = sizes[sizes >= min_orders].index.to_numpy()
-    for values, target in ((hours, hour), (weekdays, weekday)):
-        counts = pd.crosstab(orders["row"], values)
-        counts = counts.loc[counts.index.isin(regulars)]
-        target[counts.index.to_numpy()] = counts.columns.to_numpy()[counts.to_numpy().argmax(1)]
+    rows = orders["row"].to_numpy()
+    for values, slots, target in ((hours, 24, hour), (weekdays, 7, weekday)):
+        counts = np.bincount(rows * slots + values.to_numpy(), minlength=count * slots)
+        target[regulars] = counts.reshape(count, slots)[regulars].argmax(axis=1)
     own[regulars] = True
     return hour, weekday, own, population
 
@@ -235,16 +235,18 @@ def _order_totals(events: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
         events["outcome"].isin(["used", "cancellation"]) & events["timestamp"].notna()
     ]
     rows = customers.get_indexer(pd.Index(personal["customer_id"]))
-    personal = personal.assign(
-        row=rows, amount=personal["quantity"] * personal["unit_price"].fillna(0.0)
+    lines = pd.DataFrame(
+        {
+            "row": rows,
+            "order_id": personal["order_id"].to_numpy(),
+            "timestamp": personal["timestamp"].to_numpy(),
+            "amount": (personal["quantity"] * personal["unit_price"].fillna(0.0)).to_numpy(),
+            "purchase": (personal["outcome"] == "used").to_numpy(),
+        }
     )[rows >= 0]
     orders = (
-        personal.groupby(["row", "order_id"], sort=False)
-        .agg(
-            at=("timestamp", "min"),
-            amount=("amount", "sum"),
-            purchase=("outcome", lambda o: bool((o == "used").any())),
-        )
+        lines.groupby(["row", "order_id"], sort=False)
+        .agg(at=("timestamp", "min"), amount=("amount", "sum"), purchase=("purchase", "max"))
         .reset_index()
         .sort_values(["row", "at"], kind="stable", ignore_index=True)
     )
