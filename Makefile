@@ -12,12 +12,17 @@ demo: $(STAMP)
 test: check services
 	$(BIN)/pytest
 
-# Tests use the machine's Redis and PostgreSQL when they run, and start redis-server
-# themselves to test outages, so the binary must be installed.
+# Tests use the machine's Redis and PostgreSQL when they run, start redis-server themselves
+# to test outages, and drive Debian's Chromium for the browser tests.
 services:
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
-	  else echo "redis-server is needed: sudo apt-get install redis-server" >&2; exit 1; fi; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "needed Debian packages:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; \
+	fi
 
 check: $(STAMP)
 	$(BIN)/ruff check .

@@ -17,7 +17,10 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-SCOPES = ("recs:read", "events:write", "admin")
+SCOPES = ("blocks:read", "recs:read", "events:write", "admin")
+# A key with the scope on the left may also do what the scopes on the right allow. blocks:read
+# is the publishable scope for website pages: it reads rendered blocks only.
+IMPLIED = {"admin": set(SCOPES), "recs:read": {"blocks:read"}}
 _LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+):(?P<digest>[0-9a-f]{64}):(?P<scopes>[a-z:+]+)$")
 
 
@@ -78,6 +81,7 @@ class Authenticator:
                 found = key
         if found is None:
             raise AuthError(401, "the API key is not valid")
-        if scope not in found.scopes and "admin" not in found.scopes:
+        granted = set(found.scopes).union(*(IMPLIED.get(s, set()) for s in found.scopes))
+        if scope not in granted:
             raise AuthError(403, f"the API key lacks the scope {scope!r}")
         return found

@@ -23,8 +23,9 @@ from numpy.typing import NDArray
 
 from recsvc.errors import BundleCorrupt, BundleNotFound
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 MANIFEST_FILE = "manifest.json"
+CONTENT_FILE = "content.json"  # the content catalog for website blocks (a JSON list)
 CURRENT_POINTER = "current"
 _STAGING_PREFIX = ".staging-"
 
@@ -71,6 +72,7 @@ class BundleArrays:
     item_group: NDArray[np.int32]
     item_min_tier: NDArray[np.int8]
     item_premium: NDArray[np.bool_]
+    item_categories: NDArray[np.int64]  # bit i: the i-th of the manifest's catalog categories
     alias_high: NDArray[np.uint64]
     alias_low: NDArray[np.uint64]
     alias_rows: NDArray[np.int32]
@@ -128,6 +130,7 @@ PER_CUSTOMER = (
     "price_high",
 )
 PER_ITEM = (
+    "item_categories",
     "item_factors",
     "item_prior",
     "titles",
@@ -156,7 +159,14 @@ ARRAY_FILES: dict[str, tuple[str, ...]] = {
         "price_low",
         "price_high",
     ),
-    "catalog.npz": ("titles", "prices", "item_group", "item_min_tier", "item_premium"),
+    "catalog.npz": (
+        "titles",
+        "prices",
+        "item_group",
+        "item_min_tier",
+        "item_premium",
+        "item_categories",
+    ),
     "aliases.npz": ("alias_high", "alias_low", "alias_rows"),
     "popular.npz": ("popular_items", "popular_scores"),
     "triggers.npz": ("trigger_rows", *TRIGGER_ARRAYS),
@@ -170,6 +180,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     arrays: BundleArrays
+    content: list[dict[str, Any]]
 
     @property
     def version(self) -> str:
@@ -301,7 +312,13 @@ def load_bundle(path: Path) -> Bundle:
         arrays.check()
     except ValueError as error:
         raise BundleCorrupt(f"{path}: inconsistent arrays: {error}") from error
-    return Bundle(path=path, manifest=manifest, arrays=arrays)
+    content: list[dict[str, Any]] = []
+    if CONTENT_FILE in listed:
+        try:
+            content = json.loads((path / CONTENT_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BundleCorrupt(f"{path / CONTENT_FILE}: unreadable ({error})") from error
+    return Bundle(path=path, manifest=manifest, arrays=arrays, content=content)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

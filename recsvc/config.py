@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ class ServiceConfig:
     event_retention_days: int = defaults.EVENT_RETENTION_DAYS
     auth: bool = True
     api_keys: tuple[ApiKey, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # pages allowed to call the API from a browser
+    snapshot_ttl_days: int = defaults.SNAPSHOT_TTL_DAYS
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> ServiceConfig:
@@ -75,7 +78,21 @@ class ServiceConfig:
             ),
             auth=auth == "on",
             api_keys=keys,
+            cors_origins=_origins(get("CORS_ORIGINS", "")),
+            snapshot_ttl_days=integer("SNAPSHOT_TTL_DAYS", defaults.SNAPSHOT_TTL_DAYS, 1, 3650),
         )
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"{PREFIX}CORS_ORIGINS: {origin!r} is not an origin like https://shop.example.com"
+            )
+    if "*" in origins:
+        raise ConfigError(f"{PREFIX}CORS_ORIGINS: list the shop's origins; '*' is not allowed")
+    return origins
 
 
 def _api_keys(values: Mapping[str, str]) -> tuple[ApiKey, ...]:

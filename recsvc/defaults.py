@@ -16,3 +16,8 @@ STORE_COOLDOWN_SECONDS = 1.0  # after a store failure, skip it this long before 
 EVENTS_DIR = "events"  # durable event log and erasure list
 EVENT_RETENTION_DAYS = 90  # how long reported events and their ids are kept in the store
 RETRY_AFTER_SECONDS = 1  # told to event writers while the store is down
+
+# Channels
+SNAPSHOT_TTL_DAYS = 30  # how long one email send's picks stay fixed
+EMAIL_DEFAULT_N = 4
+EMAIL_MAX_N = 12

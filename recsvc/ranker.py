@@ -91,11 +91,15 @@ class Ranker:
         deltas: Mapping[int, float] | None = None,
         tier: int = 0,
         policy: bool = True,
+        allowed: NDArray[np.bool_] | None = None,
     ) -> Ranking:
+        """``allowed`` (a mask over items) limits the candidates, e.g. to one category."""
         excluded = self.excluded(row, deltas or {})
-        reserved = np.flatnonzero(self.arrays.item_min_tier > tier).astype(np.int32)
-        if len(reserved):
-            excluded = np.union1d(excluded, reserved).astype(np.int32)
+        hidden = self.arrays.item_min_tier > tier
+        if allowed is not None:
+            hidden = hidden | ~allowed
+        if hidden.any():
+            excluded = np.union1d(excluded, np.flatnonzero(hidden)).astype(np.int32)
         if row is None:
             return Ranking(items=self.popular(n, exclude=excluded), fallback=True)
         customer_id = str(self.arrays.customer_ids[row])

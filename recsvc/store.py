@@ -34,6 +34,7 @@ EVENT_KEY = "{prefix}:event:{event_id}"  # idempotency marker, expires with the 
 CUSTOMER_EVENTS_KEY = "{prefix}:customer:{customer}:events"  # sorted set, score = received_at
 ERASED_KEY = "{prefix}:erased"  # set of erased customer keys
 TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
+SNAPSHOT_KEY = "{prefix}:snapshot:{customer}:{send}"  # email picks of one send, with a TTL
 
 
 def customer_key(alias: str) -> str:
@@ -89,9 +90,13 @@ class Store(Protocol):
     def triggers_since(self, since: float) -> list[str]:
         """Triggers fired after ``since``, oldest first."""
 
+    def snapshot(self, customer: str, send: str, payload: str, ttl_seconds: float) -> str:
+        """Keep ``payload`` as the customer's snapshot for ``send`` unless one exists; return
+        the snapshot kept (the first one written wins)."""
+
     def erase(self, customer: str) -> int:
-        """Remove the customer's events and triggers and mark them erased; returns events
-        removed."""
+        """Remove the customer's events, triggers and snapshots and mark them erased; returns
+        events removed."""
 
     def mark_erased(self, customers: Sequence[str]) -> None:
         """Mark customers erased (reloading the durable erasure list at start)."""
@@ -113,6 +118,16 @@ class EmbeddedStore:
         self._events: dict[str, list[StoredEvent]] = {}
         self._erased: set[str] = set()
         self._triggers: list[tuple[float, str]] = []
+        self._snapshots: dict[tuple[str, str], tuple[float, str]] = {}  # -> (expiry, payload)
+
+    def snapshot(self, customer: str, send: str, payload: str, ttl_seconds: float) -> str:
+        with self._lock:
+            now = self.clock()
+            kept = self._snapshots.get((customer, send))
+            if kept is None or kept[0] <= now:
+                kept = (now + ttl_seconds, payload)
+                self._snapshots[(customer, send)] = kept
+            return kept[1]
 
     def add_triggers(self, triggers: Sequence[tuple[float, str]]) -> None:
         with self._lock:
@@ -157,6 +172,8 @@ class EmbeddedStore:
         with self._lock:
             self._erased.add(customer)
             self._triggers = [t for t in self._triggers if customer not in t[1]]
+            for key in [key for key in self._snapshots if key[0] == customer]:
+                del self._snapshots[key]
             return len(self._events.pop(customer, []))
 
     def mark_erased(self, customers: Sequence[str]) -> None:
@@ -242,6 +259,18 @@ class RedisStore:
 
         self._call(add)
 
+    def snapshot(self, customer: str, send: str, payload: str, ttl_seconds: float) -> str:
+        key = SNAPSHOT_KEY.format(prefix=self.prefix, customer=customer, send=send)
+
+        def keep() -> str:
+            pipeline = self.client.pipeline(transaction=True)
+            pipeline.set(key, payload, nx=True, ex=max(int(ttl_seconds), 1))
+            pipeline.get(key)
+            kept = pipeline.execute()[1]
+            return kept.decode() if isinstance(kept, bytes) else str(kept)
+
+        return self._call(keep)
+
     def triggers_since(self, since: float) -> list[str]:
         members = self._call(
             lambda: self.client.zrangebyscore(self._triggers_key(), f"({since}", "+inf")
@@ -294,12 +323,16 @@ class RedisStore:
         def run() -> int:
             members = self.client.zrange(self._triggers_key(), 0, -1)
             mine = [m for m in members if isinstance(m, bytes) and customer.encode() in m]
+            pattern = SNAPSHOT_KEY.format(prefix=self.prefix, customer=customer, send="*")
+            snapshots = list(self.client.scan_iter(match=pattern, count=500))
             pipeline = self.client.pipeline(transaction=True)
             pipeline.zcard(self._events_key(customer))
             pipeline.delete(self._events_key(customer))
             pipeline.sadd(self._erased_key(), customer)
             if mine:
                 pipeline.zrem(self._triggers_key(), *mine)
+            if snapshots:
+                pipeline.delete(*snapshots)
             count = pipeline.execute()[0]
             return int(count)
 

@@ -58,6 +58,16 @@ def purchase(
     }
 
 
+def sample_config_copy(directory: Path) -> Path:
+    """The demo sample's config, written elsewhere with its relative paths made absolute."""
+    text = (SAMPLE_DIR / "sample.toml").read_text()
+    for name in ("legacy.csv.gz", "shop.csv.gz", "taxonomy.toml", "content.json"):
+        text = text.replace(f'"{name}"', f'"{SAMPLE_DIR / name}"')
+    config = directory / "train.toml"
+    config.write_text(text)
+    return config
+
+
 def top_items(client: FlaskClient, key: str, n: int = 10) -> list[str]:
     body = client.get(f"/v1/customers/{key}/recommendations?n={n}").get_json()
     return [item["item_id"] for item in body["items"]]
@@ -177,13 +187,9 @@ def test_accepted_events_are_logged_and_train_into_the_next_bundle(
     ]
     assert [record["event_id"] for record in logged] == ["t-1", "t-2"]
 
-    config = tmp_path / "train.toml"
+    config = sample_config_copy(tmp_path)
     config.write_text(
-        (SAMPLE_DIR / "sample.toml")
-        .read_text()
-        .replace('path = "legacy.csv.gz"', f'path = "{SAMPLE_DIR}/legacy.csv.gz"')
-        .replace('path = "shop.csv.gz"', f'path = "{SAMPLE_DIR}/shop.csv.gz"')
-        + f'\n[[sources]]\nname = "live"\nkind = "events"\n'
+        config.read_text() + f'\n[[sources]]\nname = "live"\nkind = "events"\n'
         f'path = "{tmp_path}/events/events-*.jsonl"\n'
     )
     models = tmp_path / "models"
@@ -223,13 +229,9 @@ def test_erasure_forgets_every_alias_and_the_next_training(
 
     erasures = tmp_path / "events" / "erasures.jsonl"
     assert customer not in erasures.read_text()  # digests only
-    config = tmp_path / "train.toml"
+    config = sample_config_copy(tmp_path)
     config.write_text(
-        (SAMPLE_DIR / "sample.toml")
-        .read_text()
-        .replace('path = "legacy.csv.gz"', f'path = "{SAMPLE_DIR}/legacy.csv.gz"')
-        .replace('path = "shop.csv.gz"', f'path = "{SAMPLE_DIR}/shop.csv.gz"')
-        .replace("[items]", f'[identity]\nerasures = "{erasures}"\n\n[items]')
+        config.read_text().replace("[items]", f'[identity]\nerasures = "{erasures}"\n\n[items]')
     )
     report = train(load_config(config), tmp_path / "models")
     erased_rows = sum(counts["erased"] for counts in report.accounting.values())

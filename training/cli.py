@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     check_cmd.add_argument("--config", type=Path, required=True)
     check_cmd.set_defaults(run=_check_sources)
 
+    export_cmd = commands.add_parser(
+        "export-picks", help="email picks of one send for a whole campaign (CSV or JSONL)"
+    )
+    export_cmd.add_argument("--send-id", required=True)
+    who = export_cmd.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customers", type=Path, help="a file with one customer key per line")
+    who.add_argument("--segment", help="customers of one tier, e.g. tier=gold")
+    export_cmd.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
+    export_cmd.add_argument("--out", type=Path, required=True)
+    export_cmd.add_argument("--n", type=int, default=4)
+    export_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    export_cmd.set_defaults(run=_export_picks)
+
     keys_cmd = commands.add_parser("keys", help="API keys for the service")
     keys_commands = keys_cmd.add_subparsers(dest="keys_command", required=True)
     mint_cmd = keys_commands.add_parser("mint", help="make a new API key and its config line")
@@ -164,6 +177,82 @@ def _check_sources(args: argparse.Namespace) -> int:
         for message in result.warnings:
             print(f"  warning: source {result.name!r}: {message}")
     return 1 if any(result.errors for result in results) else 0
+
+
+def _export_picks(args: argparse.Namespace) -> int:
+    """Each row is the email-picks endpoint's answer for that customer and send id: the
+    service is run in-process with the same RECSVC_* store settings, so a send exported here
+    and one rendered by the live service share their snapshots."""
+    import csv
+    from urllib.parse import quote
+
+    from tqdm import tqdm
+
+    from recsvc import create_app
+    from recsvc.config import ServiceConfig
+
+    environment = {**os.environ, "RECSVC_MODELS_DIR": str(args.models_dir), "RECSVC_AUTH": "off"}
+    app = create_app(ServiceConfig.from_mapping(environment))
+    client = app.test_client()
+    keys = _campaign_customers(args, app)
+    query = f"send_id={quote(args.send_id, safe='')}&n={args.n}"
+    written = 0
+    with args.out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        if args.format == "csv":
+            writer.writerow(
+                ["send_id", "customer_id", "rank", "item_id", "title", "price", "url", "image"]
+            )
+        for key in tqdm(keys, desc="exporting", unit="customer"):
+            response = client.get(f"/v1/customers/{quote(key, safe='')}/email-picks?{query}")
+            if response.status_code != 200:
+                raise TrainingError(f"customer {key!r}: {response.get_data(as_text=True)}")
+            picks = response.get_json()
+            if args.format == "jsonl":
+                handle.write(json.dumps(picks, ensure_ascii=False, sort_keys=True) + "\n")
+            else:
+                for rank, item in enumerate(picks["items"], start=1):
+                    writer.writerow(
+                        [
+                            picks["send_id"],
+                            picks["customer_id"],
+                            rank,
+                            item["item_id"],
+                            item["title"],
+                            item["price"],
+                            item["url"],
+                            item["image"],
+                        ]
+                    )
+            written += 1
+    print(f"{written} customers written to {args.out}")
+    return 0
+
+
+def _campaign_customers(args: argparse.Namespace, app: Any) -> list[str]:
+    if args.customers is not None:
+        try:
+            lines = args.customers.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise TrainingError(f"--customers: {error}") from None
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    kind, _, value = args.segment.partition("=")
+    model = app.extensions["recsvc.registry"].model
+    if model is None:
+        raise TrainingError(f"no bundle in {args.models_dir}")
+    names = [level["name"] for level in model.ranker.tiers.levels]
+    if kind != "tier" or value not in names:
+        raise TrainingError(f"--segment: tier=<one of {', '.join(names)}>, got {args.segment!r}")
+    realtime = app.extensions["recsvc.realtime"]
+    customers = [str(c) for c in model.ranker.arrays.customer_ids]
+    return [
+        c
+        for c in customers
+        if model.ranker.tiers.levels[
+            model.ranker.tiers.index(realtime.view(model, c).window_spend)
+        ]["name"]
+        == value
+    ]
 
 
 def _mint_key(args: argparse.Namespace) -> int:

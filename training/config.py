@@ -82,6 +82,7 @@ class ItemRules:
     non_product_ids: frozenset[str] = frozenset()
     non_product_pattern: str | None = None
     crosswalk: Path | None = None
+    taxonomy: Path | None = None  # TOML [categories] name = [keywords]
 
     def is_non_product(self, item_id: str) -> bool:
         if item_id in self.non_product_ids:
@@ -135,12 +136,47 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class ChannelsConfig:
+    """Website blocks and email picks: where links point, what each slot holds."""
+
+    base_url: str = "https://shop.example.com"
+    product_path: str = "/products/{item_id}"
+    image_path: str = "/images/{item_id}.jpg"
+    currency_symbol: str = "£"
+    content: Path | None = None  # JSON content catalog (banners, articles, offers)
+    slots: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {
+            "home_hero": {"content": 1, "products": 4},
+            "cart_cross_sell": {"content": 0, "products": 6},
+        }
+    )
+    utm: dict[str, str] = field(
+        default_factory=lambda: {
+            "utm_source": "recsvc",
+            "utm_medium": "email",
+            "utm_campaign": "{send_id}",
+        }
+    )
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "product_path": self.product_path,
+            "image_path": self.image_path,
+            "currency_symbol": self.currency_symbol,
+            "slots": self.slots,
+            "utm": self.utm,
+        }
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     sources: tuple[SourceConfig, ...]
     items: ItemRules = field(default_factory=ItemRules)
     model: ModelParams = field(default_factory=ModelParams)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     tiers: TierConfig = field(default_factory=TierConfig)
+    channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     tuned_from: Path | None = None  # the file whose [model] overrode the config's
 
 
@@ -173,7 +209,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") -> TrainConfig:
-    _reject_unknown(raw, {"sources", "items", "model", "identity", "tiers"}, origin)
+    _reject_unknown(raw, {"sources", "items", "model", "identity", "tiers", "channels"}, origin)
     raw_sources = raw.get("sources")
     if not isinstance(raw_sources, list) or not raw_sources:
         raise ConfigError(f"{origin}: [[sources]] must declare at least one source")
@@ -190,6 +226,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") ->
         model=_parse_model(_table(raw, "model", origin), f"{origin}: model"),
         identity=_parse_identity(_table(raw, "identity", origin), base_dir, f"{origin}: identity"),
         tiers=_parse_tiers(_table(raw, "tiers", origin), base_dir, f"{origin}: tiers"),
+        channels=_parse_channels(_table(raw, "channels", origin), base_dir, f"{origin}: channels"),
     )
 
 
@@ -392,6 +429,52 @@ def _parse_tiers(raw: dict[str, Any], base_dir: Path, where: str) -> TierConfig:
     )
 
 
+def _parse_channels(raw: dict[str, Any], base_dir: Path, where: str) -> ChannelsConfig:
+    defaults = ChannelsConfig()
+    _reject_unknown(
+        raw,
+        {"base_url", "product_path", "image_path", "currency_symbol", "content", "slots", "email"},
+        where,
+    )
+    base_url = _string(raw, "base_url", where, default=defaults.base_url).rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", base_url):
+        raise ConfigError(f"{where}.base_url: must be an absolute http(s) URL, got {base_url!r}")
+    paths = {}
+    for key in ("product_path", "image_path"):
+        path = _string(raw, key, where, default=getattr(defaults, key))
+        if not path.startswith("/") or "{item_id}" not in path:
+            raise ConfigError(f"{where}.{key}: must start with / and contain {{item_id}}")
+        paths[key] = path
+    slots = dict(defaults.slots)
+    raw_slots = raw.get("slots", {})
+    if not isinstance(raw_slots, dict):
+        raise ConfigError(f"{where}.slots: must be a table of slot tables")
+    for name, slot in raw_slots.items():
+        at = f"{where}.slots.{name}"
+        if not re.fullmatch(r"[a-z0-9_-]+", name) or not isinstance(slot, dict):
+            raise ConfigError(f"{at}: a slot is a table named with a-z, 0-9, _ or -")
+        _reject_unknown(slot, {"content", "products"}, at)
+        slots[name] = {
+            "content": int(_number(slot, "content", at, 0, 0, 10, integer=True)),
+            "products": int(_number(slot, "products", at, 4, 0, 50, integer=True)),
+        }
+    email = _table(raw, "email", where)
+    _reject_unknown(email, {"utm_source", "utm_medium", "utm_campaign"}, f"{where}.email")
+    utm = {
+        key: _string(email, key, f"{where}.email", default=value)
+        for key, value in defaults.utm.items()
+    }
+    return ChannelsConfig(
+        base_url=base_url,
+        product_path=paths["product_path"],
+        image_path=paths["image_path"],
+        currency_symbol=_string(raw, "currency_symbol", where, default=defaults.currency_symbol),
+        content=_optional_file(raw, "content", base_dir, where),
+        slots=slots,
+        utm=utm,
+    )
+
+
 def _optional_path(raw: dict[str, Any], key: str, base_dir: Path, where: str) -> Path | None:
     name = _optional_string(raw, key, where)
     if name is None:
@@ -400,7 +483,7 @@ def _optional_path(raw: dict[str, Any], key: str, base_dir: Path, where: str) ->
 
 
 def _parse_items(raw: dict[str, Any], base_dir: Path, where: str) -> ItemRules:
-    _reject_unknown(raw, {"non_product_ids", "non_product_pattern", "crosswalk"}, where)
+    _reject_unknown(raw, {"non_product_ids", "non_product_pattern", "crosswalk", "taxonomy"}, where)
     ids = raw.get("non_product_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ConfigError(f"{where}.non_product_ids: must be a list of item ids")
@@ -414,6 +497,7 @@ def _parse_items(raw: dict[str, Any], base_dir: Path, where: str) -> ItemRules:
         frozenset(i.strip().upper() for i in ids),
         pattern,
         _optional_file(raw, "crosswalk", base_dir, where),
+        _optional_file(raw, "taxonomy", base_dir, where),
     )
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from recsvc.bundle import BundleArrays, new_version, publish_bundle, sha256_file
+from recsvc.bundle import CONTENT_FILE, BundleArrays, new_version, publish_bundle, sha256_file
 from recsvc.identity import CANONICAL, alias_table
+from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset
 from training.fit import Factors, fit_als, trend_prior
@@ -49,13 +50,24 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     crm = build_crm(
         merged.events, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
     )
+    taxonomy = load_taxonomy(config.items.taxonomy)
+    crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
+    tier_names = [level["name"] for level in crm.manifest["levels"]]
+    content = load_content(config.channels.content, list(taxonomy), tier_names)
     arrays = fit_model(data, config.model, progress, merged.aliases, crm.arrays)
     fingerprint = data_fingerprint(config, sources)
     version = new_version(fingerprint)
     received = [events_through(rows) for rows in sources]
-    latest_event = max((t for t in received if t is not None), default=None)
+    sections = {
+        # Receipt time of the last reported event learned from; the service only applies
+        # events received after it, so none counts twice.
+        "events_through": max((t for t in received if t is not None), default=None),
+        "tiers": crm.manifest,
+        "catalog": {"categories": list(taxonomy)},
+        "channels": config.channels.to_manifest(),
+    }
     path = publish(
-        models_dir, version, fingerprint, config, merged, data, arrays, latest_event, crm.manifest
+        models_dir, version, fingerprint, config, merged, data, arrays, sections, content
     )
     return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
 
@@ -138,19 +150,18 @@ def publish(
     merged: MergedHistory,
     data: TrainingData,
     arrays: BundleArrays,
-    latest_event: float | None = None,
-    tiers: dict[str, Any] | None = None,
+    sections: dict[str, Any],
+    content: list[dict[str, Any]],
 ) -> Path:
+    """Write the bundle: arrays, the manifest (with ``sections`` from the feature modules),
+    the quarantine file and the content catalog."""
     manifest = {
         "model": MODEL_KIND,
         "data_fingerprint": fingerprint,
         "data_as_of": None if data.as_of is None else data.as_of.isoformat(),
-        # Receipt time of the last reported event learned from; the service only applies
-        # events received after it, so none counts twice.
-        "events_through": latest_event,
         "parameters": parameters(config),
         "accounting": merged.accounting,
-        "tiers": tiers,
+        **sections,
         "identity": {
             **merged.identity,
             "namespaces": sorted(
@@ -162,9 +173,10 @@ def publish(
     with tempfile.TemporaryDirectory() as scratch:
         quarantine_path = Path(scratch) / QUARANTINE_FILE
         merged.quarantine.to_csv(quarantine_path, index=False)
-        return publish_bundle(
-            models_dir, version, arrays, manifest, attachments={QUARANTINE_FILE: quarantine_path}
-        )
+        content_path = Path(scratch) / CONTENT_FILE
+        content_path.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
+        attachments = {QUARANTINE_FILE: quarantine_path, CONTENT_FILE: content_path}
+        return publish_bundle(models_dir, version, arrays, manifest, attachments)
 
 
 def _source_summary(source: SourceConfig, merged: MergedHistory) -> dict[str, Any]:

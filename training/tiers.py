@@ -365,6 +365,7 @@ def build_crm(
         "price_high": signals.price_high,
         "item_min_tier": _exclusive_tiers(config, item_ids, levels),
         "item_premium": np.nan_to_num(prices, nan=0.0) >= premium_price,
+        "item_categories": np.zeros(len(item_ids), np.int64),  # set by the pipeline
         "trigger_rows": triggers["row"].to_numpy(dtype=np.int32),
         "trigger_kinds": triggers["kind"].to_numpy().astype(np.str_),
         "trigger_at": triggers["fired_at"].to_numpy(dtype=np.int64),
@@ -414,6 +415,7 @@ def empty_crm(n_customers: int, n_items: int) -> dict[str, NDArray[Any]]:
         "price_high": np.full(n_customers, np.nan, np.float32),
         "item_min_tier": np.zeros(n_items, np.int8),
         "item_premium": np.zeros(n_items, bool),
+        "item_categories": np.zeros(n_items, np.int64),
         "trigger_rows": np.zeros(0, np.int32),
         "trigger_kinds": np.zeros(0, np.str_),
         "trigger_at": np.zeros(0, np.int64),

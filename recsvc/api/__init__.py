@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from recsvc.api import customers, events, health, problems, recommendations, triggers
+from recsvc.api import (
+    channels,
+    cors,
+    customers,
+    events,
+    health,
+    problems,
+    recommendations,
+    triggers,
+)
 from recsvc.realtime import Realtime
 from recsvc.registry import ModelRegistry, ServedModel
 
@@ -16,6 +25,8 @@ def init_app(app: Flask) -> None:
     events.init_app(app)
     customers.init_app(app)
     triggers.init_app(app)
+    channels.init_app(app)
+    cors.init_app(app)
 
 
 def registry() -> ModelRegistry:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 from flask import request
+from numpy.typing import NDArray
 
+from recsvc import channels
 from recsvc.api.problems import invalid_parameter
+from recsvc.registry import ServedModel
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -18,3 +22,15 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise invalid_parameter(name, f"must be between {low} and {high}, got {value}")
     return value
+
+
+def category_arg(model: ServedModel) -> NDArray[np.bool_] | None:
+    """The ``category`` query parameter as a mask over items, or None when absent."""
+    name = request.args.get("category")
+    if name is None:
+        return None
+    try:
+        return channels.category_mask(model, name.strip().lower())
+    except channels.UnknownCategory:
+        known = ", ".join(channels.categories(model)) or "none configured"
+        raise invalid_parameter("category", f"unknown category {name!r}; known: {known}") from None

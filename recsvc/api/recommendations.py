@@ -8,7 +8,7 @@ from flask import Blueprint, Flask, Response, jsonify
 
 from recsvc import api, defaults
 from recsvc.api.access import requires
-from recsvc.api.params import int_arg
+from recsvc.api.params import category_arg, int_arg
 from recsvc.ranker import RankedItem, Ranker
 
 blueprint = Blueprint("recommendations", __name__, url_prefix="/v1/customers")
@@ -20,9 +20,11 @@ def recommendations(key: str) -> Response:
     n = int_arg("n", default=defaults.DEFAULT_N, low=1, high=defaults.MAX_N)
     model = api.served_model()
     customer = api.realtime().view(model, key)
+
     tiers = model.ranker.tiers
     tier = tiers.index(customer.window_spend)
-    ranking = model.ranker.recommend_row(customer.row, n, customer.deltas, tier)
+    mask = category_arg(model)
+    ranking = model.ranker.recommend_row(customer.row, n, customer.deltas, tier, allowed=mask)
     return jsonify(
         customer_id=ranking.customer_id or key,
         model_version=model.version,

@@ -1,0 +1,198 @@
+"""Website content blocks and email picks: what a slot holds for a customer, and the picks
+of one email send. Pure: no web framework; rendering is in ``recsvc.render``."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import numpy as np
+from numpy.typing import NDArray
+
+from recsvc.identity import digest
+from recsvc.ranker import RankedItem
+from recsvc.realtime import CustomerView
+from recsvc.registry import ServedModel
+
+DEFAULT_CHANNELS: dict[str, Any] = {
+    "base_url": "https://shop.example.com",
+    "product_path": "/products/{item_id}",
+    "image_path": "/images/{item_id}.jpg",
+    "currency_symbol": "£",
+    "slots": {
+        "home_hero": {"content": 1, "products": 4},
+        "cart_cross_sell": {"content": 0, "products": 6},
+    },
+    "utm": {"utm_source": "recsvc", "utm_medium": "email", "utm_campaign": "{send_id}"},
+}
+POPULAR_FOR_AFFINITY = 50  # anonymous visitors: the categories of the best sellers
+
+
+class UnknownSlot(KeyError):
+    pass
+
+
+class UnknownCategory(KeyError):
+    pass
+
+
+def channels(model: ServedModel) -> dict[str, Any]:
+    found: dict[str, Any] = model.bundle.manifest.get("channels") or DEFAULT_CHANNELS
+    return found
+
+
+def categories(model: ServedModel) -> list[str]:
+    names: list[str] = (model.bundle.manifest.get("catalog") or {}).get("categories", [])
+    return names
+
+
+def category_mask(model: ServedModel, name: str) -> NDArray[np.bool_]:
+    """Items in category ``name``; UnknownCategory lists the categories there are."""
+    names = categories(model)
+    if name not in names:
+        raise UnknownCategory(name)
+    bit = np.int64(1) << np.int64(names.index(name))
+    mask: NDArray[np.bool_] = (model.ranker.arrays.item_categories & bit) != 0
+    return mask
+
+
+def absolute(url: str, base_url: str) -> str:
+    return url if url.startswith(("http://", "https://")) else base_url + "/" + url.lstrip("/")
+
+
+def product_card(
+    model: ServedModel, item: RankedItem, utm: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """An item as channels show it: metadata and absolute links (with UTM tags for email)."""
+    arrays = model.ranker.arrays
+    settings = channels(model)
+    item_id = str(arrays.item_ids[item.index])
+    price = float(arrays.prices[item.index])
+    url = settings["base_url"] + settings["product_path"].format(item_id=item_id)
+    if utm:
+        url += "?" + urlencode(utm)
+    mask = int(arrays.item_categories[item.index])
+    return {
+        "item_id": item_id,
+        "title": str(arrays.titles[item.index]),
+        "price": None if np.isnan(price) else round(price, 2),
+        "categories": [name for bit, name in enumerate(categories(model)) if mask >> bit & 1],
+        "url": url,
+        "image": settings["base_url"] + settings["image_path"].format(item_id=item_id),
+        "score": round(item.score, 6),
+    }
+
+
+def affinity(model: ServedModel, view: CustomerView) -> dict[str, float]:
+    """Share of the customer's items in each category (the best sellers' for strangers)."""
+    ranker = model.ranker
+    if view.row is None and not view.deltas:
+        items = ranker.arrays.popular_items[:POPULAR_FOR_AFFINITY]
+    else:
+        items = ranker.excluded(view.row, view.deltas)
+    masks = ranker.arrays.item_categories[items]
+    names = categories(model)
+    counts = {name: float(((masks >> bit) & 1).sum()) for bit, name in enumerate(names)}
+    total = sum(counts.values()) or 1.0
+    return {name: count / total for name, count in counts.items() if count}
+
+
+def choose_content(
+    model: ServedModel, view: CustomerView, tier_name: str, count: int, today: date
+) -> list[dict[str, Any]]:
+    """The ``count`` content items valid today, for this tier, best matching the customer's
+    category affinity (ties keep the catalog's order)."""
+    if count <= 0:
+        return []
+    weights = affinity(model, view)
+    base_url = channels(model)["base_url"]
+    eligible = []
+    for position, item in enumerate(model.bundle.content):
+        if item["tiers"] and tier_name not in item["tiers"]:
+            continue
+        if item.get("valid_from") and date.fromisoformat(item["valid_from"]) > today:
+            continue
+        if item.get("valid_to") and date.fromisoformat(item["valid_to"]) < today:
+            continue
+        score = sum(weights.get(tag, 0.0) for tag in item["tags"])
+        eligible.append((-score, position, item))
+    eligible.sort(key=lambda entry: (entry[0], entry[1]))
+    return [
+        {
+            "id": item["id"],
+            "kind": item["kind"],
+            "title": item["title"],
+            "body": item["body"],
+            "image": None if not item.get("image") else absolute(item["image"], base_url),
+            "url": absolute(item["url"], base_url),
+        }
+        for _, _, item in eligible[:count]
+    ]
+
+
+def block(
+    model: ServedModel,
+    view: CustomerView,
+    key: str | None,
+    slot: str,
+    today: date,
+    category: NDArray[np.bool_] | None = None,
+) -> dict[str, Any]:
+    """A website slot: content items and product cards for the customer."""
+    slots = channels(model)["slots"]
+    if slot not in slots:
+        raise UnknownSlot(slot)
+    tiers = model.ranker.tiers
+    tier = tiers.describe(view.window_spend)
+    ranking = model.ranker.recommend_row(
+        view.row,
+        slots[slot]["products"],
+        view.deltas,
+        tiers.index(view.window_spend),
+        allowed=category,
+    )
+    return {
+        "slot": slot,
+        "customer_id": ranking.customer_id or key,
+        "model_version": model.version,
+        "fallback": ranking.fallback,
+        "degraded": view.degraded,
+        "tier": tier,
+        "content": choose_content(model, view, tier["name"], slots[slot]["content"], today),
+        "products": [product_card(model, item) for item in ranking.items],
+    }
+
+
+def email_picks(
+    model: ServedModel,
+    view: CustomerView,
+    key: str,
+    send_id: str,
+    n: int,
+) -> dict[str, Any]:
+    """Fresh picks for one send (the caller snapshots them: see ``snapshot_key``)."""
+    settings = channels(model)
+    tiers = model.ranker.tiers
+    ranking = model.ranker.recommend_row(view.row, n, view.deltas, tiers.index(view.window_spend))
+    utm = {name: value.format(send_id=send_id) for name, value in settings["utm"].items()}
+    return {
+        "send_id": send_id,
+        "customer_id": ranking.customer_id or key,
+        "model_version": model.version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fallback": ranking.fallback,
+        "tier": tiers.describe(view.window_spend),
+        "currency_symbol": settings["currency_symbol"],
+        "items": [product_card(model, item, utm) for item in ranking.items],
+    }
+
+
+def snapshot_key(send_id: str, n: int) -> str:
+    """One snapshot per send and list length (send ids are free text)."""
+    return digest(f"{send_id}\0{n}").hex()
+
+
+def dumps(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

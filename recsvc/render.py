@@ -1,0 +1,36 @@
+"""HTML for channels, rendered with Jinja2 and autoescaped: a product title like
+``<script>alert(1)</script>`` shows as text."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+EMAIL_COLUMNS = 2
+
+
+@cache
+def _environment() -> Environment:
+    return Environment(
+        loader=PackageLoader("recsvc", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def block_html(block: dict[str, Any], currency: str) -> str:
+    return _environment().get_template("block.html").render(block=block, currency=currency)
+
+
+def email_html(picks: dict[str, Any]) -> str:
+    columns = min(EMAIL_COLUMNS, max(len(picks["items"]), 1))
+    return _environment().get_template("email.html").render(picks=picks, columns=columns)
+
+
+@cache
+def embed_script() -> str:
+    return (resources.files("recsvc") / "static" / "embed.js").read_text(encoding="utf-8")

@@ -1,0 +1,195 @@
+"""Website blocks, email picks, CORS, the embed script and campaign export."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from recsvc import create_app
+from recsvc.config import ServiceConfig
+from tests.channel_shop import XSS_TITLE, build
+from training.cli import main
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("channels"))
+
+
+@pytest.fixture
+def client(models: Path, tmp_path: Path) -> FlaskClient:
+    config = ServiceConfig(
+        models_dir=models,
+        events_dir=tmp_path / "events",
+        auth=False,
+        cors_origins=("http://127.0.0.1:8001",),
+    )
+    return create_app(config).test_client()
+
+
+def test_block_json_has_tier_content_and_absolute_links(client: FlaskClient) -> None:
+    body = client.get("/v1/customers/festive/blocks/home_hero").get_json()
+    assert body["slot"] == "home_hero" and body["customer_id"] == "festive"
+    assert body["tier"]["name"] == "bronze"
+    assert [c["id"] for c in body["content"]] == ["xmas"]  # her items are christmas
+    assert body["content"][0]["url"] == "https://shop.example.com/xmas"
+    products = body["products"]
+    assert len(products) == 4 and not {"X2", "X3"} & {p["item_id"] for p in products}
+    for product in products:
+        assert product["url"] == f"https://shop.example.com/products/{product['item_id']}"
+        assert product["image"].startswith("https://shop.example.com/images/")
+
+
+def test_content_follows_affinity_and_tier(client: FlaskClient) -> None:
+    baker = client.get("/v1/customers/baker/blocks/home_hero").get_json()
+    assert [c["id"] for c in baker["content"]] == ["bake"]
+    whale = client.get("/v1/customers/whale/blocks/home_hero").get_json()
+    assert whale["tier"]["name"] == "gold"
+    assert [c["id"] for c in whale["content"]] == ["gold-offer"]
+
+
+def test_anonymous_block_and_unknown_slot(client: FlaskClient) -> None:
+    body = client.get("/v1/blocks/home_hero").get_json()
+    assert body["fallback"] is True and body["customer_id"] is None
+    assert len(body["products"]) == 4 and body["content"][0]["id"] != "expired"
+    response = client.get("/v1/blocks/nowhere")
+    assert response.status_code == 404 and "home_hero" in response.get_json(force=True)["detail"]
+    assert client.get("/v1/blocks/home_hero?format=pdf").status_code == 400
+
+
+def test_html_block_escapes_titles(client: FlaskClient) -> None:
+    html = client.get("/v1/blocks/home_hero?format=html").get_data(as_text=True)
+    json_titles = [p["title"] for p in client.get("/v1/blocks/home_hero").get_json()["products"]]
+    assert XSS_TITLE in json_titles  # the best seller, so it is in the anonymous block
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; CHRISTMAS LIGHTS" in html
+    assert "Gold <b>" not in html
+
+
+def test_category_filter(client: FlaskClient) -> None:
+    body = client.get("/v1/customers/baker/recommendations?category=christmas&n=10").get_json()
+    assert {item["item_id"] for item in body["items"]} == {"X1", "X2", "X3"}
+    response = client.get("/v1/customers/baker/recommendations?category=shoes")
+    assert response.status_code == 400
+    assert "christmas, kitchen" in response.get_json(force=True)["detail"]
+
+
+def test_email_picks_stay_the_same_for_one_send(
+    client: FlaskClient, models: Path, tmp_path: Path
+) -> None:
+    url = "/v1/customers/baker/email-picks?send_id=spring-1&n=3"
+    first = client.get(url).get_json()
+    assert len(first["items"]) == 3
+    assert first["items"][0]["url"].endswith(
+        "?utm_source=recsvc&utm_medium=email&utm_campaign=spring-1"
+    )
+    bought = first["items"][0]["item_id"]
+    event = {
+        "event_id": "e-1",
+        "customer": "baker",
+        "item_id": bought,
+        "quantity": 1,
+        "price": 2.5,
+        "timestamp": "2011-06-02T10:00:00Z",
+    }
+    client.post("/v1/events", json={"events": [event]})
+
+    assert client.get(url).get_json() == first  # same send: same picks, after a purchase
+    fresh = client.get("/v1/customers/baker/email-picks?send_id=spring-2&n=3").get_json()
+    assert bought not in [item["item_id"] for item in fresh["items"]]
+
+    retrained = build(tmp_path / "again")  # a new model does not change the send either
+    again = create_app(ServiceConfig(models_dir=retrained, events_dir=tmp_path / "e2", auth=False))
+    again.extensions["recsvc.realtime"].store = client.application.extensions[
+        "recsvc.realtime"
+    ].store
+    assert again.test_client().get(url).get_json() == first
+
+
+def test_email_html_is_email_safe(client: FlaskClient) -> None:
+    html = client.get("/v1/customers/email:Someone@Example.com/email-picks?send_id=s&format=html")
+    text = html.get_data(as_text=True)
+    assert html.status_code == 200 and text.startswith("<table")
+    assert "<style" not in text and "class=" not in text and 'style="' in text
+    assert text.count("<img") == 4 and 'src="https://shop.example.com/images/' in text
+    assert "utm_campaign=s" in text and "<script>" not in text
+
+
+def test_cors_only_for_configured_origins(client: FlaskClient) -> None:
+    allowed = client.get("/v1/blocks/home_hero", headers={"Origin": "http://127.0.0.1:8001"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:8001"
+    preflight = client.options(
+        "/v1/blocks/home_hero",
+        headers={"Origin": "http://127.0.0.1:8001", "Access-Control-Request-Headers": "x-api-key"},
+    )
+    assert "X-API-Key" in preflight.headers["Access-Control-Allow-Headers"]
+    other = client.get("/v1/blocks/home_hero", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_embed_script_is_served(client: FlaskClient) -> None:
+    response = client.get("/v1/embed.js")
+    assert response.status_code == 200 and response.mimetype == "application/javascript"
+    assert "data-recsvc-slot" in response.get_data(as_text=True)
+
+
+def test_export_rows_match_the_endpoint(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSVC_EVENTS_DIR", str(tmp_path / "events"))
+    customers = tmp_path / "campaign.txt"
+    customers.write_text("baker\nfestive\nemail:new@example.com\n")
+    out = tmp_path / "picks.jsonl"
+    assert (
+        main(
+            [
+                "export-picks",
+                "--send-id",
+                "camp",
+                "--customers",
+                str(customers),
+                "--format",
+                "jsonl",
+                "--out",
+                str(out),
+                "--models-dir",
+                str(models),
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    config = ServiceConfig(models_dir=models, events_dir=tmp_path / "events", auth=False)
+    client = create_app(config).test_client()
+    for key, row in zip(["baker", "festive", "email:new@example.com"], rows, strict=True):
+        live = client.get(f"/v1/customers/{key}/email-picks?send_id=camp&n=4").get_json()
+        assert {k: v for k, v in row.items() if k not in ("created_at", "degraded")} == {
+            k: v for k, v in live.items() if k not in ("created_at", "degraded")
+        }
+
+    table = tmp_path / "gold.csv"
+    assert (
+        main(
+            [
+                "export-picks",
+                "--send-id",
+                "camp",
+                "--segment",
+                "tier=gold",
+                "--format",
+                "csv",
+                "--out",
+                str(table),
+                "--models-dir",
+                str(models),
+            ]
+        )
+        == 0
+    )
+    with table.open() as handle:
+        picks = list(csv.DictReader(handle))
+    assert {row["customer_id"] for row in picks} == {"whale"} and len(picks) == 4

@@ -1,0 +1,117 @@
+"""Catalog enrichment and channel content, prepared at training time.
+
+- A keyword taxonomy (TOML, ``[categories] name = ["keyword", "two words", ...]``) gives each
+  item the categories whose keywords appear, as whole words, in its title.
+- A content catalog (JSON list of banners, articles and offers) is validated here and shipped
+  inside the bundle, so the service serves exactly what the bundle was checked with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from training.errors import ConfigError
+
+MAX_CATEGORIES = 63  # one bit each in an int64
+CONTENT_KINDS = ("banner", "article", "offer")
+CONTENT_FIELDS = {
+    "id",
+    "kind",
+    "title",
+    "body",
+    "image",
+    "url",
+    "tags",
+    "tiers",
+    "valid_from",
+    "valid_to",
+}
+
+
+def load_taxonomy(path: Path | None) -> dict[str, list[str]]:
+    if path is None:
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the taxonomy ({error})") from error
+    categories = raw.get("categories")
+    if not isinstance(categories, dict) or not categories:
+        raise ConfigError(f"{path}: needs a [categories] table of name = [keywords]")
+    if len(categories) > MAX_CATEGORIES:
+        raise ConfigError(f"{path}: at most {MAX_CATEGORIES} categories")
+    taxonomy: dict[str, list[str]] = {}
+    for name, keywords in categories.items():
+        if not re.fullmatch(r"[a-z0-9_-]+", name):
+            raise ConfigError(f"{path}: category {name!r}: use lower-case letters, digits, _ -")
+        if (
+            not isinstance(keywords, list)
+            or not keywords
+            or not all(isinstance(k, str) and k.strip() for k in keywords)
+        ):
+            raise ConfigError(f"{path}: category {name!r} needs a list of keywords")
+        taxonomy[name] = [keyword.strip().lower() for keyword in keywords]
+    return taxonomy
+
+
+def item_categories(titles: NDArray[np.str_], taxonomy: dict[str, list[str]]) -> NDArray[np.int64]:
+    """Per item, a bit mask of its categories (bit i = the i-th category of the taxonomy)."""
+    masks = np.zeros(len(titles), dtype=np.int64)
+    text = pd.Series(titles, dtype="str").str.lower()
+    for bit, keywords in enumerate(taxonomy.values()):
+        pattern = r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")s?\b"
+        masks[text.str.contains(pattern, regex=True).to_numpy()] |= np.int64(1) << bit
+    return masks
+
+
+def load_content(
+    path: Path | None, categories: list[str], tiers: list[str]
+) -> list[dict[str, Any]]:
+    """The content catalog, validated: every problem names the item and the field."""
+    if path is None:
+        return []
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the content catalog ({error})") from error
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: must be a JSON list of content items")
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        where = f"{path}: item {index}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: must be an object")
+        where = f"{path}: item {item.get('id', index)!r}"
+        unknown = set(item) - CONTENT_FIELDS
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+        for key in ("id", "title", "url"):
+            if not isinstance(item.get(key), str) or not item[key].strip():
+                raise ConfigError(f"{where}.{key}: required, a non-empty string")
+        if item["id"] in seen:
+            raise ConfigError(f"{where}: duplicate id")
+        seen.add(item["id"])
+        if item.get("kind") not in CONTENT_KINDS:
+            raise ConfigError(f"{where}.kind: one of {', '.join(CONTENT_KINDS)}")
+        for key, allowed in (("tags", categories), ("tiers", tiers)):
+            values = item.setdefault(key, [])
+            if not isinstance(values, list) or not set(values) <= set(allowed):
+                raise ConfigError(f"{where}.{key}: must be a list of {', '.join(allowed)}")
+        for key in ("valid_from", "valid_to"):
+            if item.get(key) is not None:
+                try:
+                    date.fromisoformat(item[key])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{where}.{key}: must be a date, YYYY-MM-DD") from None
+        item.setdefault("body", "")
+        item.setdefault("image", None)
+    return items
