@@ -30,7 +30,9 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         log.warning("RECSVC_AUTH=off: every request is allowed; use this for local work only")
 
     app = Flask(__name__)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    from recsvc.api.json import OrjsonProvider
+
+    app.json = OrjsonProvider(app)
     app.extensions["recsvc.config"] = config
     registry = ModelRegistry(config.models_dir)
     registry.load()

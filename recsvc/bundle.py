@@ -83,6 +83,8 @@ class BundleArrays:
     trigger_at: NDArray[np.int64]
     trigger_reasons: NDArray[np.str_]
     trigger_figures: NDArray[np.str_]  # JSON objects
+    candidate_items: NDArray[np.int32]  # [C, K] each customer's best items, -1 padded
+    candidate_scores: NDArray[np.float32]  # [C, K]
 
     def check(self) -> None:
         """Raise ValueError when the arrays do not describe one consistent model."""
@@ -116,6 +118,8 @@ class BundleArrays:
 
 
 PER_CUSTOMER = (
+    "candidate_items",
+    "candidate_scores",
     "user_factors",
     "customer_spend",
     "customer_orders",
@@ -170,6 +174,7 @@ ARRAY_FILES: dict[str, tuple[str, ...]] = {
     "aliases.npz": ("alias_high", "alias_low", "alias_rows"),
     "popular.npz": ("popular_items", "popular_scores"),
     "triggers.npz": ("trigger_rows", *TRIGGER_ARRAYS),
+    "candidates.npz": ("candidate_items", "candidate_scores"),
 }
 
 

@@ -8,6 +8,11 @@ Tier policy, on top: items reserved for higher tiers are never shown; premium-pr
 get the tier's ``premium_boost``; and with ``price_affinity`` > 0 an item priced outside the
 customer's usual band loses ``price_affinity`` per log unit it lies outside.
 
+Fast path: the bundle holds each customer's top ``candidate_items`` under the policy of their
+tier at training. A request filters them by purchases reported since; it scores the whole
+catalog only when that is not enough: a return (an item may be eligible again), another
+tier, a category filter, or fewer than ``n`` candidates left.
+
 Pure numpy; no web framework. The evaluation tooling ranks through this same code, so offline
 metrics describe what customers are served.
 """
@@ -64,6 +69,10 @@ class Ranker:
         )
         group_sizes = np.bincount(arrays.item_group, minlength=1)
         self._grouped = group_sizes[arrays.item_group] > 1
+        self._boosts = np.array(
+            [float(level.get("premium_boost", 0.0)) for level in self.tiers.levels]
+        )
+        self.trained_tier = self.tiers.indices(arrays.window_spend)
 
     def customer_row(self, key: str) -> int | None:
         """The row of the customer a key names: canonical id, <source>:<id>, email:, phone:."""
@@ -94,7 +103,12 @@ class Ranker:
         allowed: NDArray[np.bool_] | None = None,
     ) -> Ranking:
         """``allowed`` (a mask over items) limits the candidates, e.g. to one category."""
-        excluded = self.excluded(row, deltas or {})
+        deltas = deltas or {}
+        if row is not None and policy and allowed is None and tier == self.trained_tier[row]:
+            fast = self._from_candidates(row, n, deltas)
+            if fast is not None:
+                return fast
+        excluded = self.excluded(row, deltas)
         hidden = self.arrays.item_min_tier > tier
         if allowed is not None:
             hidden = hidden | ~allowed
@@ -103,21 +117,88 @@ class Ranker:
         if row is None:
             return Ranking(items=self.popular(n, exclude=excluded), fallback=True)
         customer_id = str(self.arrays.customer_ids[row])
-        scores = self.scores(row)
-        if policy:
-            scores = self.with_policy(scores, row, tier)
+        rows = np.array([row])
+        scores = self.batch_scores(rows, np.array([tier]), policy)[0]
         return Ranking(top_n(scores, n, excluded), fallback=False, customer_id=customer_id)
 
-    def with_policy(self, scores: NDArray[np.float64], row: int, tier: int) -> NDArray[np.float64]:
-        boost = float(self.tiers.levels[tier].get("premium_boost", 0.0))
-        if boost:
-            scores = scores + boost * self.arrays.item_premium
-        low, high = self.arrays.price_low[row], self.arrays.price_high[row]
-        if self.tiers.price_affinity and np.isfinite(low) and low > 0:
+    def _from_candidates(self, row: int, n: int, deltas: Mapping[int, float]) -> Ranking | None:
+        items = self.arrays.candidate_items[row]
+        if not len(items) or any(change < 0 for change in deltas.values()):
+            return None
+        customer_id = str(self.arrays.customer_ids[row])
+        if not deltas:
+            listed = items[:n].tolist()
+            if -1 in listed:
+                listed = listed[: listed.index(-1)]
+            elif len(listed) < n:
+                return None  # fewer candidates than asked and the list is not complete
+            scores = self.arrays.candidate_scores[row, : len(listed)].round(6).tolist()
+            ranked = [RankedItem(i, s) for i, s in zip(listed, scores, strict=True)]
+            return Ranking(ranked, fallback=False, customer_id=customer_id)
+        keep = items >= 0
+        complete = not keep.all()  # padded: every eligible item is in the list
+        if deltas:
+            keep &= ~np.isin(items, self.excluded(row, deltas))
+        chosen = np.flatnonzero(keep)[:n]
+        if len(chosen) < n and not complete:
+            return None
+        scores = self.arrays.candidate_scores[row]
+        ranked = [RankedItem(int(items[i]), float(scores[i])) for i in chosen]
+        return Ranking(ranked, fallback=False, customer_id=customer_id)
+
+    def batch_scores(
+        self, rows: NDArray[np.intp], tiers: NDArray[np.intp], policy: bool = True
+    ) -> NDArray[np.float64]:
+        """Scores of every item for each of ``rows`` (a customer in each tier of ``tiers``)."""
+        arrays = self.arrays
+        raw = (arrays.user_factors[rows] @ arrays.item_factors.T).astype(np.float64)
+        spread = raw.std(axis=1, keepdims=True)
+        spread[spread == 0] = 1.0
+        scores: NDArray[np.float64] = (raw - raw.mean(axis=1, keepdims=True)) / spread
+        scores += arrays.item_prior
+        if not policy:
+            return scores
+        boosts = self._boosts[tiers]
+        if boosts.any():
+            scores += boosts[:, None] * arrays.item_premium
+        low, high = arrays.price_low[rows], arrays.price_high[rows]
+        banded = np.isfinite(low) & (low > 0)
+        if self.tiers.price_affinity and banded.any():
             prices = self._log_prices
-            outside = np.maximum(np.log(low) - prices, prices - np.log(high)).clip(0.0)
-            scores = scores - self.tiers.price_affinity * np.nan_to_num(outside)
+            with np.errstate(invalid="ignore"):
+                below = np.log(np.where(banded, low, 1.0))[:, None] - prices
+                above = prices - np.log(np.where(banded, high, 1.0))[:, None]
+            outside = np.nan_to_num(np.maximum(below, above).clip(0.0)) * banded[:, None]
+            scores -= self.tiers.price_affinity * outside
         return scores
+
+    def candidate_lists(
+        self, k: int, batch: int = 512
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+        """Every customer's top ``k`` items under their tier's policy, best first, padded
+        with -1 when fewer items are eligible (the bundle's fast path)."""
+        count, n_items = len(self.arrays.customer_ids), len(self.arrays.item_ids)
+        k = min(k, n_items)
+        items = np.full((count, k), -1, dtype=np.int32)
+        scores = np.full((count, k), -np.inf, dtype=np.float32)
+        if k == 0:
+            return items, scores
+        for start in range(0, count, batch):
+            rows = np.arange(start, min(start + batch, count))
+            block = self.batch_scores(rows, self.trained_tier[rows])
+            for offset, row in enumerate(rows):
+                block[offset, self.excluded(int(row), {})] = -np.inf
+            hidden = self.arrays.item_min_tier[None, :] > self.trained_tier[rows][:, None]
+            block[hidden] = -np.inf
+            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+            top_scores = np.take_along_axis(block, top, axis=1)
+            order = np.lexsort((top, -top_scores), axis=1)
+            top = np.take_along_axis(top, order, axis=1)
+            top_scores = np.take_along_axis(top_scores, order, axis=1)
+            valid = np.isfinite(top_scores)
+            items[rows] = np.where(valid, top, -1)
+            scores[rows] = np.where(valid, top_scores, -np.inf)
+        return items, scores
 
     def excluded(self, row: int | None, deltas: Mapping[int, float]) -> NDArray[np.int32]:
         """Items never to show: what the customer holds after ``deltas``, and its editions."""
@@ -146,10 +227,8 @@ class Ranker:
         return np.flatnonzero(np.isin(groups, groups[items])).astype(np.int32)
 
     def scores(self, row: int) -> NDArray[np.float64]:
-        raw = (self.arrays.item_factors @ self.arrays.user_factors[row]).astype(np.float64)
-        spread = raw.std()
-        standardised = (raw - raw.mean()) / spread if spread > 0 else raw - raw.mean()
-        scores: NDArray[np.float64] = standardised + self.arrays.item_prior
+        """A customer's item scores without the tier policy."""
+        scores: NDArray[np.float64] = self.batch_scores(np.array([row]), np.array([0]), False)[0]
         return scores
 
     def popular(self, n: int, exclude: NDArray[np.int32] | None = None) -> list[RankedItem]:

@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -70,6 +70,7 @@ class Realtime:
         self.clock = clock
         self._lock = threading.Lock()
         self._erased = set(erasures.customer_keys())  # this process's view; no round trip
+        self._row_keys: dict[tuple[str, int], str] = {}  # (bundle version, row) -> store key
         try:
             store.mark_erased(sorted(self._erased))
         except StoreUnavailable as error:
@@ -85,11 +86,13 @@ class Realtime:
         ranker = model.ranker
         row = ranker.customer_row(key)
         if row is not None:
-            alias = f"{CANONICAL}:{ranker.arrays.customer_ids[row]}"
+            cached = (model.version, row)
+            store_key = self._row_keys.get(cached) or self._row_keys.setdefault(
+                cached, customer_key(f"{CANONICAL}:{ranker.arrays.customer_ids[row]}")
+            )
         else:
             aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
-            alias = aliases[-1]
-        store_key = customer_key(alias)
+            store_key = customer_key(aliases[-1])
         if store_key in self._erased:
             return None, store_key
         return row, store_key
@@ -102,9 +105,7 @@ class Realtime:
             state = self.store.customer_state(store_key, model.events_through)
         except StoreUnavailable as error:
             log.warning("store unavailable, serving from the bundle: %s", error)
-            return self._with_spend(
-                model, CustomerView(row, _canonical(model, row), store_key, [], {}, True)
-            )
+            return self._with_spend(model, row, store_key, [], {}, degraded=True)
         if state.erased:
             return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
         deltas: dict[int, float] = {}
@@ -112,16 +113,33 @@ class Realtime:
             index = model.item_index.get(event.item_id)
             if index is not None:
                 deltas[index] = deltas.get(index, 0.0) + event.quantity
-        view = CustomerView(row, _canonical(model, row), store_key, state.events, deltas, False)
-        return self._with_spend(model, view)
+        return self._with_spend(model, row, store_key, state.events, deltas, degraded=False)
 
     @staticmethod
-    def _with_spend(model: ServedModel, view: CustomerView) -> CustomerView:
-        arrays = model.ranker.arrays
-        window = 0.0 if view.row is None else float(arrays.window_spend[view.row])
-        lifetime = 0.0 if view.row is None else float(arrays.customer_spend[view.row])
-        recent = view.recent_spend
-        return replace(view, window_spend=window + recent, lifetime_spend=lifetime + recent)
+    def _with_spend(
+        model: ServedModel,
+        row: int | None,
+        store_key: str,
+        events: list[StoredEvent],
+        deltas: dict[int, float],
+        degraded: bool,
+    ) -> CustomerView:
+        """The view, with spend from the bundle plus the events since training."""
+        recent = sum(event.quantity * event.price for event in events)
+        window = lifetime = recent
+        if row is not None:
+            window += float(model.ranker.arrays.window_spend[row])
+            lifetime += float(model.ranker.arrays.customer_spend[row])
+        return CustomerView(
+            row,
+            _canonical(model, row),
+            store_key,
+            events,
+            deltas,
+            degraded,
+            window_spend=window,
+            lifetime_spend=lifetime,
+        )
 
     def record(self, model: ServedModel, batch: list[tuple[int, Event]]) -> BatchResult:
         """Apply valid events to the store, then append the new ones to the durable log.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ class ServedModel:
     bundle: Bundle
     ranker: Ranker
     item_index: dict[str, int]  # item id -> catalog index
+    # Item metadata as plain Python values, so responses need no numpy conversions.
+    item_ids: list[str]
+    titles: list[str]
+    prices: list[float | None]
 
     @property
     def version(self) -> str:
@@ -54,8 +59,16 @@ class ModelRegistry:
             identity.get("namespaces", []),
             TierTable.from_manifest(bundle.manifest.get("tiers")),
         )
-        item_index = {item: i for i, item in enumerate(bundle.arrays.item_ids.tolist())}
-        self.model = ServedModel(bundle=bundle, ranker=ranker, item_index=item_index)
+        item_ids = [str(item) for item in bundle.arrays.item_ids.tolist()]
+        prices = [None if math.isnan(price) else price for price in bundle.arrays.prices.tolist()]
+        self.model = ServedModel(
+            bundle=bundle,
+            ranker=ranker,
+            item_index={item: i for i, item in enumerate(item_ids)},
+            item_ids=item_ids,
+            titles=[str(title) for title in bundle.arrays.titles.tolist()],
+            prices=prices,
+        )
         self.last_error = None
         log.info("serving bundle %s from %s", bundle.version, bundle.path)
         return True

@@ -139,6 +139,8 @@ class EmbeddedStore:
             return [text for at, text in self._triggers if at > since]
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
+        if customer not in self._events and customer not in self._erased:
+            return CustomerState([], False)  # the common case, without the lock
         with self._lock:
             horizon = self.clock() - self.retention
             events = [

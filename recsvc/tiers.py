@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 DEFAULT_LEVELS = [{"name": "standard", "min_spend": 0.0, "perks": [], "premium_boost": 0.0}]
 
 
@@ -31,6 +34,10 @@ class TierTable:
             if spend >= float(level["min_spend"]):
                 position = number
         return position
+
+    def indices(self, spend: NDArray[np.float64]) -> NDArray[np.intp]:
+        thresholds = np.array([float(level["min_spend"]) for level in self.levels])
+        return (np.searchsorted(thresholds, spend, side="right") - 1).clip(0)
 
     def describe(self, spend: float) -> dict[str, Any]:
         """The ``tier`` object of every customer response."""

@@ -50,6 +50,8 @@ def tiny_arrays(scale: float = 1.0) -> BundleArrays:
         ),
         popular_items=np.array([1, 0, 2], dtype=np.int32),
         popular_scores=np.array([3.0, 2.0, 1.0], dtype=np.float32),
+        candidate_items=np.array([[1, 0], [2, -1]], dtype=np.int32),
+        candidate_scores=np.array([[2.0, 1.0], [1.0, -np.inf]], dtype=np.float32),
     )
 
 

@@ -109,6 +109,7 @@ class ModelParams:
     trend_half_life_days: float = 14.0
     trend_weight: float = 2.0
     seed: int = 42
+    candidates: int = 50  # per customer, precomputed for the service's fast path (0: none)
 
 
 # Allowed range of each model parameter, inclusive; bm25_b = 1 makes implicit divide by zero.
@@ -123,6 +124,7 @@ MODEL_RANGES: dict[str, tuple[float, float]] = {
     "trend_half_life_days": (1e-3, 1e6),
     "trend_weight": (0.0, 100.0),
     "seed": (0, 2**31 - 1),
+    "candidates": (0, 1000),
 }
 
 

@@ -217,7 +217,7 @@ def _recommenders(
         ]
 
     def as_served(policy: bool) -> Recommend:
-        ranker = Ranker(fit_model(data, params, crm=crm.arrays), tiers=tiers)
+        ranker = Ranker(fit_model(data, params, crm=crm), tiers=tiers)
         return lambda row: [
             str(ids[item.index])
             for item in ranker.recommend_row(row, k, None, int(tier_of[row]), policy).items

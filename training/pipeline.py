@@ -17,13 +17,15 @@ from numpy.typing import NDArray
 
 from recsvc.bundle import CONTENT_FILE, BundleArrays, new_version, publish_bundle, sha256_file
 from recsvc.identity import CANONICAL, alias_table
+from recsvc.ranker import Ranker
+from recsvc.tiers import TierTable
 from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset
 from training.fit import Factors, fit_als, trend_prior
 from training.merge import MergedHistory, merge_sources
 from training.sources import SourceRows, events_through, read_source
-from training.tiers import build_crm, empty_crm
+from training.tiers import Crm, build_crm, empty_crm
 
 QUARANTINE_FILE = "quarantine.csv"
 MODEL_KIND = "als+trend"
@@ -54,7 +56,7 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
     tier_names = [level["name"] for level in crm.manifest["levels"]]
     content = load_content(config.channels.content, list(taxonomy), tier_names)
-    arrays = fit_model(data, config.model, progress, merged.aliases, crm.arrays)
+    arrays = fit_model(data, config.model, progress, merged.aliases, crm)
     fingerprint = data_fingerprint(config, sources)
     version = new_version(fingerprint)
     received = [events_through(rows) for rows in sources]
@@ -82,12 +84,18 @@ def fit_model(
     params: ModelParams,
     progress: bool = False,
     aliases: dict[str, str] | None = None,
-    crm: dict[str, NDArray[Any]] | None = None,
+    crm: Crm | None = None,
 ) -> BundleArrays:
-    """The served model: ALS factors plus the trending prior, as the bundle holds them."""
+    """The served model: ALS factors plus the trending prior, as the bundle holds them, with
+    each customer's candidate list under their tier's policy (given ``crm``)."""
     factors = fit_als(data.interactions, params, progress=progress)
     prior = trend_prior(data.trending, params.trend_weight)
-    return bundle_arrays(data, factors, prior, aliases, crm)
+    arrays = bundle_arrays(data, factors, prior, aliases, None if crm is None else crm.arrays)
+    if crm is None or params.candidates == 0:
+        return arrays
+    ranker = Ranker(arrays, tiers=TierTable.from_manifest(crm.manifest))
+    items, scores = ranker.candidate_lists(params.candidates)
+    return dataclasses.replace(arrays, candidate_items=items, candidate_scores=scores)
 
 
 def bundle_arrays(
@@ -124,6 +132,8 @@ def bundle_arrays(
         popular_items=order.astype(np.int32),
         popular_scores=data.popularity[order].astype(np.float32),
         **(crm if crm is not None else empty_crm(len(customer_ids), len(data.item_ids))),
+        candidate_items=np.zeros((len(customer_ids), 0), np.int32),
+        candidate_scores=np.zeros((len(customer_ids), 0), np.float32),
     )
 
 

@@ -7,6 +7,7 @@ from functools import wraps
 from typing import ParamSpec, TypeVar
 
 from flask import current_app, request
+from werkzeug.datastructures import Headers
 
 from recsvc.api.problems import Problem
 from recsvc.auth import Authenticator, AuthError
@@ -22,7 +23,7 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             authenticator: Authenticator | None = current_app.extensions["recsvc.auth"]
             if authenticator is not None:
                 try:
-                    authenticator.authorise(presented_key(), scope)
+                    authenticator.authorise(presented_key(request.headers), scope)
                 except AuthError as error:
                     title = "Unauthorized" if error.status == 401 else "Forbidden"
                     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
@@ -34,8 +35,8 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return decorate
 
 
-def presented_key() -> str | None:
-    header = request.headers.get("Authorization", "")
+def presented_key(headers: Headers) -> str | None:
+    header = headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
-    return request.headers.get("X-API-Key") or None
+    return headers.get("X-API-Key") or None

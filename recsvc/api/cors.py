@@ -1,20 +1,25 @@
 """CORS for the configured origins only (RECSVC_CORS_ORIGINS): pages of the shop may call
-the API from a browser; any other origin gets no CORS headers, so browsers refuse."""
+the API from a browser; any other origin gets no CORS headers, so browsers refuse. Without
+configured origins no hook is installed at all (it would cost every request)."""
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 
 from recsvc.config import ServiceConfig
 
 
 def init_app(app: Flask) -> None:
+    config: ServiceConfig = app.extensions["recsvc.config"]
+    origins = frozenset(config.cors_origins)
+    if not origins:
+        return
+
     @app.after_request
     def allow_configured_origins(response: Response) -> Response:
-        config: ServiceConfig = current_app.extensions["recsvc.config"]
-        origin = request.headers.get("Origin")
         response.vary.add("Origin")
-        if origin and origin.rstrip("/") in config.cors_origins:
+        origin = request.headers.get("Origin")
+        if origin and origin.rstrip("/") in origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             if request.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
