@@ -142,3 +142,21 @@ def test_cancellation_removes_ownership_and_overlap_counts_once(merged) -> None:
     assert data.popularity[list(data.item_ids).index("21232")] > 0
     assert data.prices[list(data.item_ids).index("22041")] == pytest.approx(2.5)
     assert isinstance(data.as_of, pd.Timestamp)
+
+
+def test_anonymous_lines_in_both_sources_belong_to_nobody(tmp_path: Path) -> None:
+    line = ["900", "21232", "CUPS", "12", "2010-12-03 12:00:00", "0.85", "", "UK"]
+    bought = ["901", "22041", "FRAME", "1", "2010-12-03 12:00:00", "2.1", "13085", "UK"]
+    write_csv(tmp_path / "legacy.csv", list(LEGACY_COLUMNS.values()), [line, bought])
+    write_csv(tmp_path / "shop.csv", SHOP_HEADER, [line])
+    config = load_config(
+        write_config(
+            tmp_path,
+            source_toml("legacy", "legacy.csv", LEGACY_COLUMNS),
+            source_toml("shop", "shop.csv", SHOP_COLUMNS),
+        )
+    )
+    merged = merge_sources([read_source(s) for s in config.sources], config.items)
+    assert merged.accounting["shop"]["duplicate"] == 1  # an anonymous copy, still a duplicate
+    data = build_dataset(merged.events, half_life_days=90.0, trend_half_life_days=14.0)
+    assert list(data.customer_ids) == ["13085"]

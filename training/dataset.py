@@ -93,9 +93,11 @@ def build_dataset(
 
 def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.DataFrame:
     """One row per (customer_id, item) the customer holds, with its summed decayed weight."""
+    # Duplicates are decided before anonymity, so anonymous copies keep that outcome too.
     personal = events[
         events["outcome"].isin(["used", "cancellation", "duplicate"])
         & events["item_id"].isin(item_index)
+        & (events["customer_id"] != "")
     ]
     is_duplicate = (personal["outcome"] == "duplicate").to_numpy()
     lines = pd.DataFrame(
