@@ -15,7 +15,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 bind = os.environ.get("RECSVC_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("RECSVC_WORKERS", str(2 * multiprocessing.cpu_count())))
-worker_class = "sync"
+worker_class = os.environ.get("RECSVC_WORKER_CLASS", "sync")
+threads = int(os.environ.get("RECSVC_THREADS", "1"))
 preload_app = True
 keepalive = 5
 timeout = 30
