@@ -17,19 +17,17 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.local_server import gunicorn  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
 from recsvc.bundle import load_current  # noqa: E402
 
@@ -64,26 +62,16 @@ def main() -> int:
     script = scratch / "recommendations.lua"
     script.write_text(RECOMMENDATIONS_LUA)
     key, line = mint("bench", ["recs:read"])
-    port = _free_port()
     env = {
         **os.environ,
         "RECSVC_MODELS_DIR": str(args.models_dir),
         "RECSVC_API_KEYS": line,
         "RECSVC_EVENTS_DIR": str(scratch / "events"),
-        "RECSVC_BIND": f"127.0.0.1:{port}",
         "RECSVC_BENCH_IDS": str(ids),
     }
     if args.workers:
         env["RECSVC_WORKERS"] = str(args.workers)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "recsvc.wsgi:app"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait(base)
+    with gunicorn(env) as base:
         header = ["-H", f"X-API-Key: {key}"]
 
         def healthz(duration: int) -> dict[str, float]:
@@ -109,9 +97,6 @@ def main() -> int:
         # Each connection waits so that all together send about half the maximum rate.
         delay = max(args.connections / half * 1000.0 - 1.0, 0.0)
         paced = recommendations(args.duration, delay)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count()},
         "bundle": bundle.version,
@@ -172,23 +157,6 @@ def _wrk(
         "errors": float(errors[1] if errors else 0)
         + (sum(float(x) for x in socket_errors.groups()) if socket_errors else 0.0),
     }
-
-
-def _wait(base: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/readyz", timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("gunicorn did not become ready")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

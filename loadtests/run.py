@@ -14,17 +14,15 @@ import argparse
 import csv
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.local_server import gunicorn  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
 
 
@@ -42,27 +40,18 @@ def main() -> int:
     if not Path(locust).exists():
         sys.exit("locust is needed: pip install -e '.[load]'")
     key, line = mint("loadtest", ["recs:read", "events:write"])
-    port = _free_port()
     scratch = Path(tempfile.mkdtemp(prefix="recsvc-load-"))
     env = {
         **os.environ,
         "RECSVC_MODELS_DIR": str(args.models_dir),
         "RECSVC_API_KEYS": line,
         "RECSVC_EVENTS_DIR": str(scratch / "events"),
-        "RECSVC_BIND": f"127.0.0.1:{port}",
         "RECSVC_LOADTEST_KEY": key,
         "RECSVC_LOADTEST_RATE_PER_USER": str(args.rate / args.users),
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "recsvc.wsgi:app"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     prefix = args.out_dir / "locust"
-    try:
-        _wait(f"http://127.0.0.1:{port}")
+    with gunicorn(env) as base:
         subprocess.run(
             [
                 locust,
@@ -76,7 +65,7 @@ def main() -> int:
                 "-t",
                 f"{args.duration}s",
                 "--host",
-                f"http://127.0.0.1:{port}",
+                base,
                 "--csv",
                 str(prefix),
                 "--html",
@@ -86,9 +75,6 @@ def main() -> int:
             env=env,
             check=False,
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
     return _verdict(Path(f"{prefix}_stats.csv"), args.p99_ms, args.max_failures)
 
 
@@ -115,23 +101,6 @@ def _verdict(stats: Path, p99_ms: float, max_failures: int) -> int:
             failed = True
     print("PASS" if not failed else "targets missed")
     return 1 if failed else 0
-
-
-def _wait(base: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/readyz", timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("gunicorn did not become ready")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

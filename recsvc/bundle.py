@@ -117,10 +117,7 @@ class BundleArrays:
                 raise ValueError("alias digests are not sorted")
 
 
-PER_CUSTOMER = (
-    "candidate_items",
-    "candidate_scores",
-    "user_factors",
+CUSTOMER_FIGURES = (
     "customer_spend",
     "customer_orders",
     "window_spend",
@@ -133,48 +130,23 @@ PER_CUSTOMER = (
     "price_low",
     "price_high",
 )
-PER_ITEM = (
-    "item_categories",
-    "item_factors",
-    "item_prior",
-    "titles",
-    "prices",
-    "item_group",
-    "item_min_tier",
-    "item_premium",
-)
+CATALOG = ("titles", "prices", "item_group", "item_min_tier", "item_premium", "item_categories")
 TRIGGER_ARRAYS = ("trigger_kinds", "trigger_at", "trigger_reasons", "trigger_figures")
+CANDIDATES = ("candidate_items", "candidate_scores")
+PER_CUSTOMER = ("user_factors", *CUSTOMER_FIGURES, *CANDIDATES)
+PER_ITEM = ("item_factors", "item_prior", *CATALOG)
 
 # Which array lives in which file: the single definition of the on-disk layout.
 ARRAY_FILES: dict[str, tuple[str, ...]] = {
     "ids.npz": ("customer_ids", "item_ids"),
     "factors.npz": ("user_factors", "item_factors", "item_prior"),
     "owned.npz": ("owned_indptr", "owned_indices", "owned_quantity"),
-    "customers.npz": (
-        "customer_spend",
-        "customer_orders",
-        "window_spend",
-        "first_purchase",
-        "last_purchase",
-        "median_interval_days",
-        "best_hour",
-        "best_weekday",
-        "timing_own",
-        "price_low",
-        "price_high",
-    ),
-    "catalog.npz": (
-        "titles",
-        "prices",
-        "item_group",
-        "item_min_tier",
-        "item_premium",
-        "item_categories",
-    ),
+    "customers.npz": CUSTOMER_FIGURES,
+    "catalog.npz": CATALOG,
     "aliases.npz": ("alias_high", "alias_low", "alias_rows"),
     "popular.npz": ("popular_items", "popular_scores"),
     "triggers.npz": ("trigger_rows", *TRIGGER_ARRAYS),
-    "candidates.npz": ("candidate_items", "candidate_scores"),
+    "candidates.npz": CANDIDATES,
 }
 
 

@@ -10,9 +10,7 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import threading
-import time
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -21,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.local_server import free_port, gunicorn
 from recsvc.auth import mint
 from tests.channel_shop import XSS_TITLE, build
-from tests.redis_server import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -111,44 +109,15 @@ def service(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     models = build(directory, base_url=site.url)
     web_key, web_line = mint("web", ["blocks:read"])
     mail_key, mail_line = mint("mail", ["recs:read"])
-    port = free_port()
     env = {
-        **os.environ,
         "RECSVC_MODELS_DIR": str(models),
         "RECSVC_EVENTS_DIR": str(directory),
         "RECSVC_API_KEYS": f"{web_line},{mail_line}",
         "RECSVC_CORS_ORIGINS": site.url,
-        "OPENBLAS_NUM_THREADS": "1",
+        "RECSVC_WORKERS": "1",
     }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "recsvc.wsgi:app",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/readyz", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("gunicorn did not start")
-            time.sleep(0.1)
-    yield {"url": url, "web_key": web_key, "mail_key": mail_key}
-    process.terminate()
-    process.wait(timeout=10)
+    with gunicorn(env) as url:
+        yield {"url": url, "web_key": web_key, "mail_key": mail_key}
 
 
 def api_json(service: dict[str, str], path: str, key: str) -> dict[str, object]:

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,13 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.local_server import gunicorn
 from recsvc.bundle import load_current
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, dict[str, object]]:
@@ -34,48 +24,14 @@ def get(url: str) -> tuple[int, dict[str, object]]:
 
 @pytest.fixture
 def gunicorn_url(sample_models: Path, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
     env = {
-        **os.environ,
         "RECSVC_MODELS_DIR": str(sample_models),
-        "OPENBLAS_NUM_THREADS": "1",
         "RECSVC_AUTH": "off",
         "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
+        "RECSVC_WORKERS": "2",
     }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "recsvc.wsgi:app",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if get(f"{url}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                output = process.communicate()[0]
-                pytest.fail(f"gunicorn did not become ready:\n{output}")
-            time.sleep(0.1)
+    with gunicorn(env) as url:
         yield url
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)
 
 
 def test_served_by_gunicorn(gunicorn_url: str, sample_models: Path) -> None:

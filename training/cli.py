@@ -16,6 +16,7 @@ import pandas as pd
 
 from training.config import load_config, tuned_path
 from training.errors import TrainingError
+from training.merge import OUTCOMES
 from training.pipeline import TrainReport, train
 
 DEFAULT_MODELS_DIR = Path("models")
@@ -319,17 +320,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def print_report(report: TrainReport) -> None:
     print(f"trained bundle {report.version} in {report.seconds:.1f} s -> {report.path}")
-    header = [
-        "source",
-        "rows_read",
-        "used",
-        "duplicate",
-        "cancellation",
-        "anonymous",
-        "adjustment",
-        "erased",
-        "quarantined",
-    ]
+    header = ["source", "rows_read", *OUTCOMES]
     rows: list[list[Any]] = []
     for name, counts in report.accounting.items():
         rows.append([name, *(counts[k] for k in header[1:-1]), sum(counts["quarantined"].values())])
