@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, jsonify
 
 from recsvc import api
+from recsvc.openapi import document
 
 blueprint = Blueprint("health", __name__)
 
@@ -18,6 +19,11 @@ def healthz() -> Response:
 def readyz() -> Response:
     model = api.served_model()
     return jsonify(status="ready", model_version=model.version)
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(document())
 
 
 def init_app(app: Flask) -> None:

@@ -1,0 +1,427 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json. Tests validate real
+responses against it, so it cannot drift from what the service answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recsvc import defaults
+
+NUMBER_OR_NULL = {"type": ["number", "null"]}
+STRING_OR_NULL = {"type": ["string", "null"]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": _object(
+        {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "invalid_params": {
+                "type": "array",
+                "items": _object({"name": {"type": "string"}, "reason": {"type": "string"}}),
+            },
+        },
+        required=["type", "title", "status", "detail"],
+    ),
+    "Tier": _object(
+        {
+            "name": {"type": "string"},
+            "spend": {"type": "number"},
+            "window_days": {"type": "number"},
+            "perks": {"type": "array", "items": {"type": "string"}},
+            "next": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object({"name": {"type": "string"}, "gap": {"type": "number"}}),
+                ]
+            },
+        }
+    ),
+    "Recommendation": _object(
+        {
+            "item_id": {"type": "string"},
+            "score": {"type": "number"},
+            "title": {"type": "string"},
+            "price": NUMBER_OR_NULL,
+        }
+    ),
+    "Recommendations": _object(
+        {
+            "customer_id": {"type": "string"},
+            "model_version": {"type": "string"},
+            "fallback": {"type": "boolean"},
+            "degraded": {"type": "boolean"},
+            "tier": _ref("Tier"),
+            "items": {"type": "array", "items": _ref("Recommendation")},
+        }
+    ),
+    "ProductCard": _object(
+        {
+            "item_id": {"type": "string"},
+            "title": {"type": "string"},
+            "price": NUMBER_OR_NULL,
+            "categories": {"type": "array", "items": {"type": "string"}},
+            "url": {"type": "string", "format": "uri"},
+            "image": {"type": "string", "format": "uri"},
+            "score": {"type": "number"},
+        }
+    ),
+    "Content": _object(
+        {
+            "id": {"type": "string"},
+            "kind": {"enum": ["banner", "article", "offer"]},
+            "title": {"type": "string"},
+            "body": {"type": "string"},
+            "image": STRING_OR_NULL,
+            "url": {"type": "string"},
+        }
+    ),
+    "Block": _object(
+        {
+            "slot": {"type": "string"},
+            "customer_id": STRING_OR_NULL,
+            "model_version": {"type": "string"},
+            "fallback": {"type": "boolean"},
+            "degraded": {"type": "boolean"},
+            "tier": _ref("Tier"),
+            "content": {"type": "array", "items": _ref("Content")},
+            "products": {"type": "array", "items": _ref("ProductCard")},
+        }
+    ),
+    "EmailPicks": _object(
+        {
+            "send_id": {"type": "string"},
+            "customer_id": {"type": "string"},
+            "model_version": {"type": "string"},
+            "created_at": {"type": "string"},
+            "fallback": {"type": "boolean"},
+            "degraded": {"type": "boolean"},
+            "tier": _ref("Tier"),
+            "currency_symbol": {"type": "string"},
+            "items": {"type": "array", "items": _ref("ProductCard")},
+        }
+    ),
+    "Signals": _object(
+        {
+            "as_of": {"type": "string"},
+            "first_purchase": STRING_OR_NULL,
+            "last_purchase": STRING_OR_NULL,
+            "days_since_last_purchase": NUMBER_OR_NULL,
+            "median_days_between_orders": NUMBER_OR_NULL,
+            "overdue_ratio": NUMBER_OR_NULL,
+            "lapsing": {"type": "boolean"},
+            "best_contact": _object(
+                {
+                    "hour": {"type": ["integer", "null"]},
+                    "weekday": STRING_OR_NULL,
+                    "from": {"type": "string"},
+                }
+            ),
+            "thresholds_crossed": {"type": "array", "items": {"type": "string"}},
+            "thank_you": {"type": "boolean"},
+        }
+    ),
+    "Profile": _object(
+        {
+            "customer_id": {"type": "string"},
+            "known": {"type": "boolean"},
+            "model_version": {"type": "string"},
+            "degraded": {"type": "boolean"},
+            "tier": _ref("Tier"),
+            "spend": {"type": "number"},
+            "orders": {"type": "integer"},
+            "signals": _ref("Signals"),
+            "since_training": _object(
+                {
+                    "events": {"type": "integer"},
+                    "purchases": {"type": "integer"},
+                    "returns": {"type": "integer"},
+                    "spend": {"type": "number"},
+                }
+            ),
+        }
+    ),
+    "Event": _object(
+        {
+            "event_id": {"type": "string", "maxLength": 128},
+            "customer": {"type": "string", "maxLength": 256},
+            "item_id": {"type": "string", "maxLength": 64},
+            "quantity": {"type": "number", "description": "negative for a return"},
+            "price": {"type": "number", "minimum": 0},
+            "timestamp": {"type": "string", "description": "ISO 8601; UTC without an offset"},
+            "source": {"type": "string", "maxLength": 64},
+        },
+        required=["event_id", "customer", "item_id", "quantity", "price", "timestamp"],
+    ),
+    "EventBatch": _object(
+        {"events": {"type": "array", "items": _ref("Event"), "minItems": 1, "maxItems": 1000}}
+    ),
+    "EventResult": _object(
+        {
+            "accepted": {"type": "array", "items": {"type": "string"}},
+            "duplicates": {"type": "array", "items": {"type": "string"}},
+            "rejected": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "index": {"type": "integer"},
+                        "event_id": STRING_OR_NULL,
+                        "errors": {"type": "array", "items": {"type": "string"}},
+                    }
+                ),
+            },
+        }
+    ),
+    "ErasureReceipt": _object(
+        {
+            "erased": {"type": "boolean"},
+            "customer_id": STRING_OR_NULL,
+            "aliases": {"type": "integer"},
+            "events_removed": {"type": "integer"},
+            "erased_at": {"type": "string"},
+        }
+    ),
+    "Triggers": _object(
+        {
+            "model_version": {"type": "string"},
+            "degraded": {"type": "boolean"},
+            "triggers": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "customer_id": {"type": "string"},
+                        "kind": {"enum": ["lapsing", "tier_up", "thank_you", "threshold"]},
+                        "fired_at": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "figures": {"type": "object"},
+                    }
+                ),
+            },
+            "next_cursor": STRING_OR_NULL,
+        }
+    ),
+}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {str(status): {"$ref": f"#/components/responses/Problem{status}"} for status in statuses}
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _html_or_json(schema: str, description: str) -> dict[str, Any]:
+    response = _json(schema, description)
+    response["content"]["text/html"] = {"schema": {"type": "string"}}
+    return response
+
+
+KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "canonical id, <source>:<id>, email:<address> or phone:<number>",
+}
+SLOT = {"name": "slot", "in": "path", "required": True, "schema": {"type": "string"}}
+FORMAT = {"name": "format", "in": "query", "schema": {"enum": ["json", "html"]}}
+CATEGORY = {"name": "category", "in": "query", "schema": {"type": "string"}}
+READ: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
+
+
+def document() -> dict[str, Any]:
+    reads = _problems(400, 401, 403, 503)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "recsvc",
+            "version": "1",
+            "description": "Recommendations that never suggest what a customer owns.",
+        },
+        "security": READ,
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "the process is up",
+                            "content": {
+                                "application/json": {"schema": _object({"status": {"const": "ok"}})}
+                            },
+                        }
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "a verified bundle is loaded",
+                            "content": {
+                                "application/json": {
+                                    "schema": _object(
+                                        {
+                                            "status": {"const": "ready"},
+                                            "model_version": {"type": "string"},
+                                        }
+                                    )
+                                }
+                            },
+                        },
+                        **_problems(503),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "this document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/v1/customers/{key}/recommendations": {
+                "get": {
+                    "parameters": [
+                        KEY,
+                        {
+                            "name": "n",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": defaults.MAX_N},
+                        },
+                        CATEGORY,
+                    ],
+                    "responses": {"200": _json("Recommendations", "best first"), **reads},
+                }
+            },
+            "/v1/customers/{key}/profile": {
+                "get": {
+                    "parameters": [KEY],
+                    "responses": {"200": _json("Profile", "tier, spend and signals"), **reads},
+                }
+            },
+            "/v1/customers/{key}": {
+                "delete": {
+                    "parameters": [KEY],
+                    "description": "scope admin",
+                    "responses": {"200": _json("ErasureReceipt", "erased"), **reads},
+                }
+            },
+            "/v1/customers/{key}/blocks/{slot}": {
+                "get": {
+                    "parameters": [KEY, SLOT, FORMAT, CATEGORY],
+                    "responses": {
+                        "200": _html_or_json("Block", "a website block"),
+                        **_problems(400, 401, 403, 404, 503),
+                    },
+                }
+            },
+            "/v1/blocks/{slot}": {
+                "get": {
+                    "parameters": [SLOT, FORMAT, CATEGORY],
+                    "responses": {
+                        "200": _html_or_json("Block", "the anonymous block"),
+                        **_problems(400, 401, 403, 404, 503),
+                    },
+                }
+            },
+            "/v1/embed.js": {
+                "get": {
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "the embed script",
+                            "content": {"application/javascript": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/v1/customers/{key}/email-picks": {
+                "get": {
+                    "parameters": [
+                        KEY,
+                        FORMAT,
+                        {
+                            "name": "send_id",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                        },
+                        {
+                            "name": "n",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": defaults.EMAIL_MAX_N,
+                            },
+                        },
+                    ],
+                    "responses": {"200": _html_or_json("EmailPicks", "fixed per send id"), **reads},
+                }
+            },
+            "/v1/events": {
+                "post": {
+                    "description": "scope events:write; valid events of a mixed batch are applied",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("EventBatch")}},
+                    },
+                    "responses": {
+                        "200": _json("EventResult", "per-event outcome"),
+                        "422": _json("EventResult", "every event rejected"),
+                        **_problems(400, 401, 403, 503),
+                    },
+                }
+            },
+            "/v1/triggers": {
+                "get": {
+                    "parameters": [
+                        {"name": "kind", "in": "query", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": _json("Triggers", "oldest first"), **reads},
+                }
+            },
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": {
+                f"Problem{status}": {
+                    "description": "a problem (RFC 9457)",
+                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                }
+                for status in (400, 401, 403, 404, 503)
+            },
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

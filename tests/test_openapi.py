@@ -1,0 +1,118 @@
+"""/openapi.json is a valid OpenAPI 3.1 document, and real responses match it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from flask.testing import FlaskClient
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from recsvc.bundle import load_current
+
+
+@pytest.fixture(scope="module")
+def document(sample_app: Any) -> dict[str, Any]:
+    body: dict[str, Any] = sample_app.test_client().get("/openapi.json").get_json()
+    return body
+
+
+def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+
+
+def check(document: dict[str, Any], response: Any, template: str, method: str) -> None:
+    """Validate a response's body against the document's schema for it."""
+    status = str(response.status_code)
+    operation = document["paths"][template][method]
+    assert status in operation["responses"], f"{method} {template}: {status} undocumented"
+    described = operation["responses"][status]
+    if "$ref" in described:
+        pointer = described["$ref"][1:]
+        described = document
+        for part in pointer.strip("/").split("/"):
+            described = described[part]
+    mimetype = response.mimetype
+    assert mimetype in described["content"], f"{method} {template}: {mimetype} undocumented"
+    if not mimetype.endswith("json"):
+        return
+    escaped = [
+        part.replace("~", "~0").replace("/", "~1")
+        for part in ("paths", template, method, "responses", status)
+    ]
+    pointer = "/".join(escaped)
+    if "$ref" in operation["responses"][status]:
+        pointer = operation["responses"][status]["$ref"][2:]
+    schema_pointer = f"{pointer}/content/{mimetype.replace('/', '~1')}/schema"
+    registry = Registry().with_resource(
+        "urn:recsvc", Resource(contents=document, specification=DRAFT202012)
+    )
+    validator = Draft202012Validator(
+        {"$ref": f"urn:recsvc#/{quote(schema_pointer, safe='/~')}"}, registry=registry
+    )
+    errors = [error.message for error in validator.iter_errors(response.get_json(force=True))]
+    assert errors == [], f"{method} {template} {status}: {errors}"
+
+
+def test_real_responses_match_the_document(
+    client: FlaskClient, document: dict[str, Any], sample_models: Path
+) -> None:
+    customer = str(load_current(sample_models).arrays.customer_ids[2])
+    event = {
+        "event_id": "openapi-1",
+        "customer": customer,
+        "item_id": "22423",
+        "quantity": 1,
+        "price": 12.75,
+        "timestamp": "2011-12-10T10:00:00Z",
+    }
+    calls = [
+        ("get", "/healthz", "/healthz", None),
+        ("get", "/readyz", "/readyz", None),
+        (
+            "get",
+            "/v1/customers/{key}/recommendations",
+            f"/v1/customers/{customer}/recommendations?n=5",
+            None,
+        ),
+        (
+            "get",
+            "/v1/customers/{key}/recommendations",
+            "/v1/customers/nobody/recommendations?category=christmas",
+            None,
+        ),
+        ("get", "/v1/customers/{key}/recommendations", "/v1/customers/x/recommendations?n=0", None),
+        ("get", "/v1/customers/{key}/profile", f"/v1/customers/{customer}/profile", None),
+        ("get", "/v1/customers/{key}/profile", "/v1/customers/nobody/profile", None),
+        (
+            "get",
+            "/v1/customers/{key}/blocks/{slot}",
+            f"/v1/customers/{customer}/blocks/home_hero",
+            None,
+        ),
+        ("get", "/v1/blocks/{slot}", "/v1/blocks/home_hero?format=html", None),
+        ("get", "/v1/blocks/{slot}", "/v1/blocks/nowhere", None),
+        (
+            "get",
+            "/v1/customers/{key}/email-picks",
+            f"/v1/customers/{customer}/email-picks?send_id=oa&n=3",
+            None,
+        ),
+        ("get", "/v1/customers/{key}/email-picks", f"/v1/customers/{customer}/email-picks", None),
+        ("post", "/v1/events", "/v1/events", {"events": [event]}),
+        ("post", "/v1/events", "/v1/events", {"events": [{"event_id": "bad"}]}),
+        ("post", "/v1/events", "/v1/events", {"nope": 1}),
+        ("get", "/v1/triggers", "/v1/triggers?limit=5", None),
+        ("get", "/v1/triggers", "/v1/triggers?kind=bogus", None),
+        ("get", "/v1/embed.js", "/v1/embed.js", None),
+        ("delete", "/v1/customers/{key}", "/v1/customers/email:gone@example.com", None),
+    ]
+    for method, template, url, body in calls:
+        response = getattr(client, method)(url, json=body) if body else getattr(client, method)(url)
+        check(document, response, template, method)
