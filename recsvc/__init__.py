@@ -37,6 +37,13 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
     registry = ModelRegistry(config.models_dir)
     registry.load()
     app.extensions["recsvc.registry"] = registry
+
+    @app.before_request
+    def watch_for_new_bundles() -> None:
+        # Here rather than at start: a thread started before gunicorn forks its workers
+        # would not run in them.
+        registry.watch(config.reload_seconds)
+
     app.extensions["recsvc.realtime"] = Realtime(
         make_store(config), EventLog(config.events_dir), ErasureLog(config.events_dir)
     )

@@ -19,6 +19,7 @@ PREFIX = "RECSVC_"
 class ServiceConfig:
     models_dir: Path
     log_level: str = defaults.LOG_LEVEL
+    reload_seconds: int = defaults.RELOAD_SECONDS
     redis_url: str | None = None  # None: the embedded in-process store
     redis_prefix: str = defaults.REDIS_PREFIX
     store_timeout_ms: int = defaults.STORE_TIMEOUT_MS
@@ -69,6 +70,7 @@ class ServiceConfig:
         return cls(
             models_dir=Path(models_dir),
             log_level=log_level,
+            reload_seconds=integer("RELOAD_SECONDS", defaults.RELOAD_SECONDS, 0, 86400),
             redis_url=redis_url,
             redis_prefix=get("REDIS_PREFIX", defaults.REDIS_PREFIX) or defaults.REDIS_PREFIX,
             store_timeout_ms=integer("STORE_TIMEOUT_MS", defaults.STORE_TIMEOUT_MS, 1, 10_000),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 MODELS_DIR = "models"
+RELOAD_SECONDS = 10  # how often each worker looks for a newly published bundle (0: never)
 LOG_LEVEL = "INFO"
 
 # GET /v1/customers/<id>/recommendations?n=

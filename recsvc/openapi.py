@@ -289,6 +289,30 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/model": {
+                "get": {
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "the bundle being served",
+                            "content": {
+                                "application/json": {
+                                    "schema": _object(
+                                        {
+                                            "version": {"type": "string"},
+                                            "created": STRING_OR_NULL,
+                                            "data_as_of": STRING_OR_NULL,
+                                            "loaded_at": {"type": "string"},
+                                            "last_error": STRING_OR_NULL,
+                                        }
+                                    )
+                                }
+                            },
+                        },
+                        **_problems(503),
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "security": [],

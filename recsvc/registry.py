@@ -1,13 +1,23 @@
-"""The model being served: the current verified bundle and the ranker built on it."""
+"""The model being served: the current verified bundle and the ranker built on it.
+
+A new bundle is picked up without a restart: each worker process watches the ``current``
+pointer (every ``reload_seconds``) and swaps in the new bundle once it has loaded and
+verified it. A request takes one reference to the served model and uses it throughout, so no
+response mixes two versions. A bundle that fails verification is refused, logged once, and
+not tried again until the pointer moves; the previous one keeps serving.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recsvc.bundle import Bundle, load_current
+from recsvc.bundle import Bundle, current_version, load_current
 from recsvc.errors import BundleError
 from recsvc.identity import IdentityRules
 from recsvc.ranker import Ranker
@@ -25,6 +35,7 @@ class ServedModel:
     item_ids: list[str]
     titles: list[str]
     prices: list[float | None]
+    loaded_at: float = 0.0  # seconds since the epoch
 
     @property
     def version(self) -> str:
@@ -43,6 +54,8 @@ class ModelRegistry:
         self.models_dir = models_dir
         self.model: ServedModel | None = None
         self.last_error: str | None = None
+        self.refused: str | None = None  # the version refused last, not retried
+        self._watcher_pid: int | None = None
 
     def load(self) -> bool:
         """Load the bundle ``current`` points at. On failure keep serving the previous one."""
@@ -50,7 +63,12 @@ class ModelRegistry:
             bundle = load_current(self.models_dir)
         except BundleError as error:
             self.last_error = str(error)
-            log.error("bundle refused: %s", error)
+            self.refused = self._pointer()
+            log.error(
+                "bundle refused, still serving %s: %s",
+                self.model.version if self.model else "nothing",
+                error,
+            )
             return False
         identity = bundle.manifest.get("identity", {})
         ranker = Ranker(
@@ -68,7 +86,41 @@ class ModelRegistry:
             item_ids=item_ids,
             titles=[str(title) for title in bundle.arrays.titles.tolist()],
             prices=prices,
+            loaded_at=time.time(),
         )
         self.last_error = None
+        self.refused = None
         log.info("serving bundle %s from %s", bundle.version, bundle.path)
         return True
+
+    def check(self) -> bool:
+        """Load the bundle ``current`` names if it is new (and not already refused)."""
+        pointer = self._pointer()
+        if pointer is None or pointer == self.refused:
+            return False
+        if self.model is not None and pointer == self.model.version:
+            return False
+        return self.load()
+
+    def watch(self, interval: float) -> None:
+        """Check the pointer every ``interval`` seconds from a daemon thread of this process
+        (idempotent; a forked worker starts its own)."""
+        if interval <= 0 or self._watcher_pid == os.getpid():
+            return
+        self._watcher_pid = os.getpid()
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval)
+                try:
+                    self.check()
+                except Exception:  # the watcher must outlive any surprise
+                    log.exception("bundle check failed")
+
+        threading.Thread(target=loop, name="recsvc-bundle-watch", daemon=True).start()
+
+    def _pointer(self) -> str | None:
+        try:
+            return current_version(self.models_dir)
+        except BundleError:
+            return None

@@ -75,6 +75,7 @@ def test_real_responses_match_the_document(
     calls = [
         ("get", "/healthz", "/healthz", None),
         ("get", "/readyz", "/readyz", None),
+        ("get", "/v1/model", "/v1/model", None),
         (
             "get",
             "/v1/customers/{key}/recommendations",

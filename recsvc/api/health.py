@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask import Blueprint, Flask, Response, jsonify
 
 from recsvc import api
@@ -19,6 +21,19 @@ def healthz() -> Response:
 def readyz() -> Response:
     model = api.served_model()
     return jsonify(status="ready", model_version=model.version)
+
+
+@blueprint.get("/v1/model")
+def model() -> Response:
+    served = api.served_model()
+    manifest = served.bundle.manifest
+    return jsonify(
+        version=served.version,
+        created=manifest.get("created"),
+        data_as_of=manifest.get("data_as_of"),
+        loaded_at=datetime.fromtimestamp(served.loaded_at, UTC).isoformat(timespec="seconds"),
+        last_error=api.registry().last_error,
+    )
 
 
 @blueprint.get("/openapi.json")
