@@ -38,7 +38,7 @@ class CustomerView:
 
     @property
     def recent_spend(self) -> float:
-        return sum(event.quantity * event.price for event in self.events)
+        return spend_of(self.events)
 
 
 @dataclass
@@ -125,7 +125,7 @@ class Realtime:
         degraded: bool,
     ) -> CustomerView:
         """The view, with spend from the bundle plus the events since training."""
-        recent = sum(event.quantity * event.price for event in events)
+        recent = spend_of(events)
         window = lifetime = recent
         if row is not None:
             window += float(model.ranker.arrays.window_spend[row])
@@ -287,6 +287,11 @@ def _trigger(
         "figures": figures,
     }
     return at, json.dumps(record, sort_keys=True)
+
+
+def spend_of(events: list[StoredEvent]) -> float:
+    """What reported events add to a customer's spend (returns subtract)."""
+    return sum(event.quantity * event.price for event in events)
 
 
 def _canonical(model: ServedModel, row: int | None) -> str | None:

@@ -12,6 +12,13 @@ from numpy.typing import NDArray
 DEFAULT_LEVELS = [{"name": "standard", "min_spend": 0.0, "perks": [], "premium_boost": 0.0}]
 
 
+def tier_indices(levels: list[dict[str, Any]], spend: NDArray[np.float64]) -> NDArray[np.intp]:
+    """The tier of each spend: the last level whose min_spend it reaches."""
+    thresholds = np.array([float(level["min_spend"]) for level in levels])
+    indices: NDArray[np.intp] = (np.searchsorted(thresholds, spend, side="right") - 1).clip(0)
+    return indices
+
+
 @dataclass(frozen=True)
 class TierTable:
     window_days: float
@@ -36,8 +43,7 @@ class TierTable:
         return position
 
     def indices(self, spend: NDArray[np.float64]) -> NDArray[np.intp]:
-        thresholds = np.array([float(level["min_spend"]) for level in self.levels])
-        return (np.searchsorted(thresholds, spend, side="right") - 1).clip(0)
+        return tier_indices(self.levels, spend)
 
     def describe(self, spend: float) -> dict[str, Any]:
         """The ``tier`` object of every customer response."""

@@ -29,7 +29,7 @@ from training.errors import TrainingError
 from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
 from training.merge import MergedHistory
 from training.pipeline import bundle_arrays, fit_model, merged_history
-from training.tiers import Crm, TierConfig, build_crm, tier_index
+from training.tiers import Crm, TierConfig, build_crm
 
 # Customers by how many distinct items they owned at the cutoff.
 HISTORY_GROUPS = (("cold", 1, 5), ("light", 6, 30), ("heavy", 31, math.inf))
@@ -101,7 +101,7 @@ def score_model(
     relevant: dict[int, set[str]],
     k: int,
     tier_names: list[str] | None = None,
-    tier_of: NDArray[np.int8] | None = None,
+    tier_of: NDArray[np.intp] | None = None,
 ) -> dict[str, Any]:
     """Mean metrics over test customers, owned-item violations, coverage, per history group
     and (given ``tier_of``, each customer row's tier) per tier."""
@@ -172,7 +172,7 @@ def evaluate_merged(
         tier_config or TierConfig(),
     )
     tiers = TierTable.from_manifest(crm.manifest)
-    tier_of = tier_index(crm.manifest["levels"], crm.arrays["window_spend"])
+    tier_of = tiers.indices(crm.arrays["window_spend"])
     recommenders = _recommenders(
         holdout.train, data, params, k, merged.item_groups, crm, tiers, tier_of
     )
@@ -205,7 +205,7 @@ def _recommenders(
     item_groups: dict[str, str],
     crm: Crm,
     tiers: TierTable,
-    tier_of: NDArray[np.int8],
+    tier_of: NDArray[np.intp],
 ) -> dict[str, Callable[[], Recommend]]:
     """Each model, fitted lazily, as a function from customer row to its top-k item ids."""
     ids = data.item_ids

@@ -125,7 +125,7 @@ def merge_sources(
     outcome = parsed["outcome"].to_numpy(copy=True)
     outcome[erased & (outcome == UNDECIDED)] = ERASED
     parsed["outcome"] = outcome
-    aliases, identity_report = _link(parsed[outcome != ERASED], sources, identity)
+    aliases, identity_report = _link(parsed[outcome != ERASED], sources, identity, namespace_of)
     identity_report["erasures"] = {
         "list": None if identity.erasures is None else str(identity.erasures),
         "list_present": identity.erasures is not None and identity.erasures.is_file(),
@@ -163,12 +163,13 @@ def merge_sources(
 
 
 def _link(
-    parsed: pd.DataFrame, sources: list[SourceRows], config: IdentityConfig
+    parsed: pd.DataFrame,
+    sources: list[SourceRows],
+    config: IdentityConfig,
+    namespace_of: dict[str, str],
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Link every row's identifiers; return alias -> canonical id (including ``<source>:<id>``
     and ``id:<canonical>`` lookups for the service) and the linking report."""
-    namespace_of = {rows.source.name: rows.source.customer_namespace for rows in sources}
-    namespace_of |= {namespace: namespace for namespace in namespace_of.values()}
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
     columns = ["id_alias", "email_alias", "phone_alias"]
     records = parsed[columns].drop_duplicates()

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from recsvc.tiers import tier_indices
 from training.errors import ConfigError
 
 TRIGGER_KINDS = ("lapsing", "tier_up", "thank_you", "threshold")
@@ -96,11 +97,6 @@ def resolve_levels(config: TierConfig, window_spend: NDArray[np.float64]) -> lis
         if float(higher["min_spend"]) < float(lower["min_spend"]):
             raise ConfigError(f"tiers: {higher['name']} starts below {lower['name']}")
     return levels
-
-
-def tier_index(levels: list[dict[str, Any]], spend: NDArray[np.float64]) -> NDArray[np.int8]:
-    thresholds = np.array([level["min_spend"] for level in levels])
-    return (np.searchsorted(thresholds, spend, side="right") - 1).clip(0).astype(np.int8)
 
 
 def customer_signals(
@@ -300,7 +296,7 @@ def _crossings(
     start = np.searchsorted(key, key - window, side="right")
     running = np.concatenate([[0.0], orders["amount"].to_numpy().cumsum()])
     window_spend = running[1:] - running[start]
-    tiers = tier_index(levels, window_spend)
+    tiers = tier_indices(levels, window_spend)
     previous = np.concatenate([[0], tiers[:-1]])
     first_of_customer = np.concatenate(
         [[True], orders["row"].to_numpy()[1:] != orders["row"].to_numpy()[:-1]]
@@ -393,7 +389,7 @@ def build_crm(
             level["name"]: int(count)
             for level, count in zip(
                 levels,
-                np.bincount(tier_index(levels, signals.window_spend), minlength=len(levels)),
+                np.bincount(tier_indices(levels, signals.window_spend), minlength=len(levels)),
                 strict=True,
             )
         },
