@@ -2,16 +2,24 @@
 
 Chosen by measurement on a 2-core machine (see README, Performance): sync workers, twice the
 cores. The bundle is loaded before the fork (preload), so every worker shares its arrays
-copy-on-write; BLAS is pinned to one thread per worker.
+copy-on-write; BLAS is pinned to one thread per worker. Workers count Prometheus metrics into
+PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set), which /metrics adds up. Every
+log line, gunicorn's included, is one JSON object.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Before anything imports prometheus_client, which reads it once.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsvc-metrics-"))
 
 bind = os.environ.get("RECSVC_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("RECSVC_WORKERS", str(2 * multiprocessing.cpu_count())))
@@ -19,7 +27,42 @@ worker_class = os.environ.get("RECSVC_WORKER_CLASS", "sync")
 threads = int(os.environ.get("RECSVC_THREADS", "1"))
 preload_app = True
 keepalive = 5
+limit_request_line = 8190  # gunicorn's largest; the common 8 KiB URL limit of proxies
 timeout = 30
 graceful_timeout = 20
 max_requests = 0
-accesslog = None
+accesslog = None  # recsvc logs each request itself, as JSON without personal data
+logconfig_dict = {
+    "formatters": {"json": {"()": "recsvc.logs.JsonFormatter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        },
+        "error_console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+        # Off: its lines carry the raw path, and paths hold customer keys.
+        "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+    },
+}
+
+
+def on_starting(server: Any) -> None:
+    # Counts left by an earlier run in the same folder would be added to this one's.
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

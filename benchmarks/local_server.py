@@ -23,15 +23,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(environment: dict[str, str]) -> Iterator[str]:
-    """Run gunicorn with ``environment`` (RECSVC_* settings) and yield its base URL."""
+def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Iterator[str]:
+    """Run gunicorn with ``environment`` (RECSVC_* settings) and yield its base URL; its log
+    lines go to ``log_path`` when given."""
     port = free_port()
     env = {**os.environ, **environment, "RECSVC_BIND": f"127.0.0.1:{port}"}
+    log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "recsvc.wsgi:app"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -48,3 +50,5 @@ def gunicorn(environment: dict[str, str]) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=20)
+        if log_path is not None:
+            log.close()  # type: ignore[union-attr]

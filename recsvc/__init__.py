@@ -8,10 +8,12 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from recsvc import defaults
+from recsvc import defaults, logs
 from recsvc.auth import Authenticator
 from recsvc.config import ServiceConfig
 from recsvc.events import ErasureLog, EventLog
+from recsvc.logs import CustomerHasher
+from recsvc.ratelimit import RateLimiter
 from recsvc.realtime import Realtime
 from recsvc.registry import ModelRegistry
 from recsvc.store import EmbeddedStore, RedisStore, Store
@@ -25,7 +27,7 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         config = ServiceConfig.from_mapping(os.environ)
     elif not isinstance(config, ServiceConfig):
         config = ServiceConfig.from_mapping(config)
-    logging.getLogger("recsvc").setLevel(config.log_level)
+    logs.configure(config.log_level)
     if not config.auth:
         log.warning("RECSVC_AUTH=off: every request is allowed; use this for local work only")
 
@@ -44,10 +46,13 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         # would not run in them.
         registry.watch(config.reload_seconds)
 
+    store = make_store(config)
     app.extensions["recsvc.realtime"] = Realtime(
-        make_store(config), EventLog(config.events_dir), ErasureLog(config.events_dir)
+        store, EventLog(config.events_dir), ErasureLog(config.events_dir)
     )
     app.extensions["recsvc.auth"] = Authenticator(config.api_keys) if config.auth else None
+    app.extensions["recsvc.limiter"] = RateLimiter(store, config.rate_limit)
+    app.extensions["recsvc.hasher"] = CustomerHasher(config.log_salt or os.urandom(16))
 
     from recsvc import api
 

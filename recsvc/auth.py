@@ -3,8 +3,9 @@ and compared with every configured digest in constant time.
 
 Configuration (RECSVC_API_KEYS, or one per line in RECSVC_API_KEYS_FILE)::
 
-    <name>:<sha256 hex of the key>:<scope>+<scope>
+    <name>:<sha256 hex of the key>:<scope>+<scope>[:<requests per second>]
 
+The optional last field overrides RECSVC_RATE_LIMIT for that key (0: unlimited).
 Mint a key with ``recsvc keys mint --name web --scopes recs:read``.
 """
 
@@ -17,11 +18,13 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-SCOPES = ("blocks:read", "recs:read", "events:write", "admin")
+SCOPES = ("blocks:read", "recs:read", "events:write", "metrics:read", "admin")
 # A key with the scope on the left may also do what the scopes on the right allow. blocks:read
 # is the publishable scope for website pages: it reads rendered blocks only.
 IMPLIED = {"admin": set(SCOPES), "recs:read": {"blocks:read"}}
-_LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+):(?P<digest>[0-9a-f]{64}):(?P<scopes>[a-z:+]+)$")
+_LINE = re.compile(
+    r"^(?P<name>[A-Za-z0-9_.-]+):(?P<digest>[0-9a-f]{64}):(?P<scopes>[a-z:+]+?)(?::(?P<rate>\d+))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class ApiKey:
     name: str
     digest: bytes
     scopes: frozenset[str]
+    rate: int | None = None  # requests per second; None: the service default
 
 
 class AuthError(Exception):
@@ -47,7 +51,9 @@ def parse_api_keys(text: str, origin: str) -> tuple[ApiKey, ...]:
             continue
         match = _LINE.match(entry)
         if match is None:
-            raise ValueError(f"{origin} entry {number}: expected <name>:<sha256 hex>:<scopes>")
+            raise ValueError(
+                f"{origin} entry {number}: expected <name>:<sha256 hex>:<scopes>[:<rate>]"
+            )
         scopes = frozenset(match["scopes"].split("+"))
         unknown = scopes - set(SCOPES)
         if unknown:
@@ -55,15 +61,18 @@ def parse_api_keys(text: str, origin: str) -> tuple[ApiKey, ...]:
                 f"{origin} entry {number}: unknown scope(s) {sorted(unknown)}; "
                 f"scopes are {', '.join(SCOPES)}"
             )
-        keys.append(ApiKey(match["name"], bytes.fromhex(match["digest"]), scopes))
+        rate = None if match["rate"] is None else int(match["rate"])
+        keys.append(ApiKey(match["name"], bytes.fromhex(match["digest"]), scopes, rate))
     return tuple(keys)
 
 
-def mint(name: str, scopes: Iterable[str]) -> tuple[str, str]:
-    """A new random key and the configuration line that grants it ``scopes``."""
+def mint(name: str, scopes: Iterable[str], rate: int | None = None) -> tuple[str, str]:
+    """A new random key and the configuration line that grants it ``scopes`` (and its own
+    rate limit, when ``rate`` is given)."""
     key = "rk_" + secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return key, f"{name}:{digest}:{'+'.join(sorted(scopes))}"
+    line = f"{name}:{digest}:{'+'.join(sorted(scopes))}"
+    return key, line if rate is None else f"{line}:{rate}"
 
 
 class Authenticator:

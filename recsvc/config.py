@@ -29,6 +29,8 @@ class ServiceConfig:
     api_keys: tuple[ApiKey, ...] = ()
     cors_origins: tuple[str, ...] = ()  # pages allowed to call the API from a browser
     snapshot_ttl_days: int = defaults.SNAPSHOT_TTL_DAYS
+    rate_limit: int = defaults.RATE_LIMIT  # per key and second, unless the key sets its own
+    log_salt: bytes = b""  # keys the customer hashes in log lines; empty: random per start
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> ServiceConfig:
@@ -82,6 +84,8 @@ class ServiceConfig:
             api_keys=keys,
             cors_origins=_origins(get("CORS_ORIGINS", "")),
             snapshot_ttl_days=integer("SNAPSHOT_TTL_DAYS", defaults.SNAPSHOT_TTL_DAYS, 1, 3650),
+            rate_limit=integer("RATE_LIMIT", defaults.RATE_LIMIT, 0, 1_000_000),
+            log_salt=get("LOG_SALT", "").encode(),
         )
 
 

@@ -18,6 +18,10 @@ EVENTS_DIR = "events"  # durable event log and erasure list
 EVENT_RETENTION_DAYS = 90  # how long reported events and their ids are kept in the store
 RETRY_AFTER_SECONDS = 1  # told to event writers while the store is down
 
+# Per API key, requests per second (bursts of one second's worth); 0: unlimited. A website's
+# publishable key carries every visitor's block requests, so give it its own higher rate.
+RATE_LIMIT = 200
+
 # Channels
 SNAPSHOT_TTL_DAYS = 30  # how long one email send's picks stay fixed
 EMAIL_DEFAULT_N = 4

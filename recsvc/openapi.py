@@ -23,6 +23,17 @@ def _object(properties: dict[str, Any], required: list[str] | None = None) -> di
     }
 
 
+def _text(limit: int, description: str) -> dict[str, Any]:
+    """A non-blank string without control characters."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": limit,
+        "pattern": r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$",
+        "description": description,
+    }
+
+
 SCHEMAS: dict[str, Any] = {
     "Problem": _object(
         {
@@ -157,13 +168,23 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Event": _object(
         {
-            "event_id": {"type": "string", "maxLength": 128},
-            "customer": {"type": "string", "maxLength": 256},
-            "item_id": {"type": "string", "maxLength": 64},
-            "quantity": {"type": "number", "description": "negative for a return"},
-            "price": {"type": "number", "minimum": 0},
-            "timestamp": {"type": "string", "description": "ISO 8601; UTC without an offset"},
-            "source": {"type": "string", "maxLength": 64},
+            "event_id": _text(128, "unique per event; a repeated id is a duplicate"),
+            "customer": _text(256, "canonical id, <source>:<id>, email:<address> or phone:<n>"),
+            "item_id": _text(64, "the catalog's item id"),
+            "quantity": {
+                "type": "number",
+                "minimum": -1e6,
+                "maximum": 1e6,
+                "not": {"const": 0},
+                "description": "negative for a return",
+            },
+            "price": {"type": "number", "minimum": 0, "maximum": 1e7},
+            "timestamp": {
+                "type": "string",
+                "description": "ISO 8601, from 1970 to a day from now; UTC without an offset",
+                "examples": ["2011-12-09T12:50:00Z"],
+            },
+            "source": _text(64, "where the event came from; default api"),
         },
         required=["event_id", "customer", "item_id", "quantity", "price", "timestamp"],
     ),
@@ -237,15 +258,38 @@ KEY = {
     "required": True,
     "schema": {"type": "string"},
     "description": "canonical id, <source>:<id>, email:<address> or phone:<number>",
+    "examples": {"canonical": {"value": "12347"}},
 }
-SLOT = {"name": "slot", "in": "path", "required": True, "schema": {"type": "string"}}
+SLOT = {
+    "name": "slot",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "a slot configured in the bundle's channels",
+    "examples": {"home": {"value": "home_hero"}},
+}
 FORMAT = {"name": "format", "in": "query", "schema": {"enum": ["json", "html"]}}
 CATEGORY = {"name": "category", "in": "query", "schema": {"type": "string"}}
 READ: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
 
 
+# gunicorn answers these itself, in HTML, before a request reaches the service.
+SERVER_LIMITS = {
+    "414": {"description": "the request line is longer than gunicorn's limit_request_line"},
+    "431": {"description": "the headers are larger than gunicorn's limits"},
+}
+
+
 def document() -> dict[str, Any]:
-    reads = _problems(400, 401, 403, 503)
+    described = _document()
+    for operations in described["paths"].values():
+        for operation in operations.values():
+            operation["responses"].update(SERVER_LIMITS)
+    return described
+
+
+def _document() -> dict[str, Any]:
+    reads = _problems(400, 401, 403, 429, 503)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -356,7 +400,7 @@ def document() -> dict[str, Any]:
                     "parameters": [KEY, SLOT, FORMAT, CATEGORY],
                     "responses": {
                         "200": _html_or_json("Block", "a website block"),
-                        **_problems(400, 401, 403, 404, 503),
+                        **_problems(400, 401, 403, 404, 429, 503),
                     },
                 }
             },
@@ -365,7 +409,19 @@ def document() -> dict[str, Any]:
                     "parameters": [SLOT, FORMAT, CATEGORY],
                     "responses": {
                         "200": _html_or_json("Block", "the anonymous block"),
-                        **_problems(400, 401, 403, 404, 503),
+                        **_problems(400, 401, 403, 404, 429, 503),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "description": "Prometheus metrics; scope metrics:read",
+                    "responses": {
+                        "200": {
+                            "description": "the Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_problems(401, 403, 429),
                     },
                 }
             },
@@ -414,7 +470,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("EventResult", "per-event outcome"),
                         "422": _json("EventResult", "every event rejected"),
-                        **_problems(400, 401, 403, 503),
+                        **_problems(400, 401, 403, 429, 503),
                     },
                 }
             },
@@ -437,11 +493,23 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": SCHEMAS,
             "responses": {
-                f"Problem{status}": {
-                    "description": "a problem (RFC 9457)",
+                **{
+                    f"Problem{status}": {
+                        "description": "a problem (RFC 9457)",
+                        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                    }
+                    for status in (400, 401, 403, 404, 503)
+                },
+                "Problem429": {
+                    "description": "the API key is over its rate limit (RECSVC_RATE_LIMIT)",
+                    "headers": {
+                        "Retry-After": {
+                            "description": "seconds until a request will be allowed",
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    },
                     "content": {"application/problem+json": {"schema": _ref("Problem")}},
-                }
-                for status in (400, 401, 403, 404, 503)
+                },
             },
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from recsvc.bundle import Bundle, current_version, load_current
@@ -36,6 +37,7 @@ class ServedModel:
     titles: list[str]
     prices: list[float | None]
     loaded_at: float = 0.0  # seconds since the epoch
+    created: float = 0.0  # when the bundle was trained, seconds since the epoch
 
     @property
     def version(self) -> str:
@@ -55,6 +57,7 @@ class ModelRegistry:
         self.model: ServedModel | None = None
         self.last_error: str | None = None
         self.refused: str | None = None  # the version refused last, not retried
+        self.refusals = 0  # bundles refused since this process started
         self._watcher_pid: int | None = None
 
     def load(self) -> bool:
@@ -64,6 +67,7 @@ class ModelRegistry:
         except BundleError as error:
             self.last_error = str(error)
             self.refused = self._pointer()
+            self.refusals += 1
             log.error(
                 "bundle refused, still serving %s: %s",
                 self.model.version if self.model else "nothing",
@@ -87,6 +91,7 @@ class ModelRegistry:
             titles=[str(title) for title in bundle.arrays.titles.tolist()],
             prices=prices,
             loaded_at=time.time(),
+            created=_timestamp(bundle.manifest.get("created")),
         )
         self.last_error = None
         self.refused = None
@@ -124,3 +129,10 @@ class ModelRegistry:
             return current_version(self.models_dir)
         except BundleError:
             return None
+
+
+def _timestamp(text: object) -> float:
+    try:
+        return datetime.fromisoformat(str(text)).timestamp()
+    except ValueError:
+        return 0.0

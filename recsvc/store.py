@@ -35,6 +35,7 @@ CUSTOMER_EVENTS_KEY = "{prefix}:customer:{customer}:events"  # sorted set, score
 ERASED_KEY = "{prefix}:erased"  # set of erased customer keys
 TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
 SNAPSHOT_KEY = "{prefix}:snapshot:{customer}:{send}"  # email picks of one send, with a TTL
+RATE_KEY = "{prefix}:rate:{bucket}"  # an API key's rate-limit state (GCRA), with a TTL
 
 
 def customer_key(alias: str) -> str:
@@ -104,6 +105,11 @@ class Store(Protocol):
     def erased_keys(self) -> set[str]:
         """Every erased customer key."""
 
+    def take(self, bucket: str, rate: float, burst: int) -> float:
+        """Take one request from ``bucket`` (``rate`` per second, up to ``burst`` at once):
+        0.0 if allowed, else the seconds until one would be."""
+        ...
+
     def ping(self) -> bool: ...
 
 
@@ -119,6 +125,10 @@ class EmbeddedStore:
         self._erased: set[str] = set()
         self._triggers: list[tuple[float, str]] = []
         self._snapshots: dict[tuple[str, str], tuple[float, str]] = {}  # -> (expiry, payload)
+        self._buckets = LocalBuckets(clock)
+
+    def take(self, bucket: str, rate: float, burst: int) -> float:
+        return self._buckets.take(bucket, rate, burst)
 
     def snapshot(self, customer: str, send: str, payload: str, ttl_seconds: float) -> str:
         with self._lock:
@@ -213,6 +223,42 @@ return results
 """
 
 
+class LocalBuckets:
+    """Rate-limit buckets in this process, by the generic cell rate algorithm: a bucket is
+    one timestamp, the theoretical arrival time of the next request at the bucket's rate."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._arrivals: dict[str, float] = {}
+
+    def take(self, bucket: str, rate: float, burst: int) -> float:
+        """0.0 if one more request is allowed now, else the seconds until one would be."""
+        interval = 1.0 / rate
+        with self._lock:
+            now = self.clock()
+            arrival = max(self._arrivals.get(bucket, 0.0), now) + interval
+            wait = arrival - now - burst * interval
+            if wait > 1e-9:  # not 0: float rounding must not refuse the last of a burst
+                return wait
+            self._arrivals[bucket] = arrival
+            return 0.0
+
+
+# The same algorithm in Redis, on the server's clock so every worker and host agrees.
+_TAKE_SCRIPT = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local interval = 1 / tonumber(ARGV[1])
+local arrival = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now) + interval
+local wait = arrival - now - tonumber(ARGV[2]) * interval
+if wait > 1e-9 then return tostring(wait) end
+local ttl_ms = math.ceil((arrival - now) * 1000) + 1
+redis.call('SET', KEYS[1], string.format('%.6f', arrival), 'PX', ttl_ms)
+return '0'
+"""
+
+
 class RedisStore:
     """The store in Redis. Every call fails fast (``timeout`` seconds) with
     StoreUnavailable; after a failure, calls fail at once for ``cooldown`` seconds so a dead
@@ -236,6 +282,12 @@ class RedisStore:
         self.clock = clock
         self._down_until = 0.0
         self._apply = self.client.register_script(_APPLY_SCRIPT)
+        self._take = self.client.register_script(_TAKE_SCRIPT)
+
+    def take(self, bucket: str, rate: float, burst: int) -> float:
+        key = RATE_KEY.format(prefix=self.prefix, bucket=bucket)
+        wait = self._call(lambda: self._take(keys=[key], args=[rate, burst]))
+        return float(wait)
 
     def _events_key(self, customer: str) -> str:
         return CUSTOMER_EVENTS_KEY.format(prefix=self.prefix, customer=customer)

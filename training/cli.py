@@ -99,7 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     mint_cmd = keys_commands.add_parser("mint", help="make a new API key and its config line")
     mint_cmd.add_argument("--name", required=True, help="who uses it, e.g. web or email")
     mint_cmd.add_argument(
-        "--scopes", required=True, help="comma-separated: recs:read, events:write, admin"
+        "--scopes",
+        required=True,
+        help="comma-separated: blocks:read, recs:read, events:write, metrics:read, admin",
+    )
+    mint_cmd.add_argument(
+        "--rate",
+        type=int,
+        help="this key's requests per second (0: unlimited); default: RECSVC_RATE_LIMIT",
     )
     mint_cmd.set_defaults(run=_mint_key)
 
@@ -265,7 +272,9 @@ def _mint_key(args: argparse.Namespace) -> int:
         raise TrainingError(
             f"--name: letters, digits, '_', '.', '-'; --scopes: some of {', '.join(SCOPES)}"
         )
-    key, line = mint(args.name, scopes)
+    if args.rate is not None and args.rate < 0:
+        raise TrainingError(f"--rate: requests per second, 0 or more, got {args.rate}")
+    key, line = mint(args.name, scopes, args.rate)
     print(f"key (give it to the caller; it is not stored anywhere): {key}")
     print(f"config line (add to RECSVC_API_KEYS, comma-separated, or RECSVC_API_KEYS_FILE): {line}")
     return 0

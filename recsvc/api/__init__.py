@@ -10,6 +10,7 @@ from recsvc.api import (
     customers,
     events,
     health,
+    observability,
     problems,
     recommendations,
     triggers,
@@ -19,6 +20,7 @@ from recsvc.registry import ModelRegistry, ServedModel
 
 
 def init_app(app: Flask) -> None:
+    observability.init_app(app)
     problems.init_app(app)
     health.init_app(app)
     recommendations.init_app(app)

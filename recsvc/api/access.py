@@ -1,16 +1,19 @@
-"""API-key checks for views: ``@requires("recs:read")``."""
+"""API-key checks for views: ``@requires("recs:read")`` authenticates the key, checks its
+scope and takes one request from its rate limit."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
-from flask import current_app, request
+from flask import current_app, g, request
 from werkzeug.datastructures import Headers
 
 from recsvc.api.problems import Problem
 from recsvc.auth import Authenticator, AuthError
+from recsvc.ratelimit import RateLimiter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -23,11 +26,22 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             authenticator: Authenticator | None = current_app.extensions["recsvc.auth"]
             if authenticator is not None:
                 try:
-                    authenticator.authorise(presented_key(request.headers), scope)
+                    key = authenticator.authorise(presented_key(request.headers), scope)
                 except AuthError as error:
                     title = "Unauthorized" if error.status == 401 else "Forbidden"
                     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
                     raise Problem(error.status, title, error.detail, headers=headers) from None
+                g.recsvc_key_name = key.name
+                limiter: RateLimiter = current_app.extensions["recsvc.limiter"]
+                wait = limiter.wait(key)
+                if wait:
+                    raise Problem(
+                        429,
+                        "Too Many Requests",
+                        f"the API key {key.name!r} is over its rate limit; retry after the "
+                        "Retry-After seconds",
+                        headers={"Retry-After": str(max(math.ceil(wait), 1))},
+                    )
             return view(*args, **kwargs)
 
         return checked
@@ -36,7 +50,16 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 def presented_key(headers: Headers) -> str | None:
-    header = headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip() or None
-    return headers.get("X-API-Key") or None
+    """The key from ``Authorization: Bearer`` or ``X-API-Key``. Every credential sent must
+    be the same key: one that is malformed or differs is refused, never silently ignored."""
+    authorization = headers.get("Authorization")
+    api_key = headers.get("X-API-Key")
+    bearer = None
+    if authorization is not None:
+        scheme, _, credential = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise AuthError(401, "the Authorization header must be 'Bearer <key>'")
+        bearer = credential.strip()
+    if api_key is not None and bearer is not None and api_key.strip() != bearer:
+        raise AuthError(401, "Authorization and X-API-Key carry different keys; send one key")
+    return bearer or (api_key.strip() if api_key is not None else None) or None

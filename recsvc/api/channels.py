@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from recsvc import api, channels, defaults
 from recsvc.api.access import requires
+from recsvc.api.observability import answered
 from recsvc.api.params import category_arg, int_arg
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.config import ServiceConfig
@@ -52,6 +53,7 @@ def _block(model: ServedModel, view: CustomerView, key: str | None, slot: str) -
         raise Problem(
             404, "Unknown slot", f"slot {slot!r} is not configured; slots: {slots}"
         ) from None
+    answered(fallback=block["fallback"], degraded=block["degraded"])
     if output == "html":
         currency = channels.channels(model)["currency_symbol"]
         return Response(block_html(block, currency), mimetype="text/html")
@@ -89,6 +91,7 @@ def email_picks(key: str) -> Response:
     except StoreUnavailable:
         kept, degraded = fresh, True  # not stored: a later render may differ
     picks = json.loads(kept)
+    answered(fallback=picks["fallback"], degraded=degraded)
     if output == "html":
         return Response(email_html(picks), mimetype="text/html")
     return jsonify({**picks, "degraded": degraded})

@@ -8,6 +8,7 @@ from flask import Blueprint, Flask, Response, jsonify
 
 from recsvc import api
 from recsvc.api.access import requires
+from recsvc.api.observability import answered
 from recsvc.api.problems import Problem
 from recsvc.errors import StoreUnavailable
 from recsvc.signals import customer_signals
@@ -23,6 +24,7 @@ def profile(key: str) -> Response:
     arrays = model.ranker.arrays
     trained_orders = 0 if customer.row is None else int(arrays.customer_orders[customer.row])
     recent_spend = customer.recent_spend
+    answered(fallback=customer.row is None, degraded=customer.degraded)
     return jsonify(
         customer_id=customer.customer_id or key,
         known=customer.row is not None,

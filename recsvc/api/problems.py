@@ -62,7 +62,11 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def handle_http(error: HTTPException) -> Response:
         status = error.code or 500
-        return problem_response(Problem(status, error.name, error.description or error.name))
+        # Keep the exception's own headers that matter to clients, e.g. Allow on a 405.
+        headers = {name: value for name, value in error.get_headers() if name != "Content-Type"}
+        return problem_response(
+            Problem(status, error.name, error.description or error.name, headers=headers)
+        )
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception) -> Response:

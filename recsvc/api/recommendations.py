@@ -7,6 +7,7 @@ from flask import Blueprint, Flask, Response
 
 from recsvc import api, defaults
 from recsvc.api.access import requires
+from recsvc.api.observability import answered
 from recsvc.api.params import category_arg, int_arg
 
 blueprint = Blueprint("recommendations", __name__, url_prefix="/v1/customers")
@@ -22,6 +23,7 @@ def recommendations(key: str) -> Response:
     tier = tiers.index(customer.window_spend)
     mask = category_arg(model)
     ranking = model.ranker.recommend_row(customer.row, n, customer.deltas, tier, allowed=mask)
+    answered(fallback=ranking.fallback, degraded=customer.degraded)
     body = {
         "customer_id": ranking.customer_id or key,
         "model_version": model.version,

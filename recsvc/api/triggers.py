@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 
 from recsvc import api
 from recsvc.api.access import requires
+from recsvc.api.observability import answered
 from recsvc.api.params import int_arg
 from recsvc.api.problems import invalid_parameter
 from recsvc.errors import StoreUnavailable
@@ -40,6 +41,7 @@ def triggers() -> Response:
         live = [json.loads(text) for text in realtime.store.triggers_since(since)]
     except StoreUnavailable:
         erased, live, degraded = set(realtime.erased), [], True
+    answered(degraded=degraded)
     found: list[dict[str, Any]] = []
     for position in range(len(arrays.trigger_rows)):
         kind = str(arrays.trigger_kinds[position])

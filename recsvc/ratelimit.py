@@ -1,0 +1,27 @@
+"""Per-API-key request rates: ``rate`` requests a second, with bursts of up to one second's
+worth. The buckets live in the store, so with Redis every worker and host shares one limit
+per key; while the store is unavailable each worker limits on its own rather than not at all.
+"""
+
+from __future__ import annotations
+
+from recsvc.auth import ApiKey
+from recsvc.errors import StoreUnavailable
+from recsvc.store import LocalBuckets, Store
+
+
+class RateLimiter:
+    def __init__(self, store: Store, default_rate: int) -> None:
+        self.store = store
+        self.default_rate = default_rate  # for keys without their own; 0: unlimited
+        self._local = LocalBuckets()
+
+    def wait(self, key: ApiKey) -> float:
+        """0.0 if ``key`` may make one more request now, else the seconds until it may."""
+        rate = self.default_rate if key.rate is None else key.rate
+        if rate <= 0:
+            return 0.0
+        try:
+            return self.store.take(key.name, rate, burst=rate)
+        except StoreUnavailable:
+            return self._local.take(key.name, rate, burst=rate)
