@@ -2,14 +2,17 @@
 
 Each row gets exactly one outcome, decided in this order:
 
-1. ``quarantined`` (reason ``missing_item``): no item id.
+1. ``quarantined`` (reason ``malformed_row``): a CSV row with more or fewer fields than its
+   header; (reason ``missing_item``): no item id.
 2. ``adjustment``: the item is not a product (postage, fees, discounts, vouchers; see ItemRules).
-3. ``quarantined`` with a reason: unparseable or impossible quantity, price or timestamp.
+3. ``quarantined`` with a reason: unparseable or impossible quantity, price or timestamp
+   (zero, negative price, beyond MAX_QUANTITY or MAX_UNIT_PRICE, more than a day in the future).
    Then ``erased``: the row names a customer on the service's erasure list; it is not used
    at all (not even to link identities).
 4. ``duplicate``: the same order line (order id, item, quantity, timestamp) was already read
    from an earlier source. A line repeated inside one source is kept as many times as it appears
-   there; only the copies that another source also holds count once.
+   there; only the copies that another source also holds count once. In the service's event
+   log, where ids are unique, a repeated event id is a duplicate.
 5. ``anonymous``: no customer id, email or phone that identifies anyone. Sales count for
    popularity, not for anyone's history.
 6. ``cancellation``: order id with the source's cancellation prefix, or a negative quantity.
@@ -66,13 +69,21 @@ OUTCOMES = (
 )
 USED, DUPLICATE, CANCELLATION, ANONYMOUS, ADJUSTMENT, ERASED, QUARANTINED = range(len(OUTCOMES))
 REASONS = (
+    "malformed_row",
     "missing_item",
     "bad_quantity",
     "zero_quantity",
+    "quantity_out_of_range",
     "bad_price",
     "negative_price",
+    "price_out_of_range",
     "bad_timestamp",
+    "future_timestamp",
 )
+# Beyond these a value is a typo or a test row, not a purchase (the same bounds as the API's).
+MAX_QUANTITY = 1e6
+MAX_UNIT_PRICE = 1e7
+FUTURE_TOLERANCE = pd.Timedelta(days=1)  # clocks and time zones, not orders from the future
 UNDECIDED = -1
 DEDUP_KEY = ["order_id", "item_id", "quantity", "timestamp"]
 EVENT_COLUMNS = [
@@ -134,6 +145,8 @@ def merge_sources(
     parsed["customer_id"] = _customer_of(parsed, aliases)
     outcome = parsed["outcome"].to_numpy(copy=True)
     _mark_duplicates(parsed, outcome)
+    event_logs = [position for position, rows in enumerate(sources) if rows.source.kind == "events"]
+    _mark_repeated_events(parsed, outcome, event_logs)
     undecided = outcome == UNDECIDED
     anonymous = undecided & (parsed["customer_id"] == "").to_numpy()
     outcome[anonymous] = ANONYMOUS
@@ -228,6 +241,7 @@ def _parse(
     def flag(mask: Any, why: str) -> None:
         reason[(reason == UNDECIDED) & np.asarray(mask, dtype=bool)] = REASONS.index(why)
 
+    flag(text("malformed") != "", "malformed_row")
     flag(item_id == "", "missing_item")
     non_product = item_id.isin(items.non_product_ids).to_numpy(copy=True)
     if items.non_product_pattern:
@@ -238,17 +252,21 @@ def _parse(
         quantity = parse_numbers(text("quantity"))
         flag(~np.isfinite(quantity) & ~non_product, "bad_quantity")
         flag((quantity == 0) & ~non_product, "zero_quantity")
+        flag((np.abs(quantity) > MAX_QUANTITY) & ~non_product, "quantity_out_of_range")
     else:
         quantity = np.ones(count)
     if "unit_price" in raw:
         price = parse_numbers(text("unit_price")) * source.currency_rate
         flag(~np.isfinite(price) & ~non_product, "bad_price")
         flag((price < 0) & ~non_product, "negative_price")
+        flag((price > MAX_UNIT_PRICE) & ~non_product, "price_out_of_range")
     else:
         price = np.full(count, np.nan)
     if "timestamp" in raw:
         timestamp = parse_timestamps(text("timestamp"), source.timestamp_format, source.timezone)
         flag(timestamp.isna().to_numpy() & ~non_product, "bad_timestamp")
+        latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE
+        flag((timestamp > latest).to_numpy() & ~non_product, "future_timestamp")
     else:
         timestamp = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
 
@@ -270,6 +288,7 @@ def _parse(
             "record": bad["record"].to_numpy(),
             "reason": [REASONS[r] for r in reason[quarantined]],
             **{field: bad[field].to_numpy() for field in source.columns},
+            "detail": bad["malformed"].to_numpy() if "malformed" in bad else "",
         }
     )
     if source.kind == "events":
@@ -420,6 +439,22 @@ def _mark_duplicates(parsed: pd.DataFrame, outcome: NDArray[np.int8]) -> None:
     # The n-th copy of a line in one source matches the n-th copy in another source.
     keys["occurrence"] = keys.groupby(["source_position", *DEDUP_KEY], dropna=False).cumcount()
     repeated = keys.duplicated(subset=[*DEDUP_KEY, "occurrence"], keep="first")
+    outcome[repeated[repeated].index.to_numpy()] = DUPLICATE
+
+
+def _mark_repeated_events(
+    parsed: pd.DataFrame, outcome: NDArray[np.int8], event_logs: list[int]
+) -> None:
+    """In the service's event log an event id is unique, so a repeat (a log copied twice, a
+    replay written again) is a duplicate, whatever its fields say."""
+    if not event_logs:
+        return
+    candidates = parsed[
+        (outcome == UNDECIDED)
+        & parsed["source_position"].isin(event_logs).to_numpy()
+        & (parsed["order_id"] != "").to_numpy()
+    ]
+    repeated = candidates.duplicated(subset=["source_position", "order_id"], keep="first")
     outcome[repeated[repeated].index.to_numpy()] = DUPLICATE
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
@@ -27,7 +28,9 @@ from training.errors import SourceError
 @dataclass(frozen=True)
 class SourceRows:
     """All rows of one source. ``frame`` has one column per mapped field (text, "" when
-    empty), plus ``file`` (index into ``files``) and ``record`` (1-based record number in it).
+    empty), plus ``file`` (index into ``files``) and ``record`` (1-based record number in it;
+    for a malformed CSV row, its line number). A CSV source may add ``malformed``: what is
+    wrong with a row that could not be split into the header's fields ("" for good rows).
     A database source has one pseudo-file, its table or query."""
 
     source: SourceConfig
@@ -51,12 +54,15 @@ def read_source(source: SourceConfig) -> SourceRows:
         "events": _read_events,
     }
     reader = readers[source.kind]
-    frames = [_numbered(reader(source, path), index) for index, path in enumerate(files)]
+    frames = []
+    for index, path in enumerate(files):
+        frame = reader(source, path)
+        frame["file"] = index
+        frames.append(frame if "record" in frame else _numbered(frame))
     return SourceRows(source, [str(p) for p in files], pd.concat(frames, ignore_index=True))
 
 
-def _numbered(frame: pd.DataFrame, file_index: int) -> pd.DataFrame:
-    frame["file"] = file_index
+def _numbered(frame: pd.DataFrame) -> pd.DataFrame:
     frame["record"] = range(1, len(frame) + 1)
     return frame
 
@@ -70,31 +76,85 @@ def _check_columns(source: SourceConfig, found: list[str], where: str) -> None:
 
 
 def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
+    """The mapped columns as text. A row with too many or too few fields is kept as a
+    ``malformed`` row (its line number and text), for the merge to quarantine."""
     where = f"source {source.name!r}, file {path}"
+    if path.stat().st_size == 0:
+        raise SourceError(f"{where}: the file is empty (not even a header line)")
     try:
         header = pd.read_csv(path, sep=source.delimiter, nrows=0, encoding=source.encoding)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, ValueError, csv.Error) as error:
         raise SourceError(f"{where}: cannot read header ({error})") from error
     _check_columns(source, [str(column) for column in header.columns], where)
-    options: dict[str, Any] = {
-        "sep": source.delimiter,
-        "usecols": list(source.columns.values()),
-        "dtype": str,
-        "keep_default_na": False,
-        "encoding": source.encoding,
-    }
+    columns = list(source.columns.values())
+    malformed: list[pa_csv.InvalidRow] = []
+
+    def keep_malformed(row: pa_csv.InvalidRow) -> str:
+        malformed.append(row)
+        return "skip"
+
     try:
-        # pyarrow's reader is several times faster; on anything it rejects, the C reader
-        # below either copes or produces the precise error (with a line number).
-        raw: pd.DataFrame = pd.read_csv(path, engine="pyarrow", **options)
-    except (pa.ArrowException, pd.errors.ParserError, ValueError, UnicodeDecodeError):
+        # pyarrow's reader is several times faster than pandas's; on anything else it rejects
+        # (bad encoding, broken quoting), pandas's C reader produces the precise error.
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(encoding=source.encoding),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=source.delimiter,
+                newlines_in_values=True,
+                invalid_row_handler=keep_malformed,
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=columns,
+                column_types={column: pa.string() for column in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        raw = table.to_pandas()
+    except (pa.ArrowException, ValueError, UnicodeDecodeError):
+        malformed = []
         try:
-            raw = pd.read_csv(path, na_filter=False, encoding_errors="strict", **options)
+            raw = pd.read_csv(
+                path,
+                sep=source.delimiter,
+                usecols=columns,
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                encoding=source.encoding,
+                encoding_errors="strict",
+            )
         except UnicodeDecodeError as error:
             raise SourceError(f"{where}: not valid {source.encoding} ({error})") from error
         except (pd.errors.ParserError, ValueError) as error:
             raise SourceError(f"{where}: cannot parse as CSV ({error})") from error
-    return _fields(raw, source)
+    frame = _numbered(_fields(raw, source))
+    if not malformed:
+        return frame
+    numbers = _line_numbers(path, source.encoding, [row.text for row in malformed])
+    bad = pd.DataFrame({field: "" for field in source.columns}, index=range(len(malformed)))
+    bad["record"] = numbers
+    bad["malformed"] = [
+        f"line {number}: {row.actual_columns} fields, not {row.expected_columns}: {row.text[:200]}"
+        for number, row in zip(numbers, malformed, strict=True)
+    ]
+    frame["malformed"] = ""
+    return pd.concat([frame, bad], ignore_index=True)
+
+
+def _line_numbers(path: Path, encoding: str, texts: list[str]) -> list[int]:
+    """The line on which each of ``texts`` (rows, in file order) starts; pyarrow does not
+    track lines once values may hold newlines. 0 where a row cannot be found."""
+    found = [0] * len(texts)
+    first_lines = [text.split("\n", 1)[0].rstrip("\r") for text in texts]
+    position = 0
+    with path.open(encoding=encoding, errors="replace", newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            if position < len(texts) and line.rstrip("\r\n") == first_lines[position]:
+                found[position] = number
+                position += 1
+    return found
 
 
 def _read_jsonl(source: SourceConfig, path: Path) -> pd.DataFrame:
@@ -183,7 +243,9 @@ def _read_postgresql(source: SourceConfig) -> pd.DataFrame:
         if chunks
         else pd.DataFrame({column: pd.Series([], dtype="str") for column in columns})
     )
-    return _numbered(_fields(frame, source), 0)
+    numbered = _numbered(_fields(frame, source))
+    numbered["file"] = 0
+    return numbered
 
 
 def database_dsn(source: SourceConfig) -> str:

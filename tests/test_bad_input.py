@@ -1,0 +1,154 @@
+"""A corpus of bad source files: each gives a clear error naming the file, or quarantines the
+rows with a reason; nothing crashes and nothing is dropped without being counted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config
+from training.config import load_config
+from training.errors import SourceError
+from training.merge import MergedHistory, merge_sources
+from training.sources import read_source
+
+HEADER = ",".join(SHOP_HEADER)
+GOOD = "536365,85123A,HEART HOLDER,6,2010-12-01 08:26:00,2.55,17850,United Kingdom"
+GOOD_2 = "536366,71053,LANTERN,2,2010-12-01 08:28:00,3.39,17850,United Kingdom"
+
+
+def merge(tmp_path: Path, text: str | bytes, **options: str) -> MergedHistory:
+    path = tmp_path / "shop.csv"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    config = load_config(
+        write_config(tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS, **options))
+    )
+    return merge_sources([read_source(source) for source in config.sources], config.items)
+
+
+def accounted(counts: dict[str, Any]) -> int:
+    """Rows given any outcome; equals rows_read when nothing was dropped silently."""
+    outcomes = sum(v for k, v in counts.items() if k not in ("rows_read", "quarantined"))
+    return int(outcomes + sum(counts["quarantined"].values()))
+
+
+def lines(*rows: str) -> str:
+    return "\n".join([HEADER, *rows]) + "\n"
+
+
+def test_ragged_rows_are_quarantined_with_their_line(tmp_path: Path) -> None:
+    merged = merge(
+        tmp_path,
+        lines(GOOD, GOOD + ",extra field", "536367,22041,FRAME", GOOD_2),
+    )
+    counts = merged.accounting["shop"]
+    assert counts["rows_read"] == 4 and counts["used"] == 2
+    assert counts["quarantined"] == {"malformed_row": 2}
+    assert accounted(counts) == 4
+    details = sorted(merged.quarantine["detail"])
+    assert details[0].startswith("line 3: 9 fields, not 8: 536365,85123A")
+    assert details[1].startswith("line 4: 3 fields, not 8: 536367,22041,FRAME")
+    assert sorted(merged.quarantine["record"]) == [3, 4]
+
+
+def test_quoted_newlines_and_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    quoted = '536367,22041,"PHOTO FRAME\nCORNICE",4,2010-12-01 08:34:00,2.1,13047,United Kingdom'
+    merged = merge(tmp_path, "\ufeff" + lines(GOOD, quoted, GOOD_2))
+    assert merged.accounting["shop"]["used"] == 3 and accounted(merged.accounting["shop"]) == 3
+    descriptions = set(merged.events["description"])
+    assert "PHOTO FRAME\nCORNICE" in descriptions
+
+
+def test_the_wrong_encoding_is_a_clear_error(tmp_path: Path) -> None:
+    latin1 = lines(GOOD.replace("HEART HOLDER", "CAFÉ SET")).encode("latin-1")
+    with pytest.raises(SourceError, match=r"shop\.csv: not valid utf-8"):
+        merge(tmp_path, latin1)
+    merged = merge(tmp_path, latin1, encoding="latin-1")  # declared: read as such
+    assert "CAFÉ SET" in set(merged.events["description"])
+
+
+def test_missing_columns_and_empty_files_are_clear_errors(tmp_path: Path) -> None:
+    without_price = "\n".join([HEADER.replace(",UnitPrice", ""), GOOD.replace(",2.55", "")])
+    with pytest.raises(SourceError, match=r"missing column\(s\) unit_price -> 'UnitPrice'"):
+        merge(tmp_path, without_price)
+    with pytest.raises(SourceError, match=r"shop\.csv: the file is empty"):
+        merge(tmp_path, b"")
+    header_only = merge(tmp_path, HEADER + "\n")
+    assert header_only.accounting["shop"]["rows_read"] == 0
+
+
+def test_impossible_numbers_and_dates_are_quarantined(tmp_path: Path) -> None:
+    def row(quantity: str, price: str, when: str = "2010-12-01 08:26:00") -> str:
+        return f"536370,22041,FRAME,{quantity},{when},{price},12583,France"
+
+    merged = merge(
+        tmp_path,
+        lines(
+            row("-3", "2.1"),  # a return: counted as a cancellation
+            row("5", "-2.1"),
+            row("1e9", "2.1"),
+            row("5", "99999999999"),
+            row("inf", "2.1"),
+            row("5", "nan"),
+            row("5", "2.1", "2999-01-01 00:00:00"),
+            row("5", "2.1", "2010-13-45 00:00:00"),
+            row("4", "2.1"),
+        ),
+    )
+    counts = merged.accounting["shop"]
+    assert counts["cancellation"] == 1 and counts["used"] == 1
+    assert counts["quarantined"] == {
+        "negative_price": 1,
+        "quantity_out_of_range": 1,
+        "price_out_of_range": 1,
+        "bad_quantity": 1,
+        "bad_price": 1,
+        "future_timestamp": 1,
+        "bad_timestamp": 1,
+    }
+    assert accounted(counts) == counts["rows_read"] == 9
+
+
+def test_repeated_event_ids_in_the_event_log_are_duplicates(tmp_path: Path) -> None:
+    log = tmp_path / "events"
+    log.mkdir()
+    event = {
+        "event_id": "e1",
+        "customer": "17850",
+        "item_id": "22041",
+        "quantity": 1,
+        "price": 2.1,
+        "timestamp": "2011-01-05T10:00:00Z",
+        "received_at": 1.0,
+    }
+    (log / "events-2011-01-05.jsonl").write_text(
+        "\n".join(json.dumps(e) for e in [event, event, {**event, "event_id": "e2"}]) + "\n"
+    )
+    config_path = write_config(
+        tmp_path,
+        '[[sources]]\nname = "live"\nkind = "events"\npath = "events/*.jsonl"\n',
+    )
+    config = load_config(config_path)
+    merged = merge_sources([read_source(s) for s in config.sources], config.items)
+    counts = merged.accounting["live"]
+    assert counts["rows_read"] == 3 and counts["duplicate"] == 1 and counts["used"] == 2
+
+
+def test_train_reports_a_bad_file_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "shop.csv").write_bytes(lines(GOOD).encode("utf-16"))
+    config = write_config(tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS))
+    run = subprocess.run(
+        [sys.executable, "-m", "training.cli", "train", "--config", str(config)]
+        + ["--models-dir", str(tmp_path / "models")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr
+    assert "shop.csv" in run.stderr and "utf-8" in run.stderr
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
