@@ -1,9 +1,11 @@
-"""A local gunicorn for the benchmark and load-test scripts: started with gunicorn.conf.py
-on a free port, ready when /readyz answers."""
+"""Local servers for the benchmark, load-test and fault scripts (and the tests): a gunicorn
+started with gunicorn.conf.py on a free port, ready when /readyz answers, and a private
+redis-server that can be stopped and restarted."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +14,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,3 +56,54 @@ def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Itera
         server.wait(timeout=20)
         if log_path is not None:
             log.close()  # type: ignore[union-attr]
+
+
+class RedisProcess:
+    """A private redis-server, on a fixed port so it can be stopped and restarted."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

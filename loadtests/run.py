@@ -36,9 +36,7 @@ def main() -> int:
     parser.add_argument("--max-failures", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=Path("loadtests/results"))
     args = parser.parse_args()
-    locust = shutil.which("locust") or str(Path(sys.executable).with_name("locust"))
-    if not Path(locust).exists():
-        sys.exit("locust is needed: pip install -e '.[load]'")
+    locust_command()
     # A limit far above the test rate: the limiter runs on every request but never refuses.
     key, line = mint("loadtest", ["recs:read", "events:write"], rate=1_000_000)
     scratch = Path(tempfile.mkdtemp(prefix="recsvc-load-"))
@@ -50,36 +48,48 @@ def main() -> int:
         "RECSVC_LOADTEST_KEY": key,
         "RECSVC_LOADTEST_RATE_PER_USER": str(args.rate / args.users),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = args.out_dir / "locust"
     with gunicorn(env) as base:
-        subprocess.run(
-            [
-                locust,
-                "-f",
-                str(ROOT / "loadtests" / "locustfile.py"),
-                "--headless",
-                "-u",
-                str(args.users),
-                "-r",
-                str(args.users),
-                "-t",
-                f"{args.duration}s",
-                "--host",
-                base,
-                "--csv",
-                str(prefix),
-                "--html",
-                str(args.out_dir / "report.html"),
-                "--only-summary",
-            ],
-            env=env,
-            check=False,
-        )
-    return _verdict(Path(f"{prefix}_stats.csv"), args.p99_ms, args.max_failures)
+        locust_run(base, env, args.users, args.duration, args.out_dir).wait()
+    return verdict(args.out_dir / "locust_stats.csv", args.p99_ms, args.max_failures)
 
 
-def _verdict(stats: Path, p99_ms: float, max_failures: int) -> int:
+def locust_command() -> str:
+    locust = shutil.which("locust") or str(Path(sys.executable).with_name("locust"))
+    if not Path(locust).exists():
+        sys.exit("locust is needed: pip install -e '.[load]'")
+    return locust
+
+
+def locust_run(
+    base: str, env: dict[str, str], users: int, duration: int, out_dir: Path
+) -> subprocess.Popen[bytes]:
+    """Start locust headless against ``base``; its CSV and HTML reports go to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            locust_command(),
+            "-f",
+            str(ROOT / "loadtests" / "locustfile.py"),
+            "--headless",
+            "-u",
+            str(users),
+            "-r",
+            str(users),
+            "-t",
+            f"{duration}s",
+            "--host",
+            base,
+            "--csv",
+            str(out_dir / "locust"),
+            "--html",
+            str(out_dir / "report.html"),
+            "--only-summary",
+        ],
+        env=env,
+    )
+
+
+def verdict(stats: Path, p99_ms: float, max_failures: int) -> int:
     with stats.open() as handle:
         rows = list(csv.DictReader(handle))
     total = sum(int(row["Request Count"]) for row in rows if row["Name"] == "Aggregated")
