@@ -8,12 +8,14 @@ from collections.abc import Callable
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
-from flask import current_app, g, request
+from flask import current_app, request
 from werkzeug.datastructures import Headers
 
 from recsvc.api.problems import Problem
 from recsvc.auth import Authenticator, AuthError
 from recsvc.ratelimit import RateLimiter
+
+KEY_NAME = "recsvc.key_name"  # in the WSGI environ: the authenticated key's name, for the log
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,7 +33,7 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                     title = "Unauthorized" if error.status == 401 else "Forbidden"
                     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
                     raise Problem(error.status, title, error.detail, headers=headers) from None
-                g.recsvc_key_name = key.name
+                request.environ[KEY_NAME] = key.name
                 limiter: RateLimiter = current_app.extensions["recsvc.limiter"]
                 wait = limiter.wait(key)
                 if wait:

@@ -11,10 +11,10 @@ import re
 import secrets
 import time
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 
 from recsvc import api, metrics
-from recsvc.api.access import requires
+from recsvc.api.access import KEY_NAME, requires
 from recsvc.logs import CustomerHasher
 
 access_log = logging.getLogger("recsvc.access")
@@ -22,58 +22,84 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 UNMATCHED = "unmatched"  # one label for every path no route knows, so 404 scans add no series
 
 
+# Per-request state lives in the WSGI environ: one lookup of the request, not one context-local
+# lookup per value.
+STARTED = "recsvc.started"
+REQUEST_ID = "recsvc.request_id"
+ANSWER = "recsvc.answer"  # (fallback, degraded)
+
+
 def answered(*, fallback: bool = False, degraded: bool = False) -> None:
     """Note what kind of answer this request got, for the metrics and the log line."""
-    g.recsvc_fallback = fallback
-    g.recsvc_degraded = degraded
+    request.environ[ANSWER] = (fallback, degraded)
 
 
 def request_id() -> str:
-    found: str = g.get("recsvc_request_id") or ""
+    found: str = request.environ.get(REQUEST_ID, "")
     return found
 
 
 def _start() -> None:
-    g.recsvc_started = time.perf_counter()
-    incoming = request.headers.get("X-Request-ID", "")
-    g.recsvc_request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+    environ = request.environ
+    environ[STARTED] = time.perf_counter()
+    incoming = environ.get("HTTP_X_REQUEST_ID", "")
+    environ[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+
+
+class _RouteMetrics:
+    """The labelled metric children of one (route, method, status), looked up once."""
+
+    def __init__(self, route: str, method: str, status: int) -> None:
+        self.requests = metrics.REQUESTS.labels(route, method, str(status))
+        self.latency = metrics.LATENCY.labels(route)
+        self.fallbacks = metrics.FALLBACKS.labels(route)
+        self.degraded = metrics.DEGRADED.labels(route)
+
+
+_route_metrics: dict[tuple[str, str, int], _RouteMetrics] = {}
 
 
 def _finish(response: Response) -> Response:
-    started = g.get("recsvc_started")
+    served = request._get_current_object()  # type: ignore[attr-defined]
+    environ = served.environ
+    started = environ.get(STARTED)
     elapsed = time.perf_counter() - started if started is not None else 0.0
-    rule = request.url_rule
+    rule = served.url_rule
     route = rule.rule if rule is not None else UNMATCHED
     status = response.status_code
-    metrics.REQUESTS.labels(route, request.method, str(status)).inc()
-    metrics.LATENCY.labels(route).observe(elapsed)
-    fallback = g.get("recsvc_fallback", False)
-    degraded = g.get("recsvc_degraded", False)
+    method = served.method
+    labels = (route, method, status)
+    counted = _route_metrics.get(labels)
+    if counted is None:
+        counted = _route_metrics.setdefault(labels, _RouteMetrics(*labels))
+    counted.requests.inc()
+    counted.latency.observe(elapsed)
+    fallback, degraded = environ.get(ANSWER, (False, False))
     if fallback:
-        metrics.FALLBACKS.labels(route).inc()
+        counted.fallbacks.inc()
     if degraded:
-        metrics.DEGRADED.labels(route).inc()
-    identifier = request_id()
+        counted.degraded.inc()
+    identifier = environ.get(REQUEST_ID) or secrets.token_hex(8)
     response.headers["X-Request-ID"] = identifier
     line: dict[str, object] = {
         "request_id": identifier,
-        "method": request.method,
+        "method": method,
         "route": route,
         "status": status,
         "latency_ms": round(elapsed * 1000, 3),
     }
-    customer_key = (request.view_args or {}).get("key")
+    customer_key = (served.view_args or {}).get("key")
     if customer_key is not None:
         hasher: CustomerHasher = current_app.extensions["recsvc.hasher"]
         line["customer"] = hasher(str(customer_key))
-    key_name = g.get("recsvc_key_name")
+    key_name = environ.get(KEY_NAME)
     if key_name is not None:
         line["api_key"] = key_name
     if fallback:
         line["fallback"] = True
     if degraded:
         line["degraded"] = True
-    access_log.info("request", extra=line)
+    access_log.info("request", extra={"fields": line})
     return response
 
 
