@@ -73,6 +73,20 @@ class Ranker:
             [float(level.get("premium_boost", 0.0)) for level in self.tiers.levels]
         )
         self.trained_tier = self.tiers.indices(arrays.window_spend)
+        # Scores are standardised per customer (mean 0 and spread 1 over the catalog) before
+        # the trending prior is added. The mean and spread of u·v over items follow from the
+        # item factors' mean and covariance, and the shift and the prior ride along as two
+        # extra factor columns: a batch is one matrix product, not five passes over it.
+        item_factors = arrays.item_factors.astype(np.float64)
+        self._item_mean = item_factors.mean(axis=0)
+        self._item_covariance = np.atleast_2d(np.cov(item_factors, rowvar=False, bias=True))
+        self._item_side = np.hstack(
+            [
+                arrays.item_factors,
+                np.ones((len(arrays.item_ids), 1), np.float32),
+                arrays.item_prior.reshape(-1, 1),
+            ]
+        ).astype(np.float32)
 
     def customer_row(self, key: str) -> int | None:
         """The row of the customer a key names: canonical id, <source>:<id>, email:, phone:."""
@@ -152,12 +166,15 @@ class Ranker:
         """Scores of every item for each of ``rows`` (a customer in each tier of ``tiers``).
         Float32 throughout: at a million customers this is the trainer's largest step."""
         arrays = self.arrays
-        scores: NDArray[np.float32] = arrays.user_factors[rows] @ arrays.item_factors.T
-        spread = scores.std(axis=1, keepdims=True)
-        spread[spread == 0] = 1.0
-        scores -= scores.mean(axis=1, keepdims=True)
-        scores /= spread
-        scores += arrays.item_prior
+        users = arrays.user_factors[rows].astype(np.float64)
+        mean = users @ self._item_mean
+        variance = np.einsum("ij,jk,ik->i", users, self._item_covariance, users)
+        spread = np.sqrt(np.maximum(variance, 0.0))
+        spread[spread == 0] = 1.0  # a zero factor vector: the prior alone ranks
+        user_side = np.hstack(
+            [users / spread[:, None], (-mean / spread)[:, None], np.ones((len(rows), 1))]
+        ).astype(np.float32)
+        scores: NDArray[np.float32] = user_side @ self._item_side.T
         if not policy:
             return scores
         boosts = self._boosts[tiers]
