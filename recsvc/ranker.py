@@ -59,7 +59,11 @@ class Ranker:
         self.arrays = arrays
         self.tiers = tiers or TierTable.from_manifest(None)
         with np.errstate(divide="ignore", invalid="ignore"):
-            self._log_prices = np.log(arrays.prices).astype(np.float32)
+            log_prices = np.log(arrays.prices).astype(np.float32)
+        # Items without a usable price (unknown, or zero) get no price penalty: weight 0.
+        priced = np.isfinite(log_prices)
+        self._log_prices = np.where(priced, log_prices, np.float32(0.0))
+        self._price_weight = (priced * self.tiers.price_affinity).astype(np.float32)
         self.aliases = AliasIndex(
             arrays.alias_high,
             arrays.alias_low,
@@ -73,6 +77,10 @@ class Ranker:
             [float(level.get("premium_boost", 0.0)) for level in self.tiers.levels]
         )
         self.trained_tier = self.tiers.indices(arrays.window_spend)
+        # Items reserved for higher tiers, per tier (usually none).
+        self._hidden_items = [
+            np.flatnonzero(arrays.item_min_tier > tier) for tier in range(len(self.tiers.levels))
+        ]
         # Scores are standardised per customer (mean 0 and spread 1 over the catalog) before
         # the trending prior is added. The mean and spread of u·v over items follow from the
         # item factors' mean and covariance, and the shift and the prior ride along as two
@@ -184,14 +192,13 @@ class Ranker:
         banded = np.isfinite(low) & (low > 0)
         if self.tiers.price_affinity and banded.any():
             # Distance in log price outside [low, high]; customers without a band get an
-            # infinite one, unknown prices (NaN) no penalty.
+            # infinite one, items without a price no penalty.
             with np.errstate(divide="ignore", invalid="ignore"):
                 lower = np.where(banded, np.log(low), -np.inf).astype(np.float32)[:, None]
                 upper = np.where(banded, np.log(high), np.inf).astype(np.float32)[:, None]
             prices = self._log_prices
             outside = np.abs(prices - np.clip(prices, lower, upper))
-            np.nan_to_num(outside, copy=False)
-            outside *= np.float32(self.tiers.price_affinity)
+            outside *= self._price_weight
             scores -= outside
         return scores
 
@@ -217,9 +224,12 @@ class Ranker:
                 counts = indptr[rows + 1] - indptr[rows]
                 owned = self.arrays.owned_indices[indptr[rows[0]] : indptr[rows[-1] + 1]]
                 block[np.repeat(np.arange(len(rows)), counts), owned] = -np.inf
-            hidden = self.arrays.item_min_tier[None, :] > self.trained_tier[rows][:, None]
-            block[hidden] = -np.inf
-            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+            tiers = self.trained_tier[rows]
+            for tier in np.unique(tiers):
+                hidden = self._hidden_items[tier]
+                if len(hidden):
+                    block[np.ix_(np.flatnonzero(tiers == tier), hidden)] = -np.inf
+            top = np.argpartition(block, n_items - k, axis=1)[:, n_items - k :]
             top_scores = np.take_along_axis(block, top, axis=1)
             order = np.lexsort((top, -top_scores), axis=1)
             top = np.take_along_axis(top, order, axis=1)
