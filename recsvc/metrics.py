@@ -2,7 +2,8 @@
 
 Under gunicorn every worker counts into files in PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py
 sets it up) and a scrape adds the workers up. The bundle's figures are read at scrape time
-from the worker that answers, which checks for a new bundle before it answers.
+from the worker that answers, as it sees them (it checks for new bundles every
+RECSVC_RELOAD_SECONDS).
 """
 
 from __future__ import annotations

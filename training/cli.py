@@ -292,7 +292,13 @@ def _serve(args: argparse.Namespace, overrides: dict[str, str] | None = None) ->
     from recsvc import create_app
     from recsvc.config import ServiceConfig
     from recsvc.errors import ConfigError
+    from recsvc.logs import JsonFormatter
 
+    # The service logs JSON lines, as under gunicorn. Werkzeug's request lines carry the raw
+    # path, and paths hold customer ids; recsvc logs each request itself, without them.
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JsonFormatter())
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     environment = {**os.environ, "RECSVC_MODELS_DIR": str(args.models_dir), **(overrides or {})}
     try:
         app = create_app(ServiceConfig.from_mapping(environment))
