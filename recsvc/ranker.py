@@ -77,7 +77,7 @@ class Ranker:
             [float(level.get("premium_boost", 0.0)) for level in self.tiers.levels]
         )
         self.trained_tier = self.tiers.indices(arrays.window_spend)
-        # Items reserved for higher tiers, per tier (usually none).
+        # Items reserved for higher tiers, per tier (usually none), listed once.
         self._hidden_items = [
             np.flatnonzero(arrays.item_min_tier > tier) for tier in range(len(self.tiers.levels))
         ]
@@ -131,11 +131,11 @@ class Ranker:
             if fast is not None:
                 return fast
         excluded = self.excluded(row, deltas)
-        hidden = self.arrays.item_min_tier > tier
+        hidden = self._hidden_items[tier]
         if allowed is not None:
-            hidden = hidden | ~allowed
-        if hidden.any():
-            excluded = np.union1d(excluded, np.flatnonzero(hidden)).astype(np.int32)
+            hidden = np.union1d(hidden, np.flatnonzero(~allowed))
+        if len(hidden):
+            excluded = np.union1d(excluded, hidden).astype(np.int32)
         if row is None:
             return Ranking(items=self.popular(n, exclude=excluded), fallback=True)
         customer_id = str(self.arrays.customer_ids[row])

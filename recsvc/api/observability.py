@@ -34,11 +34,6 @@ def answered(*, fallback: bool = False, degraded: bool = False) -> None:
     request.environ[ANSWER] = (fallback, degraded)
 
 
-def request_id() -> str:
-    found: str = request.environ.get(REQUEST_ID, "")
-    return found
-
-
 def _start() -> None:
     environ = request.environ
     environ[STARTED] = time.perf_counter()
