@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from implicit.cpu.als import AlternatingLeastSquares
-from implicit.nearest_neighbours import bm25_weight
-from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.config import TrainConfig, load_config  # noqa: E402
+from training.fit import fit_als  # noqa: E402
 from training.pipeline import train  # noqa: E402
 
 
@@ -49,17 +47,7 @@ def bare(config: TrainConfig) -> float:
         (np.ones(len(rows), np.float32), (customers, items)),
         shape=(len(customer_index), len(item_index)),
     )
-    params = config.model
-    weighted = bm25_weight(matrix, K1=params.bm25_k1, B=params.bm25_b).tocsr()
-    with threadpool_limits(limits=1, user_api="blas"):
-        model = AlternatingLeastSquares(
-            factors=params.factors,
-            regularization=params.regularization,
-            alpha=params.alpha,
-            iterations=params.iterations,
-            random_state=params.seed,
-        )
-        model.fit(weighted, show_progress=False)
+    fit_als(matrix, config.model)  # the trainer's own fit: BM25 weighting, then ALS
     return time.perf_counter() - started
 
 
