@@ -55,8 +55,9 @@ def build_dataset(
     weight = pd.Series(decay_weights(events["timestamp"], as_of, half_life_days), events.index)
 
     held = _held(events, item_index, weight * events["trust"].astype(np.float64))
-    customer_ids = np.sort(held["customer_id"].unique()).astype(str)
-    rows = pd.Index(customer_ids).get_indexer(pd.Index(held["customer_id"]))
+    known = events["customer_id"].cat.categories
+    customer_ids = np.sort(known[np.unique(held["customer"])].to_numpy()).astype(str)
+    rows = pd.Index(customer_ids).get_indexer(known)[held["customer"].to_numpy()]
     items = held["item"].to_numpy()
     shape = (len(customer_ids), len(item_ids))
     interactions = sp.csr_matrix((held["weight"].to_numpy(dtype=np.float32), (rows, items)), shape)
@@ -92,7 +93,8 @@ def build_dataset(
 
 
 def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.DataFrame:
-    """One row per (customer_id, item) the customer holds, with its summed decayed weight."""
+    """One row per (customer, item) the customer holds, with its summed decayed weight;
+    ``customer`` is the code of ``events["customer_id"]``."""
     # Duplicates are decided before anonymity, so anonymous copies keep that outcome too.
     personal = events[
         events["outcome"].isin(["used", "cancellation", "duplicate"])
@@ -102,7 +104,7 @@ def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.D
     is_duplicate = (personal["outcome"] == "duplicate").to_numpy()
     lines = pd.DataFrame(
         {
-            "customer_id": personal["customer_id"].to_numpy(),
+            "customer": personal["customer_id"].cat.codes.to_numpy(),
             "item": item_index.get_indexer(pd.Index(personal["item_id"])),
             "source": personal["source"].cat.codes.to_numpy(),
             "quantity": personal["quantity"].to_numpy(),
@@ -112,11 +114,11 @@ def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.D
             ),
         }
     )
-    per_source = lines.groupby(["customer_id", "item", "source"])["quantity"].sum()
-    pairs = lines.groupby(["customer_id", "item"], sort=True).agg(
+    per_source = lines.groupby(["customer", "item", "source"])["quantity"].sum()
+    pairs = lines.groupby(["customer", "item"], sort=True).agg(
         merged=("merged_quantity", "sum"), weight=("weight", "sum")
     )
-    pairs["best_source"] = per_source.groupby(level=["customer_id", "item"]).max()
+    pairs["best_source"] = per_source.groupby(level=["customer", "item"]).max()
     epsilon = 1e-9  # quantities may be fractional; sums of them are not exact
     held = pairs[(pairs["merged"] > epsilon) | (pairs["best_source"] > epsilon)]
     held = held.assign(quantity=np.maximum(held["merged"], held["best_source"]))
@@ -132,10 +134,11 @@ def _customer_totals(
     known = rows >= 0
     amount = (personal["quantity"] * personal["unit_price"].fillna(0.0)).to_numpy()
     spend = np.bincount(rows[known], amount[known], len(customers))
-    bought = personal[known & (personal["outcome"] == "used").to_numpy()]
-    orders = bought.groupby("customer_id")["order_id"].nunique()
-    order_counts = np.zeros(len(customers), dtype=np.int32)
-    order_counts[customers.get_indexer(orders.index)] = orders.to_numpy()
+    bought = known & (personal["outcome"] == "used").to_numpy()
+    orders = pd.DataFrame(
+        {"row": rows[bought], "order": personal["order"].to_numpy()[bought]}
+    ).drop_duplicates()
+    order_counts = np.bincount(orders["row"], minlength=len(customers)).astype(np.int32)
     return spend.astype(np.float64), order_counts
 
 
@@ -186,14 +189,15 @@ def _catalog(
     sales: pd.DataFrame, item_index: pd.Index
 ) -> tuple[NDArray[np.str_], NDArray[np.float64]]:
     """Title: the item's most frequent non-empty description. Price: its latest positive price."""
-    described = sales[sales["description"] != ""]
+    described = sales.loc[sales["description"] != "", ["item_id", "description"]]
     counts = described.groupby(["item_id", "description"], sort=True).size().reset_index(name="n")
     best = counts.sort_values(["item_id", "n"], ascending=[True, False], kind="stable")
     best = best.drop_duplicates("item_id")
     titles = pd.Series(item_index.to_numpy(), index=item_index, dtype=object)
     titles.loc[best["item_id"].to_numpy()] = best["description"].to_numpy()
 
-    priced = sales[sales["unit_price"] > 0].sort_values("timestamp", kind="stable")
+    priced = sales.loc[sales["unit_price"] > 0, ["item_id", "unit_price", "timestamp"]]
+    priced = priced.sort_values("timestamp", kind="stable")
     latest = priced.drop_duplicates("item_id", keep="last")
     prices = pd.Series(np.nan, index=item_index)
     prices.loc[latest["item_id"].to_numpy()] = latest["unit_price"].to_numpy()

@@ -47,7 +47,7 @@ from recsvc.identity import (
     normalise_email,
     normalise_phone,
 )
-from training.config import IdentityConfig, ItemRules
+from training.config import IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (
     ItemCrosswalk,
     load_customer_crosswalk,
@@ -85,7 +85,7 @@ MAX_QUANTITY = 1e6
 MAX_UNIT_PRICE = 1e7
 FUTURE_TOLERANCE = pd.Timedelta(days=1)  # clocks and time zones, not orders from the future
 UNDECIDED = -1
-DEDUP_KEY = ["order_id", "item_id", "quantity", "timestamp"]
+DEDUP_KEY = ["order", "item_id", "quantity", "timestamp"]
 EVENT_COLUMNS = [
     "source",
     "trust",
@@ -94,10 +94,32 @@ EVENT_COLUMNS = [
     "quantity",
     "unit_price",
     "timestamp",
-    "order_id",
+    "order",
     "description",
     "country",
     "outcome",
+]
+LINK_COLUMNS = [
+    "source_position",
+    "raw_customer_id",
+    "id_alias",
+    "email_alias",
+    "phone_alias",
+    "invalid_email",
+    "invalid_phone",
+]
+# Each text column is dictionary-encoded as its source is parsed: from there on the merge
+# works on integer codes into one sorted vocabulary per column (linking, duplicates,
+# erasures), and each distinct string is held once.
+TEXT_COLUMNS = [
+    "raw_customer_id",
+    "id_alias",
+    "email_alias",
+    "phone_alias",
+    "item_id",
+    "order",
+    "description",
+    "country",
 ]
 
 
@@ -106,8 +128,11 @@ class MergedHistory:
     """The merge's result.
 
     ``events``: the rows that carry information, typed, with ``outcome`` used, duplicate,
-    cancellation or anonymous. Duplicates are kept because they still say what their own
-    source lists as held; they never count twice towards weights, spend or popularity.
+    cancellation or anonymous. ``customer_id`` ("" for anonymous rows), ``item_id``,
+    ``description`` and ``country`` are categoricals with sorted categories; ``order`` is an
+    integer code, equal for the lines of one order id. Duplicates are kept because they still
+    say what their own source lists as held; they never count twice towards weights, spend or
+    popularity.
     ``quarantine``: malformed rows with their reason and raw values.
     ``accounting``: per source, where its rows went; the parts add up to rows_read.
     """
@@ -123,32 +148,44 @@ class MergedHistory:
 def merge_sources(
     sources: list[SourceRows], items: ItemRules, identity: IdentityConfig | None = None
 ) -> MergedHistory:
+    """Takes ``sources`` over: each is removed from the list once parsed, so that a source's
+    raw text is freed before the next is parsed (at 20 M rows that is gigabytes)."""
     identity = identity or IdentityConfig()
-    crosswalk = load_item_crosswalk(items.crosswalk, {rows.source.name for rows in sources})
-    namespace_of = {rows.source.name: rows.source.customer_namespace for rows in sources}
+    configs = [rows.source for rows in sources]
+    crosswalk = load_item_crosswalk(items.crosswalk, {source.name for source in configs})
+    namespace_of = {source.name: source.customer_namespace for source in configs}
     namespace_of |= {namespace: namespace for namespace in namespace_of.values()}
-    parts = [
-        _parse(rows, position, items, crosswalk, identity.rules, namespace_of)
-        for position, rows in enumerate(sources)
-    ]
-    parsed = pd.concat([frame for frame, _ in parts], ignore_index=True)
-    erased = _erased_rows(parsed, sources, load_erasures(identity.erasures))
+    frames: list[pd.DataFrame] = []
+    texts: list[dict[str, pa.DictionaryArray]] = []
+    quarantines: list[pd.DataFrame] = []
+    for position in range(len(configs)):
+        rows = sources.pop(0)
+        frame, quarantine = _parse(rows, position, items, crosswalk, identity.rules, namespace_of)
+        del rows
+        texts.append({column: _encoded(frame.pop(column)) for column in TEXT_COLUMNS})
+        frames.append(frame)
+        quarantines.append(quarantine)
+    parsed, vocabulary = _concat_parsed(frames, texts)
+    erased = _erased_rows(parsed, vocabulary, configs, load_erasures(identity.erasures))
     outcome = parsed["outcome"].to_numpy(copy=True)
     outcome[erased & (outcome == UNDECIDED)] = ERASED
     parsed["outcome"] = outcome
-    aliases, identity_report = _link(parsed[outcome != ERASED], sources, identity, namespace_of)
+    aliases, identity_report = _link(
+        parsed.loc[outcome != ERASED, LINK_COLUMNS], vocabulary, configs, identity, namespace_of
+    )
     identity_report["erasures"] = {
         "list": None if identity.erasures is None else str(identity.erasures),
         "list_present": identity.erasures is not None and identity.erasures.is_file(),
         "rows_erased": int((outcome == ERASED).sum()),
     }
-    parsed["customer_id"] = _customer_of(parsed, aliases)
+    customers = _customer_of(parsed, vocabulary, aliases)
     outcome = parsed["outcome"].to_numpy(copy=True)
-    _mark_duplicates(parsed, outcome)
-    event_logs = [position for position, rows in enumerate(sources) if rows.source.kind == "events"]
-    _mark_repeated_events(parsed, outcome, event_logs)
+    has_order = parsed["order"].to_numpy() != _blank_code(vocabulary["order"])
+    _mark_duplicates(parsed, outcome, has_order)
+    event_logs = [position for position, source in enumerate(configs) if source.kind == "events"]
+    _mark_repeated_events(parsed, outcome, has_order, event_logs)
     undecided = outcome == UNDECIDED
-    anonymous = undecided & (parsed["customer_id"] == "").to_numpy()
+    anonymous = undecided & (customers.codes == 0)
     outcome[anonymous] = ANONYMOUS
     undecided &= ~anonymous
     cancelled = undecided & parsed["is_cancellation"].to_numpy()
@@ -156,18 +193,23 @@ def merge_sources(
     outcome[undecided & ~cancelled] = USED
     parsed["outcome"] = outcome
 
-    names = [rows.source.name for rows in sources]
-    kept = parsed[np.isin(outcome, (USED, DUPLICATE, CANCELLATION, ANONYMOUS))]
-    kept = kept.reset_index(drop=True)
-    kept["source"] = pd.Categorical.from_codes(
-        kept["source_position"].to_numpy(), categories=pd.Index(names)
+    names = [source.name for source in configs]
+    kept = np.isin(outcome, (USED, DUPLICATE, CANCELLATION, ANONYMOUS))
+    events = parsed.loc[kept, ["trust", "quantity", "unit_price", "timestamp", "order"]]
+    events = events.reset_index(drop=True)
+    events["source"] = pd.Categorical.from_codes(
+        parsed["source_position"].to_numpy()[kept], categories=pd.Index(names)
     )
-    kept["outcome"] = pd.Categorical.from_codes(
-        kept["outcome"].to_numpy(), categories=pd.Index(OUTCOMES)
-    )
+    events["customer_id"] = customers[kept]
+    for column in ("item_id", "description", "country"):
+        events[column] = pd.Categorical.from_codes(
+            parsed[column].to_numpy()[kept],
+            categories=pd.Index(vocabulary[column].to_pylist(), dtype="str"),
+        )
+    events["outcome"] = pd.Categorical.from_codes(outcome[kept], categories=pd.Index(OUTCOMES))
     return MergedHistory(
-        events=kept[EVENT_COLUMNS],
-        quarantine=pd.concat([bad for _, bad in parts], ignore_index=True),
+        events=events[EVENT_COLUMNS],
+        quarantine=pd.concat(quarantines, ignore_index=True),
         accounting=_accounting(parsed, names),
         aliases=aliases,
         identity=identity_report,
@@ -177,7 +219,8 @@ def merge_sources(
 
 def _link(
     parsed: pd.DataFrame,
-    sources: list[SourceRows],
+    vocabulary: dict[str, pa.Array],
+    sources: list[SourceConfig],
     config: IdentityConfig,
     namespace_of: dict[str, str],
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -185,14 +228,21 @@ def _link(
     and ``id:<canonical>`` lookups for the service) and the linking report."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
     columns = ["id_alias", "email_alias", "phone_alias"]
-    records = parsed[columns].drop_duplicates()
-    linked = link(records.itertuples(index=False, name=None), crosswalk, config.links)
+    combinations = parsed[columns].drop_duplicates().to_numpy().T
+    records = zip(
+        *(_strings(vocabulary[c])[codes] for c, codes in zip(columns, combinations, strict=True)),
+        strict=True,
+    )
+    linked = link(records, crosswalk, config.links)
     aliases = dict(linked.customer_of)
+    raw_ids = _strings(vocabulary["raw_customer_id"])
+    id_aliases = _strings(vocabulary["id_alias"])
     source_ids = parsed.loc[
-        parsed["raw_customer_id"] != "", ["source_position", "raw_customer_id", "id_alias"]
+        parsed["raw_customer_id"].to_numpy() != _blank_code(vocabulary["raw_customer_id"]),
+        ["source_position", "raw_customer_id", "id_alias"],
     ].drop_duplicates()
-    for position, raw_id, id_alias in source_ids.itertuples(index=False, name=None):
-        aliases[f"{sources[position].source.name}:{raw_id}"] = linked.customer_of[id_alias]
+    for position, raw, alias in source_ids.itertuples(index=False, name=None):
+        aliases[f"{sources[position].name}:{raw_ids[raw]}"] = linked.customer_of[id_aliases[alias]]
     for canonical in set(linked.customer_of.values()):
         aliases[f"{CANONICAL}:{canonical}"] = canonical
     report = linked.report()
@@ -204,15 +254,18 @@ def _link(
     return aliases, report
 
 
-def _customer_of(parsed: pd.DataFrame, aliases: dict[str, str]) -> pd.Series:
+def _customer_of(
+    parsed: pd.DataFrame, vocabulary: dict[str, pa.Array], aliases: dict[str, str]
+) -> pd.Categorical:
     """A row belongs to the customer of its strongest identifier: id, then email, then phone
-    (they differ only where linking refused a conflict)."""
-    customer = pd.Series("", index=parsed.index, dtype="str")
+    (they differ only where linking refused a conflict); "" (code 0) where it has none."""
+    customers = pd.Index(["", *sorted(set(aliases.values()))], dtype="str")
+    code = np.zeros(len(parsed), dtype=np.int32)
     for column in ("phone_alias", "email_alias", "id_alias"):
-        values = parsed[column]
-        present = values != ""
-        customer[present] = values[present].map(aliases)
-    return customer
+        known = [aliases.get(alias, "") for alias in _strings(vocabulary[column])]
+        customer = customers.get_indexer(pd.Index(known, dtype="str"))[parsed[column].to_numpy()]
+        code = np.where(customer > 0, customer, code)
+    return pd.Categorical.from_codes(code, categories=customers)
 
 
 def _parse(
@@ -313,7 +366,7 @@ def _parse(
             "quantity": quantity,
             "unit_price": price,
             "timestamp": timestamp.to_numpy(),
-            "order_id": order_id,
+            "order": order_id,
             "description": text("description"),
             "country": text("country"),
             "is_cancellation": is_cancellation,
@@ -322,6 +375,55 @@ def _parse(
         }
     )
     return parsed, quarantine
+
+
+def _encoded(values: pd.Series) -> pa.DictionaryArray:
+    strings = pa.array(values, type=pa.large_string())
+    if isinstance(strings, pa.ChunkedArray):  # pandas's Arrow-backed strings may be chunked
+        strings = strings.combine_chunks()
+    encoded = strings.dictionary_encode()
+    return encoded.cast(pa.dictionary(pa.int32(), pa.large_string()))
+
+
+def _concat_parsed(
+    frames: list[pd.DataFrame], texts: list[dict[str, pa.DictionaryArray]]
+) -> tuple[pd.DataFrame, dict[str, pa.Array]]:
+    """One frame, each text column as int32 codes into its sorted vocabulary (returned).
+    Empties ``frames`` and ``texts`` column by column as it goes."""
+    parsed = pd.DataFrame(
+        {
+            column: np.concatenate([frame.pop(column).to_numpy() for frame in frames])
+            for column in list(frames[0].columns)
+        },
+        copy=False,
+    )
+    vocabulary: dict[str, pa.Array] = {}
+    for column in TEXT_COLUMNS:
+        parts = [text.pop(column) for text in texts]
+        merged = pa.concat_arrays([part.dictionary for part in parts]).dictionary_encode()
+        order = pc.array_sort_indices(merged.dictionary).to_numpy()
+        rank = np.empty(len(order), dtype=np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        # Each source's dictionary entry -> its position in the sorted vocabulary.
+        code_of = rank[merged.indices.to_numpy()]
+        starts = np.cumsum([0, *(len(part.dictionary) for part in parts)])
+        parsed[column] = np.concatenate(
+            [
+                code_of[start : start + len(part.dictionary)][part.indices.to_numpy()]
+                for start, part in zip(starts, parts, strict=False)
+            ]
+        )
+        vocabulary[column] = merged.dictionary.take(order)
+    return parsed, vocabulary
+
+
+def _blank_code(values: pa.Array) -> int:
+    """The code of "" in a sorted vocabulary (-1 if absent)."""
+    return 0 if len(values) and values[0].as_py() == "" else -1
+
+
+def _strings(values: pa.Array) -> NDArray[np.object_]:
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def customer_ids(raw: pd.Series) -> pd.Series:
@@ -377,22 +479,31 @@ def load_erasures(path: Path | None) -> set[str]:
 
 
 def _erased_rows(
-    parsed: pd.DataFrame, sources: list[SourceRows], erased: set[str]
+    parsed: pd.DataFrame,
+    vocabulary: dict[str, pa.Array],
+    sources: list[SourceConfig],
+    erased: set[str],
 ) -> NDArray[np.bool_]:
     """Rows carrying any alias of an erased customer."""
     mask = np.zeros(len(parsed), dtype=bool)
     if not erased:
         return mask
-    names = np.array([rows.source.name for rows in sources], dtype=object)
-    source_alias = pd.Series(names[parsed["source_position"].to_numpy()] + ":", index=parsed.index)
-    source_alias = (source_alias + parsed["raw_customer_id"]).where(
-        parsed["raw_customer_id"] != "", ""
-    )
-    for column in (parsed["id_alias"], parsed["email_alias"], parsed["phone_alias"], source_alias):
-        hit = {alias for alias in column.unique() if alias and digest(alias).hex() in erased}
-        if hit:
-            mask |= column.isin(hit).to_numpy()
+
+    def hits(column: str, prefix: str = "") -> NDArray[np.bool_]:
+        values = _strings(vocabulary[column])
+        found = [code for code, v in enumerate(values) if v and _erased(prefix + v, erased)]
+        return np.isin(parsed[column].to_numpy(), found)
+
+    for column in ("id_alias", "email_alias", "phone_alias"):
+        mask |= hits(column)
+    positions = parsed["source_position"].to_numpy()
+    for position, source in enumerate(sources):
+        mask |= (positions == position) & hits("raw_customer_id", f"{source.name}:")
     return mask
+
+
+def _erased(alias: str, erased: set[str]) -> bool:
+    return digest(alias).hex() in erased
 
 
 def _normalised(values: pd.Series, normalise: Callable[[str], str | None]) -> pd.Series:
@@ -431,30 +542,35 @@ def parse_numbers(values: pd.Series) -> NDArray[np.float64]:
         return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
 
 
-def _mark_duplicates(parsed: pd.DataFrame, outcome: NDArray[np.int8]) -> None:
-    candidates = parsed[(outcome == UNDECIDED) & (parsed["order_id"] != "").to_numpy()]
+def _mark_duplicates(
+    parsed: pd.DataFrame, outcome: NDArray[np.int8], has_order: NDArray[np.bool_]
+) -> None:
+    candidates = parsed.loc[(outcome == UNDECIDED) & has_order, ["source_position", *DEDUP_KEY]]
     if candidates["source_position"].nunique() < 2:
         return
-    keys = candidates[["source_position", *DEDUP_KEY]].copy()
     # The n-th copy of a line in one source matches the n-th copy in another source.
-    keys["occurrence"] = keys.groupby(["source_position", *DEDUP_KEY], dropna=False).cumcount()
-    repeated = keys.duplicated(subset=[*DEDUP_KEY, "occurrence"], keep="first")
+    occurrence = candidates.groupby(["source_position", *DEDUP_KEY], dropna=False).cumcount()
+    repeated = candidates.assign(occurrence=occurrence).duplicated(
+        subset=[*DEDUP_KEY, "occurrence"], keep="first"
+    )
     outcome[repeated[repeated].index.to_numpy()] = DUPLICATE
 
 
 def _mark_repeated_events(
-    parsed: pd.DataFrame, outcome: NDArray[np.int8], event_logs: list[int]
+    parsed: pd.DataFrame,
+    outcome: NDArray[np.int8],
+    has_order: NDArray[np.bool_],
+    event_logs: list[int],
 ) -> None:
     """In the service's event log an event id is unique, so a repeat (a log copied twice, a
     replay written again) is a duplicate, whatever its fields say."""
     if not event_logs:
         return
-    candidates = parsed[
-        (outcome == UNDECIDED)
-        & parsed["source_position"].isin(event_logs).to_numpy()
-        & (parsed["order_id"] != "").to_numpy()
+    candidates = parsed.loc[
+        (outcome == UNDECIDED) & parsed["source_position"].isin(event_logs).to_numpy() & has_order,
+        ["source_position", "order"],
     ]
-    repeated = candidates.duplicated(subset=["source_position", "order_id"], keep="first")
+    repeated = candidates.duplicated(keep="first")
     outcome[repeated[repeated].index.to_numpy()] = DUPLICATE
 
 

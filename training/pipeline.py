@@ -42,7 +42,9 @@ class TrainReport:
 def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> TrainReport:
     started = time.perf_counter()
     sources = [read_source(source) for source in config.sources]
-    merged = merge_sources(sources, config.items, config.identity)
+    fingerprint = data_fingerprint(config, sources)
+    received = [events_through(rows) for rows in sources]
+    merged = merge_sources(sources, config.items, config.identity)  # frees the raw rows
     data = build_dataset(
         merged.events,
         config.model.half_life_days,
@@ -57,9 +59,7 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     tier_names = [level["name"] for level in crm.manifest["levels"]]
     content = load_content(config.channels.content, list(taxonomy), tier_names)
     arrays = fit_model(data, config.model, progress, merged.aliases, crm)
-    fingerprint = data_fingerprint(config, sources)
     version = new_version(fingerprint)
-    received = [events_through(rows) for rows in sources]
     sections = {
         # Receipt time of the last reported event learned from; the service only applies
         # events received after it, so none counts twice.
@@ -75,8 +75,9 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
 
 
 def merged_history(config: TrainConfig) -> MergedHistory:
-    sources = [read_source(source) for source in config.sources]
-    return merge_sources(sources, config.items, config.identity)
+    return merge_sources(
+        [read_source(source) for source in config.sources], config.items, config.identity
+    )
 
 
 def fit_model(

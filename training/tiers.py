@@ -107,7 +107,10 @@ def customer_signals(
 ) -> CustomerSignals:
     """Per-customer figures from merged events (used and cancellation rows)."""
     count = len(customers)
-    personal = events[events["outcome"].isin(["used", "cancellation"])]
+    mine = events["outcome"].isin(["used", "cancellation"]).to_numpy()
+    personal = events.loc[
+        mine, ["customer_id", "outcome", "order", "quantity", "unit_price", "timestamp"]
+    ]
     rows = customers.get_indexer(pd.Index(personal["customer_id"]))
     personal = personal.assign(row=rows)[rows >= 0]
     amount = personal["quantity"] * personal["unit_price"].fillna(0.0)
@@ -119,7 +122,7 @@ def customer_signals(
         ).astype(np.float64)
 
     bought = personal[(personal["outcome"] == "used") & personal["timestamp"].notna()]
-    orders = bought.groupby(["row", "order_id"], sort=False)["timestamp"].min().reset_index()
+    orders = bought.groupby(["row", "order"], sort=False)["timestamp"].min().reset_index()
     first = np.zeros(count, dtype=np.int64)
     last = np.zeros(count, dtype=np.int64)
     by_row = orders.groupby("row")["timestamp"]
@@ -227,21 +230,22 @@ def training_triggers(
 
 def _order_totals(events: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
     """One row per (customer, order) in time order: amount, and running spend and orders."""
-    personal = events[
-        events["outcome"].isin(["used", "cancellation"]) & events["timestamp"].notna()
+    personal = events.loc[
+        events["outcome"].isin(["used", "cancellation"]) & events["timestamp"].notna(),
+        ["customer_id", "order", "timestamp", "quantity", "unit_price", "outcome"],
     ]
     rows = customers.get_indexer(pd.Index(personal["customer_id"]))
     lines = pd.DataFrame(
         {
             "row": rows,
-            "order_id": personal["order_id"].to_numpy(),
+            "order": personal["order"].to_numpy(),
             "timestamp": personal["timestamp"].to_numpy(),
             "amount": (personal["quantity"] * personal["unit_price"].fillna(0.0)).to_numpy(),
             "purchase": (personal["outcome"] == "used").to_numpy(),
         }
     )[rows >= 0]
     orders = (
-        lines.groupby(["row", "order_id"], sort=False)
+        lines.groupby(["row", "order"], sort=False)
         .agg(at=("timestamp", "min"), amount=("amount", "sum"), purchase=("purchase", "max"))
         .reset_index()
         .sort_values(["row", "at"], kind="stable", ignore_index=True)
