@@ -101,28 +101,32 @@ def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.D
         & events["item_id"].isin(item_index)
         & (events["customer_id"] != "")
     ]
-    is_duplicate = (personal["outcome"] == "duplicate").to_numpy()
-    lines = pd.DataFrame(
+    customer = personal["customer_id"].cat.codes.to_numpy().astype(np.int64)
+    item = item_index.get_indexer(pd.Index(personal["item_id"]))
+    quantity = personal["quantity"].to_numpy()
+    # One integer per (customer, item); sorted, so the result is in (customer, item) order.
+    pair, pairs = pd.factorize(customer * len(item_index) + item, sort=True)
+    merged = np.bincount(pair, np.where(personal["outcome"] == "duplicate", 0.0, quantity))
+    weights = np.where(personal["outcome"] == "used", weight.loc[personal.index], 0.0)
+    # The most any one source lists (a source with no line for the pair does not count).
+    best_source = np.full(len(pairs), -np.inf)
+    source = personal["source"].cat.codes.to_numpy()
+    for code in np.unique(source):
+        mine = source == code
+        listed = np.bincount(pair[mine], minlength=len(pairs)) > 0
+        total = np.bincount(pair[mine], quantity[mine], minlength=len(pairs))
+        best_source = np.where(listed, np.maximum(best_source, total), best_source)
+    epsilon = 1e-9  # quantities may be fractional; sums of them are not exact
+    held = (merged > epsilon) | (best_source > epsilon)
+    pairs = pairs[held]
+    return pd.DataFrame(
         {
-            "customer": personal["customer_id"].cat.codes.to_numpy(),
-            "item": item_index.get_indexer(pd.Index(personal["item_id"])),
-            "source": personal["source"].cat.codes.to_numpy(),
-            "quantity": personal["quantity"].to_numpy(),
-            "merged_quantity": np.where(is_duplicate, 0.0, personal["quantity"]),
-            "weight": np.where(
-                (personal["outcome"] == "used").to_numpy(), weight.loc[personal.index], 0.0
-            ),
+            "customer": pairs // len(item_index),
+            "item": pairs % len(item_index),
+            "weight": np.bincount(pair, weights, len(held))[held],
+            "quantity": np.maximum(merged, best_source)[held],
         }
     )
-    per_source = lines.groupby(["customer", "item", "source"])["quantity"].sum()
-    pairs = lines.groupby(["customer", "item"], sort=True).agg(
-        merged=("merged_quantity", "sum"), weight=("weight", "sum")
-    )
-    pairs["best_source"] = per_source.groupby(level=["customer", "item"]).max()
-    epsilon = 1e-9  # quantities may be fractional; sums of them are not exact
-    held = pairs[(pairs["merged"] > epsilon) | (pairs["best_source"] > epsilon)]
-    held = held.assign(quantity=np.maximum(held["merged"], held["best_source"]))
-    return held.reset_index()
 
 
 def _customer_totals(

@@ -160,9 +160,11 @@ def merge_sources(
     quarantines: list[pd.DataFrame] = []
     for position in range(len(configs)):
         rows = sources.pop(0)
-        frame, quarantine = _parse(rows, position, items, crosswalk, identity.rules, namespace_of)
+        frame, text, quarantine = _parse(
+            rows, position, items, crosswalk, identity.rules, namespace_of
+        )
         del rows
-        texts.append({column: _encoded(frame.pop(column)) for column in TEXT_COLUMNS})
+        texts.append(text)
         frames.append(frame)
         quarantines.append(quarantine)
     parsed, vocabulary = _concat_parsed(frames, texts)
@@ -268,6 +270,35 @@ def _customer_of(
     return pd.Categorical.from_codes(code, categories=customers)
 
 
+@dataclass(frozen=True)
+class _Text:
+    """A text column as its distinct values and each row's code into them: the string work
+    (stripping, parsing, normalising) is done once per distinct value, then spread to rows."""
+
+    values: pd.Series  # distinct, stripped
+    codes: NDArray[np.int32]
+
+    def per_row(self, per_value: Any) -> NDArray[Any]:
+        return np.asarray(per_value)[self.codes]
+
+    def encoded(self, values: pd.Series | None = None) -> pa.DictionaryArray:
+        """The rows as an Arrow dictionary array of ``values`` (derived from ``self.values``,
+        one per value) or of the text itself."""
+        dictionary = pa.array(self.values if values is None else values, type=pa.large_string())
+        return pa.DictionaryArray.from_arrays(pa.array(self.codes, pa.int32()), dictionary)
+
+
+def _text(raw: pd.DataFrame, field: str) -> _Text:
+    if field not in raw:
+        return _Text(pd.Series([""], dtype="str"), np.zeros(len(raw), dtype=np.int32))
+    strings = pa.array(raw[field], type=pa.large_string())
+    if isinstance(strings, pa.ChunkedArray):  # pandas's Arrow-backed strings may be chunked
+        strings = strings.combine_chunks()
+    encoded = pc.fill_null(strings, "").dictionary_encode()
+    values = pd.Series(encoded.dictionary.to_pandas(), dtype="str").str.strip()
+    return _Text(values, encoded.indices.to_numpy().astype(np.int32, copy=False))
+
+
 def _parse(
     rows: SourceRows,
     position: int,
@@ -275,58 +306,66 @@ def _parse(
     crosswalk: ItemCrosswalk,
     identity_rules: IdentityRules,
     namespace_of: dict[str, str],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Typed rows with a provisional outcome, and the quarantined rows with their raw values."""
+) -> tuple[pd.DataFrame, dict[str, pa.DictionaryArray], pd.DataFrame]:
+    """Typed rows with a provisional outcome, their text columns (see TEXT_COLUMNS), and the
+    quarantined rows with their raw values."""
     raw = rows.frame
     source = rows.source
     count = len(raw)
+    texts: dict[str, _Text] = {}
 
-    def text(field: str) -> pd.Series:
-        if field in raw:
-            return raw[field].str.strip()
-        return pd.Series("", index=raw.index, dtype="str")
+    def text(field: str) -> _Text:
+        if field not in texts:
+            texts[field] = _text(raw, field)
+        return texts[field]
 
-    item_id = text("item_id").str.upper()
+    item = text("item_id")
+    item_ids = item.values.str.upper()
     if crosswalk.catalog_ids:
-        item_id = item_id.map(lambda item: crosswalk.catalog_id(source.name, item))
+        item_ids = item_ids.map(lambda value: crosswalk.catalog_id(source.name, value))
     reason = np.full(count, UNDECIDED, dtype=np.int8)
 
     def flag(mask: Any, why: str) -> None:
         reason[(reason == UNDECIDED) & np.asarray(mask, dtype=bool)] = REASONS.index(why)
 
-    flag(text("malformed") != "", "malformed_row")
-    flag(item_id == "", "missing_item")
-    non_product = item_id.isin(items.non_product_ids).to_numpy(copy=True)
+    malformed = text("malformed")
+    flag(malformed.per_row(malformed.values != ""), "malformed_row")
+    flag(item.per_row(item_ids == ""), "missing_item")
+    non_product_ids = item_ids.isin(items.non_product_ids).to_numpy(copy=True)
     if items.non_product_pattern:
-        non_product |= item_id.str.contains(items.non_product_pattern, regex=True).to_numpy()
-    non_product &= reason == UNDECIDED
+        non_product_ids |= item_ids.str.contains(items.non_product_pattern, regex=True).to_numpy()
+    non_product = item.per_row(non_product_ids) & (reason == UNDECIDED)
 
     if "quantity" in raw:
-        quantity = parse_numbers(text("quantity"))
+        quantities = text("quantity")
+        quantity = quantities.per_row(parse_numbers(quantities.values))
         flag(~np.isfinite(quantity) & ~non_product, "bad_quantity")
         flag((quantity == 0) & ~non_product, "zero_quantity")
         flag((np.abs(quantity) > MAX_QUANTITY) & ~non_product, "quantity_out_of_range")
     else:
         quantity = np.ones(count)
     if "unit_price" in raw:
-        price = parse_numbers(text("unit_price")) * source.currency_rate
+        prices = text("unit_price")
+        price = prices.per_row(parse_numbers(prices.values) * source.currency_rate)
         flag(~np.isfinite(price) & ~non_product, "bad_price")
         flag((price < 0) & ~non_product, "negative_price")
         flag((price > MAX_UNIT_PRICE) & ~non_product, "price_out_of_range")
     else:
         price = np.full(count, np.nan)
     if "timestamp" in raw:
-        timestamp = parse_timestamps(text("timestamp"), source.timestamp_format, source.timezone)
-        flag(timestamp.isna().to_numpy() & ~non_product, "bad_timestamp")
+        stamps = text("timestamp")
+        parsed_stamps = parse_timestamps(stamps.values, source.timestamp_format, source.timezone)
+        timestamp = stamps.per_row(parsed_stamps.to_numpy().astype("datetime64[us]"))
+        flag(np.isnat(timestamp) & ~non_product, "bad_timestamp")
         latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE
-        flag((timestamp > latest).to_numpy() & ~non_product, "future_timestamp")
+        flag((timestamp > latest.to_datetime64()) & ~non_product, "future_timestamp")
     else:
-        timestamp = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+        timestamp = np.full(count, np.datetime64("NaT"), dtype="datetime64[us]")
 
-    order_id = text("order_id")
+    order = text("order_id")
     is_cancellation = quantity < 0
     if "order_id" in raw and source.cancellation_prefix and source.kind != "events":
-        is_cancellation |= order_id.str.startswith(source.cancellation_prefix).to_numpy()
+        is_cancellation |= order.per_row(order.values.str.startswith(source.cancellation_prefix))
     quantity = np.where(is_cancellation, -np.abs(quantity), quantity)
 
     outcome = np.full(count, UNDECIDED, dtype=np.int8)
@@ -344,45 +383,57 @@ def _parse(
             "detail": bad["malformed"].to_numpy() if "malformed" in bad else "",
         }
     )
+    customer = text("customer_id")
     if source.kind == "events":
-        raw_id = pd.Series("", index=raw.index, dtype="str")
-        id_alias, email, phone = _key_aliases(text("customer_id"), identity_rules, namespace_of)
+        ids, emails, phones = _key_aliases(customer.values, identity_rules, namespace_of)
+        blank = _Text(pd.Series([""], dtype="str"), np.zeros(count, dtype=np.int32))
+        identifiers = {
+            "raw_customer_id": blank.encoded(),
+            "id_alias": customer.encoded(ids),
+            "email_alias": customer.encoded(_prefixed(EMAIL, emails)),
+            "phone_alias": customer.encoded(_prefixed(PHONE, phones)),
+        }
+        invalid_email = invalid_phone = np.zeros(count, dtype=bool)
     else:
-        raw_id = customer_ids(text("customer_id"))
-        id_alias = raw_id.where(raw_id == "", source.customer_namespace + ":" + raw_id)
-        email = _normalised(text("email"), lambda value: normalise_email(value, identity_rules))
-        phone = _normalised(text("phone"), lambda value: normalise_phone(value, identity_rules))
+        raw_ids = customer_ids(customer.values)
+        email, phone = text("email"), text("phone")
+        emails = _normalised(email.values, lambda value: normalise_email(value, identity_rules))
+        phones = _normalised(phone.values, lambda value: normalise_phone(value, identity_rules))
+        identifiers = {
+            "raw_customer_id": customer.encoded(raw_ids),
+            "id_alias": customer.encoded(_prefixed(source.customer_namespace, raw_ids)),
+            "email_alias": email.encoded(_prefixed(EMAIL, emails)),
+            "phone_alias": phone.encoded(_prefixed(PHONE, phones)),
+        }
+        invalid_email = email.per_row((emails == "") & (email.values != ""))
+        invalid_phone = phone.per_row((phones == "") & (phone.values != ""))
     parsed = pd.DataFrame(
         {
             "source_position": np.full(count, position, dtype=np.int16),
             "trust": np.full(count, source.trust, dtype=np.float32),
-            "raw_customer_id": raw_id,
-            "id_alias": id_alias,
-            "email_alias": email.where(email == "", f"{EMAIL}:" + email),
-            "phone_alias": phone.where(phone == "", f"{PHONE}:" + phone),
-            "invalid_email": (email == "") & (text("email") != ""),
-            "invalid_phone": (phone == "") & (text("phone") != ""),
-            "item_id": item_id,
+            "invalid_email": invalid_email,
+            "invalid_phone": invalid_phone,
             "quantity": quantity,
             "unit_price": price,
-            "timestamp": timestamp.to_numpy(),
-            "order": order_id,
-            "description": text("description"),
-            "country": text("country"),
+            "timestamp": timestamp,
             "is_cancellation": is_cancellation,
             "outcome": outcome,
             "reason": reason,
         }
     )
-    return parsed, quarantine
+    encoded = {
+        **identifiers,
+        "item_id": item.encoded(item_ids),
+        "order": order.encoded(),
+        "description": text("description").encoded(),
+        "country": text("country").encoded(),
+    }
+    return parsed, encoded, quarantine
 
 
-def _encoded(values: pd.Series) -> pa.DictionaryArray:
-    strings = pa.array(values, type=pa.large_string())
-    if isinstance(strings, pa.ChunkedArray):  # pandas's Arrow-backed strings may be chunked
-        strings = strings.combine_chunks()
-    encoded = strings.dictionary_encode()
-    return encoded.cast(pa.dictionary(pa.int32(), pa.large_string()))
+def _prefixed(kind: str, values: pd.Series) -> pd.Series:
+    """``<kind>:<value>`` aliases; "" stays "" (no identifier)."""
+    return values.where(values == "", f"{kind}:" + values)
 
 
 def _concat_parsed(
@@ -548,12 +599,42 @@ def _mark_duplicates(
     candidates = parsed.loc[(outcome == UNDECIDED) & has_order, ["source_position", *DEDUP_KEY]]
     if candidates["source_position"].nunique() < 2:
         return
-    # The n-th copy of a line in one source matches the n-th copy in another source.
-    occurrence = candidates.groupby(["source_position", *DEDUP_KEY], dropna=False).cumcount()
-    repeated = candidates.assign(occurrence=occurrence).duplicated(
-        subset=[*DEDUP_KEY, "occurrence"], keep="first"
-    )
-    outcome[repeated[repeated].index.to_numpy()] = DUPLICATE
+    line = _line_ids(candidates[DEDUP_KEY])
+    # The n-th copy of a line in one source matches the n-th copy in another source: the
+    # first row (in source order) of each (line, n) is kept, later ones are duplicates.
+    source = candidates["source_position"].to_numpy()
+    occurrence = _occurrence(line * (int(source.max()) + 1) + source)
+    copy = line * (int(occurrence.max()) + 1) + occurrence
+    first = np.unique(copy, return_index=True)[1]
+    repeated = np.ones(len(copy), dtype=bool)
+    repeated[first] = False
+    outcome[candidates.index.to_numpy()[repeated]] = DUPLICATE
+
+
+def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
+    """One integer per distinct row of ``keys`` (missing values equal each other)."""
+    line = np.zeros(len(keys), dtype=np.int64)
+    for column in keys.columns:
+        if column in TEXT_COLUMNS:  # already codes
+            codes = keys[column].to_numpy()
+            count = int(codes.max()) + 1
+        else:
+            codes, uniques = pd.factorize(keys[column], use_na_sentinel=False)
+            count = len(uniques)
+        line = pd.factorize(line * count + codes)[0]
+    return line
+
+
+def _occurrence(group: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Each row's number among the earlier rows of its group: 0, 1, 2, ..."""
+    order = np.argsort(group, kind="stable")
+    ranks = np.arange(len(group))
+    starts = np.ones(len(group), dtype=bool)
+    starts[1:] = group[order][1:] != group[order][:-1]
+    first_of_group = np.maximum.accumulate(np.where(starts, ranks, 0))
+    occurrence = np.empty(len(group), dtype=np.int64)
+    occurrence[order] = ranks - first_of_group
+    return occurrence
 
 
 def _mark_repeated_events(
