@@ -5,8 +5,10 @@
 Starts gunicorn with gunicorn.conf.py (API keys on, as in production) on the bundle, warms
 it up, then alternates maximum-throughput runs of /healthz and of
 /v1/customers/<id>/recommendations over every customer in the bundle (wrk, 8 connections),
-so the machine's noise hits both alike. Prints and writes (--out, JSON) the requests/s of
-each, their ratio, and p50/p99 latency at half the recommendation endpoint's maximum rate.
+so the machine's noise hits both alike. Both runs use the same wrk script and headers, so
+the load generator, which shares the cores, does the same work per request for each.
+Prints and writes (--out, JSON) the requests/s of each, their ratio, and p50/p99 latency at
+half the recommendation endpoint's maximum rate.
 Needs wrk (Debian package wrk).
 """
 
@@ -31,17 +33,24 @@ from benchmarks.local_server import gunicorn  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
 from recsvc.bundle import load_current  # noqa: E402
 
-RECOMMENDATIONS_LUA = """
+# One script drives both endpoints, so each request costs the client (which shares the
+# machine's cores with the server) the same: the ratio compares the server's work only.
+WRK_LUA = """
 local ids = {}
 for line in io.lines(os.getenv("RECSVC_BENCH_IDS")) do ids[#ids + 1] = line end
+local path = os.getenv("RECSVC_BENCH_PATH")
 local i = 0
-local pause = tonumber(os.getenv("RECSVC_BENCH_DELAY_MS") or "0")
 request = function()
   i = i + 1
-  return wrk.format("GET", "/v1/customers/" .. ids[(i % #ids) + 1] .. "/recommendations?n=10")
+  return wrk.format("GET", (path:gsub("{id}", ids[(i % #ids) + 1])))
 end
-delay = function() return pause end
+local pause = tonumber(os.getenv("RECSVC_BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  delay = function() return pause end
+end
 """
+HEALTHZ = "/healthz"
+RECOMMENDATIONS = "/v1/customers/{id}/recommendations?n=10"
 
 
 def main() -> int:
@@ -59,8 +68,8 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="recsvc-bench-"))
     ids = scratch / "ids.txt"
     ids.write_text("\n".join(str(c) for c in bundle.arrays.customer_ids) + "\n")
-    script = scratch / "recommendations.lua"
-    script.write_text(RECOMMENDATIONS_LUA)
+    script = scratch / "requests.lua"
+    script.write_text(WRK_LUA)
     # A limit far above any rate here: the limiter runs on every request but never refuses.
     key, line = mint("bench", ["recs:read"], rate=1_000_000)
     env = {
@@ -73,14 +82,17 @@ def main() -> int:
     if args.workers:
         env["RECSVC_WORKERS"] = str(args.workers)
     with gunicorn(env) as base:
-        header = ["-H", f"X-API-Key: {key}"]
+
+        def run(path: str, duration: int, delay_ms: float = 0.0) -> dict[str, float]:
+            run_env = {**env, "RECSVC_BENCH_PATH": path, "RECSVC_BENCH_DELAY_MS": str(delay_ms)}
+            target = ["-H", f"X-API-Key: {key}", "-s", str(script), base]
+            return _wrk(target, args.connections, duration, run_env)
 
         def healthz(duration: int) -> dict[str, float]:
-            return _wrk([f"{base}/healthz"], args.connections, duration, env)
+            return run(HEALTHZ, duration)
 
         def recommendations(duration: int, delay_ms: float = 0.0) -> dict[str, float]:
-            run_env = {**env, "RECSVC_BENCH_DELAY_MS": str(delay_ms)}
-            return _wrk([*header, "-s", str(script), base], args.connections, duration, run_env)
+            return run(RECOMMENDATIONS, duration, delay_ms)
 
         recommendations(3)  # warm-up: caches, page cache, allocator
         rounds = []
