@@ -47,7 +47,10 @@ def build_dataset(
     Ownership wins: a missed suggestion costs less than offering what the customer may own.
     ``item_groups`` (catalog item -> group) extends ownership to every item of a held group.
     """
-    sales = events[(events["quantity"] > 0) & events["outcome"].isin(["used", "anonymous"])]
+    sales = events.loc[
+        (events["quantity"] > 0) & events["outcome"].isin(["used", "anonymous"]),
+        ["item_id", "description", "unit_price", "timestamp"],
+    ]
     item_ids = np.sort(sales["item_id"].unique()).astype(str)
     item_index = pd.Index(item_ids)
     as_of = events["timestamp"].max()
@@ -96,10 +99,11 @@ def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.D
     """One row per (customer, item) the customer holds, with its summed decayed weight;
     ``customer`` is the code of ``events["customer_id"]``."""
     # Duplicates are decided before anonymity, so anonymous copies keep that outcome too.
-    personal = events[
+    personal = events.loc[
         events["outcome"].isin(["used", "cancellation", "duplicate"])
         & events["item_id"].isin(item_index)
-        & (events["customer_id"] != "")
+        & (events["customer_id"] != ""),
+        ["customer_id", "item_id", "source", "quantity", "outcome"],
     ]
     customer = personal["customer_id"].cat.codes.to_numpy().astype(np.int64)
     item = item_index.get_indexer(pd.Index(personal["item_id"]))

@@ -58,6 +58,9 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
     tier_names = [level["name"] for level in crm.manifest["levels"]]
     content = load_content(config.channels.content, list(taxonomy), tier_names)
+    contributions = [_source_summary(source, merged.events) for source in config.sources]
+    # The merged rows are not needed past this point; at 20 M rows they hold a gigabyte.
+    merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
     arrays = fit_model(data, config.model, progress, merged.aliases, crm)
     version = new_version(fingerprint)
     sections = {
@@ -67,6 +70,7 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
         "tiers": crm.manifest,
         "catalog": {"categories": list(taxonomy)},
         "channels": config.channels.to_manifest(),
+        "sources": contributions,
     }
     path = publish(
         models_dir, version, fingerprint, config, merged, data, arrays, sections, content
@@ -179,7 +183,6 @@ def publish(
                 {s.name for s in config.sources} | {s.customer_namespace for s in config.sources}
             ),
         },
-        "sources": [_source_summary(source, merged) for source in config.sources],
     }
     with tempfile.TemporaryDirectory() as scratch:
         quarantine_path = Path(scratch) / QUARANTINE_FILE
@@ -190,9 +193,9 @@ def publish(
         return publish_bundle(models_dir, version, arrays, manifest, attachments)
 
 
-def _source_summary(source: SourceConfig, merged: MergedHistory) -> dict[str, Any]:
+def _source_summary(source: SourceConfig, merged_events: pd.DataFrame) -> dict[str, Any]:
     """What a source is and what it contributed (provenance)."""
-    events = merged.events[merged.events["source"] == source.name]
+    events = merged_events[merged_events["source"] == source.name]
     personal = events[events["outcome"].isin(["used", "cancellation"])]
     return {
         "name": source.name,
