@@ -230,15 +230,15 @@ def _link(
     and ``id:<canonical>`` lookups for the service) and the linking report."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
     columns = ["id_alias", "email_alias", "phone_alias"]
+    texts = {column: _strings(vocabulary[column]) for column in columns}
     combinations = parsed[columns].drop_duplicates().to_numpy().T
     records = zip(
-        *(_strings(vocabulary[c])[codes] for c, codes in zip(columns, combinations, strict=True)),
-        strict=True,
+        *(texts[c][codes] for c, codes in zip(columns, combinations, strict=True)), strict=True
     )
     linked = link(records, crosswalk, config.links)
     aliases = dict(linked.customer_of)
     raw_ids = _strings(vocabulary["raw_customer_id"])
-    id_aliases = _strings(vocabulary["id_alias"])
+    id_aliases = texts["id_alias"]
     source_ids = parsed.loc[
         parsed["raw_customer_id"].to_numpy() != _blank_code(vocabulary["raw_customer_id"]),
         ["source_position", "raw_customer_id", "id_alias"],
@@ -287,10 +287,15 @@ class _Text:
         dictionary = pa.array(self.values if values is None else values, type=pa.large_string())
         return pa.DictionaryArray.from_arrays(pa.array(self.codes, pa.int32()), dictionary)
 
+    @staticmethod
+    def blank(count: int) -> _Text:
+        """``count`` rows of ""."""
+        return _Text(pd.Series([""], dtype="str"), np.zeros(count, dtype=np.int32))
+
 
 def _text(raw: pd.DataFrame, field: str) -> _Text:
     if field not in raw:
-        return _Text(pd.Series([""], dtype="str"), np.zeros(len(raw), dtype=np.int32))
+        return _Text.blank(len(raw))
     strings = pa.array(raw[field], type=pa.large_string())
     if isinstance(strings, pa.ChunkedArray):  # pandas's Arrow-backed strings may be chunked
         strings = strings.combine_chunks()
@@ -386,9 +391,8 @@ def _parse(
     customer = text("customer_id")
     if source.kind == "events":
         ids, emails, phones = _key_aliases(customer.values, identity_rules, namespace_of)
-        blank = _Text(pd.Series([""], dtype="str"), np.zeros(count, dtype=np.int32))
         identifiers = {
-            "raw_customer_id": blank.encoded(),
+            "raw_customer_id": _Text.blank(count).encoded(),
             "id_alias": customer.encoded(ids),
             "email_alias": customer.encoded(_prefixed(EMAIL, emails)),
             "phone_alias": customer.encoded(_prefixed(PHONE, phones)),
