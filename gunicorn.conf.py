@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gunicorn.glogging import Logger
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Before anything imports prometheus_client, which reads it once.
@@ -33,7 +35,18 @@ limit_request_line = 8190  # gunicorn's largest; the common 8 KiB URL limit of p
 timeout = 30
 graceful_timeout = 20
 max_requests = 0
-accesslog = None  # recsvc logs each request itself, as JSON without personal data
+
+
+class NoAccessLogger(Logger):
+    """gunicorn's logger without its access log. recsvc logs each request itself, as JSON
+    without personal data; gunicorn would otherwise build every access line's fields (its
+    access log counts as on whenever logconfig_dict is set), only to drop them."""
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
+
+
+logger_class = NoAccessLogger
 logconfig_dict = {
     "formatters": {"json": {"()": "recsvc.logs.JsonFormatter"}},
     "handlers": {
@@ -51,8 +64,6 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["console"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-        # Off: its lines carry the raw path, and paths hold customer keys.
-        "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
     },
 }
 

@@ -78,6 +78,10 @@ def mint(name: str, scopes: Iterable[str], rate: int | None = None) -> tuple[str
 class Authenticator:
     def __init__(self, keys: tuple[ApiKey, ...]) -> None:
         self.keys = keys
+        self._granted = [
+            frozenset(key.scopes).union(*(IMPLIED.get(s, set()) for s in key.scopes))
+            for key in keys
+        ]
 
     def authorise(self, presented: str | None, scope: str) -> ApiKey:
         """The key presented, if it exists and grants ``scope``; else AuthError 401 or 403."""
@@ -85,12 +89,11 @@ class Authenticator:
             raise AuthError(401, "an API key is required (Authorization: Bearer <key>)")
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
-        for key in self.keys:  # every digest is compared, found or not
+        for number, key in enumerate(self.keys):  # every digest is compared, found or not
             if hmac.compare_digest(key.digest, digest):
-                found = key
+                found = number
         if found is None:
             raise AuthError(401, "the API key is not valid")
-        granted = set(found.scopes).union(*(IMPLIED.get(s, set()) for s in found.scopes))
-        if scope not in granted:
+        if scope not in self._granted[found]:
             raise AuthError(403, f"the API key lacks the scope {scope!r}")
-        return found
+        return self.keys[found]

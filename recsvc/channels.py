@@ -81,7 +81,7 @@ def product_card(
         "categories": [name for bit, name in enumerate(categories(model)) if mask >> bit & 1],
         "url": url,
         "image": settings["base_url"] + settings["image_path"].format(item_id=item_id),
-        "score": round(item.score, 6),
+        "score": item.score,
     }
 
 

@@ -19,6 +19,7 @@ metrics describe what customers are served.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -32,13 +33,15 @@ from recsvc.tiers import TierTable
 HELD = 1e-9  # net quantities are sums of decimals; above this the customer holds the item
 
 
-@dataclass(frozen=True)
+# Not frozen: built for every request, and a frozen dataclass's __init__ costs about three
+# times as much.
+@dataclass(slots=True)
 class RankedItem:
     index: int
-    score: float
+    score: float  # rounded to 6 decimals
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ranking:
     """Items best first. ``fallback`` is true when the customer is unknown to the model;
     ``customer_id`` is then None, else the customer's canonical id."""
@@ -154,9 +157,8 @@ class Ranker:
                 listed = listed[: listed.index(-1)]
             elif len(listed) < n:
                 return None  # fewer candidates than asked and the list is not complete
-            scores = self.arrays.candidate_scores[row, : len(listed)].round(6).tolist()
-            ranked = [RankedItem(i, s) for i, s in zip(listed, scores, strict=True)]
-            return Ranking(ranked, fallback=False, customer_id=customer_id)
+            scores = self.arrays.candidate_scores[row, : len(listed)].tolist()
+            return Ranking(ranked(listed, scores), fallback=False, customer_id=customer_id)
         keep = items >= 0
         complete = not keep.all()  # padded: every eligible item is in the list
         if deltas:
@@ -164,9 +166,10 @@ class Ranker:
         chosen = np.flatnonzero(keep)[:n]
         if len(chosen) < n and not complete:
             return None
-        scores = self.arrays.candidate_scores[row]
-        ranked = [RankedItem(int(items[i]), float(scores[i])) for i in chosen]
-        return Ranking(ranked, fallback=False, customer_id=customer_id)
+        scores = self.arrays.candidate_scores[row, chosen].tolist()
+        return Ranking(
+            ranked(items[chosen].tolist(), scores), fallback=False, customer_id=customer_id
+        )
 
     def batch_scores(
         self, rows: NDArray[np.intp], tiers: NDArray[np.intp], policy: bool = True
@@ -276,9 +279,7 @@ class Ranker:
         if exclude is not None and len(exclude):
             keep = ~np.isin(candidates, exclude)
         chosen = np.flatnonzero(keep)[:n]
-        return [
-            RankedItem(int(candidates[i]), float(self.arrays.popular_scores[i])) for i in chosen
-        ]
+        return ranked(candidates[chosen].tolist(), self.arrays.popular_scores[chosen].tolist())
 
 
 def top_n(scores: NDArray[np.floating], n: int, excluded: NDArray[np.int32]) -> list[RankedItem]:
@@ -290,5 +291,16 @@ def top_n(scores: NDArray[np.floating], n: int, excluded: NDArray[np.int32]) -> 
     if k <= 0:
         return []
     candidates = np.argpartition(-scores, k - 1)[:k]
-    order = np.lexsort((candidates, -scores[candidates]))
-    return [RankedItem(int(candidates[i]), float(scores[candidates[i]])) for i in order]
+    best = candidates[np.lexsort((candidates, -scores[candidates]))]
+    return ranked(best.tolist(), scores[best].tolist())
+
+
+def ranked(indices: list[int], scores: list[float]) -> list[RankedItem]:
+    """Ranked items from item indices and their scores, rounded to 6 decimals. Scaled to an
+    integer and back rather than round(score, 6), which converts through decimal digits: the
+    same double (the nearest to a 6-decimal number) at a fraction of the cost. A score that
+    is not finite (a broken bundle) passes unchanged rather than failing the request."""
+    return [
+        RankedItem(i, round(s * 1e6) / 1e6 if -math.inf < s < math.inf else s)
+        for i, s in zip(indices, scores, strict=True)
+    ]

@@ -3,7 +3,8 @@ manifest, applied to spend that keeps growing as events arrive."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,11 @@ class TierTable:
     window_days: float
     levels: list[dict[str, Any]]  # ascending: name, min_spend, perks, premium_boost
     price_affinity: float = 0.0
+    thresholds: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        minimums = tuple(float(level["min_spend"]) for level in self.levels)
+        object.__setattr__(self, "thresholds", minimums)
 
     @classmethod
     def from_manifest(cls, tiers: dict[str, Any] | None) -> TierTable:
@@ -36,11 +42,8 @@ class TierTable:
         )
 
     def index(self, spend: float) -> int:
-        position = 0
-        for number, level in enumerate(self.levels):
-            if spend >= float(level["min_spend"]):
-                position = number
-        return position
+        """The tier of ``spend``: the last level whose min_spend it reaches."""
+        return max(bisect_right(self.thresholds, spend) - 1, 0)
 
     def indices(self, spend: NDArray[np.float64]) -> NDArray[np.intp]:
         return tier_indices(self.levels, spend)
@@ -59,6 +62,6 @@ class TierTable:
             if following is None
             else {
                 "name": following["name"],
-                "gap": round(max(float(following["min_spend"]) - spend, 0.0), 2),
+                "gap": round(max(self.thresholds[position + 1] - spend, 0.0), 2),
             },
         }

@@ -40,6 +40,24 @@ def test_default_n_is_ten(client: FlaskClient, sample_models: Path) -> None:
     assert len(body["items"]) == 10
 
 
+def test_scores_have_at_most_six_decimals(client: FlaskClient, sample_models: Path) -> None:
+    customer = known_customer(sample_models)
+    body = client.get(f"/v1/customers/{customer}/recommendations?n=20").get_json()
+    for item in body["items"]:
+        assert item["score"] == round(item["score"], 6)
+        assert len(repr(item["score"]).partition(".")[2]) <= 6
+
+
+def test_first_value_of_a_repeated_parameter_counts(
+    client: FlaskClient, sample_models: Path
+) -> None:
+    customer = known_customer(sample_models)
+    body = client.get(f"/v1/customers/{customer}/recommendations?n=3&n=5").get_json()
+    assert len(body["items"]) == 3
+    refused = client.get(f"/v1/customers/{customer}/recommendations?n=abc&n=5")
+    assert refused.status_code == 400
+
+
 def test_unknown_customer_gets_popular_fallback(client: FlaskClient, sample_models: Path) -> None:
     bundle = load_current(sample_models)
     response = client.get("/v1/customers/never-seen/recommendations?n=3")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from recsvc.identity import IdentityRules, normalise_email, normalise_phone, request_aliases
+from recsvc.identity import (
+    AliasIndex,
+    IdentityRules,
+    alias_table,
+    digest_halves,
+    normalise_email,
+    normalise_phone,
+    request_aliases,
+)
 from training.identity import LinkRules, canonical_id, link, mask
 
 PLAIN = IdentityRules()
@@ -122,3 +131,33 @@ def test_canonical_ids_never_show_an_address() -> None:
     token = canonical_id(["email:a@x.com", "phone:+441"])
     assert token.startswith("c-") and "@" not in token
     assert mask("phone:+442079460958") == "phone:+44***58"
+
+
+def test_alias_index_finds_every_alias_and_nothing_else() -> None:
+    customer_of = {"id:c1": "c1", "shop:77": "c1", "email:ann@example.com": "c1", "id:c2": "c2"}
+    high, low, rows = alias_table(customer_of, ["c1", "c2"])
+    index = AliasIndex(high, low, rows, PLAIN, ["shop"])
+    assert [index.row(key) for key in ("c1", "shop:77", "email:Ann@Example.com", "c2")] == [
+        0,
+        0,
+        0,
+        1,
+    ]
+    assert index.row("c3") is None
+    assert index.row("shop:78") is None
+
+
+def test_alias_index_tells_digests_apart_by_their_low_half() -> None:
+    # Digests sharing a high half (never seen in practice) lie side by side, sorted by the
+    # low half, which picks the row.
+    high, low = digest_halves("id:a")
+    entries = sorted([(low ^ 1, 7), (low, 8), (low ^ 2, 9)])
+    index = AliasIndex(
+        np.array([high] * 3, dtype=np.uint64),
+        np.array([entry[0] for entry in entries], dtype=np.uint64),
+        np.array([entry[1] for entry in entries], dtype=np.int32),
+        PLAIN,
+        [],
+    )
+    assert index.row("a") == 8
+    assert index.row("b") is None

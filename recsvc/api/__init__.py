@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, current_app
+from flask import Flask
 
 from recsvc.api import (
     channels,
@@ -15,6 +15,7 @@ from recsvc.api import (
     recommendations,
     triggers,
 )
+from recsvc.api.context import extensions
 from recsvc.realtime import Realtime
 from recsvc.registry import ModelRegistry, ServedModel
 
@@ -32,12 +33,12 @@ def init_app(app: Flask) -> None:
 
 
 def registry() -> ModelRegistry:
-    found: ModelRegistry = current_app.extensions["recsvc.registry"]
+    found: ModelRegistry = extensions()["recsvc.registry"]
     return found
 
 
 def realtime() -> Realtime:
-    found: Realtime = current_app.extensions["recsvc.realtime"]
+    found: Realtime = extensions()["recsvc.realtime"]
     return found
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from flask import current_app, request
-from werkzeug.datastructures import Headers
-
+from recsvc.api.context import this_app, this_request
 from recsvc.api.problems import Problem
 from recsvc.auth import Authenticator, AuthError
 from recsvc.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 KEY_NAME = "recsvc.key_name"  # in the WSGI environ: the authenticated key's name, for the log
 
@@ -25,16 +26,18 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @wraps(view)
         def checked(*args: P.args, **kwargs: P.kwargs) -> R:
-            authenticator: Authenticator | None = current_app.extensions["recsvc.auth"]
+            extensions = this_app().extensions
+            authenticator: Authenticator | None = extensions["recsvc.auth"]
             if authenticator is not None:
+                served = this_request()
                 try:
-                    key = authenticator.authorise(presented_key(request.headers), scope)
+                    key = authenticator.authorise(presented_key(served.environ), scope)
                 except AuthError as error:
                     title = "Unauthorized" if error.status == 401 else "Forbidden"
                     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
                     raise Problem(error.status, title, error.detail, headers=headers) from None
-                request.environ[KEY_NAME] = key.name
-                limiter: RateLimiter = current_app.extensions["recsvc.limiter"]
+                served.environ[KEY_NAME] = key.name
+                limiter: RateLimiter = extensions["recsvc.limiter"]
                 wait = limiter.wait(key)
                 if wait:
                     raise Problem(
@@ -51,11 +54,11 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return decorate
 
 
-def presented_key(headers: Headers) -> str | None:
+def presented_key(environ: WSGIEnvironment) -> str | None:
     """The key from ``Authorization: Bearer`` or ``X-API-Key``. Every credential sent must
     be the same key: one that is malformed or differs is refused, never silently ignored."""
-    authorization = headers.get("Authorization")
-    api_key = headers.get("X-API-Key")
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    api_key = environ.get("HTTP_X_API_KEY")
     bearer = None
     if authorization is not None:
         scheme, _, credential = authorization.strip().partition(" ")

@@ -9,14 +9,15 @@ GET /v1/customers/<key>/email-picks?send_id=...&n=4&format=json|html
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from recsvc import api, channels, defaults
 from recsvc.api.access import requires
 from recsvc.api.observability import answered
-from recsvc.api.params import category_arg, int_arg
+from recsvc.api.params import category_arg, int_arg, query_args
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.config import ServiceConfig
 from recsvc.errors import StoreUnavailable
@@ -44,8 +45,9 @@ def anonymous_block(slot: str) -> Response:
 
 
 def _block(model: ServedModel, view: CustomerView, key: str | None, slot: str) -> Response:
-    output = _format()
-    mask = category_arg(model)
+    args = query_args()
+    output = _format(args)
+    mask = category_arg(args, model)
     try:
         block = channels.block(model, view, key, slot, datetime.now(UTC).date(), mask)
     except channels.UnknownSlot:
@@ -70,11 +72,12 @@ def embed() -> Response:
 @blueprint.get("/customers/<key>/email-picks")
 @requires("recs:read")
 def email_picks(key: str) -> Response:
-    send_id = (request.args.get("send_id") or "").strip()
+    args = query_args()
+    send_id = (args.get("send_id") or "").strip()
     if not send_id or len(send_id) > 200:
         raise invalid_parameter("send_id", "required, 1 to 200 characters")
-    n = int_arg("n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
-    output = _format()
+    n = int_arg(args, "n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
+    output = _format(args)
     model = api.served_model()
     realtime = api.realtime()
     view = realtime.view(model, key)
@@ -97,8 +100,8 @@ def email_picks(key: str) -> Response:
     return jsonify({**picks, "degraded": degraded})
 
 
-def _format() -> str:
-    output = request.args.get("format", "json")
+def _format(args: Mapping[str, str]) -> str:
+    output = args.get("format", "json")
     if output not in ("json", "html"):
         raise invalid_parameter("format", f"must be json or html, got {output!r}")
     return output

@@ -11,10 +11,11 @@ import re
 import secrets
 import time
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response
 
 from recsvc import api, metrics
 from recsvc.api.access import KEY_NAME, requires
+from recsvc.api.context import extensions, this_request
 from recsvc.logs import CustomerHasher
 
 access_log = logging.getLogger("recsvc.access")
@@ -31,11 +32,11 @@ ANSWER = "recsvc.answer"  # (fallback, degraded)
 
 def answered(*, fallback: bool = False, degraded: bool = False) -> None:
     """Note what kind of answer this request got, for the metrics and the log line."""
-    request.environ[ANSWER] = (fallback, degraded)
+    this_request().environ[ANSWER] = (fallback, degraded)
 
 
 def _start() -> None:
-    environ = request.environ
+    environ = this_request().environ
     environ[STARTED] = time.perf_counter()
     incoming = environ.get("HTTP_X_REQUEST_ID", "")
     environ[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
@@ -55,7 +56,7 @@ _route_metrics: dict[tuple[str, str, int], _RouteMetrics] = {}
 
 
 def _finish(response: Response) -> Response:
-    served = request._get_current_object()  # type: ignore[attr-defined]
+    served = this_request()
     environ = served.environ
     started = environ.get(STARTED)
     elapsed = time.perf_counter() - started if started is not None else 0.0
@@ -85,7 +86,7 @@ def _finish(response: Response) -> Response:
     }
     customer_key = (served.view_args or {}).get("key")
     if customer_key is not None:
-        hasher: CustomerHasher = current_app.extensions["recsvc.hasher"]
+        hasher: CustomerHasher = extensions()["recsvc.hasher"]
         line["customer"] = hasher(str(customer_key))
     key_name = environ.get(KEY_NAME)
     if key_name is not None:

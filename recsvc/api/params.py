@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
+
 import numpy as np
-from flask import request
 from numpy.typing import NDArray
 
 from recsvc import channels
+from recsvc.api.context import this_request
 from recsvc.api.problems import invalid_parameter
 from recsvc.registry import ServedModel
 
 
-def int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
+def query_args() -> dict[str, str]:
+    """The request's query parameters, the first value of each name (as request.args.get
+    gives). Parsed into a plain dict: werkzeug's MultiDict costs several times as much to
+    build, for repeated names that no parameter here takes."""
+    raw = this_request().environ.get("QUERY_STRING", "")
+    # WSGI hands over the query's bytes as latin-1; unescaped UTF-8 is read as UTF-8.
+    text = raw.encode("latin-1").decode("utf-8", "replace")
+    args: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        args.setdefault(name, value)
+    return args
+
+
+def int_arg(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = args.get(name)
     if raw is None:
         return default
     try:
@@ -24,9 +40,9 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def category_arg(model: ServedModel) -> NDArray[np.bool_] | None:
+def category_arg(args: Mapping[str, str], model: ServedModel) -> NDArray[np.bool_] | None:
     """The ``category`` query parameter as a mask over items, or None when absent."""
-    name = request.args.get("category")
+    name = args.get("category")
     if name is None:
         return None
     try:

@@ -8,7 +8,7 @@ from flask import Blueprint, Flask, Response
 from recsvc import api, defaults
 from recsvc.api.access import requires
 from recsvc.api.observability import answered
-from recsvc.api.params import category_arg, int_arg
+from recsvc.api.params import category_arg, int_arg, query_args
 
 blueprint = Blueprint("recommendations", __name__, url_prefix="/v1/customers")
 
@@ -16,14 +16,16 @@ blueprint = Blueprint("recommendations", __name__, url_prefix="/v1/customers")
 @blueprint.get("/<key>/recommendations")
 @requires("recs:read")
 def recommendations(key: str) -> Response:
-    n = int_arg("n", default=defaults.DEFAULT_N, low=1, high=defaults.MAX_N)
+    args = query_args()
+    n = int_arg(args, "n", default=defaults.DEFAULT_N, low=1, high=defaults.MAX_N)
     model = api.served_model()
     customer = api.realtime().view(model, key)
     tiers = model.ranker.tiers
     tier = tiers.index(customer.window_spend)
-    mask = category_arg(model)
+    mask = category_arg(args, model)
     ranking = model.ranker.recommend_row(customer.row, n, customer.deltas, tier, allowed=mask)
     answered(fallback=ranking.fallback, degraded=customer.degraded)
+    item_ids, titles, prices = model.item_ids, model.titles, model.prices
     body = {
         "customer_id": ranking.customer_id or key,
         "model_version": model.version,
@@ -32,16 +34,16 @@ def recommendations(key: str) -> Response:
         "tier": tiers.describe(customer.window_spend),
         "items": [
             {
-                "item_id": model.item_ids[item.index],
-                "score": round(item.score, 6),
-                "title": model.titles[item.index],
-                "price": model.prices[item.index],
+                "item_id": item_ids[item.index],
+                "score": item.score,
+                "title": titles[item.index],
+                "price": prices[item.index],
             }
             for item in ranking.items
         ],
     }
     # The hot path: serialised here rather than through jsonify's app-context lookups.
-    return Response(orjson.dumps(body), mimetype="application/json")
+    return Response(orjson.dumps(body), content_type="application/json")
 
 
 def init_app(app: Flask) -> None:

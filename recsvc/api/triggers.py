@@ -10,12 +10,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify
 
 from recsvc import api
 from recsvc.api.access import requires
 from recsvc.api.observability import answered
-from recsvc.api.params import int_arg
+from recsvc.api.params import int_arg, query_args
 from recsvc.api.problems import invalid_parameter
 from recsvc.errors import StoreUnavailable
 from recsvc.identity import CANONICAL
@@ -28,10 +28,11 @@ blueprint = Blueprint("triggers", __name__, url_prefix="/v1")
 @blueprint.get("/triggers")
 @requires("recs:read")
 def triggers() -> Response:
-    kinds = _kinds(request.args.get("kind"))
-    since = _since(request.args.get("since"))
-    limit = int_arg("limit", default=100, low=1, high=1000)
-    cursor = int_arg("cursor", default=0, low=0, high=10**9)
+    args = query_args()
+    kinds = _kinds(args.get("kind"))
+    since = _since(args.get("since"))
+    limit = int_arg(args, "limit", default=100, low=1, high=1000)
+    cursor = int_arg(args, "cursor", default=0, low=0, high=10**9)
     model = api.served_model()
     realtime = api.realtime()
     arrays = model.ranker.arrays
