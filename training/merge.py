@@ -618,15 +618,21 @@ def _mark_duplicates(
 def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
     """One integer per distinct row of ``keys`` (missing values equal each other)."""
     line = np.zeros(len(keys), dtype=np.int64)
+    span = 1  # line < span
     for column in keys.columns:
         if column in TEXT_COLUMNS:  # already codes
-            codes = keys[column].to_numpy()
+            codes = keys[column].to_numpy().astype(np.int64)
             count = int(codes.max()) + 1
         else:
             codes, uniques = pd.factorize(keys[column], use_na_sentinel=False)
             count = len(uniques)
-        line = pd.factorize(line * count + codes)[0]
-    return line
+        if span * count >= 2**62:  # the mixed-radix number would overflow: renumber first
+            line = pd.factorize(line)[0]
+            span = int(line.max()) + 1
+        line = line * count + codes
+        span *= count
+    identifiers: NDArray[np.int64] = pd.factorize(line)[0]
+    return identifiers
 
 
 def _occurrence(group: NDArray[np.int64]) -> NDArray[np.int64]:
