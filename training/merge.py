@@ -99,6 +99,7 @@ EVENT_COLUMNS = [
     "country",
     "outcome",
 ]
+IDENTIFIER_COLUMNS = ["raw_customer_id", "id_alias", "email_alias", "phone_alias"]
 LINK_COLUMNS = [
     "source_position",
     "raw_customer_id",
@@ -168,19 +169,27 @@ def merge_sources(
         frames.append(frame)
         quarantines.append(quarantine)
     parsed, vocabulary = _concat_parsed(frames, texts)
-    erased = _erased_rows(parsed, vocabulary, configs, load_erasures(identity.erasures))
+    # The identifier vocabularies as Python strings, made once for erasures, linking and
+    # the customer of each row.
+    identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
+    erased = _erased_rows(parsed, identifiers, configs, load_erasures(identity.erasures))
     outcome = parsed["outcome"].to_numpy(copy=True)
     outcome[erased & (outcome == UNDECIDED)] = ERASED
     parsed["outcome"] = outcome
     aliases, identity_report = _link(
-        parsed.loc[outcome != ERASED, LINK_COLUMNS], vocabulary, configs, identity, namespace_of
+        parsed.loc[outcome != ERASED, LINK_COLUMNS],
+        vocabulary,
+        identifiers,
+        configs,
+        identity,
+        namespace_of,
     )
     identity_report["erasures"] = {
         "list": None if identity.erasures is None else str(identity.erasures),
         "list_present": identity.erasures is not None and identity.erasures.is_file(),
         "rows_erased": int((outcome == ERASED).sum()),
     }
-    customers = _customer_of(parsed, vocabulary, aliases)
+    customers = _customer_of(parsed, identifiers, aliases)
     outcome = parsed["outcome"].to_numpy(copy=True)
     has_order = parsed["order"].to_numpy() != _blank_code(vocabulary["order"])
     _mark_duplicates(parsed, outcome, has_order)
@@ -222,6 +231,7 @@ def merge_sources(
 def _link(
     parsed: pd.DataFrame,
     vocabulary: dict[str, pa.Array],
+    identifiers: dict[str, NDArray[np.object_]],
     sources: list[SourceConfig],
     config: IdentityConfig,
     namespace_of: dict[str, str],
@@ -230,15 +240,14 @@ def _link(
     and ``id:<canonical>`` lookups for the service) and the linking report."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
     columns = ["id_alias", "email_alias", "phone_alias"]
-    texts = {column: _strings(vocabulary[column]) for column in columns}
     combinations = parsed[columns].drop_duplicates().to_numpy().T
     records = zip(
-        *(texts[c][codes] for c, codes in zip(columns, combinations, strict=True)), strict=True
+        *(identifiers[c][codes] for c, codes in zip(columns, combinations, strict=True)),
+        strict=True,
     )
     linked = link(records, crosswalk, config.links)
     aliases = dict(linked.customer_of)
-    raw_ids = _strings(vocabulary["raw_customer_id"])
-    id_aliases = texts["id_alias"]
+    raw_ids, id_aliases = identifiers["raw_customer_id"], identifiers["id_alias"]
     source_ids = parsed.loc[
         parsed["raw_customer_id"].to_numpy() != _blank_code(vocabulary["raw_customer_id"]),
         ["source_position", "raw_customer_id", "id_alias"],
@@ -257,14 +266,14 @@ def _link(
 
 
 def _customer_of(
-    parsed: pd.DataFrame, vocabulary: dict[str, pa.Array], aliases: dict[str, str]
+    parsed: pd.DataFrame, identifiers: dict[str, NDArray[np.object_]], aliases: dict[str, str]
 ) -> pd.Categorical:
     """A row belongs to the customer of its strongest identifier: id, then email, then phone
     (they differ only where linking refused a conflict); "" (code 0) where it has none."""
     customers = pd.Index(["", *sorted(set(aliases.values()))], dtype="str")
     code = np.zeros(len(parsed), dtype=np.int32)
     for column in ("phone_alias", "email_alias", "id_alias"):
-        known = [aliases.get(alias, "") for alias in _strings(vocabulary[column])]
+        known = [aliases.get(alias, "") for alias in identifiers[column]]
         customer = customers.get_indexer(pd.Index(known, dtype="str"))[parsed[column].to_numpy()]
         code = np.where(customer > 0, customer, code)
     return pd.Categorical.from_codes(code, categories=customers)
@@ -535,7 +544,7 @@ def load_erasures(path: Path | None) -> set[str]:
 
 def _erased_rows(
     parsed: pd.DataFrame,
-    vocabulary: dict[str, pa.Array],
+    identifiers: dict[str, NDArray[np.object_]],
     sources: list[SourceConfig],
     erased: set[str],
 ) -> NDArray[np.bool_]:
@@ -545,7 +554,7 @@ def _erased_rows(
         return mask
 
     def hits(column: str, prefix: str = "") -> NDArray[np.bool_]:
-        values = _strings(vocabulary[column])
+        values = identifiers[column]
         found = [code for code, v in enumerate(values) if v and _erased(prefix + v, erased)]
         return np.isin(parsed[column].to_numpy(), found)
 
