@@ -303,14 +303,12 @@ class _Text:
 
 
 def _text(raw: pd.DataFrame, field: str) -> _Text:
+    """A source's text column (categorical, see SourceRows) with its values stripped."""
     if field not in raw:
         return _Text.blank(len(raw))
-    strings = pa.array(raw[field], type=pa.large_string())
-    if isinstance(strings, pa.ChunkedArray):  # pandas's Arrow-backed strings may be chunked
-        strings = strings.combine_chunks()
-    encoded = pc.fill_null(strings, "").dictionary_encode()
-    values = pd.Series(encoded.dictionary.to_pandas(), dtype="str").str.strip()
-    return _Text(values, encoded.indices.to_numpy().astype(np.int32, copy=False))
+    column = raw[field]
+    values = pd.Series(column.cat.categories, dtype="str").str.strip()
+    return _Text(values, column.cat.codes.to_numpy().astype(np.int32))
 
 
 def _parse(

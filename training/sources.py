@@ -14,24 +14,32 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
+from pandas.api.types import union_categoricals
 
 from training.config import SourceConfig
 from training.errors import SourceError
 
+# Text read straight into a dictionary: each distinct value is held once.
+TEXT_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+
 
 @dataclass(frozen=True)
 class SourceRows:
-    """All rows of one source. ``frame`` has one column per mapped field (text, "" when
-    empty), plus ``file`` (index into ``files``) and ``record`` (1-based record number in it;
-    for a malformed CSV row, its line number). A CSV source may add ``malformed``: what is
-    wrong with a row that could not be split into the header's fields ("" for good rows).
-    A database source has one pseudo-file, its table or query."""
+    """All rows of one source. ``frame`` has one column per mapped field, plus ``file``
+    (index into ``files``) and ``record`` (1-based record number in it; for a malformed CSV
+    row, its line number). A CSV source may add ``malformed``: what is wrong with a row that
+    could not be split into the header's fields ("" for good rows). A database source has
+    one pseudo-file, its table or query.
+
+    Text columns (the fields and ``malformed``) are categoricals of strings, "" where empty:
+    a column holds each distinct value once, and the merge works on its codes."""
 
     source: SourceConfig
     files: list[str]
@@ -59,7 +67,21 @@ def read_source(source: SourceConfig) -> SourceRows:
         frame = reader(source, path)
         frame["file"] = index
         frames.append(frame if "record" in frame else _numbered(frame))
-    return SourceRows(source, [str(p) for p in files], pd.concat(frames, ignore_index=True))
+    return SourceRows(source, [str(p) for p in files], _concat(frames))
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Frames with the same columns, one after the other; text columns stay categorical."""
+    if len(frames) == 1:
+        return frames[0]
+    columns: dict[str, Any] = {}
+    for column in frames[0].columns:
+        parts = [frame[column] for frame in frames]
+        if isinstance(parts[0].dtype, pd.CategoricalDtype):
+            columns[column] = union_categoricals(parts)
+        else:
+            columns[column] = np.concatenate([part.to_numpy() for part in parts])
+    return pd.DataFrame(columns)
 
 
 def _numbered(frame: pd.DataFrame) -> pd.DataFrame:
@@ -106,7 +128,7 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
             ),
             convert_options=pa_csv.ConvertOptions(
                 include_columns=columns,
-                column_types={column: pa.string() for column in columns},
+                column_types={column: TEXT_DICTIONARY for column in columns},
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             ),
@@ -133,14 +155,19 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
     if not malformed:
         return frame
     numbers = _line_numbers(path, source.encoding, [row.text for row in malformed])
-    bad = pd.DataFrame({field: "" for field in source.columns}, index=range(len(malformed)))
+    bad = pd.DataFrame({field: _blank_text(len(malformed)) for field in source.columns})
     bad["record"] = numbers
-    bad["malformed"] = [
-        f"line {number}: {row.actual_columns} fields, not {row.expected_columns}: {row.text[:200]}"
-        for number, row in zip(numbers, malformed, strict=True)
-    ]
-    frame["malformed"] = ""
-    return pd.concat([frame, bad], ignore_index=True)
+    bad["malformed"] = _categorical_text(
+        pd.Series(
+            [
+                f"line {number}: {row.actual_columns} fields, not {row.expected_columns}: "
+                f"{row.text[:200]}"
+                for number, row in zip(numbers, malformed, strict=True)
+            ]
+        )
+    )
+    frame["malformed"] = _blank_text(len(frame))
+    return _concat([frame, bad])
 
 
 def _line_numbers(path: Path, encoding: str, texts: list[str]) -> list[int]:
@@ -263,10 +290,23 @@ def _database_label(source: SourceConfig) -> str:
 
 
 def _fields(raw: pd.DataFrame, source: SourceConfig) -> pd.DataFrame:
-    """Columns renamed to canonical fields, as text with "" for missing values."""
+    """Columns renamed to canonical fields, as categorical text with "" for missing values."""
     by_column = {column: field for field, column in source.columns.items()}
-    frame = raw[list(by_column)].rename(columns=by_column)
-    return frame.astype("str").where(frame.notna(), "")
+    return pd.DataFrame({by_column[column]: _categorical_text(raw[column]) for column in by_column})
+
+
+def _blank_text(count: int) -> pd.Series:
+    return pd.Series("", index=range(count), dtype="category")
+
+
+def _categorical_text(values: pd.Series) -> pd.Series:
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype("str").where(values.notna(), "").astype("category")
+    elif values.isna().any():
+        if "" not in values.cat.categories:
+            values = values.cat.add_categories([""])
+        values = values.fillna("")
+    return values
 
 
 def _arrow_text(table: pa.Table, columns: list[str], where: str) -> pd.DataFrame:
@@ -281,7 +321,7 @@ def _arrow_text(table: pa.Table, columns: list[str], where: str) -> pd.DataFrame
                 f"{where}: column {column!r} of type {values.type} is not "
                 "a number, text or timestamp"
             ) from None
-        text[column] = pc.fill_null(as_text, "").to_pandas()
+        text[column] = pc.fill_null(as_text, "").dictionary_encode().to_pandas()
     return pd.DataFrame(text)
 
 
