@@ -607,8 +607,14 @@ def parse_numbers(values: pd.Series) -> NDArray[np.float64]:
 def _mark_duplicates(
     parsed: pd.DataFrame, outcome: NDArray[np.int8], has_order: NDArray[np.bool_]
 ) -> None:
-    candidates = parsed.loc[(outcome == UNDECIDED) & has_order, ["source_position", *DEDUP_KEY]]
-    if candidates["source_position"].nunique() < 2:
+    # A line can only repeat another source's if its order id is in both: numbering the
+    # lines of those orders alone is a fraction of the work.
+    eligible = (outcome == UNDECIDED) & has_order
+    eligible[eligible] = _shared_codes(
+        parsed["order"].to_numpy()[eligible], parsed["source_position"].to_numpy()[eligible]
+    )
+    candidates = parsed.loc[eligible, ["source_position", *DEDUP_KEY]]
+    if candidates.empty:
         return
     line = _line_ids(candidates[DEDUP_KEY])
     # The n-th copy of a line in one source matches the n-th copy in another source: the
@@ -620,6 +626,15 @@ def _mark_duplicates(
     repeated = np.ones(len(copy), dtype=bool)
     repeated[first] = False
     outcome[candidates.index.to_numpy()[repeated]] = DUPLICATE
+
+
+def _shared_codes(codes: NDArray[np.int32], source: NDArray[np.int16]) -> NDArray[np.bool_]:
+    """Rows whose code also occurs in another source."""
+    sources_with = np.zeros(int(codes.max(initial=-1)) + 1, dtype=np.int16)
+    for position in np.unique(source):
+        sources_with += np.bincount(codes[source == position], minlength=len(sources_with)) > 0
+    shared: NDArray[np.bool_] = sources_with[codes] > 1
+    return shared
 
 
 def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
