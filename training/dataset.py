@@ -47,37 +47,51 @@ def build_dataset(
     Ownership wins: a missed suggestion costs less than offering what the customer may own.
     ``item_groups`` (catalog item -> group) extends ownership to every item of a held group.
     """
-    sales = events.loc[
-        (events["quantity"] > 0) & events["outcome"].isin(["used", "anonymous"]),
-        ["item_id", "description", "unit_price", "timestamp"],
-    ]
-    item_ids = np.sort(sales["item_id"].unique()).astype(str)
+    quantity = events["quantity"].to_numpy()
+    timestamps = events["timestamp"].to_numpy()
+    is_sale = (quantity > 0) & outcome_is(events, "used", "anonymous")
+    item_codes = events["item_id"].cat.codes.to_numpy()
+    item_ids = np.sort(events["item_id"].cat.categories[np.unique(item_codes[is_sale])])
+    item_ids = item_ids.astype(str)
     item_index = pd.Index(item_ids)
+    item = positions(events["item_id"], item_index)
     as_of = events["timestamp"].max()
     as_of = None if pd.isna(as_of) else pd.Timestamp(as_of)
-    weight = pd.Series(decay_weights(events["timestamp"], as_of, half_life_days), events.index)
+    weight = decay_weights(timestamps, as_of, half_life_days)
 
-    held = _held(events, item_index, weight * events["trust"].astype(np.float64))
-    known = events["customer_id"].cat.categories
-    customer_ids = np.sort(known[np.unique(held["customer"])].to_numpy()).astype(str)
-    rows = pd.Index(customer_ids).get_indexer(known)[held["customer"].to_numpy()]
-    items = held["item"].to_numpy()
-    shape = (len(customer_ids), len(item_ids))
-    interactions = sp.csr_matrix((held["weight"].to_numpy(dtype=np.float32), (rows, items)), shape)
-    interactions.sort_indices()
-    held_quantity = sp.csr_matrix(
-        (held["quantity"].to_numpy(dtype=np.float32), (rows, items)), shape
+    # Duplicates are decided before anonymity, so anonymous copies keep that outcome too.
+    personal = (
+        outcome_is(events, "used", "cancellation", "duplicate")
+        & (item >= 0)
+        & ~value_is(events["customer_id"], "")
     )
+    held = _held(
+        events["customer_id"].cat.codes.to_numpy()[personal],
+        item[personal],
+        events["source"].cat.codes.to_numpy()[personal],
+        quantity[personal],
+        outcome_is(events, "used")[personal],
+        outcome_is(events, "duplicate")[personal],
+        (weight * events["trust"].to_numpy())[personal],
+        len(item_ids),
+    )
+    known = events["customer_id"].cat.categories
+    customer_ids = np.sort(known[np.unique(held.customer)].to_numpy()).astype(str)
+    rows = pd.Index(customer_ids).get_indexer(known)[held.customer]
+    shape = (len(customer_ids), len(item_ids))
+    interactions = sp.csr_matrix((held.weight.astype(np.float32), (rows, held.item)), shape)
+    interactions.sort_indices()
+    held_quantity = sp.csr_matrix((held.quantity.astype(np.float32), (rows, held.item)), shape)
     held_quantity.sort_indices()
     item_group = _group_codes(item_ids, item_groups or {})
-    owned = _owned(rows, items, item_group, shape)
+    owned = _owned(rows, held.item, item_group, shape)
     spend, orders = _customer_totals(events, pd.Index(customer_ids))
 
-    sold = item_index.get_indexer(pd.Index(sales["item_id"]))
-    popularity = np.bincount(sold, weight.loc[sales.index].to_numpy(), len(item_ids))
-    trend_weight = decay_weights(sales["timestamp"], as_of, trend_half_life_days)
+    sold = item[is_sale]
+    popularity = np.bincount(sold, weight[is_sale], len(item_ids))
+    trend_weight = decay_weights(timestamps[is_sale], as_of, trend_half_life_days)
     trending = np.bincount(sold, trend_weight, len(item_ids))
-    titles, prices = _catalog(sales, item_index)
+    titles, prices = _catalog(events, is_sale, sold, item_index)
     return TrainingData(
         customer_ids=customer_ids,
         item_ids=item_ids,
@@ -95,26 +109,51 @@ def build_dataset(
     )
 
 
-def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.DataFrame:
-    """One row per (customer, item) the customer holds, with its summed decayed weight;
-    ``customer`` is the code of ``events["customer_id"]``."""
-    # Duplicates are decided before anonymity, so anonymous copies keep that outcome too.
-    personal = events.loc[
-        events["outcome"].isin(["used", "cancellation", "duplicate"])
-        & events["item_id"].isin(item_index)
-        & (events["customer_id"] != ""),
-        ["customer_id", "item_id", "source", "quantity", "outcome"],
-    ]
-    customer = personal["customer_id"].cat.codes.to_numpy().astype(np.int64)
-    item = item_index.get_indexer(pd.Index(personal["item_id"]))
-    quantity = personal["quantity"].to_numpy()
-    # One integer per (customer, item); sorted, so the result is in (customer, item) order.
-    pair, pairs = pd.factorize(customer * len(item_index) + item, sort=True)
-    merged = np.bincount(pair, np.where(personal["outcome"] == "duplicate", 0.0, quantity))
-    weights = np.where(personal["outcome"] == "used", weight.loc[personal.index], 0.0)
+def outcome_is(events: pd.DataFrame, *outcomes: str) -> NDArray[np.bool_]:
+    """Rows whose outcome is one of ``outcomes``."""
+    return value_is(events["outcome"], *outcomes)
+
+
+def value_is(column: pd.Series, *values: str) -> NDArray[np.bool_]:
+    """Rows of a categorical column equal to one of ``values``, compared by code."""
+    codes = column.cat.categories.get_indexer(pd.Index(values))
+    return np.isin(column.cat.codes.to_numpy(), codes[codes >= 0])
+
+
+def positions(column: pd.Series, index: pd.Index) -> NDArray[np.intp]:
+    """Each row's position in ``index`` (-1 where absent) for a categorical column, looked
+    up once per category instead of once per row."""
+    lookup = np.append(index.get_indexer(column.cat.categories), -1)  # code -1 is a NaN
+    found: NDArray[np.intp] = lookup[column.cat.codes.to_numpy()]
+    return found
+
+
+@dataclass(frozen=True)
+class _Held:
+    """One entry per (customer, item) the customer holds, in (customer, item) order;
+    ``customer`` is a code of the events' ``customer_id``."""
+
+    customer: NDArray[np.int64]
+    item: NDArray[np.int64]
+    weight: NDArray[np.float64]  # summed decayed weight of the purchases
+    quantity: NDArray[np.float64]
+
+
+def _held(
+    customer: NDArray[np.integer],
+    item: NDArray[np.intp],
+    source: NDArray[np.integer],
+    quantity: NDArray[np.float64],
+    used: NDArray[np.bool_],
+    duplicate: NDArray[np.bool_],
+    weight: NDArray[np.float64],
+    n_items: int,
+) -> _Held:
+    """What each customer holds, from their purchase, cancellation and duplicate lines."""
+    pairs, pair = np.unique(customer.astype(np.int64) * n_items + item, return_inverse=True)
+    merged = np.bincount(pair, np.where(duplicate, 0.0, quantity), len(pairs))
     # The most any one source lists (a source with no line for the pair does not count).
     best_source = np.full(len(pairs), -np.inf)
-    source = personal["source"].cat.codes.to_numpy()
     for code in np.unique(source):
         mine = source == code
         listed = np.bincount(pair[mine], minlength=len(pairs)) > 0
@@ -122,14 +161,11 @@ def _held(events: pd.DataFrame, item_index: pd.Index, weight: pd.Series) -> pd.D
         best_source = np.where(listed, np.maximum(best_source, total), best_source)
     epsilon = 1e-9  # quantities may be fractional; sums of them are not exact
     held = (merged > epsilon) | (best_source > epsilon)
-    pairs = pairs[held]
-    return pd.DataFrame(
-        {
-            "customer": pairs // len(item_index),
-            "item": pairs % len(item_index),
-            "weight": np.bincount(pair, weights, len(held))[held],
-            "quantity": np.maximum(merged, best_source)[held],
-        }
+    return _Held(
+        customer=pairs[held] // n_items,
+        item=pairs[held] % n_items,
+        weight=np.bincount(pair, np.where(used, weight, 0.0), len(pairs))[held].astype(np.float64),
+        quantity=np.maximum(merged, best_source)[held],
     )
 
 
@@ -137,16 +173,16 @@ def _customer_totals(
     events: pd.DataFrame, customers: pd.Index
 ) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
     """Spend (purchases minus cancellations; unknown prices count 0) and distinct orders."""
-    personal = events[events["outcome"].isin(["used", "cancellation"])]
-    rows = customers.get_indexer(pd.Index(personal["customer_id"]))
-    known = rows >= 0
-    amount = (personal["quantity"] * personal["unit_price"].fillna(0.0)).to_numpy()
+    rows = positions(events["customer_id"], customers)
+    known = (rows >= 0) & outcome_is(events, "used", "cancellation")
+    price = events["unit_price"].to_numpy()
+    amount = events["quantity"].to_numpy() * np.where(np.isnan(price), 0.0, price)
     spend = np.bincount(rows[known], amount[known], len(customers))
-    bought = known & (personal["outcome"] == "used").to_numpy()
-    orders = pd.DataFrame(
-        {"row": rows[bought], "order": personal["order"].to_numpy()[bought]}
-    ).drop_duplicates()
-    order_counts = np.bincount(orders["row"], minlength=len(customers)).astype(np.int32)
+    bought = known & outcome_is(events, "used")
+    orders = events["order"].to_numpy()
+    span = int(orders.max(initial=0)) + 1
+    row_orders = np.unique(rows[bought].astype(np.int64) * span + orders[bought])
+    order_counts = np.bincount(row_orders // span, minlength=len(customers)).astype(np.int32)
     return spend.astype(np.float64), order_counts
 
 
@@ -183,30 +219,51 @@ def _owned(
 
 
 def decay_weights(
-    timestamps: pd.Series, as_of: pd.Timestamp | None, half_life_days: float
+    timestamps: NDArray[np.datetime64], as_of: pd.Timestamp | None, half_life_days: float
 ) -> NDArray[np.float64]:
     """0.5 ** (age / half-life); rows without a timestamp weigh 1."""
     if as_of is None:
         return np.ones(len(timestamps))
-    age_days = (as_of - timestamps).dt.total_seconds().to_numpy() / 86400.0
+    age = as_of.to_datetime64().astype("datetime64[us]") - timestamps.astype("datetime64[us]")
+    age_days = age.astype(np.int64) / 1e6 / 86400.0  # as pandas's total_seconds, then days
     weights = np.power(0.5, np.clip(age_days, 0.0, None) / half_life_days)
-    return np.where(np.isnan(weights), 1.0, weights)
+    return np.where(np.isnat(age), 1.0, weights)
 
 
 def _catalog(
-    sales: pd.DataFrame, item_index: pd.Index
+    events: pd.DataFrame, is_sale: NDArray[np.bool_], sold: NDArray[np.intp], item_index: pd.Index
 ) -> tuple[NDArray[np.str_], NDArray[np.float64]]:
-    """Title: the item's most frequent non-empty description. Price: its latest positive price."""
-    described = sales.loc[sales["description"] != "", ["item_id", "description"]]
-    counts = described.groupby(["item_id", "description"], sort=True).size().reset_index(name="n")
-    best = counts.sort_values(["item_id", "n"], ascending=[True, False], kind="stable")
-    best = best.drop_duplicates("item_id")
-    titles = pd.Series(item_index.to_numpy(), index=item_index, dtype=object)
-    titles.loc[best["item_id"].to_numpy()] = best["description"].to_numpy()
+    """From the sales (rows ``is_sale``, of items ``sold``): the title, each item's most
+    frequent non-empty description (ties: the first in sort order); the price, its latest
+    positive unit price."""
+    descriptions = events["description"]
+    description = descriptions.cat.codes.to_numpy()[is_sale].astype(np.int64)
+    described = ~value_is(descriptions, "")[is_sale]
+    span = len(descriptions.cat.categories) + 1
+    lines, counts = np.unique(sold[described] * span + description[described], return_counts=True)
+    item, description = lines // span, lines % span
+    best = np.lexsort((description, -counts, item))  # per item: most frequent, then first
+    first = best[_run_starts(item[best])]
+    titles = item_index.to_numpy(dtype=object)
+    titles[item[first]] = descriptions.cat.categories.to_numpy()[description[first]]
 
-    priced = sales.loc[sales["unit_price"] > 0, ["item_id", "unit_price", "timestamp"]]
-    priced = priced.sort_values("timestamp", kind="stable")
-    latest = priced.drop_duplicates("item_id", keep="last")
-    prices = pd.Series(np.nan, index=item_index)
-    prices.loc[latest["item_id"].to_numpy()] = latest["unit_price"].to_numpy()
-    return titles.to_numpy().astype(np.str_), prices.to_numpy().astype(np.float64)
+    price = events["unit_price"].to_numpy()[is_sale]
+    timestamp = events["timestamp"].to_numpy()[is_sale]
+    priced = np.flatnonzero(price > 0)
+    # The latest line: by timestamp (none counts as latest), then the last read.
+    when = timestamp[priced].view(np.int64)
+    when = np.where(np.isnat(timestamp[priced]), np.iinfo(np.int64).max, when)
+    latest = np.full(len(item_index), np.iinfo(np.int64).min)
+    np.maximum.at(latest, sold[priced], when)
+    at_latest = priced[when == latest[sold[priced]]]
+    line = np.full(len(item_index), -1)
+    np.maximum.at(line, sold[at_latest], at_latest)
+    prices = np.where(line >= 0, price[line], np.nan)
+    return titles.astype(np.str_), prices
+
+
+def _run_starts(values: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Where each run of equal values begins."""
+    starts = np.ones(len(values), dtype=bool)
+    starts[1:] = values[1:] != values[:-1]
+    return starts
