@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,7 @@ class Ranker:
         self._boosts = np.array(
             [float(level.get("premium_boost", 0.0)) for level in self.tiers.levels]
         )
+        self._premium_items = np.flatnonzero(arrays.item_premium)
         self.trained_tier = self.tiers.indices(arrays.window_spend)
         # Items reserved for higher tiers, per tier (usually none), listed once.
         self._hidden_items = [
@@ -190,7 +192,7 @@ class Ranker:
             return scores
         boosts = self._boosts[tiers]
         if boosts.any():
-            scores += (boosts[:, None] * arrays.item_premium).astype(np.float32)
+            scores[:, self._premium_items] += boosts[:, None].astype(np.float32)
         low, high = arrays.price_low[rows], arrays.price_high[rows]
         banded = np.isfinite(low) & (low > 0)
         if self.tiers.price_affinity and banded.any():
@@ -200,47 +202,59 @@ class Ranker:
                 lower = np.where(banded, np.log(low), -np.inf).astype(np.float32)[:, None]
                 upper = np.where(banded, np.log(high), np.inf).astype(np.float32)[:, None]
             prices = self._log_prices
-            outside = np.abs(prices - np.clip(prices, lower, upper))
+            outside = np.clip(prices, lower, upper)
+            np.subtract(prices, outside, out=outside)
+            np.abs(outside, out=outside)
             outside *= self._price_weight
             scores -= outside
         return scores
 
     def candidate_lists(
-        self, k: int, batch: int = 512
+        self, k: int, batch: int = 512, threads: int = 1
     ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         """Every customer's top ``k`` items under their tier's policy, best first, padded
-        with -1 when fewer items are eligible (the bundle's fast path)."""
+        with -1 when fewer items are eligible (the bundle's fast path). Batches of ``batch``
+        customers are ranked on ``threads`` threads (numpy releases the GIL)."""
         count, n_items = len(self.arrays.customer_ids), len(self.arrays.item_ids)
         k = min(k, n_items)
         items = np.full((count, k), -1, dtype=np.int32)
         scores = np.full((count, k), -np.inf, dtype=np.float32)
         if k == 0:
             return items, scores
-        for start in range(0, count, batch):
+
+        def rank(start: int) -> None:
             rows = np.arange(start, min(start + batch, count))
-            block = self.batch_scores(rows, self.trained_tier[rows])
-            if self._grouped.any():  # editions: each customer's owned set needs expanding
-                for offset, row in enumerate(rows):
-                    block[offset, self.excluded(int(row), {})] = -np.inf
-            else:
-                indptr = self.arrays.owned_indptr
-                counts = indptr[rows + 1] - indptr[rows]
-                owned = self.arrays.owned_indices[indptr[rows[0]] : indptr[rows[-1] + 1]]
-                block[np.repeat(np.arange(len(rows)), counts), owned] = -np.inf
-            tiers = self.trained_tier[rows]
-            for tier in np.unique(tiers):
-                hidden = self._hidden_items[tier]
-                if len(hidden):
-                    block[np.ix_(np.flatnonzero(tiers == tier), hidden)] = -np.inf
-            top = np.argpartition(block, n_items - k, axis=1)[:, n_items - k :]
-            top_scores = np.take_along_axis(block, top, axis=1)
-            order = np.lexsort((top, -top_scores), axis=1)
-            top = np.take_along_axis(top, order, axis=1)
-            top_scores = np.take_along_axis(top_scores, order, axis=1)
-            valid = np.isfinite(top_scores)
-            items[rows] = np.where(valid, top, -1)
-            scores[rows] = np.where(valid, top_scores, -np.inf)
+            items[rows], scores[rows] = self._top(rows, k)
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(rank, range(0, count, batch)))
         return items, scores
+
+    def _top(self, rows: NDArray[np.intp], k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+        """The top ``k`` eligible items of each of ``rows`` and their scores (-1 and -inf
+        past the last eligible item)."""
+        n_items = len(self.arrays.item_ids)
+        block = self.batch_scores(rows, self.trained_tier[rows])
+        if self._grouped.any():  # editions: each customer's owned set needs expanding
+            for offset, row in enumerate(rows):
+                block[offset, self.excluded(int(row), {})] = -np.inf
+        else:
+            indptr = self.arrays.owned_indptr
+            counts = indptr[rows + 1] - indptr[rows]
+            owned = self.arrays.owned_indices[indptr[rows[0]] : indptr[rows[-1] + 1]]
+            block[np.repeat(np.arange(len(rows)), counts), owned] = -np.inf
+        tiers = self.trained_tier[rows]
+        for tier in np.unique(tiers):
+            hidden = self._hidden_items[tier]
+            if len(hidden):
+                block[np.ix_(np.flatnonzero(tiers == tier), hidden)] = -np.inf
+        top = np.argpartition(block, n_items - k, axis=1)[:, n_items - k :]
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        valid = np.isfinite(top_scores)
+        return np.where(valid, top, -1), np.where(valid, top_scores, -np.inf)
 
     def excluded(self, row: int | None, deltas: Mapping[int, float]) -> NDArray[np.int32]:
         """Items never to show: what the customer holds after ``deltas``, and its editions."""

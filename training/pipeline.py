@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 from recsvc.bundle import CONTENT_FILE, BundleArrays, new_version, publish_bundle, sha256_file
 from recsvc.identity import CANONICAL, alias_table
@@ -99,7 +101,12 @@ def fit_model(
     if crm is None or params.candidates == 0:
         return arrays
     ranker = Ranker(arrays, tiers=TierTable.from_manifest(crm.manifest))
-    items, scores = ranker.candidate_lists(params.candidates)
+    # A thread per core, each with one BLAS thread: faster than one multi-threaded product,
+    # and the lists come out the same whatever the machine's core count.
+    with threadpool_limits(limits=1, user_api="blas"):
+        items, scores = ranker.candidate_lists(
+            params.candidates, threads=len(os.sched_getaffinity(0))
+        )
     return dataclasses.replace(arrays, candidate_items=items, candidate_scores=scores)
 
 
