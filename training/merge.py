@@ -240,18 +240,19 @@ def _link(
     and ``id:<canonical>`` lookups for the service) and the linking report."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
     columns = ["id_alias", "email_alias", "phone_alias"]
-    combinations = parsed[columns].drop_duplicates().to_numpy().T
+    combinations = _first_of_each(parsed[columns])
     records = zip(
-        *(identifiers[c][codes] for c, codes in zip(columns, combinations, strict=True)),
+        *(identifiers[column][parsed[column].to_numpy()[combinations]] for column in columns),
         strict=True,
     )
     linked = link(records, crosswalk, config.links)
     aliases = dict(linked.customer_of)
     raw_ids, id_aliases = identifiers["raw_customer_id"], identifiers["id_alias"]
-    source_ids = parsed.loc[
+    with_id = parsed.loc[
         parsed["raw_customer_id"].to_numpy() != _blank_code(vocabulary["raw_customer_id"]),
         ["source_position", "raw_customer_id", "id_alias"],
-    ].drop_duplicates()
+    ]
+    source_ids = with_id.iloc[_first_of_each(with_id)]
     for position, raw, alias in source_ids.itertuples(index=False, name=None):
         aliases[f"{sources[position].name}:{raw_ids[raw]}"] = linked.customer_of[id_aliases[alias]]
     for canonical in set(linked.customer_of.values()):
@@ -638,7 +639,8 @@ def _shared_codes(codes: NDArray[np.int32], source: NDArray[np.int16]) -> NDArra
 
 
 def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
-    """One integer per distinct row of ``keys`` (missing values equal each other)."""
+    """One integer per distinct row of ``keys`` (missing values equal each other), numbered
+    0, 1, 2, ... in order of first appearance."""
     line = np.zeros(len(keys), dtype=np.int64)
     span = 1  # line < span
     for column in keys.columns:
@@ -655,6 +657,15 @@ def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
         span *= count
     identifiers: NDArray[np.int64] = pd.factorize(line)[0]
     return identifiers
+
+
+def _first_of_each(keys: pd.DataFrame) -> NDArray[np.int64]:
+    """The position of the first row of each distinct row of ``keys``, ascending (what
+    drop_duplicates keeps, without comparing every column of every row)."""
+    line = _line_ids(keys)  # numbered in order of first appearance
+    first = np.full(int(line.max(initial=-1)) + 1, len(line), dtype=np.int64)
+    np.minimum.at(first, line, np.arange(len(line)))
+    return first
 
 
 def _occurrence(group: NDArray[np.int64]) -> NDArray[np.int64]:

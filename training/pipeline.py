@@ -23,7 +23,7 @@ from recsvc.ranker import Ranker
 from recsvc.tiers import TierTable
 from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
-from training.dataset import TrainingData, build_dataset
+from training.dataset import TrainingData, build_dataset, outcome_is, value_is
 from training.fit import Factors, fit_als, trend_prior
 from training.merge import MergedHistory, merge_sources
 from training.sources import SourceRows, events_through, read_source
@@ -202,8 +202,11 @@ def publish(
 
 def _source_summary(source: SourceConfig, merged_events: pd.DataFrame) -> dict[str, Any]:
     """What a source is and what it contributed (provenance)."""
-    events = merged_events[merged_events["source"] == source.name]
-    personal = events[events["outcome"].isin(["used", "cancellation"])]
+    mine = value_is(merged_events["source"], source.name)
+    used = outcome_is(merged_events, "used")[mine]
+    personal = outcome_is(merged_events, "used", "cancellation")[mine]
+    customers = merged_events["customer_id"].cat.codes.to_numpy()[mine][personal]
+    items = merged_events["item_id"].cat.codes.to_numpy()[mine]
     return {
         "name": source.name,
         "kind": source.kind,
@@ -213,9 +216,9 @@ def _source_summary(source: SourceConfig, merged_events: pd.DataFrame) -> dict[s
         "currency_rate": source.currency_rate,
         "timezone": source.timezone,
         "contribution": {
-            "purchases": int((events["outcome"] == "used").sum()),
-            "customers": int(personal["customer_id"].nunique()),
-            "items": int(events["item_id"].nunique()),
+            "purchases": int(used.sum()),
+            "customers": len(np.unique(customers)),
+            "items": len(np.unique(items)),
         },
     }
 
