@@ -646,7 +646,7 @@ def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
     for column in keys.columns:
         if column in TEXT_COLUMNS:  # already codes
             codes = keys[column].to_numpy().astype(np.int64)
-            count = int(codes.max()) + 1
+            count = int(codes.max(initial=-1)) + 1
         else:
             codes, uniques = pd.factorize(keys[column], use_na_sentinel=False)
             count = len(uniques)
