@@ -3,6 +3,7 @@ rows with a reason; nothing crashes and nothing is dropped without being counted
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -70,6 +71,19 @@ def test_the_wrong_encoding_is_a_clear_error(tmp_path: Path) -> None:
         merge(tmp_path, latin1)
     merged = merge(tmp_path, latin1, encoding="latin-1")  # declared: read as such
     assert "CAFÉ SET" in set(merged.events["description"])
+
+
+def test_gzip_exports_are_read_and_a_truncated_one_is_a_clear_error(tmp_path: Path) -> None:
+    rows = [GOOD.replace("536365", str(600000 + n)) for n in range(5000)]
+    compressed = gzip.compress(lines(*rows).encode())
+    (tmp_path / "shop.csv.gz").write_bytes(compressed)
+    config = load_config(write_config(tmp_path, source_toml("shop", "shop.csv.gz", SHOP_COLUMNS)))
+    merged = merge_sources([read_source(s) for s in config.sources], config.items)
+    assert merged.accounting["shop"]["used"] == 5000
+    # Cut inside the compressed rows: the header still reads, the rest cannot.
+    (tmp_path / "shop.csv.gz").write_bytes(compressed[:-20])
+    with pytest.raises(SourceError, match=r"shop\.csv\.gz: cannot read \(.*ended before"):
+        read_source(config.sources[0])
 
 
 def test_missing_columns_and_empty_files_are_clear_errors(tmp_path: Path) -> None:

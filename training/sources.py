@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
+from isal import igzip
 from pandas.api.types import union_categoricals
 
 from training.config import SourceConfig
@@ -105,7 +108,14 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
         raise SourceError(f"{where}: the file is empty (not even a header line)")
     try:
         header = pd.read_csv(path, sep=source.delimiter, nrows=0, encoding=source.encoding)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, ValueError, csv.Error) as error:
+    except (
+        OSError,
+        EOFError,
+        UnicodeDecodeError,
+        pd.errors.ParserError,
+        ValueError,
+        csv.Error,
+    ) as error:
         raise SourceError(f"{where}: cannot read header ({error})") from error
     _check_columns(source, [str(column) for column in header.columns], where)
     columns = list(source.columns.values())
@@ -118,22 +128,25 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
     try:
         # pyarrow's reader is several times faster than pandas's; on anything else it rejects
         # (bad encoding, broken quoting), pandas's C reader produces the precise error.
-        table = pa_csv.read_csv(
-            path,
-            read_options=pa_csv.ReadOptions(encoding=source.encoding),
-            parse_options=pa_csv.ParseOptions(
-                delimiter=source.delimiter,
-                newlines_in_values=True,
-                invalid_row_handler=keep_malformed,
-            ),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=columns,
-                column_types={column: TEXT_DICTIONARY for column in columns},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        with _csv_input(path) as csv_input:
+            table = pa_csv.read_csv(
+                csv_input,
+                read_options=pa_csv.ReadOptions(encoding=source.encoding),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=source.delimiter,
+                    newlines_in_values=True,
+                    invalid_row_handler=keep_malformed,
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    include_columns=columns,
+                    column_types={column: TEXT_DICTIONARY for column in columns},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
         raw = table.to_pandas()
+    except (OSError, EOFError) as error:  # unreadable; a corrupt or truncated compressed file
+        raise SourceError(f"{where}: cannot read ({error})") from error
     except (pa.ArrowException, ValueError, UnicodeDecodeError):
         malformed = []
         try:
@@ -168,6 +181,18 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
     )
     frame["malformed"] = _blank_text(len(frame))
     return _concat([frame, bad])
+
+
+@contextmanager
+def _csv_input(path: Path) -> Iterator[Path | BinaryIO]:
+    """What pyarrow reads: gzip decompressed by ISA-L (about twice as fast as the zlib in
+    pyarrow, and decompression is most of the time a compressed export takes to read);
+    anything else the path itself (pyarrow decompresses by extension)."""
+    if path.suffix.lower() != ".gz":
+        yield path
+        return
+    with igzip.open(path, "rb") as stream:  # type: ignore[no-untyped-call]
+        yield stream
 
 
 def _line_numbers(path: Path, encoding: str, texts: list[str]) -> list[int]:
