@@ -37,7 +37,7 @@ def bare(config: TrainConfig) -> float:
     for source in config.sources:
         for path in source.files():
             columns = [source.columns["customer_id"], source.columns["item_id"]]
-            frame = pd.read_csv(path, usecols=columns, dtype=str)
+            frame = pd.read_csv(path, usecols=columns, dtype=str)[columns]  # usecols: file order
             frame.columns = ["customer", "item"]
             frames.append(frame)
     rows = pd.concat(frames, ignore_index=True).dropna()
