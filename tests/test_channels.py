@@ -6,12 +6,14 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
 from recsvc import create_app
 from recsvc.config import ServiceConfig
 from tests.channel_shop import XSS_TITLE, build
+from training.channels import item_categories
 from training.cli import main
 
 
@@ -193,3 +195,35 @@ def test_export_rows_match_the_endpoint(
     with table.open() as handle:
         picks = list(csv.DictReader(handle))
     assert {row["customer_id"] for row in picks} == {"whale"} and len(picks) == 4
+
+
+def test_item_categories_match_whole_words_and_phrases() -> None:
+    taxonomy = {
+        "candles": ["candle", "tealight holder"],
+        "lights": ["t-light", "lamp"],
+        "children": ["children's", "toy"],
+        "vintage": ["50's"],
+    }
+    titles = np.array(
+        [
+            "WHITE CANDLES",  # trailing s
+            "CANDLESTICK",  # a longer word: no
+            "Tealight Holders set",  # a phrase, plural
+            "T-LIGHT HOLDER",
+            "CHILDREN'S TOY BOX",
+            "CRÈME LAMPE",  # "lampe" is another word
+            "50'S DINER SIGN",
+            "TOYSHOP",
+        ]
+    )
+    bits = {name: 1 << bit for bit, name in enumerate(taxonomy)}
+    assert item_categories(titles, taxonomy).tolist() == [
+        bits["candles"],
+        0,
+        bits["candles"],
+        bits["lights"],
+        bits["children"],
+        0,
+        bits["vintage"],
+        0,
+    ]

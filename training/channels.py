@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from training.errors import ConfigError
 
 MAX_CATEGORIES = 63  # one bit each in an int64
+WORD = re.compile(r"\w+")
 CONTENT_KINDS = ("banner", "article", "offer")
 CONTENT_FIELDS = {
     "id",
@@ -64,13 +64,32 @@ def load_taxonomy(path: Path | None) -> dict[str, list[str]]:
 
 
 def item_categories(titles: NDArray[np.str_], taxonomy: dict[str, list[str]]) -> NDArray[np.int64]:
-    """Per item, a bit mask of its categories (bit i = the i-th category of the taxonomy)."""
+    """Per item, a bit mask of its categories (bit i = the i-th category of the taxonomy).
+
+    A keyword matches whole words of the lower-cased title, with or without a trailing "s":
+    the search ``\\b<keyword>s?\\b``. One-word keywords are looked up in an index of the
+    titles' words; a phrase is searched for only in the titles holding its first word."""
+    texts = [title.lower() for title in titles.tolist()]
+    with_word: dict[str, list[int]] = {}
+    for item, text in enumerate(texts):
+        for word in set(WORD.findall(text)):
+            with_word.setdefault(word, []).append(item)
     masks = np.zeros(len(titles), dtype=np.int64)
-    text = pd.Series(titles, dtype="str").str.lower()
     for bit, keywords in enumerate(taxonomy.values()):
-        pattern = r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")s?\b"
-        masks[text.str.contains(pattern, regex=True).to_numpy()] |= np.int64(1) << bit
+        found: set[int] = set()
+        for keyword in keywords:
+            found.update(_titles_with(keyword, texts, with_word))
+        masks[sorted(found)] |= np.int64(1) << bit
     return masks
+
+
+def _titles_with(keyword: str, texts: list[str], with_word: dict[str, list[int]]) -> list[int]:
+    if WORD.fullmatch(keyword):
+        return with_word.get(keyword, []) + with_word.get(keyword + "s", [])
+    pattern = re.compile(rf"\b{re.escape(keyword)}s?\b")
+    first = WORD.match(keyword)  # a whole word of any title the phrase is in
+    candidates = with_word.get(first.group(), []) if first else range(len(texts))
+    return [item for item in candidates if pattern.search(texts[item])]
 
 
 def load_content(
