@@ -177,7 +177,7 @@ def merge_sources(
     outcome[erased & (outcome == UNDECIDED)] = ERASED
     parsed["outcome"] = outcome
     aliases, identity_report = _link(
-        parsed.loc[outcome != ERASED, LINK_COLUMNS],
+        parsed.loc[outcome != ERASED, LINK_COLUMNS] if erased.any() else parsed,
         vocabulary,
         identifiers,
         configs,
@@ -252,7 +252,8 @@ def _link(
         parsed["raw_customer_id"].to_numpy() != _blank_code(vocabulary["raw_customer_id"]),
         ["source_position", "raw_customer_id", "id_alias"],
     ]
-    source_ids = with_id.iloc[_first_of_each(with_id)]
+    # A source's id alias follows from the raw id, so one row per (source, raw id) suffices.
+    source_ids = with_id.iloc[_first_of_each(with_id[["source_position", "raw_customer_id"]])]
     for position, raw, alias in source_ids.itertuples(index=False, name=None):
         aliases[f"{sources[position].name}:{raw_ids[raw]}"] = linked.customer_of[id_aliases[alias]]
     for canonical in set(linked.customer_of.values()):
@@ -660,12 +661,21 @@ def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
 
 
 def _first_of_each(keys: pd.DataFrame) -> NDArray[np.int64]:
-    """The position of the first row of each distinct row of ``keys``, ascending (what
-    drop_duplicates keeps, without comparing every column of every row)."""
-    line = _line_ids(keys)  # numbered in order of first appearance
-    first = np.full(int(line.max(initial=-1)) + 1, len(line), dtype=np.int64)
-    np.minimum.at(first, line, np.arange(len(line)))
-    return first
+    """The position of the first row of each distinct row of ``keys`` (text codes), ascending:
+    what drop_duplicates keeps, without comparing every column of every row."""
+    line = np.zeros(len(keys), dtype=np.int64)
+    span = 1
+    for column in keys.columns:
+        codes = keys[column].to_numpy()
+        count = int(codes.max(initial=-1)) + 1
+        span *= count
+        if span > 4 * len(keys) + 1024:  # too sparse to index directly: number the rows
+            line, span = _line_ids(keys), len(keys)
+            break
+        line = line * count + codes
+    first = np.full(span, len(keys), dtype=np.int64)
+    np.minimum.at(first, line, np.arange(len(keys)))
+    return np.sort(first[first < len(keys)])
 
 
 def _occurrence(group: NDArray[np.int64]) -> NDArray[np.int64]:
