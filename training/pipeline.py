@@ -121,10 +121,15 @@ def served_arrays(
     # A thread per core, each with one BLAS thread: faster than one multi-threaded product,
     # and the lists come out the same whatever the machine's core count.
     with threadpool_limits(limits=1, user_api="blas"):
-        items, scores = ranker.candidate_lists(
-            params.candidates, threads=len(os.sched_getaffinity(0))
-        )
+        items, scores = ranker.candidate_lists(params.candidates, threads=_usable_cores())
     return dataclasses.replace(arrays, candidate_items=items, candidate_scores=scores)
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def bundle_arrays(

@@ -136,8 +136,8 @@ class CustomerLines:
         )
 
     def orders(self) -> tuple[NDArray[np.int64], NDArray[np.intp]]:
-        """Each distinct (customer, order) as row * span + order, in that order, and each
-        line's position among them; span is one more than the largest order code."""
+        """The customer row of each distinct (customer, order), in (customer, order) order,
+        and the index of each line's order among them."""
         span = int(self.order.max(initial=0)) + 1
         # A hash table over a few distinct keys beats np.unique's sort of every line.
         index, keys = pd.factorize(self.row.astype(np.int64) * span + self.order, sort=True)
