@@ -287,10 +287,11 @@ class _Text:
     (stripping, parsing, normalising) is done once per distinct value, then spread to rows."""
 
     values: pd.Series  # distinct, stripped
-    codes: NDArray[np.int32]
+    codes: NDArray[np.integer[Any]]  # the smallest integer type that holds them
 
     def per_row(self, per_value: Any) -> NDArray[Any]:
-        return np.asarray(per_value)[self.codes]
+        rows: NDArray[Any] = np.asarray(per_value)[self.codes]
+        return rows
 
     def encoded(self, values: pd.Series | None = None) -> pa.DictionaryArray:
         """The rows as an Arrow dictionary array of ``values`` (derived from ``self.values``,
@@ -310,7 +311,7 @@ def _text(raw: pd.DataFrame, field: str) -> _Text:
         return _Text.blank(len(raw))
     column = raw[field]
     values = pd.Series(column.cat.categories, dtype="str").str.strip()
-    return _Text(values, column.cat.codes.to_numpy().astype(np.int32))
+    return _Text(values, column.cat.codes.to_numpy())  # int8, int16 or int32
 
 
 def _parse(
@@ -669,7 +670,7 @@ def _first_of_each(keys: pd.DataFrame) -> NDArray[np.int64]:
         codes = keys[column].to_numpy()
         count = int(codes.max(initial=-1)) + 1
         span *= count
-        if span > 4 * len(keys) + 1024:  # too sparse to index directly: number the rows
+        if span > len(keys) + 1024:  # too sparse to index directly: number the rows
             line, span = _line_ids(keys), len(keys)
             break
         line = line * count + codes

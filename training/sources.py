@@ -144,7 +144,7 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
                     quoted_strings_can_be_null=False,
                 ),
             )
-        raw = table.to_pandas()
+        raw = _categoricals(table)
     except (OSError, EOFError) as error:  # unreadable; a corrupt or truncated compressed file
         raise SourceError(f"{where}: cannot read ({error})") from error
     except (pa.ArrowException, ValueError, UnicodeDecodeError):
@@ -181,6 +181,21 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
     )
     frame["malformed"] = _blank_text(len(frame))
     return _concat([frame, bad])
+
+
+def _categoricals(table: pa.Table) -> pd.DataFrame:
+    """Dictionary-typed columns as pandas categoricals. One concatenation per column (which
+    unifies the chunks' dictionaries) costs about two thirds of Table.to_pandas."""
+    columns: dict[str, pd.Categorical] = {}
+    for name in table.column_names:
+        column = table.column(name)
+        values = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        columns[name] = pd.Categorical.from_codes(
+            values.indices.to_numpy(zero_copy_only=False),
+            categories=pd.Index(values.dictionary.to_numpy(zero_copy_only=False), dtype="str"),
+            validate=False,
+        )
+    return pd.DataFrame(columns)
 
 
 @contextmanager
