@@ -29,7 +29,7 @@ from training.errors import TrainingError
 from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
 from training.merge import MergedHistory
 from training.pipeline import bundle_arrays, fit_model, merged_history
-from training.tiers import Crm, TierConfig, build_crm
+from training.tiers import Crm, CustomerLines, TierConfig, build_crm
 
 # Customers by how many distinct items they owned at the cutoff.
 HISTORY_GROUPS = (("cold", 1, 5), ("light", 6, 30), ("heavy", 31, math.inf))
@@ -164,7 +164,7 @@ def evaluate_merged(
     )
     relevant = relevant_items(data, holdout.test)
     crm = build_crm(
-        holdout.train,
+        CustomerLines.of(holdout.train, data.customer_ids),
         data.customer_ids,
         data.item_ids,
         data.prices,

@@ -28,7 +28,7 @@ from training.dataset import TrainingData, build_dataset, outcome_is, value_is
 from training.fit import Factors, fit_als, trend_prior
 from training.merge import MergedHistory, merge_sources
 from training.sources import SourceRows, events_through, read_source
-from training.tiers import Crm, build_crm, empty_crm
+from training.tiers import Crm, CustomerLines, build_crm, empty_crm
 
 QUARANTINE_FILE = "quarantine.csv"
 MODEL_KIND = "als+trend"
@@ -58,16 +58,18 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     # overlaps it instead of waiting for it: on two cores that is about a tenth of the run.
     with ThreadPoolExecutor(max_workers=1) as fitting:
         factors = fitting.submit(fit_als, data.interactions, config.model, progress)
+        contributions = [_source_summary(source, merged.events) for source in config.sources]
+        lines = CustomerLines.of(merged.events, data.customer_ids)
+        # The merged rows are not needed past this point; at 20 M rows they hold a gigabyte.
+        merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
         crm = build_crm(
-            merged.events, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
+            lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
         )
+        del lines
         taxonomy = load_taxonomy(config.items.taxonomy)
         crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
         tier_names = [level["name"] for level in crm.manifest["levels"]]
         content = load_content(config.channels.content, list(taxonomy), tier_names)
-        contributions = [_source_summary(source, merged.events) for source in config.sources]
-        # The merged rows are not needed past this point; at 20 M rows they hold a gigabyte.
-        merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
         arrays = served_arrays(data, factors.result(), config.model, merged.aliases, crm)
     version = new_version(fingerprint)
     sections = {

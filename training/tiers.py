@@ -102,46 +102,46 @@ def resolve_levels(config: TierConfig, window_spend: NDArray[np.float64]) -> lis
 
 @dataclass(frozen=True)
 class CustomerLines:
-    """The purchase and cancellation lines of known customers, as arrays."""
+    """The dated purchase and cancellation lines of the customers, as arrays, with the order
+    each belongs to. A line without a timestamp falls in no window, order date or trigger."""
 
-    row: NDArray[np.intp]  # the customer's row
-    order: NDArray[np.int64]  # order code: equal for the lines of one order
-    timestamp: NDArray[np.datetime64]  # datetime64[us]; NaT where unknown
+    row: NDArray[np.int32]  # the customer's row
+    timestamp: NDArray[np.datetime64]  # datetime64[us]
     unit_price: NDArray[np.float64]  # NaN where unknown
     amount: NDArray[np.float64]  # quantity x unit price (negative for a cancellation; 0 unpriced)
     purchase: NDArray[np.bool_]  # a purchase, not a cancellation
+    order: NDArray[np.intp]  # the line's order: an index into order_rows
+    order_rows: NDArray[np.int64]  # each distinct (customer, order)'s customer row, in that order
 
     @staticmethod
-    def of(events: pd.DataFrame, customers: pd.Index) -> CustomerLines:
-        rows = positions(events["customer_id"], customers)
-        mine = (rows >= 0) & outcome_is(events, "used", "cancellation")
+    def of(events: pd.DataFrame, customer_ids: NDArray[np.str_]) -> CustomerLines:
+        """From merged events (see ``training.merge.MergedHistory``)."""
+        rows = positions(events["customer_id"], pd.Index(customer_ids))
+        timestamps = events["timestamp"].to_numpy()
+        mine = (rows >= 0) & outcome_is(events, "used", "cancellation") & ~np.isnat(timestamps)
+        rows = rows[mine]
+        orders = events["order"].to_numpy()[mine]
+        span = int(orders.max(initial=0)) + 1
+        # A hash table over the distinct orders beats np.unique's sort of every line.
+        order, keys = pd.factorize(rows.astype(np.int64) * span + orders, sort=True)
         price = events["unit_price"].to_numpy()[mine]
         return CustomerLines(
-            row=rows[mine],
-            order=events["order"].to_numpy()[mine].astype(np.int64),
-            timestamp=events["timestamp"].to_numpy()[mine],
+            row=rows.astype(np.int32),
+            timestamp=timestamps[mine],
             unit_price=price,
             amount=events["quantity"].to_numpy()[mine] * np.where(np.isnan(price), 0.0, price),
             purchase=outcome_is(events, "used")[mine],
+            order=order,
+            order_rows=keys // span,
         )
 
-    def where(self, mask: NDArray[np.bool_]) -> CustomerLines:
-        return CustomerLines(
-            self.row[mask],
-            self.order[mask],
-            self.timestamp[mask],
-            self.unit_price[mask],
-            self.amount[mask],
-            self.purchase[mask],
-        )
-
-    def orders(self) -> tuple[NDArray[np.int64], NDArray[np.intp]]:
-        """The customer row of each distinct (customer, order), in (customer, order) order,
-        and the index of each line's order among them."""
-        span = int(self.order.max(initial=0)) + 1
-        # A hash table over a few distinct keys beats np.unique's sort of every line.
-        index, keys = pd.factorize(self.row.astype(np.int64) * span + self.order, sort=True)
-        return keys // span, index
+    def placed(self, lines: NDArray[np.bool_] | slice = slice(None)) -> NDArray[np.int64]:
+        """Each order's earliest timestamp among ``lines`` (microseconds; the int64 maximum
+        for an order with none of them)."""
+        placed = np.full(len(self.order_rows), np.iinfo(np.int64).max)
+        when = self.timestamp[lines].astype("datetime64[us]").view(np.int64)
+        np.minimum.at(placed, self.order[lines], when)
+        return placed
 
 
 def customer_signals(
@@ -156,12 +156,11 @@ def customer_signals(
             np.float64
         )
 
-    bought = lines.where(lines.purchase & ~np.isnat(lines.timestamp))
-    # Each order of a customer, placed when its first line was.
-    order_rows, order_of_line = bought.orders()
-    placed = np.full(len(order_rows), np.iinfo(np.int64).max)
-    np.minimum.at(placed, order_of_line, bought.timestamp.astype("datetime64[us]").view(np.int64))
-    placed_at = placed.view("datetime64[us]")
+    # Each order with a purchase, placed when its first purchased line was.
+    placed = lines.placed(lines.purchase)
+    bought = placed != np.iinfo(np.int64).max
+    order_rows = lines.order_rows[bought]
+    placed_at = placed[bought].view("datetime64[us]")
     seconds = placed_at.astype("datetime64[s]").astype(np.int64)
     first = np.zeros(count, dtype=np.int64)
     last = np.zeros(count, dtype=np.int64)
@@ -175,7 +174,7 @@ def customer_signals(
     best_hour, best_weekday, own, population = _timing(
         order_rows, placed_at, count, config.min_orders_for_timing
     )
-    low, high = _price_band(bought, count)
+    low, high = _price_band(lines, count)
     return CustomerSignals(
         window_spend, first, last, median, best_hour, best_weekday, own, low, high, *population
     )
@@ -234,14 +233,14 @@ def _timing(
 
 
 def _price_band(
-    bought: CustomerLines, count: int
+    lines: CustomerLines, count: int
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """The 10th and 90th percentile of each customer's positive unit prices (linear
-    interpolation, as numpy and pandas compute quantiles)."""
+    """The 10th and 90th percentile of the positive unit prices each customer bought at
+    (linear interpolation, as numpy and pandas compute quantiles)."""
     low = np.full(count, np.nan, dtype=np.float32)
     high = np.full(count, np.nan, dtype=np.float32)
-    priced = bought.unit_price > 0
-    rows, prices = bought.row[priced], bought.unit_price[priced]
+    priced = lines.purchase & (lines.unit_price > 0)
+    rows, prices = lines.row[priced], lines.unit_price[priced]
     # Sorted by customer, then price: sorting one integer key per line (customer, price
     # rank) is several times faster than an argsort on the two.
     distinct = np.unique(prices)
@@ -305,21 +304,19 @@ def training_triggers(
 
 def _order_totals(lines: CustomerLines) -> pd.DataFrame:
     """One row per (customer, order) in time order: amount, and running spend and orders."""
-    dated = lines.where(~np.isnat(lines.timestamp))
-    order_rows, order_of_line = dated.orders()
-    placed = np.full(len(order_rows), np.iinfo(np.int64).max)
-    np.minimum.at(placed, order_of_line, dated.timestamp.astype("datetime64[us]").view(np.int64))
-    purchase = np.zeros(len(order_rows), dtype=bool)
-    purchase[order_of_line[dated.purchase]] = True
+    count = len(lines.order_rows)
+    placed = lines.placed()
+    purchase = np.zeros(count, dtype=bool)
+    purchase[lines.order[lines.purchase]] = True
     # Orders in the order their first line was read, then by customer and time.
-    first_line = np.full(len(order_rows), len(order_of_line))
-    np.minimum.at(first_line, order_of_line, np.arange(len(order_of_line)))
-    ordered = np.lexsort((first_line, placed, order_rows))
+    first_line = np.full(count, len(lines.order))
+    np.minimum.at(first_line, lines.order, np.arange(len(lines.order)))
+    ordered = np.lexsort((first_line, placed, lines.order_rows))
     orders = pd.DataFrame(
         {
-            "row": order_rows[ordered],
+            "row": lines.order_rows[ordered],
             "at": placed.view("datetime64[us]")[ordered],
-            "amount": np.bincount(order_of_line, dated.amount, len(order_rows))[ordered],
+            "amount": np.bincount(lines.order, lines.amount, count)[ordered],
             "purchase": purchase[ordered],
         }
     )
@@ -409,14 +406,15 @@ class Crm:
 
 
 def build_crm(
-    events: pd.DataFrame,
+    lines: CustomerLines,
     customer_ids: NDArray[np.str_],
     item_ids: NDArray[np.str_],
     prices: NDArray[np.float64],
     as_of: pd.Timestamp | None,
     config: TierConfig,
 ) -> Crm:
-    lines = CustomerLines.of(events, pd.Index(customer_ids))
+    """Tiers, signals and triggers of ``customer_ids`` (``lines``: theirs, see
+    ``CustomerLines.of``), and which items are premium or reserved for a tier."""
     signals = customer_signals(lines, len(customer_ids), as_of, config)
     levels = resolve_levels(config, signals.window_spend)
     triggers = training_triggers(lines, signals, levels, config, as_of)
