@@ -1,6 +1,6 @@
 """Training benchmark: end-to-end ``train`` against reading the files plus a bare implicit fit.
 
-    python benchmarks/training.py --config examples/online-retail.toml [--rounds 2]
+    python benchmarks/training.py --config examples/online-retail.toml [--rounds 5]
 
 The baseline reads every source file with pandas, builds a customer x item count matrix,
 BM25-weights it and fits implicit's ALS with the config's parameters (the minimum any trainer
@@ -61,7 +61,7 @@ def full(config: TrainConfig) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/training.json"))
     args = parser.parse_args()
     config = load_config(args.config)
