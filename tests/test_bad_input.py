@@ -57,6 +57,16 @@ def test_ragged_rows_are_quarantined_with_their_line(tmp_path: Path) -> None:
     assert sorted(merged.quarantine["record"]) == [3, 4]
 
 
+def test_a_ragged_row_in_one_of_several_files_is_quarantined(tmp_path: Path) -> None:
+    (tmp_path / "shop-1.csv").write_text(lines(GOOD))
+    (tmp_path / "shop-2.csv").write_text(lines(GOOD_2, "536367,22041,FRAME"))
+    config = load_config(write_config(tmp_path, source_toml("shop", "shop-*.csv", SHOP_COLUMNS)))
+    merged = merge_sources([read_source(s) for s in config.sources], config.items)
+    counts = merged.accounting["shop"]
+    assert counts["used"] == 2 and counts["quarantined"] == {"malformed_row": 1}
+    assert list(merged.quarantine["file"]) == [str(tmp_path / "shop-2.csv")]
+
+
 def test_quoted_newlines_and_a_byte_order_mark_are_read(tmp_path: Path) -> None:
     quoted = '536367,22041,"PHOTO FRAME\nCORNICE",4,2010-12-01 08:34:00,2.1,13047,United Kingdom'
     merged = merge(tmp_path, "\ufeff" + lines(GOOD, quoted, GOOD_2))

@@ -74,12 +74,13 @@ def read_source(source: SourceConfig) -> SourceRows:
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Frames with the same columns, one after the other; text columns stay categorical."""
+    """Frames one after the other; text columns stay categorical. A text column that only
+    some frames have (``malformed``) is "" in the others."""
     if len(frames) == 1:
         return frames[0]
     columns: dict[str, Any] = {}
-    for column in frames[0].columns:
-        parts = [frame[column] for frame in frames]
+    for column in dict.fromkeys(name for frame in frames for name in frame.columns):
+        parts = [frame[column] if column in frame else _blank_text(len(frame)) for frame in frames]
         if isinstance(parts[0].dtype, pd.CategoricalDtype):
             columns[column] = union_categoricals(parts)
         else:
