@@ -662,9 +662,9 @@ def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
 
 
 def _first_of_each(keys: pd.DataFrame) -> NDArray[np.int64]:
-    """The position of the first row of each distinct row of ``keys`` (columns of codes 0, 1,
-    2, ...), ascending:
-    what drop_duplicates keeps, without comparing every column of every row."""
+    """The position of the first row of each distinct row of ``keys`` (columns of codes 0,
+    1, 2, ...), ascending: what drop_duplicates keeps, without comparing every column of
+    every row."""
     line = np.zeros(len(keys), dtype=np.int64)
     span = 1
     for column in keys.columns:
