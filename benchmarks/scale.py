@@ -191,7 +191,7 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"{args.purchases:,} purchases: generated in {generated:.0f} s, trained in "
-        f"{trained:.0f} s with peak RSS {peak_gb:.2f} GB (target < 8)"
+        f"{trained:.0f} s with peak RSS {peak_gb:.2f} GiB (target < 8 GB = 7.45 GiB)"
     )
     return 0
 
