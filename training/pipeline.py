@@ -54,8 +54,8 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
         config.model.trend_half_life_days,
         merged.item_groups,
     )
-    # The fit runs on every core outside the GIL. The tiers, catalog and provenance work
-    # overlaps it instead of waiting for it: on two cores that is about a tenth of the run.
+    # The fit runs on every core outside the GIL; the tiers, catalog and provenance work
+    # overlaps it instead of waiting for it (a few per cent of a run on two cores).
     with ThreadPoolExecutor(max_workers=1) as fitting:
         factors = fitting.submit(fit_als, data.interactions, config.model, progress)
         contributions = [_source_summary(source, merged.events) for source in config.sources]
@@ -65,7 +65,7 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
         crm = build_crm(
             lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
         )
-        del lines
+        del lines  # not needed by the candidate lists, which hold the most memory
         taxonomy = load_taxonomy(config.items.taxonomy)
         crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
         tier_names = [level["name"] for level in crm.manifest["levels"]]
