@@ -4,6 +4,7 @@ decayed interaction weights, owned items, catalog metadata and popularity."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -243,7 +244,7 @@ def _catalog(
     lines, counts = np.unique(sold[described] * span + description[described], return_counts=True)
     item, description = lines // span, lines % span
     best = np.lexsort((description, -counts, item))  # per item: most frequent, then first
-    first = best[_run_starts(item[best])]
+    first = best[run_starts(item[best])]
     titles = item_index.to_numpy(dtype=object)
     titles[item[first]] = descriptions.cat.categories.to_numpy()[description[first]]
 
@@ -262,7 +263,7 @@ def _catalog(
     return titles.astype(np.str_), prices
 
 
-def _run_starts(values: NDArray[np.int64]) -> NDArray[np.bool_]:
+def run_starts(values: NDArray[np.integer[Any]]) -> NDArray[np.bool_]:
     """Where each run of equal values begins."""
     starts = np.ones(len(values), dtype=bool)
     starts[1:] = values[1:] != values[:-1]

@@ -54,6 +54,7 @@ from training.crosswalk import (
     load_item_crosswalk,
     training_alias,
 )
+from training.dataset import run_starts
 from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link
 from training.sources import SourceRows
@@ -643,6 +644,14 @@ def _shared_codes(codes: NDArray[np.int32], source: NDArray[np.int16]) -> NDArra
 def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
     """One integer per distinct row of ``keys`` (missing values equal each other), numbered
     0, 1, 2, ... in order of first appearance."""
+    identifiers: NDArray[np.int64] = pd.factorize(_mixed_radix(keys)[0])[0]
+    return identifiers
+
+
+def _mixed_radix(keys: pd.DataFrame) -> tuple[NDArray[np.int64], int]:
+    """One integer per row of ``keys``, equal for equal rows, and a bound above them: the
+    columns' codes as the digits of a mixed-radix number (renumbered on the way where it
+    would pass 2^62)."""
     line = np.zeros(len(keys), dtype=np.int64)
     span = 1  # line < span
     for column in keys.columns:
@@ -652,29 +661,20 @@ def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
         else:
             codes, uniques = pd.factorize(keys[column], use_na_sentinel=False)
             count = len(uniques)
-        if span * count >= 2**62:  # the mixed-radix number would overflow: renumber first
+        if span * count >= 2**62:  # the number would overflow: renumber first
             line = pd.factorize(line)[0]
             span = int(line.max()) + 1
         line = line * count + codes
         span *= count
-    identifiers: NDArray[np.int64] = pd.factorize(line)[0]
-    return identifiers
+    return line, span
 
 
 def _first_of_each(keys: pd.DataFrame) -> NDArray[np.int64]:
-    """The position of the first row of each distinct row of ``keys`` (columns of codes 0,
-    1, 2, ...), ascending: what drop_duplicates keeps, without comparing every column of
-    every row."""
-    line = np.zeros(len(keys), dtype=np.int64)
-    span = 1
-    for column in keys.columns:
-        codes = keys[column].to_numpy()
-        count = int(codes.max(initial=-1)) + 1
-        span *= count
-        if span > len(keys) + 1024:  # too sparse to index directly: number the rows
-            line, span = _line_ids(keys), len(keys)
-            break
-        line = line * count + codes
+    """The position of the first row of each distinct row of ``keys``, ascending: what
+    drop_duplicates keeps, without comparing every column of every row."""
+    line, span = _mixed_radix(keys)
+    if span > len(keys) + 1024:  # too sparse to index directly: number the rows
+        line, span = pd.factorize(line)[0], len(keys)
     first = np.full(span, len(keys), dtype=np.int64)
     np.minimum.at(first, line, np.arange(len(keys)))
     return np.sort(first[first < len(keys)])
@@ -684,9 +684,7 @@ def _occurrence(group: NDArray[np.int64]) -> NDArray[np.int64]:
     """Each row's number among the earlier rows of its group: 0, 1, 2, ..."""
     order = np.argsort(group, kind="stable")
     ranks = np.arange(len(group))
-    starts = np.ones(len(group), dtype=bool)
-    starts[1:] = group[order][1:] != group[order][:-1]
-    first_of_group = np.maximum.accumulate(np.where(starts, ranks, 0))
+    first_of_group = np.maximum.accumulate(np.where(run_starts(group[order]), ranks, 0))
     occurrence = np.empty(len(group), dtype=np.int64)
     occurrence[order] = ranks - first_of_group
     return occurrence

@@ -23,7 +23,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from recsvc.tiers import tier_indices
-from training.dataset import outcome_is, positions
+from training.dataset import outcome_is, positions, run_starts
 from training.errors import ConfigError
 
 TRIGGER_KINDS = ("lapsing", "tier_up", "thank_you", "threshold")
@@ -195,7 +195,7 @@ def _median_interval_days(
     span = int(days.max() - days.min()) + 1
     customer_days = np.unique(order_rows * span + (days - days.min()))
     rows, day = customer_days // span, customer_days % span
-    same_customer = np.r_[False, rows[1:] == rows[:-1]]
+    same_customer = ~run_starts(rows)
     gap_rows = rows[same_customer]
     gaps = np.diff(day).astype(np.float64)[same_customer[1:]]
     enough = np.bincount(rows, minlength=count) >= min_days
