@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     # overlaps it instead of waiting for it (a few per cent of a run on two cores).
     with ThreadPoolExecutor(max_workers=1) as fitting:
         factors = fitting.submit(fit_als, data.interactions, config.model, progress)
-        contributions = [_source_summary(source, merged.events) for source in config.sources]
+        contributions = _source_summaries(config.sources, merged.events)
         lines = CustomerLines.of(merged.events, data.customer_ids)
         # The merged rows are not needed past this point; at 20 M rows they hold a gigabyte.
         merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
@@ -224,27 +225,34 @@ def publish(
         return publish_bundle(models_dir, version, arrays, manifest, attachments)
 
 
-def _source_summary(source: SourceConfig, merged_events: pd.DataFrame) -> dict[str, Any]:
-    """What a source is and what it contributed (provenance)."""
-    mine = value_is(merged_events["source"], source.name)
-    used = outcome_is(merged_events, "used")[mine]
-    personal = outcome_is(merged_events, "used", "cancellation")[mine]
-    customers = merged_events["customer_id"].cat.codes.to_numpy()[mine][personal]
-    items = merged_events["item_id"].cat.codes.to_numpy()[mine]
-    return {
-        "name": source.name,
-        "kind": source.kind,
-        "location": source.path or source.table or "query",
-        "customer_namespace": source.customer_namespace,
-        "trust": source.trust,
-        "currency_rate": source.currency_rate,
-        "timezone": source.timezone,
-        "contribution": {
-            "purchases": int(used.sum()),
-            "customers": len(np.unique(customers)),
-            "items": len(np.unique(items)),
-        },
-    }
+def _source_summaries(
+    sources: Iterable[SourceConfig], merged_events: pd.DataFrame
+) -> list[dict[str, Any]]:
+    """What each source is and what it contributed (provenance)."""
+    used = outcome_is(merged_events, "used")
+    personal = outcome_is(merged_events, "used", "cancellation")
+    customers = merged_events["customer_id"].cat.codes.to_numpy()
+    items = merged_events["item_id"].cat.codes.to_numpy()
+    summaries = []
+    for source in sources:
+        mine = value_is(merged_events["source"], source.name)
+        summaries.append(
+            {
+                "name": source.name,
+                "kind": source.kind,
+                "location": source.path or source.table or "query",
+                "customer_namespace": source.customer_namespace,
+                "trust": source.trust,
+                "currency_rate": source.currency_rate,
+                "timezone": source.timezone,
+                "contribution": {
+                    "purchases": int((mine & used).sum()),
+                    "customers": len(np.unique(customers[mine & personal])),
+                    "items": len(np.unique(items[mine])),
+                },
+            }
+        )
+    return summaries
 
 
 def parameters(config: TrainConfig) -> dict[str, Any]:
