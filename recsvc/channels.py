@@ -62,24 +62,18 @@ def absolute(url: str, base_url: str) -> str:
     return url if url.startswith(("http://", "https://")) else base_url + "/" + url.lstrip("/")
 
 
-def product_card(
-    model: ServedModel, item: RankedItem, utm: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """An item as channels show it: metadata and absolute links (with UTM tags for email)."""
-    arrays = model.ranker.arrays
+def product_card(model: ServedModel, item: RankedItem, link_query: str = "") -> dict[str, Any]:
+    """An item as channels show it: metadata and absolute links, the product link followed by
+    ``link_query`` (e.g. ``?utm_source=...`` for email)."""
     settings = channels(model)
-    item_id = str(arrays.item_ids[item.index])
-    price = float(arrays.prices[item.index])
-    url = settings["base_url"] + settings["product_path"].format(item_id=item_id)
-    if utm:
-        url += "?" + urlencode(utm)
-    mask = int(arrays.item_categories[item.index])
+    item_id = model.item_ids[item.index]
+    price = model.prices[item.index]
     return {
         "item_id": item_id,
-        "title": str(arrays.titles[item.index]),
-        "price": None if np.isnan(price) else round(price, 2),
-        "categories": [name for bit, name in enumerate(categories(model)) if mask >> bit & 1],
-        "url": url,
+        "title": model.titles[item.index],
+        "price": None if price is None else round(price, 2),
+        "categories": model.item_categories[item.index],
+        "url": settings["base_url"] + settings["product_path"].format(item_id=item_id) + link_query,
         "image": settings["base_url"] + settings["image_path"].format(item_id=item_id),
         "score": item.score,
     }
@@ -92,11 +86,13 @@ def affinity(model: ServedModel, view: CustomerView) -> dict[str, float]:
         items = ranker.arrays.popular_items[:POPULAR_FOR_AFFINITY]
     else:
         items = ranker.excluded(view.row, view.deltas)
-    masks = ranker.arrays.item_categories[items]
     names = categories(model)
-    counts = {name: float(((masks >> bit) & 1).sum()) for bit, name in enumerate(names)}
-    total = sum(counts.values()) or 1.0
-    return {name: count / total for name, count in counts.items() if count}
+    masks = ranker.arrays.item_categories[items]
+    counts = ((masks[:, None] >> np.arange(len(names), dtype=np.int64)) & 1).sum(axis=0)
+    total = float(counts.sum()) or 1.0
+    return {
+        name: count / total for name, count in zip(names, counts.tolist(), strict=True) if count
+    }
 
 
 def choose_content(
@@ -177,6 +173,7 @@ def email_picks(
     tiers = model.ranker.tiers
     ranking = model.ranker.recommend_row(view.row, n, view.deltas, tiers.index(view.window_spend))
     utm = {name: value.format(send_id=send_id) for name, value in settings["utm"].items()}
+    link_query = "?" + urlencode(utm) if utm else ""
     return {
         "send_id": send_id,
         "customer_id": ranking.customer_id or key,
@@ -185,7 +182,7 @@ def email_picks(
         "fallback": ranking.fallback,
         "tier": tiers.describe(view.window_spend),
         "currency_symbol": settings["currency_symbol"],
-        "items": [product_card(model, item, utm) for item in ranking.items],
+        "items": [product_card(model, item, link_query) for item in ranking.items],
     }
 
 

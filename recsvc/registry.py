@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from recsvc.bundle import Bundle, current_version, load_current
 from recsvc.errors import BundleError
 from recsvc.identity import IdentityRules
@@ -36,6 +38,7 @@ class ServedModel:
     item_ids: list[str]
     titles: list[str]
     prices: list[float | None]
+    item_categories: list[list[str]]  # names; items with the same categories share one list
     loaded_at: float = 0.0  # seconds since the epoch
     created: float = 0.0  # when the bundle was trained, seconds since the epoch
 
@@ -90,6 +93,7 @@ class ModelRegistry:
             item_ids=item_ids,
             titles=[str(title) for title in bundle.arrays.titles.tolist()],
             prices=prices,
+            item_categories=_category_names(bundle),
             loaded_at=time.time(),
             created=_timestamp(bundle.manifest.get("created")),
         )
@@ -136,3 +140,11 @@ def _timestamp(text: object) -> float:
         return datetime.fromisoformat(str(text)).timestamp()
     except ValueError:
         return 0.0
+
+
+def _category_names(bundle: Bundle) -> list[list[str]]:
+    """Each item's category names, from its bit mask over the catalog's categories."""
+    names: list[str] = (bundle.manifest.get("catalog") or {}).get("categories", [])
+    masks, item_mask = np.unique(bundle.arrays.item_categories, return_inverse=True)
+    named = [[name for bit, name in enumerate(names) if mask >> bit & 1] for mask in masks.tolist()]
+    return [named[position] for position in item_mask.tolist()]

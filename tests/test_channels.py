@@ -44,6 +44,9 @@ def test_block_json_has_tier_content_and_absolute_links(client: FlaskClient) -> 
     for product in products:
         assert product["url"] == f"https://shop.example.com/products/{product['item_id']}"
         assert product["image"].startswith("https://shop.example.com/images/")
+        # X: christmas titles, K: mugs and a cake tin, P: neither
+        expected = {"X": ["christmas"], "K": ["kitchen"], "P": []}[product["item_id"][0]]
+        assert product["categories"] == expected
 
 
 def test_content_follows_affinity_and_tier(client: FlaskClient) -> None:
