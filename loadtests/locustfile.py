@@ -14,10 +14,11 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from locust import FastHttpUser, constant_throughput, task
+from locust import FastHttpUser, task
 
 from recsvc.bundle import load_current
 
@@ -38,7 +39,15 @@ def customer() -> str:
 
 
 class Shopper(FastHttpUser):
-    wait_time = constant_throughput(RATE_PER_USER)
+    def on_start(self) -> None:
+        self.next_request_at = time.monotonic()
+
+    def wait_time(self) -> float:
+        """Each user's requests start as a Poisson process: exponential gaps between starts,
+        kept whatever the responses take. Users with a fixed gap who started one gap apart
+        (as locust spawns them) would all send at the same instant, every time."""
+        self.next_request_at += random.expovariate(RATE_PER_USER)
+        return max(0.0, self.next_request_at - time.monotonic())
 
     @task(40)
     def customer_block(self) -> None:
