@@ -151,7 +151,7 @@ def block(
     )
     return {
         "slot": slot,
-        "customer_id": ranking.customer_id or key,
+        "customer_id": view.customer_id or key,
         "model_version": model.version,
         "fallback": ranking.fallback,
         "degraded": view.degraded,
@@ -176,7 +176,7 @@ def email_picks(
     link_query = "?" + urlencode(utm) if utm else ""
     return {
         "send_id": send_id,
-        "customer_id": ranking.customer_id or key,
+        "customer_id": view.customer_id or key,
         "model_version": model.version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "fallback": ranking.fallback,

@@ -44,12 +44,10 @@ class RankedItem:
 
 @dataclass(slots=True)
 class Ranking:
-    """Items best first. ``fallback`` is true when the customer is unknown to the model;
-    ``customer_id`` is then None, else the customer's canonical id."""
+    """Items best first. ``fallback`` is true when the customer is unknown to the model."""
 
     items: list[RankedItem]
     fallback: bool
-    customer_id: str | None = None
 
 
 class Ranker:
@@ -143,16 +141,14 @@ class Ranker:
             excluded = np.union1d(excluded, hidden).astype(np.int32)
         if row is None:
             return Ranking(items=self.popular(n, exclude=excluded), fallback=True)
-        customer_id = str(self.arrays.customer_ids[row])
         rows = np.array([row])
         scores = self.batch_scores(rows, np.array([tier]), policy)[0]
-        return Ranking(top_n(scores, n, excluded), fallback=False, customer_id=customer_id)
+        return Ranking(top_n(scores, n, excluded), fallback=False)
 
     def _from_candidates(self, row: int, n: int, deltas: Mapping[int, float]) -> Ranking | None:
         items = self.arrays.candidate_items[row]
         if not len(items) or any(change < 0 for change in deltas.values()):
             return None
-        customer_id = str(self.arrays.customer_ids[row])
         if not deltas:
             listed = items[:n].tolist()
             if -1 in listed:
@@ -160,7 +156,7 @@ class Ranker:
             elif len(listed) < n:
                 return None  # fewer candidates than asked and the list is not complete
             scores = self.arrays.candidate_scores[row, : len(listed)].tolist()
-            return Ranking(ranked(listed, scores), fallback=False, customer_id=customer_id)
+            return Ranking(ranked(listed, scores), fallback=False)
         keep = items >= 0
         complete = not keep.all()  # padded: every eligible item is in the list
         if deltas:
@@ -169,9 +165,7 @@ class Ranker:
         if len(chosen) < n and not complete:
             return None
         scores = self.arrays.candidate_scores[row, chosen].tolist()
-        return Ranking(
-            ranked(items[chosen].tolist(), scores), fallback=False, customer_id=customer_id
-        )
+        return Ranking(ranked(items[chosen].tolist(), scores), fallback=False)
 
     def batch_scores(
         self, rows: NDArray[np.intp], tiers: NDArray[np.intp], policy: bool = True

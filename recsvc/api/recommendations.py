@@ -27,7 +27,7 @@ def recommendations(key: str) -> Response:
     answered(fallback=ranking.fallback, degraded=customer.degraded)
     item_ids, titles, prices = model.item_ids, model.titles, model.prices
     body = {
-        "customer_id": ranking.customer_id or key,
+        "customer_id": customer.customer_id or key,
         "model_version": model.version,
         "fallback": ranking.fallback,
         "degraded": customer.degraded,
