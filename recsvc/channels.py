@@ -16,6 +16,8 @@ from recsvc.ranker import RankedItem
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
 
+# The trainer's defaults (training.config.ChannelsConfig), and what the service uses for a
+# bundle whose manifest has no channels.
 DEFAULT_CHANNELS: dict[str, Any] = {
     "base_url": "https://shop.example.com",
     "product_path": "/products/{item_id}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import tomllib
@@ -12,6 +13,7 @@ from typing import Any
 
 import phonenumbers
 
+from recsvc.channels import DEFAULT_CHANNELS
 from recsvc.identity import IdentityRules
 from training.errors import ConfigError
 from training.identity import LinkRules
@@ -141,24 +143,15 @@ class IdentityConfig:
 class ChannelsConfig:
     """Website blocks and email picks: where links point, what each slot holds."""
 
-    base_url: str = "https://shop.example.com"
-    product_path: str = "/products/{item_id}"
-    image_path: str = "/images/{item_id}.jpg"
-    currency_symbol: str = "£"
+    base_url: str = DEFAULT_CHANNELS["base_url"]
+    product_path: str = DEFAULT_CHANNELS["product_path"]
+    image_path: str = DEFAULT_CHANNELS["image_path"]
+    currency_symbol: str = DEFAULT_CHANNELS["currency_symbol"]
     content: Path | None = None  # JSON content catalog (banners, articles, offers)
     slots: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {
-            "home_hero": {"content": 1, "products": 4},
-            "cart_cross_sell": {"content": 0, "products": 6},
-        }
+        default_factory=lambda: copy.deepcopy(DEFAULT_CHANNELS["slots"])
     )
-    utm: dict[str, str] = field(
-        default_factory=lambda: {
-            "utm_source": "recsvc",
-            "utm_medium": "email",
-            "utm_campaign": "{send_id}",
-        }
-    )
+    utm: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CHANNELS["utm"]))
 
     def to_manifest(self) -> dict[str, Any]:
         return {
