@@ -1,7 +1,7 @@
 """gunicorn settings for recsvc: ``gunicorn -c gunicorn.conf.py recsvc.wsgi:app``.
 
-Chosen by measurement on a 2-core machine (see README, Performance): sync workers, twice the
-cores. The bundle is loaded before the fork (preload), so every worker shares its arrays
+Chosen by measurement on a 2-core machine (see README, Performance): sync workers, one per
+core. The bundle is loaded before the fork (preload), so every worker shares its arrays
 copy-on-write, and it is frozen out of the garbage collector's reach so that it stays shared.
 BLAS is pinned to one thread per worker. Workers count Prometheus metrics into
 PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set), which /metrics adds up. Every
@@ -28,7 +28,7 @@ if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsvc-metrics-")
 
 bind = os.environ.get("RECSVC_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("RECSVC_WORKERS", str(2 * multiprocessing.cpu_count())))
+workers = int(os.environ.get("RECSVC_WORKERS", str(multiprocessing.cpu_count())))
 worker_class = os.environ.get("RECSVC_WORKER_CLASS", "sync")
 threads = int(os.environ.get("RECSVC_THREADS", "1"))
 preload_app = True
