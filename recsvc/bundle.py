@@ -163,6 +163,12 @@ class Bundle:
     def version(self) -> str:
         return str(self.manifest["version"])
 
+    @property
+    def categories(self) -> list[str]:
+        """The catalog's category names; bit i of an item's mask is the i-th."""
+        names: list[str] = (self.manifest.get("catalog") or {}).get("categories", [])
+        return names
+
 
 def new_version(fingerprint: str, now: datetime | None = None) -> str:
     """A sortable, unique-per-data version name: UTC time plus a prefix of the data fingerprint."""

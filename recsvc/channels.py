@@ -46,8 +46,7 @@ def channels(model: ServedModel) -> dict[str, Any]:
 
 
 def categories(model: ServedModel) -> list[str]:
-    names: list[str] = (model.bundle.manifest.get("catalog") or {}).get("categories", [])
-    return names
+    return model.bundle.categories
 
 
 def category_mask(model: ServedModel, name: str) -> NDArray[np.bool_]:

@@ -144,7 +144,7 @@ def _timestamp(text: object) -> float:
 
 def _category_names(bundle: Bundle) -> list[list[str]]:
     """Each item's category names, from its bit mask over the catalog's categories."""
-    names: list[str] = (bundle.manifest.get("catalog") or {}).get("categories", [])
+    names = bundle.categories
     masks, item_mask = np.unique(bundle.arrays.item_categories, return_inverse=True)
     named = [[name for bit, name in enumerate(names) if mask >> bit & 1] for mask in masks.tolist()]
     return [named[position] for position in item_mask.tolist()]
