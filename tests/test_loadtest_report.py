@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from loadtests.run import print_server_view, server_latency, verdict
@@ -73,3 +74,18 @@ def test_server_latency_reads_the_histogram(capsys: pytest.CaptureFixture[str]) 
         "99.0",
         "%",
     ]
+
+
+def test_server_view_reads_the_service_own_metrics(
+    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The runner reads bounds (5 and 10 ms) that the service's histogram must have."""
+    assert client.get("/healthz").status_code == 200
+    exposition = client.get("/metrics").get_data(as_text=True)
+
+    buckets = server_latency(exposition)
+
+    last_bound, answered = buckets["/healthz"][-1]
+    assert last_bound == float("inf") and answered >= 1
+    print_server_view(buckets)
+    assert "/healthz" in capsys.readouterr().out
