@@ -129,6 +129,9 @@ def scenario(
         "RECSVC_RELOAD_SECONDS": str(RELOAD_SECONDS),
         "RECSVC_LOADTEST_KEY": key,
         "RECSVC_LOADTEST_RATE_PER_USER": str(rate / users),
+        # The traffic is drawn from the bundle served at the start: locust can take longer to
+        # start than the fault takes to land, and a corrupt bundle must not stop the load.
+        "RECSVC_LOADTEST_BUNDLE": str(load_current(models).path),
     }
     redis_server = None
     if name == "redis":

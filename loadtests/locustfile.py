@@ -20,9 +20,14 @@ from pathlib import Path
 
 from locust import FastHttpUser, task
 
-from recsvc.bundle import load_current
+from recsvc.bundle import load_bundle, load_current
 
-BUNDLE = load_current(Path(os.environ.get("RECSVC_MODELS_DIR", "models")))
+# The customers and items to ask for: a named bundle, or the one the models dir serves.
+BUNDLE = (
+    load_bundle(Path(os.environ["RECSVC_LOADTEST_BUNDLE"]))
+    if os.environ.get("RECSVC_LOADTEST_BUNDLE")
+    else load_current(Path(os.environ.get("RECSVC_MODELS_DIR", "models")))
+)
 CUSTOMERS = [str(customer) for customer in BUNDLE.arrays.customer_ids]
 ITEMS = [str(item) for item in BUNDLE.arrays.item_ids[BUNDLE.arrays.popular_items[:500]]]
 SLOTS = list((BUNDLE.manifest.get("channels") or {}).get("slots", {"home_hero": {}}))

@@ -11,7 +11,7 @@ from flask import Flask
 from recsvc import defaults, logs
 from recsvc.auth import Authenticator
 from recsvc.config import ServiceConfig
-from recsvc.events import ErasureLog, EventLog
+from recsvc.events import STORE_FILE, ErasureLog, EventLog, logs_origin
 from recsvc.logs import CustomerHasher
 from recsvc.ratelimit import RateLimiter
 from recsvc.realtime import Realtime
@@ -47,9 +47,10 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         registry.watch(config.reload_seconds)
 
     store = make_store(config)
-    app.extensions["recsvc.realtime"] = Realtime(
-        store, EventLog(config.events_dir), ErasureLog(config.events_dir)
-    )
+    realtime = Realtime(store, EventLog(config.events_dir), ErasureLog(config.events_dir))
+    if registry.model is not None:
+        realtime.restore(registry.model)  # a Redis that lost its data is rebuilt before use
+    app.extensions["recsvc.realtime"] = realtime
     app.extensions["recsvc.auth"] = Authenticator(config.api_keys) if config.auth else None
     app.extensions["recsvc.limiter"] = RateLimiter(store, config.rate_limit)
     app.extensions["recsvc.hasher"] = CustomerHasher(config.log_salt or os.urandom(16))
@@ -63,11 +64,12 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
 def make_store(config: ServiceConfig) -> Store:
     retention = config.event_retention_days * 86400.0
     if config.redis_url is None:
-        return EmbeddedStore(retention)
+        return EmbeddedStore(config.events_dir / STORE_FILE, retention)
     return RedisStore(
         config.redis_url,
         config.redis_prefix,
         retention,
+        origin=logs_origin(config.events_dir),
         timeout=config.store_timeout_ms / 1000,
         cooldown=defaults.STORE_COOLDOWN_SECONDS,
     )

@@ -2,7 +2,9 @@
 
 RecsvcError
 ├── ConfigError            a RECSVC_* setting is missing or invalid (names the key)
+├── UnknownCustomer        an erasure named nobody the service knows (still recorded)
 ├── StoreUnavailable       the real-time store did not answer in time
+│   └── StoreNotRestored   it answers but lost its data; being rebuilt from the durable logs
 └── BundleError            no usable model bundle
     ├── BundleNotFound     the models directory has no published bundle
     └── BundleCorrupt      a bundle file is missing, altered or inconsistent (names the file)
@@ -21,8 +23,18 @@ class ConfigError(RecsvcError):
     """A configuration value is missing or invalid."""
 
 
+class UnknownCustomer(RecsvcError):
+    """An erasure named nobody the service knows; the key is on the erasure list anyway, so
+    the next training drops any row that carries it."""
+
+
 class StoreUnavailable(RecsvcError):
     """The real-time store (Redis) is unreachable or too slow; callers degrade."""
+
+
+class StoreNotRestored(StoreUnavailable):
+    """The store came back without its data (e.g. Redis restarted empty): until the durable
+    logs are replayed into it, it is treated as unavailable."""
 
 
 class BundleError(RecsvcError):

@@ -9,11 +9,15 @@ trainer and for the service's next start.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import secrets
 import socket
 import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +28,8 @@ MAX_FUTURE = timedelta(days=1)
 FIELDS = {"event_id", "customer", "item_id", "quantity", "price", "timestamp", "source"}
 EVENTS_GLOB = "events-*.jsonl"
 ERASURES_FILE = "erasures.jsonl"
+ORIGIN_FILE = "origin"  # a random name for this directory's logs, made once
+STORE_FILE = "store.sqlite3"  # the embedded store
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,8 @@ def _timestamp(value: Any, now: datetime, errors: list[str]) -> datetime | None:
 
 class EventLog:
     """Appends accepted events to ``<directory>/events-<host>-<pid>.jsonl``: one file per
-    process, so concurrent workers never interleave lines."""
+    process, so concurrent workers never interleave lines. Each write holds the file's lock,
+    which an erasure takes to rewrite the file without the erased customer's lines."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -147,13 +154,77 @@ class EventLog:
         )
         _append_durably(self.path, lines, self._lock)
 
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every record of every process's log in the directory (for replay), skipping a
+        torn last line."""
+        for path in sorted(self.directory.glob(EVENTS_GLOB)):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+
+    def redact(self, erased: Callable[[dict[str, Any]], bool]) -> int:
+        """Rewrite every log in the directory without the records ``erased`` picks, each file
+        replaced atomically under its lock. Returns how many records were removed."""
+        removed = 0
+        for path in sorted(self.directory.glob(EVENTS_GLOB)):
+            removed += _rewrite_without(path, erased)
+        return removed
+
+
+def logs_origin(directory: Path) -> str:
+    """A stable random name for the logs in ``directory``: a shared store records which
+    directories' logs it was restored from (a host name changes with each container)."""
+    path = directory / ORIGIN_FILE
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(8) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    for _ in range(100):  # another process may be writing it this instant
+        origin = path.read_text().strip()
+        if origin:
+            return origin
+        time.sleep(0.01)
+    raise OSError(f"{path} is empty; delete it to make a new one")
+
+
+@dataclass(frozen=True)
+class Erasures:
+    """What the erasure list says: erased customers' store keys and their alias digests."""
+
+    customer_keys: frozenset[str]
+    alias_digests: frozenset[str]
+
+    def covers(self, store_key: str, digests: Iterable[str]) -> bool:
+        return store_key in self.customer_keys or any(d in self.alias_digests for d in digests)
+
 
 class ErasureLog:
-    """Digests of every alias of every erased customer, one JSON line per erasure."""
+    """Digests of every alias of every erased customer, one JSON line per erasure. The list
+    is the source of truth for erasures: ``current`` re-reads what other processes appended
+    (a ``stat`` per call, the new lines only when the file grew)."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / ERASURES_FILE
         self._lock = threading.Lock()
+        self._seen_size = -1
+        self._offset = 0
+        self._keys: set[str] = set()
+        self._digests: set[str] = set()
+        self._current = Erasures(frozenset(), frozenset())
 
     def record(self, digests: list[str], customer_keys: list[str], now: datetime) -> None:
         line = json.dumps(
@@ -166,22 +237,54 @@ class ErasureLog:
         )
         _append_durably(self.path, line + "\n", self._lock)
 
+    def current(self) -> Erasures:
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            size = 0
+        if size == self._seen_size:
+            return self._current
+        with self._lock:
+            if size < self._offset:  # replaced by a shorter file: read it all again
+                self._offset, self._keys, self._digests = 0, set(), set()
+            if size:
+                with self.path.open("rb") as handle:
+                    handle.seek(self._offset)
+                    chunk = handle.read(size - self._offset)
+                complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits
+                for line in complete.decode("utf-8").splitlines():
+                    if line.strip():
+                        record = json.loads(line)
+                        self._keys.update(record.get("customer_keys", []))
+                        self._digests.update(record.get("alias_digests", []))
+                self._offset += len(complete)
+            self._current = Erasures(frozenset(self._keys), frozenset(self._digests))
+            self._seen_size = self._offset if self._offset < size else size
+            return self._current
+
     def customer_keys(self) -> list[str]:
-        """Every store key ever erased (to restore the store's erased set at start)."""
-        if not self.path.exists():
-            return []
-        keys: list[str] = []
-        with self.path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    keys.extend(json.loads(line).get("customer_keys", []))
-        return keys
+        """Every store key ever erased (to restore the store's erased set)."""
+        return sorted(self.current().customer_keys)
+
+
+def _locked(path: Path) -> int:
+    """An open descriptor of ``path`` holding its exclusive lock. Retries when the file was
+    replaced (by an erasure's rewrite) between opening and locking."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            if os.fstat(descriptor).st_ino == os.stat(path).st_ino:
+                return descriptor
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
 
 
 def _append_durably(path: Path, text: str, lock: threading.Lock) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with lock:
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        descriptor = _locked(path)
         try:
             data = text.encode("utf-8")
             written = 0
@@ -189,4 +292,45 @@ def _append_durably(path: Path, text: str, lock: threading.Lock) -> None:
                 written += os.write(descriptor, data[written:])
             os.fsync(descriptor)
         finally:
-            os.close(descriptor)
+            os.close(descriptor)  # releases the lock
+
+
+def _rewrite_without(path: Path, erased: Callable[[dict[str, Any]], bool]) -> int:
+    try:
+        descriptor = _locked(path)
+    except FileNotFoundError:
+        return 0
+    try:
+        with open(descriptor, "rb", closefd=False) as handle:
+            handle.seek(0)
+            lines = handle.read().decode("utf-8").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                kept.append(line)  # not ours to judge; a torn line stays as it was
+                continue
+            if not (isinstance(record, dict) and erased(record)):
+                kept.append(line)
+        removed = len(lines) - len(kept)
+        if removed:
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with temporary.open("w", encoding="utf-8") as out:
+                out.writelines(kept)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, 0o640)
+            os.replace(temporary, path)
+            _fsync_dir(path.parent)
+        return removed
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

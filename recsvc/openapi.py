@@ -391,8 +391,13 @@ def _document() -> dict[str, Any]:
             "/v1/customers/{key}": {
                 "delete": {
                     "parameters": [KEY],
-                    "description": "scope admin",
-                    "responses": {"200": _json("ErasureReceipt", "erased"), **reads},
+                    "description": "scope admin; 404 when nobody is known by the key (it is "
+                    "recorded on the erasure list all the same)",
+                    "responses": {
+                        "200": _json("ErasureReceipt", "erased"),
+                        **reads,
+                        **_problems(404),
+                    },
                 }
             },
             "/v1/customers/{key}/blocks/{slot}": {

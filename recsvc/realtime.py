@@ -4,6 +4,7 @@ framework here."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import threading
@@ -13,13 +14,17 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from recsvc.errors import StoreUnavailable
-from recsvc.events import ErasureLog, Event, EventLog, Rejection
-from recsvc.identity import CANONICAL, digest, request_aliases
+from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
+from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
+from recsvc.identity import CANONICAL, request_aliases
 from recsvc.registry import ServedModel
 from recsvc.store import Applied, Store, StoredEvent, customer_key
 
 log = logging.getLogger(__name__)
+
+RESTORE_LOCK_FILE = ".restore.lock"
+REPLAY_BATCH = 500  # events per store call while replaying the logs
+_RESTORE_LOCK = threading.Lock()
 
 
 @dataclass(slots=True)  # not frozen: built for every request, and frozen costs 3x to build
@@ -68,42 +73,66 @@ class Realtime:
         self.event_log = event_log
         self.erasures = erasures
         self.clock = clock
-        self._lock = threading.Lock()
-        self._erased = set(erasures.customer_keys())  # this process's view; no round trip
         self._row_keys: dict[tuple[str, int], str] = {}  # (bundle version, row) -> store key
-        try:
-            store.mark_erased(sorted(self._erased))
-        except StoreUnavailable as error:
-            log.warning("could not restore erasures into the store: %s", error)
+        # Rows of the served bundle that the erasure list names, per (version, list state).
+        self._erased_rows: tuple[str, Erasures, frozenset[int]] | None = None
+        self._restorer: threading.Thread | None = None
 
     @property
     def erased(self) -> frozenset[str]:
-        """Customer keys erased through this process or before it started."""
-        return frozenset(self._erased)
+        """Store keys of every customer on the durable erasure list."""
+        return self.erasures.current().customer_keys
 
-    def resolve(self, model: ServedModel, key: str) -> tuple[int | None, str]:
-        """The customer's model row and store key; erased customers have no row."""
+    def resolve(self, model: ServedModel, key: str) -> tuple[int | None, str, bool]:
+        """The customer's model row, store key, and whether the erasure list names them (an
+        erased customer has no row). The list is checked before anything else, in memory."""
         ranker = model.ranker
+        erasures = self.erasures.current()
         row = ranker.customer_row(key)
         if row is not None:
             cached = (model.version, row)
             store_key = self._row_keys.get(cached) or self._row_keys.setdefault(
                 cached, customer_key(f"{CANONICAL}:{ranker.arrays.customer_ids[row]}")
             )
-        else:
-            aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
-            store_key = customer_key(aliases[-1])
-        if store_key in self._erased:
-            return None, store_key
-        return row, store_key
+            if row in self._rows_erased(model, erasures) or store_key in erasures.customer_keys:
+                return None, store_key, True
+            return row, store_key, False
+        aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
+        store_key = customer_key(aliases[-1])
+        erased = bool(erasures.customer_keys or erasures.alias_digests) and erasures.covers(
+            store_key, (customer_key(alias) for alias in aliases)
+        )
+        return None, store_key, erased
+
+    def _rows_erased(self, model: ServedModel, erasures: Erasures) -> frozenset[int]:
+        """The served bundle's rows that carry an erased alias (e.g. a bundle trained without
+        the erasure list): computed once per bundle and list state."""
+        cached = self._erased_rows
+        if cached is not None and cached[0] == model.version and cached[1] is erasures:
+            return cached[2]
+        rows: frozenset[int] = frozenset()
+        if erasures.alias_digests:
+            aliases = model.ranker.aliases
+            wanted = {bytes.fromhex(d) for d in erasures.alias_digests}
+            highs = np.array([int.from_bytes(d[:8], "big") for d in wanted], dtype=np.uint64)
+            candidates = np.flatnonzero(np.isin(aliases.high, highs))
+            rows = frozenset(
+                int(aliases.rows[p])
+                for p in candidates
+                if _digest_bytes(aliases.high[p], aliases.low[p]) in wanted
+            )
+        self._erased_rows = (model.version, erasures, rows)
+        return rows
 
     def view(self, model: ServedModel, key: str) -> CustomerView:
-        row, store_key = self.resolve(model, key)
-        if store_key in self._erased:
+        row, store_key, erased = self.resolve(model, key)
+        if erased:
             return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
         try:
             state = self.store.customer_state(store_key, model.events_through)
         except StoreUnavailable as error:
+            if isinstance(error, StoreNotRestored):
+                self.restore_soon(model)
             log.warning("store unavailable, serving from the bundle: %s", error)
             return self._with_spend(model, row, store_key, [], {}, degraded=True)
         if state.erased:
@@ -124,7 +153,8 @@ class Realtime:
         deltas: dict[int, float],
         degraded: bool,
     ) -> CustomerView:
-        """The view, with spend from the bundle plus the events since training."""
+        """The view, with spend from the bundle plus the events since training (never below
+        zero: a refund cannot be worth more than was spent)."""
         recent = spend_of(events)
         window = lifetime = recent
         if row is not None:
@@ -137,42 +167,53 @@ class Realtime:
             events,
             deltas,
             degraded,
-            window_spend=window,
-            lifetime_spend=lifetime,
+            window_spend=max(window, 0.0),
+            lifetime_spend=max(lifetime, 0.0),
         )
 
     def record(self, model: ServedModel, batch: list[tuple[int, Event]]) -> BatchResult:
         """Apply valid events to the store, then append the new ones to the durable log.
-        Raises StoreUnavailable (nothing applied) or OSError (the store change is undone)."""
-        received = self.clock()
-        entries: list[tuple[str, StoredEvent]] = []
-        keys: list[str] = []
-        for _, event in batch:
-            _, store_key = self.resolve(model, event.customer)
-            keys.append(store_key)
-            entries.append(
-                (
-                    store_key,
-                    StoredEvent(
-                        event_id=event.event_id,
-                        item_id=event.item_id,
-                        quantity=event.quantity,
-                        price=event.price,
-                        timestamp=event.timestamp.isoformat(),
-                        source=event.source,
-                        received_at=received.timestamp(),
-                    ),
-                )
-            )
-        outcomes = self.store.apply(entries)
+
+        Events of erased customers, and returns of more than the customer holds, are rejected
+        per event and never stored. Raises StoreUnavailable (nothing applied) or OSError (the
+        store change is undone)."""
+        received = self.clock().timestamp()
         result = BatchResult()
+        accepted: list[tuple[int, Event, str, StoredEvent]] = []
+        holdings = _Holdings(self, model)
+        for index, event in batch:
+            row, store_key, erased = self.resolve(model, event.customer)
+            if erased:
+                result.rejected.append(
+                    Rejection(index, event.event_id, ["customer: this customer was erased"])
+                )
+                continue
+            if event.quantity < 0:
+                problem = holdings.take_back(row, store_key, event.item_id, -event.quantity)
+                if problem:
+                    result.rejected.append(Rejection(index, event.event_id, [problem]))
+                    continue
+            else:
+                holdings.add(store_key, event.item_id, event.quantity)
+            stored = StoredEvent(
+                event_id=event.event_id,
+                item_id=event.item_id,
+                quantity=event.quantity,
+                price=event.price,
+                timestamp=event.timestamp.isoformat(),
+                source=event.source,
+                received_at=received,
+            )
+            accepted.append((index, event, store_key, stored))
+        entries = [(store_key, stored) for _, _, store_key, stored in accepted]
+        outcomes = self.store.apply(entries)
         new_entries = []
         records = []
-        for (index, event), entry, outcome in zip(batch, entries, outcomes, strict=True):
-            if outcome is Applied.NEW and entry[0] not in self._erased:
+        for (index, event, store_key, stored), outcome in zip(accepted, outcomes, strict=True):
+            if outcome is Applied.NEW:
                 result.accepted.append(event.event_id)
-                new_entries.append(entry)
-                records.append({**_log_record(event), "received_at": entry[1].received_at})
+                new_entries.append((store_key, stored))
+                records.append({**_log_record(event), "received_at": stored.received_at})
             elif outcome is Applied.DUPLICATE:
                 result.duplicates.append(event.event_id)
             else:
@@ -184,31 +225,33 @@ class Realtime:
         except OSError:
             self.store.forget(new_entries)
             raise
-        self._fire_triggers(model, batch, entries, outcomes)
+        self._fire_triggers(model, [(e, s) for _, e, _, s in accepted], entries, outcomes)
         return result
 
     def _fire_triggers(
         self,
         model: ServedModel,
-        batch: list[tuple[int, Event]],
+        events: list[tuple[Event, StoredEvent]],
         entries: list[tuple[str, StoredEvent]],
         outcomes: list[Applied],
     ) -> None:
         """Tier upgrades and spend thresholds that this batch's new events crossed."""
         added: dict[str, float] = {}
         keys: dict[str, str] = {}
-        for (_, event), (store_key, stored), outcome in zip(batch, entries, outcomes, strict=True):
+        for (event, _), (store_key, stored), outcome in zip(events, entries, outcomes, strict=True):
             if outcome is Applied.NEW:
                 added[store_key] = added.get(store_key, 0.0) + stored.quantity * stored.price
                 keys[store_key] = event.customer
         tiers = model.ranker.tiers
         thresholds = model.bundle.manifest.get("tiers") or {}
-        fired: list[tuple[float, str]] = []
+        fired: list[tuple[float, str, str]] = []
         now = self.clock().timestamp()
         for store_key, amount in added.items():
             if amount <= 0:
                 continue
             view = self.view(model, keys[store_key])
+            if view.erased:
+                continue
             customer = view.customer_id or keys[store_key]
             window_before = view.window_spend - amount
             lifetime_before = view.lifetime_spend - amount
@@ -255,29 +298,189 @@ class Realtime:
             log.warning("could not record %d triggers: %s", len(fired), error)
 
     def erase(self, model: ServedModel, key: str) -> ErasureReceipt:
-        """Forget a customer: every alias, their real-time events, and (through the durable
-        erasure list) their rows in the next training run."""
-        row, store_key = self.resolve(model, key)
+        """Forget a customer: every alias, their real-time events, their lines in the durable
+        event logs, and (through the durable erasure list) their rows in the next training.
+
+        The erasure list is written first: from then on every worker of every host honours it,
+        whatever the store's state; then the event logs are rewritten without the customer's
+        lines, then the store is cleared (StoreUnavailable: retry; each step is idempotent).
+        Raises UnknownCustomer, with the key recorded all the same, when nobody is known by it.
+        """
         ranker = model.ranker
-        digests = {
-            digest(alias).hex()
-            for alias in request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
-        }
+        row = ranker.customer_row(key)
+        aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
+        digests = {customer_key(alias) for alias in aliases}
         customer_id = None
         if row is not None:
             customer_id = str(ranker.arrays.customer_ids[row])
-            digests |= {_hex(high, low) for high, low in ranker.aliases.of_row(row)}
+            digests |= {_digest_bytes(high, low).hex() for high, low in ranker.aliases.of_row(row)}
+            store_keys = {customer_key(f"{CANONICAL}:{customer_id}")}
+        else:
+            store_keys = {customer_key(aliases[-1])}
+        store_keys |= digests  # events reported before linking were kept under an alias's key
         now = self.clock()
-        removed = self.store.erase(store_key)
-        self.erasures.record(sorted(digests), [store_key], now)
-        with self._lock:
-            self._erased.add(store_key)
-        return ErasureReceipt(customer_id, len(digests), removed, now.isoformat(timespec="seconds"))
+        self.erasures.record(sorted(digests), sorted(store_keys), now)
+        redacted = self.event_log.redact(
+            lambda record: self._names(model, record, digests, store_keys)
+        )
+        removed = sum(self.store.erase(store_key) for store_key in sorted(store_keys))
+        if row is None and not redacted and not removed:
+            raise UnknownCustomer("no customer is known by this key")
+        return ErasureReceipt(
+            customer_id, len(digests), max(removed, redacted), now.isoformat(timespec="seconds")
+        )
+
+    def _names(
+        self, model: ServedModel, record: dict[str, object], digests: set[str], keys: set[str]
+    ) -> bool:
+        """Whether a logged event belongs to the customer with these alias digests."""
+        key = record.get("customer")
+        if not isinstance(key, str):
+            return False
+        ranker = model.ranker
+        aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
+        if any(customer_key(alias) in digests for alias in aliases):
+            return True
+        row = ranker.customer_row(key)
+        return (
+            row is not None
+            and customer_key(f"{CANONICAL}:{ranker.arrays.customer_ids[row]}") in keys
+        )
+
+    def restore(self, model: ServedModel) -> bool:
+        """Replay the durable logs into a store that lost its data (a Redis restarted empty):
+        erasures first, then every event still inside the retention window, each at most once.
+        One process of the host does it (a lock file beside the logs); True once restored."""
+        try:
+            if self.store.restored():
+                return True
+        except StoreUnavailable:
+            return False
+        lock_path = self.erasures.path.parent / RESTORE_LOCK_FILE
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another process of this host is replaying
+            try:
+                if self.store.restored():
+                    return True
+                replayed = self._replay(model)
+                self.store.mark_restored()
+            except StoreUnavailable as error:
+                log.warning("could not restore the store from the durable logs: %s", error)
+                return False
+        log.info("store restored from the durable logs: %d events replayed", replayed)
+        return True
+
+    def _replay(self, model: ServedModel) -> int:
+        self.store.mark_erased(sorted(self.erased))
+        horizon = self.clock().timestamp() - self.store_retention
+        batch: list[tuple[str, StoredEvent]] = []
+        replayed = 0
+        for record in self.event_log.records():
+            try:
+                received = float(record["received_at"])
+                if received <= horizon:
+                    continue
+                _, store_key, erased = self.resolve(model, str(record["customer"]))
+                if erased:
+                    continue
+                batch.append(
+                    (
+                        store_key,
+                        StoredEvent(
+                            event_id=str(record["event_id"]),
+                            item_id=str(record["item_id"]),
+                            quantity=float(record["quantity"]),
+                            price=float(record["price"]),
+                            timestamp=str(record["timestamp"]),
+                            source=str(record["source"]),
+                            received_at=received,
+                        ),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                continue  # not a record this service wrote
+            if len(batch) >= REPLAY_BATCH:
+                replayed += self.store.apply(batch, restoring=True).count(Applied.NEW)
+                batch = []
+        replayed += self.store.apply(batch, restoring=True).count(Applied.NEW)
+        return replayed
+
+    @property
+    def store_retention(self) -> float:
+        retention: float = getattr(self.store, "retention", 0.0)
+        return retention
+
+    def restore_soon(self, model: ServedModel) -> None:
+        """Start restoring in the background (reads stay degraded until it is done)."""
+        with _RESTORE_LOCK:
+            if self._restorer is not None and self._restorer.is_alive():
+                return
+            self._restorer = threading.Thread(
+                target=self.restore, args=(model,), name="recsvc-store-restore", daemon=True
+            )
+            self._restorer.start()
+
+
+class _Holdings:
+    """How many units of each item a batch's customers hold now (bundle + events since
+    training + this batch so far), read from the store once per customer with a return."""
+
+    def __init__(self, realtime: Realtime, model: ServedModel) -> None:
+        self.realtime = realtime
+        self.model = model
+        self._held: dict[str, dict[str, float]] = {}
+        self._pending: dict[str, dict[str, float]] = {}  # purchases earlier in this batch
+
+    def add(self, store_key: str, item_id: str, quantity: float) -> None:
+        mine = self._pending.setdefault(store_key, {})
+        mine[item_id] = mine.get(item_id, 0.0) + quantity
+        if store_key in self._held:
+            held = self._held[store_key]
+            held[item_id] = held.get(item_id, 0.0) + quantity
+            mine.pop(item_id)
+
+    def take_back(self, row: int | None, store_key: str, item_id: str, quantity: float) -> str:
+        """An error when the customer holds fewer than ``quantity`` units; else records the
+        return and gives ''."""
+        held = self._held.get(store_key)
+        if held is None:
+            held = self._read(row, store_key)
+            for item, pending in self._pending.pop(store_key, {}).items():
+                held[item] = held.get(item, 0.0) + pending
+            self._held[store_key] = held
+        have = held.get(item_id, 0.0)
+        if have <= 0:
+            return f"item_id: this customer has not bought {item_id}; nothing to return"
+        if quantity > have + 1e-9:
+            return f"quantity: returns {quantity:g} but the customer holds {have:g}"
+        held[item_id] = have - quantity
+        return ""
+
+    def _read(self, row: int | None, store_key: str) -> dict[str, float]:
+        model = self.model
+        held: dict[str, float] = {}
+        if row is not None:
+            arrays = model.ranker.arrays
+            start, end = int(arrays.owned_indptr[row]), int(arrays.owned_indptr[row + 1])
+            for item, quantity in zip(
+                arrays.owned_indices[start:end].tolist(),
+                arrays.owned_quantity[start:end].tolist(),
+                strict=True,
+            ):
+                held[model.item_ids[item]] = float(quantity)
+        state = self.realtime.store.customer_state(store_key, model.events_through)
+        for event in state.events:
+            held[event.item_id] = held.get(event.item_id, 0.0) + event.quantity
+        return held
 
 
 def _trigger(
     at: float, store_key: str, customer: str, kind: str, reason: str, figures: dict[str, object]
-) -> tuple[float, str]:
+) -> tuple[float, str, str]:
     record = {
         "fired_at": at,
         "store_key": store_key,
@@ -286,7 +489,7 @@ def _trigger(
         "reason": reason,
         "figures": figures,
     }
-    return at, json.dumps(record, sort_keys=True)
+    return at, store_key, json.dumps(record, sort_keys=True)
 
 
 def spend_of(events: list[StoredEvent]) -> float:
@@ -298,8 +501,8 @@ def _canonical(model: ServedModel, row: int | None) -> str | None:
     return None if row is None else str(model.ranker.arrays.customer_ids[row])
 
 
-def _hex(high: np.uint64, low: np.uint64) -> str:
-    return int(high).to_bytes(8, "big").hex() + int(low).to_bytes(8, "big").hex()
+def _digest_bytes(high: np.uint64, low: np.uint64) -> bytes:
+    return int(high).to_bytes(8, "big") + int(low).to_bytes(8, "big")
 
 
 def _log_record(event: Event) -> dict[str, object]:

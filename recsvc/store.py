@@ -1,8 +1,8 @@
 """Real-time state shared by every worker: purchases and returns reported since training,
-and erased customers.
+erased customers, CRM triggers fired by events, and email-pick snapshots.
 
 Store
-├── EmbeddedStore   in-process, for one process (the default, and the demo)
+├── EmbeddedStore   one SQLite file per host, shared by its workers (the default)
 └── RedisStore      shared by every worker and host (RECSVC_REDIS_URL)
 
 Customers are stored under an opaque key (see ``customer_key``), never an email address.
@@ -10,21 +10,29 @@ Events are kept per customer in arrival order with their receipt time, for
 ``event_retention_days``; a reader asks for those received after its bundle's watermark, so an
 event the bundle already learned from is never counted twice. Each event id is remembered for
 the same period, which makes applying a batch idempotent.
+
+The durable event and erasure logs (recsvc.events) are the record; a store is rebuilt from them
+when it lost its data (a Redis restarted empty): until then it is not ``restored`` and callers
+treat it as unavailable.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import IntEnum
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import redis
 
-from recsvc.errors import StoreUnavailable
+from recsvc.errors import StoreNotRestored, StoreUnavailable
 from recsvc.identity import digest
 
 T = TypeVar("T")
@@ -33,6 +41,7 @@ T = TypeVar("T")
 EVENT_KEY = "{prefix}:event:{event_id}"  # idempotency marker, expires with the retention
 CUSTOMER_EVENTS_KEY = "{prefix}:customer:{customer}:events"  # sorted set, score = received_at
 ERASED_KEY = "{prefix}:erased"  # set of erased customer keys
+RESTORED_KEY = "{prefix}:restored:{origin}"  # set once the logs of one events dir are replayed
 TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
 SNAPSHOT_KEY = "{prefix}:snapshot:{customer}:{send}"  # email picks of one send, with a TTL
 RATE_KEY = "{prefix}:rate:{bucket}"  # an API key's rate-limit state (GCRA), with a TTL
@@ -79,14 +88,17 @@ class Store(Protocol):
         """Events received after ``since`` and whether the customer was erased; one round
         trip."""
 
-    def apply(self, entries: Sequence[tuple[str, StoredEvent]]) -> list[Applied]:
-        """Record (customer, event) pairs atomically, each at most once per event id."""
+    def apply(
+        self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
+    ) -> list[Applied]:
+        """Record (customer, event) pairs atomically, each at most once per event id. Raises
+        StoreNotRestored while the store is not restored, unless this is the replay."""
 
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
         """Undo ``apply`` of these entries (used when the durable log write fails)."""
 
-    def add_triggers(self, triggers: Sequence[tuple[float, str]]) -> None:
-        """Record (fired_at, JSON) triggers; each JSON names its customer's store key."""
+    def add_triggers(self, triggers: Sequence[tuple[float, str, str]]) -> None:
+        """Record (fired_at, customer, JSON) triggers."""
 
     def triggers_since(self, since: float) -> list[str]:
         """Triggers fired after ``since``, oldest first."""
@@ -105,6 +117,12 @@ class Store(Protocol):
     def erased_keys(self) -> set[str]:
         """Every erased customer key."""
 
+    def restored(self) -> bool:
+        """Whether the store holds what the durable logs hold (False after a data loss)."""
+
+    def mark_restored(self) -> None:
+        """Record that the durable logs were replayed into the store."""
+
     def take(self, bucket: str, rate: float, burst: int) -> float:
         """Take one request from ``bucket`` (``rate`` per second, up to ``burst`` at once):
         0.0 if allowed, else the seconds until one would be."""
@@ -114,101 +132,243 @@ class Store(Protocol):
 
 
 class EmbeddedStore:
-    """The store in this process's memory; right for one process, lost on restart."""
+    """The store in one SQLite database file (WAL mode) that every worker process of the host
+    opens: one state for all of them, kept across restarts.
 
-    def __init__(self, retention_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    Each process and thread has its own connection (a connection must not cross a fork). Reads
+    take no lock; writes are short transactions that SQLite serialises between processes.
+    Deleted rows are overwritten (``secure_delete``), and an erasure checkpoints the
+    write-ahead log, so nothing of an erased customer stays in the file.
+    """
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS events (
+        customer TEXT NOT NULL, received_at REAL NOT NULL, event_id TEXT NOT NULL,
+        body TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS events_by_customer ON events (customer, received_at);
+    CREATE INDEX IF NOT EXISTS events_by_time ON events (received_at);
+    CREATE TABLE IF NOT EXISTS seen (
+        event_id TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS erased (customer TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS triggers (
+        fired_at REAL NOT NULL, customer TEXT NOT NULL, body TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS triggers_by_time ON triggers (fired_at);
+    CREATE TABLE IF NOT EXISTS snapshots (
+        customer TEXT NOT NULL, send TEXT NOT NULL, expires REAL NOT NULL, payload TEXT NOT NULL,
+        PRIMARY KEY (customer, send)) WITHOUT ROWID;
+    """
+    PURGE_EVERY_SECONDS = 60.0  # how often a writer drops what is past the retention
+
+    def __init__(
+        self,
+        path: Path,
+        retention_seconds: float,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self.path = path
         self.retention = retention_seconds
         self.clock = clock
-        self._lock = threading.Lock()
-        self._seen: dict[str, float] = {}  # event id -> expiry
-        self._events: dict[str, list[StoredEvent]] = {}
-        self._erased: set[str] = set()
-        self._triggers: list[tuple[float, str]] = []
-        self._snapshots: dict[tuple[str, str], tuple[float, str]] = {}  # -> (expiry, payload)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._purged_at = 0.0
         self._buckets = LocalBuckets(clock)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._connection().executescript(self.SCHEMA)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"embedded store {path}: {error}") from error
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            connection = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit survives a crash of the process; the fsynced event log covers a
+            # power loss (a restart replays nothing it already holds).
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA secure_delete=ON")
+            local.connection, local.pid = connection, os.getpid()
+        found: sqlite3.Connection = local.connection
+        return found
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"embedded store {self.path}: {error}") from error
+        try:
+            yield connection
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise StoreUnavailable(f"embedded store {self.path}: {error}") from error
+
+    def _read(self, query: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection().execute(query, args).fetchall()
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"embedded store {self.path}: {error}") from error
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
         return self._buckets.take(bucket, rate, burst)
 
     def snapshot(self, customer: str, send: str, payload: str, ttl_seconds: float) -> str:
-        with self._lock:
-            now = self.clock()
-            kept = self._snapshots.get((customer, send))
-            if kept is None or kept[0] <= now:
-                kept = (now + ttl_seconds, payload)
-                self._snapshots[(customer, send)] = kept
-            return kept[1]
+        now = self.clock()
+        with self._transaction() as connection:
+            connection.execute(
+                "DELETE FROM snapshots WHERE customer = ? AND send = ? AND expires <= ?",
+                (customer, send, now),
+            )
+            connection.execute(
+                "INSERT OR IGNORE INTO snapshots VALUES (?, ?, ?, ?)",
+                (customer, send, now + ttl_seconds, payload),
+            )
+            kept: str = connection.execute(
+                "SELECT payload FROM snapshots WHERE customer = ? AND send = ?", (customer, send)
+            ).fetchone()[0]
+        return kept
 
-    def add_triggers(self, triggers: Sequence[tuple[float, str]]) -> None:
-        with self._lock:
-            horizon = self.clock() - self.retention
-            self._triggers = sorted([t for t in self._triggers if t[0] > horizon] + list(triggers))
+    def add_triggers(self, triggers: Sequence[tuple[float, str, str]]) -> None:
+        if not triggers:
+            return
+        with self._transaction() as connection:
+            connection.executemany("INSERT INTO triggers VALUES (?, ?, ?)", triggers)
 
     def triggers_since(self, since: float) -> list[str]:
-        with self._lock:
-            return [text for at, text in self._triggers if at > since]
+        horizon = max(since, self.clock() - self.retention)
+        rows = self._read(
+            "SELECT body FROM triggers WHERE fired_at > ? ORDER BY fired_at, rowid", (horizon,)
+        )
+        return [body for (body,) in rows]
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
-        if customer not in self._events and customer not in self._erased:
-            return CustomerState([], False)  # the common case, without the lock
-        with self._lock:
-            horizon = self.clock() - self.retention
-            events = [
-                e for e in self._events.get(customer, ()) if e.received_at > max(since, horizon)
-            ]
-            return CustomerState(events=events, erased=customer in self._erased)
+        horizon = max(since, self.clock() - self.retention)
+        rows = self._read(
+            "SELECT body FROM events WHERE customer = ? AND received_at > ? "
+            "UNION ALL SELECT NULL FROM erased WHERE customer = ?",
+            (customer, horizon, customer),
+        )
+        if rows and rows[-1][0] is None:
+            return CustomerState([], True)
+        return CustomerState([StoredEvent.from_json(body) for (body,) in rows], False)
 
-    def apply(self, entries: Sequence[tuple[str, StoredEvent]]) -> list[Applied]:
-        with self._lock:
-            now = self.clock()
-            results = []
+    def apply(
+        self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
+    ) -> list[Applied]:
+        if not entries:
+            return []
+        now = self.clock()
+        results = []
+        with self._transaction() as connection:
+            self._purge(connection, now)
             for customer, event in entries:
-                if customer in self._erased:
+                if connection.execute(
+                    "SELECT 1 FROM erased WHERE customer = ?", (customer,)
+                ).fetchone():
                     results.append(Applied.ERASED)
-                elif self._seen.get(event.event_id, 0.0) > now:
+                    continue
+                claimed = connection.execute(
+                    "INSERT INTO seen VALUES (?, ?) ON CONFLICT (event_id) DO UPDATE "
+                    "SET expires = excluded.expires WHERE seen.expires <= ?",
+                    (event.event_id, now + self.retention, now),
+                ).rowcount
+                if not claimed:
                     results.append(Applied.DUPLICATE)
-                else:
-                    self._seen[event.event_id] = now + self.retention
-                    self._events.setdefault(customer, []).append(event)
-                    results.append(Applied.NEW)
-            return results
+                    continue
+                connection.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?)",
+                    (customer, event.received_at, event.event_id, event.to_json()),
+                )
+                results.append(Applied.NEW)
+        return results
+
+    def _purge(self, connection: sqlite3.Connection, now: float) -> None:
+        if now - self._purged_at < self.PURGE_EVERY_SECONDS:
+            return
+        self._purged_at = now
+        horizon = now - self.retention
+        connection.execute("DELETE FROM seen WHERE expires <= ?", (now,))
+        connection.execute("DELETE FROM events WHERE received_at <= ?", (horizon,))
+        connection.execute("DELETE FROM triggers WHERE fired_at <= ?", (horizon,))
+        connection.execute("DELETE FROM snapshots WHERE expires <= ?", (now,))
 
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
-        with self._lock:
+        with self._transaction() as connection:
             for customer, event in entries:
-                self._seen.pop(event.event_id, None)
-                kept = [e for e in self._events.get(customer, []) if e != event]
-                self._events[customer] = kept
+                connection.execute("DELETE FROM seen WHERE event_id = ?", (event.event_id,))
+                connection.execute(
+                    "DELETE FROM events WHERE customer = ? AND event_id = ?",
+                    (customer, event.event_id),
+                )
 
     def erase(self, customer: str) -> int:
-        with self._lock:
-            self._erased.add(customer)
-            self._triggers = [t for t in self._triggers if customer not in t[1]]
-            for key in [key for key in self._snapshots if key[0] == customer]:
-                del self._snapshots[key]
-            return len(self._events.pop(customer, []))
+        with self._transaction() as connection:
+            connection.execute("INSERT OR IGNORE INTO erased VALUES (?)", (customer,))
+            connection.execute("DELETE FROM triggers WHERE customer = ?", (customer,))
+            connection.execute("DELETE FROM snapshots WHERE customer = ?", (customer,))
+            removed = connection.execute(
+                "DELETE FROM events WHERE customer = ?", (customer,)
+            ).rowcount
+        self._checkpoint()
+        return int(removed)
+
+    def _checkpoint(self) -> None:
+        """Fold the write-ahead log into the database and empty it, so the pages that held
+        deleted rows survive in neither file (best effort while other readers are active)."""
+        try:
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
 
     def mark_erased(self, customers: Sequence[str]) -> None:
-        with self._lock:
-            self._erased.update(customers)
+        if not customers:
+            return
+        with self._transaction() as connection:
+            connection.executemany(
+                "INSERT OR IGNORE INTO erased VALUES (?)", [(c,) for c in customers]
+            )
 
     def erased_keys(self) -> set[str]:
-        with self._lock:
-            return set(self._erased)
+        return {customer for (customer,) in self._read("SELECT customer FROM erased", ())}
+
+    def restored(self) -> bool:
+        return True  # the database is on disk: nothing to restore after a restart
+
+    def mark_restored(self) -> None:
+        return None
 
     def ping(self) -> bool:
+        try:
+            self._read("SELECT 1", ())
+        except StoreUnavailable:
+            return False
         return True
 
 
 _APPLY_SCRIPT = """
--- KEYS[1] = erased set; then per event: marker key, customer events key
--- ARGV[1] = retention seconds; then per event: customer, score, member
+-- KEYS[1] = erased set, KEYS[2] = restored marker; then per event: marker key, events key
+-- ARGV[1] = retention seconds, ARGV[2] = 1 to refuse while not restored;
+-- then per event: customer, score, member
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then
+  return {-1}
+end
 local ttl = tonumber(ARGV[1])
 local results = {}
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 2) / 2
 for j = 1, n do
-  local marker, events = KEYS[2 * j], KEYS[2 * j + 1]
-  local customer, score, member = ARGV[3 * j - 1], ARGV[3 * j], ARGV[3 * j + 1]
+  local marker, events = KEYS[2 * j + 1], KEYS[2 * j + 2]
+  local customer, score, member = ARGV[3 * j], ARGV[3 * j + 1], ARGV[3 * j + 2]
   if redis.call('SISMEMBER', KEYS[1], customer) == 1 then
     results[j] = 2
   elseif redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
@@ -269,6 +429,7 @@ class RedisStore:
         url: str,
         prefix: str,
         retention_seconds: float,
+        origin: str = "default",
         timeout: float = 0.05,
         cooldown: float = 1.0,
         clock: Callable[[], float] = time.time,
@@ -278,6 +439,8 @@ class RedisStore:
         )
         self.prefix = prefix
         self.retention = retention_seconds
+        # Which durable logs this store was restored from: one marker per events directory.
+        self._restored_key = RESTORED_KEY.format(prefix=prefix, origin=origin)
         self.cooldown = cooldown
         self.clock = clock
         self._down_until = 0.0
@@ -301,13 +464,13 @@ class RedisStore:
     def _triggers_key(self) -> str:
         return TRIGGERS_KEY.format(prefix=self.prefix)
 
-    def add_triggers(self, triggers: Sequence[tuple[float, str]]) -> None:
+    def add_triggers(self, triggers: Sequence[tuple[float, str, str]]) -> None:
         if not triggers:
             return
 
         def add() -> None:
             pipeline = self.client.pipeline(transaction=False)
-            pipeline.zadd(self._triggers_key(), {text: at for at, text in triggers})
+            pipeline.zadd(self._triggers_key(), {text: at for at, _, text in triggers})
             pipeline.zremrangebyscore(self._triggers_key(), "-inf", self.clock() - self.retention)
             pipeline.execute()
 
@@ -336,6 +499,8 @@ class RedisStore:
             raise StoreUnavailable("redis is unavailable (cooling down after a failure)")
         try:
             return operation()
+        except StoreNotRestored:
+            raise
         except redis.RedisError as error:
             self._down_until = self.clock() + self.cooldown
             raise StoreUnavailable(f"redis: {error}") from error
@@ -347,21 +512,36 @@ class RedisStore:
             pipeline = self.client.pipeline(transaction=False)
             pipeline.zrangebyscore(self._events_key(customer), f"({horizon}", "+inf")
             pipeline.sismember(self._erased_key(), customer)
-            members, erased = pipeline.execute()
+            pipeline.exists(self._restored_key)
+            members, erased, restored = pipeline.execute()
+            if not restored:
+                raise StoreNotRestored("redis lost its data; replaying the durable logs")
             return CustomerState([StoredEvent.from_json(m) for m in members], bool(erased))
 
         return self._call(read)
 
-    def apply(self, entries: Sequence[tuple[str, StoredEvent]]) -> list[Applied]:
+    def apply(
+        self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
+    ) -> list[Applied]:
+        """As Store.apply; refused with StoreNotRestored until the store is restored, except
+        for the replay itself (``restoring``)."""
         if not entries:
             return []
-        keys = [self._erased_key()]
-        args: list[str | float | int] = [int(self.retention)]
+        keys = [self._erased_key(), self._restored_key]
+        args: list[str | float | int] = [int(self.retention), 0 if restoring else 1]
         for customer, event in entries:
             keys += [self._marker_key(event.event_id), self._events_key(customer)]
             args += [customer, event.received_at, event.to_json()]
         results = self._call(lambda: self._apply(keys=keys, args=args))
+        if list(results) == [-1]:
+            raise StoreNotRestored("redis lost its data; replaying the durable logs")
         return [Applied(int(code)) for code in results]
+
+    def restored(self) -> bool:
+        return bool(self._call(lambda: self.client.exists(self._restored_key)))
+
+    def mark_restored(self) -> None:
+        self._call(lambda: self.client.set(self._restored_key, "1"))
 
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
         def undo() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recsvc.errors import StoreUnavailable
+from recsvc.errors import StoreNotRestored, StoreUnavailable
 from recsvc.store import Applied, EmbeddedStore, RedisStore, Store, StoredEvent
 from tests.redis_server import RedisProcess
 
@@ -20,13 +20,15 @@ def event(event_id: str, item: str = "A", quantity: float = 1.0, at: float = 100
 
 
 @pytest.fixture(params=["embedded", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     clock = lambda: 2000.0  # noqa: E731 - a fixed "now" inside retention for every event
     if request.param == "embedded":
-        yield EmbeddedStore(RETENTION, clock=clock)
+        yield EmbeddedStore(tmp_path / "store.sqlite3", RETENTION, clock=clock)
     else:
         url = request.getfixturevalue("clean_redis")
-        yield RedisStore(url, "recsvc-test", RETENTION, timeout=1.0, clock=clock)
+        redis_store = RedisStore(url, "recsvc-test", RETENTION, timeout=1.0, clock=clock)
+        redis_store.mark_restored()
+        yield redis_store
 
 
 def test_apply_is_idempotent_by_event_id(store: Store) -> None:
@@ -77,6 +79,7 @@ def test_redis_outage_fails_fast_and_recovers_by_itself(tmp_path: Path) -> None:
     server.start()
     store = RedisStore(server.url, "recsvc-test", RETENTION, timeout=0.05, cooldown=0.2)
     try:
+        store.mark_restored()
         assert store.apply([("c1", event("e1", at=time.time()))]) == [Applied.NEW]
         server.stop()
 
@@ -90,7 +93,53 @@ def test_redis_outage_fails_fast_and_recovers_by_itself(tmp_path: Path) -> None:
 
         server.start()  # empty again: this Redis keeps nothing on disk
         time.sleep(0.25)  # past the cooldown
+        # It answers, but lost what it held: not trusted until the logs are replayed.
+        assert not store.restored()
+        with pytest.raises(StoreNotRestored):
+            store.apply([("c1", event("e2", at=time.time()))])
+        with pytest.raises(StoreNotRestored):
+            store.customer_state("c1", since=0.0)
+        store.mark_restored()
         assert store.apply([("c1", event("e2", at=time.time()))]) == [Applied.NEW]
         assert [e.event_id for e in store.customer_state("c1", since=0.0).events] == ["e2"]
     finally:
         server.stop()
+
+
+def test_snapshots_keep_the_first_payload_and_erase_removes_them(store: Store) -> None:
+    assert store.snapshot("c1", "send-1", "first", 60.0) == "first"
+    assert store.snapshot("c1", "send-1", "second", 60.0) == "first"
+    store.erase("c1")
+    assert store.snapshot("c1", "send-1", "third", 60.0) == "third"
+
+
+def test_triggers_since_and_erase(store: Store) -> None:
+    store.add_triggers([(1500.0, "c1", '{"c": "c1"}'), (1600.0, "c2", '{"c": "c2"}')])
+    assert store.triggers_since(1550.0) == ['{"c": "c2"}']
+    store.erase("c2")
+    assert store.triggers_since(0.0) == ['{"c": "c1"}']
+
+
+def test_embedded_store_is_one_state_for_every_process(tmp_path: Path) -> None:
+    """Two stores on one file stand for two workers: what one writes, the other reads."""
+    path = tmp_path / "store.sqlite3"
+    clock = lambda: 2000.0  # noqa: E731
+    first, second = EmbeddedStore(path, RETENTION, clock), EmbeddedStore(path, RETENTION, clock)
+    assert first.apply([("c1", event("e1"))]) == [Applied.NEW]
+    assert second.apply([("c1", event("e1"))]) == [Applied.DUPLICATE]
+    assert [e.event_id for e in second.customer_state("c1", 0.0).events] == ["e1"]
+    second.erase("c1")
+    assert first.customer_state("c1", 0.0).erased
+    reopened = EmbeddedStore(path, RETENTION, clock)  # a restart keeps everything
+    assert reopened.customer_state("c1", 0.0).erased
+
+
+def test_embedded_store_leaves_no_erased_bytes_in_its_files(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = EmbeddedStore(path, RETENTION, lambda: 2000.0)
+    marker = "ITEM-ONLY-THIS-CUSTOMER-HAD"
+    store.apply([("c1", event("e1", item=marker))])
+    store.snapshot("c1", "send", f"picks of {marker}", 60.0)
+    store.erase("c1")
+    for file in tmp_path.iterdir():
+        assert marker.encode() not in file.read_bytes(), file.name

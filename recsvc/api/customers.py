@@ -9,8 +9,10 @@ from flask import Blueprint, Flask, Response, jsonify
 from recsvc import api
 from recsvc.api.access import requires
 from recsvc.api.observability import answered
-from recsvc.api.problems import Problem
-from recsvc.errors import StoreUnavailable
+from recsvc.api.problems import Problem, invalid_parameter
+from recsvc.errors import StoreUnavailable, UnknownCustomer
+from recsvc.identity import request_aliases
+from recsvc.registry import ServedModel
 from recsvc.signals import customer_signals
 
 blueprint = Blueprint("customers", __name__, url_prefix="/v1/customers")
@@ -47,16 +49,41 @@ def profile(key: str) -> Response:
 @requires("admin")
 def erase(key: str) -> Response:
     model = api.served_model()
+    _check_key_form(model, key)
     try:
         receipt = api.realtime().erase(model, key)
+    except UnknownCustomer:
+        raise Problem(
+            404,
+            "Unknown customer",
+            "no customer is known by this key; it is on the erasure list all the same, so "
+            "the next training drops any rows that carry it",
+        ) from None
     except StoreUnavailable:
         raise Problem(
             503,
             "Store unavailable",
-            "the customer could not be erased now; retry",
+            "the erasure is recorded and every worker honours it, but the store could not be "
+            "cleared now; retry",
             headers={"Retry-After": "1"},
         ) from None
     return jsonify(erased=True, **asdict(receipt))
+
+
+def _check_key_form(model: ServedModel, key: str) -> None:
+    """A key naming nobody must at least be one the service could resolve: a typo such as
+    ``emial:ann@example.com`` is a 400, not a silent no-op."""
+    if model.ranker.customer_row(key) is not None:
+        return
+    aliases = model.ranker.aliases
+    prefix, colon, rest = key.partition(":")
+    if colon and len(request_aliases(key, aliases.rules, aliases.namespaces)) == 1:
+        known = ", ".join(sorted({"email", "phone", *aliases.namespaces}))
+        raise invalid_parameter(
+            "customer_id",
+            f"{prefix!r} is not a key type this service knows ({known}), or the value after "
+            "it is not a valid address or number",
+        )
 
 
 def init_app(app: Flask) -> None:
