@@ -13,11 +13,13 @@ test: check services
 	$(BIN)/pytest
 
 # Tests use the machine's Redis and PostgreSQL when they run, start redis-server themselves
-# to test outages, and drive Debian's Chromium for the browser tests.
+# to test outages, drive Debian's Chromium for the browser tests, and put nginx in front of
+# gunicorn for the production-topology tests.
 services:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

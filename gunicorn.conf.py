@@ -3,7 +3,10 @@
 Chosen by measurement on a 2-core machine (see README, Performance): sync workers, one per
 core. The bundle is loaded before the fork (preload), so every worker shares its arrays
 copy-on-write, and it is frozen out of the garbage collector's reach so that it stays shared.
-BLAS is pinned to one thread per worker. Workers count Prometheus metrics into
+BLAS is pinned to one thread per worker. A sync worker is held by one client until its request
+is read in full, so two slow clients stop two workers: gunicorn must sit behind a buffering
+proxy (deploy/nginx.conf; README, Production topology), and it listens on 127.0.0.1 unless
+RECSVC_BIND says otherwise. Workers count Prometheus metrics into
 PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless set), which /metrics adds up. Every
 log line, gunicorn's included, is one JSON object.
 """
@@ -27,7 +30,7 @@ _OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsvc-metrics-")
 
-bind = os.environ.get("RECSVC_BIND", "0.0.0.0:8000")
+bind = os.environ.get("RECSVC_BIND", "127.0.0.1:8000")  # or unix:/path/to/socket
 workers = int(os.environ.get("RECSVC_WORKERS", str(multiprocessing.cpu_count())))
 worker_class = os.environ.get("RECSVC_WORKER_CLASS", "sync")
 threads = int(os.environ.get("RECSVC_THREADS", "1"))

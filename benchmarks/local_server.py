@@ -1,6 +1,6 @@
 """Local servers for the benchmark, load-test and fault scripts (and the tests): a gunicorn
-started with gunicorn.conf.py on a free port, ready when /readyz answers, and a private
-redis-server that can be stopped and restarted."""
+started with gunicorn.conf.py on a free port, ready when /readyz answers, nginx in front of
+it with deploy/nginx.conf, and a private redis-server that can be stopped and restarted."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from string import Template
 
 import redis
 
@@ -56,6 +58,70 @@ def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Itera
         server.wait(timeout=20)
         if log_path is not None:
             log.close()  # type: ignore[union-attr]
+
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+def nginx_binary() -> str:
+    """The nginx executable (Debian installs it in /usr/sbin, often not on a user's PATH)."""
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise RuntimeError(
+            "nginx is not installed: run `make services` (or `apt-get install nginx`)"
+        )
+    return found
+
+
+def render_nginx_conf(listen: str, upstream: str, max_body_bytes: int) -> str:
+    """deploy/nginx.conf with its ${RECSVC_...} placeholders filled in, as envsubst would."""
+    text = Template(NGINX_CONF.read_text(encoding="utf-8")).safe_substitute(
+        RECSVC_FRONT_LISTEN=listen,
+        RECSVC_UPSTREAM=upstream,
+        RECSVC_MAX_BODY_BYTES=str(max_body_bytes),
+    )
+    if "${" in text:
+        raise RuntimeError(f"{NGINX_CONF} has a placeholder this launcher does not fill")
+    return text
+
+
+@contextmanager
+def nginx(
+    upstream: str, max_body_bytes: int, log_path: Path | None = None, port: int | None = None
+) -> Iterator[str]:
+    """Run nginx with deploy/nginx.conf in front of ``upstream`` (host:port or unix:path) on
+    ``port`` of 127.0.0.1 (a free one by default), and yield its base URL once it answers
+    /healthz; its log lines go to ``log_path`` when given."""
+    binary = nginx_binary()
+    port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="recsvc-nginx-") as directory:
+        # Run as root, nginx's workers drop to nobody and must reach their temporary folders.
+        os.chmod(directory, 0o755)
+        conf = Path(directory) / "nginx.conf"
+        conf.write_text(render_nginx_conf(f"127.0.0.1:{port}", upstream, max_body_bytes))
+        log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+        server = subprocess.Popen(
+            [binary, "-p", f"{directory}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
+            stdout=log,
+            stderr=log,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    urllib.request.urlopen(f"{base}/healthz", timeout=1)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError("nginx did not start or cannot reach gunicorn") from None
+                    time.sleep(0.1)
+            yield base
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+            if log_path is not None:
+                log.close()  # type: ignore[union-attr]
 
 
 class RedisProcess:

@@ -32,6 +32,8 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         log.warning("RECSVC_AUTH=off: every request is allowed; use this for local work only")
 
     app = Flask(__name__)
+    # Larger bodies get 413 (api.problems.refuse_large_body), unread where they declare a length.
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     from recsvc.api.json import OrjsonProvider
 
     app.json = OrjsonProvider(app)

@@ -31,6 +31,7 @@ class ServiceConfig:
     snapshot_ttl_days: int = defaults.SNAPSHOT_TTL_DAYS
     rate_limit: int = defaults.RATE_LIMIT  # per key and second, unless the key sets its own
     log_salt: bytes = b""  # keys the customer hashes in log lines; empty: random per start
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> ServiceConfig:
@@ -86,6 +87,7 @@ class ServiceConfig:
             snapshot_ttl_days=integer("SNAPSHOT_TTL_DAYS", defaults.SNAPSHOT_TTL_DAYS, 1, 3650),
             rate_limit=integer("RATE_LIMIT", defaults.RATE_LIMIT, 0, 1_000_000),
             log_salt=get("LOG_SALT", "").encode(),
+            max_body_bytes=integer("MAX_BODY_BYTES", defaults.MAX_BODY_BYTES, 1024, 1 << 30),
         )
 
 

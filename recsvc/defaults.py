@@ -5,6 +5,8 @@ from __future__ import annotations
 MODELS_DIR = "models"
 RELOAD_SECONDS = 10  # how often each worker looks for a newly published bundle (0: never)
 LOG_LEVEL = "INFO"
+# Larger request bodies get 413 unread. A full batch of 1000 events is about 200 KB.
+MAX_BODY_BYTES = 1024 * 1024
 
 # GET /v1/customers/<id>/recommendations?n=
 DEFAULT_N = 10

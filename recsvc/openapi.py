@@ -475,7 +475,7 @@ def _document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("EventResult", "per-event outcome"),
                         "422": _json("EventResult", "every event rejected"),
-                        **_problems(400, 401, 403, 429, 503),
+                        **_problems(400, 401, 403, 413, 429, 503),
                     },
                 }
             },
@@ -503,7 +503,7 @@ def _document() -> dict[str, Any]:
                         "description": "a problem (RFC 9457)",
                         "content": {"application/problem+json": {"schema": _ref("Problem")}},
                     }
-                    for status in (400, 401, 403, 404, 503)
+                    for status in (400, 401, 403, 404, 413, 503)
                 },
                 "Problem429": {
                     "description": "the API key is over its rate limit (RECSVC_RATE_LIMIT)",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, json
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,34 @@ def invalid_parameter(name: str, reason: str) -> Problem:
     )
 
 
+def body_too_large(limit: int | None) -> Problem:
+    return Problem(413, "Content Too Large", f"the request body is larger than {limit} bytes")
+
+
+def refuse_large_body() -> None:
+    """Answer 413 to a request whose Content-Length is over the limit before anything reads
+    its body. A chunked body declares no length, and Werkzeug would quietly cut it off at the
+    limit: it is read here (at most the limit, kept for the view), and refused if more follows."""
+    limit = request.max_content_length
+    if limit is None:
+        return
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise body_too_large(limit)
+    elif request.environ.get("wsgi.input_terminated"):
+        body = request.get_data(cache=True)
+        if len(body) >= limit and request.environ["wsgi.input"].read(1):
+            raise body_too_large(limit)
+
+
 def init_app(app: Flask) -> None:
+    app.before_request(refuse_large_body)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def handle_too_large(error: RequestEntityTooLarge) -> Response:
+        return problem_response(body_too_large(request.max_content_length))
+
     @app.errorhandler(Problem)
     def handle_problem(problem: Problem) -> Response:
         return problem_response(problem)
