@@ -158,6 +158,7 @@ class EmbeddedStore:
         PRIMARY KEY (customer, send)) WITHOUT ROWID;
     """
     PURGE_EVERY_SECONDS = 60.0  # how often a writer drops what is past the retention
+    CACHED_STATES = 65536  # customer states a thread keeps while nothing changes
 
     def __init__(
         self,
@@ -213,6 +214,8 @@ class EmbeddedStore:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise StoreUnavailable(f"embedded store {self.path}: {error}") from error
+        finally:
+            self._local.states = {}  # data_version does not count this connection's commits
 
     def _read(self, query: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         try:
@@ -253,15 +256,36 @@ class EmbeddedStore:
         return [body for (body,) in rows]
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
-        horizon = max(since, self.clock() - self.retention)
-        rows = self._read(
-            "SELECT body FROM events WHERE customer = ? AND received_at > ? "
-            "UNION ALL SELECT NULL FROM erased WHERE customer = ?",
-            (customer, horizon, customer),
-        )
-        if rows and rows[-1][0] is None:
-            return CustomerState([], True)
-        return CustomerState([StoredEvent.from_json(body) for (body,) in rows], False)
+        horizon = self.clock() - self.retention
+        local = self._local
+        connection = self._connection()
+        try:
+            # Changes only when another connection committed: until then this thread's
+            # answers stand, and a read costs a pragma instead of a query.
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
+            if version != getattr(local, "version", None):
+                local.version, local.states = version, {}
+            states: dict[tuple[str, float], CustomerState] = local.states
+            state = states.get((customer, since))
+            if state is None:
+                rows = connection.execute(
+                    "SELECT body FROM events WHERE customer = ? AND received_at > ? "
+                    "UNION ALL SELECT NULL FROM erased WHERE customer = ?",
+                    (customer, since, customer),
+                ).fetchall()
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"embedded store {self.path}: {error}") from error
+        if state is None:
+            if rows and rows[-1][0] is None:
+                state = CustomerState([], True)
+            else:
+                state = CustomerState([StoredEvent.from_json(body) for (body,) in rows], False)
+            if len(states) >= self.CACHED_STATES:
+                states.clear()
+            states[(customer, since)] = state
+        if any(event.received_at <= horizon for event in state.events):
+            return CustomerState([e for e in state.events if e.received_at > horizon], False)
+        return CustomerState(list(state.events), state.erased)
 
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
