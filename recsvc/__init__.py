@@ -30,13 +30,18 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
     logs.configure(config.log_level)
     if not config.auth:
         log.warning("RECSVC_AUTH=off: every request is allowed; use this for local work only")
+    if config.identity_key.development:
+        log.warning(
+            "RECSVC_ID_SECRET is not set: alias digests use the published development secret; "
+            "use this for local work only"
+        )
 
     app = Flask(__name__)
     from recsvc.api.json import OrjsonProvider
 
     app.json = OrjsonProvider(app)
     app.extensions["recsvc.config"] = config
-    registry = ModelRegistry(config.models_dir)
+    registry = ModelRegistry(config.models_dir, config.identity_key)
     registry.load()
     app.extensions["recsvc.registry"] = registry
 
@@ -48,7 +53,7 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
 
     store = make_store(config)
     app.extensions["recsvc.realtime"] = Realtime(
-        store, EventLog(config.events_dir), ErasureLog(config.events_dir)
+        store, EventLog(config.events_dir), ErasureLog(config.events_dir), config.identity_key
     )
     app.extensions["recsvc.auth"] = Authenticator(config.api_keys) if config.auth else None
     app.extensions["recsvc.limiter"] = RateLimiter(store, config.rate_limit)

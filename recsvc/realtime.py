@@ -15,7 +15,7 @@ import numpy as np
 
 from recsvc.errors import StoreUnavailable
 from recsvc.events import ErasureLog, Event, EventLog, Rejection
-from recsvc.identity import CANONICAL, digest, request_aliases
+from recsvc.identity import CANONICAL, IdentityKey, request_aliases
 from recsvc.registry import ServedModel
 from recsvc.store import Applied, Store, StoredEvent, customer_key
 
@@ -62,9 +62,11 @@ class Realtime:
         store: Store,
         event_log: EventLog,
         erasures: ErasureLog,
+        key: IdentityKey,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
+        self.key = key
         self.event_log = event_log
         self.erasures = erasures
         self.clock = clock
@@ -88,14 +90,25 @@ class Realtime:
         if row is not None:
             cached = (model.version, row)
             store_key = self._row_keys.get(cached) or self._row_keys.setdefault(
-                cached, customer_key(f"{CANONICAL}:{ranker.arrays.customer_ids[row]}")
+                cached, customer_key(self.key, f"{CANONICAL}:{ranker.arrays.customer_ids[row]}")
             )
+            alias = ""
         else:
             aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
-            store_key = customer_key(aliases[-1])
-        if store_key in self._erased:
+            alias = aliases[-1]
+            store_key = customer_key(self.key, alias)
+        if store_key in self._erased or (
+            self.key.rotated and self._erased_before(model, row, alias)
+        ):
             return None, store_key
         return row, store_key
+
+    def _erased_before(self, model: ServedModel, row: int | None, alias: str) -> bool:
+        """Erased under a retired secret (before a rotation): their store key then was the
+        digest under that secret."""
+        if row is not None:
+            alias = f"{CANONICAL}:{model.ranker.arrays.customer_ids[row]}"
+        return any(old in self._erased for old in self.key.all_hex(alias)[1:])
 
     def view(self, model: ServedModel, key: str) -> CustomerView:
         row, store_key = self.resolve(model, key)
@@ -260,7 +273,7 @@ class Realtime:
         row, store_key = self.resolve(model, key)
         ranker = model.ranker
         digests = {
-            digest(alias).hex()
+            self.key.hex(alias)
             for alias in request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
         }
         customer_id = None
