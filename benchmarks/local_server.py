@@ -19,6 +19,8 @@ from string import Template
 
 import redis
 
+from recsvc.identity import DEVELOPMENT_SECRET, SECRET_VARIABLE
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,9 +33,15 @@ def free_port() -> int:
 @contextmanager
 def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Iterator[str]:
     """Run gunicorn with ``environment`` (RECSVC_* settings) and yield its base URL; its log
-    lines go to ``log_path`` when given."""
+    lines go to ``log_path`` when given. Without RECSVC_ID_SECRET in either, the development
+    secret, which bundles trained without one use."""
     port = free_port()
-    env = {**os.environ, **environment, "RECSVC_BIND": f"127.0.0.1:{port}"}
+    env = {
+        SECRET_VARIABLE: DEVELOPMENT_SECRET,
+        **os.environ,
+        **environment,
+        "RECSVC_BIND": f"127.0.0.1:{port}",
+    }
     log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "recsvc.wsgi:app"],

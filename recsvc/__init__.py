@@ -30,6 +30,11 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
     logs.configure(config.log_level)
     if not config.auth:
         log.warning("RECSVC_AUTH=off: every request is allowed; use this for local work only")
+    if config.identity_key.development:
+        log.warning(
+            "RECSVC_ID_SECRET is not set: alias digests use the published development secret; "
+            "use this for local work only"
+        )
 
     app = Flask(__name__)
     # Larger bodies get 413 (api.problems.refuse_large_body), unread where they declare a length.
@@ -38,7 +43,7 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
 
     app.json = OrjsonProvider(app)
     app.extensions["recsvc.config"] = config
-    registry = ModelRegistry(config.models_dir)
+    registry = ModelRegistry(config.models_dir, config.identity_key)
     registry.load()
     app.extensions["recsvc.registry"] = registry
 
@@ -49,7 +54,9 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         registry.watch(config.reload_seconds)
 
     store = make_store(config)
-    realtime = Realtime(store, EventLog(config.events_dir), ErasureLog(config.events_dir))
+    realtime = Realtime(
+        store, EventLog(config.events_dir), ErasureLog(config.events_dir), config.identity_key
+    )
     if registry.model is not None:
         realtime.restore(registry.model)  # a Redis that lost its data is rebuilt before use
     app.extensions["recsvc.realtime"] = realtime

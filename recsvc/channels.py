@@ -3,6 +3,7 @@ of one email send. Pure: no web framework; rendering is in ``recsvc.render``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, date, datetime
 from typing import Any
@@ -11,7 +12,6 @@ from urllib.parse import urlencode
 import numpy as np
 from numpy.typing import NDArray
 
-from recsvc.identity import digest
 from recsvc.ranker import RankedItem
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
@@ -189,7 +189,7 @@ def email_picks(
 
 def snapshot_key(send_id: str, n: int) -> str:
     """One snapshot per send and list length (send ids are free text)."""
-    return digest(f"{send_id}\0{n}").hex()
+    return hashlib.blake2b(f"{send_id}\0{n}".encode(), digest_size=16).hexdigest()
 
 
 def dumps(payload: dict[str, Any]) -> str:

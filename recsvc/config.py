@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from recsvc import defaults
 from recsvc.auth import ApiKey, parse_api_keys
 from recsvc.errors import ConfigError
+from recsvc.identity import SECRET_VARIABLE, IdentityKey
 
 PREFIX = "RECSVC_"
 
@@ -32,6 +33,8 @@ class ServiceConfig:
     rate_limit: int = defaults.RATE_LIMIT  # per key and second, unless the key sets its own
     log_salt: bytes = b""  # keys the customer hashes in log lines; empty: random per start
     max_body_bytes: int = defaults.MAX_BODY_BYTES
+    # Keys every alias digest (bundle lookups, store keys, erasure records).
+    identity_key: IdentityKey = field(default_factory=IdentityKey.development_key)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> ServiceConfig:
@@ -70,6 +73,7 @@ class ServiceConfig:
                 f"{PREFIX}API_KEYS or {PREFIX}API_KEYS_FILE must grant at least one key "
                 f"(mint one with `recsvc keys mint`), or set {PREFIX}AUTH=off for local use"
             )
+        identity_key = _identity_key(values, auth == "on")
         return cls(
             models_dir=Path(models_dir),
             log_level=log_level,
@@ -88,7 +92,23 @@ class ServiceConfig:
             rate_limit=integer("RATE_LIMIT", defaults.RATE_LIMIT, 0, 1_000_000),
             log_salt=get("LOG_SALT", "").encode(),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.MAX_BODY_BYTES, 1024, 1 << 30),
+            identity_key=identity_key,
         )
+
+
+def _identity_key(values: Mapping[str, str], auth: bool) -> IdentityKey:
+    """The deployment's secret. Unset: an error with authentication on, else the published
+    development secret (create_app warns whenever that one is in use)."""
+    try:
+        key = IdentityKey.from_environment(values)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if key is None and auth:
+        raise ConfigError(
+            f"{SECRET_VARIABLE} must be set to this deployment's secret (the trainer uses the "
+            "same one); make one with python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return key or IdentityKey.development_key()
 
 
 def _origins(text: str) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.bundle import BundleArrays
-from recsvc.identity import AliasIndex, IdentityRules
+from recsvc.identity import AliasIndex, IdentityKey, IdentityRules
 from recsvc.tiers import TierTable
 
 HELD = 1e-9  # net quantities are sums of decimals; above this the customer holds the item
@@ -57,7 +57,10 @@ class Ranker:
         rules: IdentityRules | None = None,
         namespaces: Iterable[str] = (),
         tiers: TierTable | None = None,
+        key: IdentityKey | None = None,
     ) -> None:
+        """``key``: the secret the bundle's alias digests were made with; the service passes
+        its own. None: the development key (the trainer's evaluation ranks by row)."""
         self.arrays = arrays
         self.tiers = tiers or TierTable.from_manifest(None)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -72,6 +75,7 @@ class Ranker:
             arrays.alias_rows,
             rules or IdentityRules(),
             namespaces,
+            key or IdentityKey.development_key(),
         )
         group_sizes = np.bincount(arrays.item_group, minlength=1)
         self._grouped = group_sizes[arrays.item_group] > 1

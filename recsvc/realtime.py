@@ -16,7 +16,7 @@ import numpy as np
 
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
-from recsvc.identity import CANONICAL, request_aliases
+from recsvc.identity import CANONICAL, IdentityKey, request_aliases
 from recsvc.registry import ServedModel
 from recsvc.store import Applied, Store, StoredEvent, customer_key
 
@@ -67,9 +67,11 @@ class Realtime:
         store: Store,
         event_log: EventLog,
         erasures: ErasureLog,
+        key: IdentityKey,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
+        self.key = key
         self.event_log = event_log
         self.erasures = erasures
         self.clock = clock
@@ -90,19 +92,34 @@ class Realtime:
         erasures = self.erasures.current()
         row = ranker.customer_row(key)
         if row is not None:
+            canonical = f"{CANONICAL}:{ranker.arrays.customer_ids[row]}"
             cached = (model.version, row)
             store_key = self._row_keys.get(cached) or self._row_keys.setdefault(
-                cached, customer_key(f"{CANONICAL}:{ranker.arrays.customer_ids[row]}")
+                cached, customer_key(self.key, canonical)
             )
-            if row in self._rows_erased(model, erasures) or store_key in erasures.customer_keys:
+            if (
+                row in self._rows_erased(model, erasures)
+                or store_key in erasures.customer_keys
+                or (self.key.rotated and self._erased_before(erasures, [canonical]))
+            ):
                 return None, store_key, True
             return row, store_key, False
         aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
-        store_key = customer_key(aliases[-1])
-        erased = bool(erasures.customer_keys or erasures.alias_digests) and erasures.covers(
-            store_key, (customer_key(alias) for alias in aliases)
+        store_key = customer_key(self.key, aliases[-1])
+        erased = bool(erasures.customer_keys or erasures.alias_digests) and (
+            erasures.covers(store_key, (customer_key(self.key, alias) for alias in aliases))
+            or (self.key.rotated and self._erased_before(erasures, aliases))
         )
         return None, store_key, erased
+
+    def _erased_before(self, erasures: Erasures, aliases: list[str]) -> bool:
+        """Erased under a retired secret, before a rotation: the list holds their digests
+        under that secret."""
+        return any(
+            old in erasures.customer_keys or old in erasures.alias_digests
+            for alias in aliases
+            for old in self.key.all_hex(alias)[1:]
+        )
 
     def _rows_erased(self, model: ServedModel, erasures: Erasures) -> frozenset[int]:
         """The served bundle's rows that carry an erased alias (e.g. a bundle trained without
@@ -309,14 +326,14 @@ class Realtime:
         ranker = model.ranker
         row = ranker.customer_row(key)
         aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
-        digests = {customer_key(alias) for alias in aliases}
+        digests = {self.key.hex(alias) for alias in aliases}
         customer_id = None
         if row is not None:
             customer_id = str(ranker.arrays.customer_ids[row])
             digests |= {_digest_bytes(high, low).hex() for high, low in ranker.aliases.of_row(row)}
-            store_keys = {customer_key(f"{CANONICAL}:{customer_id}")}
+            store_keys = {customer_key(self.key, f"{CANONICAL}:{customer_id}")}
         else:
-            store_keys = {customer_key(aliases[-1])}
+            store_keys = {customer_key(self.key, aliases[-1])}
         store_keys |= digests  # events reported before linking were kept under an alias's key
         now = self.clock()
         self.erasures.record(sorted(digests), sorted(store_keys), now)
@@ -339,12 +356,12 @@ class Realtime:
             return False
         ranker = model.ranker
         aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
-        if any(customer_key(alias) in digests for alias in aliases):
+        if any(self.key.hex(alias) in digests for alias in aliases):
             return True
         row = ranker.customer_row(key)
         return (
             row is not None
-            and customer_key(f"{CANONICAL}:{ranker.arrays.customer_ids[row]}") in keys
+            and customer_key(self.key, f"{CANONICAL}:{ranker.arrays.customer_ids[row]}") in keys
         )
 
     def restore(self, model: ServedModel) -> bool:

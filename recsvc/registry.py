@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from recsvc.bundle import Bundle, current_version, load_current
-from recsvc.errors import BundleError
-from recsvc.identity import IdentityRules
+from recsvc.errors import BundleCorrupt, BundleError
+from recsvc.identity import SECRET_VARIABLE, IdentityKey, IdentityRules
 from recsvc.ranker import Ranker
 from recsvc.tiers import TierTable
 
@@ -55,8 +55,11 @@ class ServedModel:
 class ModelRegistry:
     """Holds the served model; a request takes one reference and uses it throughout."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, key: IdentityKey | None = None) -> None:
+        """``key``: this deployment's secret; a bundle trained with another is refused.
+        None: the development key."""
         self.models_dir = models_dir
+        self.key = key or IdentityKey.development_key()
         self.model: ServedModel | None = None
         self.last_error: str | None = None
         self.refused: str | None = None  # the version refused last, not retried
@@ -67,6 +70,7 @@ class ModelRegistry:
         """Load the bundle ``current`` points at. On failure keep serving the previous one."""
         try:
             bundle = load_current(self.models_dir)
+            _check_key(bundle, self.key)
         except BundleError as error:
             self.last_error = str(error)
             self.refused = self._pointer()
@@ -83,6 +87,7 @@ class ModelRegistry:
             IdentityRules.from_manifest(identity.get("rules", {})),
             identity.get("namespaces", []),
             TierTable.from_manifest(bundle.manifest.get("tiers")),
+            self.key,
         )
         item_ids = [str(item) for item in bundle.arrays.item_ids.tolist()]
         prices = [None if math.isnan(price) else price for price in bundle.arrays.prices.tolist()]
@@ -133,6 +138,18 @@ class ModelRegistry:
             return current_version(self.models_dir)
         except BundleError:
             return None
+
+
+def _check_key(bundle: Bundle, key: IdentityKey) -> None:
+    """A bundle's alias digests only match the secret they were made with. A bundle that
+    records no fingerprint (made by hand, as in tests) is taken as it is."""
+    recorded = bundle.manifest.get("identity", {}).get("key_fingerprint")
+    if recorded is not None and recorded != key.fingerprint:
+        raise BundleCorrupt(
+            f"{bundle.path}: trained with another {SECRET_VARIABLE} (key fingerprint "
+            f"{str(recorded)[:8]}…, this service's is {key.fingerprint[:8]}…); retrain it with "
+            "this deployment's secret"
+        )
 
 
 def _timestamp(text: object) -> float:

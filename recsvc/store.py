@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 import redis
 
 from recsvc.errors import StoreNotRestored, StoreUnavailable
-from recsvc.identity import digest
+from recsvc.identity import IdentityKey
 
 T = TypeVar("T")
 
@@ -47,10 +47,10 @@ SNAPSHOT_KEY = "{prefix}:snapshot:{customer}:{send}"  # email picks of one send,
 RATE_KEY = "{prefix}:rate:{bucket}"  # an API key's rate-limit state (GCRA), with a TTL
 
 
-def customer_key(alias: str) -> str:
-    """The store's key for a customer: a digest of their canonical alias (``id:<id>``), or
-    for a customer the bundle does not know, of the alias they were named by."""
-    return digest(alias).hex()
+def customer_key(key: IdentityKey, alias: str) -> str:
+    """The store's key for a customer: a keyed digest of their canonical alias (``id:<id>``),
+    or for a customer the bundle does not know, of the alias they were named by."""
+    return key.hex(alias)
 
 
 @dataclass(frozen=True)

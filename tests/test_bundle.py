@@ -20,7 +20,7 @@ from recsvc.bundle import (
     publish_bundle,
 )
 from recsvc.errors import BundleCorrupt, BundleNotFound
-from recsvc.identity import alias_table
+from recsvc.identity import IdentityKey, alias_table
 from recsvc.registry import ModelRegistry
 from training.tiers import empty_crm
 
@@ -44,7 +44,9 @@ def tiny_arrays(scale: float = 1.0) -> BundleArrays:
         **dict(
             zip(
                 ("alias_high", "alias_low", "alias_rows"),
-                alias_table({"id:c1": "c1", "id:c2": "c2"}, ["c1", "c2"]),
+                alias_table(
+                    IdentityKey.development_key(), {"id:c1": "c1", "id:c2": "c2"}, ["c1", "c2"]
+                ),
                 strict=True,
             )
         ),

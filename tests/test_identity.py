@@ -7,9 +7,9 @@ import pytest
 
 from recsvc.identity import (
     AliasIndex,
+    IdentityKey,
     IdentityRules,
     alias_table,
-    digest_halves,
     normalise_email,
     normalise_phone,
     request_aliases,
@@ -17,6 +17,7 @@ from recsvc.identity import (
 from training.identity import LinkRules, canonical_id, link, mask
 
 PLAIN = IdentityRules()
+KEY = IdentityKey("a-test-secret-of-at-least-32-characters")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +81,7 @@ def test_links_are_transitive() -> None:
         ],
         [],
         LinkRules(),
+        KEY,
     )
     ann = {
         identity.customer_of[a] for a in ("customer:1", "email:a@x.com", "phone:+441", "partner:9")
@@ -94,6 +96,7 @@ def test_shared_email_does_not_fuse_two_accounts() -> None:
         [("customer:300", "email:family@x.com", ""), ("customer:301", "email:family@x.com", "")],
         [],
         LinkRules(),
+        KEY,
     )
     assert identity.customer_of["customer:300"] == "300"
     assert identity.customer_of["customer:301"] == "301"
@@ -108,35 +111,39 @@ def test_shared_email_fuses_accounts_when_allowed_and_crosswalk_always_does() ->
         ("customer:300", "email:family@x.com", ""),
         ("customer:301", "email:family@x.com", ""),
     ]
-    allowed = link(records, [], LinkRules(link_distinct_ids=True))
+    allowed = link(records, [], LinkRules(link_distinct_ids=True), KEY)
     assert allowed.customer_of["customer:301"] == "300"
     explicit = link(
         [("customer:5", "", ""), ("customer:6", "", "")],
         [("customer:5", "customer:6")],
         LinkRules(),
+        KEY,
     )
     assert explicit.customer_of["customer:6"] == "5"
 
 
 def test_cluster_cap_refuses_placeholder_identifiers() -> None:
     records = [(f"customer:{i}", "", "phone:+440000000000") for i in range(5)]
-    identity = link(records, [], LinkRules(link_distinct_ids=True, max_cluster_ids=3))
+    identity = link(records, [], LinkRules(link_distinct_ids=True, max_cluster_ids=3), KEY)
     assert len({identity.customer_of[f"customer:{i}"] for i in range(5)}) == 3
     assert identity.report()["conflicts"]["cluster_cap"]["count"] == 2
 
 
 def test_canonical_ids_never_show_an_address() -> None:
-    assert canonical_id(["email:a@x.com", "customer:9", "customer:10"]) == "10"
-    assert canonical_id(["partner:7", "email:a@x.com"]) == "partner:7"
-    token = canonical_id(["email:a@x.com", "phone:+441"])
+    assert canonical_id(["email:a@x.com", "customer:9", "customer:10"], KEY) == "10"
+    assert canonical_id(["partner:7", "email:a@x.com"], KEY) == "partner:7"
+    token = canonical_id(["email:a@x.com", "phone:+441"], KEY)
     assert token.startswith("c-") and "@" not in token
+    # Keyed: whoever lacks the secret cannot recompute it from a guessed address.
+    other = IdentityKey("another-secret-of-at-least-32-characters")
+    assert canonical_id(["email:a@x.com", "phone:+441"], other) != token
     assert mask("phone:+442079460958") == "phone:+44***58"
 
 
 def test_alias_index_finds_every_alias_and_nothing_else() -> None:
     customer_of = {"id:c1": "c1", "shop:77": "c1", "email:ann@example.com": "c1", "id:c2": "c2"}
-    high, low, rows = alias_table(customer_of, ["c1", "c2"])
-    index = AliasIndex(high, low, rows, PLAIN, ["shop"])
+    high, low, rows = alias_table(KEY, customer_of, ["c1", "c2"])
+    index = AliasIndex(high, low, rows, PLAIN, ["shop"], KEY)
     assert [index.row(key) for key in ("c1", "shop:77", "email:Ann@Example.com", "c2")] == [
         0,
         0,
@@ -150,7 +157,7 @@ def test_alias_index_finds_every_alias_and_nothing_else() -> None:
 def test_alias_index_tells_digests_apart_by_their_low_half() -> None:
     # Digests sharing a high half (never seen in practice) lie side by side, sorted by the
     # low half, which picks the row.
-    high, low = digest_halves("id:a")
+    high, low = KEY.halves("id:a")
     entries = sorted([(low ^ 1, 7), (low, 8), (low ^ 2, 9)])
     index = AliasIndex(
         np.array([high] * 3, dtype=np.uint64),
@@ -158,6 +165,7 @@ def test_alias_index_tells_digests_apart_by_their_low_half() -> None:
         np.array([entry[1] for entry in entries], dtype=np.int32),
         PLAIN,
         [],
+        KEY,
     )
     assert index.row("a") == 8
     assert index.row("b") is None

@@ -20,6 +20,7 @@ from recsvc import create_app
 from recsvc.auth import mint
 from recsvc.bundle import current_version, load_current, publish_bundle
 from recsvc.config import ServiceConfig
+from recsvc.identity import DEVELOPMENT_SECRET
 from tests.test_bundle import tiny_arrays
 from tests.test_reload import corrupt, wait_for
 
@@ -38,6 +39,7 @@ def service(models: Path, tmp_path: Path, redis_url: str | None = None) -> Flask
             "RECSVC_MODELS_DIR": str(models),
             "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
             "RECSVC_API_KEYS": ",".join([OPS_LINE, WEB_LINE, ADMIN_LINE]),
+            "RECSVC_ID_SECRET": DEVELOPMENT_SECRET,  # the sample bundle's
             "RECSVC_RELOAD_SECONDS": "1",
             **({"RECSVC_REDIS_URL": redis_url} if redis_url else {}),
         }

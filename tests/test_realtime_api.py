@@ -231,9 +231,7 @@ def test_erasure_forgets_every_alias_and_the_next_training(
     erasures = tmp_path / "events" / "erasures.jsonl"
     assert customer not in erasures.read_text()  # digests only
     config = sample_config_copy(tmp_path)
-    config.write_text(
-        config.read_text().replace("[items]", f'[identity]\nerasures = "{erasures}"\n\n[items]')
-    )
+    config.write_text(config.read_text().replace('"../../events/erasures.jsonl"', f'"{erasures}"'))
     report = train(load_config(config), tmp_path / "models")
     erased_rows = sum(counts["erased"] for counts in report.accounting.values())
     assert erased_rows > 0

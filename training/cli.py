@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -14,12 +15,16 @@ from typing import Any
 
 import pandas as pd
 
-from training.config import load_config, tuned_path
-from training.errors import TrainingError
-from training.merge import OUTCOMES
+from recsvc import defaults
+from recsvc.events import ERASURES_FILE
+from recsvc.identity import IdentityKey
+from training.config import TrainConfig, load_config, tuned_path
+from training.errors import ConfigError, TrainingError
+from training.merge import NO_ERASURE_LIST, OUTCOMES
 from training.pipeline import TrainReport, train
 
 DEFAULT_MODELS_DIR = Path("models")
+ERASURES_HELP = "the service's erasure list, instead of the config's [identity] erasures"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--config", type=Path, required=True, help="training config (TOML)")
     train_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     train_cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train_cmd.add_argument("--erasures", type=Path, help=ERASURES_HELP)
     train_cmd.set_defaults(run=_train)
 
     serve_cmd = commands.add_parser("serve", help="serve the current bundle (development server)")
@@ -79,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate the config and sample every source; non-zero exit on errors"
     )
     check_cmd.add_argument("--config", type=Path, required=True)
+    check_cmd.add_argument("--erasures", type=Path, help=ERASURES_HELP)
     check_cmd.set_defaults(run=_check_sources)
 
     export_cmd = commands.add_parser(
@@ -120,8 +127,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from(path: Path, erasures: Path | None = None) -> TrainConfig:
+    """The TOML config plus what stays out of it: the alias key from RECSVC_ID_SECRET (and
+    RECSVC_ID_SECRETS_RETIRED), read here once; without it, the development key. ``erasures``
+    overrides the config's erasure list."""
+    config = load_config(path)
+    try:
+        key = IdentityKey.from_environment(os.environ) or IdentityKey.development_key()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    identity = dataclasses.replace(
+        config.identity, key=key, erasures=erasures or config.identity.erasures
+    )
+    return dataclasses.replace(config, identity=identity)
+
+
 def _train(args: argparse.Namespace) -> int:
-    report = train(load_config(args.config), args.models_dir, progress=not args.no_progress)
+    config = config_from(args.config, args.erasures)
+    report = train(config, args.models_dir, progress=not args.no_progress)
     print_report(report)
     return 0
 
@@ -132,7 +155,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise TrainingError(f"--k must be at least 1, got {args.k}")
-    report = evaluate(load_config(args.config), args.cutoff, args.k, args.end, progress=True)
+    report = evaluate(config_from(args.config), args.cutoff, args.k, args.end, progress=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.html").write_text(render_html(report))
@@ -152,7 +175,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     if args.trials < 1 or args.validation_days < 1:
         raise TrainingError("--trials and --validation-days must be at least 1")
-    config = load_config(args.config)
+    config = config_from(args.config)
     result = tune(
         merged_history(config),
         config.model,
@@ -176,7 +199,12 @@ def _tune(args: argparse.Namespace) -> int:
 def _check_sources(args: argparse.Namespace) -> int:
     from training.check import check_sources
 
-    results = check_sources(load_config(args.config))
+    config = config_from(args.config, args.erasures)
+    results = check_sources(config)
+    if config.identity.erasures is None:
+        print(f"warning: {NO_ERASURE_LIST}")
+    elif not config.identity.erasures.is_file():
+        print(f"note: erasure list {config.identity.erasures} does not exist yet (none erased)")
     for result in results:
         status = "error" if result.errors else "ok"
         print(f"{status:5}  {result.name} ({result.kind}): {result.rows:,} rows")
@@ -310,8 +338,11 @@ def _serve(args: argparse.Namespace, overrides: dict[str, str] | None = None) ->
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # The erasure list of the service the demo starts, wherever RECSVC_EVENTS_DIR puts it.
+    events_dir = os.environ.get("RECSVC_EVENTS_DIR", "").strip() or defaults.EVENTS_DIR
+    erasures = Path(events_dir) / ERASURES_FILE
     with resources.as_file(resources.files("training") / "sample" / "sample.toml") as config_path:
-        report = train(load_config(config_path), args.models_dir, progress=True)
+        report = train(config_from(config_path, erasures), args.models_dir, progress=True)
     print_report(report)
     from recsvc.bundle import load_bundle
 

@@ -14,7 +14,7 @@ from typing import Any
 import phonenumbers
 
 from recsvc.channels import DEFAULT_CHANNELS
-from recsvc.identity import IdentityRules
+from recsvc.identity import IdentityKey, IdentityRules
 from training.errors import ConfigError
 from training.identity import LinkRules
 from training.tiers import TierConfig, TierLevel
@@ -137,6 +137,9 @@ class IdentityConfig:
     crosswalk: Path | None = None  # CSV: left,right = two keys of one customer
     # The service's erasure list; may not exist yet (nobody erased), which the manifest notes.
     erasures: Path | None = None
+    # Keys the alias digests: RECSVC_ID_SECRET, set by the CLI from the environment, never
+    # from the TOML (a config file gets copied and committed).
+    key: IdentityKey = field(default_factory=IdentityKey.development_key)
 
 
 @dataclass(frozen=True)

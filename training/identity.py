@@ -16,13 +16,12 @@ fixed order (crosswalk, then records sorted), so the same data always links the 
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsvc.identity import EMAIL, PHONE
+from recsvc.identity import EMAIL, PHONE, IdentityKey
 
 PRIMARY_NAMESPACE = "customer"
 MAX_EXAMPLES = 5
@@ -59,9 +58,13 @@ class Identity:
 
 
 def link(
-    records: Iterable[tuple[str, ...]], crosswalk: Iterable[tuple[str, str]], rules: LinkRules
+    records: Iterable[tuple[str, ...]],
+    crosswalk: Iterable[tuple[str, str]],
+    rules: LinkRules,
+    key: IdentityKey,
 ) -> Identity:
-    """``records``: the aliases each input record carries ("" where it has none)."""
+    """``records``: the aliases each input record carries ("" where it has none); ``key``
+    makes the tokens of customers known only by an address or number."""
     forest = _Forest(rules)
     for left, right in crosswalk:
         forest.union(left, right, explicit=True)
@@ -73,7 +76,7 @@ def link(
         edges.update(zip(present, present[1:], strict=False))
     for left, right in sorted(edges):
         forest.union(left, right, explicit=False)
-    return Identity(forest.canonical_ids(), forest.refused, forest.examples)
+    return Identity(forest.canonical_ids(key), forest.refused, forest.examples)
 
 
 class _Forest:
@@ -126,30 +129,29 @@ class _Forest:
         if len(examples) < MAX_EXAMPLES:
             examples.append(f"{mask(left)} ~ {mask(right)}")
 
-    def canonical_ids(self) -> dict[str, str]:
+    def canonical_ids(self, key: IdentityKey) -> dict[str, str]:
         members: dict[str, list[str]] = {}
         for alias in self.parent:
             members.setdefault(self.find(alias), []).append(alias)
         customer_of: dict[str, str] = {}
         for aliases in members.values():
-            canonical = canonical_id(aliases)
+            canonical = canonical_id(aliases, key)
             for alias in aliases:
                 customer_of[alias] = canonical
         return customer_of
 
 
-def canonical_id(aliases: list[str]) -> str:
+def canonical_id(aliases: list[str], key: IdentityKey) -> str:
     """The shop's own id when the customer has one (the smallest, if several); else another
-    namespace's id; else a stable token derived from the smallest alias. Never an email or
-    phone number in clear."""
+    namespace's id; else a stable token, a keyed digest of the smallest alias. Never an email
+    or phone number, in clear or as a hash anyone could recompute."""
     primary = sorted(a for a in aliases if a.startswith(f"{PRIMARY_NAMESPACE}:"))
     if primary:
         return primary[0].partition(":")[2]
     ids = sorted(a for a in aliases if a.partition(":")[0] not in (EMAIL, PHONE))
     if ids:
         return ids[0]
-    token = hashlib.blake2b(min(aliases).encode(), digest_size=8).hexdigest()
-    return f"c-{token}"
+    return f"c-{key.hex(min(aliases))[:16]}"
 
 
 def mask(alias: str) -> str:

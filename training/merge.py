@@ -7,8 +7,10 @@ Each row gets exactly one outcome, decided in this order:
 2. ``adjustment``: the item is not a product (postage, fees, discounts, vouchers; see ItemRules).
 3. ``quarantined`` with a reason: unparseable or impossible quantity, price or timestamp
    (zero, negative price, beyond MAX_QUANTITY or MAX_UNIT_PRICE, more than a day in the future).
-   Then ``erased``: the row names a customer on the service's erasure list; it is not used
-   at all (not even to link identities).
+   Then ``erased``: the row belongs to a customer on the service's erasure list: one alias
+   of theirs is listed, and every row linked to it is theirs, in every source. It is not used
+   at all, and takes no part in linking the others; quarantined rows of theirs stay counted
+   as quarantined, without their values.
 4. ``duplicate``: the same order line (order id, item, quantity, timestamp) was already read
    from an earlier source. A line repeated inside one source is kept as many times as it appears
    there; only the copies that another source also holds count once. In the service's event
@@ -42,8 +44,8 @@ from recsvc.identity import (
     CANONICAL,
     EMAIL,
     PHONE,
+    IdentityKey,
     IdentityRules,
-    digest,
     normalise_email,
     normalise_phone,
 )
@@ -173,23 +175,31 @@ def merge_sources(
     # The identifier vocabularies as Python strings, made once for erasures, linking and
     # the customer of each row.
     identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
-    erased = _erased_rows(parsed, identifiers, configs, load_erasures(identity.erasures))
+    aliases, identity_report = _link(
+        parsed, vocabulary, identifiers, configs, identity, namespace_of
+    )
+    erased = _erased_rows(
+        parsed, identifiers, aliases, load_erasures(identity.erasures), identity.key
+    )
+    if erased.any():
+        # Linked again without them, so that no alias, id or masked example of theirs is
+        # left in the result. The others link as before: a link to an erased customer's
+        # alias was refused, or it would have made them one customer.
+        aliases, identity_report = _link(
+            parsed.loc[~erased, LINK_COLUMNS],
+            vocabulary,
+            identifiers,
+            configs,
+            identity,
+            namespace_of,
+        )
     outcome = parsed["outcome"].to_numpy(copy=True)
+    quarantine = _withhold_erased(
+        pd.concat(quarantines, ignore_index=True), erased[outcome == QUARANTINED]
+    )
     outcome[erased & (outcome == UNDECIDED)] = ERASED
     parsed["outcome"] = outcome
-    aliases, identity_report = _link(
-        parsed.loc[outcome != ERASED, LINK_COLUMNS] if erased.any() else parsed,
-        vocabulary,
-        identifiers,
-        configs,
-        identity,
-        namespace_of,
-    )
-    identity_report["erasures"] = {
-        "list": None if identity.erasures is None else str(identity.erasures),
-        "list_present": identity.erasures is not None and identity.erasures.is_file(),
-        "rows_erased": int((outcome == ERASED).sum()),
-    }
+    identity_report["erasures"] = erasure_report(identity.erasures, int((outcome == ERASED).sum()))
     customers = _customer_of(parsed, identifiers, aliases)
     outcome = parsed["outcome"].to_numpy(copy=True)
     has_order = parsed["order"].to_numpy() != _blank_code(vocabulary["order"])
@@ -221,7 +231,7 @@ def merge_sources(
     events["outcome"] = pd.Categorical.from_codes(outcome[kept], categories=pd.Index(OUTCOMES))
     return MergedHistory(
         events=events[EVENT_COLUMNS],
-        quarantine=pd.concat(quarantines, ignore_index=True),
+        quarantine=quarantine,
         accounting=_accounting(parsed, names),
         aliases=aliases,
         identity=identity_report,
@@ -246,7 +256,7 @@ def _link(
         *(identifiers[column][parsed[column].to_numpy()[combinations]] for column in columns),
         strict=True,
     )
-    linked = link(records, crosswalk, config.links)
+    linked = link(records, crosswalk, config.links, config.key)
     aliases = dict(linked.customer_of)
     raw_ids, id_aliases = identifiers["raw_customer_id"], identifiers["id_alias"]
     with_id = parsed.loc[
@@ -526,6 +536,24 @@ def _key_aliases(
     return column(id_of), column(email_of), column(phone_of)
 
 
+NO_ERASURE_LIST = (
+    "no erasure list configured ([identity] erasures): customers erased through the service "
+    "come back in this bundle; point it at the service's RECSVC_EVENTS_DIR/erasures.jsonl"
+)
+
+
+def erasure_report(path: Path | None, rows_erased: int) -> dict[str, Any]:
+    """The manifest's ``identity.erasures``; a ``warning`` when no list is configured."""
+    report: dict[str, Any] = {
+        "list": None if path is None else str(path),
+        "list_present": path is not None and path.is_file(),
+        "rows_erased": rows_erased,
+    }
+    if path is None:
+        report["warning"] = NO_ERASURE_LIST
+    return report
+
+
 def load_erasures(path: Path | None) -> set[str]:
     """Alias digests (hex) of every erased customer, from the service's erasure list."""
     if path is None or not path.is_file():
@@ -547,29 +575,48 @@ def load_erasures(path: Path | None) -> set[str]:
 def _erased_rows(
     parsed: pd.DataFrame,
     identifiers: dict[str, NDArray[np.object_]],
-    sources: list[SourceConfig],
+    aliases: dict[str, str],
     erased: set[str],
+    key: IdentityKey,
 ) -> NDArray[np.bool_]:
-    """Rows carrying any alias of an erased customer."""
+    """Every row of every erased customer. ``aliases`` is the linking's alias -> customer
+    (with ``<source>:<id>`` and ``id:<canonical>``); a customer is erased when any alias of
+    theirs is listed, and a row is theirs when any identifier it carries is (a link refused
+    between two customers leaves the row with both, and it goes)."""
     mask = np.zeros(len(parsed), dtype=bool)
     if not erased:
         return mask
-
-    def hits(column: str, prefix: str = "") -> NDArray[np.bool_]:
-        values = identifiers[column]
-        found = [code for code, v in enumerate(values) if v and _erased(prefix + v, erased)]
-        return np.isin(parsed[column].to_numpy(), found)
-
+    customers = {customer for alias, customer in aliases.items() if _erased(alias, erased, key)}
+    if not customers:
+        return mask
     for column in ("id_alias", "email_alias", "phone_alias"):
-        mask |= hits(column)
-    positions = parsed["source_position"].to_numpy()
-    for position, source in enumerate(sources):
-        mask |= (positions == position) & hits("raw_customer_id", f"{source.name}:")
+        theirs = [
+            code
+            for code, alias in enumerate(identifiers[column])
+            if alias and aliases.get(alias) in customers
+        ]
+        mask |= np.isin(parsed[column].to_numpy(), theirs)
     return mask
 
 
-def _erased(alias: str, erased: set[str]) -> bool:
-    return digest(alias).hex() in erased
+def _erased(alias: str, erased: set[str], key: IdentityKey) -> bool:
+    """Listed under the current secret or a retired one (records from before a rotation)."""
+    return any(value in erased for value in key.all_hex(alias))
+
+
+def _withhold_erased(quarantine: pd.DataFrame, erased: NDArray[np.bool_]) -> pd.DataFrame:
+    """Quarantined rows of erased customers stay (they are counted) without their values:
+    a raw row holds the customer's id, email and phone, maybe in any column."""
+    if not erased.any():
+        return quarantine
+    assert len(erased) == len(quarantine), "one quarantine row per quarantined row, in order"
+    kept = {"source", "file", "record", "reason"}
+    for column in quarantine.columns:
+        if column not in kept:
+            quarantine[column] = quarantine[column].astype(object)
+            quarantine.loc[erased, column] = ""
+    quarantine.loc[erased, "detail"] = "erased customer: values withheld"
+    return quarantine
 
 
 def _normalised(values: pd.Series, normalise: Callable[[str], str | None]) -> pd.Series:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -20,19 +21,21 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from recsvc.bundle import CONTENT_FILE, BundleArrays, new_version, publish_bundle, sha256_file
-from recsvc.identity import CANONICAL, alias_table
+from recsvc.identity import CANONICAL, IdentityKey, alias_table
 from recsvc.ranker import Ranker
 from recsvc.tiers import TierTable
 from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, value_is
 from training.fit import Factors, fit_als, trend_prior
-from training.merge import MergedHistory, merge_sources
+from training.merge import NO_ERASURE_LIST, MergedHistory, merge_sources
 from training.sources import SourceRows, events_through, read_source
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
 
 QUARANTINE_FILE = "quarantine.csv"
 MODEL_KIND = "als+trend"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,13 @@ class TrainReport:
 
 def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> TrainReport:
     started = time.perf_counter()
+    if config.identity.erasures is None:
+        log.warning(NO_ERASURE_LIST)
+    if config.identity.key.development:
+        log.warning(
+            "RECSVC_ID_SECRET is not set: the bundle's alias digests use the published "
+            "development secret, and a service with authentication on refuses it"
+        )
     sources = [read_source(source) for source in config.sources]
     fingerprint = data_fingerprint(config, sources)
     received = [events_through(rows) for rows in sources]
@@ -71,7 +81,9 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
         crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
         tier_names = [level["name"] for level in crm.manifest["levels"]]
         content = load_content(config.channels.content, list(taxonomy), tier_names)
-        arrays = served_arrays(data, factors.result(), config.model, merged.aliases, crm)
+        arrays = served_arrays(
+            data, factors.result(), config.model, merged.aliases, crm, config.identity.key
+        )
     version = new_version(fingerprint)
     sections = {
         # Receipt time of the last reported event learned from; the service only applies
@@ -113,14 +125,15 @@ def served_arrays(
     params: ModelParams,
     aliases: dict[str, str] | None = None,
     crm: Crm | None = None,
+    key: IdentityKey | None = None,
 ) -> BundleArrays:
     """``factors`` plus the trending prior, as the bundle holds them, with each customer's
     candidate list under their tier's policy (given ``crm``)."""
     prior = trend_prior(data.trending, params.trend_weight)
-    arrays = bundle_arrays(data, factors, prior, aliases, None if crm is None else crm.arrays)
+    arrays = bundle_arrays(data, factors, prior, aliases, None if crm is None else crm.arrays, key)
     if crm is None or params.candidates == 0:
         return arrays
-    ranker = Ranker(arrays, tiers=TierTable.from_manifest(crm.manifest))
+    ranker = Ranker(arrays, tiers=TierTable.from_manifest(crm.manifest), key=key)
     # A thread per core, each with one BLAS thread: faster than one multi-threaded product,
     # and the lists come out the same whatever the machine's core count.
     with threadpool_limits(limits=1, user_api="blas"):
@@ -141,14 +154,18 @@ def bundle_arrays(
     item_prior: NDArray[np.float32],
     aliases: dict[str, str] | None = None,
     crm: dict[str, NDArray[Any]] | None = None,
+    key: IdentityKey | None = None,
 ) -> BundleArrays:
     """The served arrays. Without ``aliases`` a customer is found by canonical id only;
-    without ``crm`` every customer is in the first tier with no signals."""
+    without ``crm`` every customer is in the first tier with no signals. ``key`` makes the
+    alias digests (None: the development key, for evaluation, which ranks by row)."""
     order = np.lexsort((np.arange(len(data.item_ids)), -data.popularity))
     customer_ids = data.customer_ids.tolist()
     if aliases is None:
         aliases = {f"{CANONICAL}:{customer}": customer for customer in customer_ids}
-    alias_high, alias_low, alias_rows = alias_table(aliases, customer_ids)
+    alias_high, alias_low, alias_rows = alias_table(
+        key or IdentityKey.development_key(), aliases, customer_ids
+    )
     return BundleArrays(
         customer_ids=data.customer_ids,
         item_ids=data.item_ids,
@@ -214,6 +231,8 @@ def publish(
             "namespaces": sorted(
                 {s.name for s in config.sources} | {s.customer_namespace for s in config.sources}
             ),
+            # The service refuses the bundle unless its RECSVC_ID_SECRET has this fingerprint.
+            "key_fingerprint": config.identity.key.fingerprint,
         },
     }
     with tempfile.TemporaryDirectory() as scratch:

@@ -50,7 +50,7 @@ def triggers() -> Response:
         if kind not in kinds or at <= since:
             continue
         customer = str(arrays.customer_ids[arrays.trigger_rows[position]])
-        if customer_key(f"{CANONICAL}:{customer}") in erased:
+        if customer_key(realtime.key, f"{CANONICAL}:{customer}") in erased:
             continue
         found.append(
             {
