@@ -298,6 +298,8 @@ class _Text:
         """The rows as an Arrow dictionary array of ``values`` (derived from ``self.values``,
         one per value) or of the text itself."""
         dictionary = pa.array(self.values if values is None else values, type=pa.large_string())
+        if not len(dictionary):  # pyarrow would type an empty dictionary null
+            dictionary = pa.array([""], type=pa.large_string())
         return pa.DictionaryArray.from_arrays(pa.array(self.codes, pa.int32()), dictionary)
 
     @staticmethod
