@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--config", type=Path, required=True, help="training config (TOML)")
     train_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     train_cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train_cmd.add_argument(
+        "--allow-quarantine",
+        action="store_true",
+        help="publish even where a source quarantines more than its max_quarantine_share",
+    )
     train_cmd.set_defaults(run=_train)
 
     serve_cmd = commands.add_parser("serve", help="serve the current bundle (development server)")
@@ -121,7 +126,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    report = train(load_config(args.config), args.models_dir, progress=not args.no_progress)
+    report = train(
+        load_config(args.config),
+        args.models_dir,
+        progress=not args.no_progress,
+        allow_quarantine=args.allow_quarantine,
+    )
     print_report(report)
     return 0
 

@@ -245,7 +245,7 @@ def _catalog(
     item, description = lines // span, lines % span
     best = np.lexsort((description, -counts, item))  # per item: most frequent, then first
     first = best[run_starts(item[best])]
-    titles = item_index.to_numpy(dtype=object)
+    titles = np.array(item_index, dtype=object)  # a copy: written below
     titles[item[first]] = descriptions.cat.categories.to_numpy()[description[first]]
 
     price = events["unit_price"].to_numpy()[is_sale]

@@ -81,6 +81,18 @@ REASONS = (
     "bad_timestamp",
     "future_timestamp",
 )
+# The field whose value a reason judged (malformed_row: none, the row itself).
+REASON_FIELDS = {
+    "missing_item": "item_id",
+    "bad_quantity": "quantity",
+    "zero_quantity": "quantity",
+    "quantity_out_of_range": "quantity",
+    "bad_price": "unit_price",
+    "negative_price": "unit_price",
+    "price_out_of_range": "unit_price",
+    "bad_timestamp": "timestamp",
+    "future_timestamp": "timestamp",
+}
 # Beyond these a value is a typo or a test row, not a purchase (the same bounds as the API's).
 MAX_QUANTITY = 1e6
 MAX_UNIT_PRICE = 1e7
