@@ -78,7 +78,9 @@ def train(
         taxonomy = load_taxonomy(config.items.taxonomy)
         crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
         tier_names = [level["name"] for level in crm.manifest["levels"]]
-        content = load_content(config.channels.content, list(taxonomy), tier_names)
+        content = load_content(
+            config.channels.content, list(taxonomy), tier_names, config.channels.base_url
+        )
         arrays = served_arrays(data, factors.result(), config.model, merged.aliases, crm)
     version = new_version(fingerprint)
     sections = {
