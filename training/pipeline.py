@@ -68,7 +68,7 @@ def train(
     with ThreadPoolExecutor(max_workers=1) as fitting:
         factors = fitting.submit(fit_als, data.interactions, config.model, progress)
         contributions = _source_summaries(config.sources, merged.events)
-        lines = CustomerLines.of(merged.events, data.customer_ids)
+        lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
         # The merged rows are not needed past this point; at 20 M rows they hold a gigabyte.
         merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
         crm = build_crm(
@@ -92,6 +92,7 @@ def train(
         "channels": config.channels.to_manifest(),
         "sources": contributions,
         "quarantine": quarantine,
+        "returns": data.settlement.report,
     }
     path = publish(
         models_dir, version, fingerprint, config, merged, data, arrays, sections, content
