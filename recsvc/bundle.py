@@ -24,6 +24,9 @@ from numpy.typing import NDArray
 from recsvc.errors import BundleCorrupt, BundleNotFound
 
 BUNDLE_FORMAT = 2
+# A customer owns an item from this net quantity on, in training and in the service alike: a
+# line of 0.0001 (a fractional export artefact) owns nothing, half a unit or more rounds to one.
+OWNED_QUANTITY = 0.5
 MANIFEST_FILE = "manifest.json"
 CONTENT_FILE = "content.json"  # the content catalog for website blocks (a JSON list)
 CURRENT_POINTER = "current"

@@ -27,11 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from recsvc.bundle import BundleArrays
+from recsvc.bundle import OWNED_QUANTITY, BundleArrays
 from recsvc.identity import AliasIndex, IdentityKey, IdentityRules
 from recsvc.tiers import TierTable
-
-HELD = 1e-9  # net quantities are sums of decimals; above this the customer holds the item
 
 
 # Not frozen: built for every request, and a frozen dataclass's __init__ costs about three
@@ -270,7 +268,7 @@ class Ranker:
             )
         for item, change in deltas.items():
             quantity[item] = quantity.get(item, 0.0) + change
-        held = np.fromiter((i for i, q in quantity.items() if q > HELD), dtype=np.int32)
+        held = np.fromiter((i for i, q in quantity.items() if q >= OWNED_QUANTITY), dtype=np.int32)
         return self.with_groups(held)
 
     def with_groups(self, items: NDArray[np.int32]) -> NDArray[np.int32]:

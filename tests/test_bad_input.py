@@ -176,3 +176,82 @@ def test_train_reports_a_bad_file_without_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
     assert "shop.csv" in run.stderr and "utf-8" in run.stderr
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_a_repeated_header_column_is_an_error_naming_it(tmp_path: Path) -> None:
+    header = HEADER + ",Quantity"
+    with pytest.raises(SourceError, match=r"column 'Quantity' appears 2 times .*columns 4, 9"):
+        merge(tmp_path, "\n".join([header, GOOD + ",7"]) + "\n")
+
+
+def test_a_decompression_bomb_stops_at_the_limit(tmp_path: Path) -> None:
+    # 1 MiB compresses to about a kilobyte: a bomb in miniature, under a small limit.
+    (tmp_path / "shop.csv.gz").write_bytes(gzip.compress(lines(GOOD).encode() + b"0" * 2**20))
+    source = source_toml("shop", "shop.csv.gz", SHOP_COLUMNS)
+    limit = "max_decompressed_bytes = 100000\n[sources.columns]"
+    small = source.replace("[sources.columns]", limit)
+    config = load_config(write_config(tmp_path, small))
+    with pytest.raises(SourceError, match=r"decompresses to more than 100,000 bytes"):
+        read_source(config.sources[0])
+
+
+@pytest.mark.parametrize("name", ["shop.csv", "shop.csv.gz"])
+def test_a_line_without_end_is_an_error_not_a_memory_blowup(tmp_path: Path, name: str) -> None:
+    endless = b"A" * (3 * 2**20)  # longer than the default 1 MiB per line
+    for text in (endless, lines(GOOD).encode() + endless):
+        (tmp_path / name).write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+        config = load_config(write_config(tmp_path, source_toml("shop", name, SHOP_COLUMNS)))
+        with pytest.raises(SourceError, match=r"longer than 1,048,576 bytes \(max_line_bytes"):
+            read_source(config.sources[0])
+
+
+def test_sources_check_reports_a_bomb_as_an_error(tmp_path: Path) -> None:
+    from training.check import check_sources
+
+    (tmp_path / "shop.csv.gz").write_bytes(gzip.compress(b"x" * (3 * 2**20)))
+    config = load_config(write_config(tmp_path, source_toml("shop", "shop.csv.gz", SHOP_COLUMNS)))
+    (result,) = check_sources(config)
+    assert result.errors and "max_line_bytes" in result.errors[0]
+
+
+JSONL_COLUMNS = {"order_id": "order", "item_id": "sku", "quantity": "qty", "customer_id": "who"}
+
+
+def jsonl_source(tmp_path: Path, records: list[Any]) -> MergedHistory:
+    text = "\n".join(json.dumps(record) for record in records) + "\n"
+    (tmp_path / "orders.jsonl").write_text(text)
+    source = source_toml("orders", "orders.jsonl", JSONL_COLUMNS).replace('"csv"', '"jsonl"')
+    config = load_config(write_config(tmp_path, source))
+    return merge_sources([read_source(s) for s in config.sources], config.items)
+
+
+def test_jsonl_values_of_the_wrong_type_quarantine_their_row(tmp_path: Path) -> None:
+    merged = jsonl_source(
+        tmp_path,
+        [
+            {"order": 1, "sku": "A", "qty": 10, "who": "c1"},
+            {"order": 2, "sku": "B", "qty": "abc", "who": "c1"},
+            {"order": "3", "sku": 7, "qty": "2", "who": 12},
+            {"order": 4, "sku": "C", "qty": [1], "who": "c2"},
+            {"order": 5, "sku": "D", "qty": True, "who": "c2"},
+        ],
+    )
+    counts = merged.accounting["orders"]
+    assert counts["used"] == 2
+    assert counts["quarantined"] == {"malformed_row": 1, "bad_quantity": 2}
+    assert accounted(counts) == 5
+    detail = merged.quarantine.loc[merged.quarantine["reason"] == "malformed_row", "detail"]
+    assert list(detail) == ["line 4: 'qty' is a list, not a value"]
+    assert set(merged.events["item_id"]) == {"A", "7"}
+
+
+def test_an_event_log_with_no_file_yet_is_no_rows(tmp_path: Path) -> None:
+    write_csv_rows = lines(GOOD, GOOD_2)
+    (tmp_path / "shop.csv").write_text(write_csv_rows)
+    events = '[[sources]]\nname = "live"\nkind = "events"\npath = "events/*.jsonl"\n'
+    config = load_config(
+        write_config(tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS), events)
+    )
+    merged = merge_sources([read_source(s) for s in config.sources], config.items)
+    assert merged.accounting["live"]["rows_read"] == 0
+    assert merged.accounting["shop"]["used"] == 2

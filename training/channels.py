@@ -14,6 +14,7 @@ import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from numpy.typing import NDArray
@@ -93,9 +94,11 @@ def _titles_with(keyword: str, texts: list[str], with_word: dict[str, list[int]]
 
 
 def load_content(
-    path: Path | None, categories: list[str], tiers: list[str]
+    path: Path | None, categories: list[str], tiers: list[str], base_url: str
 ) -> list[dict[str, Any]]:
-    """The content catalog, validated: every problem names the item and the field."""
+    """The content catalog, validated so that the service can render every item as it is:
+    every problem names the item and the field. Relative ``image`` and ``url`` paths are
+    made absolute with ``base_url`` here, so the bundle holds only absolute http(s) URLs."""
     if path is None:
         return []
     try:
@@ -109,7 +112,8 @@ def load_content(
         where = f"{path}: item {index}"
         if not isinstance(item, dict):
             raise ConfigError(f"{where}: must be an object")
-        where = f"{path}: item {item.get('id', index)!r}"
+        if isinstance(item.get("id"), str):
+            where = f"{path}: item {item['id']!r}"
         unknown = set(item) - CONTENT_FIELDS
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
@@ -121,16 +125,45 @@ def load_content(
         seen.add(item["id"])
         if item.get("kind") not in CONTENT_KINDS:
             raise ConfigError(f"{where}.kind: one of {', '.join(CONTENT_KINDS)}")
+        if not isinstance(item.setdefault("body", ""), str):
+            raise ConfigError(f"{where}.body: must be a string")
         for key, allowed in (("tags", categories), ("tiers", tiers)):
             values = item.setdefault(key, [])
-            if not isinstance(values, list) or not set(values) <= set(allowed):
+            if (
+                not isinstance(values, list)
+                or not all(isinstance(value, str) for value in values)
+                or not set(values) <= set(allowed)
+            ):
                 raise ConfigError(f"{where}.{key}: must be a list of {', '.join(allowed)}")
+        item["url"] = _absolute_url(item["url"], base_url, f"{where}.url")
+        image = item.setdefault("image", None)
+        if image is not None:
+            if not isinstance(image, str) or not image.strip():
+                raise ConfigError(f"{where}.image: a URL or path (a non-empty string), or null")
+            item["image"] = _absolute_url(image, base_url, f"{where}.image")
+        valid: dict[str, date] = {}
         for key in ("valid_from", "valid_to"):
             if item.get(key) is not None:
+                value = item[key]
+                if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d\d-\d\d", value):
+                    raise ConfigError(f"{where}.{key}: must be a date, YYYY-MM-DD")
                 try:
-                    date.fromisoformat(item[key])
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{where}.{key}: must be a date, YYYY-MM-DD") from None
-        item.setdefault("body", "")
-        item.setdefault("image", None)
+                    valid[key] = date.fromisoformat(value)
+                except ValueError:
+                    raise ConfigError(f"{where}.{key}: {value!r} is not a date") from None
+        if len(valid) == 2 and valid["valid_to"] < valid["valid_from"]:
+            raise ConfigError(f"{where}.valid_to: before valid_from")
     return items
+
+
+def _absolute_url(value: str, base_url: str, where: str) -> str:
+    """``value`` as an absolute http(s) URL: a path ("/content/x.jpg") is joined to
+    ``base_url``; anything else must already be one."""
+    value = value.strip()
+    url = value if "://" in value or not value.startswith("/") else base_url + value
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or re.search(r"\s", url):
+        raise ConfigError(
+            f"{where}: {value[:80]!r} is not an absolute http(s) URL or a path starting with /"
+        )
+    return url

@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     train_cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
     train_cmd.add_argument("--erasures", type=Path, help=ERASURES_HELP)
+    train_cmd.add_argument(
+        "--allow-quarantine",
+        action="store_true",
+        help="publish even where a source quarantines more than its max_quarantine_share",
+    )
     train_cmd.set_defaults(run=_train)
 
     serve_cmd = commands.add_parser("serve", help="serve the current bundle (development server)")
@@ -143,8 +148,12 @@ def config_from(path: Path, erasures: Path | None = None) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    config = config_from(args.config, args.erasures)
-    report = train(config, args.models_dir, progress=not args.no_progress)
+    report = train(
+        config_from(args.config, args.erasures),
+        args.models_dir,
+        progress=not args.no_progress,
+        allow_quarantine=args.allow_quarantine,
+    )
     print_report(report)
     return 0
 

@@ -44,6 +44,10 @@ FIELDS = (
     "country",
 )
 REQUIRED_FIELDS = ("item_id",)
+# Input bounds, per source unless it declares its own.
+MAX_QUARANTINE_SHARE = 0.05
+MAX_LINE_BYTES = 1 << 20  # also the block size the readers parse in
+MAX_DECOMPRESSED_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,13 @@ class SourceConfig:
     timezone: str = "UTC"  # of timestamps written without an offset
     currency_rate: float = 1.0  # unit price x rate = price in the shop currency
     trust: float = 1.0  # weight of this source's purchases in training
-    cancellation_prefix: str = "C"
+    cancellation_prefix: str | None = None  # order ids starting with it are cancellations
     encoding: str = "utf-8"
     delimiter: str = ","
+    # More of its rows quarantined than this share fails the run (see training.pipeline).
+    max_quarantine_share: float = MAX_QUARANTINE_SHARE
+    max_line_bytes: int = MAX_LINE_BYTES  # files: the longest line or JSON record read
+    max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES  # per compressed file
 
     def files(self) -> list[Path]:
         if self.path is None:
@@ -241,7 +249,9 @@ def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
         "currency_rate",
         "trust",
         "cancellation_prefix",
+        "max_quarantine_share",
     }
+    files = {"path", "max_line_bytes", "max_decompressed_bytes"}
     name = _string(raw, "name", where)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ConfigError(f"{where}.name: {name!r} may hold only letters, digits, '_' and '-'")
@@ -250,7 +260,7 @@ def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(SOURCE_KINDS)}")
     if kind == "events":
-        _reject_unknown(raw, {"name", "kind", "path", "trust"}, where)
+        _reject_unknown(raw, {"name", "kind", "trust", "max_quarantine_share"} | files, where)
         _string(raw, "path", where)
         raw = {**raw, "columns": EVENTS_COLUMNS}
     elif kind == "postgresql":
@@ -260,7 +270,7 @@ def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
         if ("table" in raw) == ("query" in raw):
             raise ConfigError(f"{where}: set exactly one of table or query")
     else:
-        _reject_unknown(raw, common | {"path", "encoding", "delimiter"}, where)
+        _reject_unknown(raw, common | files | {"encoding", "delimiter"}, where)
         _string(raw, "path", where)
     columns_raw = raw.get("columns")
     if not isinstance(columns_raw, dict):
@@ -301,9 +311,18 @@ def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
         timezone=timezone,
         currency_rate=_number(raw, "currency_rate", where, 1.0, 1e-9, 1e9),
         trust=_number(raw, "trust", where, 1.0, 1e-9, 1e3),
-        cancellation_prefix=_string(raw, "cancellation_prefix", where, default="C"),
+        cancellation_prefix=_optional_string(raw, "cancellation_prefix", where),
         encoding=_string(raw, "encoding", where, default="utf-8"),
         delimiter=delimiter,
+        max_quarantine_share=_number(
+            raw, "max_quarantine_share", where, MAX_QUARANTINE_SHARE, 0.0, 1.0
+        ),
+        max_line_bytes=int(
+            _number(raw, "max_line_bytes", where, MAX_LINE_BYTES, 1 << 16, 1 << 30, integer=True)
+        ),
+        max_decompressed_bytes=int(
+            _number(raw, "max_decompressed_bytes", where, MAX_DECOMPRESSED_BYTES, 1, 1 << 50, True)
+        ),
     )
 
 

@@ -11,6 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from recsvc.bundle import OWNED_QUANTITY
+
 
 @dataclass(frozen=True)
 class TrainingData:
@@ -32,6 +34,7 @@ class TrainingData:
     popularity: NDArray[np.float64]  # sales decayed with the model's half-life
     trending: NDArray[np.float64]  # sales decayed with the (shorter) trend half-life
     as_of: pd.Timestamp | None
+    settlement: Settlement  # returns bounded by the purchases they return
 
 
 def build_dataset(
@@ -42,8 +45,9 @@ def build_dataset(
 ) -> TrainingData:
     """``events`` are merged rows (see ``training.merge.MergedHistory``).
 
-    A customer holds an item when its net quantity is above zero in the merged history *or*
-    in any one source's own records. Sources can disagree: a purchase made in one system and
+    A customer holds an item when its net quantity is at least ``OWNED_QUANTITY`` in the
+    merged history *or* in any one source's own records (returns bounded, see
+    ``settle_returns``). Sources can disagree: a purchase made in one system and
     cancelled in another nets to zero when merged, yet the first system still lists it.
     Ownership wins: a missed suggestion costs less than offering what the customer may own.
     ``item_groups`` (catalog item -> group) extends ownership to every item of a held group.
@@ -60,6 +64,8 @@ def build_dataset(
     as_of = None if pd.isna(as_of) else pd.Timestamp(as_of)
     weight = decay_weights(timestamps, as_of, half_life_days)
 
+    settlement = settle_returns(events)
+    quantity = settlement.quantities(quantity)
     # Duplicates are decided before anonymity, so anonymous copies keep that outcome too.
     personal = (
         outcome_is(events, "used", "cancellation", "duplicate")
@@ -86,7 +92,7 @@ def build_dataset(
     held_quantity.sort_indices()
     item_group = _group_codes(item_ids, item_groups or {})
     owned = _owned(rows, held.item, item_group, shape)
-    spend, orders = _customer_totals(events, pd.Index(customer_ids))
+    spend, orders = _customer_totals(events, quantity, pd.Index(customer_ids))
 
     sold = item[is_sale]
     popularity = np.bincount(sold, weight[is_sale], len(item_ids))
@@ -107,7 +113,86 @@ def build_dataset(
         popularity=popularity.astype(np.float64),
         trending=trending.astype(np.float64),
         as_of=as_of,
+        settlement=settlement,
     )
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """Each customer's returns bounded by what they returned. Along time, per (customer,
+    item), a return takes the net quantity down to zero at most (the rest is clamped), and is
+    charged to the date of the latest earlier purchase of the item (the tier window of what
+    it returns); a return with no earlier purchase is unmatched and counts nothing. Only the
+    rows of (customer, item) pairs with a return change: ``rows`` (positions in the events)
+    with their bounded ``quantity`` and ``charged_at``."""
+
+    rows: NDArray[np.intp]
+    quantity: NDArray[np.float64]
+    charged_at: NDArray[np.datetime64]
+    report: dict[str, float]
+
+    def quantities(self, quantity: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The events' quantities with returns bounded."""
+        if not len(self.rows):
+            return quantity
+        bounded = quantity.copy()
+        bounded[self.rows] = self.quantity
+        return bounded
+
+    def charged(self, timestamp: NDArray[np.datetime64]) -> NDArray[np.datetime64]:
+        """The events' timestamps, a matched return's moved to the purchase it returns."""
+        if not len(self.rows):
+            return timestamp
+        charged = timestamp.astype("datetime64[us]", copy=True)
+        charged[self.rows] = self.charged_at
+        return charged
+
+
+def settle_returns(events: pd.DataFrame) -> Settlement:
+    """The customers' purchase (used) and return (cancellation) lines, settled; see
+    ``Settlement``. Only the pairs with a return are sorted, so the cost follows the returns.
+
+    The running net quantity floored at zero is ``C - min(0, running min of C)``, with ``C``
+    the plain running sum: each line's bounded quantity is the step of that."""
+    lines = outcome_is(events, "used", "cancellation") & ~value_is(events["customer_id"], "")
+    quantity = events["quantity"].to_numpy()
+    is_return = lines & (quantity < 0)
+    empty = np.zeros(0, dtype=np.intp)
+    report: dict[str, float] = {"returns": int(is_return.sum()), "charged_to_purchase_date": 0}
+    report |= {"unmatched": 0, "clamped": 0, "clamped_quantity": 0.0}
+    if not is_return.any():
+        return Settlement(empty, np.zeros(0), np.zeros(0, "datetime64[us]"), report)
+    items = events["item_id"].cat.codes.to_numpy().astype(np.int64)
+    customers = events["customer_id"].cat.codes.to_numpy().astype(np.int64)
+    pair = customers * (int(items.max()) + 1) + items
+    rows = np.flatnonzero(lines & np.isin(pair, pair[is_return]))
+    when = events["timestamp"].to_numpy()[rows].astype("datetime64[us]")
+    # Per pair, in time order (no timestamp first), a purchase before a return at one time.
+    order = np.lexsort((rows, is_return[rows], when.view(np.int64), pair[rows]))
+    rows, when = rows[order], when[order]
+    group = np.cumsum(run_starts(pair[rows])) - 1
+    raw = quantity[rows]
+    running = pd.Series(raw).groupby(group).cumsum().to_numpy()
+    floor = np.minimum(pd.Series(running).groupby(group).cummin().to_numpy(), 0.0)
+    net = running - floor
+    previous = np.concatenate([[0.0], net[:-1]])
+    previous[run_starts(group)] = 0.0
+    bounded = net - previous
+    returned = is_return[rows]
+    bounded[~returned] = raw[~returned]  # a purchase is what it was
+    # The latest purchase at or before each line, within its pair.
+    position = np.arange(len(rows))
+    latest = np.maximum.accumulate(np.where(returned, -1, position))
+    start = np.maximum.accumulate(np.where(run_starts(group), position, 0))
+    matched = returned & (latest >= start)
+    charged_at = when.copy()
+    charged_at[matched] = when[latest[matched]]
+    clamped = returned & (bounded > raw + 1e-9)
+    report["charged_to_purchase_date"] = int(matched.sum())
+    report["unmatched"] = int((returned & ~matched).sum())
+    report["clamped"] = int(clamped.sum())
+    report["clamped_quantity"] = round(float((bounded - raw)[clamped].sum()), 4)
+    return Settlement(rows, bounded, charged_at, report)
 
 
 def outcome_is(events: pd.DataFrame, *outcomes: str) -> NDArray[np.bool_]:
@@ -160,8 +245,7 @@ def _held(
         listed = np.bincount(pair[mine], minlength=len(pairs)) > 0
         total = np.bincount(pair[mine], quantity[mine], minlength=len(pairs))
         best_source = np.where(listed, np.maximum(best_source, total), best_source)
-    epsilon = 1e-9  # quantities may be fractional; sums of them are not exact
-    held = (merged > epsilon) | (best_source > epsilon)
+    held = (merged >= OWNED_QUANTITY) | (best_source >= OWNED_QUANTITY)
     return _Held(
         customer=pairs[held] // n_items,
         item=pairs[held] % n_items,
@@ -171,14 +255,16 @@ def _held(
 
 
 def _customer_totals(
-    events: pd.DataFrame, customers: pd.Index
+    events: pd.DataFrame, quantity: NDArray[np.float64], customers: pd.Index
 ) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
-    """Spend (purchases minus cancellations; unknown prices count 0) and distinct orders."""
+    """Spend (purchases minus bounded returns, never below zero; unknown prices count 0) and
+    distinct orders."""
     rows = positions(events["customer_id"], customers)
     known = (rows >= 0) & outcome_is(events, "used", "cancellation")
     price = events["unit_price"].to_numpy()
-    amount = events["quantity"].to_numpy() * np.where(np.isnan(price), 0.0, price)
-    spend = np.bincount(rows[known], amount[known], len(customers))
+    amount = quantity * np.where(np.isnan(price), 0.0, price)
+    # A return refunded at more than the purchase price cannot make the spend negative.
+    spend = np.maximum(np.bincount(rows[known], amount[known], len(customers)), 0.0)
     bought = known & outcome_is(events, "used")
     orders = events["order"].to_numpy()
     span = int(orders.max(initial=0)) + 1
@@ -245,7 +331,7 @@ def _catalog(
     item, description = lines // span, lines % span
     best = np.lexsort((description, -counts, item))  # per item: most frequent, then first
     first = best[run_starts(item[best])]
-    titles = item_index.to_numpy(dtype=object)
+    titles = np.array(item_index, dtype=object)  # a copy: written below
     titles[item[first]] = descriptions.cat.categories.to_numpy()[description[first]]
 
     price = events["unit_price"].to_numpy()[is_sale]

@@ -2,7 +2,8 @@
 
 TrainingError
 ├── ConfigError      the training config is invalid (names the key)
-└── SourceError      a source cannot be read as declared (names the source, file, column)
+├── SourceError      a source cannot be read as declared (names the source, file, column)
+└── QuarantineError  a source's quarantined share is over its limit (names the source, reason)
 """
 
 from __future__ import annotations
@@ -18,3 +19,7 @@ class ConfigError(TrainingError):
 
 class SourceError(TrainingError):
     """A source cannot be read as its config declares."""
+
+
+class QuarantineError(TrainingError):
+    """Too many of a source's rows were quarantined to publish a model of the rest."""

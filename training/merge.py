@@ -83,6 +83,18 @@ REASONS = (
     "bad_timestamp",
     "future_timestamp",
 )
+# The field whose value a reason judged (malformed_row: none, the row itself).
+REASON_FIELDS = {
+    "missing_item": "item_id",
+    "bad_quantity": "quantity",
+    "zero_quantity": "quantity",
+    "quantity_out_of_range": "quantity",
+    "bad_price": "unit_price",
+    "negative_price": "unit_price",
+    "price_out_of_range": "unit_price",
+    "bad_timestamp": "timestamp",
+    "future_timestamp": "timestamp",
+}
 # Beyond these a value is a typo or a test row, not a purchase (the same bounds as the API's).
 MAX_QUANTITY = 1e6
 MAX_UNIT_PRICE = 1e7
@@ -308,6 +320,8 @@ class _Text:
         """The rows as an Arrow dictionary array of ``values`` (derived from ``self.values``,
         one per value) or of the text itself."""
         dictionary = pa.array(self.values if values is None else values, type=pa.large_string())
+        if not len(dictionary):  # pyarrow would type an empty dictionary null
+            dictionary = pa.array([""], type=pa.large_string())
         return pa.DictionaryArray.from_arrays(pa.array(self.codes, pa.int32()), dictionary)
 
     @staticmethod

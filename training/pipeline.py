@@ -27,8 +27,9 @@ from recsvc.tiers import TierTable
 from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, value_is
+from training.errors import QuarantineError, TrainingError
 from training.fit import Factors, fit_als, trend_prior
-from training.merge import NO_ERASURE_LIST, MergedHistory, merge_sources
+from training.merge import NO_ERASURE_LIST, REASON_FIELDS, MergedHistory, merge_sources
 from training.sources import SourceRows, events_through, read_source
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
 
@@ -46,7 +47,11 @@ class TrainReport:
     accounting: dict[str, dict[str, Any]]
 
 
-def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> TrainReport:
+def train(
+    config: TrainConfig, models_dir: Path, progress: bool = False, allow_quarantine: bool = False
+) -> TrainReport:
+    """``allow_quarantine``: publish even where a source's quarantined share is over its
+    ``max_quarantine_share`` (the manifest records it)."""
     started = time.perf_counter()
     if config.identity.erasures is None:
         log.warning(NO_ERASURE_LIST)
@@ -59,6 +64,9 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     fingerprint = data_fingerprint(config, sources)
     received = [events_through(rows) for rows in sources]
     merged = merge_sources(sources, config.items, config.identity)  # frees the raw rows
+    quarantine = quarantine_gate(config.sources, merged, allow_quarantine)
+    if not (outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)).any():
+        raise TrainingError("nothing to train on: no source has a purchase that can be used")
     data = build_dataset(
         merged.events,
         config.model.half_life_days,
@@ -70,7 +78,7 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
     with ThreadPoolExecutor(max_workers=1) as fitting:
         factors = fitting.submit(fit_als, data.interactions, config.model, progress)
         contributions = _source_summaries(config.sources, merged.events)
-        lines = CustomerLines.of(merged.events, data.customer_ids)
+        lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
         # The merged rows are not needed past this point; at 20 M rows they hold a gigabyte.
         merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
         crm = build_crm(
@@ -80,7 +88,9 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
         taxonomy = load_taxonomy(config.items.taxonomy)
         crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
         tier_names = [level["name"] for level in crm.manifest["levels"]]
-        content = load_content(config.channels.content, list(taxonomy), tier_names)
+        content = load_content(
+            config.channels.content, list(taxonomy), tier_names, config.channels.base_url
+        )
         arrays = served_arrays(
             data, factors.result(), config.model, merged.aliases, crm, config.identity.key
         )
@@ -93,6 +103,8 @@ def train(config: TrainConfig, models_dir: Path, progress: bool = False) -> Trai
         "catalog": {"categories": list(taxonomy)},
         "channels": config.channels.to_manifest(),
         "sources": contributions,
+        "quarantine": quarantine,
+        "returns": data.settlement.report,
     }
     path = publish(
         models_dir, version, fingerprint, config, merged, data, arrays, sections, content
@@ -191,9 +203,63 @@ def bundle_arrays(
     )
 
 
+def quarantine_gate(
+    sources: Iterable[SourceConfig], merged: MergedHistory, allow: bool
+) -> dict[str, Any]:
+    """Stop the run where a source's quarantined share is over its ``max_quarantine_share``
+    (a wrong mapping or format quarantines most rows; publishing that would serve a model of
+    what is left), unless ``allow``. Returns the manifest's record of it."""
+    over: dict[str, float] = {}
+    messages = []
+    for source in sources:
+        counts = merged.accounting[source.name]
+        quarantined = sum(counts["quarantined"].values())
+        share = quarantined / counts["rows_read"] if counts["rows_read"] else 0.0
+        if share <= source.max_quarantine_share:
+            continue
+        over[source.name] = round(share, 4)
+        reasons = sorted(counts["quarantined"].items(), key=lambda entry: -entry[1])
+        reason = reasons[0][0]
+        messages.append(
+            f"source {source.name!r}: {quarantined:,} of {counts['rows_read']:,} rows "
+            f"({share:.1%}) quarantined, over max_quarantine_share "
+            f"{source.max_quarantine_share:.1%}; "
+            + ", ".join(f"{why} {count:,}" for why, count in reasons)
+            + f"; first {reason}: {_first_quarantined(source, merged.quarantine, reason)}"
+        )
+    if messages and not allow:
+        raise QuarantineError(
+            "; ".join(messages)
+            + ". Nothing was published: fix the mapping or format, raise the source's "
+            "max_quarantine_share, or pass --allow-quarantine"
+        )
+    return {
+        "max_share": {source.name: source.max_quarantine_share for source in sources},
+        "over_limit": over,  # published anyway: --allow-quarantine
+        "allow_quarantine": allow,
+    }
+
+
+def _first_quarantined(source: SourceConfig, quarantine: pd.DataFrame, reason: str) -> str:
+    """Where the first row quarantined for ``reason`` is, and the value that failed (never
+    a whole row: rows hold personal data)."""
+    row = quarantine[(quarantine["source"] == source.name) & (quarantine["reason"] == reason)]
+    first = row.iloc[0]
+    where = f"file {first['file']}, record {first['record']}"
+    field = REASON_FIELDS.get(reason)
+    if field is None or field not in source.columns:
+        return where
+    value = f"{source.columns[field]} = {str(first[field])[:40]!r}"
+    if field == "timestamp":
+        value += f" (timestamp_format {source.timestamp_format or 'ISO 8601'})"
+    return f"{where}, {value}"
+
+
 def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
-    """sha256 over every input's content and the parameters: same inputs, same model.
-    Files are hashed as bytes; a database source by the rows it returned."""
+    """sha256 over every input's content, the config that shapes how it is read (each
+    source's declaration: mappings, formats, time zone, prefixes), the identity rules and
+    crosswalks, the erasure list and the parameters: same inputs, same model. Files are
+    hashed as bytes; a database source by the rows it returned."""
     digest = hashlib.sha256()
     for rows in sources:
         if rows.source.kind == "postgresql":
@@ -201,7 +267,31 @@ def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
             part = hashlib.sha256(content).hexdigest()
         else:
             part = "".join(sha256_file(Path(path)) for path in rows.files)
+        declared = {
+            key: value
+            for key, value in dataclasses.asdict(rows.source).items()
+            if key not in ("base_dir", "path", "dsn", "dsn_env")  # where, not what
+        }
         digest.update(f"{rows.source.name}\0{part}\0".encode())
+        digest.update(json.dumps(declared, sort_keys=True, default=str).encode())
+    identity = config.identity
+    shaping = {
+        "identity_rules": identity.rules.to_manifest(),
+        "links": dataclasses.asdict(identity.links),
+        "tiers": dataclasses.asdict(config.tiers),
+    }
+    digest.update(json.dumps(shaping, sort_keys=True, default=str).encode())
+    files = (
+        identity.crosswalk,
+        identity.erasures,
+        config.items.crosswalk,
+        config.items.taxonomy,
+        config.tiers.exclusive_items,
+        config.channels.content,
+    )
+    for path in files:
+        present = path is not None and Path(path).is_file()  # an erasure list may not exist
+        digest.update((sha256_file(Path(path)) if path and present else "-").encode() + b"\0")
     digest.update(json.dumps(parameters(config), sort_keys=True).encode())
     return digest.hexdigest()
 

@@ -6,7 +6,9 @@ judges all of them by one set of parsing rules and accounts for every row in one
 
 from __future__ import annotations
 
+import bz2
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 from isal import igzip
 from pandas.api.types import union_categoricals
 
-from training.config import SourceConfig
+from training.config import EVENTS_COLUMNS, SourceConfig
 from training.errors import SourceError
 
 # Text read straight into a dictionary: each distinct value is held once.
@@ -53,6 +55,8 @@ def read_source(source: SourceConfig) -> SourceRows:
     if source.kind == "postgresql":
         return SourceRows(source, [_database_label(source)], _read_postgresql(source))
     files = source.files()
+    if not files and source.kind == "events":  # the service has not logged an event yet
+        return SourceRows(source, [], _no_events())
     if not files:
         raise SourceError(
             f"source {source.name!r}: no file matches {source.path!r} "
@@ -94,6 +98,13 @@ def _numbered(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _check_columns(source: SourceConfig, found: list[str], where: str) -> None:
+    for column in source.columns.values():
+        positions = [str(i) for i, name in enumerate(found, start=1) if name == column]
+        if len(positions) > 1:
+            raise SourceError(
+                f"{where}: column {column!r} appears {len(positions)} times in the header "
+                f"(columns {', '.join(positions)}); rename all but one"
+            )
     missing = [
         f"{field} -> {column!r}" for field, column in source.columns.items() if column not in found
     ]
@@ -107,18 +118,30 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
     where = f"source {source.name!r}, file {path}"
     if path.stat().st_size == 0:
         raise SourceError(f"{where}: the file is empty (not even a header line)")
+    head = _first_line(source, path, where)
     try:
-        header = pd.read_csv(path, sep=source.delimiter, nrows=0, encoding=source.encoding)
+        # header=None: the names as written (pandas would rename a repeated one "x.1").
+        header = pd.read_csv(
+            io.BytesIO(head),
+            sep=source.delimiter,
+            header=None,
+            nrows=1,
+            dtype=str,
+            keep_default_na=False,
+            encoding=source.encoding,
+        )
     except (
         OSError,
         EOFError,
         UnicodeDecodeError,
         pd.errors.ParserError,
+        pd.errors.EmptyDataError,
         ValueError,
         csv.Error,
     ) as error:
         raise SourceError(f"{where}: cannot read header ({error})") from error
-    _check_columns(source, [str(column) for column in header.columns], where)
+    names = [str(name).lstrip("\ufeff") for name in header.iloc[0]] if len(header) else []
+    _check_columns(source, names, where)
     columns = list(source.columns.values())
     malformed: list[pa_csv.InvalidRow] = []
 
@@ -129,10 +152,12 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
     try:
         # pyarrow's reader is several times faster than pandas's; on anything else it rejects
         # (bad encoding, broken quoting), pandas's C reader produces the precise error.
-        with _csv_input(path) as csv_input:
+        with _opened(source, path, where) as csv_input:
             table = pa_csv.read_csv(
                 csv_input,
-                read_options=pa_csv.ReadOptions(encoding=source.encoding),
+                read_options=pa_csv.ReadOptions(
+                    encoding=source.encoding, block_size=source.max_line_bytes
+                ),
                 parse_options=pa_csv.ParseOptions(
                     delimiter=source.delimiter,
                     newlines_in_values=True,
@@ -148,19 +173,22 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
         raw = _categoricals(table)
     except (OSError, EOFError) as error:  # unreadable; a corrupt or truncated compressed file
         raise SourceError(f"{where}: cannot read ({error})") from error
-    except (pa.ArrowException, ValueError, UnicodeDecodeError):
+    except (pa.ArrowException, ValueError, UnicodeDecodeError) as error:
+        if _too_long(error):
+            raise _line_too_long(source, where) from None
         malformed = []
         try:
-            raw = pd.read_csv(
-                path,
-                sep=source.delimiter,
-                usecols=columns,
-                dtype=str,
-                keep_default_na=False,
-                na_filter=False,
-                encoding=source.encoding,
-                encoding_errors="strict",
-            )
+            with _opened(source, path, where) as csv_input:
+                raw = pd.read_csv(
+                    csv_input,
+                    sep=source.delimiter,
+                    usecols=columns,
+                    dtype=str,
+                    keep_default_na=False,
+                    na_filter=False,
+                    encoding=source.encoding,
+                    encoding_errors="strict",
+                )
         except UnicodeDecodeError as error:
             raise SourceError(f"{where}: not valid {source.encoding} ({error})") from error
         except (pd.errors.ParserError, ValueError) as error:
@@ -200,15 +228,71 @@ def _categoricals(table: pa.Table) -> pd.DataFrame:
 
 
 @contextmanager
-def _csv_input(path: Path) -> Iterator[Path | BinaryIO]:
-    """What pyarrow reads: gzip decompressed by ISA-L (about twice as fast as the zlib in
+def _opened(source: SourceConfig, path: Path, where: str) -> Iterator[Path | io.RawIOBase]:
+    """What the readers read: a compressed file decompressed as a stream that stops at the
+    source's ``max_decompressed_bytes`` (gzip by ISA-L, about twice as fast as the zlib in
     pyarrow, and decompression is most of the time a compressed export takes to read);
-    anything else the path itself (pyarrow decompresses by extension)."""
-    if path.suffix.lower() != ".gz":
+    anything else the path itself."""
+    suffix = path.suffix.lower()
+    if suffix not in (".gz", ".bz2"):
         yield path
         return
-    with igzip.open(path, "rb") as stream:  # type: ignore[no-untyped-call]
-        yield stream
+    if suffix == ".gz":
+        stream: io.BufferedIOBase = igzip.open(path, "rb")  # type: ignore[no-untyped-call]
+    else:
+        stream = bz2.open(path, "rb")
+    with stream, _Bounded(stream, source.max_decompressed_bytes, where) as bounded:
+        yield bounded
+
+
+class _Bounded(io.RawIOBase):
+    """A stream that fails, naming the file and the limit, past ``limit`` bytes: a small
+    compressed file can hold far more than memory (a "zip bomb")."""
+
+    def __init__(self, stream: io.BufferedIOBase, limit: int, where: str) -> None:
+        self._stream = stream
+        self._left = limit
+        self._limit = limit
+        self._where = where
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._stream.readinto(buffer)
+        self._left -= count
+        if self._left < 0:
+            raise SourceError(
+                f"{self._where}: decompresses to more than {self._limit:,} bytes "
+                "(max_decompressed_bytes)"
+            )
+        return count
+
+
+def _first_line(source: SourceConfig, path: Path, where: str) -> bytes:
+    """The file's first line (decompressed), read no further than ``max_line_bytes``."""
+    try:
+        with _opened(source, path, where) as opened:
+            with opened if not isinstance(opened, Path) else opened.open("rb") as handle:
+                head = handle.read(source.max_line_bytes + 1)
+    except (OSError, EOFError) as error:  # unreadable; a corrupt or truncated compressed file
+        raise SourceError(f"{where}: cannot read ({error})") from error
+    end = head.find(b"\n")
+    if end < 0 and len(head) > source.max_line_bytes:
+        raise _line_too_long(source, where, "line 1")
+    return head if end < 0 else head[: end + 1]
+
+
+def _too_long(error: BaseException) -> bool:
+    """pyarrow's error for a row or record that does not fit in one block."""
+    return "straddl" in str(error)
+
+
+def _line_too_long(source: SourceConfig, where: str, which: str = "a line") -> SourceError:
+    return SourceError(
+        f"{where}: {which} is longer than {source.max_line_bytes:,} bytes (max_line_bytes; "
+        "a file without line breaks, or a wrong delimiter or quote?)"
+    )
 
 
 def _line_numbers(path: Path, encoding: str, texts: list[str]) -> list[int]:
@@ -227,12 +311,16 @@ def _line_numbers(path: Path, encoding: str, texts: list[str]) -> list[int]:
 
 def _read_jsonl(source: SourceConfig, path: Path) -> pd.DataFrame:
     table = _jsonl_table(source, path)
+    if table is None:
+        return _jsonl_by_line(source, path)
     return _fields(_arrow_text(table, list(source.columns.values()), str(path)), source)
 
 
 def _read_events(source: SourceConfig, path: Path) -> pd.DataFrame:
     """The service's event log: the fixed columns, plus ``received_at`` (seconds)."""
     table = _jsonl_table(source, path)
+    if table is None:
+        return _jsonl_by_line(source, path, received=True)
     frame = _fields(_arrow_text(table, list(source.columns.values()), str(path)), source)
     received = (
         pc.fill_null(table.column("received_at").cast(pa.float64()), 0.0).to_numpy()
@@ -243,16 +331,98 @@ def _read_events(source: SourceConfig, path: Path) -> pd.DataFrame:
     return frame
 
 
-def _jsonl_table(source: SourceConfig, path: Path) -> pa.Table:
+def _no_events() -> pd.DataFrame:
+    """An event log with no file yet: no rows, the columns a read log has."""
+    frame = pd.DataFrame({field: _blank_text(0) for field in EVENTS_COLUMNS})
+    frame["received_at"] = np.zeros(0)
+    frame["file"] = np.zeros(0, dtype=np.int64)
+    return _numbered(frame)
+
+
+def _jsonl_table(source: SourceConfig, path: Path) -> pa.Table | None:
+    """The file as typed columns; None where a column's type changes from row to row (10
+    here, "abc" there), which pyarrow cannot read: ``_jsonl_by_line`` reads those."""
     where = f"source {source.name!r}, file {path}"
     try:
-        table = pa_json.read_json(path)
+        with _opened(source, path, where) as stream:
+            table = pa_json.read_json(
+                stream, read_options=pa_json.ReadOptions(block_size=source.max_line_bytes)
+            )
     except pa.ArrowInvalid as error:
-        raise SourceError(f"{where}: {_first_bad_json_line(path) or error}") from error
+        if _too_long(error):
+            raise _line_too_long(source, where, "a record") from None
+        return None
     except OSError as error:
         raise SourceError(f"{where}: cannot read ({error})") from error
     _check_columns(source, table.column_names, where)
     return table
+
+
+def _jsonl_by_line(source: SourceConfig, path: Path, received: bool = False) -> pd.DataFrame:
+    """The mapped fields of each record as text, as ``_arrow_text`` writes them; a record
+    whose field holds a list or an object is kept as ``malformed``, for the merge to
+    quarantine. Only files pyarrow cannot type go through this loop."""
+    where = f"source {source.name!r}, file {path}"
+    columns = list(source.columns.values())
+    values: dict[str, list[str]] = {column: [] for column in columns}
+    malformed: list[str] = []
+    received_at: list[float] = []
+    seen: set[str] = set()
+    try:
+        with _opened(source, path, where) as opened:
+            with opened if not isinstance(opened, Path) else opened.open("rb") as handle:
+                for number, record in _json_records(handle, source, where):
+                    seen.update(record)
+                    wrong = ""
+                    for column in columns:
+                        value = record.get(column)
+                        if isinstance(value, list | dict):
+                            kind = "a list" if isinstance(value, list) else "an object"
+                            wrong = wrong or f"line {number}: {column!r} is {kind}, not a value"
+                            value = None
+                        values[column].append(_json_text(value))
+                    malformed.append(wrong)
+                    stamp = record.get("received_at")
+                    is_number = isinstance(stamp, int | float) and not isinstance(stamp, bool)
+                    received_at.append(float(stamp) if is_number and stamp is not None else 0.0)
+    except (OSError, EOFError) as error:
+        raise SourceError(f"{where}: cannot read ({error})") from error
+    _check_columns(source, sorted(seen), where)
+    frame = _fields(pd.DataFrame(values, dtype="category"), source)
+    frame["malformed"] = _categorical_text(pd.Series(malformed, dtype="str"))
+    if received:
+        frame["received_at"] = np.asarray(received_at)
+    return frame
+
+
+def _json_records(
+    handle: io.RawIOBase | BinaryIO, source: SourceConfig, where: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each non-blank line's object, with its line number; anything else is an error."""
+    number = 0
+    while line := handle.readline(source.max_line_bytes + 1):
+        number += 1
+        if len(line) > source.max_line_bytes:
+            raise _line_too_long(source, where, f"line {number}")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            detail = getattr(error, "msg", "not UTF-8")
+            raise SourceError(f"{where}: line {number} is not JSON ({detail})") from None
+        if not isinstance(record, dict):
+            raise SourceError(f"{where}: line {number} is not a JSON object")
+        yield number, record
+
+
+def _json_text(value: Any) -> str:
+    """A JSON value as text, as pyarrow's cast writes it (null: "")."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def events_through(rows: SourceRows) -> float | None:
@@ -372,17 +542,3 @@ def _text(value: Any) -> str:
     if isinstance(value, datetime | date):
         return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
     return str(value)
-
-
-def _first_bad_json_line(path: Path) -> str | None:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                return f"line {number} is not JSON ({error.msg})"
-            if not isinstance(record, dict):
-                return f"line {number} is not a JSON object"
-    return None

@@ -23,7 +23,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from recsvc.tiers import tier_indices
-from training.dataset import outcome_is, positions, run_starts
+from training.dataset import Settlement, outcome_is, positions, run_starts, settle_returns
 from training.errors import ConfigError
 
 TRIGGER_KINDS = ("lapsing", "tier_up", "thank_you", "threshold")
@@ -107,15 +107,24 @@ class CustomerLines:
 
     row: NDArray[np.int32]  # the customer's row
     timestamp: NDArray[np.datetime64]  # datetime64[us]
+    # A return's: the date of the purchase it returns, whose tier window it is charged to.
+    charged_at: NDArray[np.datetime64]
     unit_price: NDArray[np.float64]  # NaN where unknown
-    amount: NDArray[np.float64]  # quantity x unit price (negative for a cancellation; 0 unpriced)
+    # quantity x unit price (negative for a return, bounded by what it returns; 0 unpriced)
+    amount: NDArray[np.float64]
     purchase: NDArray[np.bool_]  # a purchase, not a cancellation
     order: NDArray[np.intp]  # the line's order: an index into order_rows
     order_rows: NDArray[np.int64]  # each distinct (customer, order)'s customer row, in that order
 
     @staticmethod
-    def of(events: pd.DataFrame, customer_ids: NDArray[np.str_]) -> CustomerLines:
-        """From merged events (see ``training.merge.MergedHistory``)."""
+    def of(
+        events: pd.DataFrame,
+        customer_ids: NDArray[np.str_],
+        settlement: Settlement | None = None,
+    ) -> CustomerLines:
+        """From merged events (see ``training.merge.MergedHistory``) and their returns
+        settled (``TrainingData.settlement``; settled here when not given)."""
+        settlement = settlement or settle_returns(events)
         rows = positions(events["customer_id"], pd.Index(customer_ids))
         timestamps = events["timestamp"].to_numpy()
         mine = (rows >= 0) & outcome_is(events, "used", "cancellation") & ~np.isnat(timestamps)
@@ -125,11 +134,13 @@ class CustomerLines:
         # A hash table over the distinct orders beats np.unique's sort of every line.
         order, keys = pd.factorize(rows.astype(np.int64) * span + orders, sort=True)
         price = events["unit_price"].to_numpy()[mine]
+        quantity = settlement.quantities(events["quantity"].to_numpy())[mine]
         return CustomerLines(
             row=rows.astype(np.int32),
             timestamp=timestamps[mine],
+            charged_at=settlement.charged(timestamps)[mine],
             unit_price=price,
-            amount=events["quantity"].to_numpy()[mine] * np.where(np.isnan(price), 0.0, price),
+            amount=quantity * np.where(np.isnan(price), 0.0, price),
             purchase=outcome_is(events, "used")[mine],
             order=order,
             order_rows=keys // span,
@@ -151,10 +162,11 @@ def customer_signals(
     window_spend: NDArray[np.float64] = np.zeros(count)
     if as_of is not None:
         start = (as_of - pd.Timedelta(days=config.window_days)).to_datetime64()
-        recent = lines.timestamp >= start
+        recent = lines.charged_at >= start
         window_spend = np.bincount(lines.row[recent], lines.amount[recent], count).astype(
             np.float64
         )
+        window_spend = np.maximum(window_spend, 0.0)  # refunds above the purchase price
 
     # Each order with a purchase, placed when its first purchased line was.
     placed = lines.placed(lines.purchase)
