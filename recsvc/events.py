@@ -159,16 +159,17 @@ class EventLog:
         torn last line."""
         for path in sorted(self.directory.glob(EVENTS_GLOB)):
             try:
-                text = path.read_text(encoding="utf-8")
+                handle = path.open(encoding="utf-8")
             except FileNotFoundError:
                 continue
-            for line in text.splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict):
-                    yield record
+            with handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(record, dict):
+                        yield record
 
     def redact(self, erased: Callable[[dict[str, Any]], bool]) -> int:
         """Rewrite every log in the directory without the records ``erased`` picks, each file
