@@ -11,6 +11,7 @@ from pathlib import Path
 from recsvc import defaults
 from recsvc.auth import ApiKey, parse_api_keys
 from recsvc.errors import ConfigError
+from recsvc.tokens import secret_from
 
 PREFIX = "RECSVC_"
 
@@ -31,6 +32,7 @@ class ServiceConfig:
     snapshot_ttl_days: int = defaults.SNAPSHOT_TTL_DAYS
     rate_limit: int = defaults.RATE_LIMIT  # per key and second, unless the key sets its own
     log_salt: bytes = b""  # keys the customer hashes in log lines; empty: random per start
+    secret_key: bytes = b""  # signs visitor tokens (recsvc.tokens); empty: none is valid
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> ServiceConfig:
@@ -69,6 +71,12 @@ class ServiceConfig:
                 f"{PREFIX}API_KEYS or {PREFIX}API_KEYS_FILE must grant at least one key "
                 f"(mint one with `recsvc keys mint`), or set {PREFIX}AUTH=off for local use"
             )
+        secret_text, secret_key = get("SECRET_KEY", ""), b""
+        if secret_text:
+            try:
+                secret_key = secret_from(secret_text)
+            except ValueError as error:
+                raise ConfigError(f"{PREFIX}SECRET_KEY {error}") from None
         return cls(
             models_dir=Path(models_dir),
             log_level=log_level,
@@ -86,6 +94,7 @@ class ServiceConfig:
             snapshot_ttl_days=integer("SNAPSHOT_TTL_DAYS", defaults.SNAPSHOT_TTL_DAYS, 1, 3650),
             rate_limit=integer("RATE_LIMIT", defaults.RATE_LIMIT, 0, 1_000_000),
             log_salt=get("LOG_SALT", "").encode(),
+            secret_key=secret_key,
         )
 
 

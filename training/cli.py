@@ -110,6 +110,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     mint_cmd.set_defaults(run=_mint_key)
 
+    tokens_cmd = commands.add_parser("tokens", help="visitor tokens for website blocks")
+    tokens_commands = tokens_cmd.add_subparsers(dest="tokens_command", required=True)
+    token_cmd = tokens_commands.add_parser(
+        "mint", help="a visitor token for one customer key, signed with RECSVC_SECRET_KEY"
+    )
+    token_cmd.add_argument("--customer", required=True, help="the key the page names")
+    token_cmd.add_argument(
+        "--ttl", type=int, default=None, help="seconds it stays valid (default 3600, at most 86400)"
+    )
+    token_cmd.set_defaults(run=_mint_token)
+
     demo_cmd = commands.add_parser(
         "demo", help="train on the bundled sample and serve it on the embedded store"
     )
@@ -277,6 +288,24 @@ def _mint_key(args: argparse.Namespace) -> int:
     key, line = mint(args.name, scopes, args.rate)
     print(f"key (give it to the caller; it is not stored anywhere): {key}")
     print(f"config line (add to RECSVC_API_KEYS, comma-separated, or RECSVC_API_KEYS_FILE): {line}")
+    return 0
+
+
+def _mint_token(args: argparse.Namespace) -> int:
+    from recsvc import defaults, tokens
+    from recsvc.text import MAX_KEY_LENGTH, text_problem
+
+    ttl = defaults.VISITOR_TOKEN_TTL if args.ttl is None else args.ttl
+    if not 1 <= ttl <= defaults.VISITOR_TOKEN_MAX_TTL:
+        raise TrainingError(f"--ttl: 1 to {defaults.VISITOR_TOKEN_MAX_TTL} seconds, got {ttl}")
+    problem = text_problem(args.customer, MAX_KEY_LENGTH)
+    if problem is not None:
+        raise TrainingError(f"--customer: {problem}")
+    try:
+        secret = tokens.secret_from(os.environ.get("RECSVC_SECRET_KEY", "").strip())
+    except ValueError as error:
+        raise TrainingError(f"RECSVC_SECRET_KEY {error}; set it as the service has it") from None
+    print(tokens.mint(secret, args.customer, ttl))
     return 0
 
 
