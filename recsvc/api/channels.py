@@ -32,12 +32,11 @@ from recsvc.errors import StoreUnavailable
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
 from recsvc.render import block_html, email_html, embed_script
-from recsvc.text import MAX_KEY_LENGTH
+from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH
 
 blueprint = Blueprint("channels", __name__, url_prefix="/v1")
 HTML = "text/html; charset=utf-8"
 TOKEN_HEADER = "X-Recsvc-Token"
-SEND_ID_MAX_LENGTH = 200
 
 
 @blueprint.get("/customers/<key>/blocks/<slot>")
@@ -140,7 +139,7 @@ def visitor_token() -> Response:
 def email_picks(key: str) -> Response:
     args = query_args()
     key = customer_key(key, args)
-    send_id = checked_text("send_id", args.get("send_id") or "", SEND_ID_MAX_LENGTH).strip()
+    send_id = checked_text("send_id", args.get("send_id") or "", MAX_SEND_ID_LENGTH).strip()
     n = int_arg(args, "n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
     output = _format(args)
     model = api.served_model()
