@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ def fuzz(models_dir: Path, out: Path, max_examples: int, seed: int | None = None
         "RECSVC_MODELS_DIR": str(models_dir),
         "RECSVC_API_KEYS": line,
         "RECSVC_EVENTS_DIR": str(scratch / "events"),
+        "RECSVC_SECRET_KEY": secrets.token_hex(32),  # visitor tokens on, as in production
     }
     report = out / "schemathesis.json"
     with gunicorn(environment, log_path=out / "service.log") as base:

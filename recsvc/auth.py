@@ -75,13 +75,15 @@ def mint(name: str, scopes: Iterable[str], rate: int | None = None) -> tuple[str
     return key, line if rate is None else f"{line}:{rate}"
 
 
+def granted_scopes(key: ApiKey) -> frozenset[str]:
+    """The key's scopes and every scope they imply."""
+    return frozenset(key.scopes).union(*(IMPLIED.get(scope, set()) for scope in key.scopes))
+
+
 class Authenticator:
     def __init__(self, keys: tuple[ApiKey, ...]) -> None:
         self.keys = keys
-        self._granted = [
-            frozenset(key.scopes).union(*(IMPLIED.get(s, set()) for s in key.scopes))
-            for key in keys
-        ]
+        self._granted = [granted_scopes(key) for key in keys]
 
     def authorise(self, presented: str | None, scope: str) -> ApiKey:
         """The key presented, if it exists and grants ``scope``; else AuthError 401 or 403."""

@@ -162,6 +162,20 @@ def block(
     }
 
 
+PUBLIC_BLOCK_FIELDS = ("slot", "model_version", "content", "products")
+
+
+def public_block(block: dict[str, Any], personalised: bool) -> dict[str, Any]:
+    """A block as a publishable key may see it: what the page shows, and whether a visitor
+    token made it the named customer's (``personalised``). No customer id, tier figures,
+    fallback or degraded flag: the same keys whoever is named, so an answer tells nothing
+    beyond the content shown."""
+    return {
+        **{name: block[name] for name in PUBLIC_BLOCK_FIELDS},
+        "personalised": personalised,
+    }
+
+
 def email_picks(
     model: ServedModel,
     view: CustomerView,

@@ -12,6 +12,7 @@ from recsvc import defaults
 from recsvc.auth import ApiKey, parse_api_keys
 from recsvc.errors import ConfigError
 from recsvc.identity import SECRET_VARIABLE, IdentityKey
+from recsvc.tokens import secret_from
 
 PREFIX = "RECSVC_"
 
@@ -35,6 +36,7 @@ class ServiceConfig:
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     # Keys every alias digest (bundle lookups, store keys, erasure records).
     identity_key: IdentityKey = field(default_factory=IdentityKey.development_key)
+    secret_key: bytes = b""  # signs visitor tokens (recsvc.tokens); empty: none is valid
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> ServiceConfig:
@@ -74,6 +76,12 @@ class ServiceConfig:
                 f"(mint one with `recsvc keys mint`), or set {PREFIX}AUTH=off for local use"
             )
         identity_key = _identity_key(values, auth == "on")
+        secret_text, secret_key = get("SECRET_KEY", ""), b""
+        if secret_text:
+            try:
+                secret_key = secret_from(secret_text)
+            except ValueError as error:
+                raise ConfigError(f"{PREFIX}SECRET_KEY {error}") from None
         return cls(
             models_dir=Path(models_dir),
             log_level=log_level,
@@ -93,6 +101,7 @@ class ServiceConfig:
             log_salt=get("LOG_SALT", "").encode(),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.MAX_BODY_BYTES, 1024, 1 << 30),
             identity_key=identity_key,
+            secret_key=secret_key,
         )
 
 

@@ -28,3 +28,7 @@ RATE_LIMIT = 200
 SNAPSHOT_TTL_DAYS = 30  # how long one email send's picks stay fixed
 EMAIL_DEFAULT_N = 4
 EMAIL_MAX_N = 12
+
+# Visitor tokens (recsvc.tokens): how long one lasts, by default and at most
+VISITOR_TOKEN_TTL = 3600
+VISITOR_TOKEN_MAX_TTL = 86400

@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from recsvc.text import MAX_KEY_LENGTH, text_problem
+
 MAX_BATCH = 1000
 MAX_FUTURE = timedelta(days=1)
 FIELDS = {"event_id", "customer", "item_id", "quantity", "price", "timestamp", "source"}
@@ -85,8 +87,9 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
         if not isinstance(value, str) or not value.strip():
             errors.append(f"{key}: required, a non-empty string")
             return ""
-        if len(value) > limit or any(ord(c) < 32 for c in value):
-            errors.append(f"{key}: at most {limit} printable characters")
+        problem = text_problem(value, limit)
+        if problem is not None:
+            errors.append(f"{key}: {problem}")
         return value.strip()
 
     def number(key: str) -> float:
@@ -99,7 +102,7 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
         return float(value)
 
     event_id = text("event_id", 128)
-    customer = text("customer", 256)
+    customer = text("customer", MAX_KEY_LENGTH)
     item_id = text("item_id", 64).upper()
     source = text("source", 64, default="api")
     quantity = number("quantity")

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from recsvc import defaults
+from recsvc.text import MAX_KEY_LENGTH, UNSAFE_CHARACTERS
 
+UNSAFE_PATTERN = f"^[^{UNSAFE_CHARACTERS}]*$"
 NUMBER_OR_NULL = {"type": ["number", "null"]}
 STRING_OR_NULL = {"type": ["string", "null"]}
 
@@ -30,6 +32,17 @@ def _text(limit: int, description: str) -> dict[str, Any]:
         "minLength": 1,
         "maxLength": limit,
         "pattern": r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$",
+        "description": description,
+    }
+
+
+def _key_text(description: str) -> dict[str, Any]:
+    """A customer key: 1 to 256 characters, none of them unsafe (recsvc.text)."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_KEY_LENGTH,
+        "pattern": UNSAFE_PATTERN,
         "description": description,
     }
 
@@ -113,6 +126,39 @@ SCHEMAS: dict[str, Any] = {
             "products": {"type": "array", "items": _ref("ProductCard")},
         }
     ),
+    "PublicBlock": {
+        **_object(
+            {
+                "slot": {"type": "string"},
+                "model_version": {"type": "string"},
+                "personalised": {
+                    "type": "boolean",
+                    "description": "a valid visitor token made this the named customer's block",
+                },
+                "content": {"type": "array", "items": _ref("Content")},
+                "products": {"type": "array", "items": _ref("ProductCard")},
+            }
+        ),
+        "additionalProperties": False,
+        "description": "a block as a key with only blocks:read sees it: no customer figures",
+    },
+    "VisitorTokenRequest": {
+        **_object(
+            {
+                "customer": _key_text("the customer key the page names, exactly"),
+                "ttl": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": defaults.VISITOR_TOKEN_MAX_TTL,
+                    "default": defaults.VISITOR_TOKEN_TTL,
+                    "description": "seconds",
+                },
+            },
+            required=["customer"],
+        ),
+        "additionalProperties": False,
+    },
+    "VisitorToken": _object({"token": {"type": "string"}, "expires_at": {"type": "string"}}),
     "EmailPicks": _object(
         {
             "send_id": {"type": "string"},
@@ -252,13 +298,39 @@ def _html_or_json(schema: str, description: str) -> dict[str, Any]:
     return response
 
 
+def _block_response(description: str) -> dict[str, Any]:
+    response = _html_or_json("Block", description + " (PublicBlock for a blocks:read key)")
+    response["content"]["application/json"]["schema"] = {
+        "oneOf": [_ref("Block"), _ref("PublicBlock")]
+    }
+    return response
+
+
 KEY = {
     "name": "key",
     "in": "path",
     "required": True,
+    "schema": _key_text("the customer key, URL-encoded; ~: the key is in the key parameter"),
+    "description": "canonical id, <source>:<id>, email:<address> or phone:<number>, "
+    "URL-encoded; or ~, with the key in the `key` query parameter (any key, '/' included)",
+    "examples": {"canonical": {"value": "12347"}, "in the query": {"value": "~"}},
+}
+# GET /v1/customers/<key>/profile and DELETE /v1/customers/<key> (recsvc/api/customers.py)
+# do not decode the key through recsvc.api.params.customer_key yet; once they do, they take
+# [KEY, KEY_QUERY] like the others.
+KEY_QUERY = {
+    "name": "key",
+    "in": "query",
+    "schema": _key_text("the customer key, URL-encoded"),
+    "description": "the customer key when the path's key is ~ (and only then)",
+    "examples": {"slash": {"value": "email:a/b@example.com"}},
+}
+VISITOR_TOKEN = {
+    "name": "X-Recsvc-Token",
+    "in": "header",
     "schema": {"type": "string"},
-    "description": "canonical id, <source>:<id>, email:<address> or phone:<number>",
-    "examples": {"canonical": {"value": "12347"}},
+    "description": "a visitor token for this exact customer key (POST /v1/visitor-tokens): "
+    "without one, a blocks:read key gets the anonymous block",
 }
 SLOT = {
     "name": "slot",
@@ -372,6 +444,7 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "parameters": [
                         KEY,
+                        KEY_QUERY,
                         {
                             "name": "n",
                             "in": "query",
@@ -384,13 +457,13 @@ def _document() -> dict[str, Any]:
             },
             "/v1/customers/{key}/profile": {
                 "get": {
-                    "parameters": [KEY],
+                    "parameters": [KEY, KEY_QUERY],
                     "responses": {"200": _json("Profile", "tier, spend and signals"), **reads},
                 }
             },
             "/v1/customers/{key}": {
                 "delete": {
-                    "parameters": [KEY],
+                    "parameters": [KEY, KEY_QUERY],
                     "description": "scope admin; 404 when nobody is known by the key (it is "
                     "recorded on the erasure list all the same)",
                     "responses": {
@@ -402,9 +475,9 @@ def _document() -> dict[str, Any]:
             },
             "/v1/customers/{key}/blocks/{slot}": {
                 "get": {
-                    "parameters": [KEY, SLOT, FORMAT, CATEGORY],
+                    "parameters": [KEY, KEY_QUERY, SLOT, FORMAT, CATEGORY, VISITOR_TOKEN],
                     "responses": {
-                        "200": _html_or_json("Block", "a website block"),
+                        "200": _block_response("a website block"),
                         **_problems(400, 401, 403, 404, 429, 503),
                     },
                 }
@@ -413,7 +486,7 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "parameters": [SLOT, FORMAT, CATEGORY],
                     "responses": {
-                        "200": _html_or_json("Block", "the anonymous block"),
+                        "200": _block_response("the anonymous block"),
                         **_problems(400, 401, 403, 404, 429, 503),
                     },
                 }
@@ -445,12 +518,18 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "parameters": [
                         KEY,
+                        KEY_QUERY,
                         FORMAT,
                         {
                             "name": "send_id",
                             "in": "query",
                             "required": True,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 200,
+                                "pattern": UNSAFE_PATTERN,
+                            },
                         },
                         {
                             "name": "n",
@@ -463,6 +542,20 @@ def _document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {"200": _html_or_json("EmailPicks", "fixed per send id"), **reads},
+                }
+            },
+            "/v1/visitor-tokens": {
+                "post": {
+                    "description": "scope recs:read; for the shop's backend: a token proving "
+                    "that a page's visitor is the customer its blocks name",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("VisitorTokenRequest")}},
+                    },
+                    "responses": {
+                        "200": _json("VisitorToken", "valid until expires_at"),
+                        **reads,
+                    },
                 }
             },
             "/v1/events": {

@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.local_server import free_port, gunicorn
+from recsvc import tokens
 from recsvc.auth import mint
 from tests.channel_shop import XSS_TITLE, build
 
 CHROMIUM = "/usr/bin/chromium"
+SECRET = "browser-test-secret-of-32-characters"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -114,6 +116,7 @@ def service(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "RECSVC_EVENTS_DIR": str(directory),
         "RECSVC_API_KEYS": f"{web_line},{mail_line}",
         "RECSVC_CORS_ORIGINS": site.url,
+        "RECSVC_SECRET_KEY": SECRET,
         "RECSVC_WORKERS": "1",
     }
     with gunicorn(env) as url:
@@ -132,16 +135,22 @@ def api_json(service: dict[str, str], path: str, key: str) -> dict[str, object]:
 def test_embedded_block_shows_the_customers_picks(
     chromium: str, site: Site, service: dict[str, str]
 ) -> None:
+    """The logged-in visitor's page carries a token the shop's backend minted: their own
+    block. A page that only names a customer gets the anonymous block."""
     from playwright.sync_api import sync_playwright
 
+    token = tokens.mint(SECRET.encode(), "festive")
     site.pages["/demo.html"] = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Shop</title></head><body><h1>Our shop</h1>
-<div id="hero" data-recsvc-slot="home_hero" data-recsvc-customer="festive">Loading…</div>
+<div id="hero" data-recsvc-slot="home_hero" data-recsvc-customer="festive"
+     data-recsvc-token="{token}">Loading…</div>
+<div id="claimed" data-recsvc-slot="home_hero" data-recsvc-customer="festive"></div>
 <div id="anon" data-recsvc-slot="home_hero"></div>
 <div id="broken" data-recsvc-slot="no_such_slot">Our favourites</div>
 <script src="{service["url"]}/v1/embed.js" data-recsvc-key="{service["web_key"]}"></script>
 </body></html>"""
-    expected = api_json(service, "/v1/customers/festive/blocks/home_hero", service["web_key"])
+    expected = api_json(service, "/v1/customers/festive/blocks/home_hero", service["mail_key"])
+    anonymous = api_json(service, "/v1/blocks/home_hero", service["web_key"])
     ARTIFACTS.mkdir(exist_ok=True)
     dialogs: list[str] = []
     with sync_playwright() as playwright:
@@ -151,9 +160,13 @@ def test_embedded_block_shows_the_customers_picks(
         page.goto(f"{site.url}/demo.html")
         page.wait_for_selector('#hero[data-recsvc-loaded="true"]', timeout=10_000)
         page.wait_for_selector('#anon[data-recsvc-loaded="true"]', timeout=10_000)
+        page.wait_for_selector('#claimed[data-recsvc-loaded="true"]', timeout=10_000)
         page.wait_for_selector('#broken[data-recsvc-loaded="failed"]', timeout=10_000)
         shown = page.eval_on_selector_all(
             "#hero .recsvc-product", "nodes => nodes.map(n => n.dataset.itemId)"
+        )
+        claimed = page.eval_on_selector_all(
+            "#claimed .recsvc-product", "nodes => nodes.map(n => n.dataset.itemId)"
         )
         anonymous_titles = page.eval_on_selector_all(
             "#anon .recsvc-title", "nodes => nodes.map(n => n.textContent)"
@@ -168,6 +181,9 @@ def test_embedded_block_shows_the_customers_picks(
     products = expected["products"]
     assert isinstance(products, list)
     assert shown == [product["item_id"] for product in products]
+    anonymous_products = anonymous["products"]
+    assert isinstance(anonymous_products, list)
+    assert claimed == [product["item_id"] for product in anonymous_products] != shown
     assert XSS_TITLE in anonymous_titles  # shown as text, never run
     assert dialogs == []
     assert images_loaded is True

@@ -14,7 +14,7 @@ from recsvc import create_app
 from recsvc.config import ServiceConfig
 from tests.channel_shop import XSS_TITLE, build
 from training.channels import item_categories
-from training.cli import main
+from training.cli import main, spreadsheet_safe
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +230,90 @@ def test_item_categories_match_whole_words_and_phrases() -> None:
         bits["vintage"],
         0,
     ]
+
+
+def export(models: Path, out: Path, *options: str) -> int:
+    return main(
+        ["export-picks", "--send-id", "camp", "--out", str(out), "--models-dir", str(models)]
+        + list(options)
+    )
+
+
+def test_export_skips_erased_customers_and_lists_each_customer_once(
+    models: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    events = tmp_path / "events"
+    monkeypatch.setenv("RECSVC_EVENTS_DIR", str(events))
+    service = create_app(ServiceConfig(models_dir=models, events_dir=events, auth=False))
+    assert service.test_client().delete("/v1/customers/festive").status_code == 200
+
+    campaign = tmp_path / "campaign.txt"
+    # baker three times (twice by the same key, once as the source's id), a key with '/',
+    # festive (erased) by two keys
+    campaign.write_text("baker\nshop:baker\nbaker\nemail:a/b@example.com\nfestive\nshop:festive\n")
+    out = tmp_path / "picks.jsonl"
+    assert export(models, out, "--customers", str(campaign), "--format", "jsonl") == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["customer_id"] for row in rows] == ["baker", "email:a/b@example.com"]
+    summary = capsys.readouterr().out
+    assert "2 customers written" in summary and "2 erased" in summary
+    assert "2 keys of a customer already listed" in summary
+
+    table = tmp_path / "bronze.csv"
+    assert export(models, table, "--segment", "tier=bronze", "--format", "csv") == 0
+    with table.open() as handle:
+        exported = {row["customer_id"] for row in csv.DictReader(handle)}
+    assert "baker" in exported and "festive" not in exported and "whale" not in exported
+    assert "1 erased" in capsys.readouterr().out
+
+
+def test_export_csv_cells_cannot_run_as_formulas(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECSVC_EVENTS_DIR", str(tmp_path / "events"))
+    campaign = tmp_path / "campaign.txt"
+    campaign.write_text('=HYPERLINK("http://evil.example")\n+1\n@SUM(A1)\n-2\n')
+    out = tmp_path / "picks.csv"
+    assert (
+        main(
+            ["export-picks", "--send-id", "=1+1", "--customers", str(campaign), "--format"]
+            + ["csv", "--out", str(out), "--models-dir", str(models)]
+        )
+        == 0
+    )
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["send_id"] for row in rows} == {"'=1+1"}
+    customers = ['\'=HYPERLINK("http://evil.example")', "'+1", "'@SUM(A1)", "'-2"]
+    assert sorted({row["customer_id"] for row in rows}) == sorted(customers)
+    for cell in ("=x", "+x", "-x", "@x", "\tx", "\rx"):
+        assert spreadsheet_safe(cell) == "'" + cell
+    assert spreadsheet_safe("CAKE TIN") == "CAKE TIN" and spreadsheet_safe(-1.5) == -1.5
+
+
+def test_a_failed_export_leaves_no_file(
+    models: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RECSVC_EVENTS_DIR", str(tmp_path / "events"))
+    campaign = tmp_path / "campaign.txt"
+    campaign.write_text("baker\nwhale\n")
+    out = tmp_path / "out" / "picks.csv"
+    out.parent.mkdir()
+    out.write_text("last week's export\n")
+    # every request is refused (n above the maximum) after the header was written
+    assert export(models, out, "--customers", str(campaign), "--format", "csv", "--n", "99") == 2
+    assert "customer 1 of the campaign: n: must be between 1 and 12" in capsys.readouterr().err
+    assert out.read_text() == "last week's export\n" and list(out.parent.iterdir()) == [out]
+
+    campaign.write_text("baker\nemail:ann\u202e@example.com\n")
+    assert export(models, out, "--customers", str(campaign)) == 2
+    error = capsys.readouterr().err
+    assert "--customers line 2: contains U+202E" in error and "ann" not in error
+    assert export(models, out, "--customers", str(campaign), "--send-id", "a\x7fb") == 2
+    assert list(out.parent.iterdir()) == [out]

@@ -4,6 +4,7 @@ after a retrain, and nothing of the customer stays on disk."""
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,28 @@ def test_returns_are_bounded_by_what_was_bought(client: FlaskClient, sample_mode
     assert body["rejected"][0]["errors"] == ["quantity: returns 5 but the customer holds 1"]
     profile = client.get(f"/v1/customers/{customer}/profile").get_json()
     assert profile["spend"] >= 0 and profile["tier"]["spend"] >= 0
+
+
+def test_any_key_an_event_accepts_can_be_read_and_erased(client: FlaskClient) -> None:
+    key = "email:o'brien/sales+x@example.com"
+    assert post(client, purchase("slash-1", key, "22423"))[1]["accepted"] == ["slash-1"]
+    encoded = urllib.parse.quote(key, safe="")
+    profile = client.get(f"/v1/customers/~/profile?key={encoded}").get_json()
+    assert profile["since_training"]["events"] == 1
+    assert client.delete(f"/v1/customers/~?key={encoded}").status_code == 200
+    again = client.get(f"/v1/customers/~/profile?key={encoded}").get_json()
+    assert again["known"] is False and again["since_training"]["events"] == 0
+
+
+@pytest.mark.parametrize("bad", ["\x7f", "\u2028", "\u202e", "\u200b", "\ufeff"])
+def test_invisible_characters_are_refused_in_event_ids_and_keys(
+    client: FlaskClient, bad: str
+) -> None:
+    status, body = post(client, purchase(f"id{bad}1", f"email:a{bad}@example.com", "22423"))
+    assert status == 422
+    errors = body["rejected"][0]["errors"]
+    assert [e.split(":")[0] for e in errors] == ["event_id", "customer"]
+    assert all("control or invisible character" in e for e in errors)
+    assert "@example.com" not in str(body)
+    response = client.delete(f"/v1/customers/~?key={urllib.parse.quote('x' + bad)}")
+    assert response.status_code == 400

@@ -13,6 +13,8 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from recsvc import create_app
+from recsvc.auth import mint
 from recsvc.bundle import load_current
 
 
@@ -89,6 +91,18 @@ def test_real_responses_match_the_document(
             None,
         ),
         ("get", "/v1/customers/{key}/recommendations", "/v1/customers/x/recommendations?n=0", None),
+        (
+            "get",
+            "/v1/customers/{key}/recommendations",
+            "/v1/customers/~/recommendations?key=email%3Aa%2Fb%40example.com",
+            None,
+        ),
+        (
+            "get",
+            "/v1/customers/{key}/recommendations",
+            "/v1/customers/a%E2%80%AE/recommendations",
+            None,
+        ),
         ("get", "/v1/customers/{key}/profile", f"/v1/customers/{customer}/profile", None),
         ("get", "/v1/customers/{key}/profile", "/v1/customers/nobody/profile", None),
         (
@@ -112,8 +126,45 @@ def test_real_responses_match_the_document(
         ("get", "/v1/triggers", "/v1/triggers?limit=5", None),
         ("get", "/v1/triggers", "/v1/triggers?kind=bogus", None),
         ("get", "/v1/embed.js", "/v1/embed.js", None),
+        ("post", "/v1/visitor-tokens", "/v1/visitor-tokens", {"customer": customer}),  # no secret
+        ("post", "/v1/visitor-tokens", "/v1/visitor-tokens", {"customer": customer, "ttl": 0}),
         ("delete", "/v1/customers/{key}", "/v1/customers/email:gone@example.com", None),
     ]
     for method, template, url, body in calls:
         response = getattr(client, method)(url, json=body) if body else getattr(client, method)(url)
         check(document, response, template, method)
+
+
+def test_publishable_answers_match_the_document(
+    document: dict[str, Any], sample_models: Path, tmp_path: Path
+) -> None:
+    web, web_line = mint("web", ["blocks:read"])
+    mail, mail_line = mint("mail", ["recs:read"])
+    app = create_app(
+        {
+            "RECSVC_MODELS_DIR": str(sample_models),
+            "RECSVC_EVENTS_DIR": str(tmp_path),
+            "RECSVC_API_KEYS": f"{web_line},{mail_line}",
+            "RECSVC_SECRET_KEY": "k" * 32,
+        }
+    )
+    client = app.test_client()
+    customer = str(load_current(sample_models).arrays.customer_ids[2])
+    minted = client.post(
+        "/v1/visitor-tokens", json={"customer": customer}, headers={"X-API-Key": mail}
+    )
+    check(document, minted, "/v1/visitor-tokens", "post")
+    token = minted.get_json()["token"]
+    calls = [
+        ("/v1/customers/{key}/blocks/{slot}", f"/v1/customers/{customer}/blocks/home_hero", {}),
+        (
+            "/v1/customers/{key}/blocks/{slot}",
+            f"/v1/customers/~/blocks/home_hero?key={customer}",
+            {"X-Recsvc-Token": token},
+        ),
+        ("/v1/blocks/{slot}", "/v1/blocks/home_hero", {}),
+    ]
+    for template, url, headers in calls:
+        response = client.get(url, headers={"X-API-Key": web, **headers})
+        assert set(response.get_json()) >= {"personalised"}
+        check(document, response, template, "get")

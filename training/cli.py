@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     mint_cmd.set_defaults(run=_mint_key)
 
+    tokens_cmd = commands.add_parser("tokens", help="visitor tokens for website blocks")
+    tokens_commands = tokens_cmd.add_subparsers(dest="tokens_command", required=True)
+    token_cmd = tokens_commands.add_parser(
+        "mint", help="a visitor token for one customer key, signed with RECSVC_SECRET_KEY"
+    )
+    token_cmd.add_argument("--customer", required=True, help="the key the page names")
+    token_cmd.add_argument(
+        "--ttl", type=int, default=None, help="seconds it stays valid (default 3600, at most 86400)"
+    )
+    token_cmd.set_defaults(run=_mint_token)
+
     demo_cmd = commands.add_parser(
         "demo", help="train on the bundled sample and serve it on the embedded store"
     )
@@ -227,77 +239,138 @@ def _check_sources(args: argparse.Namespace) -> int:
 def _export_picks(args: argparse.Namespace) -> int:
     """Each row is the email-picks endpoint's answer for that customer and send id: the
     service is run in-process with the same RECSVC_* store settings, so a send exported here
-    and one rendered by the live service share their snapshots."""
+    and one rendered by the live service share their snapshots. Erased customers are
+    skipped, each customer is exported once however many of their keys are listed, and the
+    file appears whole or not at all."""
     import csv
+    import tempfile
     from urllib.parse import quote
 
     from tqdm import tqdm
 
     from recsvc import create_app
     from recsvc.config import ServiceConfig
+    from recsvc.text import MAX_SEND_ID_LENGTH, text_problem
 
+    problem = text_problem(args.send_id, MAX_SEND_ID_LENGTH)
+    if problem is not None:
+        raise TrainingError(f"--send-id: {problem}")
     environment = {**os.environ, "RECSVC_MODELS_DIR": str(args.models_dir), "RECSVC_AUTH": "off"}
     app = create_app(ServiceConfig.from_mapping(environment))
-    client = app.test_client()
-    keys = _campaign_customers(args, app)
-    query = f"send_id={quote(args.send_id, safe='')}&n={args.n}"
-    written = 0
-    with args.out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        if args.format == "csv":
-            writer.writerow(
-                ["send_id", "customer_id", "rank", "item_id", "title", "price", "url", "image"]
-            )
-        for key in tqdm(keys, desc="exporting", unit="customer"):
-            response = client.get(f"/v1/customers/{quote(key, safe='')}/email-picks?{query}")
-            if response.status_code != 200:
-                raise TrainingError(f"customer {key!r}: {response.get_data(as_text=True)}")
-            picks = response.get_json()
-            if args.format == "jsonl":
-                handle.write(json.dumps(picks, ensure_ascii=False, sort_keys=True) + "\n")
-            else:
-                for rank, item in enumerate(picks["items"], start=1):
-                    writer.writerow(
-                        [
-                            picks["send_id"],
-                            picks["customer_id"],
-                            rank,
-                            item["item_id"],
-                            item["title"],
-                            item["price"],
-                            item["url"],
-                            item["image"],
-                        ]
-                    )
-            written += 1
-    print(f"{written} customers written to {args.out}")
-    return 0
-
-
-def _campaign_customers(args: argparse.Namespace, app: Any) -> list[str]:
-    if args.customers is not None:
-        try:
-            lines = args.customers.read_text(encoding="utf-8").splitlines()
-        except OSError as error:
-            raise TrainingError(f"--customers: {error}") from None
-        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    kind, _, value = args.segment.partition("=")
     model = app.extensions["recsvc.registry"].model
     if model is None:
         raise TrainingError(f"no bundle in {args.models_dir}")
-    names = [level["name"] for level in model.ranker.tiers.levels]
-    if kind != "tier" or value not in names:
-        raise TrainingError(f"--segment: tier=<one of {', '.join(names)}>, got {args.segment!r}")
-    realtime = app.extensions["recsvc.realtime"]
-    customers = [str(c) for c in model.ranker.arrays.customer_ids]
-    return [
-        c
-        for c in customers
-        if model.ranker.tiers.levels[
-            model.ranker.tiers.index(realtime.view(model, c).window_spend)
-        ]["name"]
-        == value
-    ]
+    campaign = _campaign(args, model, app.extensions["recsvc.realtime"])
+    client = app.test_client()
+    query = f"send_id={quote(args.send_id, safe='')}&n={args.n}"
+    try:
+        temporary = tempfile.NamedTemporaryFile(  # renamed into place or removed below
+            "w",
+            dir=args.out.parent,
+            prefix=f".{args.out.name}.",
+            suffix=".partial",
+            delete=False,
+            newline="",
+            encoding="utf-8",
+        )
+    except OSError as error:
+        raise TrainingError(f"--out: {error}") from None
+    try:
+        with temporary as handle:
+            writer = csv.writer(handle)
+            if args.format == "csv":
+                writer.writerow(
+                    ["send_id", "customer_id", "rank", "item_id", "title", "price", "url", "image"]
+                )
+            for number, key in enumerate(tqdm(campaign.keys, desc="exporting", unit="customer")):
+                # ~ and the key in the query: any key, '/' included (see recsvc.api.params)
+                response = client.get(
+                    f"/v1/customers/~/email-picks?key={quote(key, safe='')}&{query}"
+                )
+                if response.status_code != 200:
+                    detail = response.get_json(force=True).get("detail", response.status)
+                    raise TrainingError(f"customer {number + 1} of the campaign: {detail}")
+                picks = response.get_json()
+                if args.format == "jsonl":
+                    handle.write(json.dumps(picks, ensure_ascii=False, sort_keys=True) + "\n")
+                    continue
+                for rank, item in enumerate(picks["items"], start=1):
+                    row = [picks["send_id"], picks["customer_id"], rank, item["item_id"]]
+                    row += [item["title"], item["price"], item["url"], item["image"]]
+                    writer.writerow([spreadsheet_safe(cell) for cell in row])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary.name, args.out)
+    except BaseException:
+        Path(temporary.name).unlink(missing_ok=True)
+        raise
+    print(
+        f"{len(campaign.keys)} customers written to {args.out}; skipped: {campaign.erased} "
+        f"erased, {campaign.repeated} keys of a customer already listed"
+    )
+    return 0
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: object) -> object:
+    """``cell`` as a spreadsheet shows it but never runs it: a leading ' when it could
+    start a formula."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
+@dataclass
+class Campaign:
+    keys: list[str]  # one per customer, in the order given
+    erased: int = 0  # keys of erased customers, skipped
+    repeated: int = 0  # further keys of a customer already in ``keys``
+
+
+def _campaign(args: argparse.Namespace, model: Any, realtime: Any) -> Campaign:
+    """The customers to export: the keys of --customers (checked before anything is
+    written), or the bundle's customers in the --segment's tier."""
+    from recsvc.text import MAX_KEY_LENGTH, text_problem
+
+    tier_name: str | None = None
+    if args.customers is not None:
+        try:
+            lines = args.customers.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise TrainingError(f"--customers: {error}") from None
+        candidates = []
+        for number, line in enumerate(lines, start=1):
+            key = line.strip()
+            if not key or key.startswith("#"):
+                continue
+            problem = text_problem(key, MAX_KEY_LENGTH)
+            if problem is not None:
+                raise TrainingError(f"--customers line {number}: {problem}")
+            candidates.append(key)
+    else:
+        kind, _, tier_name = args.segment.partition("=")
+        names = [level["name"] for level in model.ranker.tiers.levels]
+        if kind != "tier" or tier_name not in names:
+            raise TrainingError(
+                f"--segment: tier=<one of {', '.join(names)}>, got {args.segment!r}"
+            )
+        candidates = [str(customer) for customer in model.ranker.arrays.customer_ids]
+    campaign = Campaign([])
+    seen: set[str] = set()
+    tiers = model.ranker.tiers
+    for key in candidates:
+        view = realtime.view(model, key)
+        if view.erased:
+            campaign.erased += 1
+        elif view.store_key in seen:
+            campaign.repeated += 1
+        elif tier_name is None or tiers.describe(view.window_spend)["name"] == tier_name:
+            seen.add(view.store_key)
+            campaign.keys.append(key)
+    return campaign
 
 
 def _mint_key(args: argparse.Namespace) -> int:
@@ -314,6 +387,24 @@ def _mint_key(args: argparse.Namespace) -> int:
     key, line = mint(args.name, scopes, args.rate)
     print(f"key (give it to the caller; it is not stored anywhere): {key}")
     print(f"config line (add to RECSVC_API_KEYS, comma-separated, or RECSVC_API_KEYS_FILE): {line}")
+    return 0
+
+
+def _mint_token(args: argparse.Namespace) -> int:
+    from recsvc import defaults, tokens
+    from recsvc.text import MAX_KEY_LENGTH, text_problem
+
+    ttl = defaults.VISITOR_TOKEN_TTL if args.ttl is None else args.ttl
+    if not 1 <= ttl <= defaults.VISITOR_TOKEN_MAX_TTL:
+        raise TrainingError(f"--ttl: 1 to {defaults.VISITOR_TOKEN_MAX_TTL} seconds, got {ttl}")
+    problem = text_problem(args.customer, MAX_KEY_LENGTH)
+    if problem is not None:
+        raise TrainingError(f"--customer: {problem}")
+    try:
+        secret = tokens.secret_from(os.environ.get("RECSVC_SECRET_KEY", "").strip())
+    except ValueError as error:
+        raise TrainingError(f"RECSVC_SECRET_KEY {error}; set it as the service has it") from None
+    print(tokens.mint(secret, args.customer, ttl))
     return 0
 
 

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from recsvc.api.context import this_app, this_request
 from recsvc.api.problems import Problem
-from recsvc.auth import Authenticator, AuthError
+from recsvc.auth import ApiKey, Authenticator, AuthError, granted_scopes
 from recsvc.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
 KEY_NAME = "recsvc.key_name"  # in the WSGI environ: the authenticated key's name, for the log
+KEY = "recsvc.key"  # in the WSGI environ: the authenticated ApiKey
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,6 +38,7 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
                     raise Problem(error.status, title, error.detail, headers=headers) from None
                 served.environ[KEY_NAME] = key.name
+                served.environ[KEY] = key
                 limiter: RateLimiter = extensions["recsvc.limiter"]
                 wait = limiter.wait(key)
                 if wait:
@@ -52,6 +54,15 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
         return checked
 
     return decorate
+
+
+def granted(scope: str) -> bool:
+    """Whether this request's key (checked by ``requires``) also grants ``scope``; always
+    true with RECSVC_AUTH=off."""
+    if this_app().extensions["recsvc.auth"] is None:
+        return True
+    key: ApiKey | None = this_request().environ.get(KEY)
+    return key is not None and scope in granted_scopes(key)
 
 
 def presented_key(environ: WSGIEnvironment) -> str | None:

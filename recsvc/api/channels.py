@@ -1,51 +1,83 @@
-"""Website blocks, the embed script and email picks.
+"""Website blocks, the embed script, visitor tokens and email picks.
 
 GET /v1/customers/<key>/blocks/<slot>?format=json|html[&category=]
 GET /v1/blocks/<slot>?format=json|html                  (anonymous visitors)
 GET /v1/embed.js
+POST /v1/visitor-tokens                                 (a shop's backend, recs:read)
 GET /v1/customers/<key>/email-picks?send_id=...&n=4&format=json|html
+
+A caller whose key grants only ``blocks:read`` (the publishable key in web pages) gets public
+blocks (``channels.public_block``), and a named customer's own block only with a visitor token
+minted for that key (header ``X-Recsvc-Token``); otherwise the anonymous block.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from recsvc import api, channels, defaults
-from recsvc.api.access import requires
+from recsvc import api, channels, defaults, tokens
+from recsvc.api.access import granted, requires
+from recsvc.api.context import extensions, this_request
 from recsvc.api.observability import answered
-from recsvc.api.params import category_arg, int_arg, query_args
+from recsvc.api.params import category_arg, checked_text, customer_key, int_arg, query_args
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.config import ServiceConfig
 from recsvc.errors import StoreUnavailable
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
 from recsvc.render import block_html, email_html, embed_script
+from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH
 
 blueprint = Blueprint("channels", __name__, url_prefix="/v1")
 HTML = "text/html; charset=utf-8"
+TOKEN_HEADER = "X-Recsvc-Token"
 
 
 @blueprint.get("/customers/<key>/blocks/<slot>")
 @requires("blocks:read")
 def customer_block(key: str, slot: str) -> Response:
+    args = query_args()
+    key = customer_key(key, args)
     model = api.served_model()
-    return _block(model, api.realtime().view(model, key), key, slot)
+    if granted("recs:read"):
+        return _block(model, api.realtime().view(model, key), key, slot, args, public=False)
+    if not _visitor_proven(key):
+        return _block(model, _anonymous(), None, slot, args, public=True)
+    return _block(model, api.realtime().view(model, key), key, slot, args, public=True)
 
 
 @blueprint.get("/blocks/<slot>")
 @requires("blocks:read")
 def anonymous_block(slot: str) -> Response:
     model = api.served_model()
-    nobody = CustomerView(None, None, "", [], {}, degraded=False)
-    return _block(model, nobody, None, slot)
+    return _block(model, _anonymous(), None, slot, query_args(), public=not granted("recs:read"))
 
 
-def _block(model: ServedModel, view: CustomerView, key: str | None, slot: str) -> Response:
-    args = query_args()
+def _anonymous() -> CustomerView:
+    return CustomerView(None, None, "", [], {}, degraded=False)
+
+
+def _visitor_proven(key: str) -> bool:
+    """Whether the request carries a valid visitor token for ``key``."""
+    token = this_request().headers.get(TOKEN_HEADER)
+    config: ServiceConfig = extensions()["recsvc.config"]
+    return token is not None and tokens.verify(config.secret_key, key, token.strip())
+
+
+def _block(
+    model: ServedModel,
+    view: CustomerView,
+    key: str | None,
+    slot: str,
+    args: Mapping[str, str],
+    public: bool,
+) -> Response:
     output = _format(args)
     mask = category_arg(args, model)
     try:
@@ -56,6 +88,8 @@ def _block(model: ServedModel, view: CustomerView, key: str | None, slot: str) -
             404, "Unknown slot", f"slot {slot!r} is not configured; slots: {slots}"
         ) from None
     answered(fallback=block["fallback"], degraded=block["degraded"])
+    if public:
+        block = channels.public_block(block, personalised=key is not None)
     if output == "html":
         currency = channels.channels(model)["currency_symbol"]
         return Response(block_html(block, currency), mimetype="text/html")
@@ -69,13 +103,43 @@ def embed() -> Response:
     return response
 
 
+@blueprint.post("/visitor-tokens")
+@requires("recs:read")
+def visitor_token() -> Response:
+    """A token for the page the shop serves to a logged-in customer (see recsvc.tokens)."""
+    payload: Any = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        raise Problem(400, "Invalid body", 'expected a JSON object: {"customer": "<key>"}')
+    unknown = sorted(set(payload) - {"customer", "ttl"})
+    if unknown:
+        raise invalid_parameter(unknown[0], "unknown field; fields are customer and ttl")
+    customer = payload.get("customer")
+    if not isinstance(customer, str):
+        raise invalid_parameter("customer", "required, a customer key (string)")
+    checked_text("customer", customer, MAX_KEY_LENGTH)
+    ttl = payload.get("ttl", defaults.VISITOR_TOKEN_TTL)
+    high = defaults.VISITOR_TOKEN_MAX_TTL
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= high:
+        raise invalid_parameter("ttl", f"seconds, an integer from 1 to {high}")
+    config: ServiceConfig = extensions()["recsvc.config"]
+    if not config.secret_key:
+        raise Problem(
+            503,
+            "Visitor tokens unavailable",
+            "the service has no RECSVC_SECRET_KEY, so it can neither sign nor check tokens",
+        )
+    now = int(time.time())
+    token = tokens.mint(config.secret_key, customer, ttl, now=now)
+    expires_at = datetime.fromtimestamp(now + ttl, UTC).isoformat(timespec="seconds")
+    return jsonify(token=token, expires_at=expires_at)
+
+
 @blueprint.get("/customers/<key>/email-picks")
 @requires("recs:read")
 def email_picks(key: str) -> Response:
     args = query_args()
-    send_id = (args.get("send_id") or "").strip()
-    if not send_id or len(send_id) > 200:
-        raise invalid_parameter("send_id", "required, 1 to 200 characters")
+    key = customer_key(key, args)
+    send_id = checked_text("send_id", args.get("send_id") or "", MAX_SEND_ID_LENGTH).strip()
     n = int_arg(args, "n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
     output = _format(args)
     model = api.served_model()

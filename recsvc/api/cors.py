@@ -24,7 +24,7 @@ def init_app(app: Flask) -> None:
             if request.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
                 response.headers["Access-Control-Allow-Headers"] = (
-                    "Authorization, X-API-Key, Content-Type"
+                    "Authorization, X-API-Key, X-Recsvc-Token, Content-Type"
                 )
                 response.headers["Access-Control-Max-Age"] = "600"
         return response

@@ -9,6 +9,7 @@ from flask import Blueprint, Flask, Response, jsonify
 from recsvc import api
 from recsvc.api.access import requires
 from recsvc.api.observability import answered
+from recsvc.api.params import customer_key, query_args
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.errors import StoreUnavailable, UnknownCustomer
 from recsvc.identity import request_aliases
@@ -21,6 +22,7 @@ blueprint = Blueprint("customers", __name__, url_prefix="/v1/customers")
 @blueprint.get("/<key>/profile")
 @requires("recs:read")
 def profile(key: str) -> Response:
+    key = customer_key(key, query_args())
     model = api.served_model()
     customer = api.realtime().view(model, key)
     arrays = model.ranker.arrays
@@ -48,6 +50,7 @@ def profile(key: str) -> Response:
 @blueprint.delete("/<key>")
 @requires("admin")
 def erase(key: str) -> Response:
+    key = customer_key(key, query_args())
     model = api.served_model()
     _check_key_form(model, key)
     try:

@@ -12,6 +12,7 @@ from recsvc import channels
 from recsvc.api.context import this_request
 from recsvc.api.problems import invalid_parameter
 from recsvc.registry import ServedModel
+from recsvc.text import MAX_KEY_LENGTH, text_problem
 
 
 def query_args() -> dict[str, str]:
@@ -50,3 +51,37 @@ def category_arg(args: Mapping[str, str], model: ServedModel) -> NDArray[np.bool
     except channels.UnknownCategory:
         known = ", ".join(channels.categories(model)) or "none configured"
         raise invalid_parameter("category", f"unknown category {name!r}; known: {known}") from None
+
+
+ANY_KEY = "~"  # the path segment that says: the customer key is in the ``key`` parameter
+
+
+def customer_key(path_key: str, args: Mapping[str, str]) -> str:
+    """The customer key a request names. The key is the path segment, URL-encoded; a key
+    that a path segment cannot carry (one with '/') is sent as ``~`` in the path and the
+    key, URL-encoded, in the ``key`` query parameter. Either way it is checked here: 400 for
+    an empty, overlong or unsafe key (see ``recsvc.text``)."""
+    key = args.get("key")
+    if path_key == ANY_KEY:
+        if key is None:
+            raise invalid_parameter("key", f"required when the path's key is {ANY_KEY!r}")
+    elif key is not None:
+        raise invalid_parameter(
+            "key", f"give the key in the path, or {ANY_KEY!r} in the path and the key here"
+        )
+    else:
+        key = path_key
+    checked_text("key", key, MAX_KEY_LENGTH)
+    view_args = this_request().view_args
+    if view_args is not None:
+        view_args["key"] = key  # the log line hashes the key itself, not '~'
+    return key
+
+
+def checked_text(name: str, value: str, limit: int) -> str:
+    """``value`` when it is 1 to ``limit`` characters, not blank, and safe; else a 400
+    naming the parameter ``name``."""
+    reason = text_problem(value, limit)
+    if reason is not None:
+        raise invalid_parameter(name, reason)
+    return value

@@ -1,4 +1,4 @@
-"""GET /v1/customers/<key>/recommendations"""
+"""GET /v1/customers/<key>/recommendations (or /v1/customers/~/recommendations?key=<key>)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flask import Blueprint, Flask, Response
 from recsvc import api, defaults
 from recsvc.api.access import requires
 from recsvc.api.observability import answered
-from recsvc.api.params import category_arg, int_arg, query_args
+from recsvc.api.params import category_arg, customer_key, int_arg, query_args
 
 blueprint = Blueprint("recommendations", __name__, url_prefix="/v1/customers")
 
@@ -17,6 +17,7 @@ blueprint = Blueprint("recommendations", __name__, url_prefix="/v1/customers")
 @requires("recs:read")
 def recommendations(key: str) -> Response:
     args = query_args()
+    key = customer_key(key, args)
     n = int_arg(args, "n", default=defaults.DEFAULT_N, low=1, high=defaults.MAX_N)
     model = api.served_model()
     customer = api.realtime().view(model, key)

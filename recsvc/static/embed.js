@@ -1,12 +1,14 @@
 /* recsvc content blocks for any page.
  *
- *   <div data-recsvc-slot="home_hero" data-recsvc-customer="12346"></div>
+ *   <div data-recsvc-slot="home_hero" data-recsvc-customer="12346"
+ *        data-recsvc-token="1767225600.q3Jx..."></div>
  *   <script src="https://recs.example.com/v1/embed.js" data-recsvc-key="rk_..." async></script>
  *
- * Every element with data-recsvc-slot gets its block (data-recsvc-customer is optional:
- * without it, the anonymous block). When the service is slow or down the element keeps what
- * it had; nothing else on the page is touched. The key must be a publishable one
- * (scope blocks:read): anyone can read it in the page.
+ * Every element with data-recsvc-slot gets its block. The customer's own block needs both
+ * data-recsvc-customer and data-recsvc-token (a visitor token the shop's backend minted for
+ * that customer key); otherwise the anonymous block. When the service is slow or down the
+ * element keeps what it had; nothing else on the page is touched. The key must be a
+ * publishable one (scope blocks:read): anyone can read it in the page.
  */
 (function () {
   "use strict";
@@ -19,14 +21,19 @@
   function load(element) {
     var slot = element.getAttribute("data-recsvc-slot");
     var customer = element.getAttribute("data-recsvc-customer");
+    var token = element.getAttribute("data-recsvc-token");
     if (!slot || element.getAttribute("data-recsvc-loaded")) { return; }
+    /* The key goes in the query (the path's "~" says so): a key may hold "/". */
     var path = customer
-      ? "/v1/customers/" + encodeURIComponent(customer) + "/blocks/" + encodeURIComponent(slot)
-      : "/v1/blocks/" + encodeURIComponent(slot);
+      ? "/v1/customers/~/blocks/" + encodeURIComponent(slot) + "?key=" +
+        encodeURIComponent(customer) + "&format=html"
+      : "/v1/blocks/" + encodeURIComponent(slot) + "?format=html";
     var controller = window.AbortController ? new AbortController() : null;
     var timer = controller ? setTimeout(function () { controller.abort(); }, timeoutMs) : null;
-    var headers = key ? { "X-API-Key": key } : {};
-    fetch(origin + path + "?format=html", {
+    var headers = {};
+    if (key) { headers["X-API-Key"] = key; }
+    if (customer && token) { headers["X-Recsvc-Token"] = token; }
+    fetch(origin + path, {
       headers: headers, credentials: "omit", signal: controller ? controller.signal : undefined
     }).then(function (response) {
       if (!response.ok) { throw new Error("recsvc " + response.status); }
