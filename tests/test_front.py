@@ -67,7 +67,7 @@ def test_a_full_batch_of_the_longest_events_fits(client: FlaskClient) -> None:
             "event_id": f"{i:06d}".ljust(128, "e"),
             "customer": f"email:{i:06d}".ljust(250, "c") + "@x.com",
             "item_id": f"{i:06d}".ljust(64, "I"),
-            "quantity": -999999.5,
+            "quantity": 999999.5,
             "price": 9999999.99,
             "timestamp": "2011-12-10T10:00:00.000000+00:00",
             "source": "s".ljust(64, "s"),
