@@ -27,9 +27,12 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
     return path
 
 
-def source_toml(name: str, path: str, columns: dict[str, str], **options: str) -> str:
+def source_toml(name: str, path: str, columns: dict[str, str], **options: str | float) -> str:
     lines = ["[[sources]]", f'name = "{name}"', 'kind = "csv"', f'path = "{path}"']
-    lines += [f'{key} = "{value}"' for key, value in options.items()]
+    lines += [
+        f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
+        for key, value in options.items()
+    ]
     lines += ["[sources.columns]"] + [f'{k} = "{v}"' for k, v in columns.items()]
     return "\n".join(lines) + "\n"
 

@@ -69,6 +69,8 @@ def schema() -> Iterator[str]:
 
 def write_config(directory: Path, source: str) -> Path:
     path = directory / "db.toml"
+    # One zero-quantity row of a few is meant: a share a real source would be refused for.
+    source += "\nmax_quarantine_share = 0.2"
     path.write_text(f"[model]\nfactors = 4\niterations = 5\n\n[[sources]]\n{source}\n{COLUMNS}")
     return path
 

@@ -15,6 +15,7 @@ from recsvc import create_app, tokens
 from recsvc.auth import mint
 from recsvc.config import ServiceConfig
 from recsvc.errors import ConfigError
+from recsvc.identity import DEVELOPMENT_SECRET
 from recsvc.text import unsafe_character
 from tests.channel_shop import build
 from training.cli import main
@@ -43,6 +44,7 @@ def service(models: Path, events: Path, secret: str = SECRET) -> Flask:
             "RECSVC_EVENTS_DIR": str(events),
             "RECSVC_API_KEYS": f"{WEB_LINE},{MAIL_LINE},{ADMIN_LINE}",
             "RECSVC_SECRET_KEY": secret,
+            "RECSVC_ID_SECRET": DEVELOPMENT_SECRET,  # what the test bundle was trained with
         }
     )
 
