@@ -324,6 +324,7 @@ def _document() -> dict[str, Any]:
                                         {
                                             "status": {"const": "ready"},
                                             "model_version": {"type": "string"},
+                                            "fallback_from": STRING_OR_NULL,
                                         }
                                     )
                                 }
@@ -348,6 +349,7 @@ def _document() -> dict[str, Any]:
                                             "data_as_of": STRING_OR_NULL,
                                             "loaded_at": {"type": "string"},
                                             "last_error": STRING_OR_NULL,
+                                            "fallback_from": STRING_OR_NULL,
                                         }
                                     )
                                 }
