@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from recsvc import defaults
+from recsvc.triggers import KINDS
 
 NUMBER_OR_NULL = {"type": ["number", "null"]}
 STRING_OR_NULL = {"type": ["string", "null"]}
@@ -225,14 +226,17 @@ SCHEMAS: dict[str, Any] = {
                 "items": _object(
                     {
                         "customer_id": {"type": "string"},
-                        "kind": {"enum": ["lapsing", "tier_up", "thank_you", "threshold"]},
+                        "kind": {"enum": list(KINDS)},
                         "fired_at": {"type": "string"},
                         "reason": {"type": "string"},
                         "figures": {"type": "object"},
                     }
                 ),
             },
-            "next_cursor": STRING_OR_NULL,
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "opaque; null on the last page",
+            },
         }
     ),
 }
@@ -486,7 +490,12 @@ def _document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                         },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "the previous page's next_cursor, unchanged",
+                        },
                     ],
                     "responses": {"200": _json("Triggers", "oldest first"), **reads},
                 }

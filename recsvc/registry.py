@@ -29,6 +29,7 @@ from recsvc.errors import BundleCorrupt, BundleError
 from recsvc.identity import IdentityRules
 from recsvc.ranker import Ranker
 from recsvc.tiers import TierTable
+from recsvc.triggers import TriggerIndex
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class ServedModel:
     titles: list[str]
     prices: list[float | None]
     item_categories: list[list[str]]  # names; items with the same categories share one list
+    triggers: TriggerIndex
     loaded_at: float = 0.0  # seconds since the epoch
     created: float = 0.0  # when the bundle was trained, seconds since the epoch
 
@@ -173,7 +175,7 @@ def serve(bundle: Bundle) -> ServedModel:
     """The model a verified bundle serves, with everything requests need built once.
 
     Raises BundleCorrupt for anything in the bundle that makes this fail (a manifest section
-    of the wrong shape): a refusal, never a crash at start."""
+    of the wrong shape, a trigger of unknown kind): a refusal, never a crash at start."""
     try:
         return _served_model(bundle)
     except Exception as error:
@@ -200,6 +202,7 @@ def _served_model(bundle: Bundle) -> ServedModel:
         titles=[str(title) for title in bundle.arrays.titles.tolist()],
         prices=prices,
         item_categories=_category_names(bundle),
+        triggers=TriggerIndex(bundle.arrays),
         loaded_at=time.time(),
         created=_timestamp(bundle.manifest.get("created")),
     )

@@ -3,6 +3,7 @@ a service that starts on a corrupt one serves the newest bundle that verifies, o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.local_server import ROOT, free_port
@@ -185,6 +187,26 @@ def test_an_unreadable_npz_is_refused_once_without_a_traceback(
     assert "v2" in line.message and "still serving v1" in line.message
     assert all(record.exc_info is None for record in caplog.records)
     assert "Traceback" not in caplog.text
+
+
+def test_triggers_that_cannot_be_served_are_a_refusal(tmp_path: Path) -> None:
+    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    unknown_kind = dataclasses.replace(
+        tiny_arrays(),
+        trigger_rows=np.array([0], dtype=np.int32),
+        trigger_kinds=np.array(["birthday"]),
+        trigger_at=np.array([1], dtype=np.int64),
+        trigger_reasons=np.array(["r"]),
+        trigger_figures=np.array(["{}"]),
+    )
+    publish_bundle(tmp_path, "v2", unknown_kind, {})
+    not_json = dataclasses.replace(unknown_kind, trigger_kinds=np.array(["lapsing"]))
+    not_json = dataclasses.replace(not_json, trigger_figures=np.array(["{not json"]))
+    registry = ModelRegistry(tmp_path)
+    assert not registry.load() and registry.model is not None  # the fallback, v1
+    assert "trigger_kinds[0]" in (registry.last_error or "")
+    publish_bundle(tmp_path, "v3", not_json, {})
+    assert not registry.check() and "trigger_figures[0]" in (registry.last_error or "")
 
 
 def test_gunicorn_starts_with_nothing_servable_and_answers_readyz_503(tmp_path: Path) -> None:
