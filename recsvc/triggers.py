@@ -1,9 +1,9 @@
 """The CRM triggers feed: the bundle's triggers indexed once, merged with those fired since.
 
-The feed is ordered by (fired_at, customer id, kind, reason): the reason parts two spend
-thresholds a customer crossed with one order. The bundle's triggers are sorted into
+The feed is ordered by (fired_at, customer id, kind, reason), a trigger's key: the reason
+tells apart two spend thresholds that one order crossed. The bundle's triggers are sorted into
 that order once per served bundle, with each kind's positions in it, so a page costs the page:
-a binary search to where it starts, then as many triggers as it holds (plus any of erased
+a binary search to where it starts, then as many triggers as it holds (plus those of erased
 customers it skips). Triggers fired by events since come from the store, oldest first, and are
 merged in. A cursor is the key of the last trigger a page held, not an offset, so triggers
 fired between two pages neither repeat nor push earlier ones onto the next page.
