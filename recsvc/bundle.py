@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 from numpy.typing import NDArray
@@ -90,12 +90,28 @@ class BundleArrays:
     candidate_scores: NDArray[np.float32]  # [C, K]
 
     def check(self) -> None:
-        """Raise ValueError when the arrays do not describe one consistent model."""
+        """Raise ValueError when the arrays do not describe one consistent model: an array of
+        another dtype or number of dimensions than declared here, or lengths and indices
+        that disagree."""
+        for name, scalar in DTYPES.items():
+            array = getattr(self, name)
+            if not isinstance(array, np.ndarray) or array.dtype.type is not scalar:
+                found = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+                raise ValueError(f"{name} is {found}, expected {np.dtype(scalar).name}")
+            dimensions = 2 if name in MATRICES else 1
+            if array.ndim != dimensions:
+                raise ValueError(f"{name} has {array.ndim} dimensions, expected {dimensions}")
         n_customers, n_items = len(self.customer_ids), len(self.item_ids)
+        if len(self.owned_indptr) != n_customers + 1:
+            raise ValueError(
+                f"owned_indptr length is {len(self.owned_indptr)}, expected {n_customers + 1}"
+            )
+        if self.owned_indptr[0] != 0 or (np.diff(self.owned_indptr) < 0).any():
+            raise ValueError("owned_indptr does not start at 0 and rise")
         lengths = {name: n_customers for name in PER_CUSTOMER} | {
             name: n_items for name in PER_ITEM
         }
-        lengths |= {"owned_indptr": n_customers + 1, "owned_indices": int(self.owned_indptr[-1])}
+        lengths |= {"owned_indices": int(self.owned_indptr[-1])}
         lengths |= {name: len(self.owned_indices) for name in ("owned_quantity",)}
         lengths |= {name: len(self.alias_high) for name in ("alias_low", "alias_rows")}
         lengths |= {"popular_scores": len(self.popular_items)}
@@ -106,6 +122,8 @@ class BundleArrays:
                 raise ValueError(f"{name} length is {actual}, expected {expected}")
         if self.user_factors.shape[1] != self.item_factors.shape[1]:
             raise ValueError("user and item factors differ in width")
+        if self.candidate_items.shape != self.candidate_scores.shape:
+            raise ValueError("candidate items and scores differ in shape")
         for name, indices, size in (
             ("owned_indices", self.owned_indices, n_items),
             ("popular_items", self.popular_items, n_items),
@@ -114,6 +132,10 @@ class BundleArrays:
         ):
             if len(indices) and (indices.min() < 0 or indices.max() >= size):
                 raise ValueError(f"{name} refers to rows outside the bundle")
+        if self.candidate_items.size and (
+            self.candidate_items.min() < -1 or self.candidate_items.max() >= n_items
+        ):
+            raise ValueError("candidate_items refers to items outside the bundle")
         if len(self.alias_high) > 1:
             order = np.lexsort((self.alias_low, self.alias_high))
             if (order != np.arange(len(order))).any():
@@ -138,6 +160,19 @@ TRIGGER_ARRAYS = ("trigger_kinds", "trigger_at", "trigger_reasons", "trigger_fig
 CANDIDATES = ("candidate_items", "candidate_scores")
 PER_CUSTOMER = ("user_factors", *CUSTOMER_FIGURES, *CANDIDATES)
 PER_ITEM = ("item_factors", "item_prior", *CATALOG)
+MATRICES = ("user_factors", "item_factors", *CANDIDATES)  # two dimensions; the rest one
+
+
+def _declared_dtypes() -> dict[str, type[np.generic]]:
+    """Each array's scalar type, as BundleArrays declares it (``NDArray[np.float32]``)."""
+    declared: dict[str, type[np.generic]] = {}
+    for name, hint in get_type_hints(BundleArrays).items():
+        (scalar,) = get_args(get_args(hint)[1])
+        declared[name] = scalar
+    return declared
+
+
+DTYPES = _declared_dtypes()
 
 # Which array lives in which file: the single definition of the on-disk layout.
 ARRAY_FILES: dict[str, tuple[str, ...]] = {
@@ -285,26 +320,52 @@ def load_bundle(path: Path) -> Bundle:
             raise BundleCorrupt(f"{file_path}: missing")
         if sha256_file(file_path) != expected:
             raise BundleCorrupt(f"{file_path}: sha256 does not match the manifest")
+    # A file whose checksum matches can still be unreadable (written wrong, or by another
+    # tool): whatever numpy, zipfile, zlib or json raise for it, it is a corrupt bundle.
     loaded: dict[str, NDArray[Any]] = {}
     for file_name, array_names in ARRAY_FILES.items():
         try:
-            with np.load(path / file_name, allow_pickle=False) as archive:
-                for name in array_names:
-                    loaded[name] = archive[name]
-        except (KeyError, ValueError, OSError) as error:
-            raise BundleCorrupt(f"{path / file_name}: unreadable ({error})") from error
+            # Opened here: numpy leaves a file it opened itself open when zipfile fails on it.
+            with (path / file_name).open("rb") as handle:
+                with np.load(handle, allow_pickle=False) as archive:
+                    for name in array_names:
+                        loaded[name] = archive[name]
+        except Exception as error:
+            raise BundleCorrupt(f"{path / file_name}: unreadable ({_describe(error)})") from error
     arrays = BundleArrays(**loaded)
     try:
         arrays.check()
-    except ValueError as error:
-        raise BundleCorrupt(f"{path}: inconsistent arrays: {error}") from error
+    except Exception as error:
+        raise BundleCorrupt(f"{path}: inconsistent arrays: {_describe(error)}") from error
     content: list[dict[str, Any]] = []
     if CONTENT_FILE in listed:
         try:
             content = json.loads((path / CONTENT_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BundleCorrupt(f"{path / CONTENT_FILE}: unreadable ({error})") from error
+        except Exception as error:
+            message = f"{path / CONTENT_FILE}: unreadable ({_describe(error)})"
+            raise BundleCorrupt(message) from error
+        if not isinstance(content, list) or not all(isinstance(c, dict) for c in content):
+            raise BundleCorrupt(f"{path / CONTENT_FILE}: is not a list of objects")
     return Bundle(path=path, manifest=manifest, arrays=arrays, content=content)
+
+
+def bundle_versions(models_dir: Path) -> list[str]:
+    """The published bundles in ``models_dir`` (not verified), newest first: by the time their
+    manifest says they were created, then by version name."""
+    found: list[tuple[str, str]] = []
+    for path in models_dir.iterdir() if models_dir.is_dir() else ():
+        if path.name.startswith(".") or not (path / MANIFEST_FILE).is_file():
+            continue
+        try:
+            created = str(json.loads((path / MANIFEST_FILE).read_text()).get("created", ""))
+        except Exception:  # unreadable: sorted last, and refused when tried
+            created = ""
+        found.append((created, path.name))
+    return [name for _, name in sorted(found, reverse=True)]
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -313,8 +374,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError:
         raise BundleCorrupt(f"{manifest_path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleCorrupt(f"{manifest_path}: unreadable ({error})") from error
+    except Exception as error:
+        raise BundleCorrupt(f"{manifest_path}: unreadable ({_describe(error)})") from error
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise BundleCorrupt(f"{manifest_path}: has no 'files' table")
     if manifest.get("format") != BUNDLE_FORMAT:

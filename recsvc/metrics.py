@@ -57,7 +57,8 @@ DEGRADED = Counter(
 
 
 class BundleCollector(Collector):
-    """The served bundle's version and age, and the refusals of broken bundles."""
+    """The served bundle's version and age, the refusals of broken bundles, and whether a
+    fallback is served."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
@@ -81,12 +82,20 @@ class BundleCollector(Collector):
         )
         if self.registry.refused is not None:
             refused.add_metric([self.registry.refused], 1.0)
+        fallback = GaugeMetricFamily(
+            "recsvc_bundle_fallback",
+            "1 while the bundle served was chosen at start because the one current names was "
+            "refused (version: served, current: the refused one)",
+            labels=["version", "current"],
+        )
+        if model is not None and self.registry.fallback_from is not None:
+            fallback.add_metric([model.version, self.registry.fallback_from], 1.0)
         refusals = GaugeMetricFamily(
             "recsvc_bundle_refusals",
             "Published bundles this worker refused since it started",
             value=float(self.registry.refusals),
         )
-        yield from (info, age, refused, refusals)
+        yield from (info, age, refused, fallback, refusals)
 
 
 def exposition(registry: ModelRegistry) -> bytes:

@@ -7,6 +7,7 @@ from typing import Any
 
 from recsvc import defaults
 from recsvc.text import MAX_KEY_LENGTH, UNSAFE_CHARACTERS
+from recsvc.triggers import KINDS
 
 UNSAFE_PATTERN = f"^[^{UNSAFE_CHARACTERS}]*$"
 NUMBER_OR_NULL = {"type": ["number", "null"]}
@@ -271,14 +272,17 @@ SCHEMAS: dict[str, Any] = {
                 "items": _object(
                     {
                         "customer_id": {"type": "string"},
-                        "kind": {"enum": ["lapsing", "tier_up", "thank_you", "threshold"]},
+                        "kind": {"enum": list(KINDS)},
                         "fired_at": {"type": "string"},
                         "reason": {"type": "string"},
                         "figures": {"type": "object"},
                     }
                 ),
             },
-            "next_cursor": STRING_OR_NULL,
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "opaque; null on the last page",
+            },
         }
     ),
 }
@@ -396,6 +400,7 @@ def _document() -> dict[str, Any]:
                                         {
                                             "status": {"const": "ready"},
                                             "model_version": {"type": "string"},
+                                            "fallback_from": STRING_OR_NULL,
                                         }
                                     )
                                 }
@@ -420,6 +425,7 @@ def _document() -> dict[str, Any]:
                                             "data_as_of": STRING_OR_NULL,
                                             "loaded_at": {"type": "string"},
                                             "last_error": STRING_OR_NULL,
+                                            "fallback_from": STRING_OR_NULL,
                                         }
                                     )
                                 }
@@ -582,7 +588,12 @@ def _document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                         },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "the previous page's next_cursor, unchanged",
+                        },
                     ],
                     "responses": {"200": _json("Triggers", "oldest first"), **reads},
                 }

@@ -3,8 +3,12 @@
 A new bundle is picked up without a restart: each worker process watches the ``current``
 pointer (every ``reload_seconds``) and swaps in the new bundle once it has loaded and
 verified it. A request takes one reference to the served model and uses it throughout, so no
-response mixes two versions. A bundle that fails verification is refused, logged once, and
-not tried again until the pointer moves; the previous one keeps serving.
+response mixes two versions. A bundle that fails verification (or cannot be read or served in
+any way) is refused, logged once, and not tried again until the pointer moves; the previous
+one keeps serving, and the refusal is over once the pointer names a bundle that serves.
+
+At start there is no previous one: then the newest bundle in the models directory that
+verifies is served instead (a fallback), and ``current`` is left as the operator wrote it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from recsvc.bundle import Bundle, current_version, load_current
+from recsvc.bundle import CURRENT_POINTER, Bundle, bundle_versions, current_version, load_bundle
 from recsvc.errors import BundleCorrupt, BundleError
 from recsvc.identity import SECRET_VARIABLE, IdentityKey, IdentityRules
 from recsvc.ranker import Ranker
 from recsvc.tiers import TierTable
+from recsvc.triggers import TriggerIndex
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ class ServedModel:
     titles: list[str]
     prices: list[float | None]
     item_categories: list[list[str]]  # names; items with the same categories share one list
+    triggers: TriggerIndex
     loaded_at: float = 0.0  # seconds since the epoch
     created: float = 0.0  # when the bundle was trained, seconds since the epoch
 
@@ -64,55 +70,48 @@ class ModelRegistry:
         self.last_error: str | None = None
         self.refused: str | None = None  # the version refused last, not retried
         self.refusals = 0  # bundles refused since this process started
+        # True while the model served was chosen at start because ``current`` named a bundle
+        # that was refused; ``refused`` then names that bundle.
+        self.fallback = False
         self._watcher_pid: int | None = None
 
+    @property
+    def fallback_from(self) -> str | None:
+        """The version ``current`` names while a fallback is served in its place."""
+        return self.refused if self.fallback else None
+
     def load(self) -> bool:
-        """Load the bundle ``current`` points at. On failure keep serving the previous one."""
+        """Load the bundle ``current`` points at. On failure keep serving the previous one, or
+        with none (at start) the newest bundle that verifies."""
+        version: str | None = None
         try:
-            bundle = load_current(self.models_dir)
-            _check_key(bundle, self.key)
+            version = current_version(self.models_dir)
+            model = serve(load_bundle(self.models_dir / version), self.key)
         except BundleError as error:
-            self.last_error = str(error)
-            self.refused = self._pointer()
-            self.refusals += 1
-            log.error(
-                "bundle refused, still serving %s: %s",
-                self.model.version if self.model else "nothing",
-                error,
-            )
+            self._refuse(version, error)
+            if self.model is None and (self.models_dir / CURRENT_POINTER).exists():
+                self._fall_back(version)
             return False
-        identity = bundle.manifest.get("identity", {})
-        ranker = Ranker(
-            bundle.arrays,
-            IdentityRules.from_manifest(identity.get("rules", {})),
-            identity.get("namespaces", []),
-            TierTable.from_manifest(bundle.manifest.get("tiers")),
-            self.key,
-        )
-        item_ids = [str(item) for item in bundle.arrays.item_ids.tolist()]
-        prices = [None if math.isnan(price) else price for price in bundle.arrays.prices.tolist()]
-        self.model = ServedModel(
-            bundle=bundle,
-            ranker=ranker,
-            item_index={item: i for i, item in enumerate(item_ids)},
-            item_ids=item_ids,
-            titles=[str(title) for title in bundle.arrays.titles.tolist()],
-            prices=prices,
-            item_categories=_category_names(bundle),
-            loaded_at=time.time(),
-            created=_timestamp(bundle.manifest.get("created")),
-        )
-        self.last_error = None
-        self.refused = None
-        log.info("serving bundle %s from %s", bundle.version, bundle.path)
+        self.model = model
+        self._clear()
+        log.info("serving bundle %s from %s", model.version, model.bundle.path)
         return True
 
     def check(self) -> bool:
         """Load the bundle ``current`` names if it is new (and not already refused)."""
         pointer = self._pointer()
-        if pointer is None or pointer == self.refused:
+        if pointer is None:
             return False
         if self.model is not None and pointer == self.model.version:
+            if self.refused is not None or self.fallback:
+                log.info(
+                    "current names %s, the bundle served, again; the refusal of %s is over",
+                    pointer,
+                    self.refused,
+                )
+                self._clear()
+            return False
+        if pointer == self.refused:
             return False
         return self.load()
 
@@ -133,11 +132,61 @@ class ModelRegistry:
 
         threading.Thread(target=loop, name="recsvc-bundle-watch", daemon=True).start()
 
+    def _refuse(self, version: str | None, error: BundleError) -> None:
+        self.last_error = str(error)
+        self.refused = version
+        self.refusals += 1
+        log.error(
+            "bundle refused, still serving %s: %s",
+            self.model.version if self.model else "nothing",
+            error,
+        )
+
+    def _fall_back(self, refused: str | None) -> None:
+        """Serve the newest bundle that verifies, other than the one refused."""
+        for version in bundle_versions(self.models_dir):
+            if version == refused:
+                continue
+            try:
+                model = serve(load_bundle(self.models_dir / version), self.key)
+            except BundleError as error:
+                log.warning("bundle %s cannot be the fallback either: %s", version, error)
+                continue
+            self.model = model
+            self.fallback = True
+            log.warning(
+                "current names %s, which was refused; serving %s instead, the newest bundle "
+                "that verifies (current is left as it is)",
+                refused,
+                version,
+            )
+            return
+
+    def _clear(self) -> None:
+        self.last_error = None
+        self.refused = None
+        self.fallback = False
+
     def _pointer(self) -> str | None:
         try:
             return current_version(self.models_dir)
         except BundleError:
             return None
+
+
+def serve(bundle: Bundle, key: IdentityKey) -> ServedModel:
+    """The model a verified bundle serves, with everything requests need built once.
+
+    Raises BundleCorrupt for anything in the bundle that makes this fail (a manifest section
+    of the wrong shape, a trigger of unknown kind, another alias secret): a refusal, never a
+    crash at start."""
+    _check_key(bundle, key)
+    try:
+        return _served_model(bundle, key)
+    except Exception as error:
+        raise BundleCorrupt(
+            f"{bundle.path}: cannot be served ({type(error).__name__}: {error})"
+        ) from error
 
 
 def _check_key(bundle: Bundle, key: IdentityKey) -> None:
@@ -150,6 +199,31 @@ def _check_key(bundle: Bundle, key: IdentityKey) -> None:
             f"{str(recorded)[:8]}…, this service's is {key.fingerprint[:8]}…); retrain it with "
             "this deployment's secret"
         )
+
+
+def _served_model(bundle: Bundle, key: IdentityKey) -> ServedModel:
+    identity = bundle.manifest.get("identity", {})
+    ranker = Ranker(
+        bundle.arrays,
+        IdentityRules.from_manifest(identity.get("rules", {})),
+        identity.get("namespaces", []),
+        TierTable.from_manifest(bundle.manifest.get("tiers")),
+        key,
+    )
+    item_ids = [str(item) for item in bundle.arrays.item_ids.tolist()]
+    prices = [None if math.isnan(price) else price for price in bundle.arrays.prices.tolist()]
+    return ServedModel(
+        bundle=bundle,
+        ranker=ranker,
+        item_index={item: i for i, item in enumerate(item_ids)},
+        item_ids=item_ids,
+        titles=[str(title) for title in bundle.arrays.titles.tolist()],
+        prices=prices,
+        item_categories=_category_names(bundle),
+        triggers=TriggerIndex(bundle.arrays, key),
+        loaded_at=time.time(),
+        created=_timestamp(bundle.manifest.get("created")),
+    )
 
 
 def _timestamp(text: object) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -14,10 +15,12 @@ from recsvc.bundle import (
     CURRENT_POINTER,
     MANIFEST_FILE,
     BundleArrays,
+    bundle_versions,
     current_version,
     load_bundle,
     load_current,
     publish_bundle,
+    sha256_file,
 )
 from recsvc.errors import BundleCorrupt, BundleNotFound
 from recsvc.identity import IdentityKey, alias_table
@@ -132,3 +135,91 @@ def test_registry_keeps_serving_previous_bundle_when_new_one_is_corrupt(tmp_path
 
     assert registry.model is not None and registry.model.version == "v1"
     assert registry.last_error is not None and "ids.npz" in registry.last_error
+
+
+def rewrite(path: Path, file_name: str, data: bytes) -> None:
+    """Replace one file of a published bundle and its checksum, as if written so."""
+    (path / file_name).write_bytes(data)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["files"][file_name] = sha256_file(path / file_name)
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def unreadable_files(arrays: BundleArrays) -> dict[str, tuple[str, bytes]]:
+    """Ways a file whose checksum matches can still not be a bundle's, by name: (file, data)."""
+    factors = {name: getattr(arrays, name) for name in ARRAY_FILES["factors.npz"]}
+    valid = npz(**factors)
+    return {
+        "not_npz": ("factors.npz", b"not a numpy archive"),
+        "broken_zip": ("factors.npz", b"PK\x03\x04" + b"\x00" * 64),
+        "truncated_zip": ("factors.npz", valid[: len(valid) // 2]),
+        "missing_array": ("factors.npz", npz(user_factors=arrays.user_factors)),
+        "wrong_dtype": (
+            "factors.npz",
+            npz(**{**factors, "user_factors": arrays.user_factors.astype(np.float64)}),
+        ),
+        "wrong_shape": (
+            "factors.npz",
+            npz(**{**factors, "item_prior": arrays.item_prior.reshape(-1, 1)}),
+        ),
+        "empty_indptr": (
+            "owned.npz",
+            npz(
+                owned_indptr=np.zeros(0, np.int64),
+                owned_indices=arrays.owned_indices,
+                owned_quantity=arrays.owned_quantity,
+            ),
+        ),
+        "pickled_object": (
+            "ids.npz",
+            npz(customer_ids=np.array([{"a": 1}, None], dtype=object), item_ids=arrays.item_ids),
+        ),
+        "content_not_json": ("content.json", b"\xff\xfe not json"),
+        "content_not_a_list": ("content.json", b'{"a": 1}'),
+    }
+
+
+@pytest.mark.parametrize("damage", sorted(unreadable_files(tiny_arrays())))
+def test_a_checksummed_file_that_cannot_be_read_is_corrupt(tmp_path: Path, damage: str) -> None:
+    content = tmp_path / "content.json"
+    content.write_text("[]")
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), {}, attachments={"content.json": content})
+    file_name, data = unreadable_files(tiny_arrays())[damage]
+    rewrite(path, file_name, data)
+    with pytest.raises(BundleCorrupt, match=file_name if "content" in damage else "v1"):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("customer_orders", np.array([1, 0], dtype=np.int64), "customer_orders is int64"),
+        ("titles", np.array([1, 2, 3]), "titles is int64, expected str"),
+        ("user_factors", np.ones(2, dtype=np.float32), "user_factors has 1 dimensions"),
+        ("candidate_items", np.array([[1, 7], [2, -1]], dtype=np.int32), "candidate_items"),
+    ],
+)
+def test_arrays_of_another_dtype_or_shape_are_not_published(
+    tmp_path: Path, name: str, value: np.ndarray, message: str
+) -> None:
+    broken = BundleArrays(**{**tiny_arrays().__dict__, name: value})
+    with pytest.raises(ValueError, match=message):
+        publish_bundle(tmp_path, "v1", broken, {})
+
+
+def test_bundle_versions_lists_published_bundles_newest_first(tmp_path: Path) -> None:
+    for version in ("v1", "v3", "v2"):
+        publish_bundle(tmp_path, version, tiny_arrays(), {})
+    (tmp_path / ".staging-v4-1").mkdir()
+    (tmp_path / "stray").mkdir()
+    manifest = json.loads((tmp_path / "v1" / MANIFEST_FILE).read_text())
+    manifest["created"] = "2999-01-01T00:00:00+00:00"  # v1 claims to be the newest
+    (tmp_path / "v1" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert bundle_versions(tmp_path) == ["v1", "v3", "v2"]
+    assert bundle_versions(tmp_path / "nothing-here") == []

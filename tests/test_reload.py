@@ -1,17 +1,29 @@
-"""New bundles are picked up without a restart; corrupt ones are refused and never served."""
+"""New bundles are picked up without a restart; corrupt ones are refused and never served, and
+a service that starts on a corrupt one serves the newest bundle that verifies, or answers 503."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from benchmarks.local_server import ROOT, free_port
 from recsvc import create_app
-from recsvc.bundle import publish_bundle
+from recsvc.bundle import point_current, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.registry import ModelRegistry
-from tests.test_bundle import tiny_arrays
+from tests.test_bundle import rewrite, tiny_arrays, unreadable_files
 
 
 def corrupt(path: Path) -> None:
@@ -66,7 +78,191 @@ def test_the_service_follows_the_pointer(tmp_path: Path) -> None:
 def wait_for(client: object, version: str, seconds: float = 5.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if client.get("/v1/model").get_json()["version"] == version:  # type: ignore[attr-defined]
+        if client.get("/v1/model").get_json().get("version") == version:  # type: ignore[attr-defined]
             return True
         time.sleep(0.1)
     return False
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.message.startswith("bundle refused")]
+
+
+def test_a_corrupt_current_at_start_serves_the_newest_bundle_that_verifies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    models = tmp_path / "models"
+    publish_bundle(models, "v1", tiny_arrays(), {})
+    publish_bundle(models, "v2", tiny_arrays(2.0), {})
+    corrupt(publish_bundle(models, "v3", tiny_arrays(3.0), {}))
+    config = ServiceConfig(models_dir=models, events_dir=tmp_path / "ev", auth=False)
+    app = create_app(config)
+    client = app.test_client()
+
+    assert (models / "current").read_text().strip() == "v3"  # the operator's pointer stays
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready", "model_version": "v2", "fallback_from": "v3"}
+    model = client.get("/v1/model").get_json()
+    assert model["version"] == "v2" and model["fallback_from"] == "v3"
+    assert "factors.npz" in model["last_error"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'recsvc_bundle_fallback{current="v3",version="v2"} 1.0' in metrics
+    assert 'recsvc_bundle_refused{version="v3"} 1.0' in metrics
+    fallback = [r for r in caplog.records if "serving v2 instead" in r.message]
+    assert len(fallback) == 1 and "current names v3" in fallback[0].message
+
+    registry = app.extensions["recsvc.registry"]
+    assert not registry.check()  # the refused pointer is not retried
+    assert len(refusal_lines(caplog)) == 1
+
+    point_current(models, "v1")  # the pointer moves to a good bundle: it is served
+    assert registry.check() and registry.model.version == "v1"
+    assert client.get("/readyz").get_json()["fallback_from"] is None
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "recsvc_bundle_fallback{" not in metrics and "recsvc_bundle_refused{" not in metrics
+
+
+def test_a_pointer_moved_back_clears_the_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    models = tmp_path / "models"
+    publish_bundle(models, "v1", tiny_arrays(), {})
+    config = ServiceConfig(models_dir=models, events_dir=tmp_path / "ev", auth=False)
+    app = create_app(config)
+    client = app.test_client()
+    registry = app.extensions["recsvc.registry"]
+
+    corrupt(publish_bundle(models, "v2", tiny_arrays(2.0), {}))
+    assert not registry.check()
+    assert client.get("/v1/model").get_json()["last_error"] is not None
+    assert 'recsvc_bundle_refused{version="v2"} 1.0' in client.get("/metrics").get_data(
+        as_text=True
+    )
+
+    point_current(models, "v1")  # back to the bundle being served
+    assert not registry.check()  # nothing to load ...
+    body = client.get("/v1/model").get_json()
+    assert body["version"] == "v1" and body["last_error"] is None  # ... but the refusal is over
+    assert registry.refused is None
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "recsvc_bundle_refused{" not in metrics
+    assert "recsvc_bundle_refusals 1.0" in metrics  # the count since start stays
+
+    point_current(models, "v2")  # the pointer moved again: v2 is tried again, and refused
+    assert not registry.check() and registry.refused == "v2"
+    assert len(refusal_lines(caplog)) == 2
+
+
+def test_nothing_verifies_at_start_then_a_good_bundle_is_published(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    corrupt(publish_bundle(models, "v1", tiny_arrays(), {}))
+    config = ServiceConfig(
+        models_dir=models, events_dir=tmp_path / "ev", auth=False, reload_seconds=1
+    )
+    client = create_app(config).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "factors.npz" in ready.get_json()["detail"]
+
+    publish_bundle(models, "v2", tiny_arrays(2.0), {})
+    assert wait_for(client, "v2")
+    assert client.get("/readyz").get_json()["fallback_from"] is None
+
+
+@pytest.mark.parametrize("damage", ["broken_zip", "wrong_dtype", "wrong_shape", "pickled_object"])
+def test_an_unreadable_npz_is_refused_once_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    registry = ModelRegistry(tmp_path)
+    assert registry.load()
+    path = publish_bundle(tmp_path, "v2", tiny_arrays(2.0), {})
+    rewrite(path, *unreadable_files(tiny_arrays())[damage])
+
+    for _ in range(3):  # three polls
+        assert not registry.check()
+    assert registry.model is not None and registry.model.version == "v1"
+    assert registry.refused == "v2" and registry.refusals == 1
+    (line,) = refusal_lines(caplog)
+    assert "v2" in line.message and "still serving v1" in line.message
+    assert all(record.exc_info is None for record in caplog.records)
+    assert "Traceback" not in caplog.text
+
+
+def test_triggers_that_cannot_be_served_are_a_refusal(tmp_path: Path) -> None:
+    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    unknown_kind = dataclasses.replace(
+        tiny_arrays(),
+        trigger_rows=np.array([0], dtype=np.int32),
+        trigger_kinds=np.array(["birthday"]),
+        trigger_at=np.array([1], dtype=np.int64),
+        trigger_reasons=np.array(["r"]),
+        trigger_figures=np.array(["{}"]),
+    )
+    publish_bundle(tmp_path, "v2", unknown_kind, {})
+    not_json = dataclasses.replace(unknown_kind, trigger_kinds=np.array(["lapsing"]))
+    not_json = dataclasses.replace(not_json, trigger_figures=np.array(["{not json"]))
+    registry = ModelRegistry(tmp_path)
+    assert not registry.load() and registry.model is not None  # the fallback, v1
+    assert "trigger_kinds[0]" in (registry.last_error or "")
+    publish_bundle(tmp_path, "v3", not_json, {})
+    assert not registry.check() and "trigger_figures[0]" in (registry.last_error or "")
+
+
+def test_gunicorn_starts_with_nothing_servable_and_answers_readyz_503(tmp_path: Path) -> None:
+    """The app is preloaded in gunicorn's master: a bundle that cannot be read must not stop
+    the master, or nothing answers at all."""
+    models = tmp_path / "models"
+    path = publish_bundle(models, "v1", tiny_arrays(), {})
+    rewrite(path, *unreadable_files(tiny_arrays())["broken_zip"])
+    port = free_port()
+    env = {
+        **os.environ,
+        "RECSVC_MODELS_DIR": str(models),
+        "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
+        "RECSVC_AUTH": "off",
+        "RECSVC_WORKERS": "2",
+        "RECSVC_RELOAD_SECONDS": "1",
+        "RECSVC_BIND": f"127.0.0.1:{port}",
+    }
+    log_path = tmp_path / "gunicorn.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
+            + ["recsvc.wsgi:app"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            status, body = poll(f"http://127.0.0.1:{port}/readyz", server, lambda s: s == 503)
+            assert status == 503 and "factors.npz" in str(body["detail"])
+            publish_bundle(models, "v2", tiny_arrays(2.0), {})
+            status, body = poll(f"http://127.0.0.1:{port}/readyz", server, lambda s: s == 200)
+            assert status == 200 and body["model_version"] == "v2"
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+    text = log_path.read_text()
+    assert "Traceback" not in text
+    assert sum('"bundle refused' in line for line in text.splitlines()) == 1  # the master's
+
+
+def poll(
+    url: str, server: subprocess.Popen[bytes], done: Callable[[int], bool], seconds: float = 60
+) -> tuple[int, dict[str, object]]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "gunicorn exited"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                status, body = response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            status, body = error.code, json.loads(error.read())
+        except OSError:
+            time.sleep(0.2)
+            continue
+        if done(status):
+            return status, body
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer as expected in {seconds} s")

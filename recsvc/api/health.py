@@ -20,19 +20,23 @@ def healthz() -> Response:
 @blueprint.get("/readyz")
 def readyz() -> Response:
     model = api.served_model()
-    return jsonify(status="ready", model_version=model.version)
+    return jsonify(
+        status="ready", model_version=model.version, fallback_from=api.registry().fallback_from
+    )
 
 
 @blueprint.get("/v1/model")
 def model() -> Response:
     served = api.served_model()
     manifest = served.bundle.manifest
+    registry = api.registry()
     return jsonify(
         version=served.version,
         created=manifest.get("created"),
         data_as_of=manifest.get("data_as_of"),
         loaded_at=datetime.fromtimestamp(served.loaded_at, UTC).isoformat(timespec="seconds"),
-        last_error=api.registry().last_error,
+        last_error=registry.last_error,
+        fallback_from=registry.fallback_from,
     )
 
 

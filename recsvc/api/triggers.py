@@ -1,14 +1,13 @@
 """GET /v1/triggers: customers whose CRM trigger fired, with the reason and the figures.
 
 Triggers come from training (every kind) and from events since (tier_up, threshold,
-thank_you). Paged: ``limit`` per page, ``cursor`` from the previous page's ``next_cursor``.
+thank_you); see recsvc.triggers. Paged: ``limit`` per page, ``cursor`` from the previous
+page's ``next_cursor``.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify
 
@@ -18,10 +17,8 @@ from recsvc.api.observability import answered
 from recsvc.api.params import int_arg, query_args
 from recsvc.api.problems import invalid_parameter
 from recsvc.errors import StoreUnavailable
-from recsvc.identity import CANONICAL
-from recsvc.store import customer_key
+from recsvc.triggers import KINDS, BadCursor, Key, decode_cursor, encode_cursor, live_since
 
-KINDS = ("lapsing", "tier_up", "thank_you", "threshold")
 blueprint = Blueprint("triggers", __name__, url_prefix="/v1")
 
 
@@ -32,49 +29,35 @@ def triggers() -> Response:
     kinds = _kinds(args.get("kind"))
     since = _since(args.get("since"))
     limit = int_arg(args, "limit", default=100, low=1, high=1000)
-    cursor = int_arg(args, "cursor", default=0, low=0, high=10**9)
+    after = _cursor(args.get("cursor"))
     model = api.served_model()
     realtime = api.realtime()
-    arrays = model.ranker.arrays
     degraded = False
     try:
         erased = realtime.store.erased_keys() | realtime.erased
-        live = [json.loads(text) for text in realtime.store.triggers_since(since)]
+        live = realtime.store.triggers_since(live_since(since, after))
     except StoreUnavailable:
         erased, live, degraded = set(realtime.erased), [], True
     answered(degraded=degraded)
-    found: list[dict[str, Any]] = []
-    for position in range(len(arrays.trigger_rows)):
-        kind = str(arrays.trigger_kinds[position])
-        at = int(arrays.trigger_at[position])
-        if kind not in kinds or at <= since:
-            continue
-        customer = str(arrays.customer_ids[arrays.trigger_rows[position]])
-        if customer_key(realtime.key, f"{CANONICAL}:{customer}") in erased:
-            continue
-        found.append(
-            {
-                "customer_id": customer,
-                "kind": kind,
-                "fired_at": at,
-                "reason": str(arrays.trigger_reasons[position]),
-                "figures": json.loads(str(arrays.trigger_figures[position])),
-            }
-        )
-    for trigger in live:
-        if trigger["kind"] in kinds and trigger.pop("store_key") not in erased:
-            found.append(trigger)
-    found.sort(key=lambda t: (t["fired_at"], t["customer_id"], t["kind"]))
-    page = found[cursor : cursor + limit]
-    for trigger in page:
-        trigger["fired_at"] = datetime.fromtimestamp(trigger["fired_at"], UTC).isoformat()
-    more = cursor + limit < len(found)
+    page, last = model.triggers.page(live, erased, kinds, since, after, limit)
     return jsonify(
         model_version=model.version,
         degraded=degraded,
         triggers=page,
-        next_cursor=str(cursor + limit) if more else None,
+        next_cursor=None if last is None else encode_cursor(last),
     )
+
+
+def _cursor(raw: str | None) -> Key | None:
+    if raw is None:
+        return None
+    try:
+        return decode_cursor(raw.strip())
+    except BadCursor:
+        # Not echoed: a cursor holds a customer id.
+        raise invalid_parameter(
+            "cursor", "is not a cursor from this feed: pass next_cursor unchanged"
+        ) from None
 
 
 def _kinds(raw: str | None) -> set[str]:
