@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +350,22 @@ def test_sample_content_shows_each_tier_its_perks(sample_app: Flask, sample_mode
         client.get("/v1/customers/nobody-known/blocks/home_hero").get_json()["content"][0]["id"]
         == "welcome"
     )
+
+
+def test_export_logs_no_auth_warning_and_no_request_lines(
+    models: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The in-process service is the export's own: nobody set RECSVC_AUTH, so no line says
+    it is off, and its per-request lines would be one per customer."""
+    monkeypatch.setenv("RECSVC_EVENTS_DIR", str(tmp_path / "events"))
+    monkeypatch.setenv("RECSVC_LOG_LEVEL", "INFO")
+    caplog.set_level(logging.INFO)
+    campaign = tmp_path / "campaign.txt"
+    campaign.write_text("baker\nfestive\n")
+    assert export(models, tmp_path / "p.jsonl", "--customers", str(campaign)) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "RECSVC_AUTH" in m]
+    assert not [r for r in caplog.records if r.name == "recsvc.access"]
