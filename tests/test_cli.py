@@ -126,3 +126,18 @@ def test_sources_check_names_the_source_once(
     out = capsys.readouterr().out
     assert "error: source 'shop', file " in out and "missing column" in out
     assert out.count("source 'shop'") == 1
+
+
+def test_tier_counts_script_prints_the_manifests_figures(
+    sample_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's tier counts are this script's output on the reference bundle."""
+    from benchmarks.tier_counts import main as tier_counts
+    from recsvc.bundle import load_current
+
+    tier_counts(["--models-dir", str(sample_models)])
+    out = capsys.readouterr().out
+    counts = load_current(sample_models).manifest["tiers"]["customers_per_tier"]
+    assert sum(counts.values()) == len(load_current(sample_models).arrays.customer_ids)
+    expected = ", ".join(f"{count:,} in {name}" for name, count in list(counts.items())[:-1])
+    assert f"That puts {expected} and " in out
