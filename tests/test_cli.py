@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,21 @@ def test_tier_counts_script_prints_the_manifests_figures(
     assert sum(counts.values()) == len(load_current(sample_models).arrays.customer_ids)
     expected = ", ".join(f"{count:,} in {name}" for name, count in list(counts.items())[:-1])
     assert f"That puts {expected} and " in out
+
+
+def test_train_reports_each_step_once_with_its_duration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a terminal: no bars, one log line per step (reading with rows/s, merging,
+    fitting, candidate lists, publishing)."""
+    write_csv(tmp_path / "shop.csv", SHOP_HEADER, purchase_rows({"c1": ["A", "B"], "c2": ["B"]}))
+    config = write_config(tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS))
+    caplog.set_level("INFO", logger="recsvc.progress")
+    assert main(["train", "--config", str(config), "--models-dir", str(tmp_path / "m")]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "recsvc.progress"]
+    starts = ["reading source 'shop': 3 rows (", "merging sources", "fitting ALS"]
+    starts += ["candidate lists: 2 customers", "publishing the bundle"]
+    for start in starts:
+        assert sum(line.startswith(start) for line in lines) == 1, (start, lines)
+    assert all(re.search(r" in \d+\.\d s$", line) for line in lines)
+    assert "it/s" not in capsys.readouterr().err  # no bar

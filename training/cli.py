@@ -23,6 +23,7 @@ from training.config import TrainConfig, load_config, tuned_path
 from training.errors import ConfigError, TrainingError
 from training.merge import NO_ERASURE_LIST, OUTCOMES
 from training.pipeline import TrainReport, train
+from training.progress import Progress
 
 DEFAULT_MODELS_DIR = Path("models")
 ERASURES_HELP = "the service's erasure list, instead of the config's [identity] erasures"
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     train_cmd.add_argument(
         "--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=MODELS_DIR_HELP
     )
-    train_cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_quiet(train_cmd)
     train_cmd.add_argument("--erasures", type=Path, help=ERASURES_HELP)
     train_cmd.add_argument(
         "--allow-quarantine",
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument(
         "--out", type=Path, required=True, help="report directory (report.json, report.html)"
     )
+    _add_quiet(evaluate_cmd)
     evaluate_cmd.set_defaults(run=_evaluate)
 
     tune_cmd = commands.add(
@@ -104,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tune_cmd.add_argument("--k", type=int, default=10, help="candidates are compared by ndcg@k")
     tune_cmd.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    _add_quiet(tune_cmd)
     tune_cmd.set_defaults(run=_tune)
 
     sources_cmd = commands.add("sources", "inspect the sources a config declares")
@@ -139,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     export_cmd.add_argument(
         "--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=MODELS_DIR_HELP
     )
+    _add_quiet(export_cmd)
     export_cmd.set_defaults(run=_export_picks)
 
     keys_cmd = commands.add("keys", "API keys for the service")
@@ -208,6 +212,16 @@ class _Commands:
         return parser
 
 
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        "--no-progress",
+        action="store_true",
+        help="no progress bars; one log line per step with its duration (as when stderr is "
+        "not a terminal)",
+    )
+
+
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=MODELS_DIR_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -233,7 +247,7 @@ def _train(args: argparse.Namespace) -> int:
     report = train(
         config_from(args.config, args.erasures),
         args.models_dir,
-        progress=not args.no_progress,
+        progress=Progress.on_stderr(args.quiet),
         allow_quarantine=args.allow_quarantine,
     )
     print_report(report)
@@ -246,7 +260,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise TrainingError(f"--k must be at least 1, got {args.k}")
-    report = evaluate(config_from(args.config), args.cutoff, args.k, args.end, progress=True)
+    progress = Progress.on_stderr(args.quiet)
+    report = evaluate(config_from(args.config), args.cutoff, args.k, args.end, progress)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.html").write_text(render_html(report))
@@ -267,15 +282,16 @@ def _tune(args: argparse.Namespace) -> int:
     if args.trials < 1 or args.validation_days < 1:
         raise TrainingError("--trials and --validation-days must be at least 1")
     config = config_from(args.config)
+    progress = Progress.on_stderr(args.quiet)
     result = tune(
-        merged_history(config),
+        merged_history(config, progress),
         config.model,
         args.cutoff,
         args.trials,
         args.validation_days,
         args.k,
         args.seed,
-        progress=True,
+        progress=progress,
     )
     target = tuned_path(args.config)
     write_tuned(target, result)
@@ -331,8 +347,6 @@ def _export_picks(args: argparse.Namespace) -> int:
     import tempfile
     from urllib.parse import quote
 
-    from tqdm import tqdm
-
     from recsvc import create_app
     from recsvc.config import ServiceConfig
     from recsvc.text import MAX_SEND_ID_LENGTH, text_problem
@@ -379,7 +393,11 @@ def _export_picks(args: argparse.Namespace) -> int:
                 writer.writerow(
                     ["send_id", "customer_id", "rank", "item_id", "title", "price", "url", "image"]
                 )
-            for number, key in enumerate(tqdm(campaign.keys, desc="exporting", unit="customer")):
+            progress = Progress.on_stderr(args.quiet)
+            exporting = progress.each(
+                campaign.keys, "exporting picks", "customers", len(campaign.keys)
+            )
+            for number, key in enumerate(exporting):
                 # ~ and the key in the query: any key, '/' included (see recsvc.api.params)
                 response = client.get(
                     f"/v1/customers/~/email-picks?key={quote(key, safe='')}&{query}"
@@ -540,7 +558,7 @@ def _demo(args: argparse.Namespace) -> int:
     events_dir = os.environ.get("RECSVC_EVENTS_DIR", "").strip() or defaults.EVENTS_DIR
     erasures = Path(events_dir) / ERASURES_FILE
     with resources.as_file(resources.files("training") / "sample" / "sample.toml") as config_path:
-        report = train(config_from(config_path, erasures), args.models_dir, progress=True)
+        report = train(config_from(config_path, erasures), args.models_dir, Progress.on_stderr())
     print_report(report)
     from recsvc.bundle import load_bundle
 
