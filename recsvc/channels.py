@@ -96,16 +96,30 @@ def affinity(model: ServedModel, view: CustomerView) -> dict[str, float]:
     }
 
 
+def is_perk(item: dict[str, Any]) -> bool:
+    """A tier-targeted item without tags: meant for everyone in its tiers, whatever they buy.
+    Ranked by category affinity it would score 0 and never be shown."""
+    return bool(item["tiers"]) and not item["tags"]
+
+
+def is_greeting(item: dict[str, Any]) -> bool:
+    """An item without tags or tiers (a welcome banner): meant for visitors the model has no
+    history for."""
+    return not item["tiers"] and not item["tags"]
+
+
 def choose_content(
     model: ServedModel, view: CustomerView, tier_name: str, count: int, today: date
 ) -> list[dict[str, Any]]:
-    """The ``count`` content items valid today, for this tier, best matching the customer's
-    category affinity (ties keep the catalog's order)."""
+    """The ``count`` content items valid today and open to this tier. The first place is
+    kept for the most targeted untagged item the customer may see: a perk of their tier
+    (the one for the fewest tiers), or else, for a visitor without history, a greeting.
+    The other places go by the customer's category affinity. Ties keep the catalog's order."""
     if count <= 0:
         return []
     weights = affinity(model, view)
     base_url = channels(model)["base_url"]
-    eligible = []
+    eligible: list[tuple[int, dict[str, Any]]] = []
     for position, item in enumerate(model.bundle.content):
         if item["tiers"] and tier_name not in item["tiers"]:
             continue
@@ -113,20 +127,34 @@ def choose_content(
             continue
         if item.get("valid_to") and date.fromisoformat(item["valid_to"]) < today:
             continue
-        score = sum(weights.get(tag, 0.0) for tag in item["tags"])
-        eligible.append((-score, position, item))
-    eligible.sort(key=lambda entry: (entry[0], entry[1]))
-    return [
-        {
-            "id": item["id"],
-            "kind": item["kind"],
-            "title": item["title"],
-            "body": item["body"],
-            "image": None if not item.get("image") else absolute(item["image"], base_url),
-            "url": absolute(item["url"], base_url),
-        }
-        for _, _, item in eligible[:count]
-    ]
+        eligible.append((position, item))
+    stranger = view.row is None
+    # Perks before greetings; a perk for fewer tiers is the more targeted.
+    reserved = sorted(
+        (not is_perk(item), len(item["tiers"]), position)
+        for position, item in eligible
+        if is_perk(item) or (stranger and is_greeting(item))
+    )
+    first = [position for _, _, position in reserved[:1]]
+    ranked = sorted(
+        (-sum(weights.get(tag, 0.0) for tag in item["tags"]), position)
+        for position, item in eligible
+        if position not in first
+    )
+    chosen = first + [position for _, position in ranked]
+    return [content_card(model.bundle.content[position], base_url) for position in chosen[:count]]
+
+
+def content_card(item: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """A content item as channels show it, with absolute links."""
+    return {
+        "id": item["id"],
+        "kind": item["kind"],
+        "title": item["title"],
+        "body": item["body"],
+        "image": None if not item.get("image") else absolute(item["image"], base_url),
+        "url": absolute(item["url"], base_url),
+    }
 
 
 def block(

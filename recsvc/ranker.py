@@ -20,7 +20,7 @@ metrics describe what customers are served.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -206,11 +206,16 @@ class Ranker:
         return scores
 
     def candidate_lists(
-        self, k: int, batch: int = 512, threads: int = 1
+        self,
+        k: int,
+        batch: int = 512,
+        threads: int = 1,
+        done: Callable[[int], None] | None = None,
     ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         """Every customer's top ``k`` items under their tier's policy, best first, padded
         with -1 when fewer items are eligible (the bundle's fast path). Batches of ``batch``
-        customers are ranked on ``threads`` threads (numpy releases the GIL)."""
+        customers are ranked on ``threads`` threads (numpy releases the GIL); ``done`` is
+        told each batch's size as it finishes (progress)."""
         count, n_items = len(self.arrays.customer_ids), len(self.arrays.item_ids)
         k = min(k, n_items)
         items = np.full((count, k), -1, dtype=np.int32)
@@ -218,12 +223,15 @@ class Ranker:
         if k == 0:
             return items, scores
 
-        def rank(start: int) -> None:
+        def rank(start: int) -> int:
             rows = np.arange(start, min(start + batch, count))
             items[rows], scores[rows] = self._top(rows, k)
+            return start
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(rank, range(0, count, batch)))
+            for start in pool.map(rank, range(0, count, batch)):
+                if done is not None:
+                    done(min(batch, count - start))
         return items, scores
 
     def _top(self, rows: NDArray[np.intp], k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:

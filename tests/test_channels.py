@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from recsvc import create_app
+from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
 from tests.channel_shop import XSS_TITLE, build
+from tests.conftest import SAMPLE_DIR
 from training.channels import item_categories
 from training.cli import main, spreadsheet_safe
 
@@ -317,3 +321,51 @@ def test_a_failed_export_leaves_no_file(
     assert "--customers line 2: contains U+202E" in error and "ann" not in error
     assert export(models, out, "--customers", str(campaign), "--send-id", "a\x7fb") == 2
     assert list(out.parent.iterdir()) == [out]
+
+
+def test_sample_content_shows_each_tier_its_perks(sample_app: Flask, sample_models: Path) -> None:
+    """The shipped content: an untagged offer for a tier reaches every customer of that tier
+    (it would score 0 on affinity and lose to any tagged item), and no one else; the welcome
+    banner greets visitors the model does not know."""
+    content = json.loads((SAMPLE_DIR / "content.json").read_text())
+    perks = {
+        item["id"]: set(item["tiers"]) for item in content if item["tiers"] and not item["tags"]
+    }
+    assert perks == {"silver-shipping": {"silver"}, "platinum-thanks": {"platinum"}}
+    client = sample_app.test_client()
+    customers = load_current(sample_models).arrays.customer_ids
+    seen: dict[str, int] = {}
+    for customer in customers.tolist():
+        body = client.get(f"/v1/customers/{customer}/blocks/account_sidebar").get_json()
+        tier = body["tier"]["name"]
+        seen[tier] = seen.get(tier, 0) + 1
+        shown = [item["id"] for item in body["content"]]
+        assert len(shown) == 2
+        expected = [name for name, tiers in perks.items() if tier in tiers]
+        assert shown[:1] == expected or (not expected and shown[0] not in perks), (tier, shown)
+    assert seen.get("silver") and seen.get("platinum")  # the sample has both tiers
+    stranger = client.get("/v1/blocks/account_sidebar").get_json()
+    assert [item["id"] for item in stranger["content"]][:1] == ["welcome"]
+    assert (
+        client.get("/v1/customers/nobody-known/blocks/home_hero").get_json()["content"][0]["id"]
+        == "welcome"
+    )
+
+
+def test_export_logs_no_auth_warning_and_no_request_lines(
+    models: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The in-process service is the export's own: nobody set RECSVC_AUTH, so no line says
+    it is off, and its per-request lines would be one per customer."""
+    monkeypatch.setenv("RECSVC_EVENTS_DIR", str(tmp_path / "events"))
+    monkeypatch.setenv("RECSVC_LOG_LEVEL", "INFO")
+    caplog.set_level(logging.INFO)
+    campaign = tmp_path / "campaign.txt"
+    campaign.write_text("baker\nfestive\n")
+    assert export(models, tmp_path / "p.jsonl", "--customers", str(campaign)) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "RECSVC_AUTH" in m]
+    assert not [r for r in caplog.records if r.name == "recsvc.access"]

@@ -179,6 +179,9 @@ def test_evaluate_command_writes_json_and_self_contained_html(tmp_path: Path) ->
     assert page == render_html(report)
     assert page.count("src='data:image/png;base64,") == 4
     assert "http://" not in page and "https://" not in page
+    protocol = page[page.index("<h2>Protocol</h2>") :]
+    assert "{" not in protocol and "'" not in protocol  # no Python dict or list reprs
+    assert "<th>factors</th><td>" in protocol and "<th>min_spend</th><td>0" in protocol
 
 
 def test_bad_cutoff_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

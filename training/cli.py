@@ -23,6 +23,7 @@ from training.config import TrainConfig, load_config, tuned_path
 from training.errors import ConfigError, TrainingError
 from training.merge import NO_ERASURE_LIST, OUTCOMES
 from training.pipeline import TrainReport, train
+from training.progress import Progress
 
 DEFAULT_MODELS_DIR = Path("models")
 ERASURES_HELP = "the service's erasure list, instead of the config's [identity] erasures"
@@ -44,12 +45,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsvc", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = _Commands(parser.add_subparsers(dest="command", required=True))
 
-    train_cmd = commands.add_parser("train", help="train a model bundle from a sources config")
+    train_cmd = commands.add("train", "train a model bundle from a sources config")
     train_cmd.add_argument("--config", type=Path, required=True, help="training config (TOML)")
-    train_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    train_cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train_cmd.add_argument(
+        "--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=MODELS_DIR_HELP
+    )
+    _add_quiet(train_cmd)
     train_cmd.add_argument("--erasures", type=Path, help=ERASURES_HELP)
     train_cmd.add_argument(
         "--allow-quarantine",
@@ -58,58 +61,93 @@ def _parser() -> argparse.ArgumentParser:
     )
     train_cmd.set_defaults(run=_train)
 
-    serve_cmd = commands.add_parser("serve", help="serve the current bundle (development server)")
-    serve_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    serve_cmd.add_argument("--host", default="127.0.0.1")
-    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd = commands.add("serve", "serve the current bundle (development server)")
+    _add_server_options(serve_cmd)
     serve_cmd.set_defaults(run=_serve)
 
-    evaluate_cmd = commands.add_parser(
-        "evaluate", help="time-based holdout of the served model against baselines"
+    evaluate_cmd = commands.add(
+        "evaluate", "time-based holdout of the served model against baselines"
     )
-    evaluate_cmd.add_argument("--config", type=Path, required=True)
-    evaluate_cmd.add_argument("--cutoff", type=_date, required=True, help="e.g. 2011-11-09")
-    evaluate_cmd.add_argument("--end", type=_date, help="end of the test window (default: all)")
-    evaluate_cmd.add_argument("--k", type=int, default=10)
-    evaluate_cmd.add_argument("--out", type=Path, required=True, help="report directory")
+    evaluate_cmd.add_argument("--config", type=Path, required=True, help="training config (TOML)")
+    evaluate_cmd.add_argument(
+        "--cutoff",
+        type=_date,
+        required=True,
+        help="train before this date, test from it (YYYY-MM-DD)",
+    )
+    evaluate_cmd.add_argument(
+        "--end", type=_date, help="end of the test window, YYYY-MM-DD (default: all after --cutoff)"
+    )
+    evaluate_cmd.add_argument("--k", type=int, default=10, help="list length scored (metrics @k)")
+    evaluate_cmd.add_argument(
+        "--out", type=Path, required=True, help="report directory (report.json, report.html)"
+    )
+    _add_quiet(evaluate_cmd)
     evaluate_cmd.set_defaults(run=_evaluate)
 
-    tune_cmd = commands.add_parser(
-        "tune", help="search model parameters on a validation window before the cutoff"
+    tune_cmd = commands.add(
+        "tune", "search model parameters on a validation window before the cutoff"
     )
-    tune_cmd.add_argument("--config", type=Path, required=True)
-    tune_cmd.add_argument("--cutoff", type=_date, required=True)
-    tune_cmd.add_argument("--trials", type=int, default=30)
-    tune_cmd.add_argument("--validation-days", type=int, default=30)
-    tune_cmd.add_argument("--k", type=int, default=10)
-    tune_cmd.add_argument("--seed", type=int, default=0)
+    tune_cmd.add_argument("--config", type=Path, required=True, help="training config (TOML)")
+    tune_cmd.add_argument(
+        "--cutoff",
+        type=_date,
+        required=True,
+        help="nothing on or after this date is read (YYYY-MM-DD); evaluate at it afterwards",
+    )
+    tune_cmd.add_argument(
+        "--trials", type=int, default=30, help="candidates tried, the config's parameters first"
+    )
+    tune_cmd.add_argument(
+        "--validation-days",
+        type=int,
+        default=30,
+        help="days before --cutoff held out to score candidates on",
+    )
+    tune_cmd.add_argument("--k", type=int, default=10, help="candidates are compared by ndcg@k")
+    tune_cmd.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    _add_quiet(tune_cmd)
     tune_cmd.set_defaults(run=_tune)
 
-    sources_cmd = commands.add_parser("sources", help="inspect the sources a config declares")
-    sources_commands = sources_cmd.add_subparsers(dest="sources_command", required=True)
-    check_cmd = sources_commands.add_parser(
-        "check", help="validate the config and sample every source; non-zero exit on errors"
+    sources_cmd = commands.add("sources", "inspect the sources a config declares")
+    sources_commands = _Commands(sources_cmd.add_subparsers(dest="sources_command", required=True))
+    check_cmd = sources_commands.add(
+        "check", "validate the config and sample every source; non-zero exit on errors"
     )
-    check_cmd.add_argument("--config", type=Path, required=True)
+    check_cmd.add_argument("--config", type=Path, required=True, help="training config (TOML)")
     check_cmd.add_argument("--erasures", type=Path, help=ERASURES_HELP)
     check_cmd.set_defaults(run=_check_sources)
 
-    export_cmd = commands.add_parser(
-        "export-picks", help="email picks of one send for a whole campaign (CSV or JSONL)"
+    export_cmd = commands.add(
+        "export-picks", "email picks of one send for a whole campaign (CSV or JSONL)"
     )
-    export_cmd.add_argument("--send-id", required=True)
+    export_cmd.add_argument(
+        "--send-id",
+        required=True,
+        help="the campaign's send id: the same picks as the live service gives for it",
+    )
     who = export_cmd.add_mutually_exclusive_group(required=True)
-    who.add_argument("--customers", type=Path, help="a file with one customer key per line")
+    who.add_argument(
+        "--customers", type=Path, help="a file with one customer key per line (# comments)"
+    )
     who.add_argument("--segment", help="customers of one tier, e.g. tier=gold")
-    export_cmd.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
-    export_cmd.add_argument("--out", type=Path, required=True)
-    export_cmd.add_argument("--n", type=int, default=4)
-    export_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    export_cmd.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        default="jsonl",
+        help="one row per pick (csv) or one JSON answer per customer (jsonl)",
+    )
+    export_cmd.add_argument("--out", type=Path, required=True, help="file written (whole or not)")
+    export_cmd.add_argument("--n", type=int, default=4, help="picks per customer")
+    export_cmd.add_argument(
+        "--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=MODELS_DIR_HELP
+    )
+    _add_quiet(export_cmd)
     export_cmd.set_defaults(run=_export_picks)
 
-    keys_cmd = commands.add_parser("keys", help="API keys for the service")
-    keys_commands = keys_cmd.add_subparsers(dest="keys_command", required=True)
-    mint_cmd = keys_commands.add_parser("mint", help="make a new API key and its config line")
+    keys_cmd = commands.add("keys", "API keys for the service")
+    keys_commands = _Commands(keys_cmd.add_subparsers(dest="keys_command", required=True))
+    mint_cmd = keys_commands.add("mint", "make a new API key and its config line")
     mint_cmd.add_argument("--name", required=True, help="who uses it, e.g. web or email")
     mint_cmd.add_argument(
         "--scopes",
@@ -123,25 +161,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     mint_cmd.set_defaults(run=_mint_key)
 
-    tokens_cmd = commands.add_parser("tokens", help="visitor tokens for website blocks")
-    tokens_commands = tokens_cmd.add_subparsers(dest="tokens_command", required=True)
-    token_cmd = tokens_commands.add_parser(
-        "mint", help="a visitor token for one customer key, signed with RECSVC_SECRET_KEY"
+    tokens_cmd = commands.add("tokens", "visitor tokens for website blocks")
+    tokens_commands = _Commands(tokens_cmd.add_subparsers(dest="tokens_command", required=True))
+    token_cmd = tokens_commands.add(
+        "mint", "a visitor token for one customer key, signed with RECSVC_SECRET_KEY"
     )
     token_cmd.add_argument("--customer", required=True, help="the key the page names")
     token_cmd.add_argument(
-        "--ttl", type=int, default=None, help="seconds it stays valid (default 3600, at most 86400)"
+        "--ttl",
+        type=int,
+        default=defaults.VISITOR_TOKEN_TTL,
+        help=f"seconds it stays valid, at most {defaults.VISITOR_TOKEN_MAX_TTL}",
     )
     token_cmd.set_defaults(run=_mint_token)
 
-    demo_cmd = commands.add_parser(
-        "demo", help="train on the bundled sample and serve it on the embedded store"
+    demo_cmd = commands.add(
+        "demo", "train on the bundled sample and serve it on the embedded store"
     )
-    demo_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    demo_cmd.add_argument("--host", default="127.0.0.1")
-    demo_cmd.add_argument("--port", type=int, default=8000)
+    _add_server_options(demo_cmd)
     demo_cmd.set_defaults(run=_demo)
     return parser
+
+
+MODELS_DIR_HELP = "directory of model bundles (its 'current' is served)"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help followed by its default, where it has one (not for flags and
+    required options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+@dataclass
+class _Commands:
+    """Subcommands whose --help shows each option's default."""
+
+    parsers: Any  # argparse's _SubParsersAction, private to argparse
+
+    def add(self, name: str, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.parsers.add_parser(
+            name,
+            help=help,
+            description=help,
+            formatter_class=_HelpFormatter,
+        )
+        return parser
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        "--no-progress",
+        action="store_true",
+        help="no progress bars; one log line per step with its duration (as when stderr is "
+        "not a terminal)",
+    )
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=MODELS_DIR_HELP)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
 
 
 def config_from(path: Path, erasures: Path | None = None) -> TrainConfig:
@@ -163,7 +247,7 @@ def _train(args: argparse.Namespace) -> int:
     report = train(
         config_from(args.config, args.erasures),
         args.models_dir,
-        progress=not args.no_progress,
+        progress=Progress.on_stderr(args.quiet),
         allow_quarantine=args.allow_quarantine,
     )
     print_report(report)
@@ -176,7 +260,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise TrainingError(f"--k must be at least 1, got {args.k}")
-    report = evaluate(config_from(args.config), args.cutoff, args.k, args.end, progress=True)
+    progress = Progress.on_stderr(args.quiet)
+    report = evaluate(config_from(args.config), args.cutoff, args.k, args.end, progress)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.html").write_text(render_html(report))
@@ -197,15 +282,16 @@ def _tune(args: argparse.Namespace) -> int:
     if args.trials < 1 or args.validation_days < 1:
         raise TrainingError("--trials and --validation-days must be at least 1")
     config = config_from(args.config)
+    progress = Progress.on_stderr(args.quiet)
     result = tune(
-        merged_history(config),
+        merged_history(config, progress),
         config.model,
         args.cutoff,
         args.trials,
         args.validation_days,
         args.k,
         args.seed,
-        progress=True,
+        progress=progress,
     )
     target = tuned_path(args.config)
     write_tuned(target, result)
@@ -230,10 +316,25 @@ def _check_sources(args: argparse.Namespace) -> int:
         status = "error" if result.errors else "ok"
         print(f"{status:5}  {result.name} ({result.kind}): {result.rows:,} rows")
         for message in result.errors:
-            print(f"  error: source {result.name!r}: {message}")
+            print(f"  error: {_about_source(result.name, message)}")
         for message in result.warnings:
-            print(f"  warning: source {result.name!r}: {message}")
+            print(f"  warning: {_about_source(result.name, message)}")
     return 1 if any(result.errors for result in results) else 0
+
+
+def _about_source(name: str, message: str) -> str:
+    """``message`` naming its source once: a read error already starts with it."""
+    label = f"source {name!r}"
+    return message if message.startswith(label) else f"{label}: {message}"
+
+
+class _DropStartingWith(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
 
 
 def _export_picks(args: argparse.Namespace) -> int:
@@ -246,8 +347,6 @@ def _export_picks(args: argparse.Namespace) -> int:
     import tempfile
     from urllib.parse import quote
 
-    from tqdm import tqdm
-
     from recsvc import create_app
     from recsvc.config import ServiceConfig
     from recsvc.text import MAX_SEND_ID_LENGTH, text_problem
@@ -255,8 +354,20 @@ def _export_picks(args: argparse.Namespace) -> int:
     problem = text_problem(args.send_id, MAX_SEND_ID_LENGTH)
     if problem is not None:
         raise TrainingError(f"--send-id: {problem}")
-    environment = {**os.environ, "RECSVC_MODELS_DIR": str(args.models_dir), "RECSVC_AUTH": "off"}
-    app = create_app(ServiceConfig.from_mapping(environment))
+    # The service runs in-process, for this command alone: without authentication (nobody
+    # else can call it) and without its per-request log lines; its warnings still show.
+    environment = {
+        **os.environ,
+        "RECSVC_MODELS_DIR": str(args.models_dir),
+        "RECSVC_AUTH": "off",
+        "RECSVC_LOG_LEVEL": "WARNING",
+    }
+    auth_off = _DropStartingWith("RECSVC_AUTH=off")
+    logging.getLogger("recsvc").addFilter(auth_off)
+    try:
+        app = create_app(ServiceConfig.from_mapping(environment))
+    finally:
+        logging.getLogger("recsvc").removeFilter(auth_off)
     model = app.extensions["recsvc.registry"].model
     if model is None:
         raise TrainingError(f"no bundle in {args.models_dir}")
@@ -282,7 +393,11 @@ def _export_picks(args: argparse.Namespace) -> int:
                 writer.writerow(
                     ["send_id", "customer_id", "rank", "item_id", "title", "price", "url", "image"]
                 )
-            for number, key in enumerate(tqdm(campaign.keys, desc="exporting", unit="customer")):
+            progress = Progress.on_stderr(args.quiet)
+            exporting = progress.each(
+                campaign.keys, "exporting picks", "customers", len(campaign.keys)
+            )
+            for number, key in enumerate(exporting):
                 # ~ and the key in the query: any key, '/' included (see recsvc.api.params)
                 response = client.get(
                     f"/v1/customers/~/email-picks?key={quote(key, safe='')}&{query}"
@@ -376,12 +491,13 @@ def _campaign(args: argparse.Namespace, model: Any, realtime: Any) -> Campaign:
 def _mint_key(args: argparse.Namespace) -> int:
     from recsvc.auth import SCOPES, mint
 
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+        raise TrainingError(f"--name: letters, digits, '_', '.', '-', got {args.name!r}")
     scopes = {scope.strip() for scope in args.scopes.split(",") if scope.strip()}
-    unknown = scopes - set(SCOPES)
-    if not scopes or unknown or not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
-        raise TrainingError(
-            f"--name: letters, digits, '_', '.', '-'; --scopes: some of {', '.join(SCOPES)}"
-        )
+    unknown = sorted(scopes - set(SCOPES))
+    if not scopes or unknown:
+        found = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none given"
+        raise TrainingError(f"--scopes: some of {', '.join(SCOPES)}; {found}")
     if args.rate is not None and args.rate < 0:
         raise TrainingError(f"--rate: requests per second, 0 or more, got {args.rate}")
     key, line = mint(args.name, scopes, args.rate)
@@ -394,7 +510,7 @@ def _mint_token(args: argparse.Namespace) -> int:
     from recsvc import defaults, tokens
     from recsvc.text import MAX_KEY_LENGTH, text_problem
 
-    ttl = defaults.VISITOR_TOKEN_TTL if args.ttl is None else args.ttl
+    ttl = args.ttl
     if not 1 <= ttl <= defaults.VISITOR_TOKEN_MAX_TTL:
         raise TrainingError(f"--ttl: 1 to {defaults.VISITOR_TOKEN_MAX_TTL} seconds, got {ttl}")
     problem = text_problem(args.customer, MAX_KEY_LENGTH)
@@ -442,7 +558,7 @@ def _demo(args: argparse.Namespace) -> int:
     events_dir = os.environ.get("RECSVC_EVENTS_DIR", "").strip() or defaults.EVENTS_DIR
     erasures = Path(events_dir) / ERASURES_FILE
     with resources.as_file(resources.files("training") / "sample" / "sample.toml") as config_path:
-        report = train(config_from(config_path, erasures), args.models_dir, progress=True)
+        report = train(config_from(config_path, erasures), args.models_dir, Progress.on_stderr())
     print_report(report)
     from recsvc.bundle import load_bundle
 

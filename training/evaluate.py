@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from tqdm import tqdm
 
 from recsvc.ranker import Ranker, top_n
 from recsvc.tiers import TierTable
@@ -29,6 +28,7 @@ from training.errors import TrainingError
 from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
 from training.merge import MergedHistory
 from training.pipeline import bundle_arrays, fit_model, merged_history
+from training.progress import Progress
 from training.tiers import Crm, CustomerLines, TierConfig, build_crm
 
 # Customers by how many distinct items they owned at the cutoff.
@@ -143,9 +143,9 @@ def evaluate(
     cutoff: pd.Timestamp,
     k: int = 10,
     end: pd.Timestamp | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    merged = merged_history(config)
+    merged = merged_history(config, progress)
     return evaluate_merged(merged, config.model, cutoff, k, end, progress, config.tiers)
 
 
@@ -155,7 +155,7 @@ def evaluate_merged(
     cutoff: pd.Timestamp,
     k: int = 10,
     end: pd.Timestamp | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
     tier_config: TierConfig | None = None,
 ) -> dict[str, Any]:
     holdout = split_at(merged.events, cutoff, end)
@@ -192,8 +192,11 @@ def evaluate_merged(
             "tiers": crm.manifest,
         }
     }
-    for name in tqdm(MODEL_KEYS, desc="evaluating", disable=not progress):
-        report[name] = score_model(recommenders[name](), data, relevant, k, tier_names, tier_of)
+    progress = progress or Progress.silent()
+    for name in MODEL_KEYS:
+        with progress.step(f"fitting and scoring {name}"):
+            recommend = recommenders[name]()
+            report[name] = score_model(recommend, data, relevant, k, tier_names, tier_of)
     return report
 
 

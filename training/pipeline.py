@@ -9,11 +9,11 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from training.dataset import TrainingData, build_dataset, outcome_is, value_is
 from training.errors import QuarantineError, TrainingError
 from training.fit import Factors, fit_als, trend_prior
 from training.merge import NO_ERASURE_LIST, REASON_FIELDS, MergedHistory, merge_sources
+from training.progress import Progress
 from training.sources import SourceRows, events_through, read_source
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
 
@@ -37,6 +38,7 @@ QUARANTINE_FILE = "quarantine.csv"
 MODEL_KIND = "als+trend"
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,15 @@ class TrainReport:
 
 
 def train(
-    config: TrainConfig, models_dir: Path, progress: bool = False, allow_quarantine: bool = False
+    config: TrainConfig,
+    models_dir: Path,
+    progress: Progress | None = None,
+    allow_quarantine: bool = False,
 ) -> TrainReport:
     """``allow_quarantine``: publish even where a source's quarantined share is over its
-    ``max_quarantine_share`` (the manifest records it)."""
+    ``max_quarantine_share`` (the manifest records it). ``progress``: where each step is
+    reported (default: one log line per step)."""
+    progress = progress or Progress.silent()
     started = time.perf_counter()
     if config.identity.erasures is None:
         log.warning(NO_ERASURE_LIST)
@@ -60,39 +67,49 @@ def train(
             "RECSVC_ID_SECRET is not set: the bundle's alias digests use the published "
             "development secret, and a service with authentication on refuses it"
         )
-    sources = [read_source(source) for source in config.sources]
+    sources = read_sources(config, progress)
     fingerprint = data_fingerprint(config, sources)
     received = [events_through(rows) for rows in sources]
-    merged = merge_sources(sources, config.items, config.identity)  # frees the raw rows
+    with progress.step("merging sources and linking customers", "rows") as step:
+        step.add(sum(len(rows.frame) for rows in sources))
+        merged = merge_sources(sources, config.items, config.identity)  # frees the raw rows
     quarantine = quarantine_gate(config.sources, merged, allow_quarantine)
     if not (outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)).any():
         raise TrainingError("nothing to train on: no source has a purchase that can be used")
-    data = build_dataset(
-        merged.events,
-        config.model.half_life_days,
-        config.model.trend_half_life_days,
-        merged.item_groups,
-    )
-    # The fit runs on every core outside the GIL; the tiers, catalog and provenance work
-    # overlaps it instead of waiting for it (a few per cent of a run on two cores).
-    with ThreadPoolExecutor(max_workers=1) as fitting:
-        factors = fitting.submit(fit_als, data.interactions, config.model, progress)
-        contributions = _source_summaries(config.sources, merged.events)
-        lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
-        # The merged rows are not needed past this point; at 20 M rows they hold a gigabyte.
-        merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
-        crm = build_crm(
-            lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
+    with progress.step("building the interaction matrix"):
+        data = build_dataset(
+            merged.events,
+            config.model.half_life_days,
+            config.model.trend_half_life_days,
+            merged.item_groups,
         )
-        del lines  # not needed by the candidate lists, which hold the most memory
-        taxonomy = load_taxonomy(config.items.taxonomy)
-        crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
-        tier_names = [level["name"] for level in crm.manifest["levels"]]
-        content = load_content(
-            config.channels.content, list(taxonomy), tier_names, config.channels.base_url
+    # The fit runs on every core outside the GIL; the tiers, catalog and provenance work
+    # overlaps it instead of waiting for it (a few per cent of a run on two cores). Its own
+    # bar would cross their lines: it is one step, reported when it ends.
+    with ThreadPoolExecutor(max_workers=1) as fitting:
+        factors = fitting.submit(_timed, fit_als, data.interactions, config.model)
+        with progress.step("tiers and catalog (while fitting)"):
+            contributions = _source_summaries(config.sources, merged.events)
+            lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
+            # The merged rows are not needed past this point; at 20 M rows they hold a GB.
+            merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
+            crm = build_crm(
+                lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
+            )
+            del lines  # not needed by the candidate lists, which hold the most memory
+            taxonomy = load_taxonomy(config.items.taxonomy)
+            crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
+            tier_names = [level["name"] for level in crm.manifest["levels"]]
+            content = load_content(
+                config.channels.content, list(taxonomy), tier_names, config.channels.base_url
+            )
+        fitted, fit_seconds = factors.result()
+        progress.done(
+            f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)",
+            fit_seconds,
         )
         arrays = served_arrays(
-            data, factors.result(), config.model, merged.aliases, crm, config.identity.key
+            data, fitted, config.model, merged.aliases, crm, config.identity.key, progress
         )
     version = new_version(fingerprint)
     sections = {
@@ -106,16 +123,33 @@ def train(
         "quarantine": quarantine,
         "returns": data.settlement.report,
     }
-    path = publish(
-        models_dir, version, fingerprint, config, merged, data, arrays, sections, content
-    )
+    with progress.step("publishing the bundle"):
+        path = publish(
+            models_dir, version, fingerprint, config, merged, data, arrays, sections, content
+        )
     return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
 
 
-def merged_history(config: TrainConfig) -> MergedHistory:
-    return merge_sources(
-        [read_source(source) for source in config.sources], config.items, config.identity
-    )
+def read_sources(config: TrainConfig, progress: Progress) -> list[SourceRows]:
+    sources = []
+    for source in config.sources:
+        with progress.step(f"reading source {source.name!r}", "rows") as step:
+            sources.append(read_source(source))
+            step.add(len(sources[-1].frame))
+    return sources
+
+
+def merged_history(config: TrainConfig, progress: Progress | None = None) -> MergedHistory:
+    progress = progress or Progress.silent()
+    sources = read_sources(config, progress)
+    with progress.step("merging sources and linking customers", "rows") as step:
+        step.add(sum(len(rows.frame) for rows in sources))
+        return merge_sources(sources, config.items, config.identity)
+
+
+def _timed(function: Callable[..., T], *args: Any) -> tuple[T, float]:
+    started = time.perf_counter()
+    return function(*args), time.perf_counter() - started
 
 
 def fit_model(
@@ -138,6 +172,7 @@ def served_arrays(
     aliases: dict[str, str] | None = None,
     crm: Crm | None = None,
     key: IdentityKey | None = None,
+    progress: Progress | None = None,
 ) -> BundleArrays:
     """``factors`` plus the trending prior, as the bundle holds them, with each customer's
     candidate list under their tier's policy (given ``crm``)."""
@@ -148,8 +183,16 @@ def served_arrays(
     ranker = Ranker(arrays, tiers=TierTable.from_manifest(crm.manifest), key=key)
     # A thread per core, each with one BLAS thread: faster than one multi-threaded product,
     # and the lists come out the same whatever the machine's core count.
-    with threadpool_limits(limits=1, user_api="blas"):
-        items, scores = ranker.candidate_lists(params.candidates, threads=_usable_cores())
+    customers = len(arrays.customer_ids)
+    with (
+        (progress or Progress.silent()).step(
+            "candidate lists", "customers", total=customers
+        ) as step,
+        threadpool_limits(limits=1, user_api="blas"),
+    ):
+        items, scores = ranker.candidate_lists(
+            params.candidates, threads=_usable_cores(), done=step.add
+        )
     return dataclasses.replace(arrays, candidate_items=items, candidate_scores=scores)
 
 

@@ -40,10 +40,7 @@ def render_html(report: dict[str, Any]) -> str:
         + "</tr>"
         for name in models
     )
-    protocol_rows = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
-        for key, value in protocol.items()
-    )
+    protocol_rows = _rows(protocol)
     images = "".join(
         f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
         f"src='data:image/png;base64,{png}'>"
@@ -130,6 +127,27 @@ def _png(figure: Any) -> str:
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _rows(values: dict[str, Any]) -> str:
+    return "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{_value(value)}</td></tr>"
+        for key, value in values.items()
+    )
+
+
+def _value(value: Any) -> str:
+    """A protocol value as a reader takes it in: a mapping as a nested table, a list of
+    mappings (the tier levels) as one nested table each, other lists comma-separated."""
+    if isinstance(value, dict):
+        return f"<table>{_rows(value)}</table>" if value else "none"
+    if isinstance(value, list):
+        if value and all(isinstance(entry, dict) for entry in value):
+            return "".join(_value(entry) for entry in value)
+        return html.escape(", ".join(str(entry) for entry in value)) or "none"
+    if value is None:
+        return "none"
+    return html.escape(str(value))
 
 
 def _cell(value: Any) -> str:

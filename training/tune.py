@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from recsvc.ranker import Ranker
 from training.config import ModelParams
@@ -23,6 +22,7 @@ from training.dataset import TrainingData, build_dataset
 from training.evaluate import relevant_items, score_model, split_at
 from training.merge import MergedHistory
 from training.pipeline import fit_model
+from training.progress import Progress
 
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "factors": (32, 64, 96, 128),
@@ -60,7 +60,7 @@ def tune(
     validation_days: int = 30,
     k: int = 10,
     seed: int = 0,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> TuneResult:
     """Try ``base`` and ``trials - 1`` random candidates; return the best by NDCG@k."""
     train_end = cutoff - pd.Timedelta(days=validation_days)
@@ -75,23 +75,26 @@ def tune(
     datasets: dict[tuple[float, float], TrainingData] = {}
     metric = f"ndcg@{k}"
     results: list[Trial] = []
-    bar = tqdm(candidates, desc="tuning", disable=not progress)
-    for params in bar:
+    progress = progress or Progress.silent()
+    for number, params in enumerate(candidates, start=1):
         key = (params.half_life_days, params.trend_half_life_days)
         if key not in datasets:
             datasets[key] = build_dataset(holdout.train, *key, merged.item_groups)
         data = datasets[key]
-        ranker = Ranker(fit_model(data, params))
-        relevant = relevant_items(data, holdout.test)
+        with progress.step(f"trial {number} of {len(candidates)}") as step:
+            ranker = Ranker(fit_model(data, params))
+            relevant = relevant_items(data, holdout.test)
 
-        def recommend(row: int, ranker: Ranker = ranker, data: TrainingData = data) -> list[str]:
-            items = ranker.recommend(str(data.customer_ids[row]), k).items
-            return [str(data.item_ids[item.index]) for item in items]
+            def recommend(
+                row: int, ranker: Ranker = ranker, data: TrainingData = data
+            ) -> list[str]:
+                items = ranker.recommend(str(data.customer_ids[row]), k).items
+                return [str(data.item_ids[item.index]) for item in items]
 
-        score = float(score_model(recommend, data, relevant, k)[metric])
-        results.append(Trial(params, score))
-        best = max(results, key=lambda trial: trial.score)
-        bar.set_postfix({metric: f"{score:.4f}", "best": f"{best.score:.4f}"})
+            score = float(score_model(recommend, data, relevant, k)[metric])
+            results.append(Trial(params, score))
+            best = max(results, key=lambda trial: trial.score)
+            step.note = f"{metric} {score:.4f}, best {best.score:.4f}"
     best = max(results, key=lambda trial: trial.score)
     return TuneResult(best, results, metric, train_end, cutoff)
 
