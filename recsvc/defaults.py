@@ -5,6 +5,10 @@ from __future__ import annotations
 MODELS_DIR = "models"
 RELOAD_SECONDS = 10  # how often each worker looks for a newly published bundle (0: never)
 LOG_LEVEL = "INFO"
+# gunicorn (gunicorn.conf.py): where it listens, and its workers (default: one per core)
+BIND = "127.0.0.1:8000"  # loopback: nginx sits in front (README, Production topology)
+WORKER_CLASS = "sync"
+THREADS = 1
 # Larger request bodies get 413 unread. A full batch of 1000 events is about 200 KB.
 MAX_BODY_BYTES = 1024 * 1024
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from recsvc.config import ServiceConfig, settings_table
+from recsvc.errors import ConfigError as ServiceConfigError
 from training.config import ModelParams, load_config, parse_config, tuned_path
 from training.errors import ConfigError
 
@@ -111,3 +113,52 @@ def test_a_tuned_file_overrides_the_model_and_is_checked(tmp_path: Path) -> None
     tuned_path(path).write_text("[modle]\nalpha = 2\n")
     with pytest.raises(ConfigError, match=r"tuned.toml: unknown key\(s\) \['modle'\]"):
         load_config(path)
+
+
+def test_the_readme_table_is_the_declared_settings() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert settings_table() in readme
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RELOAD_SECONDS", "soon", "RECSVC_RELOAD_SECONDS='soon': must be an integer from 0 to"),
+        ("WORKERS", "0", "RECSVC_WORKERS='0': must be an integer from 1 to 1024"),
+        ("WORKER_CLASS", "fast", "RECSVC_WORKER_CLASS='fast': must be one of sync, gthread"),
+        ("AUTH", "maybe", "RECSVC_AUTH='maybe': must be one of on, off"),
+        ("LOG_LEVEL", "loud", "RECSVC_LOG_LEVEL='loud': must be one of DEBUG, INFO"),
+        ("MODELS_DIR", "", "RECSVC_MODELS_DIR='': is empty"),
+        ("REDIS_URL", "http://x", "RECSVC_REDIS_URL='http://x': must start with redis://"),
+        ("CORS_ORIGINS", "*", "RECSVC_CORS_ORIGINS='*': list the shop's origins"),
+    ],
+)
+def test_a_bad_setting_is_named_with_what_is_allowed(name: str, value: str, message: str) -> None:
+    with pytest.raises(ServiceConfigError) as raised:
+        ServiceConfig.from_mapping({"RECSVC_AUTH": "off", f"RECSVC_{name}": value})
+    assert message in str(raised.value)
+
+
+def test_secret_settings_are_not_echoed() -> None:
+    with pytest.raises(ServiceConfigError) as raised:
+        ServiceConfig.from_mapping({"RECSVC_AUTH": "off", "RECSVC_SECRET_KEY": "hunter2"})
+    assert "RECSVC_SECRET_KEY" in str(raised.value) and "hunter2" not in str(raised.value)
+
+
+def test_settings_parse_to_typed_values() -> None:
+    config = ServiceConfig.from_mapping(
+        {
+            "RECSVC_AUTH": "OFF",
+            "RECSVC_LOG_LEVEL": "debug",
+            "RECSVC_WORKERS": "3",
+            "RECSVC_WORKER_CLASS": "GTHREAD",
+            "RECSVC_REDIS_PREFIX": "",
+        }
+    )
+    assert (config.auth, config.log_level, config.workers) == (False, "DEBUG", 3)
+    assert (config.worker_class, config.redis_prefix, config.bind) == (
+        "gthread",
+        "recsvc",
+        "127.0.0.1:8000",
+    )
+    assert ServiceConfig.from_mapping({"RECSVC_AUTH": "off"}).workers >= 1
