@@ -20,7 +20,7 @@ import msgspec
 import phonenumbers
 from msgspec import Meta, Struct
 
-from recsvc.channels import DEFAULT_CHANNELS
+from recsvc.defaults import DEFAULT_CHANNELS
 from recsvc.identity import IdentityKey, IdentityRules
 from training.errors import ConfigError
 from training.identity import LinkRules
