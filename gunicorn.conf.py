@@ -14,9 +14,9 @@ log line, gunicorn's included, is one JSON object.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,23 @@ _OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsvc-metrics-")
 
-bind = os.environ.get("RECSVC_BIND", "127.0.0.1:8000")  # or unix:/path/to/socket
-workers = int(os.environ.get("RECSVC_WORKERS", str(multiprocessing.cpu_count())))
-worker_class = os.environ.get("RECSVC_WORKER_CLASS", "sync")
-threads = int(os.environ.get("RECSVC_THREADS", "1"))
+
+def _service_config() -> Any:
+    """RECSVC_* read and checked as the app will (recsvc.config); a bad one stops the start."""
+    from recsvc.config import ServiceConfig
+    from recsvc.errors import ConfigError
+
+    try:
+        return ServiceConfig.from_mapping(os.environ)
+    except ConfigError as error:
+        sys.exit(f"recsvc: {error}")
+
+
+_config = _service_config()
+bind = _config.bind
+workers = _config.workers
+worker_class = _config.worker_class
+threads = _config.threads
 preload_app = True
 keepalive = 5
 limit_request_line = 8190  # gunicorn's largest; the common 8 KiB URL limit of proxies

@@ -12,23 +12,11 @@ from urllib.parse import urlencode
 import numpy as np
 from numpy.typing import NDArray
 
+from recsvc.defaults import DEFAULT_CHANNELS
 from recsvc.ranker import RankedItem
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
 
-# The trainer's defaults (training.config.ChannelsConfig), and what the service uses for a
-# bundle whose manifest has no channels.
-DEFAULT_CHANNELS: dict[str, Any] = {
-    "base_url": "https://shop.example.com",
-    "product_path": "/products/{item_id}",
-    "image_path": "/images/{item_id}.jpg",
-    "currency_symbol": "£",
-    "slots": {
-        "home_hero": {"content": 1, "products": 4},
-        "cart_cross_sell": {"content": 0, "products": 6},
-    },
-    "utm": {"utm_source": "recsvc", "utm_medium": "email", "utm_campaign": "{send_id}"},
-}
 POPULAR_FOR_AFFINITY = 50  # anonymous visitors: the categories of the best sellers
 
 

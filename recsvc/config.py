@@ -1,12 +1,18 @@
-"""The service configuration, read once from RECSVC_* variables at start."""
+"""The service configuration, read once from RECSVC_* variables at start.
+
+Every variable is declared once, in ``SETTINGS``: its name, default, range or allowed values
+and a one-line description. Parsing, the error messages and the README's configuration table
+(``settings_table``, checked by tests/test_config.py) all come from there.
+"""
 
 from __future__ import annotations
 
-import logging
+import multiprocessing
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from recsvc import defaults
 from recsvc.auth import ApiKey, parse_api_keys
@@ -15,6 +21,227 @@ from recsvc.identity import SECRET_VARIABLE, IdentityKey
 from recsvc.tokens import secret_from
 
 PREFIX = "RECSVC_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# gunicorn's own worker classes; recsvc ships and measured sync (README, Production topology).
+WORKER_CLASSES = ("sync", "gthread", "gevent", "eventlet", "tornado")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One RECSVC_* variable: its text (stripped; ``default`` when unset) must be an integer
+    within ``bounds``, one of ``choices`` (case-insensitive), or whatever ``parse`` accepts
+    (it raises ValueError saying what is allowed)."""
+
+    name: str  # without the prefix
+    default: str  # as it would be written in the environment; "" = none
+    doc: str
+    parse: Callable[[str], Any] = lambda text: text
+    bounds: tuple[int, int] | None = None
+    choices: tuple[str, ...] = ()
+    computed: Callable[[], Any] | None = None  # the default when none is written
+    shown_default: str | None = None  # the README's, when not ``default``
+    secret: bool = False  # never echo its value in an error
+    field: str | None = ""  # the ServiceConfig attribute ("": name lower-cased; None: combined)
+
+    @property
+    def variable(self) -> str:
+        return PREFIX + self.name
+
+    def attribute(self) -> str | None:
+        return self.name.lower() if self.field == "" else self.field
+
+    def read(self, values: Mapping[str, str]) -> Any:
+        text = values.get(self.variable, self.default).strip()
+        if not text and self.computed is not None:
+            return self.computed()
+        try:
+            return self.parse(self._checked(text))
+        except ValueError as error:
+            shown = "" if self.secret else f"={text!r}"
+            raise ConfigError(f"{self.variable}{shown}: {error}") from None
+
+    def _checked(self, text: str) -> Any:
+        if self.bounds is not None:
+            low, high = self.bounds
+            if not re.fullmatch(r"-?[0-9]+", text) or not low <= int(text) <= high:
+                raise ValueError(f"must be an integer from {low} to {high}")
+            return int(text)
+        if self.choices:
+            for allowed in self.choices:
+                if text.lower() == allowed.lower():
+                    return allowed
+            raise ValueError(f"must be one of {', '.join(self.choices)}")
+        return text
+
+
+def _models_dir(text: str) -> Path:
+    if not text:
+        raise ValueError("is empty; set it to the models directory")
+    return Path(text)
+
+
+def _redis_url(text: str) -> str | None:
+    if text and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return text or None
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"{origin!r} is not an origin like https://shop.example.com")
+    if "*" in origins:
+        raise ValueError("list the shop's origins; '*' is not allowed")
+    return origins
+
+
+def _secret_key(text: str) -> bytes:
+    return secret_from(text) if text else b""
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "MODELS_DIR",
+        defaults.MODELS_DIR,
+        "directory holding the bundles and the `current` pointer",
+        _models_dir,
+    ),
+    Setting("LOG_LEVEL", defaults.LOG_LEVEL, "least severe level logged", choices=LOG_LEVELS),
+    Setting(
+        "RELOAD_SECONDS",
+        str(defaults.RELOAD_SECONDS),
+        "how often each worker looks for a newly published bundle; `0` never",
+        bounds=(0, 86400),
+    ),
+    Setting(
+        "API_KEYS",
+        "",
+        "comma-separated `<name>:<sha256 of key>:<scope>+<scope>[:<rate>]` entries",
+        secret=True,
+        field=None,
+    ),
+    Setting("API_KEYS_FILE", "", "a file with one such entry per line", field=None),
+    Setting(
+        "AUTH",
+        "on",
+        "`off` allows every request (local development only; logs a warning)",
+        choices=("on", "off"),
+    ),
+    Setting(
+        "REDIS_URL",
+        "",
+        "e.g. `redis://127.0.0.1:6379/0`; unset: the embedded store (SQLite in "
+        "`RECSVC_EVENTS_DIR`)",
+        _redis_url,
+    ),
+    Setting(
+        "REDIS_PREFIX",
+        defaults.REDIS_PREFIX,
+        "prefix of every Redis key",
+        lambda text: text or defaults.REDIS_PREFIX,
+    ),
+    Setting(
+        "STORE_TIMEOUT_MS",
+        str(defaults.STORE_TIMEOUT_MS),
+        "a slower store counts as down",
+        bounds=(1, 10_000),
+    ),
+    Setting(
+        "EVENTS_DIR",
+        defaults.EVENTS_DIR,
+        "the service's durable state: event logs, erasure list, the embedded store",
+        lambda text: Path(text or defaults.EVENTS_DIR),
+    ),
+    Setting(
+        "EVENT_RETENTION_DAYS",
+        str(defaults.EVENT_RETENTION_DAYS),
+        "how long events and event ids stay in the store",
+        bounds=(1, 3650),
+    ),
+    Setting(
+        "CORS_ORIGINS",
+        "",
+        "comma-separated origins whose pages may call the API (`https://shop.example.com`)",
+        _origins,
+    ),
+    Setting(
+        "SNAPSHOT_TTL_DAYS",
+        str(defaults.SNAPSHOT_TTL_DAYS),
+        "how long one email send's picks stay fixed",
+        bounds=(1, 3650),
+    ),
+    Setting(
+        "RATE_LIMIT",
+        str(defaults.RATE_LIMIT),
+        "requests per second per API key, unless its entry sets its own; `0` unlimited",
+        bounds=(0, 1_000_000),
+    ),
+    Setting(
+        "LOG_SALT",
+        "",
+        "keys the customer hashes in log lines; set it to correlate lines across restarts",
+        str.encode,
+        shown_default="random per start",
+        secret=True,
+    ),
+    Setting(
+        "MAX_BODY_BYTES",
+        str(defaults.MAX_BODY_BYTES),
+        "larger request bodies get 413 unread (a chunked one as soon as it passes the limit); "
+        "a batch of 1000 events with every text field at its longest is about 680 KB",
+        bounds=(1024, 1 << 30),
+    ),
+    Setting(
+        "ID_SECRET",
+        "",
+        "keys every alias digest (bundles, store keys, erasure list); the trainer reads the "
+        "same variable",
+        shown_default="required with auth",
+        secret=True,
+        field=None,
+    ),
+    Setting(
+        "ID_SECRETS_RETIRED",
+        "",
+        "comma-separated secrets replaced by a rotation; erasures recorded under them still count",
+        secret=True,
+        field=None,
+    ),
+    Setting(
+        "SECRET_KEY",
+        "",
+        "signs visitor tokens (32 characters or more, e.g. `openssl rand -hex 32`); the same on "
+        "every worker and host; unset: no token is valid",
+        _secret_key,
+        secret=True,
+    ),
+    Setting(
+        "BIND",
+        defaults.BIND,
+        "where gunicorn listens: `host:port` or `unix:/path/to/socket`",
+    ),
+    Setting(
+        "WORKERS",
+        "",
+        "gunicorn worker processes",
+        bounds=(1, 1024),
+        computed=multiprocessing.cpu_count,
+        shown_default="one per core",
+    ),
+    Setting(
+        "WORKER_CLASS",
+        defaults.WORKER_CLASS,
+        "gunicorn's worker class",
+        choices=WORKER_CLASSES,
+    ),
+    Setting(
+        "THREADS",
+        str(defaults.THREADS),
+        "threads per gunicorn worker (`gthread`)",
+        bounds=(1, 1024),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -37,72 +264,47 @@ class ServiceConfig:
     # Keys every alias digest (bundle lookups, store keys, erasure records).
     identity_key: IdentityKey = field(default_factory=IdentityKey.development_key)
     secret_key: bytes = b""  # signs visitor tokens (recsvc.tokens); empty: none is valid
+    # gunicorn's (gunicorn.conf.py); the app itself does not use them
+    bind: str = defaults.BIND
+    workers: int = 1
+    worker_class: str = defaults.WORKER_CLASS
+    threads: int = defaults.THREADS
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> ServiceConfig:
         """Build from a mapping such as ``os.environ``; a bad value raises ConfigError naming it."""
-
-        def get(name: str, default: str) -> str:
-            return values.get(PREFIX + name, default).strip()
-
-        def integer(name: str, default: int, low: int, high: int) -> int:
-            raw = get(name, str(default))
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(f"{PREFIX}{name}={raw!r} is not an integer") from None
-            if not low <= value <= high:
-                raise ConfigError(f"{PREFIX}{name}={value} must be from {low} to {high}")
-            return value
-
-        models_dir = get("MODELS_DIR", defaults.MODELS_DIR)
-        if not models_dir:
-            raise ConfigError(f"{PREFIX}MODELS_DIR is empty; set it to the models directory")
-        log_level = get("LOG_LEVEL", defaults.LOG_LEVEL).upper()
-        if not isinstance(logging.getLevelNamesMapping().get(log_level), int):
-            raise ConfigError(
-                f"{PREFIX}LOG_LEVEL={log_level!r} is not a log level (DEBUG, INFO, WARNING, ERROR)"
-            )
-        auth = get("AUTH", "on").lower()
-        if auth not in ("on", "off"):
-            raise ConfigError(f"{PREFIX}AUTH={auth!r} must be 'on' or 'off'")
-        redis_url = get("REDIS_URL", "") or None
-        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"{PREFIX}REDIS_URL must start with redis://, rediss:// or unix://")
+        parsed: dict[str, Any] = {}
+        for setting in SETTINGS:
+            value = setting.read(values)
+            attribute = setting.attribute()
+            if attribute is not None:
+                parsed[attribute] = value
+        auth = parsed.pop("auth") == "on"
         keys = _api_keys(values)
-        if auth == "on" and not keys:
+        if auth and not keys:
             raise ConfigError(
                 f"{PREFIX}API_KEYS or {PREFIX}API_KEYS_FILE must grant at least one key "
                 f"(mint one with `recsvc keys mint`), or set {PREFIX}AUTH=off for local use"
             )
-        identity_key = _identity_key(values, auth == "on")
-        secret_text, secret_key = get("SECRET_KEY", ""), b""
-        if secret_text:
-            try:
-                secret_key = secret_from(secret_text)
-            except ValueError as error:
-                raise ConfigError(f"{PREFIX}SECRET_KEY {error}") from None
-        return cls(
-            models_dir=Path(models_dir),
-            log_level=log_level,
-            reload_seconds=integer("RELOAD_SECONDS", defaults.RELOAD_SECONDS, 0, 86400),
-            redis_url=redis_url,
-            redis_prefix=get("REDIS_PREFIX", defaults.REDIS_PREFIX) or defaults.REDIS_PREFIX,
-            store_timeout_ms=integer("STORE_TIMEOUT_MS", defaults.STORE_TIMEOUT_MS, 1, 10_000),
-            events_dir=Path(get("EVENTS_DIR", defaults.EVENTS_DIR) or defaults.EVENTS_DIR),
-            event_retention_days=integer(
-                "EVENT_RETENTION_DAYS", defaults.EVENT_RETENTION_DAYS, 1, 3650
-            ),
-            auth=auth == "on",
-            api_keys=keys,
-            cors_origins=_origins(get("CORS_ORIGINS", "")),
-            snapshot_ttl_days=integer("SNAPSHOT_TTL_DAYS", defaults.SNAPSHOT_TTL_DAYS, 1, 3650),
-            rate_limit=integer("RATE_LIMIT", defaults.RATE_LIMIT, 0, 1_000_000),
-            log_salt=get("LOG_SALT", "").encode(),
-            max_body_bytes=integer("MAX_BODY_BYTES", defaults.MAX_BODY_BYTES, 1024, 1 << 30),
-            identity_key=identity_key,
-            secret_key=secret_key,
-        )
+        return cls(**parsed, auth=auth, api_keys=keys, identity_key=_identity_key(values, auth))
+
+
+def settings_table() -> str:
+    """The README's table of the variables, as Markdown."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        default = setting.shown_default or (f"`{setting.default}`" if setting.default else "")
+        row = f"| `{setting.variable}` | {default} | {_allowed(setting)}{setting.doc} |"
+        rows.append(row.replace("|  |", "| |"))
+    return "\n".join(rows)
+
+
+def _allowed(setting: Setting) -> str:
+    if setting.choices:
+        return f"{', '.join(f'`{c}`' for c in setting.choices)}: "
+    if setting.bounds:
+        return f"{setting.bounds[0]} to {setting.bounds[1]}: "
+    return ""
 
 
 def _identity_key(values: Mapping[str, str], auth: bool) -> IdentityKey:
@@ -118,18 +320,6 @@ def _identity_key(values: Mapping[str, str], auth: bool) -> IdentityKey:
             "same one); make one with python -c 'import secrets; print(secrets.token_hex(32))'"
         )
     return key or IdentityKey.development_key()
-
-
-def _origins(text: str) -> tuple[str, ...]:
-    origins = tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
-    for origin in origins:
-        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
-            raise ConfigError(
-                f"{PREFIX}CORS_ORIGINS: {origin!r} is not an origin like https://shop.example.com"
-            )
-    if "*" in origins:
-        raise ConfigError(f"{PREFIX}CORS_ORIGINS: list the shop's origins; '*' is not allowed")
-    return origins
 
 
 def _api_keys(values: Mapping[str, str]) -> tuple[ApiKey, ...]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 MODELS_DIR = "models"
 RELOAD_SECONDS = 10  # how often each worker looks for a newly published bundle (0: never)
 LOG_LEVEL = "INFO"
+# gunicorn (gunicorn.conf.py): where it listens, and its workers (default: one per core)
+BIND = "127.0.0.1:8000"  # loopback: nginx sits in front (README, Production topology)
+WORKER_CLASS = "sync"
+THREADS = 1
 # Larger request bodies get 413 unread. A full batch of 1000 events is about 200 KB.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -32,3 +38,17 @@ EMAIL_MAX_N = 12
 # Visitor tokens (recsvc.tokens): how long one lasts, by default and at most
 VISITOR_TOKEN_TTL = 3600
 VISITOR_TOKEN_MAX_TTL = 86400
+
+# The trainer's defaults (training.config.ChannelsConfig), and what the service uses for a
+# bundle whose manifest has no channels.
+DEFAULT_CHANNELS: dict[str, Any] = {
+    "base_url": "https://shop.example.com",
+    "product_path": "/products/{item_id}",
+    "image_path": "/images/{item_id}.jpg",
+    "currency_symbol": "£",
+    "slots": {
+        "home_hero": {"content": 1, "products": 4},
+        "cart_cross_sell": {"content": 0, "products": 6},
+    },
+    "utm": {"utm_source": "recsvc", "utm_medium": "email", "utm_campaign": "{send_id}"},
+}

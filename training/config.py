@@ -1,25 +1,33 @@
-"""The training config (TOML): sources with their column mappings, item rules, model parameters."""
+"""The training config (TOML): sources with their column mappings, item rules, model parameters.
+
+Each table is a typed msgspec Struct: its keys, types, ranges and defaults are declared once,
+on the fields. ``parse_config`` decodes the TOML into them (unknown keys are errors), turns
+msgspec's errors into messages naming the key path, the source and what is allowed, and then
+checks the rules that span several keys (``_validate``).
+"""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
 import tomllib
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
+import msgspec
 import phonenumbers
+from msgspec import Meta, Struct
 
-from recsvc.channels import DEFAULT_CHANNELS
+from recsvc.defaults import DEFAULT_CHANNELS
 from recsvc.identity import IdentityKey, IdentityRules
 from training.errors import ConfigError
 from training.identity import LinkRules
 from training.tiers import TierConfig, TierLevel
 
-SOURCE_KINDS = ("csv", "jsonl", "parquet", "postgresql", "events")
+SourceKind = Literal["csv", "jsonl", "parquet", "postgresql", "events"]
+SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
 # The service's event log (recsvc.events.EventLog) has fixed columns; its customer column holds
 # request keys (canonical id, <source>:<id>, email:, phone:).
 EVENTS_COLUMNS = {
@@ -49,31 +57,43 @@ MAX_QUARANTINE_SHARE = 0.05
 MAX_LINE_BYTES = 1 << 20  # also the block size the readers parse in
 MAX_DECOMPRESSED_BYTES = 4 << 30
 
+NAME_PATTERN = "^[A-Za-z0-9_-]+$"
+# What a pattern allows, in words, for error messages.
+PATTERN_WORDS = {NAME_PATTERN: "only letters, digits, '_' and '-'"}
 
-@dataclass(frozen=True)
-class SourceConfig:
-    name: str
-    kind: str
-    base_dir: Path
-    columns: dict[str, str]  # canonical field -> source column
-    path: str | None = None  # files: a glob, relative to the config file unless absolute
-    dsn: str | None = None  # postgresql: a libpq connection string...
-    dsn_env: str | None = None  # ...or the environment variable that holds one
-    table: str | None = None  # postgresql: a table ("schema.table")...
-    query: str | None = None  # ...or a SELECT
-    chunk_rows: int = 50_000  # postgresql: rows fetched per round trip
-    customer_namespace: str = "customer"
-    timestamp_format: str | None = None
-    timezone: str = "UTC"  # of timestamps written without an offset
-    currency_rate: float = 1.0  # unit price x rate = price in the shop currency
-    trust: float = 1.0  # weight of this source's purchases in training
-    cancellation_prefix: str | None = None  # order ids starting with it are cancellations
-    encoding: str = "utf-8"
-    delimiter: str = ","
+Text = Annotated[str, Meta(min_length=1)]
+
+
+def _range(low: float, high: float) -> Meta:
+    return Meta(ge=low, le=high)
+
+
+class SourceConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[sources]]`` table; which keys a kind takes is ``SOURCE_OPTIONS``."""
+
+    name: Annotated[str, Meta(min_length=1, pattern=NAME_PATTERN)]
+    kind: SourceKind
+    columns: dict[str, Text] = msgspec.field(default_factory=dict)  # canonical field -> column
+    path: Text | None = None  # files: a glob, relative to the config file unless absolute
+    dsn: Text | None = None  # postgresql: a libpq connection string...
+    dsn_env: Text | None = None  # ...or the environment variable that holds one
+    table: Text | None = None  # postgresql: a table ("schema.table")...
+    query: Text | None = None  # ...or a SELECT
+    chunk_rows: Annotated[int, _range(1, 10_000_000)] = 50_000  # postgresql: rows per round trip
+    customer_namespace: Text = "customer"
+    timestamp_format: Text | None = None
+    timezone: Text = "UTC"  # of timestamps written without an offset
+    currency_rate: Annotated[float, _range(1e-9, 1e9)] = 1.0  # unit price x rate = shop price
+    trust: Annotated[float, _range(1e-9, 1e3)] = 1.0  # weight of its purchases in training
+    cancellation_prefix: Text | None = None  # order ids starting with it are cancellations
+    encoding: Text = "utf-8"
+    delimiter: Annotated[str, Meta(min_length=1, max_length=1)] = ","
     # More of its rows quarantined than this share fails the run (see training.pipeline).
-    max_quarantine_share: float = MAX_QUARANTINE_SHARE
-    max_line_bytes: int = MAX_LINE_BYTES  # files: the longest line or JSON record read
-    max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES  # per compressed file
+    max_quarantine_share: Annotated[float, _range(0.0, 1.0)] = MAX_QUARANTINE_SHARE
+    # files: the longest line or JSON record read, and the most one compressed file may hold
+    max_line_bytes: Annotated[int, _range(1 << 16, 1 << 30)] = MAX_LINE_BYTES
+    max_decompressed_bytes: Annotated[int, _range(1, 1 << 50)] = MAX_DECOMPRESSED_BYTES
+    base_dir: Path = Path()  # the config file's folder, set by the loader, never by the TOML
 
     def files(self) -> list[Path]:
         if self.path is None:
@@ -84,13 +104,34 @@ class SourceConfig:
         return sorted(self.base_dir.glob(self.path))
 
 
-@dataclass(frozen=True)
-class ItemRules:
+_COMMON = ("name", "kind", "trust", "max_quarantine_share")
+_MAPPED = (
+    "columns",
+    "customer_namespace",
+    "timestamp_format",
+    "timezone",
+    "currency_rate",
+    "cancellation_prefix",
+)
+_FILES = ("path", "max_line_bytes", "max_decompressed_bytes")
+_TEXT = ("encoding", "delimiter")
+_DATABASE = ("dsn", "dsn_env", "table", "query", "chunk_rows")
+# The keys each source kind takes; an event log's columns are fixed (EVENTS_COLUMNS).
+SOURCE_OPTIONS: dict[str, frozenset[str]] = {
+    "csv": frozenset(_COMMON + _MAPPED + _FILES + _TEXT),
+    "jsonl": frozenset(_COMMON + _MAPPED + _FILES + _TEXT),
+    "parquet": frozenset(_COMMON + _MAPPED + _FILES + _TEXT),
+    "postgresql": frozenset(_COMMON + _MAPPED + _DATABASE),
+    "events": frozenset(_COMMON + _FILES),
+}
+
+
+class ItemRules(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Which item ids are not products (postage, fees, discounts, vouchers): set aside; and
     the optional crosswalk from source item ids to catalog items and groups of editions."""
 
-    non_product_ids: frozenset[str] = frozenset()
-    non_product_pattern: str | None = None
+    non_product_ids: frozenset[str] = frozenset()  # compared stripped and upper-cased
+    non_product_pattern: Text | None = None
     crosswalk: Path | None = None
     taxonomy: Path | None = None  # TOML [categories] name = [keywords]
 
@@ -100,42 +141,26 @@ class ItemRules:
         return bool(self.non_product_pattern and re.search(self.non_product_pattern, item_id))
 
 
-@dataclass(frozen=True)
-class ModelParams:
+class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """ALS on BM25-weighted, time-decayed purchases, blended with a trending-items prior.
 
     Score of an item for a customer: z(ALS score over the catalog) + trend_weight * z(log(1 +
     trending sales)), where trending sales decay with ``trend_half_life_days``. A weight of 0
-    gives plain ALS.
+    gives plain ALS. Ranges are inclusive; bm25_b = 1 makes implicit divide by zero.
     """
 
-    factors: int = 64
-    regularization: float = 1.0
-    alpha: float = 1.0
-    iterations: int = 15
-    bm25_k1: float = 100.0
-    bm25_b: float = 0.8
-    half_life_days: float = 30.0
-    trend_half_life_days: float = 14.0
-    trend_weight: float = 2.0
-    seed: int = 42
-    candidates: int = 50  # per customer, precomputed for the service's fast path (0: none)
-
-
-# Allowed range of each model parameter, inclusive; bm25_b = 1 makes implicit divide by zero.
-MODEL_RANGES: dict[str, tuple[float, float]] = {
-    "factors": (1, 4096),
-    "regularization": (1e-9, 1e6),
-    "alpha": (1e-9, 1e6),
-    "iterations": (1, 1000),
-    "bm25_k1": (1e-9, 1e6),
-    "bm25_b": (0.0, 0.99),
-    "half_life_days": (1e-3, 1e6),
-    "trend_half_life_days": (1e-3, 1e6),
-    "trend_weight": (0.0, 100.0),
-    "seed": (0, 2**31 - 1),
-    "candidates": (0, 1000),
-}
+    factors: Annotated[int, _range(1, 4096)] = 64
+    regularization: Annotated[float, _range(1e-9, 1e6)] = 1.0
+    alpha: Annotated[float, _range(1e-9, 1e6)] = 1.0
+    iterations: Annotated[int, _range(1, 1000)] = 15
+    bm25_k1: Annotated[float, _range(1e-9, 1e6)] = 100.0
+    bm25_b: Annotated[float, _range(0.0, 0.99)] = 0.8
+    half_life_days: Annotated[float, _range(1e-3, 1e6)] = 30.0
+    trend_half_life_days: Annotated[float, _range(1e-3, 1e6)] = 14.0
+    trend_weight: Annotated[float, _range(0.0, 100.0)] = 2.0
+    seed: Annotated[int, _range(0, 2**31 - 1)] = 42
+    # per customer, precomputed for the service's fast path (0: none)
+    candidates: Annotated[int, _range(0, 1000)] = 50
 
 
 @dataclass(frozen=True)
@@ -186,6 +211,85 @@ class TrainConfig:
     tuned_from: Path | None = None  # the file whose [model] overrode the config's
 
 
+# The TOML tables whose shape differs from the objects the trainer uses; their defaults are
+# those objects'.
+
+
+class IdentityTable(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    strip_plus_tags: bool = IdentityRules.strip_plus_tags
+    dotless_domains: tuple[str, ...] = ()
+    default_region: Text | None = None  # a region code such as GB
+    link_distinct_ids: bool = LinkRules.link_distinct_ids
+    max_cluster_ids: Annotated[int, _range(1, 10_000)] = LinkRules.max_cluster_ids
+    crosswalk: Path | None = None  # must exist
+    erasures: Path | None = None  # may not exist yet
+
+
+class TierLevelTable(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: Text
+    min_spend: Annotated[float, _range(0.0, 1e12)] | None = None  # method "thresholds"
+    min_percentile: Annotated[float, _range(0.0, 100.0)] | None = None  # method "percentiles"
+    perks: tuple[str, ...] = ()
+    premium_boost: Annotated[float, _range(0.0, 10.0)] = 0.0
+
+
+class TiersTable(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    window_days: Annotated[float, _range(1.0, 3650.0)] = TierConfig.window_days
+    method: Literal["thresholds", "percentiles"] = "thresholds"
+    levels: tuple[TierLevelTable, ...] = ()  # required when [tiers] is present
+    price_affinity: Annotated[float, _range(0.0, 10.0)] = TierConfig.price_affinity
+    premium_price_percentile: Annotated[float, _range(0.0, 100.0)] = (
+        TierConfig.premium_price_percentile
+    )
+    exclusive_items: Path | None = None
+    lapsing_factor: Annotated[float, _range(1.0, 100.0)] = TierConfig.lapsing_factor
+    min_orders_for_interval: Annotated[int, _range(2, 1000)] = TierConfig.min_orders_for_interval
+    min_orders_for_timing: Annotated[int, _range(1, 1000)] = TierConfig.min_orders_for_timing
+    spend_thresholds: tuple[Annotated[float, Meta(gt=0)], ...] = ()
+    order_thresholds: tuple[Annotated[int, Meta(gt=0)], ...] = ()
+    thank_you_spend: Annotated[float, _range(0.0, 1e12)] | None = None
+    thank_you_orders: Annotated[int, _range(1, 1_000_000)] | None = None
+
+
+class SlotTable(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    content: Annotated[int, _range(0, 10)] = 0
+    products: Annotated[int, _range(0, 50)] = 4
+
+
+class EmailTable(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    utm_source: Text = DEFAULT_CHANNELS["utm"]["utm_source"]
+    utm_medium: Text = DEFAULT_CHANNELS["utm"]["utm_medium"]
+    utm_campaign: Text = DEFAULT_CHANNELS["utm"]["utm_campaign"]
+
+
+class ChannelsTable(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    base_url: Text = ChannelsConfig.base_url
+    product_path: Text = ChannelsConfig.product_path  # starts with / and holds {item_id}
+    image_path: Text = ChannelsConfig.image_path
+    currency_symbol: Text = ChannelsConfig.currency_symbol
+    content: Path | None = None
+    slots: dict[str, SlotTable] = {}  # named with a-z, 0-9, '_' and '-'
+    email: EmailTable = EmailTable()
+
+
+class ConfigFile(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The whole file, as written."""
+
+    sources: Annotated[tuple[SourceConfig, ...], Meta(min_length=1)]
+    items: ItemRules = ItemRules()
+    model: ModelParams = ModelParams()
+    identity: IdentityTable = IdentityTable()
+    tiers: TiersTable = TiersTable()
+    channels: ChannelsTable = ChannelsTable()
+
+
+class TunedFile(Struct, frozen=True, forbid_unknown_fields=True):
+    """What ``recsvc tune`` writes: a [model] table (checked as the config's) and notes."""
+
+    model: dict[str, Any] = {}
+    validation: dict[str, Any] = {}
+
+
 def tuned_path(config_path: Path) -> Path:
     """Where ``recsvc tune`` writes, and ``load_config`` reads, tuned model parameters."""
     return config_path.with_name(f"{config_path.stem}.tuned.toml")
@@ -198,11 +302,20 @@ def load_config(path: Path) -> TrainConfig:
     tuned_from = None
     if tuned.is_file():
         tuned_raw = _read_toml(tuned)
-        _reject_unknown(tuned_raw, {"model", "validation"}, str(tuned))
-        raw["model"] = {**_table(raw, "model", str(path)), **_table(tuned_raw, "model", str(tuned))}
+        tuned_file = _decode(tuned_raw, TunedFile, Path(), str(tuned))
+        if isinstance(raw.get("model", {}), dict):
+            raw["model"] = {**raw.get("model", {}), **tuned_file.model}
         tuned_from = tuned
     config = parse_config(raw, base_dir=path.resolve().parent, origin=str(path))
-    return dataclasses.replace(config, tuned_from=tuned_from)
+    return TrainConfig(
+        sources=config.sources,
+        items=config.items,
+        model=config.model,
+        identity=config.identity,
+        tiers=config.tiers,
+        channels=config.channels,
+        tuned_from=tuned_from,
+    )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -215,12 +328,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") -> TrainConfig:
-    _reject_unknown(raw, {"sources", "items", "model", "identity", "tiers", "channels"}, origin)
-    raw_sources = raw.get("sources")
-    if not isinstance(raw_sources, list) or not raw_sources:
-        raise ConfigError(f"{origin}: [[sources]] must declare at least one source")
+    """Decode a parsed TOML document; paths in it are relative to ``base_dir``."""
+    return _validate(_decode(raw, ConfigFile, base_dir, origin), raw, base_dir, origin)
+
+
+def _validate(file: ConfigFile, raw: dict[str, Any], base_dir: Path, origin: str) -> TrainConfig:
+    """The rules that span keys; ``raw`` tells which keys were written."""
     sources = tuple(
-        _parse_source(s, base_dir, f"{origin}: sources[{i}]") for i, s in enumerate(raw_sources)
+        _source(source, raw["sources"][index], base_dir, f"{origin}: sources[{index}]")
+        for index, source in enumerate(file.sources)
     )
     names = [s.name for s in sources]
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -228,182 +344,102 @@ def parse_config(raw: dict[str, Any], base_dir: Path, origin: str = "config") ->
         raise ConfigError(f"{origin}: source names must be unique, repeated: {duplicated}")
     return TrainConfig(
         sources=sources,
-        items=_parse_items(_table(raw, "items", origin), base_dir, f"{origin}: items"),
-        model=_parse_model(_table(raw, "model", origin), f"{origin}: model"),
-        identity=_parse_identity(_table(raw, "identity", origin), base_dir, f"{origin}: identity"),
-        tiers=_parse_tiers(_table(raw, "tiers", origin), base_dir, f"{origin}: tiers"),
-        channels=_parse_channels(_table(raw, "channels", origin), base_dir, f"{origin}: channels"),
+        items=_items(file.items, f"{origin}: items"),
+        model=file.model,
+        identity=_identity(file.identity, f"{origin}: identity"),
+        tiers=_tiers(file.tiers, bool(raw.get("tiers")), f"{origin}: tiers"),
+        channels=_channels(file.channels, f"{origin}: channels"),
     )
 
 
-def _parse_source(raw: Any, base_dir: Path, where: str) -> SourceConfig:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a table")
-    common = {
-        "name",
-        "kind",
-        "columns",
-        "customer_namespace",
-        "timestamp_format",
-        "timezone",
-        "currency_rate",
-        "trust",
-        "cancellation_prefix",
-        "max_quarantine_share",
-    }
-    files = {"path", "max_line_bytes", "max_decompressed_bytes"}
-    name = _string(raw, "name", where)
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        raise ConfigError(f"{where}.name: {name!r} may hold only letters, digits, '_' and '-'")
-    where = f"{where} ({name})"
-    kind = _string(raw, "kind", where)
-    if kind not in SOURCE_KINDS:
-        raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(SOURCE_KINDS)}")
-    if kind == "events":
-        _reject_unknown(raw, {"name", "kind", "trust", "max_quarantine_share"} | files, where)
-        _string(raw, "path", where)
-        raw = {**raw, "columns": EVENTS_COLUMNS}
-    elif kind == "postgresql":
-        _reject_unknown(raw, common | {"dsn", "dsn_env", "table", "query", "chunk_rows"}, where)
-        if ("dsn" in raw) == ("dsn_env" in raw):
-            raise ConfigError(f"{where}: set exactly one of dsn or dsn_env")
-        if ("table" in raw) == ("query" in raw):
-            raise ConfigError(f"{where}: set exactly one of table or query")
+def _source(source: SourceConfig, raw: dict[str, Any], base_dir: Path, where: str) -> SourceConfig:
+    where = f"{where} ({source.name})"
+    _reject_unknown(raw, SOURCE_OPTIONS[source.kind], where)
+    columns = source.columns
+    if source.kind == "events":
+        columns = EVENTS_COLUMNS
     else:
-        _reject_unknown(raw, common | files | {"encoding", "delimiter"}, where)
-        _string(raw, "path", where)
-    columns_raw = raw.get("columns")
-    if not isinstance(columns_raw, dict):
-        raise ConfigError(f"{where}.columns: a table mapping fields to column names is required")
-    _reject_unknown(columns_raw, set(FIELDS), f"{where}.columns")
-    columns: dict[str, str] = {}
-    for key, value in columns_raw.items():
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}.columns.{key}: must be a non-empty column name")
-        columns[key] = value
-    for required in REQUIRED_FIELDS:
-        if required not in columns:
-            raise ConfigError(f"{where}.columns.{required}: required")
-    delimiter = _string(raw, "delimiter", where, default=",")
-    if len(delimiter) != 1:
-        raise ConfigError(f"{where}.delimiter: must be one character, got {delimiter!r}")
-    timezone = _string(raw, "timezone", where, default="UTC")
+        if "columns" not in raw:
+            raise ConfigError(
+                f"{where}.columns: a table mapping fields to column names is required"
+            )
+        _reject_unknown(columns, set(FIELDS), f"{where}.columns")
+        for required in REQUIRED_FIELDS:
+            if required not in columns:
+                raise ConfigError(f"{where}.columns.{required}: required")
+    if source.kind == "postgresql":
+        if (source.dsn is None) == (source.dsn_env is None):
+            raise ConfigError(f"{where}: set exactly one of dsn or dsn_env")
+        if (source.table is None) == (source.query is None):
+            raise ConfigError(f"{where}: set exactly one of table or query")
+    elif source.path is None:
+        raise ConfigError(f"{where}.path: required, a non-empty string")
     try:
-        zoneinfo.ZoneInfo(timezone)
+        zoneinfo.ZoneInfo(source.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{where}.timezone: {timezone!r} is not an IANA time zone") from None
-    namespace = _string(raw, "customer_namespace", where, default="customer")
+        raise ConfigError(
+            f"{where}.timezone: {source.timezone!r} is not an IANA time zone"
+        ) from None
+    namespace = source.customer_namespace
     if namespace in ("email", "phone", "id") or ":" in namespace:
         raise ConfigError(f"{where}.customer_namespace: {namespace!r} is reserved or has ':'")
-    return SourceConfig(
-        name=name,
-        kind=kind,
-        base_dir=base_dir,
-        columns=columns,
-        path=_optional_string(raw, "path", where),
-        dsn=_optional_string(raw, "dsn", where),
-        dsn_env=_optional_string(raw, "dsn_env", where),
-        table=_optional_string(raw, "table", where),
-        query=_optional_string(raw, "query", where),
-        chunk_rows=int(_number(raw, "chunk_rows", where, 50_000, 1, 10_000_000, integer=True)),
-        customer_namespace=namespace,
-        timestamp_format=_optional_string(raw, "timestamp_format", where),
-        timezone=timezone,
-        currency_rate=_number(raw, "currency_rate", where, 1.0, 1e-9, 1e9),
-        trust=_number(raw, "trust", where, 1.0, 1e-9, 1e3),
-        cancellation_prefix=_optional_string(raw, "cancellation_prefix", where),
-        encoding=_string(raw, "encoding", where, default="utf-8"),
-        delimiter=delimiter,
-        max_quarantine_share=_number(
-            raw, "max_quarantine_share", where, MAX_QUARANTINE_SHARE, 0.0, 1.0
-        ),
-        max_line_bytes=int(
-            _number(raw, "max_line_bytes", where, MAX_LINE_BYTES, 1 << 16, 1 << 30, integer=True)
-        ),
-        max_decompressed_bytes=int(
-            _number(raw, "max_decompressed_bytes", where, MAX_DECOMPRESSED_BYTES, 1, 1 << 50, True)
-        ),
-    )
+    return msgspec.structs.replace(source, columns=dict(columns), base_dir=base_dir)
 
 
-def _parse_identity(raw: dict[str, Any], base_dir: Path, where: str) -> IdentityConfig:
-    allowed = {
-        "strip_plus_tags",
-        "dotless_domains",
-        "default_region",
-        "link_distinct_ids",
-        "max_cluster_ids",
-        "crosswalk",
-        "erasures",
-    }
-    _reject_unknown(raw, allowed, where)
-    domains = raw.get("dotless_domains", [])
-    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
-        raise ConfigError(f"{where}.dotless_domains: must be a list of domains")
-    region = _optional_string(raw, "default_region", where)
+def _items(items: ItemRules, where: str) -> ItemRules:
+    if items.non_product_pattern is not None:
+        try:
+            re.compile(items.non_product_pattern)
+        except re.error as error:
+            raise ConfigError(f"{where}.non_product_pattern: invalid regex ({error})") from None
+    _require_files(items, ("crosswalk", "taxonomy"), where)
+    ids = frozenset(i.strip().upper() for i in items.non_product_ids)
+    return msgspec.structs.replace(items, non_product_ids=ids)
+
+
+def _identity(table: IdentityTable, where: str) -> IdentityConfig:
+    region = table.default_region
     if region is not None and region.upper() not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError(f"{where}.default_region: {region!r} is not a region code (e.g. GB)")
+    _require_files(table, ("crosswalk",), where)
     return IdentityConfig(
         rules=IdentityRules(
-            strip_plus_tags=_bool(raw, "strip_plus_tags", where, False),
-            dotless_domains=frozenset(d.strip().lower() for d in domains),
+            strip_plus_tags=table.strip_plus_tags,
+            dotless_domains=frozenset(d.strip().lower() for d in table.dotless_domains),
             default_region=None if region is None else region.upper(),
         ),
         links=LinkRules(
-            link_distinct_ids=_bool(raw, "link_distinct_ids", where, False),
-            max_cluster_ids=int(_number(raw, "max_cluster_ids", where, 10, 1, 10_000, True)),
+            link_distinct_ids=table.link_distinct_ids, max_cluster_ids=table.max_cluster_ids
         ),
-        crosswalk=_optional_file(raw, "crosswalk", base_dir, where),
-        erasures=_optional_path(raw, "erasures", base_dir, where),
+        crosswalk=table.crosswalk,
+        erasures=table.erasures,
     )
 
 
-def _parse_tiers(raw: dict[str, Any], base_dir: Path, where: str) -> TierConfig:
-    if not raw:
+def _tiers(table: TiersTable, written: bool, where: str) -> TierConfig:
+    if not written:
         return TierConfig()
-    allowed = {
-        "window_days",
-        "method",
-        "levels",
-        "price_affinity",
-        "premium_price_percentile",
-        "exclusive_items",
-        "lapsing_factor",
-        "min_orders_for_interval",
-        "min_orders_for_timing",
-        "spend_thresholds",
-        "order_thresholds",
-        "thank_you_spend",
-        "thank_you_orders",
-    }
-    _reject_unknown(raw, allowed, where)
-    method = _string(raw, "method", where, default="thresholds")
-    if method not in ("thresholds", "percentiles"):
-        raise ConfigError(f"{where}.method: {method!r} is not thresholds or percentiles")
-    bound = "min_spend" if method == "thresholds" else "min_percentile"
-    raw_levels = raw.get("levels")
-    if not isinstance(raw_levels, list) or not raw_levels:
+    if not table.levels:
         raise ConfigError(f"{where}.levels: [[tiers.levels]] must declare at least one tier")
+    bound, other = ("min_spend", "min_percentile")
+    if table.method == "percentiles":
+        bound, other = other, bound
     levels = []
-    for index, level in enumerate(raw_levels):
+    for index, level in enumerate(table.levels):
         at = f"{where}.levels[{index}]"
-        if not isinstance(level, dict):
-            raise ConfigError(f"{at}: must be a table")
-        _reject_unknown(level, {"name", bound, "perks", "premium_boost"}, at)
-        perks = level.get("perks", [])
-        if not isinstance(perks, list) or not all(isinstance(p, str) for p in perks):
-            raise ConfigError(f"{at}.perks: must be a list of strings")
-        high = 100.0 if method == "percentiles" else 1e12
-        value = _number(level, bound, at, -1.0, 0.0, high)
-        if value < 0:
+        if getattr(level, other) is not None:
+            allowed = sorted(set(level.__struct_fields__) - {other})
+            raise ConfigError(f"{at}: unknown key(s) [{other!r}]; allowed: {allowed}")
+        value = getattr(level, bound)
+        if value is None:
             raise ConfigError(f"{at}.{bound}: required")
         levels.append(
             TierLevel(
-                name=_string(level, "name", at),
-                min_spend=value if method == "thresholds" else None,
-                min_percentile=value if method == "percentiles" else None,
-                perks=tuple(perks),
-                premium_boost=_number(level, "premium_boost", at, 0.0, 0.0, 10.0),
+                name=level.name,
+                min_spend=level.min_spend,
+                min_percentile=level.min_percentile,
+                perks=level.perks,
+                premium_boost=level.premium_boost,
             )
         )
     if getattr(levels[0], bound) != 0:
@@ -411,188 +447,200 @@ def _parse_tiers(raw: dict[str, Any], base_dir: Path, where: str) -> TierConfig:
     names = [level.name for level in levels]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}.levels: tier names must be unique")
-
-    def numbers(key: str, integer: bool) -> tuple[Any, ...]:
-        values = raw.get(key, [])
-        kinds = (int,) if integer else (int, float)
-        if not isinstance(values, list) or not all(
-            isinstance(v, kinds) and not isinstance(v, bool) and v > 0 for v in values
-        ):
-            raise ConfigError(f"{where}.{key}: must be a list of positive numbers")
-        return tuple(sorted(values))
-
-    thank_spend = raw.get("thank_you_spend")
-    thank_orders = raw.get("thank_you_orders")
+    _require_files(table, ("exclusive_items",), where)
     return TierConfig(
-        window_days=_number(raw, "window_days", where, 365.0, 1.0, 3650.0),
-        method=method,
+        window_days=table.window_days,
+        method=table.method,
         levels=tuple(levels),
-        price_affinity=_number(raw, "price_affinity", where, 0.0, 0.0, 10.0),
-        premium_price_percentile=_number(raw, "premium_price_percentile", where, 90.0, 0.0, 100.0),
-        exclusive_items=_optional_file(raw, "exclusive_items", base_dir, where),
-        lapsing_factor=_number(raw, "lapsing_factor", where, 2.0, 1.0, 100.0),
-        min_orders_for_interval=int(
-            _number(raw, "min_orders_for_interval", where, 3, 2, 1000, True)
-        ),
-        min_orders_for_timing=int(_number(raw, "min_orders_for_timing", where, 3, 1, 1000, True)),
-        spend_thresholds=numbers("spend_thresholds", integer=False),
-        order_thresholds=numbers("order_thresholds", integer=True),
-        thank_you_spend=None
-        if thank_spend is None
-        else _number(raw, "thank_you_spend", where, 0.0, 0.0, 1e12),
-        thank_you_orders=None
-        if thank_orders is None
-        else int(_number(raw, "thank_you_orders", where, 0, 1, 1_000_000, True)),
+        price_affinity=table.price_affinity,
+        premium_price_percentile=table.premium_price_percentile,
+        exclusive_items=table.exclusive_items,
+        lapsing_factor=table.lapsing_factor,
+        min_orders_for_interval=table.min_orders_for_interval,
+        min_orders_for_timing=table.min_orders_for_timing,
+        spend_thresholds=tuple(sorted(table.spend_thresholds)),
+        order_thresholds=tuple(sorted(table.order_thresholds)),
+        thank_you_spend=table.thank_you_spend,
+        thank_you_orders=table.thank_you_orders,
     )
 
 
-def _parse_channels(raw: dict[str, Any], base_dir: Path, where: str) -> ChannelsConfig:
-    defaults = ChannelsConfig()
-    _reject_unknown(
-        raw,
-        {"base_url", "product_path", "image_path", "currency_symbol", "content", "slots", "email"},
-        where,
-    )
-    base_url = _string(raw, "base_url", where, default=defaults.base_url).rstrip("/")
+def _channels(table: ChannelsTable, where: str) -> ChannelsConfig:
+    base_url = table.base_url.rstrip("/")
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", base_url):
         raise ConfigError(f"{where}.base_url: must be an absolute http(s) URL, got {base_url!r}")
-    paths = {}
     for key in ("product_path", "image_path"):
-        path = _string(raw, key, where, default=getattr(defaults, key))
+        path = getattr(table, key)
         if not path.startswith("/") or "{item_id}" not in path:
             raise ConfigError(f"{where}.{key}: must start with / and contain {{item_id}}")
-        paths[key] = path
-    slots = dict(defaults.slots)
-    raw_slots = raw.get("slots", {})
-    if not isinstance(raw_slots, dict):
-        raise ConfigError(f"{where}.slots: must be a table of slot tables")
-    for name, slot in raw_slots.items():
-        at = f"{where}.slots.{name}"
-        if not re.fullmatch(r"[a-z0-9_-]+", name) or not isinstance(slot, dict):
-            raise ConfigError(f"{at}: a slot is a table named with a-z, 0-9, _ or -")
-        _reject_unknown(slot, {"content", "products"}, at)
-        slots[name] = {
-            "content": int(_number(slot, "content", at, 0, 0, 10, integer=True)),
-            "products": int(_number(slot, "products", at, 4, 0, 50, integer=True)),
-        }
-    email = _table(raw, "email", where)
-    _reject_unknown(email, {"utm_source", "utm_medium", "utm_campaign"}, f"{where}.email")
-    utm = {
-        key: _string(email, key, f"{where}.email", default=value)
-        for key, value in defaults.utm.items()
+    for name in table.slots:
+        if not re.fullmatch(r"[a-z0-9_-]+", name):
+            raise ConfigError(
+                f"{where}.slots.{name}: a slot is a table named with a-z, 0-9, _ or -"
+            )
+    _require_files(table, ("content",), where)
+    defaults = ChannelsConfig()
+    slots = defaults.slots | {
+        name: {"content": slot.content, "products": slot.products}
+        for name, slot in table.slots.items()
     }
     return ChannelsConfig(
         base_url=base_url,
-        product_path=paths["product_path"],
-        image_path=paths["image_path"],
-        currency_symbol=_string(raw, "currency_symbol", where, default=defaults.currency_symbol),
-        content=_optional_file(raw, "content", base_dir, where),
+        product_path=table.product_path,
+        image_path=table.image_path,
+        currency_symbol=table.currency_symbol,
+        content=table.content,
         slots=slots,
-        utm=utm,
+        utm=msgspec.structs.asdict(table.email),
     )
 
 
-def _optional_path(raw: dict[str, Any], key: str, base_dir: Path, where: str) -> Path | None:
-    name = _optional_string(raw, key, where)
-    if name is None:
-        return None
-    return Path(name) if Path(name).is_absolute() else base_dir / name
+def _require_files(table: Struct, keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        path = getattr(table, key)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{where}.{key}: file {path} not found")
 
 
-def _parse_items(raw: dict[str, Any], base_dir: Path, where: str) -> ItemRules:
-    _reject_unknown(raw, {"non_product_ids", "non_product_pattern", "crosswalk", "taxonomy"}, where)
-    ids = raw.get("non_product_ids", [])
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise ConfigError(f"{where}.non_product_ids: must be a list of item ids")
-    pattern = _optional_string(raw, "non_product_pattern", where)
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ConfigError(f"{where}.non_product_pattern: invalid regex ({error})") from None
-    return ItemRules(
-        frozenset(i.strip().upper() for i in ids),
-        pattern,
-        _optional_file(raw, "crosswalk", base_dir, where),
-        _optional_file(raw, "taxonomy", base_dir, where),
-    )
-
-
-def _parse_model(raw: dict[str, Any], where: str) -> ModelParams:
-    defaults = ModelParams()
-    _reject_unknown(raw, set(defaults.__dataclass_fields__), where)
-    values: dict[str, Any] = {}
-    for key in defaults.__dataclass_fields__:
-        default = getattr(defaults, key)
-        value = raw.get(key, default)
-        if isinstance(default, int):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{where}.{key}: must be an integer, got {value!r}")
-        elif not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"{where}.{key}: must be a number, got {value!r}")
-        low, high = MODEL_RANGES[key]
-        if not low <= value <= high:
-            raise ConfigError(f"{where}.{key}: must be between {low:g} and {high:g}, got {value!r}")
-        values[key] = float(value) if isinstance(default, float) else value
-    return ModelParams(**values)
-
-
-def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{key}] must be a table")
-    return value
-
-
-def _reject_unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+def _reject_unknown(raw: dict[str, Any], allowed: set[str] | frozenset[str], where: str) -> None:
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
 
 
-def _string(raw: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
-    value = raw.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}.{key}: required, a non-empty string")
-    return value
+# From msgspec's errors to the project's wording.
 
 
-def _number(
-    raw: dict[str, Any],
-    key: str,
-    where: str,
-    default: float,
-    low: float,
-    high: float,
-    integer: bool = False,
-) -> float:
-    value = raw.get(key, default)
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{where}.{key}: must be {kind} from {low:g} to {high:g}, got {value!r}")
-    return float(value)
+def _decode(raw: dict[str, Any], kind: type[_T], base_dir: Path, origin: str) -> _T:
+    def paths(cls: type, value: Any) -> Any:
+        """A path in the config is relative to the config file."""
+        if cls is not Path:
+            raise NotImplementedError(cls)
+        if not isinstance(value, str) or not value:
+            raise TypeError
+        return Path(value) if Path(value).is_absolute() else base_dir / value
+
+    try:
+        return msgspec.convert(raw, kind, dec_hook=paths)
+    except msgspec.ValidationError as error:
+        raise ConfigError(_explain(str(error), raw, kind, origin)) from None
 
 
-def _bool(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key}: must be true or false, got {value!r}")
-    return value
+_T = TypeVar("_T")
+_MISSING: Any = object()
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_STEP = re.compile(r"\.(\w+)|\[(\d+|\.\.\.)\]")
+_UNKNOWN = re.compile(r"Object contains unknown field `(\w+)`")
+_REQUIRED = re.compile(r"Object missing required field `(\w+)`")
 
 
-def _optional_file(raw: dict[str, Any], key: str, base_dir: Path, where: str) -> Path | None:
-    name = _optional_string(raw, key, where)
-    if name is None:
-        return None
-    path = Path(name) if Path(name).is_absolute() else base_dir / name
-    if not path.is_file():
-        raise ConfigError(f"{where}.{key}: file {path} not found")
-    return path
+def _explain(message: str, raw: Any, kind: type, origin: str) -> str:
+    """``Expected `int` >= 1 - at `$.sources[0].chunk_rows``` becomes ``train.toml:
+    sources[0] (shop).chunk_rows: must be an integer from 1 to 1e+07, got 0``."""
+    found = _AT.match(message)
+    assert found is not None
+    value, info, where = raw, msgspec.inspect.type_info(kind), ""
+    for name, index in _STEP.findall(found["path"] or ""):
+        info = _unwrap(info)
+        if name:
+            value = value.get(name, _MISSING) if isinstance(value, dict) else _MISSING
+            info = next(f.type for f in _fields(info) if f.name == name)
+            where += f".{name}" if where else name
+        elif index == "...":  # a dict's value; msgspec does not say which
+            key, value = _first_bad(value, info)
+            info = info.value_type
+            where += f".{key}"
+        else:
+            value = value[int(index)]
+            info = info.item_type
+            where += f"[{index}]"
+            if where.startswith("sources[") and isinstance(value, dict):
+                name_value = value.get("name")
+                if isinstance(name_value, str) and re.fullmatch(NAME_PATTERN, name_value):
+                    where += f" ({name_value})"
+    info = _unwrap(info)
+    at = f"{origin}: {where}" if where else origin
+    if unknown := _UNKNOWN.match(found["what"]):
+        allowed = sorted(f.name for f in _fields(info) if f.name != "base_dir")
+        if info.cls is SourceConfig and value.get("kind") in SOURCE_OPTIONS:
+            allowed = sorted(SOURCE_OPTIONS[value["kind"]])
+        unknown_keys = sorted(set(value) - set(allowed)) or [unknown[1]]
+        return f"{at}: unknown key(s) {unknown_keys}; allowed: {allowed}"
+    if required := _REQUIRED.match(found["what"]):
+        key = required[1]
+        if key == "sources":
+            return f"{origin}: [[sources]] must declare at least one source"
+        expected = _expected(_unwrap(next(f.type for f in _fields(info) if f.name == key)))
+        return f"{at}.{key}: required, {expected.removeprefix('must be ')}"
+    if isinstance(info, msgspec.inspect.LiteralType):
+        values = SOURCE_KINDS if set(info.values) == set(SOURCE_KINDS) else info.values
+        return f"{at}: {value!r} is not one of {', '.join(map(str, values))}"
+    if (
+        isinstance(info, msgspec.inspect.StrType)
+        and info.pattern in PATTERN_WORDS
+        and isinstance(value, str)
+    ):
+        return f"{at}: {value!r} may hold {PATTERN_WORDS[info.pattern]}"
+    if where == "sources" and isinstance(value, list) and not value:
+        return f"{origin}: [[sources]] must declare at least one source"
+    expected = _expected(info)
+    return f"{at}: {expected}" if value is _MISSING else f"{at}: {expected}, got {value!r}"
 
 
-def _optional_string(raw: dict[str, Any], key: str, where: str) -> str | None:
-    value = raw.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigError(f"{where}.{key}: must be a non-empty string")
-    return value
+def _unwrap(info: msgspec.inspect.Type) -> Any:
+    """X | None is X here: None cannot be written in TOML."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        types = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(types) == 1:
+            return types[0]
+    if isinstance(info, msgspec.inspect.Metadata):
+        return info.type
+    return info
+
+
+def _fields(info: Any) -> tuple[msgspec.inspect.Field, ...]:
+    return info.fields if isinstance(info, msgspec.inspect.StructType) else ()
+
+
+def _first_bad(value: Any, info: Any) -> tuple[str, Any]:
+    target: Any = dict[str, _python_type(info.value_type)]  # type: ignore[misc]
+    for key, item in value.items():
+        try:
+            msgspec.convert({"v": item}, target)
+        except (msgspec.ValidationError, TypeError):
+            return key, item
+    return "...", _MISSING
+
+
+def _python_type(info: Any) -> Any:
+    if isinstance(info, msgspec.inspect.StrType):
+        return Annotated[str, Meta(min_length=info.min_length, pattern=info.pattern)]
+    if isinstance(info, msgspec.inspect.StructType):
+        return info.cls
+    return Any
+
+
+def _expected(info: Any) -> str:
+    """What a value of this declared type looks like, in words."""
+    inspect = msgspec.inspect
+    if isinstance(info, inspect.BoolType):
+        return "must be true or false"
+    if isinstance(info, inspect.IntType | inspect.FloatType):
+        kind = "an integer" if isinstance(info, inspect.IntType) else "a number"
+        if info.ge is not None and info.le is not None:
+            return f"must be {kind} from {info.ge:g} to {info.le:g}"
+        if info.gt == 0:
+            return f"must be {'a positive integer' if kind == 'an integer' else 'positive'}"
+        return f"must be {kind}"
+    if isinstance(info, inspect.StrType):
+        if info.max_length == 1 and info.min_length == 1:
+            return "must be one character"
+        return "must be a non-empty string" if info.min_length else "must be a string"
+    if isinstance(info, inspect.CustomType) and info.cls is Path:
+        return "must be a non-empty path (relative to the config file)"
+    if isinstance(info, inspect.ListType | inspect.VarTupleType | inspect.FrozenSetType):
+        item = _expected(_unwrap(info.item_type)).removeprefix("must be ")
+        return f"must be a list, each {item}"
+    if isinstance(info, inspect.StructType | inspect.DictType):
+        return "must be a table"
+    return f"must be {info}"

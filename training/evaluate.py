@@ -9,12 +9,12 @@ cannot be placed on either side of the cutoff and are left out (counted in the p
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -188,7 +188,7 @@ def evaluate_merged(
             "customers_at_cutoff": len(data.customer_ids),
             "catalog_items": len(data.item_ids),
             "test_customers": len(relevant),
-            "recsvc_parameters": dataclasses.asdict(params),
+            "recsvc_parameters": msgspec.structs.asdict(params),
             "tiers": crm.manifest,
         }
     }
@@ -246,7 +246,7 @@ def _recommenders(
         plain = build_dataset(
             train, PLAIN_ALS.half_life_days, PLAIN_ALS.trend_half_life_days, item_groups
         )
-        factors = fit_als(plain.interactions, dataclasses.replace(PLAIN_ALS, seed=params.seed))
+        factors = fit_als(plain.interactions, msgspec.structs.replace(PLAIN_ALS, seed=params.seed))
         return served(Ranker(bundle_arrays(data, factors, no_prior)))
 
     def bpr() -> Recommend:

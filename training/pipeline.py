@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
@@ -312,7 +313,7 @@ def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
             part = "".join(sha256_file(Path(path)) for path in rows.files)
         declared = {
             key: value
-            for key, value in dataclasses.asdict(rows.source).items()
+            for key, value in msgspec.structs.asdict(rows.source).items()
             if key not in ("base_dir", "path", "dsn", "dsn_env")  # where, not what
         }
         digest.update(f"{rows.source.name}\0{part}\0".encode())
@@ -409,7 +410,7 @@ def _source_summaries(
 
 def parameters(config: TrainConfig) -> dict[str, Any]:
     return {
-        "model": dataclasses.asdict(config.model),
+        "model": msgspec.structs.asdict(config.model),
         "tuned_from": None if config.tuned_from is None else str(config.tuned_from),
         "items": {
             "non_product_ids": sorted(config.items.non_product_ids),

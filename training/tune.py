@@ -7,13 +7,13 @@ on or after the cutoff is read, so a later evaluation at that cutoff stays hones
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 
 from recsvc.ranker import Ranker
@@ -67,7 +67,7 @@ def tune(
     holdout = split_at(merged.events, train_end, cutoff)
     rng = random.Random(seed)
     candidates = [base] + [
-        dataclasses.replace(
+        msgspec.structs.replace(
             base, **{key: rng.choice(values) for key, values in SEARCH_SPACE.items()}
         )
         for _ in range(trials - 1)
@@ -106,7 +106,7 @@ def write_tuned(path: Path, result: TuneResult) -> None:
         "[model]",
         *(
             f"{key} = {_toml(value)}"
-            for key, value in dataclasses.asdict(result.best.params).items()
+            for key, value in msgspec.structs.asdict(result.best.params).items()
         ),
         "",
         "[validation]",
