@@ -156,6 +156,10 @@ class EmbeddedStore:
     CREATE TABLE IF NOT EXISTS snapshots (
         customer TEXT NOT NULL, send TEXT NOT NULL, expires REAL NOT NULL, payload TEXT NOT NULL,
         PRIMARY KEY (customer, send)) WITHOUT ROWID;
+    -- Customers who got an event or were erased, in order: a reader follows it to know which
+    -- customers have any state at all (most have none), without a query per request.
+    CREATE TABLE IF NOT EXISTS touched (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, customer TEXT NOT NULL, at REAL NOT NULL);
     """
     PURGE_EVERY_SECONDS = 60.0  # how often a writer drops what is past the retention
     CACHED_STATES = 65536  # customer states a thread keeps while nothing changes
@@ -192,6 +196,7 @@ class EmbeddedStore:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA secure_delete=ON")
             local.connection, local.pid = connection, os.getpid()
+            local.version, local.states, local.known, local.touched = None, {}, set(), 0
         found: sqlite3.Connection = local.connection
         return found
 
@@ -215,7 +220,7 @@ class EmbeddedStore:
                 connection.execute("ROLLBACK")
             raise StoreUnavailable(f"embedded store {self.path}: {error}") from error
         finally:
-            self._local.states = {}  # data_version does not count this connection's commits
+            self._local.version = None  # data_version does not count this connection's commits
 
     def _read(self, query: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         try:
@@ -257,14 +262,16 @@ class EmbeddedStore:
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
         horizon = self.clock() - self.retention
-        local = self._local
         connection = self._connection()
+        local = self._local
         try:
             # Changes only when another connection committed: until then this thread's
             # answers stand, and a read costs a pragma instead of a query.
             version = connection.execute("PRAGMA data_version").fetchone()[0]
-            if version != getattr(local, "version", None):
-                local.version, local.states = version, {}
+            if version != local.version:
+                self._follow(connection, version)
+            if customer not in local.known:
+                return CustomerState([], False)  # never had an event, never erased
             states: dict[tuple[str, float], CustomerState] = local.states
             state = states.get((customer, since))
             if state is None:
@@ -286,6 +293,20 @@ class EmbeddedStore:
         if any(event.received_at <= horizon for event in state.events):
             return CustomerState([e for e in state.events if e.received_at > horizon], False)
         return CustomerState(list(state.events), state.erased)
+
+    def _follow(self, connection: sqlite3.Connection, version: int) -> None:
+        """Forget this thread's cached states and learn which customers were touched since
+        it last looked (at the first look, every erased one too)."""
+        local = self._local
+        if not local.touched:
+            local.known.update(c for (c,) in connection.execute("SELECT customer FROM erased"))
+        rows = connection.execute(
+            "SELECT id, customer FROM touched WHERE id > ? ORDER BY id", (local.touched,)
+        ).fetchall()
+        if rows:
+            local.touched = rows[-1][0]
+            local.known.update(customer for _, customer in rows)
+        local.version, local.states = version, {}
 
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
@@ -314,6 +335,9 @@ class EmbeddedStore:
                     "INSERT INTO events VALUES (?, ?, ?, ?)",
                     (customer, event.received_at, event.event_id, event.to_json()),
                 )
+                connection.execute(
+                    "INSERT INTO touched (customer, at) VALUES (?, ?)", (customer, now)
+                )
                 results.append(Applied.NEW)
         return results
 
@@ -326,6 +350,7 @@ class EmbeddedStore:
         connection.execute("DELETE FROM events WHERE received_at <= ?", (horizon,))
         connection.execute("DELETE FROM triggers WHERE fired_at <= ?", (horizon,))
         connection.execute("DELETE FROM snapshots WHERE expires <= ?", (now,))
+        connection.execute("DELETE FROM touched WHERE at <= ?", (horizon,))
 
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
         with self._transaction() as connection:
@@ -339,6 +364,9 @@ class EmbeddedStore:
     def erase(self, customer: str) -> int:
         with self._transaction() as connection:
             connection.execute("INSERT OR IGNORE INTO erased VALUES (?)", (customer,))
+            connection.execute(
+                "INSERT INTO touched (customer, at) VALUES (?, ?)", (customer, self.clock())
+            )
             connection.execute("DELETE FROM triggers WHERE customer = ?", (customer,))
             connection.execute("DELETE FROM snapshots WHERE customer = ?", (customer,))
             removed = connection.execute(
@@ -358,9 +386,13 @@ class EmbeddedStore:
     def mark_erased(self, customers: Sequence[str]) -> None:
         if not customers:
             return
+        now = self.clock()
         with self._transaction() as connection:
             connection.executemany(
                 "INSERT OR IGNORE INTO erased VALUES (?)", [(c,) for c in customers]
+            )
+            connection.executemany(
+                "INSERT INTO touched (customer, at) VALUES (?, ?)", [(c, now) for c in customers]
             )
 
     def erased_keys(self) -> set[str]:

@@ -62,6 +62,9 @@ def refuse_large_body() -> None:
     """Answer 413 to a request whose Content-Length is over the limit before anything reads
     its body. A chunked body declares no length, and Werkzeug would quietly cut it off at the
     limit: it is read here (at most the limit, kept for the view), and refused if more follows."""
+    environ = request.environ
+    if not environ.get("CONTENT_LENGTH") and not environ.get("wsgi.input_terminated"):
+        return  # no body (every GET): nothing to check, and werkzeug's properties cost
     limit = request.max_content_length
     if limit is None:
         return
