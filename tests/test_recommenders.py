@@ -5,8 +5,11 @@ longer than the catalog, and a customer the model has never seen."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from recsvc.registry import ModelRegistry
 from tests.helpers import (
     SHOP_COLUMNS,
     SHOP_HEADER,
@@ -15,9 +18,9 @@ from tests.helpers import (
     write_config,
     write_csv,
 )
-from training.config import ModelParams, load_config
+from training.config import ModelParams, TrainConfig, load_config
 from training.evaluate import MODEL_KEYS, compared_models
-from training.pipeline import merged_history
+from training.pipeline import merged_history, train
 from training.recommenders import History, Recommender
 
 # Twenty customers buy every item of block A, twelve every item of block B, so A items are
@@ -32,7 +35,7 @@ ITEMS = '[items]\ncrosswalk = "items.csv"\n'
 
 
 @pytest.fixture(scope="module")
-def params_and_history(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelParams, History]:
+def config(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
     directory = tmp_path_factory.mktemp("shop")
     baskets = {f"a{c:02d}": list(BLOCK_A) for c in range(20)}
     baskets |= {f"b{c:02d}": list(BLOCK_B) for c in range(12)}
@@ -45,17 +48,15 @@ def params_and_history(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelP
         ["source", "item_id", "catalog_id", "group"],
         [["*", "B0", "B0", "work-b0"], ["*", EDITION, EDITION, "work-b0"]],
     )
-    config = load_config(
+    return load_config(
         write_config(directory, source_toml("shop", "shop.csv", SHOP_COLUMNS), items=ITEMS)
     )
-    merged = merged_history(config)
-    history = History.build(merged.events, config.model, merged.item_groups, config.tiers)
-    return config.model, history
 
 
 @pytest.fixture(scope="module")
-def history(params_and_history: tuple[ModelParams, History]) -> History:
-    return params_and_history[1]
+def history(config: TrainConfig) -> History:
+    merged = merged_history(config)
+    return History.build(merged.events, config.model, merged.item_groups, config.tiers)
 
 
 @pytest.fixture(scope="module", params=MODEL_KEYS)
@@ -65,8 +66,8 @@ def name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def model(name: str, params_and_history: tuple[ModelParams, History]) -> Recommender:
-    return fitted(name, *params_and_history)
+def model(name: str, config: TrainConfig, history: History) -> Recommender:
+    return fitted(name, config.model, history)
 
 
 def fitted(name: str, params: ModelParams, history: History) -> Recommender:
@@ -112,10 +113,9 @@ def test_owned_items_and_their_editions_never_come_back(
 
 
 def test_same_seed_same_lists(
-    name: str, model: Recommender, params_and_history: tuple[ModelParams, History]
+    name: str, model: Recommender, config: TrainConfig, history: History
 ) -> None:
-    again = fitted(name, *params_and_history)
-    history = params_and_history[1]
+    again = fitted(name, config.model, history)
     for customer in [*range(len(history.data.customer_ids)), None]:
         assert again.recommend(customer, 6) == model.recommend(customer, 6)
 
@@ -136,3 +136,23 @@ def test_unknown_customer_gets_the_best_sellers(model: Recommender, history: His
     # A items sold 20 times (ties by index), A3 19 times, B items 12 times or fewer.
     best = ["A0", "A1", "A2", "A4", "A5", "A6", "A7", "A8", "A9", WITHHELD, "B0"]
     assert item_ids(history, model.recommend(None, len(best))) == best
+
+
+def test_the_evaluated_served_model_answers_as_the_service(
+    config: TrainConfig, history: History, tmp_path: Path
+) -> None:
+    """``recsvc`` in the suite and the evaluation is what the service serves from the bundle
+    ``train`` publishes on the same events (here, with no returns, the same tiers)."""
+    evaluated = fitted("recsvc", config.model, history)
+    train(config, tmp_path)
+    registry = ModelRegistry(tmp_path, config.identity.key)
+    assert registry.load() and registry.model is not None
+    served = registry.model.ranker
+    for customer, key in enumerate(history.data.customer_ids.tolist()):
+        for n in (1, 5, len(history.data.item_ids)):
+            answer = served.recommend(key, n)
+            assert not answer.fallback
+            assert [item.index for item in answer.items] == evaluated.recommend(customer, n)
+    assert [item.index for item in served.recommend("stranger", 5).items] == evaluated.recommend(
+        None, 5
+    )
