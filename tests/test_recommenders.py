@@ -77,7 +77,7 @@ def fitted(name: str, params: ModelParams, history: History) -> Recommender:
 
 
 def row(history: History, customer: str) -> int:
-    return history.data.customer_ids.tolist().index(customer)
+    return int(history.data.customer_ids.tolist().index(customer))
 
 
 def item_ids(history: History, items: list[int]) -> list[str]:
