@@ -10,34 +10,52 @@ cannot be placed on either side of the cutoff and are left out (counted in the p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from recsvc.ranker import Ranker, top_n
 from recsvc.tiers import TierTable
 from training.config import ModelParams, TrainConfig
-from training.dataset import TrainingData, build_dataset
+from training.dataset import TrainingData
 from training.errors import TrainingError
-from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
 from training.merge import MergedHistory
-from training.pipeline import bundle_arrays, fit_model, merged_history
+from training.pipeline import merged_history
 from training.progress import Progress
-from training.tiers import Crm, CustomerLines, TierConfig, build_crm
+from training.recommenders import (
+    BestSellers,
+    Bpr,
+    History,
+    ItemKnn,
+    PlainAls,
+    Recommender,
+    ServedModel,
+)
+from training.tiers import TierConfig
 
 # Customers by how many distinct items they owned at the cutoff.
 HISTORY_GROUPS = (("cold", 1, 5), ("light", 6, 30), ("heavy", 31, math.inf))
 # The brief's reference "plain ALS": 64 factors, BM25 weights, 90-day half-life decay.
 PLAIN_ALS = ModelParams(factors=64, regularization=0.05, half_life_days=90.0, trend_weight=0.0)
-MODEL_KEYS = ("recsvc", "recsvc_no_policy", "popular", "itemknn", "als", "bpr")
 
-Recommend = Callable[[int], Sequence[str]]  # customer row -> item ids, best first
+
+def compared_models(params: ModelParams) -> dict[str, Recommender]:
+    """The served model and the baselines it is compared with, unfitted, in report order."""
+    return {
+        "recsvc": ServedModel(params),
+        "recsvc_no_policy": ServedModel(params, policy=False),
+        "popular": BestSellers(),
+        "itemknn": ItemKnn(),
+        "als": PlainAls(msgspec.structs.replace(PLAIN_ALS, seed=params.seed)),
+        "bpr": Bpr(params),
+    }
+
+
+MODEL_KEYS = tuple(compared_models(ModelParams()))
 
 
 @dataclass(frozen=True)
@@ -96,21 +114,21 @@ def metrics_at_k(recommended: Sequence[str], relevant: set[str], k: int) -> dict
 
 
 def score_model(
-    recommend: Recommend,
+    model: Recommender,
     data: TrainingData,
     relevant: dict[int, set[str]],
     k: int,
     tier_names: list[str] | None = None,
     tier_of: NDArray[np.intp] | None = None,
 ) -> dict[str, Any]:
-    """Mean metrics over test customers, owned-item violations, coverage, per history group
-    and (given ``tier_of``, each customer row's tier) per tier."""
+    """``model``'s (fitted on ``data``) mean metrics over test customers, owned-item violations,
+    coverage, per history group and (given ``tier_of``, each customer row's tier) per tier."""
     per_customer: list[dict[str, float]] = []
     history: list[int] = []
     shown: set[str] = set()
     violations = 0
     for row, items in relevant.items():
-        recommended = list(recommend(row))[:k]
+        recommended = [str(data.item_ids[item]) for item in model.recommend(row, k)]
         violations += len(set(recommended) & _owned_ids(data, row))
         shown.update(recommended)
         per_customer.append(metrics_at_k(recommended, items, k))
@@ -159,23 +177,12 @@ def evaluate_merged(
     tier_config: TierConfig | None = None,
 ) -> dict[str, Any]:
     holdout = split_at(merged.events, cutoff, end)
-    data = build_dataset(
-        holdout.train, params.half_life_days, params.trend_half_life_days, merged.item_groups
-    )
+    history = History.build(holdout.train, params, merged.item_groups, tier_config or TierConfig())
+    data, crm = history.data, history.crm
+    assert crm is not None  # built with a tier config
     relevant = relevant_items(data, holdout.test)
-    crm = build_crm(
-        CustomerLines.of(holdout.train, data.customer_ids),
-        data.customer_ids,
-        data.item_ids,
-        data.prices,
-        data.as_of,
-        tier_config or TierConfig(),
-    )
     tiers = TierTable.from_manifest(crm.manifest)
     tier_of = tiers.indices(crm.arrays["window_spend"])
-    recommenders = _recommenders(
-        holdout.train, data, params, k, merged.item_groups, crm, tiers, tier_of
-    )
     tier_names = [level["name"] for level in tiers.levels]
     report: dict[str, Any] = {
         "protocol": {
@@ -193,84 +200,11 @@ def evaluate_merged(
         }
     }
     progress = progress or Progress.silent()
-    for name in MODEL_KEYS:
+    for name, model in compared_models(params).items():
         with progress.step(f"fitting and scoring {name}"):
-            recommend = recommenders[name]()
-            report[name] = score_model(recommend, data, relevant, k, tier_names, tier_of)
+            model.fit(history)
+            report[name] = score_model(model, data, relevant, k, tier_names, tier_of)
     return report
-
-
-def _recommenders(
-    train: pd.DataFrame,
-    data: TrainingData,
-    params: ModelParams,
-    k: int,
-    item_groups: dict[str, str],
-    crm: Crm,
-    tiers: TierTable,
-    tier_of: NDArray[np.intp],
-) -> dict[str, Callable[[], Recommend]]:
-    """Each model, fitted lazily, as a function from customer row to its top-k item ids."""
-    ids = data.item_ids
-    no_prior = np.zeros(len(ids), dtype=np.float32)
-
-    def served(ranker: Ranker) -> Recommend:
-        return lambda row: [
-            str(ids[item.index]) for item in ranker.recommend(str(data.customer_ids[row]), k).items
-        ]
-
-    def as_served(policy: bool) -> Recommend:
-        ranker = Ranker(fit_model(data, params, crm=crm), tiers=tiers)
-        return lambda row: [
-            str(ids[item.index])
-            for item in ranker.recommend_row(row, k, None, int(tier_of[row]), policy).items
-        ]
-
-    def recsvc() -> Recommend:
-        return as_served(policy=True)
-
-    def recsvc_no_policy() -> Recommend:
-        return as_served(policy=False)
-
-    def popular() -> Recommend:
-        # The service's fallback list, minus what each customer owns.
-        empty = Factors(
-            np.zeros((len(data.customer_ids), 1), np.float32), np.zeros((len(ids), 1), np.float32)
-        )
-        ranker = Ranker(bundle_arrays(data, empty, no_prior))
-        return lambda row: [
-            str(ids[item.index]) for item in ranker.popular(k, ranker.excluded(row, {}))
-        ]
-
-    def plain_als() -> Recommend:
-        plain = build_dataset(
-            train, PLAIN_ALS.half_life_days, PLAIN_ALS.trend_half_life_days, item_groups
-        )
-        factors = fit_als(plain.interactions, msgspec.structs.replace(PLAIN_ALS, seed=params.seed))
-        return served(Ranker(bundle_arrays(data, factors, no_prior)))
-
-    def bpr() -> Recommend:
-        return served(Ranker(bundle_arrays(data, fit_bpr(data.interactions, params), no_prior)))
-
-    def itemknn() -> Recommend:
-        similarity = fit_item_knn(data.interactions)
-        history: sp.csr_matrix = data.interactions.tocsr()
-
-        def recommend(row: int) -> list[str]:
-            scores = np.asarray((history[row] @ similarity).todense()).ravel()
-            owned = data.owned.indices[data.owned.indptr[row] : data.owned.indptr[row + 1]]
-            return [str(ids[item.index]) for item in top_n(scores, k, owned)]
-
-        return recommend
-
-    return {
-        "recsvc": recsvc,
-        "recsvc_no_policy": recsvc_no_policy,
-        "popular": popular,
-        "itemknn": itemknn,
-        "als": plain_als,
-        "bpr": bpr,
-    }
 
 
 def _owned_ids(data: TrainingData, row: int) -> set[str]:

@@ -16,13 +16,12 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from recsvc.ranker import Ranker
 from training.config import ModelParams
 from training.dataset import TrainingData, build_dataset
 from training.evaluate import relevant_items, score_model, split_at
 from training.merge import MergedHistory
-from training.pipeline import fit_model
 from training.progress import Progress
+from training.recommenders import History, ServedModel
 
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "factors": (32, 64, 96, 128),
@@ -82,16 +81,10 @@ def tune(
             datasets[key] = build_dataset(holdout.train, *key, merged.item_groups)
         data = datasets[key]
         with progress.step(f"trial {number} of {len(candidates)}") as step:
-            ranker = Ranker(fit_model(data, params))
+            model = ServedModel(params)
+            model.fit(History(holdout.train, data, merged.item_groups))
             relevant = relevant_items(data, holdout.test)
-
-            def recommend(
-                row: int, ranker: Ranker = ranker, data: TrainingData = data
-            ) -> list[str]:
-                items = ranker.recommend(str(data.customer_ids[row]), k).items
-                return [str(data.item_ids[item.index]) for item in items]
-
-            score = float(score_model(recommend, data, relevant, k)[metric])
+            score = float(score_model(model, data, relevant, k)[metric])
             results.append(Trial(params, score))
             best = max(results, key=lambda trial: trial.score)
             step.note = f"{metric} {score:.4f}, best {best.score:.4f}"

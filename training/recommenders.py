@@ -1,0 +1,201 @@
+"""The models the evaluation compares, behind one contract: fit on a history, list one customer.
+
+Every model ranks the items of ``history.data`` (the dataset the served model trains on) by
+index, so one scoring loop serves them all. ``tests/test_recommenders.py`` runs one suite
+against each: a known answer, owned items never shown, the same lists from the same seed, lists
+longer than the catalog and a customer the model has never seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsvc.ranker import Ranker, top_n
+from recsvc.tiers import TierTable
+from training.config import ModelParams
+from training.dataset import TrainingData, build_dataset
+from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
+from training.pipeline import bundle_arrays, fit_model
+from training.tiers import Crm, CustomerLines, TierConfig, build_crm
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class History:
+    """What a model is fitted on: the merged rows (see ``training.merge.MergedHistory``), the
+    dataset built from them with the served model's half-lives, the catalog's edition groups,
+    and the customers' tiers (None: every customer in the first tier, no candidate lists)."""
+
+    events: pd.DataFrame
+    data: TrainingData
+    item_groups: dict[str, str]
+    crm: Crm | None = None
+
+    @classmethod
+    def build(
+        cls,
+        events: pd.DataFrame,
+        params: ModelParams,
+        item_groups: dict[str, str],
+        tiers: TierConfig | None = None,
+    ) -> History:
+        """The dataset from ``events`` and, given ``tiers``, each customer's tier in it."""
+        data = build_dataset(
+            events, params.half_life_days, params.trend_half_life_days, item_groups
+        )
+        if tiers is None:
+            return cls(events, data, item_groups)
+        crm = build_crm(
+            CustomerLines.of(events, data.customer_ids),
+            data.customer_ids,
+            data.item_ids,
+            data.prices,
+            data.as_of,
+            tiers,
+        )
+        return cls(events, data, item_groups, crm)
+
+
+class Recommender(Protocol):
+    """A model fitted on a history, then asked for one customer's list.
+
+    - ``fit`` is deterministic: the same history and parameters (seed included) give the
+      same lists.
+    - ``recommend(row, n)`` lists at most ``n`` distinct item indices of ``history.data``,
+      best first, none that the customer owned in the history (editions included), and every
+      item it may show when ``n`` exceeds them. ``row`` None is a customer the model has
+      never seen: they get the best-sellers, as the service serves them.
+    """
+
+    def fit(self, history: History) -> None: ...
+
+    def recommend(self, row: int | None, n: int) -> list[int]: ...
+
+
+class ServedModel:
+    """What ``train`` ships: ALS plus the trending prior, ranked by the service's ``Ranker``
+    as the service ranks (with ``history.crm``: each customer's tier and candidate list),
+    under the tier policy unless ``policy`` is false."""
+
+    def __init__(self, params: ModelParams, policy: bool = True) -> None:
+        self.params = params
+        self.policy = policy
+        self._ranker: Ranker | None = None
+
+    def fit(self, history: History) -> None:
+        crm = history.crm
+        tiers = None if crm is None else TierTable.from_manifest(crm.manifest)
+        self._ranker = Ranker(fit_model(history.data, self.params, crm=crm), tiers=tiers)
+
+    def recommend(self, row: int | None, n: int) -> list[int]:
+        return _as_served(_fitted(self, self._ranker), row, n, self.policy)
+
+
+class BestSellers:
+    """The service's fallback for everyone: sales decayed with the model's half-life, minus
+    what the customer owns."""
+
+    def __init__(self) -> None:
+        self._ranker: Ranker | None = None
+
+    def fit(self, history: History) -> None:
+        data = history.data
+        no_factors = Factors(
+            np.zeros((len(data.customer_ids), 1), np.float32),
+            np.zeros((len(data.item_ids), 1), np.float32),
+        )
+        self._ranker = _factor_ranker(data, no_factors)
+
+    def recommend(self, row: int | None, n: int) -> list[int]:
+        ranker = _fitted(self, self._ranker)
+        return [item.index for item in ranker.popular(n, ranker.excluded(row, {}))]
+
+
+class PlainAls:
+    """ALS without the trending prior, on interactions decayed with its own half-life, ranked
+    by the service's ``Ranker`` (the brief's reference "plain ALS" with ``PLAIN_ALS``)."""
+
+    def __init__(self, params: ModelParams) -> None:
+        self.params = params
+        self._ranker: Ranker | None = None
+
+    def fit(self, history: History) -> None:
+        params = self.params
+        own = build_dataset(
+            history.events, params.half_life_days, params.trend_half_life_days, history.item_groups
+        )
+        self._ranker = _factor_ranker(history.data, fit_als(own.interactions, params))
+
+    def recommend(self, row: int | None, n: int) -> list[int]:
+        return _as_served(_fitted(self, self._ranker), row, n)
+
+
+class Bpr:
+    """Bayesian personalised ranking on which items each customer holds, ranked by the
+    service's ``Ranker`` without a prior."""
+
+    def __init__(self, params: ModelParams) -> None:
+        self.params = params
+        self._ranker: Ranker | None = None
+
+    def fit(self, history: History) -> None:
+        factors = fit_bpr(history.data.interactions, self.params)
+        self._ranker = _factor_ranker(history.data, factors)
+
+    def recommend(self, row: int | None, n: int) -> list[int]:
+        return _as_served(_fitted(self, self._ranker), row, n)
+
+
+@dataclass(frozen=True)
+class _Neighbours:
+    data: TrainingData
+    similarity: sp.csr_matrix
+    fallback: BestSellers
+
+
+class ItemKnn:
+    """Item-item BM25 similarity, ``neighbours`` per item: a customer's score for an item is
+    their interactions times its similarities; the best-sellers for a customer never seen."""
+
+    def __init__(self, neighbours: int = 100) -> None:
+        self.neighbours = neighbours
+        self._fitted: _Neighbours | None = None
+
+    def fit(self, history: History) -> None:
+        fallback = BestSellers()
+        fallback.fit(history)
+        similarity = fit_item_knn(history.data.interactions, self.neighbours)
+        self._fitted = _Neighbours(history.data, similarity, fallback)
+
+    def recommend(self, row: int | None, n: int) -> list[int]:
+        fitted = _fitted(self, self._fitted)
+        if row is None:
+            return fitted.fallback.recommend(None, n)
+        data = fitted.data
+        scores = np.asarray((data.interactions[row] @ fitted.similarity).todense()).ravel()
+        owned = data.owned.indices[data.owned.indptr[row] : data.owned.indptr[row + 1]]
+        return [item.index for item in top_n(scores, n, owned)]
+
+
+def _factor_ranker(data: TrainingData, factors: Factors) -> Ranker:
+    """``factors`` without a prior, tiers or candidate lists, as the service would rank them."""
+    return Ranker(bundle_arrays(data, factors, np.zeros(len(data.item_ids), np.float32)))
+
+
+def _as_served(ranker: Ranker, row: int | None, n: int, policy: bool = True) -> list[int]:
+    """The customer's list as the service serves it: in their tier at training, with no
+    purchases reported since."""
+    tier = 0 if row is None else int(ranker.trained_tier[row])
+    return [item.index for item in ranker.recommend_row(row, n, None, tier, policy).items]
+
+
+def _fitted(model: Recommender, state: T | None) -> T:
+    if state is None:
+        raise RuntimeError(f"{type(model).__name__}.recommend() before fit()")
+    return state
