@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from recsvc import policy
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
 from recsvc.identity import CANONICAL, IdentityKey, request_aliases
@@ -260,7 +261,7 @@ class Realtime:
                 added[store_key] = added.get(store_key, 0.0) + stored.quantity * stored.price
                 keys[store_key] = event.customer
         tiers = model.ranker.tiers
-        thresholds = model.bundle.manifest.get("tiers") or {}
+        rules = model.bundle.manifest.tiers
         fired: list[tuple[float, str, str]] = []
         now = self.clock().timestamp()
         for store_key, amount in added.items():
@@ -274,38 +275,38 @@ class Realtime:
             lifetime_before = view.lifetime_spend - amount
             before, after = tiers.index(window_before), tiers.index(view.window_spend)
             if after > before:
-                old, new = tiers.levels[before]["name"], tiers.levels[after]["name"]
+                old, new = tiers.levels[before].name, tiers.levels[after].name
                 fired.append(
                     _trigger(
                         now,
                         store_key,
                         customer,
                         "tier_up",
-                        f"moved up from {old} to {new}",
+                        policy.tier_up_reason(old, new),
                         {"window_spend": round(view.window_spend, 2), "from": old, "to": new},
                     )
                 )
-            for threshold in thresholds.get("spend_thresholds", []):
-                if lifetime_before < threshold <= view.lifetime_spend:
+            for threshold in rules.spend_thresholds:
+                if policy.crossed(lifetime_before, view.lifetime_spend, threshold):
                     fired.append(
                         _trigger(
                             now,
                             store_key,
                             customer,
                             "threshold",
-                            f"lifetime spend reached {threshold:g}",
+                            policy.spend_reason(threshold),
                             {"spend": round(view.lifetime_spend, 2)},
                         )
                     )
-            thank_you = thresholds.get("thank_you_spend")
-            if thank_you is not None and lifetime_before < thank_you <= view.lifetime_spend:
+            # Real time knows spend, not orders: only the spend half of the rule fires here.
+            if policy.crossed(lifetime_before, view.lifetime_spend, rules.thank_you_spend):
                 fired.append(
                     _trigger(
                         now,
                         store_key,
                         customer,
                         "thank_you",
-                        "a loyal customer: thank them",
+                        policy.THANK_YOU_REASON,
                         {"spend": round(view.lifetime_spend, 2)},
                     )
                 )

@@ -22,6 +22,7 @@ from msgspec import Meta, Struct
 
 from recsvc.defaults import DEFAULT_CHANNELS
 from recsvc.identity import IdentityKey, IdentityRules
+from recsvc.manifest import Channels, Slot
 from training.errors import ConfigError
 from training.identity import LinkRules
 from training.tiers import TierConfig, TierLevel
@@ -189,15 +190,15 @@ class ChannelsConfig:
     )
     utm: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CHANNELS["utm"]))
 
-    def to_manifest(self) -> dict[str, Any]:
-        return {
-            "base_url": self.base_url,
-            "product_path": self.product_path,
-            "image_path": self.image_path,
-            "currency_symbol": self.currency_symbol,
-            "slots": self.slots,
-            "utm": self.utm,
-        }
+    def to_manifest(self) -> Channels:
+        return Channels(
+            base_url=self.base_url,
+            product_path=self.product_path,
+            image_path=self.image_path,
+            currency_symbol=self.currency_symbol,
+            slots={name: Slot(**slot) for name, slot in self.slots.items()},
+            utm=dict(self.utm),
+        )
 
 
 @dataclass(frozen=True)

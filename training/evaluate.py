@@ -20,8 +20,8 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from recsvc.policy import TierTable
 from recsvc.ranker import Ranker, top_n
-from recsvc.tiers import TierTable
 from training.config import ModelParams, TrainConfig
 from training.dataset import TrainingData, build_dataset
 from training.errors import TrainingError
@@ -171,12 +171,12 @@ def evaluate_merged(
         data.as_of,
         tier_config or TierConfig(),
     )
-    tiers = TierTable.from_manifest(crm.manifest)
+    tiers = TierTable.of(crm.policy)
     tier_of = tiers.indices(crm.arrays["window_spend"])
     recommenders = _recommenders(
         holdout.train, data, params, k, merged.item_groups, crm, tiers, tier_of
     )
-    tier_names = [level["name"] for level in tiers.levels]
+    tier_names = tiers.names
     report: dict[str, Any] = {
         "protocol": {
             "cutoff": cutoff.isoformat(),
@@ -189,7 +189,7 @@ def evaluate_merged(
             "catalog_items": len(data.item_ids),
             "test_customers": len(relevant),
             "recsvc_parameters": msgspec.structs.asdict(params),
-            "tiers": crm.manifest,
+            "tiers": msgspec.json.decode(msgspec.json.encode(crm.policy)),  # as JSON has it
         }
     }
     progress = progress or Progress.silent()
