@@ -109,6 +109,31 @@ def test_manifest_edits_are_refused(tmp_path: Path) -> None:
         load_bundle(path)
 
 
+def test_a_minimal_manifest_loads_with_default_sections(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    minimal = {key: manifest[key] for key in ("format", "version", "files")}
+    (path / MANIFEST_FILE).write_text(json.dumps(minimal))
+    loaded = load_bundle(path).manifest
+    assert loaded.tiers.lapsing_factor == 2.0 and loaded.tiers.thank_you_spend is None
+    assert loaded.identity.key_fingerprint is None and loaded.channels.slots
+
+
+def test_a_manifest_section_of_the_wrong_shape_is_refused_naming_it(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["tiers"]["thank_you_spend"] = "lots"
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(
+        BundleCorrupt, match=r"manifest.json: not a bundle manifest: .*tiers\.thank_you_spend"
+    ):
+        load_bundle(path)
+    manifest["format"] = 3
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleCorrupt, match="format 3, this service reads format 2"):
+        load_bundle(path)
+
+
 def test_inconsistent_arrays_are_not_published(tmp_path: Path) -> None:
     arrays = tiny_arrays()
     broken = BundleArrays(**{**arrays.__dict__, "prices": np.array([1.0])})
