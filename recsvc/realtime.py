@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import msgspec
 import numpy as np
 
 from recsvc import policy
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
 from recsvc.identity import CANONICAL, IdentityKey, request_aliases
+from recsvc.logrecords import RECEIVED_AT, EventRecord
 from recsvc.registry import ServedModel
 from recsvc.store import Applied, Store, StoredEvent, customer_key
 
@@ -231,7 +233,7 @@ class Realtime:
             if outcome is Applied.NEW:
                 result.accepted.append(event.event_id)
                 new_entries.append((store_key, stored))
-                records.append({**_log_record(event), "received_at": stored.received_at})
+                records.append(_log_record(event, stored.received_at))
             elif outcome is Applied.DUPLICATE:
                 result.duplicates.append(event.event_id)
             else:
@@ -399,7 +401,7 @@ class Realtime:
         replayed = 0
         for record in self.event_log.records():
             try:
-                received = float(record["received_at"])
+                received = float(record[RECEIVED_AT])
                 if received <= horizon:
                     continue
                 _, store_key, erased = self.resolve(model, str(record["customer"]))
@@ -523,13 +525,15 @@ def _digest_bytes(high: np.uint64, low: np.uint64) -> bytes:
     return int(high).to_bytes(8, "big") + int(low).to_bytes(8, "big")
 
 
-def _log_record(event: Event) -> dict[str, object]:
-    return {
-        "event_id": event.event_id,
-        "customer": event.customer,
-        "item_id": event.item_id,
-        "quantity": event.quantity,
-        "price": event.price,
-        "timestamp": event.timestamp.isoformat(),
-        "source": event.source,
-    }
+def _log_record(event: Event, received_at: float) -> dict[str, object]:
+    record = EventRecord(
+        event_id=event.event_id,
+        customer=event.customer,
+        item_id=event.item_id,
+        quantity=event.quantity,
+        price=event.price,
+        timestamp=event.timestamp.isoformat(),
+        source=event.source,
+        received_at=received_at,
+    )
+    return msgspec.structs.asdict(record)

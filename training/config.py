@@ -22,6 +22,7 @@ from msgspec import Meta, Struct
 
 from recsvc.defaults import DEFAULT_CHANNELS
 from recsvc.identity import IdentityKey, IdentityRules
+from recsvc.logrecords import EVENT_FIELDS
 from recsvc.manifest import Channels, Slot
 from training.errors import ConfigError
 from training.identity import LinkRules
@@ -31,6 +32,7 @@ SourceKind = Literal["csv", "jsonl", "parquet", "postgresql", "events"]
 SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
 # The service's event log (recsvc.events.EventLog) has fixed columns; its customer column holds
 # request keys (canonical id, <source>:<id>, email:, phone:).
+# The event log's columns (recsvc.logrecords.EventRecord) each canonical field reads.
 EVENTS_COLUMNS = {
     "order_id": "event_id",
     "customer_id": "customer",
@@ -39,6 +41,7 @@ EVENTS_COLUMNS = {
     "unit_price": "price",
     "timestamp": "timestamp",
 }
+assert set(EVENTS_COLUMNS.values()) <= set(EVENT_FIELDS)
 # Canonical event fields; a source maps each it has to one of its own column names.
 FIELDS = (
     "customer_id",

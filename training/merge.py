@@ -50,6 +50,7 @@ from recsvc.identity import (
     normalise_email,
     normalise_phone,
 )
+from recsvc.logrecords import ALIAS_DIGESTS
 from recsvc.manifest import ErasureReport, Identity, InvalidContacts
 from training.config import IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (
@@ -582,7 +583,7 @@ def load_erasures(path: Path | None) -> set[str]:
             if not line.strip():
                 continue
             try:
-                digests.update(json.loads(line)["alias_digests"])
+                digests.update(json.loads(line)[ALIAS_DIGESTS])
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise SourceError(
                     f"{path}, line {number}: not an erasure record ({error})"
