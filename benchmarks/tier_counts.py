@@ -4,16 +4,16 @@ quotes. ``python -m benchmarks.tier_counts --models-dir models`` (the current bu
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from recsvc.bundle import current_version
+from recsvc.bundle import MANIFEST_FILE, current_version
+from recsvc.manifest import Manifest
 
 
 def tier_counts(bundle: Path) -> tuple[dict[str, int], str]:
     """Customers per tier, ascending, and the date the tiers were computed at."""
-    tiers = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["tiers"]
-    return dict(tiers["customers_per_tier"]), str(tiers["as_of"])
+    tiers = Manifest.decode((bundle / MANIFEST_FILE).read_bytes()).tiers
+    return dict(tiers.customers_per_tier), str(tiers.as_of)
 
 
 def sentence(counts: dict[str, int]) -> str:

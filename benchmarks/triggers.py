@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from recsvc import create_app  # noqa: E402
 from recsvc.bundle import load_current, publish_bundle  # noqa: E402
 from recsvc.config import ServiceConfig  # noqa: E402
+from recsvc.policy import TRIGGER_KINDS  # noqa: E402
 
-KINDS = ("lapsing", "tier_up", "thank_you", "threshold")
+KINDS = TRIGGER_KINDS
 
 
 def many_triggers(models_dir: Path, target: Path, count: int, seed: int = 7) -> None:
@@ -58,15 +59,10 @@ def many_triggers(models_dir: Path, target: Path, count: int, seed: int = 7) -> 
         trigger_reasons=reasons,
         trigger_figures=figures,
     )
-    manifest = {
-        key: value
-        for key, value in bundle.manifest.items()
-        if key not in ("format", "version", "created", "counts", "files")
-    }
     attachments = {
-        name: bundle.path / name for name in bundle.manifest["files"] if not name.endswith(".npz")
+        name: bundle.path / name for name in bundle.manifest.files if not name.endswith(".npz")
     }
-    publish_bundle(target, "many-triggers", replaced, manifest, attachments)
+    publish_bundle(target, "many-triggers", replaced, bundle.manifest, attachments)
 
 
 def timed(call: Callable[[], Any], repeat: int) -> float:

@@ -232,14 +232,13 @@ def publish_marked_copy(models: Path, redis_server: RedisProcess | None) -> dict
     arrays = dataclasses.replace(
         bundle.arrays, titles=np.char.add(bundle.arrays.titles.astype(str), NEW_TITLE_MARK)
     )
-    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "version")}
     attachments = {
         name: bundle.path / name
-        for name in bundle.manifest["files"]
+        for name in bundle.manifest.files
         if name not in ARRAY_FILES and name != MANIFEST_FILE
     }
     version = bundle.version + "-swapped"
-    publish_bundle(models, version, arrays, manifest, attachments)
+    publish_bundle(models, version, arrays, bundle.manifest, attachments)
     return {"old": bundle.version, "new": version}
 
 

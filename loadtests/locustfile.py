@@ -30,7 +30,7 @@ BUNDLE = (
 )
 CUSTOMERS = [str(customer) for customer in BUNDLE.arrays.customer_ids]
 ITEMS = [str(item) for item in BUNDLE.arrays.item_ids[BUNDLE.arrays.popular_items[:500]]]
-SLOTS = list((BUNDLE.manifest.get("channels") or {}).get("slots", {"home_hero": {}}))
+SLOTS = list(BUNDLE.manifest.channels.slots)
 HEADERS = {"X-API-Key": os.environ.get("RECSVC_LOADTEST_KEY", "")}
 RATE_PER_USER = float(os.environ.get("RECSVC_LOADTEST_RATE_PER_USER", "10"))
 UNKNOWN_SHARE = 0.2

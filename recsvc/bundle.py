@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.errors import BundleCorrupt, BundleNotFound
+from recsvc.manifest import BUNDLE_FORMAT, Counts, Manifest
 
-BUNDLE_FORMAT = 2
 # A customer owns an item from this net quantity on, in training and in the service alike: a
 # line of 0.0001 (a fractional export artefact) owns nothing, half a unit or more rounds to one.
 OWNED_QUANTITY = 0.5
@@ -193,19 +194,18 @@ class Bundle:
     """A verified bundle loaded into memory."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     arrays: BundleArrays
     content: list[dict[str, Any]]
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def categories(self) -> list[str]:
         """The catalog's category names; bit i of an item's mask is the i-th."""
-        names: list[str] = (self.manifest.get("catalog") or {}).get("categories", [])
-        return names
+        return list(self.manifest.catalog.categories)
 
 
 def new_version(fingerprint: str, now: datetime | None = None) -> str:
@@ -226,13 +226,14 @@ def publish_bundle(
     models_dir: Path,
     version: str,
     arrays: BundleArrays,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     attachments: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write a complete bundle, then point ``current`` at it. Returns the bundle directory.
 
-    ``attachments`` are extra files (name -> existing path) copied into the bundle and covered
-    by the checksums. The bundle is staged in a hidden directory and renamed into place, and
+    ``manifest``'s format, version, created, counts and files are set here. ``attachments``
+    are extra files (name -> existing path) copied into the bundle and covered by the
+    checksums. The bundle is staged in a hidden directory and renamed into place, and
     the pointer is replaced with an atomic rename, so a crash leaves the previous bundle served.
     """
     arrays.check()
@@ -251,15 +252,15 @@ def publish_bundle(
         for file_name, source in (attachments or {}).items():
             shutil.copyfile(source, staging / file_name)
         checksums = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
-        full_manifest = {
-            **manifest,
-            "format": BUNDLE_FORMAT,
-            "version": version,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "counts": {"customers": len(arrays.customer_ids), "items": len(arrays.item_ids)},
-            "files": checksums,
-        }
-        (staging / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2) + "\n")
+        full_manifest = msgspec.structs.replace(
+            manifest,
+            format=BUNDLE_FORMAT,
+            version=version,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            counts=Counts(customers=len(arrays.customer_ids), items=len(arrays.item_ids)),
+            files=checksums,
+        )
+        (staging / MANIFEST_FILE).write_bytes(full_manifest.encode())
         _fsync_tree(staging)
         staging.rename(final)
         _fsync_dir(models_dir)
@@ -310,7 +311,7 @@ def load_bundle(path: Path) -> Bundle:
     if not path.is_dir():
         raise BundleNotFound(f"bundle directory {path} does not exist")
     manifest = _read_manifest(path)
-    listed: dict[str, str] = manifest["files"]
+    listed = manifest.files
     for file_name in ARRAY_FILES:
         if file_name not in listed:
             raise BundleCorrupt(f"{path / MANIFEST_FILE}: does not list {file_name}")
@@ -368,23 +369,20 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path) -> Manifest:
     manifest_path = path / MANIFEST_FILE
     try:
-        manifest = json.loads(manifest_path.read_text())
+        raw = manifest_path.read_bytes()
     except FileNotFoundError:
         raise BundleCorrupt(f"{manifest_path}: missing") from None
     except Exception as error:
         raise BundleCorrupt(f"{manifest_path}: unreadable ({_describe(error)})") from error
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise BundleCorrupt(f"{manifest_path}: has no 'files' table")
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleCorrupt(
-            f"{manifest_path}: format {manifest.get('format')!r}, "
-            f"this service reads format {BUNDLE_FORMAT}"
-        )
-    if manifest.get("version") != path.name:
-        raise BundleCorrupt(f"{manifest_path}: version {manifest.get('version')!r} != {path.name}")
+    try:
+        manifest = Manifest.decode(raw)
+    except BundleCorrupt as error:
+        raise BundleCorrupt(f"{manifest_path}: {error}") from None
+    if manifest.version != path.name:
+        raise BundleCorrupt(f"{manifest_path}: version {manifest.version!r} != {path.name}")
     return manifest
 
 

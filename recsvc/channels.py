@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 import numpy as np
 from numpy.typing import NDArray
 
-from recsvc.defaults import DEFAULT_CHANNELS
+from recsvc.manifest import Channels
 from recsvc.ranker import RankedItem
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
@@ -28,9 +28,8 @@ class UnknownCategory(KeyError):
     pass
 
 
-def channels(model: ServedModel) -> dict[str, Any]:
-    found: dict[str, Any] = model.bundle.manifest.get("channels") or DEFAULT_CHANNELS
-    return found
+def channels(model: ServedModel) -> Channels:
+    return model.bundle.manifest.channels
 
 
 def categories(model: ServedModel) -> list[str]:
@@ -62,8 +61,8 @@ def product_card(model: ServedModel, item: RankedItem, link_query: str = "") -> 
         "title": model.titles[item.index],
         "price": None if price is None else round(price, 2),
         "categories": model.item_categories[item.index],
-        "url": settings["base_url"] + settings["product_path"].format(item_id=item_id) + link_query,
-        "image": settings["base_url"] + settings["image_path"].format(item_id=item_id),
+        "url": settings.base_url + settings.product_path.format(item_id=item_id) + link_query,
+        "image": settings.base_url + settings.image_path.format(item_id=item_id),
         "score": item.score,
     }
 
@@ -106,7 +105,7 @@ def choose_content(
     if count <= 0:
         return []
     weights = affinity(model, view)
-    base_url = channels(model)["base_url"]
+    base_url = channels(model).base_url
     eligible: list[tuple[int, dict[str, Any]]] = []
     for position, item in enumerate(model.bundle.content):
         if item["tiers"] and tier_name not in item["tiers"]:
@@ -154,14 +153,14 @@ def block(
     category: NDArray[np.bool_] | None = None,
 ) -> dict[str, Any]:
     """A website slot: content items and product cards for the customer."""
-    slots = channels(model)["slots"]
+    slots = channels(model).slots
     if slot not in slots:
         raise UnknownSlot(slot)
     tiers = model.ranker.tiers
     tier = tiers.describe(view.window_spend)
     ranking = model.ranker.recommend_row(
         view.row,
-        slots[slot]["products"],
+        slots[slot].products,
         view.deltas,
         tiers.index(view.window_spend),
         allowed=category,
@@ -173,7 +172,7 @@ def block(
         "fallback": ranking.fallback,
         "degraded": view.degraded,
         "tier": tier,
-        "content": choose_content(model, view, tier["name"], slots[slot]["content"], today),
+        "content": choose_content(model, view, tier["name"], slots[slot].content, today),
         "products": [product_card(model, item) for item in ranking.items],
     }
 
@@ -203,7 +202,7 @@ def email_picks(
     settings = channels(model)
     tiers = model.ranker.tiers
     ranking = model.ranker.recommend_row(view.row, n, view.deltas, tiers.index(view.window_spend))
-    utm = {name: value.format(send_id=send_id) for name, value in settings["utm"].items()}
+    utm = {name: value.format(send_id=send_id) for name, value in settings.utm.items()}
     link_query = "?" + urlencode(utm) if utm else ""
     return {
         "send_id": send_id,
@@ -212,7 +211,7 @@ def email_picks(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "fallback": ranking.fallback,
         "tier": tiers.describe(view.window_spend),
-        "currency_symbol": settings["currency_symbol"],
+        "currency_symbol": settings.currency_symbol,
         "items": [product_card(model, item, link_query) for item in ranking.items],
     }
 

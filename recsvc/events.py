@@ -23,6 +23,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord
 from recsvc.text import MAX_KEY_LENGTH, text_problem
 
 MAX_BATCH = 1000
@@ -231,14 +234,12 @@ class ErasureLog:
         self._current = Erasures(frozenset(), frozenset())
 
     def record(self, digests: list[str], customer_keys: list[str], now: datetime) -> None:
-        line = json.dumps(
-            {
-                "erased_at": now.isoformat(timespec="seconds"),
-                "alias_digests": sorted(digests),
-                "customer_keys": sorted(customer_keys),
-            },
-            separators=(",", ":"),
+        record = ErasureRecord(
+            erased_at=now.isoformat(timespec="seconds"),
+            alias_digests=tuple(sorted(digests)),
+            customer_keys=tuple(sorted(customer_keys)),
         )
+        line = json.dumps(msgspec.structs.asdict(record), separators=(",", ":"))
         _append_durably(self.path, line + "\n", self._lock)
 
     def current(self) -> Erasures:
@@ -259,8 +260,8 @@ class ErasureLog:
                 for line in complete.decode("utf-8").splitlines():
                     if line.strip():
                         record = json.loads(line)
-                        self._keys.update(record.get("customer_keys", []))
-                        self._digests.update(record.get("alias_digests", []))
+                        self._keys.update(record.get(CUSTOMER_KEYS, []))
+                        self._digests.update(record.get(ALIAS_DIGESTS, []))
                 self._offset += len(complete)
             self._current = Erasures(frozenset(self._keys), frozenset(self._digests))
             self._seen_size = self._offset if self._offset < size else size

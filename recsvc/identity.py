@@ -16,11 +16,12 @@ import hashlib
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import phonenumbers
 from numpy.typing import NDArray
+
+from recsvc.manifest import IdentityRulesSection
 
 CANONICAL = "id"
 EMAIL = "email"
@@ -118,19 +119,19 @@ class IdentityRules:
     dotless_domains: frozenset[str] = field(default_factory=frozenset)  # a.nn@gmail = ann@gmail
     default_region: str | None = None  # for phone numbers written without a country code
 
-    def to_manifest(self) -> dict[str, Any]:
-        return {
-            "strip_plus_tags": self.strip_plus_tags,
-            "dotless_domains": sorted(self.dotless_domains),
-            "default_region": self.default_region,
-        }
+    def to_manifest(self) -> IdentityRulesSection:
+        return IdentityRulesSection(
+            strip_plus_tags=self.strip_plus_tags,
+            dotless_domains=tuple(sorted(self.dotless_domains)),
+            default_region=self.default_region,
+        )
 
     @classmethod
-    def from_manifest(cls, raw: dict[str, Any]) -> IdentityRules:
+    def from_manifest(cls, section: IdentityRulesSection) -> IdentityRules:
         return cls(
-            strip_plus_tags=bool(raw.get("strip_plus_tags", False)),
-            dotless_domains=frozenset(raw.get("dotless_domains", [])),
-            default_region=raw.get("default_region"),
+            strip_plus_tags=section.strip_plus_tags,
+            dotless_domains=frozenset(section.dotless_domains),
+            default_region=section.default_region,
         )
 
 

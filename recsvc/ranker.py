@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from recsvc.bundle import OWNED_QUANTITY, BundleArrays
 from recsvc.identity import AliasIndex, IdentityKey, IdentityRules
-from recsvc.tiers import TierTable
+from recsvc.policy import TierTable
 
 
 # Not frozen: built for every request, and a frozen dataclass's __init__ costs about three
@@ -60,7 +60,7 @@ class Ranker:
         """``key``: the secret the bundle's alias digests were made with; the service passes
         its own. None: the development key (the trainer's evaluation ranks by row)."""
         self.arrays = arrays
-        self.tiers = tiers or TierTable.from_manifest(None)
+        self.tiers = tiers or TierTable.of(None)
         with np.errstate(divide="ignore", invalid="ignore"):
             log_prices = np.log(arrays.prices).astype(np.float32)
         # Items without a usable price (unknown, or zero) get no price penalty: weight 0.
@@ -77,9 +77,7 @@ class Ranker:
         )
         group_sizes = np.bincount(arrays.item_group, minlength=1)
         self._grouped = group_sizes[arrays.item_group] > 1
-        self._boosts = np.array(
-            [float(level.get("premium_boost", 0.0)) for level in self.tiers.levels]
-        )
+        self._boosts = np.array([level.premium_boost for level in self.tiers.levels])
         self._premium_items = np.flatnonzero(arrays.item_premium)
         self.trained_tier = self.tiers.indices(arrays.window_spend)
         # Items reserved for higher tiers, per tier (usually none), listed once.

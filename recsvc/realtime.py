@@ -12,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import msgspec
 import numpy as np
 
+from recsvc import policy
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
 from recsvc.identity import CANONICAL, IdentityKey, request_aliases
+from recsvc.logrecords import RECEIVED_AT, EventRecord
 from recsvc.registry import ServedModel
 from recsvc.store import Applied, Store, StoredEvent, customer_key
 
@@ -230,7 +233,7 @@ class Realtime:
             if outcome is Applied.NEW:
                 result.accepted.append(event.event_id)
                 new_entries.append((store_key, stored))
-                records.append({**_log_record(event), "received_at": stored.received_at})
+                records.append(_log_record(event, stored.received_at))
             elif outcome is Applied.DUPLICATE:
                 result.duplicates.append(event.event_id)
             else:
@@ -260,7 +263,7 @@ class Realtime:
                 added[store_key] = added.get(store_key, 0.0) + stored.quantity * stored.price
                 keys[store_key] = event.customer
         tiers = model.ranker.tiers
-        thresholds = model.bundle.manifest.get("tiers") or {}
+        rules = model.bundle.manifest.tiers
         fired: list[tuple[float, str, str]] = []
         now = self.clock().timestamp()
         for store_key, amount in added.items():
@@ -274,38 +277,38 @@ class Realtime:
             lifetime_before = view.lifetime_spend - amount
             before, after = tiers.index(window_before), tiers.index(view.window_spend)
             if after > before:
-                old, new = tiers.levels[before]["name"], tiers.levels[after]["name"]
+                old, new = tiers.levels[before].name, tiers.levels[after].name
                 fired.append(
                     _trigger(
                         now,
                         store_key,
                         customer,
                         "tier_up",
-                        f"moved up from {old} to {new}",
+                        policy.tier_up_reason(old, new),
                         {"window_spend": round(view.window_spend, 2), "from": old, "to": new},
                     )
                 )
-            for threshold in thresholds.get("spend_thresholds", []):
-                if lifetime_before < threshold <= view.lifetime_spend:
+            for threshold in rules.spend_thresholds:
+                if policy.crossed(lifetime_before, view.lifetime_spend, threshold):
                     fired.append(
                         _trigger(
                             now,
                             store_key,
                             customer,
                             "threshold",
-                            f"lifetime spend reached {threshold:g}",
+                            policy.spend_reason(threshold),
                             {"spend": round(view.lifetime_spend, 2)},
                         )
                     )
-            thank_you = thresholds.get("thank_you_spend")
-            if thank_you is not None and lifetime_before < thank_you <= view.lifetime_spend:
+            # Real time knows spend, not orders: only the spend half of the rule fires here.
+            if policy.crossed(lifetime_before, view.lifetime_spend, rules.thank_you_spend):
                 fired.append(
                     _trigger(
                         now,
                         store_key,
                         customer,
                         "thank_you",
-                        "a loyal customer: thank them",
+                        policy.THANK_YOU_REASON,
                         {"spend": round(view.lifetime_spend, 2)},
                     )
                 )
@@ -398,7 +401,7 @@ class Realtime:
         replayed = 0
         for record in self.event_log.records():
             try:
-                received = float(record["received_at"])
+                received = float(record[RECEIVED_AT])
                 if received <= horizon:
                     continue
                 _, store_key, erased = self.resolve(model, str(record["customer"]))
@@ -522,13 +525,15 @@ def _digest_bytes(high: np.uint64, low: np.uint64) -> bytes:
     return int(high).to_bytes(8, "big") + int(low).to_bytes(8, "big")
 
 
-def _log_record(event: Event) -> dict[str, object]:
-    return {
-        "event_id": event.event_id,
-        "customer": event.customer,
-        "item_id": event.item_id,
-        "quantity": event.quantity,
-        "price": event.price,
-        "timestamp": event.timestamp.isoformat(),
-        "source": event.source,
-    }
+def _log_record(event: Event, received_at: float) -> dict[str, object]:
+    record = EventRecord(
+        event_id=event.event_id,
+        customer=event.customer,
+        item_id=event.item_id,
+        quantity=event.quantity,
+        price=event.price,
+        timestamp=event.timestamp.isoformat(),
+        source=event.source,
+        received_at=received_at,
+    )
+    return msgspec.structs.asdict(record)

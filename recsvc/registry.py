@@ -27,8 +27,8 @@ import numpy as np
 from recsvc.bundle import CURRENT_POINTER, Bundle, bundle_versions, current_version, load_bundle
 from recsvc.errors import BundleCorrupt, BundleError
 from recsvc.identity import SECRET_VARIABLE, IdentityKey, IdentityRules
+from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
-from recsvc.tiers import TierTable
 from recsvc.triggers import TriggerIndex
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ServedModel:
     @property
     def events_through(self) -> float:
         """Receipt time of the last reported event the bundle learned from (0: none)."""
-        return float(self.bundle.manifest.get("events_through") or 0.0)
+        return self.bundle.manifest.events_through or 0.0
 
 
 class ModelRegistry:
@@ -192,7 +192,7 @@ def serve(bundle: Bundle, key: IdentityKey) -> ServedModel:
 def _check_key(bundle: Bundle, key: IdentityKey) -> None:
     """A bundle's alias digests only match the secret they were made with. A bundle that
     records no fingerprint (made by hand, as in tests) is taken as it is."""
-    recorded = bundle.manifest.get("identity", {}).get("key_fingerprint")
+    recorded = bundle.manifest.identity.key_fingerprint
     if recorded is not None and recorded != key.fingerprint:
         raise BundleCorrupt(
             f"{bundle.path}: trained with another {SECRET_VARIABLE} (key fingerprint "
@@ -202,12 +202,12 @@ def _check_key(bundle: Bundle, key: IdentityKey) -> None:
 
 
 def _served_model(bundle: Bundle, key: IdentityKey) -> ServedModel:
-    identity = bundle.manifest.get("identity", {})
+    identity = bundle.manifest.identity
     ranker = Ranker(
         bundle.arrays,
-        IdentityRules.from_manifest(identity.get("rules", {})),
-        identity.get("namespaces", []),
-        TierTable.from_manifest(bundle.manifest.get("tiers")),
+        IdentityRules.from_manifest(identity.rules),
+        identity.namespaces,
+        TierTable.of(bundle.manifest.tiers),
         key,
     )
     item_ids = [str(item) for item in bundle.arrays.item_ids.tolist()]
@@ -222,7 +222,7 @@ def _served_model(bundle: Bundle, key: IdentityKey) -> ServedModel:
         item_categories=_category_names(bundle),
         triggers=TriggerIndex(bundle.arrays, key),
         loaded_at=time.time(),
-        created=_timestamp(bundle.manifest.get("created")),
+        created=_timestamp(bundle.manifest.created),
     )
 
 

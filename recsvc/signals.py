@@ -20,8 +20,8 @@ WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", 
 
 def customer_signals(model: ServedModel, view: CustomerView) -> dict[str, Any]:
     arrays = model.ranker.arrays
-    tiers = model.bundle.manifest.get("tiers") or {}
-    as_of = _seconds(tiers.get("as_of"))
+    rules = model.bundle.manifest.tiers
+    as_of = _seconds(rules.as_of)
     row = view.row
     last = 0 if row is None else int(arrays.last_purchase[row])
     first = 0 if row is None else int(arrays.first_purchase[row])
@@ -38,13 +38,7 @@ def customer_signals(model: ServedModel, view: CustomerView) -> dict[str, Any]:
     hour = int(arrays.best_hour[row]) if row is not None else -1
     weekday = int(arrays.best_weekday[row]) if row is not None else -1
     if row is None or hour < 0:
-        hour = int(tiers.get("population_best_hour", -1))
-        weekday = int(tiers.get("population_best_weekday", -1))
-    crossed = [
-        f"spend>={t:g}" for t in tiers.get("spend_thresholds", []) if view.lifetime_spend >= t
-    ]
-    crossed += [f"orders>={t}" for t in tiers.get("order_thresholds", []) if orders >= t]
-    thank_spend, thank_orders = tiers.get("thank_you_spend"), tiers.get("thank_you_orders")
+        hour, weekday = rules.population_best_hour, rules.population_best_weekday
     return {
         "as_of": _iso(now),
         "first_purchase": _iso(first) if first else None,
@@ -52,15 +46,14 @@ def customer_signals(model: ServedModel, view: CustomerView) -> dict[str, Any]:
         "days_since_last_purchase": None if days_since is None else round(days_since, 1),
         "median_days_between_orders": None if math.isnan(median) else round(median, 1),
         "overdue_ratio": None if overdue is None else round(overdue, 2),
-        "lapsing": overdue is not None and overdue > float(tiers.get("lapsing_factor", 2.0)),
+        "lapsing": rules.is_lapsing(overdue),
         "best_contact": {
             "hour": hour if hour >= 0 else None,
             "weekday": WEEKDAYS[weekday] if 0 <= weekday < 7 else None,
             "from": "own orders" if own else "population",
         },
-        "thresholds_crossed": crossed,
-        "thank_you": (thank_spend is not None and view.lifetime_spend >= thank_spend)
-        or (thank_orders is not None and orders >= thank_orders),
+        "thresholds_crossed": rules.thresholds_crossed(view.lifetime_spend, orders),
+        "thank_you": rules.thank_you(view.lifetime_spend, orders),
     }
 
 

@@ -26,10 +26,10 @@ from numpy.typing import NDArray
 
 from recsvc.bundle import BundleArrays
 from recsvc.identity import CANONICAL, IdentityKey
+from recsvc.policy import TRIGGER_KINDS
 from recsvc.store import customer_key
 
-# Sorted, so that a kind's code orders as its name does.
-KINDS = ("lapsing", "thank_you", "threshold", "tier_up")
+KINDS = TRIGGER_KINDS  # sorted, so that a kind's code orders as its name does
 MAX_CURSOR = 4096  # characters; a cursor holds one customer id
 
 

@@ -24,6 +24,7 @@ from recsvc.bundle import (
 )
 from recsvc.errors import BundleCorrupt, BundleNotFound
 from recsvc.identity import IdentityKey, alias_table
+from recsvc.manifest import Manifest
 from recsvc.registry import ModelRegistry
 from training.tiers import empty_crm
 
@@ -66,11 +67,11 @@ def test_layout_covers_every_array() -> None:
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    path = publish_bundle(tmp_path, "v1", tiny_arrays(), {"model": "als"})
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest(model="als"))
     bundle = load_current(tmp_path)
     assert bundle.version == "v1" and bundle.path == path
-    assert bundle.manifest["model"] == "als"
-    assert set(bundle.manifest["files"]) == set(ARRAY_FILES)
+    assert bundle.manifest.model == "als"
+    assert set(bundle.manifest.files) == set(ARRAY_FILES)
     np.testing.assert_array_equal(bundle.arrays.prices, tiny_arrays().prices)
     assert bundle.arrays.titles[2] == "Thrée"
 
@@ -82,7 +83,7 @@ def test_no_bundle_is_not_found(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["flip_byte", "delete", "truncate"])
 def test_corrupt_file_is_refused_by_name(tmp_path: Path, damage: str) -> None:
-    path = publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
     target = path / "factors.npz"
     if damage == "flip_byte":
         data = bytearray(target.read_bytes())
@@ -97,7 +98,7 @@ def test_corrupt_file_is_refused_by_name(tmp_path: Path, damage: str) -> None:
 
 
 def test_manifest_edits_are_refused(tmp_path: Path) -> None:
-    path = publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     del manifest["files"]["owned.npz"]
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
@@ -108,27 +109,54 @@ def test_manifest_edits_are_refused(tmp_path: Path) -> None:
         load_bundle(path)
 
 
+def test_a_minimal_manifest_loads_with_default_sections(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    minimal = {key: manifest[key] for key in ("format", "version", "files")}
+    (path / MANIFEST_FILE).write_text(json.dumps(minimal))
+    loaded = load_bundle(path).manifest
+    assert loaded.tiers.lapsing_factor == 2.0 and loaded.tiers.thank_you_spend is None
+    assert loaded.identity.key_fingerprint is None and loaded.channels.slots
+
+
+def test_a_manifest_section_of_the_wrong_shape_is_refused_naming_it(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["tiers"]["thank_you_spend"] = "lots"
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(
+        BundleCorrupt, match=r"manifest.json: not a bundle manifest: .*tiers\.thank_you_spend"
+    ):
+        load_bundle(path)
+    manifest["format"] = 3
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleCorrupt, match="format 3, this service reads format 2"):
+        load_bundle(path)
+
+
 def test_inconsistent_arrays_are_not_published(tmp_path: Path) -> None:
     arrays = tiny_arrays()
     broken = BundleArrays(**{**arrays.__dict__, "prices": np.array([1.0])})
     with pytest.raises(ValueError, match="prices length"):
-        publish_bundle(tmp_path, "v1", broken, {})
+        publish_bundle(tmp_path, "v1", broken, Manifest())
     assert not any(tmp_path.iterdir())
 
 
 def test_failed_publish_leaves_current_untouched(tmp_path: Path) -> None:
-    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
     with pytest.raises(FileNotFoundError):
-        publish_bundle(tmp_path, "v2", tiny_arrays(), {}, attachments={"q.csv": tmp_path / "nope"})
+        publish_bundle(
+            tmp_path, "v2", tiny_arrays(), Manifest(), attachments={"q.csv": tmp_path / "nope"}
+        )
     assert current_version(tmp_path) == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == [CURRENT_POINTER, "v1"]
 
 
 def test_registry_keeps_serving_previous_bundle_when_new_one_is_corrupt(tmp_path: Path) -> None:
-    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
     registry = ModelRegistry(tmp_path)
     assert registry.load()
-    path = publish_bundle(tmp_path, "v2", tiny_arrays(2.0), {})
+    path = publish_bundle(tmp_path, "v2", tiny_arrays(2.0), Manifest())
     (path / "ids.npz").write_bytes(b"garbage")
 
     assert not registry.load()
@@ -189,7 +217,9 @@ def unreadable_files(arrays: BundleArrays) -> dict[str, tuple[str, bytes]]:
 def test_a_checksummed_file_that_cannot_be_read_is_corrupt(tmp_path: Path, damage: str) -> None:
     content = tmp_path / "content.json"
     content.write_text("[]")
-    path = publish_bundle(tmp_path, "v1", tiny_arrays(), {}, attachments={"content.json": content})
+    path = publish_bundle(
+        tmp_path, "v1", tiny_arrays(), Manifest(), attachments={"content.json": content}
+    )
     file_name, data = unreadable_files(tiny_arrays())[damage]
     rewrite(path, file_name, data)
     with pytest.raises(BundleCorrupt, match=file_name if "content" in damage else "v1"):
@@ -210,12 +240,12 @@ def test_arrays_of_another_dtype_or_shape_are_not_published(
 ) -> None:
     broken = BundleArrays(**{**tiny_arrays().__dict__, name: value})
     with pytest.raises(ValueError, match=message):
-        publish_bundle(tmp_path, "v1", broken, {})
+        publish_bundle(tmp_path, "v1", broken, Manifest())
 
 
 def test_bundle_versions_lists_published_bundles_newest_first(tmp_path: Path) -> None:
     for version in ("v1", "v3", "v2"):
-        publish_bundle(tmp_path, version, tiny_arrays(), {})
+        publish_bundle(tmp_path, version, tiny_arrays(), Manifest())
     (tmp_path / ".staging-v4-1").mkdir()
     (tmp_path / "stray").mkdir()
     manifest = json.loads((tmp_path / "v1" / MANIFEST_FILE).read_text())

@@ -138,7 +138,7 @@ def test_tier_counts_script_prints_the_manifests_figures(
 
     tier_counts(["--models-dir", str(sample_models)])
     out = capsys.readouterr().out
-    counts = load_current(sample_models).manifest["tiers"]["customers_per_tier"]
+    counts = load_current(sample_models).manifest.tiers.customers_per_tier
     assert sum(counts.values()) == len(load_current(sample_models).arrays.customer_ids)
     expected = ", ".join(f"{count:,} in {name}" for name, count in list(counts.items())[:-1])
     assert f"That puts {expected} and " in out

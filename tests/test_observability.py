@@ -21,6 +21,7 @@ from recsvc.auth import mint
 from recsvc.bundle import current_version, load_current, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.identity import DEVELOPMENT_SECRET
+from recsvc.manifest import Manifest
 from tests.test_bundle import tiny_arrays
 from tests.test_reload import corrupt, wait_for
 
@@ -98,10 +99,10 @@ def test_metrics_need_the_metrics_scope(sample_models: Path, tmp_path: Path) -> 
 
 def test_a_refused_bundle_shows_in_the_metrics(tmp_path: Path) -> None:
     models = tmp_path / "models"
-    publish_bundle(models, "v1", tiny_arrays(), {})
+    publish_bundle(models, "v1", tiny_arrays(), Manifest())
     client = service(models, tmp_path)
     assert wait_for(client, "v1")
-    corrupt(publish_bundle(models, "v2", tiny_arrays(2.0), {}))
+    corrupt(publish_bundle(models, "v2", tiny_arrays(2.0), Manifest()))
     time.sleep(1.5)
     samples = scrape(client)
     assert samples['recsvc_bundle_refused{version="v2"}'] == 1

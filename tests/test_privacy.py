@@ -20,6 +20,7 @@ from recsvc.config import ServiceConfig
 from recsvc.errors import ConfigError
 from recsvc.events import ErasureLog
 from recsvc.identity import DIGEST_BYTES, IdentityKey, alias_table
+from recsvc.manifest import Identity, Manifest
 from recsvc.registry import ModelRegistry
 from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config, write_csv
 from tests.test_bundle import tiny_arrays
@@ -80,14 +81,17 @@ def test_service_with_auth_requires_the_secret(tmp_path: Path) -> None:
 def test_a_bundle_trained_with_another_secret_is_refused(tmp_path: Path) -> None:
     ours, theirs = IdentityKey(SECRET), IdentityKey(OLD_SECRET)
     publish_bundle(
-        tmp_path, "v1", tiny_arrays(), {"identity": {"key_fingerprint": theirs.fingerprint}}
+        tmp_path,
+        "v1",
+        tiny_arrays(),
+        Manifest(identity=Identity(key_fingerprint=theirs.fingerprint)),
     )
     registry = ModelRegistry(tmp_path, ours)
     assert not registry.load()
     assert "trained with another RECSVC_ID_SECRET" in (registry.last_error or "")
 
     publish_bundle(
-        tmp_path, "v2", tiny_arrays(), {"identity": {"key_fingerprint": ours.fingerprint}}
+        tmp_path, "v2", tiny_arrays(), Manifest(identity=Identity(key_fingerprint=ours.fingerprint))
     )
     assert registry.load() and registry.model is not None and registry.model.version == "v2"
 
@@ -183,7 +187,8 @@ def test_erasure_is_transitive_and_leaves_nothing_of_them_on_disk(
     bundle = load_current(tmp_path / "models")
     assert ERASED_ID not in bundle.arrays.customer_ids.tolist()
     assert sorted(bundle.arrays.customer_ids.tolist()) == ["30001", "30002", "30003"]
-    assert bundle.manifest["identity"]["erasures"]["rows_erased"] == 6
+    assert bundle.manifest.identity.erasures is not None
+    assert bundle.manifest.identity.erasures.rows_erased == 6
     needles = [ERASED_ID, EMAIL, "new.person", PHONE, PHONE_RAW, "7946", "n***@example.com"]
     assert found_on_disk(bundle.path, needles) == []
     quarantine = (bundle.path / "quarantine.csv").read_text()
@@ -203,7 +208,7 @@ def test_erasures_made_under_a_retired_secret_still_count(
     assert sum(counts["erased"] for counts in report.accounting.values()) == 6
     bundle = load_current(tmp_path / "models")
     assert ERASED_ID not in bundle.arrays.customer_ids.tolist()
-    assert bundle.manifest["identity"]["key_fingerprint"] == IdentityKey(SECRET).fingerprint
+    assert bundle.manifest.identity.key_fingerprint == IdentityKey(SECRET).fingerprint
 
 
 def test_without_an_erasure_list_training_and_the_check_warn(
@@ -243,7 +248,7 @@ def test_a_refused_link_to_an_erased_address_leaves_no_example_of_it(
     assert report.accounting["shop"]["erased"] == 4
     bundle = load_current(tmp_path / "models")
     assert "30001" in bundle.arrays.customer_ids.tolist()
-    assert bundle.manifest["identity"]["conflicts"] == {}
+    assert bundle.manifest.identity.conflicts == {}
     assert found_on_disk(bundle.path, [ERASED_ID, EMAIL, "n***@example.com", PHONE]) == []
 
 
@@ -251,7 +256,9 @@ def keyed_bundle(models: Path, version: str, key: IdentityKey) -> None:
     """The tiny test bundle with its alias digests made with ``key``."""
     high, low, rows = alias_table(key, {"id:c1": "c1", "id:c2": "c2"}, ["c1", "c2"])
     arrays = dataclasses.replace(tiny_arrays(), alias_high=high, alias_low=low, alias_rows=rows)
-    publish_bundle(models, version, arrays, {"identity": {"key_fingerprint": key.fingerprint}})
+    publish_bundle(
+        models, version, arrays, Manifest(identity=Identity(key_fingerprint=key.fingerprint))
+    )
 
 
 def test_the_service_honours_erasures_made_before_a_rotation(tmp_path: Path) -> None:

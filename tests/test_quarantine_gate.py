@@ -64,8 +64,8 @@ def test_a_wrong_format_in_one_source_publishes_nothing(tmp_path: Path) -> None:
     assert allowed.returncode == 0, allowed.stderr
     (bundle_dir,) = [p for p in (tmp_path / "models").iterdir() if p.is_dir()]
     manifest = load_bundle(bundle_dir).manifest
-    assert manifest["quarantine"]["over_limit"] == {"other": 1.0}
-    assert manifest["quarantine"]["allow_quarantine"] is True
+    assert manifest.quarantine.over_limit == {"other": 1.0}
+    assert manifest.quarantine.allow_quarantine is True
 
 
 def test_the_limit_is_per_source_and_configurable(tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ def test_accepted_events_are_logged_and_train_into_the_next_bundle(
     report = train(load_config(config), models)
     assert report.accounting["live"]["used"] == 2
     bundle = load_current(models)
-    assert bundle.manifest["events_through"] == max(r["received_at"] for r in logged)
+    assert bundle.manifest.events_through == max(r["received_at"] for r in logged)
 
     fresh = create_app(replace(app.extensions["recsvc.config"], models_dir=models))
     fresh.extensions["recsvc.realtime"].store = app.extensions["recsvc.realtime"].store

@@ -22,6 +22,7 @@ from benchmarks.local_server import ROOT, free_port
 from recsvc import create_app
 from recsvc.bundle import point_current, publish_bundle
 from recsvc.config import ServiceConfig
+from recsvc.manifest import Manifest
 from recsvc.registry import ModelRegistry
 from tests.test_bundle import rewrite, tiny_arrays, unreadable_files
 
@@ -33,17 +34,17 @@ def corrupt(path: Path) -> None:
 def test_registry_swaps_in_new_bundles_and_refuses_corrupt_ones(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
     registry = ModelRegistry(tmp_path)
     assert registry.load() and registry.model is not None
     first = registry.model
 
     assert not registry.check()  # nothing new
-    publish_bundle(tmp_path, "v2", tiny_arrays(2.0), {})
+    publish_bundle(tmp_path, "v2", tiny_arrays(2.0), Manifest())
     assert registry.check() and registry.model.version == "v2"
     assert first.version == "v1"  # a request holding the old model keeps it whole
 
-    corrupt(publish_bundle(tmp_path, "v3", tiny_arrays(3.0), {}))
+    corrupt(publish_bundle(tmp_path, "v3", tiny_arrays(3.0), Manifest()))
     assert not registry.check()
     assert registry.model.version == "v2"
     assert registry.refused == "v3" and "factors.npz" in (registry.last_error or "")
@@ -51,24 +52,24 @@ def test_registry_swaps_in_new_bundles_and_refuses_corrupt_ones(
     refusals = [r for r in caplog.records if r.message.startswith("bundle refused")]
     assert len(refusals) == 1 and "still serving v2" in refusals[0].message
 
-    publish_bundle(tmp_path, "v4", tiny_arrays(4.0), {})
+    publish_bundle(tmp_path, "v4", tiny_arrays(4.0), Manifest())
     assert registry.check() and registry.model.version == "v4"
     assert registry.last_error is None
 
 
 def test_the_service_follows_the_pointer(tmp_path: Path) -> None:
     models = tmp_path / "models"
-    publish_bundle(models, "v1", tiny_arrays(), {})
+    publish_bundle(models, "v1", tiny_arrays(), Manifest())
     config = ServiceConfig(
         models_dir=models, events_dir=tmp_path / "ev", auth=False, reload_seconds=1
     )
     client = create_app(config).test_client()
     assert client.get("/v1/model").get_json()["version"] == "v1"  # starts the watcher
 
-    publish_bundle(models, "v2", tiny_arrays(2.0), {})
+    publish_bundle(models, "v2", tiny_arrays(2.0), Manifest())
     assert wait_for(client, "v2")
 
-    corrupt(publish_bundle(models, "v3", tiny_arrays(3.0), {}))
+    corrupt(publish_bundle(models, "v3", tiny_arrays(3.0), Manifest()))
     time.sleep(2.5)
     body = client.get("/v1/model").get_json()
     assert body["version"] == "v2" and "factors.npz" in body["last_error"]
@@ -92,9 +93,9 @@ def test_a_corrupt_current_at_start_serves_the_newest_bundle_that_verifies(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     models = tmp_path / "models"
-    publish_bundle(models, "v1", tiny_arrays(), {})
-    publish_bundle(models, "v2", tiny_arrays(2.0), {})
-    corrupt(publish_bundle(models, "v3", tiny_arrays(3.0), {}))
+    publish_bundle(models, "v1", tiny_arrays(), Manifest())
+    publish_bundle(models, "v2", tiny_arrays(2.0), Manifest())
+    corrupt(publish_bundle(models, "v3", tiny_arrays(3.0), Manifest()))
     config = ServiceConfig(models_dir=models, events_dir=tmp_path / "ev", auth=False)
     app = create_app(config)
     client = app.test_client()
@@ -127,13 +128,13 @@ def test_a_pointer_moved_back_clears_the_refusal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     models = tmp_path / "models"
-    publish_bundle(models, "v1", tiny_arrays(), {})
+    publish_bundle(models, "v1", tiny_arrays(), Manifest())
     config = ServiceConfig(models_dir=models, events_dir=tmp_path / "ev", auth=False)
     app = create_app(config)
     client = app.test_client()
     registry = app.extensions["recsvc.registry"]
 
-    corrupt(publish_bundle(models, "v2", tiny_arrays(2.0), {}))
+    corrupt(publish_bundle(models, "v2", tiny_arrays(2.0), Manifest()))
     assert not registry.check()
     assert client.get("/v1/model").get_json()["last_error"] is not None
     assert 'recsvc_bundle_refused{version="v2"} 1.0' in client.get("/metrics").get_data(
@@ -156,7 +157,7 @@ def test_a_pointer_moved_back_clears_the_refusal(
 
 def test_nothing_verifies_at_start_then_a_good_bundle_is_published(tmp_path: Path) -> None:
     models = tmp_path / "models"
-    corrupt(publish_bundle(models, "v1", tiny_arrays(), {}))
+    corrupt(publish_bundle(models, "v1", tiny_arrays(), Manifest()))
     config = ServiceConfig(
         models_dir=models, events_dir=tmp_path / "ev", auth=False, reload_seconds=1
     )
@@ -164,7 +165,7 @@ def test_nothing_verifies_at_start_then_a_good_bundle_is_published(tmp_path: Pat
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "factors.npz" in ready.get_json()["detail"]
 
-    publish_bundle(models, "v2", tiny_arrays(2.0), {})
+    publish_bundle(models, "v2", tiny_arrays(2.0), Manifest())
     assert wait_for(client, "v2")
     assert client.get("/readyz").get_json()["fallback_from"] is None
 
@@ -173,10 +174,10 @@ def test_nothing_verifies_at_start_then_a_good_bundle_is_published(tmp_path: Pat
 def test_an_unreadable_npz_is_refused_once_without_a_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
-    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
     registry = ModelRegistry(tmp_path)
     assert registry.load()
-    path = publish_bundle(tmp_path, "v2", tiny_arrays(2.0), {})
+    path = publish_bundle(tmp_path, "v2", tiny_arrays(2.0), Manifest())
     rewrite(path, *unreadable_files(tiny_arrays())[damage])
 
     for _ in range(3):  # three polls
@@ -190,7 +191,7 @@ def test_an_unreadable_npz_is_refused_once_without_a_traceback(
 
 
 def test_triggers_that_cannot_be_served_are_a_refusal(tmp_path: Path) -> None:
-    publish_bundle(tmp_path, "v1", tiny_arrays(), {})
+    publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
     unknown_kind = dataclasses.replace(
         tiny_arrays(),
         trigger_rows=np.array([0], dtype=np.int32),
@@ -199,13 +200,13 @@ def test_triggers_that_cannot_be_served_are_a_refusal(tmp_path: Path) -> None:
         trigger_reasons=np.array(["r"]),
         trigger_figures=np.array(["{}"]),
     )
-    publish_bundle(tmp_path, "v2", unknown_kind, {})
+    publish_bundle(tmp_path, "v2", unknown_kind, Manifest())
     not_json = dataclasses.replace(unknown_kind, trigger_kinds=np.array(["lapsing"]))
     not_json = dataclasses.replace(not_json, trigger_figures=np.array(["{not json"]))
     registry = ModelRegistry(tmp_path)
     assert not registry.load() and registry.model is not None  # the fallback, v1
     assert "trigger_kinds[0]" in (registry.last_error or "")
-    publish_bundle(tmp_path, "v3", not_json, {})
+    publish_bundle(tmp_path, "v3", not_json, Manifest())
     assert not registry.check() and "trigger_figures[0]" in (registry.last_error or "")
 
 
@@ -213,7 +214,7 @@ def test_gunicorn_starts_with_nothing_servable_and_answers_readyz_503(tmp_path: 
     """The app is preloaded in gunicorn's master: a bundle that cannot be read must not stop
     the master, or nothing answers at all."""
     models = tmp_path / "models"
-    path = publish_bundle(models, "v1", tiny_arrays(), {})
+    path = publish_bundle(models, "v1", tiny_arrays(), Manifest())
     rewrite(path, *unreadable_files(tiny_arrays())["broken_zip"])
     port = free_port()
     env = {
@@ -237,7 +238,7 @@ def test_gunicorn_starts_with_nothing_servable_and_answers_readyz_503(tmp_path: 
         try:
             status, body = poll(f"http://127.0.0.1:{port}/readyz", server, lambda s: s == 503)
             assert status == 503 and "factors.npz" in str(body["detail"])
-            publish_bundle(models, "v2", tiny_arrays(2.0), {})
+            publish_bundle(models, "v2", tiny_arrays(2.0), Manifest())
             status, body = poll(f"http://127.0.0.1:{port}/readyz", server, lambda s: s == 200)
             assert status == 200 and body["model_version"] == "v2"
         finally:

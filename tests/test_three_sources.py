@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -196,7 +197,7 @@ def test_shared_family_email_keeps_accounts_apart(client: FlaskClient) -> None:
 
 
 def test_manifest_reports_links_conflicts_and_accounting(three_sources: Path) -> None:
-    manifest = load_current(three_sources).manifest
+    manifest = msgspec.to_builtins(load_current(three_sources).manifest)  # as on disk
     identity = manifest["identity"]
     assert identity["conflicts"]["distinct_ids"]["count"] == 1
     assert identity["invalid"] == {"email": 1, "phone": 0}

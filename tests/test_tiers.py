@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from recsvc import create_app
 from recsvc.config import ServiceConfig
-from recsvc.tiers import tier_indices
+from recsvc.policy import tier_indices
 from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config, write_csv
 from training.config import load_config
 from training.pipeline import train
@@ -182,5 +182,5 @@ def test_percentile_tiers_split_a_known_population() -> None:
     )
     spend = np.arange(10.0, 101.0, 10.0)  # 10, 20, ..., 100
     levels = resolve_levels(config, spend)
-    assert [level["min_spend"] for level in levels] == [0.0, 55.0, 91.0]
+    assert [level.min_spend for level in levels] == [0.0, 55.0, 91.0]
     assert np.bincount(tier_indices(levels, spend)).tolist() == [5, 4, 1]

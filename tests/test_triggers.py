@@ -21,8 +21,9 @@ from recsvc import create_app
 from recsvc.bundle import BundleArrays, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.identity import CANONICAL, IdentityKey
+from recsvc.manifest import Manifest
+from recsvc.policy import DEFAULT_LEVELS, TierPolicy
 from recsvc.store import customer_key
-from recsvc.tiers import DEFAULT_LEVELS
 from recsvc.triggers import (
     KINDS,
     BadCursor,
@@ -70,8 +71,10 @@ def with_triggers(arrays: BundleArrays, triggers: list[tuple[int, int, str, str]
 @pytest.fixture(params=["embedded", "redis"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
     models = tmp_path / "models"
-    tiers = {"window_days": 365.0, "levels": DEFAULT_LEVELS, "spend_thresholds": [100.0]}
-    publish_bundle(models, "v1", with_triggers(tiny_arrays(), BUNDLE_TRIGGERS), {"tiers": tiers})
+    tiers = TierPolicy(window_days=365.0, levels=DEFAULT_LEVELS, spend_thresholds=(100.0,))
+    publish_bundle(
+        models, "v1", with_triggers(tiny_arrays(), BUNDLE_TRIGGERS), Manifest(tiers=tiers)
+    )
     redis_url = request.getfixturevalue("clean_redis") if request.param == "redis" else None
     config = ServiceConfig(
         models_dir=models,

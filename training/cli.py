@@ -467,7 +467,7 @@ def _campaign(args: argparse.Namespace, model: Any, realtime: Any) -> Campaign:
             candidates.append(key)
     else:
         kind, _, tier_name = args.segment.partition("=")
-        names = [level["name"] for level in model.ranker.tiers.levels]
+        names = model.ranker.tiers.names
         if kind != "tier" or tier_name not in names:
             raise TrainingError(
                 f"--segment: tier=<one of {', '.join(names)}>, got {args.segment!r}"

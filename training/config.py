@@ -22,6 +22,8 @@ from msgspec import Meta, Struct
 
 from recsvc.defaults import DEFAULT_CHANNELS
 from recsvc.identity import IdentityKey, IdentityRules
+from recsvc.logrecords import EVENT_FIELDS
+from recsvc.manifest import Channels, Slot
 from training.errors import ConfigError
 from training.identity import LinkRules
 from training.tiers import TierConfig, TierLevel
@@ -30,6 +32,7 @@ SourceKind = Literal["csv", "jsonl", "parquet", "postgresql", "events"]
 SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
 # The service's event log (recsvc.events.EventLog) has fixed columns; its customer column holds
 # request keys (canonical id, <source>:<id>, email:, phone:).
+# The event log's columns (recsvc.logrecords.EventRecord) each canonical field reads.
 EVENTS_COLUMNS = {
     "order_id": "event_id",
     "customer_id": "customer",
@@ -38,6 +41,7 @@ EVENTS_COLUMNS = {
     "unit_price": "price",
     "timestamp": "timestamp",
 }
+assert set(EVENTS_COLUMNS.values()) <= set(EVENT_FIELDS)
 # Canonical event fields; a source maps each it has to one of its own column names.
 FIELDS = (
     "customer_id",
@@ -189,15 +193,15 @@ class ChannelsConfig:
     )
     utm: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CHANNELS["utm"]))
 
-    def to_manifest(self) -> dict[str, Any]:
-        return {
-            "base_url": self.base_url,
-            "product_path": self.product_path,
-            "image_path": self.image_path,
-            "currency_symbol": self.currency_symbol,
-            "slots": self.slots,
-            "utm": self.utm,
-        }
+    def to_manifest(self) -> Channels:
+        return Channels(
+            base_url=self.base_url,
+            product_path=self.product_path,
+            image_path=self.image_path,
+            currency_symbol=self.currency_symbol,
+            slots={name: Slot(**slot) for name, slot in self.slots.items()},
+            utm=dict(self.utm),
+        )
 
 
 @dataclass(frozen=True)

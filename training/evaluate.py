@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from recsvc.tiers import TierTable
+from recsvc.policy import TierTable
 from training.config import ModelParams, TrainConfig
 from training.dataset import TrainingData
 from training.errors import TrainingError
@@ -181,9 +181,9 @@ def evaluate_merged(
     data, crm = history.data, history.crm
     assert crm is not None  # built with a tier config
     relevant = relevant_items(data, holdout.test)
-    tiers = TierTable.from_manifest(crm.manifest)
+    tiers = TierTable.of(crm.policy)
     tier_of = tiers.indices(crm.arrays["window_spend"])
-    tier_names = [level["name"] for level in tiers.levels]
+    tier_names = tiers.names
     report: dict[str, Any] = {
         "protocol": {
             "cutoff": cutoff.isoformat(),
@@ -196,7 +196,7 @@ def evaluate_merged(
             "catalog_items": len(data.item_ids),
             "test_customers": len(relevant),
             "recsvc_parameters": msgspec.structs.asdict(params),
-            "tiers": crm.manifest,
+            "tiers": msgspec.json.decode(msgspec.json.encode(crm.policy)),  # as JSON has it
         }
     }
     progress = progress or Progress.silent()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -49,6 +50,8 @@ from recsvc.identity import (
     normalise_email,
     normalise_phone,
 )
+from recsvc.logrecords import ALIAS_DIGESTS
+from recsvc.manifest import ErasureReport, Identity, InvalidContacts
 from training.config import IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (
     ItemCrosswalk,
@@ -157,7 +160,7 @@ class MergedHistory:
     quarantine: pd.DataFrame
     accounting: dict[str, dict[str, Any]]
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> canonical customer id
-    identity: dict[str, Any] = field(default_factory=dict)  # linking report for the manifest
+    identity: Identity = field(default_factory=Identity)  # linking report for the manifest
     item_groups: dict[str, str] = field(default_factory=dict)  # catalog item -> group
 
 
@@ -211,7 +214,10 @@ def merge_sources(
     )
     outcome[erased & (outcome == UNDECIDED)] = ERASED
     parsed["outcome"] = outcome
-    identity_report["erasures"] = erasure_report(identity.erasures, int((outcome == ERASED).sum()))
+    identity_report = msgspec.structs.replace(
+        identity_report,
+        erasures=erasure_report(identity.erasures, int((outcome == ERASED).sum())),
+    )
     customers = _customer_of(parsed, identifiers, aliases)
     outcome = parsed["outcome"].to_numpy(copy=True)
     has_order = parsed["order"].to_numpy() != _blank_code(vocabulary["order"])
@@ -258,7 +264,7 @@ def _link(
     sources: list[SourceConfig],
     config: IdentityConfig,
     namespace_of: dict[str, str],
-) -> tuple[dict[str, str], dict[str, Any]]:
+) -> tuple[dict[str, str], Identity]:
     """Link every row's identifiers; return alias -> canonical id (including ``<source>:<id>``
     and ``id:<canonical>`` lookups for the service) and the linking report."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
@@ -281,12 +287,13 @@ def _link(
         aliases[f"{sources[position].name}:{raw_ids[raw]}"] = linked.customer_of[id_aliases[alias]]
     for canonical in set(linked.customer_of.values()):
         aliases[f"{CANONICAL}:{canonical}"] = canonical
-    report = linked.report()
-    report["rules"] = config.rules.to_manifest()
-    report["invalid"] = {
-        "email": int(parsed["invalid_email"].sum()),
-        "phone": int(parsed["invalid_phone"].sum()),
-    }
+    report = msgspec.structs.replace(
+        msgspec.convert(linked.report(), Identity),
+        rules=config.rules.to_manifest(),
+        invalid=InvalidContacts(
+            email=int(parsed["invalid_email"].sum()), phone=int(parsed["invalid_phone"].sum())
+        ),
+    )
     return aliases, report
 
 
@@ -556,16 +563,14 @@ NO_ERASURE_LIST = (
 )
 
 
-def erasure_report(path: Path | None, rows_erased: int) -> dict[str, Any]:
+def erasure_report(path: Path | None, rows_erased: int) -> ErasureReport:
     """The manifest's ``identity.erasures``; a ``warning`` when no list is configured."""
-    report: dict[str, Any] = {
-        "list": None if path is None else str(path),
-        "list_present": path is not None and path.is_file(),
-        "rows_erased": rows_erased,
-    }
-    if path is None:
-        report["warning"] = NO_ERASURE_LIST
-    return report
+    return ErasureReport(
+        list=None if path is None else str(path),
+        list_present=path is not None and path.is_file(),
+        rows_erased=rows_erased,
+        warning=NO_ERASURE_LIST if path is None else None,
+    )
 
 
 def load_erasures(path: Path | None) -> set[str]:
@@ -578,7 +583,7 @@ def load_erasures(path: Path | None) -> set[str]:
             if not line.strip():
                 continue
             try:
-                digests.update(json.loads(line)["alias_digests"])
+                digests.update(json.loads(line)[ALIAS_DIGESTS])
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise SourceError(
                     f"{path}, line {number}: not an erasure record ({error})"

@@ -23,8 +23,19 @@ from threadpoolctl import threadpool_limits
 
 from recsvc.bundle import CONTENT_FILE, BundleArrays, new_version, publish_bundle, sha256_file
 from recsvc.identity import CANONICAL, IdentityKey, alias_table
+from recsvc.manifest import (
+    Accounting,
+    Catalog,
+    Contribution,
+    ItemRulesSection,
+    Manifest,
+    Parameters,
+    Quarantine,
+    Returns,
+    SourceSummary,
+)
+from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
-from recsvc.tiers import TierTable
 from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, value_is
@@ -100,7 +111,7 @@ def train(
             del lines  # not needed by the candidate lists, which hold the most memory
             taxonomy = load_taxonomy(config.items.taxonomy)
             crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
-            tier_names = [level["name"] for level in crm.manifest["levels"]]
+            tier_names = TierTable.of(crm.policy).names
             content = load_content(
                 config.channels.content, list(taxonomy), tier_names, config.channels.base_url
             )
@@ -113,21 +124,35 @@ def train(
             data, fitted, config.model, merged.aliases, crm, config.identity.key, progress
         )
     version = new_version(fingerprint)
-    sections = {
+    manifest = Manifest(
+        model=MODEL_KIND,
+        data_fingerprint=fingerprint,
+        data_as_of=None if data.as_of is None else data.as_of.isoformat(),
+        parameters=parameters(config),
+        accounting=msgspec.convert(merged.accounting, dict[str, Accounting]),
         # Receipt time of the last reported event learned from; the service only applies
         # events received after it, so none counts twice.
-        "events_through": max((t for t in received if t is not None), default=None),
-        "tiers": crm.manifest,
-        "catalog": {"categories": list(taxonomy)},
-        "channels": config.channels.to_manifest(),
-        "sources": contributions,
-        "quarantine": quarantine,
-        "returns": data.settlement.report,
-    }
+        events_through=max((t for t in received if t is not None), default=None),
+        tiers=crm.policy,
+        catalog=Catalog(categories=tuple(taxonomy)),
+        channels=config.channels.to_manifest(),
+        sources=contributions,
+        quarantine=quarantine,
+        returns=msgspec.convert(data.settlement.report, Returns),
+        identity=msgspec.structs.replace(
+            merged.identity,
+            namespaces=tuple(
+                sorted(
+                    {s.name for s in config.sources}
+                    | {s.customer_namespace for s in config.sources}
+                )
+            ),
+            # The service refuses the bundle unless its RECSVC_ID_SECRET has this fingerprint.
+            key_fingerprint=config.identity.key.fingerprint,
+        ),
+    )
     with progress.step("publishing the bundle"):
-        path = publish(
-            models_dir, version, fingerprint, config, merged, data, arrays, sections, content
-        )
+        path = publish(models_dir, version, manifest, merged, arrays, content)
     return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
 
 
@@ -181,7 +206,7 @@ def served_arrays(
     arrays = bundle_arrays(data, factors, prior, aliases, None if crm is None else crm.arrays, key)
     if crm is None or params.candidates == 0:
         return arrays
-    ranker = Ranker(arrays, tiers=TierTable.from_manifest(crm.manifest), key=key)
+    ranker = Ranker(arrays, tiers=TierTable.of(crm.policy), key=key)
     # A thread per core, each with one BLAS thread: faster than one multi-threaded product,
     # and the lists come out the same whatever the machine's core count.
     customers = len(arrays.customer_ids)
@@ -249,7 +274,7 @@ def bundle_arrays(
 
 def quarantine_gate(
     sources: Iterable[SourceConfig], merged: MergedHistory, allow: bool
-) -> dict[str, Any]:
+) -> Quarantine:
     """Stop the run where a source's quarantined share is over its ``max_quarantine_share``
     (a wrong mapping or format quarantines most rows; publishing that would serve a model of
     what is left), unless ``allow``. Returns the manifest's record of it."""
@@ -277,11 +302,11 @@ def quarantine_gate(
             + ". Nothing was published: fix the mapping or format, raise the source's "
             "max_quarantine_share, or pass --allow-quarantine"
         )
-    return {
-        "max_share": {source.name: source.max_quarantine_share for source in sources},
-        "over_limit": over,  # published anyway: --allow-quarantine
-        "allow_quarantine": allow,
-    }
+    return Quarantine(
+        max_share={source.name: source.max_quarantine_share for source in sources},
+        over_limit=over,
+        allow_quarantine=allow,
+    )
 
 
 def _first_quarantined(source: SourceConfig, quarantine: pd.DataFrame, reason: str) -> str:
@@ -320,7 +345,7 @@ def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
         digest.update(json.dumps(declared, sort_keys=True, default=str).encode())
     identity = config.identity
     shaping = {
-        "identity_rules": identity.rules.to_manifest(),
+        "identity_rules": msgspec.to_builtins(identity.rules.to_manifest()),
         "links": dataclasses.asdict(identity.links),
         "tiers": dataclasses.asdict(config.tiers),
     }
@@ -336,39 +361,19 @@ def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
     for path in files:
         present = path is not None and Path(path).is_file()  # an erasure list may not exist
         digest.update((sha256_file(Path(path)) if path and present else "-").encode() + b"\0")
-    digest.update(json.dumps(parameters(config), sort_keys=True).encode())
+    digest.update(json.dumps(msgspec.to_builtins(parameters(config)), sort_keys=True).encode())
     return digest.hexdigest()
 
 
 def publish(
     models_dir: Path,
     version: str,
-    fingerprint: str,
-    config: TrainConfig,
+    manifest: Manifest,
     merged: MergedHistory,
-    data: TrainingData,
     arrays: BundleArrays,
-    sections: dict[str, Any],
     content: list[dict[str, Any]],
 ) -> Path:
-    """Write the bundle: arrays, the manifest (with ``sections`` from the feature modules),
-    the quarantine file and the content catalog."""
-    manifest = {
-        "model": MODEL_KIND,
-        "data_fingerprint": fingerprint,
-        "data_as_of": None if data.as_of is None else data.as_of.isoformat(),
-        "parameters": parameters(config),
-        "accounting": merged.accounting,
-        **sections,
-        "identity": {
-            **merged.identity,
-            "namespaces": sorted(
-                {s.name for s in config.sources} | {s.customer_namespace for s in config.sources}
-            ),
-            # The service refuses the bundle unless its RECSVC_ID_SECRET has this fingerprint.
-            "key_fingerprint": config.identity.key.fingerprint,
-        },
-    }
+    """Write the bundle: arrays, the manifest, the quarantine file and the content catalog."""
     with tempfile.TemporaryDirectory() as scratch:
         quarantine_path = Path(scratch) / QUARANTINE_FILE
         merged.quarantine.to_csv(quarantine_path, index=False)
@@ -380,7 +385,7 @@ def publish(
 
 def _source_summaries(
     sources: Iterable[SourceConfig], merged_events: pd.DataFrame
-) -> list[dict[str, Any]]:
+) -> tuple[SourceSummary, ...]:
     """What each source is and what it contributed (provenance)."""
     used = outcome_is(merged_events, "used")
     personal = outcome_is(merged_events, "used", "cancellation")
@@ -390,30 +395,30 @@ def _source_summaries(
     for source in sources:
         mine = value_is(merged_events["source"], source.name)
         summaries.append(
-            {
-                "name": source.name,
-                "kind": source.kind,
-                "location": source.path or source.table or "query",
-                "customer_namespace": source.customer_namespace,
-                "trust": source.trust,
-                "currency_rate": source.currency_rate,
-                "timezone": source.timezone,
-                "contribution": {
-                    "purchases": int((mine & used).sum()),
-                    "customers": len(np.unique(customers[mine & personal])),
-                    "items": len(np.unique(items[mine])),
-                },
-            }
+            SourceSummary(
+                name=source.name,
+                kind=source.kind,
+                location=str(source.path or source.table or "query"),
+                customer_namespace=source.customer_namespace,
+                trust=source.trust,
+                currency_rate=source.currency_rate,
+                timezone=source.timezone,
+                contribution=Contribution(
+                    purchases=int((mine & used).sum()),
+                    customers=len(np.unique(customers[mine & personal])),
+                    items=len(np.unique(items[mine])),
+                ),
+            )
         )
-    return summaries
+    return tuple(summaries)
 
 
-def parameters(config: TrainConfig) -> dict[str, Any]:
-    return {
-        "model": msgspec.structs.asdict(config.model),
-        "tuned_from": None if config.tuned_from is None else str(config.tuned_from),
-        "items": {
-            "non_product_ids": sorted(config.items.non_product_ids),
-            "non_product_pattern": config.items.non_product_pattern,
-        },
-    }
+def parameters(config: TrainConfig) -> Parameters:
+    return Parameters(
+        model=msgspec.structs.asdict(config.model),
+        tuned_from=None if config.tuned_from is None else str(config.tuned_from),
+        items=ItemRulesSection(
+            non_product_ids=tuple(sorted(config.items.non_product_ids)),
+            non_product_pattern=config.items.non_product_pattern,
+        ),
+    )

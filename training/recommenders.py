@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsvc.policy import TierTable
 from recsvc.ranker import Ranker, top_n
-from recsvc.tiers import TierTable
 from training.config import ModelParams
 from training.dataset import TrainingData, build_dataset
 from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
@@ -90,7 +90,7 @@ class ServedModel:
 
     def fit(self, history: History) -> None:
         crm = history.crm
-        tiers = None if crm is None else TierTable.from_manifest(crm.manifest)
+        tiers = None if crm is None else TierTable.of(crm.policy)
         self._ranker = Ranker(fit_model(history.data, self.params, crm=crm), tiers=tiers)
 
     def recommend(self, row: int | None, n: int) -> list[int]:

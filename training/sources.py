@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from isal import igzip
 from pandas.api.types import union_categoricals
 
+from recsvc.logrecords import RECEIVED_AT
 from training.config import EVENTS_COLUMNS, SourceConfig
 from training.errors import SourceError
 
@@ -323,18 +324,18 @@ def _read_events(source: SourceConfig, path: Path) -> pd.DataFrame:
         return _jsonl_by_line(source, path, received=True)
     frame = _fields(_arrow_text(table, list(source.columns.values()), str(path)), source)
     received = (
-        pc.fill_null(table.column("received_at").cast(pa.float64()), 0.0).to_numpy()
-        if "received_at" in table.column_names
+        pc.fill_null(table.column(RECEIVED_AT).cast(pa.float64()), 0.0).to_numpy()
+        if RECEIVED_AT in table.column_names
         else 0.0
     )
-    frame["received_at"] = received
+    frame[RECEIVED_AT] = received
     return frame
 
 
 def _no_events() -> pd.DataFrame:
     """An event log with no file yet: no rows, the columns a read log has."""
     frame = pd.DataFrame({field: _blank_text(0) for field in EVENTS_COLUMNS})
-    frame["received_at"] = np.zeros(0)
+    frame[RECEIVED_AT] = np.zeros(0)
     frame["file"] = np.zeros(0, dtype=np.int64)
     return _numbered(frame)
 
@@ -382,7 +383,7 @@ def _jsonl_by_line(source: SourceConfig, path: Path, received: bool = False) -> 
                             value = None
                         values[column].append(_json_text(value))
                     malformed.append(wrong)
-                    stamp = record.get("received_at")
+                    stamp = record.get(RECEIVED_AT)
                     is_number = isinstance(stamp, int | float) and not isinstance(stamp, bool)
                     received_at.append(float(stamp) if is_number and stamp is not None else 0.0)
     except (OSError, EOFError) as error:
@@ -391,7 +392,7 @@ def _jsonl_by_line(source: SourceConfig, path: Path, received: bool = False) -> 
     frame = _fields(pd.DataFrame(values, dtype="category"), source)
     frame["malformed"] = _categorical_text(pd.Series(malformed, dtype="str"))
     if received:
-        frame["received_at"] = np.asarray(received_at)
+        frame[RECEIVED_AT] = np.asarray(received_at)
     return frame
 
 
@@ -429,7 +430,7 @@ def events_through(rows: SourceRows) -> float | None:
     """Receipt time of the last event read from an event log source."""
     if rows.source.kind != "events" or rows.frame.empty:
         return None
-    return float(rows.frame["received_at"].max())
+    return float(rows.frame[RECEIVED_AT].max())
 
 
 def _read_parquet(source: SourceConfig, path: Path) -> pd.DataFrame:

@@ -8,7 +8,7 @@ Signals per customer: last and first purchase, median days between orders, how o
 are (lapsing when more than ``lapsing_factor`` median intervals have passed), the hour and
 weekday they usually order (the population's when they have fewer than
 ``min_orders_for_timing`` orders), price band, and thresholds crossed. Triggers are the
-signals that fired: ``lapsing``, ``tier_up``, ``thank_you``, ``threshold``.
+signals that fired (kinds, thresholds and rules: recsvc.policy, which the service applies).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from recsvc.tiers import tier_indices
+from recsvc import policy
+from recsvc.policy import TierPolicy, tier_indices
 from training.dataset import Settlement, outcome_is, positions, run_starts, settle_returns
 from training.errors import ConfigError
-
-TRIGGER_KINDS = ("lapsing", "tier_up", "thank_you", "threshold")
 
 
 @dataclass(frozen=True)
@@ -40,14 +39,14 @@ class TierLevel:
 
 @dataclass(frozen=True)
 class TierConfig:
-    window_days: float = 365.0
+    window_days: float = policy.WINDOW_DAYS
     method: str = "thresholds"
     levels: tuple[TierLevel, ...] = (TierLevel("standard", min_spend=0.0),)
     price_affinity: float = 0.0  # penalty per log-unit a price lies outside the usual band
     premium_price_percentile: float = 90.0  # items priced above this percentile are premium
     exclusive_items: Any = None  # Path of a CSV item_id,tier: items only that tier and up see
-    lapsing_factor: float = 2.0
-    min_orders_for_interval: int = 3
+    lapsing_factor: float = policy.LAPSING_FACTOR
+    min_orders_for_interval: int = policy.MIN_ORDERS_FOR_INTERVAL
     min_orders_for_timing: int = 3
     spend_thresholds: tuple[float, ...] = ()
     order_thresholds: tuple[int, ...] = ()
@@ -71,9 +70,11 @@ class CustomerSignals:
     triggers: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def resolve_levels(config: TierConfig, window_spend: NDArray[np.float64]) -> list[dict[str, Any]]:
+def resolve_levels(
+    config: TierConfig, window_spend: NDArray[np.float64]
+) -> tuple[policy.TierLevel, ...]:
     """The tier table as the service applies it: spend thresholds, ascending."""
-    levels: list[dict[str, Any]] = []
+    levels: list[policy.TierLevel] = []
     spenders = window_spend[window_spend > 0]
     for level in config.levels:
         if config.method == "percentiles":
@@ -87,17 +88,17 @@ def resolve_levels(config: TierConfig, window_spend: NDArray[np.float64]) -> lis
             assert level.min_spend is not None
             threshold = level.min_spend
         levels.append(
-            {
-                "name": level.name,
-                "min_spend": round(threshold, 2),
-                "perks": list(level.perks),
-                "premium_boost": level.premium_boost,
-            }
+            policy.TierLevel(
+                name=level.name,
+                min_spend=round(threshold, 2),
+                perks=tuple(level.perks),
+                premium_boost=level.premium_boost,
+            )
         )
     for lower, higher in zip(levels, levels[1:], strict=False):
-        if float(higher["min_spend"]) < float(lower["min_spend"]):
-            raise ConfigError(f"tiers: {higher['name']} starts below {lower['name']}")
-    return levels
+        if higher.min_spend < lower.min_spend:
+            raise ConfigError(f"tiers: {higher.name} starts below {lower.name}")
+    return tuple(levels)
 
 
 @dataclass(frozen=True)
@@ -278,23 +279,22 @@ def _price_band(
 def training_triggers(
     lines: CustomerLines,
     signals: CustomerSignals,
-    levels: list[dict[str, Any]],
-    config: TierConfig,
+    rules: TierPolicy,
     as_of: pd.Timestamp | None,
 ) -> pd.DataFrame:
     """Every trigger that fired up to ``as_of``: customer row, kind, when, why, figures."""
     records: list[dict[str, Any]] = []
     orders = _order_totals(lines)
     if not orders.empty:
-        records += _crossings(orders, levels, config)
+        records += _crossings(orders, rules)
     if as_of is not None:
         now = int(as_of.timestamp())
         overdue = signals.median_interval_days > 0
         for row in np.flatnonzero(overdue & (signals.last_purchase > 0)):
             median = float(signals.median_interval_days[row])
             since = (now - int(signals.last_purchase[row])) / 86400.0
-            if since > config.lapsing_factor * median:
-                fired = int(signals.last_purchase[row] + config.lapsing_factor * median * 86400)
+            if rules.is_lapsing(since / median):
+                fired = int(signals.last_purchase[row] + rules.lapsing_factor * median * 86400)
                 records.append(
                     {
                         "row": int(row),
@@ -338,9 +338,8 @@ def _order_totals(lines: CustomerLines) -> pd.DataFrame:
     return orders
 
 
-def _crossings(
-    orders: pd.DataFrame, levels: list[dict[str, Any]], config: TierConfig
-) -> list[dict[str, Any]]:
+def _crossings(orders: pd.DataFrame, rules: TierPolicy) -> list[dict[str, Any]]:
+    """The triggers fired at the first order whose running figure reached a threshold."""
     records: list[dict[str, Any]] = []
 
     def first_crossing(kind: str, mask: pd.Series, reason: str, figure: str) -> None:
@@ -358,26 +357,20 @@ def _crossings(
                 }
             )
 
-    for threshold in config.spend_thresholds:
+    for threshold in rules.spend_thresholds:
         first_crossing(
-            "threshold",
-            orders["spend"] >= threshold,
-            f"lifetime spend reached {threshold:g}",
-            "spend",
+            "threshold", orders["spend"] >= threshold, policy.spend_reason(threshold), "spend"
         )
-    for threshold in config.order_thresholds:
+    for threshold in rules.order_thresholds:
         first_crossing(
-            "threshold", orders["orders"] >= threshold, f"order count reached {threshold}", "orders"
+            "threshold", orders["orders"] >= threshold, policy.orders_reason(threshold), "orders"
         )
-    thank = pd.Series(False, index=orders.index)
-    if config.thank_you_spend is not None:
-        thank |= orders["spend"] >= config.thank_you_spend
-    if config.thank_you_orders is not None:
-        thank |= orders["orders"] >= config.thank_you_orders
-    first_crossing("thank_you", thank, "a loyal customer: thank them", "spend")
+    thank = pd.Series(rules.thank_you(orders["spend"], orders["orders"]), index=orders.index)
+    first_crossing("thank_you", thank, policy.THANK_YOU_REASON, "spend")
+    levels = rules.levels
 
     # Tier after each order, by spend in the trailing window ending at that order.
-    window = int(config.window_days * 86400)
+    window = int(rules.window_days * 86400)
     key = orders["row"].to_numpy(np.int64) * (1 << 40) + orders["seconds"].to_numpy()
     start = np.searchsorted(key, key - window, side="right")
     running = np.concatenate([[0.0], orders["amount"].to_numpy().cumsum()])
@@ -396,13 +389,13 @@ def _crossings(
         *(last_upgrades[c].tolist() for c in ("row", "seconds", "before", "tier", "window_spend")),
         strict=True,
     ):
-        old, new = levels[int(before)]["name"], levels[int(after)]["name"]
+        old, new = levels[int(before)].name, levels[int(after)].name
         records.append(
             {
                 "row": int(row),
                 "kind": "tier_up",
                 "fired_at": int(seconds),
-                "reason": f"moved up from {old} to {new}",
+                "reason": policy.tier_up_reason(old, new),
                 "figures": {"window_spend": round(float(spend), 2), "from": old, "to": new},
             }
         )
@@ -411,10 +404,10 @@ def _crossings(
 
 @dataclass(frozen=True)
 class Crm:
-    """Tier and signal arrays for the bundle, and the tier table for its manifest."""
+    """Tier and signal arrays for the bundle, and the tier policy for its manifest."""
 
     arrays: dict[str, NDArray[Any]]
-    manifest: dict[str, Any]
+    policy: TierPolicy
 
 
 def build_crm(
@@ -429,14 +422,38 @@ def build_crm(
     ``CustomerLines.of``), and which items are premium or reserved for a tier."""
     signals = customer_signals(lines, len(customer_ids), as_of, config)
     levels = resolve_levels(config, signals.window_spend)
-    triggers = training_triggers(lines, signals, levels, config, as_of)
-    figures = json.JSONEncoder(sort_keys=True)  # json.dumps builds one per call
     known_prices = prices[np.isfinite(prices)]
     premium_price = (
         float(np.percentile(known_prices, config.premium_price_percentile))
         if len(known_prices)
         else float("inf")
     )
+    rules = TierPolicy(
+        window_days=config.window_days,
+        method=config.method,
+        levels=levels,
+        price_affinity=config.price_affinity,
+        premium_price=premium_price if np.isfinite(premium_price) else None,
+        lapsing_factor=config.lapsing_factor,
+        min_orders_for_interval=config.min_orders_for_interval,
+        spend_thresholds=tuple(config.spend_thresholds),
+        order_thresholds=tuple(config.order_thresholds),
+        thank_you_spend=config.thank_you_spend,
+        thank_you_orders=config.thank_you_orders,
+        as_of=None if as_of is None else as_of.isoformat(),
+        population_best_hour=signals.population_hour,
+        population_best_weekday=signals.population_weekday,
+        customers_per_tier={
+            level.name: int(count)
+            for level, count in zip(
+                levels,
+                np.bincount(tier_indices(levels, signals.window_spend), minlength=len(levels)),
+                strict=True,
+            )
+        },
+    )
+    triggers = training_triggers(lines, signals, rules, as_of)
+    figures = json.JSONEncoder(sort_keys=True)  # json.dumps builds one per call
     arrays: dict[str, NDArray[Any]] = {
         "window_spend": signals.window_spend,
         "first_purchase": signals.first_purchase,
@@ -458,31 +475,7 @@ def build_crm(
             [figures.encode(f) for f in triggers["figures"]], dtype=np.str_
         ),
     }
-    manifest = {
-        "window_days": config.window_days,
-        "method": config.method,
-        "levels": levels,
-        "price_affinity": config.price_affinity,
-        "premium_price": premium_price if np.isfinite(premium_price) else None,
-        "lapsing_factor": config.lapsing_factor,
-        "min_orders_for_interval": config.min_orders_for_interval,
-        "spend_thresholds": list(config.spend_thresholds),
-        "order_thresholds": list(config.order_thresholds),
-        "thank_you_spend": config.thank_you_spend,
-        "thank_you_orders": config.thank_you_orders,
-        "as_of": None if as_of is None else as_of.isoformat(),
-        "population_best_hour": signals.population_hour,
-        "population_best_weekday": signals.population_weekday,
-        "customers_per_tier": {
-            level["name"]: int(count)
-            for level, count in zip(
-                levels,
-                np.bincount(tier_indices(levels, signals.window_spend), minlength=len(levels)),
-                strict=True,
-            )
-        },
-    }
-    return Crm(arrays, manifest)
+    return Crm(arrays, rules)
 
 
 def empty_crm(n_customers: int, n_items: int) -> dict[str, NDArray[Any]]:
@@ -509,13 +502,13 @@ def empty_crm(n_customers: int, n_items: int) -> dict[str, NDArray[Any]]:
 
 
 def _exclusive_tiers(
-    config: TierConfig, item_ids: NDArray[np.str_], levels: list[dict[str, Any]]
+    config: TierConfig, item_ids: NDArray[np.str_], levels: tuple[policy.TierLevel, ...]
 ) -> NDArray[np.int8]:
     """Per item, the lowest tier allowed to see it (0: everyone), from the exclusives file."""
     minimum = np.zeros(len(item_ids), dtype=np.int8)
     if config.exclusive_items is None:
         return minimum
-    names = [level["name"] for level in levels]
+    names = [level.name for level in levels]
     index = pd.Index(item_ids)
     with open(config.exclusive_items, newline="", encoding="utf-8-sig") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=2):

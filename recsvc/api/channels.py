@@ -83,7 +83,7 @@ def _block(
     try:
         block = channels.block(model, view, key, slot, datetime.now(UTC).date(), mask)
     except channels.UnknownSlot:
-        slots = ", ".join(sorted(channels.channels(model)["slots"]))
+        slots = ", ".join(sorted(channels.channels(model).slots))
         raise Problem(
             404, "Unknown slot", f"slot {slot!r} is not configured; slots: {slots}"
         ) from None
@@ -91,7 +91,7 @@ def _block(
     if public:
         block = channels.public_block(block, personalised=key is not None)
     if output == "html":
-        currency = channels.channels(model)["currency_symbol"]
+        currency = channels.channels(model).currency_symbol
         return Response(block_html(block, currency), mimetype="text/html")
     return jsonify(block)
 

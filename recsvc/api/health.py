@@ -32,8 +32,8 @@ def model() -> Response:
     registry = api.registry()
     return jsonify(
         version=served.version,
-        created=manifest.get("created"),
-        data_as_of=manifest.get("data_as_of"),
+        created=manifest.created,
+        data_as_of=manifest.data_as_of,
         loaded_at=datetime.fromtimestamp(served.loaded_at, UTC).isoformat(timespec="seconds"),
         last_error=registry.last_error,
         fallback_from=registry.fallback_from,
