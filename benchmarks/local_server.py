@@ -38,6 +38,7 @@ def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Itera
     port = free_port()
     env = {
         SECRET_VARIABLE: DEVELOPMENT_SECRET,
+        "RECSVC_ALLOW_DEVELOPMENT_SECRET": "on",  # a local test
         **os.environ,
         **environment,
         "RECSVC_BIND": f"127.0.0.1:{port}",

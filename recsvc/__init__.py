@@ -32,7 +32,8 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         log.warning("RECSVC_AUTH=off: every request is allowed; use this for local work only")
     if config.identity_key.development:
         log.warning(
-            "RECSVC_ID_SECRET is not set: alias digests use the published development secret; "
+            "alias digests use the published development secret (RECSVC_ID_SECRET unset or set "
+            "to it): anyone can reverse them; "
             "use this for local work only"
         )
 

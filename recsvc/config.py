@@ -202,6 +202,14 @@ SETTINGS: tuple[Setting, ...] = (
         field=None,
     ),
     Setting(
+        "ALLOW_DEVELOPMENT_SECRET",
+        "off",
+        "`on` lets a service with keys on use the published development secret (local load "
+        "tests and benchmarks only: anyone can reverse its digests)",
+        choices=("on", "off"),
+        field=None,
+    ),
+    Setting(
         "ID_SECRETS_RETIRED",
         "",
         "comma-separated secrets replaced by a rotation; erasures recorded under them still count",
@@ -286,7 +294,12 @@ class ServiceConfig:
                 f"{PREFIX}API_KEYS or {PREFIX}API_KEYS_FILE must grant at least one key "
                 f"(mint one with `recsvc keys mint`), or set {PREFIX}AUTH=off for local use"
             )
-        return cls(**parsed, auth=auth, api_keys=keys, identity_key=_identity_key(values, auth))
+        allow_development = ALLOW_DEVELOPMENT.read(values) == "on"
+        key = _identity_key(values, auth, allow_development)
+        return cls(**parsed, auth=auth, api_keys=keys, identity_key=key)
+
+
+ALLOW_DEVELOPMENT = next(s for s in SETTINGS if s.name == "ALLOW_DEVELOPMENT_SECRET")
 
 
 def settings_table() -> str:
@@ -307,9 +320,10 @@ def _allowed(setting: Setting) -> str:
     return ""
 
 
-def _identity_key(values: Mapping[str, str], auth: bool) -> IdentityKey:
-    """The deployment's secret. Unset: an error with authentication on, else the published
-    development secret (create_app warns whenever that one is in use)."""
+def _identity_key(values: Mapping[str, str], auth: bool, allow_development: bool) -> IdentityKey:
+    """The deployment's secret. With authentication on it must be set, and not to the
+    published development secret unless that is allowed explicitly; with it off, unset means
+    the development secret (create_app warns whenever that one is in use)."""
     try:
         key = IdentityKey.from_environment(values)
     except ValueError as error:
@@ -318,6 +332,12 @@ def _identity_key(values: Mapping[str, str], auth: bool) -> IdentityKey:
         raise ConfigError(
             f"{SECRET_VARIABLE} must be set to this deployment's secret (the trainer uses the "
             "same one); make one with python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    if key is not None and key.development and auth and not allow_development:
+        raise ConfigError(
+            f"{SECRET_VARIABLE} is the published development secret, whose digests anyone can "
+            "reverse: set this deployment's own (python -c 'import secrets; "
+            f"print(secrets.token_hex(32))'), or {ALLOW_DEVELOPMENT.variable}=on for a local test"
         )
     return key or IdentityKey.development_key()
 

@@ -198,6 +198,7 @@ class Realtime:
         per event and never stored. Raises StoreUnavailable (nothing applied) or OSError (the
         store change is undone)."""
         received = self.clock().timestamp()
+        erasures = self.erasures.current()
         result = BatchResult()
         accepted: list[tuple[int, Event, str, StoredEvent]] = []
         holdings = _Holdings(self, model)
@@ -245,6 +246,8 @@ class Realtime:
         except OSError:
             self.store.forget(new_entries)
             raise
+        if records and self.erasures.current() is not erasures:
+            self._redact_late(model, records)
         self._fire_triggers(model, [(e, s) for _, e, _, s in accepted], entries, outcomes)
         return result
 
@@ -349,6 +352,18 @@ class Realtime:
         return ErasureReceipt(
             customer_id, len(digests), max(removed, redacted), now.isoformat(timespec="seconds")
         )
+
+    def _redact_late(self, model: ServedModel, records: list[dict[str, object]]) -> None:
+        """An erasure landed while this batch was being recorded: it rewrote the logs before
+        this batch's lines were appended, so take out any of them it names now. (The store
+        needs nothing: it refuses, or the erasure removes, what reaches it.)"""
+        erased_now = {
+            str(record["customer"])
+            for record in records
+            if self.resolve(model, str(record["customer"]))[2]
+        }
+        if erased_now:
+            self.event_log.redact(lambda record: record.get("customer") in erased_now)
 
     def _names(
         self, model: ServedModel, record: dict[str, object], digests: set[str], keys: set[str]

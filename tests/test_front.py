@@ -312,6 +312,22 @@ def test_slow_clients_do_not_stop_the_service_behind_nginx(
     assert max(latencies) < PROBE_TIMEOUT, summary(latencies)
 
 
+def test_an_address_over_its_connection_limit_still_passes_health_probes(
+    servers: tuple[str, str], sample_models: Path
+) -> None:
+    """More slow connections than one address may hold: that address's other requests get
+    429, but health probes from it still pass (an orchestrator often shares the address)."""
+    customer = str(load_current(sample_models).arrays.customer_ids[5])
+    with SlowClients(servers[1], 430):  # half of them hold a request (its headers read)
+        time.sleep(1.0)
+        assert probe(f"{servers[1]}/healthz") < PROBE_TIMEOUT
+        assert probe(f"{servers[1]}/readyz") < PROBE_TIMEOUT
+        url = f"{servers[1]}/v1/customers/{customer}/recommendations"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=PROBE_TIMEOUT)
+        assert refused.value.code == 429
+
+
 def test_slow_clients_stop_gunicorn_alone(servers: tuple[str, str], sample_models: Path) -> None:
     """Without the proxy the failure is real: two slow connections take both sync workers."""
     customer = str(load_current(sample_models).arrays.customer_ids[5])

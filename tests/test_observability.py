@@ -41,6 +41,7 @@ def service(models: Path, tmp_path: Path, redis_url: str | None = None) -> Flask
             "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
             "RECSVC_API_KEYS": ",".join([OPS_LINE, WEB_LINE, ADMIN_LINE]),
             "RECSVC_ID_SECRET": DEVELOPMENT_SECRET,  # the sample bundle's
+            "RECSVC_ALLOW_DEVELOPMENT_SECRET": "on",
             "RECSVC_RELOAD_SECONDS": "1",
             **({"RECSVC_REDIS_URL": redis_url} if redis_url else {}),
         }

@@ -148,6 +148,7 @@ def test_publishable_answers_match_the_document(
             "RECSVC_API_KEYS": f"{web_line},{mail_line}",
             "RECSVC_SECRET_KEY": "k" * 32,
             "RECSVC_ID_SECRET": DEVELOPMENT_SECRET,  # what the sample bundle was trained with
+            "RECSVC_ALLOW_DEVELOPMENT_SECRET": "on",
         }
     )
     client = app.test_client()

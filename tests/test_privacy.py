@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from recsvc import create_app
+from recsvc.auth import mint
 from recsvc.bundle import load_current, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.errors import ConfigError
 from recsvc.events import ErasureLog
-from recsvc.identity import DIGEST_BYTES, IdentityKey, alias_table
+from recsvc.identity import DEVELOPMENT_SECRET, DIGEST_BYTES, IdentityKey, alias_table
 from recsvc.manifest import Identity, Manifest
 from recsvc.registry import ModelRegistry
 from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config, write_csv
@@ -283,3 +284,12 @@ def test_the_service_honours_erasures_made_before_a_rotation(tmp_path: Path) -> 
     status, body = post(after, purchase("r-1", "c1", "i1"))
     assert status == 422 and body["rejected"][0]["errors"] == ["customer: this customer was erased"]
     assert post(after, purchase("r-2", "c2", "i1"))[0] == 200
+
+
+def test_the_published_development_secret_is_refused_with_keys_on() -> None:
+    _, line = mint("ops", ["admin"])
+    base = {"RECSVC_API_KEYS": line, "RECSVC_ID_SECRET": DEVELOPMENT_SECRET}
+    with pytest.raises(ConfigError, match="published development secret"):
+        ServiceConfig.from_mapping(base)
+    allowed = ServiceConfig.from_mapping({**base, "RECSVC_ALLOW_DEVELOPMENT_SECRET": "on"})
+    assert allowed.identity_key.development

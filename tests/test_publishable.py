@@ -45,6 +45,7 @@ def service(models: Path, events: Path, secret: str = SECRET) -> Flask:
             "RECSVC_API_KEYS": f"{WEB_LINE},{MAIL_LINE},{ADMIN_LINE}",
             "RECSVC_SECRET_KEY": secret,
             "RECSVC_ID_SECRET": DEVELOPMENT_SECRET,  # what the test bundle was trained with
+            "RECSVC_ALLOW_DEVELOPMENT_SECRET": "on",
         }
     )
 

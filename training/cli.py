@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("--out", type=Path, required=True, help="file written (whole or not)")
     export_cmd.add_argument("--n", type=int, default=4, help="picks per customer")
     export_cmd.add_argument(
-        "--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=MODELS_DIR_HELP
+        "--models-dir", type=Path, default=_service_models_dir(), help=MODELS_DIR_HELP
     )
     _add_quiet(export_cmd)
     export_cmd.set_defaults(run=_export_picks)
@@ -222,8 +222,16 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _service_models_dir() -> Path:
+    """Where the service's commands look for bundles by default: RECSVC_MODELS_DIR, as the
+    service itself does, else ``models``."""
+    return Path(os.environ.get("RECSVC_MODELS_DIR", "").strip() or DEFAULT_MODELS_DIR)
+
+
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=MODELS_DIR_HELP)
+    parser.add_argument(
+        "--models-dir", type=Path, default=_service_models_dir(), help=MODELS_DIR_HELP
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
 
