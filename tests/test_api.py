@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from recsvc import create_app
 from recsvc.bundle import load_current
 from recsvc.errors import ConfigError
+from recsvc.openapi import OPERATIONS
 
 PROBLEM = "application/problem+json"
 
@@ -86,6 +89,42 @@ def test_bad_n_is_a_problem(client: FlaskClient, query: str, reason: str) -> Non
     body = response.get_json(force=True)
     assert body["status"] == 400 and reason in body["detail"]
     assert body["invalid_params"][0]["name"] == "n"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "unknown"),
+    [
+        ("get", "/v1/customers/x/recommendations?n=3&catgory=christmas", "catgory"),
+        ("get", "/v1/customers/~/recommendations?key=x&N=3", "N"),
+        ("get", "/v1/customers/x/profile?verbose=1", "verbose"),
+        ("get", "/v1/customers/x/blocks/home_hero?format=json&slot=x", "slot"),
+        ("get", "/v1/blocks/home_hero?customer=x", "customer"),
+        ("get", "/v1/customers/x/email-picks?send_id=s&limit=2", "limit"),
+        ("get", "/v1/triggers?kinds=lapsing", "kinds"),
+        ("get", "/v1/model?x=", "x"),
+        ("post", "/v1/events?dry_run=1", "dry_run"),
+        ("post", "/v1/visitor-tokens?customer=x", "customer"),
+        ("delete", "/v1/customers/x?force=1", "force"),
+    ],
+)
+def test_unknown_query_parameters_are_refused_by_name(
+    client: FlaskClient, method: str, url: str, unknown: str
+) -> None:
+    response = getattr(client, method)(url)
+    assert response.status_code == 400 and response.mimetype == PROBLEM
+    body = response.get_json(force=True)
+    assert body["invalid_params"][0]["name"] == unknown
+    assert body["detail"].startswith(f"{unknown}: unknown parameter; this endpoint takes")
+
+
+def test_every_v1_endpoint_declares_its_parameters(sample_app: Flask) -> None:
+    """Each /v1 route is in the operations table that the views check parameters against."""
+    declared = {(op.method, op.path) for op in OPERATIONS}
+    for rule in sample_app.url_map.iter_rules():
+        path = re.sub(r"<(\w+)>", r"{\1}", rule.rule)
+        for method in rule.methods or ():
+            if method.lower() in ("get", "post", "delete") and path.startswith("/v1"):
+                assert (method.lower(), path) in declared, (method, path)
 
 
 @pytest.mark.parametrize("path", ["/nope", "/v1/customers/", "/v1/customers/x/unknown"])

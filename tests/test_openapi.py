@@ -16,6 +16,7 @@ from referencing.jsonschema import DRAFT202012
 from recsvc import create_app
 from recsvc.auth import mint
 from recsvc.bundle import load_current
+from recsvc.identity import DEVELOPMENT_SECRET
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,7 @@ def test_publishable_answers_match_the_document(
             "RECSVC_EVENTS_DIR": str(tmp_path),
             "RECSVC_API_KEYS": f"{web_line},{mail_line}",
             "RECSVC_SECRET_KEY": "k" * 32,
+            "RECSVC_ID_SECRET": DEVELOPMENT_SECRET,  # the sample bundle's
         }
     )
     client = app.test_client()

@@ -7,32 +7,38 @@ from datetime import UTC, datetime
 from flask import Blueprint, Flask, Response, jsonify
 
 from recsvc import api
-from recsvc.openapi import document
+from recsvc.api.json import encoded
+from recsvc.api.params import query_args
+from recsvc.openapi import MODEL, document
+from recsvc.schemas import Health, ModelInfo, Ready
 
 blueprint = Blueprint("health", __name__)
 
 
 @blueprint.get("/healthz")
 def healthz() -> Response:
-    return jsonify(status="ok")
+    return encoded(Health())
 
 
 @blueprint.get("/readyz")
 def readyz() -> Response:
     model = api.served_model()
-    return jsonify(status="ready", model_version=model.version)
+    return encoded(Ready(model_version=model.version))
 
 
 @blueprint.get("/v1/model")
 def model() -> Response:
+    query_args(MODEL)
     served = api.served_model()
     manifest = served.bundle.manifest
-    return jsonify(
-        version=served.version,
-        created=manifest.get("created"),
-        data_as_of=manifest.get("data_as_of"),
-        loaded_at=datetime.fromtimestamp(served.loaded_at, UTC).isoformat(timespec="seconds"),
-        last_error=api.registry().last_error,
+    return encoded(
+        ModelInfo(
+            version=served.version,
+            created=manifest.get("created"),
+            data_as_of=manifest.get("data_as_of"),
+            loaded_at=datetime.fromtimestamp(served.loaded_at, UTC).isoformat(timespec="seconds"),
+            last_error=api.registry().last_error,
+        )
     )
 
 

@@ -19,6 +19,7 @@ from recsvc.api.params import int_arg, query_args
 from recsvc.api.problems import invalid_parameter
 from recsvc.errors import StoreUnavailable
 from recsvc.identity import CANONICAL
+from recsvc.openapi import TRIGGERS
 from recsvc.store import customer_key
 
 KINDS = ("lapsing", "tier_up", "thank_you", "threshold")
@@ -28,7 +29,7 @@ blueprint = Blueprint("triggers", __name__, url_prefix="/v1")
 @blueprint.get("/triggers")
 @requires("recs:read")
 def triggers() -> Response:
-    args = query_args()
+    args = query_args(TRIGGERS)
     kinds = _kinds(args.get("kind"))
     since = _since(args.get("since"))
     limit = int_arg(args, "limit", default=100, low=1, high=1000)
