@@ -184,3 +184,32 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
         create_app({**base, "RECSVC_REDIS_URL": "localhost:6379"})
     with pytest.raises(ConfigError, match="RECSVC_STORE_TIMEOUT_MS"):
         create_app({**base, "RECSVC_STORE_TIMEOUT_MS": "fast"})
+
+
+@pytest.mark.parametrize(
+    ("body", "name", "reason"),
+    [
+        ({"customer": "c", "ttl": 86401}, "ttl", "Expected `int` <= 86400 (seconds, an integer"),
+        ({"customer": "c", "ttl": True}, "ttl", "Expected `int`, got `bool`"),
+        ({"customer": "c", "ttl": "60"}, "ttl", "Expected `int`, got `str`"),
+        ({"customer": "c\u202e"}, "customer", "contains U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ({"customer": ""}, "customer", "Expected `str` of length >= 1 (the customer key"),
+        ({}, "customer", "required"),
+        ({"customer": "c", "extra": 1}, "extra", "unknown field; fields are customer, ttl"),
+    ],
+)
+def test_a_bad_body_is_refused_naming_the_field(
+    client: FlaskClient, body: dict[str, object], name: str, reason: str
+) -> None:
+    response = client.post("/v1/visitor-tokens", json=body)
+    assert response.status_code == 400 and response.mimetype == PROBLEM
+    problem = response.get_json(force=True)
+    assert problem["invalid_params"][0]["name"] == name
+    assert problem["detail"].startswith(f"{name}: {reason}"), problem["detail"]
+
+
+@pytest.mark.parametrize("data", ["[", "[]", "null", '"text"'])
+def test_a_body_that_is_not_an_object_is_refused(client: FlaskClient, data: str) -> None:
+    response = client.post("/v1/visitor-tokens", data=data, content_type="application/json")
+    assert response.status_code == 400 and response.mimetype == PROBLEM
+    assert "expected a JSON object with customer, ttl" in response.get_json(force=True)["detail"]
