@@ -79,7 +79,7 @@ class InvalidParam(Struct):
 class Problem(Struct, kw_only=True):
     """A problem (RFC 9457), served as application/problem+json."""
 
-    type: str = "about:blank"
+    type: str
     title: str
     status: int
     detail: str
@@ -89,12 +89,12 @@ class Problem(Struct, kw_only=True):
 # Health and the model
 
 
-class Health(Struct, kw_only=True):
-    status: Literal["ok"] = "ok"
+class Health(Struct):
+    status: Literal["ok"]
 
 
-class Ready(Struct, kw_only=True):
-    status: Literal["ready"] = "ready"
+class Ready(Struct):
+    status: Literal["ready"]
     model_version: str
 
 
@@ -189,7 +189,7 @@ class Profile(Struct):
 
 
 class ErasureReceipt(Struct, kw_only=True):
-    erased: bool = True
+    erased: bool
     customer_id: str | None
     aliases: int
     events_removed: int

@@ -76,6 +76,7 @@ def erase(key: str) -> Response:
         ) from None
     return encoded(
         ErasureReceipt(
+            erased=True,
             customer_id=receipt.customer_id,
             aliases=receipt.aliases,
             events_removed=receipt.events_removed,

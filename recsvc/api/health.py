@@ -17,13 +17,13 @@ blueprint = Blueprint("health", __name__)
 
 @blueprint.get("/healthz")
 def healthz() -> Response:
-    return encoded(Health())
+    return encoded(Health("ok"))
 
 
 @blueprint.get("/readyz")
 def readyz() -> Response:
     model = api.served_model()
-    return encoded(Ready(model_version=model.version))
+    return encoded(Ready("ready", model.version))
 
 
 @blueprint.get("/v1/model")

@@ -36,6 +36,7 @@ class Problem(Exception):
 
 def problem_response(problem: Problem) -> Response:
     body = schemas.Problem(
+        type="about:blank",
         title=problem.title,
         status=problem.status,
         detail=problem.detail,
