@@ -117,6 +117,12 @@ def test_unknown_query_parameters_are_refused_by_name(
     assert body["detail"].startswith(f"{unknown}: unknown parameter; this endpoint takes")
 
 
+def test_an_unknown_parameter_that_looks_like_data_is_not_repeated(client: FlaskClient) -> None:
+    response = client.get("/v1/customers/~/recommendations?email:ann@example.com")
+    assert response.status_code == 400
+    assert "ann" not in response.get_data(as_text=True)
+
+
 def test_every_v1_endpoint_declares_its_parameters(sample_app: Flask) -> None:
     """Each /v1 route is in the operations table that the views check parameters against."""
     declared = {(op.method, op.path) for op in OPERATIONS}

@@ -38,10 +38,19 @@ def query_args(operation: Operation) -> dict[str, str]:
     for name, value in parse_qsl(text, keep_blank_values=True):
         args.setdefault(name, value)
     if not args.keys() <= operation.query:
-        unknown = sorted(args.keys() - operation.query)[0]
+        unknown = _shown(sorted(args.keys() - operation.query)[0])
         takes = ", ".join(sorted(operation.query)) or "none"
         raise invalid_parameter(unknown, f"unknown parameter; this endpoint takes: {takes}")
     return args
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+
+
+def _shown(name: str) -> str:
+    """A name the caller sent, as an error may repeat it: only when it looks like a
+    parameter's name, never a value such as an address sent without its ``key=``."""
+    return name if _NAME.fullmatch(name) else "(a name that is not a parameter name)"
 
 
 _AT = re.compile(r" - at `\$\.([A-Za-z_]+)`")
@@ -67,7 +76,7 @@ def _field_problem(struct: type[msgspec.Struct], message: str) -> Problem:
         kind, name = named.groups()
         if kind == "unknown":
             fields = ", ".join(struct.__struct_fields__)
-            return invalid_parameter(name, f"unknown field; fields are {fields}")
+            return invalid_parameter(_shown(name), f"unknown field; fields are {fields}")
         reason = "required"
     elif at is not None:
         name, reason = at.group(1), message[: at.start()]
