@@ -219,3 +219,9 @@ def test_a_body_that_is_not_an_object_is_refused(client: FlaskClient, data: str)
     response = client.post("/v1/visitor-tokens", data=data, content_type="application/json")
     assert response.status_code == 400 and response.mimetype == PROBLEM
     assert "expected a JSON object with customer, ttl" in response.get_json(force=True)["detail"]
+
+
+def test_a_body_not_declared_as_json_is_refused(client: FlaskClient) -> None:
+    response = client.post("/v1/visitor-tokens", data='{"customer": "c"}')
+    assert response.status_code == 400
+    assert "Content-Type: application/json" in response.get_json(force=True)["detail"]

@@ -59,9 +59,13 @@ _NAMED = re.compile(r"(unknown|missing required) field `([^`]+)`")
 
 def body_as(struct: type[S]) -> S:
     """The request's JSON body decoded into ``struct``; a 400 naming the field when it does
-    not fit (the reason adds the field's description from the Struct)."""
+    not fit (the reason adds the field's description from the Struct). A body not declared
+    as JSON is refused unread, as Flask's ``get_json`` would."""
+    served = this_request()
+    if not served.is_json:
+        raise Problem(400, "Invalid body", "expected Content-Type: application/json")
     try:
-        return msgspec.json.decode(this_request().get_data(cache=True), type=struct)
+        return msgspec.json.decode(served.get_data(cache=True), type=struct)
     except msgspec.ValidationError as error:
         raise _field_problem(struct, str(error)) from None
     except msgspec.DecodeError:
