@@ -16,7 +16,6 @@ from typing import Any, Literal
 import msgspec
 
 from recsvc import defaults, schemas
-from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 READS = (400, 401, 403, 429, 503)  # the problems of every keyed read
@@ -72,19 +71,16 @@ class Operation:
         return self.scope
 
 
-def _text_schema(limit: int) -> dict[str, Any]:
-    return {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": limit,
-        "pattern": schemas.UNSAFE_PATTERN,
-    }
+def _schema(annotated: Any) -> dict[str, Any]:
+    """The JSON schema of a parameter's type from ``recsvc.schemas``."""
+    found: dict[str, Any] = msgspec.json.schema(annotated)
+    return found
 
 
 KEY = Parameter(
     "key",
     "path",
-    {**_text_schema(MAX_KEY_LENGTH), "description": "the customer key, URL-encoded"},
+    _schema(schemas.CustomerKey),
     "canonical id, <source>:<id>, email:<address> or phone:<number>, URL-encoded; or ~, "
     "with the key in the `key` query parameter (any key, '/' included)",
     examples={"canonical": "12347", "in the query": "~"},
@@ -92,7 +88,7 @@ KEY = Parameter(
 KEY_QUERY = Parameter(
     "key",
     "query",
-    _text_schema(MAX_KEY_LENGTH),
+    _schema(schemas.CustomerKey),
     "the customer key when the path's key is ~ (and only then)",
     examples={"slash": "email:a/b@example.com"},
 )
@@ -189,7 +185,7 @@ EMAIL_PICKS = Operation(
         KEY,
         KEY_QUERY,
         FORMAT,
-        Parameter("send_id", "query", _text_schema(MAX_SEND_ID_LENGTH), required=True),
+        Parameter("send_id", "query", _schema(schemas.SendId), required=True),
         _count(defaults.EMAIL_MAX_N),
     ),
     problems=READS,

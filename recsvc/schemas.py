@@ -13,7 +13,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from recsvc import defaults
-from recsvc.text import MAX_KEY_LENGTH, UNSAFE_CHARACTERS
+from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH, UNSAFE_CHARACTERS
 
 # Bounds of an event, for the service's POST /v1/events and the trainer's event sources.
 MAX_BATCH = 1000
@@ -57,7 +57,8 @@ EventCustomer = Annotated[
 ]
 ItemId = Annotated[str, _text(MAX_ITEM_ID_LENGTH, "the catalog's item id")]
 EventSource = Annotated[str, _text(MAX_SOURCE_LENGTH, "where the event came from")]
-CustomerKey = Annotated[str, key_text("the customer key the page names, exactly")]
+CustomerKey = Annotated[str, key_text("the customer key, exactly as the shop knows it")]
+SendId = Annotated[str, key_text("the email send's id", MAX_SEND_ID_LENGTH)]
 TokenTtl = Annotated[
     int,
     Meta(
