@@ -13,6 +13,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import secrets
 import socket
 import threading
@@ -26,11 +27,21 @@ from typing import Any
 import msgspec
 
 from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord
+from recsvc.schemas import (
+    DEFAULT_EVENT_SOURCE,
+    MAX_BATCH,
+    MAX_EVENT_ID_LENGTH,
+    MAX_ITEM_ID_LENGTH,
+    MAX_QUANTITY,
+    MAX_SOURCE_LENGTH,
+    MAX_UNIT_PRICE,
+)
+from recsvc.schemas import Event as EventFields
+from recsvc.schemas import Rejection as Rejection  # the per-event outcome, here since before
 from recsvc.text import MAX_KEY_LENGTH, text_problem
 
-MAX_BATCH = 1000
 MAX_FUTURE = timedelta(days=1)
-FIELDS = {"event_id", "customer", "item_id", "quantity", "price", "timestamp", "source"}
+FIELDS = frozenset(EventFields.__struct_fields__)
 EVENTS_GLOB = "events-*.jsonl"
 ERASURES_FILE = "erasures.jsonl"
 ORIGIN_FILE = "origin"  # a random name for this directory's logs, made once
@@ -46,13 +57,6 @@ class Event:
     price: float
     timestamp: datetime  # UTC
     source: str
-
-
-@dataclass(frozen=True)
-class Rejection:
-    index: int
-    event_id: str | None
-    errors: list[str]
 
 
 class BatchError(ValueError):
@@ -81,6 +85,8 @@ def parse_batch(payload: Any, now: datetime) -> tuple[list[tuple[int, Event]], l
 
 
 def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
+    """One event of a batch checked field by field against the bounds of
+    ``recsvc.schemas.Event``, every problem named (not just the first, as a decode would)."""
     if not isinstance(raw, dict):
         return None, ["an event must be a JSON object"]
     errors = [f"{key}: unknown field" for key in sorted(set(raw) - FIELDS)]
@@ -104,20 +110,28 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
             errors.append(f"{key}: must be finite")
         return float(value)
 
-    event_id = text("event_id", 128)
+    event_id = text("event_id", MAX_EVENT_ID_LENGTH)
     customer = text("customer", MAX_KEY_LENGTH)
-    item_id = text("item_id", 64).upper()
-    source = text("source", 64, default="api")
+    item_id = text("item_id", MAX_ITEM_ID_LENGTH).upper()
+    source = text("source", MAX_SOURCE_LENGTH, default=DEFAULT_EVENT_SOURCE)
     quantity = number("quantity")
-    if quantity == 0 or abs(quantity) > 1e6:
-        errors.append("quantity: must be non-zero (negative for a return), at most 1e6 in size")
+    if quantity == 0 or abs(quantity) > MAX_QUANTITY:
+        errors.append(
+            "quantity: must be non-zero (negative for a return), "
+            f"at most {_figure(MAX_QUANTITY)} in size"
+        )
     price = number("price")
-    if price < 0 or price > 1e7:
-        errors.append("price: must be from 0 to 1e7")
+    if price < 0 or price > MAX_UNIT_PRICE:
+        errors.append(f"price: must be from 0 to {_figure(MAX_UNIT_PRICE)}")
     timestamp = _timestamp(raw.get("timestamp"), now, errors)
     if errors or timestamp is None:
         return None, errors
     return Event(event_id, customer, item_id, quantity, price, timestamp, source), []
+
+
+def _figure(bound: float) -> str:
+    """A bound as messages write it: 1e6, not 1e+06."""
+    return re.sub(r"e\+0*", "e", f"{bound:g}")
 
 
 def _timestamp(value: Any, now: datetime, errors: list[str]) -> datetime | None:

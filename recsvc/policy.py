@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
 # The trigger kinds, sorted, so that a kind's code orders as its name does.
-TRIGGER_KINDS = ("lapsing", "thank_you", "threshold", "tier_up")
+# Sorted: the triggers feed orders by a kind's position in it.
+TriggerKind = Literal["lapsing", "thank_you", "threshold", "tier_up"]
+TRIGGER_KINDS: tuple[str, ...] = get_args(TriggerKind)
 WINDOW_DAYS = 365.0  # tiers rank by spend over this trailing window
 LAPSING_FACTOR = 2.0  # lapsing: more than this many median intervals since the last order
 MIN_ORDERS_FOR_INTERVAL = 3  # fewer orders: no median interval, so never lapsing

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from recsvc import create_app
 from recsvc.bundle import load_current
 from recsvc.errors import ConfigError
+from recsvc.openapi import OPERATIONS
 
 PROBLEM = "application/problem+json"
 
@@ -88,6 +91,48 @@ def test_bad_n_is_a_problem(client: FlaskClient, query: str, reason: str) -> Non
     assert body["invalid_params"][0]["name"] == "n"
 
 
+@pytest.mark.parametrize(
+    ("method", "url", "unknown"),
+    [
+        ("get", "/v1/customers/x/recommendations?n=3&catgory=christmas", "catgory"),
+        ("get", "/v1/customers/~/recommendations?key=x&N=3", "N"),
+        ("get", "/v1/customers/x/profile?verbose=1", "verbose"),
+        ("get", "/v1/customers/x/blocks/home_hero?format=json&slot=x", "slot"),
+        ("get", "/v1/blocks/home_hero?customer=x", "customer"),
+        ("get", "/v1/customers/x/email-picks?send_id=s&limit=2", "limit"),
+        ("get", "/v1/triggers?kinds=lapsing", "kinds"),
+        ("get", "/v1/model?x=", "x"),
+        ("post", "/v1/events?dry_run=1", "dry_run"),
+        ("post", "/v1/visitor-tokens?customer=x", "customer"),
+        ("delete", "/v1/customers/x?force=1", "force"),
+    ],
+)
+def test_unknown_query_parameters_are_refused_by_name(
+    client: FlaskClient, method: str, url: str, unknown: str
+) -> None:
+    response = getattr(client, method)(url)
+    assert response.status_code == 400 and response.mimetype == PROBLEM
+    body = response.get_json(force=True)
+    assert body["invalid_params"][0]["name"] == unknown
+    assert body["detail"].startswith(f"{unknown}: unknown parameter; this endpoint takes")
+
+
+def test_an_unknown_parameter_that_looks_like_data_is_not_repeated(client: FlaskClient) -> None:
+    response = client.get("/v1/customers/~/recommendations?email:ann@example.com")
+    assert response.status_code == 400
+    assert "ann" not in response.get_data(as_text=True)
+
+
+def test_every_v1_endpoint_declares_its_parameters(sample_app: Flask) -> None:
+    """Each /v1 route is in the operations table that the views check parameters against."""
+    declared = {(op.method, op.path) for op in OPERATIONS}
+    for rule in sample_app.url_map.iter_rules():
+        path = re.sub(r"<(\w+)>", r"{\1}", rule.rule)
+        for method in rule.methods or ():
+            if method.lower() in ("get", "post", "delete") and path.startswith("/v1"):
+                assert (method.lower(), path) in declared, (method, path)
+
+
 @pytest.mark.parametrize("path", ["/nope", "/v1/customers/", "/v1/customers/x/unknown"])
 def test_unknown_routes_are_problems(client: FlaskClient, path: str) -> None:
     response = client.get(path)
@@ -145,3 +190,38 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
         create_app({**base, "RECSVC_REDIS_URL": "localhost:6379"})
     with pytest.raises(ConfigError, match="RECSVC_STORE_TIMEOUT_MS"):
         create_app({**base, "RECSVC_STORE_TIMEOUT_MS": "fast"})
+
+
+@pytest.mark.parametrize(
+    ("body", "name", "reason"),
+    [
+        ({"customer": "c", "ttl": 86401}, "ttl", "Expected `int` <= 86400 (seconds, an integer"),
+        ({"customer": "c", "ttl": True}, "ttl", "Expected `int`, got `bool`"),
+        ({"customer": "c", "ttl": "60"}, "ttl", "Expected `int`, got `str`"),
+        ({"customer": "c\u202e"}, "customer", "contains U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ({"customer": ""}, "customer", "Expected `str` of length >= 1 (the customer key"),
+        ({}, "customer", "required"),
+        ({"customer": "c", "extra": 1}, "extra", "unknown field; fields are customer, ttl"),
+    ],
+)
+def test_a_bad_body_is_refused_naming_the_field(
+    client: FlaskClient, body: dict[str, object], name: str, reason: str
+) -> None:
+    response = client.post("/v1/visitor-tokens", json=body)
+    assert response.status_code == 400 and response.mimetype == PROBLEM
+    problem = response.get_json(force=True)
+    assert problem["invalid_params"][0]["name"] == name
+    assert problem["detail"].startswith(f"{name}: {reason}"), problem["detail"]
+
+
+@pytest.mark.parametrize("data", ["[", "[]", "null", '"text"'])
+def test_a_body_that_is_not_an_object_is_refused(client: FlaskClient, data: str) -> None:
+    response = client.post("/v1/visitor-tokens", data=data, content_type="application/json")
+    assert response.status_code == 400 and response.mimetype == PROBLEM
+    assert "expected a JSON object with customer, ttl" in response.get_json(force=True)["detail"]
+
+
+def test_a_body_not_declared_as_json_is_refused(client: FlaskClient) -> None:
+    response = client.post("/v1/visitor-tokens", data='{"customer": "c"}')
+    assert response.status_code == 400
+    assert "Content-Type: application/json" in response.get_json(force=True)["detail"]

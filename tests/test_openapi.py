@@ -16,7 +16,10 @@ from referencing.jsonschema import DRAFT202012
 from recsvc import create_app
 from recsvc.auth import mint
 from recsvc.bundle import load_current
+from recsvc.config import ServiceConfig
 from recsvc.identity import DEVELOPMENT_SECRET
+from recsvc.schemas import MAX_QUANTITY, MAX_UNIT_PRICE
+from training import merge
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +174,30 @@ def test_publishable_answers_match_the_document(
         response = client.get(url, headers={"X-API-Key": web, **headers})
         assert set(response.get_json()) >= {"personalised"}
         check(document, response, template, "get")
+
+
+def test_event_bounds_are_the_documented_ones(
+    document: dict[str, Any], sample_models: Path, tmp_path: Path
+) -> None:
+    """The document's Event bounds, the service's checks and the trainer's are one set."""
+    properties = document["components"]["schemas"]["Event"]["properties"]
+    assert properties["quantity"]["maximum"] == MAX_QUANTITY == merge.MAX_QUANTITY
+    assert properties["price"]["maximum"] == MAX_UNIT_PRICE == merge.MAX_UNIT_PRICE
+    customer = str(load_current(sample_models).arrays.customer_ids[2])
+    event = {
+        "customer": customer,
+        "item_id": "22423",
+        "price": MAX_UNIT_PRICE,
+        "timestamp": "2011-12-10T10:00:00Z",
+    }
+    events = [
+        {**event, "event_id": "bounds-1", "quantity": MAX_QUANTITY},
+        {**event, "event_id": "bounds-2", "quantity": -MAX_QUANTITY * 1.5},
+        {**event, "event_id": "bounds-3", "quantity": 1, "price": MAX_UNIT_PRICE * 1.5},
+    ]
+    client = create_app(
+        ServiceConfig(models_dir=sample_models, events_dir=tmp_path, auth=False)
+    ).test_client()
+    body = client.post("/v1/events", json={"events": events}).get_json()
+    assert body["accepted"] == ["bounds-1"]
+    assert [r["errors"][0].split(":")[0] for r in body["rejected"]] == ["quantity", "price"]

@@ -52,6 +52,7 @@ from recsvc.identity import (
 )
 from recsvc.logrecords import ALIAS_DIGESTS
 from recsvc.manifest import ErasureReport, Identity, InvalidContacts
+from recsvc.schemas import MAX_QUANTITY, MAX_UNIT_PRICE  # the API's bounds, one definition
 from training.config import IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (
     ItemCrosswalk,
@@ -98,9 +99,6 @@ REASON_FIELDS = {
     "bad_timestamp": "timestamp",
     "future_timestamp": "timestamp",
 }
-# Beyond these a value is a typo or a test row, not a purchase (the same bounds as the API's).
-MAX_QUANTITY = 1e6
-MAX_UNIT_PRICE = 1e7
 FUTURE_TOLERANCE = pd.Timedelta(days=1)  # clocks and time zones, not orders from the future
 UNDECIDED = -1
 DEDUP_KEY = ["order", "item_id", "quantity", "timestamp"]

@@ -13,25 +13,34 @@ minted for that key (header ``X-Recsvc-Token``); otherwise the anonymous block.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+import msgspec
+from flask import Blueprint, Flask, Response, current_app
 
 from recsvc import api, channels, defaults, tokens
 from recsvc.api.access import granted, requires
 from recsvc.api.context import extensions, this_request
+from recsvc.api.json import encoded
 from recsvc.api.observability import answered
-from recsvc.api.params import category_arg, checked_text, customer_key, int_arg, query_args
+from recsvc.api.params import (
+    body_as,
+    category_arg,
+    checked_text,
+    customer_key,
+    int_arg,
+    query_args,
+)
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.config import ServiceConfig
 from recsvc.errors import StoreUnavailable
+from recsvc.openapi import ANONYMOUS_BLOCK, CUSTOMER_BLOCK, EMAIL_PICKS, VISITOR_TOKENS
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
 from recsvc.render import block_html, email_html, embed_script
+from recsvc.schemas import Block, EmailPicks, PublicBlock, VisitorToken, VisitorTokenRequest
 from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH
 
 blueprint = Blueprint("channels", __name__, url_prefix="/v1")
@@ -40,9 +49,9 @@ TOKEN_HEADER = "X-Recsvc-Token"
 
 
 @blueprint.get("/customers/<key>/blocks/<slot>")
-@requires("blocks:read")
+@requires(CUSTOMER_BLOCK.key_scope)
 def customer_block(key: str, slot: str) -> Response:
-    args = query_args()
+    args = query_args(CUSTOMER_BLOCK)
     key = customer_key(key, args)
     model = api.served_model()
     if granted("recs:read"):
@@ -53,10 +62,11 @@ def customer_block(key: str, slot: str) -> Response:
 
 
 @blueprint.get("/blocks/<slot>")
-@requires("blocks:read")
+@requires(ANONYMOUS_BLOCK.key_scope)
 def anonymous_block(slot: str) -> Response:
+    args = query_args(ANONYMOUS_BLOCK)
     model = api.served_model()
-    return _block(model, _anonymous(), None, slot, query_args(), public=not granted("recs:read"))
+    return _block(model, _anonymous(), None, slot, args, public=not granted("recs:read"))
 
 
 def _anonymous() -> CustomerView:
@@ -93,7 +103,7 @@ def _block(
     if output == "html":
         currency = channels.channels(model).currency_symbol
         return Response(block_html(block, currency), mimetype="text/html")
-    return jsonify(block)
+    return encoded(msgspec.convert(block, PublicBlock if public else Block))
 
 
 @blueprint.get("/embed.js")
@@ -104,23 +114,12 @@ def embed() -> Response:
 
 
 @blueprint.post("/visitor-tokens")
-@requires("recs:read")
+@requires(VISITOR_TOKENS.key_scope)
 def visitor_token() -> Response:
     """A token for the page the shop serves to a logged-in customer (see recsvc.tokens)."""
-    payload: Any = request.get_json(silent=True)
-    if not isinstance(payload, dict):
-        raise Problem(400, "Invalid body", 'expected a JSON object: {"customer": "<key>"}')
-    unknown = sorted(set(payload) - {"customer", "ttl"})
-    if unknown:
-        raise invalid_parameter(unknown[0], "unknown field; fields are customer and ttl")
-    customer = payload.get("customer")
-    if not isinstance(customer, str):
-        raise invalid_parameter("customer", "required, a customer key (string)")
-    checked_text("customer", customer, MAX_KEY_LENGTH)
-    ttl = payload.get("ttl", defaults.VISITOR_TOKEN_TTL)
-    high = defaults.VISITOR_TOKEN_MAX_TTL
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= high:
-        raise invalid_parameter("ttl", f"seconds, an integer from 1 to {high}")
+    query_args(VISITOR_TOKENS)
+    asked = body_as(VisitorTokenRequest)
+    customer, ttl = checked_text("customer", asked.customer, MAX_KEY_LENGTH), asked.ttl
     config: ServiceConfig = extensions()["recsvc.config"]
     if not config.secret_key:
         raise Problem(
@@ -131,13 +130,13 @@ def visitor_token() -> Response:
     now = int(time.time())
     token = tokens.mint(config.secret_key, customer, ttl, now=now)
     expires_at = datetime.fromtimestamp(now + ttl, UTC).isoformat(timespec="seconds")
-    return jsonify(token=token, expires_at=expires_at)
+    return encoded(VisitorToken(token, expires_at))
 
 
 @blueprint.get("/customers/<key>/email-picks")
-@requires("recs:read")
+@requires(EMAIL_PICKS.key_scope)
 def email_picks(key: str) -> Response:
-    args = query_args()
+    args = query_args(EMAIL_PICKS)
     key = customer_key(key, args)
     send_id = checked_text("send_id", args.get("send_id") or "", MAX_SEND_ID_LENGTH).strip()
     n = int_arg(args, "n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
@@ -157,11 +156,11 @@ def email_picks(key: str) -> Response:
         )
     except StoreUnavailable:
         kept, degraded = fresh, True  # not stored: a later render may differ
-    picks = json.loads(kept)
-    answered(fallback=picks["fallback"], degraded=degraded)
+    picks = msgspec.json.decode(kept, type=EmailPicks)
+    answered(fallback=picks.fallback, degraded=degraded)
     if output == "html":
-        return Response(email_html(picks), mimetype="text/html")
-    return jsonify({**picks, "degraded": degraded})
+        return Response(email_html(msgspec.to_builtins(picks)), mimetype="text/html")
+    return encoded(msgspec.structs.replace(picks, degraded=degraded))
 
 
 def _format(args: Mapping[str, str]) -> str:

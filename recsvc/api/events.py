@@ -6,23 +6,27 @@ event, what happened. Replaying a batch changes nothing (idempotent by event_id)
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, request
 
 from recsvc import api, defaults
 from recsvc.api.access import requires
+from recsvc.api.json import encoded
+from recsvc.api.params import query_args
 from recsvc.api.problems import Problem
 from recsvc.errors import StoreUnavailable
 from recsvc.events import BatchError, parse_batch
+from recsvc.openapi import EVENTS
+from recsvc.schemas import EventResult
 
 blueprint = Blueprint("events", __name__, url_prefix="/v1")
 
 
 @blueprint.post("/events")
-@requires("events:write")
-def post_events() -> tuple[Response, int]:
+@requires(EVENTS.key_scope)
+def post_events() -> Response:
+    query_args(EVENTS)
     payload = request.get_json(silent=True)
     try:
         valid, rejected = parse_batch(payload, datetime.now(UTC))
@@ -43,11 +47,7 @@ def post_events() -> tuple[Response, int]:
     duplicates = result.duplicates if result else []
     rejections = sorted(rejected + (result.rejected if result else []), key=lambda r: r.index)
     status = 422 if rejections and not accepted and not duplicates else 200
-    return jsonify(
-        accepted=accepted,
-        duplicates=duplicates,
-        rejected=[asdict(rejection) for rejection in rejections],
-    ), status
+    return encoded(EventResult(accepted, duplicates, rejections), status)
 
 
 def init_app(app: Flask) -> None:

@@ -7,36 +7,40 @@ from datetime import UTC, datetime
 from flask import Blueprint, Flask, Response, jsonify
 
 from recsvc import api
-from recsvc.openapi import document
+from recsvc.api.json import encoded
+from recsvc.api.params import query_args
+from recsvc.openapi import MODEL, document
+from recsvc.schemas import Health, ModelInfo, Ready
 
 blueprint = Blueprint("health", __name__)
 
 
 @blueprint.get("/healthz")
 def healthz() -> Response:
-    return jsonify(status="ok")
+    return encoded(Health("ok"))
 
 
 @blueprint.get("/readyz")
 def readyz() -> Response:
     model = api.served_model()
-    return jsonify(
-        status="ready", model_version=model.version, fallback_from=api.registry().fallback_from
-    )
+    return encoded(Ready("ready", model.version, api.registry().fallback_from))
 
 
 @blueprint.get("/v1/model")
 def model() -> Response:
+    query_args(MODEL)
     served = api.served_model()
     manifest = served.bundle.manifest
     registry = api.registry()
-    return jsonify(
-        version=served.version,
-        created=manifest.created,
-        data_as_of=manifest.data_as_of,
-        loaded_at=datetime.fromtimestamp(served.loaded_at, UTC).isoformat(timespec="seconds"),
-        last_error=registry.last_error,
-        fallback_from=registry.fallback_from,
+    return encoded(
+        ModelInfo(
+            version=served.version,
+            created=manifest.created,
+            data_as_of=manifest.data_as_of,
+            loaded_at=datetime.fromtimestamp(served.loaded_at, UTC).isoformat(timespec="seconds"),
+            last_error=registry.last_error,
+            fallback_from=registry.fallback_from,
+        )
     )
 
 

@@ -1,31 +1,101 @@
-"""Query-parameter parsing that turns bad input into a 400 saying what is wrong."""
+"""Request parsing that turns bad input into a 400 saying what is wrong: query parameters
+(only those the endpoint declares in ``recsvc.openapi``) and JSON bodies (decoded into the
+Structs of ``recsvc.schemas``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from functools import cache
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
 from recsvc import channels
 from recsvc.api.context import this_request
-from recsvc.api.problems import invalid_parameter
+from recsvc.api.problems import Problem, invalid_parameter
+from recsvc.openapi import Operation
 from recsvc.registry import ServedModel
 from recsvc.text import MAX_KEY_LENGTH, text_problem
 
+S = TypeVar("S", bound=msgspec.Struct)
 
-def query_args() -> dict[str, str]:
+
+def query_args(operation: Operation) -> dict[str, str]:
     """The request's query parameters, the first value of each name (as request.args.get
-    gives). Parsed into a plain dict: werkzeug's MultiDict costs several times as much to
-    build, for repeated names that no parameter here takes."""
+    gives); a parameter ``operation`` does not take is a 400 naming it, so a misspelt
+    ``catgory=`` is never silently ignored. Parsed into a plain dict: werkzeug's MultiDict
+    costs several times as much to build, for repeated names that no parameter here takes."""
     raw = this_request().environ.get("QUERY_STRING", "")
+    if not raw:
+        return {}
     # WSGI hands over the query's bytes as latin-1; unescaped UTF-8 is read as UTF-8.
     text = raw.encode("latin-1").decode("utf-8", "replace")
     args: dict[str, str] = {}
     for name, value in parse_qsl(text, keep_blank_values=True):
         args.setdefault(name, value)
+    if not args.keys() <= operation.query:
+        unknown = _shown(sorted(args.keys() - operation.query)[0])
+        takes = ", ".join(sorted(operation.query)) or "none"
+        raise invalid_parameter(unknown, f"unknown parameter; this endpoint takes: {takes}")
     return args
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+
+
+def _shown(name: str) -> str:
+    """A name the caller sent, as an error may repeat it: only when it looks like a
+    parameter's name, never a value such as an address sent without its ``key=``."""
+    return name if _NAME.fullmatch(name) else "(a name that is not a parameter name)"
+
+
+_AT = re.compile(r" - at `\$\.([A-Za-z_]+)`")
+_NAMED = re.compile(r"(unknown|missing required) field `([^`]+)`")
+
+
+def body_as(struct: type[S]) -> S:
+    """The request's JSON body decoded into ``struct``; a 400 naming the field when it does
+    not fit (the reason adds the field's description from the Struct). A body not declared
+    as JSON is refused unread, as Flask's ``get_json`` would."""
+    served = this_request()
+    if not served.is_json:
+        raise Problem(400, "Invalid body", "expected Content-Type: application/json")
+    try:
+        return msgspec.json.decode(served.get_data(cache=True), type=struct)
+    except msgspec.ValidationError as error:
+        raise _field_problem(struct, str(error)) from None
+    except msgspec.DecodeError:
+        fields = ", ".join(struct.__struct_fields__)
+        raise Problem(400, "Invalid body", f"expected a JSON object with {fields}") from None
+
+
+def _field_problem(struct: type[msgspec.Struct], message: str) -> Problem:
+    named = _NAMED.search(message)
+    at = _AT.search(message)
+    if named is not None:
+        kind, name = named.groups()
+        if kind == "unknown":
+            fields = ", ".join(struct.__struct_fields__)
+            return invalid_parameter(_shown(name), f"unknown field; fields are {fields}")
+        reason = "required"
+    elif at is not None:
+        name, reason = at.group(1), message[: at.start()]
+    else:
+        fields = ", ".join(struct.__struct_fields__)
+        return Problem(400, "Invalid body", f"expected a JSON object with {fields}")
+    described = _descriptions(struct).get(name)
+    return invalid_parameter(name, f"{reason} ({described})" if described else reason)
+
+
+@cache
+def _descriptions(struct: type[msgspec.Struct]) -> dict[str, str]:
+    schema: dict[str, Any] = msgspec.json.schema(struct)
+    properties = schema["$defs"][struct.__name__]["properties"]
+    return {name: p["description"] for name, p in properties.items() if "description" in p}
 
 
 def int_arg(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

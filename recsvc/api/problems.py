@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from flask import Flask, Response, json, request
+from flask import Flask, Response, request
+from msgspec import UNSET
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from recsvc import schemas
 
 log = logging.getLogger(__name__)
 
@@ -22,26 +24,29 @@ class Problem(Exception):
         title: str,
         detail: str,
         headers: dict[str, str] | None = None,
-        **extra: Any,
+        invalid_params: list[schemas.InvalidParam] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
         self.detail = detail
         self.headers = headers or {}
-        self.extra = extra
+        self.invalid_params = invalid_params
 
 
 def problem_response(problem: Problem) -> Response:
-    body = {
-        "type": "about:blank",
-        "title": problem.title,
-        "status": problem.status,
-        "detail": problem.detail,
-        **problem.extra,
-    }
+    body = schemas.Problem(
+        type="about:blank",
+        title=problem.title,
+        status=problem.status,
+        detail=problem.detail,
+        invalid_params=UNSET if problem.invalid_params is None else problem.invalid_params,
+    )
     return Response(
-        json.dumps(body), status=problem.status, mimetype=PROBLEM_JSON, headers=problem.headers
+        schemas.encoder.encode(body),
+        status=problem.status,
+        mimetype=PROBLEM_JSON,
+        headers=problem.headers,
     )
 
 
@@ -50,7 +55,7 @@ def invalid_parameter(name: str, reason: str) -> Problem:
         400,
         "Invalid parameter",
         f"{name}: {reason}",
-        invalid_params=[{"name": name, "reason": reason}],
+        invalid_params=[schemas.InvalidParam(name, reason)],
     )
 
 

@@ -17,6 +17,7 @@ from recsvc.api.observability import answered
 from recsvc.api.params import int_arg, query_args
 from recsvc.api.problems import invalid_parameter
 from recsvc.errors import StoreUnavailable
+from recsvc.openapi import TRIGGERS
 from recsvc.triggers import KINDS, BadCursor, Key, decode_cursor, encode_cursor, live_since
 
 blueprint = Blueprint("triggers", __name__, url_prefix="/v1")
@@ -25,7 +26,7 @@ blueprint = Blueprint("triggers", __name__, url_prefix="/v1")
 @blueprint.get("/triggers")
 @requires("recs:read")
 def triggers() -> Response:
-    args = query_args()
+    args = query_args(TRIGGERS)
     kinds = _kinds(args.get("kind"))
     since = _since(args.get("since"))
     limit = int_arg(args, "limit", default=100, low=1, high=1000)

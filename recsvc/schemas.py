@@ -1,0 +1,338 @@
+"""Every HTTP request and response body, as one typed definition: the views encode (and
+decode) these Structs, and ``recsvc.openapi`` generates the document's components from them.
+
+The bounds of an event live here too, beside the ``Event`` Struct: ``recsvc.events``
+validates with them and the trainer (``training.merge``) imports them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType, field
+
+from recsvc import defaults
+from recsvc.policy import TriggerKind
+from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH, UNSAFE_CHARACTERS
+
+# Bounds of an event, for the service's POST /v1/events and the trainer's event sources.
+MAX_BATCH = 1000
+MAX_QUANTITY = 1e6  # in size; negative is a return, zero is refused
+MAX_UNIT_PRICE = 1e7
+MAX_EVENT_ID_LENGTH = 128
+MAX_ITEM_ID_LENGTH = 64
+MAX_SOURCE_LENGTH = 64
+DEFAULT_EVENT_SOURCE = "api"
+
+ContentKind = Literal["banner", "article", "offer"]
+
+UNSAFE_PATTERN = f"^[^{UNSAFE_CHARACTERS}]*$"
+TEXT_PATTERN = r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$"  # not blank, no control characters
+Uri = Annotated[str, Meta(extra_json_schema={"format": "uri"})]
+
+
+def _text(limit: int, description: str) -> Meta:
+    """Not blank, no control characters, at most ``limit`` characters."""
+    return Meta(min_length=1, max_length=limit, pattern=TEXT_PATTERN, description=description)
+
+
+def key_text(description: str, limit: int = MAX_KEY_LENGTH) -> Meta:
+    """A customer key (or other id a caller sends): 1 to ``limit`` characters, none unsafe.
+    The pattern is documented, not checked on decode: ``recsvc.text`` names the character."""
+    return Meta(
+        min_length=1,
+        max_length=limit,
+        description=description,
+        extra_json_schema={"pattern": UNSAFE_PATTERN},
+    )
+
+
+EventId = Annotated[
+    str, _text(MAX_EVENT_ID_LENGTH, "unique per event; a repeated id is a duplicate")
+]
+EventCustomer = Annotated[
+    str, _text(MAX_KEY_LENGTH, "canonical id, <source>:<id>, email:<address> or phone:<n>")
+]
+ItemId = Annotated[str, _text(MAX_ITEM_ID_LENGTH, "the catalog's item id")]
+EventSource = Annotated[str, _text(MAX_SOURCE_LENGTH, "where the event came from")]
+CustomerKey = Annotated[str, key_text("the customer key, exactly as the shop knows it")]
+SendId = Annotated[str, key_text("the email send's id", MAX_SEND_ID_LENGTH)]
+TokenTtl = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=defaults.VISITOR_TOKEN_MAX_TTL,
+        description=f"seconds, an integer from 1 to {defaults.VISITOR_TOKEN_MAX_TTL}",
+    ),
+]
+
+
+class Body(Struct, gc=False):
+    """A request or response body. Bodies hold only JSON values, never a cycle, so the
+    garbage collector need not track them (cheaper to build on the hot path)."""
+
+
+# Errors
+
+
+class InvalidParam(Body):
+    name: str
+    reason: str
+
+
+class Problem(Body, kw_only=True):
+    """A problem (RFC 9457), served as application/problem+json."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    invalid_params: list[InvalidParam] | UnsetType = UNSET
+
+
+# Health and the model
+
+
+class Health(Body):
+    status: Literal["ok"]
+
+
+class Ready(Body):
+    status: Literal["ready"]
+    model_version: str
+    fallback_from: str | None  # what `current` names while another bundle serves in its place
+
+
+class ModelInfo(Body):
+    version: str
+    created: str | None
+    data_as_of: str | None
+    loaded_at: str
+    last_error: str | None
+    fallback_from: str | None
+
+
+# Customers
+
+
+class NextTier(Body):
+    name: str
+    gap: float
+
+
+class Tier(Body):
+    name: str
+    spend: float
+    window_days: float
+    perks: list[str]
+    next: NextTier | None
+
+    @classmethod
+    def of(cls, described: dict[str, Any]) -> Tier:
+        """From ``TierTable.describe``'s mapping (cheaper than ``msgspec.convert``)."""
+        following = described["next"]
+        return cls(
+            described["name"],
+            described["spend"],
+            described["window_days"],
+            described["perks"],
+            None if following is None else NextTier(following["name"], following["gap"]),
+        )
+
+
+class Recommendation(Body):
+    item_id: str
+    score: float
+    title: str
+    price: float | None
+
+
+class Recommendations(Body):
+    customer_id: str
+    model_version: str
+    fallback: bool
+    degraded: bool
+    tier: Tier
+    items: list[Recommendation]
+
+
+class BestContact(Body):
+    hour: int | None
+    weekday: str | None
+    from_: str = field(name="from")
+
+
+class Signals(Body):
+    as_of: str
+    first_purchase: str | None
+    last_purchase: str | None
+    days_since_last_purchase: float | None
+    median_days_between_orders: float | None
+    overdue_ratio: float | None
+    lapsing: bool
+    best_contact: BestContact
+    thresholds_crossed: list[str]
+    thank_you: bool
+
+
+class SinceTraining(Body):
+    events: int
+    purchases: int
+    returns: int
+    spend: float
+
+
+class Profile(Body):
+    customer_id: str
+    known: bool
+    model_version: str
+    degraded: bool
+    tier: Tier
+    spend: float
+    orders: int
+    signals: Signals
+    since_training: SinceTraining
+
+
+class ErasureReceipt(Body, kw_only=True):
+    erased: bool
+    customer_id: str | None
+    aliases: int
+    events_removed: int
+    erased_at: str
+
+
+# Channels
+
+
+class ProductCard(Body):
+    item_id: str
+    title: str
+    price: float | None
+    categories: list[str]
+    url: Uri
+    image: Uri
+    score: float
+
+
+class Content(Body):
+    id: str
+    kind: ContentKind
+    title: str
+    body: str
+    image: str | None
+    url: str
+
+
+class Block(Body):
+    slot: str
+    customer_id: str | None
+    model_version: str
+    fallback: bool
+    degraded: bool
+    tier: Tier
+    content: list[Content]
+    products: list[ProductCard]
+
+
+class PublicBlock(Body, forbid_unknown_fields=True):
+    """A block as a key with only blocks:read sees it: no customer figures."""
+
+    slot: str
+    model_version: str
+    content: list[Content]
+    products: list[ProductCard]
+    personalised: Annotated[
+        bool, Meta(description="a valid visitor token made this the named customer's block")
+    ]
+
+
+class VisitorTokenRequest(Body, forbid_unknown_fields=True):
+    customer: CustomerKey
+    ttl: TokenTtl = defaults.VISITOR_TOKEN_TTL
+
+
+class VisitorToken(Body):
+    token: str
+    expires_at: str
+
+
+class EmailPicks(Body):
+    send_id: str
+    customer_id: str
+    model_version: str
+    created_at: str
+    fallback: bool
+    tier: Tier
+    currency_symbol: str
+    items: list[ProductCard]
+    degraded: bool = False  # not in the stored snapshot: each answer says its own
+
+
+# Events
+
+
+class Event(Body, forbid_unknown_fields=True):
+    """A purchase or (negative quantity) a return, as POST /v1/events takes it. The service
+    validates each event of a batch on its own (``recsvc.events.parse_event``) with these
+    bounds, so that one bad event names its fields without failing the batch."""
+
+    event_id: EventId
+    customer: EventCustomer
+    item_id: ItemId
+    quantity: Annotated[
+        float,
+        Meta(
+            ge=-MAX_QUANTITY,
+            le=MAX_QUANTITY,
+            description="negative for a return",
+            extra_json_schema={"not": {"const": 0}},
+        ),
+    ]
+    price: Annotated[float, Meta(ge=0, le=MAX_UNIT_PRICE)]
+    timestamp: Annotated[
+        str,
+        Meta(
+            description="ISO 8601, from 1970 to a day from now; UTC without an offset",
+            examples=["2011-12-09T12:50:00Z"],
+        ),
+    ]
+    source: EventSource = DEFAULT_EVENT_SOURCE
+
+
+class EventBatch(Body):
+    events: Annotated[list[Event], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class Rejection(Body):
+    index: int
+    event_id: str | None
+    errors: list[str]
+
+
+class EventResult(Body):
+    accepted: list[str]
+    duplicates: list[str]
+    rejected: list[Rejection]
+
+
+# CRM triggers
+
+
+class Trigger(Body):
+    customer_id: str
+    kind: TriggerKind
+    fired_at: str
+    reason: str
+    figures: dict[str, Any]
+
+
+class Triggers(Body):
+    model_version: str
+    degraded: bool
+    triggers: list[Trigger]
+    next_cursor: str | None
+
+
+encoder = msgspec.json.Encoder()
