@@ -325,6 +325,7 @@ def test_an_address_over_its_connection_limit_still_passes_health_probes(
         url = f"{servers[1]}/v1/customers/{customer}/recommendations"
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url, timeout=PROBE_TIMEOUT)
+        refused.value.close()
         assert refused.value.code == 429
 
 

@@ -29,7 +29,8 @@ def call(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with error:
+            return error.code, json.loads(error.read())
 
 
 def purchase(event_id: str, customer: str, item: str) -> dict[str, Any]:
