@@ -236,12 +236,18 @@ class Erasures:
 class ErasureLog:
     """Digests of every alias of every erased customer, one JSON line per erasure. The list
     is the source of truth for erasures: ``current`` re-reads what other processes appended
-    (a ``stat`` per call, the new lines only when the file grew)."""
+    (a ``stat`` at most every POLL_SECONDS, the new lines only when the file grew). Within
+    that time the store carries a new erasure to every worker: an erasure marks the customer
+    erased there before it is acknowledged."""
+
+    POLL_SECONDS = 0.25
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / ERASURES_FILE
         self._lock = threading.Lock()
         self._seen_size = -1
+        self._checked_at = -1e9  # time.monotonic() of the last stat
+        self._file = str(self.path)
         self._offset = 0
         self._keys: set[str] = set()
         self._digests: set[str] = set()
@@ -255,10 +261,16 @@ class ErasureLog:
         )
         line = json.dumps(msgspec.structs.asdict(record), separators=(",", ":"))
         _append_durably(self.path, line + "\n", self._lock)
+        self._checked_at = -1e9  # this process sees its own erasure at once
 
-    def current(self) -> Erasures:
+    def current(self, fresh: bool = False) -> Erasures:
+        """The list as last read; read again when POLL_SECONDS have passed, or ``fresh``."""
+        now = time.monotonic()
+        if not fresh and now - self._checked_at < self.POLL_SECONDS:
+            return self._current
+        self._checked_at = now
         try:
-            size = os.stat(self.path).st_size
+            size = os.stat(self._file).st_size
         except FileNotFoundError:
             size = 0
         if size == self._seen_size:

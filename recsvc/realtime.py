@@ -198,7 +198,7 @@ class Realtime:
         per event and never stored. Raises StoreUnavailable (nothing applied) or OSError (the
         store change is undone)."""
         received = self.clock().timestamp()
-        erasures = self.erasures.current()
+        erasures = self.erasures.current(fresh=True)
         result = BatchResult()
         accepted: list[tuple[int, Event, str, StoredEvent]] = []
         holdings = _Holdings(self, model)
@@ -246,7 +246,7 @@ class Realtime:
         except OSError:
             self.store.forget(new_entries)
             raise
-        if records and self.erasures.current() is not erasures:
+        if records and self.erasures.current(fresh=True) is not erasures:
             self._redact_late(model, records)
         self._fire_triggers(model, [(e, s) for _, e, _, s in accepted], entries, outcomes)
         return result

@@ -19,6 +19,7 @@ treat it as unavailable.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import sqlite3
 import threading
@@ -36,6 +37,8 @@ from recsvc.errors import StoreNotRestored, StoreUnavailable
 from recsvc.identity import IdentityKey
 
 T = TypeVar("T")
+ACCESS_READ = mmap.ACCESS_READ
+WAL_INDEX_HEADER = 48  # bytes of the wal-index header's first copy, at the start of -shm
 
 # Every Redis key the service writes, in one place.
 EVENT_KEY = "{prefix}:event:{event_id}"  # idempotency marker, expires with the retention
@@ -197,6 +200,7 @@ class EmbeddedStore:
             connection.execute("PRAGMA secure_delete=ON")
             local.connection, local.pid = connection, os.getpid()
             local.version, local.states, local.known, local.touched = None, {}, set(), 0
+            local.header = None  # the wal-index header, mapped at the first read
         found: sqlite3.Connection = local.connection
         return found
 
@@ -265,9 +269,9 @@ class EmbeddedStore:
         connection = self._connection()
         local = self._local
         try:
-            # Changes only when another connection committed: until then this thread's
-            # answers stand, and a read costs a pragma instead of a query.
-            version = connection.execute("PRAGMA data_version").fetchone()[0]
+            # Until a connection commits, this thread's answers stand: a read then costs a
+            # look at the shared wal-index header instead of a query.
+            version = self._version(connection)
             if version != local.version:
                 self._follow(connection, version)
             if customer not in local.known:
@@ -294,7 +298,26 @@ class EmbeddedStore:
             return CustomerState([e for e in state.events if e.received_at > horizon], False)
         return CustomerState(list(state.events), state.erased)
 
-    def _follow(self, connection: sqlite3.Connection, version: int) -> None:
+    def _version(self, connection: sqlite3.Connection) -> object:
+        """A value that changes whenever any connection commits: the first copy of the
+        wal-index header in the ``-shm`` file, whose change counter every transaction bumps
+        (https://sqlite.org/walformat.html), read through a shared mapping in a fraction of a
+        microsecond. ``PRAGMA data_version`` says the same for ~5 us a call; it stands in when
+        the header cannot be mapped."""
+        local = self._local
+        if local.header is None:
+            local.header = False
+            try:
+                with open(f"{self.path}-shm", "rb") as handle:
+                    local.header = mmap.mmap(handle.fileno(), WAL_INDEX_HEADER, access=ACCESS_READ)
+            except (OSError, ValueError):
+                pass
+        if local.header:
+            return local.header[:WAL_INDEX_HEADER]
+        version: int = connection.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def _follow(self, connection: sqlite3.Connection, version: object) -> None:
         """Forget this thread's cached states and learn which customers were touched since
         it last looked (at the first look, every erased one too)."""
         local = self._local

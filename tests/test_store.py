@@ -143,3 +143,19 @@ def test_embedded_store_leaves_no_erased_bytes_in_its_files(tmp_path: Path) -> N
     store.erase("c1")
     for file in tmp_path.iterdir():
         assert marker.encode() not in file.read_bytes(), file.name
+
+
+def test_a_reader_sees_another_connections_commit_at_its_next_read(tmp_path: Path) -> None:
+    """Readers keep their answers until some connection commits: the next read after a
+    commit elsewhere must see it (no own write in between to reset anything)."""
+    path = tmp_path / "store.sqlite3"
+    clock = lambda: 2000.0  # noqa: E731
+    reader, writer = EmbeddedStore(path, RETENTION, clock), EmbeddedStore(path, RETENTION, clock)
+    for round_ in range(3):
+        assert len(reader.customer_state("c1", 0.0).events) == round_
+        assert reader.customer_state("c1", 0.0).events == reader.customer_state("c1", 0.0).events
+        writer.apply([("c1", event(f"e{round_}"))])
+    assert len(reader.customer_state("c1", 0.0).events) == 3
+    writer.erase("c1")
+    assert reader.customer_state("c1", 0.0).erased
+    assert reader._local.header, "the wal-index header was not mapped: the slow path ran"
