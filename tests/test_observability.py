@@ -16,7 +16,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from benchmarks.local_server import gunicorn
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.auth import mint
 from recsvc.bundle import current_version, load_current, publish_bundle
 from recsvc.config import ServiceConfig

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from benchmarks.local_server import ROOT, free_port
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.bundle import point_current, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.manifest import Manifest

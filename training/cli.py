@@ -355,7 +355,7 @@ def _export_picks(args: argparse.Namespace) -> int:
     import tempfile
     from urllib.parse import quote
 
-    from recsvc import create_app
+    from recsvc.app import create_app
     from recsvc.config import ServiceConfig
     from recsvc.text import MAX_SEND_ID_LENGTH, text_problem
 
@@ -541,7 +541,7 @@ def _date(text: str) -> pd.Timestamp:
 
 def _serve(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> int:
     """The development server, configured from RECSVC_* like gunicorn (--models-dir wins)."""
-    from recsvc import create_app
+    from recsvc.app import create_app
     from recsvc.config import ServiceConfig
     from recsvc.errors import ConfigError
     from recsvc.logs import JsonFormatter
