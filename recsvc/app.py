@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from flask import Flask
 
@@ -21,8 +22,16 @@ from recsvc.store import EmbeddedStore, RedisStore, Store
 log = logging.getLogger(__name__)
 
 
-def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask:
-    """Application factory. Without ``config`` the RECSVC_* environment is read, once, here."""
+def create_app(
+    config: ServiceConfig | Mapping[str, str] | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    wait: Callable[[float], object] = time.sleep,
+) -> Flask:
+    """Application factory. Without ``config`` the RECSVC_* environment is read, once, here.
+
+    ``clock`` (the store's and the rate limiter's time) and ``wait`` (the bundle watcher's pause
+    between checks) are seams for tests, which drive them instead of sleeping."""
     if config is None:
         config = ServiceConfig.from_mapping(os.environ)
     elif not isinstance(config, ServiceConfig):
@@ -44,7 +53,7 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
 
     app.json = OrjsonProvider(app)
     app.extensions["recsvc.config"] = config
-    registry = ModelRegistry(config.models_dir, config.identity_key)
+    registry = ModelRegistry(config.models_dir, config.identity_key, wait=wait)
     registry.load()
     app.extensions["recsvc.registry"] = registry
 
@@ -54,7 +63,7 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         # would not run in them.
         registry.watch(config.reload_seconds)
 
-    store = make_store(config)
+    store = make_store(config, clock)
     realtime = Realtime(
         store, EventLog(config.events_dir), ErasureLog(config.events_dir), config.identity_key
     )
@@ -62,7 +71,7 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
         realtime.restore(registry.model)  # a Redis that lost its data is rebuilt before use
     app.extensions["recsvc.realtime"] = realtime
     app.extensions["recsvc.auth"] = Authenticator(config.api_keys) if config.auth else None
-    app.extensions["recsvc.limiter"] = RateLimiter(store, config.rate_limit)
+    app.extensions["recsvc.limiter"] = RateLimiter(store, config.rate_limit, clock)
     app.extensions["recsvc.hasher"] = CustomerHasher(config.log_salt or os.urandom(16))
 
     from recsvc import api
@@ -71,10 +80,10 @@ def create_app(config: ServiceConfig | Mapping[str, str] | None = None) -> Flask
     return app
 
 
-def make_store(config: ServiceConfig) -> Store:
+def make_store(config: ServiceConfig, clock: Callable[[], float] = time.time) -> Store:
     retention = config.event_retention_days * 86400.0
     if config.redis_url is None:
-        return EmbeddedStore(config.events_dir / STORE_FILE, retention)
+        return EmbeddedStore(config.events_dir / STORE_FILE, retention, clock)
     return RedisStore(
         config.redis_url,
         config.redis_prefix,
@@ -82,4 +91,5 @@ def make_store(config: ServiceConfig) -> Store:
         origin=logs_origin(config.events_dir),
         timeout=config.store_timeout_ms / 1000,
         cooldown=defaults.STORE_COOLDOWN_SECONDS,
+        clock=clock,
     )
