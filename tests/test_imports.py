@@ -13,22 +13,12 @@ from pathlib import Path
 import pytest
 
 from recsvc.bundle import load_current
+from training import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The `train` extra in pyproject.toml (import names), and the trainer itself.
-TRAINER_ONLY = (
-    "implicit",
-    "isal",
-    "matplotlib",
-    "pandas",
-    "psycopg",
-    "pyarrow",
-    "scipy",
-    "threadpoolctl",
-    "tqdm",
-    "training",
-)
+# The `train` extra in pyproject.toml, by import name.
+TRAIN_EXTRA = tuple(sorted(cli.TRAIN_EXTRA))
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
@@ -66,22 +56,28 @@ def test_trainer_imports_without_flask_or_redis(module: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_service_serves_without_the_train_extra(sample_models: Path, tmp_path: Path) -> None:
-    customer = str(load_current(sample_models).arrays.customer_ids[0])
-    code = textwrap.dedent(
+def without(modules: tuple[str, ...]) -> str:
+    """Code that makes importing any of ``modules`` fail, as where they are not installed."""
+    return textwrap.dedent(
         f"""
         import importlib.abc, sys
-        from pathlib import Path
 
-        BLOCKED = {TRAINER_ONLY!r}
-
-        class Blocker(importlib.abc.MetaPathFinder):
+        class Missing(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
-                    raise ModuleNotFoundError(f"{{name}} is in the train extra", name=name)
+                if name.split(".")[0] in {modules!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
                 return None
 
-        sys.meta_path.insert(0, Blocker())
+        sys.meta_path.insert(0, Missing())
+        """
+    )
+
+
+def test_service_serves_without_the_train_extra(sample_models: Path, tmp_path: Path) -> None:
+    customer = str(load_current(sample_models).arrays.customer_ids[0])
+    code = without((*TRAIN_EXTRA, "training")) + textwrap.dedent(
+        f"""
+        from pathlib import Path
         from recsvc.app import create_app
         from recsvc.config import ServiceConfig
 
@@ -97,3 +93,22 @@ def test_service_serves_without_the_train_extra(sample_models: Path, tmp_path: P
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
+
+
+def test_keys_and_tokens_run_without_the_train_extra() -> None:
+    code = without(TRAIN_EXTRA) + textwrap.dedent(
+        """
+        import os
+        from training.cli import main
+
+        os.environ["RECSVC_SECRET_KEY"] = "k" * 32
+        assert main(["keys", "mint", "--name", "web", "--scopes", "recs:read"]) == 0
+        assert main(["tokens", "mint", "--customer", "12347"]) == 0
+        assert main(["train", "--config", "missing.toml"]) == 2
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "recs:read" in result.stdout
+    assert "this command needs the trainer's dependencies" in result.stderr
+    assert "pip install 'recsvc[train]'" in result.stderr
