@@ -13,6 +13,7 @@ WORKDIR /app
 COPY pyproject.toml README.md gunicorn.conf.py ./
 COPY recsvc ./recsvc
 COPY training ./training
+# The service alone: the trainer's dependencies are the `train` extra, not installed here.
 RUN pip install --no-cache-dir . \
  && useradd --system --uid 10001 --home-dir /srv recsvc \
  && mkdir -p /srv/models /srv/events /run/recsvc \

@@ -35,7 +35,7 @@ check: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/pip install --quiet -e . --group dev
+	$(BIN)/pip install --quiet -e '.[train]' --group dev
 	touch $(STAMP)
 
 clean:

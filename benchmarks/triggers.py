@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from recsvc import create_app  # noqa: E402
+from recsvc.app import create_app  # noqa: E402
 from recsvc.bundle import load_current, publish_bundle  # noqa: E402
 from recsvc.config import ServiceConfig  # noqa: E402
 from recsvc.policy import TRIGGER_KINDS  # noqa: E402

@@ -5,16 +5,21 @@ per key; while the store is unavailable each worker limits on its own rather tha
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from recsvc.auth import ApiKey
 from recsvc.errors import StoreUnavailable
 from recsvc.store import LocalBuckets, Store
 
 
 class RateLimiter:
-    def __init__(self, store: Store, default_rate: int) -> None:
+    def __init__(
+        self, store: Store, default_rate: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.default_rate = default_rate  # for keys without their own; 0: unlimited
-        self._local = LocalBuckets()
+        self._local = LocalBuckets(clock)
 
     def wait(self, key: ApiKey) -> float:
         """0.0 if ``key`` may make one more request now, else the seconds until it may."""

@@ -18,6 +18,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,10 +62,17 @@ class ServedModel:
 class ModelRegistry:
     """Holds the served model; a request takes one reference and uses it throughout."""
 
-    def __init__(self, models_dir: Path, key: IdentityKey | None = None) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        key: IdentityKey | None = None,
+        wait: Callable[[float], object] = time.sleep,
+    ) -> None:
         """``key``: this deployment's secret; a bundle trained with another is refused.
-        None: the development key."""
+        None: the development key. ``wait``: the watcher's pause between two checks (a seam:
+        tests pass one they release by hand)."""
         self.models_dir = models_dir
+        self.wait = wait
         self.key = key or IdentityKey.development_key()
         self.model: ServedModel | None = None
         self.last_error: str | None = None
@@ -124,7 +132,7 @@ class ModelRegistry:
 
         def loop() -> None:
             while True:
-                time.sleep(interval)
+                self.wait(interval)
                 try:
                     self.check()
                 except Exception:  # the watcher must outlive any surprise

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from recsvc import create_app
+from recsvc.app import create_app
 
 app = create_app()

@@ -9,7 +9,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.config import ServiceConfig
 from tests.redis_server import shared_redis_url
 from training.config import load_config

@@ -1,8 +1,10 @@
-"""Small builders for test sources and configs."""
+"""Small builders for test sources and configs, and the clocks tests drive."""
 
 from __future__ import annotations
 
 import csv
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,3 +68,38 @@ def purchase_rows(
                 ]
             )
     return rows
+
+
+class ManualClock:
+    """A clock (``create_app(clock=...)``) that stands still until the test advances it."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class WatcherTicks:
+    """The bundle watcher's wait (``create_app(wait=...)``), released by hand: ``step()``
+    lets one wait end and returns once the watcher waits again, so its check is done."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.timeout = timeout  # only bounds a watcher that never comes: a failure
+        self.intervals: list[float] = []
+        self._waiting = threading.Semaphore(0)
+        self._go = threading.Semaphore(0)
+
+    def __call__(self, seconds: float) -> None:
+        self.intervals.append(seconds)
+        self._waiting.release()
+        self._go.acquire()
+
+    def step(self) -> None:
+        assert self._waiting.acquire(timeout=self.timeout), "the watcher is not waiting"
+        self._go.release()
+        assert self._waiting.acquire(timeout=self.timeout), "the watcher did not come back"
+        self._waiting.release()  # it waits again: the next step may release it

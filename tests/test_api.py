@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.bundle import load_current
 from recsvc.errors import ConfigError
 from recsvc.openapi import OPERATIONS

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
 from tests.channel_shop import XSS_TITLE, build

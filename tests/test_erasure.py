@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.config import ServiceConfig
 from tests.redis_server import RedisProcess
 from tests.test_realtime_api import a_customer, post, purchase, sample_config_copy

@@ -21,7 +21,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from benchmarks.local_server import ROOT, free_port, gunicorn, nginx, nginx_binary
-from recsvc import create_app, defaults
+from recsvc import defaults
+from recsvc.app import create_app
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
 from recsvc.errors import ConfigError

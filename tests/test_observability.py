@@ -9,6 +9,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,15 @@ import pytest
 from flask.testing import FlaskClient
 
 from benchmarks.local_server import gunicorn
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.auth import mint
 from recsvc.bundle import current_version, load_current, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.identity import DEVELOPMENT_SECRET
 from recsvc.manifest import Manifest
+from tests.helpers import ManualClock, WatcherTicks
 from tests.test_bundle import tiny_arrays
-from tests.test_reload import corrupt, wait_for
+from tests.test_reload import corrupt
 
 OPS, OPS_LINE = mint("ops", ["metrics:read"])
 WEB, WEB_LINE = mint("web", ["recs:read"], rate=5)
@@ -34,7 +36,13 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def service(models: Path, tmp_path: Path, redis_url: str | None = None) -> FlaskClient:
+def service(
+    models: Path,
+    tmp_path: Path,
+    redis_url: str | None = None,
+    clock: Callable[[], float] = time.time,
+    wait: Callable[[float], object] = time.sleep,
+) -> FlaskClient:
     config = ServiceConfig.from_mapping(
         {
             "RECSVC_MODELS_DIR": str(models),
@@ -46,7 +54,7 @@ def service(models: Path, tmp_path: Path, redis_url: str | None = None) -> Flask
             **({"RECSVC_REDIS_URL": redis_url} if redis_url else {}),
         }
     )
-    return create_app(config).test_client()
+    return create_app(config, clock=clock, wait=wait).test_client()
 
 
 def scrape(client: FlaskClient) -> dict[str, float]:
@@ -101,10 +109,11 @@ def test_metrics_need_the_metrics_scope(sample_models: Path, tmp_path: Path) -> 
 def test_a_refused_bundle_shows_in_the_metrics(tmp_path: Path) -> None:
     models = tmp_path / "models"
     publish_bundle(models, "v1", tiny_arrays(), Manifest())
-    client = service(models, tmp_path)
-    assert wait_for(client, "v1")
+    ticks = WatcherTicks()
+    client = service(models, tmp_path, wait=ticks)
+    assert client.get("/v1/model").get_json()["version"] == "v1"  # starts the watcher
     corrupt(publish_bundle(models, "v2", tiny_arrays(2.0), Manifest()))
-    time.sleep(1.5)
+    ticks.step()
     samples = scrape(client)
     assert samples['recsvc_bundle_refused{version="v2"}'] == 1
     assert samples["recsvc_bundle_refusals"] == 1
@@ -113,7 +122,9 @@ def test_a_refused_bundle_shows_in_the_metrics(tmp_path: Path) -> None:
 
 
 def test_rate_limit_answers_429_with_retry_after(sample_models: Path, tmp_path: Path) -> None:
-    client = service(sample_models, tmp_path)
+    # A small "now": a burst's sums of 1/rate steps then round far below the limiter's 1e-9.
+    clock = ManualClock(start=1000.0)
+    client = service(sample_models, tmp_path, clock=clock)
     statuses = [
         client.get("/v1/customers/x/recommendations", headers=bearer(WEB)).status_code
         for _ in range(8)
@@ -128,8 +139,16 @@ def test_rate_limit_answers_429_with_retry_after(sample_models: Path, tmp_path: 
         client.get("/v1/customers/x/recommendations", headers=bearer(ADMIN)).status_code == 200
         for _ in range(20)
     )
-    time.sleep(1.1)
+    clock.advance(0.19)
+    assert client.get("/v1/customers/x/recommendations", headers=bearer(WEB)).status_code == 429
+    clock.advance(0.02)  # over 1/5 s after the burst: one more request at 5 a second
     assert client.get("/v1/customers/x/recommendations", headers=bearer(WEB)).status_code == 200
+    assert client.get("/v1/customers/x/recommendations", headers=bearer(WEB)).status_code == 429
+    clock.advance(1.2)  # a whole burst again
+    assert [
+        client.get("/v1/customers/x/recommendations", headers=bearer(WEB)).status_code
+        for _ in range(6)
+    ] == [200] * 5 + [429]
 
 
 def test_rate_limit_is_shared_through_redis(

@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.auth import mint
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.auth import mint
 from recsvc.bundle import load_current, publish_bundle
 from recsvc.config import ServiceConfig

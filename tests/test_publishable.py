@@ -11,7 +11,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from recsvc import create_app, tokens
+from recsvc import tokens
+from recsvc.app import create_app
 from recsvc.auth import mint
 from recsvc.config import ServiceConfig
 from recsvc.errors import ConfigError

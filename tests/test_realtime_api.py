@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.auth import mint, parse_api_keys
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig

@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 from benchmarks.local_server import ROOT, free_port
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.bundle import point_current, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.manifest import Manifest
 from recsvc.registry import ModelRegistry
+from tests.helpers import WatcherTicks
 from tests.test_bundle import rewrite, tiny_arrays, unreadable_files
 
 
@@ -63,26 +64,22 @@ def test_the_service_follows_the_pointer(tmp_path: Path) -> None:
     config = ServiceConfig(
         models_dir=models, events_dir=tmp_path / "ev", auth=False, reload_seconds=1
     )
-    client = create_app(config).test_client()
+    ticks = WatcherTicks()
+    client = create_app(config, wait=ticks).test_client()
     assert client.get("/v1/model").get_json()["version"] == "v1"  # starts the watcher
 
     publish_bundle(models, "v2", tiny_arrays(2.0), Manifest())
-    assert wait_for(client, "v2")
+    assert client.get("/v1/model").get_json()["version"] == "v1"  # until the watcher checks
+    ticks.step()
+    assert client.get("/v1/model").get_json()["version"] == "v2"
 
     corrupt(publish_bundle(models, "v3", tiny_arrays(3.0), Manifest()))
-    time.sleep(2.5)
+    ticks.step()
+    ticks.step()  # refused once, and v2 still served on the next check
     body = client.get("/v1/model").get_json()
     assert body["version"] == "v2" and "factors.npz" in body["last_error"]
     assert client.get("/v1/customers/c1/recommendations").status_code == 200
-
-
-def wait_for(client: object, version: str, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if client.get("/v1/model").get_json().get("version") == version:  # type: ignore[attr-defined]
-            return True
-        time.sleep(0.1)
-    return False
+    assert ticks.intervals == [1, 1, 1, 1]  # RECSVC_RELOAD_SECONDS between two checks
 
 
 def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -161,12 +158,14 @@ def test_nothing_verifies_at_start_then_a_good_bundle_is_published(tmp_path: Pat
     config = ServiceConfig(
         models_dir=models, events_dir=tmp_path / "ev", auth=False, reload_seconds=1
     )
-    client = create_app(config).test_client()
+    ticks = WatcherTicks()
+    client = create_app(config, wait=ticks).test_client()
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "factors.npz" in ready.get_json()["detail"]
 
     publish_bundle(models, "v2", tiny_arrays(2.0), Manifest())
-    assert wait_for(client, "v2")
+    ticks.step()
+    assert client.get("/v1/model").get_json()["version"] == "v2"
     assert client.get("/readyz").get_json()["fallback_from"] is None
 
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from flask.testing import FlaskClient
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
 from tests.helpers import write_csv

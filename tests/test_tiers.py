@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.config import ServiceConfig
 from recsvc.policy import tier_indices
 from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config, write_csv

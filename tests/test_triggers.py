@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from recsvc import create_app
+from recsvc.app import create_app
 from recsvc.bundle import BundleArrays, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.identity import CANONICAL, IdentityKey

@@ -12,18 +12,34 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from recsvc import defaults
 from recsvc.events import ERASURES_FILE
 from recsvc.identity import IdentityKey
-from training.config import TrainConfig, load_config, tuned_path
 from training.errors import ConfigError, TrainingError
-from training.merge import NO_ERASURE_LIST, OUTCOMES
-from training.pipeline import TrainReport, train
-from training.progress import Progress
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from training.config import TrainConfig
+    from training.pipeline import TrainReport
+
+# The trainer's modules are imported by the commands that use them: `keys` and `tokens` run
+# where only the service is installed (its image), without the `train` extra.
+TRAIN_EXTRA = frozenset(
+    {
+        "implicit",
+        "isal",
+        "matplotlib",
+        "pandas",
+        "psycopg",
+        "pyarrow",
+        "scipy",
+        "threadpoolctl",
+        "tqdm",
+    }
+)
 
 DEFAULT_MODELS_DIR = Path("models")
 ERASURES_HELP = "the service's erasure list, instead of the config's [identity] erasures"
@@ -31,14 +47,23 @@ ERASURES_HELP = "the service's erasure list, instead of the config's [identity] 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         result: int = args.run(args)
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        print(
+            f"error: this command needs the trainer's dependencies (no module {error.name!r}); "
+            "install them with: pip install 'recsvc[train]'",
+            file=sys.stderr,
+        )
         return 2
     return result
 
@@ -240,6 +265,8 @@ def config_from(path: Path, erasures: Path | None = None) -> TrainConfig:
     """The TOML config plus what stays out of it: the alias key from RECSVC_ID_SECRET (and
     RECSVC_ID_SECRETS_RETIRED), read here once; without it, the development key. ``erasures``
     overrides the config's erasure list."""
+    from training.config import load_config
+
     config = load_config(path)
     try:
         key = IdentityKey.from_environment(os.environ) or IdentityKey.development_key()
@@ -252,6 +279,9 @@ def config_from(path: Path, erasures: Path | None = None) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from training.pipeline import train
+    from training.progress import Progress
+
     report = train(
         config_from(args.config, args.erasures),
         args.models_dir,
@@ -264,6 +294,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import MODEL_KEYS, evaluate
+    from training.progress import Progress
     from training.report import render_html
 
     if args.k < 1:
@@ -284,7 +315,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from training.config import tuned_path
     from training.pipeline import merged_history
+    from training.progress import Progress
     from training.tune import tune, write_tuned
 
     if args.trials < 1 or args.validation_days < 1:
@@ -313,6 +346,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _check_sources(args: argparse.Namespace) -> int:
     from training.check import check_sources
+    from training.merge import NO_ERASURE_LIST
 
     config = config_from(args.config, args.erasures)
     results = check_sources(config)
@@ -355,9 +389,10 @@ def _export_picks(args: argparse.Namespace) -> int:
     import tempfile
     from urllib.parse import quote
 
-    from recsvc import create_app
+    from recsvc.app import create_app
     from recsvc.config import ServiceConfig
     from recsvc.text import MAX_SEND_ID_LENGTH, text_problem
+    from training.progress import Progress
 
     problem = text_problem(args.send_id, MAX_SEND_ID_LENGTH)
     if problem is not None:
@@ -533,6 +568,8 @@ def _mint_token(args: argparse.Namespace) -> int:
 
 
 def _date(text: str) -> pd.Timestamp:
+    import pandas as pd
+
     try:
         return pd.Timestamp(text)
     except ValueError:
@@ -541,7 +578,7 @@ def _date(text: str) -> pd.Timestamp:
 
 def _serve(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> int:
     """The development server, configured from RECSVC_* like gunicorn (--models-dir wins)."""
-    from recsvc import create_app
+    from recsvc.app import create_app
     from recsvc.config import ServiceConfig
     from recsvc.errors import ConfigError
     from recsvc.logs import JsonFormatter
@@ -562,6 +599,9 @@ def _serve(args: argparse.Namespace, overrides: dict[str, str] | None = None) ->
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from training.pipeline import train
+    from training.progress import Progress
+
     # The erasure list of the service the demo starts, wherever RECSVC_EVENTS_DIR puts it.
     events_dir = os.environ.get("RECSVC_EVENTS_DIR", "").strip() or defaults.EVENTS_DIR
     erasures = Path(events_dir) / ERASURES_FILE
@@ -589,6 +629,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def print_report(report: TrainReport) -> None:
+    from training.merge import OUTCOMES
+
     print(f"trained bundle {report.version} in {report.seconds:.1f} s -> {report.path}")
     header = ["source", "rows_read", *OUTCOMES]
     rows: list[list[Any]] = []
