@@ -113,9 +113,8 @@ def test_email_picks_stay_the_same_for_one_send(
 
     retrained = build(tmp_path / "again")  # a new model does not change the send either
     again = create_app(ServiceConfig(models_dir=retrained, events_dir=tmp_path / "e2", auth=False))
-    again.extensions["recsvc.realtime"].store = client.application.extensions[
-        "recsvc.realtime"
-    ].store
+    shared = client.application.extensions["recsvc"].realtime.store
+    again.extensions["recsvc"].realtime.store = shared
     assert again.test_client().get(url).get_json() == first
 
 

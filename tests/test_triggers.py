@@ -93,7 +93,7 @@ def at(seconds: int) -> datetime:
 def fire(app: Flask, customer: str, seconds: int) -> None:
     """A purchase by ``customer`` at T0 + ``seconds`` that crosses the 100 spend threshold."""
     moment = at(seconds)
-    app.extensions["recsvc.realtime"].clock = lambda: moment  # the clock is a seam
+    app.extensions["recsvc"].realtime.clock = lambda: moment  # the clock is a seam
     event = {
         "event_id": f"{customer}-{seconds}",
         "customer": customer,

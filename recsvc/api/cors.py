@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from recsvc.config import ServiceConfig
+from recsvc.service import SERVICE, Service
 
 
 def init_app(app: Flask) -> None:
-    config: ServiceConfig = app.extensions["recsvc.config"]
-    origins = frozenset(config.cors_origins)
+    service: Service = app.extensions[SERVICE]
+    origins = frozenset(service.config.cors_origins)
     if not origins:
         return
 
