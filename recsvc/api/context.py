@@ -22,6 +22,12 @@ def this_request() -> Request:
     return found
 
 
+def service_of(app: Flask) -> Service:
+    """The Service ``app`` serves (create_app puts it there, under one key)."""
+    found: Service = app.extensions[SERVICE]
+    return found
+
+
 def this_service() -> Service:
     """The app's one Service: the core every view calls (see recsvc.service)."""
     found: Service = current_app.extensions[SERVICE]

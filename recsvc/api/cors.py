@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from recsvc.service import SERVICE, Service
+from recsvc.api.context import service_of
 
 
 def init_app(app: Flask) -> None:
-    service: Service = app.extensions[SERVICE]
-    origins = frozenset(service.config.cors_origins)
+    origins = frozenset(service_of(app).config.cors_origins)
     if not origins:
         return
 
