@@ -18,6 +18,8 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from recsvc.errors import AuthError, Forbidden
+
 SCOPES = ("blocks:read", "recs:read", "events:write", "metrics:read", "admin")
 # A key with the scope on the left may also do what the scopes on the right allow. blocks:read
 # is the publishable scope for website pages: it reads rendered blocks only.
@@ -33,13 +35,6 @@ class ApiKey:
     digest: bytes
     scopes: frozenset[str]
     rate: int | None = None  # requests per second; None: the service default
-
-
-class AuthError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 def parse_api_keys(text: str, origin: str) -> tuple[ApiKey, ...]:
@@ -86,16 +81,17 @@ class Authenticator:
         self._granted = [granted_scopes(key) for key in keys]
 
     def authorise(self, presented: str | None, scope: str) -> ApiKey:
-        """The key presented, if it exists and grants ``scope``; else AuthError 401 or 403."""
+        """The key presented, if it exists and grants ``scope``; else AuthError (401) or
+        Forbidden (403)."""
         if not presented:
-            raise AuthError(401, "an API key is required (Authorization: Bearer <key>)")
+            raise AuthError("an API key is required (Authorization: Bearer <key>)")
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
         for number, key in enumerate(self.keys):  # every digest is compared, found or not
             if hmac.compare_digest(key.digest, digest):
                 found = number
         if found is None:
-            raise AuthError(401, "the API key is not valid")
+            raise AuthError("the API key is not valid")
         if scope not in self._granted[found]:
-            raise AuthError(403, f"the API key lacks the scope {scope!r}")
+            raise Forbidden(f"the API key lacks the scope {scope!r}")
         return self.keys[found]

@@ -12,20 +12,13 @@ from urllib.parse import urlencode
 import numpy as np
 from numpy.typing import NDArray
 
+from recsvc.errors import UnknownCategory, UnknownSlot
 from recsvc.manifest import Channels
 from recsvc.ranker import RankedItem
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
 
 POPULAR_FOR_AFFINITY = 50  # anonymous visitors: the categories of the best sellers
-
-
-class UnknownSlot(KeyError):
-    pass
-
-
-class UnknownCategory(KeyError):
-    pass
 
 
 def channels(model: ServedModel) -> Channels:
@@ -37,11 +30,13 @@ def categories(model: ServedModel) -> list[str]:
 
 
 def category_mask(model: ServedModel, name: str) -> NDArray[np.bool_]:
-    """Items in category ``name``; UnknownCategory lists the categories there are."""
+    """Items in category ``name`` (any case, spaces around ignored); UnknownCategory lists
+    the categories there are."""
     names = categories(model)
-    if name not in names:
-        raise UnknownCategory(name)
-    bit = np.int64(1) << np.int64(names.index(name))
+    wanted = name.strip().lower()
+    if wanted not in names:
+        raise UnknownCategory(name, names)
+    bit = np.int64(1) << np.int64(names.index(wanted))
     mask: NDArray[np.bool_] = (model.ranker.arrays.item_categories & bit) != 0
     return mask
 
@@ -155,7 +150,7 @@ def block(
     """A website slot: content items and product cards for the customer."""
     slots = channels(model).slots
     if slot not in slots:
-        raise UnknownSlot(slot)
+        raise UnknownSlot(slot, list(slots))
     tiers = model.ranker.tiers
     tier = tiers.describe(view.window_spend)
     ranking = model.ranker.recommend_row(

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from recsvc.errors import BatchError
 from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord
 from recsvc.schemas import (
     DEFAULT_EVENT_SOURCE,
@@ -57,10 +58,6 @@ class Event:
     price: float
     timestamp: datetime  # UTC
     source: str
-
-
-class BatchError(ValueError):
-    """The request body is not a batch of events at all."""
 
 
 def parse_batch(payload: Any, now: datetime) -> tuple[list[tuple[int, Event]], list[Rejection]]:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -47,6 +48,15 @@ class CustomerView:
     @property
     def recent_spend(self) -> float:
         return spend_of(self.events)
+
+
+class Resolved(NamedTuple):
+    """Who a customer key names, as the served model and the erasure list have it."""
+
+    row: int | None  # None: unknown to the model, or erased
+    customer_id: str | None  # canonical id, when the model knows them (and they are not erased)
+    store_key: str
+    erased: bool
 
 
 @dataclass
@@ -88,14 +98,16 @@ class Realtime:
         """Store keys of every customer on the durable erasure list."""
         return self.erasures.current().customer_keys
 
-    def resolve(self, model: ServedModel, key: str) -> tuple[int | None, str, bool]:
-        """The customer's model row, store key, and whether the erasure list names them (an
-        erased customer has no row). The list is checked before anything else, in memory."""
+    def resolve(self, model: ServedModel, key: str) -> Resolved:
+        """The customer's model row, canonical id, store key, and whether the erasure list
+        names them (an erased customer has no row). The list is checked before anything else,
+        in memory."""
         ranker = model.ranker
         erasures = self.erasures.current()
         row = ranker.customer_row(key)
         if row is not None:
-            canonical = f"{CANONICAL}:{ranker.arrays.customer_ids[row]}"
+            customer_id = str(ranker.arrays.customer_ids[row])
+            canonical = f"{CANONICAL}:{customer_id}"
             cached = (model.version, row)
             store_key = self._row_keys.get(cached) or self._row_keys.setdefault(
                 cached, customer_key(self.key, canonical)
@@ -105,15 +117,15 @@ class Realtime:
                 or store_key in erasures.customer_keys
                 or (self.key.rotated and self._erased_before(erasures, [canonical]))
             ):
-                return None, store_key, True
-            return row, store_key, False
+                return Resolved(None, None, store_key, True)
+            return Resolved(row, customer_id, store_key, False)
         aliases = request_aliases(key, ranker.aliases.rules, ranker.aliases.namespaces)
         store_key = customer_key(self.key, aliases[-1])
         erased = bool(erasures.customer_keys or erasures.alias_digests) and (
             erasures.covers(store_key, (customer_key(self.key, alias) for alias in aliases))
             or (self.key.rotated and self._erased_before(erasures, aliases))
         )
-        return None, store_key, erased
+        return Resolved(None, None, store_key, erased)
 
     def _erased_before(self, erasures: Erasures, aliases: list[str]) -> bool:
         """Erased under a retired secret, before a rotation: the list holds their digests
@@ -145,7 +157,7 @@ class Realtime:
         return rows
 
     def view(self, model: ServedModel, key: str) -> CustomerView:
-        row, store_key, erased = self.resolve(model, key)
+        row, customer_id, store_key, erased = self.resolve(model, key)
         if erased:
             return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
         try:
@@ -154,7 +166,7 @@ class Realtime:
             if isinstance(error, StoreNotRestored):
                 self.restore_soon(model)
             log.warning("store unavailable, serving from the bundle: %s", error)
-            return self._with_spend(model, row, store_key, [], {}, degraded=True)
+            return self._with_spend(model, row, customer_id, store_key, [], {}, degraded=True)
         if state.erased:
             return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
         deltas: dict[int, float] = {}
@@ -162,12 +174,15 @@ class Realtime:
             index = model.item_index.get(event.item_id)
             if index is not None:
                 deltas[index] = deltas.get(index, 0.0) + event.quantity
-        return self._with_spend(model, row, store_key, state.events, deltas, degraded=False)
+        return self._with_spend(
+            model, row, customer_id, store_key, state.events, deltas, degraded=False
+        )
 
     @staticmethod
     def _with_spend(
         model: ServedModel,
         row: int | None,
+        customer_id: str | None,
         store_key: str,
         events: list[StoredEvent],
         deltas: dict[int, float],
@@ -182,7 +197,7 @@ class Realtime:
             lifetime += float(model.ranker.arrays.customer_spend[row])
         return CustomerView(
             row,
-            _canonical(model, row),
+            customer_id,
             store_key,
             events,
             deltas,
@@ -203,7 +218,7 @@ class Realtime:
         accepted: list[tuple[int, Event, str, StoredEvent]] = []
         holdings = _Holdings(self, model)
         for index, event in batch:
-            row, store_key, erased = self.resolve(model, event.customer)
+            row, _, store_key, erased = self.resolve(model, event.customer)
             if erased:
                 result.rejected.append(
                     Rejection(index, event.event_id, ["customer: this customer was erased"])
@@ -360,7 +375,7 @@ class Realtime:
         erased_now = {
             str(record["customer"])
             for record in records
-            if self.resolve(model, str(record["customer"]))[2]
+            if self.resolve(model, str(record["customer"])).erased
         }
         if erased_now:
             self.event_log.redact(lambda record: record.get("customer") in erased_now)
@@ -419,7 +434,7 @@ class Realtime:
                 received = float(record[RECEIVED_AT])
                 if received <= horizon:
                     continue
-                _, store_key, erased = self.resolve(model, str(record["customer"]))
+                _, _, store_key, erased = self.resolve(model, str(record["customer"]))
                 if erased:
                     continue
                 batch.append(
@@ -530,10 +545,6 @@ def _trigger(
 def spend_of(events: list[StoredEvent]) -> float:
     """What reported events add to a customer's spend (returns subtract)."""
     return sum(event.quantity * event.price for event in events)
-
-
-def _canonical(model: ServedModel, row: int | None) -> str | None:
-    return None if row is None else str(model.ranker.arrays.customer_ids[row])
 
 
 def _digest_bytes(high: np.uint64, low: np.uint64) -> bytes:

@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
@@ -113,9 +114,8 @@ def test_email_picks_stay_the_same_for_one_send(
 
     retrained = build(tmp_path / "again")  # a new model does not change the send either
     again = create_app(ServiceConfig(models_dir=retrained, events_dir=tmp_path / "e2", auth=False))
-    again.extensions["recsvc.realtime"].store = client.application.extensions[
-        "recsvc.realtime"
-    ].store
+    shared = service_of(client.application).realtime.store
+    service_of(again).realtime.store = shared
     assert again.test_client().get(url).get_json() == first
 
 

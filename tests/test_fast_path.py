@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from flask import Flask
 
+from recsvc.api.context import service_of
 from recsvc.ranker import Ranker, Ranking
 
 
@@ -37,7 +38,7 @@ def assert_same_answer(quick: Ranking, thorough: Ranking) -> None:
 
 
 def test_candidates_match_full_scoring(sample_app: Flask) -> None:
-    fast = sample_app.extensions["recsvc.registry"].model.ranker
+    fast = service_of(sample_app).registry.model.ranker
     full = slow(fast)
     assert fast.arrays.candidate_items.shape[1] == 50
     for row in range(len(fast.arrays.customer_ids)):
@@ -47,7 +48,7 @@ def test_candidates_match_full_scoring(sample_app: Flask) -> None:
 
 
 def test_purchases_filter_candidates_and_returns_rescore(sample_app: Flask) -> None:
-    fast = sample_app.extensions["recsvc.registry"].model.ranker
+    fast = service_of(sample_app).registry.model.ranker
     full = slow(fast)
     row, tier = 7, int(fast.trained_tier[7])
     top = fast.recommend_row(row, 10, None, tier).items
@@ -63,7 +64,7 @@ def test_purchases_filter_candidates_and_returns_rescore(sample_app: Flask) -> N
 
 
 def test_a_list_too_short_falls_back(sample_app: Flask, tmp_path: Path) -> None:
-    fast = sample_app.extensions["recsvc.registry"].model.ranker
+    fast = service_of(sample_app).registry.model.ranker
     full = slow(fast)
     row, tier = 3, int(fast.trained_tier[3])
     many = fast.recommend_row(row, 80, None, tier)  # more than the 50 candidates

@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.auth import mint, parse_api_keys
 from recsvc.bundle import load_current
@@ -106,7 +107,7 @@ def test_replaying_a_batch_changes_nothing(client: FlaskClient, sample_models: P
 
 def test_full_return_makes_an_item_eligible_again(app: Flask, sample_models: Path) -> None:
     client = app.test_client()
-    model = app.extensions["recsvc.registry"].model
+    model = service_of(app).registry.model
     ranker = model.ranker
     row = 3
     customer = a_customer(sample_models, row)
@@ -199,8 +200,8 @@ def test_accepted_events_are_logged_and_train_into_the_next_bundle(
     bundle = load_current(models)
     assert bundle.manifest.events_through == max(r["received_at"] for r in logged)
 
-    fresh = create_app(replace(app.extensions["recsvc.config"], models_dir=models))
-    fresh.extensions["recsvc.realtime"].store = app.extensions["recsvc.realtime"].store
+    fresh = create_app(replace(service_of(app).config, models_dir=models))
+    service_of(fresh).realtime.store = service_of(app).realtime.store
     profile = fresh.test_client().get(f"/v1/customers/{customer}/profile").get_json()
     old_profile = client.get(f"/v1/customers/{customer}/profile").get_json()
     assert profile["since_training"]["events"] == 0  # learned, so not counted twice

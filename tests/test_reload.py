@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from benchmarks.local_server import ROOT, free_port
+from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.bundle import point_current, publish_bundle
 from recsvc.config import ServiceConfig
@@ -110,7 +111,7 @@ def test_a_corrupt_current_at_start_serves_the_newest_bundle_that_verifies(
     fallback = [r for r in caplog.records if "serving v2 instead" in r.message]
     assert len(fallback) == 1 and "current names v3" in fallback[0].message
 
-    registry = app.extensions["recsvc.registry"]
+    registry = service_of(app).registry
     assert not registry.check()  # the refused pointer is not retried
     assert len(refusal_lines(caplog)) == 1
 
@@ -129,7 +130,7 @@ def test_a_pointer_moved_back_clears_the_refusal(
     config = ServiceConfig(models_dir=models, events_dir=tmp_path / "ev", auth=False)
     app = create_app(config)
     client = app.test_client()
-    registry = app.extensions["recsvc.registry"]
+    registry = service_of(app).registry
 
     corrupt(publish_bundle(models, "v2", tiny_arrays(2.0), Manifest()))
     assert not registry.check()

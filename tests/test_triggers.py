@@ -17,6 +17,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.bundle import BundleArrays, publish_bundle
 from recsvc.config import ServiceConfig
@@ -93,7 +94,7 @@ def at(seconds: int) -> datetime:
 def fire(app: Flask, customer: str, seconds: int) -> None:
     """A purchase by ``customer`` at T0 + ``seconds`` that crosses the 100 spend threshold."""
     moment = at(seconds)
-    app.extensions["recsvc.realtime"].clock = lambda: moment  # the clock is a seam
+    service_of(app).realtime.clock = lambda: moment  # the clock is a seam
     event = {
         "event_id": f"{customer}-{seconds}",
         "customer": customer,

@@ -22,6 +22,8 @@ from training.errors import ConfigError, TrainingError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from recsvc.registry import ServedModel
+    from recsvc.service import Service
     from training.config import TrainConfig
     from training.pipeline import TrainReport
 
@@ -370,53 +372,36 @@ def _about_source(name: str, message: str) -> str:
     return message if message.startswith(label) else f"{label}: {message}"
 
 
-class _DropStartingWith(logging.Filter):
-    def __init__(self, start: str) -> None:
-        super().__init__()
-        self.start = start
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.start)
-
-
 def _export_picks(args: argparse.Namespace) -> int:
     """Each row is the email-picks endpoint's answer for that customer and send id: the
-    service is run in-process with the same RECSVC_* store settings, so a send exported here
-    and one rendered by the live service share their snapshots. Erased customers are
+    service core answers in-process with the same RECSVC_* store settings, so a send exported
+    here and one rendered by the live service share their snapshots. Erased customers are
     skipped, each customer is exported once however many of their keys are listed, and the
     file appears whole or not at all."""
     import csv
     import tempfile
-    from urllib.parse import quote
 
-    from recsvc.app import create_app
+    import msgspec
+
     from recsvc.config import ServiceConfig
+    from recsvc.errors import RecsvcError
+    from recsvc.service import Service
     from recsvc.text import MAX_SEND_ID_LENGTH, text_problem
     from training.progress import Progress
 
     problem = text_problem(args.send_id, MAX_SEND_ID_LENGTH)
     if problem is not None:
         raise TrainingError(f"--send-id: {problem}")
-    # The service runs in-process, for this command alone: without authentication (nobody
-    # else can call it) and without its per-request log lines; its warnings still show.
-    environment = {
-        **os.environ,
-        "RECSVC_MODELS_DIR": str(args.models_dir),
-        "RECSVC_AUTH": "off",
-        "RECSVC_LOG_LEVEL": "WARNING",
-    }
-    auth_off = _DropStartingWith("RECSVC_AUTH=off")
-    logging.getLogger("recsvc").addFilter(auth_off)
-    try:
-        app = create_app(ServiceConfig.from_mapping(environment))
-    finally:
-        logging.getLogger("recsvc").removeFilter(auth_off)
-    model = app.extensions["recsvc.registry"].model
+    send_id = args.send_id.strip()  # as the endpoint takes it
+    # No HTTP here, so no API keys: the core is called directly.
+    environment = {**os.environ, "RECSVC_MODELS_DIR": str(args.models_dir), "RECSVC_AUTH": "off"}
+    service = Service.start(ServiceConfig.from_mapping(environment))
+    # The service's info lines (a bundle loaded) are not the export's; its warnings still show.
+    logging.getLogger("recsvc").setLevel(logging.WARNING)
+    model = service.registry.model
     if model is None:
         raise TrainingError(f"no bundle in {args.models_dir}")
-    campaign = _campaign(args, model, app.extensions["recsvc.realtime"])
-    client = app.test_client()
-    query = f"send_id={quote(args.send_id, safe='')}&n={args.n}"
+    campaign = _campaign(args, service, model)
     try:
         temporary = tempfile.NamedTemporaryFile(  # renamed into place or removed below
             "w",
@@ -441,20 +426,17 @@ def _export_picks(args: argparse.Namespace) -> int:
                 campaign.keys, "exporting picks", "customers", len(campaign.keys)
             )
             for number, key in enumerate(exporting):
-                # ~ and the key in the query: any key, '/' included (see recsvc.api.params)
-                response = client.get(
-                    f"/v1/customers/~/email-picks?key={quote(key, safe='')}&{query}"
-                )
-                if response.status_code != 200:
-                    detail = response.get_json(force=True).get("detail", response.status)
-                    raise TrainingError(f"customer {number + 1} of the campaign: {detail}")
-                picks = response.get_json()
+                try:
+                    picks = service.email_picks(model, key, send_id, args.n)
+                except RecsvcError as error:
+                    raise TrainingError(f"customer {number + 1} of the campaign: {error}") from None
                 if args.format == "jsonl":
-                    handle.write(json.dumps(picks, ensure_ascii=False, sort_keys=True) + "\n")
+                    answer = msgspec.to_builtins(picks)
+                    handle.write(json.dumps(answer, ensure_ascii=False, sort_keys=True) + "\n")
                     continue
-                for rank, item in enumerate(picks["items"], start=1):
-                    row = [picks["send_id"], picks["customer_id"], rank, item["item_id"]]
-                    row += [item["title"], item["price"], item["url"], item["image"]]
+                for rank, item in enumerate(picks.items, start=1):
+                    row = [picks.send_id, picks.customer_id, rank, item.item_id]
+                    row += [item.title, item.price, item.url, item.image]
                     writer.writerow([spreadsheet_safe(cell) for cell in row])
             handle.flush()
             os.fsync(handle.fileno())
@@ -488,7 +470,7 @@ class Campaign:
     repeated: int = 0  # further keys of a customer already in ``keys``
 
 
-def _campaign(args: argparse.Namespace, model: Any, realtime: Any) -> Campaign:
+def _campaign(args: argparse.Namespace, service: Service, model: ServedModel) -> Campaign:
     """The customers to export: the keys of --customers (checked before anything is
     written), or the bundle's customers in the --segment's tier."""
     from recsvc.text import MAX_KEY_LENGTH, text_problem
@@ -510,22 +492,21 @@ def _campaign(args: argparse.Namespace, model: Any, realtime: Any) -> Campaign:
             candidates.append(key)
     else:
         kind, _, tier_name = args.segment.partition("=")
-        names = model.ranker.tiers.names
+        names = service.tier_names(model)
         if kind != "tier" or tier_name not in names:
             raise TrainingError(
                 f"--segment: tier=<one of {', '.join(names)}>, got {args.segment!r}"
             )
-        candidates = [str(customer) for customer in model.ranker.arrays.customer_ids]
+        candidates = service.customer_ids(model)
     campaign = Campaign([])
     seen: set[str] = set()
-    tiers = model.ranker.tiers
     for key in candidates:
-        view = realtime.view(model, key)
+        view = service.customer(model, key)
         if view.erased:
             campaign.erased += 1
         elif view.store_key in seen:
             campaign.repeated += 1
-        elif tier_name is None or tiers.describe(view.window_spend)["name"] == tier_name:
+        elif tier_name is None or service.tier_name(model, view) == tier_name:
             seen.add(view.store_key)
             campaign.keys.append(key)
     return campaign

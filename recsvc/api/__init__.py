@@ -15,9 +15,6 @@ from recsvc.api import (
     recommendations,
     triggers,
 )
-from recsvc.api.context import extensions
-from recsvc.realtime import Realtime
-from recsvc.registry import ModelRegistry, ServedModel
 
 
 def init_app(app: Flask) -> None:
@@ -30,21 +27,3 @@ def init_app(app: Flask) -> None:
     triggers.init_app(app)
     channels.init_app(app)
     cors.init_app(app)
-
-
-def registry() -> ModelRegistry:
-    found: ModelRegistry = extensions()["recsvc.registry"]
-    return found
-
-
-def realtime() -> Realtime:
-    found: Realtime = extensions()["recsvc.realtime"]
-    return found
-
-
-def served_model() -> ServedModel:
-    """The model for this request, or a 503 problem when none is loaded."""
-    model = registry().model
-    if model is None:
-        raise problems.Problem(503, "No model loaded", registry().last_error or "no bundle yet")
-    return model

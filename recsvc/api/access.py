@@ -8,10 +8,9 @@ from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from recsvc.api.context import this_app, this_request
-from recsvc.api.problems import Problem
-from recsvc.auth import ApiKey, Authenticator, AuthError, granted_scopes
-from recsvc.ratelimit import RateLimiter
+from recsvc.api.context import this_request, this_service
+from recsvc.auth import ApiKey, granted_scopes
+from recsvc.errors import AuthError, RateLimited
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -27,28 +26,16 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @wraps(view)
         def checked(*args: P.args, **kwargs: P.kwargs) -> R:
-            extensions = this_app().extensions
-            authenticator: Authenticator | None = extensions["recsvc.auth"]
+            service = this_service()
+            authenticator = service.authenticator
             if authenticator is not None:
                 served = this_request()
-                try:
-                    key = authenticator.authorise(presented_key(served.environ), scope)
-                except AuthError as error:
-                    title = "Unauthorized" if error.status == 401 else "Forbidden"
-                    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
-                    raise Problem(error.status, title, error.detail, headers=headers) from None
+                key = authenticator.authorise(presented_key(served.environ), scope)
                 served.environ[KEY_NAME] = key.name
                 served.environ[KEY] = key
-                limiter: RateLimiter = extensions["recsvc.limiter"]
-                wait = limiter.wait(key)
+                wait = service.limiter.wait(key)
                 if wait:
-                    raise Problem(
-                        429,
-                        "Too Many Requests",
-                        f"the API key {key.name!r} is over its rate limit; retry after the "
-                        "Retry-After seconds",
-                        headers={"Retry-After": str(max(math.ceil(wait), 1))},
-                    )
+                    raise RateLimited(key.name, max(math.ceil(wait), 1))
             return view(*args, **kwargs)
 
         return checked
@@ -59,7 +46,7 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 def granted(scope: str) -> bool:
     """Whether this request's key (checked by ``requires``) also grants ``scope``; always
     true with RECSVC_AUTH=off."""
-    if this_app().extensions["recsvc.auth"] is None:
+    if this_service().authenticator is None:
         return True
     key: ApiKey | None = this_request().environ.get(KEY)
     return key is not None and scope in granted_scopes(key)
@@ -74,8 +61,8 @@ def presented_key(environ: WSGIEnvironment) -> str | None:
     if authorization is not None:
         scheme, _, credential = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
-            raise AuthError(401, "the Authorization header must be 'Bearer <key>'")
+            raise AuthError("the Authorization header must be 'Bearer <key>'")
         bearer = credential.strip()
     if api_key is not None and bearer is not None and api_key.strip() != bearer:
-        raise AuthError(401, "Authorization and X-API-Key carry different keys; send one key")
+        raise AuthError("Authorization and X-API-Key carry different keys; send one key")
     return bearer or (api_key.strip() if api_key is not None else None) or None

@@ -18,29 +18,20 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response
 
-from recsvc import api, channels, defaults, tokens
+from recsvc import channels, defaults, tokens
 from recsvc.api.access import granted, requires
-from recsvc.api.context import extensions, this_request
+from recsvc.api.context import this_request, this_service
 from recsvc.api.json import encoded
 from recsvc.api.observability import answered
-from recsvc.api.params import (
-    body_as,
-    category_arg,
-    checked_text,
-    customer_key,
-    int_arg,
-    query_args,
-)
+from recsvc.api.params import body_as, checked_text, customer_key, int_arg, query_args
 from recsvc.api.problems import Problem, invalid_parameter
-from recsvc.config import ServiceConfig
-from recsvc.errors import StoreUnavailable
 from recsvc.openapi import ANONYMOUS_BLOCK, CUSTOMER_BLOCK, EMAIL_PICKS, VISITOR_TOKENS
-from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
 from recsvc.render import block_html, email_html, embed_script
-from recsvc.schemas import Block, EmailPicks, PublicBlock, VisitorToken, VisitorTokenRequest
+from recsvc.schemas import Block, PublicBlock, VisitorToken, VisitorTokenRequest
+from recsvc.service import Service
 from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH
 
 blueprint = Blueprint("channels", __name__, url_prefix="/v1")
@@ -53,50 +44,33 @@ TOKEN_HEADER = "X-Recsvc-Token"
 def customer_block(key: str, slot: str) -> Response:
     args = query_args(CUSTOMER_BLOCK)
     key = customer_key(key, args)
-    model = api.served_model()
+    service = this_service()
+    model = service.model()
     if granted("recs:read"):
-        return _block(model, api.realtime().view(model, key), key, slot, args, public=False)
-    if not _visitor_proven(key):
-        return _block(model, _anonymous(), None, slot, args, public=True)
-    return _block(model, api.realtime().view(model, key), key, slot, args, public=True)
+        return _block(service, model, key, slot, args, public=False)
+    if not service.visitor_proven(key, this_request().headers.get(TOKEN_HEADER)):
+        return _block(service, model, None, slot, args, public=True)
+    return _block(service, model, key, slot, args, public=True)
 
 
 @blueprint.get("/blocks/<slot>")
 @requires(ANONYMOUS_BLOCK.key_scope)
 def anonymous_block(slot: str) -> Response:
     args = query_args(ANONYMOUS_BLOCK)
-    model = api.served_model()
-    return _block(model, _anonymous(), None, slot, args, public=not granted("recs:read"))
-
-
-def _anonymous() -> CustomerView:
-    return CustomerView(None, None, "", [], {}, degraded=False)
-
-
-def _visitor_proven(key: str) -> bool:
-    """Whether the request carries a valid visitor token for ``key``."""
-    token = this_request().headers.get(TOKEN_HEADER)
-    config: ServiceConfig = extensions()["recsvc.config"]
-    return token is not None and tokens.verify(config.secret_key, key, token.strip())
+    service = this_service()
+    return _block(service, service.model(), None, slot, args, public=not granted("recs:read"))
 
 
 def _block(
+    service: Service,
     model: ServedModel,
-    view: CustomerView,
     key: str | None,
     slot: str,
     args: Mapping[str, str],
     public: bool,
 ) -> Response:
     output = _format(args)
-    mask = category_arg(args, model)
-    try:
-        block = channels.block(model, view, key, slot, datetime.now(UTC).date(), mask)
-    except channels.UnknownSlot:
-        slots = ", ".join(sorted(channels.channels(model).slots))
-        raise Problem(
-            404, "Unknown slot", f"slot {slot!r} is not configured; slots: {slots}"
-        ) from None
+    block = service.block(model, key, slot, args.get("category"))
     answered(fallback=block["fallback"], degraded=block["degraded"])
     if public:
         block = channels.public_block(block, personalised=key is not None)
@@ -120,7 +94,7 @@ def visitor_token() -> Response:
     query_args(VISITOR_TOKENS)
     asked = body_as(VisitorTokenRequest)
     customer, ttl = checked_text("customer", asked.customer, MAX_KEY_LENGTH), asked.ttl
-    config: ServiceConfig = extensions()["recsvc.config"]
+    config = this_service().config
     if not config.secret_key:
         raise Problem(
             503,
@@ -141,26 +115,12 @@ def email_picks(key: str) -> Response:
     send_id = checked_text("send_id", args.get("send_id") or "", MAX_SEND_ID_LENGTH).strip()
     n = int_arg(args, "n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
     output = _format(args)
-    model = api.served_model()
-    realtime = api.realtime()
-    view = realtime.view(model, key)
-    fresh = channels.dumps(channels.email_picks(model, view, key, send_id, n))
-    config: ServiceConfig = current_app.extensions["recsvc.config"]
-    degraded = view.degraded
-    try:
-        kept = realtime.store.snapshot(
-            view.store_key,
-            channels.snapshot_key(send_id, n),
-            fresh,
-            config.snapshot_ttl_days * 86400.0,
-        )
-    except StoreUnavailable:
-        kept, degraded = fresh, True  # not stored: a later render may differ
-    picks = msgspec.json.decode(kept, type=EmailPicks)
-    answered(fallback=picks.fallback, degraded=degraded)
+    service = this_service()
+    picks = service.email_picks(service.model(), key, send_id, n)
+    answered(fallback=picks.fallback, degraded=picks.degraded)
     if output == "html":
         return Response(email_html(msgspec.to_builtins(picks)), mimetype="text/html")
-    return encoded(msgspec.structs.replace(picks, degraded=degraded))
+    return encoded(picks)
 
 
 def _format(args: Mapping[str, str]) -> str:

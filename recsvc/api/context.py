@@ -7,9 +7,9 @@ reads from it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Flask, Request, current_app, request
+
+from recsvc.service import SERVICE, Service
 
 
 def this_app() -> Flask:
@@ -22,5 +22,13 @@ def this_request() -> Request:
     return found
 
 
-def extensions() -> dict[str, Any]:
-    return this_app().extensions
+def service_of(app: Flask) -> Service:
+    """The Service ``app`` serves (create_app puts it there, under one key)."""
+    found: Service = app.extensions[SERVICE]
+    return found
+
+
+def this_service() -> Service:
+    """The app's one Service: the core every view calls (see recsvc.service)."""
+    found: Service = current_app.extensions[SERVICE]
+    return found

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from recsvc.config import ServiceConfig
+from recsvc.api.context import service_of
 
 
 def init_app(app: Flask) -> None:
-    config: ServiceConfig = app.extensions["recsvc.config"]
-    origins = frozenset(config.cors_origins)
+    origins = frozenset(service_of(app).config.cors_origins)
     if not origins:
         return
 

@@ -10,15 +10,12 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, Response, request
 
-from recsvc import api, defaults
 from recsvc.api.access import requires
+from recsvc.api.context import this_service
 from recsvc.api.json import encoded
 from recsvc.api.params import query_args
-from recsvc.api.problems import Problem
-from recsvc.errors import StoreUnavailable
-from recsvc.events import BatchError, parse_batch
+from recsvc.events import parse_batch
 from recsvc.openapi import EVENTS
-from recsvc.schemas import EventResult
 
 blueprint = Blueprint("events", __name__, url_prefix="/v1")
 
@@ -27,27 +24,12 @@ blueprint = Blueprint("events", __name__, url_prefix="/v1")
 @requires(EVENTS.key_scope)
 def post_events() -> Response:
     query_args(EVENTS)
-    payload = request.get_json(silent=True)
-    try:
-        valid, rejected = parse_batch(payload, datetime.now(UTC))
-    except BatchError as error:
-        raise Problem(400, "Invalid batch", str(error)) from None
-    model = api.served_model()
-    unavailable = Problem(
-        503,
-        "Store unavailable",
-        "events cannot be recorded now; nothing was applied, retry",
-        headers={"Retry-After": str(defaults.RETRY_AFTER_SECONDS)},
-    )
-    try:
-        result = api.realtime().record(model, valid) if valid else None
-    except (StoreUnavailable, OSError):
-        raise unavailable from None
-    accepted = result.accepted if result else []
-    duplicates = result.duplicates if result else []
-    rejections = sorted(rejected + (result.rejected if result else []), key=lambda r: r.index)
-    status = 422 if rejections and not accepted and not duplicates else 200
-    return encoded(EventResult(accepted, duplicates, rejections), status)
+    valid, rejected = parse_batch(request.get_json(silent=True), datetime.now(UTC))
+    service = this_service()
+    result = service.record(service.model(), valid)
+    result.rejected = sorted(rejected + result.rejected, key=lambda r: r.index)
+    status = 422 if result.rejected and not result.accepted and not result.duplicates else 200
+    return encoded(result, status)
 
 
 def init_app(app: Flask) -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, Response, jsonify
 
-from recsvc import api
+from recsvc.api.context import this_service
 from recsvc.api.json import encoded
 from recsvc.api.params import query_args
 from recsvc.openapi import MODEL, document
@@ -22,16 +22,18 @@ def healthz() -> Response:
 
 @blueprint.get("/readyz")
 def readyz() -> Response:
-    model = api.served_model()
-    return encoded(Ready("ready", model.version, api.registry().fallback_from))
+    service = this_service()
+    model = service.model()
+    return encoded(Ready("ready", model.version, service.registry.fallback_from))
 
 
 @blueprint.get("/v1/model")
 def model() -> Response:
     query_args(MODEL)
-    served = api.served_model()
+    service = this_service()
+    served = service.model()
     manifest = served.bundle.manifest
-    registry = api.registry()
+    registry = service.registry
     return encoded(
         ModelInfo(
             version=served.version,

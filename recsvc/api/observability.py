@@ -13,10 +13,9 @@ import time
 
 from flask import Flask, Response
 
-from recsvc import api, metrics
+from recsvc import metrics
 from recsvc.api.access import KEY_NAME, requires
-from recsvc.api.context import extensions, this_request
-from recsvc.logs import CustomerHasher
+from recsvc.api.context import this_request, this_service
 
 access_log = logging.getLogger("recsvc.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -86,8 +85,7 @@ def _finish(response: Response) -> Response:
     }
     customer_key = (served.view_args or {}).get("key")
     if customer_key is not None:
-        hasher: CustomerHasher = extensions()["recsvc.hasher"]
-        line["customer"] = hasher(str(customer_key))
+        line["customer"] = this_service().hasher(str(customer_key))
     key_name = environ.get(KEY_NAME)
     if key_name is not None:
         line["api_key"] = key_name
@@ -101,7 +99,7 @@ def _finish(response: Response) -> Response:
 
 @requires("metrics:read")
 def metrics_view() -> Response:
-    return Response(metrics.exposition(api.registry()), content_type=metrics.CONTENT_TYPE)
+    return Response(metrics.exposition(this_service().registry), content_type=metrics.CONTENT_TYPE)
 
 
 def init_app(app: Flask) -> None:

@@ -11,14 +11,10 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
-import numpy as np
-from numpy.typing import NDArray
 
-from recsvc import channels
 from recsvc.api.context import this_request
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.openapi import Operation
-from recsvc.registry import ServedModel
 from recsvc.text import MAX_KEY_LENGTH, text_problem
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -109,18 +105,6 @@ def int_arg(args: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise invalid_parameter(name, f"must be between {low} and {high}, got {value}")
     return value
-
-
-def category_arg(args: Mapping[str, str], model: ServedModel) -> NDArray[np.bool_] | None:
-    """The ``category`` query parameter as a mask over items, or None when absent."""
-    name = args.get("category")
-    if name is None:
-        return None
-    try:
-        return channels.category_mask(model, name.strip().lower())
-    except channels.UnknownCategory:
-        known = ", ".join(channels.categories(model)) or "none configured"
-        raise invalid_parameter("category", f"unknown category {name!r}; known: {known}") from None
 
 
 ANY_KEY = "~"  # the path segment that says: the customer key is in the ``key`` parameter

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import NamedTuple
 
 from flask import Flask, Response, request
 from msgspec import UNSET
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from recsvc import schemas
+from recsvc import defaults, schemas
+from recsvc.errors import (
+    AuthError,
+    BatchError,
+    BundleError,
+    ConfigError,
+    Forbidden,
+    InvalidParameter,
+    RateLimited,
+    RecsvcError,
+    StoreUnavailable,
+    UnknownCustomer,
+    UnknownSlot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +63,54 @@ def problem_response(problem: Problem) -> Response:
         mimetype=PROBLEM_JSON,
         headers=problem.headers,
     )
+
+
+class Answer(NamedTuple):
+    """How an error class is answered: status, title, and any headers it adds."""
+
+    status: int
+    title: str
+    headers: Callable[[RecsvcError], dict[str, str]] | None = None
+
+
+def _retry_later(error: RecsvcError) -> dict[str, str]:
+    return {"Retry-After": str(defaults.RETRY_AFTER_SECONDS)}
+
+
+def _retry_after(error: RecsvcError) -> dict[str, str]:
+    assert isinstance(error, RateLimited)
+    return {"Retry-After": str(error.retry_after)}
+
+
+def _bearer(error: RecsvcError) -> dict[str, str]:
+    return {"WWW-Authenticate": "Bearer"}
+
+
+# Every error of recsvc.errors as a response: the nearest class in the error's MRO decides.
+# The detail is the error's message, which the core writes for the caller.
+PROBLEMS: dict[type[RecsvcError], Answer] = {
+    InvalidParameter: Answer(400, "Invalid parameter"),
+    BatchError: Answer(400, "Invalid batch"),
+    AuthError: Answer(401, "Unauthorized", _bearer),
+    Forbidden: Answer(403, "Forbidden"),
+    UnknownSlot: Answer(404, "Unknown slot"),
+    UnknownCustomer: Answer(404, "Unknown customer"),
+    RateLimited: Answer(429, "Too Many Requests", _retry_after),
+    StoreUnavailable: Answer(503, "Store unavailable", _retry_later),
+    BundleError: Answer(503, "No model loaded"),
+    ConfigError: Answer(500, "Service misconfigured"),
+    RecsvcError: Answer(500, "Internal Server Error"),
+}
+
+
+def problem_of(error: RecsvcError) -> Problem:
+    """The response ``PROBLEMS`` gives ``error``."""
+    answer = next(PROBLEMS[kind] for kind in type(error).__mro__ if kind in PROBLEMS)
+    headers = answer.headers(error) if answer.headers is not None else None
+    invalid = None
+    if isinstance(error, InvalidParameter):
+        invalid = [schemas.InvalidParam(error.name, error.reason)]
+    return Problem(answer.status, answer.title, str(error), headers, invalid)
 
 
 def invalid_parameter(name: str, reason: str) -> Problem:
@@ -93,6 +156,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Problem)
     def handle_problem(problem: Problem) -> Response:
         return problem_response(problem)
+
+    @app.errorhandler(RecsvcError)
+    def handle_error(error: RecsvcError) -> Response:
+        return problem_response(problem_of(error))
 
     @app.errorhandler(HTTPException)
     def handle_http(error: HTTPException) -> Response:

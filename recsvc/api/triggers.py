@@ -11,14 +11,13 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, Response, jsonify
 
-from recsvc import api
 from recsvc.api.access import requires
+from recsvc.api.context import this_service
 from recsvc.api.observability import answered
 from recsvc.api.params import int_arg, query_args
 from recsvc.api.problems import invalid_parameter
-from recsvc.errors import StoreUnavailable
 from recsvc.openapi import TRIGGERS
-from recsvc.triggers import KINDS, BadCursor, Key, decode_cursor, encode_cursor, live_since
+from recsvc.triggers import KINDS, BadCursor, Key, decode_cursor, encode_cursor
 
 blueprint = Blueprint("triggers", __name__, url_prefix="/v1")
 
@@ -31,21 +30,15 @@ def triggers() -> Response:
     since = _since(args.get("since"))
     limit = int_arg(args, "limit", default=100, low=1, high=1000)
     after = _cursor(args.get("cursor"))
-    model = api.served_model()
-    realtime = api.realtime()
-    degraded = False
-    try:
-        erased = realtime.store.erased_keys() | realtime.erased
-        live = realtime.store.triggers_since(live_since(since, after))
-    except StoreUnavailable:
-        erased, live, degraded = set(realtime.erased), [], True
-    answered(degraded=degraded)
-    page, last = model.triggers.page(live, erased, kinds, since, after, limit)
+    service = this_service()
+    model = service.model()
+    page = service.triggers_page(model, kinds, since, after, limit)
+    answered(degraded=page.degraded)
     return jsonify(
         model_version=model.version,
-        degraded=degraded,
-        triggers=page,
-        next_cursor=None if last is None else encode_cursor(last),
+        degraded=page.degraded,
+        triggers=page.triggers,
+        next_cursor=None if page.last is None else encode_cursor(page.last),
     )
 
 

@@ -1,0 +1,341 @@
+"""The service core: what every endpoint and ``recsvc export-picks`` ask of the served model
+and the real-time state, as plain calls. No web framework here: a view parses the request,
+calls a method of ``Service`` and encodes what it returns (the Structs of ``recsvc.schemas``);
+errors are those of ``recsvc.errors``, which only ``recsvc.api.problems`` turns into answers.
+
+Only the core (this module, ``ranker``, ``realtime``, ``channels``, ``signals``, ``triggers``)
+reaches into the served model's arrays, alias index and tier table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any, NamedTuple
+
+import msgspec
+import numpy as np
+from numpy.typing import NDArray
+
+from recsvc import channels, defaults, tokens
+from recsvc.auth import Authenticator
+from recsvc.config import ServiceConfig
+from recsvc.errors import (
+    InvalidParameter,
+    NoModelLoaded,
+    StoreUnavailable,
+    UnknownCustomer,
+)
+from recsvc.events import STORE_FILE, ErasureLog, Event, EventLog, logs_origin
+from recsvc.identity import request_aliases
+from recsvc.logs import CustomerHasher
+from recsvc.ratelimit import RateLimiter
+from recsvc.realtime import CustomerView, Realtime, Resolved
+from recsvc.registry import ModelRegistry, ServedModel
+from recsvc.schemas import (
+    EmailPicks,
+    ErasureReceipt,
+    EventResult,
+    Profile,
+    Recommendation,
+    Recommendations,
+    Signals,
+    SinceTraining,
+    Tier,
+)
+from recsvc.signals import customer_signals
+from recsvc.store import EmbeddedStore, RedisStore, Store
+from recsvc.triggers import Key, live_since
+
+log = logging.getLogger(__name__)
+
+SERVICE = "recsvc"  # the key of the app's Service in Flask's app.extensions
+
+
+class TriggerPage(NamedTuple):
+    triggers: list[dict[str, Any]]
+    last: Key | None  # the cursor's position after this page; None: no more
+    degraded: bool  # the store did not answer: triggers from the bundle only
+
+
+class Service:
+    """The served model, the real-time state and the service's settings, held together."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        registry: ModelRegistry,
+        realtime: Realtime,
+        authenticator: Authenticator | None,
+        limiter: RateLimiter,
+        hasher: CustomerHasher,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.realtime = realtime
+        self.authenticator = authenticator  # None: RECSVC_AUTH=off
+        self.limiter = limiter
+        self.hasher = hasher
+
+    @classmethod
+    def start(
+        cls,
+        config: ServiceConfig,
+        clock: Callable[[], float] = time.time,
+        wait: Callable[[float], object] = time.sleep,
+    ) -> Service:
+        """Load the current bundle and open the store and the durable logs as ``config``
+        says; a Redis that lost its data is rebuilt from the logs before use. ``clock`` (the
+        store's and the rate limiter's time) and ``wait`` (the bundle watcher's pause between
+        checks) are seams for tests, which drive them instead of sleeping."""
+        if config.identity_key.development:
+            log.warning(
+                "alias digests use the published development secret (RECSVC_ID_SECRET unset or set "
+                "to it): anyone can reverse them; "
+                "use this for local work only"
+            )
+        registry = ModelRegistry(config.models_dir, config.identity_key, wait=wait)
+        registry.load()
+        store = make_store(config, clock)
+        realtime = Realtime(
+            store, EventLog(config.events_dir), ErasureLog(config.events_dir), config.identity_key
+        )
+        if registry.model is not None:
+            realtime.restore(registry.model)
+        return cls(
+            config,
+            registry,
+            realtime,
+            Authenticator(config.api_keys) if config.auth else None,
+            RateLimiter(store, config.rate_limit, clock),
+            CustomerHasher(config.log_salt or os.urandom(16)),
+        )
+
+    @property
+    def store(self) -> Store:
+        return self.realtime.store
+
+    def model(self) -> ServedModel:
+        """The model to answer with (take it once per request); NoModelLoaded when none."""
+        model = self.registry.model
+        if model is None:
+            raise NoModelLoaded(self.registry.last_error or "no bundle yet")
+        return model
+
+    # Customers
+
+    def resolve(self, model: ServedModel, key: str) -> Resolved:
+        """The customer ``key`` names: model row, canonical id, store key, and whether they
+        are erased (the erasure list is checked first, in memory; an erased customer has no
+        row and no id)."""
+        return self.realtime.resolve(model, key)
+
+    def customer(self, model: ServedModel, key: str) -> CustomerView:
+        """The customer as the service sees them now: the bundle plus the events since."""
+        return self.realtime.view(model, key)
+
+    def customer_ids(self, model: ServedModel) -> list[str]:
+        """Every customer the bundle was trained on, by canonical id."""
+        return [str(customer) for customer in model.ranker.arrays.customer_ids]
+
+    def tier_names(self, model: ServedModel) -> list[str]:
+        return list(model.ranker.tiers.names)
+
+    def tier_name(self, model: ServedModel, customer: CustomerView) -> str:
+        name: str = model.ranker.tiers.describe(customer.window_spend)["name"]
+        return name
+
+    # Answers
+
+    def recommendations(
+        self, model: ServedModel, key: str, n: int, category: str | None = None
+    ) -> Recommendations:
+        customer = self.realtime.view(model, key)
+        ranker = model.ranker
+        tiers = ranker.tiers
+        mask = category_mask(model, category)
+        ranking = ranker.recommend_row(
+            customer.row, n, customer.deltas, tiers.index(customer.window_spend), allowed=mask
+        )
+        item_ids, titles, prices = model.item_ids, model.titles, model.prices
+        return Recommendations(
+            customer.customer_id or key,
+            model.version,
+            ranking.fallback,
+            customer.degraded,
+            Tier.of(tiers.describe(customer.window_spend)),
+            [
+                Recommendation(
+                    item_ids[item.index], item.score, titles[item.index], prices[item.index]
+                )
+                for item in ranking.items
+            ],
+        )
+
+    def profile(self, model: ServedModel, key: str) -> Profile:
+        customer = self.realtime.view(model, key)
+        arrays = model.ranker.arrays
+        row = customer.row
+        events = customer.events
+        return Profile(
+            customer_id=customer.customer_id or key,
+            known=row is not None,
+            model_version=model.version,
+            degraded=customer.degraded,
+            tier=Tier.of(model.ranker.tiers.describe(customer.window_spend)),
+            spend=round(customer.lifetime_spend, 2),
+            orders=0 if row is None else int(arrays.customer_orders[row]),
+            signals=msgspec.convert(customer_signals(model, customer), Signals),
+            since_training=SinceTraining(
+                events=len(events),
+                purchases=sum(1 for event in events if event.quantity > 0),
+                returns=sum(1 for event in events if event.quantity < 0),
+                spend=round(customer.recent_spend, 2),
+            ),
+        )
+
+    def block(
+        self,
+        model: ServedModel,
+        key: str | None,
+        slot: str,
+        category: str | None = None,
+        today: date | None = None,
+    ) -> dict[str, Any]:
+        """Website slot ``slot`` for the customer ``key`` names (None: an anonymous visitor);
+        UnknownSlot, UnknownCategory. See ``channels.public_block`` for a publishable key."""
+        mask = category_mask(model, category)
+        customer = anonymous() if key is None else self.realtime.view(model, key)
+        return channels.block(model, customer, key, slot, today or datetime.now(UTC).date(), mask)
+
+    def visitor_proven(self, key: str, token: str | None) -> bool:
+        """Whether ``token`` is a valid visitor token for ``key`` (see recsvc.tokens)."""
+        secret = self.config.secret_key
+        return token is not None and tokens.verify(secret, key, token.strip())
+
+    def email_picks(self, model: ServedModel, key: str, send_id: str, n: int) -> EmailPicks:
+        """The picks of one send: the first answer for (customer, send, n) is kept in the store
+        and every later one repeats it. A store that does not answer leaves them not stored (a
+        later answer may differ) and the answer degraded."""
+        if not 1 <= n <= defaults.EMAIL_MAX_N:
+            raise InvalidParameter("n", f"must be between 1 and {defaults.EMAIL_MAX_N}, got {n}")
+        customer = self.realtime.view(model, key)
+        fresh = channels.dumps(channels.email_picks(model, customer, key, send_id, n))
+        degraded = customer.degraded
+        try:
+            kept = self.realtime.store.snapshot(
+                customer.store_key,
+                channels.snapshot_key(send_id, n),
+                fresh,
+                self.config.snapshot_ttl_days * 86400.0,
+            )
+        except StoreUnavailable:
+            kept, degraded = fresh, True
+        picks = msgspec.json.decode(kept, type=EmailPicks)
+        return msgspec.structs.replace(picks, degraded=degraded)
+
+    def triggers_page(
+        self,
+        model: ServedModel,
+        kinds: set[str],
+        since: float,
+        after: Key | None,
+        limit: int,
+    ) -> TriggerPage:
+        """A page of the trigger feed: the bundle's triggers and those fired since, without
+        erased customers; degraded (the bundle's only) when the store does not answer."""
+        realtime = self.realtime
+        degraded = False
+        try:
+            erased = realtime.store.erased_keys() | realtime.erased
+            live = realtime.store.triggers_since(live_since(since, after))
+        except StoreUnavailable:
+            erased, live, degraded = set(realtime.erased), [], True
+        page, last = model.triggers.page(live, erased, kinds, since, after, limit)
+        return TriggerPage(page, last, degraded)
+
+    # Changes
+
+    def record(self, model: ServedModel, batch: list[tuple[int, Event]]) -> EventResult:
+        """Apply a batch's valid events (see Realtime.record); StoreUnavailable when nothing
+        could be recorded."""
+        if not batch:
+            return EventResult([], [], [])
+        try:
+            result = self.realtime.record(model, batch)
+        except (StoreUnavailable, OSError):
+            raise StoreUnavailable(
+                "events cannot be recorded now; nothing was applied, retry"
+            ) from None
+        return EventResult(result.accepted, result.duplicates, result.rejected)
+
+    def erase(self, model: ServedModel, key: str) -> ErasureReceipt:
+        """Forget the customer ``key`` names (see Realtime.erase). InvalidParameter for a key
+        of no form the service resolves, UnknownCustomer when nobody is known by it (it is on
+        the erasure list all the same), StoreUnavailable when the store could not be cleared
+        (the erasure holds; retry)."""
+        _check_key_form(model, key)
+        try:
+            receipt = self.realtime.erase(model, key)
+        except UnknownCustomer:
+            raise UnknownCustomer(
+                "no customer is known by this key; it is on the erasure list all the same, so "
+                "the next training drops any rows that carry it"
+            ) from None
+        except StoreUnavailable:
+            raise StoreUnavailable(
+                "the erasure is recorded and every worker honours it, but the store could not "
+                "be cleared now; retry"
+            ) from None
+        return ErasureReceipt(
+            erased=True,
+            customer_id=receipt.customer_id,
+            aliases=receipt.aliases,
+            events_removed=receipt.events_removed,
+            erased_at=receipt.erased_at,
+        )
+
+
+def anonymous() -> CustomerView:
+    """A visitor nobody knows."""
+    return CustomerView(None, None, "", [], {}, degraded=False)
+
+
+def category_mask(model: ServedModel, name: str | None) -> NDArray[np.bool_] | None:
+    """The items of category ``name`` (any case, spaces around ignored), None for all;
+    UnknownCategory lists the categories there are."""
+    return None if name is None else channels.category_mask(model, name)
+
+
+def _check_key_form(model: ServedModel, key: str) -> None:
+    """A key naming nobody must at least be one the service could resolve: a typo such as
+    ``emial:ann@example.com`` is a 400, not a silent no-op."""
+    if model.ranker.customer_row(key) is not None:
+        return
+    aliases = model.ranker.aliases
+    prefix, colon, _ = key.partition(":")
+    if colon and len(request_aliases(key, aliases.rules, aliases.namespaces)) == 1:
+        known = ", ".join(sorted({"email", "phone", *aliases.namespaces}))
+        raise InvalidParameter(
+            "customer_id",
+            f"{prefix!r} is not a key type this service knows ({known}), or the value after "
+            "it is not a valid address or number",
+        )
+
+
+def make_store(config: ServiceConfig, clock: Callable[[], float] = time.time) -> Store:
+    retention = config.event_retention_days * 86400.0
+    if config.redis_url is None:
+        return EmbeddedStore(config.events_dir / STORE_FILE, retention, clock)
+    return RedisStore(
+        config.redis_url,
+        config.redis_prefix,
+        retention,
+        origin=logs_origin(config.events_dir),
+        timeout=config.store_timeout_ms / 1000,
+        cooldown=defaults.STORE_COOLDOWN_SECONDS,
+        clock=clock,
+    )
