@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _wait_for(url: str, server: subprocess.Popen[bytes], seconds: float, failure: str) -> None:
+    """Until ``url`` answers; RuntimeError(``failure``) if ``server`` exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError as error:
+            if isinstance(error, urllib.error.HTTPError):
+                error.close()  # not ready yet (503): ask again
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(failure) from None
+            time.sleep(0.1)
 
 
 @contextmanager
@@ -52,15 +68,7 @@ def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Itera
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/readyz", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("gunicorn did not become ready") from None
-                time.sleep(0.2)
+        _wait_for(f"{base}/readyz", server, 60, "gunicorn did not become ready")
         yield base
     finally:
         server.terminate()
@@ -116,15 +124,7 @@ def nginx(
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise RuntimeError("nginx did not start or cannot reach gunicorn") from None
-                    time.sleep(0.1)
+            _wait_for(f"{base}/healthz", server, 20, "nginx did not start or cannot reach gunicorn")
             yield base
         finally:
             server.terminate()

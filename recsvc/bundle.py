@@ -263,7 +263,7 @@ def publish_bundle(
         (staging / MANIFEST_FILE).write_bytes(full_manifest.encode())
         _fsync_tree(staging)
         staging.rename(final)
-        _fsync_dir(models_dir)
+        fsync_dir(models_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -281,7 +281,7 @@ def point_current(models_dir: Path, version: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, models_dir / CURRENT_POINTER)
-    _fsync_dir(models_dir)
+    fsync_dir(models_dir)
 
 
 def current_version(models_dir: Path) -> str:
@@ -390,10 +390,11 @@ def _fsync_tree(directory: Path) -> None:
     for file_path in directory.iterdir():
         with file_path.open("rb") as handle:
             os.fsync(handle.fileno())
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)

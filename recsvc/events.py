@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from recsvc.bundle import fsync_dir
 from recsvc.errors import BatchError
 from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord
 from recsvc.schemas import (
@@ -350,15 +351,7 @@ def _rewrite_without(path: Path, erased: Callable[[dict[str, Any]], bool]) -> in
                 os.fsync(out.fileno())
             os.chmod(temporary, 0o640)
             os.replace(temporary, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         return removed
-    finally:
-        os.close(descriptor)
-
-
-def _fsync_dir(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
     finally:
         os.close(descriptor)
