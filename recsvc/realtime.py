@@ -426,7 +426,7 @@ class Realtime:
 
     def _replay(self, model: ServedModel) -> int:
         self.store.mark_erased(sorted(self.erased))
-        horizon = self.clock().timestamp() - self.store_retention
+        horizon = self.clock().timestamp() - self.store.retention
         batch: list[tuple[str, StoredEvent]] = []
         replayed = 0
         for record in self.event_log.records():
@@ -458,11 +458,6 @@ class Realtime:
                 batch = []
         replayed += self.store.apply(batch, restoring=True).count(Applied.NEW)
         return replayed
-
-    @property
-    def store_retention(self) -> float:
-        retention: float = getattr(self.store, "retention", 0.0)
-        return retention
 
     def restore_soon(self, model: ServedModel) -> None:
         """Start restoring in the background (reads stay degraded until it is done)."""

@@ -87,6 +87,8 @@ class CustomerState:
 
 
 class Store(Protocol):
+    retention: float  # seconds events and event ids are kept
+
     def customer_state(self, customer: str, since: float) -> CustomerState:
         """Events received after ``since`` and whether the customer was erased; one round
         trip."""
