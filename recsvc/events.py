@@ -315,6 +315,7 @@ def _append_durably(path: Path, text: str, lock: threading.Lock) -> None:
     with lock:
         descriptor = _locked(path)
         try:
+            _drop_torn_line(descriptor)
             data = text.encode("utf-8")
             written = 0
             while written < len(data):
@@ -322,6 +323,24 @@ def _append_durably(path: Path, text: str, lock: threading.Lock) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)  # releases the lock
+
+
+def _drop_torn_line(descriptor: int) -> None:
+    """Cut a last line that has no newline: a write that failed half way (a crash, a full
+    disk) and so was never acknowledged. Left in place, the next record would be glued to it
+    and lost to every reader."""
+    size = os.fstat(descriptor).st_size
+    if not size or os.pread(descriptor, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        newline = os.pread(descriptor, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            os.ftruncate(descriptor, start + newline + 1)
+            return
+        end = start
+    os.ftruncate(descriptor, 0)
 
 
 def _rewrite_without(path: Path, erased: Callable[[dict[str, Any]], bool]) -> int:

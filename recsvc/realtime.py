@@ -290,7 +290,9 @@ class Realtime:
             view = self.view(model, keys[store_key])
             if view.erased:
                 continue
-            customer = view.customer_id or keys[store_key]
+            # A customer the bundle does not know is named by their store key: the key they
+            # were reported under may be an address, which the store never holds.
+            customer = view.customer_id or store_key
             window_before = view.window_spend - amount
             lifetime_before = view.lifetime_spend - amount
             before, after = tiers.index(window_before), tiers.index(view.window_spend)

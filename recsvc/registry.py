@@ -125,10 +125,16 @@ class ModelRegistry:
 
     def watch(self, interval: float) -> None:
         """Check the pointer every ``interval`` seconds from a daemon thread of this process
-        (idempotent; a forked worker starts its own)."""
+        (idempotent; a forked worker starts its own). The first call in a process checks at
+        once: a worker forked later (after a crash, a timeout or a HUP) inherits the bundle
+        the master loaded at start, which may have been replaced since."""
         if interval <= 0 or self._watcher_pid == os.getpid():
             return
         self._watcher_pid = os.getpid()
+        try:
+            self.check()
+        except Exception:  # a failed check must not fail the request that made it
+            log.exception("bundle check failed")
 
         def loop() -> None:
             while True:

@@ -223,7 +223,10 @@ class Service:
         if not 1 <= n <= defaults.EMAIL_MAX_N:
             raise InvalidParameter("n", f"must be between 1 and {defaults.EMAIL_MAX_N}, got {n}")
         customer = self.realtime.view(model, key)
-        fresh = channels.dumps(channels.email_picks(model, customer, key, send_id, n))
+        answer = channels.email_picks(model, customer, key, send_id, n)
+        # Kept without the customer's id or key (it may be an address): the store holds the
+        # snapshot under a digest, and the answer names the customer as asked.
+        fresh = channels.dumps({**answer, "customer_id": ""})
         degraded = customer.degraded
         try:
             kept = self.realtime.store.snapshot(
@@ -235,7 +238,7 @@ class Service:
         except StoreUnavailable:
             kept, degraded = fresh, True
         picks = msgspec.json.decode(kept, type=EmailPicks)
-        return msgspec.structs.replace(picks, degraded=degraded)
+        return msgspec.structs.replace(picks, customer_id=answer["customer_id"], degraded=degraded)
 
     def triggers_page(
         self,

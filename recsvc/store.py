@@ -184,6 +184,9 @@ class EmbeddedStore:
         self._purged_at = 0.0
         self._buckets = LocalBuckets(clock)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Readable by the service's user and group only, like the event logs; SQLite gives
+        # the -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o640))
         try:
             self._connection().executescript(self.SCHEMA)
         except sqlite3.Error as error:

@@ -255,3 +255,16 @@ def test_an_event_log_with_no_file_yet_is_no_rows(tmp_path: Path) -> None:
     merged = merge_sources([read_source(s) for s in config.sources], config.items)
     assert merged.accounting["live"]["rows_read"] == 0
     assert merged.accounting["shop"]["used"] == 2
+
+
+def test_an_event_log_emptied_by_an_erasure_is_no_rows(tmp_path: Path) -> None:
+    (tmp_path / "shop.csv").write_text(lines(GOOD, GOOD_2))
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "events-host-1.jsonl").write_text("")  # every line erased
+    events = '[[sources]]\nname = "live"\nkind = "events"\npath = "events/*.jsonl"\n'
+    config = load_config(
+        write_config(tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS), events)
+    )
+    merged = merge_sources([read_source(s) for s in config.sources], config.items)
+    assert merged.accounting["live"]["rows_read"] == 0
+    assert merged.accounting["shop"]["used"] == 2

@@ -3,6 +3,7 @@ after a retrain, and nothing of the customer stays on disk."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -205,3 +206,30 @@ def test_invisible_characters_are_refused_in_event_ids_and_keys(
     assert "@example.com" not in str(body)
     response = client.delete(f"/v1/customers/~?key={urllib.parse.quote('x' + bad)}")
     assert response.status_code == 400
+
+
+def test_a_torn_last_line_is_cut_before_the_next_record(
+    client: FlaskClient, sample_models: Path, tmp_path: Path
+) -> None:
+    customer = a_customer(sample_models, 11)
+    assert post(client, purchase("t-1", customer, "22423"))[1]["accepted"] == ["t-1"]
+    (log,) = (tmp_path / "events").glob("events-*.jsonl")
+    with log.open("a") as handle:
+        handle.write('{"customer":"x","event_id":"torn')  # a write that never finished
+    assert post(client, purchase("t-2", customer, "22423"))[1]["accepted"] == ["t-2"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["event_id"] for r in records] == ["t-1", "t-2"]
+
+
+def test_the_store_holds_no_address_of_a_customer_reported_by_email(
+    client: FlaskClient, tmp_path: Path
+) -> None:
+    key = "email:clear.text@example.net"
+    post(client, purchase("c-1", key, "22423", quantity=1, price=5000.0))  # tier up, thresholds
+    picks = client.get(f"/v1/customers/{key}/email-picks?send_id=s1").get_json()
+    assert picks["customer_id"] == key  # the answer names them as asked
+    again = client.get(f"/v1/customers/{key}/email-picks?send_id=s1").get_json()
+    assert again == picks
+    store = [p for p in (tmp_path / "events").iterdir() if p.name.startswith("store.sqlite3")]
+    assert store and all(b"clear.text" not in p.read_bytes() for p in store)
+    assert all(p.stat().st_mode & 0o077 in (0, 0o040) for p in store)  # not world-readable

@@ -83,6 +83,20 @@ def test_the_service_follows_the_pointer(tmp_path: Path) -> None:
     assert ticks.intervals == [1, 1, 1, 1]  # RECSVC_RELOAD_SECONDS between two checks
 
 
+def test_a_worker_forked_after_a_swap_serves_the_current_bundle(tmp_path: Path) -> None:
+    """gunicorn forks a new worker (after a crash, a timeout, a HUP) from the master, which
+    holds the bundle it loaded at start: the worker's first request serves what ``current``
+    names now, not that one."""
+    models = tmp_path / "models"
+    publish_bundle(models, "v1", tiny_arrays(), Manifest())
+    config = ServiceConfig(
+        models_dir=models, events_dir=tmp_path / "ev", auth=False, reload_seconds=3600
+    )
+    app = create_app(config, wait=WatcherTicks())  # the master: loads v1, serves nothing
+    publish_bundle(models, "v2", tiny_arrays(2.0), Manifest())
+    assert app.test_client().get("/v1/model").get_json()["version"] == "v2"
+
+
 def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.message.startswith("bundle refused")]
 

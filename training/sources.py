@@ -318,7 +318,12 @@ def _read_jsonl(source: SourceConfig, path: Path) -> pd.DataFrame:
 
 
 def _read_events(source: SourceConfig, path: Path) -> pd.DataFrame:
-    """The service's event log: the fixed columns, plus ``received_at`` (seconds)."""
+    """The service's event log: the fixed columns, plus ``received_at`` (seconds). An empty
+    file (every line of it erased, or none written yet) is no rows."""
+    if path.stat().st_size == 0:
+        frame = pd.DataFrame({field: _blank_text(0) for field in EVENTS_COLUMNS})
+        frame[RECEIVED_AT] = np.zeros(0)
+        return frame
     table = _jsonl_table(source, path)
     if table is None:
         return _jsonl_by_line(source, path, received=True)
