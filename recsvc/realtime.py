@@ -190,8 +190,8 @@ class Realtime:
     ) -> CustomerView:
         """The view, with spend from the bundle plus the events since training (never below
         zero: a refund cannot be worth more than was spent)."""
-        recent = spend_of(events)
-        window = lifetime = recent
+        lifetime = spend_of(events)
+        window = spend_of([e for e in events if _moment(e.timestamp) >= model.window_start])
         if row is not None:
             window += float(model.ranker.arrays.window_spend[row])
             lifetime += float(model.ranker.arrays.customer_spend[row])
@@ -275,10 +275,14 @@ class Realtime:
     ) -> None:
         """Tier upgrades and spend thresholds that this batch's new events crossed."""
         added: dict[str, float] = {}
+        added_in_window: dict[str, float] = {}
         keys: dict[str, str] = {}
         for (event, _), (store_key, stored), outcome in zip(events, entries, outcomes, strict=True):
             if outcome is Applied.NEW:
-                added[store_key] = added.get(store_key, 0.0) + stored.quantity * stored.price
+                amount = stored.quantity * stored.price
+                added[store_key] = added.get(store_key, 0.0) + amount
+                if _moment(stored.timestamp) >= model.window_start:
+                    added_in_window[store_key] = added_in_window.get(store_key, 0.0) + amount
                 keys[store_key] = event.customer
         tiers = model.ranker.tiers
         rules = model.bundle.manifest.tiers
@@ -293,7 +297,7 @@ class Realtime:
             # A customer the bundle does not know is named by their store key: the key they
             # were reported under may be an address, which the store never holds.
             customer = view.customer_id or store_key
-            window_before = view.window_spend - amount
+            window_before = view.window_spend - added_in_window.get(store_key, 0.0)
             lifetime_before = view.lifetime_spend - amount
             before, after = tiers.index(window_before), tiers.index(view.window_spend)
             if after > before:
@@ -537,6 +541,11 @@ def _trigger(
         "figures": figures,
     }
     return at, store_key, json.dumps(record, sort_keys=True)
+
+
+def _moment(timestamp: str) -> float:
+    """Seconds since the epoch of an event's ISO 8601 time (stored in UTC)."""
+    return datetime.fromisoformat(timestamp).timestamp()
 
 
 def spend_of(events: list[StoredEvent]) -> float:

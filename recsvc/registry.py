@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,9 @@ class ServedModel:
     triggers: TriggerIndex
     loaded_at: float = 0.0  # seconds since the epoch
     created: float = 0.0  # when the bundle was trained, seconds since the epoch
+    # Where the tier window of the bundle's spend starts (its data's end less the window):
+    # a reported purchase counts in the window from there on. 0: count them all.
+    window_start: float = 0.0
 
     @property
     def version(self) -> str:
@@ -237,7 +240,17 @@ def _served_model(bundle: Bundle, key: IdentityKey) -> ServedModel:
         triggers=TriggerIndex(bundle.arrays, key),
         loaded_at=time.time(),
         created=_timestamp(bundle.manifest.created),
+        window_start=_window_start(bundle.manifest.data_as_of, ranker.tiers.window_days),
     )
+
+
+def _window_start(data_as_of: str | None, window_days: float) -> float:
+    if not data_as_of:
+        return 0.0
+    moment = datetime.fromisoformat(data_as_of)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # the trainer's times are naive UTC
+    return moment.timestamp() - window_days * 86400.0
 
 
 def _timestamp(text: object) -> float:

@@ -233,3 +233,20 @@ def test_the_store_holds_no_address_of_a_customer_reported_by_email(
     store = [p for p in (tmp_path / "events").iterdir() if p.name.startswith("store.sqlite3")]
     assert store and all(b"clear.text" not in p.read_bytes() for p in store)
     assert all(p.stat().st_mode & 0o077 in (0, 0o040) for p in store)  # not world-readable
+
+
+def test_a_purchase_dated_before_the_tier_window_leaves_the_tier_as_it_was(
+    client: FlaskClient, sample_models: Path
+) -> None:
+    customer = a_customer(sample_models, 12)
+    before = client.get(f"/v1/customers/{customer}/profile").get_json()
+    old = purchase("w-old", customer, "22423", price=5000.0, timestamp="2009-01-05T10:00:00Z")
+    assert post(client, old)[1]["accepted"] == ["w-old"]
+    after = client.get(f"/v1/customers/{customer}/profile").get_json()
+    assert after["tier"]["spend"] == before["tier"]["spend"]  # outside the 365-day window
+    assert after["spend"] == pytest.approx(before["spend"] + 5000.0)  # lifetime counts it
+    assert not [
+        t
+        for t in client.get("/v1/triggers").get_json()["triggers"]
+        if t["kind"] == "tier_up" and t["customer_id"] == customer
+    ]
