@@ -4,6 +4,7 @@ after a retrain, and nothing of the customer stays on disk."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -34,6 +35,15 @@ def assert_no_trace(*directories: Path, traces: tuple[str, ...] = TRACES) -> Non
         data = path.read_bytes()
         for trace in traces:
             assert trace.encode() not in data, f"{trace!r} left in {path}"
+
+
+def point_at_erasures(config: Path, events: Path) -> None:
+    """The copied sample config, reading the erasure list of the service under test."""
+    text = re.sub(
+        r'(?m)^erasures = ".*"$', f'erasures = "{events}/erasures.jsonl"', config.read_text()
+    )
+    assert f"{events}/erasures.jsonl" in text
+    config.write_text(text)
 
 
 @pytest.fixture
@@ -74,10 +84,7 @@ def test_erasure_leaves_no_email_or_phone_on_disk(
         config.read_text()
         + f'\n[[sources]]\nname = "live"\nkind = "events"\npath = "{events}/events-*.jsonl"\n'
     )
-    text = config.read_text()
-    if "erasures" not in text:
-        text = text.replace("[identity]", f'[identity]\nerasures = "{events}/erasures.jsonl"', 1)
-        config.write_text(text)
+    point_at_erasures(config, events)
     models = tmp_path / "models"
     train(load_config(config), models)
     assert_no_trace(models, events)
@@ -145,12 +152,7 @@ def test_events_for_an_erased_customer_are_rejected_after_a_retrain(
     assert client.delete(f"/v1/customers/{customer}").status_code == 200
 
     training = sample_config_copy(tmp_path)
-    text = training.read_text()
-    if "erasures" not in text:
-        text = text.replace("[identity]", f'[identity]\nerasures = "{events}/erasures.jsonl"', 1)
-    else:
-        text = text.replace("../events/erasures.jsonl", f"{events}/erasures.jsonl")
-    training.write_text(text)
+    point_at_erasures(training, events)
     models = tmp_path / "models"
     train(load_config(training), models)
     retrained = create_app(ServiceConfig(models_dir=models, events_dir=events, auth=False))
@@ -250,3 +252,19 @@ def test_a_purchase_dated_before_the_tier_window_leaves_the_tier_as_it_was(
         for t in client.get("/v1/triggers").get_json()["triggers"]
         if t["kind"] == "tier_up" and t["customer_id"] == customer
     ]
+
+
+def test_a_retrain_deletes_the_earlier_bundles_that_hold_an_erased_customer(
+    tmp_path: Path,
+) -> None:
+    events = tmp_path / "events"
+    training = sample_config_copy(tmp_path)
+    point_at_erasures(training, events)
+    models = tmp_path / "models"
+    first = train(load_config(training), models).version
+    client = create_app(ServiceConfig(models_dir=models, events_dir=events, auth=False))
+    customer = a_customer(models, 5)
+    assert client.test_client().delete(f"/v1/customers/{customer}").status_code == 200
+    time.sleep(1.1)  # versions are named by the second
+    second = train(load_config(training), models).version
+    assert not (models / first).exists() and (models / second).is_dir()

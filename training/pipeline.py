@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -21,7 +22,14 @@ import pandas as pd
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
-from recsvc.bundle import CONTENT_FILE, BundleArrays, new_version, publish_bundle, sha256_file
+from recsvc.bundle import (
+    CONTENT_FILE,
+    BundleArrays,
+    bundle_versions,
+    new_version,
+    publish_bundle,
+    sha256_file,
+)
 from recsvc.identity import CANONICAL, IdentityKey, alias_table
 from recsvc.manifest import (
     Accounting,
@@ -41,7 +49,13 @@ from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, value_is
 from training.errors import QuarantineError, TrainingError
 from training.fit import Factors, fit_als, trend_prior
-from training.merge import NO_ERASURE_LIST, REASON_FIELDS, MergedHistory, merge_sources
+from training.merge import (
+    NO_ERASURE_LIST,
+    REASON_FIELDS,
+    MergedHistory,
+    load_erasures,
+    merge_sources,
+)
 from training.progress import Progress
 from training.sources import SourceRows, events_through, read_source
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
@@ -153,6 +167,7 @@ def train(
     )
     with progress.step("publishing the bundle"):
         path = publish(models_dir, version, manifest, merged, arrays, content)
+        prune_erased(models_dir, version, load_erasures(config.identity.erasures))
     return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
 
 
@@ -381,6 +396,34 @@ def publish(
         content_path.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
         attachments = {QUARANTINE_FILE: quarantine_path, CONTENT_FILE: content_path}
         return publish_bundle(models_dir, version, arrays, manifest, attachments)
+
+
+def prune_erased(models_dir: Path, keep: str, erased: set[str]) -> list[str]:
+    """Delete the earlier bundles that still hold a customer on the erasure list (their ids,
+    and in the quarantine file their addresses): once a bundle without them is published, an
+    erasure leaves nothing behind in the models directory. Returns the versions deleted."""
+    if not erased:
+        return []
+    wanted = {bytes.fromhex(d) for d in erased}
+    highs = np.array([int.from_bytes(d[:8], "big") for d in wanted], dtype=np.uint64)
+    deleted = []
+    for version in bundle_versions(models_dir):
+        if version == keep:
+            continue
+        try:
+            with np.load(models_dir / version / "aliases.npz", allow_pickle=False) as aliases:
+                high, low = aliases["alias_high"], aliases["alias_low"]
+        except Exception:  # not a bundle this trainer can read: not ours to judge
+            continue
+        candidates = np.flatnonzero(np.isin(high, highs))
+        if any(
+            int(high[p]).to_bytes(8, "big") + int(low[p]).to_bytes(8, "big") in wanted
+            for p in candidates
+        ):
+            shutil.rmtree(models_dir / version)
+            deleted.append(version)
+            log.info("deleted bundle %s: it holds customers on the erasure list", version)
+    return deleted
 
 
 def _source_summaries(
