@@ -11,7 +11,7 @@ customer's usual band loses ``price_affinity`` per log unit it lies outside.
 Fast path: the bundle holds each customer's top ``candidate_items`` under the policy of their
 tier at training. A request filters them by purchases reported since; it scores the whole
 catalog only when that is not enough: a return (an item may be eligible again), another
-tier, a category filter, or fewer than ``n`` candidates left.
+tier, or fewer than ``n`` candidates left, filters (category, price band) included.
 
 Pure numpy; no web framework. The evaluation tooling ranks through this same code, so offline
 metrics describe what customers are served.
@@ -129,8 +129,8 @@ class Ranker:
     ) -> Ranking:
         """``allowed`` (a mask over items) limits the candidates, e.g. to one category."""
         deltas = deltas or {}
-        if row is not None and policy and allowed is None and tier == self.trained_tier[row]:
-            fast = self._from_candidates(row, n, deltas)
+        if row is not None and policy and tier == self.trained_tier[row]:
+            fast = self._from_candidates(row, n, deltas, allowed)
             if fast is not None:
                 return fast
         excluded = self.excluded(row, deltas)
@@ -145,11 +145,17 @@ class Ranker:
         scores = self.batch_scores(rows, np.array([tier]), policy)[0]
         return Ranking(top_n(scores, n, excluded), fallback=False)
 
-    def _from_candidates(self, row: int, n: int, deltas: Mapping[int, float]) -> Ranking | None:
+    def _from_candidates(
+        self,
+        row: int,
+        n: int,
+        deltas: Mapping[int, float],
+        allowed: NDArray[np.bool_] | None = None,
+    ) -> Ranking | None:
         items = self.arrays.candidate_items[row]
         if not len(items) or any(change < 0 for change in deltas.values()):
             return None
-        if not deltas:
+        if not deltas and allowed is None:
             listed = items[:n].tolist()
             if -1 in listed:
                 listed = listed[: listed.index(-1)]
@@ -161,6 +167,8 @@ class Ranker:
         complete = not keep.all()  # padded: every eligible item is in the list
         if deltas:
             keep &= ~np.isin(items, self.excluded(row, deltas))
+        if allowed is not None:
+            keep &= allowed[items]  # a padding -1 reads the last item: already not kept
         chosen = np.flatnonzero(keep)[:n]
         if len(chosen) < n and not complete:
             return None
