@@ -142,7 +142,19 @@ RECOMMENDATIONS = Operation(
     schemas.Recommendations,
     "best first",
     scope="recs:read",
-    parameters=(KEY, KEY_QUERY, _count(defaults.MAX_N), *FILTERS),
+    parameters=(
+        KEY,
+        KEY_QUERY,
+        _count(defaults.MAX_N),
+        *FILTERS,
+        Parameter(
+            "country",
+            "query",
+            {"type": "string"},
+            "for a customer the model does not know: best sellers of this country (a "
+            "country the bundle has no list for gives those of all)",
+        ),
+    ),
     problems=READS,
 )
 PROFILE = Operation(

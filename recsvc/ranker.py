@@ -42,10 +42,12 @@ class RankedItem:
 
 @dataclass(slots=True)
 class Ranking:
-    """Items best first. ``fallback`` is true when the customer is unknown to the model."""
+    """Items best first. ``fallback`` is true when the customer is unknown to the model;
+    ``scope`` then names the best sellers served: a segment ("country:Germany") or "all"."""
 
     items: list[RankedItem]
     fallback: bool
+    scope: str | None = None
 
 
 class Ranker:
@@ -79,6 +81,16 @@ class Ranker:
         self._grouped = group_sizes[arrays.item_group] > 1
         self._boosts = np.array([level.premium_boost for level in self.tiers.levels])
         self._premium_items = np.flatnonzero(arrays.item_premium)
+        # Best sellers per segment, by the segment's name in lower case.
+        bounds = arrays.segment_indptr.tolist()
+        self._segments: dict[str, tuple[str, NDArray[np.int32], NDArray[np.float32]]] = {
+            str(name).lower(): (
+                str(name),
+                arrays.segment_items[bounds[i] : bounds[i + 1]],
+                arrays.segment_scores[bounds[i] : bounds[i + 1]],
+            )
+            for i, name in enumerate(arrays.segment_names.tolist())
+        }
         self.trained_tier = self.tiers.indices(arrays.window_spend)
         # Items reserved for higher tiers, per tier (usually none), listed once.
         self._hidden_items = [
@@ -126,8 +138,11 @@ class Ranker:
         tier: int = 0,
         policy: bool = True,
         allowed: NDArray[np.bool_] | None = None,
+        scopes: tuple[str, ...] = (),
     ) -> Ranking:
-        """``allowed`` (a mask over items) limits the candidates, e.g. to one category."""
+        """``allowed`` (a mask over items) limits the candidates, e.g. to one category.
+        ``scopes``: the segments whose best sellers a customer unknown to the model gets,
+        the first the bundle has a list for ("country:Germany", any case); else all."""
         deltas = deltas or {}
         if row is not None and policy and tier == self.trained_tier[row]:
             fast = self._from_candidates(row, n, deltas, allowed)
@@ -140,7 +155,9 @@ class Ranker:
         if len(hidden):
             excluded = np.union1d(excluded, hidden).astype(np.int32)
         if row is None:
-            return Ranking(items=self.popular(n, exclude=excluded), fallback=True)
+            scope = next((s for s in scopes if s.lower() in self._segments), None)
+            items = self.popular(n, exclude=excluded, scope=scope)
+            return Ranking(items, True, "all" if scope is None else self.segment_name(scope))
         rows = np.array([row])
         scores = self.batch_scores(rows, np.array([tier]), policy)[0]
         return Ranking(top_n(scores, n, excluded), fallback=False)
@@ -297,13 +314,35 @@ class Ranker:
         scores: NDArray[np.float32] = self.batch_scores(np.array([row]), np.array([0]), False)[0]
         return scores
 
-    def popular(self, n: int, exclude: NDArray[np.int32] | None = None) -> list[RankedItem]:
-        candidates = self.arrays.popular_items
-        keep = np.ones(len(candidates), dtype=bool)
-        if exclude is not None and len(exclude):
-            keep = ~np.isin(candidates, exclude)
-        chosen = np.flatnonzero(keep)[:n]
-        return ranked(candidates[chosen].tolist(), self.arrays.popular_scores[chosen].tolist())
+    def segment_name(self, scope: str) -> str:
+        """The segment ``scope`` names (any case) as the bundle spells it; KeyError if none."""
+        return self._segments[scope.lower()][0]
+
+    def popular(
+        self, n: int, exclude: NDArray[np.int32] | None = None, scope: str | None = None
+    ) -> list[RankedItem]:
+        """The best sellers outside ``exclude``: overall, or of the segment ``scope`` names,
+        then (score 0: not sold in the segment) the overall best sellers it never sold."""
+        if scope is None:
+            return _first(self.arrays.popular_items, self.arrays.popular_scores, n, exclude)
+        _, items, scores = self._segments[scope.lower()]
+        found = _first(items, scores, n, exclude)
+        if len(found) < n:
+            unsold = items if exclude is None else np.union1d(exclude, items)
+            rest = _first(self.arrays.popular_items, self.arrays.popular_scores, n, unsold)
+            found += [RankedItem(item.index, 0.0) for item in rest[: n - len(found)]]
+        return found
+
+
+def _first(
+    items: NDArray[np.int32], scores: NDArray[np.float32], n: int, exclude: NDArray[np.int32] | None
+) -> list[RankedItem]:
+    """The first ``n`` of ``items`` (best first) outside ``exclude``."""
+    keep = np.ones(len(items), dtype=bool)
+    if exclude is not None and len(exclude):
+        keep = ~np.isin(items, exclude)
+    chosen = np.flatnonzero(keep)[:n]
+    return ranked(items[chosen].tolist(), scores[chosen].tolist())
 
 
 def top_n(scores: NDArray[np.floating], n: int, excluded: NDArray[np.int32]) -> list[RankedItem]:

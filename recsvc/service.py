@@ -150,15 +150,27 @@ class Service:
     # Answers
 
     def recommendations(
-        self, model: ServedModel, key: str, n: int, filters: ItemFilter = NO_FILTER
+        self,
+        model: ServedModel,
+        key: str,
+        n: int,
+        filters: ItemFilter = NO_FILTER,
+        country: str | None = None,
     ) -> Recommendations:
-        """UnknownCategory for a filter's unknown category."""
+        """UnknownCategory for a filter's unknown category. A customer the model does not
+        know gets the best sellers of ``country``, else of their tier when purchases reported
+        since training lift them above the first (a stranger's first tier says nothing about
+        them), else of all; a segment without a list is skipped, never an error."""
         customer = self.realtime.view(model, key)
         ranker = model.ranker
         tiers = ranker.tiers
+        tier = tiers.index(customer.window_spend)
+        scopes: tuple[str, ...] = () if country is None else (f"country:{country.strip()}",)
+        if tier > 0:
+            scopes += (f"tier:{tiers.names[tier]}",)
         mask = filters.mask(model)
         ranking = ranker.recommend_row(
-            customer.row, n, customer.deltas, tiers.index(customer.window_spend), allowed=mask
+            customer.row, n, customer.deltas, tier, allowed=mask, scopes=scopes
         )
         item_ids, titles, prices = model.item_ids, model.titles, model.prices
         return Recommendations(
@@ -173,6 +185,7 @@ class Service:
                 )
                 for item in ranking.items
             ],
+            ranking.scope,
         )
 
     def profile(self, model: ServedModel, key: str) -> Profile:
