@@ -150,14 +150,16 @@ class Ranker:
                 return fast
         excluded = self.excluded(row, deltas)
         hidden = self._hidden_items[tier]
+        if row is None:  # the mask is read along the best sellers, not turned into indices
+            if len(hidden):
+                excluded = np.union1d(excluded, hidden).astype(np.int32)
+            scope = next((s for s in scopes if s.lower() in self._segments), None)
+            items = self.popular(n, excluded, scope, allowed)
+            return Ranking(items, True, "all" if scope is None else self.segment_name(scope))
         if allowed is not None:
             hidden = np.union1d(hidden, np.flatnonzero(~allowed))
         if len(hidden):
             excluded = np.union1d(excluded, hidden).astype(np.int32)
-        if row is None:
-            scope = next((s for s in scopes if s.lower() in self._segments), None)
-            items = self.popular(n, exclude=excluded, scope=scope)
-            return Ranking(items, True, "all" if scope is None else self.segment_name(scope))
         rows = np.array([row])
         scores = self.batch_scores(rows, np.array([tier]), policy)[0]
         return Ranking(top_n(scores, n, excluded), fallback=False)
@@ -319,28 +321,38 @@ class Ranker:
         return self._segments[scope.lower()][0]
 
     def popular(
-        self, n: int, exclude: NDArray[np.int32] | None = None, scope: str | None = None
+        self,
+        n: int,
+        exclude: NDArray[np.int32] | None = None,
+        scope: str | None = None,
+        allowed: NDArray[np.bool_] | None = None,
     ) -> list[RankedItem]:
-        """The best sellers outside ``exclude``: overall, or of the segment ``scope`` names,
-        then (score 0: not sold in the segment) the overall best sellers it never sold."""
+        """The best sellers outside ``exclude`` (and within ``allowed``): overall, or of the
+        segment ``scope`` names, then (score 0: not sold in the segment) the overall best
+        sellers it never sold."""
+        overall, overall_scores = self.arrays.popular_items, self.arrays.popular_scores
         if scope is None:
-            return _first(self.arrays.popular_items, self.arrays.popular_scores, n, exclude)
+            return _first(overall, overall_scores, n, exclude, allowed)
         _, items, scores = self._segments[scope.lower()]
-        found = _first(items, scores, n, exclude)
+        found = _first(items, scores, n, exclude, allowed)
         if len(found) < n:
             unsold = items if exclude is None else np.union1d(exclude, items)
-            rest = _first(self.arrays.popular_items, self.arrays.popular_scores, n, unsold)
+            rest = _first(overall, overall_scores, n, unsold.astype(np.int32), allowed)
             found += [RankedItem(item.index, 0.0) for item in rest[: n - len(found)]]
         return found
 
 
 def _first(
-    items: NDArray[np.int32], scores: NDArray[np.float32], n: int, exclude: NDArray[np.int32] | None
+    items: NDArray[np.int32],
+    scores: NDArray[np.float32],
+    n: int,
+    exclude: NDArray[np.int32] | None,
+    allowed: NDArray[np.bool_] | None = None,
 ) -> list[RankedItem]:
-    """The first ``n`` of ``items`` (best first) outside ``exclude``."""
-    keep = np.ones(len(items), dtype=bool)
+    """The first ``n`` of ``items`` (best first) outside ``exclude`` and within ``allowed``."""
+    keep = np.ones(len(items), dtype=bool) if allowed is None else allowed[items]
     if exclude is not None and len(exclude):
-        keep = ~np.isin(items, exclude)
+        keep &= ~np.isin(items, exclude)
     chosen = np.flatnonzero(keep)[:n]
     return ranked(items[chosen].tolist(), scores[chosen].tolist())
 
