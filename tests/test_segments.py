@@ -3,6 +3,7 @@ country (``?country=``) or tier, else of all, and the answer says which."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from recsvc.app import create_app
 from recsvc.bundle import current_version, load_current
 from recsvc.config import ServiceConfig
 from recsvc.ranker import Ranker
+from training.segments import Sales, segment_arrays
 
 
 @pytest.fixture
@@ -130,3 +132,30 @@ def test_a_bundle_without_segment_lists_still_loads(sample_models: Path, tmp_pat
     assert ranking.scope == "all"
     assert [i.index for i in ranking.items] == arrays.popular_items[:5].tolist()
     assert np.array_equal(arrays.segment_indptr, [0])
+
+
+def test_segment_lists_known_answer() -> None:
+    """Three customers in Spain (item 2 sold most, then 0), one in Peru (too few: no list);
+    tiers by customer; anonymous sales count for their country, not for a tier."""
+    sales = Sales(
+        items=np.array([2, 2, 0, 1, 2, 1]),
+        rows=np.array([0, 1, 2, 3, -1, 3]),
+        countries=np.array(["Spain", "Spain", "Spain", "Peru", "Spain", "Peru"]),
+        weights=np.array([1.0, 1.0, 0.5, 1.0, 1.0, 1.0]),
+    )
+    arrays = segment_arrays(sales, 3, np.array([0, 0, 0, 1]), ["bronze", "gold"])
+    assert arrays["segment_names"].tolist() == ["country:Spain", "tier:bronze"]
+    assert arrays["segment_indptr"].tolist() == [0, 2, 4]
+    assert arrays["segment_items"].tolist() == [2, 0, 2, 0]
+    assert arrays["segment_scores"].tolist() == [3.0, 0.5, 2.0, 0.5]
+
+
+def test_inconsistent_segment_arrays_are_refused(sample_app: Flask) -> None:
+    arrays = service_of(sample_app).registry.model.ranker.arrays
+    broken = dataclasses.replace(arrays, segment_indptr=arrays.segment_indptr[:-1])
+    with pytest.raises(ValueError, match="segment_indptr"):
+        broken.check()
+    outside = arrays.segment_items.copy()
+    outside[0] = len(arrays.item_ids)
+    with pytest.raises(ValueError, match="segment_items"):
+        dataclasses.replace(arrays, segment_items=outside).check()
