@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -89,6 +89,13 @@ class BundleArrays:
     trigger_figures: NDArray[np.str_]  # JSON objects
     candidate_items: NDArray[np.int32]  # [C, K] each customer's best items, -1 padded
     candidate_scores: NDArray[np.float32]  # [C, K]
+    # Best sellers per segment ("country:Germany", "tier:gold"), a CSR list: segment i's
+    # items, best first, are segment_items[segment_indptr[i]:segment_indptr[i + 1]]. Older
+    # bundles have none.
+    segment_names: NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype=str))
+    segment_indptr: NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, np.int64))
+    segment_items: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
+    segment_scores: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def check(self) -> None:
         """Raise ValueError when the arrays do not describe one consistent model: an array of
@@ -123,11 +130,21 @@ class BundleArrays:
                 raise ValueError(f"{name} length is {actual}, expected {expected}")
         if self.user_factors.shape[1] != self.item_factors.shape[1]:
             raise ValueError("user and item factors differ in width")
+        if len(self.segment_indptr) != len(self.segment_names) + 1:
+            raise ValueError("segment_indptr length is not one more than segment_names'")
+        if (
+            self.segment_indptr[0] != 0
+            or (np.diff(self.segment_indptr) < 0).any()
+            or self.segment_indptr[-1] != len(self.segment_items)
+            or len(self.segment_scores) != len(self.segment_items)
+        ):
+            raise ValueError("segment_indptr does not delimit segment_items and segment_scores")
         if self.candidate_items.shape != self.candidate_scores.shape:
             raise ValueError("candidate items and scores differ in shape")
         for name, indices, size in (
             ("owned_indices", self.owned_indices, n_items),
             ("popular_items", self.popular_items, n_items),
+            ("segment_items", self.segment_items, n_items),
             ("alias_rows", self.alias_rows, n_customers),
             ("trigger_rows", self.trigger_rows, n_customers),
         ):
@@ -159,6 +176,7 @@ CUSTOMER_FIGURES = (
 CATALOG = ("titles", "prices", "item_group", "item_min_tier", "item_premium", "item_categories")
 TRIGGER_ARRAYS = ("trigger_kinds", "trigger_at", "trigger_reasons", "trigger_figures")
 CANDIDATES = ("candidate_items", "candidate_scores")
+SEGMENTS = ("segment_names", "segment_indptr", "segment_items", "segment_scores")
 PER_CUSTOMER = ("user_factors", *CUSTOMER_FIGURES, *CANDIDATES)
 PER_ITEM = ("item_factors", "item_prior", *CATALOG)
 MATRICES = ("user_factors", "item_factors", *CANDIDATES)  # two dimensions; the rest one
@@ -186,7 +204,9 @@ ARRAY_FILES: dict[str, tuple[str, ...]] = {
     "popular.npz": ("popular_items", "popular_scores"),
     "triggers.npz": ("trigger_rows", *TRIGGER_ARRAYS),
     "candidates.npz": CANDIDATES,
+    "segments.npz": SEGMENTS,
 }
+OPTIONAL_FILES = frozenset({"segments.npz"})  # a bundle written before them loads without
 
 
 @dataclass(frozen=True)
@@ -312,7 +332,7 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleNotFound(f"bundle directory {path} does not exist")
     manifest = _read_manifest(path)
     listed = manifest.files
-    for file_name in ARRAY_FILES:
+    for file_name in ARRAY_FILES.keys() - OPTIONAL_FILES:
         if file_name not in listed:
             raise BundleCorrupt(f"{path / MANIFEST_FILE}: does not list {file_name}")
     for file_name, expected in listed.items():
@@ -325,6 +345,8 @@ def load_bundle(path: Path) -> Bundle:
     # tool): whatever numpy, zipfile, zlib or json raise for it, it is a corrupt bundle.
     loaded: dict[str, NDArray[Any]] = {}
     for file_name, array_names in ARRAY_FILES.items():
+        if file_name not in listed:  # optional, and absent: the arrays' defaults
+            continue
         try:
             # Opened here: numpy leaves a file it opened itself open when zipfile fails on it.
             with (path / file_name).open("rb") as handle:

@@ -192,11 +192,15 @@ def email_picks(
     key: str,
     send_id: str,
     n: int,
+    allowed: NDArray[np.bool_] | None = None,
 ) -> dict[str, Any]:
-    """Fresh picks for one send (the caller snapshots them: see ``snapshot_key``)."""
+    """Fresh picks for one send (the caller snapshots them: see ``snapshot_key``), among the
+    ``allowed`` items (None: all)."""
     settings = channels(model)
     tiers = model.ranker.tiers
-    ranking = model.ranker.recommend_row(view.row, n, view.deltas, tiers.index(view.window_spend))
+    ranking = model.ranker.recommend_row(
+        view.row, n, view.deltas, tiers.index(view.window_spend), allowed=allowed
+    )
     utm = {name: value.format(send_id=send_id) for name, value in settings.utm.items()}
     link_query = "?" + urlencode(utm) if utm else ""
     return {
@@ -211,9 +215,11 @@ def email_picks(
     }
 
 
-def snapshot_key(send_id: str, n: int) -> str:
-    """One snapshot per send and list length (send ids are free text)."""
-    return hashlib.blake2b(f"{send_id}\0{n}".encode(), digest_size=16).hexdigest()
+def snapshot_key(send_id: str, n: int, filters: str = "") -> str:
+    """One snapshot per send, list length and filter (``ItemFilter.key``; send ids are free
+    text). Without a filter the key is the one snapshots were kept under before filters."""
+    text = f"{send_id}\0{n}" + (f"\0{filters}" if filters else "")
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def dumps(payload: dict[str, Any]) -> str:

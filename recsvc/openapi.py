@@ -109,6 +109,14 @@ SLOT = Parameter(
 )
 FORMAT = Parameter("format", "query", {"enum": ["json", "html"]})
 CATEGORY = Parameter("category", "query", {"type": "string"})
+_PRICE_NOTE = "; an item with an unknown price is left out when a bound is given"
+MIN_PRICE = Parameter(
+    "min_price", "query", {"type": "number", "minimum": 0}, "lowest unit price" + _PRICE_NOTE
+)
+MAX_PRICE = Parameter(
+    "max_price", "query", {"type": "number", "minimum": 0}, "highest unit price" + _PRICE_NOTE
+)
+FILTERS = (CATEGORY, MIN_PRICE, MAX_PRICE)  # every list endpoint takes them (recsvc.filters)
 
 
 def _count(high: int) -> Parameter:
@@ -134,7 +142,19 @@ RECOMMENDATIONS = Operation(
     schemas.Recommendations,
     "best first",
     scope="recs:read",
-    parameters=(KEY, KEY_QUERY, _count(defaults.MAX_N), CATEGORY),
+    parameters=(
+        KEY,
+        KEY_QUERY,
+        _count(defaults.MAX_N),
+        *FILTERS,
+        Parameter(
+            "country",
+            "query",
+            {"type": "string"},
+            "for a customer the model does not know: best sellers of this country (a "
+            "country the bundle has no list for gives those of all)",
+        ),
+    ),
     problems=READS,
 )
 PROFILE = Operation(
@@ -162,7 +182,7 @@ CUSTOMER_BLOCK = Operation(
     (schemas.Block, schemas.PublicBlock),
     "a website block (PublicBlock for a blocks:read key)",
     scope="blocks:read",
-    parameters=(KEY, KEY_QUERY, SLOT, FORMAT, CATEGORY, VISITOR_TOKEN),
+    parameters=(KEY, KEY_QUERY, SLOT, FORMAT, *FILTERS, VISITOR_TOKEN),
     problems=(*READS, 404),
     html=True,
 )
@@ -172,7 +192,7 @@ ANONYMOUS_BLOCK = Operation(
     (schemas.Block, schemas.PublicBlock),
     "the anonymous block (PublicBlock for a blocks:read key)",
     scope="blocks:read",
-    parameters=(SLOT, FORMAT, CATEGORY),
+    parameters=(SLOT, FORMAT, *FILTERS),
     problems=(*READS, 404),
     html=True,
 )
@@ -188,6 +208,7 @@ EMAIL_PICKS = Operation(
         FORMAT,
         Parameter("send_id", "query", _schema(schemas.SendId), required=True),
         _count(defaults.EMAIL_MAX_N),
+        *FILTERS,
     ),
     problems=READS,
     html=True,

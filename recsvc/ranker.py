@@ -11,7 +11,7 @@ customer's usual band loses ``price_affinity`` per log unit it lies outside.
 Fast path: the bundle holds each customer's top ``candidate_items`` under the policy of their
 tier at training. A request filters them by purchases reported since; it scores the whole
 catalog only when that is not enough: a return (an item may be eligible again), another
-tier, a category filter, or fewer than ``n`` candidates left.
+tier, or fewer than ``n`` candidates left, filters (category, price band) included.
 
 Pure numpy; no web framework. The evaluation tooling ranks through this same code, so offline
 metrics describe what customers are served.
@@ -42,10 +42,12 @@ class RankedItem:
 
 @dataclass(slots=True)
 class Ranking:
-    """Items best first. ``fallback`` is true when the customer is unknown to the model."""
+    """Items best first. ``fallback`` is true when the customer is unknown to the model;
+    ``scope`` then names the best sellers served: a segment ("country:Germany") or "all"."""
 
     items: list[RankedItem]
     fallback: bool
+    scope: str | None = None
 
 
 class Ranker:
@@ -79,6 +81,16 @@ class Ranker:
         self._grouped = group_sizes[arrays.item_group] > 1
         self._boosts = np.array([level.premium_boost for level in self.tiers.levels])
         self._premium_items = np.flatnonzero(arrays.item_premium)
+        # Best sellers per segment, by the segment's name in lower case.
+        bounds = arrays.segment_indptr.tolist()
+        self._segments: dict[str, tuple[str, NDArray[np.int32], NDArray[np.float32]]] = {
+            str(name).lower(): (
+                str(name),
+                arrays.segment_items[bounds[i] : bounds[i + 1]],
+                arrays.segment_scores[bounds[i] : bounds[i + 1]],
+            )
+            for i, name in enumerate(arrays.segment_names.tolist())
+        }
         self.trained_tier = self.tiers.indices(arrays.window_spend)
         # Items reserved for higher tiers, per tier (usually none), listed once.
         self._hidden_items = [
@@ -126,30 +138,43 @@ class Ranker:
         tier: int = 0,
         policy: bool = True,
         allowed: NDArray[np.bool_] | None = None,
+        scopes: tuple[str, ...] = (),
     ) -> Ranking:
-        """``allowed`` (a mask over items) limits the candidates, e.g. to one category."""
+        """``allowed`` (a mask over items) limits the candidates, e.g. to one category.
+        ``scopes``: the segments whose best sellers a customer unknown to the model gets,
+        the first the bundle has a list for ("country:Germany", any case); else all."""
         deltas = deltas or {}
-        if row is not None and policy and allowed is None and tier == self.trained_tier[row]:
-            fast = self._from_candidates(row, n, deltas)
+        if row is not None and policy and tier == self.trained_tier[row]:
+            fast = self._from_candidates(row, n, deltas, allowed)
             if fast is not None:
                 return fast
         excluded = self.excluded(row, deltas)
         hidden = self._hidden_items[tier]
+        if row is None:  # the mask is read along the best sellers, not turned into indices
+            if len(hidden):
+                excluded = np.union1d(excluded, hidden).astype(np.int32)
+            scope = next((s for s in scopes if s.lower() in self._segments), None)
+            items = self.popular(n, excluded, scope, allowed)
+            return Ranking(items, True, "all" if scope is None else self.segment_name(scope))
         if allowed is not None:
             hidden = np.union1d(hidden, np.flatnonzero(~allowed))
         if len(hidden):
             excluded = np.union1d(excluded, hidden).astype(np.int32)
-        if row is None:
-            return Ranking(items=self.popular(n, exclude=excluded), fallback=True)
         rows = np.array([row])
         scores = self.batch_scores(rows, np.array([tier]), policy)[0]
         return Ranking(top_n(scores, n, excluded), fallback=False)
 
-    def _from_candidates(self, row: int, n: int, deltas: Mapping[int, float]) -> Ranking | None:
+    def _from_candidates(
+        self,
+        row: int,
+        n: int,
+        deltas: Mapping[int, float],
+        allowed: NDArray[np.bool_] | None = None,
+    ) -> Ranking | None:
         items = self.arrays.candidate_items[row]
         if not len(items) or any(change < 0 for change in deltas.values()):
             return None
-        if not deltas:
+        if not deltas and allowed is None:
             listed = items[:n].tolist()
             if -1 in listed:
                 listed = listed[: listed.index(-1)]
@@ -161,6 +186,8 @@ class Ranker:
         complete = not keep.all()  # padded: every eligible item is in the list
         if deltas:
             keep &= ~np.isin(items, self.excluded(row, deltas))
+        if allowed is not None:
+            keep &= allowed[items]  # a padding -1 reads the last item: already not kept
         chosen = np.flatnonzero(keep)[:n]
         if len(chosen) < n and not complete:
             return None
@@ -289,13 +316,45 @@ class Ranker:
         scores: NDArray[np.float32] = self.batch_scores(np.array([row]), np.array([0]), False)[0]
         return scores
 
-    def popular(self, n: int, exclude: NDArray[np.int32] | None = None) -> list[RankedItem]:
-        candidates = self.arrays.popular_items
-        keep = np.ones(len(candidates), dtype=bool)
-        if exclude is not None and len(exclude):
-            keep = ~np.isin(candidates, exclude)
-        chosen = np.flatnonzero(keep)[:n]
-        return ranked(candidates[chosen].tolist(), self.arrays.popular_scores[chosen].tolist())
+    def segment_name(self, scope: str) -> str:
+        """The segment ``scope`` names (any case) as the bundle spells it; KeyError if none."""
+        return self._segments[scope.lower()][0]
+
+    def popular(
+        self,
+        n: int,
+        exclude: NDArray[np.int32] | None = None,
+        scope: str | None = None,
+        allowed: NDArray[np.bool_] | None = None,
+    ) -> list[RankedItem]:
+        """The best sellers outside ``exclude`` (and within ``allowed``): overall, or of the
+        segment ``scope`` names, then (score 0: not sold in the segment) the overall best
+        sellers it never sold."""
+        overall, overall_scores = self.arrays.popular_items, self.arrays.popular_scores
+        if scope is None:
+            return _first(overall, overall_scores, n, exclude, allowed)
+        _, items, scores = self._segments[scope.lower()]
+        found = _first(items, scores, n, exclude, allowed)
+        if len(found) < n:
+            unsold = items if exclude is None else np.union1d(exclude, items)
+            rest = _first(overall, overall_scores, n, unsold.astype(np.int32), allowed)
+            found += [RankedItem(item.index, 0.0) for item in rest[: n - len(found)]]
+        return found
+
+
+def _first(
+    items: NDArray[np.int32],
+    scores: NDArray[np.float32],
+    n: int,
+    exclude: NDArray[np.int32] | None,
+    allowed: NDArray[np.bool_] | None = None,
+) -> list[RankedItem]:
+    """The first ``n`` of ``items`` (best first) outside ``exclude`` and within ``allowed``."""
+    keep = np.ones(len(items), dtype=bool) if allowed is None else allowed[items]
+    if exclude is not None and len(exclude):
+        keep &= ~np.isin(items, exclude)
+    chosen = np.flatnonzero(keep)[:n]
+    return ranked(items[chosen].tolist(), scores[chosen].tolist())
 
 
 def top_n(scores: NDArray[np.floating], n: int, excluded: NDArray[np.int32]) -> list[RankedItem]:

@@ -155,6 +155,10 @@ class Recommendations(Body):
     degraded: bool
     tier: Tier
     items: list[Recommendation]
+    # With fallback: whose best sellers these are ("country:Germany", "tier:gold", "all").
+    fallback_scope: (
+        Annotated[str, Meta(description="with fallback: country:<name>, tier:<name> or all")] | None
+    ) = None
 
 
 class BestContact(Body):

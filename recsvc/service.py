@@ -17,8 +17,6 @@ from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
 import msgspec
-import numpy as np
-from numpy.typing import NDArray
 
 from recsvc import channels, defaults, tokens
 from recsvc.auth import Authenticator
@@ -30,6 +28,7 @@ from recsvc.errors import (
     UnknownCustomer,
 )
 from recsvc.events import STORE_FILE, ErasureLog, Event, EventLog, logs_origin
+from recsvc.filters import NO_FILTER, ItemFilter
 from recsvc.identity import request_aliases
 from recsvc.logs import CustomerHasher
 from recsvc.ratelimit import RateLimiter
@@ -151,14 +150,27 @@ class Service:
     # Answers
 
     def recommendations(
-        self, model: ServedModel, key: str, n: int, category: str | None = None
+        self,
+        model: ServedModel,
+        key: str,
+        n: int,
+        filters: ItemFilter = NO_FILTER,
+        country: str | None = None,
     ) -> Recommendations:
+        """UnknownCategory for a filter's unknown category. A customer the model does not
+        know gets the best sellers of ``country``, else of their tier when purchases reported
+        since training lift them above the first (a stranger's first tier says nothing about
+        them), else of all; a segment without a list is skipped, never an error."""
         customer = self.realtime.view(model, key)
         ranker = model.ranker
         tiers = ranker.tiers
-        mask = category_mask(model, category)
+        tier = tiers.index(customer.window_spend)
+        scopes: tuple[str, ...] = () if country is None else (f"country:{country.strip()}",)
+        if tier > 0:
+            scopes += (f"tier:{tiers.names[tier]}",)
+        mask = filters.mask(model)
         ranking = ranker.recommend_row(
-            customer.row, n, customer.deltas, tiers.index(customer.window_spend), allowed=mask
+            customer.row, n, customer.deltas, tier, allowed=mask, scopes=scopes
         )
         item_ids, titles, prices = model.item_ids, model.titles, model.prices
         return Recommendations(
@@ -173,6 +185,7 @@ class Service:
                 )
                 for item in ranking.items
             ],
+            ranking.scope,
         )
 
     def profile(self, model: ServedModel, key: str) -> Profile:
@@ -202,12 +215,12 @@ class Service:
         model: ServedModel,
         key: str | None,
         slot: str,
-        category: str | None = None,
+        filters: ItemFilter = NO_FILTER,
         today: date | None = None,
     ) -> dict[str, Any]:
         """Website slot ``slot`` for the customer ``key`` names (None: an anonymous visitor);
         UnknownSlot, UnknownCategory. See ``channels.public_block`` for a publishable key."""
-        mask = category_mask(model, category)
+        mask = filters.mask(model)
         customer = anonymous() if key is None else self.realtime.view(model, key)
         return channels.block(model, customer, key, slot, today or datetime.now(UTC).date(), mask)
 
@@ -216,14 +229,17 @@ class Service:
         secret = self.config.secret_key
         return token is not None and tokens.verify(secret, key, token.strip())
 
-    def email_picks(self, model: ServedModel, key: str, send_id: str, n: int) -> EmailPicks:
-        """The picks of one send: the first answer for (customer, send, n) is kept in the store
+    def email_picks(
+        self, model: ServedModel, key: str, send_id: str, n: int, filters: ItemFilter = NO_FILTER
+    ) -> EmailPicks:
+        """The picks of one send: the first answer for (customer, send, n, filters) is kept in
+        the store
         and every later one repeats it. A store that does not answer leaves them not stored (a
         later answer may differ) and the answer degraded."""
         if not 1 <= n <= defaults.EMAIL_MAX_N:
             raise InvalidParameter("n", f"must be between 1 and {defaults.EMAIL_MAX_N}, got {n}")
         customer = self.realtime.view(model, key)
-        answer = channels.email_picks(model, customer, key, send_id, n)
+        answer = channels.email_picks(model, customer, key, send_id, n, filters.mask(model))
         # Kept without the customer's id or key (it may be an address): the store holds the
         # snapshot under a digest, and the answer names the customer as asked.
         fresh = channels.dumps({**answer, "customer_id": ""})
@@ -231,7 +247,7 @@ class Service:
         try:
             kept = self.realtime.store.snapshot(
                 customer.store_key,
-                channels.snapshot_key(send_id, n),
+                channels.snapshot_key(send_id, n, filters.key()),
                 fresh,
                 self.config.snapshot_ttl_days * 86400.0,
             )
@@ -305,12 +321,6 @@ class Service:
 def anonymous() -> CustomerView:
     """A visitor nobody knows."""
     return CustomerView(None, None, "", [], {}, degraded=False)
-
-
-def category_mask(model: ServedModel, name: str | None) -> NDArray[np.bool_] | None:
-    """The items of category ``name`` (any case, spaces around ignored), None for all;
-    UnknownCategory lists the categories there are."""
-    return None if name is None else channels.category_mask(model, name)
 
 
 def _check_key_form(model: ServedModel, key: str) -> None:

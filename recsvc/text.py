@@ -19,6 +19,7 @@ UNSAFE_CHARACTERS = (  # as a regular-expression character class's contents
 _UNSAFE = re.compile(f"[{UNSAFE_CHARACTERS}]")
 MAX_KEY_LENGTH = 256  # a customer key, as in an event's ``customer``
 MAX_SEND_ID_LENGTH = 200  # an email send's id
+MAX_COUNTRY_LENGTH = 100  # a country name, as in a source's country column
 
 
 def unsafe_character(text: str) -> str | None:

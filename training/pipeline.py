@@ -57,6 +57,7 @@ from training.merge import (
     merge_sources,
 )
 from training.progress import Progress
+from training.segments import sales_of, segment_arrays
 from training.sources import SourceRows, events_through, read_source
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
 
@@ -117,6 +118,13 @@ def train(
         with progress.step("tiers and catalog (while fitting)"):
             contributions = _source_summaries(config.sources, merged.events)
             lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
+            sales = sales_of(
+                merged.events,
+                data.item_ids,
+                data.customer_ids,
+                data.as_of,
+                config.model.half_life_days,
+            )
             # The merged rows are not needed past this point; at 20 M rows they hold a GB.
             merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
             crm = build_crm(
@@ -137,6 +145,9 @@ def train(
         arrays = served_arrays(
             data, fitted, config.model, merged.aliases, crm, config.identity.key, progress
         )
+    customer_tiers = TierTable.of(crm.policy).indices(arrays.window_spend)
+    segments = segment_arrays(sales, len(data.item_ids), customer_tiers, list(tier_names))
+    arrays = dataclasses.replace(arrays, **segments)
     version = new_version(fingerprint)
     manifest = Manifest(
         model=MODEL_KIND,

@@ -1,6 +1,6 @@
 """Website blocks, the embed script, visitor tokens and email picks.
 
-GET /v1/customers/<key>/blocks/<slot>?format=json|html[&category=]
+GET /v1/customers/<key>/blocks/<slot>?format=json|html[&category=&min_price=&max_price=]
 GET /v1/blocks/<slot>?format=json|html                  (anonymous visitors)
 GET /v1/embed.js
 POST /v1/visitor-tokens                                 (a shop's backend, recs:read)
@@ -25,7 +25,7 @@ from recsvc.api.access import granted, requires
 from recsvc.api.context import this_request, this_service
 from recsvc.api.json import encoded
 from recsvc.api.observability import answered
-from recsvc.api.params import body_as, checked_text, customer_key, int_arg, query_args
+from recsvc.api.params import body_as, checked_text, customer_key, int_arg, item_filter, query_args
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.openapi import ANONYMOUS_BLOCK, CUSTOMER_BLOCK, EMAIL_PICKS, VISITOR_TOKENS
 from recsvc.registry import ServedModel
@@ -70,7 +70,7 @@ def _block(
     public: bool,
 ) -> Response:
     output = _format(args)
-    block = service.block(model, key, slot, args.get("category"))
+    block = service.block(model, key, slot, item_filter(args))
     answered(fallback=block["fallback"], degraded=block["degraded"])
     if public:
         block = channels.public_block(block, personalised=key is not None)
@@ -114,9 +114,10 @@ def email_picks(key: str) -> Response:
     key = customer_key(key, args)
     send_id = checked_text("send_id", args.get("send_id") or "", MAX_SEND_ID_LENGTH).strip()
     n = int_arg(args, "n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
+    filters = item_filter(args)
     output = _format(args)
     service = this_service()
-    picks = service.email_picks(service.model(), key, send_id, n)
+    picks = service.email_picks(service.model(), key, send_id, n, filters)
     answered(fallback=picks.fallback, degraded=picks.degraded)
     if output == "html":
         return Response(email_html(msgspec.to_builtins(picks)), mimetype="text/html")

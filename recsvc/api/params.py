@@ -14,6 +14,7 @@ import msgspec
 
 from recsvc.api.context import this_request
 from recsvc.api.problems import Problem, invalid_parameter
+from recsvc.filters import ItemFilter
 from recsvc.openapi import Operation
 from recsvc.text import MAX_KEY_LENGTH, text_problem
 
@@ -105,6 +106,21 @@ def int_arg(args: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise invalid_parameter(name, f"must be between {low} and {high}, got {value}")
     return value
+
+
+def item_filter(args: Mapping[str, str]) -> ItemFilter:
+    """The ``category``, ``min_price`` and ``max_price`` of a list endpoint's request."""
+    return ItemFilter(args.get("category"), _price(args, "min_price"), _price(args, "max_price"))
+
+
+def _price(args: Mapping[str, str], name: str) -> float | None:
+    raw = args.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise invalid_parameter(name, f"must be a number, got {raw[:40]!r}") from None
 
 
 ANY_KEY = "~"  # the path segment that says: the customer key is in the ``key`` parameter

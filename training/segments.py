@@ -1,0 +1,89 @@
+"""Best sellers per segment (country, tier), for customers the model does not know.
+
+A segment's list ranks the items sold in it by sales decayed with the model's half-life, as
+the overall list does. A segment with fewer than ``MIN_CUSTOMERS`` customers gets no list:
+its best sellers would tell what one or two people bought. Three is the floor, not a
+quality bar: the sample's second-largest country (Germany) has six customers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from recsvc.bundle import SEGMENTS
+from training.dataset import decay_weights, outcome_is, positions, value_is
+
+MIN_CUSTOMERS = 3
+
+
+@dataclass(frozen=True)
+class Sales:
+    """Every counted sale: its item (column), customer (row; -1 anonymous), country and
+    decayed weight."""
+
+    items: NDArray[np.intp]
+    rows: NDArray[np.intp]
+    countries: NDArray[np.str_]
+    weights: NDArray[np.float64]
+
+
+def sales_of(
+    events: pd.DataFrame,
+    item_ids: NDArray[np.str_],
+    customer_ids: NDArray[np.str_],
+    as_of: pd.Timestamp | None,
+    half_life_days: float,
+) -> Sales:
+    """The sales of merged ``events`` (see ``training.merge``) that popularity counts."""
+    is_sale = (events["quantity"].to_numpy() > 0) & outcome_is(events, "used", "anonymous")
+    items = positions(events["item_id"], pd.Index(item_ids))
+    is_sale &= items >= 0
+    rows = positions(events["customer_id"], pd.Index(customer_ids))
+    rows = np.where(value_is(events["customer_id"], ""), -1, rows)
+    country = events["country"]
+    names = np.append(country.cat.categories.astype(str).to_numpy(), "")
+    countries = names[country.cat.codes.to_numpy()[is_sale]]  # code -1 (missing): ""
+    weights = decay_weights(events["timestamp"].to_numpy()[is_sale], as_of, half_life_days)
+    return Sales(items[is_sale], rows[is_sale], countries, weights)
+
+
+def segment_arrays(
+    sales: Sales, n_items: int, customer_tiers: NDArray[np.intp], tier_names: list[str]
+) -> dict[str, NDArray[Any]]:
+    """The bundle's segment arrays (``recsvc.bundle.SEGMENTS``): a list per country with
+    sales, then per tier (customers by their tier at training)."""
+    known = sales.rows >= 0
+    tiers = np.full(len(sales.rows), -1)
+    tiers[known] = customer_tiers[sales.rows[known]]
+    segments: list[tuple[str, NDArray[np.bool_]]] = [
+        (f"country:{name}", sales.countries == name)
+        for name in sorted(set(sales.countries.tolist()) - {""})
+    ]
+    segments += [(f"tier:{name}", tiers == index) for index, name in enumerate(tier_names)]
+    names: list[str] = []
+    indptr = [0]
+    items: list[NDArray[np.intp]] = []
+    scores: list[NDArray[np.float64]] = []
+    for name, chosen in segments:
+        if len(np.unique(sales.rows[chosen & known])) < MIN_CUSTOMERS:
+            continue
+        popularity = np.bincount(sales.items[chosen], sales.weights[chosen], n_items).astype(float)
+        sold = np.flatnonzero(popularity > 0)
+        order = sold[np.lexsort((sold, -popularity[sold]))]
+        names.append(name)
+        items.append(order)
+        scores.append(popularity[order])
+        indptr.append(indptr[-1] + len(order))
+    arrays: dict[str, NDArray[Any]] = {
+        "segment_names": np.array(names, dtype=str),
+        "segment_indptr": np.array(indptr, dtype=np.int64),
+        "segment_items": np.concatenate([np.zeros(0, np.intp), *items]).astype(np.int32),
+        "segment_scores": np.concatenate([np.zeros(0), *scores]).astype(np.float32),
+    }
+    assert tuple(arrays) == SEGMENTS
+    return arrays
