@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from recsvc.errors import BundleCorrupt, BundleNotFound
 from recsvc.manifest import BUNDLE_FORMAT, Counts, Manifest
+from recsvc.schemas import ContentKind
 
 # A customer owns an item from this net quantity on, in training and in the service alike: a
 # line of 0.0001 (a fractional export artefact) owns nothing, half a unit or more rounds to one.
@@ -369,6 +370,7 @@ def load_bundle(path: Path) -> Bundle:
             raise BundleCorrupt(message) from error
         if not isinstance(content, list) or not all(isinstance(c, dict) for c in content):
             raise BundleCorrupt(f"{path / CONTENT_FILE}: is not a list of objects")
+        _check_content(path / CONTENT_FILE, content)
     return Bundle(path=path, manifest=manifest, arrays=arrays, content=content)
 
 
@@ -389,6 +391,33 @@ def bundle_versions(models_dir: Path) -> list[str]:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+class ContentItem(msgspec.Struct, frozen=True):
+    """What a block needs of a content item (the trainer checks more, with clearer words);
+    a bundle whose items lack it is refused rather than failing every block that shows one."""
+
+    id: str
+    kind: ContentKind
+    title: str
+    body: str
+    url: str
+    image: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    tiers: list[str] = msgspec.field(default_factory=list)
+    valid_from: str | None = None
+    valid_to: str | None = None
+
+
+def _check_content(path: Path, content: list[dict[str, Any]]) -> None:
+    for position, raw in enumerate(content):
+        try:
+            item = msgspec.convert(raw, ContentItem)
+            for moment in (item.valid_from, item.valid_to):
+                if moment:
+                    date.fromisoformat(moment)
+        except (msgspec.ValidationError, ValueError) as error:
+            raise BundleCorrupt(f"{path}: item {position}: {error}") from error
 
 
 def _read_manifest(path: Path) -> Manifest:

@@ -20,7 +20,7 @@ from recsvc import policy
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
 from recsvc.identity import CANONICAL, IdentityKey, request_aliases
-from recsvc.logrecords import RECEIVED_AT, EventRecord
+from recsvc.logrecords import EventRecord
 from recsvc.registry import ServedModel
 from recsvc.store import Applied, Store, StoredEvent, customer_key
 
@@ -435,30 +435,30 @@ class Realtime:
         horizon = self.clock().timestamp() - self.store.retention
         batch: list[tuple[str, StoredEvent]] = []
         replayed = 0
-        for record in self.event_log.records():
+        for raw in self.event_log.records():
             try:
-                received = float(record[RECEIVED_AT])
-                if received <= horizon:
-                    continue
-                _, _, store_key, erased = self.resolve(model, str(record["customer"]))
-                if erased:
-                    continue
-                batch.append(
-                    (
-                        store_key,
-                        StoredEvent(
-                            event_id=str(record["event_id"]),
-                            item_id=str(record["item_id"]),
-                            quantity=float(record["quantity"]),
-                            price=float(record["price"]),
-                            timestamp=str(record["timestamp"]),
-                            source=str(record["source"]),
-                            received_at=received,
-                        ),
-                    )
-                )
-            except (KeyError, TypeError, ValueError):
+                record = msgspec.convert(raw, EventRecord)
+            except msgspec.ValidationError:
                 continue  # not a record this service wrote
+            if record.received_at <= horizon:
+                continue
+            _, _, store_key, erased = self.resolve(model, record.customer)
+            if erased:
+                continue
+            batch.append(
+                (
+                    store_key,
+                    StoredEvent(
+                        event_id=record.event_id,
+                        item_id=record.item_id,
+                        quantity=record.quantity,
+                        price=record.price,
+                        timestamp=record.timestamp,
+                        source=record.source,
+                        received_at=record.received_at,
+                    ),
+                )
+            )
             if len(batch) >= REPLAY_BATCH:
                 replayed += self.store.apply(batch, restoring=True).count(Applied.NEW)
                 batch = []

@@ -210,6 +210,16 @@ def unreadable_files(arrays: BundleArrays) -> dict[str, tuple[str, bytes]]:
         ),
         "content_not_json": ("content.json", b"\xff\xfe not json"),
         "content_not_a_list": ("content.json", b'{"a": 1}'),
+        # Trained before content was checked at training: every block showing it would fail.
+        "content_image_a_number": (
+            "content.json",
+            b'[{"id": "a", "kind": "offer", "title": "t", "body": "", "url": "/x", "image": 5}]',
+        ),
+        "content_bad_date": (
+            "content.json",
+            b'[{"id": "a", "kind": "offer", "title": "t", "body": "", "url": "/x",'
+            b' "valid_to": "2026-13-01"}]',
+        ),
     }
 
 
