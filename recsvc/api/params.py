@@ -22,10 +22,10 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 
 def query_args(operation: Operation) -> dict[str, str]:
-    """The request's query parameters, the first value of each name (as request.args.get
-    gives); a parameter ``operation`` does not take is a 400 naming it, so a misspelt
-    ``catgory=`` is never silently ignored. Parsed into a plain dict: werkzeug's MultiDict
-    costs several times as much to build, for repeated names that no parameter here takes."""
+    """The request's query parameters. A parameter ``operation`` does not take is a 400
+    naming it, so a misspelt ``catgory=`` is never silently ignored; so is one given twice
+    (no parameter here takes a list, and ``?n=1&n=50`` has no one meaning). Parsed into a
+    plain dict: werkzeug's MultiDict costs several times as much to build."""
     raw = this_request().environ.get("QUERY_STRING", "")
     if not raw:
         return {}
@@ -33,7 +33,9 @@ def query_args(operation: Operation) -> dict[str, str]:
     text = raw.encode("latin-1").decode("utf-8", "replace")
     args: dict[str, str] = {}
     for name, value in parse_qsl(text, keep_blank_values=True):
-        args.setdefault(name, value)
+        if name in args:
+            raise invalid_parameter(_shown(name), "given more than once; give it once")
+        args[name] = value
     if not args.keys() <= operation.query:
         unknown = _shown(sorted(args.keys() - operation.query)[0])
         takes = ", ".join(sorted(operation.query)) or "none"
