@@ -169,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     export_cmd.add_argument(
         "--models-dir", type=Path, default=_service_models_dir(), help=MODELS_DIR_HELP
     )
+    export_cmd.add_argument(
+        "--events-dir",
+        type=Path,
+        default=Path(os.environ.get("RECSVC_EVENTS_DIR", "").strip() or defaults.EVENTS_DIR),
+        help="the live service's RECSVC_EVENTS_DIR: its store (snapshots, live purchases) and "
+        "erasure list, so the export skips whom it erased",
+    )
     _add_quiet(export_cmd)
     export_cmd.set_defaults(run=_export_picks)
 
@@ -394,7 +401,19 @@ def _export_picks(args: argparse.Namespace) -> int:
         raise TrainingError(f"--send-id: {problem}")
     send_id = args.send_id.strip()  # as the endpoint takes it
     # No HTTP here, so no API keys: the core is called directly.
-    environment = {**os.environ, "RECSVC_MODELS_DIR": str(args.models_dir), "RECSVC_AUTH": "off"}
+    environment = {
+        **os.environ,
+        "RECSVC_MODELS_DIR": str(args.models_dir),
+        "RECSVC_EVENTS_DIR": str(args.events_dir),
+        "RECSVC_AUTH": "off",
+    }
+    if not (args.events_dir / ERASURES_FILE).is_file():
+        print(
+            f"warning: {args.events_dir} has no erasure list; if the service keeps its state "
+            "elsewhere, pass its RECSVC_EVENTS_DIR as --events-dir, or erased customers are "
+            "exported",
+            file=sys.stderr,
+        )
     service = Service.start(ServiceConfig.from_mapping(environment))
     # The service's info lines (a bundle loaded) are not the export's; its warnings still show.
     logging.getLogger("recsvc").setLevel(logging.WARNING)
