@@ -417,6 +417,7 @@ def _export_picks(args: argparse.Namespace) -> int:
     service = Service.start(ServiceConfig.from_mapping(environment))
     # The service's info lines (a bundle loaded) are not the export's; its warnings still show.
     logging.getLogger("recsvc").setLevel(logging.WARNING)
+    logging.getLogger("recsvc.progress").setLevel(logging.INFO)  # the export's own steps
     model = service.registry.model
     if model is None:
         raise TrainingError(f"no bundle in {args.models_dir}")
