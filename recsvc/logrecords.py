@@ -37,3 +37,11 @@ ALIAS_DIGESTS = "alias_digests"
 CUSTOMER_KEYS = "customer_keys"
 assert {RECEIVED_AT} <= set(EVENT_FIELDS)
 assert {ALIAS_DIGESTS, CUSTOMER_KEYS} <= set(ErasureRecord.__struct_fields__)
+
+
+class CatalogRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the catalog log (catalog-*.jsonl): an item's fields as one write set them."""
+
+    item_id: str
+    changes: dict[str, object]  # some of available, price, title, url, image, categories
+    received_at: float  # seconds since the epoch

@@ -47,7 +47,7 @@ class Operation:
     """One endpoint. ``answer`` is the 200 body: a Struct, a tuple of Structs (one of them),
     or a media type whose body is not JSON. ``scope`` None: no key needed."""
 
-    method: Literal["get", "post", "delete"]
+    method: Literal["get", "post", "put", "delete"]
     path: str
     answer: type[msgspec.Struct] | tuple[type[msgspec.Struct], ...] | str
     summary: str
@@ -214,6 +214,30 @@ EVENTS = Operation(
     unprocessable=True,
     notes="valid events of a mixed batch are applied",
 )
+ITEM = Operation(
+    "put",
+    "/v1/items/{item_id}",
+    schemas.CatalogResult,
+    "the change is applied to every worker",
+    scope="catalog:write",
+    parameters=(Parameter("item_id", "path", {"type": "string", "maxLength": 64}),),
+    request=schemas.ItemChange,
+    problems=(400, 401, 403, 413, 429, 503),
+    unprocessable=True,
+    notes="available=false hides the item from every list at once; fields not given keep "
+    "their value; an item new to the catalog is listed only after the next training",
+)
+CATALOG = Operation(
+    "post",
+    "/v1/catalog",
+    schemas.CatalogResult,
+    "per-item outcome",
+    scope="catalog:write",
+    request=schemas.CatalogBatch,
+    problems=(400, 401, 403, 413, 429, 503),
+    unprocessable=True,
+    notes="valid items of a mixed batch are applied",
+)
 TRIGGERS = Operation(
     "get",
     "/v1/triggers",
@@ -246,6 +270,8 @@ OPERATIONS = (
     EMAIL_PICKS,
     VISITOR_TOKENS,
     EVENTS,
+    ITEM,
+    CATALOG,
     TRIGGERS,
 )
 

@@ -31,6 +31,8 @@ from recsvc.bundle import OWNED_QUANTITY, BundleArrays
 from recsvc.identity import AliasIndex, IdentityKey, IdentityRules
 from recsvc.policy import TierTable
 
+UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper than asking more
+
 
 # Not frozen: built for every request, and a frozen dataclass's __init__ costs about three
 # times as much.
@@ -46,6 +48,9 @@ class Ranking:
 
     items: list[RankedItem]
     fallback: bool
+
+
+UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper
 
 
 class Ranker:
@@ -126,8 +131,22 @@ class Ranker:
         tier: int = 0,
         policy: bool = True,
         allowed: NDArray[np.bool_] | None = None,
+        unavailable: NDArray[np.int32] | None = None,
     ) -> Ranking:
-        """``allowed`` (a mask over items) limits the candidates, e.g. to one category."""
+        """``allowed`` (a mask over items) limits the candidates, e.g. to one category;
+        ``unavailable`` (item indices) are never listed."""
+        if unavailable is not None and len(unavailable):
+            if allowed is None and len(unavailable) <= UNAVAILABLE_SHORTLIST:
+                # Ask for as many more as could be hidden and drop them: keeps the fast path.
+                longer = self.recommend_row(row, n + len(unavailable), deltas, tier, policy)
+                withdrawn = set(unavailable.tolist())
+                kept = [item for item in longer.items if item.index not in withdrawn]
+                return Ranking(kept[:n], longer.fallback)
+            if allowed is None:
+                allowed = np.ones(len(self.arrays.item_ids), dtype=bool)
+            else:
+                allowed = allowed.copy()
+            allowed[unavailable] = False
         deltas = deltas or {}
         if row is not None and policy and allowed is None and tier == self.trained_tier[row]:
             fast = self._from_candidates(row, n, deltas)

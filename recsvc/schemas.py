@@ -317,6 +317,41 @@ class EventResult(Body):
     rejected: list[Rejection]
 
 
+# Catalog changes (recsvc.catalog checks them field by field, every problem named)
+
+
+class ItemChange(Body, forbid_unknown_fields=True):
+    """What PUT /v1/items/<item_id> takes: any of these fields, at least one."""
+
+    available: bool | UnsetType = UNSET  # false: out of stock or discontinued
+    price: Annotated[float, Meta(ge=0, le=MAX_UNIT_PRICE)] | UnsetType = UNSET
+    title: Annotated[str, Meta(min_length=1, max_length=500)] | UnsetType = UNSET
+    url: Annotated[str, Meta(min_length=1, max_length=2000)] | UnsetType = UNSET
+    image: Annotated[str, Meta(min_length=1, max_length=2000)] | UnsetType = UNSET
+    categories: Annotated[list[str], Meta(max_length=20)] | UnsetType = UNSET
+
+
+class CatalogItem(ItemChange, forbid_unknown_fields=True, kw_only=True):
+    """One item of POST /v1/catalog."""
+
+    item_id: ItemId
+
+
+class CatalogBatch(Body):
+    items: Annotated[list[CatalogItem], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class CatalogRejection(Body):
+    index: int
+    item_id: str | None
+    errors: list[str]
+
+
+class CatalogResult(Body):
+    accepted: list[str]  # item ids, changes applied to every worker
+    rejected: list[CatalogRejection]
+
+
 # CRM triggers
 
 

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from recsvc import channels, defaults, tokens
 from recsvc.auth import Authenticator
+from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
 from recsvc.errors import (
     InvalidParameter,
@@ -47,7 +48,7 @@ from recsvc.schemas import (
     Tier,
 )
 from recsvc.signals import customer_signals
-from recsvc.store import EmbeddedStore, RedisStore, Store
+from recsvc.store import EMPTY_CATALOG, CatalogOverlay, EmbeddedStore, RedisStore, Store
 from recsvc.triggers import Key, live_since
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class Service:
         self.authenticator = authenticator  # None: RECSVC_AUTH=off
         self.limiter = limiter
         self.hasher = hasher
+        # The overlay as last applied to a bundle: (model, overlay, result), rebuilt when
+        # either changes.
+        self._catalog: tuple[ServedModel, CatalogOverlay, ServedCatalog] | None = None
 
     @classmethod
     def start(
@@ -125,6 +129,39 @@ class Service:
             raise NoModelLoaded(self.registry.last_error or "no bundle yet")
         return model
 
+    # Catalog
+
+    def catalog(self, model: ServedModel) -> ServedCatalog:
+        """The catalog overlay applied to ``model``, as the store holds it now. A store that
+        does not answer leaves the last overlay read in force."""
+        cached = self._catalog
+        try:
+            overlay = self.realtime.store.catalog()
+        except StoreUnavailable:
+            overlay = EMPTY_CATALOG if cached is None else cached[1]
+        if cached is not None and cached[0] is model and cached[1] is overlay:
+            return cached[2]
+        served = ServedCatalog.of(model, overlay) if overlay.items else served_catalog(model)
+        self._catalog = (model, overlay, served)
+        return served
+
+    def set_items(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record catalog changes: the durable log first, then the store every worker reads.
+        StoreUnavailable when the store could not take them (they are in the log; a retry
+        writes the same again, which changes nothing twice)."""
+        if not changes:
+            return
+        try:
+            self.realtime.catalog_log.append(records_of(changes, time.time()))
+        except OSError:
+            raise StoreUnavailable("catalog changes cannot be recorded now; retry") from None
+        try:
+            self.realtime.store.set_items(changes)
+        except StoreUnavailable:
+            raise StoreUnavailable(
+                "catalog changes are logged but not yet applied to the store; retry"
+            ) from None
+
     # Customers
 
     def resolve(self, model: ServedModel, key: str) -> Resolved:
@@ -157,10 +194,16 @@ class Service:
         ranker = model.ranker
         tiers = ranker.tiers
         mask = category_mask(model, category)
+        catalog = self.catalog(model)
         ranking = ranker.recommend_row(
-            customer.row, n, customer.deltas, tiers.index(customer.window_spend), allowed=mask
+            customer.row,
+            n,
+            customer.deltas,
+            tiers.index(customer.window_spend),
+            allowed=mask,
+            unavailable=catalog.unavailable,
         )
-        item_ids, titles, prices = model.item_ids, model.titles, model.prices
+        item_ids, titles, prices = model.item_ids, catalog.titles, catalog.prices
         return Recommendations(
             customer.customer_id or key,
             model.version,
@@ -209,7 +252,8 @@ class Service:
         UnknownSlot, UnknownCategory. See ``channels.public_block`` for a publishable key."""
         mask = category_mask(model, category)
         customer = anonymous() if key is None else self.realtime.view(model, key)
-        return channels.block(model, customer, key, slot, today or datetime.now(UTC).date(), mask)
+        today = today or datetime.now(UTC).date()
+        return channels.block(model, customer, key, slot, today, mask, self.catalog(model))
 
     def visitor_proven(self, key: str, token: str | None) -> bool:
         """Whether ``token`` is a valid visitor token for ``key`` (see recsvc.tokens)."""
@@ -223,7 +267,8 @@ class Service:
         if not 1 <= n <= defaults.EMAIL_MAX_N:
             raise InvalidParameter("n", f"must be between 1 and {defaults.EMAIL_MAX_N}, got {n}")
         customer = self.realtime.view(model, key)
-        fresh = channels.dumps(channels.email_picks(model, customer, key, send_id, n))
+        catalog = self.catalog(model)
+        fresh = channels.dumps(channels.email_picks(model, customer, key, send_id, n, catalog))
         degraded = customer.degraded
         try:
             kept = self.realtime.store.snapshot(
@@ -235,6 +280,10 @@ class Service:
         except StoreUnavailable:
             kept, degraded = fresh, True
         picks = msgspec.json.decode(kept, type=EmailPicks)
+        if len(catalog.unavailable):  # a kept snapshot may name an item withdrawn since
+            hidden = {model.item_ids[index] for index in catalog.unavailable.tolist()}
+            shown = [item for item in picks.items if item.item_id not in hidden]
+            return msgspec.structs.replace(picks, items=shown, degraded=degraded)
         return msgspec.structs.replace(picks, degraded=degraded)
 
     def triggers_page(
