@@ -15,6 +15,9 @@ from recsvc.auth import mint, parse_api_keys
 from recsvc.bundle import load_current
 from recsvc.catalog import read_catalog_logs
 from recsvc.config import ServiceConfig
+from tests.test_realtime_api import sample_config_copy
+from training.config import load_config
+from training.pipeline import train
 
 
 @pytest.fixture(params=["embedded", "redis"])
@@ -157,3 +160,29 @@ def test_changes_are_logged_and_replayed_into_a_redis_that_lost_its_data(
     redis.Redis.from_url(clean_redis).flushdb()
     restarted = create_app(config).test_client()
     assert top not in [item["item_id"] for item in recommended(restarted, customer, n=50)]
+
+
+def test_training_drops_unavailable_and_discontinued_items_from_every_list(
+    client: FlaskClient, sample_models: Path, tmp_path: Path
+) -> None:
+    customer = a_customer(sample_models)
+    first, second = (item["item_id"] for item in recommended(client, customer)[:2])
+    events = client.application.extensions["recsvc"].config.events_dir
+    client.put(f"/v1/items/{first}", json={"available": False})
+    text = sample_config_copy(tmp_path).read_text()
+    config = tmp_path / "train.toml"
+    config.write_text(
+        text.replace(
+            "[items]\n",
+            f'[items]\ncatalog_log = "{events}"\ndiscontinued = ["{second.lower()}"]\n',
+            1,
+        )
+    )
+    models = tmp_path / "models"
+    train(load_config(config), models)
+
+    fresh = create_app(ServiceConfig(models_dir=models, events_dir=tmp_path / "e2", auth=False))
+    listed = {item["item_id"] for item in recommended(fresh.test_client(), customer, n=100)}
+    assert listed and not {first, second} & listed
+    anonymous = fresh.test_client().get("/v1/blocks/home_hero").json["products"]
+    assert not {first, second} & {p["item_id"] for p in anonymous}
