@@ -137,11 +137,17 @@ class Ranker:
         ``unavailable`` (item indices) are never listed."""
         if unavailable is not None and len(unavailable):
             if allowed is None and len(unavailable) <= UNAVAILABLE_SHORTLIST:
-                # Ask for as many more as could be hidden and drop them: keeps the fast path.
-                longer = self.recommend_row(row, n + len(unavailable), deltas, tier, policy)
+                # Ask for more and drop the hidden ones; no more than the precomputed list
+                # holds, which keeps the fast path, unless that leaves fewer than n.
+                ask = n + len(unavailable)
+                width = self.arrays.candidate_items.shape[1]
+                if width >= n:
+                    ask = min(ask, width)
+                longer = self.recommend_row(row, ask, deltas, tier, policy)
                 withdrawn = set(unavailable.tolist())
                 kept = [item for item in longer.items if item.index not in withdrawn]
-                return Ranking(kept[:n], longer.fallback)
+                if len(kept) >= n or len(longer.items) < ask:  # enough, or all there are
+                    return Ranking(kept[:n], longer.fallback)
             if allowed is None:
                 allowed = np.ones(len(self.arrays.item_ids), dtype=bool)
             else:

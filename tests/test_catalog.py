@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from flask.testing import FlaskClient
 
+from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.auth import mint, parse_api_keys
 from recsvc.bundle import load_current
@@ -186,3 +188,23 @@ def test_training_drops_unavailable_and_discontinued_items_from_every_list(
     assert listed and not {first, second} & listed
     anonymous = fresh.test_client().get("/v1/blocks/home_hero").json["products"]
     assert not {first, second} & {p["item_id"] for p in anonymous}
+
+
+@pytest.mark.parametrize("hidden", [1, 3, 45, 300])
+def test_hiding_items_ranks_as_a_mask_would(
+    sample_models: Path, tmp_path: Path, hidden: int
+) -> None:
+    """The shortlist path (ask for more, drop the hidden) and the mask agree, also when the
+    precomputed list runs out (45 of its 50 hidden) and beyond the shortlist (300)."""
+    service = service_of(
+        create_app(ServiceConfig(models_dir=sample_models, events_dir=tmp_path, auth=False))
+    )
+    ranker = service.model().ranker
+    for row in (3, 5, None):
+        top = [item.index for item in ranker.recommend_row(row, hidden + 20).items]
+        unavailable = np.array(sorted(top[:hidden]), dtype=np.int32)
+        mask = np.ones(len(ranker.arrays.item_ids), dtype=bool)
+        mask[unavailable] = False
+        got = ranker.recommend_row(row, 10, unavailable=unavailable).items
+        assert got == ranker.recommend_row(row, 10, allowed=mask).items
+        assert not set(unavailable.tolist()) & {item.index for item in got} and len(got) == 10
