@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.events import _append_durably
-from recsvc.logrecords import CatalogRecord
+from recsvc.logrecords import CatalogRecord, read_catalog_logs
 from recsvc.schemas import MAX_ITEM_ID_LENGTH, MAX_UNIT_PRICE
 from recsvc.store import CatalogOverlay
 from recsvc.text import text_problem, unsafe_character
@@ -33,7 +33,6 @@ from recsvc.text import text_problem, unsafe_character
 if TYPE_CHECKING:
     from recsvc.registry import ServedModel
 
-CATALOG_GLOB = "catalog-*.jsonl"
 MAX_TITLE_LENGTH = 500
 MAX_URL_LENGTH = 2000
 MAX_CATEGORIES = 20
@@ -133,39 +132,6 @@ class CatalogLog:
 
 def record_dict(record: CatalogRecord) -> dict[str, Any]:
     return {"item_id": record.item_id, "changes": record.changes, "received_at": record.received_at}
-
-
-def read_catalog_logs(directory: Path) -> list[CatalogRecord]:
-    """Every catalog record in ``directory``, in the order received (torn or foreign lines
-    skipped); the trainer reads them through ``catalog_state``."""
-    found: list[CatalogRecord] = []
-    for path in sorted(directory.glob(CATALOG_GLOB)):
-        try:
-            handle = path.open(encoding="utf-8")
-        except FileNotFoundError:
-            continue
-        with handle:
-            for line in handle:
-                try:
-                    raw = json.loads(line)
-                    record = CatalogRecord(
-                        item_id=str(raw["item_id"]),
-                        changes=dict(raw["changes"]),
-                        received_at=float(raw["received_at"]),
-                    )
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue
-                found.append(record)
-    found.sort(key=lambda record: record.received_at)
-    return found
-
-
-def catalog_state(records: list[CatalogRecord]) -> dict[str, dict[str, Any]]:
-    """Item id -> the fields as the last writes left them."""
-    items: dict[str, dict[str, Any]] = {}
-    for record in records:
-        items.setdefault(record.item_id, {}).update(record.changes)
-    return items
 
 
 def records_of(changes: list[tuple[str, dict[str, Any]]], now: float) -> list[CatalogRecord]:

@@ -32,6 +32,7 @@ from recsvc.errors import (
 )
 from recsvc.events import STORE_FILE, ErasureLog, Event, EventLog, logs_origin
 from recsvc.identity import request_aliases
+from recsvc.logrecords import catalog_state
 from recsvc.logs import CustomerHasher
 from recsvc.ratelimit import RateLimiter
 from recsvc.realtime import CustomerView, Realtime, Resolved
@@ -48,7 +49,7 @@ from recsvc.schemas import (
     Tier,
 )
 from recsvc.signals import customer_signals
-from recsvc.store import EMPTY_CATALOG, CatalogOverlay, EmbeddedStore, RedisStore, Store
+from recsvc.store import CatalogOverlay, EmbeddedStore, RedisStore, Store
 from recsvc.triggers import Key, live_since
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Service:
         # The overlay as last applied to a bundle: (model, overlay, result), rebuilt when
         # either changes.
         self._catalog: tuple[ServedModel, CatalogOverlay, ServedCatalog] | None = None
+        self._catalog_from_logs: CatalogOverlay | None = None
 
     @classmethod
     def start(
@@ -138,12 +140,20 @@ class Service:
         try:
             overlay = self.realtime.store.catalog()
         except StoreUnavailable:
-            overlay = EMPTY_CATALOG if cached is None else cached[1]
+            overlay = self._logged_catalog() if cached is None else cached[1]
         if cached is not None and cached[0] is model and cached[1] is overlay:
             return cached[2]
         served = ServedCatalog.of(model, overlay) if overlay.items else served_catalog(model)
         self._catalog = (model, overlay, served)
         return served
+
+    def _logged_catalog(self) -> CatalogOverlay:
+        """The overlay as this host's durable logs hold it, for a worker that started while
+        the store did not answer (read once)."""
+        if self._catalog_from_logs is None:
+            records = self.realtime.catalog_log.records()
+            self._catalog_from_logs = CatalogOverlay(-1, catalog_state(records))
+        return self._catalog_from_logs
 
     def set_items(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
         """Record catalog changes: the durable log first, then the store every worker reads.

@@ -166,7 +166,8 @@ class Store(Protocol):
 
     def catalog(self) -> CatalogOverlay:
         """The catalog overlay: the same object while no write changed it. Cheap when nothing
-        changed (no query on the embedded store, one GET on Redis)."""
+        changed (no query on the embedded store, one round trip to Redis). Raises
+        StoreNotRestored while the store is not restored."""
         ...
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
@@ -626,8 +627,13 @@ class RedisStore:
 
     def catalog(self) -> CatalogOverlay:
         def read() -> CatalogOverlay:
-            stamp = int(self.client.get(self._catalog_stamp_key) or 0)
-            if stamp == self._catalog.stamp:
+            pipeline = self.client.pipeline(transaction=False)
+            pipeline.get(self._catalog_stamp_key)
+            pipeline.exists(self._restored_key)
+            found, restored = pipeline.execute()
+            if not restored:
+                raise StoreNotRestored("redis lost its data; replaying the durable logs")
+            if int(found or 0) == self._catalog.stamp:
                 return self._catalog
             pipeline = self.client.pipeline(transaction=True)
             pipeline.get(self._catalog_stamp_key)

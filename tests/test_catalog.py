@@ -15,8 +15,9 @@ from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.auth import mint, parse_api_keys
 from recsvc.bundle import load_current
-from recsvc.catalog import read_catalog_logs
 from recsvc.config import ServiceConfig
+from recsvc.errors import StoreNotRestored
+from recsvc.logrecords import read_catalog_logs
 from tests.test_realtime_api import sample_config_copy
 from training.config import load_config
 from training.pipeline import train
@@ -208,3 +209,20 @@ def test_hiding_items_ranks_as_a_mask_would(
         got = ranker.recommend_row(row, 10, unavailable=unavailable).items
         assert got == ranker.recommend_row(row, 10, allowed=mask).items
         assert not set(unavailable.tolist()) & {item.index for item in got} and len(got) == 10
+
+
+def test_a_worker_whose_redis_lost_its_data_hides_what_the_logs_hide(
+    sample_models: Path, tmp_path: Path, clean_redis: str
+) -> None:
+    config = ServiceConfig(
+        models_dir=sample_models, events_dir=tmp_path, auth=False, redis_url=clean_redis
+    )
+    writer = create_app(config).test_client()
+    other = create_app(config).test_client()  # started before the loss, read nothing yet
+    customer = a_customer(sample_models)
+    top = recommended(writer, customer)[0]["item_id"]
+    writer.put(f"/v1/items/{top}", json={"available": False})
+    redis.Redis.from_url(clean_redis).flushdb()
+    with pytest.raises(StoreNotRestored):
+        service_of(other.application).store.catalog()
+    assert top not in [item["item_id"] for item in recommended(other, customer, n=50)]

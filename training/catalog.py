@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from recsvc.catalog import catalog_state, read_catalog_logs
+from recsvc.logrecords import catalog_state, read_catalog_logs
 from training.config import ItemRules
 
 
