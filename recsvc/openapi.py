@@ -56,7 +56,7 @@ class Operation:
     problems: tuple[int, ...] = ()
     html: bool = False  # also answers text/html (?format=html)
     request: type[msgspec.Struct] | None = None
-    unprocessable: bool = False  # 422 with the answer's body (POST /v1/events)
+    unprocessable: str = ""  # what a 422 with the answer's body means (POST /v1/events)
     notes: str = ""
     query: frozenset[str] = field(init=False)  # the query parameters it takes
 
@@ -211,7 +211,7 @@ EVENTS = Operation(
     scope="events:write",
     request=schemas.EventBatch,
     problems=(400, 401, 403, 413, 429, 503),
-    unprocessable=True,
+    unprocessable="every event rejected",
     notes="valid events of a mixed batch are applied",
 )
 ITEM = Operation(
@@ -223,7 +223,7 @@ ITEM = Operation(
     parameters=(Parameter("item_id", "path", {"type": "string", "maxLength": 64}),),
     request=schemas.ItemChange,
     problems=(400, 401, 403, 413, 429, 503),
-    unprocessable=True,
+    unprocessable="the change is invalid (each problem named); nothing applied",
     notes="available=false hides the item from every list at once; fields not given keep "
     "their value; an item new to the catalog is listed only after the next training",
 )
@@ -235,7 +235,7 @@ CATALOG = Operation(
     scope="catalog:write",
     request=schemas.CatalogBatch,
     problems=(400, 401, 403, 413, 429, 503),
-    unprocessable=True,
+    unprocessable="every item rejected",
     notes="valid items of a mixed batch are applied",
 )
 TRIGGERS = Operation(
@@ -305,7 +305,7 @@ def _operation(operation: Operation) -> dict[str, Any]:
         content["text/html"] = {"schema": {"type": "string"}}
     responses: dict[str, Any] = {"200": {"description": operation.summary, "content": content}}
     if operation.unprocessable:
-        responses["422"] = {"description": "every event rejected", "content": content}
+        responses["422"] = {"description": operation.unprocessable, "content": content}
     for status in operation.problems:
         responses[str(status)] = {"$ref": f"#/components/responses/Problem{status}"}
     responses.update(SERVER_LIMITS)
