@@ -24,19 +24,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from recsvc.events import _append_durably
+from recsvc.events import append_durably
 from recsvc.logrecords import CatalogRecord, read_catalog_logs
-from recsvc.schemas import MAX_ITEM_ID_LENGTH, MAX_UNIT_PRICE
+from recsvc.schemas import (
+    MAX_CATEGORIES,
+    MAX_CATEGORY_LENGTH,
+    MAX_ITEM_ID_LENGTH,
+    MAX_TITLE_LENGTH,
+    MAX_UNIT_PRICE,
+    MAX_URL_LENGTH,
+)
 from recsvc.store import CatalogOverlay
 from recsvc.text import text_problem, unsafe_character
 
 if TYPE_CHECKING:
     from recsvc.registry import ServedModel
 
-MAX_TITLE_LENGTH = 500
-MAX_URL_LENGTH = 2000
-MAX_CATEGORIES = 20
-MAX_CATEGORY_LENGTH = 100
 FIELDS = ("available", "price", "title", "url", "image", "categories")
 
 
@@ -71,10 +74,14 @@ def parse_change(raw: Any, with_id: bool) -> tuple[str, dict[str, Any], list[str
         if isinstance(price, bool) or not isinstance(price, int | float):
             errors.append("price: must be a number")
         elif not math.isfinite(price) or not 0 <= price <= MAX_UNIT_PRICE:
-            errors.append(f"price: must be from 0 to {MAX_UNIT_PRICE:g}")
+            errors.append(f"price: must be from 0 to {MAX_UNIT_PRICE:.0f}")
         else:
             fields["price"] = float(price)
-    for name, limit in (("title", MAX_TITLE_LENGTH), ("url", MAX_URL_LENGTH), ("image", 2000)):
+    for name, limit in (
+        ("title", MAX_TITLE_LENGTH),
+        ("url", MAX_URL_LENGTH),
+        ("image", MAX_URL_LENGTH),
+    ):
         if name in raw:
             value = raw[name]
             if not isinstance(value, str) or not value.strip():
@@ -123,7 +130,7 @@ class CatalogLog:
             lines = "".join(
                 json.dumps(record_dict(r), separators=(",", ":")) + "\n" for r in records
             )
-            _append_durably(self.path, lines, self._lock)
+            append_durably(self.path, lines, self._lock)
 
     def records(self) -> list[CatalogRecord]:
         """Every record of every process's log in the directory, oldest first."""

@@ -23,6 +23,10 @@ MAX_UNIT_PRICE = 1e7
 MAX_EVENT_ID_LENGTH = 128
 MAX_ITEM_ID_LENGTH = 64
 MAX_SOURCE_LENGTH = 64
+MAX_TITLE_LENGTH = 500  # a catalog write's title
+MAX_URL_LENGTH = 2000  # a catalog write's url and image
+MAX_CATEGORIES = 20  # names in a catalog write's categories
+MAX_CATEGORY_LENGTH = 100
 DEFAULT_EVENT_SOURCE = "api"
 
 ContentKind = Literal["banner", "article", "offer"]
@@ -325,10 +329,16 @@ class ItemChange(Body, forbid_unknown_fields=True):
 
     available: bool | UnsetType = UNSET  # false: out of stock or discontinued
     price: Annotated[float, Meta(ge=0, le=MAX_UNIT_PRICE)] | UnsetType = UNSET
-    title: Annotated[str, Meta(min_length=1, max_length=500)] | UnsetType = UNSET
-    url: Annotated[str, Meta(min_length=1, max_length=2000)] | UnsetType = UNSET
-    image: Annotated[str, Meta(min_length=1, max_length=2000)] | UnsetType = UNSET
-    categories: Annotated[list[str], Meta(max_length=20)] | UnsetType = UNSET
+    title: Annotated[str, Meta(min_length=1, max_length=MAX_TITLE_LENGTH)] | UnsetType = UNSET
+    url: Annotated[str, Meta(min_length=1, max_length=MAX_URL_LENGTH)] | UnsetType = UNSET
+    image: Annotated[str, Meta(min_length=1, max_length=MAX_URL_LENGTH)] | UnsetType = UNSET
+    categories: (
+        Annotated[
+            list[Annotated[str, Meta(min_length=1, max_length=MAX_CATEGORY_LENGTH)]],
+            Meta(max_length=MAX_CATEGORIES),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class CatalogItem(ItemChange, forbid_unknown_fields=True, kw_only=True):

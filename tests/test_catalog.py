@@ -113,7 +113,7 @@ def test_bad_catalog_writes_are_422_per_item_and_valid_ones_apply(client: FlaskC
     assert put.status_code == 422
     assert put.json["rejected"][0]["errors"] == [
         "item_id: unknown field",
-        "price: must be from 0 to 1e+07",
+        "price: must be from 0 to 10000000",
     ]
     for body in (None, [], {"items": []}, {"items": [{}] * 1001}, {"items": [], "x": 1}):
         response = client.post("/v1/catalog", json=body)
