@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from recsvc.errors import AuthError, Forbidden
 
-SCOPES = ("blocks:read", "recs:read", "events:write", "metrics:read", "admin")
+SCOPES = ("blocks:read", "recs:read", "events:write", "catalog:write", "metrics:read", "admin")
 # A key with the scope on the left may also do what the scopes on the right allow. blocks:read
 # is the publishable scope for website pages: it reads rendered blocks only.
 IMPLIED = {"admin": set(SCOPES), "recs:read": {"blocks:read"}}

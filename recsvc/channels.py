@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import numpy as np
 from numpy.typing import NDArray
 
+from recsvc.catalog import ServedCatalog
 from recsvc.errors import UnknownCategory, UnknownSlot
 from recsvc.manifest import Channels
 from recsvc.ranker import RankedItem
@@ -45,15 +46,21 @@ def absolute(url: str, base_url: str) -> str:
     return url if url.startswith(("http://", "https://")) else base_url + "/" + url.lstrip("/")
 
 
-def product_card(model: ServedModel, item: RankedItem, link_query: str = "") -> dict[str, Any]:
+def product_card(
+    model: ServedModel,
+    item: RankedItem,
+    link_query: str = "",
+    catalog: ServedCatalog | None = None,
+) -> dict[str, Any]:
     """An item as channels show it: metadata and absolute links, the product link followed by
-    ``link_query`` (e.g. ``?utm_source=...`` for email)."""
+    ``link_query`` (e.g. ``?utm_source=...`` for email); prices and titles as ``catalog``
+    changed them."""
     settings = channels(model)
     item_id = model.item_ids[item.index]
-    price = model.prices[item.index]
+    price = (catalog or model).prices[item.index]
     return {
         "item_id": item_id,
-        "title": model.titles[item.index],
+        "title": (catalog or model).titles[item.index],
         "price": None if price is None else round(price, 2),
         "categories": model.item_categories[item.index],
         "url": settings.base_url + settings.product_path.format(item_id=item_id) + link_query,
@@ -146,6 +153,7 @@ def block(
     slot: str,
     today: date,
     category: NDArray[np.bool_] | None = None,
+    catalog: ServedCatalog | None = None,
 ) -> dict[str, Any]:
     """A website slot: content items and product cards for the customer."""
     slots = channels(model).slots
@@ -159,6 +167,7 @@ def block(
         view.deltas,
         tiers.index(view.window_spend),
         allowed=category,
+        unavailable=None if catalog is None else catalog.unavailable,
     )
     return {
         "slot": slot,
@@ -168,7 +177,7 @@ def block(
         "degraded": view.degraded,
         "tier": tier,
         "content": choose_content(model, view, tier["name"], slots[slot].content, today),
-        "products": [product_card(model, item) for item in ranking.items],
+        "products": [product_card(model, item, catalog=catalog) for item in ranking.items],
     }
 
 
@@ -193,13 +202,19 @@ def email_picks(
     send_id: str,
     n: int,
     allowed: NDArray[np.bool_] | None = None,
+    catalog: ServedCatalog | None = None,
 ) -> dict[str, Any]:
     """Fresh picks for one send (the caller snapshots them: see ``snapshot_key``), among the
     ``allowed`` items (None: all)."""
     settings = channels(model)
     tiers = model.ranker.tiers
     ranking = model.ranker.recommend_row(
-        view.row, n, view.deltas, tiers.index(view.window_spend), allowed=allowed
+        view.row,
+        n,
+        view.deltas,
+        tiers.index(view.window_spend),
+        allowed=allowed,
+        unavailable=None if catalog is None else catalog.unavailable,
     )
     utm = {name: value.format(send_id=send_id) for name, value in settings.utm.items()}
     link_query = "?" + urlencode(utm) if utm else ""
@@ -211,7 +226,7 @@ def email_picks(
         "fallback": ranking.fallback,
         "tier": tiers.describe(view.window_spend),
         "currency_symbol": settings.currency_symbol,
-        "items": [product_card(model, item, link_query) for item in ranking.items],
+        "items": [product_card(model, item, link_query, catalog) for item in ranking.items],
     }
 
 

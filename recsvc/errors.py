@@ -5,7 +5,7 @@ RecsvcError
 │                          training.errors.ConfigError is this one too
 ├── InvalidParameter       a request parameter the core checks is wrong (names it)
 │   └── UnknownCategory    a category the bundle's catalog does not have
-├── BatchError             a POST /v1/events body is not a batch of events at all
+├── BatchError             a POST /v1/events or catalog-write body is not a batch at all
 ├── AuthError              the API key is missing or invalid (401) ...
 │   └── Forbidden          ... or valid but lacks the scope (403)
 ├── RateLimited            the API key is over its rate limit (says when to retry)
@@ -52,7 +52,7 @@ class UnknownCategory(InvalidParameter):
 
 
 class BatchError(RecsvcError):
-    """The request body is not a batch of events at all."""
+    """The request body is not a batch of events (or of catalog changes) at all."""
 
 
 class AuthError(RecsvcError):

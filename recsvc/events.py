@@ -170,7 +170,7 @@ class EventLog:
         lines = "".join(
             json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records
         )
-        _append_durably(self.path, lines, self._lock)
+        append_durably(self.path, lines, self._lock)
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record of every process's log in the directory (for replay), skipping a
@@ -258,7 +258,7 @@ class ErasureLog:
             customer_keys=tuple(sorted(customer_keys)),
         )
         line = json.dumps(msgspec.structs.asdict(record), separators=(",", ":"))
-        _append_durably(self.path, line + "\n", self._lock)
+        append_durably(self.path, line + "\n", self._lock)
         self._checked_at = -1e9  # this process sees its own erasure at once
 
     def current(self, fresh: bool = False) -> Erasures:
@@ -310,7 +310,8 @@ def _locked(path: Path) -> int:
         os.close(descriptor)
 
 
-def _append_durably(path: Path, text: str, lock: threading.Lock) -> None:
+def append_durably(path: Path, text: str, lock: threading.Lock) -> None:
+    """Append ``text`` under the file's lock and fsync it (every durable log does so)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with lock:
         descriptor = _locked(path)

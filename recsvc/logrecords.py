@@ -1,13 +1,20 @@
 """The service's durable logs as the trainer reads them back: one record type per log.
 
 The service appends an ``EventRecord`` per accepted event to its event log and an
-``ErasureRecord`` per erasure to its erasure list (recsvc.events); the trainer reads both
-(training.sources, training.merge) by these field names. No Flask, no redis: both sides import it.
+``ErasureRecord`` per erasure to its erasure list (recsvc.events) and a ``CatalogRecord`` per
+catalog change to its catalog log (recsvc.catalog); the trainer reads them (training.sources,
+training.merge, training.catalog) by these field names. No Flask, no redis: both sides import it.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import msgspec
+
+CATALOG_GLOB = "catalog-*.jsonl"
 
 
 class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,3 +44,44 @@ ALIAS_DIGESTS = "alias_digests"
 CUSTOMER_KEYS = "customer_keys"
 assert {RECEIVED_AT} <= set(EVENT_FIELDS)
 assert {ALIAS_DIGESTS, CUSTOMER_KEYS} <= set(ErasureRecord.__struct_fields__)
+
+
+class CatalogRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the catalog log (catalog-*.jsonl): an item's fields as one write set them."""
+
+    item_id: str
+    changes: dict[str, object]  # some of available, price, title, url, image, categories
+    received_at: float  # seconds since the epoch
+
+
+def read_catalog_logs(directory: Path) -> list[CatalogRecord]:
+    """Every catalog record in ``directory``, in the order received (torn or foreign lines
+    skipped); the trainer reads them through ``catalog_state``."""
+    found: list[CatalogRecord] = []
+    for path in sorted(directory.glob(CATALOG_GLOB)):
+        try:
+            handle = path.open(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        with handle:
+            for line in handle:
+                try:
+                    raw = json.loads(line)
+                    record = CatalogRecord(
+                        item_id=str(raw["item_id"]),
+                        changes=dict(raw["changes"]),
+                        received_at=float(raw["received_at"]),
+                    )
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue
+                found.append(record)
+    found.sort(key=lambda record: record.received_at)
+    return found
+
+
+def catalog_state(records: list[CatalogRecord]) -> dict[str, dict[str, Any]]:
+    """Item id -> the fields as the last writes left them."""
+    items: dict[str, dict[str, Any]] = {}
+    for record in records:
+        items.setdefault(record.item_id, {}).update(record.changes)
+    return items

@@ -47,7 +47,7 @@ class Operation:
     """One endpoint. ``answer`` is the 200 body: a Struct, a tuple of Structs (one of them),
     or a media type whose body is not JSON. ``scope`` None: no key needed."""
 
-    method: Literal["get", "post", "delete"]
+    method: Literal["get", "post", "put", "delete"]
     path: str
     answer: type[msgspec.Struct] | tuple[type[msgspec.Struct], ...] | str
     summary: str
@@ -56,7 +56,7 @@ class Operation:
     problems: tuple[int, ...] = ()
     html: bool = False  # also answers text/html (?format=html)
     request: type[msgspec.Struct] | None = None
-    unprocessable: bool = False  # 422 with the answer's body (POST /v1/events)
+    unprocessable: str = ""  # what a 422 with the answer's body means (POST /v1/events)
     notes: str = ""
     query: frozenset[str] = field(init=False)  # the query parameters it takes
 
@@ -232,8 +232,32 @@ EVENTS = Operation(
     scope="events:write",
     request=schemas.EventBatch,
     problems=(400, 401, 403, 413, 429, 503),
-    unprocessable=True,
+    unprocessable="every event rejected",
     notes="valid events of a mixed batch are applied",
+)
+ITEM = Operation(
+    "put",
+    "/v1/items/{item_id}",
+    schemas.CatalogResult,
+    "the change is applied to every worker",
+    scope="catalog:write",
+    parameters=(Parameter("item_id", "path", {"type": "string", "maxLength": 64}),),
+    request=schemas.ItemChange,
+    problems=(400, 401, 403, 413, 429, 503),
+    unprocessable="the change is invalid (each problem named); nothing applied",
+    notes="available=false hides the item from every list at once; fields not given keep "
+    "their value; an item new to the catalog is listed only after the next training",
+)
+CATALOG = Operation(
+    "post",
+    "/v1/catalog",
+    schemas.CatalogResult,
+    "per-item outcome",
+    scope="catalog:write",
+    request=schemas.CatalogBatch,
+    problems=(400, 401, 403, 413, 429, 503),
+    unprocessable="every item rejected",
+    notes="valid items of a mixed batch are applied",
 )
 TRIGGERS = Operation(
     "get",
@@ -267,6 +291,8 @@ OPERATIONS = (
     EMAIL_PICKS,
     VISITOR_TOKENS,
     EVENTS,
+    ITEM,
+    CATALOG,
     TRIGGERS,
 )
 
@@ -300,7 +326,7 @@ def _operation(operation: Operation) -> dict[str, Any]:
         content["text/html"] = {"schema": {"type": "string"}}
     responses: dict[str, Any] = {"200": {"description": operation.summary, "content": content}}
     if operation.unprocessable:
-        responses["422"] = {"description": "every event rejected", "content": content}
+        responses["422"] = {"description": operation.unprocessable, "content": content}
     for status in operation.problems:
         responses[str(status)] = {"$ref": f"#/components/responses/Problem{status}"}
     responses.update(SERVER_LIMITS)

@@ -31,6 +31,8 @@ from recsvc.bundle import OWNED_QUANTITY, BundleArrays
 from recsvc.identity import AliasIndex, IdentityKey, IdentityRules
 from recsvc.policy import TierTable
 
+UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper than asking more
+
 
 # Not frozen: built for every request, and a frozen dataclass's __init__ costs about three
 # times as much.
@@ -48,6 +50,9 @@ class Ranking:
     items: list[RankedItem]
     fallback: bool
     scope: str | None = None
+
+
+UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper
 
 
 class Ranker:
@@ -139,10 +144,30 @@ class Ranker:
         policy: bool = True,
         allowed: NDArray[np.bool_] | None = None,
         scopes: tuple[str, ...] = (),
+        unavailable: NDArray[np.int32] | None = None,
     ) -> Ranking:
-        """``allowed`` (a mask over items) limits the candidates, e.g. to one category.
-        ``scopes``: the segments whose best sellers a customer unknown to the model gets,
-        the first the bundle has a list for ("country:Germany", any case); else all."""
+        """``allowed`` (a mask over items) limits the candidates, e.g. to one category;
+        ``unavailable`` (item indices) are never listed. ``scopes``: the segments whose best
+        sellers a customer unknown to the model gets, the first the bundle has a list for
+        ("country:Germany", any case); else all."""
+        if unavailable is not None and len(unavailable):
+            if allowed is None and len(unavailable) <= UNAVAILABLE_SHORTLIST:
+                # Ask for more and drop the hidden ones; no more than the precomputed list
+                # holds, which keeps the fast path, unless that leaves fewer than n.
+                ask = n + len(unavailable)
+                width = self.arrays.candidate_items.shape[1]
+                if width >= n:
+                    ask = min(ask, width)
+                longer = self.recommend_row(row, ask, deltas, tier, policy, scopes=scopes)
+                withdrawn = set(unavailable.tolist())
+                kept = [item for item in longer.items if item.index not in withdrawn]
+                if len(kept) >= n or len(longer.items) < ask:  # enough, or all there are
+                    return Ranking(kept[:n], longer.fallback, longer.scope)
+            if allowed is None:
+                allowed = np.ones(len(self.arrays.item_ids), dtype=bool)
+            else:
+                allowed = allowed.copy()
+            allowed[unavailable] = False
         deltas = deltas or {}
         if row is not None and policy and tier == self.trained_tier[row]:
             fast = self._from_candidates(row, n, deltas, allowed)

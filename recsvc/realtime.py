@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 
 from recsvc import policy
+from recsvc.catalog import CatalogLog
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
 from recsvc.identity import CANONICAL, IdentityKey, request_aliases
@@ -87,6 +88,7 @@ class Realtime:
         self.key = key
         self.event_log = event_log
         self.erasures = erasures
+        self.catalog_log = CatalogLog(event_log.directory)
         self.clock = clock
         self._row_keys: dict[tuple[str, int], str] = {}  # (bundle version, row) -> store key
         # Rows of the served bundle that the erasure list names, per (version, list state).
@@ -405,7 +407,8 @@ class Realtime:
 
     def restore(self, model: ServedModel) -> bool:
         """Replay the durable logs into a store that lost its data (a Redis restarted empty):
-        erasures first, then every event still inside the retention window, each at most once.
+        erasures first, then every event still inside the retention window, each at most once,
+        then the catalog changes in the order received.
         One process of the host does it (a lock file beside the logs); True once restored."""
         try:
             if self.store.restored():
@@ -463,6 +466,9 @@ class Realtime:
                 replayed += self.store.apply(batch, restoring=True).count(Applied.NEW)
                 batch = []
         replayed += self.store.apply(batch, restoring=True).count(Applied.NEW)
+        changes = [(r.item_id, dict(r.changes)) for r in self.catalog_log.records()]
+        for start in range(0, len(changes), REPLAY_BATCH):
+            self.store.set_items(changes[start : start + REPLAY_BATCH])
         return replayed
 
     def restore_soon(self, model: ServedModel) -> None:

@@ -23,6 +23,10 @@ MAX_UNIT_PRICE = 1e7
 MAX_EVENT_ID_LENGTH = 128
 MAX_ITEM_ID_LENGTH = 64
 MAX_SOURCE_LENGTH = 64
+MAX_TITLE_LENGTH = 500  # a catalog write's title
+MAX_URL_LENGTH = 2000  # a catalog write's url and image
+MAX_CATEGORIES = 20  # names in a catalog write's categories
+MAX_CATEGORY_LENGTH = 100
 DEFAULT_EVENT_SOURCE = "api"
 
 ContentKind = Literal["banner", "article", "offer"]
@@ -319,6 +323,47 @@ class EventResult(Body):
     accepted: list[str]
     duplicates: list[str]
     rejected: list[Rejection]
+
+
+# Catalog changes (recsvc.catalog checks them field by field, every problem named)
+
+
+class ItemChange(Body, forbid_unknown_fields=True):
+    """What PUT /v1/items/<item_id> takes: any of these fields, at least one."""
+
+    available: bool | UnsetType = UNSET  # false: out of stock or discontinued
+    price: Annotated[float, Meta(ge=0, le=MAX_UNIT_PRICE)] | UnsetType = UNSET
+    title: Annotated[str, Meta(min_length=1, max_length=MAX_TITLE_LENGTH)] | UnsetType = UNSET
+    url: Annotated[str, Meta(min_length=1, max_length=MAX_URL_LENGTH)] | UnsetType = UNSET
+    image: Annotated[str, Meta(min_length=1, max_length=MAX_URL_LENGTH)] | UnsetType = UNSET
+    categories: (
+        Annotated[
+            list[Annotated[str, Meta(min_length=1, max_length=MAX_CATEGORY_LENGTH)]],
+            Meta(max_length=MAX_CATEGORIES),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class CatalogItem(ItemChange, forbid_unknown_fields=True, kw_only=True):
+    """One item of POST /v1/catalog."""
+
+    item_id: ItemId
+
+
+class CatalogBatch(Body):
+    items: Annotated[list[CatalogItem], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class CatalogRejection(Body):
+    index: int
+    item_id: str | None
+    errors: list[str]
+
+
+class CatalogResult(Body):
+    accepted: list[str]  # item ids, changes applied to every worker
+    rejected: list[CatalogRejection]
 
 
 # CRM triggers

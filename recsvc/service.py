@@ -20,6 +20,7 @@ import msgspec
 
 from recsvc import channels, defaults, tokens
 from recsvc.auth import Authenticator
+from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
 from recsvc.errors import (
     InvalidParameter,
@@ -30,6 +31,7 @@ from recsvc.errors import (
 from recsvc.events import STORE_FILE, ErasureLog, Event, EventLog, logs_origin
 from recsvc.filters import NO_FILTER, ItemFilter
 from recsvc.identity import request_aliases
+from recsvc.logrecords import catalog_state
 from recsvc.logs import CustomerHasher
 from recsvc.ratelimit import RateLimiter
 from recsvc.realtime import CustomerView, Realtime, Resolved
@@ -46,7 +48,7 @@ from recsvc.schemas import (
     Tier,
 )
 from recsvc.signals import customer_signals
-from recsvc.store import EmbeddedStore, RedisStore, Store
+from recsvc.store import CatalogOverlay, EmbeddedStore, RedisStore, Store
 from recsvc.triggers import Key, live_since
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,10 @@ class Service:
         self.authenticator = authenticator  # None: RECSVC_AUTH=off
         self.limiter = limiter
         self.hasher = hasher
+        # The overlay as last applied to a bundle: (model, overlay, result), rebuilt when
+        # either changes.
+        self._catalog: tuple[ServedModel, CatalogOverlay, ServedCatalog] | None = None
+        self._catalog_from_logs: CatalogOverlay | None = None
 
     @classmethod
     def start(
@@ -124,6 +130,47 @@ class Service:
             raise NoModelLoaded(self.registry.last_error or "no bundle yet")
         return model
 
+    # Catalog
+
+    def catalog(self, model: ServedModel) -> ServedCatalog:
+        """The catalog overlay applied to ``model``, as the store holds it now. A store that
+        does not answer leaves the last overlay read in force."""
+        cached = self._catalog
+        try:
+            overlay = self.realtime.store.catalog()
+        except StoreUnavailable:
+            overlay = self._logged_catalog() if cached is None else cached[1]
+        if cached is not None and cached[0] is model and cached[1] is overlay:
+            return cached[2]
+        served = ServedCatalog.of(model, overlay) if overlay.items else served_catalog(model)
+        self._catalog = (model, overlay, served)
+        return served
+
+    def _logged_catalog(self) -> CatalogOverlay:
+        """The overlay as this host's durable logs hold it, for a worker that started while
+        the store did not answer (read once)."""
+        if self._catalog_from_logs is None:
+            records = self.realtime.catalog_log.records()
+            self._catalog_from_logs = CatalogOverlay(-1, catalog_state(records))
+        return self._catalog_from_logs
+
+    def set_items(self, changes: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record catalog changes: the durable log first, then the store every worker reads.
+        StoreUnavailable when the store could not take them (they are in the log; a retry
+        writes the same again, which changes nothing twice)."""
+        if not changes:
+            return
+        try:
+            self.realtime.catalog_log.append(records_of(changes, time.time()))
+        except OSError:
+            raise StoreUnavailable("catalog changes cannot be recorded now; retry") from None
+        try:
+            self.realtime.store.set_items(changes)
+        except StoreUnavailable:
+            raise StoreUnavailable(
+                "catalog changes are logged but not yet applied to the store; retry"
+            ) from None
+
     # Customers
 
     def resolve(self, model: ServedModel, key: str) -> Resolved:
@@ -169,10 +216,17 @@ class Service:
         if tier > 0:
             scopes += (f"tier:{tiers.names[tier]}",)
         mask = filters.mask(model)
+        catalog = self.catalog(model)
         ranking = ranker.recommend_row(
-            customer.row, n, customer.deltas, tier, allowed=mask, scopes=scopes
+            customer.row,
+            n,
+            customer.deltas,
+            tier,
+            allowed=mask,
+            scopes=scopes,
+            unavailable=catalog.unavailable,
         )
-        item_ids, titles, prices = model.item_ids, model.titles, model.prices
+        item_ids, titles, prices = model.item_ids, catalog.titles, catalog.prices
         return Recommendations(
             customer.customer_id or key,
             model.version,
@@ -222,7 +276,8 @@ class Service:
         UnknownSlot, UnknownCategory. See ``channels.public_block`` for a publishable key."""
         mask = filters.mask(model)
         customer = anonymous() if key is None else self.realtime.view(model, key)
-        return channels.block(model, customer, key, slot, today or datetime.now(UTC).date(), mask)
+        today = today or datetime.now(UTC).date()
+        return channels.block(model, customer, key, slot, today, mask, self.catalog(model))
 
     def visitor_proven(self, key: str, token: str | None) -> bool:
         """Whether ``token`` is a valid visitor token for ``key`` (see recsvc.tokens)."""
@@ -239,7 +294,10 @@ class Service:
         if not 1 <= n <= defaults.EMAIL_MAX_N:
             raise InvalidParameter("n", f"must be between 1 and {defaults.EMAIL_MAX_N}, got {n}")
         customer = self.realtime.view(model, key)
-        answer = channels.email_picks(model, customer, key, send_id, n, filters.mask(model))
+        catalog = self.catalog(model)
+        answer = channels.email_picks(
+            model, customer, key, send_id, n, filters.mask(model), catalog
+        )
         # Kept without the customer's id or key (it may be an address): the store holds the
         # snapshot under a digest, and the answer names the customer as asked.
         fresh = channels.dumps({**answer, "customer_id": ""})
@@ -254,7 +312,12 @@ class Service:
         except StoreUnavailable:
             kept, degraded = fresh, True
         picks = msgspec.json.decode(kept, type=EmailPicks)
-        return msgspec.structs.replace(picks, customer_id=answer["customer_id"], degraded=degraded)
+        picks = msgspec.structs.replace(picks, customer_id=answer["customer_id"], degraded=degraded)
+        if len(catalog.unavailable):  # a kept snapshot may name an item withdrawn since
+            hidden = {model.item_ids[index] for index in catalog.unavailable.tolist()}
+            shown = [item for item in picks.items if item.item_id not in hidden]
+            return msgspec.structs.replace(picks, items=shown)
+        return picks
 
     def triggers_page(
         self,

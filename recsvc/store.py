@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -48,6 +49,8 @@ RESTORED_KEY = "{prefix}:restored:{origin}"  # set once the logs of one events d
 TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
 SNAPSHOT_KEY = "{prefix}:snapshot:{customer}:{send}"  # email picks of one send, with a TTL
 RATE_KEY = "{prefix}:rate:{bucket}"  # an API key's rate-limit state (GCRA), with a TTL
+CATALOG_KEY = "{prefix}:catalog"  # hash: JSON [item id, field] -> JSON value
+CATALOG_STAMP_KEY = "{prefix}:catalog:stamp"  # bumped by every catalog write
 
 
 def customer_key(key: IdentityKey, alias: str) -> str:
@@ -78,6 +81,37 @@ class Applied(IntEnum):
     DUPLICATE = 0
     NEW = 1
     ERASED = 2  # the customer was erased; nothing stored
+
+
+@dataclass(frozen=True)
+class CatalogOverlay:
+    """The catalog changes written since training: item id -> field -> value (JSON values:
+    ``available``, ``price``, ``title``, ``url``, ``image``, ``categories``). A store hands
+    back the same object until a write changes it, so callers may cache what they derive from
+    it by identity."""
+
+    stamp: int  # changes with every catalog write; 0: never written
+    items: dict[str, dict[str, Any]]
+
+
+EMPTY_CATALOG = CatalogOverlay(0, {})
+
+
+def _catalog_rows(changes: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    """(field key, value) pairs as both stores keep them: JSON ``[item, field]`` -> JSON."""
+    return [
+        (json.dumps([item, name], separators=(",", ":")), json.dumps(value))
+        for item, fields in changes
+        for name, value in sorted(fields.items())
+    ]
+
+
+def _catalog_items(rows: Iterator[tuple[str | bytes, str | bytes]]) -> dict[str, dict[str, Any]]:
+    items: dict[str, dict[str, Any]] = {}
+    for key, value in rows:
+        item, name = json.loads(key)
+        items.setdefault(item, {})[name] = json.loads(value)
+    return items
 
 
 @dataclass(slots=True)  # not frozen: built for every request, and frozen costs 3x to build
@@ -128,6 +162,16 @@ class Store(Protocol):
     def mark_restored(self) -> None:
         """Record that the durable logs were replayed into the store."""
 
+    def set_items(self, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Merge (item id, fields) changes into the catalog overlay, atomically; a field
+        written again takes the new value. Idempotent, so a replay may repeat a write."""
+
+    def catalog(self) -> CatalogOverlay:
+        """The catalog overlay: the same object while no write changed it. Cheap when nothing
+        changed (no query on the embedded store, one round trip to Redis). Raises
+        StoreNotRestored while the store is not restored."""
+        ...
+
     def take(self, bucket: str, rate: float, burst: int) -> float:
         """Take one request from ``bucket`` (``rate`` per second, up to ``burst`` at once):
         0.0 if allowed, else the seconds until one would be."""
@@ -165,6 +209,10 @@ class EmbeddedStore:
     -- customers have any state at all (most have none), without a query per request.
     CREATE TABLE IF NOT EXISTS touched (
         id INTEGER PRIMARY KEY AUTOINCREMENT, customer TEXT NOT NULL, at REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS catalog (field TEXT PRIMARY KEY, value TEXT NOT NULL)
+        WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS catalog_stamp (one INTEGER PRIMARY KEY CHECK (one = 1),
+        stamp INTEGER NOT NULL);
     """
     PURGE_EVERY_SECONDS = 60.0  # how often a writer drops what is past the retention
     CACHED_STATES = 65536  # customer states a thread keeps while nothing changes
@@ -206,6 +254,7 @@ class EmbeddedStore:
             local.connection, local.pid = connection, os.getpid()
             local.version, local.states, local.known, local.touched = None, {}, set(), 0
             local.header = None  # the wal-index header, mapped at the first read
+            local.catalog_version, local.catalog = None, EMPTY_CATALOG
         found: sqlite3.Connection = local.connection
         return found
 
@@ -302,6 +351,39 @@ class EmbeddedStore:
         if any(event.received_at <= horizon for event in state.events):
             return CustomerState([e for e in state.events if e.received_at > horizon], False)
         return CustomerState(list(state.events), state.erased)
+
+    def set_items(self, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        if not changes:
+            return
+        with self._transaction() as connection:
+            connection.executemany(
+                "INSERT INTO catalog VALUES (?, ?) ON CONFLICT (field) DO UPDATE "
+                "SET value = excluded.value",
+                _catalog_rows(changes),
+            )
+            connection.execute(
+                "INSERT INTO catalog_stamp VALUES (1, 1) "
+                "ON CONFLICT (one) DO UPDATE SET stamp = stamp + 1"
+            )
+        self._local.catalog_version = None  # data_version does not count this one's commits
+
+    def catalog(self) -> CatalogOverlay:
+        connection = self._connection()
+        local = self._local
+        try:
+            version = self._version(connection)
+            if version == local.catalog_version:
+                found: CatalogOverlay = local.catalog
+                return found
+            row = connection.execute("SELECT stamp FROM catalog_stamp").fetchone()
+            stamp = 0 if row is None else int(row[0])
+            if stamp != local.catalog.stamp:
+                rows = connection.execute("SELECT field, value FROM catalog").fetchall()
+                local.catalog = CatalogOverlay(stamp, _catalog_items(iter(rows)))
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"embedded store {self.path}: {error}") from error
+        local.catalog_version = version
+        return local.catalog  # type: ignore[no-any-return]
 
     def _version(self, connection: sqlite3.Connection) -> object:
         """A value that changes whenever any connection commits: the first copy of the
@@ -530,6 +612,42 @@ class RedisStore:
         self._down_until = 0.0
         self._apply = self.client.register_script(_APPLY_SCRIPT)
         self._take = self.client.register_script(_TAKE_SCRIPT)
+        self._catalog_key = CATALOG_KEY.format(prefix=prefix)
+        self._catalog_stamp_key = CATALOG_STAMP_KEY.format(prefix=prefix)
+        self._catalog = EMPTY_CATALOG
+
+    def set_items(self, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        if not changes:
+            return
+
+        def write() -> None:
+            pipeline = self.client.pipeline(transaction=True)
+            pipeline.hset(self._catalog_key, mapping=dict(_catalog_rows(changes)))
+            # A random stamp, not a counter: a Redis that lost its data and was replayed must
+            # not come back to a stamp a reader cached with other contents.
+            pipeline.set(self._catalog_stamp_key, secrets.randbits(62) + 1)
+            pipeline.execute()
+
+        self._call(write)
+
+    def catalog(self) -> CatalogOverlay:
+        def read() -> CatalogOverlay:
+            pipeline = self.client.pipeline(transaction=False)
+            pipeline.get(self._catalog_stamp_key)
+            pipeline.exists(self._restored_key)
+            found, restored = pipeline.execute()
+            if not restored:
+                raise StoreNotRestored("redis lost its data; replaying the durable logs")
+            if int(found or 0) == self._catalog.stamp:
+                return self._catalog
+            pipeline = self.client.pipeline(transaction=True)
+            pipeline.get(self._catalog_stamp_key)
+            pipeline.hgetall(self._catalog_key)
+            stamp_now, rows = pipeline.execute()
+            self._catalog = CatalogOverlay(int(stamp_now or 0), _catalog_items(iter(rows.items())))
+            return self._catalog
+
+        return self._call(read)
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
         key = RATE_KEY.format(prefix=self.prefix, bucket=bucket)

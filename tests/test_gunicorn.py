@@ -55,3 +55,35 @@ def test_served_by_gunicorn(gunicorn_url: str, sample_models: Path) -> None:
 
     status, body = get(f"{gunicorn_url}/v1/customers/x/recommendations?n=zero")
     assert status == 400 and "n:" in str(body["detail"])
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_a_catalog_change_on_one_worker_shows_on_every_worker_at_once(
+    store: str, sample_models: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    env = {
+        "RECSVC_MODELS_DIR": str(sample_models),
+        "RECSVC_AUTH": "off",
+        "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
+        "RECSVC_WORKERS": "2",
+    }
+    if store == "redis":
+        env["RECSVC_REDIS_URL"] = request.getfixturevalue("clean_redis")
+    customer = str(load_current(sample_models).arrays.customer_ids[5])
+    with gunicorn(env) as url:
+        path = f"{url}/v1/customers/{customer}/recommendations?n=20"
+        top = get(path)[1]["items"][0]["item_id"]  # type: ignore[index]
+        put = urllib.request.Request(
+            f"{url}/v1/items/{top}",
+            data=json.dumps({"available": False}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(put, timeout=5) as response:
+            assert response.status == 200
+        # Each read is a new connection, so both workers answer some of them.
+        for _ in range(20):
+            status, body = get(path)
+            items = body["items"]
+            assert status == 200 and isinstance(items, list) and len(items) == 20
+            assert top not in {item["item_id"] for item in items}

@@ -159,3 +159,45 @@ def test_a_reader_sees_another_connections_commit_at_its_next_read(tmp_path: Pat
     writer.erase("c1")
     assert reader.customer_state("c1", 0.0).erased
     assert reader._local.header, "the wal-index header was not mapped: the slow path ran"
+
+
+def other_worker(store: Store, tmp_path: Path) -> Store:
+    """A second handle on the same state, as another worker (or host) holds it."""
+    if isinstance(store, RedisStore):
+        url = store.client.connection_pool.connection_kwargs
+        return RedisStore(
+            f"redis://{url['host']}:{url['port']}/{url['db']}", store.prefix, RETENTION
+        )
+    return EmbeddedStore(tmp_path / "store.sqlite3", RETENTION, clock=lambda: 2000.0)
+
+
+def test_catalog_overlay_merges_fields_and_every_worker_sees_a_write_at_once(
+    store: Store, tmp_path: Path
+) -> None:
+    reader = other_worker(store, tmp_path)
+    assert reader.catalog().items == {} and reader.catalog().stamp == 0
+    store.set_items([("A", {"available": False}), ("B", {"price": 3.5, "categories": []})])
+    assert reader.catalog().items == {
+        "A": {"available": False},
+        "B": {"price": 3.5, "categories": []},
+    }
+    store.set_items([("A", {"price": 9.0}), ("B", {"price": 4.0})])
+    assert reader.catalog().items == {
+        "A": {"available": False, "price": 9.0},
+        "B": {"price": 4.0, "categories": []},
+    }
+    store.set_items([("A", {"available": True})])
+    assert reader.catalog().items["A"] == {"available": True, "price": 9.0}
+    assert store.catalog().items == reader.catalog().items
+
+
+def test_catalog_is_the_same_object_until_a_write(store: Store, tmp_path: Path) -> None:
+    """Callers cache what they derive from the overlay by its identity."""
+    store.set_items([("A", {"available": False})])
+    first = store.catalog()
+    store.apply([("c1", event("e1"))])  # other writes do not change the overlay
+    assert store.catalog() is first
+    other_worker(store, tmp_path).set_items([("A", {"available": False})])
+    changed = store.catalog()
+    assert changed is not first and changed.items == first.items
+    assert store.catalog() is changed

@@ -186,7 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     mint_cmd.add_argument(
         "--scopes",
         required=True,
-        help="comma-separated: blocks:read, recs:read, events:write, metrics:read, admin",
+        help="comma-separated: blocks:read, recs:read, events:write, catalog:write, "
+        "metrics:read, admin",
     )
     mint_cmd.add_argument(
         "--rate",

@@ -138,6 +138,10 @@ class ItemRules(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     non_product_pattern: Text | None = None
     crosswalk: Path | None = None
     taxonomy: Path | None = None  # TOML [categories] name = [keywords]
+    # Never recommended by the bundle (still counted in history): these ids, and the items
+    # the service's catalog log (a RECSVC_EVENTS_DIR) last marked available=false.
+    discontinued: frozenset[str] = frozenset()  # compared stripped and upper-cased
+    catalog_log: Path | None = None  # a directory of catalog-*.jsonl; may not exist yet
 
     def is_non_product(self, item_id: str) -> bool:
         if item_id in self.non_product_ids:

@@ -44,6 +44,7 @@ from recsvc.manifest import (
 )
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
+from training.catalog import unavailable_items, withdraw
 from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, value_is
@@ -134,6 +135,12 @@ def train(
             taxonomy = load_taxonomy(config.items.taxonomy)
             crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
             tier_names = TierTable.of(crm.policy).names
+            crm.arrays["item_min_tier"] = withdraw(
+                crm.arrays["item_min_tier"],
+                data.item_ids,
+                unavailable_items(config.items),
+                len(tier_names),
+            )
             content = load_content(
                 config.channels.content, list(taxonomy), tier_names, config.channels.base_url
             )

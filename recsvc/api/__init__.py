@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from recsvc.api import (
+    catalog,
     channels,
     cors,
     customers,
@@ -23,6 +24,7 @@ def init_app(app: Flask) -> None:
     health.init_app(app)
     recommendations.init_app(app)
     events.init_app(app)
+    catalog.init_app(app)
     customers.init_app(app)
     triggers.init_app(app)
     channels.init_app(app)
