@@ -28,7 +28,7 @@ import msgspec
 
 from recsvc.bundle import fsync_dir
 from recsvc.errors import BatchError
-from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord
+from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord, json_lines
 from recsvc.schemas import (
     DEFAULT_EVENT_SOURCE,
     MAX_BATCH,
@@ -175,19 +175,7 @@ class EventLog:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record of every process's log in the directory (for replay), skipping a
         torn last line."""
-        for path in sorted(self.directory.glob(EVENTS_GLOB)):
-            try:
-                handle = path.open(encoding="utf-8")
-            except FileNotFoundError:
-                continue
-            with handle:
-                for line in handle:
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(record, dict):
-                        yield record
+        yield from json_lines(self.directory, EVENTS_GLOB)
 
     def redact(self, erased: Callable[[dict[str, Any]], bool]) -> int:
         """Rewrite every log in the directory without the records ``erased`` picks, each file

@@ -9,6 +9,7 @@ training.merge, training.catalog) by these field names. No Flask, no redis: both
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,10 @@ class CatalogRecord(msgspec.Struct, frozen=True, kw_only=True):
     received_at: float  # seconds since the epoch
 
 
-def read_catalog_logs(directory: Path) -> list[CatalogRecord]:
-    """Every catalog record in ``directory``, in the order received (torn or foreign lines
-    skipped); the trainer reads them through ``catalog_state``."""
-    found: list[CatalogRecord] = []
-    for path in sorted(directory.glob(CATALOG_GLOB)):
+def json_lines(directory: Path, pattern: str) -> Iterator[dict[str, Any]]:
+    """Every JSON object line of the files in ``directory`` matching ``pattern`` (sorted by
+    name), skipping torn or foreign lines: how the service's logs are read back."""
+    for path in sorted(directory.glob(pattern)):
         try:
             handle = path.open(encoding="utf-8")
         except FileNotFoundError:
@@ -66,15 +66,27 @@ def read_catalog_logs(directory: Path) -> list[CatalogRecord]:
         with handle:
             for line in handle:
                 try:
-                    raw = json.loads(line)
-                    record = CatalogRecord(
-                        item_id=str(raw["item_id"]),
-                        changes=dict(raw["changes"]),
-                        received_at=float(raw["received_at"]),
-                    )
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    record = json.loads(line)
+                except json.JSONDecodeError:
                     continue
-                found.append(record)
+                if isinstance(record, dict):
+                    yield record
+
+
+def read_catalog_logs(directory: Path) -> list[CatalogRecord]:
+    """Every catalog record in ``directory``, in the order received (torn or foreign lines
+    skipped); the trainer reads them through ``catalog_state``."""
+    found: list[CatalogRecord] = []
+    for raw in json_lines(directory, CATALOG_GLOB):
+        try:
+            record = CatalogRecord(
+                item_id=str(raw["item_id"]),
+                changes=dict(raw["changes"]),
+                received_at=float(raw["received_at"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+        found.append(record)
     found.sort(key=lambda record: record.received_at)
     return found
 
