@@ -47,6 +47,30 @@ def _wait_for(url: str, server: subprocess.Popen[bytes], seconds: float, failure
 
 
 @contextmanager
+def _serving(
+    command: list[str],
+    env: dict[str, str] | None,
+    log_path: Path | None,
+    port: int,
+    ready_path: str,
+    seconds: float,
+    failure: str,
+) -> Iterator[None]:
+    """Run ``command`` (its output to ``log_path`` when given) until the block ends, once
+    ``ready_path`` on ``port`` answers."""
+    log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}{ready_path}", server, seconds, failure)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        if log_path is not None:
+            log.close()  # type: ignore[union-attr]
+
+
+@contextmanager
 def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Iterator[str]:
     """Run gunicorn with ``environment`` (RECSVC_* settings) and yield its base URL; its log
     lines go to ``log_path`` when given. Without RECSVC_ID_SECRET in either, the development
@@ -59,22 +83,12 @@ def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Itera
         **environment,
         "RECSVC_BIND": f"127.0.0.1:{port}",
     }
-    log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "recsvc.wsgi:app"],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{base}/readyz", server, 60, "gunicorn did not become ready")
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        if log_path is not None:
-            log.close()  # type: ignore[union-attr]
+    command = [
+        *(sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")),
+        "recsvc.wsgi:app",
+    ]
+    with _serving(command, env, log_path, port, "/readyz", 60, "gunicorn did not become ready"):
+        yield f"http://127.0.0.1:{port}"
 
 
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -116,21 +130,11 @@ def nginx(
         os.chmod(directory, 0o755)
         conf = Path(directory) / "nginx.conf"
         conf.write_text(render_nginx_conf(f"127.0.0.1:{port}", upstream, max_body_bytes))
-        log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
-        server = subprocess.Popen(
-            [binary, "-p", f"{directory}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
-            stdout=log,
-            stderr=log,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            _wait_for(f"{base}/healthz", server, 20, "nginx did not start or cannot reach gunicorn")
-            yield base
-        finally:
-            server.terminate()
-            server.wait(timeout=20)
-            if log_path is not None:
-                log.close()  # type: ignore[union-attr]
+        command = [binary, "-p", f"{directory}/", "-c", str(conf), "-e", "stderr"]
+        command += ["-g", "daemon off;"]
+        failure = "nginx did not start or cannot reach gunicorn"
+        with _serving(command, None, log_path, port, "/healthz", 20, failure):
+            yield f"http://127.0.0.1:{port}"
 
 
 class RedisProcess:
