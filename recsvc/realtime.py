@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -251,7 +251,7 @@ class Realtime:
             if outcome is Applied.NEW:
                 result.accepted.append(event.event_id)
                 new_entries.append((store_key, stored))
-                records.append(_log_record(event, stored.received_at))
+                records.append(_log_record(event.customer, stored))
             elif outcome is Applied.DUPLICATE:
                 result.duplicates.append(event.event_id)
             else:
@@ -448,20 +448,7 @@ class Realtime:
             _, _, store_key, erased = self.resolve(model, record.customer)
             if erased:
                 continue
-            batch.append(
-                (
-                    store_key,
-                    StoredEvent(
-                        event_id=record.event_id,
-                        item_id=record.item_id,
-                        quantity=record.quantity,
-                        price=record.price,
-                        timestamp=record.timestamp,
-                        source=record.source,
-                        received_at=record.received_at,
-                    ),
-                )
-            )
+            batch.append((store_key, _stored(record)))
             if len(batch) >= REPLAY_BATCH:
                 replayed += self.store.apply(batch, restoring=True).count(Applied.NEW)
                 batch = []
@@ -563,15 +550,14 @@ def _digest_bytes(high: np.uint64, low: np.uint64) -> bytes:
     return int(high).to_bytes(8, "big") + int(low).to_bytes(8, "big")
 
 
-def _log_record(event: Event, received_at: float) -> dict[str, object]:
-    record = EventRecord(
-        event_id=event.event_id,
-        customer=event.customer,
-        item_id=event.item_id,
-        quantity=event.quantity,
-        price=event.price,
-        timestamp=event.timestamp.isoformat(),
-        source=event.source,
-        received_at=received_at,
-    )
-    return msgspec.structs.asdict(record)
+def _log_record(customer: str, stored: StoredEvent) -> dict[str, object]:
+    """An event-log line: the event as stored, and the key it was reported under."""
+    return msgspec.structs.asdict(EventRecord(customer=customer, **asdict(stored)))
+
+
+def _stored(record: EventRecord) -> StoredEvent:
+    """The event an event-log line holds, as the store keeps it (without the key)."""
+    return StoredEvent(**{name: getattr(record, name) for name in STORED_FIELDS})
+
+
+STORED_FIELDS = tuple(f.name for f in fields(StoredEvent))
