@@ -279,10 +279,6 @@ class ErasureLog:
             self._seen_size = self._offset if self._offset < size else size
             return self._current
 
-    def customer_keys(self) -> list[str]:
-        """Every store key ever erased (to restore the store's erased set)."""
-        return sorted(self.current().customer_keys)
-
 
 def _locked(path: Path) -> int:
     """An open descriptor of ``path`` holding its exclusive lock. Retries when the file was

@@ -38,7 +38,6 @@ from recsvc.errors import StoreNotRestored, StoreUnavailable
 from recsvc.identity import IdentityKey
 
 T = TypeVar("T")
-ACCESS_READ = mmap.ACCESS_READ
 WAL_INDEX_HEADER = 48  # bytes of the wal-index header's first copy, at the start of -shm
 
 # Every Redis key the service writes, in one place.
@@ -396,7 +395,8 @@ class EmbeddedStore:
             local.header = False
             try:
                 with open(f"{self.path}-shm", "rb") as handle:
-                    local.header = mmap.mmap(handle.fileno(), WAL_INDEX_HEADER, access=ACCESS_READ)
+                    descriptor = handle.fileno()
+                    local.header = mmap.mmap(descriptor, WAL_INDEX_HEADER, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
                 pass
         if local.header:
