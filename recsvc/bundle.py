@@ -42,7 +42,11 @@ class BundleArrays:
     Raw ids stay in ``customer_ids`` / ``item_ids``; every other array refers to positions in
     them. ``owned_indptr``/``owned_indices``/``owned_quantity`` is a CSR list of the catalog
     items each customer holds and their net quantities (items grouped with them are owned
-    too; see ``item_group``). ``item_prior`` is added to a customer's standardised factor
+    too; see ``item_group``), with ``owned_weight``, the time-decayed purchase weight the
+    models learned from, and ``owned_source``, the source (of ``source_names``; -1: none
+    known) of the customer's latest purchase of it. ``neighbour_*`` is the item-item model
+    (see training.itemitem), a CSR list over items: each item's neighbours, best first, with
+    their positive weights. ``item_prior`` is added to a customer's standardised factor
     scores (see recsvc.ranker). ``prices`` is NaN where no price is known. ``item_group`` gives
     items that are one work (editions) the same value; ``item_min_tier`` is the lowest tier
     that may see an item; ``item_premium`` marks premium-priced items. Per customer: spend and
@@ -61,6 +65,12 @@ class BundleArrays:
     owned_indptr: NDArray[np.int64]
     owned_indices: NDArray[np.int32]
     owned_quantity: NDArray[np.float32]
+    owned_weight: NDArray[np.float32]
+    owned_source: NDArray[np.int16]
+    source_names: NDArray[np.str_]
+    neighbour_indptr: NDArray[np.int64]
+    neighbour_items: NDArray[np.int32]
+    neighbour_scores: NDArray[np.float32]
     customer_spend: NDArray[np.float64]
     customer_orders: NDArray[np.int32]
     window_spend: NDArray[np.float64]
@@ -115,13 +125,21 @@ class BundleArrays:
             raise ValueError(
                 f"owned_indptr length is {len(self.owned_indptr)}, expected {n_customers + 1}"
             )
-        if self.owned_indptr[0] != 0 or (np.diff(self.owned_indptr) < 0).any():
-            raise ValueError("owned_indptr does not start at 0 and rise")
+        for name in ("owned_indptr", "neighbour_indptr"):
+            indptr = getattr(self, name)
+            if not len(indptr) or indptr[0] != 0 or (np.diff(indptr) < 0).any():
+                raise ValueError(f"{name} does not start at 0 and rise")
         lengths = {name: n_customers for name in PER_CUSTOMER} | {
             name: n_items for name in PER_ITEM
         }
         lengths |= {"owned_indices": int(self.owned_indptr[-1])}
-        lengths |= {name: len(self.owned_indices) for name in ("owned_quantity",)}
+        lengths |= {
+            name: len(self.owned_indices)
+            for name in ("owned_quantity", "owned_weight", "owned_source")
+        }
+        lengths |= {"neighbour_indptr": n_items + 1}
+        lengths |= {"neighbour_items": int(self.neighbour_indptr[-1])}
+        lengths |= {"neighbour_scores": len(self.neighbour_items)}
         lengths |= {name: len(self.alias_high) for name in ("alias_low", "alias_rows")}
         lengths |= {"popular_scores": len(self.popular_items)}
         lengths |= {name: len(self.trigger_rows) for name in TRIGGER_ARRAYS}
@@ -146,11 +164,16 @@ class BundleArrays:
             ("owned_indices", self.owned_indices, n_items),
             ("popular_items", self.popular_items, n_items),
             ("segment_items", self.segment_items, n_items),
+            ("neighbour_items", self.neighbour_items, n_items),
             ("alias_rows", self.alias_rows, n_customers),
             ("trigger_rows", self.trigger_rows, n_customers),
         ):
             if len(indices) and (indices.min() < 0 or indices.max() >= size):
                 raise ValueError(f"{name} refers to rows outside the bundle")
+        if len(self.owned_source) and (
+            self.owned_source.min() < -1 or self.owned_source.max() >= len(self.source_names)
+        ):
+            raise ValueError("owned_source refers to sources outside source_names")
         if self.candidate_items.size and (
             self.candidate_items.min() < -1 or self.candidate_items.max() >= n_items
         ):
@@ -174,6 +197,7 @@ CUSTOMER_FIGURES = (
     "price_low",
     "price_high",
 )
+OWNED = ("owned_indptr", "owned_indices", "owned_quantity", "owned_weight", "owned_source")
 CATALOG = ("titles", "prices", "item_group", "item_min_tier", "item_premium", "item_categories")
 TRIGGER_ARRAYS = ("trigger_kinds", "trigger_at", "trigger_reasons", "trigger_figures")
 CANDIDATES = ("candidate_items", "candidate_scores")
@@ -196,9 +220,16 @@ DTYPES = _declared_dtypes()
 
 # Which array lives in which file: the single definition of the on-disk layout.
 ARRAY_FILES: dict[str, tuple[str, ...]] = {
-    "ids.npz": ("customer_ids", "item_ids"),
+    "ids.npz": ("customer_ids", "item_ids", "source_names"),
     "factors.npz": ("user_factors", "item_factors", "item_prior"),
-    "owned.npz": ("owned_indptr", "owned_indices", "owned_quantity"),
+    "owned.npz": (
+        "owned_indptr",
+        "owned_indices",
+        "owned_quantity",
+        "owned_weight",
+        "owned_source",
+    ),
+    "neighbours.npz": ("neighbour_indptr", "neighbour_items", "neighbour_scores"),
     "customers.npz": CUSTOMER_FIGURES,
     "catalog.npz": CATALOG,
     "aliases.npz": ("alias_high", "alias_low", "alias_rows"),

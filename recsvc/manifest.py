@@ -16,7 +16,7 @@ from recsvc.defaults import DEFAULT_CHANNELS
 from recsvc.errors import BundleCorrupt
 from recsvc.policy import TierPolicy
 
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3
 
 
 class Catalog(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,7 +133,7 @@ class ItemRulesSection(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Parameters(msgspec.Struct, frozen=True, kw_only=True):
-    model: dict[str, int | float] = {}  # as training.config.ModelParams has them
+    model: dict[str, int | float | str] = {}  # as training.config.ModelParams has them
     tuned_from: str | None = None
     items: ItemRulesSection = ItemRulesSection()
 

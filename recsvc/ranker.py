@@ -1,8 +1,11 @@
 """Ranking for one customer: score the catalog, drop every owned item, fall back to popular.
 
 A known customer's score for an item is their factor score standardised over the catalog
-(zero mean, unit variance) plus the item's prior from the bundle; standardising puts every
-customer's scores on the scale the prior was tuned for.
+(zero mean, unit variance), plus ``item_item_weight`` times their item-item score
+standardised the same way (the sum, over their purchases, of the purchase's decayed weight
+times the item's weight among its neighbours; see training.itemitem), plus the item's prior
+from the bundle; standardising puts every customer's scores on the scale the prior was tuned
+for.
 
 Tier policy, on top: items reserved for higher tiers are never shown; premium-priced items
 get the tier's ``premium_boost``; and with ``price_affinity`` > 0 an item priced outside the
@@ -31,6 +34,7 @@ from recsvc.bundle import OWNED_QUANTITY, BundleArrays
 from recsvc.identity import AliasIndex, IdentityKey, IdentityRules
 from recsvc.policy import TierTable
 
+TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
 UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper than asking more
 
 
@@ -52,7 +56,15 @@ class Ranking:
     scope: str | None = None
 
 
-UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """Weighted items' neighbours, one entry per (source item, neighbour): the neighbour
+    (``targets``), the source's weight times the neighbour's (``values``) and the source's
+    position in the items spread (``sources``)."""
+
+    targets: NDArray[np.int32]
+    values: NDArray[np.float32]
+    sources: NDArray[np.intp]
 
 
 class Ranker:
@@ -63,10 +75,14 @@ class Ranker:
         namespaces: Iterable[str] = (),
         tiers: TierTable | None = None,
         key: IdentityKey | None = None,
+        item_item_weight: float = 0.0,
     ) -> None:
         """``key``: the secret the bundle's alias digests were made with; the service passes
-        its own. None: the development key (the trainer's evaluation ranks by row)."""
+        its own. None: the development key (the trainer's evaluation ranks by row).
+        ``item_item_weight``: the item-item model's weight in the blend (the bundle's
+        ``item_item_weight`` parameter)."""
         self.arrays = arrays
+        self.item_item_weight = item_item_weight
         self.tiers = tiers or TierTable.of(None)
         with np.errstate(divide="ignore", invalid="ignore"):
             log_prices = np.log(arrays.prices).astype(np.float32)
@@ -82,6 +98,9 @@ class Ranker:
             namespaces,
             key or IdentityKey.development_key(),
         )
+        prior = arrays.item_prior
+        threshold = np.quantile(prior, 1.0 - TRENDING_SHARE) if len(prior) else 0.0
+        self.trending: NDArray[np.bool_] = (prior > 0) & (prior >= threshold)
         group_sizes = np.bincount(arrays.item_group, minlength=1)
         self._grouped = group_sizes[arrays.item_group] > 1
         self._boosts = np.array([level.premium_boost for level in self.tiers.levels])
@@ -99,7 +118,8 @@ class Ranker:
         self.trained_tier = self.tiers.indices(arrays.window_spend)
         # Items reserved for higher tiers, per tier (usually none), listed once.
         self._hidden_items = [
-            np.flatnonzero(arrays.item_min_tier > tier) for tier in range(len(self.tiers.levels))
+            np.flatnonzero(arrays.item_min_tier > tier).astype(np.int32)
+            for tier in range(len(self.tiers.levels))
         ]
         # Scores are standardised per customer (mean 0 and spread 1 over the catalog) before
         # the trending prior is added. The mean and spread of u·v over items follow from the
@@ -234,6 +254,8 @@ class Ranker:
             [users / spread[:, None], (-mean / spread)[:, None], np.ones((len(rows), 1))]
         ).astype(np.float32)
         scores: NDArray[np.float32] = user_side @ self._item_side.T
+        if self.item_item_weight:
+            scores += self.item_item_weight * self._item_item_scores(rows)
         if not policy:
             return scores
         boosts = self._boosts[tiers]
@@ -254,6 +276,91 @@ class Ranker:
             outside *= self._price_weight
             scores -= outside
         return scores
+
+    def _item_item_scores(self, rows: NDArray[np.intp]) -> NDArray[np.float32]:
+        """Each of ``rows``' item-item scores, standardised over the catalog (0 for a
+        customer whose purchases have no neighbours)."""
+        arrays = self.arrays
+        n_items = len(arrays.item_ids)
+        starts = arrays.owned_indptr[rows]
+        counts = arrays.owned_indptr[rows + 1] - starts
+        positions = _ranges(starts, counts)
+        spread = self.spread(arrays.owned_indices[positions], arrays.owned_weight[positions])
+        owners = np.repeat(np.arange(len(rows)), counts)[spread.sources]
+        flat = owners * n_items + spread.targets
+        summed = np.bincount(flat, spread.values, minlength=len(rows) * n_items)
+        scores = summed.reshape(len(rows), n_items).astype(np.float32)
+        mean = scores.mean(axis=1, keepdims=True)
+        spread_ = scores.std(axis=1, keepdims=True)
+        spread_[spread_ == 0] = np.inf  # no neighbours: every item scores 0
+        scores -= mean
+        scores /= spread_
+        return scores
+
+    def spread(self, items: NDArray[np.int32], weights: NDArray[np.float32]) -> Spread:
+        """The neighbours of ``items``, each weighted by its item's weight."""
+        indptr = self.arrays.neighbour_indptr
+        starts = indptr[items]
+        counts = indptr[items + 1] - starts
+        positions = _ranges(starts, counts)
+        sources = np.repeat(np.arange(len(items)), counts)
+        values = self.arrays.neighbour_scores[positions] * weights[sources]
+        return Spread(self.arrays.neighbour_items[positions], values, sources)
+
+    def contributors(self, row: int, items: list[int], limit: int) -> list[int]:
+        """For each of ``items``, the position in the owned arrays of the customer's
+        purchase that adds most to its item-item score, among their ``limit`` purchases of
+        the largest weight; -1 where none does."""
+        start, end = int(self.arrays.owned_indptr[row]), int(self.arrays.owned_indptr[row + 1])
+        positions = np.arange(start, end)
+        weights = self.arrays.owned_weight[start:end]
+        if len(positions) > limit:
+            strongest = np.argpartition(-weights, limit - 1)[:limit]
+            positions, weights = positions[strongest], weights[strongest]
+        spread = self.spread(self.arrays.owned_indices[positions], weights)
+        best = strongest_sources(spread, items, len(self.arrays.item_ids))
+        return [int(positions[source]) if source >= 0 else -1 for source in best]
+
+    def similar(
+        self,
+        item: int,
+        n: int,
+        excluded: NDArray[np.int32],
+        allowed: NDArray[np.bool_] | None = None,
+    ) -> list[RankedItem]:
+        """The item's strongest neighbours, best first, outside ``excluded`` and within
+        ``allowed``; fewer than ``n`` when it has fewer."""
+        start, end = self.arrays.neighbour_indptr[item], self.arrays.neighbour_indptr[item + 1]
+        items = self.arrays.neighbour_items[start:end]
+        keep = np.ones(len(items), dtype=bool) if allowed is None else allowed[items]
+        if len(excluded):
+            keep &= ~np.isin(items, excluded)
+        chosen = np.flatnonzero(keep)[:n]
+        return ranked(
+            items[chosen].tolist(), self.arrays.neighbour_scores[start:end][chosen].tolist()
+        )
+
+    def complements(
+        self,
+        items: NDArray[np.int32],
+        n: int,
+        excluded: NDArray[np.int32],
+        allowed: NDArray[np.bool_] | None = None,
+    ) -> tuple[list[RankedItem], list[int]]:
+        """Items bought with ``items`` (a cart): each scores the sum of its weights among
+        their neighbours. Best first, outside ``excluded`` and within ``allowed``, with the
+        position in ``items`` of the one that adds most to each."""
+        n_items = len(self.arrays.item_ids)
+        spread = self.spread(items, np.ones(len(items), np.float32))
+        scores = np.bincount(spread.targets, spread.values, minlength=n_items)
+        candidates = np.unique(spread.targets)
+        keep = np.ones(len(candidates), dtype=bool) if allowed is None else allowed[candidates]
+        if len(excluded):
+            keep &= ~np.isin(candidates, excluded)
+        candidates = candidates[keep]
+        best = candidates[np.lexsort((candidates, -scores[candidates]))][:n]
+        found = ranked(best.tolist(), scores[best].tolist())
+        return found, strongest_sources(spread, best.tolist(), n_items)
 
     def candidate_lists(
         self,
@@ -341,6 +448,15 @@ class Ranker:
         scores: NDArray[np.float32] = self.batch_scores(np.array([row]), np.array([0]), False)[0]
         return scores
 
+    def hidden(self, tier: int) -> NDArray[np.int32]:
+        """Items reserved for tiers above ``tier``."""
+        return self._hidden_items[tier]
+
+    def known_segment(self, scopes: tuple[str, ...]) -> str | None:
+        """The first of ``scopes`` the bundle has best sellers for, as it spells it."""
+        found = next((s for s in scopes if s.lower() in self._segments), None)
+        return None if found is None else self.segment_name(found)
+
     def segment_name(self, scope: str) -> str:
         """The segment ``scope`` names (any case) as the bundle spells it; KeyError if none."""
         return self._segments[scope.lower()][0]
@@ -404,3 +520,32 @@ def ranked(indices: list[int], scores: list[float]) -> list[RankedItem]:
         RankedItem(i, round(s * 1e6) / 1e6 if -math.inf < s < math.inf else s)
         for i, s in zip(indices, scores, strict=True)
     ]
+
+
+def strongest_sources(spread: Spread, items: list[int], n_items: int) -> list[int]:
+    """For each of ``items``, the source in ``spread`` with the largest value for it
+    (ties: the first source); -1 where no source reaches it."""
+    slot = np.full(n_items, -1, dtype=np.intp)
+    slot[items] = np.arange(len(items))
+    slots = slot[spread.targets]
+    reached = np.flatnonzero(slots >= 0)
+    best = [-1] * len(items)
+    if not len(reached):
+        return best
+    slots, values, sources = slots[reached], spread.values[reached], spread.sources[reached]
+    order = np.lexsort((sources, -values, slots))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = slots[order][1:] != slots[order][:-1]
+    for position, source in zip(
+        slots[order][first].tolist(), sources[order][first].tolist(), strict=True
+    ):
+        best[position] = source
+    return best
+
+
+def _ranges(starts: NDArray[np.int64], counts: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The concatenated ranges [start, start + count) (CSR slices gathered in one go)."""
+    total = int(counts.sum())
+    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    positions: NDArray[np.int64] = np.arange(total, dtype=np.int64) + offsets
+    return positions

@@ -226,6 +226,7 @@ def _served_model(bundle: Bundle, key: IdentityKey) -> ServedModel:
         identity.namespaces,
         TierTable.of(bundle.manifest.tiers),
         key,
+        float(bundle.manifest.parameters.model.get("item_item_weight", 0.0)),
     )
     item_ids = [str(item) for item in bundle.arrays.item_ids.tolist()]
     prices = [None if math.isnan(price) else price for price in bundle.arrays.prices.tolist()]

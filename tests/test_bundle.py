@@ -24,7 +24,7 @@ from recsvc.bundle import (
 )
 from recsvc.errors import BundleCorrupt, BundleNotFound
 from recsvc.identity import IdentityKey, alias_table
-from recsvc.manifest import Manifest
+from recsvc.manifest import BUNDLE_FORMAT, Manifest
 from recsvc.registry import ModelRegistry
 from training.tiers import empty_crm
 
@@ -40,6 +40,12 @@ def tiny_arrays(scale: float = 1.0) -> BundleArrays:
         owned_indptr=np.array([0, 1, 1], dtype=np.int64),
         owned_indices=np.array([2], dtype=np.int32),
         owned_quantity=np.array([1.0], dtype=np.float32),
+        owned_weight=np.array([0.5], dtype=np.float32),
+        owned_source=np.array([0], dtype=np.int16),
+        source_names=np.array(["shop"]),
+        neighbour_indptr=np.array([0, 1, 2, 2], dtype=np.int64),
+        neighbour_items=np.array([2, 0], dtype=np.int32),
+        neighbour_scores=np.array([0.5, 0.25], dtype=np.float32),
         customer_spend=np.array([10.0, 0.0]),
         customer_orders=np.array([1, 0], dtype=np.int32),
         titles=np.array(["One", "Two", "Thrée"]),
@@ -128,9 +134,10 @@ def test_a_manifest_section_of_the_wrong_shape_is_refused_naming_it(tmp_path: Pa
         BundleCorrupt, match=r"manifest.json: not a bundle manifest: .*tiers\.thank_you_spend"
     ):
         load_bundle(path)
-    manifest["format"] = 3
+    manifest["format"] = BUNDLE_FORMAT + 1
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(BundleCorrupt, match="format 3, this service reads format 2"):
+    found = f"format {BUNDLE_FORMAT + 1}, this service reads format {BUNDLE_FORMAT}"
+    with pytest.raises(BundleCorrupt, match=found):
         load_bundle(path)
 
 
@@ -202,11 +209,17 @@ def unreadable_files(arrays: BundleArrays) -> dict[str, tuple[str, bytes]]:
                 owned_indptr=np.zeros(0, np.int64),
                 owned_indices=arrays.owned_indices,
                 owned_quantity=arrays.owned_quantity,
+                owned_weight=arrays.owned_weight,
+                owned_source=arrays.owned_source,
             ),
         ),
         "pickled_object": (
             "ids.npz",
-            npz(customer_ids=np.array([{"a": 1}, None], dtype=object), item_ids=arrays.item_ids),
+            npz(
+                customer_ids=np.array([{"a": 1}, None], dtype=object),
+                item_ids=arrays.item_ids,
+                source_names=arrays.source_names,
+            ),
         ),
         "content_not_json": ("content.json", b"\xff\xfe not json"),
         "content_not_a_list": ("content.json", b'{"a": 1}'),
@@ -243,6 +256,9 @@ def test_a_checksummed_file_that_cannot_be_read_is_corrupt(tmp_path: Path, damag
         ("titles", np.array([1, 2, 3]), "titles is int64, expected str"),
         ("user_factors", np.ones(2, dtype=np.float32), "user_factors has 1 dimensions"),
         ("candidate_items", np.array([[1, 7], [2, -1]], dtype=np.int32), "candidate_items"),
+        ("neighbour_items", np.array([2, 3], dtype=np.int32), "neighbour_items refers"),
+        ("neighbour_indptr", np.array([0, 1, 2], dtype=np.int64), "neighbour_indptr length"),
+        ("owned_source", np.array([1], dtype=np.int16), "owned_source refers"),
     ],
 )
 def test_arrays_of_another_dtype_or_shape_are_not_published(

@@ -20,7 +20,13 @@ def slow(ranker: Ranker) -> Ranker:
         candidate_items=np.zeros((count, 0), np.int32),
         candidate_scores=np.zeros((count, 0), np.float32),
     )
-    return Ranker(arrays, ranker.aliases.rules, ranker.aliases.namespaces, ranker.tiers)
+    return Ranker(
+        arrays,
+        ranker.aliases.rules,
+        ranker.aliases.namespaces,
+        ranker.tiers,
+        item_item_weight=ranker.item_item_weight,
+    )
 
 
 def assert_same_answer(quick: Ranking, thorough: Ranking) -> None:

@@ -149,12 +149,19 @@ class ItemRules(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         return bool(self.non_product_pattern and re.search(self.non_product_pattern, item_id))
 
 
-class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """ALS on BM25-weighted, time-decayed purchases, blended with a trending-items prior.
+ItemItemKind = Literal["auto", "ease", "knn"]
 
-    Score of an item for a customer: z(ALS score over the catalog) + trend_weight * z(log(1 +
-    trending sales)), where trending sales decay with ``trend_half_life_days``. A weight of 0
-    gives plain ALS. Ranges are inclusive; bm25_b = 1 makes implicit divide by zero.
+
+class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """ALS on BM25-weighted, time-decayed purchases, blended with an item-item model and a
+    trending-items prior.
+
+    Score of an item for a customer: z(ALS score) + item_item_weight * z(item-item score) +
+    trend_weight * z(log(1 + trending sales)), each z over the catalog; trending sales decay
+    with ``trend_half_life_days``. The item-item score sums, over the customer's purchases
+    (time-decayed), the item's weight among each purchase's ``neighbours``
+    (``training.itemitem``). Weights of 0 give plain ALS. Ranges are inclusive; bm25_b = 1
+    makes implicit divide by zero.
     """
 
     factors: Annotated[int, _range(1, 4096)] = 64
@@ -166,6 +173,12 @@ class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     half_life_days: Annotated[float, _range(1e-3, 1e6)] = 30.0
     trend_half_life_days: Annotated[float, _range(1e-3, 1e6)] = 14.0
     trend_weight: Annotated[float, _range(0.0, 100.0)] = 2.0
+    # "ease": EASE^R (closed form); "knn": BM25 item-kNN; "auto": EASE^R up to
+    # training.itemitem.EASE_MAX_ITEMS catalog items, kNN beyond.
+    item_item: ItemItemKind = "auto"
+    item_item_weight: Annotated[float, _range(0.0, 100.0)] = 1.0
+    ease_regularization: Annotated[float, _range(1e-6, 1e9)] = 300.0
+    neighbours: Annotated[int, _range(1, 1000)] = 100  # per item, kept in the bundle
     seed: Annotated[int, _range(0, 2**31 - 1)] = 42
     # per customer, precomputed for the service's fast path (0: none)
     candidates: Annotated[int, _range(0, 1000)] = 50

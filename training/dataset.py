@@ -23,6 +23,10 @@ class TrainingData:
     interactions: sp.csr_matrix
     # customers x items: the net quantity of every item the customer holds.
     held: sp.csr_matrix
+    # Along ``held.data``: the source (a code of ``source_names``) of the customer's latest
+    # purchase of the item, -1 when no purchase line of it is dated or used.
+    held_source: NDArray[np.int16]
+    source_names: NDArray[np.str_]
     # customers x items: what the customer holds, plus every item grouped with one of those
     # (editions of one work); never recommended to them.
     owned: sp.csr_matrix
@@ -77,6 +81,7 @@ def build_dataset(
         item[personal],
         events["source"].cat.codes.to_numpy()[personal],
         quantity[personal],
+        timestamps[personal],
         outcome_is(events, "used")[personal],
         outcome_is(events, "duplicate")[personal],
         (weight * events["trust"].to_numpy())[personal],
@@ -90,6 +95,9 @@ def build_dataset(
     interactions.sort_indices()
     held_quantity = sp.csr_matrix((held.quantity.astype(np.float32), (rows, held.item)), shape)
     held_quantity.sort_indices()
+    # Entries are in (row, item) order, as in both matrices: they line up one to one.
+    order = np.lexsort((held.item, rows))
+    assert len(order) == held_quantity.nnz == interactions.nnz
     item_group = _group_codes(item_ids, item_groups or {})
     owned = _owned(rows, held.item, item_group, shape)
     spend, orders = _customer_totals(events, quantity, pd.Index(customer_ids))
@@ -104,6 +112,8 @@ def build_dataset(
         item_ids=item_ids,
         interactions=interactions,
         held=held_quantity,
+        held_source=held.source[order].astype(np.int16),
+        source_names=events["source"].cat.categories.to_numpy().astype(str),
         owned=owned,
         item_group=item_group,
         spend=spend,
@@ -223,6 +233,7 @@ class _Held:
     item: NDArray[np.int64]
     weight: NDArray[np.float64]  # summed decayed weight of the purchases
     quantity: NDArray[np.float64]
+    source: NDArray[np.int64]  # of the latest purchase line (-1: none)
 
 
 def _held(
@@ -230,6 +241,7 @@ def _held(
     item: NDArray[np.intp],
     source: NDArray[np.integer],
     quantity: NDArray[np.float64],
+    timestamp: NDArray[np.datetime64],
     used: NDArray[np.bool_],
     duplicate: NDArray[np.bool_],
     weight: NDArray[np.float64],
@@ -246,7 +258,16 @@ def _held(
         total = np.bincount(pair[mine], quantity[mine], minlength=len(pairs))
         best_source = np.where(listed, np.maximum(best_source, total), best_source)
     held = (merged >= OWNED_QUANTITY) | (best_source >= OWNED_QUANTITY)
+    # The source of each pair's latest purchase: the last of its dated purchase lines.
+    bought = np.flatnonzero(used & (quantity > 0))
+    when = timestamp[bought].astype("datetime64[us]").view(np.int64)
+    bought = bought[np.lexsort((bought, when, pair[bought]))]  # NaT sorts first
+    last = np.ones(len(bought), dtype=bool)  # each pair's last line
+    last[:-1] = pair[bought][1:] != pair[bought][:-1]
+    latest = np.full(len(pairs), -1, dtype=np.int64)
+    latest[pair[bought][last]] = source[bought][last]
     return _Held(
+        source=latest[held],
         customer=pairs[held] // n_items,
         item=pairs[held] % n_items,
         weight=np.bincount(pair, np.where(used, weight, 0.0), len(pairs))[held].astype(np.float64),

@@ -50,6 +50,7 @@ from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, value_is
 from training.errors import QuarantineError, TrainingError
 from training.fit import Factors, fit_als, trend_prior
+from training.itemitem import Neighbours, fit_neighbours, item_item_kind
 from training.merge import (
     NO_ERASURE_LIST,
     REASON_FIELDS,
@@ -63,7 +64,6 @@ from training.sources import SourceRows, events_through, read_source
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
 
 QUARANTINE_FILE = "quarantine.csv"
-MODEL_KIND = "als+trend"
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,11 +111,12 @@ def train(
             config.model.trend_half_life_days,
             merged.item_groups,
         )
-    # The fit runs on every core outside the GIL; the tiers, catalog and provenance work
-    # overlaps it instead of waiting for it (a few per cent of a run on two cores). Its own
-    # bar would cross their lines: it is one step, reported when it ends.
+    # The fits run on every core outside the GIL, one after the other; the tiers, catalog
+    # and provenance work overlaps them instead of waiting (a few per cent of a run on two
+    # cores). Their own bars would cross its lines: each is one step, reported when it ends.
     with ThreadPoolExecutor(max_workers=1) as fitting:
         factors = fitting.submit(_timed, fit_als, data.interactions, config.model)
+        item_item = fitting.submit(_timed, fit_neighbours, data.interactions, config.model)
         with progress.step("tiers and catalog (while fitting)"):
             contributions = _source_summaries(config.sources, merged.events)
             lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
@@ -149,15 +150,28 @@ def train(
             f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)",
             fit_seconds,
         )
+        neighbours, fit_seconds = item_item.result()
+        progress.done(
+            f"fitting the item-item model ({neighbours.kind}, "
+            f"{config.model.neighbours} neighbours per item)",
+            fit_seconds,
+        )
         arrays = served_arrays(
-            data, fitted, config.model, merged.aliases, crm, config.identity.key, progress
+            data,
+            fitted,
+            neighbours,
+            config.model,
+            merged.aliases,
+            crm,
+            config.identity.key,
+            progress,
         )
     customer_tiers = TierTable.of(crm.policy).indices(arrays.window_spend)
     segments = segment_arrays(sales, len(data.item_ids), customer_tiers, list(tier_names))
     arrays = dataclasses.replace(arrays, **segments)
     version = new_version(fingerprint)
     manifest = Manifest(
-        model=MODEL_KIND,
+        model=model_kind(config.model, len(data.item_ids)),
         data_fingerprint=fingerprint,
         data_as_of=None if data.as_of is None else data.as_of.isoformat(),
         parameters=parameters(config),
@@ -211,35 +225,31 @@ def _timed(function: Callable[..., T], *args: Any) -> tuple[T, float]:
     return function(*args), time.perf_counter() - started
 
 
-def fit_model(
-    data: TrainingData,
-    params: ModelParams,
-    progress: bool = False,
-    aliases: dict[str, str] | None = None,
-    crm: Crm | None = None,
-) -> BundleArrays:
-    """The served model: ALS factors plus the trending prior, as the bundle holds them, with
-    each customer's candidate list under their tier's policy (given ``crm``)."""
-    factors = fit_als(data.interactions, params, progress=progress)
-    return served_arrays(data, factors, params, aliases, crm)
+def model_kind(params: ModelParams, n_items: int) -> str:
+    """The manifest's name for the blend served: "als+ease+trend", "als+knn+trend"."""
+    return f"als+{item_item_kind(params, n_items)}+trend"
 
 
 def served_arrays(
     data: TrainingData,
     factors: Factors,
+    neighbours: Neighbours | None,
     params: ModelParams,
     aliases: dict[str, str] | None = None,
     crm: Crm | None = None,
     key: IdentityKey | None = None,
     progress: Progress | None = None,
 ) -> BundleArrays:
-    """``factors`` plus the trending prior, as the bundle holds them, with each customer's
-    candidate list under their tier's policy (given ``crm``)."""
+    """``factors`` and ``neighbours`` plus the trending prior, as the bundle holds them, with
+    each customer's candidate list under their tier's policy (given ``crm``)."""
     prior = trend_prior(data.trending, params.trend_weight)
-    arrays = bundle_arrays(data, factors, prior, aliases, None if crm is None else crm.arrays, key)
+    crm_arrays = None if crm is None else crm.arrays
+    arrays = bundle_arrays(data, factors, prior, aliases, crm_arrays, key, neighbours)
     if crm is None or params.candidates == 0:
         return arrays
-    ranker = Ranker(arrays, tiers=TierTable.of(crm.policy), key=key)
+    ranker = Ranker(
+        arrays, tiers=TierTable.of(crm.policy), key=key, item_item_weight=params.item_item_weight
+    )
     # A thread per core, each with one BLAS thread: faster than one multi-threaded product,
     # and the lists come out the same whatever the machine's core count.
     customers = len(arrays.customer_ids)
@@ -269,10 +279,12 @@ def bundle_arrays(
     aliases: dict[str, str] | None = None,
     crm: dict[str, NDArray[Any]] | None = None,
     key: IdentityKey | None = None,
+    neighbours: Neighbours | None = None,
 ) -> BundleArrays:
     """The served arrays. Without ``aliases`` a customer is found by canonical id only;
     without ``crm`` every customer is in the first tier with no signals. ``key`` makes the
-    alias digests (None: the development key, for evaluation, which ranks by row)."""
+    alias digests (None: the development key, for evaluation, which ranks by row). Without
+    ``neighbours`` no item-item model: no similar items, no reasons from purchases."""
     order = np.lexsort((np.arange(len(data.item_ids)), -data.popularity))
     customer_ids = data.customer_ids.tolist()
     if aliases is None:
@@ -289,6 +301,14 @@ def bundle_arrays(
         owned_indptr=data.held.indptr.astype(np.int64),
         owned_indices=data.held.indices.astype(np.int32),
         owned_quantity=data.held.data.astype(np.float32),
+        owned_weight=data.interactions.data.astype(np.float32),
+        owned_source=data.held_source,
+        source_names=data.source_names,
+        neighbour_indptr=(
+            np.zeros(len(data.item_ids) + 1, np.int64) if neighbours is None else neighbours.indptr
+        ),
+        neighbour_items=np.zeros(0, np.int32) if neighbours is None else neighbours.items,
+        neighbour_scores=np.zeros(0, np.float32) if neighbours is None else neighbours.scores,
         customer_spend=data.spend,
         customer_orders=data.orders,
         titles=data.titles,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import msgspec
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -20,7 +21,8 @@ from recsvc.ranker import Ranker, top_n
 from training.config import ModelParams
 from training.dataset import TrainingData, build_dataset
 from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
-from training.pipeline import bundle_arrays, fit_model
+from training.itemitem import Neighbours, fit_neighbours
+from training.pipeline import bundle_arrays, served_arrays
 from training.tiers import Crm, CustomerLines, TierConfig, build_crm
 
 T = TypeVar("T")
@@ -79,19 +81,34 @@ class Recommender(Protocol):
 
 
 class ServedModel:
-    """What ``train`` ships: ALS plus the trending prior, ranked by the service's ``Ranker``
-    as the service ranks (with ``history.crm``: each customer's tier and candidate list),
-    under the tier policy unless ``policy`` is false."""
+    """What ``train`` ships: ALS, the item-item model and the trending prior, ranked by the
+    service's ``Ranker`` as the service ranks (with ``history.crm``: each customer's tier and
+    candidate list), under the tier policy unless ``policy`` is false."""
 
     def __init__(self, params: ModelParams, policy: bool = True) -> None:
         self.params = params
         self.policy = policy
+        self._fits: tuple[History, Factors, Neighbours] | None = None
         self._ranker: Ranker | None = None
 
     def fit(self, history: History) -> None:
+        interactions = history.data.interactions
+        factors = fit_als(interactions, self.params)
+        self._rank(history, factors, fit_neighbours(interactions, self.params))
+
+    def reblended(self, **weights: float) -> ServedModel:
+        """The same fitted models blended with other weights (``item_item_weight``,
+        ``trend_weight``): no refit."""
+        other = ServedModel(msgspec.structs.replace(self.params, **weights), self.policy)
+        other._rank(*_fitted(self, self._fits))
+        return other
+
+    def _rank(self, history: History, factors: Factors, neighbours: Neighbours) -> None:
         crm = history.crm
         tiers = None if crm is None else TierTable.of(crm.policy)
-        self._ranker = Ranker(fit_model(history.data, self.params, crm=crm), tiers=tiers)
+        arrays = served_arrays(history.data, factors, neighbours, self.params, crm=crm)
+        self._fits = (history, factors, neighbours)
+        self._ranker = Ranker(arrays, tiers=tiers, item_item_weight=self.params.item_item_weight)
 
     def recommend(self, row: int | None, n: int) -> list[int]:
         return _as_served(_fitted(self, self._ranker), row, n, self.policy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "bm25_b": (0.5, 0.7, 0.8, 0.9),
     "half_life_days": (14.0, 21.0, 30.0, 45.0, 60.0),
     "trend_half_life_days": (7.0, 14.0, 21.0),
-    "trend_weight": (0.0, 1.0, 1.5, 2.0, 2.5, 3.0),
+    "trend_weight": (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
+    "item_item_weight": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "ease_regularization": (100.0, 300.0, 1000.0),
+    "neighbours": (50, 100, 200),
+}
+# Then, on the best candidate's fits, every blend of these weights (no refit: cheap).
+BLEND_GRID: dict[str, tuple[float, ...]] = {
+    "item_item_weight": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "trend_weight": (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
 }
 
 
@@ -61,7 +70,8 @@ def tune(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> TuneResult:
-    """Try ``base`` and ``trials - 1`` random candidates; return the best by NDCG@k."""
+    """Try ``base`` and ``trials - 1`` random candidates, then every blend of ``BLEND_GRID``
+    on the best one's fitted models; return the best by NDCG@k."""
     train_end = cutoff - pd.Timedelta(days=validation_days)
     holdout = split_at(merged.events, train_end, cutoff)
     rng = random.Random(seed)
@@ -89,6 +99,20 @@ def tune(
             best = max(results, key=lambda trial: trial.score)
             step.note = f"{metric} {score:.4f}, best {best.score:.4f}"
     best = max(results, key=lambda trial: trial.score)
+    key = (best.params.half_life_days, best.params.trend_half_life_days)
+    fitted = ServedModel(best.params)
+    fitted.fit(History(holdout.train, datasets[key], merged.item_groups))
+    relevant = relevant_items(datasets[key], holdout.test)
+    blends = [
+        dict(zip(BLEND_GRID, values, strict=True)) for values in product(*BLEND_GRID.values())
+    ]
+    with progress.step(f"{len(blends)} blends of the best", "blends", total=len(blends)) as step:
+        for weights in blends:
+            model = fitted.reblended(**weights)
+            score = float(score_model(model, datasets[key], relevant, k)[metric])
+            results.append(Trial(model.params, score))
+            step.add(1)
+    best = max(results, key=lambda trial: trial.score)
     return TuneResult(best, results, metric, train_end, cutoff)
 
 
@@ -115,4 +139,6 @@ def write_tuned(path: Path, result: TuneResult) -> None:
 def _toml(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else "nan"
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()  # a JSON string is a TOML basic string
     return str(value)

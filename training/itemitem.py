@@ -1,0 +1,142 @@
+"""The item-item model: for each item, the items bought with it and how strongly.
+
+Two ways to fit it, chosen by catalog size (``ModelParams.item_item``, "auto"):
+
+- **EASE^R** (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data"): the
+  closed-form ridge regression of every item on all the others, ``B = -P / diag(P)`` with
+  ``P = (XᵀX + λI)⁻¹`` and a zero diagonal, on the time-decayed purchase matrix ``X``. It holds
+  the items x items Gram matrix and its inverse in memory (float32, 4 bytes x items² each):
+  up to ``EASE_MAX_ITEMS`` items, about 0.6 GB per matrix and a few seconds of Cholesky
+  inversion there.
+- **Item-kNN** past that line: implicit's BM25 item-item similarities, which never form a
+  dense items x items matrix.
+
+Either way the bundle keeps each item's ``neighbours`` strongest positive weights, best
+first (``Neighbours``). The service scores with them (a customer's item-item score for an
+item sums, over their purchases, the purchase's decayed weight times the item's weight
+among its neighbours), lists them as similar items, sums them over a cart, and names the
+purchase that contributes most as a recommendation's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
+
+from training.config import ModelParams
+from training.errors import TrainingError
+from training.fit import fit_item_knn
+
+EASE_MAX_ITEMS = 12_000
+_ROW_BLOCK = 1024  # rows of the dense weights ranked at a time (bounds the index arrays)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """A CSR list over items: item ``i``'s neighbours, best first, are
+    ``items[indptr[i]:indptr[i + 1]]`` with positive ``scores``; never ``i`` itself."""
+
+    kind: Literal["ease", "knn"]
+    indptr: NDArray[np.int64]
+    items: NDArray[np.int32]
+    scores: NDArray[np.float32]
+
+
+def item_item_kind(params: ModelParams, n_items: int) -> Literal["ease", "knn"]:
+    if params.item_item == "auto":
+        return "ease" if n_items <= EASE_MAX_ITEMS else "knn"
+    return params.item_item
+
+
+def fit_neighbours(interactions: sp.csr_matrix, params: ModelParams) -> Neighbours:
+    """The item-item model on customers x items ``interactions``, ``params.neighbours`` kept
+    per item."""
+    kind = item_item_kind(params, interactions.shape[1])
+    if kind == "ease":
+        weights = fit_ease(interactions, params.ease_regularization)
+        return _strongest_dense(weights, params.neighbours)
+    similarity = fit_item_knn(interactions, params.neighbours + 1)  # +1: itself, dropped
+    return _strongest_sparse(similarity, params.neighbours)
+
+
+def fit_ease(interactions: sp.csr_matrix, regularization: float) -> NDArray[np.float32]:
+    """EASE^R's items x items weights (row: the item bought, column: the item predicted)."""
+    matrix = interactions.astype(np.float32)
+    gram = np.asarray((matrix.T @ matrix).toarray(), dtype=np.float32, order="F")
+    gram[np.diag_indices_from(gram)] += np.float32(regularization)
+    # XᵀX + λI is symmetric positive definite: a Cholesky inverse costs half an LU one.
+    with threadpool_limits(limits=None, user_api="blas"):
+        factor, info = lapack.spotrf(gram, lower=True, overwrite_a=True, clean=False)
+        if info != 0:
+            raise TrainingError(f"EASE^R: the Gram matrix is not positive definite ({info})")
+        inverse, info = lapack.spotri(factor, lower=True, overwrite_c=True)
+        if info != 0:
+            raise TrainingError(f"EASE^R: the Gram matrix cannot be inverted ({info})")
+    del gram, factor
+    lower = np.tril(inverse)
+    inverse = lower + np.tril(lower, -1).T  # spotri fills one triangle
+    del lower
+    weights = np.asarray(inverse / -np.diag(inverse), dtype=np.float32)
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
+def _strongest_dense(weights: NDArray[np.float32], k: int) -> Neighbours:
+    n = weights.shape[0]
+    k = max(0, min(k, n - 1))
+    rows: list[NDArray[np.int64]] = []
+    columns: list[NDArray[np.int64]] = []
+    values: list[NDArray[np.float32]] = []
+    for start in range(0, n, _ROW_BLOCK):
+        block = weights[start : start + _ROW_BLOCK]
+        if k == 0:
+            break
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        top_values = np.take_along_axis(block, top, axis=1)
+        keep = top_values > 0
+        rows.append(np.nonzero(keep)[0] + start)
+        columns.append(top[keep])
+        values.append(top_values[keep])
+    return _neighbours(
+        "ease",
+        n,
+        np.concatenate([np.zeros(0, np.int64), *rows]),
+        np.concatenate([np.zeros(0, np.int64), *columns]),
+        np.concatenate([np.zeros(0, np.float32), *values]),
+    )
+
+
+def _strongest_sparse(similarity: sp.csr_matrix, k: int) -> Neighbours:
+    coo = similarity.tocoo()
+    keep = (coo.row != coo.col) & (coo.data > 0)
+    rows, columns, values = coo.row[keep], coo.col[keep], coo.data[keep].astype(np.float32)
+    # The k best of each row: rank within the row, best first.
+    order = np.lexsort((columns, -values, rows))
+    rows, columns, values = rows[order], columns[order], values[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    kept = np.arange(len(rows)) - starts < k
+    return _neighbours(
+        "knn", similarity.shape[0], rows[kept], columns[kept].astype(np.int64), values[kept]
+    )
+
+
+def _neighbours(
+    kind: Literal["ease", "knn"],
+    n: int,
+    rows: NDArray[np.integer],
+    columns: NDArray[np.integer],
+    values: NDArray[np.float32],
+) -> Neighbours:
+    """Sort each row best first (ties by item) into a CSR list."""
+    order = np.lexsort((columns, -values, rows))
+    counts = np.bincount(rows, minlength=n)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return Neighbours(
+        kind, indptr, columns[order].astype(np.int32), values[order].astype(np.float32)
+    )
