@@ -152,28 +152,38 @@ class ServedCatalog:
     unavailable: NDArray[np.int32]  # bundle item indices no list may show
     prices: list[float | None]  # by item index, with new prices
     titles: list[str]
+    price_values: NDArray[np.float64]  # ``prices`` as an array (NaN: unknown), for filters
+    # Items new to the catalog since training (no list shows them yet): their categories.
+    added: dict[str, list[str]]
 
     @classmethod
     def of(cls, model: ServedModel, overlay: CatalogOverlay) -> ServedCatalog:
         hidden: list[int] = []
+        added: dict[str, list[str]] = {}
         prices, titles = model.prices, model.titles
+        price_values = model.ranker.arrays.prices
         copied = False
         for item_id, fields in overlay.items.items():
             index = model.item_index.get(item_id)
             if index is None:
-                continue  # new to the catalog: not served until a training run learns it
+                added[item_id] = list(fields.get("categories", []))
+                continue
             if fields.get("available") is False:
                 hidden.append(index)
             if "price" in fields or "title" in fields:
                 if not copied:
                     prices, titles, copied = list(prices), list(titles), True
+                    price_values = price_values.copy()
                 if "price" in fields:
                     prices[index] = float(fields["price"])
+                    price_values[index] = float(fields["price"])
                 if "title" in fields:
                     titles[index] = str(fields["title"])
-        return cls(np.array(sorted(hidden), dtype=np.int32), prices, titles)
+        return cls(np.array(sorted(hidden), dtype=np.int32), prices, titles, price_values, added)
 
 
 def served_catalog(model: ServedModel) -> ServedCatalog:
     """The bundle as trained, with no overlay."""
-    return ServedCatalog(np.zeros(0, dtype=np.int32), model.prices, model.titles)
+    return ServedCatalog(
+        np.zeros(0, dtype=np.int32), model.prices, model.titles, model.ranker.arrays.prices, {}
+    )

@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from recsvc import reasons
 from recsvc.catalog import ServedCatalog
 from recsvc.errors import UnknownCategory, UnknownSlot
 from recsvc.manifest import Channels
-from recsvc.ranker import RankedItem
+from recsvc.ranker import RankedItem, Ranking
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
+from recsvc.schemas import Reason
+
+if TYPE_CHECKING:
+    from recsvc.products import Listing
 
 POPULAR_FOR_AFFINITY = 50  # anonymous visitors: the categories of the best sellers
 
@@ -49,6 +56,7 @@ def absolute(url: str, base_url: str) -> str:
 def product_card(
     model: ServedModel,
     item: RankedItem,
+    reason: Reason,
     link_query: str = "",
     catalog: ServedCatalog | None = None,
 ) -> dict[str, Any]:
@@ -66,7 +74,24 @@ def product_card(
         "url": settings.base_url + settings.product_path.format(item_id=item_id) + link_query,
         "image": settings.base_url + settings.image_path.format(item_id=item_id),
         "score": item.score,
+        "reason": msgspec.to_builtins(reason),
     }
+
+
+def cards(
+    model: ServedModel,
+    view: CustomerView,
+    ranking: Ranking,
+    link_query: str = "",
+    catalog: ServedCatalog | None = None,
+) -> list[dict[str, Any]]:
+    """A customer's ranked items as product cards, each with its reason."""
+    titles = (catalog or model).titles
+    why = reasons.of_ranking(model, ranking, view.row, titles)
+    return [
+        product_card(model, item, reason, link_query, catalog)
+        for item, reason in zip(ranking.items, why, strict=True)
+    ]
 
 
 def affinity(model: ServedModel, view: CustomerView) -> dict[str, float]:
@@ -154,30 +179,42 @@ def block(
     today: date,
     category: NDArray[np.bool_] | None = None,
     catalog: ServedCatalog | None = None,
+    cart: Callable[[int], Listing] | None = None,
 ) -> dict[str, Any]:
-    """A website slot: content items and product cards for the customer."""
+    """A website slot: content items and product cards for the customer; with ``cart``
+    (the slot's product count -> the cart's complements), the cart's."""
     slots = channels(model).slots
     if slot not in slots:
         raise UnknownSlot(slot, list(slots))
     tiers = model.ranker.tiers
     tier = tiers.describe(view.window_spend)
-    ranking = model.ranker.recommend_row(
-        view.row,
-        slots[slot].products,
-        view.deltas,
-        tiers.index(view.window_spend),
-        allowed=category,
-        unavailable=None if catalog is None else catalog.unavailable,
-    )
+    count = slots[slot].products
+    if cart is None:
+        ranking = model.ranker.recommend_row(
+            view.row,
+            count,
+            view.deltas,
+            tiers.index(view.window_spend),
+            allowed=category,
+            unavailable=None if catalog is None else catalog.unavailable,
+        )
+        fallback, products = ranking.fallback, cards(model, view, ranking, catalog=catalog)
+    else:
+        listing = cart(count)
+        fallback = listing.fallback
+        products = [
+            product_card(model, item, reason, catalog=catalog)
+            for item, reason in zip(listing.items, listing.reasons, strict=True)
+        ]
     return {
         "slot": slot,
         "customer_id": view.customer_id or key,
         "model_version": model.version,
-        "fallback": ranking.fallback,
+        "fallback": fallback,
         "degraded": view.degraded,
         "tier": tier,
         "content": choose_content(model, view, tier["name"], slots[slot].content, today),
-        "products": [product_card(model, item, catalog=catalog) for item in ranking.items],
+        "products": products,
     }
 
 
@@ -226,7 +263,7 @@ def email_picks(
         "fallback": ranking.fallback,
         "tier": tiers.describe(view.window_spend),
         "currency_symbol": settings.currency_symbol,
-        "items": [product_card(model, item, link_query, catalog) for item in ranking.items],
+        "items": cards(model, view, ranking, link_query, catalog),
     }
 
 

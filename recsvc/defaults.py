@@ -17,6 +17,8 @@ MAX_BODY_BYTES = 1024 * 1024
 # GET /v1/customers/<id>/recommendations?n=
 DEFAULT_N = 10
 MAX_N = 100
+CART_DEFAULT_N = 6
+MAX_CART_ITEMS = 50  # item ids a cart's recommendations take
 
 # The real-time store
 REDIS_PREFIX = "recsvc"

@@ -10,6 +10,7 @@ RecsvcError
 │   └── Forbidden          ... or valid but lacks the scope (403)
 ├── RateLimited            the API key is over its rate limit (says when to retry)
 ├── UnknownSlot            a website slot the bundle does not configure
+├── UnknownItem            an item id the catalog has never heard of
 ├── UnknownCustomer        an erasure named nobody the service knows (still recorded)
 ├── StoreUnavailable       the real-time store did not answer in time
 │   └── StoreNotRestored   it answers but lost its data; being rebuilt from the durable logs
@@ -87,6 +88,14 @@ class UnknownSlot(RecsvcError):
     def __init__(self, slot: str, slots: list[str]) -> None:
         super().__init__(f"slot {slot!r} is not configured; slots: {', '.join(sorted(slots))}")
         self.slot = slot
+
+
+class UnknownItem(RecsvcError):
+    """An item neither the bundle nor the catalog changes since training know."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"item {item_id!r} is not in the catalog")
+        self.item_id = item_id
 
 
 class UnknownCustomer(RecsvcError):

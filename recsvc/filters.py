@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc import channels
+from recsvc.catalog import ServedCatalog
 from recsvc.errors import InvalidParameter
 from recsvc.registry import ServedModel
 
@@ -36,13 +37,17 @@ class ItemFilter:
     def priced(self) -> bool:
         return self.min_price is not None or self.max_price is not None
 
-    def mask(self, model: ServedModel) -> NDArray[np.bool_] | None:
-        """The items the filter lets through; None when it lets every item through.
-        UnknownCategory for a category the catalog does not have."""
+    def mask(
+        self, model: ServedModel, catalog: ServedCatalog | None = None
+    ) -> NDArray[np.bool_] | None:
+        """The items the filter lets through, at ``catalog``'s prices (None: the bundle's);
+        None when it lets every item through. UnknownCategory for a category the catalog
+        does not have."""
         mask = None if self.category is None else channels.category_mask(model, self.category)
         if not self.priced:
             return mask
-        prices = model.ranker.arrays.prices  # NaN where unknown: every comparison is False
+        # NaN where unknown: every comparison is False
+        prices = model.ranker.arrays.prices if catalog is None else catalog.price_values
         in_band = np.isfinite(prices)
         if self.min_price is not None:
             in_band &= prices >= self.min_price

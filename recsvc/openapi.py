@@ -117,6 +117,13 @@ MAX_PRICE = Parameter(
     "max_price", "query", {"type": "number", "minimum": 0}, "highest unit price" + _PRICE_NOTE
 )
 FILTERS = (CATEGORY, MIN_PRICE, MAX_PRICE)  # every list endpoint takes them (recsvc.filters)
+_CART_NOTE = f"the cart's item ids, comma-separated: 1 to {defaults.MAX_CART_ITEMS}, each once"
+BLOCK_CART = Parameter(
+    "items",
+    "query",
+    {"type": "string"},
+    _CART_NOTE + "; the block's products are then what goes with the cart (cart_cross_sell)",
+)
 
 
 def _count(high: int) -> Parameter:
@@ -157,6 +164,50 @@ RECOMMENDATIONS = Operation(
     ),
     problems=READS,
 )
+ITEM_ID = Parameter("item_id", "path", _schema(schemas.ItemId), examples={"item": "85123A"})
+CUSTOMER = Parameter(
+    "customer",
+    "query",
+    _schema(schemas.CustomerKey),
+    "leave out what this customer holds; a blocks:read key may name a customer only with a "
+    "visitor token for them (X-Recsvc-Token)",
+)
+SIMILAR = Operation(
+    "get",
+    "/v1/items/{item_id}/similar",
+    schemas.SimilarItems,
+    "bought with the item, strongest first",
+    scope="blocks:read",
+    parameters=(ITEM_ID, _count(defaults.MAX_N), CUSTOMER, *FILTERS, VISITOR_TOKEN),
+    problems=(*READS, 404),
+    notes="404 for an item id the catalog has never heard of; an item the model does not "
+    "know (added since training) gets best sellers of its category, with fallback true",
+)
+CART_ITEMS = Parameter(
+    "items",
+    "query",
+    {"type": "string"},
+    _CART_NOTE,
+    required=True,
+    examples={"cart": "85123A,71053"},
+)
+CART = Operation(
+    "get",
+    "/v1/cart/recommendations",
+    schemas.CartRecommendations,
+    "bought with the cart's items, strongest first",
+    scope="blocks:read",
+    parameters=(
+        CART_ITEMS,
+        _count(defaults.MAX_N),
+        CUSTOMER,
+        *FILTERS,
+        Parameter("country", "query", {"type": "string"}, "whose best sellers fill in"),
+        VISITOR_TOKEN,
+    ),
+    problems=READS,
+    notes="item ids the catalog has never heard of are listed in unknown_items, not an error",
+)
 PROFILE = Operation(
     "get",
     "/v1/customers/{key}/profile",
@@ -182,7 +233,7 @@ CUSTOMER_BLOCK = Operation(
     (schemas.Block, schemas.PublicBlock),
     "a website block (PublicBlock for a blocks:read key)",
     scope="blocks:read",
-    parameters=(KEY, KEY_QUERY, SLOT, FORMAT, *FILTERS, VISITOR_TOKEN),
+    parameters=(KEY, KEY_QUERY, SLOT, FORMAT, *FILTERS, BLOCK_CART, VISITOR_TOKEN),
     problems=(*READS, 404),
     html=True,
 )
@@ -192,7 +243,7 @@ ANONYMOUS_BLOCK = Operation(
     (schemas.Block, schemas.PublicBlock),
     "the anonymous block (PublicBlock for a blocks:read key)",
     scope="blocks:read",
-    parameters=(SLOT, FORMAT, *FILTERS),
+    parameters=(SLOT, FORMAT, *FILTERS, BLOCK_CART),
     problems=(*READS, 404),
     html=True,
 )
@@ -282,6 +333,8 @@ OPERATIONS = (
     MODEL,
     OPENAPI,
     RECOMMENDATIONS,
+    SIMILAR,
+    CART,
     PROFILE,
     ERASE,
     CUSTOMER_BLOCK,

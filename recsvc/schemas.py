@@ -145,11 +145,35 @@ class Tier(Body):
         )
 
 
+ReasonKind = Literal["bought_with", "popular", "trending", "tier_exclusive", "similar_to"]
+
+
+class Reason(Body, omit_defaults=True):
+    """Why an item is listed (``recsvc.reasons``):
+
+    - ``bought_with``: the customer's own purchase (``item_id``, ``title``) that adds most to
+      the item's score, and the ``source`` it was bought in;
+    - ``similar_to``: the item (the page's, or the cart's) it is most often bought with;
+    - ``popular``: a best seller of ``scope`` (country:<name>, tier:<name>,
+      category:<name> or all);
+    - ``trending``: selling more lately;
+    - ``tier_exclusive``: reserved for the customer's ``tier`` and above.
+    """
+
+    kind: ReasonKind
+    item_id: str | None = None
+    title: str | None = None
+    source: str | None = None
+    scope: str | None = None
+    tier: str | None = None
+
+
 class Recommendation(Body):
     item_id: str
     score: float
     title: str
     price: float | None
+    reason: Reason
 
 
 class Recommendations(Body):
@@ -160,6 +184,30 @@ class Recommendations(Body):
     tier: Tier
     items: list[Recommendation]
     # With fallback: whose best sellers these are ("country:Germany", "tier:gold", "all").
+    fallback_scope: (
+        Annotated[str, Meta(description="with fallback: country:<name>, tier:<name> or all")] | None
+    ) = None
+
+
+class SimilarItems(Body):
+    item_id: str
+    model_version: str
+    fallback: Annotated[bool, Meta(description="the model has no neighbours for the item")]
+    degraded: bool
+    items: list[Recommendation]
+    fallback_scope: (
+        Annotated[str, Meta(description="with fallback: category:<name> or all")] | None
+    ) = None
+
+
+class CartRecommendations(Body):
+    model_version: str
+    fallback: Annotated[bool, Meta(description="no cart item has neighbours in the model")]
+    degraded: bool
+    unknown_items: Annotated[
+        list[str], Meta(description="cart item ids the catalog has never heard of")
+    ]
+    items: list[Recommendation]
     fallback_scope: (
         Annotated[str, Meta(description="with fallback: country:<name>, tier:<name> or all")] | None
     ) = None
@@ -222,6 +270,7 @@ class ProductCard(Body):
     url: Uri
     image: Uri
     score: float
+    reason: Reason
 
 
 class Content(Body):

@@ -9,6 +9,7 @@ reaches into the served model's arrays, alias index and tier table.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from recsvc import channels, defaults, tokens
+from recsvc import channels, defaults, products, reasons, tokens
 from recsvc.auth import Authenticator
 from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
@@ -27,23 +28,28 @@ from recsvc.errors import (
     NoModelLoaded,
     StoreUnavailable,
     UnknownCustomer,
+    UnknownItem,
 )
 from recsvc.events import STORE_FILE, ErasureLog, Event, EventLog, logs_origin
 from recsvc.filters import NO_FILTER, ItemFilter
 from recsvc.identity import request_aliases
 from recsvc.logrecords import catalog_state
 from recsvc.logs import CustomerHasher
+from recsvc.ranker import RankedItem
 from recsvc.ratelimit import RateLimiter
 from recsvc.realtime import CustomerView, Realtime, Resolved
 from recsvc.registry import ModelRegistry, ServedModel
 from recsvc.schemas import (
+    CartRecommendations,
     EmailPicks,
     ErasureReceipt,
     EventResult,
     Profile,
+    Reason,
     Recommendation,
     Recommendations,
     Signals,
+    SimilarItems,
     SinceTraining,
     Tier,
 )
@@ -54,6 +60,42 @@ from recsvc.triggers import Key, live_since
 log = logging.getLogger(__name__)
 
 SERVICE = "recsvc"  # the key of the app's Service in Flask's app.extensions
+
+
+def listed(
+    model: ServedModel,
+    catalog: ServedCatalog,
+    items: list[RankedItem],
+    why: list[Reason],
+) -> list[Recommendation]:
+    """Ranked items as list endpoints answer them, at the catalog's titles and prices."""
+    item_ids, titles, prices = model.item_ids, catalog.titles, catalog.prices
+    return [
+        Recommendation(
+            item_ids[item.index], item.score, titles[item.index], prices[item.index], reason
+        )
+        for item, reason in zip(items, why, strict=True)
+    ]
+
+
+def segments(tier_names: list[str], tier: int, country: str | None) -> tuple[str, ...]:
+    """Whose best sellers a customer the model does not know gets, in order: those of
+    ``country``, then of their tier when purchases reported since training lift them above
+    the first (a stranger's first tier says nothing about them)."""
+    scopes: tuple[str, ...] = () if country is None else (f"country:{country.strip()}",)
+    if tier > 0:
+        scopes += (f"tier:{tier_names[tier]}",)
+    return scopes
+
+
+def catalog_item(model: ServedModel, item_id: str) -> tuple[str, int | None]:
+    """The id of the item ``item_id`` names (as the bundle spells it, else upper-cased as
+    catalog writes store it) and its bundle index (None: not in the bundle)."""
+    index = model.item_index.get(item_id)
+    if index is not None:
+        return item_id, index
+    normal = item_id.strip().upper()
+    return normal, model.item_index.get(normal)
 
 
 class TriggerPage(NamedTuple):
@@ -212,11 +254,9 @@ class Service:
         ranker = model.ranker
         tiers = ranker.tiers
         tier = tiers.index(customer.window_spend)
-        scopes: tuple[str, ...] = () if country is None else (f"country:{country.strip()}",)
-        if tier > 0:
-            scopes += (f"tier:{tiers.names[tier]}",)
-        mask = filters.mask(model)
+        scopes = segments(tiers.names, tier, country)
         catalog = self.catalog(model)
+        mask = filters.mask(model, catalog)
         ranking = ranker.recommend_row(
             customer.row,
             n,
@@ -226,20 +266,84 @@ class Service:
             scopes=scopes,
             unavailable=catalog.unavailable,
         )
-        item_ids, titles, prices = model.item_ids, catalog.titles, catalog.prices
         return Recommendations(
             customer.customer_id or key,
             model.version,
             ranking.fallback,
             customer.degraded,
             Tier.of(tiers.describe(customer.window_spend)),
-            [
-                Recommendation(
-                    item_ids[item.index], item.score, titles[item.index], prices[item.index]
-                )
-                for item in ranking.items
-            ],
+            listed(
+                model,
+                catalog,
+                ranking.items,
+                reasons.of_ranking(model, ranking, customer.row, catalog.titles),
+            ),
             ranking.scope,
+        )
+
+    def similar(
+        self,
+        model: ServedModel,
+        item_id: str,
+        n: int,
+        filters: ItemFilter = NO_FILTER,
+        key: str | None = None,
+    ) -> SimilarItems:
+        """Items bought with ``item_id``, for the customer ``key`` names (None: anyone).
+        UnknownItem when neither the bundle nor the catalog changes know the item."""
+        catalog = self.catalog(model)
+        mask = filters.mask(model, catalog)
+        item_id, index = catalog_item(model, item_id)
+        if index is None and item_id not in catalog.added:
+            raise UnknownItem(item_id)
+        customer = anonymous() if key is None else self.realtime.view(model, key)
+        tier = model.ranker.tiers.index(customer.window_spend)
+        found = products.similar(model, customer, catalog, item_id, n, mask, tier)
+        return SimilarItems(
+            item_id,
+            model.version,
+            found.fallback,
+            customer.degraded,
+            listed(model, catalog, found.items, found.reasons),
+            found.scope,
+        )
+
+    def cart(
+        self,
+        model: ServedModel,
+        item_ids: list[str],
+        n: int,
+        filters: ItemFilter = NO_FILTER,
+        key: str | None = None,
+        country: str | None = None,
+    ) -> CartRecommendations:
+        """Items bought with a cart's, for the customer ``key`` names (None: anyone). Item ids
+        the catalog has never heard of are listed in the answer, not an error; when no cart
+        item has neighbours, the best sellers of ``country`` (or the customer's tier) fill
+        the list, as for recommendations."""
+        catalog = self.catalog(model)
+        mask = filters.mask(model, catalog)
+        cart: list[int] = []
+        unknown: list[str] = []
+        for raw in item_ids:
+            item_id, index = catalog_item(model, raw)
+            if index is not None:
+                cart.append(index)
+            elif item_id not in catalog.added:
+                unknown.append(raw)
+        customer = anonymous() if key is None else self.realtime.view(model, key)
+        tiers = model.ranker.tiers
+        tier = tiers.index(customer.window_spend)
+        found = products.complements(
+            model, customer, catalog, cart, n, mask, tier, segments(tiers.names, tier, country)
+        )
+        return CartRecommendations(
+            model.version,
+            found.fallback,
+            customer.degraded,
+            unknown,
+            listed(model, catalog, found.items, found.reasons),
+            found.scope,
         )
 
     def profile(self, model: ServedModel, key: str) -> Profile:
@@ -271,13 +375,30 @@ class Service:
         slot: str,
         filters: ItemFilter = NO_FILTER,
         today: date | None = None,
+        cart: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Website slot ``slot`` for the customer ``key`` names (None: an anonymous visitor);
-        UnknownSlot, UnknownCategory. See ``channels.public_block`` for a publishable key."""
-        mask = filters.mask(model)
+        """Website slot ``slot`` for the customer ``key`` names (None: an anonymous visitor),
+        with the complements of ``cart`` (item ids) for products when given; UnknownSlot,
+        UnknownCategory. See ``channels.public_block`` for a publishable key."""
+        catalog = self.catalog(model)
+        mask = filters.mask(model, catalog)
         customer = anonymous() if key is None else self.realtime.view(model, key)
         today = today or datetime.now(UTC).date()
-        return channels.block(model, customer, key, slot, today, mask, self.catalog(model))
+        complements = None
+        if cart is not None:
+            indices = [i for i in (catalog_item(model, item)[1] for item in cart) if i is not None]
+            tier = model.ranker.tiers.index(customer.window_spend)
+            complements = functools.partial(
+                products.complements,
+                model,
+                customer,
+                catalog,
+                indices,
+                allowed=mask,
+                tier=tier,
+                scopes=(),
+            )
+        return channels.block(model, customer, key, slot, today, mask, catalog, complements)
 
     def visitor_proven(self, key: str, token: str | None) -> bool:
         """Whether ``token`` is a valid visitor token for ``key`` (see recsvc.tokens)."""
@@ -296,7 +417,7 @@ class Service:
         customer = self.realtime.view(model, key)
         catalog = self.catalog(model)
         answer = channels.email_picks(
-            model, customer, key, send_id, n, filters.mask(model), catalog
+            model, customer, key, send_id, n, filters.mask(model, catalog), catalog
         )
         # Kept without the customer's id or key (it may be an address): the store holds the
         # snapshot under a digest, and the answer names the customer as asked.

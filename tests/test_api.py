@@ -33,7 +33,7 @@ def test_recommendations_for_known_customer(client: FlaskClient, sample_models: 
     assert body["model_version"] == bundle.version
     assert body["fallback"] is False
     assert len(body["items"]) == 7
-    assert set(body["items"][0]) == {"item_id", "score", "title", "price"}
+    assert set(body["items"][0]) == {"item_id", "score", "title", "price", "reason"}
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
 

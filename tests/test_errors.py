@@ -29,6 +29,7 @@ EXPECTED = {
     "Forbidden": (403, "Forbidden"),
     "RateLimited": (429, "Too Many Requests"),
     "UnknownSlot": (404, "Unknown slot"),
+    "UnknownItem": (404, "Unknown item"),
     "UnknownCustomer": (404, "Unknown customer"),
     "StoreUnavailable": (503, "Store unavailable"),
     "StoreNotRestored": (503, "Store unavailable"),

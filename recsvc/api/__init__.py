@@ -13,6 +13,7 @@ from recsvc.api import (
     health,
     observability,
     problems,
+    products,
     recommendations,
     triggers,
 )
@@ -23,6 +24,7 @@ def init_app(app: Flask) -> None:
     problems.init_app(app)
     health.init_app(app)
     recommendations.init_app(app)
+    products.init_app(app)
     events.init_app(app)
     catalog.init_app(app)
     customers.init_app(app)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Flask, Response, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from recsvc.api.access import requires
 from recsvc.api.context import this_service
@@ -25,6 +26,8 @@ blueprint = Blueprint("catalog", __name__, url_prefix="/v1")
 @blueprint.put("/items/<path:item_id>")
 @requires(ITEM.key_scope)
 def put_item(item_id: str) -> Response:
+    if item_id.endswith("/similar"):  # the path converter (ids may hold '/') reaches this too
+        raise MethodNotAllowed(valid_methods=["GET"])
     query_args(ITEM)
     body = request.get_json(silent=True)
     if not isinstance(body, dict):

@@ -25,7 +25,15 @@ from recsvc.api.access import granted, requires
 from recsvc.api.context import this_request, this_service
 from recsvc.api.json import encoded
 from recsvc.api.observability import answered
-from recsvc.api.params import body_as, checked_text, customer_key, int_arg, item_filter, query_args
+from recsvc.api.params import (
+    body_as,
+    cart_items,
+    checked_text,
+    customer_key,
+    int_arg,
+    item_filter,
+    query_args,
+)
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.openapi import ANONYMOUS_BLOCK, CUSTOMER_BLOCK, EMAIL_PICKS, VISITOR_TOKENS
 from recsvc.registry import ServedModel
@@ -70,7 +78,8 @@ def _block(
     public: bool,
 ) -> Response:
     output = _format(args)
-    block = service.block(model, key, slot, item_filter(args))
+    cart = None if "items" not in args else cart_items(args["items"])
+    block = service.block(model, key, slot, item_filter(args), cart=cart)
     answered(fallback=block["fallback"], degraded=block["degraded"])
     if public:
         block = channels.public_block(block, personalised=key is not None)

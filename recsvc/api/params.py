@@ -12,10 +12,12 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from recsvc import defaults
 from recsvc.api.context import this_request
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.filters import ItemFilter
 from recsvc.openapi import Operation
+from recsvc.schemas import MAX_ITEM_ID_LENGTH
 from recsvc.text import MAX_KEY_LENGTH, text_problem
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -123,6 +125,25 @@ def _price(args: Mapping[str, str], name: str) -> float | None:
         return float(raw.strip())
     except ValueError:
         raise invalid_parameter(name, f"must be a number, got {raw[:40]!r}") from None
+
+
+def cart_items(raw: str | None) -> list[str]:
+    """The ``items`` parameter: 1 to MAX_CART_ITEMS item ids, comma-separated, each once."""
+    limit = defaults.MAX_CART_ITEMS
+    if raw is None or not raw.strip():
+        raise invalid_parameter("items", f"required: 1 to {limit} comma-separated item ids")
+    items = [item.strip() for item in raw.split(",")]
+    if len(items) > limit:
+        raise invalid_parameter("items", f"at most {limit} item ids, got {len(items)}")
+    seen: set[str] = set()
+    for position, item in enumerate(items, start=1):
+        if not item:
+            raise invalid_parameter("items", f"item id {position} is empty")
+        checked_text("items", item, MAX_ITEM_ID_LENGTH)
+        if item in seen:
+            raise invalid_parameter("items", f"item id {position} repeats an earlier one")
+        seen.add(item)
+    return items
 
 
 ANY_KEY = "~"  # the path segment that says: the customer key is in the ``key`` parameter

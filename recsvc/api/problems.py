@@ -22,6 +22,7 @@ from recsvc.errors import (
     RecsvcError,
     StoreUnavailable,
     UnknownCustomer,
+    UnknownItem,
     UnknownSlot,
 )
 
@@ -94,6 +95,7 @@ PROBLEMS: dict[type[RecsvcError], Answer] = {
     AuthError: Answer(401, "Unauthorized", _bearer),
     Forbidden: Answer(403, "Forbidden"),
     UnknownSlot: Answer(404, "Unknown slot"),
+    UnknownItem: Answer(404, "Unknown item"),
     UnknownCustomer: Answer(404, "Unknown customer"),
     RateLimited: Answer(429, "Too Many Requests", _retry_after),
     StoreUnavailable: Answer(503, "Store unavailable", _retry_later),

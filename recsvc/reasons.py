@@ -1,0 +1,83 @@
+"""Why each listed item is there (``schemas.Reason``): one rule for every list endpoint.
+
+An item recommended to a customer the model knows gets the first of:
+
+1. ``bought_with``: the customer's purchase (at training) that adds most to the item's
+   item-item score, with the source of their latest purchase of it;
+2. ``tier_exclusive``: the item is reserved for the customer's tier and above;
+3. ``trending``: the item is among those with the largest trend prior
+   (``Ranker.trending``);
+4. ``popular`` in scope "all": no purchase, tier or trend explains it more narrowly.
+
+The items of a fallback list are ``popular`` in the scope served. Similar items and a cart's
+complements are ``similar_to`` the item they are most bought with. Purchases reported since
+training do not move the model's scores, so no reason names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from recsvc.ranker import RankedItem, Ranking
+from recsvc.registry import ServedModel
+from recsvc.schemas import Reason
+
+# A customer's strongest purchases (by decayed weight) that reasons are looked for among:
+# a wholesaler's thousands of lines would cost a millisecond and name an old order anyway.
+MAX_REASON_PURCHASES = 200
+
+TRENDING = Reason("trending")
+POPULAR = Reason("popular", scope="all")
+
+
+def of_ranking(
+    model: ServedModel, ranking: Ranking, row: int | None, titles: Sequence[str]
+) -> list[Reason]:
+    """The reasons of a customer's list: ``personal`` unless it is a fallback."""
+    if ranking.fallback or row is None:
+        return popular(ranking.scope, len(ranking.items))
+    return personal(model, row, ranking.items, titles)
+
+
+def personal(
+    model: ServedModel, row: int, items: Sequence[RankedItem], titles: Sequence[str]
+) -> list[Reason]:
+    """The reasons of a known customer's items (``titles``: the catalog's, by index)."""
+    ranker = model.ranker
+    arrays = ranker.arrays
+    indices = [item.index for item in items]
+    found = ranker.contributors(row, indices, MAX_REASON_PURCHASES)
+    reasons: list[Reason] = []
+    for index, position in zip(indices, found, strict=True):
+        if position >= 0:
+            bought = int(arrays.owned_indices[position])
+            source = int(arrays.owned_source[position])
+            reasons.append(
+                Reason(
+                    "bought_with",
+                    item_id=model.item_ids[bought],
+                    title=titles[bought],
+                    source=str(arrays.source_names[source]) if source >= 0 else None,
+                )
+            )
+        elif (minimum := int(arrays.item_min_tier[index])) > 0:
+            reasons.append(Reason("tier_exclusive", tier=ranker.tiers.names[minimum]))
+        elif ranker.trending[index]:
+            reasons.append(TRENDING)
+        else:
+            reasons.append(POPULAR)
+    return reasons
+
+
+def popular(scope: str | None, count: int) -> list[Reason]:
+    """``count`` best sellers of ``scope`` (None: of all)."""
+    reason = POPULAR if scope in (None, "all") else Reason("popular", scope=scope)
+    return [reason] * count
+
+
+def similar_to(model: ServedModel, sources: Sequence[int], titles: Sequence[str]) -> list[Reason]:
+    """Items bought with the item of each index in ``sources``."""
+    return [
+        Reason("similar_to", item_id=model.item_ids[source], title=titles[source])
+        for source in sources
+    ]
