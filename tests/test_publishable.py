@@ -234,3 +234,25 @@ def test_the_validator_accepts_what_addresses_and_names_hold() -> None:
     for text in ("email:o'brien+x/y=z@example.com", "phone:+44 20", "Zoë 名前", "a\u200eb"):
         assert unsafe_character(text) is None
     assert "U+202E" in (unsafe_character("a\u202eb") or "")
+
+
+@pytest.mark.parametrize("path", ["/v1/items/K1/similar", "/v1/cart/recommendations?items=K1"])
+def test_product_pages_name_a_customer_only_with_their_token(
+    client: FlaskClient, path: str
+) -> None:
+    """Similar items and carts are public, but leaving out what a named customer owns would
+    tell a page's key what they bought: that takes the customer's visitor token."""
+    joined = "&" if "?" in path else "?"
+    anyone = client.get(path, headers=WEB)
+    assert anyone.status_code == 200
+    named = client.get(f"{path}{joined}customer=baker", headers=WEB)
+    assert named.status_code == 403
+    assert "visitor token" in named.get_json()["detail"]
+    proven = client.get(f"{path}{joined}customer=baker", headers=token_for("baker"))
+    backend = client.get(f"{path}{joined}customer=baker", headers=MAIL)
+    assert proven.status_code == backend.status_code == 200
+    assert proven.get_json() == backend.get_json()
+    # baker holds K1 and K2: neither is ever offered to them.
+    assert not {"K1", "K2"} & {item["item_id"] for item in proven.get_json()["items"]}
+    other = client.get(f"{path}{joined}customer=baker", headers=token_for("festive"))
+    assert other.status_code == 403
