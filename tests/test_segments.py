@@ -140,8 +140,9 @@ def test_segment_lists_known_answer() -> None:
     sales = Sales(
         items=np.array([2, 2, 0, 1, 2, 1]),
         rows=np.array([0, 1, 2, 3, -1, 3]),
-        countries=np.array(["Spain", "Spain", "Spain", "Peru", "Spain", "Peru"]),
+        countries=np.array([1, 1, 1, 0, 1, 0]),
         weights=np.array([1.0, 1.0, 0.5, 1.0, 1.0, 1.0]),
+        country_names=np.array(["Peru", "Spain"]),
     )
     arrays = segment_arrays(sales, 3, np.array([0, 0, 0, 1]), ["bronze", "gold"])
     assert arrays["segment_names"].tolist() == ["country:Spain", "tier:bronze"]

@@ -23,13 +23,14 @@ MIN_CUSTOMERS = 3
 
 @dataclass(frozen=True)
 class Sales:
-    """Every counted sale: its item (column), customer (row; -1 anonymous), country and
-    decayed weight."""
+    """Every counted sale: its item (column), customer (row; -1 anonymous), country (a
+    position in ``country_names``; -1 unknown) and decayed weight."""
 
     items: NDArray[np.intp]
     rows: NDArray[np.intp]
-    countries: NDArray[np.str_]
+    countries: NDArray[np.intp]
     weights: NDArray[np.float64]
+    country_names: NDArray[np.str_]
 
 
 def sales_of(
@@ -46,10 +47,10 @@ def sales_of(
     rows = positions(events["customer_id"], pd.Index(customer_ids))
     rows = np.where(value_is(events["customer_id"], ""), -1, rows)
     country = events["country"]
-    names = np.append(country.cat.categories.astype(str).to_numpy(), "")
-    countries = names[country.cat.codes.to_numpy()[is_sale]]  # code -1 (missing): ""
+    names = country.cat.categories.astype(str).to_numpy()
+    countries = country.cat.codes.to_numpy()[is_sale].astype(np.intp)
     weights = decay_weights(events["timestamp"].to_numpy()[is_sale], as_of, half_life_days)
-    return Sales(items[is_sale], rows[is_sale], countries, weights)
+    return Sales(items[is_sale], rows[is_sale], countries, weights, names)
 
 
 def segment_arrays(
@@ -60,9 +61,11 @@ def segment_arrays(
     known = sales.rows >= 0
     tiers = np.full(len(sales.rows), -1)
     tiers[known] = customer_tiers[sales.rows[known]]
+    countries = sales.country_names.tolist()
     segments: list[tuple[str, NDArray[np.bool_]]] = [
-        (f"country:{name}", sales.countries == name)
-        for name in sorted(set(sales.countries.tolist()) - {""})
+        (f"country:{countries[code]}", sales.countries == code)
+        for code in sorted(range(len(countries)), key=countries.__getitem__)
+        if countries[code]
     ]
     segments += [(f"tier:{name}", tiers == index) for index, name in enumerate(tier_names)]
     names: list[str] = []
