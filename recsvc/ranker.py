@@ -35,6 +35,7 @@ from recsvc.identity import AliasIndex, IdentityKey, IdentityRules
 from recsvc.policy import TierTable
 
 TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
+_SUM_CELLS = 1 << 22  # customers x items summed at a time for item-item scores
 UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper than asking more
 
 
@@ -282,19 +283,26 @@ class Ranker:
         customer whose purchases have no neighbours)."""
         arrays = self.arrays
         n_items = len(arrays.item_ids)
-        starts = arrays.owned_indptr[rows]
-        counts = arrays.owned_indptr[rows + 1] - starts
-        positions = _ranges(starts, counts)
-        spread = self.spread(arrays.owned_indices[positions], arrays.owned_weight[positions])
-        owners = np.repeat(np.arange(len(rows)), counts)[spread.sources]
-        flat = owners * n_items + spread.targets
-        summed = np.bincount(flat, spread.values, minlength=len(rows) * n_items)
-        scores = summed.reshape(len(rows), n_items).astype(np.float32)
+        scores = np.empty((len(rows), n_items), dtype=np.float32)
+        # Summed in float64 a few rows at a time: the sums of a whole batch of a big
+        # catalog's rows would take twice the batch's scores in memory.
+        step = max(1, _SUM_CELLS // max(n_items, 1))
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            firsts = arrays.owned_indptr[chunk]
+            counts = arrays.owned_indptr[chunk + 1] - firsts
+            positions = _ranges(firsts, counts)
+            spread = self.spread(arrays.owned_indices[positions], arrays.owned_weight[positions])
+            owners = np.repeat(np.arange(len(chunk)), counts)[spread.sources]
+            summed = np.bincount(
+                owners * n_items + spread.targets, spread.values, minlength=len(chunk) * n_items
+            )
+            scores[start : start + len(chunk)] = summed.reshape(len(chunk), n_items)
         mean = scores.mean(axis=1, keepdims=True)
-        spread_ = scores.std(axis=1, keepdims=True)
-        spread_[spread_ == 0] = np.inf  # no neighbours: every item scores 0
+        deviation = scores.std(axis=1, keepdims=True)
+        deviation[deviation == 0] = np.inf  # no neighbours: every item scores 0
         scores -= mean
-        scores /= spread_
+        scores /= deviation
         return scores
 
     def spread(self, items: NDArray[np.int32], weights: NDArray[np.float32]) -> Spread:
