@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Flask, Response, request
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.routing import PathConverter
 
 from recsvc.api.access import requires
 from recsvc.api.context import this_service
@@ -23,11 +23,16 @@ from recsvc.schemas import MAX_BATCH, CatalogRejection, CatalogResult
 blueprint = Blueprint("catalog", __name__, url_prefix="/v1")
 
 
-@blueprint.put("/items/<path:item_id>")
+class ItemPath(PathConverter):
+    """An item id, '/' included, except one ending in /similar: that path is
+    ``GET /v1/items/<item_id>/similar``, and must not also answer (or advertise) PUT."""
+
+    regex = r"(?!.*/similar$)" + PathConverter.regex
+
+
+@blueprint.put("/items/<item_path:item_id>")
 @requires(ITEM.key_scope)
 def put_item(item_id: str) -> Response:
-    if item_id.endswith("/similar"):  # the path converter (ids may hold '/') reaches this too
-        raise MethodNotAllowed(valid_methods=["GET"])
     query_args(ITEM)
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -69,4 +74,5 @@ def post_catalog() -> Response:
 
 
 def init_app(app: Flask) -> None:
+    app.url_map.converters["item_path"] = ItemPath
     app.register_blueprint(blueprint)
