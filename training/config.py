@@ -176,7 +176,7 @@ class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     # "ease": EASE^R (closed form); "knn": BM25 item-kNN; "auto": EASE^R up to
     # training.itemitem.EASE_MAX_ITEMS catalog items, kNN beyond.
     item_item: ItemItemKind = "auto"
-    item_item_weight: Annotated[float, _range(0.0, 100.0)] = 1.0
+    item_item_weight: Annotated[float, _range(0.0, 100.0)] = 0.5
     ease_regularization: Annotated[float, _range(1e-6, 1e9)] = 300.0
     neighbours: Annotated[int, _range(1, 1000)] = 100  # per item, kept in the bundle
     seed: Annotated[int, _range(0, 2**31 - 1)] = 42
