@@ -30,6 +30,7 @@ from training.recommenders import (
     BestSellers,
     Bpr,
     History,
+    ItemItemAlone,
     ItemKnn,
     PlainAls,
     Recommender,
@@ -50,6 +51,7 @@ def compared_models(params: ModelParams) -> dict[str, Recommender]:
         "recsvc_no_policy": ServedModel(params, policy=False),
         "popular": BestSellers(),
         "itemknn": ItemKnn(),
+        "item_item": ItemItemAlone(params),
         "als": PlainAls(msgspec.structs.replace(PLAIN_ALS, seed=params.seed)),
         "bpr": Bpr(params),
     }

@@ -15,13 +15,14 @@ import msgspec
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numpy.typing import NDArray
 
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker, top_n
 from training.config import ModelParams
 from training.dataset import TrainingData, build_dataset
 from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
-from training.itemitem import Neighbours, fit_neighbours
+from training.itemitem import Neighbours, fit_ease, fit_neighbours, item_item_kind
 from training.pipeline import bundle_arrays, served_arrays
 from training.tiers import Crm, CustomerLines, TierConfig, build_crm
 
@@ -196,6 +197,45 @@ class ItemKnn:
             return fitted.fallback.recommend(None, n)
         data = fitted.data
         scores = np.asarray((data.interactions[row] @ fitted.similarity).todense()).ravel()
+        owned = data.owned.indices[data.owned.indptr[row] : data.owned.indptr[row + 1]]
+        return [item.index for item in top_n(scores, n, owned)]
+
+
+@dataclass(frozen=True)
+class _ItemItem:
+    data: TrainingData
+    weights: NDArray[np.float32] | sp.csr_matrix  # items x items
+    fallback: BestSellers
+
+
+class ItemItemAlone:
+    """The item-item model alone, on the served model's decayed purchases: EASE^R with its
+    full items x items weights (not the bundle's strongest neighbours) up to
+    ``EASE_MAX_ITEMS``, the kept kNN neighbours past it. A customer's score for an item is
+    their history times its column; the best-sellers for a customer never seen."""
+
+    def __init__(self, params: ModelParams) -> None:
+        self.params = params
+        self._fitted: _ItemItem | None = None
+
+    def fit(self, history: History) -> None:
+        fallback = BestSellers()
+        fallback.fit(history)
+        interactions = history.data.interactions
+        weights: NDArray[np.float32] | sp.csr_matrix
+        if item_item_kind(self.params, interactions.shape[1]) == "ease":
+            weights = fit_ease(interactions, self.params.ease_regularization)
+        else:
+            found = fit_neighbours(interactions, self.params)
+            weights = sp.csr_matrix((found.scores, found.items, found.indptr))
+        self._fitted = _ItemItem(history.data, weights, fallback)
+
+    def recommend(self, row: int | None, n: int) -> list[int]:
+        fitted = _fitted(self, self._fitted)
+        if row is None:
+            return fitted.fallback.recommend(None, n)
+        data = fitted.data
+        scores = np.asarray(data.interactions[row] @ fitted.weights).ravel()
         owned = data.owned.indices[data.owned.indptr[row] : data.owned.indptr[row + 1]]
         return [item.index for item in top_n(scores, n, owned)]
 
