@@ -81,3 +81,26 @@ def similar_to(model: ServedModel, sources: Sequence[int], titles: Sequence[str]
         Reason("similar_to", item_id=model.item_ids[source], title=titles[source])
         for source in sources
     ]
+
+
+def phrase(reason: dict[str, str]) -> str:
+    """A reason (as a product card holds it) in a few words, for the HTML of blocks and
+    email: "Because you bought …", "Goes with …", "Popular in Germany"."""
+    kind = reason["kind"]
+    if kind == "bought_with":
+        return f"Because you bought {reason['title']}"
+    if kind == "similar_to":
+        return f"Goes with {reason['title']}"
+    if kind == "tier_exclusive":
+        return f"For {reason['tier']} members"
+    if kind == "trending":
+        return "Trending now"
+    scope = reason.get("scope", "all")
+    segment, _, name = scope.partition(":")
+    if segment == "country":
+        return f"Popular in {name}"
+    if segment == "tier":
+        return f"Popular with {name} members"
+    if segment == "category":
+        return f"Popular in {name}"
+    return "Popular"

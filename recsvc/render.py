@@ -13,18 +13,22 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from recsvc import reasons
+
 EMAIL_COLUMNS = 2
 
 
 @cache
 def _environment() -> Environment:
-    return Environment(
+    environment = Environment(
         loader=PackageLoader("recsvc", "templates"),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,  # package data: no need to stat the template on every render
     )
+    environment.filters["reason"] = reasons.phrase
+    return environment
 
 
 def block_html(block: dict[str, Any], currency: str) -> str:

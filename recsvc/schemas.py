@@ -270,7 +270,8 @@ class ProductCard(Body):
     url: Uri
     image: Uri
     score: float
-    reason: Reason
+    # Null only in email picks kept from before reasons existed (a send's picks never change).
+    reason: Reason | None = None
 
 
 class Content(Body):

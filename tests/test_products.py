@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from flask import Flask
@@ -14,8 +15,9 @@ from flask.testing import FlaskClient
 from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.config import ServiceConfig
-from recsvc.reasons import MAX_REASON_PURCHASES
+from recsvc.reasons import MAX_REASON_PURCHASES, phrase
 from recsvc.registry import ServedModel
+from recsvc.schemas import ProductCard
 
 
 def served(app: Flask) -> ServedModel:
@@ -219,3 +221,35 @@ def test_the_new_endpoints_are_documented(client: FlaskClient, path: str) -> Non
     document = client.get("/openapi.json").get_json()
     template = path.replace("85123A", "{item_id}")
     assert template in document["paths"]
+
+
+def test_blocks_and_emails_say_why_in_words(sample_app: Flask, client: FlaskClient) -> None:
+    model = served(sample_app)
+    arrays = model.ranker.arrays
+    row = int(np.argmax(np.diff(arrays.owned_indptr)))
+    customer = str(arrays.customer_ids[row])
+    picks = client.get(f"/v1/customers/{customer}/email-picks?send_id=why-1&n=4").get_json()
+    html = client.get(f"/v1/customers/{customer}/email-picks?send_id=why-1&n=4&format=html")
+    for item in picks["items"]:
+        assert phrase(item["reason"]) in html.get_data(as_text=True)
+    bought = [item for item in picks["items"] if item["reason"]["kind"] == "bought_with"]
+    assert bought and "Because you bought" in html.get_data(as_text=True)
+    block = client.get("/v1/blocks/home_hero?format=html").get_data(as_text=True)
+    assert 'class="recsvc-reason">Popular</span>' in block
+
+
+def test_picks_kept_before_reasons_still_answer() -> None:
+    """A send's picks are kept for 30 days: those kept by a version without reasons decode,
+    with no reason."""
+    card = {
+        "item_id": "A",
+        "title": "A",
+        "price": None,
+        "categories": [],
+        "url": "https://x.example/a",
+        "image": "https://x.example/a.jpg",
+        "score": 1.0,
+    }
+    assert msgspec.convert(card, ProductCard).reason is None
+    assert phrase({"kind": "popular", "scope": "country:Germany"}) == "Popular in Germany"
+    assert phrase({"kind": "tier_exclusive", "tier": "gold"}) == "For gold members"
