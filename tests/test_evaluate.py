@@ -20,7 +20,8 @@ from tests.helpers import (
 from training.cli import main
 from training.config import load_config, tuned_path
 from training.dataset import build_dataset
-from training.evaluate import evaluate, metrics_at_k, split_at
+from training.evaluate import evaluate, split_at
+from training.metrics import metrics_at_k
 from training.pipeline import merged_history
 from training.report import render_html
 from training.tune import tune
@@ -175,6 +176,10 @@ def test_evaluate_command_writes_json_and_self_contained_html(tmp_path: Path) ->
     )
     report = json.loads((out / "report.json").read_text())
     assert report["recsvc"]["owned_violations"] == 0
+    assert 0.0 <= report["recsvc"]["reasons_coverage"] <= 1.0
+    # Every test-window order here is of one item: no basket to ask about.
+    assert report["baskets"]["test_baskets"] == 0
+    assert report["baskets"]["cart"]["cooccurrence"]["queries"] == 0
     page = (out / "report.html").read_text()
     assert page == render_html(report)
     assert page.count("src='data:image/png;base64,") == 4

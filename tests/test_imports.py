@@ -37,6 +37,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
         "training.pipeline",
         "training.config",
         "training.cli",
+        "training.evaluate",
         "recsvc.bundle",
         "recsvc.manifest",
         "recsvc.identity",

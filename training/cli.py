@@ -320,6 +320,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         scores = report[name]
         violations = scores["owned_violations"]
         print(f"  {name:8} {metric} {scores[metric]:.4f}  owned_violations {violations}")
+    coverage = report["recsvc"]["reasons_coverage"]
+    print(f"  recsvc's listed items with a bought_with reason: {coverage:.2%}")
+    baskets = report["baskets"]
+    print(
+        f"{baskets['test_baskets']} test-window orders of 2 or more known items, "
+        f"{baskets['evaluated_baskets']} evaluated"
+    )
+    hit = f"hit_rate@{args.k}"
+    for protocol in ("similar", "cart"):
+        for name, scores in baskets[protocol].items():
+            print(
+                f"  {protocol:7} {name:12} {hit} {scores.get(hit, 0.0):.4f}  "
+                f"{metric} {scores.get(metric, 0.0):.4f}  queries {scores['queries']}"
+            )
     print(f"report: {args.out / 'report.json'}, {args.out / 'report.html'}")
     return 0
 

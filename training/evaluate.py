@@ -10,7 +10,7 @@ cannot be placed on either side of the cutoff and are left out (counted in the p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +20,13 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from recsvc.policy import TierTable
+from recsvc.ranker import Ranker
+from training.baskets import basket_report
 from training.config import ModelParams, TrainConfig
 from training.dataset import TrainingData
 from training.errors import TrainingError
 from training.merge import MergedHistory
+from training.metrics import mean_metrics, metrics_at_k
 from training.pipeline import merged_history
 from training.progress import Progress
 from training.recommenders import (
@@ -98,23 +101,6 @@ def relevant_items(data: TrainingData, test: pd.DataFrame) -> dict[int, set[str]
     return {row: items for row, items in relevant.items() if items}
 
 
-def metrics_at_k(recommended: Sequence[str], relevant: set[str], k: int) -> dict[str, float]:
-    """Binary-relevance precision, recall, NDCG, average precision and hit at k."""
-    top = list(recommended[:k])
-    hits = [item in relevant for item in top]
-    dcg = sum(1.0 / math.log2(rank + 2) for rank, hit in enumerate(hits) if hit)
-    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(len(relevant), k)))
-    precisions = [sum(hits[: rank + 1]) / (rank + 1) for rank, hit in enumerate(hits) if hit]
-    found = sum(hits)
-    return {
-        f"precision@{k}": found / k,
-        f"recall@{k}": found / len(relevant),
-        f"ndcg@{k}": dcg / ideal,
-        f"map@{k}": sum(precisions) / min(len(relevant), k),
-        f"hit_rate@{k}": float(found > 0),
-    }
-
-
 def score_model(
     model: Recommender,
     data: TrainingData,
@@ -135,13 +121,14 @@ def score_model(
         shown.update(recommended)
         per_customer.append(metrics_at_k(recommended, items, k))
         history.append(int(data.owned.indptr[row + 1] - data.owned.indptr[row]))
-    report: dict[str, Any] = _mean(per_customer)
+    report: dict[str, Any] = mean_metrics(per_customer)
     report["owned_violations"] = violations
     report[f"coverage@{k}"] = len(shown) / len(data.item_ids)
     report["test_customers"] = len(per_customer)
+    with_history = list(zip(per_customer, history, strict=True))
     report["by_history"] = {
         name: {
-            **_mean([m for m, h in zip(per_customer, history, strict=True) if lo <= h <= hi]),
+            **mean_metrics([m for m, h in with_history if lo <= h <= hi]),
             "test_customers": sum(lo <= h <= hi for h in history),
         }
         for name, lo, hi in HISTORY_GROUPS
@@ -150,7 +137,7 @@ def score_model(
         tiers = [int(tier_of[row]) for row in relevant]
         report["by_tier"] = {
             name: {
-                **_mean([m for m, t in zip(per_customer, tiers, strict=True) if t == index]),
+                **mean_metrics([m for m, t in zip(per_customer, tiers, strict=True) if t == index]),
                 "test_customers": tiers.count(index),
             }
             for index, name in enumerate(tier_names)
@@ -202,19 +189,38 @@ def evaluate_merged(
         }
     }
     progress = progress or Progress.silent()
-    for name, model in compared_models(params).items():
+    models = compared_models(params)
+    for name, model in models.items():
         with progress.step(f"fitting and scoring {name}"):
             model.fit(history)
             report[name] = score_model(model, data, relevant, k, tier_names, tier_of)
+    served = models["recsvc"]
+    assert isinstance(served, ServedModel)
+    lists = {row: served.recommend(row, k) for row in relevant}
+    report["recsvc"]["reasons_coverage"] = reasons_coverage(served.ranker, lists)
+    with progress.step("scoring similar items and carts on test-window orders"):
+        report["baskets"] = basket_report(
+            served.ranker, holdout.train, holdout.test, k, params.seed
+        )
     return report
+
+
+def reasons_coverage(ranker: Ranker, lists: Mapping[int, list[int]]) -> float:
+    """The share of the items listed to known customers (customer row -> item indices)
+    whose reason is ``bought_with``: one of their purchases adds to the item's item-item
+    score, found as the service finds it (``recsvc.reasons.personal``)."""
+    # Imported here: recsvc.reasons reaches the service's registry, which imports redis, and
+    # the trainer's modules import neither Flask nor redis (tests/test_imports.py).
+    from recsvc.reasons import MAX_REASON_PURCHASES
+
+    listed = explained = 0
+    for row, items in lists.items():
+        found = ranker.contributors(row, items, MAX_REASON_PURCHASES)
+        listed += len(found)
+        explained += sum(position >= 0 for position in found)
+    return explained / listed if listed else 0.0
 
 
 def _owned_ids(data: TrainingData, row: int) -> set[str]:
     owned = data.owned.indices[data.owned.indptr[row] : data.owned.indptr[row + 1]]
     return {str(item) for item in data.item_ids[owned]}
-
-
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    if not rows:
-        return {}
-    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}

@@ -111,8 +111,13 @@ class ServedModel:
         self._fits = (history, factors, neighbours)
         self._ranker = Ranker(arrays, tiers=tiers, item_item_weight=self.params.item_item_weight)
 
+    @property
+    def ranker(self) -> Ranker:
+        """The service's ranker over the fitted models: similar items, carts and reasons."""
+        return _fitted(self, self._ranker)
+
     def recommend(self, row: int | None, n: int) -> list[int]:
-        return _as_served(_fitted(self, self._ranker), row, n, self.policy)
+        return _as_served(self.ranker, row, n, self.policy)
 
 
 class BestSellers:

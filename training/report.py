@@ -41,6 +41,16 @@ def render_html(report: dict[str, Any]) -> str:
         for name in models
     )
     protocol_rows = _rows(protocol)
+    baskets = report["baskets"]
+    basket_columns = [f"hit_rate@{k}", f"ndcg@{k}", "queries", "mean_listed"]
+    basket_header = "".join(f"<th>{html.escape(c)}</th>" for c in basket_columns)
+    basket_rows = "".join(
+        f"<tr><th>{html.escape(protocol_name)}</th><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{_cell(scores.get(c))}</td>" for c in basket_columns)
+        + "</tr>"
+        for protocol_name in ("similar", "cart")
+        for name, scores in baskets[protocol_name].items()
+    )
     images = "".join(
         f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
         f"src='data:image/png;base64,{png}'>"
@@ -61,6 +71,16 @@ fallback and scoring as served. <code>recsvc</code> is the model the trainer shi
 are baselines.</p>
 <table><tr><th>model</th>{"".join(f"<th>{html.escape(c)}</th>" for c in columns)}</tr>
 {rows}</table>
+<p>{report["recsvc"]["reasons_coverage"]:.2%} of the items listed by <code>recsvc</code> carry a
+<code>bought_with</code> reason.</p>
+<h2>Similar items and carts</h2>
+<p>Test-window orders of two or more items the model knows: {baskets["test_baskets"]}
+({baskets["evaluated_baskets"]} evaluated). <code>similar</code>: each item of an order is asked
+for its similar items, the order's other items are relevant. <code>cart</code>: each item is
+held out of its order, the others are the cart, the held-out item is relevant.
+<code>cooccurrence</code> lists by counts of co-purchase in the same training order.</p>
+<table><tr><th>protocol</th><th>model</th>{basket_header}</tr>
+{basket_rows}</table>
 {images}
 <h2>Protocol</h2><table>{protocol_rows}</table>
 </body></html>
