@@ -17,10 +17,13 @@ training do not move the model's scores, so no reason names them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from recsvc.ranker import RankedItem, Ranking
-from recsvc.registry import ServedModel
 from recsvc.schemas import Reason
+
+if TYPE_CHECKING:  # the trainer's evaluation imports this module without redis
+    from recsvc.registry import ServedModel
 
 # A customer's strongest purchases (by decayed weight) that reasons are looked for among:
 # a wholesaler's thousands of lines would cost a millisecond and name an old order anyway.

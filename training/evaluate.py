@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
+from recsvc.reasons import MAX_REASON_PURCHASES
 from training.baskets import basket_report
 from training.config import ModelParams, TrainConfig
 from training.dataset import TrainingData
@@ -209,10 +210,6 @@ def reasons_coverage(ranker: Ranker, lists: Mapping[int, list[int]]) -> float:
     """The share of the items listed to known customers (customer row -> item indices)
     whose reason is ``bought_with``: one of their purchases adds to the item's item-item
     score, found as the service finds it (``recsvc.reasons.personal``)."""
-    # Imported here: recsvc.reasons reaches the service's registry, which imports redis, and
-    # the trainer's modules import neither Flask nor redis (tests/test_imports.py).
-    from recsvc.reasons import MAX_REASON_PURCHASES
-
     listed = explained = 0
     for row, items in lists.items():
         found = ranker.contributors(row, items, MAX_REASON_PURCHASES)
