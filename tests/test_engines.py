@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ import pytest
 from recsvc.identity import IdentityKey
 from recsvc.logrecords import ALIAS_DIGESTS
 from tests.helpers import write_csv
+from tests.test_imports import run_python, without
 from training.config import EngineConfig, TrainConfig, load_config
 from training.dataset import build_dataset
 from training.merge import OUTCOMES, MergedHistory, merge_sources
@@ -224,3 +226,22 @@ def test_synthetic_sources_merge_alike(synthetic: TrainConfig, spark_engine: Eng
     assert duck.accounting["live"]["duplicate"] >= 30  # the replayed event ids
     assert duck.identity.customers_with_several_aliases > 10
     assert_same(duck, merged_with(synthetic, spark_engine))
+
+
+def test_spark_without_pyspark_says_how_to_install_it() -> None:
+    code = without(("pyspark",)) + textwrap.dedent(
+        """
+        from training.config import EngineConfig
+        from training.engine import engine
+        from training.errors import TrainingError
+
+        try:
+            with engine(EngineConfig(kind="spark")):
+                raise SystemExit("no error")
+        except TrainingError as error:
+            print(error)
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'recsvc[spark]'" in result.stdout

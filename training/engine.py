@@ -9,6 +9,7 @@ typed answers.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +39,6 @@ LOCAL_SPARK_CONF = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
 }
-_started: list[tuple[str, tuple[tuple[str, str], ...]]] = []
 # PySpark warns about the installed pandas when it converts data; the engine hands it Arrow
 # only, never pandas.
 PANDAS_WARNING = "PySpark does not yet fully support pandas"
@@ -80,14 +80,17 @@ def engine(config: EngineConfig) -> Iterator[Engine]:
 
 
 class DuckDBEngine:
-    """An in-memory DuckDB database. Loaded Arrow tables are scanned in place, not copied."""
+    """An in-memory DuckDB database. Loaded Arrow tables are scanned in place, not copied;
+    what does not fit in memory spills to a temporary directory, removed on close (DuckDB's
+    own default is ``.tmp`` in the working directory)."""
 
     dialect = "duckdb"
 
     def __init__(self) -> None:
         import duckdb
 
-        self._connection = duckdb.connect()
+        self._spill = tempfile.TemporaryDirectory(prefix="recsvc-duckdb-")
+        self._connection = duckdb.connect(config={"temp_directory": self._spill.name})
 
     def load(self, name: str, table: pa.Table) -> None:
         self._connection.register(name, table)
@@ -101,6 +104,7 @@ class DuckDBEngine:
 
     def close(self) -> None:
         self._connection.close()
+        self._spill.cleanup()
 
 
 class SparkEngine:
@@ -148,9 +152,13 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+_started: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+
+
 @cache
 def spark_session(master: str, conf: tuple[tuple[str, str], ...]) -> SparkSession:
-    """One session per process and configuration: starting the JVM takes seconds."""
+    """Started once and kept: starting the JVM takes seconds (tests merge many times). A JVM
+    holds one Spark context, so a later call with another ``master`` gets the running one."""
     try:
         from pyspark.errors import PySparkException
         from pyspark.sql import SparkSession
