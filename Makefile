@@ -14,10 +14,11 @@ test: check services
 
 # Tests use the machine's Redis and PostgreSQL when they run, start redis-server themselves
 # to test outages, drive Debian's Chromium for the browser tests, and put nginx in front of
-# gunicorn for the production-topology tests.
+# gunicorn for the production-topology tests; Spark (the `spark` extra) runs on Debian's Java.
 services:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
@@ -35,7 +36,7 @@ check: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=25.1"
-	$(BIN)/pip install --quiet -e '.[train]' --group dev
+	$(BIN)/pip install --quiet -e '.[train,spark]' --group dev
 	touch $(STAMP)
 
 clean:

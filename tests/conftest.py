@@ -12,7 +12,8 @@ from flask.testing import FlaskClient
 from recsvc.app import create_app
 from recsvc.config import ServiceConfig
 from tests.redis_server import shared_redis_url
-from training.config import load_config
+from training.config import EngineConfig, load_config
+from training.engine import stop_spark_sessions
 from training.pipeline import train
 
 SAMPLE_DIR = Path(str(resources.files("training") / "sample"))
@@ -58,3 +59,12 @@ def clean_redis(redis_url: str) -> Iterator[str]:
     yield redis_url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def spark_engine() -> Iterator[EngineConfig]:
+    """Spark SQL on two local cores. The JVM starts once per test session: every merge
+    with this config shares one SparkSession (``training.engine.spark_session``)."""
+    config = EngineConfig(kind="spark", master="local[2]")
+    yield config
+    stop_spark_sessions()

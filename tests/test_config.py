@@ -11,7 +11,7 @@ import pytest
 
 from recsvc.config import ServiceConfig, settings_table
 from recsvc.errors import ConfigError as ServiceConfigError
-from training.config import ModelParams, load_config, parse_config, tuned_path
+from training.config import EngineConfig, ModelParams, load_config, parse_config, tuned_path
 from training.errors import ConfigError
 
 SHOP = {"name": "shop", "kind": "csv", "path": "shop.csv", "columns": {"item_id": "Sku"}}
@@ -77,6 +77,19 @@ def with_table(name: str, table: Any) -> dict[str, Any]:
             with_table("channels", {"slots": {"s": {"products": 99}}}),
             "channels.slots.s.products: must be an integer from 0 to 50, got 99",
         ),
+        (
+            with_table("engine", {"kind": "polars"}),
+            "engine.kind: 'polars' is not one of duckdb, spark",
+        ),
+        (
+            with_table("engine", {"master": "yarn"}),
+            "t.toml: engine: ['master'] only apply to kind = \"spark\"",
+        ),
+        (
+            with_table("engine", {"kind": "spark", "conf": {"spark.x": 1}}),
+            "engine.conf.spark.x: must be a string, got 1",
+        ),
+        (with_table("engine", {"kind": "spark", "master": ""}), "engine.master: must be a non-"),
     ],
 )
 def test_a_bad_config_names_the_key_and_what_is_allowed(raw: dict[str, Any], message: str) -> None:
@@ -94,6 +107,18 @@ def test_defaults_and_paths_relative_to_the_config(tmp_path: Path) -> None:
     assert config.model == ModelParams()
     (shop,) = config.sources
     assert shop.base_dir == tmp_path and shop.delimiter == "," and shop.trust == 1.0
+
+
+def test_the_engine_table_passes_spark_settings_through() -> None:
+    assert parse_config(source(), Path("/tmp")).engine == EngineConfig(kind="duckdb")
+    raw = with_table(
+        "engine",
+        {"kind": "spark", "master": "spark://head:7077", "conf": {"spark.executor.memory": "8g"}},
+    )
+    engine = parse_config(raw, Path("/tmp")).engine
+    assert engine == EngineConfig(
+        kind="spark", master="spark://head:7077", conf={"spark.executor.memory": "8g"}
+    )
 
 
 def test_a_tuned_file_overrides_the_model_and_is_checked(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config, write_csv
 from training.config import load_config
 from training.dataset import build_dataset
-from training.merge import _line_ids, merge_sources
+from training.merge import merge_sources
 from training.sources import read_source
 
 LEGACY_COLUMNS = {
@@ -160,16 +160,3 @@ def test_anonymous_lines_in_both_sources_belong_to_nobody(tmp_path: Path) -> Non
     assert merged.accounting["shop"]["duplicate"] == 1  # an anonymous copy, still a duplicate
     data = build_dataset(merged.events, half_life_days=90.0, trend_half_life_days=14.0)
     assert list(data.customer_ids) == ["13085"]
-
-
-def test_line_ids_number_distinct_rows_even_past_int64() -> None:
-    # Codes this large make the combined number wrap around 64 bits (the first two rows
-    # would then share a number) unless it is renumbered on the way.
-    keys = pd.DataFrame(
-        {
-            "order": [2**40, 0, 0, 2**40, 7],
-            "item_id": [0, 2**40, 0, 0, 0],
-            "quantity": [1.0, 1.0, 1.0, 1.0, float("nan")],
-        }
-    )
-    assert _line_ids(keys).tolist() == [0, 1, 2, 0, 3]

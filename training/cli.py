@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # where only the service is installed (its image), without the `train` extra.
 TRAIN_EXTRA = frozenset(
     {
+        "duckdb",
         "implicit",
         "isal",
         "matplotlib",
@@ -38,6 +39,7 @@ TRAIN_EXTRA = frozenset(
         "psycopg",
         "pyarrow",
         "scipy",
+        "sqlglot",
         "threadpoolctl",
         "tqdm",
     }

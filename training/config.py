@@ -184,6 +184,15 @@ class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     candidates: Annotated[int, _range(0, 1000)] = 50
 
 
+class EngineConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What runs the merge's SQL (``training.engine``): DuckDB in the trainer's process, or
+    Spark SQL at ``master`` with ``conf`` passed to the session as written."""
+
+    kind: Literal["duckdb", "spark"] = "duckdb"
+    master: Text = "local[2]"  # spark only: local[N], spark://host:port, yarn, k8s://...
+    conf: dict[str, str] = {}  # spark only, as Spark takes them: "spark.executor.memory" = "8g"
+
+
 @dataclass(frozen=True)
 class IdentityConfig:
     rules: IdentityRules = field(default_factory=IdentityRules)
@@ -229,6 +238,7 @@ class TrainConfig:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     tiers: TierConfig = field(default_factory=TierConfig)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     tuned_from: Path | None = None  # the file whose [model] overrode the config's
 
 
@@ -302,6 +312,7 @@ class ConfigFile(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     identity: IdentityTable = IdentityTable()
     tiers: TiersTable = TiersTable()
     channels: ChannelsTable = ChannelsTable()
+    engine: EngineConfig = EngineConfig()
 
 
 class TunedFile(Struct, frozen=True, forbid_unknown_fields=True):
@@ -335,6 +346,7 @@ def load_config(path: Path) -> TrainConfig:
         identity=config.identity,
         tiers=config.tiers,
         channels=config.channels,
+        engine=config.engine,
         tuned_from=tuned_from,
     )
 
@@ -370,6 +382,7 @@ def _validate(file: ConfigFile, raw: dict[str, Any], base_dir: Path, origin: str
         identity=_identity(file.identity, f"{origin}: identity"),
         tiers=_tiers(file.tiers, bool(raw.get("tiers")), f"{origin}: tiers"),
         channels=_channels(file.channels, f"{origin}: channels"),
+        engine=_engine(file.engine, raw.get("engine", {}), f"{origin}: engine"),
     )
 
 
@@ -405,6 +418,14 @@ def _source(source: SourceConfig, raw: dict[str, Any], base_dir: Path, where: st
     if namespace in ("email", "phone", "id") or ":" in namespace:
         raise ConfigError(f"{where}.customer_namespace: {namespace!r} is reserved or has ':'")
     return msgspec.structs.replace(source, columns=dict(columns), base_dir=base_dir)
+
+
+def _engine(engine: EngineConfig, raw: dict[str, Any], where: str) -> EngineConfig:
+    if engine.kind != "spark":
+        spark_only = sorted(set(raw) & {"master", "conf"})
+        if spark_only:
+            raise ConfigError(f'{where}: {spark_only} only apply to kind = "spark"')
+    return engine
 
 
 def _items(items: ItemRules, where: str) -> ItemRules:

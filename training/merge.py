@@ -24,6 +24,12 @@ Each row gets exactly one outcome, decided in this order:
 Before that, each row's identifiers are linked across sources (``training.identity``) and its
 item id is mapped through the item crosswalk; prices are converted to the shop currency and
 naive timestamps read in the source's time zone.
+
+Steps 1-3 are decided in Python as each source is parsed, once per distinct value. From
+there on, every decision about rows is SQL, written once below and run by the engine the
+config names (``training.engine``: DuckDB in this process, or Spark SQL); linking, a
+union-find with order-dependent guards, stays in Python, fed the distinct combinations of
+aliases by the engine.
 """
 
 from __future__ import annotations
@@ -53,14 +59,15 @@ from recsvc.identity import (
 from recsvc.logrecords import ALIAS_DIGESTS
 from recsvc.manifest import ErasureReport, Identity, InvalidContacts
 from recsvc.schemas import MAX_QUANTITY, MAX_UNIT_PRICE  # the API's bounds, one definition
-from training.config import IdentityConfig, ItemRules, SourceConfig
+from training.config import EngineConfig, IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (
     ItemCrosswalk,
     load_customer_crosswalk,
     load_item_crosswalk,
     training_alias,
 )
-from training.dataset import run_starts
+from training.engine import Engine
+from training.engine import engine as open_engine
 from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link
 from training.sources import SourceRows
@@ -101,7 +108,6 @@ REASON_FIELDS = {
 }
 FUTURE_TOLERANCE = pd.Timedelta(days=1)  # clocks and time zones, not orders from the future
 UNDECIDED = -1
-DEDUP_KEY = ["order", "item_id", "quantity", "timestamp"]
 EVENT_COLUMNS = [
     "source",
     "trust",
@@ -116,18 +122,9 @@ EVENT_COLUMNS = [
     "outcome",
 ]
 IDENTIFIER_COLUMNS = ["raw_customer_id", "id_alias", "email_alias", "phone_alias"]
-LINK_COLUMNS = [
-    "source_position",
-    "raw_customer_id",
-    "id_alias",
-    "email_alias",
-    "phone_alias",
-    "invalid_email",
-    "invalid_phone",
-]
 # Each text column is dictionary-encoded as its source is parsed: from there on the merge
-# works on integer codes into one sorted vocabulary per column (linking, duplicates,
-# erasures), and each distinct string is held once.
+# works on integer codes into one sorted vocabulary per column (the engine's queries,
+# linking, erasures), and each distinct string is held once.
 TEXT_COLUMNS = [
     "raw_customer_id",
     "id_alias",
@@ -163,10 +160,16 @@ class MergedHistory:
 
 
 def merge_sources(
-    sources: list[SourceRows], items: ItemRules, identity: IdentityConfig | None = None
+    sources: list[SourceRows],
+    items: ItemRules,
+    identity: IdentityConfig | None = None,
+    engine: EngineConfig | None = None,
 ) -> MergedHistory:
     """Takes ``sources`` over: each is removed from the list once parsed, so that a source's
-    raw text is freed before the next is parsed (at 20 M rows that is gigabytes)."""
+    raw text is freed before the next is parsed (at 20 M rows that is gigabytes).
+
+    Values are parsed here, once per distinct value (see ``_parse``); every decision about
+    rows from there on is one of the queries below, run by ``engine`` (DuckDB by default)."""
     identity = identity or IdentityConfig()
     configs = [rows.source for rows in sources]
     crosswalk = load_item_crosswalk(items.crosswalk, {source.name for source in configs})
@@ -185,128 +188,356 @@ def merge_sources(
         frames.append(frame)
         quarantines.append(quarantine)
     parsed, vocabulary = _concat_parsed(frames, texts)
-    # The identifier vocabularies as Python strings, made once for erasures, linking and
-    # the customer of each row.
+    # The identifier vocabularies as Python strings, made once for erasures and linking.
     identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
-    aliases, identity_report = _link(
-        parsed, vocabulary, identifiers, configs, identity, namespace_of
-    )
-    erased = _erased_rows(
-        parsed, identifiers, aliases, load_erasures(identity.erasures), identity.key
-    )
-    if erased.any():
-        # Linked again without them, so that no alias, id or masked example of theirs is
-        # left in the result. The others link as before: a link to an erased customer's
-        # alias was refused, or it would have made them one customer.
-        aliases, identity_report = _link(
-            parsed.loc[~erased, LINK_COLUMNS],
-            vocabulary,
-            identifiers,
-            configs,
-            identity,
-            namespace_of,
+    event_logs = [position for position, source in enumerate(configs) if source.kind == "events"]
+    with open_engine(engine or EngineConfig()) as sql:
+        sql.load(ROWS, _rows_table(parsed, vocabulary, event_logs))
+        aliases, identity_report = _link(sql, ROWS, identifiers, configs, identity, namespace_of)
+        erased = _erased_aliases(identifiers, aliases, load_erasures(identity.erasures), identity)
+        relation = ROWS
+        if erased.num_rows:
+            # Linked again without their rows, so that no alias, id or masked example of
+            # theirs is left in the result. The others link as before: a link to an erased
+            # customer's alias was refused, or it would have made them one customer.
+            sql.load(ERASED_ALIASES, erased)
+            sql.materialise(MARKED, MARK_ERASED)
+            relation = MARKED
+            aliases, identity_report = _link(
+                sql, relation, identifiers, configs, identity, namespace_of
+            )
+        erased_quarantined = (
+            sql.query(QUARANTINED_ERASED.format(relation=relation))
+            .column("erased")
+            .to_numpy(zero_copy_only=False)
+            .astype(bool)
         )
-    outcome = parsed["outcome"].to_numpy(copy=True)
-    quarantine = _withhold_erased(
-        pd.concat(quarantines, ignore_index=True), erased[outcome == QUARANTINED]
-    )
-    outcome[erased & (outcome == UNDECIDED)] = ERASED
-    parsed["outcome"] = outcome
+        customers = pd.Index(["", *sorted(set(aliases.values()))], dtype="str")
+        sql.load(CUSTOMERS, _customers_table(identifiers, aliases, customers))
+        sql.materialise(DECIDED, DECIDE.format(relation=relation))
+        names = [source.name for source in configs]
+        accounting = _accounting(sql.query(ACCOUNTING), names)
+        kept = sql.query(KEPT)
+    quarantine = _withhold_erased(pd.concat(quarantines, ignore_index=True), erased_quarantined)
     identity_report = msgspec.structs.replace(
         identity_report,
-        erasures=erasure_report(identity.erasures, int((outcome == ERASED).sum())),
+        erasures=erasure_report(
+            identity.erasures, sum(counts["erased"] for counts in accounting.values())
+        ),
     )
-    customers = _customer_of(parsed, identifiers, aliases)
-    outcome = parsed["outcome"].to_numpy(copy=True)
-    has_order = parsed["order"].to_numpy() != _blank_code(vocabulary["order"])
-    _mark_duplicates(parsed, outcome, has_order)
-    event_logs = [position for position, source in enumerate(configs) if source.kind == "events"]
-    _mark_repeated_events(parsed, outcome, has_order, event_logs)
-    undecided = outcome == UNDECIDED
-    anonymous = undecided & (customers.codes == 0)
-    outcome[anonymous] = ANONYMOUS
-    undecided &= ~anonymous
-    cancelled = undecided & parsed["is_cancellation"].to_numpy()
-    outcome[cancelled] = CANCELLATION
-    outcome[undecided & ~cancelled] = USED
-    parsed["outcome"] = outcome
-
-    names = [source.name for source in configs]
-    kept = np.isin(outcome, (USED, DUPLICATE, CANCELLATION, ANONYMOUS))
-    events = parsed.loc[kept, ["trust", "quantity", "unit_price", "timestamp", "order"]]
+    rows_kept = kept.column("row_id").to_numpy()
+    events = parsed[["trust", "quantity", "unit_price", "timestamp", "order"]].take(rows_kept)
     events = events.reset_index(drop=True)
     events["source"] = pd.Categorical.from_codes(
-        parsed["source_position"].to_numpy()[kept], categories=pd.Index(names)
+        parsed["source_position"].to_numpy()[rows_kept], categories=pd.Index(names)
     )
-    events["customer_id"] = customers[kept]
+    events["customer_id"] = pd.Categorical.from_codes(
+        kept.column("customer").to_numpy(), categories=customers
+    )
     for column in ("item_id", "description", "country"):
         events[column] = pd.Categorical.from_codes(
-            parsed[column].to_numpy()[kept],
+            parsed[column].to_numpy()[rows_kept],
             categories=pd.Index(vocabulary[column].to_pylist(), dtype="str"),
         )
-    events["outcome"] = pd.Categorical.from_codes(outcome[kept], categories=pd.Index(OUTCOMES))
+    events["outcome"] = pd.Categorical.from_codes(
+        kept.column("outcome").to_numpy(), categories=pd.Index(OUTCOMES)
+    )
     return MergedHistory(
         events=events[EVENT_COLUMNS],
         quarantine=quarantine,
-        accounting=_accounting(parsed, names),
+        accounting=accounting,
         aliases=aliases,
         identity=identity_report,
         item_groups=dict(crosswalk.groups),
     )
 
 
+# The merge's row-level rules, once, as SQL in SQLGlot's standard dialect; training.engine
+# transpiles them for DuckDB or Spark. The tables they read:
+#
+# - ``rows``: one row per input row (ROW_COLUMNS), with its provisional ``outcome`` from
+#   parsing (quarantined, adjustment or UNDECIDED) and quarantine ``reason``; text columns
+#   are integer codes into the merge's vocabularies, NULL where blank; ``stamp`` is the
+#   timestamp in microseconds; ``erased`` is false until ``marked`` (MARK_ERASED) sets it.
+# - ``erased_aliases`` (kind, code): every alias of an erased customer.
+# - ``customers`` (kind, code, customer): each linked alias's customer, as a code into the
+#   sorted canonical ids (0: nobody).
+#
+# ``kind`` is the position of the alias column in ALIAS_COLUMNS.
+ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED = (
+    "rows",
+    "erased_aliases",
+    "marked",
+    "customers",
+    "decided",
+)
+ALIAS_COLUMNS = ("id_alias", "email_alias", "phone_alias")
+ROW_COLUMNS = (
+    "row_id",
+    "source_position",
+    "outcome",
+    "reason",
+    "event_log",
+    "is_cancellation",
+    "order_code",
+    "item_code",
+    "quantity",
+    "stamp",
+    "raw_id",
+    *ALIAS_COLUMNS,
+    "invalid_email",
+    "invalid_phone",
+)
+_ERASED_BY = " OR ".join(f"e{kind}.code IS NOT NULL" for kind in range(len(ALIAS_COLUMNS)))
+_ERASED_JOINS = "\n".join(
+    f"LEFT JOIN {ERASED_ALIASES} AS e{kind} ON e{kind}.kind = {kind} AND e{kind}.code = r.{column}"
+    for kind, column in enumerate(ALIAS_COLUMNS)
+)
+MARK_ERASED = f"""
+SELECT {", ".join(f"r.{column}" for column in ROW_COLUMNS)}, ({_ERASED_BY}) AS erased
+FROM {ROWS} AS r
+{_ERASED_JOINS}
+"""
+# What linking reads: the distinct combinations of aliases that rows carry together, each
+# source's raw ids with their alias (for ``<source>:<id>`` lookups), and the count of
+# contacts that did not normalise.
+COMBINATIONS = f"""
+SELECT DISTINCT {", ".join(ALIAS_COLUMNS)} FROM {{relation}}
+WHERE NOT erased AND COALESCE({", ".join(ALIAS_COLUMNS)}) IS NOT NULL
+"""
+SOURCE_IDS = """
+SELECT DISTINCT source_position, raw_id, id_alias FROM {relation}
+WHERE NOT erased AND raw_id IS NOT NULL
+"""
+INVALID_CONTACTS = """
+SELECT COUNT(CASE WHEN invalid_email THEN 1 END) AS email,
+       COUNT(CASE WHEN invalid_phone THEN 1 END) AS phone
+FROM {relation} WHERE NOT erased
+"""
+QUARANTINED_ERASED = f"""
+SELECT erased FROM {{relation}} WHERE outcome = {QUARANTINED} ORDER BY row_id
+"""
+# A row's customer is that of its strongest identifier: id, then email, then phone (they
+# differ only where linking refused a conflict). Then the outcomes in the order of the
+# module's docstring. A line's "copy number" is its n-th repeat (in row order) of one order
+# line (order, item, quantity, timestamp) inside its source; n-th copies in different sources
+# are one line, and the first of them (in source order) is kept. Only orders that appear in
+# more than one source can hold such lines, so only their rows are numbered. ``row_id``
+# numbers the rows in source order.
+_LINE = "order_code, item_code, quantity, stamp"
+_CUSTOMER_JOINS = "\n".join(
+    f"LEFT JOIN {CUSTOMERS} AS c{kind} ON c{kind}.kind = {kind} AND c{kind}.code = m.{column}"
+    for kind, column in enumerate(ALIAS_COLUMNS)
+)
+_CUSTOMER = ", ".join(f"c{kind}.customer" for kind in range(len(ALIAS_COLUMNS)))
+DECIDE = f"""
+WITH owned AS (
+  SELECT m.row_id, m.source_position, m.outcome, m.reason, m.erased, m.event_log,
+         m.is_cancellation, m.order_code, m.item_code, m.quantity, m.stamp,
+         COALESCE({_CUSTOMER}, 0) AS customer
+  FROM {{relation}} AS m
+  {_CUSTOMER_JOINS}
+), settled AS (
+  SELECT *,
+         CASE WHEN outcome = {UNDECIDED} AND erased THEN {ERASED} ELSE outcome END AS settled,
+         outcome = {UNDECIDED} AND NOT erased AND order_code IS NOT NULL AS candidate
+  FROM owned
+), shared_orders AS (
+  SELECT order_code FROM settled WHERE candidate
+  GROUP BY order_code HAVING COUNT(DISTINCT source_position) > 1
+), copies AS (
+  SELECT s.row_id, s.order_code, s.item_code, s.quantity, s.stamp,
+         ROW_NUMBER() OVER (
+           PARTITION BY s.order_code, s.item_code, s.quantity, s.stamp, s.source_position
+           ORDER BY s.row_id
+         ) AS copy_number
+  FROM settled AS s JOIN shared_orders AS o ON o.order_code = s.order_code
+  WHERE s.candidate
+), duplicates AS (
+  SELECT row_id FROM (
+    SELECT row_id, MIN(row_id) OVER (PARTITION BY {_LINE}, copy_number) AS first_row
+    FROM copies
+  ) AS numbered
+  WHERE row_id <> first_row
+), lines AS (
+  SELECT s.*, d.row_id IS NOT NULL AS duplicate
+  FROM settled AS s LEFT JOIN duplicates AS d ON d.row_id = s.row_id
+), repeats AS (
+  SELECT row_id FROM (
+    SELECT row_id, MIN(row_id) OVER (PARTITION BY source_position, order_code) AS first_row
+    FROM lines WHERE candidate AND event_log AND NOT duplicate
+  ) AS replayed
+  WHERE row_id <> first_row
+)
+SELECT l.row_id, l.source_position, l.reason, l.customer,
+       CASE WHEN l.settled <> {UNDECIDED} THEN l.settled
+            WHEN l.duplicate OR r.row_id IS NOT NULL THEN {DUPLICATE}
+            WHEN l.customer = 0 THEN {ANONYMOUS}
+            WHEN l.is_cancellation THEN {CANCELLATION}
+            ELSE {USED} END AS outcome
+FROM lines AS l LEFT JOIN repeats AS r ON r.row_id = l.row_id
+"""
+ACCOUNTING = f"""
+SELECT source_position, outcome, reason, COUNT(*) AS row_count
+FROM {DECIDED} GROUP BY source_position, outcome, reason
+"""
+KEPT = f"""
+SELECT row_id, outcome, customer FROM {DECIDED}
+WHERE outcome IN ({USED}, {DUPLICATE}, {CANCELLATION}, {ANONYMOUS}) ORDER BY row_id
+"""
+
+
+def _rows_table(
+    parsed: pd.DataFrame, vocabulary: dict[str, pa.Array], event_logs: list[int]
+) -> pa.Table:
+    """``parsed`` as the ``rows`` table the queries read."""
+
+    def codes(column: str) -> pa.Array:
+        values = parsed[column].to_numpy()
+        return pa.array(values, mask=values == _blank_code(vocabulary[column]))
+
+    stamps = parsed["timestamp"].to_numpy().astype("datetime64[us]")
+    positions = parsed["source_position"].to_numpy()
+    columns = {
+        "row_id": pa.array(np.arange(len(parsed), dtype=np.int64)),
+        "source_position": pa.array(positions.astype(np.int32)),
+        "outcome": pa.array(parsed["outcome"].to_numpy()),
+        "reason": pa.array(parsed["reason"].to_numpy()),
+        "event_log": pa.array(np.isin(positions, event_logs)),
+        "is_cancellation": pa.array(parsed["is_cancellation"].to_numpy()),
+        "order_code": codes("order"),
+        "item_code": pa.array(parsed["item_id"].to_numpy()),
+        "quantity": pa.array(parsed["quantity"].to_numpy()),
+        "stamp": pa.array(stamps.view(np.int64), mask=np.isnat(stamps)),
+        "raw_id": codes("raw_customer_id"),
+        **{column: codes(column) for column in ALIAS_COLUMNS},
+        "invalid_email": pa.array(parsed["invalid_email"].to_numpy()),
+        "invalid_phone": pa.array(parsed["invalid_phone"].to_numpy()),
+        "erased": pa.array(np.zeros(len(parsed), dtype=bool)),
+    }
+    return pa.table(columns)
+
+
+def _aliases_of(identifiers: NDArray[np.object_], codes: pa.ChunkedArray) -> list[str]:
+    """Codes into a vocabulary as its strings, "" for NULL."""
+    present = codes.is_valid().to_numpy(zero_copy_only=False)
+    filled = codes.fill_null(0).to_numpy().astype(np.int64)
+    return list(np.where(present, identifiers[filled], ""))
+
+
 def _link(
-    parsed: pd.DataFrame,
-    vocabulary: dict[str, pa.Array],
+    sql: Engine,
+    relation: str,
     identifiers: dict[str, NDArray[np.object_]],
     sources: list[SourceConfig],
     config: IdentityConfig,
     namespace_of: dict[str, str],
 ) -> tuple[dict[str, str], Identity]:
-    """Link every row's identifiers; return alias -> canonical id (including ``<source>:<id>``
-    and ``id:<canonical>`` lookups for the service) and the linking report."""
+    """Link the identifiers of every row of ``relation`` not erased; return alias ->
+    canonical id (including ``<source>:<id>`` and ``id:<canonical>`` lookups for the
+    service) and the linking report. Linking is a union-find with order-dependent guards
+    (``training.identity``), not a relational step: the engine hands it the distinct
+    combinations of aliases, which number about as many as the customers."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
-    columns = ["id_alias", "email_alias", "phone_alias"]
-    combinations = _first_of_each(parsed[columns])
+    combinations = sql.query(COMBINATIONS.format(relation=relation))
     records = zip(
-        *(identifiers[column][parsed[column].to_numpy()[combinations]] for column in columns),
+        *(
+            _aliases_of(identifiers[column], combinations.column(column))
+            for column in ALIAS_COLUMNS
+        ),
         strict=True,
     )
     linked = link(records, crosswalk, config.links, config.key)
     aliases = dict(linked.customer_of)
-    raw_ids, id_aliases = identifiers["raw_customer_id"], identifiers["id_alias"]
-    with_id = parsed.loc[
-        parsed["raw_customer_id"].to_numpy() != _blank_code(vocabulary["raw_customer_id"]),
-        ["source_position", "raw_customer_id", "id_alias"],
-    ]
-    # A source's id alias follows from the raw id, so one row per (source, raw id) suffices.
-    source_ids = with_id.iloc[_first_of_each(with_id[["source_position", "raw_customer_id"]])]
-    for position, raw, alias in source_ids.itertuples(index=False, name=None):
-        aliases[f"{sources[position].name}:{raw_ids[raw]}"] = linked.customer_of[id_aliases[alias]]
+    source_ids = sql.query(SOURCE_IDS.format(relation=relation))
+    raw_ids = _aliases_of(identifiers["raw_customer_id"], source_ids.column("raw_id"))
+    id_aliases = _aliases_of(identifiers["id_alias"], source_ids.column("id_alias"))
+    positions = source_ids.column("source_position").to_pylist()
+    for position, raw, alias in zip(positions, raw_ids, id_aliases, strict=True):
+        aliases[f"{sources[position].name}:{raw}"] = linked.customer_of[alias]
     for canonical in set(linked.customer_of.values()):
         aliases[f"{CANONICAL}:{canonical}"] = canonical
+    invalid = sql.query(INVALID_CONTACTS.format(relation=relation)).to_pylist()[0]
     report = msgspec.structs.replace(
         msgspec.convert(linked.report(), Identity),
         rules=config.rules.to_manifest(),
-        invalid=InvalidContacts(
-            email=int(parsed["invalid_email"].sum()), phone=int(parsed["invalid_phone"].sum())
-        ),
+        invalid=InvalidContacts(email=int(invalid["email"]), phone=int(invalid["phone"])),
     )
     return aliases, report
 
 
-def _customer_of(
-    parsed: pd.DataFrame, identifiers: dict[str, NDArray[np.object_]], aliases: dict[str, str]
-) -> pd.Categorical:
-    """A row belongs to the customer of its strongest identifier: id, then email, then phone
-    (they differ only where linking refused a conflict); "" (code 0) where it has none."""
-    customers = pd.Index(["", *sorted(set(aliases.values()))], dtype="str")
-    code = np.zeros(len(parsed), dtype=np.int32)
-    for column in ("phone_alias", "email_alias", "id_alias"):
-        known = [aliases.get(alias, "") for alias in identifiers[column]]
-        customer = customers.get_indexer(pd.Index(known, dtype="str"))[parsed[column].to_numpy()]
-        code = np.where(customer > 0, customer, code)
-    return pd.Categorical.from_codes(code, categories=customers)
+def _alias_codes(
+    identifiers: dict[str, NDArray[np.object_]], value_of: Callable[[str], int]
+) -> pa.Table:
+    """(kind, code, value) for every alias in the vocabularies whose ``value_of`` is not 0."""
+    kinds, codes, values = [], [], []
+    for kind, column in enumerate(ALIAS_COLUMNS):
+        per_code = np.fromiter(
+            (value_of(alias) if alias else 0 for alias in identifiers[column]),
+            dtype=np.int32,
+            count=len(identifiers[column]),
+        )
+        (found,) = np.nonzero(per_code)
+        kinds.append(np.full(len(found), kind, dtype=np.int32))
+        codes.append(found.astype(np.int32))
+        values.append(per_code[found])
+    return pa.table(
+        {
+            "kind": np.concatenate(kinds),
+            "code": np.concatenate(codes),
+            "value": np.concatenate(values),
+        }
+    )
+
+
+def _erased_aliases(
+    identifiers: dict[str, NDArray[np.object_]],
+    aliases: dict[str, str],
+    erased: set[str],
+    identity: IdentityConfig,
+) -> pa.Table:
+    """Every alias of every erased customer: one of whose aliases (``aliases``: the
+    linking's alias -> customer, with ``<source>:<id>`` and ``id:<canonical>``) is listed.
+    A row is theirs when any identifier it carries is (a link refused between two customers
+    leaves the row with both, and it goes)."""
+    customers = (
+        set()
+        if not erased
+        else {
+            customer for alias, customer in aliases.items() if _erased(alias, erased, identity.key)
+        }
+    )
+    if not customers:
+        return pa.table({"kind": pa.array([], pa.int32()), "code": pa.array([], pa.int32())})
+    table = _alias_codes(identifiers, lambda alias: int(aliases.get(alias) in customers))
+    return table.select(["kind", "code"])
+
+
+def _customers_table(
+    identifiers: dict[str, NDArray[np.object_]], aliases: dict[str, str], customers: pd.Index
+) -> pa.Table:
+    position = {customer: code for code, customer in enumerate(customers)}
+    table = _alias_codes(identifiers, lambda alias: position.get(aliases.get(alias, ""), 0))
+    return table.rename_columns(["kind", "code", "customer"])
+
+
+def _accounting(counts: pa.Table, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per source, where its rows went, from (source_position, outcome, reason, row_count)."""
+    by_outcome = np.zeros((len(names), len(OUTCOMES)), dtype=np.int64)
+    by_reason = np.zeros((len(names), len(REASONS)), dtype=np.int64)
+    for row in counts.to_pylist():
+        position, outcome, count = row["source_position"], row["outcome"], row["row_count"]
+        by_outcome[position, outcome] += count
+        if outcome == QUARANTINED:
+            by_reason[position, row["reason"]] += count
+    return {
+        name: {
+            "rows_read": int(by_outcome[position].sum()),
+            **{OUTCOMES[i]: int(by_outcome[position, i]) for i in range(QUARANTINED)},
+            "quarantined": {REASONS[i]: int(n) for i, n in enumerate(by_reason[position]) if n},
+        }
+        for position, name in enumerate(names)
+    }
 
 
 @dataclass(frozen=True)
@@ -589,33 +820,6 @@ def load_erasures(path: Path | None) -> set[str]:
     return digests
 
 
-def _erased_rows(
-    parsed: pd.DataFrame,
-    identifiers: dict[str, NDArray[np.object_]],
-    aliases: dict[str, str],
-    erased: set[str],
-    key: IdentityKey,
-) -> NDArray[np.bool_]:
-    """Every row of every erased customer. ``aliases`` is the linking's alias -> customer
-    (with ``<source>:<id>`` and ``id:<canonical>``); a customer is erased when any alias of
-    theirs is listed, and a row is theirs when any identifier it carries is (a link refused
-    between two customers leaves the row with both, and it goes)."""
-    mask = np.zeros(len(parsed), dtype=bool)
-    if not erased:
-        return mask
-    customers = {customer for alias, customer in aliases.items() if _erased(alias, erased, key)}
-    if not customers:
-        return mask
-    for column in ("id_alias", "email_alias", "phone_alias"):
-        theirs = [
-            code
-            for code, alias in enumerate(identifiers[column])
-            if alias and aliases.get(alias) in customers
-        ]
-        mask |= np.isin(parsed[column].to_numpy(), theirs)
-    return mask
-
-
 def _erased(alias: str, erased: set[str], key: IdentityKey) -> bool:
     """Listed under the current secret or a retired one (records from before a rotation)."""
     return any(value in erased for value in key.all_hex(alias))
@@ -670,120 +874,3 @@ def parse_numbers(values: pd.Series) -> NDArray[np.float64]:
         return np.asarray(parsed.to_numpy(zero_copy_only=False), dtype=np.float64)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-
-
-def _mark_duplicates(
-    parsed: pd.DataFrame, outcome: NDArray[np.int8], has_order: NDArray[np.bool_]
-) -> None:
-    # A line can only repeat another source's if its order id is in both: numbering the
-    # lines of those orders alone is a fraction of the work.
-    eligible = (outcome == UNDECIDED) & has_order
-    eligible[eligible] = _shared_codes(
-        parsed["order"].to_numpy()[eligible], parsed["source_position"].to_numpy()[eligible]
-    )
-    candidates = parsed.loc[eligible, ["source_position", *DEDUP_KEY]]
-    if candidates.empty:
-        return
-    line = _line_ids(candidates[DEDUP_KEY])
-    # The n-th copy of a line in one source matches the n-th copy in another source: the
-    # first row (in source order) of each (line, n) is kept, later ones are duplicates.
-    source = candidates["source_position"].to_numpy()
-    occurrence = _occurrence(line * (int(source.max()) + 1) + source)
-    copy = line * (int(occurrence.max()) + 1) + occurrence
-    first = np.unique(copy, return_index=True)[1]
-    repeated = np.ones(len(copy), dtype=bool)
-    repeated[first] = False
-    outcome[candidates.index.to_numpy()[repeated]] = DUPLICATE
-
-
-def _shared_codes(codes: NDArray[np.int32], source: NDArray[np.int16]) -> NDArray[np.bool_]:
-    """Rows whose code also occurs in another source."""
-    sources_with = np.zeros(int(codes.max(initial=-1)) + 1, dtype=np.int16)
-    for position in np.unique(source):
-        sources_with += np.bincount(codes[source == position], minlength=len(sources_with)) > 0
-    shared: NDArray[np.bool_] = sources_with[codes] > 1
-    return shared
-
-
-def _line_ids(keys: pd.DataFrame) -> NDArray[np.int64]:
-    """One integer per distinct row of ``keys`` (missing values equal each other), numbered
-    0, 1, 2, ... in order of first appearance."""
-    identifiers: NDArray[np.int64] = pd.factorize(_mixed_radix(keys)[0])[0]
-    return identifiers
-
-
-def _mixed_radix(keys: pd.DataFrame) -> tuple[NDArray[np.int64], int]:
-    """One integer per row of ``keys``, equal for equal rows, and a bound above them: the
-    columns' codes as the digits of a mixed-radix number (renumbered on the way where it
-    would pass 2^62)."""
-    line = np.zeros(len(keys), dtype=np.int64)
-    span = 1  # line < span
-    for column in keys.columns:
-        if column in TEXT_COLUMNS:  # already codes
-            codes = keys[column].to_numpy().astype(np.int64)
-            count = int(codes.max(initial=-1)) + 1
-        else:
-            codes, uniques = pd.factorize(keys[column], use_na_sentinel=False)
-            count = len(uniques)
-        if span * count >= 2**62:  # the number would overflow: renumber first
-            line = pd.factorize(line)[0]
-            span = int(line.max()) + 1
-        line = line * count + codes
-        span *= count
-    return line, span
-
-
-def _first_of_each(keys: pd.DataFrame) -> NDArray[np.int64]:
-    """The position of the first row of each distinct row of ``keys``, ascending: what
-    drop_duplicates keeps, without comparing every column of every row."""
-    line, span = _mixed_radix(keys)
-    if span > len(keys) + 1024:  # too sparse to index directly: number the rows
-        line, span = pd.factorize(line)[0], len(keys)
-    first = np.full(span, len(keys), dtype=np.int64)
-    np.minimum.at(first, line, np.arange(len(keys)))
-    return np.sort(first[first < len(keys)])
-
-
-def _occurrence(group: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Each row's number among the earlier rows of its group: 0, 1, 2, ..."""
-    order = np.argsort(group, kind="stable")
-    ranks = np.arange(len(group))
-    first_of_group = np.maximum.accumulate(np.where(run_starts(group[order]), ranks, 0))
-    occurrence = np.empty(len(group), dtype=np.int64)
-    occurrence[order] = ranks - first_of_group
-    return occurrence
-
-
-def _mark_repeated_events(
-    parsed: pd.DataFrame,
-    outcome: NDArray[np.int8],
-    has_order: NDArray[np.bool_],
-    event_logs: list[int],
-) -> None:
-    """In the service's event log an event id is unique, so a repeat (a log copied twice, a
-    replay written again) is a duplicate, whatever its fields say."""
-    if not event_logs:
-        return
-    candidates = parsed.loc[
-        (outcome == UNDECIDED) & parsed["source_position"].isin(event_logs).to_numpy() & has_order,
-        ["source_position", "order"],
-    ]
-    repeated = candidates.duplicated(keep="first")
-    outcome[repeated[repeated].index.to_numpy()] = DUPLICATE
-
-
-def _accounting(parsed: pd.DataFrame, names: list[str]) -> dict[str, dict[str, Any]]:
-    accounting: dict[str, dict[str, Any]] = {}
-    positions = parsed["source_position"].to_numpy()
-    outcomes = parsed["outcome"].to_numpy()
-    reasons = parsed["reason"].to_numpy()
-    for position, name in enumerate(names):
-        mine = positions == position
-        by_outcome = np.bincount(outcomes[mine], minlength=len(OUTCOMES))
-        by_reason = np.bincount(reasons[mine & (outcomes == QUARANTINED)], minlength=len(REASONS))
-        accounting[name] = {
-            "rows_read": int(mine.sum()),
-            **{OUTCOMES[i]: int(by_outcome[i]) for i in range(QUARANTINED)},
-            "quarantined": {REASONS[i]: int(n) for i, n in enumerate(by_reason) if n},
-        }
-    return accounting

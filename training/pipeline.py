@@ -100,7 +100,9 @@ def train(
     received = [events_through(rows) for rows in sources]
     with progress.step("merging sources and linking customers", "rows") as step:
         step.add(sum(len(rows.frame) for rows in sources))
-        merged = merge_sources(sources, config.items, config.identity)  # frees the raw rows
+        merged = merge_sources(  # frees the raw rows
+            sources, config.items, config.identity, config.engine
+        )
     quarantine = quarantine_gate(config.sources, merged, allow_quarantine)
     if not (outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)).any():
         raise TrainingError("nothing to train on: no source has a purchase that can be used")
@@ -217,7 +219,7 @@ def merged_history(config: TrainConfig, progress: Progress | None = None) -> Mer
     sources = read_sources(config, progress)
     with progress.step("merging sources and linking customers", "rows") as step:
         step.add(sum(len(rows.frame) for rows in sources))
-        return merge_sources(sources, config.items, config.identity)
+        return merge_sources(sources, config.items, config.identity, config.engine)
 
 
 def _timed(function: Callable[..., T], *args: Any) -> tuple[T, float]:

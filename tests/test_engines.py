@@ -1,0 +1,247 @@
+"""One merge, two engines: DuckDB and Spark SQL (``local[2]``) give the same accounting,
+the same merged rows and the same owned sets, on the reference data and on a synthetic set
+of four sources that exercises every outcome."""
+
+from __future__ import annotations
+
+import json
+import random
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsvc.identity import IdentityKey
+from recsvc.logrecords import ALIAS_DIGESTS
+from tests.helpers import write_csv
+from tests.test_imports import run_python, without
+from training.config import EngineConfig, TrainConfig, load_config
+from training.dataset import build_dataset
+from training.merge import OUTCOMES, MergedHistory, merge_sources
+from training.sources import read_source
+
+REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "online-retail.toml"
+DUCKDB = EngineConfig()
+
+SYNTHETIC_CONFIG = """
+[identity]
+default_region = "GB"
+crosswalk = "customers.csv"
+erasures = "erasures.jsonl"
+
+[items]
+non_product_ids = ["POST"]
+crosswalk = "items.csv"
+
+[[sources]]
+name = "shop"
+kind = "csv"
+path = "shop.csv"
+cancellation_prefix = "C"
+[sources.columns]
+order_id = "order"
+customer_id = "cust"
+email = "mail"
+phone = "tel"
+item_id = "sku"
+quantity = "qty"
+unit_price = "price"
+timestamp = "at"
+
+[[sources]]
+name = "legacy"
+kind = "parquet"
+path = "legacy.parquet"
+cancellation_prefix = "C"
+[sources.columns]
+order_id = "Invoice"
+customer_id = "Customer"
+phone = "Mobile"
+item_id = "StockCode"
+quantity = "Quantity"
+unit_price = "Price"
+timestamp = "InvoiceDate"
+
+[[sources]]
+name = "partner"
+kind = "jsonl"
+path = "partner.jsonl"
+customer_namespace = "partner"
+[sources.columns]
+customer_id = "member"
+email = "buyer_email"
+item_id = "isbn"
+unit_price = "price_eur"
+timestamp = "purchased_at"
+
+[[sources]]
+name = "live"
+kind = "events"
+path = "events-*.jsonl"
+"""
+
+
+def merged_with(config: TrainConfig, engine: EngineConfig) -> MergedHistory:
+    return merge_sources(
+        [read_source(source) for source in config.sources], config.items, config.identity, engine
+    )
+
+
+def owned(merged: MergedHistory) -> set[tuple[str, str]]:
+    data = build_dataset(merged.events, 90.0, 14.0, merged.item_groups)
+    rows, columns = data.owned.nonzero()
+    return {
+        (str(data.customer_ids[row]), str(data.item_ids[column]))
+        for row, column in zip(rows, columns, strict=True)
+    }
+
+
+def assert_same(duck: MergedHistory, spark: MergedHistory) -> None:
+    assert spark.accounting == duck.accounting
+    pd.testing.assert_frame_equal(spark.events, duck.events)
+    pd.testing.assert_frame_equal(spark.quarantine, duck.quarantine)
+    assert spark.aliases == duck.aliases
+    assert spark.identity == duck.identity
+    assert owned(spark) == owned(duck)
+
+
+def test_reference_data_merges_alike(spark_engine: EngineConfig) -> None:
+    config = load_config(REFERENCE)
+    for source in config.sources:
+        assert source.files(), f"the reference data is missing: {source.path}"
+    duck = merged_with(config, DUCKDB)
+    assert duck.accounting["shop"]["duplicate"] > 20_000  # the exports overlap
+    assert_same(duck, merged_with(config, spark_engine))
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
+    """Four sources with three id schemes, an item and a customer crosswalk, lines that
+    overlap between sources and repeat inside one, cancellations, non-products, bad values,
+    malformed CSV rows, anonymous rows, a replayed event log and two erased customers."""
+    directory = tmp_path_factory.mktemp("synthetic")
+    rng = random.Random(7)
+    skus = [f"{20000 + n}" for n in range(40)]
+    shop: list[list[object]] = []
+    legacy: dict[str, list[object]] = {
+        name: [] for name in ("Invoice", "Customer", "Mobile", "StockCode")
+    } | {"Quantity": [], "Price": [], "InvoiceDate": []}
+
+    def legacy_line(line: list[object]) -> None:
+        for name, value in zip(legacy, line, strict=True):
+            legacy[name].append(value)
+
+    for order in range(400):
+        customer = rng.choice(["", *(str(100 + n) for n in range(60))])
+        email = f"c{customer}@example.com" if customer and rng.random() < 0.5 else ""
+        phone = f"020 7946 {int(customer):04d}" if customer and rng.random() < 0.3 else ""
+        when = f"2011-0{1 + order % 9}-{1 + order % 28:02d} 10:{order % 60:02d}:00"
+        for _ in range(rng.randint(1, 4)):
+            sku = rng.choice([*skus, "POST"])
+            quantity = rng.choice([1, 1, 2, 3, 0, "x"] if rng.random() < 0.1 else [1, 2, 3])
+            prefix = "C" if rng.random() < 0.05 else ""
+            line = [f"{prefix}{order}", customer, email, phone, sku, quantity, 2.5, when]
+            shop.append(line)
+            if rng.random() < 0.05:  # repeated inside the shop export: kept
+                shop.append(line)
+            if order < 120 and rng.random() < 0.6:  # the overlap: also in the legacy export
+                legacy_line([f"{prefix}{order}", customer, phone, sku, str(quantity), "2.5", when])
+    for order in range(1000, 1200):
+        customer = rng.choice(["", *(str(140 + n) for n in range(40))])
+        legacy_line(
+            [
+                str(order),
+                f"{customer}.0" if customer and rng.random() < 0.3 else customer,
+                rng.choice(["", "07700 900123", "+44 20 7946 0101"]),
+                rng.choice(skus),
+                str(rng.choice([1, 2, -1])),
+                rng.choice(["3.1", "3.1", "-1"]),
+                f"2011-03-{1 + order % 28:02d} 09:00:00",
+            ]
+        )
+    header = ["order", "cust", "mail", "tel", "sku", "qty", "price", "at"]
+    write_csv(directory / "shop.csv", header, shop)
+    with (directory / "shop.csv").open("a") as handle:
+        handle.write("9000,101,,,20001,1,2.5,2011-04-01 10:00:00,surplus\n")  # malformed
+        handle.write("9001,101\n")
+    pq.write_table(pa.table(legacy), directory / "legacy.parquet")
+    partner = [
+        {
+            "member": rng.choice(["", f"M{n % 25}"]),
+            "buyer_email": rng.choice(["", f"c{100 + n % 50}@example.com", "not an address"]),
+            "isbn": rng.choice(["978-1", "978-2", *skus[:5]]),
+            "price_eur": rng.choice([9.5, None]),
+            "purchased_at": f"2011-05-{1 + n % 28:02d}T12:00:00+01:00",
+        }
+        for n in range(150)
+    ]
+    (directory / "partner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in partner))
+    events = [
+        {
+            "event_id": f"e{n % 90}",  # replays: repeated ids are duplicates
+            "customer": rng.choice(
+                ["101", "email:c102@example.com", "shop:103", "phone:02079460104"]
+            ),
+            "item_id": rng.choice(skus),
+            "quantity": rng.choice([1, 2, -1]),
+            "price": 2.5,
+            "timestamp": f"2011-06-{1 + n % 28:02d}T08:00:00Z",
+            "received_at": 1_300_000_000 + n,
+        }
+        for n in range(120)
+    ]
+    (directory / "events-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    write_csv(
+        directory / "items.csv",
+        ["source", "item_id", "catalog_id", "group"],
+        [["partner", "978-1", skus[0], "book"], ["partner", "978-2", skus[1], "book"]],
+    )
+    write_csv(
+        directory / "customers.csv",
+        ["left", "right"],
+        [[f"partner:M{n}", f"shop:{110 + n}"] for n in range(10)],
+    )
+    key = IdentityKey.development_key()
+    erased = ["customer:105", "email:c120@example.com"]
+    (directory / "erasures.jsonl").write_text(
+        "".join(json.dumps({ALIAS_DIGESTS: [key.hex(alias)]}) + "\n" for alias in erased)
+    )
+    (directory / "train.toml").write_text(SYNTHETIC_CONFIG)
+    return load_config(directory / "train.toml")
+
+
+def test_synthetic_sources_merge_alike(synthetic: TrainConfig, spark_engine: EngineConfig) -> None:
+    duck = merged_with(synthetic, DUCKDB)
+    totals = {
+        outcome: sum(counts[outcome] for counts in duck.accounting.values())
+        for outcome in OUTCOMES
+        if outcome != "quarantined"
+    }
+    assert all(totals.values()), totals  # every outcome occurs
+    reasons = {reason for counts in duck.accounting.values() for reason in counts["quarantined"]}
+    assert {"malformed_row", "bad_quantity", "zero_quantity", "negative_price"} <= reasons
+    assert duck.accounting["live"]["duplicate"] >= 30  # the replayed event ids
+    assert duck.identity.customers_with_several_aliases > 10
+    assert_same(duck, merged_with(synthetic, spark_engine))
+
+
+def test_spark_without_pyspark_says_how_to_install_it() -> None:
+    code = without(("pyspark",)) + textwrap.dedent(
+        """
+        from training.config import EngineConfig
+        from training.engine import engine
+        from training.errors import TrainingError
+
+        try:
+            with engine(EngineConfig(kind="spark")):
+                raise SystemExit("no error")
+        except TrainingError as error:
+            print(error)
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'recsvc[spark]'" in result.stdout

@@ -1,0 +1,193 @@
+"""Where the merge's SQL runs: DuckDB inside this process (the default), or Spark SQL.
+
+``training.merge`` writes each query once, in SQLGlot's dialect-neutral SQL; an engine
+transpiles it to its own dialect (``duckdb`` or ``spark``) and runs it. Tables go in and
+results come out as Arrow, so both engines see the same typed rows and hand back the same
+typed answers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import TYPE_CHECKING, Protocol
+
+import pyarrow as pa
+import sqlglot
+
+from training.config import EngineConfig
+from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+# The dialect the merge's queries are written in: SQLGlot's own, which it reads as standard
+# SQL and writes into each engine's.
+QUERY_DIALECT = ""
+# A local Spark (``local[N]``) binds to the loopback interface only, shows no web UI, and
+# shuffles into a few partitions (the default 200 are for clusters: on two cores they make
+# the reference merge four times slower). A cluster's own settings are left alone.
+# ``[engine] conf`` overrides either.
+LOCAL_SPARK_CONF = {
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "4",
+}
+# PySpark warns about the installed pandas when it converts data; the engine hands it Arrow
+# only, never pandas.
+PANDAS_WARNING = "PySpark does not yet fully support pandas"
+
+
+class Engine(Protocol):
+    """Holds named tables and answers queries over them."""
+
+    def load(self, name: str, table: pa.Table) -> None:
+        """Make ``table`` queryable as ``name``."""
+
+    def materialise(self, name: str, query: str) -> None:
+        """Compute ``query`` once and keep its rows as ``name`` for later queries."""
+
+    def query(self, query: str) -> pa.Table: ...
+
+
+@cache
+def transpile(query: str, dialect: str) -> str:
+    (statement,) = sqlglot.transpile(query, read=QUERY_DIALECT, write=dialect)
+    return statement
+
+
+@contextmanager
+def engine(config: EngineConfig) -> Iterator[Engine]:
+    """The engine ``config`` names, for one merge; what it held is dropped afterwards."""
+    if config.kind == "spark":
+        spark = SparkEngine(spark_session(config.master, tuple(sorted(config.conf.items()))))
+        try:
+            yield spark
+        finally:
+            spark.close()
+        return
+    duck = DuckDBEngine()
+    try:
+        yield duck
+    finally:
+        duck.close()
+
+
+class DuckDBEngine:
+    """An in-memory DuckDB database. Loaded Arrow tables are scanned in place, not copied;
+    what does not fit in memory spills to a temporary directory, removed on close (DuckDB's
+    own default is ``.tmp`` in the working directory)."""
+
+    dialect = "duckdb"
+
+    def __init__(self) -> None:
+        import duckdb
+
+        self._spill = tempfile.TemporaryDirectory(prefix="recsvc-duckdb-")
+        self._connection = duckdb.connect(config={"temp_directory": self._spill.name})
+
+    def load(self, name: str, table: pa.Table) -> None:
+        self._connection.register(name, table)
+
+    def materialise(self, name: str, query: str) -> None:
+        sql = transpile(query, self.dialect)
+        self._connection.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+
+    def query(self, query: str) -> pa.Table:
+        return self._connection.sql(transpile(query, self.dialect)).to_arrow_table()
+
+    def close(self) -> None:
+        self._connection.close()
+        self._spill.cleanup()
+
+
+class SparkEngine:
+    """Spark SQL on the session's cluster. Loaded tables become temporary views; a
+    materialised one is persisted on the executors until the merge ends."""
+
+    dialect = "spark"
+
+    def __init__(self, session: SparkSession) -> None:
+        self._session = session
+        self._views: list[str] = []
+        self._persisted: list[DataFrame] = []
+
+    def load(self, name: str, table: pa.Table) -> None:
+        # Kept on the executors once first read: every query reads the rows.
+        # Arrow batches become partitions of 10,000 rows; one task per core suits better.
+        parallelism = self._session.sparkContext.defaultParallelism
+        with _quiet():
+            self._keep(name, self._session.createDataFrame(table).coalesce(parallelism))
+
+    def materialise(self, name: str, query: str) -> None:
+        self._keep(name, self._session.sql(transpile(query, self.dialect)))
+
+    def query(self, query: str) -> pa.Table:
+        with _quiet():
+            return self._session.sql(transpile(query, self.dialect)).toArrow()
+
+    def _keep(self, name: str, frame: DataFrame) -> None:
+        frame = frame.persist()
+        frame.createOrReplaceTempView(name)
+        self._views.append(name)
+        self._persisted.append(frame)
+
+    def close(self) -> None:
+        for frame in self._persisted:
+            frame.unpersist()
+        for name in self._views:
+            self._session.catalog.dropTempView(name)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PANDAS_WARNING, category=FutureWarning)
+        yield
+
+
+_started: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+
+
+@cache
+def spark_session(master: str, conf: tuple[tuple[str, str], ...]) -> SparkSession:
+    """Started once and kept: starting the JVM takes seconds (tests merge many times). A JVM
+    holds one Spark context, so a later call with another ``master`` gets the running one."""
+    try:
+        from pyspark.errors import PySparkException
+        from pyspark.sql import SparkSession
+    except ModuleNotFoundError:
+        raise TrainingError(
+            "[engine] kind = \"spark\" needs pyspark: pip install 'recsvc[spark]'"
+        ) from None
+    builder = SparkSession.builder.master(master).appName("recsvc-train")
+    settings = {}
+    if master.startswith("local"):
+        settings = dict(LOCAL_SPARK_CONF)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    for key, value in {**settings, **dict(conf)}.items():
+        builder = builder.config(key, value)
+    try:
+        with _quiet():
+            session = builder.getOrCreate()
+    except PySparkException as error:
+        raise TrainingError(
+            f"Spark could not start at master {master!r} (is Java 17 or later installed?): {error}"
+        ) from None
+    session.sparkContext.setLogLevel("ERROR")
+    _started.append((master, conf))
+    return session
+
+
+def stop_spark_sessions() -> None:
+    """Stop the sessions ``spark_session`` started (and the JVM with the last)."""
+    for master, conf in list(_started):
+        spark_session(master, conf).stop()
+    _started.clear()
+    spark_session.cache_clear()
