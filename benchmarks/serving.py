@@ -18,7 +18,11 @@ cycle through URLs made from the bundle (``ENDPOINTS``):
   ``customer=`` another customer.
 
 Prints and writes (--out, JSON) each endpoint's requests/s against /healthz per round, their
-ratio, and p50/p99 latency at half the endpoint's maximum rate, with the load average.
+ratio, and p50/p99 latency at half the endpoint's maximum rate, with the load average. Each
+run's CPU time per request (gunicorn's processes from /proc, so Linux only, and wrk's) gives
+a second ratio, /healthz's over the endpoint's: what the requests/s ratio would be with the
+cores to themselves, which holds when other processes share the machine and the requests/s
+swing from round to round.
 Needs wrk: ``apt-get install wrk`` (Debian and Ubuntu package wrk; https://github.com/wg/wrk).
 """
 
@@ -28,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -171,7 +176,14 @@ def main() -> int:
                 "RECSVC_BENCH_DELAY_MS": str(delay_ms),
             }
             target = ["-H", f"X-API-Key: {key}", "-s", str(script), base]
-            return _wrk(target, args.connections, duration, run_env)
+            server, client = _server_cpu(), _children_cpu()
+            measured = _wrk(target, args.connections, duration, run_env)
+            after = _server_cpu()
+            spent = sum(after[pid] - server.get(pid, 0.0) for pid in after)
+            requests = max(measured.pop("requests"), 1.0)
+            measured["server_cpu_us"] = spent / requests * 1e6
+            measured["wrk_cpu_us"] = (_children_cpu() - client) / requests * 1e6
+            return measured
 
         for name in names:
             run(name, 3)  # warm-up: caches, page cache, allocator
@@ -185,6 +197,9 @@ def main() -> int:
                         "rps": measured["rps"],
                         "ratio": measured["rps"] / trivial["rps"],
                         "errors": trivial["errors"] + measured["errors"],
+                        "healthz_server_cpu_us": trivial["server_cpu_us"],
+                        "server_cpu_us": measured["server_cpu_us"],
+                        "cpu_ratio": _cost(trivial) / _cost(measured),
                     }
                 )
         for name in names:
@@ -194,6 +209,7 @@ def main() -> int:
             results[name] = {
                 "rounds": rounds[name],
                 "ratio_median": statistics.median(r["ratio"] for r in rounds[name]),
+                "cpu_ratio_median": statistics.median(r["cpu_ratio"] for r in rounds[name]),
                 "half_load": {"target_rps": round(half, 1), **run(name, args.duration, delay)},
             }
     result: dict[str, Any] = {
@@ -214,9 +230,14 @@ def main() -> int:
             print(
                 f"{name} round {number}: /healthz {entry['healthz_rps']:.0f} req/s, "
                 f"{name} {entry['rps']:.0f} req/s, ratio {entry['ratio']:.2f}, "
-                f"errors {entry['errors']:.0f}"
+                f"errors {entry['errors']:.0f}; server CPU per request "
+                f"{entry['healthz_server_cpu_us']:.0f} and {entry['server_cpu_us']:.0f} us, "
+                f"CPU ratio {entry['cpu_ratio']:.2f}"
             )
-        print(f"{name} ratio (median): {measured['ratio_median']:.2f}  (target >= {RATIO})")
+        print(
+            f"{name} ratio (median): {measured['ratio_median']:.2f}  (target >= {RATIO}); "
+            f"CPU ratio (median) {measured['cpu_ratio_median']:.2f}"
+        )
         paced = measured["half_load"]
         print(
             f"{name} at half load ({paced['rps']:.0f} req/s of a target "
@@ -226,6 +247,40 @@ def main() -> int:
         )
     print(f"written to {args.out}")
     return 0
+
+
+def _cost(run: dict[str, float]) -> float:
+    """CPU seconds per request of a run, server and wrk together."""
+    return run["server_cpu_us"] + run["wrk_cpu_us"]
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def _server_cpu() -> dict[int, float]:
+    """CPU seconds so far of each of this process's children (gunicorn's master, between wrk
+    runs) and of theirs (its workers), from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    spent: dict[int, float] = {}
+    for master in _children(os.getpid()):
+        for pid in (master, *_children(master)):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # exited since listed
+                continue
+            spent[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return spent
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _wrk(
@@ -251,10 +306,12 @@ def _wrk(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if rps is None:
+    requests = re.search(r"(\d+) requests in", output)
+    if rps is None or requests is None:
         raise RuntimeError(f"wrk printed no rate:\n{output}")
     return {
         "rps": float(rps[1]),
+        "requests": float(requests[1]),
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "errors": float(errors[1] if errors else 0)
