@@ -21,8 +21,8 @@ Prints and writes (--out, JSON) each endpoint's requests/s against /healthz per 
 ratio, and p50/p99 latency at half the endpoint's maximum rate, with the load average. Each
 run's CPU time per request (gunicorn's processes from /proc, so Linux only, and wrk's) gives
 a second ratio, /healthz's over the endpoint's: what the requests/s ratio would be with the
-cores to themselves, which holds when other processes share the machine and the requests/s
-swing from round to round.
+cores to the benchmark alone, and much less disturbed than the requests/s when other work
+shares the machine.
 Needs wrk: ``apt-get install wrk`` (Debian and Ubuntu package wrk; https://github.com/wg/wrk).
 """
 
