@@ -1,15 +1,29 @@
-"""Serving benchmark: the recommendation endpoint against a trivial endpoint on one gunicorn.
+"""Serving benchmark: read endpoints against a trivial endpoint on one gunicorn.
 
-    python benchmarks/serving.py --models-dir models [--rounds 5] [--duration 6]
+    python benchmarks/serving.py --models-dir models [--endpoint recommendations]
+        [--endpoint similar] [--endpoint cart] [--rounds 5] [--duration 6]
 
 Starts gunicorn with gunicorn.conf.py (API keys on, as in production) on the bundle, warms
-it up, then alternates maximum-throughput runs of /healthz and of
-/v1/customers/<id>/recommendations over every customer in the bundle (wrk, 8 connections),
-so the machine's noise hits both alike. Both runs use the same wrk script and headers, so
-the load generator, which shares the cores, does the same work per request for each.
-Prints and writes (--out, JSON) the requests/s of each, their ratio, and p50/p99 latency at
-half the recommendation endpoint's maximum rate.
-Needs wrk (Debian package wrk).
+it up, then, per round and per ``--endpoint`` (default: recommendations), runs /healthz and
+the endpoint at maximum throughput one after the other (wrk, 8 connections), so the
+machine's noise hits both alike. Every run uses the same wrk script and headers, so the load
+generator, which shares the cores, does the same work per request for each. The requests
+cycle through URLs made from the bundle (``ENDPOINTS``):
+
+- ``recommendations``: every customer's recommendations (reasons included);
+- ``similar``: items with neighbours, half drawn by how many customers bought them (popular
+  items, as product pages are visited) and half uniformly (the long tail), every other one
+  with ``customer=``;
+- ``cart``: carts of 1 to 5 items one customer bought together, every other one with
+  ``customer=`` another customer.
+
+Prints and writes (--out, JSON) each endpoint's requests/s against /healthz per round, their
+ratio, and p50/p99 latency at half the endpoint's maximum rate, with the load average. Each
+run's CPU time per request (gunicorn's processes from /proc, so Linux only, and wrk's) gives
+a second ratio, /healthz's over the endpoint's: what the requests/s ratio would be with the
+cores to the benchmark alone, and much less disturbed than the requests/s when other work
+shares the machine.
+Needs wrk: ``apt-get install wrk`` (Debian and Ubuntu package wrk; https://github.com/wg/wrk).
 """
 
 from __future__ import annotations
@@ -18,31 +32,36 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.local_server import gunicorn  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
-from recsvc.bundle import load_current  # noqa: E402
+from recsvc.bundle import Bundle, load_current  # noqa: E402
 
-# One script drives both endpoints, so each request costs the client (which shares the
+# One script drives every endpoint, so each request costs the client (which shares the
 # machine's cores with the server) the same: the ratio compares the server's work only.
 WRK_LUA = """
-local ids = {}
-for line in io.lines(os.getenv("RECSVC_BENCH_IDS")) do ids[#ids + 1] = line end
-local path = os.getenv("RECSVC_BENCH_PATH")
+local paths = {}
+for line in io.lines(os.getenv("RECSVC_BENCH_PATHS")) do paths[#paths + 1] = line end
 local i = 0
 request = function()
   i = i + 1
-  return wrk.format("GET", (path:gsub("{id}", ids[(i % #ids) + 1])))
+  return wrk.format("GET", paths[(i % #paths) + 1])
 end
 local pause = tonumber(os.getenv("RECSVC_BENCH_DELAY_MS") or "0")
 if pause > 0 then
@@ -50,12 +69,71 @@ if pause > 0 then
 end
 """
 HEALTHZ = "/healthz"
-RECOMMENDATIONS = "/v1/customers/{id}/recommendations?n=10"
+URLS = 5000  # per endpoint (recommendations: one per customer)
+MAX_CART = 5
+
+
+def _recommendations(bundle: Bundle, _: np.random.Generator) -> list[str]:
+    return [
+        f"/v1/customers/{quote(str(c), safe='')}/recommendations?n=10"
+        for c in bundle.arrays.customer_ids
+    ]
+
+
+def _similar(bundle: Bundle, rng: np.random.Generator) -> list[str]:
+    arrays = bundle.arrays
+    linked = np.flatnonzero(np.diff(arrays.neighbour_indptr) > 0)
+    buyers = np.bincount(arrays.owned_indices, minlength=len(arrays.item_ids))[linked]
+    popular = rng.choice(linked, URLS // 2, p=buyers / buyers.sum())
+    tail = rng.choice(linked, URLS - URLS // 2)
+    items = np.column_stack((popular, tail)).ravel()  # alternate popular and long-tail
+    customers = rng.choice(arrays.customer_ids, len(items))
+    return [
+        f"/v1/items/{quote(str(arrays.item_ids[item]), safe='')}/similar?n=10"
+        + (f"&customer={quote(str(customers[k]), safe='')}" if k % 2 else "")
+        for k, item in enumerate(items)
+    ]
+
+
+def _cart(bundle: Bundle, rng: np.random.Generator) -> list[str]:
+    arrays = bundle.arrays
+    indptr = arrays.owned_indptr
+    buyers = np.flatnonzero(np.diff(indptr) > 0)
+    urls = []
+    for k, row in enumerate(rng.choice(buyers, URLS)):
+        owned = arrays.owned_indices[indptr[row] : indptr[row + 1]]
+        cart = rng.choice(owned, min(int(rng.integers(1, MAX_CART + 1)), len(owned)), False)
+        items = ",".join(quote(str(arrays.item_ids[item]), safe="") for item in cart)
+        customer = quote(str(rng.choice(arrays.customer_ids)), safe="")
+        urls.append(
+            f"/v1/cart/recommendations?items={items}" + (f"&customer={customer}" if k % 2 else "")
+        )
+    return urls
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    urls: Callable[[Bundle, np.random.Generator], list[str]]
+    p99_ms: float  # the target at half load
+
+
+ENDPOINTS = {
+    "recommendations": Endpoint(_recommendations, 10.0),
+    "similar": Endpoint(_similar, 5.0),
+    "cart": Endpoint(_cart, 5.0),
+}
+RATIO = 0.75  # every endpoint's target: requests/s against /healthz's
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        choices=list(ENDPOINTS),
+        help="repeatable; default: recommendations",
+    )
     # Many short rounds rather than a few long ones: on a shared machine a noisy stretch then
     # spoils one round, and the median drops it.
     parser.add_argument("--rounds", type=int, default=5)
@@ -66,10 +144,15 @@ def main() -> int:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
+    names: list[str] = list(dict.fromkeys(args.endpoint or ["recommendations"]))
     bundle = load_current(args.models_dir)
     scratch = Path(tempfile.mkdtemp(prefix="recsvc-bench-"))
-    ids = scratch / "ids.txt"
-    ids.write_text("\n".join(str(c) for c in bundle.arrays.customer_ids) + "\n")
+    paths = {HEALTHZ: scratch / "healthz.txt"}
+    paths[HEALTHZ].write_text(HEALTHZ + "\n")
+    for name in names:
+        paths[name] = scratch / f"{name}.txt"
+        urls = ENDPOINTS[name].urls(bundle, np.random.default_rng(0))  # the same every run
+        paths[name].write_text("\n".join(urls) + "\n")
     script = scratch / "requests.lua"
     script.write_text(WRK_LUA)
     # A limit far above any rate here: the limiter runs on every request but never refuses.
@@ -79,65 +162,125 @@ def main() -> int:
         "RECSVC_MODELS_DIR": str(args.models_dir),
         "RECSVC_API_KEYS": line,
         "RECSVC_EVENTS_DIR": str(scratch / "events"),
-        "RECSVC_BENCH_IDS": str(ids),
     }
     if args.workers:
         env["RECSVC_WORKERS"] = str(args.workers)
+    load_before = os.getloadavg()
+    results: dict[str, dict[str, Any]] = {}
     with gunicorn(env) as base:
 
-        def run(path: str, duration: int, delay_ms: float = 0.0) -> dict[str, float]:
-            run_env = {**env, "RECSVC_BENCH_PATH": path, "RECSVC_BENCH_DELAY_MS": str(delay_ms)}
+        def run(name: str, duration: int, delay_ms: float = 0.0) -> dict[str, float]:
+            run_env = {
+                **env,
+                "RECSVC_BENCH_PATHS": str(paths[name]),
+                "RECSVC_BENCH_DELAY_MS": str(delay_ms),
+            }
             target = ["-H", f"X-API-Key: {key}", "-s", str(script), base]
-            return _wrk(target, args.connections, duration, run_env)
+            server, client = _server_cpu(), _children_cpu()
+            measured = _wrk(target, args.connections, duration, run_env)
+            after = _server_cpu()
+            spent = sum(after[pid] - server.get(pid, 0.0) for pid in after)
+            requests = max(measured.pop("requests"), 1.0)
+            measured["server_cpu_us"] = spent / requests * 1e6
+            measured["wrk_cpu_us"] = (_children_cpu() - client) / requests * 1e6
+            return measured
 
-        def healthz(duration: int) -> dict[str, float]:
-            return run(HEALTHZ, duration)
-
-        def recommendations(duration: int, delay_ms: float = 0.0) -> dict[str, float]:
-            return run(RECOMMENDATIONS, duration, delay_ms)
-
-        recommendations(3)  # warm-up: caches, page cache, allocator
-        rounds = []
+        for name in names:
+            run(name, 3)  # warm-up: caches, page cache, allocator
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         for _ in range(args.rounds):
-            trivial, recs = healthz(args.duration), recommendations(args.duration)
-            rounds.append(
-                {
-                    "healthz_rps": trivial["rps"],
-                    "recommendations_rps": recs["rps"],
-                    "ratio": recs["rps"] / trivial["rps"],
-                }
-            )
-        best = statistics.median(r["recommendations_rps"] for r in rounds)
-        half = best / 2
-        # Each connection waits so that all together send about half the maximum rate.
-        delay = max(args.connections / half * 1000.0 - 1.0, 0.0)
-        paced = recommendations(args.duration, delay)
+            for name in names:
+                trivial, measured = run(HEALTHZ, args.duration), run(name, args.duration)
+                rounds[name].append(
+                    {
+                        "healthz_rps": trivial["rps"],
+                        "rps": measured["rps"],
+                        "ratio": measured["rps"] / trivial["rps"],
+                        "errors": trivial["errors"] + measured["errors"],
+                        "healthz_server_cpu_us": trivial["server_cpu_us"],
+                        "server_cpu_us": measured["server_cpu_us"],
+                        "cpu_ratio": _cost(trivial) / _cost(measured),
+                    }
+                )
+        for name in names:
+            half = statistics.median(r["rps"] for r in rounds[name]) / 2
+            # Each connection waits so that all together send about half the maximum rate.
+            delay = max(args.connections / half * 1000.0 - 1.0, 0.0)
+            results[name] = {
+                "rounds": rounds[name],
+                "ratio_median": statistics.median(r["ratio"] for r in rounds[name]),
+                "cpu_ratio_median": statistics.median(r["cpu_ratio"] for r in rounds[name]),
+                "half_load": {"target_rps": round(half, 1), **run(name, args.duration, delay)},
+            }
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count()},
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "bundle": bundle.version,
         "customers": len(bundle.arrays.customer_ids),
         "items": len(bundle.arrays.item_ids),
         "connections": args.connections,
         "duration_s": args.duration,
-        "rounds": rounds,
-        "ratio_median": statistics.median(r["ratio"] for r in rounds),
-        "half_load": {"target_rps": round(half, 1), **paced},
+        "endpoints": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for number, entry in enumerate(rounds, start=1):
+    print(f"load average (1, 5, 15 min): before {load_before}, after {os.getloadavg()}")
+    for name, measured in results.items():
+        for number, entry in enumerate(measured["rounds"], start=1):
+            print(
+                f"{name} round {number}: /healthz {entry['healthz_rps']:.0f} req/s, "
+                f"{name} {entry['rps']:.0f} req/s, ratio {entry['ratio']:.2f}, "
+                f"errors {entry['errors']:.0f}; server CPU per request "
+                f"{entry['healthz_server_cpu_us']:.0f} and {entry['server_cpu_us']:.0f} us, "
+                f"CPU ratio {entry['cpu_ratio']:.2f}"
+            )
         print(
-            f"round {number}: /healthz {entry['healthz_rps']:.0f} req/s, recommendations "
-            f"{entry['recommendations_rps']:.0f} req/s, ratio {entry['ratio']:.2f}"
+            f"{name} ratio (median): {measured['ratio_median']:.2f}  (target >= {RATIO}); "
+            f"CPU ratio (median) {measured['cpu_ratio_median']:.2f}"
         )
-    print(f"ratio (median): {result['ratio_median']:.2f}  (target >= 0.75)")
-    print(
-        f"at half load ({paced['rps']:.0f} req/s of a target {half:.0f}): "
-        f"p50 {paced['p50_ms']:.2f} ms, p99 {paced['p99_ms']:.2f} ms (target <= 10), "
-        f"errors {paced['errors']:.0f}"
-    )
+        paced = measured["half_load"]
+        print(
+            f"{name} at half load ({paced['rps']:.0f} req/s of a target "
+            f"{paced['target_rps']:.0f}): p50 {paced['p50_ms']:.2f} ms, p99 "
+            f"{paced['p99_ms']:.2f} ms (target <= {ENDPOINTS[name].p99_ms:g}), "
+            f"errors {paced['errors']:.0f}"
+        )
     print(f"written to {args.out}")
     return 0
+
+
+def _cost(run: dict[str, float]) -> float:
+    """CPU seconds per request of a run, server and wrk together."""
+    return run["server_cpu_us"] + run["wrk_cpu_us"]
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def _server_cpu() -> dict[int, float]:
+    """CPU seconds so far of each of this process's children (gunicorn's master, between wrk
+    runs) and of theirs (its workers), from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    spent: dict[int, float] = {}
+    for master in _children(os.getpid()):
+        for pid in (master, *_children(master)):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # exited since listed
+                continue
+            spent[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return spent
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _wrk(
@@ -163,10 +306,12 @@ def _wrk(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if rps is None:
+    requests = re.search(r"(\d+) requests in", output)
+    if rps is None or requests is None:
         raise RuntimeError(f"wrk printed no rate:\n{output}")
     return {
         "rps": float(rps[1]),
+        "requests": float(requests[1]),
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "errors": float(errors[1] if errors else 0)

@@ -48,8 +48,7 @@ def similar(
     found: list[RankedItem] = []
     why: list[Reason] = []
     if index is not None:
-        excluded = np.union1d(excluded, ranker.with_groups(np.array([index], np.int32)))
-        excluded = excluded.astype(np.int32)
+        excluded = np.concatenate((excluded, ranker.with_groups(np.array([index], np.int32))))
         found = ranker.similar(index, n, excluded, allowed)
         why = reasons.similar_to(model, [index] * len(found), catalog.titles)
         categories = model.item_categories[index]
@@ -57,7 +56,7 @@ def similar(
         categories = _known_categories(model, catalog.added.get(item_id, []))
     fallback = not found
     scope = f"category:{categories[0]}" if categories else "all"
-    if categories:
+    if categories and len(found) < n:
         in_category = channels.category_mask(model, categories[0])
         if allowed is not None:
             in_category &= allowed
@@ -80,8 +79,7 @@ def complements(
     with most."""
     ranker = model.ranker
     items = np.array(cart, dtype=np.int32)
-    excluded = np.union1d(_excluded(model, view, catalog, tier), ranker.with_groups(items))
-    excluded = excluded.astype(np.int32)
+    excluded = np.concatenate((_excluded(model, view, catalog, tier), ranker.with_groups(items)))
     found, sources = ranker.complements(items, n, excluded, allowed)
     why = reasons.similar_to(model, [cart[source] for source in sources], catalog.titles)
     fallback = not found
@@ -93,10 +91,10 @@ def complements(
 def _excluded(
     model: ServedModel, view: CustomerView, catalog: ServedCatalog, tier: int
 ) -> NDArray[np.int32]:
+    """Items never to list (repeats included: only membership matters, and a union sorts)."""
     ranker = model.ranker
     owned = ranker.excluded(view.row, view.deltas)
-    hidden = np.union1d(ranker.hidden(tier), catalog.unavailable)
-    return np.union1d(owned, hidden).astype(np.int32)
+    return np.concatenate((owned, ranker.hidden(tier), catalog.unavailable)).astype(np.int32)
 
 
 def _top_up(
@@ -115,7 +113,7 @@ def _top_up(
         return found, why
     ranker = model.ranker
     taken = np.array([item.index for item in found], dtype=np.int32)
-    exclude = np.union1d(excluded, taken).astype(np.int32)
+    exclude = np.concatenate((excluded, taken))
     segment = scope if scope.startswith(("country:", "tier:")) else None
     more = ranker.popular(missing, exclude, segment, allowed)
     return found + more, why + reasons.popular(scope, len(more))
