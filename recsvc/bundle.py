@@ -100,6 +100,9 @@ class BundleArrays:
     trigger_figures: NDArray[np.str_]  # JSON objects
     candidate_items: NDArray[np.int32]  # [C, K] each customer's best items, -1 padded
     candidate_scores: NDArray[np.float32]  # [C, K]
+    # [C, K] the purchase that explains each candidate (recsvc.reasons): an offset into the
+    # customer's owned items, -1 for none
+    candidate_reasons: NDArray[np.int32]
     # Best sellers per segment ("country:Germany", "tier:gold"), a CSR list: segment i's
     # items, best first, are segment_items[segment_indptr[i]:segment_indptr[i + 1]]. Older
     # bundles have none.
@@ -158,8 +161,16 @@ class BundleArrays:
             or len(self.segment_scores) != len(self.segment_items)
         ):
             raise ValueError("segment_indptr does not delimit segment_items and segment_scores")
-        if self.candidate_items.shape != self.candidate_scores.shape:
-            raise ValueError("candidate items and scores differ in shape")
+        if (
+            not self.candidate_items.shape
+            == self.candidate_scores.shape
+            == (self.candidate_reasons.shape)
+        ):
+            raise ValueError("candidate items, scores and reasons differ in shape")
+        if self.candidate_reasons.size:
+            history = np.diff(self.owned_indptr)[:, None]
+            if ((self.candidate_reasons < -1) | (self.candidate_reasons >= history)).any():
+                raise ValueError("candidate_reasons refers to purchases outside the customer's")
         for name, indices, size in (
             ("owned_indices", self.owned_indices, n_items),
             ("popular_items", self.popular_items, n_items),
@@ -200,7 +211,7 @@ CUSTOMER_FIGURES = (
 OWNED = ("owned_indptr", "owned_indices", "owned_quantity", "owned_weight", "owned_source")
 CATALOG = ("titles", "prices", "item_group", "item_min_tier", "item_premium", "item_categories")
 TRIGGER_ARRAYS = ("trigger_kinds", "trigger_at", "trigger_reasons", "trigger_figures")
-CANDIDATES = ("candidate_items", "candidate_scores")
+CANDIDATES = ("candidate_items", "candidate_scores", "candidate_reasons")
 SEGMENTS = ("segment_names", "segment_indptr", "segment_items", "segment_scores")
 PER_CUSTOMER = ("user_factors", *CUSTOMER_FIGURES, *CANDIDATES)
 PER_ITEM = ("item_factors", "item_prior", *CATALOG)

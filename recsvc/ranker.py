@@ -35,6 +35,9 @@ from recsvc.identity import AliasIndex, IdentityKey, IdentityRules
 from recsvc.policy import TierTable
 
 TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
+# A customer's strongest purchases (by decayed weight) a reason is looked for among: a
+# wholesaler's thousands of lines would cost a millisecond and name an old order anyway.
+REASON_PURCHASES = 200
 _SUM_CELLS = 1 << 22  # customers x items summed at a time for item-item scores
 UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper than asking more
 
@@ -55,6 +58,9 @@ class Ranking:
     items: list[RankedItem]
     fallback: bool
     scope: str | None = None
+    # Per item, the position in the owned arrays of the purchase that explains it (-1:
+    # none), when the bundle's candidate lists already said; None: not looked up.
+    contributors: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +233,8 @@ class Ranker:
             elif len(listed) < n:
                 return None  # fewer candidates than asked and the list is not complete
             scores = self.arrays.candidate_scores[row, : len(listed)].tolist()
-            return Ranking(ranked(listed, scores), fallback=False)
+            why = self._candidate_contributors(row, slice(0, len(listed)))
+            return Ranking(ranked(listed, scores), False, None, why)
         keep = items >= 0
         complete = not keep.all()  # padded: every eligible item is in the list
         if deltas:
@@ -238,7 +245,18 @@ class Ranker:
         if len(chosen) < n and not complete:
             return None
         scores = self.arrays.candidate_scores[row, chosen].tolist()
-        return Ranking(ranked(items[chosen].tolist(), scores), fallback=False)
+        why = self._candidate_contributors(row, chosen)
+        return Ranking(ranked(items[chosen].tolist(), scores), False, None, why)
+
+    def _candidate_contributors(
+        self, row: int, chosen: slice | NDArray[np.intp]
+    ) -> list[int] | None:
+        """The bundle's reasons for the candidates ``chosen``, as owned positions."""
+        if self.arrays.candidate_reasons.shape != self.arrays.candidate_items.shape:
+            return None
+        offsets = self.arrays.candidate_reasons[row, chosen].tolist()
+        start = int(self.arrays.owned_indptr[row])
+        return [start + offset if offset >= 0 else -1 for offset in offsets]
 
     def batch_scores(
         self, rows: NDArray[np.intp], tiers: NDArray[np.intp], policy: bool = True
@@ -315,19 +333,68 @@ class Ranker:
         values = self.arrays.neighbour_scores[positions] * weights[sources]
         return Spread(self.arrays.neighbour_items[positions], values, sources)
 
-    def contributors(self, row: int, items: list[int], limit: int) -> list[int]:
+    def contributors(self, row: int, items: list[int], limit: int = REASON_PURCHASES) -> list[int]:
         """For each of ``items``, the position in the owned arrays of the customer's
         purchase that adds most to its item-item score, among their ``limit`` purchases of
-        the largest weight; -1 where none does."""
+        the largest weight (ties: the first position); -1 where none adds anything."""
         start, end = int(self.arrays.owned_indptr[row]), int(self.arrays.owned_indptr[row + 1])
-        positions = np.arange(start, end)
-        weights = self.arrays.owned_weight[start:end]
-        if len(positions) > limit:
-            strongest = np.argpartition(-weights, limit - 1)[:limit]
-            positions, weights = positions[strongest], weights[strongest]
-        spread = self.spread(self.arrays.owned_indices[positions], weights)
+        positions = start + strongest(self.arrays.owned_weight[start:end], limit)
+        spread = self.spread(
+            self.arrays.owned_indices[positions], self.arrays.owned_weight[positions]
+        )
         best = strongest_sources(spread, items, len(self.arrays.item_ids))
         return [int(positions[source]) if source >= 0 else -1 for source in best]
+
+    def _candidate_reasons(
+        self, rows: NDArray[np.intp], candidates: NDArray[np.int32]
+    ) -> NDArray[np.int32]:
+        """``contributors`` of every row's ``candidates`` (-1 padded) at once, as offsets
+        into the row's owned items (-1: none), for the bundle."""
+        arrays = self.arrays
+        n_items, width = len(arrays.item_ids), candidates.shape[1]
+        found = np.full(candidates.shape, -1, dtype=np.int32)
+        step = max(1, _SUM_CELLS // max(n_items, 1))
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            firsts = arrays.owned_indptr[chunk]
+            counts = arrays.owned_indptr[chunk + 1] - firsts
+            positions = _ranges(firsts, counts)
+            owner = np.repeat(np.arange(len(chunk)), counts)
+            if (counts > REASON_PURCHASES).any():  # only their strongest purchases count
+                kept = np.ones(len(positions), dtype=bool)
+                segments = np.cumsum(counts) - counts  # each row's place in ``positions``
+                for local in np.flatnonzero(counts > REASON_PURCHASES).tolist():
+                    begin, head = int(segments[local]), int(firsts[local])
+                    weights = arrays.owned_weight[head : head + int(counts[local])]
+                    kept[begin : begin + len(weights)] = False
+                    kept[begin + strongest(weights, REASON_PURCHASES)] = True
+                positions, owner = positions[kept], owner[kept]
+            # Each purchase's neighbours; only those among the row's candidates matter.
+            bought = arrays.owned_indices[positions]
+            starts = arrays.neighbour_indptr[bought]
+            reach = arrays.neighbour_indptr[bought + 1] - starts
+            entries = _ranges(starts, reach)
+            slot = np.full((len(chunk), n_items), -1, dtype=np.int32)
+            listed = candidates[start : start + len(chunk)]
+            at = np.nonzero(listed >= 0)
+            slot[at[0], listed[at]] = at[1]
+            purchase = np.repeat(np.arange(len(positions)), reach)
+            slots = slot.reshape(-1)[owner[purchase] * n_items + arrays.neighbour_items[entries]]
+            hit = np.flatnonzero(slots >= 0)
+            purchase, slots = purchase[hit], slots[hit]
+            values = (
+                arrays.neighbour_scores[entries[hit]] * arrays.owned_weight[positions][purchase]
+            )
+            useful = values > 0
+            purchase, slots, values = purchase[useful], slots[useful], values[useful]
+            keys = owner[purchase] * width + slots
+            order = np.lexsort((positions[purchase], -values, keys))
+            leading = np.ones(len(order), dtype=bool)
+            leading[1:] = keys[order][1:] != keys[order][:-1]
+            chosen = order[leading]
+            offsets = positions[purchase[chosen]] - firsts[owner[purchase[chosen]]]
+            found[start : start + len(chunk)].reshape(-1)[keys[chosen]] = offsets
+        return found
 
     def similar(
         self,
@@ -382,28 +449,31 @@ class Ranker:
         batch: int = 512,
         threads: int = 1,
         done: Callable[[int], None] | None = None,
-    ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.int32]]:
         """Every customer's top ``k`` items under their tier's policy, best first, padded
-        with -1 when fewer items are eligible (the bundle's fast path). Batches of ``batch``
-        customers are ranked on ``threads`` threads (numpy releases the GIL); ``done`` is
-        told each batch's size as it finishes (progress)."""
+        with -1 when fewer items are eligible, and each item's reason (``contributors``, as
+        an offset into the customer's owned items): the bundle's fast path. Batches of
+        ``batch`` customers are ranked on ``threads`` threads (numpy releases the GIL);
+        ``done`` is told each batch's size as it finishes (progress)."""
         count, n_items = len(self.arrays.customer_ids), len(self.arrays.item_ids)
         k = min(k, n_items)
         items = np.full((count, k), -1, dtype=np.int32)
         scores = np.full((count, k), -np.inf, dtype=np.float32)
+        reasons = np.full((count, k), -1, dtype=np.int32)
         if k == 0:
-            return items, scores
+            return items, scores, reasons
 
         def rank(start: int) -> int:
             rows = np.arange(start, min(start + batch, count))
             items[rows], scores[rows] = self._top(rows, k)
+            reasons[rows] = self._candidate_reasons(rows, items[rows])
             return start
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for start in pool.map(rank, range(0, count, batch)):
                 if done is not None:
                     done(min(batch, count - start))
-        return items, scores
+        return items, scores, reasons
 
     def _top(self, rows: NDArray[np.intp], k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         """The top ``k`` eligible items of each of ``rows`` and their scores (-1 and -inf
@@ -536,13 +606,20 @@ def ranked(indices: list[int], scores: list[float]) -> list[RankedItem]:
     ]
 
 
+def strongest(weights: NDArray[np.float32], limit: int) -> NDArray[np.int64]:
+    """The positions of the ``limit`` largest ``weights`` (all when fewer), ascending."""
+    if len(weights) <= limit:
+        return np.arange(len(weights), dtype=np.int64)
+    return np.sort(np.argpartition(-weights, limit - 1)[:limit]).astype(np.int64)
+
+
 def strongest_sources(spread: Spread, items: list[int], n_items: int) -> list[int]:
-    """For each of ``items``, the source in ``spread`` with the largest value for it
-    (ties: the first source); -1 where no source reaches it."""
+    """For each of ``items``, the source in ``spread`` with the largest positive value for
+    it (ties: the first source); -1 where no source adds to it."""
     slot = np.full(n_items, -1, dtype=np.intp)
     slot[items] = np.arange(len(items))
     slots = slot[spread.targets]
-    reached = np.flatnonzero(slots >= 0)
+    reached = np.flatnonzero((slots >= 0) & (spread.values > 0))
     best = [-1] * len(items)
     if not len(reached):
         return best

@@ -25,9 +25,6 @@ from recsvc.schemas import Reason
 if TYPE_CHECKING:  # the trainer's evaluation imports this module without redis
     from recsvc.registry import ServedModel
 
-# A customer's strongest purchases (by decayed weight) that reasons are looked for among:
-# a wholesaler's thousands of lines would cost a millisecond and name an old order anyway.
-MAX_REASON_PURCHASES = 200
 
 TRENDING = Reason("trending")
 POPULAR = Reason("popular", scope="all")
@@ -39,17 +36,23 @@ def of_ranking(
     """The reasons of a customer's list: ``personal`` unless it is a fallback."""
     if ranking.fallback or row is None:
         return popular(ranking.scope, len(ranking.items))
-    return personal(model, row, ranking.items, titles)
+    return personal(model, row, ranking.items, titles, ranking.contributors)
 
 
 def personal(
-    model: ServedModel, row: int, items: Sequence[RankedItem], titles: Sequence[str]
+    model: ServedModel,
+    row: int,
+    items: Sequence[RankedItem],
+    titles: Sequence[str],
+    found: list[int] | None = None,
 ) -> list[Reason]:
-    """The reasons of a known customer's items (``titles``: the catalog's, by index)."""
+    """The reasons of a known customer's items (``titles``: the catalog's, by index);
+    ``found``: their contributors when the bundle's candidate lists already hold them."""
     ranker = model.ranker
     arrays = ranker.arrays
     indices = [item.index for item in items]
-    found = ranker.contributors(row, indices, MAX_REASON_PURCHASES)
+    if found is None:
+        found = ranker.contributors(row, indices)
     reasons: list[Reason] = []
     for index, position in zip(indices, found, strict=True):
         if position >= 0:

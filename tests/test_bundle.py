@@ -64,6 +64,7 @@ def tiny_arrays(scale: float = 1.0) -> BundleArrays:
         popular_scores=np.array([3.0, 2.0, 1.0], dtype=np.float32),
         candidate_items=np.array([[1, 0], [2, -1]], dtype=np.int32),
         candidate_scores=np.array([[2.0, 1.0], [1.0, -np.inf]], dtype=np.float32),
+        candidate_reasons=np.array([[0, -1], [-1, -1]], dtype=np.int32),
     )
 
 
@@ -257,6 +258,7 @@ def test_a_checksummed_file_that_cannot_be_read_is_corrupt(tmp_path: Path, damag
         ("user_factors", np.ones(2, dtype=np.float32), "user_factors has 1 dimensions"),
         ("candidate_items", np.array([[1, 7], [2, -1]], dtype=np.int32), "candidate_items"),
         ("neighbour_items", np.array([2, 3], dtype=np.int32), "neighbour_items refers"),
+        ("candidate_reasons", np.array([[0, 1], [-1, -1]], dtype=np.int32), "outside"),
         ("neighbour_indptr", np.array([0, 1, 2], dtype=np.int64), "neighbour_indptr length"),
         ("owned_source", np.array([1], dtype=np.int16), "owned_source refers"),
     ],

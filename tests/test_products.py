@@ -15,7 +15,8 @@ from flask.testing import FlaskClient
 from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.config import ServiceConfig
-from recsvc.reasons import MAX_REASON_PURCHASES, phrase
+from recsvc.ranker import REASON_PURCHASES
+from recsvc.reasons import phrase
 from recsvc.registry import ServedModel
 from recsvc.schemas import ProductCard
 
@@ -174,7 +175,7 @@ def test_the_reason_is_the_purchase_that_adds_most(sample_app: Flask) -> None:
         )
     items = [int(i) for i in np.argsort(-dense.max(axis=0))[:10]]
     expected = [int(start + np.argmax(dense[:, i])) for i in items]
-    assert ranker.contributors(row, items, MAX_REASON_PURCHASES) == expected
+    assert ranker.contributors(row, items, REASON_PURCHASES) == expected
     # Limited to the strongest purchases: a purchase left out is never named.
     strongest = set((start + np.argsort(-arrays.owned_weight[start:end])[:3]).tolist())
     assert set(ranker.contributors(row, items, 3)) <= strongest | {-1}
@@ -253,3 +254,25 @@ def test_picks_kept_before_reasons_still_answer() -> None:
     assert msgspec.convert(card, ProductCard).reason is None
     assert phrase({"kind": "popular", "scope": "country:Germany"}) == "Popular in Germany"
     assert phrase({"kind": "tier_exclusive", "tier": "gold"}) == "For gold members"
+
+
+def test_the_bundle_holds_the_reasons_the_service_would_find(sample_app: Flask) -> None:
+    """The candidate lists carry their reasons, computed in one go at training: each equals
+    what ``Ranker.contributors`` finds for that customer and item when asked."""
+    ranker = served(sample_app).ranker
+    arrays = ranker.arrays
+    assert arrays.candidate_reasons.shape == arrays.candidate_items.shape
+    named = 0
+    for row in range(len(arrays.customer_ids)):
+        listed = arrays.candidate_items[row]
+        items = listed[listed >= 0].tolist()
+        start = int(arrays.owned_indptr[row])
+        kept = [
+            start + offset if offset >= 0 else -1
+            for offset in arrays.candidate_reasons[row, : len(items)].tolist()
+        ]
+        assert kept == ranker.contributors(row, items), row
+        named += sum(position >= 0 for position in kept)
+    assert named > 0
+    fast = ranker.recommend_row(0, 5, None, int(ranker.trained_tier[0]))
+    assert fast.contributors == ranker.contributors(0, [item.index for item in fast.items])

@@ -21,7 +21,6 @@ from numpy.typing import NDArray
 
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
-from recsvc.reasons import MAX_REASON_PURCHASES
 from training.baskets import basket_report
 from training.config import ModelParams, TrainConfig
 from training.dataset import TrainingData
@@ -212,7 +211,7 @@ def reasons_coverage(ranker: Ranker, lists: Mapping[int, list[int]]) -> float:
     score, found as the service finds it (``recsvc.reasons.personal``)."""
     listed = explained = 0
     for row, items in lists.items():
-        found = ranker.contributors(row, items, MAX_REASON_PURCHASES)
+        found = ranker.contributors(row, items)
         listed += len(found)
         explained += sum(position >= 0 for position in found)
     return explained / listed if listed else 0.0

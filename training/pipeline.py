@@ -261,10 +261,12 @@ def served_arrays(
         ) as step,
         threadpool_limits(limits=1, user_api="blas"),
     ):
-        items, scores = ranker.candidate_lists(
+        items, scores, reasons = ranker.candidate_lists(
             params.candidates, threads=_usable_cores(), done=step.add
         )
-    return dataclasses.replace(arrays, candidate_items=items, candidate_scores=scores)
+    return dataclasses.replace(
+        arrays, candidate_items=items, candidate_scores=scores, candidate_reasons=reasons
+    )
 
 
 def _usable_cores() -> int:
@@ -324,6 +326,7 @@ def bundle_arrays(
         **(crm if crm is not None else empty_crm(len(customer_ids), len(data.item_ids))),
         candidate_items=np.zeros((len(customer_ids), 0), np.int32),
         candidate_scores=np.zeros((len(customer_ids), 0), np.float32),
+        candidate_reasons=np.zeros((len(customer_ids), 0), np.int32),
     )
 
 
