@@ -422,14 +422,22 @@ class Ranker:
         """Items bought with ``items`` (a cart): each scores the sum of its weights among
         their neighbours. Best first, outside ``excluded`` and within ``allowed``, with the
         position in ``items`` of the one that adds most to each."""
-        n_items = len(self.arrays.item_ids)
+        if len(items) == 1:  # its neighbours, already in this order
+            found = self.similar(int(items[0]), n, excluded, allowed)
+            return found, [0] * len(found)
         spread = self.spread(items, np.ones(len(items), np.float32))
-        scores = np.bincount(spread.targets, spread.values, minlength=n_items)
-        reached = np.bincount(spread.targets, minlength=n_items).astype(bool)
-        candidates = np.flatnonzero(reached & self._eligible(excluded, allowed))
-        best = candidates[np.lexsort((candidates, -scores[candidates]))][:n]
-        found = ranked(best.tolist(), scores[best].tolist())
-        return found, strongest_sources(spread, best.tolist(), n_items)
+        # Only the items reached are scored: a cart's few hundred neighbours, not the catalog.
+        reached, entry_of = np.unique(spread.targets, return_inverse=True)
+        scores = np.bincount(entry_of, spread.values, minlength=len(reached))
+        order = np.lexsort((reached, -scores))
+        order = order[self._eligible(excluded, allowed)[reached[order]]][:n]
+        found = ranked(reached[order].tolist(), scores[order].tolist())
+        # Each reached item's strongest cart item: the first entry by (item, -value, source).
+        by_entry = np.lexsort((spread.sources, -spread.values, entry_of))
+        leading = np.ones(len(by_entry), dtype=bool)
+        leading[1:] = entry_of[by_entry][1:] != entry_of[by_entry][:-1]
+        strongest_of = spread.sources[by_entry[leading]]  # by reached item
+        return found, strongest_of[order].tolist()
 
     def _eligible(
         self, excluded: NDArray[np.int32], allowed: NDArray[np.bool_] | None
