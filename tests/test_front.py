@@ -181,7 +181,11 @@ def test_nginx_passes_request_ids_and_logs_no_customer(
     with urllib.request.urlopen(url, timeout=5) as response:
         fresh = response.headers["X-Request-ID"]
     assert len(fresh) == 32  # nginx's $request_id, which the service accepted
-    log = front_log.read_text()
+    # nginx writes a request's log line once the response is on its way: the client can be
+    # reading the log before it is there.
+    deadline = time.monotonic() + 5
+    while fresh not in (log := front_log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "front-test-1" in log and fresh in log
     assert "ann" not in log and "/v1/" not in log and "127.0.0.1" not in log
 
