@@ -79,12 +79,12 @@ def fit_ease(interactions: sp.csr_matrix, regularization: float) -> NDArray[np.f
         if info != 0:
             raise TrainingError(f"EASE^R: the Gram matrix cannot be inverted ({info})")
     del gram, factor
-    lower = np.tril(inverse)
-    inverse = lower + np.tril(lower, -1).T  # spotri fills one triangle
-    del lower
-    weights = np.asarray(inverse / -np.diag(inverse), dtype=np.float32)
+    weights = np.tril(inverse)  # spotri fills one triangle; the other holds the Gram matrix
+    del inverse
+    weights += np.tril(weights, -1).T
+    weights /= -np.diag(weights).copy()  # column j over -P[j, j], in place
     np.fill_diagonal(weights, 0.0)
-    return weights
+    return np.asarray(weights, dtype=np.float32)
 
 
 def _strongest_dense(weights: NDArray[np.float32], k: int) -> Neighbours:
