@@ -187,9 +187,16 @@ class Ranker:
                     ask = min(ask, width)
                 longer = self.recommend_row(row, ask, deltas, tier, policy, scopes=scopes)
                 withdrawn = set(unavailable.tolist())
-                kept = [item for item in longer.items if item.index not in withdrawn]
-                if len(kept) >= n or len(longer.items) < ask:  # enough, or all there are
-                    return Ranking(kept[:n], longer.fallback, longer.scope)
+                shown = [i for i, item in enumerate(longer.items) if item.index not in withdrawn]
+                if len(shown) >= n or len(longer.items) < ask:  # enough, or all there are
+                    shown = shown[:n]
+                    found = longer.contributors
+                    return Ranking(
+                        [longer.items[i] for i in shown],
+                        longer.fallback,
+                        longer.scope,
+                        None if found is None else [found[i] for i in shown],
+                    )
             if allowed is None:
                 allowed = np.ones(len(self.arrays.item_ids), dtype=bool)
             else:
