@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 # taken from the cluster's cores: the blocks decide the order of the sums, so the same data
 # and seed give the same factors on any cluster (up to Spark's order of shuffled rows).
 ALS_BLOCKS = 10
-# Spark's ALS builds one lineage across all its iterations; past a few dozen the JVM's stack
-# overflows serialising it (the reference data's 20 iterations did) unless the factors are
-# checkpointed every few iterations, which needs a checkpoint directory.
+# Spark's ALS builds one lineage across all its iterations; the reference data's 20 overflowed
+# the JVM's stack serialising it. Checkpointing the factors every few iterations cuts it, and
+# needs a checkpoint directory.
 CHECKPOINT_INTERVAL = 5
 
 
