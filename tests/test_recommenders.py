@@ -5,10 +5,12 @@ longer than the catalog, and a customer the model has never seen."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from recsvc.bundle import load_bundle
 from recsvc.registry import ModelRegistry
 from tests.helpers import (
     SHOP_COLUMNS,
@@ -18,10 +20,10 @@ from tests.helpers import (
     write_config,
     write_csv,
 )
-from training.config import ModelParams, TrainConfig, load_config
+from training.config import EngineConfig, ModelParams, TrainConfig, load_config
 from training.evaluate import MODEL_KEYS, compared_models
 from training.pipeline import merged_history, train
-from training.recommenders import History, Recommender
+from training.recommenders import History, Recommender, ServedModel
 
 # Twenty customers buy every item of block A, twelve every item of block B, so A items are
 # the best-sellers. a00 buys all of block A but A3: A3 is the right answer for a00 whichever
@@ -157,3 +159,20 @@ def test_the_evaluated_served_model_answers_as_the_service(
     assert [item.index for item in served.recommend("stranger", 5).items] == evaluated.recommend(
         None, 5
     )
+
+
+def test_spark_fit_ranks_the_withheld_item_first_and_its_bundle_verifies(
+    config: TrainConfig, history: History, spark_engine: EngineConfig, tmp_path: Path
+) -> None:
+    """ALS fitted by Spark MLlib (``[engine] kind = "spark"``) finds the same known answer,
+    and ``train`` on Spark publishes a bundle that verifies and serves it."""
+    model = ServedModel(config.model, engine=spark_engine)
+    model.fit(history)
+    assert item_ids(history, model.recommend(row(history, "a00"), 3))[0] == WITHHELD
+    report = train(dataclasses.replace(config, engine=spark_engine), tmp_path)
+    load_bundle(report.path)  # raises unless every checksum and shape verifies
+    registry = ModelRegistry(tmp_path, config.identity.key)
+    assert registry.load() and registry.model is not None
+    answer = registry.model.ranker.recommend("a00", 3)
+    assert not answer.fallback
+    assert item_ids(history, [answer.items[0].index]) == [WITHHELD]

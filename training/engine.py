@@ -122,14 +122,14 @@ class SparkEngine:
         # Kept on the executors once first read: every query reads the rows.
         # Arrow batches become partitions of 10,000 rows; one task per core suits better.
         parallelism = self._session.sparkContext.defaultParallelism
-        with _quiet():
+        with quiet():
             self._keep(name, self._session.createDataFrame(table).coalesce(parallelism))
 
     def materialise(self, name: str, query: str) -> None:
         self._keep(name, self._session.sql(transpile(query, self.dialect)))
 
     def query(self, query: str) -> pa.Table:
-        with _quiet():
+        with quiet():
             return self._session.sql(transpile(query, self.dialect)).toArrow()
 
     def _keep(self, name: str, frame: DataFrame) -> None:
@@ -146,7 +146,7 @@ class SparkEngine:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=PANDAS_WARNING, category=FutureWarning)
         yield
@@ -174,7 +174,7 @@ def spark_session(master: str, conf: tuple[tuple[str, str], ...]) -> SparkSessio
     for key, value in {**settings, **dict(conf)}.items():
         builder = builder.config(key, value)
     try:
-        with _quiet():
+        with quiet():
             session = builder.getOrCreate()
     except PySparkException as error:
         raise TrainingError(

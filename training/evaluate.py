@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
 from training.baskets import basket_report
-from training.config import ModelParams, TrainConfig
+from training.config import EngineConfig, ModelParams, TrainConfig
 from training.dataset import TrainingData
 from training.errors import TrainingError
 from training.merge import MergedHistory
@@ -47,11 +47,14 @@ HISTORY_GROUPS = (("cold", 1, 5), ("light", 6, 30), ("heavy", 31, math.inf))
 PLAIN_ALS = ModelParams(factors=64, regularization=0.05, half_life_days=90.0, trend_weight=0.0)
 
 
-def compared_models(params: ModelParams) -> dict[str, Recommender]:
-    """The served model and the baselines it is compared with, unfitted, in report order."""
+def compared_models(
+    params: ModelParams, engine: EngineConfig | None = None
+) -> dict[str, Recommender]:
+    """The served model (its ALS fitted by ``engine``, as ``train`` fits it) and the baselines
+    it is compared with, unfitted, in report order."""
     return {
-        "recsvc": ServedModel(params),
-        "recsvc_no_policy": ServedModel(params, policy=False),
+        "recsvc": ServedModel(params, engine=engine),
+        "recsvc_no_policy": ServedModel(params, policy=False, engine=engine),
         "popular": BestSellers(),
         "itemknn": ItemKnn(),
         "item_item": ItemItemAlone(params),
@@ -153,7 +156,9 @@ def evaluate(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     merged = merged_history(config, progress)
-    return evaluate_merged(merged, config.model, cutoff, k, end, progress, config.tiers)
+    return evaluate_merged(
+        merged, config.model, cutoff, k, end, progress, config.tiers, config.engine
+    )
 
 
 def evaluate_merged(
@@ -164,6 +169,7 @@ def evaluate_merged(
     end: pd.Timestamp | None = None,
     progress: Progress | None = None,
     tier_config: TierConfig | None = None,
+    engine: EngineConfig | None = None,
 ) -> dict[str, Any]:
     holdout = split_at(merged.events, cutoff, end)
     history = History.build(holdout.train, params, merged.item_groups, tier_config or TierConfig())
@@ -189,7 +195,7 @@ def evaluate_merged(
         }
     }
     progress = progress or Progress.silent()
-    models = compared_models(params)
+    models = compared_models(params, engine)
     for name, model in models.items():
         with progress.step(f"fitting and scoring {name}"):
             model.fit(history)

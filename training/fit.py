@@ -15,7 +15,7 @@ from implicit.utils import ParameterWarning
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
-from training.config import ModelParams
+from training.config import EngineConfig, ModelParams
 from training.errors import TrainingError
 
 
@@ -25,9 +25,24 @@ class Factors:
     item_factors: NDArray[np.float32]
 
 
+def fit_factors(interactions: sp.csr_matrix, params: ModelParams, engine: EngineConfig) -> Factors:
+    """ALS on the engine ``engine`` names: implicit in this process, or Spark MLlib."""
+    if engine.kind == "spark":
+        from training.spark_als import fit_als_spark
+
+        return fit_als_spark(interactions, params, engine)
+    return fit_als(interactions, params)
+
+
+def confidences(interactions: sp.csr_matrix, params: ModelParams) -> sp.csr_matrix:
+    """The BM25-weighted, time-decayed purchases both ALS fits learn from."""
+    weighted: sp.csr_matrix = bm25_weight(interactions, K1=params.bm25_k1, B=params.bm25_b).tocsr()
+    return weighted
+
+
 def fit_als(interactions: sp.csr_matrix, params: ModelParams, progress: bool = False) -> Factors:
     """ALS on BM25-weighted, time-decayed purchase confidences. Deterministic given the seed."""
-    weighted = bm25_weight(interactions, K1=params.bm25_k1, B=params.bm25_b).tocsr()
+    weighted = confidences(interactions, params)
     # implicit parallelises itself; a multi-threaded BLAS underneath only adds contention.
     with threadpool_limits(limits=1, user_api="blas"):
         model = AlternatingLeastSquares(

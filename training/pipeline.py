@@ -49,7 +49,7 @@ from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, value_is
 from training.errors import QuarantineError, TrainingError
-from training.fit import Factors, fit_als, trend_prior
+from training.fit import Factors, fit_factors, trend_prior
 from training.itemitem import Neighbours, fit_neighbours, item_item_kind
 from training.merge import (
     NO_ERASURE_LIST,
@@ -117,7 +117,9 @@ def train(
     # and provenance work overlaps them instead of waiting (a few per cent of a run on two
     # cores). Their own bars would cross its lines: each is one step, reported when it ends.
     with ThreadPoolExecutor(max_workers=1) as fitting:
-        factors = fitting.submit(_timed, fit_als, data.interactions, config.model)
+        factors = fitting.submit(
+            _timed, fit_factors, data.interactions, config.model, config.engine
+        )
         item_item = fitting.submit(_timed, fit_neighbours, data.interactions, config.model)
         with progress.step("tiers and catalog (while fitting)"):
             contributions = _source_summaries(config.sources, merged.events)

@@ -19,9 +19,9 @@ from numpy.typing import NDArray
 
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker, top_n
-from training.config import ModelParams
+from training.config import EngineConfig, ModelParams
 from training.dataset import TrainingData, build_dataset
-from training.fit import Factors, fit_als, fit_bpr, fit_item_knn
+from training.fit import Factors, fit_als, fit_bpr, fit_factors, fit_item_knn
 from training.itemitem import Neighbours, fit_ease, fit_neighbours, item_item_kind
 from training.pipeline import bundle_arrays, served_arrays
 from training.tiers import Crm, CustomerLines, TierConfig, build_crm
@@ -84,23 +84,29 @@ class Recommender(Protocol):
 class ServedModel:
     """What ``train`` ships: ALS, the item-item model and the trending prior, ranked by the
     service's ``Ranker`` as the service ranks (with ``history.crm``: each customer's tier and
-    candidate list), under the tier policy unless ``policy`` is false."""
+    candidate list), under the tier policy unless ``policy`` is false. ALS is fitted by the
+    engine ``engine`` names (``training.fit.fit_factors``)."""
 
-    def __init__(self, params: ModelParams, policy: bool = True) -> None:
+    def __init__(
+        self, params: ModelParams, policy: bool = True, engine: EngineConfig | None = None
+    ) -> None:
         self.params = params
         self.policy = policy
+        self.engine = engine or EngineConfig()
         self._fits: tuple[History, Factors, Neighbours] | None = None
         self._ranker: Ranker | None = None
 
     def fit(self, history: History) -> None:
         interactions = history.data.interactions
-        factors = fit_als(interactions, self.params)
+        factors = fit_factors(interactions, self.params, self.engine)
         self._rank(history, factors, fit_neighbours(interactions, self.params))
 
     def reblended(self, **weights: float) -> ServedModel:
         """The same fitted models blended with other weights (``item_item_weight``,
         ``trend_weight``): no refit."""
-        other = ServedModel(msgspec.structs.replace(self.params, **weights), self.policy)
+        other = ServedModel(
+            msgspec.structs.replace(self.params, **weights), self.policy, self.engine
+        )
         other._rank(*_fitted(self, self._fits))
         return other
 
