@@ -23,9 +23,10 @@ metrics describe what customers are served.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -72,6 +73,18 @@ class Spread:
     targets: NDArray[np.int32]
     values: NDArray[np.float32]
     sources: NDArray[np.intp]
+
+
+class HistoryChunk(NamedTuple):
+    """Some of a batch's customers and their owned items: ``rows[start:start + len(rows)]``
+    of the batch, where each one's owned items start (``firsts``) and how many there are, and
+    all their positions in the owned arrays (``positions``, row after row)."""
+
+    start: int
+    rows: NDArray[np.intp]
+    firsts: NDArray[np.int64]
+    counts: NDArray[np.int64]
+    positions: NDArray[np.int64]
 
 
 class Ranker:
@@ -311,12 +324,7 @@ class Ranker:
         scores = np.empty((len(rows), n_items), dtype=np.float32)
         # Summed in float64 a few rows at a time: the sums of a whole batch of a big
         # catalog's rows would take twice the batch's scores in memory.
-        step = max(1, _SUM_CELLS // max(n_items, 1))
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            firsts = arrays.owned_indptr[chunk]
-            counts = arrays.owned_indptr[chunk + 1] - firsts
-            positions = _ranges(firsts, counts)
+        for start, chunk, _, counts, positions in self._history_chunks(rows):
             spread = self.spread(arrays.owned_indices[positions], arrays.owned_weight[positions])
             owners = np.repeat(np.arange(len(chunk)), counts)[spread.sources]
             summed = np.bincount(
@@ -329,6 +337,16 @@ class Ranker:
         scores -= mean
         scores /= deviation
         return scores
+
+    def _history_chunks(self, rows: NDArray[np.intp]) -> Iterator[HistoryChunk]:
+        """``rows`` a few at a time (``_SUM_CELLS`` customers x items at most), with their
+        owned items."""
+        step = max(1, _SUM_CELLS // max(len(self.arrays.item_ids), 1))
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            firsts = self.arrays.owned_indptr[chunk]
+            counts = self.arrays.owned_indptr[chunk + 1] - firsts
+            yield HistoryChunk(start, chunk, firsts, counts, _ranges(firsts, counts))
 
     def spread(self, items: NDArray[np.int32], weights: NDArray[np.float32]) -> Spread:
         """The neighbours of ``items``, each weighted by its item's weight."""
@@ -344,12 +362,11 @@ class Ranker:
         """For each of ``items``, the position in the owned arrays of the customer's
         purchase that adds most to its item-item score, among their ``limit`` purchases of
         the largest weight (ties: the first position); -1 where none adds anything."""
-        start, end = int(self.arrays.owned_indptr[row]), int(self.arrays.owned_indptr[row + 1])
-        positions = start + strongest(self.arrays.owned_weight[start:end], limit)
-        spread = self.spread(
-            self.arrays.owned_indices[positions], self.arrays.owned_weight[positions]
-        )
-        best = strongest_sources(spread, items, len(self.arrays.item_ids))
+        arrays = self.arrays
+        start, end = int(arrays.owned_indptr[row]), int(arrays.owned_indptr[row + 1])
+        positions = start + strongest(arrays.owned_weight[start:end], limit)
+        spread = self.spread(arrays.owned_indices[positions], arrays.owned_weight[positions])
+        best = strongest_sources(spread, items, len(arrays.item_ids))
         return [int(positions[source]) if source >= 0 else -1 for source in best]
 
     def _candidate_reasons(
@@ -360,12 +377,7 @@ class Ranker:
         arrays = self.arrays
         n_items, width = len(arrays.item_ids), candidates.shape[1]
         found = np.full(candidates.shape, -1, dtype=np.int32)
-        step = max(1, _SUM_CELLS // max(n_items, 1))
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            firsts = arrays.owned_indptr[chunk]
-            counts = arrays.owned_indptr[chunk + 1] - firsts
-            positions = _ranges(firsts, counts)
+        for start, chunk, firsts, counts, positions in self._history_chunks(rows):
             owner = np.repeat(np.arange(len(chunk)), counts)
             if (counts > REASON_PURCHASES).any():  # only their strongest purchases count
                 kept = np.ones(len(positions), dtype=bool)

@@ -103,10 +103,8 @@ def phrase(reason: dict[str, str]) -> str:
         return "Trending now"
     scope = reason.get("scope", "all")
     segment, _, name = scope.partition(":")
-    if segment == "country":
+    if segment in ("country", "category"):
         return f"Popular in {name}"
     if segment == "tier":
         return f"Popular with {name} members"
-    if segment == "category":
-        return f"Popular in {name}"
     return "Popular"
