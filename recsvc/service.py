@@ -221,9 +221,10 @@ class Service:
         row and no id)."""
         return self.realtime.resolve(model, key)
 
-    def customer(self, model: ServedModel, key: str) -> CustomerView:
-        """The customer as the service sees them now: the bundle plus the events since."""
-        return self.realtime.view(model, key)
+    def customer(self, model: ServedModel, key: str | None) -> CustomerView:
+        """The customer as the service sees them now: the bundle plus the events since
+        (None: an anonymous visitor)."""
+        return anonymous() if key is None else self.realtime.view(model, key)
 
     def customer_ids(self, model: ServedModel) -> list[str]:
         """Every customer the bundle was trained on, by canonical id."""
@@ -296,7 +297,7 @@ class Service:
         item_id, index = catalog_item(model, item_id)
         if index is None and item_id not in catalog.added:
             raise UnknownItem(item_id)
-        customer = anonymous() if key is None else self.realtime.view(model, key)
+        customer = self.customer(model, key)
         tier = model.ranker.tiers.index(customer.window_spend)
         found = products.similar(model, customer, catalog, item_id, n, mask, tier)
         return SimilarItems(
@@ -331,7 +332,7 @@ class Service:
                 cart.append(index)
             elif item_id not in catalog.added:
                 unknown.append(raw)
-        customer = anonymous() if key is None else self.realtime.view(model, key)
+        customer = self.customer(model, key)
         tiers = model.ranker.tiers
         tier = tiers.index(customer.window_spend)
         found = products.complements(
@@ -382,7 +383,7 @@ class Service:
         UnknownCategory. See ``channels.public_block`` for a publishable key."""
         catalog = self.catalog(model)
         mask = filters.mask(model, catalog)
-        customer = anonymous() if key is None else self.realtime.view(model, key)
+        customer = self.customer(model, key)
         today = today or datetime.now(UTC).date()
         complements = None
         if cart is not None:
