@@ -197,6 +197,7 @@ def block(
             tiers.index(view.window_spend),
             allowed=category,
             unavailable=None if catalog is None else catalog.unavailable,
+            interest=view.interest,
         )
         fallback, products = ranking.fallback, cards(model, view, ranking, catalog=catalog)
     else:
@@ -252,6 +253,7 @@ def email_picks(
         tiers.index(view.window_spend),
         allowed=allowed,
         unavailable=None if catalog is None else catalog.unavailable,
+        interest=view.interest,
     )
     utm = {name: value.format(send_id=send_id) for name, value in settings.utm.items()}
     link_query = "?" + urlencode(utm) if utm else ""

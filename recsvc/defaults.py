@@ -19,6 +19,8 @@ DEFAULT_N = 10
 MAX_N = 100
 CART_DEFAULT_N = 6
 MAX_CART_ITEMS = 50  # item ids a cart's recommendations take
+RECENTLY_VIEWED_N = 10
+RECENTLY_VIEWED_MAX = 50
 
 # The real-time store
 REDIS_PREFIX = "recsvc"

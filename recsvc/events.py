@@ -1,10 +1,12 @@
-"""Purchase and return events reported by the shop: validation, and the durable logs.
+"""Events reported by the shop: validation, and the durable logs.
 
-An event is ``{event_id, customer, item_id, quantity, price, timestamp, source}``; a negative
-quantity is a return. ``EventLog`` appends every accepted event to a JSON Lines file (one per
-process, fsynced before the request is answered) that ``recsvc train`` reads as a source of
-kind ``events``; ``ErasureLog`` keeps the digests of erased customers' aliases for the
-trainer and for the service's next start.
+An event is ``{event_id, customer, timestamp, source, kind, ...}``: a purchase (``item_id``,
+``quantity``, ``price``; a negative quantity is a return), a return, or an interaction (a view,
+a cart change, an email open or click, a click on something recsvc showed, an unsubscribe, a
+login), each with the fields ``recsvc.schemas.KINDS`` names. ``EventLog`` appends every
+accepted event to a JSON Lines file (one per process, fsynced before the request is
+answered) that ``recsvc train`` reads as a source of kind ``events``; ``ErasureLog`` keeps
+the digests of erased customers' aliases for the trainer and for the service's next start.
 """
 
 from __future__ import annotations
@@ -31,16 +33,22 @@ from recsvc.errors import BatchError
 from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord, json_lines
 from recsvc.schemas import (
     DEFAULT_EVENT_SOURCE,
+    EVENT_KINDS,
+    KINDS,
     MAX_BATCH,
     MAX_EVENT_ID_LENGTH,
+    MAX_IMPRESSION_ID_LENGTH,
     MAX_ITEM_ID_LENGTH,
     MAX_QUANTITY,
+    MAX_RANK,
     MAX_SOURCE_LENGTH,
+    MAX_SURFACE_LENGTH,
     MAX_UNIT_PRICE,
+    SESSION_PREFIX,
 )
 from recsvc.schemas import Event as EventFields
 from recsvc.schemas import Rejection as Rejection  # the per-event outcome, here since before
-from recsvc.text import MAX_KEY_LENGTH, text_problem
+from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH, text_problem
 
 MAX_FUTURE = timedelta(days=1)
 FIELDS = frozenset(EventFields.__struct_fields__)
@@ -52,6 +60,9 @@ STORE_FILE = "store.sqlite3"  # the embedded store
 
 @dataclass(frozen=True)
 class Event:
+    """A valid event. A return is a negative ``quantity`` of kind ``return`` (however it was
+    reported); a kind without an item has ``item_id`` "", a kind without an amount 0."""
+
     event_id: str
     customer: str
     item_id: str
@@ -59,6 +70,18 @@ class Event:
     price: float
     timestamp: datetime  # UTC
     source: str
+    kind: str = "purchase"
+    session: str | None = None  # a session:<id> key whose history becomes the customer's
+    send_id: str | None = None
+    impression_id: str | None = None
+    model_version: str | None = None
+    surface: str | None = None
+    rank: int | None = None
+
+    @property
+    def owned_change(self) -> bool:
+        """A purchase or a return: it changes what the customer holds and spends."""
+        return self.kind in ("purchase", "return")
 
 
 def parse_batch(payload: Any, now: datetime) -> tuple[list[tuple[int, Event]], list[Rejection]]:
@@ -84,10 +107,22 @@ def parse_batch(payload: Any, now: datetime) -> tuple[list[tuple[int, Event]], l
 
 def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
     """One event of a batch checked field by field against the bounds of
-    ``recsvc.schemas.Event``, every problem named (not just the first, as a decode would)."""
+    ``recsvc.schemas.Event`` and the fields its kind needs (``recsvc.schemas.KINDS``), every
+    problem named (not just the first, as a decode would)."""
     if not isinstance(raw, dict):
         return None, ["an event must be a JSON object"]
     errors = [f"{key}: unknown field" for key in sorted(set(raw) - FIELDS)]
+    kind = raw.get("kind", "purchase")
+    if kind not in EVENT_KINDS:
+        errors.append(f"kind: {str(kind)[:40]!r} is not one of {', '.join(EVENT_KINDS)}")
+        kind = None
+    required, optional = KINDS[kind] if kind is not None else ((), ())
+    allowed = {"event_id", "customer", "timestamp", "source", "kind", "session"}
+    allowed |= set(required) | set(optional)
+    if kind is not None:
+        errors += [
+            f"{key}: not a field of a {kind} event" for key in sorted((set(raw) & FIELDS) - allowed)
+        ]
 
     def text(key: str, limit: int, default: str | None = None) -> str:
         value = raw.get(key, default)
@@ -98,6 +133,12 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
         if problem is not None:
             errors.append(f"{key}: {problem}")
         return value.strip()
+
+    def given(key: str, limit: int) -> str | None:
+        """A text field the kind requires, or may carry (None when absent)."""
+        if key not in required and raw.get(key) is None:
+            return None
+        return text(key, limit) if key in allowed else None
 
     def number(key: str) -> float:
         value = raw.get(key)
@@ -110,21 +151,67 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
 
     event_id = text("event_id", MAX_EVENT_ID_LENGTH)
     customer = text("customer", MAX_KEY_LENGTH)
-    item_id = text("item_id", MAX_ITEM_ID_LENGTH).upper()
+    item_id = (given("item_id", MAX_ITEM_ID_LENGTH) or "").upper()
     source = text("source", MAX_SOURCE_LENGTH, default=DEFAULT_EVENT_SOURCE)
-    quantity = number("quantity")
-    if quantity == 0 or abs(quantity) > MAX_QUANTITY:
-        errors.append(
-            "quantity: must be non-zero (negative for a return), "
-            f"at most {_figure(MAX_QUANTITY)} in size"
-        )
-    price = number("price")
-    if price < 0 or price > MAX_UNIT_PRICE:
-        errors.append(f"price: must be from 0 to {_figure(MAX_UNIT_PRICE)}")
+    session = given("session", MAX_KEY_LENGTH)
+    if session and not _is_session(session):
+        errors.append(f"session: must be {SESSION_PREFIX}<id>")
+    if session is not None and _is_session(customer):
+        errors.append("session: a session's own event names no other session")
+    quantity, price = 0.0, 0.0
+    if kind in ("purchase", "return"):
+        quantity = number("quantity")
+        if quantity == 0 or abs(quantity) > MAX_QUANTITY:
+            errors.append(
+                "quantity: must be non-zero (negative for a return), "
+                f"at most {_figure(MAX_QUANTITY)} in size"
+            )
+        if kind == "return":
+            if quantity < 0:
+                errors.append("quantity: a return's units, positive")
+            quantity = -quantity
+        price = number("price")
+        if price < 0 or price > MAX_UNIT_PRICE:
+            errors.append(f"price: must be from 0 to {_figure(MAX_UNIT_PRICE)}")
+        if quantity < 0:
+            kind = "return"
+    elif kind in ("cart_add", "cart_remove") and "quantity" in raw:
+        quantity = number("quantity")
+        if not 0 < quantity <= MAX_QUANTITY:
+            errors.append(f"quantity: a cart change's units, from 1 to {_figure(MAX_QUANTITY)}")
+    elif kind == "cart_add":
+        quantity = 1.0
     timestamp = _timestamp(raw.get("timestamp"), now, errors)
+    rank = None
+    if "rank" in allowed:
+        value = raw.get("rank")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RANK:
+            errors.append(f"rank: required, an integer from 1 (first) to {MAX_RANK}")
+        else:
+            rank = value
+    event = Event(
+        event_id,
+        customer,
+        item_id,
+        quantity,
+        price,
+        timestamp or now,
+        source,
+        kind=kind or "purchase",
+        session=session,
+        send_id=given("send_id", MAX_SEND_ID_LENGTH),
+        impression_id=given("impression_id", MAX_IMPRESSION_ID_LENGTH),
+        model_version=given("model_version", MAX_EVENT_ID_LENGTH),
+        surface=given("surface", MAX_SURFACE_LENGTH),
+        rank=rank,
+    )
     if errors or timestamp is None:
         return None, errors
-    return Event(event_id, customer, item_id, quantity, price, timestamp, source), []
+    return event, []
+
+
+def _is_session(key: str) -> bool:
+    return key.startswith(SESSION_PREFIX) and len(key) > len(SESSION_PREFIX)
 
 
 def _figure(bound: float) -> str:

@@ -26,6 +26,7 @@ from recsvc.manifest import IdentityRulesSection
 CANONICAL = "id"
 EMAIL = "email"
 PHONE = "phone"
+SESSION = "session"  # an anonymous visitor: session:<id>, as the shop names the visit
 DIGEST_BYTES = 16
 SECRET_VARIABLE = "RECSVC_ID_SECRET"
 RETIRED_VARIABLE = "RECSVC_ID_SECRETS_RETIRED"  # comma-separated, after a rotation
@@ -182,6 +183,8 @@ def request_aliases(key: str, rules: IdentityRules, namespaces: Iterable[str]) -
         phone = normalise_phone(rest, rules)
         if phone:
             aliases.append(f"{PHONE}:{phone}")
+    elif prefix == SESSION:
+        aliases.append(f"{SESSION}:{rest.strip()}")
     elif prefix in set(namespaces):
         aliases.append(f"{prefix}:{rest.strip()}")
     return aliases

@@ -19,16 +19,24 @@ CATALOG_GLOB = "catalog-*.jsonl"
 
 
 class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of the event log (events-*.jsonl)."""
+    """One line of the event log (events-*.jsonl). A line without ``kind`` (written before
+    interactions existed) is a purchase; fields a kind does not carry are left out."""
 
     event_id: str
     customer: str  # the key the caller sent (a raw id or alias), as given
-    item_id: str
-    quantity: float
+    item_id: str  # "" for a kind without an item
+    quantity: float  # 0 for a kind without one
     price: float
     timestamp: str  # ISO 8601, UTC
     source: str
     received_at: float  # seconds since the epoch: when the service accepted it
+    kind: str = "purchase"  # recsvc.schemas.EventKind
+    session: str | None = None  # the session:<id> key this event stitches in, as given
+    send_id: str | None = None
+    impression_id: str | None = None
+    model_version: str | None = None
+    surface: str | None = None
+    rank: int | None = None
 
 
 class ErasureRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,9 +49,11 @@ class ErasureRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 EVENT_FIELDS = EventRecord.__struct_fields__
 RECEIVED_AT = "received_at"
+KIND = "kind"
+SESSION = "session"
 ALIAS_DIGESTS = "alias_digests"
 CUSTOMER_KEYS = "customer_keys"
-assert {RECEIVED_AT} <= set(EVENT_FIELDS)
+assert {RECEIVED_AT, KIND, SESSION} <= set(EVENT_FIELDS)
 assert {ALIAS_DIGESTS, CUSTOMER_KEYS} <= set(ErasureRecord.__struct_fields__)
 
 

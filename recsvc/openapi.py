@@ -217,6 +217,17 @@ PROFILE = Operation(
     parameters=(KEY, KEY_QUERY),
     problems=READS,
 )
+RECENTLY_VIEWED = Operation(
+    "get",
+    "/v1/customers/{key}/recently-viewed",
+    schemas.RecentlyViewed,
+    "latest first",
+    scope="recs:read",
+    parameters=(KEY, KEY_QUERY, _count(defaults.RECENTLY_VIEWED_MAX)),
+    problems=READS,
+    notes="views reported since training (kept event_retention_days), a session's stitched "
+    "in by a login included",
+)
 ERASE = Operation(
     "delete",
     "/v1/customers/{key}",
@@ -336,6 +347,7 @@ OPERATIONS = (
     SIMILAR,
     CART,
     PROFILE,
+    RECENTLY_VIEWED,
     ERASE,
     CUSTOMER_BLOCK,
     ANONYMOUS_BLOCK,

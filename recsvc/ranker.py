@@ -41,6 +41,10 @@ TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
 REASON_PURCHASES = 200
 _SUM_CELLS = 1 << 22  # customers x items summed at a time for item-item scores
 UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper than asking more
+# Weight of a customer's standardised interest score (from recent views and cart items) in a
+# known customer's blend: a reached item stands many deviations above the catalog's mean, so
+# what they look at now leads what they bought before.
+INTEREST_WEIGHT = 1.0
 
 
 # Not frozen: built for every request, and a frozen dataclass's __init__ costs about three
@@ -62,6 +66,9 @@ class Ranking:
     # Per item, the position in the owned arrays of the purchase that explains it (-1:
     # none), when the bundle's candidate lists already said; None: not looked up.
     contributors: list[int] | None = None
+    # Per item, the viewed or carted item (an index) that lifted it most (-1: none); None:
+    # the ranking had no interactions.
+    viewed: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +192,16 @@ class Ranker:
         allowed: NDArray[np.bool_] | None = None,
         scopes: tuple[str, ...] = (),
         unavailable: NDArray[np.int32] | None = None,
+        interest: Mapping[int, float] | None = None,
     ) -> Ranking:
         """``allowed`` (a mask over items) limits the candidates, e.g. to one category;
         ``unavailable`` (item indices) are never listed. ``scopes``: the segments whose best
         sellers a customer unknown to the model gets, the first the bundle has a list for
-        ("country:Germany", any case); else all."""
+        ("country:Germany", any case); else all. ``interest``: weights of the items the
+        customer viewed or put in their cart lately (``recsvc.interactions``): their
+        neighbours lead a visitor's list, and lift a known customer's."""
         if unavailable is not None and len(unavailable):
-            if allowed is None and len(unavailable) <= UNAVAILABLE_SHORTLIST:
+            if allowed is None and not interest and len(unavailable) <= UNAVAILABLE_SHORTLIST:
                 # Ask for more and drop the hidden ones; no more than the precomputed list
                 # holds, which keeps the fast path, unless that leaves fewer than n.
                 ask = n + len(unavailable)
@@ -216,6 +226,8 @@ class Ranker:
                 allowed = allowed.copy()
             allowed[unavailable] = False
         deltas = deltas or {}
+        if interest:
+            return self._with_interest(row, n, deltas, tier, policy, allowed, scopes, interest)
         if row is not None and policy and tier == self.trained_tier[row]:
             fast = self._from_candidates(row, n, deltas, allowed)
             if fast is not None:
@@ -235,6 +247,55 @@ class Ranker:
         rows = np.array([row])
         scores = self.batch_scores(rows, np.array([tier]), policy)[0]
         return Ranking(top_n(scores, n, excluded), fallback=False)
+
+    def _with_interest(
+        self,
+        row: int | None,
+        n: int,
+        deltas: Mapping[int, float],
+        tier: int,
+        policy: bool,
+        allowed: NDArray[np.bool_] | None,
+        scopes: tuple[str, ...],
+        interest: Mapping[int, float],
+    ) -> Ranking:
+        """A ranking led by what the customer looks at now: the interest items' neighbours,
+        each scoring the sum of its weights among them times the interest item's weight. A
+        visitor the model does not know gets those, topped up with their segment's best
+        sellers; a known customer gets ``INTEREST_WEIGHT`` times the standardised sums added
+        to their scores."""
+        n_items = len(self.arrays.item_ids)
+        items = np.fromiter(interest.keys(), dtype=np.int32, count=len(interest))
+        weights = np.fromiter(interest.values(), dtype=np.float32, count=len(interest))
+        spread = self.spread(items, weights)
+        reached = np.bincount(spread.targets, spread.values, minlength=n_items)
+        excluded = np.union1d(self.excluded(row, deltas), self._hidden_items[tier])
+        eligible = self._eligible(excluded.astype(np.int32), allowed)
+        if row is None:
+            scores = np.where(eligible & (reached > 0), reached, -np.inf)
+            found = top_n(scores, n, np.zeros(0, np.int32))
+            found = [item for item in found if math.isfinite(item.score)]
+            scope = self.known_segment(scopes)
+            taken = np.array([item.index for item in found], dtype=np.int32)
+            more = (
+                self.popular(
+                    n - len(found), np.union1d(excluded, taken).astype(np.int32), scope, allowed
+                )
+                if len(found) < n
+                else []
+            )
+            listed = found + more
+        else:
+            scores = self.batch_scores(np.array([row]), np.array([tier]), policy)[0]
+            deviation = float(reached.std())
+            if deviation > 0:
+                scores = scores + INTEREST_WEIGHT * ((reached - reached.mean()) / deviation)
+            listed = top_n(scores, n, np.flatnonzero(~eligible).astype(np.int32))
+            found, scope = listed, None
+        sources = strongest_sources(spread, [item.index for item in listed], n_items)
+        viewed = [int(items[source]) if source >= 0 else -1 for source in sources]
+        fallback = row is None and not found
+        return Ranking(listed, fallback, (scope or "all") if row is None else None, None, viewed)
 
     def _from_candidates(
         self,

@@ -16,18 +16,21 @@ from typing import NamedTuple
 import msgspec
 import numpy as np
 
-from recsvc import policy
+from recsvc import interactions, policy
 from recsvc.catalog import CatalogLog
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
 from recsvc.identity import CANONICAL, IdentityKey, request_aliases
-from recsvc.logrecords import EventRecord
+from recsvc.logrecords import SESSION, EventRecord
 from recsvc.registry import ServedModel
+from recsvc.schemas import PURCHASE_KINDS as OWNED_KINDS
 from recsvc.store import Applied, Store, StoredEvent, customer_key
 
 log = logging.getLogger(__name__)
 
 RESTORE_LOCK_FILE = ".restore.lock"
+# Sessions stitched into a customer (by logins) whose events a read takes in: the latest.
+LINKED_SESSIONS = 5
 REPLAY_BATCH = 500  # events per store call while replaying the logs
 _RESTORE_LOCK = threading.Lock()
 
@@ -45,6 +48,8 @@ class CustomerView:
     erased: bool = False
     window_spend: float = 0.0  # spend in the tier window, events included
     lifetime_spend: float = 0.0
+    # Weights of the items viewed or carted lately, by item index (recsvc.interactions).
+    interest: dict[int, float] = field(default_factory=dict)
 
     @property
     def recent_spend(self) -> float:
@@ -171,14 +176,39 @@ class Realtime:
             return self._with_spend(model, row, customer_id, store_key, [], {}, degraded=True)
         if state.erased:
             return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
+        events = state.events
+        if any(event.session is not None for event in events):
+            try:
+                events = self._with_sessions(model, events)
+            except StoreUnavailable as error:
+                log.warning("store unavailable reading linked sessions: %s", error)
         deltas: dict[int, float] = {}
-        for event in state.events:
-            index = model.item_index.get(event.item_id)
-            if index is not None:
-                deltas[index] = deltas.get(index, 0.0) + event.quantity
-        return self._with_spend(
-            model, row, customer_id, store_key, state.events, deltas, degraded=False
-        )
+        for event in events:
+            if event.kind in OWNED_KINDS:
+                index = model.item_index.get(event.item_id)
+                if index is not None:
+                    deltas[index] = deltas.get(index, 0.0) + event.quantity
+        view = self._with_spend(model, row, customer_id, store_key, events, deltas, degraded=False)
+        view.interest = interactions.interest(events, model.item_index)
+        return view
+
+    def _with_sessions(self, model: ServedModel, events: list[StoredEvent]) -> list[StoredEvent]:
+        """``events`` and those of the sessions they stitch in (the latest LINKED_SESSIONS),
+        in the order received: what a visitor did before signing in is the customer's."""
+        sessions: list[str] = []
+        for event in sorted(events, key=lambda e: e.received_at, reverse=True):
+            if event.session is not None and event.session not in sessions:
+                sessions.append(event.session)
+        erased = self.erasures.current().customer_keys
+        merged = list(events)
+        for session in sessions[:LINKED_SESSIONS]:
+            if session in erased:
+                continue
+            state = self.store.customer_state(session, model.events_through)
+            if not state.erased:
+                merged += state.events
+        merged.sort(key=lambda e: e.received_at)
+        return merged
 
     @staticmethod
     def _with_spend(
@@ -192,8 +222,9 @@ class Realtime:
     ) -> CustomerView:
         """The view, with spend from the bundle plus the events since training (never below
         zero: a refund cannot be worth more than was spent)."""
-        lifetime = spend_of(events)
-        window = spend_of([e for e in events if _moment(e.timestamp) >= model.window_start])
+        purchases = [e for e in events if e.kind in OWNED_KINDS]
+        lifetime = spend_of(purchases)
+        window = spend_of([e for e in purchases if _moment(e.timestamp) >= model.window_start])
         if row is not None:
             window += float(model.ranker.arrays.window_spend[row])
             lifetime += float(model.ranker.arrays.customer_spend[row])
@@ -226,12 +257,21 @@ class Realtime:
                     Rejection(index, event.event_id, ["customer: this customer was erased"])
                 )
                 continue
-            if event.quantity < 0:
+            session_key = None
+            if event.session is not None:
+                session = self.resolve(model, event.session)
+                if session.erased:
+                    result.rejected.append(
+                        Rejection(index, event.event_id, ["session: this session was erased"])
+                    )
+                    continue
+                session_key = session.store_key
+            if event.kind == "return":
                 problem = holdings.take_back(row, store_key, event.item_id, -event.quantity)
                 if problem:
                     result.rejected.append(Rejection(index, event.event_id, [problem]))
                     continue
-            else:
+            elif event.kind == "purchase":
                 holdings.add(store_key, event.item_id, event.quantity)
             stored = StoredEvent(
                 event_id=event.event_id,
@@ -241,6 +281,13 @@ class Realtime:
                 timestamp=event.timestamp.isoformat(),
                 source=event.source,
                 received_at=received,
+                kind=event.kind,
+                session=session_key,
+                send_id=event.send_id,
+                impression_id=event.impression_id,
+                model_version=event.model_version,
+                surface=event.surface,
+                rank=event.rank,
             )
             accepted.append((index, event, store_key, stored))
         entries = [(store_key, stored) for _, _, store_key, stored in accepted]
@@ -251,7 +298,7 @@ class Realtime:
             if outcome is Applied.NEW:
                 result.accepted.append(event.event_id)
                 new_entries.append((store_key, stored))
-                records.append(_log_record(event.customer, stored))
+                records.append(_log_record(event.customer, event.session, stored))
             elif outcome is Applied.DUPLICATE:
                 result.duplicates.append(event.event_id)
             else:
@@ -280,7 +327,7 @@ class Realtime:
         added_in_window: dict[str, float] = {}
         keys: dict[str, str] = {}
         for (event, _), (store_key, stored), outcome in zip(events, entries, outcomes, strict=True):
-            if outcome is Applied.NEW:
+            if outcome is Applied.NEW and stored.kind in OWNED_KINDS:
                 amount = stored.quantity * stored.price
                 added[store_key] = added.get(store_key, 0.0) + amount
                 if _moment(stored.timestamp) >= model.window_start:
@@ -363,6 +410,8 @@ class Realtime:
             store_keys = {customer_key(self.key, f"{CANONICAL}:{customer_id}")}
         else:
             store_keys = {customer_key(self.key, aliases[-1])}
+        # The sessions their logins stitched in are theirs too: named by the durable log.
+        digests |= self._linked_sessions(model, digests, store_keys)
         store_keys |= digests  # events reported before linking were kept under an alias's key
         now = self.clock()
         self.erasures.record(sorted(digests), sorted(store_keys), now)
@@ -375,6 +424,17 @@ class Realtime:
         return ErasureReceipt(
             customer_id, len(digests), max(removed, redacted), now.isoformat(timespec="seconds")
         )
+
+    def _linked_sessions(
+        self, model: ServedModel, digests: set[str], store_keys: set[str]
+    ) -> set[str]:
+        """Alias digests of every session that an event of this customer's stitched in."""
+        sessions = set()
+        for raw in self.event_log.records():
+            session = raw.get(SESSION)
+            if isinstance(session, str) and self._names(model, raw, digests, store_keys):
+                sessions.add(self.key.hex(session))
+        return sessions
 
     def _redact_late(self, model: ServedModel, records: list[dict[str, object]]) -> None:
         """An erasure landed while this batch was being recorded: it rewrote the logs before
@@ -446,9 +506,12 @@ class Realtime:
             if record.received_at <= horizon:
                 continue
             _, _, store_key, erased = self.resolve(model, record.customer)
-            if erased:
+            session = None if record.session is None else self.resolve(model, record.session)
+            if erased or (session is not None and session.erased):
                 continue
-            batch.append((store_key, _stored(record)))
+            batch.append(
+                (store_key, _stored(record, None if session is None else session.store_key))
+            )
             if len(batch) >= REPLAY_BATCH:
                 replayed += self.store.apply(batch, restoring=True).count(Applied.NEW)
                 batch = []
@@ -550,14 +613,20 @@ def _digest_bytes(high: np.uint64, low: np.uint64) -> bytes:
     return int(high).to_bytes(8, "big") + int(low).to_bytes(8, "big")
 
 
-def _log_record(customer: str, stored: StoredEvent) -> dict[str, object]:
-    """An event-log line: the event as stored, and the key it was reported under."""
-    return msgspec.structs.asdict(EventRecord(customer=customer, **asdict(stored)))
+def _log_record(customer: str, session: str | None, stored: StoredEvent) -> dict[str, object]:
+    """An event-log line: the event as stored, with the keys it was reported under (the
+    store holds a session's digest; the log, as the trainer reads it, the key)."""
+    fields = {**asdict(stored), SESSION: session}
+    record = EventRecord(customer=customer, **fields)
+    return {
+        key: value for key, value in msgspec.structs.asdict(record).items() if value is not None
+    }
 
 
-def _stored(record: EventRecord) -> StoredEvent:
+def _stored(record: EventRecord, session_key: str | None) -> StoredEvent:
     """The event an event-log line holds, as the store keeps it (without the key)."""
-    return StoredEvent(**{name: getattr(record, name) for name in STORED_FIELDS})
+    fields = {name: getattr(record, name) for name in STORED_FIELDS}
+    return StoredEvent(**{**fields, SESSION: session_key})
 
 
 STORED_FIELDS = tuple(f.name for f in fields(StoredEvent))

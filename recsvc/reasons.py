@@ -9,8 +9,10 @@ An item recommended to a customer the model knows gets the first of:
    (``Ranker.trending``);
 4. ``popular`` in scope "all": no purchase, tier or trend explains it more narrowly.
 
-The items of a fallback list are ``popular`` in the scope served. Similar items and a cart's
-complements are ``similar_to`` the item they are most bought with. Purchases reported since
+The items of a fallback list are ``popular`` in the scope served. An item lifted by what the
+customer viewed or put in their cart lately is ``viewed``, naming the item that lifted it
+most (before any of the above). Similar items and a cart's complements are ``similar_to`` the
+item they are most bought with. Purchases reported since
 training do not move the model's scores, so no reason names them.
 """
 
@@ -33,10 +35,20 @@ POPULAR = Reason("popular", scope="all")
 def of_ranking(
     model: ServedModel, ranking: Ranking, row: int | None, titles: Sequence[str]
 ) -> list[Reason]:
-    """The reasons of a customer's list: ``personal`` unless it is a fallback."""
+    """The reasons of a customer's list: ``personal`` unless it is a fallback, ``viewed``
+    where their views or cart lifted the item."""
     if ranking.fallback or row is None:
-        return popular(ranking.scope, len(ranking.items))
-    return personal(model, row, ranking.items, titles, ranking.contributors)
+        found = popular(ranking.scope, len(ranking.items))
+    else:
+        found = personal(model, row, ranking.items, titles, ranking.contributors)
+    if ranking.viewed is None:
+        return found
+    return [
+        reason
+        if viewed < 0
+        else Reason("viewed", item_id=model.item_ids[viewed], title=titles[viewed])
+        for reason, viewed in zip(found, ranking.viewed, strict=True)
+    ]
 
 
 def personal(
@@ -97,6 +109,8 @@ def phrase(reason: dict[str, str]) -> str:
         return f"Because you bought {reason['title']}"
     if kind == "similar_to":
         return f"Goes with {reason['title']}"
+    if kind == "viewed":
+        return f"Because you looked at {reason['title']}"
     if kind == "tier_exclusive":
         return f"For {reason['tier']} members"
     if kind == "trending":

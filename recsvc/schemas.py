@@ -7,12 +7,13 @@ validates with them and the trainer (``training.merge``) imports them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from recsvc import defaults
+from recsvc.identity import SESSION
 from recsvc.policy import TriggerKind
 from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH, UNSAFE_CHARACTERS
 
@@ -28,6 +29,52 @@ MAX_URL_LENGTH = 2000  # a catalog write's url and image
 MAX_CATEGORIES = 20  # names in a catalog write's categories
 MAX_CATEGORY_LENGTH = 100
 DEFAULT_EVENT_SOURCE = "api"
+MAX_IMPRESSION_ID_LENGTH = 64
+MAX_SURFACE_LENGTH = 240  # "email:" and a send id
+MAX_RANK = 1000
+SESSION_PREFIX = f"{SESSION}:"  # an anonymous visitor's customer key
+
+EventKind = Literal[
+    "purchase",
+    "return",
+    "view",
+    "cart_add",
+    "cart_remove",
+    "email_open",
+    "email_click",
+    "rec_click",
+    "unsubscribe",
+    "login",
+]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
+PURCHASE_KINDS = frozenset({"purchase", "return"})  # the only kinds that change what is owned
+# The fields each kind requires, and those it may carry, beyond event_id, customer, timestamp,
+# source and kind (every kind may carry ``session``). One definition: recsvc.events validates
+# by it and the OpenAPI document describes it.
+KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "purchase": (("item_id", "quantity", "price"), ()),
+    "return": (("item_id", "quantity", "price"), ()),
+    "view": (("item_id",), ("impression_id",)),
+    "cart_add": (("item_id",), ("quantity",)),
+    "cart_remove": (("item_id",), ("quantity",)),
+    "email_open": (("send_id",), ()),
+    "email_click": (("send_id",), ("item_id",)),
+    "rec_click": (("item_id", "impression_id", "model_version", "surface", "rank"), ()),
+    "unsubscribe": ((), ("send_id",)),
+    "login": (("session",), ()),
+}
+assert set(KINDS) == set(EVENT_KINDS)
+
+
+def _kinds_description() -> str:
+    described = []
+    for kind, (required, optional) in KINDS.items():
+        text = f"{kind}: " + (", ".join(required) or "nothing more")
+        if optional:
+            text += f" (optional: {', '.join(optional)})"
+        described.append(text)
+    return "what happened; each kind requires: " + "; ".join(described)
+
 
 ContentKind = Literal["banner", "article", "offer"]
 
@@ -145,7 +192,7 @@ class Tier(Body):
         )
 
 
-ReasonKind = Literal["bought_with", "popular", "trending", "tier_exclusive", "similar_to"]
+ReasonKind = Literal["bought_with", "popular", "trending", "tier_exclusive", "similar_to", "viewed"]
 
 
 class Reason(Body, omit_defaults=True):
@@ -154,6 +201,8 @@ class Reason(Body, omit_defaults=True):
     - ``bought_with``: the customer's own purchase (``item_id``, ``title``) that adds most to
       the item's score, and the ``source`` it was bought in;
     - ``similar_to``: the item (the page's, or the cart's) it is most often bought with;
+    - ``viewed``: the item the customer viewed or put in their cart lately (``item_id``,
+      ``title``) that lifted it most;
     - ``popular``: a best seller of ``scope`` (country:<name>, tier:<name>,
       category:<name> or all);
     - ``trending``: selling more lately;
@@ -251,6 +300,19 @@ class Profile(Body):
     since_training: SinceTraining
 
 
+class ViewedItem(Body):
+    item_id: str
+    title: str | None  # None: an item the catalog does not know (yet)
+    viewed_at: Annotated[str, Meta(description="ISO 8601, UTC: the latest view")]
+    views: int
+
+
+class RecentlyViewed(Body):
+    customer_id: str
+    degraded: bool
+    items: Annotated[list[ViewedItem], Meta(description="latest view first, each item once")]
+
+
 class ErasureReceipt(Body, kw_only=True):
     erased: bool
     customer_id: str | None
@@ -332,23 +394,13 @@ class EmailPicks(Body):
 
 
 class Event(Body, forbid_unknown_fields=True):
-    """A purchase or (negative quantity) a return, as POST /v1/events takes it. The service
-    validates each event of a batch on its own (``recsvc.events.parse_event``) with these
-    bounds, so that one bad event names its fields without failing the batch."""
+    """An event as POST /v1/events takes it: a purchase or return, or an interaction
+    (``kind``; which fields each kind needs is ``KINDS``). The service validates each event
+    of a batch on its own (``recsvc.events.parse_event``) with these bounds, so that one bad
+    event names its fields without failing the batch."""
 
     event_id: EventId
     customer: EventCustomer
-    item_id: ItemId
-    quantity: Annotated[
-        float,
-        Meta(
-            ge=-MAX_QUANTITY,
-            le=MAX_QUANTITY,
-            description="negative for a return",
-            extra_json_schema={"not": {"const": 0}},
-        ),
-    ]
-    price: Annotated[float, Meta(ge=0, le=MAX_UNIT_PRICE)]
     timestamp: Annotated[
         str,
         Meta(
@@ -356,7 +408,54 @@ class Event(Body, forbid_unknown_fields=True):
             examples=["2011-12-09T12:50:00Z"],
         ),
     ]
+    kind: Annotated[EventKind, Meta(description=_kinds_description())] = "purchase"
     source: EventSource = DEFAULT_EVENT_SOURCE
+    item_id: ItemId | UnsetType = UNSET
+    quantity: (
+        Annotated[
+            float,
+            Meta(
+                ge=-MAX_QUANTITY,
+                le=MAX_QUANTITY,
+                description="a purchase's units (negative for a return); a return's or a "
+                "cart change's units, positive",
+                extra_json_schema={"not": {"const": 0}},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    price: Annotated[float, Meta(ge=0, le=MAX_UNIT_PRICE)] | UnsetType = UNSET
+    session: (
+        Annotated[
+            str,
+            _text(
+                MAX_KEY_LENGTH,
+                "session:<id>, the anonymous session this customer's event continues: its "
+                "views, cart and purchases become the customer's (any kind; login needs it)",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    send_id: Annotated[str, _text(MAX_SEND_ID_LENGTH, "the email send")] | UnsetType = UNSET
+    impression_id: (
+        Annotated[str, _text(MAX_IMPRESSION_ID_LENGTH, "the impression_id of the answer")]
+        | UnsetType
+    ) = UNSET
+    model_version: (
+        Annotated[str, _text(MAX_EVENT_ID_LENGTH, "the answer's model_version")] | UnsetType
+    ) = UNSET
+    surface: (
+        Annotated[
+            str,
+            _text(
+                MAX_SURFACE_LENGTH,
+                "where it was shown: recommendations, similar, cart, block:<slot> or "
+                "email:<send id>",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    rank: Annotated[int, Meta(ge=1, le=MAX_RANK, description="1 = first")] | UnsetType = UNSET
 
 
 class EventBatch(Body):

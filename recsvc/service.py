@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from recsvc import channels, defaults, products, reasons, tokens
+from recsvc import channels, defaults, interactions, products, reasons, tokens
 from recsvc.auth import Authenticator
 from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
@@ -46,12 +46,14 @@ from recsvc.schemas import (
     EventResult,
     Profile,
     Reason,
+    RecentlyViewed,
     Recommendation,
     Recommendations,
     Signals,
     SimilarItems,
     SinceTraining,
     Tier,
+    ViewedItem,
 )
 from recsvc.signals import customer_signals
 from recsvc.store import CatalogOverlay, EmbeddedStore, RedisStore, Store
@@ -266,6 +268,7 @@ class Service:
             allowed=mask,
             scopes=scopes,
             unavailable=catalog.unavailable,
+            interest=customer.interest,
         )
         return Recommendations(
             customer.customer_id or key,
@@ -363,11 +366,21 @@ class Service:
             signals=msgspec.convert(customer_signals(model, customer), Signals),
             since_training=SinceTraining(
                 events=len(events),
-                purchases=sum(1 for event in events if event.quantity > 0),
-                returns=sum(1 for event in events if event.quantity < 0),
+                purchases=sum(1 for event in events if event.kind == "purchase"),
+                returns=sum(1 for event in events if event.kind == "return"),
                 spend=round(customer.recent_spend, 2),
             ),
         )
+
+    def recently_viewed(self, model: ServedModel, key: str, n: int) -> RecentlyViewed:
+        customer = self.realtime.view(model, key)
+        catalog = self.catalog(model)
+        found = []
+        for viewed in interactions.recently_viewed(customer.events, n):
+            _, index = catalog_item(model, viewed.item_id)
+            title = catalog.titles[index] if index is not None else None
+            found.append(ViewedItem(viewed.item_id, title, viewed.viewed_at, viewed.views))
+        return RecentlyViewed(customer.customer_id or key, customer.degraded, found)
 
     def block(
         self,

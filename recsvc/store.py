@@ -1,4 +1,5 @@
-"""Real-time state shared by every worker: purchases and returns reported since training,
+"""Real-time state shared by every worker: events reported since training (purchases, returns
+and interactions),
 erased customers, CRM triggers fired by events, and email-pick snapshots.
 
 Store
@@ -61,15 +62,23 @@ def customer_key(key: IdentityKey, alias: str) -> str:
 @dataclass(frozen=True)
 class StoredEvent:
     event_id: str
-    item_id: str
+    item_id: str  # "" for a kind without an item
     quantity: float
     price: float
     timestamp: str  # ISO 8601, UTC
     source: str
     received_at: float  # seconds since the epoch
+    kind: str = "purchase"  # recsvc.schemas.EventKind
+    session: str | None = None  # the store key of a session this event stitches in
+    send_id: str | None = None
+    impression_id: str | None = None
+    model_version: str | None = None
+    surface: str | None = None
+    rank: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        fields = {key: value for key, value in asdict(self).items() if value is not None}
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StoredEvent:

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from isal import igzip
 from pandas.api.types import union_categoricals
 
-from recsvc.logrecords import RECEIVED_AT
+from recsvc.logrecords import KIND, RECEIVED_AT
+from recsvc.schemas import PURCHASE_KINDS
 from training.config import EVENTS_COLUMNS, SourceConfig
 from training.errors import SourceError
 
@@ -327,6 +328,9 @@ def _read_events(source: SourceConfig, path: Path) -> pd.DataFrame:
     table = _jsonl_table(source, path)
     if table is None:
         return _jsonl_by_line(source, path, received=True)
+    if KIND in table.column_names:  # interactions are not purchases: only these are merged
+        kinds = table.column(KIND).cast(pa.string())
+        table = table.filter(pc.fill_null(pc.is_in(kinds, pa.array(sorted(PURCHASE_KINDS))), True))
     frame = _fields(_arrow_text(table, list(source.columns.values()), str(path)), source)
     received = (
         pc.fill_null(table.column(RECEIVED_AT).cast(pa.float64()), 0.0).to_numpy()
@@ -378,6 +382,8 @@ def _jsonl_by_line(source: SourceConfig, path: Path, received: bool = False) -> 
         with _opened(source, path, where) as opened:
             with opened if not isinstance(opened, Path) else opened.open("rb") as handle:
                 for number, record in _json_records(handle, source, where):
+                    if received and record.get(KIND, "purchase") not in PURCHASE_KINDS:
+                        continue  # an interaction in the event log, not a purchase
                     seen.update(record)
                     wrong = ""
                     for column in columns:

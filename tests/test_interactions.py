@@ -1,0 +1,161 @@
+"""Interaction events (views, carts, logins, ...) through the HTTP API: validation per kind,
+anonymous sessions whose views drive their recommendations, logins that stitch a session into
+a customer, and erasure of what a login stitched in; on the embedded store and on Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from recsvc.app import create_app
+from recsvc.bundle import load_current
+from recsvc.config import ServiceConfig
+
+NOW = "2011-12-10T10:00:00Z"
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def app(request: pytest.FixtureRequest, sample_models: Path, tmp_path: Path) -> Flask:
+    redis_url = request.getfixturevalue("clean_redis") if request.param == "redis" else None
+    config = ServiceConfig(
+        models_dir=sample_models, events_dir=tmp_path / "events", auth=False, redis_url=redis_url
+    )
+    return create_app(config)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def event(event_id: str, customer: str, kind: str, **fields: Any) -> dict[str, Any]:
+    return {"event_id": event_id, "customer": customer, "kind": kind, "timestamp": NOW, **fields}
+
+
+def post(client: FlaskClient, *events: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/events", json={"events": list(events)})
+    assert response.status_code in (200, 422), response.get_data(as_text=True)
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def recommendations(client: FlaskClient, key: str, n: int = 5) -> dict[str, Any]:
+    response = client.get(f"/v1/customers/{key}/recommendations?n={n}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def neighbours(models: Path, item_id: str) -> list[str]:
+    """The item's neighbours in the bundle, strongest first."""
+    arrays = load_current(models).arrays
+    index = int(np.flatnonzero(arrays.item_ids == item_id)[0])
+    start, end = arrays.neighbour_indptr[index], arrays.neighbour_indptr[index + 1]
+    return [str(arrays.item_ids[i]) for i in arrays.neighbour_items[start:end]]
+
+
+def an_item_with_neighbours(models: Path, at_least: int = 10) -> str:
+    arrays = load_current(models).arrays
+    counts = np.diff(arrays.neighbour_indptr)
+    return str(arrays.item_ids[int(np.flatnonzero(counts >= at_least)[0])])
+
+
+def test_each_kind_names_the_fields_it_lacks(client: FlaskClient) -> None:
+    body = post(
+        client,
+        event("a", "session:s1", "glance", item_id="X"),
+        event("b", "session:s1", "view"),
+        event("c", "17850", "rec_click", item_id="X", surface="similar"),
+        event("d", "17850", "login"),
+        event("e", "17850", "login", session="17851"),
+        event("f", "session:s1", "view", item_id="X", price=3.0),
+        event("g", "17850", "email_open", send_id="s-1"),
+        event("h", "17850", "cart_add", item_id="X", quantity=-2),
+    )
+    errors = {rejection["event_id"]: rejection["errors"] for rejection in body["rejected"]}
+    assert body["accepted"] == ["g"]
+    assert "kind: 'glance' is not one of" in errors["a"][0]
+    assert errors["b"] == ["item_id: required, a non-empty string"]
+    assert set(errors["c"]) == {
+        "impression_id: required, a non-empty string",
+        "model_version: required, a non-empty string",
+        "rank: required, an integer from 1 (first) to 1000",
+    }
+    assert errors["d"] == ["session: required, a non-empty string"]
+    assert errors["e"] == ["session: must be session:<id>"]
+    assert errors["f"] == ["price: not a field of a view event"]
+    assert errors["h"] == ["quantity: a cart change's units, from 1 to 1e6"]
+
+
+def test_a_sessions_views_lead_its_recommendations(
+    client: FlaskClient, sample_models: Path
+) -> None:
+    item = an_item_with_neighbours(sample_models)
+    before = recommendations(client, "session:garden")
+    assert before["fallback"] is True
+    post(client, event("v1", "session:garden", "view", item_id=item))
+    after = recommendations(client, "session:garden")
+    assert after["fallback"] is False
+    listed = [entry["item_id"] for entry in after["items"]]
+    assert listed == neighbours(sample_models, item)[:5]
+    assert {entry["reason"]["kind"] for entry in after["items"]} == {"viewed"}
+    assert after["items"][0]["reason"]["item_id"] == item
+    viewed = client.get("/v1/customers/session:garden/recently-viewed").get_json()
+    assert [entry["item_id"] for entry in viewed["items"]] == [item]
+    assert viewed["items"][0]["views"] == 1
+
+
+def test_a_session_never_gets_what_it_bought(client: FlaskClient, sample_models: Path) -> None:
+    item = an_item_with_neighbours(sample_models)
+    first = neighbours(sample_models, item)[0]
+    post(client, event("v1", "session:s2", "view", item_id=item))
+    assert recommendations(client, "session:s2")["items"][0]["item_id"] == first
+    post(client, event("p1", "session:s2", "purchase", item_id=first, quantity=1, price=2.0))
+    listed = [entry["item_id"] for entry in recommendations(client, "session:s2", 20)["items"]]
+    assert first not in listed
+
+
+def test_a_login_keeps_the_sessions_interest(client: FlaskClient, sample_models: Path) -> None:
+    arrays = load_current(sample_models).arrays
+    customer = str(arrays.customer_ids[3])
+    item = an_item_with_neighbours(sample_models)
+    bought = neighbours(sample_models, item)[1]
+    post(
+        client,
+        event("v1", "session:s3", "view", item_id=item),
+        event("p1", "session:s3", "purchase", item_id=bought, quantity=1, price=2.0),
+    )
+    post(client, event("l1", customer, "login", session="session:s3"))
+    listed = recommendations(client, customer, 10)["items"]
+    assert listed[0]["reason"] == {
+        "kind": "viewed",
+        "item_id": item,
+        "title": listed[0]["reason"]["title"],
+    }
+    assert bought not in [entry["item_id"] for entry in listed]
+    viewed = client.get(f"/v1/customers/{customer}/recently-viewed").get_json()
+    assert [entry["item_id"] for entry in viewed["items"]] == [item]
+
+
+def test_erasing_a_customer_erases_the_sessions_they_logged_in_from(
+    client: FlaskClient, sample_models: Path, tmp_path: Path
+) -> None:
+    customer = str(load_current(sample_models).arrays.customer_ids[4])
+    item = an_item_with_neighbours(sample_models)
+    post(client, event("v1", "session:s4", "view", item_id=item))
+    post(client, event("l1", customer, "login", session="session:s4"))
+    assert client.delete(f"/v1/customers/{customer}").status_code == 200
+    assert recommendations(client, "session:s4")["fallback"] is True
+    viewed = client.get("/v1/customers/session:s4/recently-viewed").get_json()
+    assert viewed["items"] == []
+    logs = list((tmp_path / "events").glob("events-*.jsonl"))
+    assert logs
+    for path in logs:
+        assert "session:s4" not in path.read_text()
+    rejected = post(client, event("v2", "session:s4", "view", item_id=item))
+    assert rejected["rejected"][0]["errors"] == ["customer: this customer was erased"]
