@@ -42,12 +42,15 @@ class CustomerView:
     row: int | None  # None: unknown to the model (or erased)
     customer_id: str | None  # canonical id, when known
     store_key: str
-    events: list[StoredEvent]
+    events: list[StoredEvent]  # purchases and returns reported since training
     deltas: dict[int, float]  # net quantity change per catalog item since training
     degraded: bool  # the store did not answer; bundle data only
     erased: bool = False
     window_spend: float = 0.0  # spend in the tier window, events included
     lifetime_spend: float = 0.0
+    # Every other kind of event the store keeps (event_retention_days, whether or not the
+    # bundle learned from it), oldest first, stitched sessions' included.
+    interactions: list[StoredEvent] = field(default_factory=list)
     # Weights of the items viewed or carted lately, by item index (recsvc.interactions).
     interest: dict[int, float] = field(default_factory=dict)
 
@@ -168,7 +171,9 @@ class Realtime:
         if erased:
             return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
         try:
-            state = self.store.customer_state(store_key, model.events_through)
+            # Everything kept: interactions count for as long as the store keeps them;
+            # purchases only when the bundle has not learned them (below).
+            state = self.store.customer_state(store_key, 0.0)
         except StoreUnavailable as error:
             if isinstance(error, StoreNotRestored):
                 self.restore_soon(model)
@@ -179,20 +184,23 @@ class Realtime:
         events = state.events
         if any(event.session is not None for event in events):
             try:
-                events = self._with_sessions(model, events)
+                events = self._with_sessions(events)
             except StoreUnavailable as error:
                 log.warning("store unavailable reading linked sessions: %s", error)
+        since = model.events_through
+        purchases = [e for e in events if e.kind in OWNED_KINDS and e.received_at > since]
         deltas: dict[int, float] = {}
-        for event in events:
-            if event.kind in OWNED_KINDS:
-                index = model.item_index.get(event.item_id)
-                if index is not None:
-                    deltas[index] = deltas.get(index, 0.0) + event.quantity
-        view = self._with_spend(model, row, customer_id, store_key, events, deltas, degraded=False)
-        view.interest = interactions.interest(events, model.item_index)
+        for event in purchases:
+            index = model.item_index.get(event.item_id)
+            if index is not None:
+                deltas[index] = deltas.get(index, 0.0) + event.quantity
+        view = self._with_spend(model, row, customer_id, store_key, purchases, deltas, False)
+        if len(purchases) < len(events):
+            view.interactions = [e for e in events if e.kind not in OWNED_KINDS]
+            view.interest = interactions.interest(view.interactions, model.item_index)
         return view
 
-    def _with_sessions(self, model: ServedModel, events: list[StoredEvent]) -> list[StoredEvent]:
+    def _with_sessions(self, events: list[StoredEvent]) -> list[StoredEvent]:
         """``events`` and those of the sessions they stitch in (the latest LINKED_SESSIONS),
         in the order received: what a visitor did before signing in is the customer's."""
         sessions: list[str] = []
@@ -204,7 +212,7 @@ class Realtime:
         for session in sessions[:LINKED_SESSIONS]:
             if session in erased:
                 continue
-            state = self.store.customer_state(session, model.events_through)
+            state = self.store.customer_state(session, 0.0)
             if not state.erased:
                 merged += state.events
         merged.sort(key=lambda e: e.received_at)
@@ -222,9 +230,8 @@ class Realtime:
     ) -> CustomerView:
         """The view, with spend from the bundle plus the events since training (never below
         zero: a refund cannot be worth more than was spent)."""
-        purchases = [e for e in events if e.kind in OWNED_KINDS]
-        lifetime = spend_of(purchases)
-        window = spend_of([e for e in purchases if _moment(e.timestamp) >= model.window_start])
+        lifetime = spend_of(events)
+        window = spend_of([e for e in events if _moment(e.timestamp) >= model.window_start])
         if row is not None:
             window += float(model.ranker.arrays.window_spend[row])
             lifetime += float(model.ranker.arrays.customer_spend[row])
@@ -581,7 +588,8 @@ class _Holdings:
                 held[model.item_ids[item]] = float(quantity)
         state = self.realtime.store.customer_state(store_key, model.events_through)
         for event in state.events:
-            held[event.item_id] = held.get(event.item_id, 0.0) + event.quantity
+            if event.kind in OWNED_KINDS:
+                held[event.item_id] = held.get(event.item_id, 0.0) + event.quantity
         return held
 
 

@@ -376,7 +376,7 @@ class Service:
         customer = self.realtime.view(model, key)
         catalog = self.catalog(model)
         found = []
-        for viewed in interactions.recently_viewed(customer.events, n):
+        for viewed in interactions.recently_viewed(customer.interactions, n):
             _, index = catalog_item(model, viewed.item_id)
             title = catalog.titles[index] if index is not None else None
             found.append(ViewedItem(viewed.item_id, title, viewed.viewed_at, viewed.views))
