@@ -15,7 +15,11 @@ cycle through URLs made from the bundle (``ENDPOINTS``):
   items, as product pages are visited) and half uniformly (the long tail), every other one
   with ``customer=``;
 - ``cart``: carts of 1 to 5 items one customer bought together, every other one with
-  ``customer=`` another customer.
+  ``customer=`` another customer;
+- ``sessions``: recommendations as ``recommendations`` asks them, with 30 % of the requests
+  from anonymous sessions that viewed 3 to 8 items of one category (posted as view events
+  before the runs): interaction-driven personalisation on;
+- ``blocks``: every slot's JSON block, with the same 30 % share of sessions.
 
 Prints and writes (--out, JSON) each endpoint's requests/s against /healthz per round, their
 ratio, and p50/p99 latency at half the endpoint's maximum rate, with the load average. Each
@@ -38,8 +42,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -111,16 +118,79 @@ def _cart(bundle: Bundle, rng: np.random.Generator) -> list[str]:
     return urls
 
 
+SESSIONS = 1000  # anonymous sessions with recent views
+SESSION_SHARE = 0.3  # of the requests, in the endpoints that mix them in
+
+
+def _session_views(bundle: Bundle, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """View events of SESSIONS sessions, each 3 to 8 items that share a category (a visit
+    browsing one department), the newest a minute ago."""
+    arrays = bundle.arrays
+    linked = np.flatnonzero(np.diff(arrays.neighbour_indptr) > 0)
+    categories = arrays.item_categories[linked]
+    now = time.time()
+    events = []
+    for session in range(SESSIONS):
+        seed = int(rng.choice(linked))
+        same = linked[(categories & arrays.item_categories[seed]) != 0]
+        pool = same if len(same) >= 3 else linked
+        viewed = rng.choice(pool, min(int(rng.integers(3, 9)), len(pool)), replace=False)
+        for k, item in enumerate(viewed):
+            moment = datetime.fromtimestamp(now - 60 * (len(viewed) - k), UTC)
+            events.append(
+                {
+                    "event_id": f"bench-view-{session}-{k}",
+                    "kind": "view",
+                    "customer": f"session:bench-{session}",
+                    "item_id": str(arrays.item_ids[item]),
+                    "timestamp": moment.isoformat(),
+                }
+            )
+    return events
+
+
+def _mixed(paths: list[str], session_paths: list[str], rng: np.random.Generator) -> list[str]:
+    """``paths`` with SESSION_SHARE of them replaced by ``session_paths``, spread evenly."""
+    chosen = rng.random(len(paths)) < SESSION_SHARE
+    picks = rng.choice(session_paths, int(chosen.sum()))
+    mixed = list(paths)
+    for position, path in zip(np.flatnonzero(chosen).tolist(), picks.tolist(), strict=True):
+        mixed[position] = str(path)
+    return mixed
+
+
+def _sessions(bundle: Bundle, rng: np.random.Generator) -> list[str]:
+    sessions = [f"/v1/customers/session:bench-{k}/recommendations?n=10" for k in range(SESSIONS)]
+    return _mixed(_recommendations(bundle, rng), sessions, rng)
+
+
+def _blocks(bundle: Bundle, rng: np.random.Generator) -> list[str]:
+    slots = list(bundle.manifest.channels.slots)
+    customers = rng.choice(bundle.arrays.customer_ids, URLS)
+    known = [
+        f"/v1/customers/{quote(str(c), safe='')}/blocks/{slots[k % len(slots)]}"
+        for k, c in enumerate(customers)
+    ]
+    sessions = [
+        f"/v1/customers/session:bench-{k}/blocks/{slots[k % len(slots)]}" for k in range(SESSIONS)
+    ]
+    return _mixed(known, sessions, rng)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     urls: Callable[[Bundle, np.random.Generator], list[str]]
     p99_ms: float  # the target at half load
+    # Events posted before the runs (the sessions' views).
+    events: Callable[[Bundle, np.random.Generator], list[dict[str, Any]]] | None = None
 
 
 ENDPOINTS = {
     "recommendations": Endpoint(_recommendations, 10.0),
     "similar": Endpoint(_similar, 5.0),
     "cart": Endpoint(_cart, 5.0),
+    "sessions": Endpoint(_sessions, 10.0, _session_views),
+    "blocks": Endpoint(_blocks, 10.0, _session_views),
 }
 RATIO = 0.75  # every endpoint's target: requests/s against /healthz's
 
@@ -156,7 +226,7 @@ def main() -> int:
     script = scratch / "requests.lua"
     script.write_text(WRK_LUA)
     # A limit far above any rate here: the limiter runs on every request but never refuses.
-    key, line = mint("bench", ["recs:read"], rate=1_000_000)
+    key, line = mint("bench", ["recs:read", "blocks:read", "events:write"], rate=1_000_000)
     env = {
         **os.environ,
         "RECSVC_MODELS_DIR": str(args.models_dir),
@@ -185,6 +255,12 @@ def main() -> int:
             measured["wrk_cpu_us"] = (_children_cpu() - client) / requests * 1e6
             return measured
 
+        posted: set[Callable[..., Any]] = set()
+        for name in names:
+            make_events = ENDPOINTS[name].events
+            if make_events is not None and make_events not in posted:
+                _post(base, key, make_events(bundle, np.random.default_rng(1)))
+                posted.add(make_events)
         for name in names:
             run(name, 3)  # warm-up: caches, page cache, allocator
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
@@ -247,6 +323,20 @@ def main() -> int:
         )
     print(f"written to {args.out}")
     return 0
+
+
+def _post(base: str, key: str, events: list[dict[str, Any]]) -> None:
+    for start in range(0, len(events), 1000):
+        body = json.dumps({"events": events[start : start + 1000]}).encode()
+        request = urllib.request.Request(
+            f"{base}/v1/events",
+            body,
+            {"X-API-Key": key, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.load(response)
+        if answer["rejected"]:
+            raise RuntimeError(f"events rejected: {answer['rejected'][:3]}")
 
 
 def _cost(run: dict[str, float]) -> float:

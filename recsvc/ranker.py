@@ -264,38 +264,38 @@ class Ranker:
         visitor the model does not know gets those, topped up with their segment's best
         sellers; a known customer gets ``INTEREST_WEIGHT`` times the standardised sums added
         to their scores."""
-        n_items = len(self.arrays.item_ids)
         items = np.fromiter(interest.keys(), dtype=np.int32, count=len(interest))
         weights = np.fromiter(interest.values(), dtype=np.float32, count=len(interest))
+        excluded = self.excluded(row, deltas)
+        if len(self._hidden_items[tier]):
+            excluded = np.union1d(excluded, self._hidden_items[tier]).astype(np.int32)
+        n_items = len(self.arrays.item_ids)
         spread = self.spread(items, weights)
         reached = np.bincount(spread.targets, spread.values, minlength=n_items)
-        excluded = np.union1d(self.excluded(row, deltas), self._hidden_items[tier])
-        eligible = self._eligible(excluded.astype(np.int32), allowed)
         if row is None:
-            scores = np.where(eligible & (reached > 0), reached, -np.inf)
-            found = top_n(scores, n, np.zeros(0, np.int32))
-            found = [item for item in found if math.isfinite(item.score)]
+            if allowed is not None:
+                reached[~allowed] = 0.0
+            reached[excluded] = 0.0
+            candidates = np.flatnonzero(reached > 0)
+            # Stable, over ascending indices: ties go to the lower index.
+            best = candidates[np.argsort(-reached[candidates], kind="stable")[:n]]
+            found = ranked(best.tolist(), reached[best].tolist())
+            viewed = items[strongest_sources(spread, best.tolist(), n_items)].tolist()
             scope = self.known_segment(scopes)
-            taken = np.array([item.index for item in found], dtype=np.int32)
-            more = (
-                self.popular(
-                    n - len(found), np.union1d(excluded, taken).astype(np.int32), scope, allowed
-                )
-                if len(found) < n
-                else []
-            )
-            listed = found + more
-        else:
-            scores = self.batch_scores(np.array([row]), np.array([tier]), policy)[0]
-            deviation = float(reached.std())
-            if deviation > 0:
-                scores = scores + INTEREST_WEIGHT * ((reached - reached.mean()) / deviation)
-            listed = top_n(scores, n, np.flatnonzero(~eligible).astype(np.int32))
-            found, scope = listed, None
+            if len(found) < n:
+                taken = np.concatenate((excluded, best.astype(np.int32)))
+                more = self.popular(n - len(found), taken, scope, allowed)
+                found, viewed = found + more, viewed + [-1] * len(more)
+            return Ranking(found, not len(best), scope or "all", None, viewed)
+        scores = self.batch_scores(np.array([row]), np.array([tier]), policy)[0]
+        deviation = float(reached.std())
+        if deviation > 0:
+            scores = scores + INTEREST_WEIGHT * ((reached - reached.mean()) / deviation)
+        ineligible = np.flatnonzero(~self._eligible(excluded, allowed)).astype(np.int32)
+        listed = top_n(scores, n, ineligible)
         sources = strongest_sources(spread, [item.index for item in listed], n_items)
         viewed = [int(items[source]) if source >= 0 else -1 for source in sources]
-        fallback = row is None and not found
-        return Ranking(listed, fallback, (scope or "all") if row is None else None, None, viewed)
+        return Ranking(listed, False, None, None, viewed)
 
     def _from_candidates(
         self,
@@ -498,14 +498,18 @@ class Ranker:
         n: int,
         excluded: NDArray[np.int32],
         allowed: NDArray[np.bool_] | None = None,
+        weights: NDArray[np.float32] | None = None,
     ) -> tuple[list[RankedItem], list[int]]:
-        """Items bought with ``items`` (a cart): each scores the sum of its weights among
-        their neighbours. Best first, outside ``excluded`` and within ``allowed``, with the
+        """Items bought with ``items`` (a cart; or what a visitor viewed, each with its
+        ``weights``): each scores the sum of its weights among their neighbours, times the
+        item's weight. Best first, outside ``excluded`` and within ``allowed``, with the
         position in ``items`` of the one that adds most to each."""
         if len(items) == 1:  # its neighbours, already in this order
             found = self.similar(int(items[0]), n, excluded, allowed)
             return found, [0] * len(found)
-        spread = self.spread(items, np.ones(len(items), np.float32))
+        if weights is None:
+            weights = np.ones(len(items), np.float32)
+        spread = self.spread(items, weights)
         # Only the items reached are scored: a cart's few hundred neighbours, not the catalog.
         reached, entry_of = np.unique(spread.targets, return_inverse=True)
         scores = np.bincount(entry_of, spread.values, minlength=len(reached))
