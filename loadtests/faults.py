@@ -15,6 +15,11 @@ third of it, and meanwhile probes the service from this process every 50 ms. It 
 - corrupt: no request failed, the old version kept answering, ``/metrics`` shows the refusal
   and the log says ``bundle refused`` (once per worker).
 
+In every scenario the locust mix writes every kind of event (purchases, views, cart changes,
+email opens and clicks, logins); each write's outcome is recorded, and the scenario fails
+when an event the service acknowledged is missing from the durable event log, or one it
+refused (503) is in it (half applied).
+
 Results go to ``--out-dir/<scenario>/`` (locust's reports, the service log, faults.json).
 Needs locust (``pip install -e '.[load]'``) and, for ``redis``, redis-server.
 """
@@ -132,7 +137,9 @@ def scenario(
         # The traffic is drawn from the bundle served at the start: locust can take longer to
         # start than the fault takes to land, and a corrupt bundle must not stop the load.
         "RECSVC_LOADTEST_BUNDLE": str(load_current(models).path),
+        "RECSVC_LOADTEST_WRITES": str(scratch / "writes"),
     }
+    (scratch / "writes").mkdir()
     redis_server = None
     if name == "redis":
         redis_server = RedisProcess(scratch)
@@ -164,7 +171,8 @@ def scenario(
     facts["probes"] = prober.probes
     facts["failures"] = _failures(out / "locust_stats.csv")
     facts["log"] = log_path.read_text()
-    problems = judge(facts)
+    writes = written(scratch / "writes", scratch / "events")
+    problems = judge(facts) + judge_writes(writes)
     result = {
         "scenario": name,
         "passed": not problems,
@@ -173,9 +181,54 @@ def scenario(
         "failed_reads": facts["failures"]["reads"],
         "failed_writes": facts["failures"]["writes"],
         "probes": len(prober.probes),
+        "writes": writes,
     }
     (out / "faults.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def written(outcomes: Path, events_dir: Path) -> dict[str, Any]:
+    """What locust's event writes got (per kind: acknowledged, refused with 503, other
+    failures), and which acknowledged ones the durable event log lacks or refused ones it
+    holds."""
+    logged = {
+        json.loads(line)["event_id"]
+        for path in events_dir.glob("events-*.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    }
+    by_kind: dict[str, dict[str, int]] = {}
+    lost: list[str] = []
+    half_applied: list[str] = []
+    for path in outcomes.glob("writes-*.txt"):
+        for line in path.read_text().splitlines():
+            status, kind, event_id = line.split(" ")
+            counts = by_kind.setdefault(kind, {"acknowledged": 0, "refused": 0, "failed": 0})
+            if status == "200":
+                counts["acknowledged"] += 1
+                if event_id not in logged:
+                    lost.append(event_id)
+            elif status == "503":
+                counts["refused"] += 1
+                if event_id in logged:
+                    half_applied.append(event_id)
+            else:
+                counts["failed"] += 1
+    return {"by_kind": by_kind, "lost": lost, "half_applied": half_applied}
+
+
+def judge_writes(writes: dict[str, Any]) -> list[str]:
+    problems = []
+    if writes["lost"]:
+        problems.append(f"{len(writes['lost'])} acknowledged events are not in the event log")
+    if writes["half_applied"]:
+        problems.append(f"{len(writes['half_applied'])} refused events are in the event log")
+    failed = sum(counts["failed"] for counts in writes["by_kind"].values())
+    if failed:
+        problems.append(f"{failed} event writes failed with neither 200 nor 503")
+    if not writes["by_kind"]:
+        problems.append("locust wrote no events")
+    return problems
 
 
 def _get(url: str, key: str) -> str:

@@ -3,10 +3,17 @@
     RECSVC_MODELS_DIR=models RECSVC_LOADTEST_KEY=rk_... \\
         locust -f loadtests/locustfile.py --host http://127.0.0.1:8000
 
-Website blocks ~50 %, recommendations ~30 % (this API has no similar-items endpoint yet, so
-its share is here), email picks ~15 %, purchase events ~5 %; keys of real customers from the
-bundle the server serves (RECSVC_MODELS_DIR) and of unknown visitors. The key needs the
+Each simulated user is a visit: an anonymous session (``session:<id>``) that views items of
+one category, adds some to its cart, asks for its blocks and recommendations, and now and
+then signs in as a customer of the bundle (a ``login`` event) and starts a new visit. Around
+it, traffic for known and unknown customers: website blocks, recommendations, similar items
+and cart recommendations, email picks with opens and clicks, purchases. Keys of real
+customers come from the bundle the server serves (RECSVC_MODELS_DIR). The key needs the
 scopes recs:read and events:write. ``loadtests/run.py`` starts a server and checks targets.
+
+With RECSVC_LOADTEST_WRITES set to a directory, every event write's outcome is appended to
+``<dir>/writes-<pid>.txt`` as ``<status> <kind> <event_id>`` lines, so a fault scenario can
+check that no acknowledged event was lost and no refused one applied.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ HEADERS = {"X-API-Key": os.environ.get("RECSVC_LOADTEST_KEY", "")}
 RATE_PER_USER = float(os.environ.get("RECSVC_LOADTEST_RATE_PER_USER", "10"))
 UNKNOWN_SHARE = 0.2
 EVENT_IDS = itertools.count()
+WRITES = os.environ.get("RECSVC_LOADTEST_WRITES")
+VIEWS_PER_VISIT = 8  # then the visit signs in, or ends
+CATEGORY_BITS = BUNDLE.arrays.item_categories[BUNDLE.arrays.popular_items[:500]]
 
 
 def customer() -> str:
@@ -43,9 +53,21 @@ def customer() -> str:
     return random.choice(CUSTOMERS)
 
 
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
 class Shopper(FastHttpUser):
     def on_start(self) -> None:
         self.next_request_at = time.monotonic()
+        self.new_visit()
+
+    def new_visit(self) -> None:
+        self.session = f"session:load-{os.getpid()}-{random.randrange(10**12)}"
+        seed = random.randrange(len(ITEMS))
+        same = [ITEMS[k] for k in range(len(ITEMS)) if CATEGORY_BITS[k] & CATEGORY_BITS[seed]]
+        self.browsing = same if len(same) >= 3 else ITEMS
+        self.viewed = 0
 
     def wait_time(self) -> float:
         """Each user's requests start as a Poisson process: exponential gaps between starts,
@@ -54,7 +76,62 @@ class Shopper(FastHttpUser):
         self.next_request_at += random.expovariate(RATE_PER_USER)
         return max(0.0, self.next_request_at - time.monotonic())
 
-    @task(40)
+    def post_event(self, kind: str, customer_key: str, **fields: object) -> None:
+        event_id = f"load-{os.getpid()}-{next(EVENT_IDS)}-{random.randrange(10**9)}"
+        event = {"event_id": event_id, "kind": kind, "customer": customer_key, "timestamp": now()}
+        response = self.client.post(
+            "/v1/events",
+            json={"events": [{**event, **fields}]},
+            name=f"/v1/events ({kind})",
+            headers=HEADERS,
+        )
+        if WRITES:
+            with open(Path(WRITES) / f"writes-{os.getpid()}.txt", "a") as handle:
+                handle.write(f"{response.status_code} {kind} {event_id}\n")
+
+    # The visit
+
+    @task(10)
+    def view(self) -> None:
+        self.post_event("view", self.session, item_id=random.choice(self.browsing))
+        self.viewed += 1
+        if self.viewed >= VIEWS_PER_VISIT:
+            if random.random() < 0.3:
+                self.post_event("login", random.choice(CUSTOMERS), session=self.session)
+            self.new_visit()
+
+    @task(3)
+    def cart_change(self) -> None:
+        kind = "cart_add" if random.random() < 0.75 else "cart_remove"
+        self.post_event(kind, self.session, item_id=random.choice(self.browsing))
+
+    @task(10)
+    def session_block(self) -> None:
+        self.client.get(
+            f"/v1/customers/{self.session}/blocks/{random.choice(SLOTS)}?format=html",
+            name="/v1/customers/[session]/blocks/[slot]",
+            headers=HEADERS,
+        )
+
+    @task(8)
+    def session_recommendations(self) -> None:
+        self.client.get(
+            f"/v1/customers/{self.session}/recommendations?n=10",
+            name="/v1/customers/[session]/recommendations",
+            headers=HEADERS,
+        )
+
+    @task(2)
+    def recently_viewed(self) -> None:
+        self.client.get(
+            f"/v1/customers/{self.session}/recently-viewed",
+            name="/v1/customers/[session]/recently-viewed",
+            headers=HEADERS,
+        )
+
+    # Everyone else
+
+    @task(22)
     def customer_block(self) -> None:
         self.client.get(
             f"/v1/customers/{customer()}/blocks/{random.choice(SLOTS)}?format=html",
@@ -62,7 +139,7 @@ class Shopper(FastHttpUser):
             headers=HEADERS,
         )
 
-    @task(10)
+    @task(5)
     def anonymous_block(self) -> None:
         self.client.get(
             f"/v1/blocks/{random.choice(SLOTS)}?format=html",
@@ -70,7 +147,7 @@ class Shopper(FastHttpUser):
             headers=HEADERS,
         )
 
-    @task(30)
+    @task(15)
     def recommendations(self) -> None:
         self.client.get(
             f"/v1/customers/{customer()}/recommendations?n=10",
@@ -78,7 +155,24 @@ class Shopper(FastHttpUser):
             headers=HEADERS,
         )
 
-    @task(15)
+    @task(5)
+    def similar(self) -> None:
+        self.client.get(
+            f"/v1/items/{random.choice(ITEMS)}/similar?n=6",
+            name="/v1/items/[id]/similar",
+            headers=HEADERS,
+        )
+
+    @task(3)
+    def cart_recommendations(self) -> None:
+        cart = ",".join(random.sample(ITEMS, random.randint(1, 4)))
+        self.client.get(
+            f"/v1/cart/recommendations?items={cart}",
+            name="/v1/cart/recommendations",
+            headers=HEADERS,
+        )
+
+    @task(8)
     def email_picks(self) -> None:
         send = f"campaign-{random.randrange(5)}"
         self.client.get(
@@ -87,14 +181,14 @@ class Shopper(FastHttpUser):
             headers=HEADERS,
         )
 
-    @task(5)
+    @task(4)
+    def email_engagement(self) -> None:
+        who, send = random.choice(CUSTOMERS), f"campaign-{random.randrange(5)}"
+        self.post_event("email_open", who, send_id=send)
+        if random.random() < 0.2:
+            self.post_event("email_click", who, send_id=send, item_id=random.choice(ITEMS))
+
+    @task(3)
     def purchase(self) -> None:
-        event = {
-            "event_id": f"load-{os.getpid()}-{next(EVENT_IDS)}-{random.randrange(10**9)}",
-            "customer": customer(),
-            "item_id": random.choice(ITEMS),
-            "quantity": 1,
-            "price": 2.5,
-            "timestamp": datetime.now(UTC).isoformat(),
-        }
-        self.client.post("/v1/events", json={"events": [event]}, name="/v1/events", headers=HEADERS)
+        buyer = self.session if random.random() < 0.3 else customer()
+        self.post_event("purchase", buyer, item_id=random.choice(ITEMS), quantity=1, price=2.5)

@@ -29,3 +29,7 @@ def test_fault_under_load(name: str, sample_models: Path, tmp_path: Path) -> Non
     )
     assert result["passed"], result["problems"]
     assert result["requests"] > 100 and result["probes"] > 50
+    acknowledged = {
+        kind for kind, counts in result["writes"]["by_kind"].items() if counts["acknowledged"]
+    }
+    assert {"view", "purchase", "email_open", "cart_add"} <= acknowledged
