@@ -12,6 +12,7 @@ RecsvcError
 ├── UnknownSlot            a website slot the bundle does not configure
 ├── UnknownItem            an item id the catalog has never heard of
 ├── UnknownCustomer        an erasure named nobody the service knows (still recorded)
+├── Unsubscribed           email picks for a customer who unsubscribed from email
 ├── StoreUnavailable       the real-time store did not answer in time
 │   └── StoreNotRestored   it answers but lost its data; being rebuilt from the durable logs
 └── BundleError            no usable model bundle
@@ -23,6 +24,8 @@ The HTTP layer (recsvc.api.problems.PROBLEMS) is the only place these become res
 """
 
 from __future__ import annotations
+
+from datetime import date
 
 
 class RecsvcError(Exception):
@@ -101,6 +104,15 @@ class UnknownItem(RecsvcError):
 class UnknownCustomer(RecsvcError):
     """An erasure named nobody the service knows; the key is on the erasure list anyway, so
     the next training drops any row that carries it."""
+
+
+class Unsubscribed(RecsvcError):
+    """Email picks asked for a customer who unsubscribed from email (``recsvc.engagement``):
+    nothing is to be sent to them."""
+
+    def __init__(self, on: date) -> None:
+        super().__init__(f"this customer unsubscribed from email on {on.isoformat()}")
+        self.on = on
 
 
 class StoreUnavailable(RecsvcError):

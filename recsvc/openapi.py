@@ -272,8 +272,9 @@ EMAIL_PICKS = Operation(
         _count(defaults.EMAIL_MAX_N),
         *FILTERS,
     ),
-    problems=READS,
+    problems=(*READS, 409),
     html=True,
+    notes="409: the customer unsubscribed from email",
 )
 VISITOR_TOKENS = Operation(
     "post",
@@ -366,7 +367,7 @@ SERVER_LIMITS = {
     "414": {"description": "the request line is longer than gunicorn's limit_request_line"},
     "431": {"description": "the headers are larger than gunicorn's limits"},
 }
-PROBLEM_STATUSES = (400, 401, 403, 404, 413, 503)
+PROBLEM_STATUSES = (400, 401, 403, 404, 409, 413, 503)
 READ: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
 
 

@@ -17,12 +17,16 @@ from numpy.typing import NDArray
 
 # The trigger kinds, sorted, so that a kind's code orders as its name does.
 # Sorted: the triggers feed orders by a kind's position in it.
-TriggerKind = Literal["lapsing", "thank_you", "threshold", "tier_up"]
+TriggerKind = Literal["disengaged", "lapsing", "thank_you", "threshold", "tier_up"]
 TRIGGER_KINDS: tuple[str, ...] = get_args(TriggerKind)
 WINDOW_DAYS = 365.0  # tiers rank by spend over this trailing window
 LAPSING_FACTOR = 2.0  # lapsing: more than this many median intervals since the last order
 MIN_ORDERS_FOR_INTERVAL = 3  # fewer orders: no median interval, so never lapsing
 THANK_YOU_REASON = "a loyal customer: thank them"
+# Email engagement (recsvc.engagement): the best contact time comes from the customer's own
+# opens from this many opens; disengaged after this many sends opened in a row without a click.
+MIN_OPENS_FOR_TIMING = 5
+DISENGAGED_OPENS = 5
 
 
 class TierLevel(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +57,8 @@ class TierPolicy(msgspec.Struct, frozen=True, kw_only=True):
     order_thresholds: tuple[int, ...] = ()
     thank_you_spend: float | None = None
     thank_you_orders: int | None = None
+    min_opens_for_timing: int = MIN_OPENS_FOR_TIMING
+    disengaged_opens: int = DISENGAGED_OPENS
     as_of: str | None = None  # ISO 8601: the training data's last event
     population_best_hour: int = -1
     population_best_weekday: int = -1
@@ -94,6 +100,10 @@ def orders_reason(threshold: int) -> str:
 
 def tier_up_reason(old: str, new: str) -> str:
     return f"moved up from {old} to {new}"
+
+
+def disengaged_reason(opens: int) -> str:
+    return f"opened {opens} emails in a row without a click"
 
 
 def tier_indices(levels: tuple[TierLevel, ...], spend: NDArray[np.float64]) -> NDArray[np.intp]:

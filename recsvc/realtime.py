@@ -16,7 +16,7 @@ from typing import NamedTuple
 import msgspec
 import numpy as np
 
-from recsvc import interactions, policy
+from recsvc import engagement, interactions, policy
 from recsvc.catalog import CatalogLog
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
@@ -329,11 +329,15 @@ class Realtime:
         entries: list[tuple[str, StoredEvent]],
         outcomes: list[Applied],
     ) -> None:
-        """Tier upgrades and spend thresholds that this batch's new events crossed."""
+        """Tier upgrades, spend thresholds and disengaged customers that this batch's new
+        events crossed."""
         added: dict[str, float] = {}
         added_in_window: dict[str, float] = {}
         keys: dict[str, str] = {}
+        opened: dict[str, tuple[str, set[str]]] = {}  # store key -> (key sent, new open ids)
         for (event, _), (store_key, stored), outcome in zip(events, entries, outcomes, strict=True):
+            if outcome is Applied.NEW and stored.kind == engagement.OPEN:
+                opened.setdefault(store_key, (event.customer, set()))[1].add(stored.event_id)
             if outcome is Applied.NEW and stored.kind in OWNED_KINDS:
                 amount = stored.quantity * stored.price
                 added[store_key] = added.get(store_key, 0.0) + amount
@@ -392,10 +396,34 @@ class Realtime:
                         {"spend": round(view.lifetime_spend, 2)},
                     )
                 )
+        for key, new_opens in opened.values():
+            fired += self._disengaged(model, key, new_opens, now)
         try:
             self.store.add_triggers(fired)
         except StoreUnavailable as error:  # the events are safe; only the alerts are late
             log.warning("could not record %d triggers: %s", len(fired), error)
+
+    def _disengaged(
+        self, model: ServedModel, key: str, new_opens: set[str], now: float
+    ) -> list[tuple[float, str, str]]:
+        """The ``disengaged`` trigger, when the opens ``new_opens`` (event ids) made the
+        customer ``key`` names disengaged: once per run of opens without a click."""
+        view = self.view(model, key)
+        if view.erased or view.degraded:
+            return []
+        rules = model.bundle.manifest.tiers
+        after = engagement.of(view.interactions)
+        before = engagement.of(e for e in view.interactions if e.event_id not in new_opens)
+        if not after.disengaged(rules) or before.disengaged(rules):
+            return []
+        figures: dict[str, object] = {
+            "sends_opened_since_click": after.sends_opened_since_click,
+            "sends_opened": after.sends_opened,
+            "sends_clicked": after.sends_clicked,
+        }
+        customer = view.customer_id or view.store_key  # never the key: it may be an address
+        reason = policy.disengaged_reason(rules.disengaged_opens)
+        return [_trigger(now, view.store_key, customer, "disengaged", reason, figures)]
 
     def erase(self, model: ServedModel, key: str) -> ErasureReceipt:
         """Forget a customer: every alias, their real-time events, their lines in the durable

@@ -263,9 +263,33 @@ class CartRecommendations(Body):
 
 
 class BestContact(Body):
-    hour: int | None
+    hour: Annotated[int, Meta(description="0..23, UTC")] | None
     weekday: str | None
-    from_: str = field(name="from")
+    from_: Annotated[
+        Literal["own opens", "own orders", "population"],
+        Meta(
+            description="their usual email open time (enough opens), else their usual order "
+            "time (enough orders), else the population's order time"
+        ),
+    ] = field(name="from")
+
+
+class EmailEngagement(Body):
+    """What the email events kept (RECSVC_EVENT_RETENTION_DAYS) say (``recsvc.engagement``)."""
+
+    opens: int
+    clicks: int
+    sends_opened: Annotated[int, Meta(description="distinct sends opened or clicked")]
+    sends_clicked: int
+    click_rate: Annotated[float, Meta(description="sends clicked / sends opened")] | None
+    last_open: str | None
+    sends_opened_since_click: int
+    disengaged: Annotated[
+        bool,
+        Meta(description="still subscribed, and sends_opened_since_click reached disengaged_opens"),
+    ]
+    unsubscribed: bool
+    unsubscribed_at: str | None
 
 
 class Signals(Body):
@@ -279,6 +303,7 @@ class Signals(Body):
     best_contact: BestContact
     thresholds_crossed: list[str]
     thank_you: bool
+    email: EmailEngagement
 
 
 class SinceTraining(Body):

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from recsvc import channels, defaults, interactions, products, reasons, tokens
+from recsvc import channels, defaults, engagement, interactions, products, reasons, tokens
 from recsvc.auth import Authenticator
 from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
@@ -29,6 +29,7 @@ from recsvc.errors import (
     StoreUnavailable,
     UnknownCustomer,
     UnknownItem,
+    Unsubscribed,
 )
 from recsvc.events import STORE_FILE, ErasureLog, Event, EventLog, logs_origin
 from recsvc.filters import NO_FILTER, ItemFilter
@@ -423,12 +424,15 @@ class Service:
         self, model: ServedModel, key: str, send_id: str, n: int, filters: ItemFilter = NO_FILTER
     ) -> EmailPicks:
         """The picks of one send: the first answer for (customer, send, n, filters) is kept in
-        the store
-        and every later one repeats it. A store that does not answer leaves them not stored (a
-        later answer may differ) and the answer degraded."""
+        the store and every later one repeats it. A store that does not answer leaves them
+        not stored (a later answer may differ) and the answer degraded: it could not check
+        for an unsubscribe either. Unsubscribed when the customer unsubscribed from email."""
         if not 1 <= n <= defaults.EMAIL_MAX_N:
             raise InvalidParameter("n", f"must be between 1 and {defaults.EMAIL_MAX_N}, got {n}")
         customer = self.realtime.view(model, key)
+        unsubscribed_at = engagement.of(customer.interactions).unsubscribed_at
+        if unsubscribed_at is not None:
+            raise Unsubscribed(unsubscribed_at.date())
         catalog = self.catalog(model)
         answer = channels.email_picks(
             model, customer, key, send_id, n, filters.mask(model, catalog), catalog

@@ -1,5 +1,5 @@
 """A customer's CRM signals as the service reports them: the bundle's figures, brought up to
-date by the events reported since training.
+date by the events reported since training, and their email engagement (``recsvc.engagement``).
 
 Times are measured against the data, not the wall clock: "now" is the later of the bundle's
 ``as_of`` (its last event) and the customer's latest reported event. A shop that trains daily
@@ -12,6 +12,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from recsvc import engagement
 from recsvc.realtime import CustomerView
 from recsvc.registry import ServedModel
 
@@ -34,11 +35,17 @@ def customer_signals(model: ServedModel, view: CustomerView) -> dict[str, Any]:
     days_since = (now - last) / 86400.0 if last else None
     overdue = days_since / median if days_since is not None and median > 0 else None
     orders = 0 if row is None else int(arrays.customer_orders[row])
-    own = row is not None and bool(arrays.timing_own[row])
-    hour = int(arrays.best_hour[row]) if row is not None else -1
-    weekday = int(arrays.best_weekday[row]) if row is not None else -1
-    if row is None or hour < 0:
-        hour, weekday = rules.population_best_hour, rules.population_best_weekday
+    email = engagement.of(view.interactions)
+    opens_timing = email.best_contact(rules)
+    if opens_timing is not None:
+        (hour, weekday), timing_from = opens_timing, "own opens"
+    else:
+        own = row is not None and bool(arrays.timing_own[row])
+        hour = int(arrays.best_hour[row]) if row is not None else -1
+        weekday = int(arrays.best_weekday[row]) if row is not None else -1
+        if row is None or hour < 0:
+            hour, weekday = rules.population_best_hour, rules.population_best_weekday
+        timing_from = "own orders" if own else "population"
     return {
         "as_of": _iso(now),
         "first_purchase": _iso(first) if first else None,
@@ -50,10 +57,22 @@ def customer_signals(model: ServedModel, view: CustomerView) -> dict[str, Any]:
         "best_contact": {
             "hour": hour if hour >= 0 else None,
             "weekday": WEEKDAYS[weekday] if 0 <= weekday < 7 else None,
-            "from": "own orders" if own else "population",
+            "from": timing_from,
         },
         "thresholds_crossed": rules.thresholds_crossed(view.lifetime_spend, orders),
         "thank_you": rules.thank_you(view.lifetime_spend, orders),
+        "email": {
+            "opens": email.opens,
+            "clicks": email.clicks,
+            "sends_opened": email.sends_opened,
+            "sends_clicked": email.sends_clicked,
+            "click_rate": None if email.click_rate is None else round(email.click_rate, 3),
+            "last_open": _iso_of(email.last_open),
+            "sends_opened_since_click": email.sends_opened_since_click,
+            "disengaged": email.disengaged(rules),
+            "unsubscribed": email.unsubscribed,
+            "unsubscribed_at": _iso_of(email.unsubscribed_at),
+        },
     }
 
 
@@ -68,3 +87,7 @@ def _seconds(value: str | None) -> int:
 
 def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso_of(moment: datetime | None) -> str | None:
+    return None if moment is None else _iso(int(moment.timestamp()))

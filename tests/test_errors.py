@@ -5,6 +5,7 @@ service's too."""
 from __future__ import annotations
 
 import inspect
+from datetime import date
 
 import pytest
 
@@ -31,6 +32,7 @@ EXPECTED = {
     "UnknownSlot": (404, "Unknown slot"),
     "UnknownItem": (404, "Unknown item"),
     "UnknownCustomer": (404, "Unknown customer"),
+    "Unsubscribed": (409, "Unsubscribed"),
     "StoreUnavailable": (503, "Store unavailable"),
     "StoreNotRestored": (503, "Store unavailable"),
     "BundleError": (503, "No model loaded"),
@@ -49,6 +51,8 @@ def sample(kind: type[RecsvcError]) -> RecsvcError:
         return kind("side", ["home", "basket"])
     if kind is errors.RateLimited:
         return kind("web", 3)
+    if kind is errors.Unsubscribed:
+        return kind(date(2011, 12, 10))
     return kind("what went wrong")
 
 

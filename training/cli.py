@@ -399,16 +399,17 @@ def _about_source(name: str, message: str) -> str:
 def _export_picks(args: argparse.Namespace) -> int:
     """Each row is the email-picks endpoint's answer for that customer and send id: the
     service core answers in-process with the same RECSVC_* store settings, so a send exported
-    here and one rendered by the live service share their snapshots. Erased customers are
-    skipped, each customer is exported once however many of their keys are listed, and the
-    file appears whole or not at all."""
+    here and one rendered by the live service share their snapshots. Erased and unsubscribed
+    customers are skipped, each customer is exported once however many of their keys are
+    listed, and the file appears whole or not at all (also when the store stops answering,
+    as an unsubscribe could then not be checked)."""
     import csv
     import tempfile
 
     import msgspec
 
     from recsvc.config import ServiceConfig
-    from recsvc.errors import RecsvcError
+    from recsvc.errors import RecsvcError, Unsubscribed
     from recsvc.service import Service
     from recsvc.text import MAX_SEND_ID_LENGTH, text_problem
     from training.progress import Progress
@@ -465,8 +466,16 @@ def _export_picks(args: argparse.Namespace) -> int:
             for number, key in enumerate(exporting):
                 try:
                     picks = service.email_picks(model, key, send_id, args.n)
+                except Unsubscribed:
+                    campaign.unsubscribed += 1
+                    continue
                 except RecsvcError as error:
                     raise TrainingError(f"customer {number + 1} of the campaign: {error}") from None
+                if picks.degraded:
+                    raise TrainingError(
+                        f"customer {number + 1} of the campaign: the store did not answer, so "
+                        "an unsubscribe could not be checked; nothing written, retry"
+                    )
                 if args.format == "jsonl":
                     answer = msgspec.to_builtins(picks)
                     handle.write(json.dumps(answer, ensure_ascii=False, sort_keys=True) + "\n")
@@ -482,8 +491,9 @@ def _export_picks(args: argparse.Namespace) -> int:
         Path(temporary.name).unlink(missing_ok=True)
         raise
     print(
-        f"{len(campaign.keys)} customers written to {args.out}; skipped: {campaign.erased} "
-        f"erased, {campaign.repeated} keys of a customer already listed"
+        f"{len(campaign.keys) - campaign.unsubscribed} customers written to {args.out}; "
+        f"skipped: {campaign.erased} erased, {campaign.unsubscribed} unsubscribed, "
+        f"{campaign.repeated} keys of a customer already listed"
     )
     return 0
 
@@ -505,6 +515,7 @@ class Campaign:
     keys: list[str]  # one per customer, in the order given
     erased: int = 0  # keys of erased customers, skipped
     repeated: int = 0  # further keys of a customer already in ``keys``
+    unsubscribed: int = 0  # customers in ``keys`` who unsubscribed from email, skipped
 
 
 def _campaign(args: argparse.Namespace, service: Service, model: ServedModel) -> Campaign:

@@ -280,6 +280,8 @@ class TiersTable(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     order_thresholds: tuple[Annotated[int, Meta(gt=0)], ...] = ()
     thank_you_spend: Annotated[float, _range(0.0, 1e12)] | None = None
     thank_you_orders: Annotated[int, _range(1, 1_000_000)] | None = None
+    min_opens_for_timing: Annotated[int, _range(1, 1000)] = TierConfig.min_opens_for_timing
+    disengaged_opens: Annotated[int, _range(1, 1000)] = TierConfig.disengaged_opens
 
 
 class SlotTable(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -504,6 +506,8 @@ def _tiers(table: TiersTable, written: bool, where: str) -> TierConfig:
         order_thresholds=tuple(sorted(table.order_thresholds)),
         thank_you_spend=table.thank_you_spend,
         thank_you_orders=table.thank_you_orders,
+        min_opens_for_timing=table.min_opens_for_timing,
+        disengaged_opens=table.disengaged_opens,
     )
 
 

@@ -52,6 +52,8 @@ class TierConfig:
     order_thresholds: tuple[int, ...] = ()
     thank_you_spend: float | None = None
     thank_you_orders: int | None = None
+    min_opens_for_timing: int = policy.MIN_OPENS_FOR_TIMING  # applied by the service
+    disengaged_opens: int = policy.DISENGAGED_OPENS  # applied by the service
 
 
 @dataclass(frozen=True)
@@ -440,6 +442,8 @@ def build_crm(
         order_thresholds=tuple(config.order_thresholds),
         thank_you_spend=config.thank_you_spend,
         thank_you_orders=config.thank_you_orders,
+        min_opens_for_timing=config.min_opens_for_timing,
+        disengaged_opens=config.disengaged_opens,
         as_of=None if as_of is None else as_of.isoformat(),
         population_best_hour=signals.population_hour,
         population_best_weekday=signals.population_weekday,

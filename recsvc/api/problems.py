@@ -24,6 +24,7 @@ from recsvc.errors import (
     UnknownCustomer,
     UnknownItem,
     UnknownSlot,
+    Unsubscribed,
 )
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ PROBLEMS: dict[type[RecsvcError], Answer] = {
     UnknownSlot: Answer(404, "Unknown slot"),
     UnknownItem: Answer(404, "Unknown item"),
     UnknownCustomer: Answer(404, "Unknown customer"),
+    Unsubscribed: Answer(409, "Unsubscribed"),
     RateLimited: Answer(429, "Too Many Requests", _retry_after),
     StoreUnavailable: Answer(503, "Store unavailable", _retry_later),
     BundleError: Answer(503, "No model loaded"),
