@@ -706,24 +706,21 @@ def strongest(weights: NDArray[np.float32], limit: int) -> NDArray[np.int64]:
 
 
 def strongest_sources(spread: Spread, items: list[int], n_items: int) -> list[int]:
-    """For each of ``items``, the source in ``spread`` with the largest positive value for
-    it (ties: the first source); -1 where no source adds to it."""
+    """For each of ``items`` (each listed once), the source in ``spread`` with the largest
+    positive value for it (ties: the first source); -1 where no source adds to it."""
+    if not len(spread.sources):
+        return [-1] * len(items)
     slot = np.full(n_items, -1, dtype=np.intp)
     slot[items] = np.arange(len(items))
     slots = slot[spread.targets]
-    reached = np.flatnonzero((slots >= 0) & (spread.values > 0))
-    best = [-1] * len(items)
-    if not len(reached):
-        return best
-    slots, values, sources = slots[reached], spread.values[reached], spread.sources[reached]
-    order = np.lexsort((sources, -values, slots))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = slots[order][1:] != slots[order][:-1]
-    for position, source in zip(
-        slots[order][first].tolist(), sources[order][first].tolist(), strict=True
-    ):
-        best[position] = source
-    return best
+    hit = slots >= 0
+    # A source reaches a neighbour once: one cell per (source, item).
+    values = np.zeros((int(spread.sources[-1]) + 1, len(items)), dtype=np.float32)
+    values[spread.sources[hit], slots[hit]] = spread.values[hit]
+    best = values.argmax(axis=0)  # the first of equal values
+    best[values[best, np.arange(len(items))] <= 0] = -1
+    found: list[int] = best.tolist()
+    return found
 
 
 def _ranges(starts: NDArray[np.int64], counts: NDArray[np.int64]) -> NDArray[np.int64]:
