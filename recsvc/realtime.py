@@ -614,8 +614,11 @@ class _Holdings:
                 strict=True,
             ):
                 held[model.item_ids[item]] = float(quantity)
-        state = self.realtime.store.customer_state(store_key, model.events_through)
-        for event in state.events:
+        events = self.realtime.store.customer_state(store_key, model.events_through).events
+        if any(event.session is not None for event in events):  # what they bought signed out
+            since = model.events_through
+            events = [e for e in self.realtime._with_sessions(events) if e.received_at > since]
+        for event in events:
             if event.kind in OWNED_KINDS:
                 held[event.item_id] = held.get(event.item_id, 0.0) + event.quantity
         return held

@@ -159,3 +159,18 @@ def test_erasing_a_customer_erases_the_sessions_they_logged_in_from(
         assert "session:s4" not in path.read_text()
     rejected = post(client, event("v2", "session:s4", "view", item_id=item))
     assert rejected["rejected"][0]["errors"] == ["customer: this customer was erased"]
+
+
+def test_a_customer_may_return_what_they_bought_in_a_session(
+    client: FlaskClient, sample_models: Path
+) -> None:
+    customer = str(load_current(sample_models).arrays.customer_ids[5])
+    item = an_item_with_neighbours(sample_models)
+    post(client, event("p1", "session:s5", "purchase", item_id=item, quantity=2, price=2.0))
+    refused = post(client, event("r0", customer, "return", item_id=item, quantity=1, price=2.0))
+    assert refused["rejected"][0]["errors"] == [
+        f"item_id: this customer has not bought {item}; nothing to return"
+    ]
+    post(client, event("l1", customer, "login", session="session:s5"))
+    answer = post(client, event("r1", customer, "return", item_id=item, quantity=1, price=2.0))
+    assert answer["accepted"] == ["r1"]
