@@ -27,6 +27,7 @@ CANONICAL = "id"
 EMAIL = "email"
 PHONE = "phone"
 SESSION = "session"  # an anonymous visitor: session:<id>, as the shop names the visit
+SESSION_PREFIX = f"{SESSION}:"
 DIGEST_BYTES = 16
 SECRET_VARIABLE = "RECSVC_ID_SECRET"
 RETIRED_VARIABLE = "RECSVC_ID_SECRETS_RETIRED"  # comma-separated, after a rotation
@@ -162,6 +163,11 @@ def normalise_phone(raw: str, rules: IdentityRules) -> str | None:
     if not phonenumbers.is_possible_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def is_session(key: str) -> bool:
+    """A ``session:<id>`` key: an anonymous visit."""
+    return key.startswith(SESSION_PREFIX) and len(key) > len(SESSION_PREFIX)
 
 
 def request_aliases(key: str, rules: IdentityRules, namespaces: Iterable[str]) -> list[str]:

@@ -52,6 +52,7 @@ from recsvc.identity import (
     EMAIL,
     PHONE,
     SESSION,
+    SESSION_PREFIX,
     IdentityKey,
     IdentityRules,
     normalise_email,
@@ -62,7 +63,6 @@ from recsvc.manifest import ErasureReport, Identity, InvalidContacts
 from recsvc.schemas import (  # the API's bounds, one definition
     MAX_QUANTITY,
     MAX_UNIT_PRICE,
-    SESSION_PREFIX,
 )
 from training.config import EngineConfig, IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (

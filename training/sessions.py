@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from recsvc.identity import is_session as is_session  # re-exported for the merge
 from recsvc.logrecords import RECEIVED_AT, SESSION
-from recsvc.schemas import SESSION_PREFIX
 from training.sources import SourceRows
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ class Stitched:
 
     sessions: int
     records: int
-
-
-def is_session(key: str) -> bool:
-    return key.startswith(SESSION_PREFIX) and len(key) > len(SESSION_PREFIX)
 
 
 def stitch_sessions(sources: list[SourceRows], erased: Callable[[str], bool]) -> Stitched:

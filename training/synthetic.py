@@ -41,8 +41,9 @@ import numpy as np
 
 from recsvc.bundle import Bundle, load_current
 from recsvc.events import parse_event
+from recsvc.identity import SESSION_PREFIX
 from recsvc.logrecords import EventRecord
-from recsvc.schemas import MAX_BATCH, SESSION_PREFIX
+from recsvc.schemas import MAX_BATCH
 
 LOG_FILE = "events-synthetic.jsonl"
 BATCHES_FILE = "batches.jsonl"
