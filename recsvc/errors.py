@@ -12,6 +12,7 @@ RecsvcError
 ├── UnknownSlot            a website slot the bundle does not configure
 ├── UnknownItem            an item id the catalog has never heard of
 ├── UnknownCustomer        an erasure named nobody the service knows (still recorded)
+├── ExperimentNotRunning   an experiment was to be ended, and none is running
 ├── StoreUnavailable       the real-time store did not answer in time
 │   └── StoreNotRestored   it answers but lost its data; being rebuilt from the durable logs
 └── BundleError            no usable model bundle
@@ -101,6 +102,10 @@ class UnknownItem(RecsvcError):
 class UnknownCustomer(RecsvcError):
     """An erasure named nobody the service knows; the key is on the erasure list anyway, so
     the next training drops any row that carries it."""
+
+
+class ExperimentNotRunning(RecsvcError):
+    """An experiment was to be ended, and none is running."""
 
 
 class StoreUnavailable(RecsvcError):

@@ -338,6 +338,29 @@ TRIGGERS = Operation(
     problems=READS,
 )
 
+EXPERIMENTS = Operation(
+    "get",
+    "/v1/experiments",
+    schemas.Experiments,
+    "the experiment's arms with 95% intervals, and counts per model version and surface",
+    scope="metrics:read",
+    problems=(400, 401, 403, 429),
+    notes="figures are over the attribution window's clicks and purchases (RECSVC_ATTRIBUTION_"
+    "HOURS); an arm's intervals take its customers as the unit",
+)
+END_EXPERIMENT = Operation(
+    "post",
+    "/v1/experiments/end",
+    schemas.Experiments,
+    "the experiments after the change",
+    scope="admin",
+    request=schemas.ExperimentEnd,
+    problems=(400, 401, 403, 409, 429, 503),
+    notes="promote: current points at the arm's bundle and the experiment ends; drop: the "
+    "arm's customers go to the first arm left (the last arm left is promoted); every worker "
+    "reading the models directory follows within RECSVC_RELOAD_SECONDS",
+)
+
 OPERATIONS = (
     HEALTHZ,
     READYZ,
@@ -359,6 +382,8 @@ OPERATIONS = (
     ITEM,
     CATALOG,
     TRIGGERS,
+    EXPERIMENTS,
+    END_EXPERIMENT,
 )
 
 # gunicorn answers these itself, in HTML, before a request reaches the service.
@@ -366,7 +391,7 @@ SERVER_LIMITS = {
     "414": {"description": "the request line is longer than gunicorn's limit_request_line"},
     "431": {"description": "the headers are larger than gunicorn's limits"},
 }
-PROBLEM_STATUSES = (400, 401, 403, 404, 413, 503)
+PROBLEM_STATUSES = (400, 401, 403, 404, 409, 413, 503)
 READ: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
 
 

@@ -31,6 +31,7 @@ EXPECTED = {
     "UnknownSlot": (404, "Unknown slot"),
     "UnknownItem": (404, "Unknown item"),
     "UnknownCustomer": (404, "Unknown customer"),
+    "ExperimentNotRunning": (409, "No experiment running"),
     "StoreUnavailable": (503, "Store unavailable"),
     "StoreNotRestored": (503, "Store unavailable"),
     "BundleError": (503, "No model loaded"),
