@@ -123,10 +123,6 @@ class Serving(NamedTuple):
     model: ServedModel
     assignment: Assignment | None = None
 
-    @property
-    def arm(self) -> str | None:
-        return None if self.assignment is None else self.assignment.arm
-
 
 class TriggerPage(NamedTuple):
     triggers: list[dict[str, Any]]
