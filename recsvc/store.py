@@ -37,6 +37,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -666,34 +667,56 @@ class EmbeddedStore:
         now = self.clock()
         with self._transaction() as connection:
             self._purge(connection, now)
-            return sum(self._record(connection, impression, now) for impression in impressions)
+            new = self._new_impressions(connection, impressions)
+            connection.executemany(
+                "INSERT INTO impressions (id, customer, shown_at, experiment, arm, "
+                "model_version, surface, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (i.impression_id, i.customer, i.shown_at, *_group(i), joined(i.items))
+                    for i in new
+                ],
+            )
+            shown = Counter(_group(impression) for impression in new)
+            for group, count in shown.items():  # one write per group, not per impression
+                _add_figure(connection, group, "impressions", float(count))
+            for impression in new:
+                if impression.experiment and impression.customer:
+                    unit = (impression.experiment, impression.arm, impression.customer)
+                    _add_unit(connection, *unit, "n", 1.0, now)
+            if connection.execute("SELECT 1 FROM pending LIMIT 1").fetchone():
+                for impression in new:
+                    self._credit_waiting(connection, impression, now)
+            return len(new)
 
-    def _record(self, connection: sqlite3.Connection, impression: Impression, now: float) -> bool:
-        """Keep one impression and credit the clicks and purchases waiting for it."""
+    @staticmethod
+    def _new_impressions(
+        connection: sqlite3.Connection, impressions: Sequence[Impression]
+    ) -> list[Impression]:
+        """Those of ``impressions`` not kept yet (each id once) and not of erased customers."""
+        ids = list({impression.impression_id for impression in impressions})
+        customers = list({impression.customer for impression in impressions} - {""})
+        kept = _members(connection, "SELECT id FROM impressions WHERE id IN ({})", ids)
+        erased = _members(
+            connection, "SELECT customer FROM erased WHERE customer IN ({})", customers
+        )
+        new: list[Impression] = []
+        for impression in impressions:
+            if impression.impression_id in kept or impression.customer in erased:
+                continue
+            kept.add(impression.impression_id)
+            new.append(impression)
+        return new
+
+    def _credit_waiting(
+        self, connection: sqlite3.Connection, impression: Impression, now: float
+    ) -> None:
+        """Credit the clicks and purchases that arrived before ``impression``."""
         customer, shown_at, identifier = (
             impression.customer,
             impression.shown_at,
             impression.impression_id,
         )
-        if (
-            customer
-            and connection.execute(
-                "SELECT 1 FROM erased WHERE customer = ?", (customer,)
-            ).fetchone()
-        ):
-            return False
         items = joined(impression.items)
-        experiment, arm = impression.experiment, impression.arm
-        group = (experiment, arm, impression.model_version, impression.surface)
-        if not connection.execute(
-            "INSERT OR IGNORE INTO impressions (id, customer, shown_at, experiment, arm, "
-            "model_version, surface, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (identifier, customer, shown_at, *group, items),
-        ).rowcount:
-            return False
-        _add_figure(connection, group, "impressions", 1.0)
-        if experiment and customer:
-            _add_unit(connection, experiment, arm, customer, "n", 1.0, now)
         window = self.attribution_window
         clicks = connection.execute(
             "SELECT event_id, item, at FROM pending WHERE impression = ? AND kind = ?",
@@ -711,7 +734,6 @@ class EmbeddedStore:
             if shown_at <= at <= shown_at + window and listed(items, item):
                 _credit(connection, event_id, identifier, PURCHASE, amount, now)
                 connection.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
-        return True
 
     def impression_figures(self) -> ImpressionFigures:
         return _collected(
@@ -898,6 +920,19 @@ def _count(
             _add_unit(connection, experiment, arm, customer, "converted", sign, now)
     if in_experiment:
         _add_unit(connection, experiment, arm, customer, "revenue", sign * amount, now)
+
+
+def _group(impression: Impression) -> tuple[str, str, str, str]:
+    """The figures' group of an impression: experiment, arm, model version, surface."""
+    return impression.experiment, impression.arm, impression.model_version, impression.surface
+
+
+def _members(connection: sqlite3.Connection, query: str, values: list[str]) -> set[str]:
+    """The values of ``values`` that ``query`` (with one ``{}`` for the list) finds."""
+    if not values:
+        return set()
+    marks = ",".join("?" * len(values))
+    return {found for (found,) in connection.execute(query.format(marks), values)}
 
 
 def _add_figure(
