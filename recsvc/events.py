@@ -30,7 +30,7 @@ import msgspec
 
 from recsvc.bundle import fsync_dir
 from recsvc.errors import BatchError
-from recsvc.identity import SESSION_PREFIX, is_session
+from recsvc.identity import SESSION_PREFIX, is_session, normal_session
 from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord, json_lines
 from recsvc.schemas import (
     DEFAULT_EVENT_SOURCE,
@@ -151,11 +151,18 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
 
     event_id = text("event_id", MAX_EVENT_ID_LENGTH)
     customer = text("customer", MAX_KEY_LENGTH)
+    if customer.startswith(SESSION_PREFIX):
+        if is_session(customer):
+            customer = normal_session(customer)
+        else:
+            errors.append(f"customer: a session key is {SESSION_PREFIX}<id>, with an id")
     item_id = (given("item_id", MAX_ITEM_ID_LENGTH) or "").upper()
     source = text("source", MAX_SOURCE_LENGTH, default=DEFAULT_EVENT_SOURCE)
     session = given("session", MAX_KEY_LENGTH)
     if session and not is_session(session):
         errors.append(f"session: must be {SESSION_PREFIX}<id>")
+    elif session:
+        session = normal_session(session)
     if session is not None and is_session(customer):
         errors.append("session: a session's own event names no other session")
     quantity, price = 0.0, 0.0

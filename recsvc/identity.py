@@ -166,8 +166,14 @@ def normalise_phone(raw: str, rules: IdentityRules) -> str | None:
 
 
 def is_session(key: str) -> bool:
-    """A ``session:<id>`` key: an anonymous visit."""
-    return key.startswith(SESSION_PREFIX) and len(key) > len(SESSION_PREFIX)
+    """A ``session:<id>`` key (an anonymous visit), with an id."""
+    return key.startswith(SESSION_PREFIX) and bool(key[len(SESSION_PREFIX) :].strip())
+
+
+def normal_session(key: str) -> str:
+    """A session key as every part of recsvc spells it: ``session:`` and the id, stripped
+    (the alias ``request_aliases`` digests)."""
+    return SESSION_PREFIX + key[len(SESSION_PREFIX) :].strip()
 
 
 def request_aliases(key: str, rules: IdentityRules, namespaces: Iterable[str]) -> list[str]:
@@ -190,7 +196,7 @@ def request_aliases(key: str, rules: IdentityRules, namespaces: Iterable[str]) -
         if phone:
             aliases.append(f"{PHONE}:{phone}")
     elif prefix == SESSION:
-        aliases.append(f"{SESSION}:{rest.strip()}")
+        aliases.append(normal_session(key))
     elif prefix in set(namespaces):
         aliases.append(f"{prefix}:{rest.strip()}")
     return aliases

@@ -20,7 +20,7 @@ from recsvc import engagement, interactions, policy
 from recsvc.catalog import CatalogLog
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
 from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
-from recsvc.identity import CANONICAL, IdentityKey, request_aliases
+from recsvc.identity import CANONICAL, IdentityKey, normal_session, request_aliases
 from recsvc.logrecords import SESSION, EventRecord
 from recsvc.registry import ServedModel
 from recsvc.schemas import PURCHASE_KINDS as OWNED_KINDS
@@ -29,8 +29,6 @@ from recsvc.store import UNSUBSCRIBE, Applied, Store, StoredEvent, customer_key
 log = logging.getLogger(__name__)
 
 RESTORE_LOCK_FILE = ".restore.lock"
-# Sessions stitched into a customer (by logins) whose events a read takes in: the latest.
-LINKED_SESSIONS = 5
 REPLAY_BATCH = 500  # events per store call while replaying the logs
 _RESTORE_LOCK = threading.Lock()
 
@@ -185,13 +183,15 @@ class Realtime:
         kept = state.unsubscribed
         if kept is not None and all(event.event_id != kept.event_id for event in events):
             events = [kept, *events]  # past the retention: consent lasts
+        since = model.events_through
+        unlearned: list[StoredEvent] = []
         if any(event.session is not None for event in events):
             try:
-                events = self._with_sessions(events)
+                events, unlearned = self._with_sessions(events, since)
             except StoreUnavailable as error:
                 log.warning("store unavailable reading linked sessions: %s", error)
-        since = model.events_through
         purchases = [e for e in events if e.kind in OWNED_KINDS and e.received_at > since]
+        purchases += unlearned
         deltas: dict[int, float] = {}
         for event in purchases:
             index = model.item_index.get(event.item_id)
@@ -205,23 +205,32 @@ class Realtime:
             )
         return view
 
-    def _with_sessions(self, events: list[StoredEvent]) -> list[StoredEvent]:
-        """``events`` and those of the sessions they stitch in (the latest LINKED_SESSIONS),
-        in the order received: what a visitor did before signing in is the customer's."""
-        sessions: list[str] = []
-        for event in sorted(events, key=lambda e: e.received_at, reverse=True):
-            if event.session is not None and event.session not in sessions:
-                sessions.append(event.session)
+    def _with_sessions(
+        self, events: list[StoredEvent], since: float
+    ) -> tuple[list[StoredEvent], list[StoredEvent]]:
+        """``events`` and those of every session they stitch in (one store round trip), in
+        the order received: what a visitor did before signing in is the customer's. Also
+        the purchases and returns the bundle (trained on what was received by ``since``)
+        could not learn as the customer's although received by then: those of a session
+        first stitched in after ``since`` (the trainer took them for nobody's)."""
+        first_link: dict[str, float] = {}
+        for event in events:
+            if event.session is not None:
+                at = first_link.get(event.session, event.received_at)
+                first_link[event.session] = min(at, event.received_at)
         erased = self.erasures.current().customer_keys
-        merged = list(events)
-        for session in sessions[:LINKED_SESSIONS]:
-            if session in erased:
+        sessions = [session for session in first_link if session not in erased]
+        merged, unlearned = list(events), []
+        for session, state in zip(sessions, self.store.customer_states(sessions, 0.0), strict=True):
+            if state.erased:
                 continue
-            state = self.store.customer_state(session, 0.0)
-            if not state.erased:
-                merged += state.events
+            merged += state.events
+            if first_link[session] > since:
+                unlearned += [
+                    e for e in state.events if e.kind in OWNED_KINDS and e.received_at <= since
+                ]
         merged.sort(key=lambda e: e.received_at)
-        return merged
+        return merged, unlearned
 
     @staticmethod
     def _with_spend(
@@ -262,7 +271,12 @@ class Realtime:
         result = BatchResult()
         accepted: list[tuple[int, Event, str, StoredEvent]] = []
         holdings = _Holdings(self, model)
+        in_batch: set[str] = set()
         for index, event in batch:
+            if event.event_id in in_batch:  # a repeat within the batch changes nothing
+                result.duplicates.append(event.event_id)
+                continue
+            in_batch.add(event.event_id)
             row, _, store_key, erased = self.resolve(model, event.customer)
             if erased:
                 result.rejected.append(
@@ -471,12 +485,20 @@ class Realtime:
     def _linked_sessions(
         self, model: ServedModel, digests: set[str], store_keys: set[str]
     ) -> set[str]:
-        """Alias digests of every session that an event of this customer's stitched in."""
+        """Alias digests (their store keys) of every session an event of this customer's
+        stitched in: named by this host's durable log, and by the customer's events in the
+        store (a login another host logged)."""
         sessions = set()
         for raw in self.event_log.records():
             session = raw.get(SESSION)
             if isinstance(session, str) and self._names(model, raw, digests, store_keys):
-                sessions.add(self.key.hex(session))
+                sessions.add(self.key.hex(normal_session(session)))
+        try:
+            for store_key in sorted(store_keys | digests):
+                events = self.store.customer_state(store_key, 0.0).events
+                sessions.update(e.session for e in events if e.session is not None)
+        except StoreUnavailable:
+            pass  # the erasure stops at the store; its retry reads them
         return sessions
 
     def _redact_late(self, model: ServedModel, records: list[dict[str, object]]) -> None:
@@ -622,11 +644,12 @@ class _Holdings:
                 strict=True,
             ):
                 held[model.item_ids[item]] = float(quantity)
-        events = self.realtime.store.customer_state(store_key, model.events_through).events
+        since = model.events_through
+        events = self.realtime.store.customer_state(store_key, 0.0).events
+        unlearned: list[StoredEvent] = []
         if any(event.session is not None for event in events):  # what they bought signed out
-            since = model.events_through
-            events = [e for e in self.realtime._with_sessions(events) if e.received_at > since]
-        for event in events:
+            events, unlearned = self.realtime._with_sessions(events, since)
+        for event in [e for e in events if e.received_at > since] + unlearned:
             if event.kind in OWNED_KINDS:
                 held[event.item_id] = held.get(event.item_id, 0.0) + event.quantity
         return held

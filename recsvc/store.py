@@ -31,6 +31,7 @@ treat it as unavailable.
 from __future__ import annotations
 
 import json
+import logging
 import mmap
 import os
 import secrets
@@ -51,6 +52,7 @@ from recsvc import defaults
 from recsvc.errors import StoreNotRestored, StoreUnavailable
 from recsvc.identity import IdentityKey
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 WAL_INDEX_HEADER = 48  # bytes of the wal-index header's first copy, at the start of -shm
 
@@ -60,6 +62,9 @@ CUSTOMER_EVENTS_KEY = "{prefix}:customer:{customer}:events"  # sorted set, score
 ERASED_KEY = "{prefix}:erased"  # set of erased customer keys
 # hash: customer -> their first unsubscribe event, kept past the retention (consent lasts)
 UNSUBSCRIBED_KEY = "{prefix}:unsubscribed"  # the apply script writes it
+CANCEL_KEY = "{prefix}:cancelled:{batch}"  # an apply the client gave up waiting for
+CANCEL_SECONDS = 600
+CANCEL_TRIES, CANCEL_TIMEOUT = 3, 2.0  # seconds: the store was slow, not gone
 UNSUBSCRIBE = "unsubscribe"  # the event kind (recsvc.schemas.EventKind) whose consent lasts
 RESTORED_KEY = "{prefix}:restored:{origin}"  # set once the logs of one events dir are replayed
 TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
@@ -93,7 +98,9 @@ UNIT_SUMS = (
         for prefix, suffix in (("", ""), ("", "_sq"), ("n_", ""))
     ),
 )
-PURCHASE_SCAN = 200  # a customer's latest impressions a purchase looks through
+# A customer's latest impressions a purchase looks through: a person sees a few dozen lists a
+# day; a bot's thousands must not make a batch of purchases outlast the store's timeout.
+PURCHASE_SCAN = 30
 CLICK, PURCHASE = "c", "p"
 
 
@@ -245,6 +252,9 @@ class Store(Protocol):
     def customer_state(self, customer: str, since: float) -> CustomerState:
         """Events received after ``since`` (and inside the retention), whether the customer
         was erased, and their first unsubscribe however old; one round trip."""
+
+    def customer_states(self, customers: Sequence[str], since: float) -> list[CustomerState]:
+        """``customer_state`` of each of ``customers``, in one round trip."""
 
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
@@ -524,6 +534,9 @@ class EmbeddedStore:
             kept = [e for e in state.events if e.received_at > horizon]
             return CustomerState(kept, False, state.unsubscribed)
         return CustomerState(list(state.events), state.erased, state.unsubscribed)
+
+    def customer_states(self, customers: Sequence[str], since: float) -> list[CustomerState]:
+        return [self.customer_state(customer, since) for customer in customers]
 
     def set_items(self, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
         if not changes:
@@ -1131,17 +1144,21 @@ end
 _APPLY_SCRIPT = (
     _ATTRIBUTION_LUA
     + """
--- KEYS[1] = erased set, KEYS[2] = restored marker; then per event: marker key, events key
+-- KEYS[1] = erased set, KEYS[2] = restored marker; then per event: marker key, events key;
+-- last, this batch's cancel marker (set when the client gave up waiting: nothing to do)
 -- ARGV[1] = retention seconds, ARGV[2] = 1 to refuse while not restored, ARGV[3..7] = setup;
 -- then per event: customer, score, member, and its touch: event id, kind ('' none), item,
 -- amount, impression, session
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+  return {-2}
+end
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then
   return {-1}
 end
 setup(3)
 local ttl = tonumber(ARGV[1])
 local results = {}
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 3) / 2
 for j = 1, n do
   local marker, events = KEYS[2 * j + 1], KEYS[2 * j + 2]
   local at = 7 + 9 * (j - 1)
@@ -1307,6 +1324,7 @@ class RedisStore:
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
         )
+        self._patient = redis.Redis.from_url(url, socket_timeout=CANCEL_TIMEOUT)
         self.prefix = prefix
         self.retention = retention_seconds
         self.attribution_window = attribution_window
@@ -1416,24 +1434,33 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {error}") from error
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
+        return self.customer_states([customer], since)[0]
+
+    def customer_states(self, customers: Sequence[str], since: float) -> list[CustomerState]:
         horizon = max(since, self.clock() - self.retention)
 
-        def read() -> CustomerState:
+        def read() -> list[CustomerState]:
             pipeline = self.client.pipeline(transaction=False)
-            pipeline.zrangebyscore(self._events_key(customer), f"({horizon}", "+inf")
-            pipeline.sismember(self._erased_key(), customer)
             pipeline.exists(self._restored_key)
-            pipeline.hget(self._unsubscribed_key, customer)
-            members, erased, restored, unsubscribed = pipeline.execute()
+            for customer in customers:
+                pipeline.zrangebyscore(self._events_key(customer), f"({horizon}", "+inf")
+                pipeline.sismember(self._erased_key(), customer)
+                pipeline.hget(self._unsubscribed_key, customer)
+            restored, *replies = pipeline.execute()
             if not restored:
                 raise StoreNotRestored("redis lost its data; replaying the durable logs")
-            return CustomerState(
-                [StoredEvent.from_json(m) for m in members],
-                bool(erased),
-                None if unsubscribed is None else StoredEvent.from_json(unsubscribed),
-            )
+            return [
+                CustomerState(
+                    [StoredEvent.from_json(m) for m in members],
+                    bool(erased),
+                    None if unsubscribed is None else StoredEvent.from_json(unsubscribed),
+                )
+                for members, erased, unsubscribed in zip(
+                    replies[0::3], replies[1::3], replies[2::3], strict=True
+                )
+            ]
 
-        return self._call(read)
+        return self._call(read) if customers else []
 
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
@@ -1455,7 +1482,13 @@ class RedisStore:
                 session = touch.customers[1] if len(touch.customers) > 1 else ""
                 args += [touch.event_id, touch.kind, touch.item_id, repr(touch.amount)]
                 args += [touch.impression_id, session]
-        results = self._call(lambda: self._apply(keys=keys, args=args))
+        cancel = CANCEL_KEY.format(prefix=self.prefix, batch=secrets.token_hex(8))
+        try:
+            results = self._call(lambda: self._apply(keys=[*keys, cancel], args=args))
+        except StoreUnavailable as error:
+            if isinstance(error.__cause__, redis.TimeoutError):
+                self._undo(entries, cancel)  # the script may run all the same
+            raise
         if list(results) == [-1]:
             raise StoreNotRestored("redis lost its data; replaying the durable logs")
         return [Applied(int(code)) for code in results]
@@ -1511,7 +1544,35 @@ class RedisStore:
     def mark_restored(self) -> None:
         self._call(lambda: self.client.set(self._restored_key, "1"))
 
+    def _undo(self, entries: Sequence[tuple[str, StoredEvent]], cancel: str) -> None:
+        """After an apply that timed out: Redis runs a script it received to the end whatever
+        the client does, maybe after this. So cancel the batch (an apply that has not run
+        yet does nothing) and forget what it recorded if it ran, in one transaction: a
+        StoreUnavailable from ``apply`` then means nothing applied, and a retry records (and
+        logs) the batch. Sent past the cooldown; if even this cannot be sent, the log says
+        the outcome is unknown."""
+        problem: redis.RedisError | None = None
+        for _ in range(CANCEL_TRIES):  # on a connection that waits: this must be confirmed
+            pipeline = self._patient.pipeline(transaction=True)
+            pipeline.set(cancel, 1, ex=CANCEL_SECONDS)
+            self._forget_now(entries, pipeline)
+            try:
+                pipeline.execute()
+                return
+            except redis.RedisError as error:
+                problem = error
+        log.warning(
+            "an apply of %d events timed out and could not be cancelled (%s): a retry may "
+            "find some recorded already",
+            len(entries),
+            problem,
+        )
+
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
+        self._call(lambda: self._forget_now(entries))
+
+    def _forget_now(self, entries: Sequence[tuple[str, StoredEvent]], pipeline: Any = None) -> None:
+        """Run the forget script (in ``pipeline``, when given)."""
         if not entries:
             return
         keys: list[str] = []
@@ -1520,7 +1581,7 @@ class RedisStore:
             keys += [self._marker_key(event.event_id), self._events_key(customer)]
             args += [customer, event.to_json(), event.event_id]
             args += [event.impression_id or "", event.session or ""]
-        self._call(lambda: self._forget(keys=keys, args=args))
+        self._forget(keys=keys, args=args, client=pipeline)
 
     def erase(self, customer: str) -> int:
         def run() -> int:

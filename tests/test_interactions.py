@@ -225,3 +225,51 @@ def test_interest_weighs_the_latest_and_the_cart_most_and_forgets_old_views() ->
     assert weights[1] > weights[0]
     assert interactions.interest([stored("view", "D", 24 * 4)], index, now) == {}
     assert interactions.interest([stored("view", "D", 24.0)], index, now) == {3: 0.5}
+
+
+def test_what_a_session_bought_stays_owned_however_many_sessions_follow(
+    client: FlaskClient, sample_models: Path
+) -> None:
+    customer = str(load_current(sample_models).arrays.customer_ids[8])
+    item = an_item_with_neighbours(sample_models)
+    bought = neighbours(sample_models, item)[0]
+    post(client, event("p1", "session:first", "purchase", item_id=bought, quantity=1, price=2.0))
+    for number in range(8):
+        post(client, event(f"l{number}", customer, "login", session=f"session:v{number}"))
+    post(client, event("l-first", customer, "login", session="session:first"))
+    for number in range(8, 12):
+        post(client, event(f"l{number}", customer, "login", session=f"session:v{number}"))
+    post(client, event("v1", customer, "view", item_id=item))
+    assert bought not in [e["item_id"] for e in recommendations(client, customer, 50)["items"]]
+    answer = post(client, event("r1", customer, "return", item_id=bought, quantity=1, price=2.0))
+    assert answer["accepted"] == ["r1"]
+
+
+def test_a_session_key_is_one_key_however_it_is_spaced(
+    client: FlaskClient, sample_models: Path, tmp_path: Path
+) -> None:
+    customer = str(load_current(sample_models).arrays.customer_ids[9])
+    item = an_item_with_neighbours(sample_models)
+    post(client, event("v1", "session: s9 ", "view", item_id=item))
+    viewed = client.get("/v1/customers/session:s9/recently-viewed").get_json()["items"]
+    assert [entry["item_id"] for entry in viewed] == [item]
+    post(client, event("l1", customer, "login", session="session:  s9"))
+    assert client.delete(f"/v1/customers/{customer}").status_code == 200
+    assert client.get("/v1/customers/session:s9/recently-viewed").get_json()["items"] == []
+    for path in (tmp_path / "events").glob("events-*.jsonl"):
+        assert "s9" not in path.read_text()
+    rejected = post(client, event("v2", "session: ", "view", item_id=item))["rejected"]
+    assert rejected[0]["errors"] == ["customer: a session key is session:<id>, with an id"]
+
+
+def test_an_event_id_repeated_within_a_batch_counts_once(
+    client: FlaskClient, sample_models: Path
+) -> None:
+    customer = str(load_current(sample_models).arrays.customer_ids[10])
+    item = an_item_with_neighbours(sample_models)
+    first = event("p1", customer, "purchase", item_id=item, quantity=1, price=2.0)
+    answer = post(
+        client, first, first, event("r1", customer, "return", item_id=item, quantity=2, price=2.0)
+    )
+    assert answer["accepted"] == ["p1"] and answer["duplicates"] == ["p1"]
+    assert answer["rejected"][0]["event_id"] == "r1"

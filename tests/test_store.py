@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,3 +240,27 @@ def test_an_unsubscribe_outlasts_the_retention_until_erasure_or_undo(
     store.apply(undone)
     store.forget(undone)
     assert store.customer_state("c3", since=0.0).unsubscribed is None
+
+
+def test_an_apply_that_times_out_is_undone_so_a_retry_records_it(
+    clean_redis: str,
+) -> None:
+    """Redis runs a script it received to the end even when the client gave up waiting: the
+    store undoes it, so StoreUnavailable still means nothing applied."""
+    import redis
+
+    store = RedisStore(clean_redis, "recsvc-test", RETENTION, timeout=0.05, cooldown=0.0)
+    store.mark_restored()
+    entries = [("c1", event("slow-1")), ("c1", event("slow-2", "B"))]
+    busy = threading.Thread(  # keeps Redis busy while the apply waits in its socket
+        target=redis.Redis.from_url(clean_redis).eval,
+        args=("local i = 0 while i < 20000000 do i = i + 1 end return i", 0),
+    )
+    busy.start()
+    time.sleep(0.02)
+    with pytest.raises(StoreUnavailable):
+        store.apply(entries)
+    busy.join()
+    time.sleep(0.2)  # then the apply runs, and its undo after it
+    assert store.customer_state("c1", since=0.0).events == []
+    assert store.apply(entries) == [Applied.NEW, Applied.NEW]
