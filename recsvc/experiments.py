@@ -17,10 +17,12 @@ experiment in ``RECSVC_EXPERIMENT`` does not start again (another one does).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -151,6 +153,15 @@ def read(models_dir: Path) -> Experiment | None:
         return checked(msgspec.json.decode(data, type=Experiment))
     except (msgspec.DecodeError, ValueError) as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+@contextmanager
+def changing(models_dir: Path) -> Iterator[None]:
+    """Hold the experiment file's lock while reading, changing and writing it: two workers
+    ending arms at once must not each write over the other's change."""
+    with (models_dir / f".{EXPERIMENT_FILE}.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def write(models_dir: Path, experiment: Experiment) -> None:

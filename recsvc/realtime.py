@@ -419,7 +419,7 @@ class Realtime:
             fired += self._disengaged(model, key, new_opens, now)
         try:
             self.store.add_triggers(fired)
-        except StoreUnavailable as error:  # the events are safe; only the alerts are late
+        except StoreUnavailable as error:  # the events are safe; these triggers are lost
             log.warning("could not record %d triggers: %s", len(fired), error)
 
     def _disengaged(

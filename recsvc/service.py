@@ -603,16 +603,17 @@ class Service:
         the experiment file says so to every worker that reads this models directory.
         ExperimentNotRunning when none runs; InvalidParameter for an arm it does not have."""
         registry = self.registry
-        registry.check_experiment()
-        experiment = registry.experiment
-        if experiment is None or not experiment.running:
-            raise ExperimentNotRunning("no experiment is running")
-        ended = experiments.end(experiment, datetime.now(UTC), promote, drop)
         models_dir = self.config.models_dir
-        promoted = None if ended.promoted is None else ended.arm(ended.promoted)
-        if promoted is not None:
-            point_current(models_dir, promoted.version)
-        experiments.write(models_dir, ended)
+        with experiments.changing(models_dir):
+            registry.check_experiment()
+            experiment = registry.experiment
+            if experiment is None or not experiment.running:
+                raise ExperimentNotRunning("no experiment is running")
+            ended = experiments.end(experiment, datetime.now(UTC), promote, drop)
+            promoted = None if ended.promoted is None else ended.arm(ended.promoted)
+            if promoted is not None:
+                point_current(models_dir, promoted.version)
+            experiments.write(models_dir, ended)
         registry.check()
         log.info(
             "experiment %s: %s",

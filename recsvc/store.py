@@ -1234,7 +1234,8 @@ for at = 5, #ARGV - 1, 8 do
     if customer ~= '' then
       local mine = P .. ':customer:' .. customer .. ':impressions'
       redis.call('ZADD', mine, shown, id)
-      redis.call('ZREMRANGEBYSCORE', mine, '-inf', '(' .. num(NOW - WINDOW))
+      -- Kept as long as the impressions it lists, so erasure finds every one of them.
+      redis.call('ZREMRANGEBYSCORE', mine, '-inf', '(' .. num(NOW - WINDOW_TTL))
       redis.call('EXPIRE', mine, WINDOW_TTL)
     end
     local group = experiment .. US .. arm .. US .. version .. US .. surface .. US
