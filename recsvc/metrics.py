@@ -98,12 +98,23 @@ class BundleCollector(Collector):
         yield from (info, age, refused, fallback, refusals)
 
 
-def exposition(registry: ModelRegistry) -> bytes:
-    """The metrics text for one scrape."""
+def _scrape(registry: ModelRegistry) -> CollectorRegistry:
+    """What one scrape reads: every worker's counts (under gunicorn) and the bundle's."""
     scrape = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
     else:
         scrape.register(METRICS)
     scrape.register(BundleCollector(registry))
-    return generate_latest(scrape)
+    return scrape
+
+
+def exposition(registry: ModelRegistry) -> bytes:
+    """The metrics text for one scrape."""
+    return generate_latest(_scrape(registry))
+
+
+def collected(registry: ModelRegistry) -> list[Metric]:
+    """The metric families a scrape would show, as objects (the dashboard reads these: the
+    same numbers as /metrics)."""
+    return list(_scrape(registry).collect())

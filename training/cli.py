@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from recsvc import defaults
 from recsvc.events import ERASURES_FILE
 from recsvc.identity import IdentityKey
+from recsvc.text import spreadsheet_safe
 from training.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
@@ -496,18 +497,6 @@ def _export_picks(args: argparse.Namespace) -> int:
         f"{campaign.repeated} keys of a customer already listed"
     )
     return 0
-
-
-# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(cell: object) -> object:
-    """``cell`` as a spreadsheet shows it but never runs it: a leading ' when it could
-    start a formula."""
-    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
-        return "'" + cell
-    return cell
 
 
 @dataclass
