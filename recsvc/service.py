@@ -19,7 +19,16 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from recsvc import channels, defaults, engagement, interactions, products, reasons, tokens
+from recsvc import (
+    channels,
+    defaults,
+    engagement,
+    insights,
+    interactions,
+    products,
+    reasons,
+    tokens,
+)
 from recsvc.auth import Authenticator
 from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
@@ -129,6 +138,8 @@ class Service:
         # either changes.
         self._catalog: tuple[ServedModel, CatalogOverlay, ServedCatalog] | None = None
         self._catalog_from_logs: CatalogOverlay | None = None
+        self._tier_figures: insights.TierFigures | None = None  # of the last bundle asked
+        self.movements = insights.Movements()
 
     @classmethod
     def start(
@@ -382,6 +393,45 @@ class Service:
             title = catalog.titles[index] if index is not None else None
             found.append(ViewedItem(viewed.item_id, title, viewed.viewed_at, viewed.views))
         return RecentlyViewed(customer.customer_id or key, customer.degraded, found)
+
+    def email_preview(self, model: ServedModel, key: str, n: int) -> EmailPicks:
+        """The picks an email sent now would carry, without keeping them as a send's (see
+        ``email_picks``); Unsubscribed as there."""
+        customer = self.realtime.view(model, key)
+        unsubscribed_at = engagement.of(customer.interactions).unsubscribed_at
+        if unsubscribed_at is not None:
+            raise Unsubscribed(unsubscribed_at.date())
+        catalog = self.catalog(model)
+        answer = channels.email_picks(model, customer, key, "preview", n, None, catalog)
+        picks = msgspec.convert(answer, EmailPicks)
+        return msgspec.structs.replace(picks, degraded=customer.degraded)
+
+    # What the dashboard shows beyond the API (recsvc.insights)
+
+    def holdings(
+        self, model: ServedModel, customer: CustomerView
+    ) -> dict[str, list[insights.Holding]]:
+        return insights.holdings(model, customer, self.catalog(model).titles)
+
+    def spend_history(
+        self, model: ServedModel, customer: CustomerView
+    ) -> list[insights.SpendPoint]:
+        return insights.spend_history(model, customer)
+
+    def alias_count(self, model: ServedModel, customer: CustomerView) -> int:
+        return insights.alias_count(model, customer.row)
+
+    def tier_figures(self, model: ServedModel) -> insights.TierFigures:
+        """Each tier's customers and spend as trained: computed once per bundle."""
+        figures = self._tier_figures
+        if figures is None or figures.version != model.version:
+            figures = self._tier_figures = insights.TierFigures(model)
+        return figures
+
+    def tier_movements(self, model: ServedModel) -> insights.MovementState:
+        """How customers moved between tiers since the previous bundle in the models
+        directory (computed once per pair of bundles, off the request path)."""
+        return self.movements.of(model, self.config.models_dir)
 
     def block(
         self,
