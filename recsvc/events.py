@@ -30,6 +30,7 @@ import msgspec
 
 from recsvc.bundle import fsync_dir
 from recsvc.errors import BatchError
+from recsvc.identity import SESSION_PREFIX, is_session
 from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord, json_lines
 from recsvc.schemas import (
     DEFAULT_EVENT_SOURCE,
@@ -44,7 +45,6 @@ from recsvc.schemas import (
     MAX_SOURCE_LENGTH,
     MAX_SURFACE_LENGTH,
     MAX_UNIT_PRICE,
-    SESSION_PREFIX,
 )
 from recsvc.schemas import Event as EventFields
 from recsvc.schemas import Rejection as Rejection  # the per-event outcome, here since before
@@ -154,9 +154,9 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
     item_id = (given("item_id", MAX_ITEM_ID_LENGTH) or "").upper()
     source = text("source", MAX_SOURCE_LENGTH, default=DEFAULT_EVENT_SOURCE)
     session = given("session", MAX_KEY_LENGTH)
-    if session and not _is_session(session):
+    if session and not is_session(session):
         errors.append(f"session: must be {SESSION_PREFIX}<id>")
-    if session is not None and _is_session(customer):
+    if session is not None and is_session(customer):
         errors.append("session: a session's own event names no other session")
     quantity, price = 0.0, 0.0
     if kind in ("purchase", "return"):
@@ -208,10 +208,6 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
     if errors or timestamp is None:
         return None, errors
     return event, []
-
-
-def _is_session(key: str) -> bool:
-    return key.startswith(SESSION_PREFIX) and len(key) > len(SESSION_PREFIX)
 
 
 def _figure(bound: float) -> str:

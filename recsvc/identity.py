@@ -27,6 +27,7 @@ CANONICAL = "id"
 EMAIL = "email"
 PHONE = "phone"
 SESSION = "session"  # an anonymous visitor: session:<id>, as the shop names the visit
+SESSION_PREFIX = f"{SESSION}:"
 DIGEST_BYTES = 16
 SECRET_VARIABLE = "RECSVC_ID_SECRET"
 RETIRED_VARIABLE = "RECSVC_ID_SECRETS_RETIRED"  # comma-separated, after a rotation
@@ -178,14 +179,22 @@ def mask(alias: str) -> str:
 
 def mask_key(key: str, rules: IdentityRules) -> str:
     """A request key as a viewer without ``admin`` may see it: an email or phone key
-    normalised (as a lookup would) and masked, any other key as it is. A value that does not
-    normalise is hidden whole: it may still be an address someone mistyped."""
+    normalised (as a lookup would) and masked, a session's id masked, any other key as it
+    is. A value that does not normalise is hidden whole: it may still be an address someone
+    mistyped."""
     prefix, colon, rest = key.partition(":")
     kind = prefix.lower()
+    if is_session(key):
+        return f"{prefix}:{rest[:2]}***"
     if not colon or kind not in (EMAIL, PHONE):
         return key
     normal = normalise_email(rest, rules) if kind == EMAIL else normalise_phone(rest, rules)
     return mask(f"{kind}:{normal}") if normal else f"{kind}:***"
+
+
+def is_session(key: str) -> bool:
+    """A ``session:<id>`` key: an anonymous visit."""
+    return key.startswith(SESSION_PREFIX) and len(key) > len(SESSION_PREFIX)
 
 
 def request_aliases(key: str, rules: IdentityRules, namespaces: Iterable[str]) -> list[str]:

@@ -16,6 +16,8 @@ INTEREST_ITEMS = 20
 VIEW_WEIGHT = 1.0
 CART_WEIGHT = 3.0  # an item put in the cart says more than a look
 RECENCY_DECAY = 0.9  # each older item counts this much of the one after it
+INTEREST_HALF_LIFE_HOURS = 24.0
+INTEREST_FLOOR = 0.1  # of a fresh view's weight: a view about three days old
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +59,15 @@ def cart(events: Iterable[StoredEvent]) -> dict[str, float]:
     return {item: units for item, units in lines.items() if units > 0}
 
 
-def interest(events: list[StoredEvent], item_index: Mapping[str, int]) -> dict[int, float]:
+def interest(
+    events: list[StoredEvent], item_index: Mapping[str, int], now: float
+) -> dict[int, float]:
     """Weights by bundle item index of the last ``INTEREST_ITEMS`` distinct items viewed or
-    carted (the latest counts most), those in the cart now at ``CART_WEIGHT``. Empty without
-    such events (most requests)."""
+    carted (``now``: seconds since the epoch). Each counts ``VIEW_WEIGHT`` (``CART_WEIGHT``
+    while in the cart), ``RECENCY_DECAY`` less for each later item, and halves every
+    ``INTEREST_HALF_LIFE_HOURS`` since it was viewed; below ``INTEREST_FLOOR`` it no longer
+    counts, so interest is the visit and the days around it. Empty without such events (most
+    requests)."""
     if not any(event.kind in ("view", "cart_add") for event in events):
         return {}
     in_cart = cart(events)
@@ -75,7 +82,14 @@ def interest(events: list[StoredEvent], item_index: Mapping[str, int]) -> dict[i
         if index is None or index in weights:
             continue
         kind_weight = CART_WEIGHT if event.item_id in in_cart else VIEW_WEIGHT
-        weights[index] = kind_weight * RECENCY_DECAY ** len(weights)
+        age_hours = max(now - event.received_at, 0.0) / 3600.0
+        fresh = 0.5 ** (age_hours / INTEREST_HALF_LIFE_HOURS)
+        if CART_WEIGHT * fresh < INTEREST_FLOOR:
+            break  # every earlier one weighs less still
+        weight = kind_weight * RECENCY_DECAY ** len(weights) * fresh
+        if weight < INTEREST_FLOOR:
+            continue
+        weights[index] = weight
         if len(weights) >= INTEREST_ITEMS:
             break
     return weights

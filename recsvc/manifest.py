@@ -134,6 +134,7 @@ class ItemRulesSection(msgspec.Struct, frozen=True, kw_only=True):
 
 class Parameters(msgspec.Struct, frozen=True, kw_only=True):
     model: dict[str, int | float | str] = {}  # as training.config.ModelParams has them
+    weights: dict[str, float] = {}  # its [model.weights]: each interaction kind's weight
     tuned_from: str | None = None
     items: ItemRulesSection = ItemRulesSection()
 
@@ -151,6 +152,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     data_as_of: str | None = None  # ISO 8601: the latest event in the data
     parameters: Parameters = Parameters()
     accounting: dict[str, Accounting] = {}
+    # Each event log's records of other kinds (views, carts, clicks, logins...): per source,
+    # per kind, ``read`` and where they went (training.interactions.OUTCOMES), adding up to it.
+    interactions: dict[str, dict[str, dict[str, int]]] = {}
     # Receipt time (seconds since the epoch) of the last event read from the service's event
     # log; the service applies only events received later, so none counts twice.
     events_through: float | None = None

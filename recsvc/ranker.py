@@ -41,10 +41,12 @@ TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
 REASON_PURCHASES = 200
 _SUM_CELLS = 1 << 22  # customers x items summed at a time for item-item scores
 UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper than asking more
-# Weight of a customer's standardised interest score (from recent views and cart items) in a
-# known customer's blend: a reached item stands many deviations above the catalog's mean, so
-# what they look at now leads what they bought before.
-INTEREST_WEIGHT = 1.0
+# In an interest score, sharing a category with everything viewed is worth this much; being
+# the strongest neighbour of what was viewed, 1: a visitor browsing one department sees it
+# first.
+CATEGORY_AFFINITY = 2.0
+POPULARITY_TIEBREAK = 0.01  # orders a visitor's items that interest alone cannot tell apart
+_NONE = np.zeros(0, dtype=np.int32)
 
 
 # Not frozen: built for every request, and a frozen dataclass's __init__ costs about three
@@ -143,6 +145,7 @@ class Ranker:
             for i, name in enumerate(arrays.segment_names.tolist())
         }
         self.trained_tier = self.tiers.indices(arrays.window_spend)
+        self._popularity_of: dict[str, NDArray[np.float64]] = {}
         # Items reserved for higher tiers, per tier (usually none), listed once.
         self._hidden_items = [
             np.flatnonzero(arrays.item_min_tier > tier).astype(np.int32)
@@ -198,8 +201,8 @@ class Ranker:
         ``unavailable`` (item indices) are never listed. ``scopes``: the segments whose best
         sellers a customer unknown to the model gets, the first the bundle has a list for
         ("country:Germany", any case); else all. ``interest``: weights of the items the
-        customer viewed or put in their cart lately (``recsvc.interactions``): their
-        neighbours lead a visitor's list, and lift a known customer's."""
+        customer viewed or put in their cart lately (``recsvc.interactions``): items of the
+        same departments, and those bought with them, lead the list."""
         if unavailable is not None and len(unavailable):
             if allowed is None and not interest and len(unavailable) <= UNAVAILABLE_SHORTLIST:
                 # Ask for more and drop the hidden ones; no more than the precomputed list
@@ -259,43 +262,74 @@ class Ranker:
         scopes: tuple[str, ...],
         interest: Mapping[int, float],
     ) -> Ranking:
-        """A ranking led by what the customer looks at now: the interest items' neighbours,
-        each scoring the sum of its weights among them times the interest item's weight. A
-        visitor the model does not know gets those, topped up with their segment's best
-        sellers; a known customer gets ``INTEREST_WEIGHT`` times the standardised sums added
-        to their scores."""
+        """A ranking led by what the customer looks at now (``interest_scores``), without
+        the items they viewed or carted. A visitor the model does not know is ranked by it
+        alone (the best sellers of their segment where it says nothing); a known customer by
+        it plus their own scores scaled to [0, 1]: the department they browse first, in the
+        order of what goes with what they viewed and of their tastes, then the rest of their
+        own list."""
         items = np.fromiter(interest.keys(), dtype=np.int32, count=len(interest))
         weights = np.fromiter(interest.values(), dtype=np.float32, count=len(interest))
-        excluded = self.excluded(row, deltas)
-        if len(self._hidden_items[tier]):
-            excluded = np.union1d(excluded, self._hidden_items[tier]).astype(np.int32)
-        n_items = len(self.arrays.item_ids)
-        spread = self.spread(items, weights)
-        reached = np.bincount(spread.targets, spread.values, minlength=n_items)
+        excluded = np.concatenate((self.excluded(row, deltas), self._hidden_items[tier], items))
+        ineligible = ~self._eligible(excluded, allowed)
+        driven, spread = self.interest_scores(items, weights)
         if row is None:
-            if allowed is not None:
-                reached[~allowed] = 0.0
-            reached[excluded] = 0.0
-            candidates = np.flatnonzero(reached > 0)
-            # Stable, over ascending indices: ties go to the lower index.
-            best = candidates[np.argsort(-reached[candidates], kind="stable")[:n]]
-            found = ranked(best.tolist(), reached[best].tolist())
-            viewed = items[strongest_sources(spread, best.tolist(), n_items)].tolist()
             scope = self.known_segment(scopes)
-            if len(found) < n:
-                taken = np.concatenate((excluded, best.astype(np.int32)))
-                more = self.popular(n - len(found), taken, scope, allowed)
-                found, viewed = found + more, viewed + [-1] * len(more)
-            return Ranking(found, not len(best), scope or "all", None, viewed)
-        scores = self.batch_scores(np.array([row]), np.array([tier]), policy)[0]
-        deviation = float(reached.std())
-        if deviation > 0:
-            scores = scores + INTEREST_WEIGHT * ((reached - reached.mean()) / deviation)
-        ineligible = np.flatnonzero(~self._eligible(excluded, allowed)).astype(np.int32)
-        listed = top_n(scores, n, ineligible)
-        sources = strongest_sources(spread, [item.index for item in listed], n_items)
-        viewed = [int(items[source]) if source >= 0 else -1 for source in sources]
-        return Ranking(listed, False, None, None, viewed)
+            scores = driven + POPULARITY_TIEBREAK * self._popularity(scope)
+            scores[ineligible] = -np.inf
+            listed = [item for item in top_n(scores, n, _NONE) if item.score > -np.inf]
+        else:
+            own = self.batch_scores(np.array([row]), np.array([tier]), policy)[0]
+            low, high = float(own.min()), float(own.max())
+            scores = driven + (own - low) / (high - low if high > low else 1.0)
+            listed = top_n(scores, n, np.flatnonzero(ineligible).astype(np.int32))
+        indices = [item.index for item in listed]
+        viewed = self._viewed(items, spread, indices)
+        fallback = row is None and not any(driven[index] > 0 for index in indices)
+        return Ranking(listed, fallback, None if row is not None else scope or "all", None, viewed)
+
+    def interest_scores(
+        self, items: NDArray[np.int32], weights: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float64], Spread]:
+        """How much each catalog item matches what the customer looks at (``items`` with
+        their ``weights``, from ``recsvc.interactions``): ``CATEGORY_AFFINITY`` times the
+        share of the weight on items in its category (its best, if several), plus the sum of its
+        weights among their neighbours as a share of the largest such sum. A browser of one
+        department sees that department first, in the order of what goes with what they
+        viewed. Also the neighbours' spread, for the reasons."""
+        arrays = self.arrays
+        spread = self.spread(items, weights)
+        reached = np.bincount(spread.targets, spread.values, minlength=len(arrays.item_ids))
+        largest = float(reached.max()) if len(reached) else 0.0
+        scores: NDArray[np.float64] = reached / largest if largest > 0 else reached.astype(float)
+        total = float(weights.sum())
+        shares: dict[int, float] = {}  # category bit -> share of the weight on items in it
+        categories = arrays.item_categories[items].tolist()
+        for bits, weight in zip(categories, weights.tolist(), strict=True):
+            while bits:
+                bit = bits & -bits
+                shares[bit] = shares.get(bit, 0.0) + weight / total
+                bits ^= bit
+        if shares:
+            affinity = np.zeros(len(arrays.item_ids))
+            for bit, share in shares.items():  # an item's best category counts
+                np.maximum(affinity, share * ((arrays.item_categories & bit) != 0), out=affinity)
+            scores += CATEGORY_AFFINITY * affinity
+        return scores, spread
+
+    def _viewed(self, items: NDArray[np.int32], spread: Spread, listed: list[int]) -> list[int]:
+        """For each listed item, the interest item that explains it: the one that adds most
+        to its neighbour sum, else the latest that shares a category with it; -1: none."""
+        sources = strongest_sources(spread, listed, len(self.arrays.item_ids))
+        categories = self.arrays.item_categories
+        interest_categories = categories[items].tolist()
+        found = []
+        for item, source in zip(listed, sources, strict=True):
+            if source < 0:
+                mine = int(categories[item])
+                source = next((j for j, b in enumerate(interest_categories) if b & mine), -1)
+            found.append(int(items[source]) if source >= 0 else -1)
+        return found
 
     def _from_candidates(
         self,
@@ -627,6 +661,24 @@ class Ranker:
     def hidden(self, tier: int) -> NDArray[np.int32]:
         """Items reserved for tiers above ``tier``."""
         return self._hidden_items[tier]
+
+    def _popularity(self, scope: str | None) -> NDArray[np.float64]:
+        """Each item's sales share among the best sellers of ``scope`` (None: all), scaled
+        to 1 for the best; computed once per scope."""
+        key = "" if scope is None else scope.lower()
+        found = self._popularity_of.get(key)
+        if found is None:
+            items, scores = (
+                (self.arrays.popular_items, self.arrays.popular_scores)
+                if scope is None
+                else self._segments[key][1:]
+            )
+            found = np.zeros(len(self.arrays.item_ids))
+            largest = float(scores.max()) if len(scores) else 0.0
+            if largest > 0:
+                found[items] = scores / largest
+            self._popularity_of[key] = found
+        return found
 
     def known_segment(self, scopes: tuple[str, ...]) -> str | None:
         """The first of ``scopes`` the bundle has best sellers for, as it spells it."""

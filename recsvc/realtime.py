@@ -197,7 +197,9 @@ class Realtime:
         view = self._with_spend(model, row, customer_id, store_key, purchases, deltas, False)
         if len(purchases) < len(events):
             view.interactions = [e for e in events if e.kind not in OWNED_KINDS]
-            view.interest = interactions.interest(view.interactions, model.item_index)
+            view.interest = interactions.interest(
+                view.interactions, model.item_index, self.clock().timestamp()
+            )
         return view
 
     def _with_sessions(self, events: list[StoredEvent]) -> list[StoredEvent]:

@@ -13,7 +13,6 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from recsvc import defaults
-from recsvc.identity import SESSION
 from recsvc.policy import TriggerKind
 from recsvc.text import MAX_KEY_LENGTH, MAX_SEND_ID_LENGTH, UNSAFE_CHARACTERS
 
@@ -32,7 +31,6 @@ DEFAULT_EVENT_SOURCE = "api"
 MAX_IMPRESSION_ID_LENGTH = 64
 MAX_SURFACE_LENGTH = 240  # "email:" and a send id
 MAX_RANK = 1000
-SESSION_PREFIX = f"{SESSION}:"  # an anonymous visitor's customer key
 
 EventKind = Literal[
     "purchase",

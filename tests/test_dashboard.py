@@ -321,6 +321,7 @@ def test_mask_key_masks_addresses_and_numbers_only() -> None:
     assert mask_key("email: Ann.Lee@Example.com", rules) == "email:a***@example.com"
     assert mask_key("phone:020 7946 0958", rules) == "phone:+44***58"
     assert mask_key("email:not-an-address", rules) == "email:***"
+    assert mask_key("session:9f2c77", rules) == "session:9f***"
     assert mask_key("shop:1001", rules) == "shop:1001" and mask_key("1001", rules) == "1001"
 
 

@@ -12,9 +12,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from recsvc import interactions
 from recsvc.app import create_app
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
+from recsvc.store import StoredEvent
 
 NOW = "2011-12-10T10:00:00Z"
 
@@ -110,6 +112,39 @@ def test_a_sessions_views_lead_its_recommendations(
     assert viewed["items"][0]["views"] == 1
 
 
+def in_category(models: Path, name: str) -> tuple[list[str], set[str]]:
+    """Items of the category ``name`` alone that have neighbours, strongest sellers first,
+    and every item of it."""
+    bundle = load_current(models)
+    arrays = bundle.arrays
+    bit = 1 << list(bundle.manifest.catalog.categories).index(name)
+    members = (arrays.item_categories & bit) != 0
+    only = arrays.item_categories == bit
+    linked = np.diff(arrays.neighbour_indptr) > 0
+    ordered = [int(i) for i in arrays.popular_items if only[i] and linked[i]]
+    return [str(arrays.item_ids[i]) for i in ordered], {
+        str(item) for item in arrays.item_ids[members]
+    }
+
+
+def test_a_session_browsing_one_department_gets_that_department_first(
+    client: FlaskClient, sample_models: Path
+) -> None:
+    linked, garden = in_category(sample_models, "garden")
+    viewed = linked[:3]
+    post(client, *(event(f"v{k}", "session:g", "view", item_id=i) for k, i in enumerate(viewed)))
+    answer = recommendations(client, "session:g", 10)
+    listed = [entry["item_id"] for entry in answer["items"]]
+    assert set(listed) <= garden and not set(listed) & set(viewed)
+    assert {entry["reason"]["item_id"] for entry in answer["items"]} <= set(viewed)
+    customer = str(load_current(sample_models).arrays.customer_ids[7])
+    before = [entry["item_id"] for entry in recommendations(client, customer, 10)["items"]]
+    assert len(set(before) & garden) < 5  # not a gardener to begin with
+    post(client, event("l1", customer, "login", session="session:g"))
+    after = [entry["item_id"] for entry in recommendations(client, customer, 10)["items"]]
+    assert set(after[:5]) <= garden
+
+
 def test_a_session_never_gets_what_it_bought(client: FlaskClient, sample_models: Path) -> None:
     item = an_item_with_neighbours(sample_models)
     first = neighbours(sample_models, item)[0]
@@ -174,3 +209,19 @@ def test_a_customer_may_return_what_they_bought_in_a_session(
     post(client, event("l1", customer, "login", session="session:s5"))
     answer = post(client, event("r1", customer, "return", item_id=item, quantity=1, price=2.0))
     assert answer["accepted"] == ["r1"]
+
+
+def test_interest_weighs_the_latest_and_the_cart_most_and_forgets_old_views() -> None:
+    def stored(kind: str, item: str, hours_ago: float) -> StoredEvent:
+        at = 1_000_000.0 - hours_ago * 3600
+        return StoredEvent(f"{kind}-{item}-{at}", item, 1.0, 0.0, NOW, "api", at, kind=kind)
+
+    index = {"A": 0, "B": 1, "C": 2, "D": 3}
+    now = 1_000_000.0
+    events = [stored("view", "A", 2.0), stored("view", "B", 1.0), stored("cart_add", "C", 0.5)]
+    weights = interactions.interest(events, index, now)
+    assert list(weights) == [2, 1, 0]  # the latest first
+    assert weights[2] > 2.5 * weights[1]  # in the cart: three times a view
+    assert weights[1] > weights[0]
+    assert interactions.interest([stored("view", "D", 24 * 4)], index, now) == {}
+    assert interactions.interest([stored("view", "D", 24.0)], index, now) == {3: 0.5}

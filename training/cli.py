@@ -660,6 +660,12 @@ def print_report(report: TrainReport) -> None:
     for name, counts in report.accounting.items():
         for reason, count in counts["quarantined"].items():
             print(f"  quarantined in {name}: {count} {reason}")
+    for name, kinds in report.interactions.items():
+        for kind, outcomes in kinds.items():
+            went = ", ".join(
+                f"{outcome} {n}" for outcome, n in outcomes.items() if n and outcome != "read"
+            )
+            print(f"  {kind} in {name}: {outcomes['read']} read: {went}")
 
 
 if __name__ == "__main__":

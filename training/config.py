@@ -21,11 +21,12 @@ import phonenumbers
 from msgspec import Meta, Struct
 
 from recsvc.defaults import DEFAULT_CHANNELS
-from recsvc.identity import IdentityKey, IdentityRules
+from recsvc.identity import CANONICAL, EMAIL, PHONE, SESSION, IdentityKey, IdentityRules
 from recsvc.logrecords import EVENT_FIELDS
 from recsvc.manifest import Channels, Slot
 from training.errors import ConfigError
 from training.identity import LinkRules
+from training.interactions import InteractionWeights
 from training.tiers import TierConfig, TierLevel
 
 SourceKind = Literal["csv", "jsonl", "parquet", "postgresql", "events"]
@@ -161,7 +162,8 @@ class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     with ``trend_half_life_days``. The item-item score sums, over the customer's purchases
     (time-decayed), the item's weight among each purchase's ``neighbours``
     (``training.itemitem``). Weights of 0 give plain ALS. Ranges are inclusive; bm25_b = 1
-    makes implicit divide by zero.
+    makes implicit divide by zero. ``weights``: interactions as weaker feedback in the
+    matrix both models learn from (off by default).
     """
 
     factors: Annotated[int, _range(1, 4096)] = 64
@@ -182,6 +184,7 @@ class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     seed: Annotated[int, _range(0, 2**31 - 1)] = 42
     # per customer, precomputed for the service's fast path (0: none)
     candidates: Annotated[int, _range(0, 1000)] = 50
+    weights: InteractionWeights = InteractionWeights()
 
 
 class EngineConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -417,7 +420,7 @@ def _source(source: SourceConfig, raw: dict[str, Any], base_dir: Path, where: st
             f"{where}.timezone: {source.timezone!r} is not an IANA time zone"
         ) from None
     namespace = source.customer_namespace
-    if namespace in ("email", "phone", "id") or ":" in namespace:
+    if namespace in (EMAIL, PHONE, CANONICAL, SESSION) or ":" in namespace:
         raise ConfigError(f"{where}.customer_namespace: {namespace!r} is reserved or has ':'")
     return msgspec.structs.replace(source, columns=dict(columns), base_dir=base_dir)
 

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from recsvc.bundle import OWNED_QUANTITY
+from training.interactions import InteractionWeights, records_frame, weigh
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class TrainingData:
     customer_ids: NDArray[np.str_]
     item_ids: NDArray[np.str_]
     # customers x items: summed time-decayed, trust-weighted purchase lines of every item
-    # the customer holds (see ``build_dataset``).
+    # the customer holds (see ``build_dataset``); lines up with ``held``.
     interactions: sp.csr_matrix
     # customers x items: the net quantity of every item the customer holds.
     held: sp.csr_matrix
@@ -39,6 +40,12 @@ class TrainingData:
     trending: NDArray[np.float64]  # sales decayed with the (shorter) trend half-life
     as_of: pd.Timestamp | None
     settlement: Settlement  # returns bounded by the purchases they return
+    # customers x items: what ALS and the item-item model learn from: ``interactions`` plus
+    # the weighted views, carts and clicks (``training.interactions``); ``interactions``
+    # itself when none is used. Never what is owned.
+    feedback: sp.csr_matrix
+    # Along the merged interaction records: each one's outcome (training.interactions.OUTCOMES).
+    interaction_outcome: NDArray[np.int8]
 
 
 def build_dataset(
@@ -46,8 +53,12 @@ def build_dataset(
     half_life_days: float,
     trend_half_life_days: float,
     item_groups: dict[str, str] | None = None,
+    interaction_records: pd.DataFrame | None = None,
+    weights: InteractionWeights | None = None,
 ) -> TrainingData:
-    """``events`` are merged rows (see ``training.merge.MergedHistory``).
+    """``events`` are merged rows (see ``training.merge.MergedHistory``), and
+    ``interaction_records`` its interactions, added to ``feedback`` with ``weights`` (none:
+    all 0).
 
     A customer holds an item when its net quantity is at least ``OWNED_QUANTITY`` in the
     merged history *or* in any one source's own records (returns bounded, see
@@ -107,6 +118,16 @@ def build_dataset(
     trend_weight = decay_weights(timestamps[is_sale], as_of, trend_half_life_days)
     trending = np.bincount(sold, trend_weight, len(item_ids))
     titles, prices = _catalog(events, is_sale, sold, item_index)
+    logged = records_frame([]) if interaction_records is None else interaction_records
+    weighed = weigh(
+        logged,
+        pd.Index(customer_ids),
+        item_index,
+        weights or InteractionWeights(),
+        decay_weights(logged["timestamp"].to_numpy(), as_of, half_life_days),
+    )
+    feedback = interactions if weighed.cells is None else (interactions + weighed.cells)
+    feedback.sort_indices()
     return TrainingData(
         customer_ids=customer_ids,
         item_ids=item_ids,
@@ -124,6 +145,8 @@ def build_dataset(
         trending=trending.astype(np.float64),
         as_of=as_of,
         settlement=settlement,
+        feedback=feedback,
+        interaction_outcome=weighed.outcome,
     )
 
 

@@ -71,10 +71,17 @@ class Holdout:
     train: pd.DataFrame
     test: pd.DataFrame
     undated: int
+    interactions: pd.DataFrame | None = None  # those before the cutoff, which train too
 
 
-def split_at(events: pd.DataFrame, cutoff: pd.Timestamp, end: pd.Timestamp | None) -> Holdout:
-    """Events before ``cutoff`` train; purchases in [cutoff, end) are the test window."""
+def split_at(
+    events: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    end: pd.Timestamp | None,
+    interactions: pd.DataFrame | None = None,
+) -> Holdout:
+    """Events (and ``interactions``) before ``cutoff`` train; purchases in [cutoff, end) are
+    the test window."""
     stamps = events["timestamp"]
     in_window = stamps >= cutoff
     if end is not None:
@@ -84,6 +91,9 @@ def split_at(events: pd.DataFrame, cutoff: pd.Timestamp, end: pd.Timestamp | Non
         train=events[stamps < cutoff],
         test=events[in_window & bought],
         undated=int(stamps.isna().sum()),
+        interactions=(
+            None if interactions is None else interactions[interactions["timestamp"] < cutoff]
+        ),
     )
     window = f"[{cutoff.date()}, {'end' if end is None else end.date()})"
     if not (holdout.train["quantity"] > 0).any():
@@ -171,8 +181,14 @@ def evaluate_merged(
     tier_config: TierConfig | None = None,
     engine: EngineConfig | None = None,
 ) -> dict[str, Any]:
-    holdout = split_at(merged.events, cutoff, end)
-    history = History.build(holdout.train, params, merged.item_groups, tier_config or TierConfig())
+    holdout = split_at(merged.events, cutoff, end, merged.interactions)
+    history = History.build(
+        holdout.train,
+        params,
+        merged.item_groups,
+        tier_config or TierConfig(),
+        holdout.interactions,
+    )
     data, crm = history.data, history.crm
     assert crm is not None  # built with a tier config
     relevant = relevant_items(data, holdout.test)
@@ -190,7 +206,7 @@ def evaluate_merged(
             "customers_at_cutoff": len(data.customer_ids),
             "catalog_items": len(data.item_ids),
             "test_customers": len(relevant),
-            "recsvc_parameters": msgspec.structs.asdict(params),
+            "recsvc_parameters": msgspec.to_builtins(params),
             "tiers": msgspec.json.decode(msgspec.json.encode(crm.policy)),  # as JSON has it
         }
     }

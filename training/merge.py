@@ -51,6 +51,8 @@ from recsvc.identity import (
     CANONICAL,
     EMAIL,
     PHONE,
+    SESSION,
+    SESSION_PREFIX,
     IdentityKey,
     IdentityRules,
     normalise_email,
@@ -58,7 +60,10 @@ from recsvc.identity import (
 )
 from recsvc.logrecords import ALIAS_DIGESTS
 from recsvc.manifest import ErasureReport, Identity, InvalidContacts
-from recsvc.schemas import MAX_QUANTITY, MAX_UNIT_PRICE  # the API's bounds, one definition
+from recsvc.schemas import (  # the API's bounds, one definition
+    MAX_QUANTITY,
+    MAX_UNIT_PRICE,
+)
 from training.config import EngineConfig, IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (
     ItemCrosswalk,
@@ -70,6 +75,8 @@ from training.engine import Engine
 from training.engine import engine as open_engine
 from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link
+from training.interactions import merged_outcomes, records_frame
+from training.sessions import is_session, stitch_sessions
 from training.sources import SourceRows
 
 OUTCOMES = (
@@ -157,6 +164,10 @@ class MergedHistory:
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> canonical customer id
     identity: Identity = field(default_factory=Identity)  # linking report for the manifest
     item_groups: dict[str, str] = field(default_factory=dict)  # catalog item -> group
+    # Event logs' interaction records, resolved (``training.interactions.COLUMNS``): the
+    # customer's canonical id ("" for none) and the merge's outcome (UNDECIDED: a known
+    # customer's, for the dataset to weigh).
+    interactions: pd.DataFrame = field(default_factory=lambda: records_frame([]))
 
 
 def merge_sources(
@@ -171,7 +182,15 @@ def merge_sources(
     Values are parsed here, once per distinct value (see ``_parse``); every decision about
     rows from there on is one of the queries below, run by ``engine`` (DuckDB by default)."""
     identity = identity or IdentityConfig()
+    erasures = load_erasures(identity.erasures)
+    key = identity.key
+    stitch_sessions(sources, lambda session: bool(erasures) and _erased(session, erasures, key))
     configs = [rows.source for rows in sources]
+    logged = [
+        (position, rows.interactions)
+        for position, rows in enumerate(sources)
+        if rows.interactions is not None
+    ]
     crosswalk = load_item_crosswalk(items.crosswalk, {source.name for source in configs})
     namespace_of = {source.name: source.customer_namespace for source in configs}
     namespace_of |= {namespace: namespace for namespace in namespace_of.values()}
@@ -194,7 +213,9 @@ def merge_sources(
     with open_engine(engine or EngineConfig()) as sql:
         sql.load(ROWS, _rows_table(parsed, vocabulary, event_logs))
         aliases, identity_report = _link(sql, ROWS, identifiers, configs, identity, namespace_of)
-        erased = _erased_aliases(identifiers, aliases, load_erasures(identity.erasures), identity)
+        erased_customers = _erased_customers(aliases, erasures, key)
+        erased = _erased_aliases(identifiers, aliases, erased_customers, erasures, key)
+        linked_before = aliases
         relation = ROWS
         if erased.num_rows:
             # Linked again without their rows, so that no alias, id or masked example of
@@ -242,6 +263,15 @@ def merge_sources(
     events["outcome"] = pd.Categorical.from_codes(
         kept.column("outcome").to_numpy(), categories=pd.Index(OUTCOMES)
     )
+    interactions = _interactions(
+        logged,
+        configs,
+        crosswalk,
+        identity,
+        namespace_of,
+        _Erasure(linked_before, erased_customers, erasures),
+        aliases,
+    )
     return MergedHistory(
         events=events[EVENT_COLUMNS],
         quarantine=quarantine,
@@ -249,6 +279,7 @@ def merge_sources(
         aliases=aliases,
         identity=identity_report,
         item_groups=dict(crosswalk.groups),
+        interactions=interactions,
     )
 
 
@@ -447,7 +478,9 @@ def _link(
         ),
         strict=True,
     )
-    linked = link(records, crosswalk, config.links, config.key)
+    # A session is never linked: only a stitch makes it a customer's (training.sessions).
+    unsessioned = (tuple("" if _is_session_alias(a) else a for a in r) for r in records)
+    linked = link(unsessioned, crosswalk, config.links, config.key)
     aliases = dict(linked.customer_of)
     source_ids = sql.query(SOURCE_IDS.format(relation=relation))
     raw_ids = _aliases_of(identifiers["raw_customer_id"], source_ids.column("raw_id"))
@@ -490,27 +523,34 @@ def _alias_codes(
     )
 
 
+def _erased_customers(aliases: dict[str, str], erased: set[str], key: IdentityKey) -> set[str]:
+    """The customers one of whose aliases (``aliases``: the linking's alias -> customer, with
+    ``<source>:<id>`` and ``id:<canonical>``) is on the erasure list."""
+    if not erased:
+        return set()
+    return {customer for alias, customer in aliases.items() if _erased(alias, erased, key)}
+
+
 def _erased_aliases(
     identifiers: dict[str, NDArray[np.object_]],
     aliases: dict[str, str],
+    customers: set[str],
     erased: set[str],
-    identity: IdentityConfig,
+    key: IdentityKey,
 ) -> pa.Table:
-    """Every alias of every erased customer: one of whose aliases (``aliases``: the
-    linking's alias -> customer, with ``<source>:<id>`` and ``id:<canonical>``) is listed.
-    A row is theirs when any identifier it carries is (a link refused between two customers
-    leaves the row with both, and it goes)."""
-    customers = (
-        set()
-        if not erased
-        else {
-            customer for alias, customer in aliases.items() if _erased(alias, erased, identity.key)
-        }
-    )
-    if not customers:
+    """Every alias of every erased customer (``customers``), and every session alias on the
+    list (a session is nobody's customer unless stitched). A row is theirs when any
+    identifier it carries is (a link refused between two customers leaves the row with both,
+    and it goes)."""
+    if not erased:
         return pa.table({"kind": pa.array([], pa.int32()), "code": pa.array([], pa.int32())})
-    table = _alias_codes(identifiers, lambda alias: int(aliases.get(alias) in customers))
-    return table.select(["kind", "code"])
+
+    def is_erased(alias: str) -> int:
+        if _is_session_alias(alias):
+            return int(_erased(alias, erased, key))
+        return int(aliases.get(alias) in customers)
+
+    return _alias_codes(identifiers, is_erased).select(["kind", "code"])
 
 
 def _customers_table(
@@ -596,9 +636,7 @@ def _parse(
         return texts[field]
 
     item = text("item_id")
-    item_ids = item.values.str.upper()
-    if crosswalk.catalog_ids:
-        item_ids = item_ids.map(lambda value: crosswalk.catalog_id(source.name, value))
+    item_ids = _catalog_items(item.values, source.name, crosswalk)
     reason = np.full(count, UNDECIDED, dtype=np.int8)
 
     def flag(mask: Any, why: str) -> None:
@@ -706,6 +744,93 @@ def _parse(
     return parsed, encoded, quarantine
 
 
+def _catalog_items(values: pd.Series, source: str, crosswalk: ItemCrosswalk) -> pd.Series:
+    """A source's item ids as catalog items: upper-cased, through the item crosswalk."""
+    item_ids = values.str.upper()
+    if crosswalk.catalog_ids:
+        item_ids = item_ids.map(lambda value: crosswalk.catalog_id(source, value))
+    return item_ids
+
+
+@dataclass(frozen=True)
+class _Erasure:
+    """What erasure decided for the rows: ``aliases`` and ``customers`` as linked with the
+    erased customers' rows, and the list's digests."""
+
+    aliases: dict[str, str]
+    customers: set[str]
+    digests: set[str]
+
+    def covers(self, alias: str, key: IdentityKey) -> bool:
+        if not self.digests or not alias:
+            return False
+        if self.aliases.get(alias) in self.customers:
+            return True
+        return _erased(alias, self.digests, key)
+
+
+def _interactions(
+    logged: list[tuple[int, pd.DataFrame]],
+    configs: list[SourceConfig],
+    crosswalk: ItemCrosswalk,
+    identity: IdentityConfig,
+    namespace_of: dict[str, str],
+    erasure: _Erasure,
+    aliases: dict[str, str],
+) -> pd.DataFrame:
+    """The event logs' interaction records (stitched) with their customer's canonical id and
+    the merge's outcome (``training.interactions.merged_outcomes``). Values are worked on
+    once per distinct value, as in ``_parse``."""
+    parts = []
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE
+    for position, raw in logged:
+        source = configs[position]
+        customer = _text(raw, "customer_id")
+        ids, emails, phones = _key_aliases(customer.values, identity.rules, namespace_of)
+        alias = ids.where(ids != "", _prefixed(EMAIL, emails))
+        alias = alias.where(alias != "", _prefixed(PHONE, phones))
+        canonical = alias.map(aliases).fillna("")
+        erased = alias.map(lambda value: erasure.covers(value, identity.key))
+        item = _text(raw, "item_id")
+        stamps = _text(raw, "timestamp")
+        timestamp = stamps.per_row(
+            parse_timestamps(stamps.values, None, "UTC").to_numpy().astype("datetime64[us]")
+        )
+        malformed = _text(raw, "malformed")
+        order = _text(raw, "order_id")
+        repeated = pd.Series(order.codes).duplicated().to_numpy() & order.per_row(
+            order.values != ""
+        )
+        kind = raw["kind"].astype("str").to_numpy(dtype=object)
+        outcome = merged_outcomes(
+            kind,
+            invalid=malformed.per_row(malformed.values != "")
+            | np.isnat(timestamp)
+            | (timestamp > latest.to_datetime64()),
+            erased=customer.per_row(erased.to_numpy(dtype=bool)),
+            duplicate=repeated,
+            has_item=item.per_row(item.values != ""),
+            session=customer.per_row(customer.values.map(is_session).to_numpy(dtype=bool)),
+            customer_known=customer.per_row((canonical != "").to_numpy()),
+        )
+        parts.append(
+            pd.DataFrame(
+                {
+                    "source": source.name,
+                    "kind": kind,
+                    "customer_id": customer.per_row(canonical.to_numpy(dtype=object)),
+                    "item_id": item.per_row(
+                        _catalog_items(item.values, source.name, crosswalk).to_numpy(dtype=object)
+                    ),
+                    "timestamp": timestamp,
+                    "trust": np.full(len(raw), source.trust, dtype=np.float32),
+                    "outcome": outcome,
+                }
+            )
+        )
+    return records_frame(parts)
+
+
 def _prefixed(kind: str, values: pd.Series) -> pd.Series:
     """``<kind>:<value>`` aliases; "" stays "" (no identifier)."""
     return values.where(values == "", f"{kind}:" + values)
@@ -762,12 +887,15 @@ def _key_aliases(
     keys: pd.Series, rules: IdentityRules, namespace_of: dict[str, str]
 ) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Request keys (as the service's event log holds them) as id, email and phone aliases.
-    A bare key is a canonical id: the shop's own id."""
+    A bare key is a canonical id: the shop's own id; ``session:<id>`` a session's alias."""
     id_of: dict[str, str] = {}
     email_of: dict[str, str] = {}
     phone_of: dict[str, str] = {}
     for key in keys.unique():
         if not key:
+            continue
+        if is_session(key):  # before namespaces: a source may be named "session"
+            id_of[key] = f"{SESSION}:{key.removeprefix(SESSION_PREFIX).strip()}"
             continue
         alias = training_alias(key, rules, namespace_of) or f"{PRIMARY_NAMESPACE}:{key}"
         kind, _, value = alias.partition(":")
@@ -818,6 +946,10 @@ def load_erasures(path: Path | None) -> set[str]:
                     f"{path}, line {number}: not an erasure record ({error})"
                 ) from None
     return digests
+
+
+def _is_session_alias(alias: str) -> bool:
+    return alias.startswith(SESSION_PREFIX)
 
 
 def _erased(alias: str, erased: set[str], key: IdentityKey) -> bool:

@@ -51,6 +51,7 @@ from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, value_is
 from training.errors import QuarantineError, TrainingError
 from training.fit import Factors, fit_factors, trend_prior
+from training.interactions import accounting as interaction_accounting
 from training.itemitem import Neighbours, fit_neighbours, item_item_kind
 from training.merge import (
     NO_ERASURE_LIST,
@@ -74,6 +75,8 @@ class TrainReport:
     path: Path
     seconds: float
     accounting: dict[str, dict[str, Any]]
+    # Per event log, per interaction kind: read and each outcome (training.interactions).
+    interactions: dict[str, dict[str, dict[str, int]]] = dataclasses.field(default_factory=dict)
 
 
 def train(
@@ -111,15 +114,16 @@ def train(
             config.model.half_life_days,
             config.model.trend_half_life_days,
             merged.item_groups,
+            merged.interactions,
+            config.model.weights,
         )
+    interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
     # The fits run on every core outside the GIL, one after the other; the tiers, catalog
     # and provenance work overlaps them instead of waiting (a few per cent of a run on two
     # cores). Their own bars would cross its lines: each is one step, reported when it ends.
     with ThreadPoolExecutor(max_workers=1) as fitting:
-        factors = fitting.submit(
-            _timed, fit_factors, data.interactions, config.model, config.engine
-        )
-        item_item = fitting.submit(_timed, fit_neighbours, data.interactions, config.model)
+        factors = fitting.submit(_timed, fit_factors, data.feedback, config.model, config.engine)
+        item_item = fitting.submit(_timed, fit_neighbours, data.feedback, config.model)
         with progress.step("tiers and catalog (while fitting)"):
             contributions = _source_summaries(config.sources, merged.events)
             lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
@@ -131,7 +135,11 @@ def train(
                 config.model.half_life_days,
             )
             # The merged rows are not needed past this point; at 20 M rows they hold a GB.
-            merged = dataclasses.replace(merged, events=merged.events.iloc[:0])
+            merged = dataclasses.replace(
+                merged,
+                events=merged.events.iloc[:0],
+                interactions=merged.interactions.iloc[:0],
+            )
             crm = build_crm(
                 lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
             )
@@ -179,6 +187,7 @@ def train(
         data_as_of=None if data.as_of is None else data.as_of.isoformat(),
         parameters=parameters(config),
         accounting=msgspec.convert(merged.accounting, dict[str, Accounting]),
+        interactions=interactions,
         # Receipt time of the last reported event learned from; the service only applies
         # events received after it, so none counts twice.
         events_through=max((t for t in received if t is not None), default=None),
@@ -203,7 +212,9 @@ def train(
     with progress.step("publishing the bundle"):
         path = publish(models_dir, version, manifest, merged, arrays, content)
         prune_erased(models_dir, version, load_erasures(config.identity.erasures))
-    return TrainReport(version, path, time.perf_counter() - started, merged.accounting)
+    return TrainReport(
+        version, path, time.perf_counter() - started, merged.accounting, interactions
+    )
 
 
 def read_sources(config: TrainConfig, progress: Progress) -> list[SourceRows]:
@@ -501,8 +512,11 @@ def _source_summaries(
 
 
 def parameters(config: TrainConfig) -> Parameters:
+    model = msgspec.structs.asdict(config.model)
+    weights = model.pop("weights")
     return Parameters(
-        model=msgspec.structs.asdict(config.model),
+        model=model,
+        weights=msgspec.structs.asdict(weights),
         tuned_from=None if config.tuned_from is None else str(config.tuned_from),
         items=ItemRulesSection(
             non_product_ids=tuple(sorted(config.items.non_product_ids)),

@@ -47,10 +47,17 @@ class History:
         params: ModelParams,
         item_groups: dict[str, str],
         tiers: TierConfig | None = None,
+        interactions: pd.DataFrame | None = None,
     ) -> History:
-        """The dataset from ``events`` and, given ``tiers``, each customer's tier in it."""
+        """The dataset from ``events`` (and ``interactions``, weighted by ``params.weights``)
+        and, given ``tiers``, each customer's tier in it."""
         data = build_dataset(
-            events, params.half_life_days, params.trend_half_life_days, item_groups
+            events,
+            params.half_life_days,
+            params.trend_half_life_days,
+            item_groups,
+            interactions,
+            params.weights,
         )
         if tiers is None:
             return cls(events, data, item_groups)
@@ -82,7 +89,8 @@ class Recommender(Protocol):
 
 
 class ServedModel:
-    """What ``train`` ships: ALS, the item-item model and the trending prior, ranked by the
+    """What ``train`` ships: ALS and the item-item model (on ``TrainingData.feedback``: the
+    purchases, and the interactions ``params.weights`` weigh) and the trending prior, ranked by the
     service's ``Ranker`` as the service ranks (with ``history.crm``: each customer's tier and
     candidate list), under the tier policy unless ``policy`` is false. ALS is fitted by the
     engine ``engine`` names (``training.fit.fit_factors``)."""
@@ -97,9 +105,9 @@ class ServedModel:
         self._ranker: Ranker | None = None
 
     def fit(self, history: History) -> None:
-        interactions = history.data.interactions
-        factors = fit_factors(interactions, self.params, self.engine)
-        self._rank(history, factors, fit_neighbours(interactions, self.params))
+        feedback = history.data.feedback
+        factors = fit_factors(feedback, self.params, self.engine)
+        self._rank(history, factors, fit_neighbours(feedback, self.params))
 
     def reblended(self, **weights: float) -> ServedModel:
         """The same fitted models blended with other weights (``item_item_weight``,

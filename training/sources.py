@@ -26,13 +26,16 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from isal import igzip
+from numpy.typing import NDArray
 from pandas.api.types import union_categoricals
 
-from recsvc.logrecords import KIND, RECEIVED_AT
+from recsvc.logrecords import KIND, RECEIVED_AT, SESSION
 from recsvc.schemas import PURCHASE_KINDS
 from training.config import EVENTS_COLUMNS, SourceConfig
 from training.errors import SourceError
 
+# The event log's columns read beside the mapped ones (EVENTS_COLUMNS).
+EVENT_EXTRA = (KIND, SESSION)
 # Text read straight into a dictionary: each distinct value is held once.
 TEXT_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 
@@ -51,25 +54,24 @@ class SourceRows:
     source: SourceConfig
     files: list[str]
     frame: pd.DataFrame
+    # An event log's records of the other kinds (views, carts, clicks, logins...): the same
+    # columns as ``frame`` plus ``kind``, for ``training.interactions``; None for other sources.
+    # Both of an event log's frames have ``session`` ("" where a record has none).
+    interactions: pd.DataFrame | None = None
 
 
 def read_source(source: SourceConfig) -> SourceRows:
     if source.kind == "postgresql":
         return SourceRows(source, [_database_label(source)], _read_postgresql(source))
     files = source.files()
-    if not files and source.kind == "events":  # the service has not logged an event yet
-        return SourceRows(source, [], _no_events())
+    if source.kind == "events":
+        return _read_event_log(source, files)
     if not files:
         raise SourceError(
             f"source {source.name!r}: no file matches {source.path!r} "
             f"(relative to {source.base_dir})"
         )
-    readers = {
-        "csv": _read_csv,
-        "jsonl": _read_jsonl,
-        "parquet": _read_parquet,
-        "events": _read_events,
-    }
+    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
     reader = readers[source.kind]
     frames = []
     for index, path in enumerate(files):
@@ -318,34 +320,58 @@ def _read_jsonl(source: SourceConfig, path: Path) -> pd.DataFrame:
     return _fields(_arrow_text(table, list(source.columns.values()), str(path)), source)
 
 
+def _read_event_log(source: SourceConfig, files: list[Path]) -> SourceRows:
+    """The service's event log: purchases and returns in ``frame`` (for the merge), every
+    other kind in ``interactions``. No file yet (nothing logged) is no rows."""
+    purchases, interactions = [], []
+    for index, path in enumerate(files or [None]):
+        frame = _no_events() if path is None else _read_events(source, path)
+        frame["file"] = index
+        bought = frame[KIND].isin(["", *PURCHASE_KINDS]).to_numpy()
+        purchases.append(_subset(frame.drop(columns=[KIND]), bought))
+        interactions.append(_subset(frame, ~bought))
+    return SourceRows(
+        source, [str(p) for p in files], _concat(purchases), interactions=_concat(interactions)
+    )
+
+
+def _subset(frame: pd.DataFrame, rows: NDArray[np.bool_]) -> pd.DataFrame:
+    """The rows picked, each text column holding only the values they use."""
+    picked = frame.loc[rows].reset_index(drop=True)
+    for column in picked.columns:
+        if isinstance(picked[column].dtype, pd.CategoricalDtype):
+            picked[column] = picked[column].cat.remove_unused_categories()
+    return picked
+
+
 def _read_events(source: SourceConfig, path: Path) -> pd.DataFrame:
-    """The service's event log: the fixed columns, plus ``received_at`` (seconds). An empty
-    file (every line of it erased, or none written yet) is no rows."""
+    """One file of the event log, every record numbered in file order: the fixed columns,
+    ``kind`` ("" where a line written before kinds existed has none: a purchase),
+    ``session`` ("" where none) and ``received_at`` (seconds). An empty file (every line of
+    it erased, or none written yet) is no rows."""
     if path.stat().st_size == 0:
-        frame = pd.DataFrame({field: _blank_text(0) for field in EVENTS_COLUMNS})
-        frame[RECEIVED_AT] = np.zeros(0)
-        return frame
+        return _no_events()
     table = _jsonl_table(source, path)
     if table is None:
-        return _jsonl_by_line(source, path, received=True)
-    if KIND in table.column_names:  # interactions are not purchases: only these are merged
-        kinds = table.column(KIND).cast(pa.string())
-        table = table.filter(pc.fill_null(pc.is_in(kinds, pa.array(sorted(PURCHASE_KINDS))), True))
-    frame = _fields(_arrow_text(table, list(source.columns.values()), str(path)), source)
-    received = (
+        return _numbered(_jsonl_by_line(source, path, received=True))
+    columns = list(source.columns.values())
+    extra = [column for column in EVENT_EXTRA if column in table.column_names]
+    text = _arrow_text(table, columns + extra, str(path))
+    frame = _fields(text, source)
+    for column in EVENT_EXTRA:
+        frame[column] = text[column] if column in extra else _blank_text(len(frame))
+    frame[RECEIVED_AT] = (
         pc.fill_null(table.column(RECEIVED_AT).cast(pa.float64()), 0.0).to_numpy()
         if RECEIVED_AT in table.column_names
-        else 0.0
+        else np.zeros(len(frame))
     )
-    frame[RECEIVED_AT] = received
-    return frame
+    return _numbered(frame)
 
 
 def _no_events() -> pd.DataFrame:
-    """An event log with no file yet: no rows, the columns a read log has."""
-    frame = pd.DataFrame({field: _blank_text(0) for field in EVENTS_COLUMNS})
+    """An event log with no record: no rows, the columns a read log has."""
+    frame = pd.DataFrame({field: _blank_text(0) for field in (*EVENTS_COLUMNS, *EVENT_EXTRA)})
     frame[RECEIVED_AT] = np.zeros(0)
-    frame["file"] = np.zeros(0, dtype=np.int64)
     return _numbered(frame)
 
 
@@ -371,10 +397,12 @@ def _jsonl_table(source: SourceConfig, path: Path) -> pa.Table | None:
 def _jsonl_by_line(source: SourceConfig, path: Path, received: bool = False) -> pd.DataFrame:
     """The mapped fields of each record as text, as ``_arrow_text`` writes them; a record
     whose field holds a list or an object is kept as ``malformed``, for the merge to
-    quarantine. Only files pyarrow cannot type go through this loop."""
+    quarantine. Only files pyarrow cannot type go through this loop. ``received``: an event
+    log, whose records also give ``kind``, ``session`` and ``received_at``."""
     where = f"source {source.name!r}, file {path}"
     columns = list(source.columns.values())
-    values: dict[str, list[str]] = {column: [] for column in columns}
+    extra = list(EVENT_EXTRA) if received else []
+    values: dict[str, list[str]] = {column: [] for column in columns + extra}
     malformed: list[str] = []
     received_at: list[float] = []
     seen: set[str] = set()
@@ -382,11 +410,9 @@ def _jsonl_by_line(source: SourceConfig, path: Path, received: bool = False) -> 
         with _opened(source, path, where) as opened:
             with opened if not isinstance(opened, Path) else opened.open("rb") as handle:
                 for number, record in _json_records(handle, source, where):
-                    if received and record.get(KIND, "purchase") not in PURCHASE_KINDS:
-                        continue  # an interaction in the event log, not a purchase
                     seen.update(record)
                     wrong = ""
-                    for column in columns:
+                    for column in columns + extra:
                         value = record.get(column)
                         if isinstance(value, list | dict):
                             kind = "a list" if isinstance(value, list) else "an object"
@@ -400,7 +426,10 @@ def _jsonl_by_line(source: SourceConfig, path: Path, received: bool = False) -> 
     except (OSError, EOFError) as error:
         raise SourceError(f"{where}: cannot read ({error})") from error
     _check_columns(source, sorted(seen), where)
-    frame = _fields(pd.DataFrame(values, dtype="category"), source)
+    raw = pd.DataFrame(values, dtype="category")
+    frame = _fields(raw, source)
+    for column in extra:
+        frame[column] = _categorical_text(raw[column])
     frame["malformed"] = _categorical_text(pd.Series(malformed, dtype="str"))
     if received:
         frame[RECEIVED_AT] = np.asarray(received_at)
