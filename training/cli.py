@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -642,8 +643,25 @@ def _demo(args: argparse.Namespace) -> int:
         f'"timestamp": "2011-12-10T10:00:00Z"}}]}}\''
     )
     print(f"  curl -s '{base}/readyz'\n")
+    overrides = {"RECSVC_AUTH": "off", **_demo_dashboard(base)}
     print("The demo runs with RECSVC_AUTH=off on localhost and the embedded store.\n")
-    return _serve(args, {"RECSVC_AUTH": "off"})
+    return _serve(args, overrides)
+
+
+def _demo_dashboard(base: str) -> dict[str, str]:
+    """Two keys for the dashboard (which RECSVC_AUTH=off does not open), valid for this run
+    only, and a session secret when none is set."""
+    from recsvc.auth import mint
+
+    admin_key, admin_line = mint("demo-admin", ["admin"])
+    viewer_key, viewer_line = mint("demo-viewer", ["dashboard:read"])
+    configured = os.environ.get("RECSVC_API_KEYS", "").strip()
+    keys = ",".join(line for line in (configured, admin_line, viewer_line) if line)
+    secret = os.environ.get("RECSVC_SECRET_KEY", "").strip() or secrets.token_hex(32)
+    print(f"Dashboard: {base}/dashboard/ (keys valid for this run only)")
+    print(f"  admin key (erases, sees addresses): {admin_key}")
+    print(f"  dashboard:read key (looks, addresses masked): {viewer_key}\n")
+    return {"RECSVC_API_KEYS": keys, "RECSVC_SECRET_KEY": secret}
 
 
 def print_report(report: TrainReport) -> None:

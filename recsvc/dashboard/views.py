@@ -472,6 +472,10 @@ def page(template: str, viewer: Viewer | None, status: int = 200, **context: Any
 @blueprint.after_request
 def protect(response: Response) -> Response:
     response.headers.update(SECURITY_HEADERS)
+    started = this_request().environ.get(STARTED)
+    if "Server-Timing" not in response.headers and started is not None:
+        elapsed = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = f"app;dur={elapsed:.1f}"
     if this_request().endpoint != "dashboard.static":
         response.headers["Cache-Control"] = "no-store"  # pages hold customers' data
     return response
