@@ -419,6 +419,8 @@ def test_triggers_filter_page_and_export(fresh: Flask) -> None:
         found = re.search(r'href="(/dashboard/triggers\?[^"]+)" rel="next"', body)
         path = found.group(1).replace("&amp;", "&") if found else ""
     assert len(seen) == 15 and seen == [t["kind"] for t in feed]
+    first = client.get("/dashboard/triggers?kind=tier_up").get_data(as_text=True)
+    assert "kind=tier_up&amp;from=2011-08-26&amp;to=2011-09-01" in first  # the data's last week
     only = client.get("/dashboard/triggers?kind=tier_up&from=2011-01-01&to=2011-01-31")
     assert only.get_data(as_text=True).count('<tr class="trigger">') == 1  # 1005, 2011-01-10
     export = client.get("/dashboard/triggers.csv?kind=tier_up")

@@ -340,6 +340,19 @@ class TriggerFilter:
         return datetime.combine(self.end + timedelta(days=1), datetime.min.time(), UTC).timestamp()
 
 
+def recent_periods(model: ServedModel) -> list[tuple[str, date, date]]:
+    """Quick filters: the last week and month of the bundle's data (its data's end, not the
+    wall clock: a bundle of an old history still has a "this week")."""
+    as_of = model.bundle.manifest.data_as_of
+    if not as_of:
+        return []
+    end = datetime.fromisoformat(as_of).date()
+    return [
+        ("last 7 days of data", end - timedelta(days=6), end),
+        ("last 30 days of data", end - timedelta(days=29), end),
+    ]
+
+
 def trigger_filter(kinds: list[str], start: str | None, end: str | None) -> TriggerFilter:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:

@@ -377,6 +377,10 @@ def triggers(viewer: Viewer) -> Response:
         first_page=after is None,
         next_query=next_query,
         export_query=urlencode(_trigger_query(chosen)),
+        periods=[
+            (label, urlencode(_trigger_query(pages.TriggerFilter(chosen.kinds, start, end))))
+            for label, start, end in pages.recent_periods(model)
+        ],
     )
 
 
