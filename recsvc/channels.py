@@ -219,14 +219,15 @@ def block(
     }
 
 
-PUBLIC_BLOCK_FIELDS = ("slot", "model_version", "content", "products")
+PUBLIC_BLOCK_FIELDS = ("slot", "model_version", "content", "products", "impression_id", "arm")
 
 
 def public_block(block: dict[str, Any], personalised: bool) -> dict[str, Any]:
     """A block as a publishable key may see it: what the page shows, and whether a visitor
     token made it the named customer's (``personalised``). No customer id, tier figures,
     fallback or degraded flag: the same keys whoever is named, so an answer tells nothing
-    beyond the content shown."""
+    beyond the content shown (its impression id is random; its arm is null unless a visitor
+    token names the customer)."""
     return {
         **{name: block[name] for name in PUBLIC_BLOCK_FIELDS},
         "personalised": personalised,

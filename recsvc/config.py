@@ -17,6 +17,7 @@ from typing import Any
 from recsvc import defaults
 from recsvc.auth import ApiKey, parse_api_keys
 from recsvc.errors import ConfigError
+from recsvc.experiments import Experiment, parse_spec
 from recsvc.identity import SECRET_VARIABLE, IdentityKey
 from recsvc.tokens import secret_from
 
@@ -111,7 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "RELOAD_SECONDS",
         str(defaults.RELOAD_SECONDS),
-        "how often each worker looks for a newly published bundle; `0` never",
+        "how often each worker looks for a newly published bundle or experiment file; `0` never",
         bounds=(0, 86400),
     ),
     Setting(
@@ -233,6 +234,20 @@ SETTINGS: tuple[Setting, ...] = (
         lambda text: Path(text) if text else None,
     ),
     Setting(
+        "EXPERIMENT",
+        "",
+        "an A/B test of bundles, `<arm>:<version>:<weight>,...` with weights adding up to 100 "
+        "(`champion:<version>:90,challenger:<version>:10`); `<models dir>/experiment.json`, "
+        "when there, comes first",
+        parse_spec,
+    ),
+    Setting(
+        "ATTRIBUTION_HOURS",
+        str(defaults.ATTRIBUTION_HOURS),
+        "how long after an answer a click on it or a purchase of one of its items counts for it",
+        bounds=(1, 720),
+    ),
+    Setting(
         "BIND",
         defaults.BIND,
         "where gunicorn listens: `host:port` or `unix:/path/to/socket`",
@@ -281,6 +296,8 @@ class ServiceConfig:
     identity_key: IdentityKey = field(default_factory=IdentityKey.development_key)
     secret_key: bytes = b""  # signs visitor tokens (recsvc.tokens); empty: none is valid
     evaluation_report: Path | None = None  # report.json of `recsvc evaluate`, for the dashboard
+    experiment: Experiment | None = None  # from RECSVC_EXPERIMENT (the models dir's file first)
+    attribution_hours: int = defaults.ATTRIBUTION_HOURS
     # gunicorn's (gunicorn.conf.py); the app itself does not use them
     bind: str = defaults.BIND
     workers: int = 1

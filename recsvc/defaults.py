@@ -39,6 +39,13 @@ SNAPSHOT_TTL_DAYS = 30  # how long one email send's picks stay fixed
 EMAIL_DEFAULT_N = 4
 EMAIL_MAX_N = 12
 
+# Impressions and experiments (recsvc.impressions, recsvc.experiments)
+ATTRIBUTION_HOURS = 24  # a click or purchase counts for an impression shown this long before
+IMPRESSION_FLUSH_SECONDS = 1.0  # how often a worker writes the impressions it showed
+IMPRESSION_BUFFER_MAX = 100_000  # impressions a worker keeps while the store does not answer
+# A click or purchase whose impression is still in some worker's buffer waits this long for it.
+PENDING_ATTRIBUTION_SECONDS = 300
+
 # Visitor tokens (recsvc.tokens): how long one lasts, by default and at most
 VISITOR_TOKEN_TTL = 3600
 VISITOR_TOKEN_MAX_TTL = 86400

@@ -63,17 +63,16 @@ NONE = Engagement()
 
 def of(events: Iterable[StoredEvent]) -> Engagement:
     """The engagement the email events among ``events`` show."""
-    email = [(_moment(e.timestamp), e.received_at, e) for e in events if e.kind in EMAIL_KINDS]
+    email = _in_order(events)
     if not email:
         return NONE
-    email.sort(key=lambda entry: entry[:2])
     opens: list[datetime] = []
     clicks = 0
     opened: set[str] = set()
     clicked: set[str] = set()
     since_click: set[str] = set()
     unsubscribed_at = None
-    for moment, _, event in email:
+    for moment, event in email:
         send = event.send_id or ""
         if event.kind == OPEN:
             opens.append(moment)
@@ -99,6 +98,32 @@ def of(events: Iterable[StoredEvent]) -> Engagement:
         open_weekday=_most_common(weekdays),
         unsubscribed_at=unsubscribed_at,
     )
+
+
+def disengaging_opens(events: Iterable[StoredEvent], rules: TierPolicy) -> set[str]:
+    """The opens (event ids) that each made the customer disengaged: the open of the
+    ``disengaged_opens``-th send in a row without a click, while still subscribed."""
+    found = set()
+    since_click: set[str] = set()
+    unsubscribed = False
+    for _, event in _in_order(events):
+        if event.kind == OPEN:
+            before = len(since_click)
+            since_click.add(event.send_id or "")
+            if not unsubscribed and before < rules.disengaged_opens <= len(since_click):
+                found.add(event.event_id)
+        elif event.kind == CLICK:
+            since_click.clear()
+        else:
+            unsubscribed = True
+    return found
+
+
+def _in_order(events: Iterable[StoredEvent]) -> list[tuple[datetime, StoredEvent]]:
+    """The email events among ``events``, in the order they happened (then received)."""
+    email = [(_moment(e.timestamp), e.received_at, e) for e in events if e.kind in EMAIL_KINDS]
+    email.sort(key=lambda entry: entry[:2])
+    return [(moment, event) for moment, _, event in email]
 
 
 def _most_common(counts: Counter[int]) -> int | None:

@@ -13,6 +13,7 @@ RecsvcError
 ├── UnknownItem            an item id the catalog has never heard of
 ├── UnknownCustomer        an erasure named nobody the service knows (still recorded)
 ├── Unsubscribed           email picks for a customer who unsubscribed from email
+├── ExperimentNotRunning   an experiment was to be ended, and none is running
 ├── StoreUnavailable       the real-time store did not answer in time
 │   └── StoreNotRestored   it answers but lost its data; being rebuilt from the durable logs
 └── BundleError            no usable model bundle
@@ -113,6 +114,10 @@ class Unsubscribed(RecsvcError):
     def __init__(self, on: date) -> None:
         super().__init__(f"this customer unsubscribed from email on {on.isoformat()}")
         self.on = on
+
+
+class ExperimentNotRunning(RecsvcError):
+    """An experiment was to be ended, and none is running."""
 
 
 class StoreUnavailable(RecsvcError):

@@ -3,7 +3,8 @@
 Under gunicorn every worker counts into files in PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py
 sets it up) and a scrape adds the workers up. The bundle's figures are read at scrape time
 from the worker that answers, as it sees them (it checks for new bundles every
-RECSVC_RELOAD_SECONDS).
+RECSVC_RELOAD_SECONDS). The online figures (impressions, clicks, conversions, attributed
+revenue) are the store's, so every worker and host scrapes the same totals.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from recsvc.errors import StoreUnavailable
 from recsvc.registry import ModelRegistry
+from recsvc.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -98,23 +101,71 @@ class BundleCollector(Collector):
         yield from (info, age, refused, fallback, refusals)
 
 
-def _scrape(registry: ModelRegistry) -> CollectorRegistry:
-    """What one scrape reads: every worker's counts (under gunicorn) and the bundle's."""
+ONLINE_LABELS = ["model_version", "experiment", "arm", "surface"]
+
+
+class OnlineCollector(Collector):
+    """What was shown and what came of it, per model version, experiment arm and surface,
+    from the store (nothing while it does not answer)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            figures = self.store.impression_figures().figures
+        except StoreUnavailable:
+            return
+        counters = {
+            name: CounterMetricFamily(f"recsvc_{name}", text, labels=ONLINE_LABELS)
+            for name, text in (
+                ("impressions", "Lists shown (answers with at least one item)"),
+                ("impressions_clicked", "Impressions with at least one rec_click attributed"),
+                ("impressions_converted", "Impressions with at least one purchase attributed"),
+                ("attributed_revenue", "Revenue of the purchases attributed to impressions"),
+            )
+        }
+        rates = {
+            name: GaugeMetricFamily(f"recsvc_{name}", text, labels=ONLINE_LABELS)
+            for name, text in (
+                ("click_through_rate", "Impressions clicked / impressions"),
+                ("conversion_rate", "Impressions converted / impressions"),
+            )
+        }
+        for group in figures:
+            labels = [group.model_version, group.experiment, group.arm, group.surface]
+            values = group.values
+            shown = values.get("impressions", 0.0)
+            counters["impressions"].add_metric(labels, shown)
+            counters["impressions_clicked"].add_metric(labels, values.get("clicked", 0.0))
+            counters["impressions_converted"].add_metric(labels, values.get("converted", 0.0))
+            counters["attributed_revenue"].add_metric(labels, values.get("revenue", 0.0))
+            if shown:
+                rates["click_through_rate"].add_metric(labels, values.get("clicked", 0.0) / shown)
+                rates["conversion_rate"].add_metric(labels, values.get("converted", 0.0) / shown)
+        yield from counters.values()
+        yield from rates.values()
+
+
+def _scrape(registry: ModelRegistry, store: Store) -> CollectorRegistry:
+    """What one scrape reads: every worker's counts (under gunicorn), the bundle's, and the
+    online figures the store holds."""
     scrape = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
     else:
         scrape.register(METRICS)
     scrape.register(BundleCollector(registry))
+    scrape.register(OnlineCollector(store))
     return scrape
 
 
-def exposition(registry: ModelRegistry) -> bytes:
+def exposition(registry: ModelRegistry, store: Store) -> bytes:
     """The metrics text for one scrape."""
-    return generate_latest(_scrape(registry))
+    return generate_latest(_scrape(registry, store))
 
 
-def collected(registry: ModelRegistry) -> list[Metric]:
+def collected(registry: ModelRegistry, store: Store) -> list[Metric]:
     """The metric families a scrape would show, as objects (the dashboard reads these: the
     same numbers as /metrics)."""
-    return list(_scrape(registry).collect())
+    return list(_scrape(registry, store).collect())

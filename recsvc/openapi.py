@@ -339,6 +339,29 @@ TRIGGERS = Operation(
     problems=READS,
 )
 
+EXPERIMENTS = Operation(
+    "get",
+    "/v1/experiments",
+    schemas.Experiments,
+    "the experiment's arms with 95% intervals, and counts per model version and surface",
+    scope="metrics:read",
+    problems=(400, 401, 403, 429),
+    notes="figures are over the attribution window's clicks and purchases (RECSVC_ATTRIBUTION_"
+    "HOURS); an arm's intervals take its customers as the unit",
+)
+END_EXPERIMENT = Operation(
+    "post",
+    "/v1/experiments/end",
+    schemas.Experiments,
+    "the experiments after the change",
+    scope="admin",
+    request=schemas.ExperimentEnd,
+    problems=(400, 401, 403, 409, 429, 503),
+    notes="promote: current points at the arm's bundle and the experiment ends; drop: the "
+    "arm's customers go to the first arm left (the last arm left is promoted); every worker "
+    "reading the models directory follows within RECSVC_RELOAD_SECONDS",
+)
+
 OPERATIONS = (
     HEALTHZ,
     READYZ,
@@ -360,6 +383,8 @@ OPERATIONS = (
     ITEM,
     CATALOG,
     TRIGGERS,
+    EXPERIMENTS,
+    END_EXPERIMENT,
 )
 
 # gunicorn answers these itself, in HTML, before a request reaches the service.

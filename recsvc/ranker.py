@@ -146,6 +146,7 @@ class Ranker:
         }
         self.trained_tier = self.tiers.indices(arrays.window_spend)
         self._popularity_of: dict[str, NDArray[np.float64]] = {}
+        self._category_members: dict[int, NDArray[np.float64]] = {}
         # Items reserved for higher tiers, per tier (usually none), listed once.
         self._hidden_items = [
             np.flatnonzero(arrays.item_min_tier > tier).astype(np.int32)
@@ -313,9 +314,17 @@ class Ranker:
         if shares:
             affinity = np.zeros(len(arrays.item_ids))
             for bit, share in shares.items():  # an item's best category counts
-                np.maximum(affinity, share * ((arrays.item_categories & bit) != 0), out=affinity)
+                np.maximum(affinity, share * self._in_category(bit), out=affinity)
             scores += CATEGORY_AFFINITY * affinity
         return scores, spread
+
+    def _in_category(self, bit: int) -> NDArray[np.float64]:
+        """1.0 for the items in the category of ``bit``, else 0.0; made once per category."""
+        found = self._category_members.get(bit)
+        if found is None:
+            found = ((self.arrays.item_categories & bit) != 0).astype(np.float64)
+            self._category_members[bit] = found
+        return found
 
     def _viewed(self, items: NDArray[np.int32], spread: Spread, listed: list[int]) -> list[int]:
         """For each listed item, the interest item that explains it: the one that adds most

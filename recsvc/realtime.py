@@ -408,24 +408,27 @@ class Realtime:
     def _disengaged(
         self, model: ServedModel, key: str, new_opens: set[str], now: float
     ) -> list[tuple[float, str, str]]:
-        """The ``disengaged`` trigger, when the opens ``new_opens`` (event ids) made the
-        customer ``key`` names disengaged: once per run of opens without a click."""
+        """The ``disengaged`` trigger, once for each of the opens ``new_opens`` (event ids)
+        that made the customer ``key`` names disengaged, in the order the opens happened: a
+        batch holding both the open that completes a run and the click that ends it still
+        fires."""
         view = self.view(model, key)
         if view.erased or view.degraded:
             return []
         rules = model.bundle.manifest.tiers
-        after = engagement.of(view.interactions)
-        before = engagement.of(e for e in view.interactions if e.event_id not in new_opens)
-        if not after.disengaged(rules) or before.disengaged(rules):
+        completing = engagement.disengaging_opens(view.interactions, rules) & new_opens
+        if not completing:
             return []
+        email = engagement.of(view.interactions)
         figures: dict[str, object] = {
-            "sends_opened_since_click": after.sends_opened_since_click,
-            "sends_opened": after.sends_opened,
-            "sends_clicked": after.sends_clicked,
+            "sends_opened_since_click": rules.disengaged_opens,
+            "sends_opened": email.sends_opened,
+            "sends_clicked": email.sends_clicked,
         }
         customer = view.customer_id or view.store_key  # never the key: it may be an address
         reason = policy.disengaged_reason(rules.disengaged_opens)
-        return [_trigger(now, view.store_key, customer, "disengaged", reason, figures)]
+        fired = _trigger(now, view.store_key, customer, "disengaged", reason, figures)
+        return [fired] * len(completing)
 
     def erase(self, model: ServedModel, key: str) -> ErasureReceipt:
         """Forget a customer: every alias, their real-time events, their lines in the durable

@@ -9,6 +9,11 @@ one keeps serving, and the refusal is over once the pointer names a bundle that 
 
 At start there is no previous one: then the newest bundle in the models directory that
 verifies is served instead (a fallback), and ``current`` is left as the operator wrote it.
+
+An experiment (``recsvc.experiments``) serves its arms' bundles beside ``current``, each
+verified the same way; the watcher re-reads the experiment file with the pointer. An
+experiment whose file or bundles cannot be served is not run (everyone gets ``current``), and
+says why in ``experiment_error``.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from recsvc import experiments
 from recsvc.bundle import CURRENT_POINTER, Bundle, bundle_versions, current_version, load_bundle
-from recsvc.errors import BundleCorrupt, BundleError
+from recsvc.errors import BundleCorrupt, BundleError, BundleNotFound
+from recsvc.experiments import Experiment, Split
 from recsvc.identity import SECRET_VARIABLE, IdentityKey, IdentityRules
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
@@ -62,6 +69,19 @@ class ServedModel:
         return self.bundle.manifest.events_through or 0.0
 
 
+@dataclass(frozen=True)
+class RunningExperiment:
+    """An experiment being served: its split and each live arm's model."""
+
+    experiment: Experiment
+    split: Split
+    models: dict[str, ServedModel]  # by arm name
+
+
+_NOT_READ = Experiment("", ())  # no experiment looked at yet (or one to look at again)
+_REFUSED = Experiment("-", ())  # the experiment file could not be read
+
+
 class ModelRegistry:
     """Holds the served model; a request takes one reference and uses it throughout."""
 
@@ -70,12 +90,19 @@ class ModelRegistry:
         models_dir: Path,
         key: IdentityKey | None = None,
         wait: Callable[[float], object] = time.sleep,
+        experiment: Experiment | None = None,
     ) -> None:
         """``key``: this deployment's secret; a bundle trained with another is refused.
         None: the development key. ``wait``: the watcher's pause between two checks (a seam:
-        tests pass one they release by hand)."""
+        tests pass one they release by hand). ``experiment``: the configured one
+        (RECSVC_EXPERIMENT; the models directory's file comes first)."""
         self.models_dir = models_dir
         self.wait = wait
+        self.configured_experiment = experiment
+        self.experiment: Experiment | None = None  # in force, running or ended
+        self.running: RunningExperiment | None = None  # take it once per request
+        self.experiment_error: str | None = None
+        self._experiment_read: Experiment | None = _NOT_READ
         self.key = key or IdentityKey.development_key()
         self.model: ServedModel | None = None
         self.last_error: str | None = None
@@ -92,8 +119,13 @@ class ModelRegistry:
         return self.refused if self.fallback else None
 
     def load(self) -> bool:
-        """Load the bundle ``current`` points at. On failure keep serving the previous one, or
-        with none (at start) the newest bundle that verifies."""
+        """Load the bundle ``current`` points at (and the experiment's). On failure keep
+        serving the previous one, or with none (at start) the newest bundle that verifies."""
+        loaded = self._load()
+        self.check_experiment()
+        return loaded
+
+    def _load(self) -> bool:
         version: str | None = None
         try:
             version = current_version(self.models_dir)
@@ -109,7 +141,13 @@ class ModelRegistry:
         return True
 
     def check(self) -> bool:
-        """Load the bundle ``current`` names if it is new (and not already refused)."""
+        """Load the bundle ``current`` names if it is new (and not already refused), and the
+        experiment file if it changed."""
+        changed = self._check_current()
+        self.check_experiment()
+        return changed
+
+    def _check_current(self) -> bool:
         pointer = self._pointer()
         if pointer is None:
             return False
@@ -124,7 +162,52 @@ class ModelRegistry:
             return False
         if pointer == self.refused:
             return False
-        return self.load()
+        return self._load()
+
+    def check_experiment(self) -> None:
+        """Serve the experiment in force (the file's, else the configured one) when it
+        changed: each live arm's bundle loaded and verified, or, when one is refused, none (a
+        bundle missing is looked for again at the next check, a corrupt one is not)."""
+        try:
+            experiment = experiments.effective(
+                self.configured_experiment, experiments.read(self.models_dir)
+            )
+        except ValueError as error:
+            self._experiment_read = _REFUSED
+            self._not_running(None, str(error))
+            return
+        if experiment == self._experiment_read:
+            return
+        self._experiment_read = experiment
+        if experiment is None or not experiment.running:
+            self.experiment, self.running, self.experiment_error = experiment, None, None
+            return
+        models: dict[str, ServedModel] = {}
+        for arm in experiment.live_arms():
+            try:
+                models[arm.name] = self._arm_model(arm.version)
+            except BundleError as error:
+                if isinstance(error, BundleNotFound):
+                    self._experiment_read = _NOT_READ
+                self._not_running(experiment, f"arm {arm.name}: {error}")
+                return
+        self.experiment, self.experiment_error = experiment, None
+        self.running = RunningExperiment(experiment, Split(experiment), models)
+        arms = ", ".join(f"{a.name} {a.version} {a.weight}%" for a in experiment.live_arms())
+        log.info("serving experiment %s: %s", experiment.name, arms)
+
+    def _not_running(self, experiment: Experiment | None, error: str) -> None:
+        if error != self.experiment_error:
+            log.error("experiment not served, everyone gets current: %s", error)
+        self.experiment, self.running, self.experiment_error = experiment, None, error
+
+    def _arm_model(self, version: str) -> ServedModel:
+        """An arm's model: the one already served when it is that version, else loaded."""
+        served = [self.model] + list(self.running.models.values() if self.running else [])
+        for model in served:
+            if model is not None and model.version == version:
+                return model
+        return serve(load_bundle(self.models_dir / version), self.key)
 
     def watch(self, interval: float) -> None:
         """Check the pointer every ``interval`` seconds from a daemon thread of this process

@@ -215,6 +215,18 @@ class Reason(Body, omit_defaults=True):
     tier: str | None = None
 
 
+ImpressionId = Annotated[
+    str,
+    Meta(
+        description="this answer's id: a rec_click event sends it back, and purchases of its "
+        "items within the attribution window count for it"
+    ),
+]
+ArmName = Annotated[
+    str | None, Meta(description="the experiment arm whose bundle answered; null outside one")
+]
+
+
 class Recommendation(Body):
     item_id: str
     score: float
@@ -230,6 +242,8 @@ class Recommendations(Body):
     degraded: bool
     tier: Tier
     items: list[Recommendation]
+    impression_id: ImpressionId
+    arm: ArmName
     # With fallback: whose best sellers these are ("country:Germany", "tier:gold", "all").
     fallback_scope: (
         Annotated[str, Meta(description="with fallback: country:<name>, tier:<name> or all")] | None
@@ -242,6 +256,8 @@ class SimilarItems(Body):
     fallback: Annotated[bool, Meta(description="the model has no neighbours for the item")]
     degraded: bool
     items: list[Recommendation]
+    impression_id: ImpressionId
+    arm: ArmName
     fallback_scope: (
         Annotated[str, Meta(description="with fallback: category:<name> or all")] | None
     ) = None
@@ -255,6 +271,8 @@ class CartRecommendations(Body):
         list[str], Meta(description="cart item ids the catalog has never heard of")
     ]
     items: list[Recommendation]
+    impression_id: ImpressionId
+    arm: ArmName
     fallback_scope: (
         Annotated[str, Meta(description="with fallback: country:<name>, tier:<name> or all")] | None
     ) = None
@@ -377,6 +395,8 @@ class Block(Body):
     tier: Tier
     content: list[Content]
     products: list[ProductCard]
+    impression_id: ImpressionId
+    arm: ArmName
 
 
 class PublicBlock(Body, forbid_unknown_fields=True):
@@ -389,6 +409,8 @@ class PublicBlock(Body, forbid_unknown_fields=True):
     personalised: Annotated[
         bool, Meta(description="a valid visitor token made this the named customer's block")
     ]
+    impression_id: ImpressionId
+    arm: ArmName
 
 
 class VisitorTokenRequest(Body, forbid_unknown_fields=True):
@@ -411,6 +433,10 @@ class EmailPicks(Body):
     currency_symbol: str
     items: list[ProductCard]
     degraded: bool = False  # not in the stored snapshot: each answer says its own
+    # Kept in the snapshot, so every answer for one send names one impression; "" and null in
+    # snapshots kept before impressions existed (the answer then gets a new id each time).
+    impression_id: ImpressionId = ""
+    arm: ArmName = None
 
 
 # Events
@@ -554,6 +580,87 @@ class Triggers(Body):
     degraded: bool
     triggers: list[Trigger]
     next_cursor: str | None
+
+
+# Experiments and online figures (recsvc.experiments, recsvc.stats)
+
+
+class FigureInterval(Body):
+    """A figure and its 95% interval (null: no data, or too few customers to tell)."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+class ArmDifference(Body, kw_only=True):
+    """This arm's figure less the first arm's, with its 95% interval."""
+
+    ctr: FigureInterval
+    conversion_rate: FigureInterval
+    revenue_per_impression: FigureInterval
+
+
+class ArmReport(Body, kw_only=True):
+    name: str
+    model_version: str
+    weight: Annotated[int, Meta(description="buckets out of 100")]
+    dropped: bool
+    customers: Annotated[int, Meta(description="customers shown at least one answer")]
+    impressions: int
+    clicked: Annotated[int, Meta(description="impressions with at least one click")]
+    converted: Annotated[int, Meta(description="impressions with at least one purchase")]
+    revenue: Annotated[float, Meta(description="attributed to its impressions")]
+    ctr: FigureInterval
+    conversion_rate: FigureInterval
+    revenue_per_impression: FigureInterval
+    difference: Annotated[
+        ArmDifference | None, Meta(description="against the first arm; null for the first")
+    ]
+
+
+class ExperimentReport(Body, kw_only=True):
+    name: str
+    running: bool
+    ended_at: str | None
+    promoted: str | None
+    arms: list[ArmReport]
+
+
+class SurfaceFigures(Body, kw_only=True):
+    """Counts of one model version, experiment arm and surface."""
+
+    model_version: str
+    experiment: str | None
+    arm: str | None
+    surface: Annotated[
+        str, Meta(description="recommendations, similar, cart, block:<slot> or email")
+    ]
+    impressions: int
+    clicked: int
+    clicks: int
+    converted: int
+    purchases: int
+    revenue: float
+    ctr: float | None
+    conversion_rate: float | None
+
+
+class Experiments(Body, kw_only=True):
+    experiment: ExperimentReport | None
+    error: Annotated[
+        str | None, Meta(description="why the experiment is not being served, if it is not")
+    ]
+    attribution_hours: int
+    degraded: Annotated[bool, Meta(description="the store did not answer: no figures")]
+    figures: list[SurfaceFigures]
+
+
+class ExperimentEnd(Body, forbid_unknown_fields=True):
+    """POST /v1/experiments/end: one of promote (its bundle becomes current) or drop."""
+
+    promote: Annotated[str, Meta(min_length=1, max_length=64)] | UnsetType = UNSET
+    drop: Annotated[str, Meta(min_length=1, max_length=64)] | UnsetType = UNSET
 
 
 encoder = msgspec.json.Encoder()

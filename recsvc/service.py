@@ -23,6 +23,8 @@ from recsvc import (
     channels,
     defaults,
     engagement,
+    experiments,
+    impressions,
     insights,
     interactions,
     products,
@@ -30,9 +32,11 @@ from recsvc import (
     tokens,
 )
 from recsvc.auth import Authenticator
+from recsvc.bundle import point_current
 from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
 from recsvc.errors import (
+    ExperimentNotRunning,
     InvalidParameter,
     NoModelLoaded,
     StoreUnavailable,
@@ -41,8 +45,10 @@ from recsvc.errors import (
     Unsubscribed,
 )
 from recsvc.events import STORE_FILE, ErasureLog, Event, EventLog, logs_origin
+from recsvc.experiments import Assignment
 from recsvc.filters import NO_FILTER, ItemFilter
 from recsvc.identity import request_aliases
+from recsvc.impressions import Impressions
 from recsvc.logrecords import catalog_state
 from recsvc.logs import CustomerHasher
 from recsvc.ranker import RankedItem
@@ -54,6 +60,8 @@ from recsvc.schemas import (
     EmailPicks,
     ErasureReceipt,
     EventResult,
+    Experiments,
+    ProductCard,
     Profile,
     Reason,
     RecentlyViewed,
@@ -66,12 +74,13 @@ from recsvc.schemas import (
     ViewedItem,
 )
 from recsvc.signals import customer_signals
-from recsvc.store import CatalogOverlay, EmbeddedStore, RedisStore, Store
+from recsvc.store import CatalogOverlay, EmbeddedStore, ImpressionFigures, RedisStore, Store
 from recsvc.triggers import Key, live_since
 
 log = logging.getLogger(__name__)
 
 SERVICE = "recsvc"  # the key of the app's Service in Flask's app.extensions
+MODELS_CACHED = 8  # bundles whose catalog overlay is kept applied (current and arms)
 
 
 def listed(
@@ -110,6 +119,14 @@ def catalog_item(model: ServedModel, item_id: str) -> tuple[str, int | None]:
     return normal, model.item_index.get(normal)
 
 
+class Serving(NamedTuple):
+    """The model that answers a request, and the experiment arm that chose it (None: no
+    experiment, or nobody to assign)."""
+
+    model: ServedModel
+    assignment: Assignment | None = None
+
+
 class TriggerPage(NamedTuple):
     triggers: list[dict[str, Any]]
     last: Key | None  # the cursor's position after this page; None: no more
@@ -127,6 +144,7 @@ class Service:
         authenticator: Authenticator | None,
         limiter: RateLimiter,
         hasher: CustomerHasher,
+        shown: Impressions,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -134,9 +152,10 @@ class Service:
         self.authenticator = authenticator  # None: RECSVC_AUTH=off
         self.limiter = limiter
         self.hasher = hasher
-        # The overlay as last applied to a bundle: (model, overlay, result), rebuilt when
-        # either changes.
-        self._catalog: tuple[ServedModel, CatalogOverlay, ServedCatalog] | None = None
+        self.impressions = shown
+        # The overlay as last applied to each bundle served (an experiment serves several):
+        # version -> (model, overlay, result), rebuilt when either changes.
+        self._catalogs: dict[str, tuple[ServedModel, CatalogOverlay, ServedCatalog]] = {}
         self._catalog_from_logs: CatalogOverlay | None = None
         self._tier_figures: insights.TierFigures | None = None  # of the last bundle asked
         self.movements = insights.Movements()
@@ -158,7 +177,9 @@ class Service:
                 "to it): anyone can reverse them; "
                 "use this for local work only"
             )
-        registry = ModelRegistry(config.models_dir, config.identity_key, wait=wait)
+        registry = ModelRegistry(
+            config.models_dir, config.identity_key, wait=wait, experiment=config.experiment
+        )
         registry.load()
         store = make_store(config, clock)
         realtime = Realtime(
@@ -173,6 +194,7 @@ class Service:
             Authenticator(config.api_keys) if config.auth else None,
             RateLimiter(store, config.rate_limit, clock),
             CustomerHasher(config.log_salt or os.urandom(16)),
+            Impressions(store, clock),
         )
 
     @property
@@ -186,12 +208,22 @@ class Service:
             raise NoModelLoaded(self.registry.last_error or "no bundle yet")
         return model
 
+    def serving(self, key: str | None) -> Serving:
+        """The model to answer the customer ``key`` names with (None: an anonymous visitor,
+        who is in no experiment): their experiment arm's, else the current one."""
+        model = self.model()
+        running = self.registry.running
+        if running is None or key is None:
+            return Serving(model)
+        arm = running.split.arm_of(self.realtime.resolve(model, key).store_key)
+        return Serving(running.models[arm.name], Assignment(running.experiment.name, arm.name))
+
     # Catalog
 
     def catalog(self, model: ServedModel) -> ServedCatalog:
         """The catalog overlay applied to ``model``, as the store holds it now. A store that
         does not answer leaves the last overlay read in force."""
-        cached = self._catalog
+        cached = self._catalogs.get(model.version)
         try:
             overlay = self.realtime.store.catalog()
         except StoreUnavailable:
@@ -199,7 +231,9 @@ class Service:
         if cached is not None and cached[0] is model and cached[1] is overlay:
             return cached[2]
         served = ServedCatalog.of(model, overlay) if overlay.items else served_catalog(model)
-        self._catalog = (model, overlay, served)
+        if cached is None and len(self._catalogs) >= MODELS_CACHED:
+            self._catalogs.clear()
+        self._catalogs[model.version] = (model, overlay, served)
         return served
 
     def _logged_catalog(self) -> CatalogOverlay:
@@ -260,6 +294,7 @@ class Service:
         n: int,
         filters: ItemFilter = NO_FILTER,
         country: str | None = None,
+        assignment: Assignment | None = None,
     ) -> Recommendations:
         """UnknownCategory for a filter's unknown category. A customer the model does not
         know gets the best sellers of ``country``, else of their tier when purchases reported
@@ -282,19 +317,37 @@ class Service:
             unavailable=catalog.unavailable,
             interest=customer.interest,
         )
+        items = listed(
+            model,
+            catalog,
+            ranking.items,
+            reasons.of_ranking(model, ranking, customer.row, catalog.titles),
+        )
         return Recommendations(
             customer.customer_id or key,
             model.version,
             ranking.fallback,
             customer.degraded,
             Tier.of(tiers.describe(customer.window_spend)),
-            listed(
-                model,
-                catalog,
-                ranking.items,
-                reasons.of_ranking(model, ranking, customer.row, catalog.titles),
-            ),
+            items,
+            self._shown(model, impressions.RECOMMENDATIONS, customer, ids_of(items), assignment),
+            None if assignment is None else assignment.arm,
             ranking.scope,
+        )
+
+    def _shown(
+        self,
+        model: ServedModel,
+        surface: str,
+        customer: CustomerView,
+        item_ids: list[str],
+        assignment: Assignment | None,
+        impression_id: str | None = None,
+    ) -> str:
+        """The impression id of a list shown to ``customer`` (see recsvc.impressions)."""
+        who = "" if customer.erased else customer.store_key
+        return self.impressions.shown(
+            model.version, surface, who, item_ids, assignment, impression_id
         )
 
     def similar(
@@ -304,6 +357,7 @@ class Service:
         n: int,
         filters: ItemFilter = NO_FILTER,
         key: str | None = None,
+        assignment: Assignment | None = None,
     ) -> SimilarItems:
         """Items bought with ``item_id``, for the customer ``key`` names (None: anyone).
         UnknownItem when neither the bundle nor the catalog changes know the item."""
@@ -315,12 +369,15 @@ class Service:
         customer = self.customer(model, key)
         tier = model.ranker.tiers.index(customer.window_spend)
         found = products.similar(model, customer, catalog, item_id, n, mask, tier)
+        items = listed(model, catalog, found.items, found.reasons)
         return SimilarItems(
             item_id,
             model.version,
             found.fallback,
             customer.degraded,
-            listed(model, catalog, found.items, found.reasons),
+            items,
+            self._shown(model, impressions.SIMILAR, customer, ids_of(items), assignment),
+            None if assignment is None else assignment.arm,
             found.scope,
         )
 
@@ -332,6 +389,7 @@ class Service:
         filters: ItemFilter = NO_FILTER,
         key: str | None = None,
         country: str | None = None,
+        assignment: Assignment | None = None,
     ) -> CartRecommendations:
         """Items bought with a cart's, for the customer ``key`` names (None: anyone). Item ids
         the catalog has never heard of are listed in the answer, not an error; when no cart
@@ -353,12 +411,15 @@ class Service:
         found = products.complements(
             model, customer, catalog, cart, n, mask, tier, segments(tiers.names, tier, country)
         )
+        items = listed(model, catalog, found.items, found.reasons)
         return CartRecommendations(
             model.version,
             found.fallback,
             customer.degraded,
             unknown,
-            listed(model, catalog, found.items, found.reasons),
+            items,
+            self._shown(model, impressions.CART, customer, ids_of(items), assignment),
+            None if assignment is None else assignment.arm,
             found.scope,
         )
 
@@ -441,6 +502,7 @@ class Service:
         filters: ItemFilter = NO_FILTER,
         today: date | None = None,
         cart: list[str] | None = None,
+        assignment: Assignment | None = None,
     ) -> dict[str, Any]:
         """Website slot ``slot`` for the customer ``key`` names (None: an anonymous visitor),
         with the complements of ``cart`` (item ids) for products when given; UnknownSlot,
@@ -463,7 +525,12 @@ class Service:
                 tier=tier,
                 scopes=(),
             )
-        return channels.block(model, customer, key, slot, today, mask, catalog, complements)
+        block = channels.block(model, customer, key, slot, today, mask, catalog, complements)
+        surface = impressions.block_surface(slot)
+        shown = [card["item_id"] for card in block["products"]]
+        block["impression_id"] = self._shown(model, surface, customer, shown, assignment)
+        block["arm"] = None if assignment is None else assignment.arm
+        return block
 
     def visitor_proven(self, key: str, token: str | None) -> bool:
         """Whether ``token`` is a valid visitor token for ``key`` (see recsvc.tokens)."""
@@ -471,7 +538,13 @@ class Service:
         return token is not None and tokens.verify(secret, key, token.strip())
 
     def email_picks(
-        self, model: ServedModel, key: str, send_id: str, n: int, filters: ItemFilter = NO_FILTER
+        self,
+        model: ServedModel,
+        key: str,
+        send_id: str,
+        n: int,
+        filters: ItemFilter = NO_FILTER,
+        assignment: Assignment | None = None,
     ) -> EmailPicks:
         """The picks of one send: the first answer for (customer, send, n, filters) is kept in
         the store and every later one repeats it. A store that does not answer leaves them
@@ -487,6 +560,8 @@ class Service:
         answer = channels.email_picks(
             model, customer, key, send_id, n, filters.mask(model, catalog), catalog
         )
+        answer["impression_id"] = impressions.new_id()
+        answer["arm"] = None if assignment is None else assignment.arm
         # Kept without the customer's id or key (it may be an address): the store holds the
         # snapshot under a digest, and the answer names the customer as asked.
         fresh = channels.dumps({**answer, "customer_id": ""})
@@ -500,7 +575,23 @@ class Service:
             )
         except StoreUnavailable:
             kept, degraded = fresh, True
+        if kept == fresh:  # this answer made the picks: its impression, once per send
+            self._shown(
+                model,
+                impressions.EMAIL,
+                customer,
+                [card["item_id"] for card in answer["items"]],
+                assignment,
+                answer["impression_id"],
+            )
         picks = msgspec.json.decode(kept, type=EmailPicks)
+        if not picks.impression_id:  # kept before impressions: a new one for each answer
+            picks = msgspec.structs.replace(
+                picks,
+                impression_id=self._shown(
+                    model, impressions.EMAIL, customer, ids_of(picks.items), None
+                ),
+            )
         picks = msgspec.structs.replace(picks, customer_id=answer["customer_id"], degraded=degraded)
         if len(catalog.unavailable):  # a kept snapshot may name an item withdrawn since
             hidden = {model.item_ids[index] for index in catalog.unavailable.tolist()}
@@ -527,6 +618,50 @@ class Service:
             erased, live, degraded = set(realtime.erased), [], True
         page, last = model.triggers.page(live, erased, kinds, since, after, limit)
         return TriggerPage(page, last, degraded)
+
+    # Experiments
+
+    def experiments(self) -> Experiments:
+        """The experiment in force with its arms' figures, and every model version's and
+        surface's counts (degraded: none, when the store does not answer). This worker's
+        buffered impressions are written first."""
+        self.impressions.flush()
+        registry = self.registry
+        try:
+            figures, degraded = self.store.impression_figures(), False
+        except StoreUnavailable:
+            figures, degraded = ImpressionFigures([], {}), True
+        experiment = registry.experiment
+        return Experiments(
+            experiment=None if experiment is None else experiments.report(experiment, figures),
+            error=registry.experiment_error,
+            attribution_hours=self.config.attribution_hours,
+            degraded=degraded,
+            figures=experiments.surface_figures(figures.figures),
+        )
+
+    def end_experiment(self, promote: str | None = None, drop: str | None = None) -> Experiments:
+        """Promote an arm (``current`` points at its bundle) or drop one, without a restart:
+        the experiment file says so to every worker that reads this models directory.
+        ExperimentNotRunning when none runs; InvalidParameter for an arm it does not have."""
+        registry = self.registry
+        registry.check_experiment()
+        experiment = registry.experiment
+        if experiment is None or not experiment.running:
+            raise ExperimentNotRunning("no experiment is running")
+        ended = experiments.end(experiment, datetime.now(UTC), promote, drop)
+        models_dir = self.config.models_dir
+        promoted = None if ended.promoted is None else ended.arm(ended.promoted)
+        if promoted is not None:
+            point_current(models_dir, promoted.version)
+        experiments.write(models_dir, ended)
+        registry.check()
+        log.info(
+            "experiment %s: %s",
+            ended.name,
+            f"promoted {promoted.name}" if promoted else f"dropped {drop}",
+        )
+        return self.experiments()
 
     # Changes
 
@@ -570,6 +705,10 @@ class Service:
         )
 
 
+def ids_of(items: list[Recommendation] | list[ProductCard]) -> list[str]:
+    return [item.item_id for item in items]
+
+
 def anonymous() -> CustomerView:
     """A visitor nobody knows."""
     return CustomerView(None, None, "", [], {}, degraded=False)
@@ -593,8 +732,11 @@ def _check_key_form(model: ServedModel, key: str) -> None:
 
 def make_store(config: ServiceConfig, clock: Callable[[], float] = time.time) -> Store:
     retention = config.event_retention_days * 86400.0
+    window = config.attribution_hours * 3600.0
     if config.redis_url is None:
-        return EmbeddedStore(config.events_dir / STORE_FILE, retention, clock)
+        return EmbeddedStore(
+            config.events_dir / STORE_FILE, retention, clock, attribution_window=window
+        )
     return RedisStore(
         config.redis_url,
         config.redis_prefix,
@@ -603,4 +745,5 @@ def make_store(config: ServiceConfig, clock: Callable[[], float] = time.time) ->
         timeout=config.store_timeout_ms / 1000,
         cooldown=defaults.STORE_COOLDOWN_SECONDS,
         clock=clock,
+        attribution_window=window,
     )

@@ -1,6 +1,7 @@
 """Real-time state shared by every worker: events reported since training (purchases, returns
 and interactions),
-erased customers, CRM triggers fired by events, and email-pick snapshots.
+erased customers, CRM triggers fired by events, email-pick snapshots, and the impressions the
+service showed with the clicks and purchases attributed to them.
 
 Store
 ├── EmbeddedStore   one SQLite file per host, shared by its workers (the default)
@@ -11,6 +12,16 @@ Events are kept per customer in arrival order with their receipt time, for
 ``event_retention_days``; a reader asks for those received after its bundle's watermark, so an
 event the bundle already learned from is never counted twice. Each event id is remembered for
 the same period, which makes applying a batch idempotent.
+
+Impressions (``record_impressions``) arrive in batches from each worker's buffer
+(recsvc.impressions) and are kept for the attribution window. ``apply`` attributes each new
+``rec_click`` to its impression (when it listed the item) and each new purchase to the
+customer's latest impression that listed the item within the window, in the same atomic step
+as the event, so an event counts once whether or not it is replayed; a click or purchase whose
+impression has not arrived yet waits for it (``PENDING_ATTRIBUTION_SECONDS``). The figures
+are counts per (experiment, arm, model version, surface) and, for an experiment's arms,
+running sums over customers (recsvc.stats); they are analytics, not records: the durable logs
+do not hold impressions, so a Redis that lost its data starts them again.
 
 The durable event and erasure logs (recsvc.events) are the record; a store is rebuilt from them
 when it lost its data (a Redis restarted empty): until then it is not ``restored`` and callers
@@ -26,15 +37,16 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import redis
 
+from recsvc import defaults
 from recsvc.errors import StoreNotRestored, StoreUnavailable
 from recsvc.identity import IdentityKey
 
@@ -51,6 +63,34 @@ SNAPSHOT_KEY = "{prefix}:snapshot:{customer}:{send}"  # email picks of one send,
 RATE_KEY = "{prefix}:rate:{bucket}"  # an API key's rate-limit state (GCRA), with a TTL
 CATALOG_KEY = "{prefix}:catalog"  # hash: JSON [item id, field] -> JSON value
 CATALOG_STAMP_KEY = "{prefix}:catalog:stamp"  # bumped by every catalog write
+# Impressions and attribution; the Lua scripts below build these keys the same way.
+IMPRESSION_KEY = "{prefix}:impression:{impression}"  # hash, for the attribution window
+CUSTOMER_IMPRESSIONS_KEY = "{prefix}:customer:{customer}:impressions"  # sorted set, score = time
+CUSTOMER_UNITS_KEY = "{prefix}:customer:{customer}:units"  # hash: their sums per experiment
+PENDING_CLICKS_KEY = "{prefix}:pending:impression:{impression}"  # hash: event id -> click
+PENDING_PURCHASES_KEY = "{prefix}:pending:customer:{customer}"  # hash: event id -> purchase
+ATTRIBUTION_KEY = "{prefix}:attribution:{event_id}"  # what one event was attributed to
+FIGURES_KEY = "{prefix}:figures"  # hash: experiment US arm US version US surface US figure
+UNIT_SUMS_KEY = "{prefix}:units"  # hash: experiment US arm US sum
+SEPARATOR = "\x1f"  # joins the parts of a figure's field and an impression's items
+# Per (experiment, arm, model version, surface): impressions; impressions clicked, and clicks;
+# impressions converted, and purchases; attributed revenue.
+FIGURES = ("impressions", "clicked", "clicks", "converted", "purchases", "revenue")
+# An experiment's customers' sums per arm (recsvc.stats.UnitSums): customers, their
+# impressions n, and for each figure m: sum m, sum m^2, sum n*m.
+UNIT_FIGURES = ("clicked", "converted", "revenue")
+UNIT_SUMS = (
+    "customers",
+    "n",
+    "n_sq",
+    *(
+        f"{prefix}{m}{suffix}"
+        for m in UNIT_FIGURES
+        for prefix, suffix in (("", ""), ("", "_sq"), ("n_", ""))
+    ),
+)
+PURCHASE_SCAN = 200  # a customer's latest impressions a purchase looks through
+CLICK, PURCHASE = "c", "p"
 
 
 def customer_key(key: IdentityKey, alias: str) -> str:
@@ -83,6 +123,70 @@ class StoredEvent:
     @classmethod
     def from_json(cls, text: str | bytes) -> StoredEvent:
         return cls(**json.loads(text))
+
+
+class Impression(NamedTuple):  # built for every list answer: a tuple is the cheapest
+    """A list the service showed: to whom (a store key; "" for an anonymous visitor), by which
+    bundle and experiment arm ("" outside one), where, and its items in order."""
+
+    impression_id: str
+    shown_at: float  # seconds since the epoch, the store's clock
+    customer: str
+    model_version: str
+    surface: str
+    items: tuple[str, ...]
+    experiment: str = ""
+    arm: str = ""
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The counts (``FIGURES``) of one experiment arm, model version and surface."""
+
+    experiment: str
+    arm: str
+    model_version: str
+    surface: str
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ImpressionFigures:
+    figures: list[Figures]
+    units: dict[tuple[str, str], dict[str, float]]  # (experiment, arm) -> UNIT_SUMS
+
+
+class Touch(NamedTuple):
+    """What a new event may be attributed to an impression for."""
+
+    event_id: str
+    kind: str  # CLICK or PURCHASE
+    item_id: str
+    amount: float  # a purchase's revenue
+    impression_id: str  # a click's impression
+    customers: tuple[str, ...]  # a purchase's customer, and the session it names
+
+
+def touch_of(customer: str, event: StoredEvent) -> Touch | None:
+    """A rec_click (with its impression), or a purchase of a positive quantity."""
+    if event.kind == "rec_click" and event.impression_id:
+        return Touch(event.event_id, CLICK, event.item_id, 0.0, event.impression_id, ())
+    if event.kind == "purchase" and event.quantity > 0:
+        customers: tuple[str, ...] = (customer,)
+        if event.session is not None and event.session != customer:
+            customers += (event.session,)
+        amount = event.quantity * event.price
+        return Touch(event.event_id, PURCHASE, event.item_id, amount, "", customers)
+    return None
+
+
+def listed(items: str, item_id: str) -> bool:
+    """Whether an impression's joined items hold ``item_id``."""
+    return f"{SEPARATOR}{item_id}{SEPARATOR}" in items
+
+
+def joined(items: Sequence[str]) -> str:
+    return SEPARATOR + SEPARATOR.join(items) + SEPARATOR
 
 
 class Applied(IntEnum):
@@ -130,6 +234,7 @@ class CustomerState:
 
 class Store(Protocol):
     retention: float  # seconds events and event ids are kept
+    attribution_window: float  # seconds after an impression that its clicks and purchases count
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
         """Events received after ``since`` and whether the customer was erased; one round
@@ -138,11 +243,24 @@ class Store(Protocol):
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
     ) -> list[Applied]:
-        """Record (customer, event) pairs atomically, each at most once per event id. Raises
+        """Record (customer, event) pairs atomically, each at most once per event id, and
+        attribute the new ones (``touch_of``) to impressions (not in the replay). Raises
         StoreNotRestored while the store is not restored, unless this is the replay."""
 
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
-        """Undo ``apply`` of these entries (used when the durable log write fails)."""
+        """Undo ``apply`` of these entries, their attribution included (used when the durable
+        log write fails)."""
+
+    def record_impressions(self, impressions: Sequence[Impression]) -> int:
+        """Keep impressions for the attribution window, count them, and attribute the clicks
+        and purchases that arrived before them; an impression id already kept, or of an
+        erased customer, is skipped. Returns how many were new. Raises StoreNotRestored while
+        the store is not restored."""
+        ...
+
+    def impression_figures(self) -> ImpressionFigures:
+        """Every group's counts and every experiment arm's sums over customers."""
+        ...
 
     def add_triggers(self, triggers: Sequence[tuple[float, str, str]]) -> None:
         """Record (fired_at, customer, JSON) triggers."""
@@ -155,8 +273,9 @@ class Store(Protocol):
         the snapshot kept (the first one written wins)."""
 
     def erase(self, customer: str) -> int:
-        """Remove the customer's events, triggers and snapshots and mark them erased; returns
-        events removed."""
+        """Remove the customer's events, triggers, snapshots, impressions and experiment sums
+        and mark them erased; returns events removed. (The figures, counts without anyone in
+        them, stay.)"""
 
     def mark_erased(self, customers: Sequence[str]) -> None:
         """Mark customers erased (reloading the durable erasure list at start)."""
@@ -221,6 +340,36 @@ class EmbeddedStore:
         WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS catalog_stamp (one INTEGER PRIMARY KEY CHECK (one = 1),
         stamp INTEGER NOT NULL);
+    -- Impressions for the attribution window; clicks and purchases counted on each.
+    CREATE TABLE IF NOT EXISTS impressions (
+        id TEXT PRIMARY KEY, customer TEXT NOT NULL, shown_at REAL NOT NULL,
+        experiment TEXT NOT NULL, arm TEXT NOT NULL, model_version TEXT NOT NULL,
+        surface TEXT NOT NULL, items TEXT NOT NULL,
+        clicks INTEGER NOT NULL DEFAULT 0, purchases INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS impressions_by_customer ON impressions (customer, shown_at);
+    CREATE INDEX IF NOT EXISTS impressions_by_time ON impressions (shown_at);
+    CREATE TABLE IF NOT EXISTS attributions (
+        event_id TEXT PRIMARY KEY, impression TEXT NOT NULL, kind TEXT NOT NULL,
+        amount REAL NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+    -- Clicks and purchases that came before their impression left a worker's buffer.
+    CREATE TABLE IF NOT EXISTS pending (
+        event_id TEXT NOT NULL, kind TEXT NOT NULL, impression TEXT NOT NULL,
+        customer TEXT NOT NULL, item TEXT NOT NULL, amount REAL NOT NULL, at REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS pending_by_impression ON pending (impression);
+    CREATE INDEX IF NOT EXISTS pending_by_customer ON pending (customer);
+    CREATE INDEX IF NOT EXISTS pending_by_event ON pending (event_id);
+    CREATE TABLE IF NOT EXISTS figures (
+        experiment TEXT NOT NULL, arm TEXT NOT NULL, model_version TEXT NOT NULL,
+        surface TEXT NOT NULL, figure TEXT NOT NULL, value REAL NOT NULL,
+        PRIMARY KEY (experiment, arm, model_version, surface, figure)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS units (
+        experiment TEXT NOT NULL, customer TEXT NOT NULL, n REAL NOT NULL,
+        clicked REAL NOT NULL, converted REAL NOT NULL, revenue REAL NOT NULL,
+        updated REAL NOT NULL, PRIMARY KEY (experiment, customer)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS units_by_customer ON units (customer);
+    CREATE TABLE IF NOT EXISTS unit_sums (
+        experiment TEXT NOT NULL, arm TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL,
+        PRIMARY KEY (experiment, arm, name)) WITHOUT ROWID;
     """
     PURGE_EVERY_SECONDS = 60.0  # how often a writer drops what is past the retention
     CACHED_STATES = 65536  # customer states a thread keeps while nothing changes
@@ -231,9 +380,11 @@ class EmbeddedStore:
         retention_seconds: float,
         clock: Callable[[], float] = time.time,
         busy_timeout: float = 5.0,
+        attribution_window: float = defaults.ATTRIBUTION_HOURS * 3600.0,
     ) -> None:
         self.path = path
         self.retention = retention_seconds
+        self.attribution_window = attribution_window
         self.clock = clock
         self.busy_timeout = busy_timeout
         self._local = threading.local()
@@ -458,7 +609,94 @@ class EmbeddedStore:
                     "INSERT INTO touched (customer, at) VALUES (?, ?)", (customer, now)
                 )
                 results.append(Applied.NEW)
+                touch = None if restoring else touch_of(customer, event)
+                if touch is not None:
+                    self._attribute(connection, touch, now)
         return results
+
+    def _attribute(self, connection: sqlite3.Connection, touch: Touch, now: float) -> None:
+        """Credit a new click or purchase to its impression, or keep it pending until the
+        impression arrives."""
+        window = self.attribution_window
+        if touch.kind == CLICK:
+            row = connection.execute(
+                "SELECT shown_at, items FROM impressions WHERE id = ?", (touch.impression_id,)
+            ).fetchone()
+            if row is None:
+                _keep_pending(connection, touch, touch.impression_id, "", now)
+            elif abs(now - row[0]) <= window and listed(row[1], touch.item_id):
+                _credit(connection, touch.event_id, touch.impression_id, CLICK, 0.0, now)
+            return
+        for customer in touch.customers:
+            rows = connection.execute(
+                "SELECT id, items FROM impressions WHERE customer = ? AND shown_at >= ? "
+                "AND shown_at <= ? ORDER BY shown_at DESC LIMIT ?",
+                (customer, now - window, now, PURCHASE_SCAN),
+            ).fetchall()
+            for impression, items in rows:
+                if listed(items, touch.item_id):
+                    _credit(connection, touch.event_id, impression, PURCHASE, touch.amount, now)
+                    return
+        for customer in touch.customers:
+            _keep_pending(connection, touch, "", customer, now)
+
+    def record_impressions(self, impressions: Sequence[Impression]) -> int:
+        if not impressions:
+            return 0
+        now = self.clock()
+        with self._transaction() as connection:
+            self._purge(connection, now)
+            return sum(self._record(connection, impression, now) for impression in impressions)
+
+    def _record(self, connection: sqlite3.Connection, impression: Impression, now: float) -> bool:
+        """Keep one impression and credit the clicks and purchases waiting for it."""
+        customer, shown_at, identifier = (
+            impression.customer,
+            impression.shown_at,
+            impression.impression_id,
+        )
+        if (
+            customer
+            and connection.execute(
+                "SELECT 1 FROM erased WHERE customer = ?", (customer,)
+            ).fetchone()
+        ):
+            return False
+        items = joined(impression.items)
+        experiment, arm = impression.experiment, impression.arm
+        group = (experiment, arm, impression.model_version, impression.surface)
+        if not connection.execute(
+            "INSERT OR IGNORE INTO impressions (id, customer, shown_at, experiment, arm, "
+            "model_version, surface, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (identifier, customer, shown_at, *group, items),
+        ).rowcount:
+            return False
+        _add_figure(connection, group, "impressions", 1.0)
+        if experiment and customer:
+            _add_unit(connection, experiment, arm, customer, "n", 1.0, now)
+        window = self.attribution_window
+        clicks = connection.execute(
+            "SELECT event_id, item, at FROM pending WHERE impression = ? AND kind = ?",
+            (identifier, CLICK),
+        ).fetchall()
+        for event_id, item, at in clicks:
+            if abs(at - shown_at) <= window and listed(items, item):
+                _credit(connection, event_id, identifier, CLICK, 0.0, now)
+        connection.execute("DELETE FROM pending WHERE impression = ?", (identifier,))
+        purchases = connection.execute(
+            "SELECT event_id, item, amount, at FROM pending WHERE customer = ? AND kind = ?",
+            (customer, PURCHASE),
+        ).fetchall()
+        for event_id, item, amount, at in purchases if customer else ():
+            if shown_at <= at <= shown_at + window and listed(items, item):
+                _credit(connection, event_id, identifier, PURCHASE, amount, now)
+                connection.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
+        return True
+
+    def impression_figures(self) -> ImpressionFigures:
+        return _collected(
+            self._read("SELECT * FROM figures", ()), self._read("SELECT * FROM unit_sums", ())
+        )
 
     def _purge(self, connection: sqlite3.Connection, now: float) -> None:
         if now - self._purged_at < self.PURGE_EVERY_SECONDS:
@@ -470,10 +708,19 @@ class EmbeddedStore:
         connection.execute("DELETE FROM triggers WHERE fired_at <= ?", (horizon,))
         connection.execute("DELETE FROM snapshots WHERE expires <= ?", (now,))
         connection.execute("DELETE FROM touched WHERE at <= ?", (horizon,))
+        shown_since = now - self.attribution_window
+        connection.execute("DELETE FROM impressions WHERE shown_at < ?", (shown_since,))
+        connection.execute("DELETE FROM attributions WHERE at < ?", (shown_since,))
+        pending_since = now - defaults.PENDING_ATTRIBUTION_SECONDS
+        connection.execute("DELETE FROM pending WHERE at < ?", (pending_since,))
+        connection.execute("DELETE FROM units WHERE updated <= ?", (horizon,))
 
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
+        now = self.clock()
         with self._transaction() as connection:
             for customer, event in entries:
+                _uncredit(connection, event.event_id, now)
+                connection.execute("DELETE FROM pending WHERE event_id = ?", (event.event_id,))
                 connection.execute("DELETE FROM seen WHERE event_id = ?", (event.event_id,))
                 connection.execute(
                     "DELETE FROM events WHERE customer = ? AND event_id = ?",
@@ -488,6 +735,9 @@ class EmbeddedStore:
             )
             connection.execute("DELETE FROM triggers WHERE customer = ?", (customer,))
             connection.execute("DELETE FROM snapshots WHERE customer = ?", (customer,))
+            connection.execute("DELETE FROM impressions WHERE customer = ?", (customer,))
+            connection.execute("DELETE FROM pending WHERE customer = ?", (customer,))
+            connection.execute("DELETE FROM units WHERE customer = ?", (customer,))
             removed = connection.execute(
                 "DELETE FROM events WHERE customer = ?", (customer,)
             ).rowcount
@@ -531,31 +781,409 @@ class EmbeddedStore:
         return True
 
 
-_APPLY_SCRIPT = """
+def _collected(
+    figure_rows: Iterable[Sequence[Any]], unit_rows: Iterable[Sequence[Any]]
+) -> ImpressionFigures:
+    """Figures from rows (experiment, arm, model version, surface, figure, value) and unit
+    sums from rows (experiment, arm, sum, value), as both stores keep them."""
+    groups: dict[tuple[str, str, str, str], dict[str, float]] = {}
+    for experiment, arm, version, surface, figure, value in figure_rows:
+        groups.setdefault((experiment, arm, version, surface), {})[figure] = float(value)
+    units: dict[tuple[str, str], dict[str, float]] = {}
+    for experiment, arm, name, value in unit_rows:
+        units.setdefault((experiment, arm), {})[name] = float(value)
+    return ImpressionFigures([Figures(*group, values) for group, values in groups.items()], units)
+
+
+def _keep_pending(
+    connection: sqlite3.Connection, touch: Touch, impression: str, customer: str, now: float
+) -> None:
+    connection.execute(
+        "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (touch.event_id, touch.kind, impression, customer, touch.item_id, touch.amount, now),
+    )
+
+
+def _credit(
+    connection: sqlite3.Connection,
+    event_id: str,
+    impression: str,
+    kind: str,
+    amount: float,
+    now: float,
+) -> None:
+    """Attribute an event to an impression, once per event id."""
+    if connection.execute(
+        "INSERT OR IGNORE INTO attributions VALUES (?, ?, ?, ?, ?)",
+        (event_id, impression, kind, amount, now),
+    ).rowcount:
+        _count(connection, impression, kind, amount, 1, now)
+
+
+def _uncredit(connection: sqlite3.Connection, event_id: str, now: float) -> None:
+    """Take back what ``_credit`` counted for an event."""
+    row = connection.execute(
+        "SELECT impression, kind, amount FROM attributions WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    if row is not None:
+        connection.execute("DELETE FROM attributions WHERE event_id = ?", (event_id,))
+        _count(connection, row[0], row[1], row[2], -1, now)
+
+
+def _count(
+    connection: sqlite3.Connection,
+    impression: str,
+    kind: str,
+    amount: float,
+    sign: int,
+    now: float,
+) -> None:
+    """Add (``sign`` 1) or take back (-1) a click or a purchase of ``amount`` on an
+    impression, its group's figures and its customer's experiment sums."""
+    row = connection.execute(
+        "SELECT customer, experiment, arm, model_version, surface, clicks, purchases "
+        "FROM impressions WHERE id = ?",
+        (impression,),
+    ).fetchone()
+    if row is None:  # gone with an erasure
+        return
+    customer, experiment, arm, version, surface, clicks, purchases = row
+    group = (experiment, arm, version, surface)
+    in_experiment = bool(experiment and customer)
+    # The impression's first click or purchase (or, taken back, its last) changes whether it
+    # counts as clicked or converted.
+    if kind == CLICK:
+        connection.execute(
+            "UPDATE impressions SET clicks = ? WHERE id = ?", (clicks + sign, impression)
+        )
+        _add_figure(connection, group, "clicks", sign)
+        if clicks + min(sign, 0) == 0:
+            _add_figure(connection, group, "clicked", sign)
+            if in_experiment:
+                _add_unit(connection, experiment, arm, customer, "clicked", sign, now)
+        return
+    connection.execute(
+        "UPDATE impressions SET purchases = ? WHERE id = ?", (purchases + sign, impression)
+    )
+    _add_figure(connection, group, "purchases", sign)
+    _add_figure(connection, group, "revenue", sign * amount)
+    if purchases + min(sign, 0) == 0:
+        _add_figure(connection, group, "converted", sign)
+        if in_experiment:
+            _add_unit(connection, experiment, arm, customer, "converted", sign, now)
+    if in_experiment:
+        _add_unit(connection, experiment, arm, customer, "revenue", sign * amount, now)
+
+
+def _add_figure(
+    connection: sqlite3.Connection, group: tuple[str, str, str, str], figure: str, delta: float
+) -> None:
+    connection.execute(
+        "INSERT INTO figures VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
+        "(experiment, arm, model_version, surface, figure) DO UPDATE SET value = value + ?",
+        (*group, figure, delta, delta),
+    )
+
+
+def _add_unit(
+    connection: sqlite3.Connection,
+    experiment: str,
+    arm: str,
+    customer: str,
+    figure: str,
+    delta: float,
+    now: float,
+) -> None:
+    """Add ``delta`` to one customer's figure (``n`` or one of ``UNIT_FIGURES``) and the
+    arm's sums over customers that depend on it."""
+    row = connection.execute(
+        "SELECT n, clicked, converted, revenue FROM units WHERE experiment = ? AND customer = ?",
+        (experiment, customer),
+    ).fetchone()
+    n, *rest = row if row is not None else (0.0, 0.0, 0.0, 0.0)
+    values = dict(zip(UNIT_FIGURES, rest, strict=True))
+    changes = _unit_changes(n, values, figure, delta, new_customer=row is None)
+    for name, change in changes.items():
+        if change:
+            connection.execute(
+                "INSERT INTO unit_sums VALUES (?, ?, ?, ?) ON CONFLICT (experiment, arm, name) "
+                "DO UPDATE SET value = value + ?",
+                (experiment, arm, name, change, change),
+            )
+    if figure == "n":
+        n += delta
+    else:
+        values[figure] += delta
+    connection.execute(
+        "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (experiment, customer, n, *(values[m] for m in UNIT_FIGURES), now),
+    )
+
+
+def _unit_changes(
+    n: float, values: dict[str, float], figure: str, delta: float, new_customer: bool
+) -> dict[str, float]:
+    """What the sums over customers (``UNIT_SUMS``) gain when one customer with ``n``
+    impressions and ``values`` gains ``delta`` of ``figure``."""
+    if figure == "n":
+        changes = {
+            "customers": 1.0 if new_customer else 0.0,
+            "n": delta,
+            "n_sq": (n + delta) ** 2 - n**2,
+        }
+        changes.update({f"n_{m}": delta * values[m] for m in UNIT_FIGURES})
+        return changes
+    old = values[figure]
+    return {figure: delta, f"{figure}_sq": (old + delta) ** 2 - old**2, f"n_{figure}": n * delta}
+
+
+# Attribution in Lua, as _attribute, _credit, _count and _add_unit do it in SQLite. Every
+# script that attributes starts with ``setup``: prefix, now, window, pending ttl, unit ttl.
+_ATTRIBUTION_LUA = r"""
+local US = '\31'
+local SCAN = {scan}
+local UNIT_FIGURES = {'clicked', 'converted', 'revenue'}
+local P, NOW, WINDOW, PENDING_TTL, UNIT_TTL, WINDOW_TTL
+
+local function setup(at)
+  P, NOW, WINDOW = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  PENDING_TTL, UNIT_TTL = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
+  WINDOW_TTL = math.ceil(WINDOW) + PENDING_TTL
+end
+
+local function num(value) return string.format('%.17g', value) end
+
+local function listed(items, item) return string.find(items, US .. item .. US, 1, true) ~= nil end
+
+local function split(text)
+  local parts, start = {}, 1
+  while true do
+    local at = string.find(text, US, start, true)
+    if not at then parts[#parts + 1] = string.sub(text, start); return parts end
+    parts[#parts + 1] = string.sub(text, start, at - 1)
+    start = at + 1
+  end
+end
+
+local function add(key, field, delta)
+  if delta ~= 0 then redis.call('HINCRBYFLOAT', key, field, num(delta)) end
+end
+
+local function add_unit(experiment, arm, customer, figure, delta)
+  local units = P .. ':customer:' .. customer .. ':units'
+  local sums, base, x = P .. ':units', experiment .. US .. arm .. US, experiment .. US
+  local v = redis.call('HMGET', units, x .. 'n', x .. 'clicked', x .. 'converted', x .. 'revenue')
+  local n = tonumber(v[1]) or 0
+  local values = {clicked = tonumber(v[2]) or 0, converted = tonumber(v[3]) or 0,
+                  revenue = tonumber(v[4]) or 0}
+  if figure == 'n' then
+    if not v[1] then add(sums, base .. 'customers', 1) end
+    add(sums, base .. 'n', delta)
+    add(sums, base .. 'n_sq', (n + delta) ^ 2 - n ^ 2)
+    for _, m in ipairs(UNIT_FIGURES) do add(sums, base .. 'n_' .. m, delta * values[m]) end
+    redis.call('HSET', units, x .. 'n', num(n + delta))
+  else
+    local old = values[figure]
+    add(sums, base .. figure, delta)
+    add(sums, base .. figure .. '_sq', (old + delta) ^ 2 - old ^ 2)
+    add(sums, base .. 'n_' .. figure, n * delta)
+    redis.call('HSET', units, x .. figure, num(old + delta))
+  end
+  redis.call('EXPIRE', units, UNIT_TTL)
+end
+
+local function count(impression, kind, amount, sign)
+  local key = P .. ':impression:' .. impression
+  local h = redis.call('HMGET', key, 'c', 'x', 'a', 'v', 's')
+  if not h[5] then return end
+  local customer, experiment, arm = h[1], h[2], h[3]
+  local figures = P .. ':figures'
+  local group = experiment .. US .. arm .. US .. h[4] .. US .. h[5] .. US
+  local in_experiment = experiment ~= '' and customer ~= ''
+  if kind == 'c' then
+    local clicks = redis.call('HINCRBY', key, 'k', sign)
+    add(figures, group .. 'clicks', sign)
+    if clicks - math.max(sign, 0) == 0 then
+      add(figures, group .. 'clicked', sign)
+      if in_experiment then add_unit(experiment, arm, customer, 'clicked', sign) end
+    end
+    return
+  end
+  local purchases = redis.call('HINCRBY', key, 'p', sign)
+  add(figures, group .. 'purchases', sign)
+  add(figures, group .. 'revenue', sign * amount)
+  if purchases - math.max(sign, 0) == 0 then
+    add(figures, group .. 'converted', sign)
+    if in_experiment then add_unit(experiment, arm, customer, 'converted', sign) end
+  end
+  if in_experiment then add_unit(experiment, arm, customer, 'revenue', sign * amount) end
+end
+
+local function credit(event_id, impression, kind, amount)
+  local record = impression .. US .. kind .. US .. num(amount)
+  if redis.call('SET', P .. ':attribution:' .. event_id, record, 'NX', 'EX', WINDOW_TTL) then
+    count(impression, kind, amount, 1)
+  end
+end
+
+local function uncredit(event_id)
+  local key = P .. ':attribution:' .. event_id
+  local record = redis.call('GET', key)
+  if not record then return end
+  redis.call('DEL', key)
+  local parts = split(record)
+  count(parts[1], parts[2], tonumber(parts[3]), -1)
+end
+
+local function keep_pending(key, event_id, value)
+  redis.call('HSET', key, event_id, value)
+  redis.call('EXPIRE', key, PENDING_TTL)
+end
+
+local function attribute(event_id, kind, item, amount, impression, customers)
+  if kind == 'c' then
+    local h = redis.call('HMGET', P .. ':impression:' .. impression, 't', 'items')
+    if not h[1] then
+      keep_pending(P .. ':pending:impression:' .. impression, event_id, item .. US .. num(NOW))
+    elseif math.abs(NOW - tonumber(h[1])) <= WINDOW and listed(h[2], item) then
+      credit(event_id, impression, 'c', 0)
+    end
+    return
+  end
+  for _, customer in ipairs(customers) do
+    local ids = redis.call('ZREVRANGEBYSCORE', P .. ':customer:' .. customer .. ':impressions',
+                           num(NOW), num(NOW - WINDOW), 'LIMIT', 0, SCAN)
+    for _, id in ipairs(ids) do
+      local items = redis.call('HGET', P .. ':impression:' .. id, 'items')
+      if items and listed(items, item) then
+        credit(event_id, id, 'p', amount)
+        return
+      end
+    end
+  end
+  for _, customer in ipairs(customers) do
+    keep_pending(P .. ':pending:customer:' .. customer, event_id,
+                 item .. US .. num(amount) .. US .. num(NOW))
+  end
+end
+""".replace("{scan}", str(PURCHASE_SCAN))
+
+_APPLY_SCRIPT = (
+    _ATTRIBUTION_LUA
+    + """
 -- KEYS[1] = erased set, KEYS[2] = restored marker; then per event: marker key, events key
--- ARGV[1] = retention seconds, ARGV[2] = 1 to refuse while not restored;
--- then per event: customer, score, member
+-- ARGV[1] = retention seconds, ARGV[2] = 1 to refuse while not restored, ARGV[3..7] = setup;
+-- then per event: customer, score, member, and its touch: event id, kind ('' none), item,
+-- amount, impression, session
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then
   return {-1}
 end
+setup(3)
 local ttl = tonumber(ARGV[1])
 local results = {}
 local n = (#KEYS - 2) / 2
 for j = 1, n do
   local marker, events = KEYS[2 * j + 1], KEYS[2 * j + 2]
-  local customer, score, member = ARGV[3 * j], ARGV[3 * j + 1], ARGV[3 * j + 2]
+  local at = 7 + 9 * (j - 1)
+  local customer, score, member = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   if redis.call('SISMEMBER', KEYS[1], customer) == 1 then
     results[j] = 2
   elseif redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
     redis.call('ZADD', events, score, member)
     redis.call('EXPIRE', events, ttl)
     results[j] = 1
+    local kind, session = ARGV[at + 5], ARGV[at + 9]
+    if kind ~= '' then
+      local customers = {customer}
+      if session ~= '' then customers[2] = session end
+      attribute(ARGV[at + 4], kind, ARGV[at + 6], tonumber(ARGV[at + 7]), ARGV[at + 8],
+                customers)
+    end
   else
     results[j] = 0
   end
 end
 return results
 """
+)
+
+_FORGET_SCRIPT = (
+    _ATTRIBUTION_LUA
+    + """
+-- KEYS: per event: marker key, events key
+-- ARGV[1..5] = setup; then per event: customer, member, event id, impression, session
+setup(1)
+for j = 1, #KEYS / 2 do
+  local at = 5 + 5 * (j - 1)
+  local customer, member, event_id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local impression, session = ARGV[at + 4], ARGV[at + 5]
+  uncredit(event_id)
+  redis.call('HDEL', P .. ':pending:impression:' .. impression, event_id)
+  redis.call('HDEL', P .. ':pending:customer:' .. customer, event_id)
+  redis.call('HDEL', P .. ':pending:customer:' .. session, event_id)
+  redis.call('DEL', KEYS[2 * j - 1])
+  redis.call('ZREM', KEYS[2 * j], member)
+end
+return 0
+"""
+)
+
+_RECORD_SCRIPT = (
+    _ATTRIBUTION_LUA
+    + """
+-- KEYS[1] = erased set, KEYS[2] = restored marker
+-- ARGV[1..5] = setup; then per impression: id, customer, shown at, experiment, arm, model
+-- version, surface, items
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+setup(1)
+local recorded = 0
+for at = 5, #ARGV - 1, 8 do
+  local id, customer, shown = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local experiment, arm, version = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
+  local surface, items = ARGV[at + 7], ARGV[at + 8]
+  local key = P .. ':impression:' .. id
+  if (customer == '' or redis.call('SISMEMBER', KEYS[1], customer) == 0)
+      and redis.call('EXISTS', key) == 0 then
+    recorded = recorded + 1
+    redis.call('HSET', key, 't', shown, 'c', customer, 'x', experiment, 'a', arm, 'v', version,
+               's', surface, 'items', items, 'k', '0', 'p', '0')
+    redis.call('EXPIRE', key, WINDOW_TTL)
+    if customer ~= '' then
+      local mine = P .. ':customer:' .. customer .. ':impressions'
+      redis.call('ZADD', mine, shown, id)
+      redis.call('ZREMRANGEBYSCORE', mine, '-inf', '(' .. num(NOW - WINDOW))
+      redis.call('EXPIRE', mine, WINDOW_TTL)
+    end
+    local group = experiment .. US .. arm .. US .. version .. US .. surface .. US
+    add(P .. ':figures', group .. 'impressions', 1)
+    if experiment ~= '' and customer ~= '' then add_unit(experiment, arm, customer, 'n', 1) end
+    local t = tonumber(shown)
+    local pending_key = P .. ':pending:impression:' .. id
+    local pending = redis.call('HGETALL', pending_key)
+    for i = 1, #pending, 2 do
+      local parts = split(pending[i + 1])
+      if math.abs(tonumber(parts[2]) - t) <= WINDOW and listed(items, parts[1]) then
+        credit(pending[i], id, 'c', 0)
+      end
+    end
+    redis.call('DEL', pending_key)
+    if customer ~= '' then
+      pending_key = P .. ':pending:customer:' .. customer
+      pending = redis.call('HGETALL', pending_key)
+      for i = 1, #pending, 2 do
+        local parts = split(pending[i + 1])
+        local bought = tonumber(parts[3])
+        if t <= bought and bought - t <= WINDOW and listed(items, parts[1]) then
+          credit(pending[i], id, 'p', tonumber(parts[2]))
+          redis.call('HDEL', pending_key, pending[i])
+        end
+      end
+    end
+  end
+end
+return recorded
+"""
+)
 
 
 class LocalBuckets:
@@ -608,18 +1236,22 @@ class RedisStore:
         timeout: float = 0.05,
         cooldown: float = 1.0,
         clock: Callable[[], float] = time.time,
+        attribution_window: float = defaults.ATTRIBUTION_HOURS * 3600.0,
     ) -> None:
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
         )
         self.prefix = prefix
         self.retention = retention_seconds
+        self.attribution_window = attribution_window
         # Which durable logs this store was restored from: one marker per events directory.
         self._restored_key = RESTORED_KEY.format(prefix=prefix, origin=origin)
         self.cooldown = cooldown
         self.clock = clock
         self._down_until = 0.0
         self._apply = self.client.register_script(_APPLY_SCRIPT)
+        self._forget = self.client.register_script(_FORGET_SCRIPT)
+        self._record = self.client.register_script(_RECORD_SCRIPT)
         self._take = self.client.register_script(_TAKE_SCRIPT)
         self._catalog_key = CATALOG_KEY.format(prefix=prefix)
         self._catalog_stamp_key = CATALOG_STAMP_KEY.format(prefix=prefix)
@@ -740,13 +1372,66 @@ class RedisStore:
             return []
         keys = [self._erased_key(), self._restored_key]
         args: list[str | float | int] = [int(self.retention), 0 if restoring else 1]
+        args += self._setup()
         for customer, event in entries:
             keys += [self._marker_key(event.event_id), self._events_key(customer)]
             args += [customer, event.received_at, event.to_json()]
+            touch = None if restoring else touch_of(customer, event)
+            if touch is None:
+                args += ["", "", "", 0, "", ""]
+            else:
+                session = touch.customers[1] if len(touch.customers) > 1 else ""
+                args += [touch.event_id, touch.kind, touch.item_id, repr(touch.amount)]
+                args += [touch.impression_id, session]
         results = self._call(lambda: self._apply(keys=keys, args=args))
         if list(results) == [-1]:
             raise StoreNotRestored("redis lost its data; replaying the durable logs")
         return [Applied(int(code)) for code in results]
+
+    def _setup(self) -> list[str | float | int]:
+        """The attribution scripts' ``setup`` arguments."""
+        return [
+            self.prefix,
+            repr(self.clock()),
+            repr(self.attribution_window),
+            defaults.PENDING_ATTRIBUTION_SECONDS,
+            int(self.retention),
+        ]
+
+    def record_impressions(self, impressions: Sequence[Impression]) -> int:
+        if not impressions:
+            return 0
+        args = self._setup()
+        for impression in impressions:
+            args += [
+                impression.impression_id,
+                impression.customer,
+                repr(impression.shown_at),
+                impression.experiment,
+                impression.arm,
+                impression.model_version,
+                impression.surface,
+                joined(impression.items),
+            ]
+        keys = [self._erased_key(), self._restored_key]
+        recorded = self._call(lambda: self._record(keys=keys, args=args))
+        if int(recorded) == -1:
+            raise StoreNotRestored("redis lost its data; replaying the durable logs")
+        return int(recorded)
+
+    def impression_figures(self) -> ImpressionFigures:
+        def read() -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+            pipeline = self.client.pipeline(transaction=False)
+            pipeline.hgetall(FIGURES_KEY.format(prefix=self.prefix))
+            pipeline.hgetall(UNIT_SUMS_KEY.format(prefix=self.prefix))
+            figures, units = pipeline.execute()
+            return figures, units
+
+        figure_rows, unit_rows = self._call(read)
+        return _collected(
+            (field.decode().split(SEPARATOR) + [value] for field, value in figure_rows.items()),
+            (field.decode().split(SEPARATOR) + [value] for field, value in unit_rows.items()),
+        )
 
     def restored(self) -> bool:
         return bool(self._call(lambda: self.client.exists(self._restored_key)))
@@ -755,14 +1440,15 @@ class RedisStore:
         self._call(lambda: self.client.set(self._restored_key, "1"))
 
     def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
-        def undo() -> None:
-            pipeline = self.client.pipeline(transaction=True)
-            for customer, event in entries:
-                pipeline.delete(self._marker_key(event.event_id))
-                pipeline.zrem(self._events_key(customer), event.to_json())
-            pipeline.execute()
-
-        self._call(undo)
+        if not entries:
+            return
+        keys: list[str] = []
+        args = self._setup()
+        for customer, event in entries:
+            keys += [self._marker_key(event.event_id), self._events_key(customer)]
+            args += [customer, event.to_json(), event.event_id]
+            args += [event.impression_id or "", event.session or ""]
+        self._call(lambda: self._forget(keys=keys, args=args))
 
     def erase(self, customer: str) -> int:
         def run() -> int:
@@ -770,6 +1456,12 @@ class RedisStore:
             mine = [m for m in members if isinstance(m, bytes) and customer.encode() in m]
             pattern = SNAPSHOT_KEY.format(prefix=self.prefix, customer=customer, send="*")
             snapshots = list(self.client.scan_iter(match=pattern, count=500))
+            shown = CUSTOMER_IMPRESSIONS_KEY.format(prefix=self.prefix, customer=customer)
+            impressions = [
+                IMPRESSION_KEY.format(prefix=self.prefix, impression=member.decode())
+                for member in self.client.zrange(shown, 0, -1)
+                if isinstance(member, bytes)
+            ]
             pipeline = self.client.pipeline(transaction=True)
             pipeline.zcard(self._events_key(customer))
             pipeline.delete(self._events_key(customer))
@@ -778,6 +1470,12 @@ class RedisStore:
                 pipeline.zrem(self._triggers_key(), *mine)
             if snapshots:
                 pipeline.delete(*snapshots)
+            pipeline.delete(
+                shown,
+                *impressions,
+                PENDING_PURCHASES_KEY.format(prefix=self.prefix, customer=customer),
+                CUSTOMER_UNITS_KEY.format(prefix=self.prefix, customer=customer),
+            )
             count = pipeline.execute()[0]
             return int(count)
 

@@ -284,6 +284,17 @@ def test_opens_without_a_click_fire_one_disengaged_trigger_per_run(
     assert "quiet.reader" not in logged and customer not in logged
 
 
+def test_a_batch_with_the_fifth_open_and_the_click_that_ends_the_run_still_fires(
+    client: FlaskClient, sample_models: Path
+) -> None:
+    customer = a_customer(sample_models)
+    run = opens(customer, DISENGAGED_OPENS)
+    click = event("c1", customer, "email_click", "2011-12-30T07:00:00Z", send_id="o-send-4")
+    post(client, *run, click)
+    assert [t["customer_id"] for t in disengaged(client)] == [customer]
+    assert signals(client, customer)["email"]["disengaged"] is False
+
+
 def test_an_unsubscribed_customer_gets_409_from_email_picks(
     client: FlaskClient, sample_models: Path
 ) -> None:

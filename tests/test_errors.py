@@ -33,6 +33,7 @@ EXPECTED = {
     "UnknownItem": (404, "Unknown item"),
     "UnknownCustomer": (404, "Unknown customer"),
     "Unsubscribed": (409, "Unsubscribed"),
+    "ExperimentNotRunning": (409, "No experiment running"),
     "StoreUnavailable": (503, "Store unavailable"),
     "StoreNotRestored": (503, "Store unavailable"),
     "BundleError": (503, "No model loaded"),

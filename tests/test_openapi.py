@@ -133,6 +133,9 @@ def test_real_responses_match_the_document(
         ("post", "/v1/visitor-tokens", "/v1/visitor-tokens", {"customer": customer}),  # no secret
         ("post", "/v1/visitor-tokens", "/v1/visitor-tokens", {"customer": customer, "ttl": 0}),
         ("delete", "/v1/customers/{key}", "/v1/customers/email:gone@example.com", None),
+        ("get", "/v1/experiments", "/v1/experiments", None),
+        ("post", "/v1/experiments/end", "/v1/experiments/end", {"promote": "a"}),  # none runs
+        ("post", "/v1/experiments/end", "/v1/experiments/end", {"keep": "a"}),
     ]
     for method, template, url, body in calls:
         response = getattr(client, method)(url, json=body) if body else getattr(client, method)(url)

@@ -467,7 +467,10 @@ def _export_picks(args: argparse.Namespace) -> int:
             )
             for number, key in enumerate(exporting):
                 try:
-                    picks = service.email_picks(model, key, send_id, args.n)
+                    serving = service.serving(key)  # the customer's experiment arm, if any
+                    picks = service.email_picks(
+                        serving.model, key, send_id, args.n, assignment=serving.assignment
+                    )
                 except Unsubscribed:
                     campaign.unsubscribed += 1
                     continue

@@ -10,6 +10,7 @@ from recsvc.api import (
     cors,
     customers,
     events,
+    experiments,
     health,
     observability,
     problems,
@@ -29,5 +30,6 @@ def init_app(app: Flask) -> None:
     catalog.init_app(app)
     customers.init_app(app)
     triggers.init_app(app)
+    experiments.init_app(app)
     channels.init_app(app)
     cors.init_app(app)

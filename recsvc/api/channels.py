@@ -36,7 +36,6 @@ from recsvc.api.params import (
 )
 from recsvc.api.problems import Problem, invalid_parameter
 from recsvc.openapi import ANONYMOUS_BLOCK, CUSTOMER_BLOCK, EMAIL_PICKS, VISITOR_TOKENS
-from recsvc.registry import ServedModel
 from recsvc.render import block_html, email_html, embed_script
 from recsvc.schemas import Block, PublicBlock, VisitorToken, VisitorTokenRequest
 from recsvc.service import Service
@@ -53,33 +52,29 @@ def customer_block(key: str, slot: str) -> Response:
     args = query_args(CUSTOMER_BLOCK)
     key = customer_key(key, args)
     service = this_service()
-    model = service.model()
     if granted("recs:read"):
-        return _block(service, model, key, slot, args, public=False)
+        return _block(service, key, slot, args, public=False)
     if not service.visitor_proven(key, this_request().headers.get(TOKEN_HEADER)):
-        return _block(service, model, None, slot, args, public=True)
-    return _block(service, model, key, slot, args, public=True)
+        return _block(service, None, slot, args, public=True)
+    return _block(service, key, slot, args, public=True)
 
 
 @blueprint.get("/blocks/<slot>")
 @requires(ANONYMOUS_BLOCK.key_scope)
 def anonymous_block(slot: str) -> Response:
     args = query_args(ANONYMOUS_BLOCK)
-    service = this_service()
-    return _block(service, service.model(), None, slot, args, public=not granted("recs:read"))
+    return _block(this_service(), None, slot, args, public=not granted("recs:read"))
 
 
 def _block(
-    service: Service,
-    model: ServedModel,
-    key: str | None,
-    slot: str,
-    args: Mapping[str, str],
-    public: bool,
+    service: Service, key: str | None, slot: str, args: Mapping[str, str], public: bool
 ) -> Response:
+    """The block of the customer ``key`` names (None: an anonymous visitor), by the model
+    of their experiment arm."""
     output = _format(args)
     cart = None if "items" not in args else cart_items(args["items"])
-    block = service.block(model, key, slot, item_filter(args), cart=cart)
+    model, assignment = service.serving(key)
+    block = service.block(model, key, slot, item_filter(args), cart=cart, assignment=assignment)
     answered(fallback=block["fallback"], degraded=block["degraded"])
     if public:
         block = channels.public_block(block, personalised=key is not None)
@@ -126,7 +121,8 @@ def email_picks(key: str) -> Response:
     filters = item_filter(args)
     output = _format(args)
     service = this_service()
-    picks = service.email_picks(service.model(), key, send_id, n, filters)
+    model, assignment = service.serving(key)
+    picks = service.email_picks(model, key, send_id, n, filters, assignment)
     answered(fallback=picks.fallback, degraded=picks.degraded)
     if output == "html":
         return Response(email_html(msgspec.to_builtins(picks)), mimetype="text/html")

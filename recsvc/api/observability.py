@@ -99,7 +99,10 @@ def _finish(response: Response) -> Response:
 
 @requires("metrics:read")
 def metrics_view() -> Response:
-    return Response(metrics.exposition(this_service().registry), content_type=metrics.CONTENT_TYPE)
+    service = this_service()
+    service.impressions.flush()  # this worker's impressions count at once
+    exposition = metrics.exposition(service.registry, service.store)
+    return Response(exposition, content_type=metrics.CONTENT_TYPE)
 
 
 def init_app(app: Flask) -> None:

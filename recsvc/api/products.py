@@ -38,7 +38,9 @@ def similar(item_id: str) -> Response:
     n = int_arg(args, "n", default=defaults.DEFAULT_N, low=1, high=defaults.MAX_N)
     filters = item_filter(args)
     service = this_service()
-    answer = service.similar(service.model(), item_id, n, filters, _customer(args))
+    customer = _customer(args)
+    model, assignment = service.serving(customer)
+    answer = service.similar(model, item_id, n, filters, customer, assignment)
     answered(fallback=answer.fallback, degraded=answer.degraded)
     return encoded(answer)
 
@@ -54,7 +56,9 @@ def cart() -> Response:
     if country is not None:
         checked_text("country", country, MAX_COUNTRY_LENGTH)
     service = this_service()
-    answer = service.cart(service.model(), items, n, filters, _customer(args), country)
+    customer = _customer(args)
+    model, assignment = service.serving(customer)
+    answer = service.cart(model, items, n, filters, customer, country, assignment)
     answered(fallback=answer.fallback, degraded=answer.degraded)
     return encoded(answer)
 

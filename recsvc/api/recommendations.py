@@ -27,7 +27,8 @@ def recommendations(key: str) -> Response:
     if country is not None:
         checked_text("country", country, MAX_COUNTRY_LENGTH)
     service = this_service()
-    answer = service.recommendations(service.model(), key, n, filters, country)
+    model, assignment = service.serving(key)
+    answer = service.recommendations(model, key, n, filters, country, assignment)
     answered(fallback=answer.fallback, degraded=answer.degraded)
     return encoded(answer)
 

@@ -95,7 +95,7 @@ def overview(
                 ],
             )
         )
-    reading = telemetry.read(registry)
+    reading = telemetry.read(registry, service.store)
     evaluated = evaluation.state()
     evaluation_chart = None
     if evaluated.evaluation is not None:

@@ -19,6 +19,7 @@ from prometheus_client.core import Metric
 
 from recsvc import defaults, metrics
 from recsvc.registry import ModelRegistry
+from recsvc.store import Store
 
 API_PREFIX = "/v1"  # the dashboard's own pages and /metrics are not the service's traffic
 QUANTILES = (0.5, 0.99)
@@ -112,8 +113,8 @@ class Telemetry:
         self._lock = threading.Lock()
         self._readings: deque[tuple[float, dict[str, float]]] = deque()
 
-    def read(self, registry: ModelRegistry) -> Reading:
-        routes = figures_of(metrics.collected(registry))
+    def read(self, registry: ModelRegistry, store: Store) -> Reading:
+        routes = figures_of(metrics.collected(registry, store))
         now = self.clock()
         counts = {route: figures.requests for route, figures in routes.items()}
         with self._lock:
