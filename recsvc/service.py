@@ -60,6 +60,7 @@ from recsvc.schemas import (
     EmailPicks,
     ErasureReceipt,
     EventResult,
+    ExperimentReport,
     Experiments,
     ProductCard,
     Profile,
@@ -295,11 +296,14 @@ class Service:
         filters: ItemFilter = NO_FILTER,
         country: str | None = None,
         assignment: Assignment | None = None,
+        preview: bool = False,
     ) -> Recommendations:
         """UnknownCategory for a filter's unknown category. A customer the model does not
         know gets the best sellers of ``country``, else of their tier when purchases reported
         since training lift them above the first (a stranger's first tier says nothing about
-        them), else of all; a segment without a list is skipped, never an error."""
+        them), else of all; a segment without a list is skipped, never an error. ``preview``:
+        what the customer would get, for the dashboard; no impression is recorded (the
+        impression id is empty), so looking never counts in an experiment."""
         customer = self.realtime.view(model, key)
         ranker = model.ranker
         tiers = ranker.tiers
@@ -330,7 +334,14 @@ class Service:
             customer.degraded,
             Tier.of(tiers.describe(customer.window_spend)),
             items,
-            self._shown(model, impressions.RECOMMENDATIONS, customer, ids_of(items), assignment),
+            self._shown(
+                model,
+                impressions.RECOMMENDATIONS,
+                customer,
+                ids_of(items),
+                assignment,
+                preview=preview,
+            ),
             None if assignment is None else assignment.arm,
             ranking.scope,
         )
@@ -343,8 +354,13 @@ class Service:
         item_ids: list[str],
         assignment: Assignment | None,
         impression_id: str | None = None,
+        *,
+        preview: bool = False,
     ) -> str:
-        """The impression id of a list shown to ``customer`` (see recsvc.impressions)."""
+        """The impression id of a list shown to ``customer`` (see recsvc.impressions); for a
+        preview, none ("")."""
+        if preview:
+            return ""
         who = "" if customer.erased else customer.store_key
         return self.impressions.shown(
             model.version, surface, who, item_ids, assignment, impression_id
@@ -503,10 +519,12 @@ class Service:
         today: date | None = None,
         cart: list[str] | None = None,
         assignment: Assignment | None = None,
+        preview: bool = False,
     ) -> dict[str, Any]:
         """Website slot ``slot`` for the customer ``key`` names (None: an anonymous visitor),
         with the complements of ``cart`` (item ids) for products when given; UnknownSlot,
-        UnknownCategory. See ``channels.public_block`` for a publishable key."""
+        UnknownCategory. See ``channels.public_block`` for a publishable key, and
+        ``recommendations`` for ``preview``."""
         catalog = self.catalog(model)
         mask = filters.mask(model, catalog)
         customer = self.customer(model, key)
@@ -528,7 +546,9 @@ class Service:
         block = channels.block(model, customer, key, slot, today, mask, catalog, complements)
         surface = impressions.block_surface(slot)
         shown = [card["item_id"] for card in block["products"]]
-        block["impression_id"] = self._shown(model, surface, customer, shown, assignment)
+        block["impression_id"] = self._shown(
+            model, surface, customer, shown, assignment, preview=preview
+        )
         block["arm"] = None if assignment is None else assignment.arm
         return block
 
@@ -639,6 +659,16 @@ class Service:
             degraded=degraded,
             figures=experiments.surface_figures(figures.figures),
         )
+
+    def experiment_report(self) -> ExperimentReport | None:
+        """The experiment in force and its arms' figures as the store holds them now, without
+        writing this worker's buffered impressions first (a periodic reading must not change
+        when they are written); None without one. StoreUnavailable when the store does not
+        answer."""
+        experiment = self.registry.experiment
+        if experiment is None:
+            return None
+        return experiments.report(experiment, self.store.impression_figures())
 
     def end_experiment(self, promote: str | None = None, drop: str | None = None) -> Experiments:
         """Promote an arm (``current`` points at its bundle) or drop one, without a restart:

@@ -7,10 +7,12 @@ import csv
 import io
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -18,13 +20,17 @@ from flask.testing import FlaskClient
 from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.auth import mint, parse_api_keys
+from recsvc.bundle import bundle_versions
 from recsvc.dashboard.charts import nice_ceiling
+from recsvc.dashboard.history import ExperimentHistory
 from recsvc.dashboard.session import COOKIE, Sessions
 from recsvc.dashboard.telemetry import bucket_quantile
 from recsvc.identity import DEVELOPMENT_SECRET, IdentityRules, mask_key
 from recsvc.insights import TierFigures
+from recsvc.schemas import ArmReport, ExperimentReport, FigureInterval
 from tests.channel_shop import XSS_TITLE
 from tests.dashboard_shop import ANN_EMAIL, ANN_PHONE, QUARANTINED_EMAIL, XSS_CONTENT, build
+from tests.helpers import ManualClock
 
 SECRET = "dashboard-test-secret-of-32-characters"
 KEYS = {
@@ -44,6 +50,7 @@ PAGES = [
     "/dashboard/tiers",
     "/dashboard/triggers",
     "/dashboard/quarantine",
+    "/dashboard/experiments",
 ]
 HTML = "text/html"
 
@@ -560,3 +567,151 @@ def _no_leaked_addresses(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     text = caplog.text.lower()
     for address in (ANN_EMAIL.lower(), "someone.new@example.com", "leaver@example.com"):
         assert address not in text
+
+
+# Experiments
+
+
+@pytest.fixture
+def experiment(models: Path, tmp_path: Path) -> tuple[Flask, Path, str, str]:
+    """An app running an experiment between the two bundles, on a copy of the models (ending
+    it moves ``current``): the app, the models, the champion's and the challenger's bundle."""
+    copied = tmp_path / "models"
+    shutil.copytree(models, copied)
+    current = (copied / "current").read_text().strip()
+    earlier = next(v for v in bundle_versions(copied) if v != current)
+    spec = f"champion:{current}:50,challenger:{earlier}:50"
+    app = create_app(
+        settings(copied, tmp_path / "events", RECSVC_EXPERIMENT=spec, RECSVC_RELOAD_SECONDS="0")
+    )
+    return app, copied, current, earlier
+
+
+def test_the_experiments_page_shows_each_arms_figures_with_intervals(
+    experiment: tuple[Flask, Path, str, str],
+) -> None:
+    app, _, current, earlier = experiment
+    client = app.test_client()
+    viewer = signed_in(app, "viewer")
+    for customer in ("1001", "1002", "1004"):  # a look records no impression
+        assert "In experiment arm" in viewer.get(f"/dashboard/customer?id={customer}").get_data(
+            as_text=True
+        )
+    clicks = []
+    for visitor in range(40):
+        answer = api(
+            client, "GET", f"/v1/customers/visitor-{visitor}/recommendations?n=3", "reader"
+        )
+        answer = answer.get_json()
+        if visitor % 3 == 0:
+            clicks.append(
+                {
+                    "event_id": f"k{visitor}",
+                    "kind": "rec_click",
+                    "customer": f"visitor-{visitor}",
+                    "item_id": answer["items"][0]["item_id"],
+                    "impression_id": answer["impression_id"],
+                    "model_version": answer["model_version"],
+                    "surface": "recommendations",
+                    "rank": 1,
+                    "timestamp": "2011-09-02T10:00:00Z",
+                }
+            )
+    events(client, *clicks)
+    report = api(client, "GET", "/v1/experiments", "boss").get_json()["experiment"]
+    body = signed_in(app, "viewer").get("/dashboard/experiments").get_data(as_text=True)
+    rows = re.findall(
+        r'<tr class="arm"><th scope="row">(\w+)<small><code>([^<]+)</code></small></th>'
+        r'<td class="num">(\d+) %</td><td class="num">(\d+)</td><td class="num">(\d+)</td>'
+        r'<td class="num">(\d+)</td>',
+        body,
+    )
+    assert rows == [
+        (
+            arm["name"],
+            arm["model_version"],
+            str(arm["weight"]),
+            str(arm["customers"]),
+            str(arm["impressions"]),
+            str(arm["clicked"]),
+        )
+        for arm in report["arms"]
+    ]
+    assert [row[1] for row in rows] == [current, earlier]
+    assert sum(int(row[4]) for row in rows) == 40 and sum(int(row[5]) for row in rows) == 14
+    first = report["arms"][0]["ctr"]
+    assert f"{first['low'] * 100:.2f} % to {first['high'] * 100:.2f} %" in body  # its interval
+    assert body.count('class="whisker') == 6  # two arms, three figures
+    assert "Against champion" in body and "Click-through rate over time" in body
+    assert "Promote" not in body  # not an admin
+
+
+def test_an_admin_promotes_an_arm_after_confirming(
+    experiment: tuple[Flask, Path, str, str],
+) -> None:
+    app, copied, _, earlier = experiment
+    viewer, boss = signed_in(app, "viewer"), signed_in(app, "boss")
+    refused = viewer.post(
+        "/dashboard/experiments/end",
+        data={"csrf": token(viewer), "action": "promote", "arm": "challenger", "confirm": "yes"},
+    )
+    assert refused.status_code == 403
+    assert 'value="promote">Promote challenger' in boss.get("/dashboard/experiments").get_data(
+        as_text=True
+    )
+    csrf = token(boss)
+    form = {"csrf": csrf, "action": "promote", "arm": "challenger"}
+    ask = boss.post("/dashboard/experiments/end", data=form)
+    assert ask.status_code == 200 and "Promote challenger?" in ask.get_data(as_text=True)
+    assert earlier in ask.get_data(as_text=True)
+    assert (copied / "current").read_text().strip() != earlier  # nothing happened yet
+    wrong = boss.post("/dashboard/experiments/end", data={**form, "arm": "nope", "confirm": "yes"})
+    assert wrong.status_code == 400 and "not a live arm" in wrong.get_data(as_text=True)
+    done = boss.post("/dashboard/experiments/end", data={**form, "confirm": "yes"})
+    assert done.status_code == 303
+    assert done.headers["Location"] == "/dashboard/experiments?done=promote&arm=challenger"
+    assert (copied / "current").read_text().strip() == earlier
+    page = boss.get(done.headers["Location"]).get_data(as_text=True)
+    assert "challenger is promoted" in page and "challenger promoted" in page
+    again = boss.post("/dashboard/experiments/end", data={**form, "confirm": "yes"})
+    assert again.status_code == 409  # no experiment is running
+
+
+def test_without_an_experiment_the_page_says_how_to_start_one(app: Flask) -> None:
+    body = signed_in(app, "viewer").get("/dashboard/experiments").get_data(as_text=True)
+    assert "No experiment is configured" in body and "RECSVC_EXPERIMENT" in body
+
+
+def test_the_history_keeps_one_reading_per_interval(tmp_path: Path) -> None:
+    clock = ManualClock(1_000_000.0)
+    history = ExperimentHistory(tmp_path, interval=900, clock=clock)
+    interval = FigureInterval(0.1, 0.05, 0.15)
+    arm = ArmReport(
+        name="a",
+        model_version="v1",
+        weight=50,
+        dropped=False,
+        customers=10,
+        impressions=20,
+        clicked=2,
+        converted=1,
+        revenue=5.0,
+        ctr=interval,
+        conversion_rate=interval,
+        revenue_per_impression=interval,
+        difference=None,
+    )
+    report = ExperimentReport(name="test", running=True, ended_at=None, promoted=None, arms=[arm])
+    assert history.record(report) is True
+    assert history.record(report) is False  # too soon
+    clock.advance(900)
+    assert history.record(report) is True
+    other = msgspec.structs.replace(report, name="another")
+    assert history.record(other) is True  # another experiment: at once
+    ended = msgspec.structs.replace(report, running=False)
+    clock.advance(900)
+    assert history.record(ended) is False
+    readings = history.readings("test")
+    assert [r.at for r in readings] == [1_000_000.0, 1_000_900.0]
+    assert readings[0].arms[0].ctr == interval
+    assert history.readings("nothing") == []

@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks.local_server import gunicorn
 from recsvc.auth import mint
+from recsvc.bundle import bundle_versions
 from tests.channel_shop import XSS_TITLE
 from tests.dashboard_shop import ANN_EMAIL, XSS_CONTENT, build
 from tests.test_browser import ARTIFACTS, CHROMIUM, FLAGS, chromium  # noqa: F401 (a fixture)
@@ -26,8 +27,12 @@ VIEWER_KEY, VIEWER_LINE = mint("viewer", ["dashboard:read"])
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("dashboard-browser")
+    models = build(directory)
+    current = (models / "current").read_text().strip()
+    earlier = next(version for version in bundle_versions(models) if version != current)
     env = {
-        "RECSVC_MODELS_DIR": str(build(directory)),
+        "RECSVC_MODELS_DIR": str(models),
+        "RECSVC_EXPERIMENT": f"champion:{current}:50,challenger:{earlier}:50",
         "RECSVC_EVENTS_DIR": str(directory / "events"),
         "RECSVC_API_KEYS": f"{ADMIN_LINE},{VIEWER_LINE}",
         "RECSVC_SECRET_KEY": SECRET,
@@ -47,6 +52,12 @@ def browser_page(playwright: Any, javascript: bool = True) -> tuple[Any, Any, li
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     return browser, page, dialogs
+
+
+def api(url: str, path: str) -> Any:
+    request = urllib.request.Request(url + path, headers={"X-API-Key": ADMIN_KEY})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
 
 
 def sign_in(page: Any, url: str, key: str) -> None:
@@ -120,6 +131,21 @@ def test_a_viewer_signs_in_looks_a_customer_up_by_email_and_sees_every_page(
         page.goto(f"{service}/dashboard/quarantine")
         assert "q***@example.com" in page.inner_text("main")
         shot(page, "quarantine")
+
+        for visitor in range(30):  # answers for the experiment's arms to count
+            api(service, f"/v1/customers/visitor-{visitor}/recommendations?n=3")
+        page.get_by_role("link", name="Experiments").click()
+        for _ in range(40):  # each worker writes its impressions every second
+            shown = page.locator("tr.arm td:nth-child(4)").all_inner_texts()
+            if sum(int(n.replace(",", "")) for n in shown) == 30:
+                break
+            page.wait_for_timeout(250)
+            page.reload()
+        arms = page.locator("tr.arm th").all_inner_texts()
+        assert [arm.split()[0] for arm in arms] == ["champion", "challenger"]
+        assert page.locator("svg.intervals .whisker").count() == 6
+        assert page.get_by_role("button", name="Promote champion…").count() == 0
+        shot(page, "experiments")
         browser.close()
     assert dialogs == []  # no markup in a title ever ran
 
@@ -147,11 +173,8 @@ def test_an_admin_erases_a_test_customer_after_confirming(
         assert "This customer was erased" in page.inner_text("main")
         browser.close()
     assert dialogs == []
-    request = urllib.request.Request(
-        f"{service}/v1/customers/1003/recommendations", headers={"X-API-Key": ADMIN_KEY}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert json.loads(response.read())["fallback"] is True  # on every worker
+    answer = api(service, "/v1/customers/1003/recommendations")
+    assert answer["fallback"] is True  # on every worker
 
 
 def test_every_page_works_without_javascript(

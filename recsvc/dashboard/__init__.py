@@ -1,5 +1,5 @@
 """The web dashboard under /dashboard: server-rendered pages for the CRM and marketing team
-(overview, customers, tiers, triggers), signed in with an API key (see ``session``)."""
+(overview, customers, tiers, triggers, experiments), signed in with an API key (see ``session``)."""
 
 from __future__ import annotations
 

@@ -198,3 +198,139 @@ def stacked_chart(
     legend = [(part, tones[part]) for part in parts]
     height = max(len(rows), 1) * row_height + 8
     return StackedChart(title, laid, legend, width, height, label_width, row_height - 10)
+
+
+@dataclass(frozen=True, slots=True)
+class Whisker:
+    label: str
+    text: str
+    y: float
+    low: float  # x of the interval's ends and of the estimate
+    high: float
+    value: float
+    tone: str
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalChart:
+    """Estimates with their intervals, one row each, on one axis (a difference's zero
+    marked)."""
+
+    title: str
+    rows: list[Whisker]
+    zero: float | None  # x of 0, when the axis crosses it
+    ticks: list[Tick]
+    width: int
+    height: int
+    label_width: int
+
+
+def interval_chart(
+    title: str,
+    rows: Sequence[tuple[str, float | None, float | None, float | None, str]],
+    value_label: Callable[[float], str],
+    width: int = 1000,
+    label_width: int = 170,
+    row_height: int = 30,
+) -> IntervalChart:
+    """One row per ``(label, value, low, high, text)``; a row without a value is left
+    blank (too little data)."""
+    known = [(v, lo, hi) for _, v, lo, hi, _ in rows if v is not None]
+    ends = [x for v, lo, hi in known for x in (v, lo if lo is not None else v, hi or v)]
+    low = min(ends + [0.0])
+    high = max(ends + [0.0]) or 1.0
+    span = (high - low) or 1.0
+    low, high = low - span * 0.05, high + span * 0.05
+    plot = width - label_width - 150  # room for the text after the axis
+
+    def x_of(value: float) -> float:
+        return round(label_width + plot * (value - low) / (high - low), 1)
+
+    laid = []
+    for position, (label, value, lower, upper, text) in enumerate(rows):
+        y = position * row_height + row_height / 2 + 4
+        if value is None:
+            laid.append(Whisker(label, text, y, -1.0, -1.0, -1.0, f"t{position % 7}"))
+            continue
+        laid.append(
+            Whisker(
+                label,
+                text,
+                y,
+                x_of(lower if lower is not None else value),
+                x_of(upper if upper is not None else value),
+                x_of(value),
+                f"t{position % 7}",
+            )
+        )
+    ticks = [Tick(x_of(v), value_label(v)) for v in (low + span * 0.05, high - span * 0.05)]
+    zero = x_of(0.0) if low < 0 < high else None
+    height = max(len(rows), 1) * row_height + 30
+    return IntervalChart(title, laid, zero, ticks, width, height, label_width)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    name: str
+    tone: str
+    path: str  # the estimate
+    band: str  # the interval, a closed polygon's points
+    points: list[Point]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesChart:
+    title: str
+    series: list[Series]
+    x_ticks: list[Tick]
+    y_ticks: list[Tick]
+    width: int
+    height: int
+
+    @property
+    def left(self) -> int:
+        return MARGIN_LEFT
+
+    @property
+    def right(self) -> int:
+        return self.width - MARGIN_RIGHT
+
+    @property
+    def bottom(self) -> int:
+        return self.height - MARGIN_BOTTOM
+
+
+def series_chart(
+    title: str,
+    series: Sequence[tuple[str, Sequence[tuple[float, float, float, float, str]]]],
+    x_label: Callable[[float], str],
+    y_label: Callable[[float], str],
+    width: int = 1000,
+    height: int = 240,
+) -> SeriesChart:
+    """A line per ``(name, [(x, value, low, high, tip)])``, with its interval as a band."""
+    xs = [x for _, points in series for x, *_ in points] or [0.0]
+    left_x, right_x = min(xs), max(xs)
+    if left_x == right_x:
+        left_x, right_x = left_x - 3600.0, right_x + 3600.0
+    top = nice_ceiling(max([hi for _, points in series for *_, hi, _ in points] + [0.0]))
+    plot_width = width - MARGIN_LEFT - MARGIN_RIGHT
+    plot_height = height - MARGIN_TOP - MARGIN_BOTTOM
+
+    def x_of(value: float) -> float:
+        return round(MARGIN_LEFT + plot_width * (value - left_x) / (right_x - left_x), 1)
+
+    def y_of(value: float) -> float:
+        return round(MARGIN_TOP + plot_height * (1 - value / top), 1)
+
+    laid = []
+    for position, (name, points) in enumerate(series):
+        ordered = sorted(points)
+        placed = [Point(x_of(x), y_of(value), tip) for x, value, _, _, tip in ordered]
+        path = " ".join(f"{'M' if i == 0 else 'L'}{p.x},{p.y}" for i, p in enumerate(placed))
+        upper = [f"{x_of(x)},{y_of(hi)}" for x, _, _, hi, _ in ordered]
+        lower = [f"{x_of(x)},{y_of(lo)}" for x, _, lo, _, _ in reversed(ordered)]
+        laid.append(Series(name, f"t{position % 7}", path, " ".join(upper + lower), placed))
+    x_ticks = [Tick(x_of(v), x_label(v)) for v in (left_x, (left_x + right_x) / 2, right_x)]
+    y_ticks = [Tick(y_of(top * share), y_label(top * share)) for share in (0.0, 0.5, 1.0)]
+    return SeriesChart(title, laid, x_ticks, y_ticks, width, height)

@@ -10,7 +10,7 @@ computed once per bundle (``Service.tier_figures``, ``Service.tier_movements``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -21,11 +21,13 @@ from recsvc import defaults
 from recsvc.bundle import QUARANTINE_FILE
 from recsvc.dashboard import charts, formats
 from recsvc.dashboard.evaluation import EvaluationReport
+from recsvc.dashboard.history import ExperimentHistory
 from recsvc.dashboard.quarantine import QuarantinePage, read_page
 from recsvc.dashboard.telemetry import Telemetry
 from recsvc.errors import InvalidParameter, Unsubscribed
 from recsvc.identity import mask_key
 from recsvc.registry import ServedModel
+from recsvc.schemas import FigureInterval
 from recsvc.service import Service
 from recsvc.store import StoredEvent
 from recsvc.text import spreadsheet_safe
@@ -212,8 +214,11 @@ def customer(
         if history
         else None
     )
+    # What they would get now: from their experiment arm's bundle, as a preview that records
+    # no impression (looking must not count in an experiment's figures).
+    answering, assignment = service.serving(key)
     try:
-        email: Any = service.email_preview(model, key, EMAIL_N)
+        email: Any = service.email_preview(answering, key, EMAIL_N)
         unsubscribed = None
     except Unsubscribed as error:
         email, unsubscribed = None, str(error)
@@ -231,8 +236,14 @@ def customer(
         "events_page": events_page,
         "events_pages": events_pages,
         "spend_chart": spend_chart,
-        "recommendations": service.recommendations(model, key, RECOMMENDATIONS_N),
-        "block": service.block(model, key, slot) if slot is not None else None,
+        "arm": None if assignment is None else assignment.arm,
+        "answering_version": answering.version,
+        "recommendations": service.recommendations(
+            answering, key, RECOMMENDATIONS_N, assignment=assignment, preview=True
+        ),
+        "block": None
+        if slot is None
+        else service.block(answering, key, slot, assignment=assignment, preview=True),
         "email": email,
         "unsubscribed": unsubscribed,
     }
@@ -437,3 +448,81 @@ def quarantine(
     if source is not None and source not in model.bundle.manifest.accounting:
         raise InvalidParameter("source", "is not a source of this bundle")
     return read_page(path, after, defaults.DASHBOARD_PAGE, source, unmasked, sources)
+
+
+# Experiments
+
+METRIC_NAMES = {
+    "ctr": "Click-through rate",
+    "conversion_rate": "Conversion rate",
+    "revenue_per_impression": "Revenue per impression",
+}
+
+
+def experiments(service: Service, history: ExperimentHistory) -> dict[str, Any]:
+    """The experiment in force: each arm's figures with 95 % intervals, each arm's
+    difference from the first, the figures' history, and every model version's and
+    surface's counts."""
+    found = service.experiments()
+    report = found.experiment
+    page: dict[str, Any] = {"experiments": found, "interval_charts": [], "history_charts": []}
+    if report is None:
+        return page
+    history.record(report)
+    symbol = currency(service.model())
+    for metric, title in METRIC_NAMES.items():
+        shown: Callable[[float], str] = (
+            _money(symbol) if metric == "revenue_per_impression" else formats.percent
+        )
+        rows = [
+            (
+                arm.name,
+                getattr(arm, metric).value,
+                getattr(arm, metric).low,
+                getattr(arm, metric).high,
+                _interval_text(getattr(arm, metric), shown),
+            )
+            for arm in report.arms
+        ]
+        page["interval_charts"].append(
+            charts.interval_chart(f"{title}, 95 % intervals", rows, shown)
+        )
+    readings = history.readings(report.name)
+    for metric in ("ctr", "conversion_rate"):
+        series = []
+        for arm in report.arms:
+            points = []
+            for reading in readings:
+                figures = next((a for a in reading.arms if a.name == arm.name), None)
+                interval = None if figures is None else getattr(figures, metric)
+                if interval is None or interval.value is None:
+                    continue
+                low = interval.low if interval.low is not None else interval.value
+                high = interval.high if interval.high is not None else interval.value
+                tip = f"{formats.when(reading.at)}: {_interval_text(interval, formats.percent)}"
+                points.append((reading.at, interval.value, low, high, tip))
+            if points:
+                series.append((arm.name, points))
+        if series:
+            page["history_charts"].append(
+                charts.series_chart(
+                    f"{METRIC_NAMES[metric]} over time (everything up to each reading)",
+                    series,
+                    x_label=lambda value: formats.when(value)[:16],
+                    y_label=formats.percent,
+                )
+            )
+    page["readings"] = len(readings)
+    return page
+
+
+def _money(symbol: str) -> Callable[[float], str]:
+    return lambda value: formats.money(value, symbol)
+
+
+def _interval_text(interval: FigureInterval, shown: Callable[[float], str]) -> str:
+    if interval.value is None:
+        return "too little data"
+    if interval.low is None or interval.high is None:
+        return str(shown(interval.value))
+    return f"{shown(interval.value)} ({shown(interval.low)} to {shown(interval.high)})"

@@ -31,6 +31,7 @@ from recsvc.api.problems import Problem, problem_of
 from recsvc.bundle import QUARANTINE_FILE
 from recsvc.dashboard import pages
 from recsvc.dashboard.evaluation import EvaluationReport
+from recsvc.dashboard.history import ExperimentHistory
 from recsvc.dashboard.session import ADMIN_SCOPE, COOKIE, READ_SCOPE, Sessions, Viewer
 from recsvc.dashboard.telemetry import Telemetry
 from recsvc.errors import AuthError, Forbidden, InvalidParameter, RecsvcError, UnknownCustomer
@@ -68,6 +69,7 @@ class Dashboard:
     sessions: Sessions
     telemetry: Telemetry
     evaluation: EvaluationReport
+    history: ExperimentHistory
 
 
 class PageError(Exception):
@@ -444,6 +446,48 @@ def _choice(raw: str | None, name: str, allowed: tuple[int, ...]) -> int:
     return int(raw)
 
 
+@blueprint.get("/experiments")
+@signed_in
+def experiments(viewer: Viewer) -> Response:
+    args = this_request().args
+    done, arm = args.get("done"), args.get("arm")
+    notice = None
+    if done == "promote" and arm:
+        notice = f"{arm} is promoted: its bundle now answers everyone."
+    elif done == "drop" and arm:
+        notice = f"{arm} is dropped: its customers get the first arm left's bundle."
+    found = pages.experiments(this_service(), this_dashboard().history)
+    return page("experiments.html", viewer, section="experiments", notice=notice, **found)
+
+
+@blueprint.post("/experiments/end")
+@signed_in
+def end_experiment(viewer: Viewer) -> Response:
+    """Promote or drop an arm, after a confirmation step."""
+    form = checked_form(viewer, ADMIN_SCOPE)
+    action, arm = form.get("action", ""), form.get("arm", "").strip()
+    if action not in ("promote", "drop"):
+        raise InvalidParameter("action", "must be promote or drop")
+    service = this_service()
+    if "confirm" not in form:
+        report = service.experiments().experiment
+        return page(
+            "experiment_end.html",
+            viewer,
+            section="experiments",
+            action=action,
+            arm=arm,
+            report=report,
+        )
+    service.end_experiment(
+        promote=arm if action == "promote" else None, drop=arm if action == "drop" else None
+    )
+    log.info(
+        "dashboard: %s experiment arm %s", action, arm, extra={"fields": {"api_key": viewer.name}}
+    )
+    return see_other(f"{root()}/experiments?{urlencode({'done': action, 'arm': arm})}")
+
+
 # Rendering
 
 
@@ -513,10 +557,20 @@ def handle_http(error: HTTPException) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    config = service_of(app).config
+    service = service_of(app)
+    config = service.config
+    history = ExperimentHistory(config.events_dir)
     app.extensions[STATE] = Dashboard(
         Sessions(config.secret_key, config.api_keys),
         Telemetry(),
         EvaluationReport(config.evaluation_report),
+        history,
     )
+
+    @app.before_request
+    def keep_experiment_history() -> None:
+        # Here rather than at start: a thread started before gunicorn forks its workers
+        # would not run in them. After the first request of a process: one comparison.
+        history.sample(service.experiment_report)
+
     app.register_blueprint(blueprint)
