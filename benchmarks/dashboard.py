@@ -4,13 +4,14 @@
 
 Starts gunicorn (gunicorn.conf.py, --workers workers, the embedded store in a scratch events
 folder) on the bundle in --models-dir, signs in with a freshly minted admin key, and requests
-each page --repeat times after two warm-up rounds: the overview, the customer lookup form, a
+each page --repeat times after eight warm-up rounds: the overview, the customer lookup form, a
 lookup (the POST), customer pages (the highest spenders and customers drawn at random, in
 turn), the tiers page (its first and its last page of the lowest tier), the trigger feed
-(first page, and filtered by kind and dates) and the quarantined rows. The server time is each
-answer's ``Server-Timing`` (from the request's start to the page rendered, in the worker);
-the client time adds HTTP and gunicorn. The first request of each page is reported apart: it
-includes what is computed once per bundle and worker (tier figures, template compilation).
+(first page, and filtered by kind and dates), the quarantined rows and the experiments
+page. The server time is each answer's ``Server-Timing`` (from the request's start to the
+page rendered, in the worker); the client time adds HTTP and gunicorn. The first request of
+each page is reported apart: it includes what is computed once per bundle and worker (tier
+figures, template compilation).
 
 Also measured in this process: comparing the bundle's customers with themselves as the tier
 movements do once per pair of bundles (the cost a first look at the tiers page starts on a
@@ -44,6 +45,7 @@ from recsvc.registry import serve  # noqa: E402
 
 SECRET = "benchmark-dashboard-secret-of-32-chars"
 TIMING = re.compile(r"app;dur=([0-9.]+)")
+WARM_UP = 8  # rounds of each page before measuring
 
 
 class Browser:
@@ -113,6 +115,7 @@ def main() -> int:
         "triggers": ["/dashboard/triggers"],
         "triggers_filtered": [f"/dashboard/triggers?kind=lapsing&kind=tier_up&to={as_of}"],
         "quarantine": ["/dashboard/quarantine"],
+        "experiments": ["/dashboard/experiments"],
     }
     admin_key, admin_line = mint("bench", ["admin"])
     results: dict[str, Any] = {
@@ -169,10 +172,9 @@ def main() -> int:
 def measure(browser: Browser, paths: list[str], repeat: int) -> dict[str, float]:
     first = browser.request(paths[0])
     assert first[0] == 200, f"{paths[0]} answered {first[0]}"
-    for round_ in range(2):  # warm every worker
+    for _ in range(WARM_UP):  # every worker, most likely: gunicorn's pick is not ours
         for path in paths:
             browser.request(path)
-        del round_
     server, client = [], []
     for number in range(repeat):
         status, took, wall = browser.request(paths[number % len(paths)])
