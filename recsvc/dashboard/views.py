@@ -25,6 +25,7 @@ from flask import Blueprint, Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from recsvc import defaults, render
+from recsvc.api.access import KEY_NAME
 from recsvc.api.context import service_of, this_app, this_request, this_service
 from recsvc.api.observability import STARTED
 from recsvc.api.problems import Problem, problem_of
@@ -116,6 +117,7 @@ def signed_in(view: Callable[Concatenate[Viewer, P], Response]) -> Callable[P, R
             back = served.full_path if served.method == "GET" else ""
             query = f"?{urlencode({'next': back})}" if back else ""
             return see_other(f"{root()}/sign-in{query}")
+        this_request().environ[KEY_NAME] = viewer.name  # the request's log line names it
         return view(viewer, *args, **kwargs)
 
     return checked
