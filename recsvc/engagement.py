@@ -4,8 +4,8 @@ they engaged with, their habitual open time, the sends opened since their last c
 whether they unsubscribed. Pure functions of the events; no I/O.
 
 Times are the events' own (``timestamp``, UTC), so a webhook that delivers opens late still
-places them when they happened. Nothing re-subscribes a customer: an ``unsubscribe`` counts
-for as long as the store keeps it.
+places them when they happened. Nothing re-subscribes a customer: the store keeps their first
+``unsubscribe`` past the event retention, until they are erased.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from recsvc.policy import TierPolicy
-from recsvc.store import StoredEvent
+from recsvc.store import UNSUBSCRIBE, StoredEvent
 
-OPEN, CLICK, UNSUBSCRIBE = "email_open", "email_click", "unsubscribe"
+OPEN, CLICK = "email_open", "email_click"
 EMAIL_KINDS = frozenset({OPEN, CLICK, UNSUBSCRIBE})
 
 

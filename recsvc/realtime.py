@@ -24,7 +24,7 @@ from recsvc.identity import CANONICAL, IdentityKey, request_aliases
 from recsvc.logrecords import SESSION, EventRecord
 from recsvc.registry import ServedModel
 from recsvc.schemas import PURCHASE_KINDS as OWNED_KINDS
-from recsvc.store import Applied, Store, StoredEvent, customer_key
+from recsvc.store import UNSUBSCRIBE, Applied, Store, StoredEvent, customer_key
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,9 @@ class Realtime:
         if state.erased:
             return CustomerView(None, None, store_key, [], {}, degraded=False, erased=True)
         events = state.events
+        kept = state.unsubscribed
+        if kept is not None and all(event.event_id != kept.event_id for event in events):
+            events = [kept, *events]  # past the retention: consent lasts
         if any(event.session is not None for event in events):
             try:
                 events = self._with_sessions(events)
@@ -543,8 +546,8 @@ class Realtime:
                 record = msgspec.convert(raw, EventRecord)
             except msgspec.ValidationError:
                 continue  # not a record this service wrote
-            if record.received_at <= horizon:
-                continue
+            if record.received_at <= horizon and record.kind != UNSUBSCRIBE:
+                continue  # past the retention; an unsubscribe lasts
             _, _, store_key, erased = self.resolve(model, record.customer)
             session = None if record.session is None else self.resolve(model, record.session)
             if erased or (session is not None and session.erased):

@@ -37,6 +37,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -57,6 +58,9 @@ WAL_INDEX_HEADER = 48  # bytes of the wal-index header's first copy, at the star
 EVENT_KEY = "{prefix}:event:{event_id}"  # idempotency marker, expires with the retention
 CUSTOMER_EVENTS_KEY = "{prefix}:customer:{customer}:events"  # sorted set, score = received_at
 ERASED_KEY = "{prefix}:erased"  # set of erased customer keys
+# hash: customer -> their first unsubscribe event, kept past the retention (consent lasts)
+UNSUBSCRIBED_KEY = "{prefix}:unsubscribed"  # the apply script writes it
+UNSUBSCRIBE = "unsubscribe"  # the event kind (recsvc.schemas.EventKind) whose consent lasts
 RESTORED_KEY = "{prefix}:restored:{origin}"  # set once the logs of one events dir are replayed
 TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
 SNAPSHOT_KEY = "{prefix}:snapshot:{customer}:{send}"  # email picks of one send, with a TTL
@@ -230,6 +234,8 @@ def _catalog_items(rows: Iterator[tuple[str | bytes, str | bytes]]) -> dict[str,
 class CustomerState:
     events: list[StoredEvent]
     erased: bool
+    # Their first unsubscribe, whenever it was: kept when the events are past the retention.
+    unsubscribed: StoredEvent | None = None
 
 
 class Store(Protocol):
@@ -237,8 +243,8 @@ class Store(Protocol):
     attribution_window: float  # seconds after an impression that its clicks and purchases count
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
-        """Events received after ``since`` and whether the customer was erased; one round
-        trip."""
+        """Events received after ``since`` (and inside the retention), whether the customer
+        was erased, and their first unsubscribe however old; one round trip."""
 
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
@@ -326,6 +332,8 @@ class EmbeddedStore:
     CREATE TABLE IF NOT EXISTS seen (
         event_id TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS erased (customer TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS unsubscribed (customer TEXT PRIMARY KEY, body TEXT NOT NULL)
+        WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS triggers (
         fired_at REAL NOT NULL, customer TEXT NOT NULL, body TEXT NOT NULL);
     CREATE INDEX IF NOT EXISTS triggers_by_time ON triggers (fired_at);
@@ -493,23 +501,29 @@ class EmbeddedStore:
             state = states.get((customer, since))
             if state is None:
                 rows = connection.execute(
-                    "SELECT body FROM events WHERE customer = ? AND received_at > ? "
-                    "UNION ALL SELECT NULL FROM erased WHERE customer = ?",
-                    (customer, since, customer),
+                    "SELECT 0, body FROM events WHERE customer = ? AND received_at > ? "
+                    "UNION ALL SELECT 1, NULL FROM erased WHERE customer = ? "
+                    "UNION ALL SELECT 2, body FROM unsubscribed WHERE customer = ?",
+                    (customer, since, customer, customer),
                 ).fetchall()
         except sqlite3.Error as error:
             raise StoreUnavailable(f"embedded store {self.path}: {error}") from error
         if state is None:
-            if rows and rows[-1][0] is None:
+            if any(tag == 1 for tag, _ in rows):
                 state = CustomerState([], True)
             else:
-                state = CustomerState([StoredEvent.from_json(body) for (body,) in rows], False)
+                state = CustomerState(
+                    [StoredEvent.from_json(body) for tag, body in rows if tag == 0],
+                    False,
+                    next((StoredEvent.from_json(body) for tag, body in rows if tag == 2), None),
+                )
             if len(states) >= self.CACHED_STATES:
                 states.clear()
             states[(customer, since)] = state
         if any(event.received_at <= horizon for event in state.events):
-            return CustomerState([e for e in state.events if e.received_at > horizon], False)
-        return CustomerState(list(state.events), state.erased)
+            kept = [e for e in state.events if e.received_at > horizon]
+            return CustomerState(kept, False, state.unsubscribed)
+        return CustomerState(list(state.events), state.erased, state.unsubscribed)
 
     def set_items(self, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
         if not changes:
@@ -566,10 +580,12 @@ class EmbeddedStore:
 
     def _follow(self, connection: sqlite3.Connection, version: object) -> None:
         """Forget this thread's cached states and learn which customers were touched since
-        it last looked (at the first look, every erased one too)."""
+        it last looked (at the first look, every erased or unsubscribed one too: their state
+        outlasts the retention that purges ``touched``)."""
         local = self._local
         if not local.touched:
-            local.known.update(c for (c,) in connection.execute("SELECT customer FROM erased"))
+            lasting = "SELECT customer FROM erased UNION ALL SELECT customer FROM unsubscribed"
+            local.known.update(c for (c,) in connection.execute(lasting))
         rows = connection.execute(
             "SELECT id, customer FROM touched WHERE id > ? ORDER BY id", (local.touched,)
         ).fetchall()
@@ -601,10 +617,15 @@ class EmbeddedStore:
                 if not claimed:
                     results.append(Applied.DUPLICATE)
                     continue
+                body = event.to_json()
                 connection.execute(
                     "INSERT INTO events VALUES (?, ?, ?, ?)",
-                    (customer, event.received_at, event.event_id, event.to_json()),
+                    (customer, event.received_at, event.event_id, body),
                 )
+                if event.kind == UNSUBSCRIBE:
+                    connection.execute(
+                        "INSERT OR IGNORE INTO unsubscribed VALUES (?, ?)", (customer, body)
+                    )
                 connection.execute(
                     "INSERT INTO touched (customer, at) VALUES (?, ?)", (customer, now)
                 )
@@ -646,34 +667,56 @@ class EmbeddedStore:
         now = self.clock()
         with self._transaction() as connection:
             self._purge(connection, now)
-            return sum(self._record(connection, impression, now) for impression in impressions)
+            new = self._new_impressions(connection, impressions)
+            connection.executemany(
+                "INSERT INTO impressions (id, customer, shown_at, experiment, arm, "
+                "model_version, surface, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (i.impression_id, i.customer, i.shown_at, *_group(i), joined(i.items))
+                    for i in new
+                ],
+            )
+            shown = Counter(_group(impression) for impression in new)
+            for group, count in shown.items():  # one write per group, not per impression
+                _add_figure(connection, group, "impressions", float(count))
+            for impression in new:
+                if impression.experiment and impression.customer:
+                    unit = (impression.experiment, impression.arm, impression.customer)
+                    _add_unit(connection, *unit, "n", 1.0, now)
+            if connection.execute("SELECT 1 FROM pending LIMIT 1").fetchone():
+                for impression in new:
+                    self._credit_waiting(connection, impression, now)
+            return len(new)
 
-    def _record(self, connection: sqlite3.Connection, impression: Impression, now: float) -> bool:
-        """Keep one impression and credit the clicks and purchases waiting for it."""
+    @staticmethod
+    def _new_impressions(
+        connection: sqlite3.Connection, impressions: Sequence[Impression]
+    ) -> list[Impression]:
+        """Those of ``impressions`` not kept yet (each id once) and not of erased customers."""
+        ids = list({impression.impression_id for impression in impressions})
+        customers = list({impression.customer for impression in impressions} - {""})
+        kept = _members(connection, "SELECT id FROM impressions WHERE id IN ({})", ids)
+        erased = _members(
+            connection, "SELECT customer FROM erased WHERE customer IN ({})", customers
+        )
+        new: list[Impression] = []
+        for impression in impressions:
+            if impression.impression_id in kept or impression.customer in erased:
+                continue
+            kept.add(impression.impression_id)
+            new.append(impression)
+        return new
+
+    def _credit_waiting(
+        self, connection: sqlite3.Connection, impression: Impression, now: float
+    ) -> None:
+        """Credit the clicks and purchases that arrived before ``impression``."""
         customer, shown_at, identifier = (
             impression.customer,
             impression.shown_at,
             impression.impression_id,
         )
-        if (
-            customer
-            and connection.execute(
-                "SELECT 1 FROM erased WHERE customer = ?", (customer,)
-            ).fetchone()
-        ):
-            return False
         items = joined(impression.items)
-        experiment, arm = impression.experiment, impression.arm
-        group = (experiment, arm, impression.model_version, impression.surface)
-        if not connection.execute(
-            "INSERT OR IGNORE INTO impressions (id, customer, shown_at, experiment, arm, "
-            "model_version, surface, items) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (identifier, customer, shown_at, *group, items),
-        ).rowcount:
-            return False
-        _add_figure(connection, group, "impressions", 1.0)
-        if experiment and customer:
-            _add_unit(connection, experiment, arm, customer, "n", 1.0, now)
         window = self.attribution_window
         clicks = connection.execute(
             "SELECT event_id, item, at FROM pending WHERE impression = ? AND kind = ?",
@@ -691,7 +734,6 @@ class EmbeddedStore:
             if shown_at <= at <= shown_at + window and listed(items, item):
                 _credit(connection, event_id, identifier, PURCHASE, amount, now)
                 connection.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
-        return True
 
     def impression_figures(self) -> ImpressionFigures:
         return _collected(
@@ -726,6 +768,10 @@ class EmbeddedStore:
                     "DELETE FROM events WHERE customer = ? AND event_id = ?",
                     (customer, event.event_id),
                 )
+                connection.execute(
+                    "DELETE FROM unsubscribed WHERE customer = ? AND body = ?",
+                    (customer, event.to_json()),
+                )
 
     def erase(self, customer: str) -> int:
         with self._transaction() as connection:
@@ -738,6 +784,7 @@ class EmbeddedStore:
             connection.execute("DELETE FROM impressions WHERE customer = ?", (customer,))
             connection.execute("DELETE FROM pending WHERE customer = ?", (customer,))
             connection.execute("DELETE FROM units WHERE customer = ?", (customer,))
+            connection.execute("DELETE FROM unsubscribed WHERE customer = ?", (customer,))
             removed = connection.execute(
                 "DELETE FROM events WHERE customer = ?", (customer,)
             ).rowcount
@@ -873,6 +920,19 @@ def _count(
             _add_unit(connection, experiment, arm, customer, "converted", sign, now)
     if in_experiment:
         _add_unit(connection, experiment, arm, customer, "revenue", sign * amount, now)
+
+
+def _group(impression: Impression) -> tuple[str, str, str, str]:
+    """The figures' group of an impression: experiment, arm, model version, surface."""
+    return impression.experiment, impression.arm, impression.model_version, impression.surface
+
+
+def _members(connection: sqlite3.Connection, query: str, values: list[str]) -> set[str]:
+    """The values of ``values`` that ``query`` (with one ``{}`` for the list) finds."""
+    if not values:
+        return set()
+    marks = ",".join("?" * len(values))
+    return {found for (found,) in connection.execute(query.format(marks), values)}
 
 
 def _add_figure(
@@ -1091,6 +1151,9 @@ for j = 1, n do
   elseif redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
     redis.call('ZADD', events, score, member)
     redis.call('EXPIRE', events, ttl)
+    if string.find(member, '"kind":"unsubscribe"', 1, true) then
+      redis.call('HSETNX', P .. ':unsubscribed', customer, member)
+    end
     results[j] = 1
     local kind, session = ARGV[at + 5], ARGV[at + 9]
     if kind ~= '' then
@@ -1123,6 +1186,9 @@ for j = 1, #KEYS / 2 do
   redis.call('HDEL', P .. ':pending:customer:' .. session, event_id)
   redis.call('DEL', KEYS[2 * j - 1])
   redis.call('ZREM', KEYS[2 * j], member)
+  if redis.call('HGET', P .. ':unsubscribed', customer) == member then
+    redis.call('HDEL', P .. ':unsubscribed', customer)
+  end
 end
 return 0
 """
@@ -1254,6 +1320,7 @@ class RedisStore:
         self._record = self.client.register_script(_RECORD_SCRIPT)
         self._take = self.client.register_script(_TAKE_SCRIPT)
         self._catalog_key = CATALOG_KEY.format(prefix=prefix)
+        self._unsubscribed_key = UNSUBSCRIBED_KEY.format(prefix=prefix)
         self._catalog_stamp_key = CATALOG_STAMP_KEY.format(prefix=prefix)
         self._catalog = EMPTY_CATALOG
 
@@ -1356,10 +1423,15 @@ class RedisStore:
             pipeline.zrangebyscore(self._events_key(customer), f"({horizon}", "+inf")
             pipeline.sismember(self._erased_key(), customer)
             pipeline.exists(self._restored_key)
-            members, erased, restored = pipeline.execute()
+            pipeline.hget(self._unsubscribed_key, customer)
+            members, erased, restored, unsubscribed = pipeline.execute()
             if not restored:
                 raise StoreNotRestored("redis lost its data; replaying the durable logs")
-            return CustomerState([StoredEvent.from_json(m) for m in members], bool(erased))
+            return CustomerState(
+                [StoredEvent.from_json(m) for m in members],
+                bool(erased),
+                None if unsubscribed is None else StoredEvent.from_json(unsubscribed),
+            )
 
         return self._call(read)
 
@@ -1466,6 +1538,7 @@ class RedisStore:
             pipeline.zcard(self._events_key(customer))
             pipeline.delete(self._events_key(customer))
             pipeline.sadd(self._erased_key(), customer)
+            pipeline.hdel(self._unsubscribed_key, customer)
             if mine:
                 pipeline.zrem(self._triggers_key(), *mine)
             if snapshots:

@@ -201,3 +201,41 @@ def test_catalog_is_the_same_object_until_a_write(store: Store, tmp_path: Path) 
     changed = store.catalog()
     assert changed is not first and changed.items == first.items
     assert store.catalog() is changed
+
+
+def unsubscribe(event_id: str, at: float) -> StoredEvent:
+    return StoredEvent(
+        event_id, "", 0.0, 0.0, "2011-12-10T10:00:00+00:00", "api", at, kind="unsubscribe"
+    )
+
+
+@pytest.mark.parametrize("kind", ["embedded", "redis"])
+def test_an_unsubscribe_outlasts_the_retention_until_erasure_or_undo(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    now = [1000.0]
+    retention = 100.0
+
+    def open_store() -> Store:
+        if kind == "embedded":
+            return EmbeddedStore(tmp_path / "store.sqlite3", retention, clock=lambda: now[0])
+        url = request.getfixturevalue("clean_redis")
+        found = RedisStore(url, "recsvc-test", retention, timeout=1.0, clock=lambda: now[0])
+        found.mark_restored()
+        return found
+
+    store = open_store()
+    first, second = unsubscribe("u1", 990.0), unsubscribe("u2", 995.0)
+    store.apply([("c1", first), ("c1", second), ("c1", event("p1", at=996.0))])
+    assert store.customer_state("c1", since=0.0).unsubscribed == first  # the first one
+    now[0] = 5000.0  # long past the retention, and a new process
+    store.apply([("c2", event("p2", at=4990.0))])  # a write purges what is past it
+    store = open_store()
+    state = store.customer_state("c1", since=0.0)
+    assert state.events == [] and state.unsubscribed == first
+    store.erase("c1")
+    assert store.customer_state("c1", since=0.0).unsubscribed is None
+    undone = [("c3", unsubscribe("u3", 4995.0))]
+    store.apply(undone)
+    store.forget(undone)
+    assert store.customer_state("c3", since=0.0).unsubscribed is None
