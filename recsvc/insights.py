@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -311,8 +311,3 @@ class Movements:
             found = MovementState("failed", detail=str(error))
         with self._lock:
             self._states[pair] = found
-
-
-def moment(seconds: float) -> str:
-    """Seconds since the epoch as an ISO 8601 time, UTC."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
