@@ -1,7 +1,7 @@
 """The dashboard's pages: a view reads the request, calls ``recsvc.dashboard.pages`` (which
 calls the service core) and renders a template. Every page needs a signed-in viewer with
-``dashboard:read``; erasure needs ``admin``; every POST form carries the session's CSRF
-token and is refused without it.
+``dashboard:read``; erasure and ending an experiment need ``admin``; every POST form carries
+the session's CSRF token and is refused without it.
 
 Pages are HTML, errors too (the API's problem+json stays the API's): an error's status and
 title come from the API's one table (``recsvc.api.problems``). Each page says how long the
