@@ -48,7 +48,8 @@ def create_app(
         # would not run in them.
         service.registry.watch(config.reload_seconds)
 
-    from recsvc import api
+    from recsvc import api, dashboard
 
     api.init_app(app)
+    dashboard.init_app(app)
     return app

@@ -20,9 +20,18 @@ from dataclasses import dataclass
 
 from recsvc.errors import AuthError, Forbidden
 
-SCOPES = ("blocks:read", "recs:read", "events:write", "catalog:write", "metrics:read", "admin")
+SCOPES = (
+    "blocks:read",
+    "recs:read",
+    "events:write",
+    "catalog:write",
+    "metrics:read",
+    "dashboard:read",
+    "admin",
+)
 # A key with the scope on the left may also do what the scopes on the right allow. blocks:read
-# is the publishable scope for website pages: it reads rendered blocks only.
+# is the publishable scope for website pages: it reads rendered blocks only. dashboard:read
+# signs in to the dashboard (recsvc.dashboard) and looks; its actions need admin.
 IMPLIED = {"admin": set(SCOPES), "recs:read": {"blocks:read"}}
 _LINE = re.compile(
     r"^(?P<name>[A-Za-z0-9_.-]+):(?P<digest>[0-9a-f]{64}):(?P<scopes>[a-z:+]+?)(?::(?P<rate>\d+))?$"

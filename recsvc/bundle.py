@@ -31,6 +31,8 @@ from recsvc.schemas import ContentKind
 OWNED_QUANTITY = 0.5
 MANIFEST_FILE = "manifest.json"
 CONTENT_FILE = "content.json"  # the content catalog for website blocks (a JSON list)
+# The rows training set aside, with source, file, record, reason and raw values (a CSV).
+QUARANTINE_FILE = "quarantine.csv"
 CURRENT_POINTER = "current"
 _STAGING_PREFIX = ".staging-"
 
@@ -379,25 +381,12 @@ def load_bundle(path: Path) -> Bundle:
         if file_name not in listed:
             raise BundleCorrupt(f"{path / MANIFEST_FILE}: does not list {file_name}")
     for file_name, expected in listed.items():
-        file_path = path / file_name
-        if not file_path.is_file():
-            raise BundleCorrupt(f"{file_path}: missing")
-        if sha256_file(file_path) != expected:
-            raise BundleCorrupt(f"{file_path}: sha256 does not match the manifest")
-    # A file whose checksum matches can still be unreadable (written wrong, or by another
-    # tool): whatever numpy, zipfile, zlib or json raise for it, it is a corrupt bundle.
+        _verify(path / file_name, expected)
     loaded: dict[str, NDArray[Any]] = {}
     for file_name, array_names in ARRAY_FILES.items():
         if file_name not in listed:  # optional, and absent: the arrays' defaults
             continue
-        try:
-            # Opened here: numpy leaves a file it opened itself open when zipfile fails on it.
-            with (path / file_name).open("rb") as handle:
-                with np.load(handle, allow_pickle=False) as archive:
-                    for name in array_names:
-                        loaded[name] = archive[name]
-        except Exception as error:
-            raise BundleCorrupt(f"{path / file_name}: unreadable ({_describe(error)})") from error
+        loaded |= _read_archive(path / file_name, array_names)
     arrays = BundleArrays(**loaded)
     try:
         arrays.check()
@@ -414,6 +403,45 @@ def load_bundle(path: Path) -> Bundle:
             raise BundleCorrupt(f"{path / CONTENT_FILE}: is not a list of objects")
         _check_content(path / CONTENT_FILE, content)
     return Bundle(path=path, manifest=manifest, arrays=arrays, content=content)
+
+
+def load_arrays(path: Path, names: tuple[str, ...]) -> tuple[Manifest, dict[str, NDArray[Any]]]:
+    """The manifest and only the arrays ``names`` of a bundle (say, an earlier one to
+    compare with), each file read verified against the manifest's checksum; BundleCorrupt
+    or BundleNotFound as for ``load_bundle``."""
+    if not path.is_dir():
+        raise BundleNotFound(f"bundle directory {path} does not exist")
+    manifest = _read_manifest(path)
+    loaded: dict[str, NDArray[Any]] = {}
+    for file_name, array_names in ARRAY_FILES.items():
+        wanted = tuple(name for name in array_names if name in names)
+        if wanted:
+            _verify(path / file_name, manifest.files.get(file_name))
+            loaded |= _read_archive(path / file_name, wanted)
+    for name in names:
+        if name not in loaded:
+            raise BundleCorrupt(f"{path}: holds no array {name!r}")
+    return manifest, loaded
+
+
+def _verify(file_path: Path, expected: str | None) -> None:
+    if expected is None or not file_path.is_file():
+        raise BundleCorrupt(f"{file_path}: missing")
+    if sha256_file(file_path) != expected:
+        raise BundleCorrupt(f"{file_path}: sha256 does not match the manifest")
+
+
+def _read_archive(file_path: Path, names: tuple[str, ...]) -> dict[str, NDArray[Any]]:
+    """The arrays ``names`` of one numpy archive. A file whose checksum matches can still be
+    unreadable (written wrong, or by another tool): whatever numpy, zipfile or zlib raise
+    for it, it is a corrupt bundle."""
+    try:
+        # Opened here: numpy leaves a file it opened itself open when zipfile fails on it.
+        with file_path.open("rb") as handle:
+            with np.load(handle, allow_pickle=False) as archive:
+                return {name: archive[name] for name in names}
+    except Exception as error:
+        raise BundleCorrupt(f"{file_path}: unreadable ({_describe(error)})") from error
 
 
 def bundle_versions(models_dir: Path) -> list[str]:

@@ -220,10 +220,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SECRET_KEY",
         "",
-        "signs visitor tokens (32 characters or more, e.g. `openssl rand -hex 32`); the same on "
-        "every worker and host; unset: no token is valid",
+        "signs visitor tokens and dashboard sessions (32 characters or more, e.g. `openssl rand "
+        "-hex 32`); the same on every worker and host; unset: no token is valid and nobody can "
+        "sign in to the dashboard",
         _secret_key,
         secret=True,
+    ),
+    Setting(
+        "EVALUATION_REPORT",
+        "",
+        "the `report.json` of the last `recsvc evaluate`, which the dashboard's overview shows; "
+        "unset: it shows none",
+        lambda text: Path(text) if text else None,
     ),
     Setting(
         "EXPERIMENT",
@@ -287,6 +295,7 @@ class ServiceConfig:
     # Keys every alias digest (bundle lookups, store keys, erasure records).
     identity_key: IdentityKey = field(default_factory=IdentityKey.development_key)
     secret_key: bytes = b""  # signs visitor tokens (recsvc.tokens); empty: none is valid
+    evaluation_report: Path | None = None  # report.json of `recsvc evaluate`, for the dashboard
     experiment: Experiment | None = None  # from RECSVC_EXPERIMENT (the models dir's file first)
     attribution_hours: int = defaults.ATTRIBUTION_HOURS
     # gunicorn's (gunicorn.conf.py); the app itself does not use them

@@ -63,3 +63,9 @@ DEFAULT_CHANNELS: dict[str, Any] = {
     },
     "utm": {"utm_source": "recsvc", "utm_medium": "email", "utm_campaign": "{send_id}"},
 }
+
+# The dashboard (recsvc.dashboard)
+DASHBOARD_SESSION_SECONDS = 8 * 3600  # a sign-in lasts a working day
+DASHBOARD_PAGE = 50  # rows per page of its lists
+DASHBOARD_RATE_WINDOW_SECONDS = 300  # request rates: over at most the last five minutes
+DASHBOARD_HISTORY_SECONDS = 900  # an experiment's figures are read into its history this often

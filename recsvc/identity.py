@@ -165,6 +165,33 @@ def normalise_phone(raw: str, rules: IdentityRules) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def mask(alias: str) -> str:
+    """Enough of an alias to recognise it in a report or on the dashboard, not enough to
+    contact anyone: ``email:a***@example.com``, ``phone:+44***58``; other aliases as they are."""
+    kind, _, value = alias.partition(":")
+    if kind == EMAIL:
+        local, _, domain = value.partition("@")
+        return f"{kind}:{local[:1]}***@{domain}"
+    if kind == PHONE:
+        return f"{kind}:{value[:3]}***{value[-2:]}"
+    return alias
+
+
+def mask_key(key: str, rules: IdentityRules) -> str:
+    """A request key as a viewer without ``admin`` may see it: an email or phone key
+    normalised (as a lookup would) and masked, a session's id masked, any other key as it
+    is. A value that does not normalise is hidden whole: it may still be an address someone
+    mistyped."""
+    prefix, colon, rest = key.partition(":")
+    kind = prefix.lower()
+    if is_session(key):
+        return f"{prefix}:{rest[:2]}***"
+    if not colon or kind not in (EMAIL, PHONE):
+        return key
+    normal = normalise_email(rest, rules) if kind == EMAIL else normalise_phone(rest, rules)
+    return mask(f"{kind}:{normal}") if normal else f"{kind}:***"
+
+
 def is_session(key: str) -> bool:
     """A ``session:<id>`` key (an anonymous visit), with an id."""
     return key.startswith(SESSION_PREFIX) and bool(key[len(SESSION_PREFIX) :].strip())

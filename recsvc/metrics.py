@@ -147,8 +147,9 @@ class OnlineCollector(Collector):
         yield from rates.values()
 
 
-def exposition(registry: ModelRegistry, store: Store) -> bytes:
-    """The metrics text for one scrape."""
+def _scrape(registry: ModelRegistry, store: Store) -> CollectorRegistry:
+    """What one scrape reads: every worker's counts (under gunicorn), the bundle's, and the
+    online figures the store holds."""
     scrape = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
@@ -156,4 +157,15 @@ def exposition(registry: ModelRegistry, store: Store) -> bytes:
         scrape.register(METRICS)
     scrape.register(BundleCollector(registry))
     scrape.register(OnlineCollector(store))
-    return generate_latest(scrape)
+    return scrape
+
+
+def exposition(registry: ModelRegistry, store: Store) -> bytes:
+    """The metrics text for one scrape."""
+    return generate_latest(_scrape(registry, store))
+
+
+def collected(registry: ModelRegistry, store: Store) -> list[Metric]:
+    """The metric families a scrape would show, as objects (the dashboard reads these: the
+    same numbers as /metrics)."""
+    return list(_scrape(registry, store).collect())

@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from recsvc import reasons
+from recsvc.dashboard.formats import FILTERS
 
 EMAIL_COLUMNS = 2
 
@@ -28,6 +29,7 @@ def _environment() -> Environment:
         auto_reload=False,  # package data: no need to stat the template on every render
     )
     environment.filters["reason"] = reasons.phrase
+    environment.filters.update(FILTERS)
     return environment
 
 
@@ -38,6 +40,11 @@ def block_html(block: dict[str, Any], currency: str) -> str:
 def email_html(picks: dict[str, Any]) -> str:
     columns = min(EMAIL_COLUMNS, max(len(picks["items"]), 1))
     return _environment().get_template("email.html").render(picks=picks, columns=columns)
+
+
+def dashboard_html(template: str, context: dict[str, Any]) -> str:
+    """A dashboard page (recsvc/templates/dashboard/)."""
+    return _environment().get_template(f"dashboard/{template}").render(context)
 
 
 @cache

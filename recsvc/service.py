@@ -25,6 +25,7 @@ from recsvc import (
     engagement,
     experiments,
     impressions,
+    insights,
     interactions,
     products,
     reasons,
@@ -59,6 +60,7 @@ from recsvc.schemas import (
     EmailPicks,
     ErasureReceipt,
     EventResult,
+    ExperimentReport,
     Experiments,
     ProductCard,
     Profile,
@@ -156,6 +158,8 @@ class Service:
         # version -> (model, overlay, result), rebuilt when either changes.
         self._catalogs: dict[str, tuple[ServedModel, CatalogOverlay, ServedCatalog]] = {}
         self._catalog_from_logs: CatalogOverlay | None = None
+        self._tier_figures: insights.TierFigures | None = None  # of the last bundle asked
+        self.movements = insights.Movements()
 
     @classmethod
     def start(
@@ -292,11 +296,14 @@ class Service:
         filters: ItemFilter = NO_FILTER,
         country: str | None = None,
         assignment: Assignment | None = None,
+        preview: bool = False,
     ) -> Recommendations:
         """UnknownCategory for a filter's unknown category. A customer the model does not
         know gets the best sellers of ``country``, else of their tier when purchases reported
         since training lift them above the first (a stranger's first tier says nothing about
-        them), else of all; a segment without a list is skipped, never an error."""
+        them), else of all; a segment without a list is skipped, never an error. ``preview``:
+        what the customer would get, for the dashboard; no impression is recorded (the
+        impression id is empty), so looking never counts in an experiment."""
         customer = self.realtime.view(model, key)
         ranker = model.ranker
         tiers = ranker.tiers
@@ -327,7 +334,14 @@ class Service:
             customer.degraded,
             Tier.of(tiers.describe(customer.window_spend)),
             items,
-            self._shown(model, impressions.RECOMMENDATIONS, customer, ids_of(items), assignment),
+            self._shown(
+                model,
+                impressions.RECOMMENDATIONS,
+                customer,
+                ids_of(items),
+                assignment,
+                preview=preview,
+            ),
             None if assignment is None else assignment.arm,
             ranking.scope,
         )
@@ -340,8 +354,13 @@ class Service:
         item_ids: list[str],
         assignment: Assignment | None,
         impression_id: str | None = None,
+        *,
+        preview: bool = False,
     ) -> str:
-        """The impression id of a list shown to ``customer`` (see recsvc.impressions)."""
+        """The impression id of a list shown to ``customer`` (see recsvc.impressions); for a
+        preview, none ("")."""
+        if preview:
+            return ""
         who = "" if customer.erased else customer.store_key
         return self.impressions.shown(
             model.version, surface, who, item_ids, assignment, impression_id
@@ -452,6 +471,45 @@ class Service:
             found.append(ViewedItem(viewed.item_id, title, viewed.viewed_at, viewed.views))
         return RecentlyViewed(customer.customer_id or key, customer.degraded, found)
 
+    def email_preview(self, model: ServedModel, key: str, n: int) -> EmailPicks:
+        """The picks an email sent now would carry, without keeping them as a send's (see
+        ``email_picks``); Unsubscribed as there."""
+        customer = self.realtime.view(model, key)
+        unsubscribed_at = engagement.of(customer.interactions).unsubscribed_at
+        if unsubscribed_at is not None:
+            raise Unsubscribed(unsubscribed_at.date())
+        catalog = self.catalog(model)
+        answer = channels.email_picks(model, customer, key, "preview", n, None, catalog)
+        picks = msgspec.convert(answer, EmailPicks)
+        return msgspec.structs.replace(picks, degraded=customer.degraded)
+
+    # What the dashboard shows beyond the API (recsvc.insights)
+
+    def holdings(
+        self, model: ServedModel, customer: CustomerView
+    ) -> dict[str, list[insights.Holding]]:
+        return insights.holdings(model, customer, self.catalog(model).titles)
+
+    def spend_history(
+        self, model: ServedModel, customer: CustomerView
+    ) -> list[insights.SpendPoint]:
+        return insights.spend_history(model, customer)
+
+    def alias_count(self, model: ServedModel, customer: CustomerView) -> int:
+        return insights.alias_count(model, customer.row)
+
+    def tier_figures(self, model: ServedModel) -> insights.TierFigures:
+        """Each tier's customers and spend as trained: computed once per bundle."""
+        figures = self._tier_figures
+        if figures is None or figures.version != model.version:
+            figures = self._tier_figures = insights.TierFigures(model)
+        return figures
+
+    def tier_movements(self, model: ServedModel) -> insights.MovementState:
+        """How customers moved between tiers since the previous bundle in the models
+        directory (computed once per pair of bundles, off the request path)."""
+        return self.movements.of(model, self.config.models_dir)
+
     def block(
         self,
         model: ServedModel,
@@ -461,10 +519,12 @@ class Service:
         today: date | None = None,
         cart: list[str] | None = None,
         assignment: Assignment | None = None,
+        preview: bool = False,
     ) -> dict[str, Any]:
         """Website slot ``slot`` for the customer ``key`` names (None: an anonymous visitor),
         with the complements of ``cart`` (item ids) for products when given; UnknownSlot,
-        UnknownCategory. See ``channels.public_block`` for a publishable key."""
+        UnknownCategory. See ``channels.public_block`` for a publishable key, and
+        ``recommendations`` for ``preview``."""
         catalog = self.catalog(model)
         mask = filters.mask(model, catalog)
         customer = self.customer(model, key)
@@ -486,7 +546,9 @@ class Service:
         block = channels.block(model, customer, key, slot, today, mask, catalog, complements)
         surface = impressions.block_surface(slot)
         shown = [card["item_id"] for card in block["products"]]
-        block["impression_id"] = self._shown(model, surface, customer, shown, assignment)
+        block["impression_id"] = self._shown(
+            model, surface, customer, shown, assignment, preview=preview
+        )
         block["arm"] = None if assignment is None else assignment.arm
         return block
 
@@ -597,6 +659,16 @@ class Service:
             degraded=degraded,
             figures=experiments.surface_figures(figures.figures),
         )
+
+    def experiment_report(self) -> ExperimentReport | None:
+        """The experiment in force and its arms' figures as the store holds them now, without
+        writing this worker's buffered impressions first (a periodic reading must not change
+        when they are written); None without one. StoreUnavailable when the store does not
+        answer."""
+        experiment = self.registry.experiment
+        if experiment is None:
+            return None
+        return experiments.report(experiment, self.store.impression_figures())
 
     def end_experiment(self, promote: str | None = None, drop: str | None = None) -> Experiments:
         """Promote an arm (``current`` points at its bundle) or drop one, without a restart:

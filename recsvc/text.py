@@ -20,6 +20,8 @@ _UNSAFE = re.compile(f"[{UNSAFE_CHARACTERS}]")
 MAX_KEY_LENGTH = 256  # a customer key, as in an event's ``customer``
 MAX_SEND_ID_LENGTH = 200  # an email send's id
 MAX_COUNTRY_LENGTH = 100  # a country name, as in a source's country column
+# A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def unsafe_character(text: str) -> str | None:
@@ -40,3 +42,11 @@ def text_problem(text: str, limit: int) -> str | None:
     if not text.strip() or len(text) > limit:
         return f"required, 1 to {limit} characters"
     return unsafe_character(text)
+
+
+def spreadsheet_safe(cell: object) -> object:
+    """``cell`` as a spreadsheet shows it but never runs it: a leading ' when it could
+    start a formula (every CSV recsvc writes: export-picks, the dashboard's trigger feed)."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell

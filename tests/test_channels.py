@@ -16,10 +16,11 @@ from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
+from recsvc.text import spreadsheet_safe
 from tests.channel_shop import XSS_TITLE, build
 from tests.conftest import SAMPLE_DIR
 from training.channels import item_categories
-from training.cli import main, spreadsheet_safe
+from training.cli import main
 
 
 @pytest.fixture(scope="module")

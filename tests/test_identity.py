@@ -10,11 +10,12 @@ from recsvc.identity import (
     IdentityKey,
     IdentityRules,
     alias_table,
+    mask,
     normalise_email,
     normalise_phone,
     request_aliases,
 )
-from training.identity import LinkRules, canonical_id, link, mask
+from training.identity import LinkRules, canonical_id, link
 
 PLAIN = IdentityRules()
 KEY = IdentityKey("a-test-secret-of-at-least-32-characters")

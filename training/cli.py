@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from recsvc import defaults
 from recsvc.events import ERASURES_FILE
 from recsvc.identity import IdentityKey
+from recsvc.text import spreadsheet_safe
 from training.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
@@ -501,18 +503,6 @@ def _export_picks(args: argparse.Namespace) -> int:
     return 0
 
 
-# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(cell: object) -> object:
-    """``cell`` as a spreadsheet shows it but never runs it: a leading ' when it could
-    start a formula."""
-    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
-        return "'" + cell
-    return cell
-
-
 @dataclass
 class Campaign:
     keys: list[str]  # one per customer, in the order given
@@ -656,8 +646,25 @@ def _demo(args: argparse.Namespace) -> int:
         f'"timestamp": "2011-12-10T10:00:00Z"}}]}}\''
     )
     print(f"  curl -s '{base}/readyz'\n")
+    overrides = {"RECSVC_AUTH": "off", **_demo_dashboard(base)}
     print("The demo runs with RECSVC_AUTH=off on localhost and the embedded store.\n")
-    return _serve(args, {"RECSVC_AUTH": "off"})
+    return _serve(args, overrides)
+
+
+def _demo_dashboard(base: str) -> dict[str, str]:
+    """Two keys for the dashboard (which RECSVC_AUTH=off does not open), valid for this run
+    only, and a session secret when none is set."""
+    from recsvc.auth import mint
+
+    admin_key, admin_line = mint("demo-admin", ["admin"])
+    viewer_key, viewer_line = mint("demo-viewer", ["dashboard:read"])
+    configured = os.environ.get("RECSVC_API_KEYS", "").strip()
+    keys = ",".join(line for line in (configured, admin_line, viewer_line) if line)
+    secret = os.environ.get("RECSVC_SECRET_KEY", "").strip() or secrets.token_hex(32)
+    print(f"Dashboard: {base}/dashboard/ (keys valid for this run only)")
+    print(f"  admin key (erases, sees addresses): {admin_key}")
+    print(f"  dashboard:read key (looks, addresses masked): {viewer_key}\n")
+    return {"RECSVC_API_KEYS": keys, "RECSVC_SECRET_KEY": secret}
 
 
 def print_report(report: TrainReport) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsvc.identity import EMAIL, PHONE, IdentityKey
+from recsvc.identity import EMAIL, PHONE, IdentityKey, mask
 
 PRIMARY_NAMESPACE = "customer"
 MAX_EXAMPLES = 5
@@ -152,14 +152,3 @@ def canonical_id(aliases: list[str], key: IdentityKey) -> str:
     if ids:
         return ids[0]
     return f"c-{key.hex(min(aliases))[:16]}"
-
-
-def mask(alias: str) -> str:
-    """Enough of an alias to recognise it in a report, not enough to contact anyone."""
-    kind, _, value = alias.partition(":")
-    if kind == EMAIL:
-        local, _, domain = value.partition("@")
-        return f"{kind}:{local[:1]}***@{domain}"
-    if kind == PHONE:
-        return f"{kind}:{value[:3]}***{value[-2:]}"
-    return alias

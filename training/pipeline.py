@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from recsvc.bundle import (
     CONTENT_FILE,
+    QUARANTINE_FILE,
     BundleArrays,
     bundle_versions,
     new_version,
@@ -63,8 +64,6 @@ from training.progress import Progress
 from training.segments import sales_of, segment_arrays
 from training.sources import SourceRows, events_through, read_source
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
-
-QUARANTINE_FILE = "quarantine.csv"
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
