@@ -68,6 +68,7 @@ from recsvc.schemas import (
     RecentlyViewed,
     Recommendation,
     Recommendations,
+    Rejection,
     Signals,
     SimilarItems,
     SinceTraining,
@@ -699,15 +700,23 @@ class Service:
     def record(self, model: ServedModel, batch: list[tuple[int, Event]]) -> EventResult:
         """Apply a batch's valid events (see Realtime.record); StoreUnavailable when nothing
         could be recorded."""
-        if not batch:
-            return EventResult([], [], [])
+        refused = []
+        valid = []
+        for index, event in batch:
+            problem = key_form_problem(model, event.customer)
+            if problem is None:
+                valid.append((index, event))
+            else:
+                refused.append(Rejection(index, event.event_id, [f"customer: {problem}"]))
+        if not valid:
+            return EventResult([], [], refused)
         try:
-            result = self.realtime.record(model, batch)
+            result = self.realtime.record(model, valid)
         except (StoreUnavailable, OSError):
             raise StoreUnavailable(
                 "events cannot be recorded now; nothing was applied, retry"
             ) from None
-        return EventResult(result.accepted, result.duplicates, result.rejected)
+        return EventResult(result.accepted, result.duplicates, result.rejected + refused)
 
     def erase(self, model: ServedModel, key: str) -> ErasureReceipt:
         """Forget the customer ``key`` names (see Realtime.erase). InvalidParameter for a key
@@ -748,17 +757,25 @@ def anonymous() -> CustomerView:
 def _check_key_form(model: ServedModel, key: str) -> None:
     """A key naming nobody must at least be one the service could resolve: a typo such as
     ``emial:ann@example.com`` is a 400, not a silent no-op."""
+    problem = key_form_problem(model, key)
+    if problem is not None:
+        raise InvalidParameter("customer_id", problem)
+
+
+def key_form_problem(model: ServedModel, key: str) -> str | None:
+    """Why ``key`` is of no form the service resolves (None: it is): events under such a
+    key could not be erased, so they are refused too."""
     if model.ranker.customer_row(key) is not None:
-        return
+        return None
     aliases = model.ranker.aliases
     prefix, colon, _ = key.partition(":")
     if colon and len(request_aliases(key, aliases.rules, aliases.namespaces)) == 1:
-        known = ", ".join(sorted({"email", "phone", *aliases.namespaces}))
-        raise InvalidParameter(
-            "customer_id",
-            f"{prefix!r} is not a key type this service knows ({known}), or the value after "
-            "it is not a valid address or number",
+        known = ", ".join(sorted({"email", "phone", "session", *aliases.namespaces}))
+        return (
+            f"{prefix[:40]!r} is not a key type this service knows ({known}), or the value "
+            "after it is not a valid address or number"
         )
+    return None
 
 
 def make_store(config: ServiceConfig, clock: Callable[[], float] = time.time) -> Store:

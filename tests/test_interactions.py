@@ -273,3 +273,12 @@ def test_an_event_id_repeated_within_a_batch_counts_once(
     )
     assert answer["accepted"] == ["p1"] and answer["duplicates"] == ["p1"]
     assert answer["rejected"][0]["event_id"] == "r1"
+
+
+def test_an_event_under_a_key_erasure_could_not_name_is_refused(client: FlaskClient) -> None:
+    answer = post(client, event("t1", "emial:ann@example.com", "view", item_id="X"))
+    assert answer["rejected"][0]["errors"] == [
+        "customer: 'emial' is not a key type this service knows (customer, email, legacy, phone, "
+        "session, shop), or the value after it is not a valid address or number"
+    ]
+    assert client.delete("/v1/customers/emial:ann@example.com").status_code == 400
