@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import IntEnum
@@ -383,7 +383,8 @@ class EmbeddedStore:
     CREATE TABLE IF NOT EXISTS units (
         experiment TEXT NOT NULL, customer TEXT NOT NULL, n REAL NOT NULL,
         clicked REAL NOT NULL, converted REAL NOT NULL, revenue REAL NOT NULL,
-        updated REAL NOT NULL, PRIMARY KEY (experiment, customer)) WITHOUT ROWID;
+        updated REAL NOT NULL, arm TEXT NOT NULL, PRIMARY KEY (experiment, customer))
+        WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS units_by_customer ON units (customer);
     CREATE TABLE IF NOT EXISTS unit_sums (
         experiment TEXT NOT NULL, arm TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL,
@@ -796,6 +797,19 @@ class EmbeddedStore:
             connection.execute("DELETE FROM snapshots WHERE customer = ?", (customer,))
             connection.execute("DELETE FROM impressions WHERE customer = ?", (customer,))
             connection.execute("DELETE FROM pending WHERE customer = ?", (customer,))
+            units = connection.execute(
+                "SELECT experiment, arm, n, clicked, converted, revenue FROM units "
+                "WHERE customer = ?",
+                (customer,),
+            ).fetchall()
+            for experiment, arm, n, *values in units:
+                removal = unit_removal(n, dict(zip(UNIT_FIGURES, values, strict=True)))
+                for name, change in removal.items():
+                    connection.execute(
+                        "UPDATE unit_sums SET value = value + ? "
+                        "WHERE experiment = ? AND arm = ? AND name = ?",
+                        (change, experiment, arm, name),
+                    )
             connection.execute("DELETE FROM units WHERE customer = ?", (customer,))
             connection.execute("DELETE FROM unsubscribed WHERE customer = ?", (customer,))
             removed = connection.execute(
@@ -988,8 +1002,8 @@ def _add_unit(
     else:
         values[figure] += delta
     connection.execute(
-        "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (experiment, customer, n, *(values[m] for m in UNIT_FIGURES), now),
+        "INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (experiment, customer, n, *(values[m] for m in UNIT_FIGURES), now, arm),
     )
 
 
@@ -1008,6 +1022,37 @@ def _unit_changes(
         return changes
     old = values[figure]
     return {figure: delta, f"{figure}_sq": (old + delta) ** 2 - old**2, f"n_{figure}": n * delta}
+
+
+def unit_removal(n: float, values: dict[str, float]) -> dict[str, float]:
+    """What the sums over customers (``UNIT_SUMS``) lose when one customer with ``n``
+    impressions and ``values`` leaves them (an erasure): all they added."""
+    removal = {"customers": -1.0, "n": -n, "n_sq": -(n**2)}
+    for m in UNIT_FIGURES:
+        removal.update({m: -values[m], f"{m}_sq": -(values[m] ** 2), f"n_{m}": -n * values[m]})
+    return removal
+
+
+def _unit_removals(
+    units: Mapping[bytes | str, bytes | str],
+) -> dict[tuple[str, str], dict[str, float]]:
+    """``unit_removal`` of each experiment in a customer's Redis units hash (fields
+    ``experiment US n``, ``experiment US <figure>``, ``experiment US arm``), by (experiment,
+    arm)."""
+    by_experiment: dict[str, dict[str, str]] = {}
+    for field, value in units.items():
+        text = field.decode() if isinstance(field, bytes) else field
+        experiment, _, name = text.rpartition(SEPARATOR)
+        by_experiment.setdefault(experiment, {})[name] = (
+            value.decode() if isinstance(value, bytes) else value
+        )
+    removals = {}
+    for experiment, unit in by_experiment.items():
+        values = {m: float(unit.get(m, 0.0)) for m in UNIT_FIGURES}
+        removals[(experiment, unit.get("arm", ""))] = unit_removal(
+            float(unit.get("n", 0.0)), values
+        )
+    return removals
 
 
 # Attribution in Lua, as _attribute, _credit, _count and _add_unit do it in SQLite. Every
@@ -1062,6 +1107,7 @@ local function add_unit(experiment, arm, customer, figure, delta)
     add(sums, base .. 'n_' .. figure, n * delta)
     redis.call('HSET', units, x .. figure, num(old + delta))
   end
+  redis.call('HSET', units, x .. 'arm', arm)
   redis.call('EXPIRE', units, UNIT_TTL)
 end
 
@@ -1596,7 +1642,16 @@ class RedisStore:
                 for member in self.client.zrange(shown, 0, -1)
                 if isinstance(member, bytes)
             ]
+            units = self.client.hgetall(
+                CUSTOMER_UNITS_KEY.format(prefix=self.prefix, customer=customer)
+            )
             pipeline = self.client.pipeline(transaction=True)
+            sums = UNIT_SUMS_KEY.format(prefix=self.prefix)
+            for (experiment, arm), removal in _unit_removals(units).items():
+                for name, change in removal.items():
+                    field = SEPARATOR.join((experiment, arm, name))
+                    pipeline.hincrbyfloat(sums, field, change)
+            counted_at = len(pipeline)
             pipeline.zcard(self._events_key(customer))
             pipeline.delete(self._events_key(customer))
             pipeline.sadd(self._erased_key(), customer)
@@ -1611,7 +1666,7 @@ class RedisStore:
                 PENDING_PURCHASES_KEY.format(prefix=self.prefix, customer=customer),
                 CUSTOMER_UNITS_KEY.format(prefix=self.prefix, customer=customer),
             )
-            count = pipeline.execute()[0]
+            count = pipeline.execute()[counted_at]
             return int(count)
 
         return self._call(run)

@@ -211,7 +211,30 @@ def test_erasure_removes_the_customers_impressions(store: Store) -> None:
     store.apply([("c9", click("k1", "imp1")), ("c9", click("k2", "imp2"))])
     assert figures(store)["clicked"] == 1  # imp1 is gone; imp2 was someone else's
     assert store.record_impressions([shown("imp3")]) == 0  # an erased customer's is dropped
-    assert units(store)["customers"] == 2  # the sums, which name nobody, stay
+    assert units(store) == {  # c2's alone
+        "customers": 1.0,
+        "n": 1.0,
+        "n_sq": 1.0,
+        "clicked": 1.0,
+        "clicked_sq": 1.0,
+        "n_clicked": 1.0,
+    }
+
+
+def test_erasure_takes_the_customers_share_out_of_the_experiment_sums(store: Store) -> None:
+    store.record_impressions([shown("imp1"), shown("imp2"), shown("imp3", customer="c2")])
+    store.apply([("c1", click("k1", "imp1")), ("c2", click("k2", "imp3"))])
+    before = units(store)
+    assert before["customers"] == 2 and before["clicked"] == 2
+    store.erase("c1")
+    assert units(store) == {
+        "customers": 1.0,
+        "n": 1.0,
+        "n_sq": 1.0,
+        "clicked": 1.0,
+        "clicked_sq": 1.0,
+        "n_clicked": 1.0,
+    }
 
 
 def test_embedded_erasure_leaves_no_impression_of_the_customer(tmp_path: Path) -> None:
