@@ -425,8 +425,8 @@ class Realtime:
     def _disengaged(
         self, model: ServedModel, key: str, new_opens: set[str], now: float
     ) -> list[tuple[float, str, str]]:
-        """The ``disengaged`` trigger, once for each of the opens ``new_opens`` (event ids)
-        that made the customer ``key`` names disengaged, in the order the opens happened: a
+        """The ``disengaged`` trigger when one of the opens ``new_opens`` (event ids) made
+        the customer ``key`` names disengaged, the opens taken in the order they happened: a
         batch holding both the open that completes a run and the click that ends it still
         fires."""
         view = self.view(model, key)
@@ -444,8 +444,7 @@ class Realtime:
         }
         customer = view.customer_id or view.store_key  # never the key: it may be an address
         reason = policy.disengaged_reason(rules.disengaged_opens)
-        fired = _trigger(now, view.store_key, customer, "disengaged", reason, figures)
-        return [fired] * len(completing)
+        return [_trigger(now, view.store_key, customer, "disengaged", reason, figures)]
 
     def erase(self, model: ServedModel, key: str) -> ErasureReceipt:
         """Forget a customer: every alias, their real-time events, their lines in the durable
@@ -467,7 +466,7 @@ class Realtime:
             store_keys = {customer_key(self.key, f"{CANONICAL}:{customer_id}")}
         else:
             store_keys = {customer_key(self.key, aliases[-1])}
-        # The sessions their logins stitched in are theirs too: named by the durable log.
+        # The sessions their logins stitched in are theirs too.
         digests |= self._linked_sessions(model, digests, store_keys)
         store_keys |= digests  # events reported before linking were kept under an alias's key
         now = self.clock()
