@@ -31,7 +31,13 @@ import msgspec
 from recsvc.bundle import fsync_dir
 from recsvc.errors import BatchError
 from recsvc.identity import SESSION_PREFIX, is_session, normal_session
-from recsvc.logrecords import ALIAS_DIGESTS, CUSTOMER_KEYS, ErasureRecord, json_lines
+from recsvc.logrecords import (
+    ALIAS_DIGESTS,
+    CUSTOMER_KEYS,
+    ErasureRecord,
+    EventRecord,
+    json_lines,
+)
 from recsvc.schemas import (
     DEFAULT_EVENT_SOURCE,
     EVENT_KINDS,
@@ -257,10 +263,7 @@ class EventLog:
     def append(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        lines = "".join(
-            json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records
-        )
-        append_durably(self.path, lines, self._lock)
+        append_durably(self.path, log_lines(records), self._lock)
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record of every process's log in the directory (for replay), skipping a
@@ -274,6 +277,36 @@ class EventLog:
         for path in sorted(self.directory.glob(EVENTS_GLOB)):
             removed += _rewrite_without(path, erased)
         return removed
+
+
+def log_record(event: Event, received_at: float) -> dict[str, Any]:
+    """The event-log line (``recsvc.logrecords.EventRecord``) of an event accepted at
+    ``received_at``, with the keys it was reported under; fields its kind does not carry
+    left out."""
+    record = EventRecord(
+        event_id=event.event_id,
+        customer=event.customer,
+        item_id=event.item_id,
+        quantity=event.quantity,
+        price=event.price,
+        timestamp=event.timestamp.isoformat(),
+        source=event.source,
+        received_at=received_at,
+        kind=event.kind,
+        session=event.session,
+        send_id=event.send_id,
+        impression_id=event.impression_id,
+        model_version=event.model_version,
+        surface=event.surface,
+        rank=event.rank,
+    )
+    fields = msgspec.structs.asdict(record).items()
+    return {key: value for key, value in fields if value is not None}
+
+
+def log_lines(records: Iterable[dict[str, Any]]) -> str:
+    """Records as the durable logs hold them: one compact JSON object a line."""
+    return "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records)
 
 
 def logs_origin(directory: Path) -> str:

@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -19,7 +19,7 @@ import numpy as np
 from recsvc import engagement, interactions, policy
 from recsvc.catalog import CatalogLog
 from recsvc.errors import StoreNotRestored, StoreUnavailable, UnknownCustomer
-from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection
+from recsvc.events import ErasureLog, Erasures, Event, EventLog, Rejection, log_record
 from recsvc.identity import CANONICAL, IdentityKey, normal_session, request_aliases
 from recsvc.logrecords import SESSION, EventRecord
 from recsvc.registry import ServedModel
@@ -324,7 +324,7 @@ class Realtime:
             if outcome is Applied.NEW:
                 result.accepted.append(event.event_id)
                 new_entries.append((store_key, stored))
-                records.append(_log_record(event.customer, event.session, stored))
+                records.append(log_record(event, received))
             elif outcome is Applied.DUPLICATE:
                 result.duplicates.append(event.event_id)
             else:
@@ -680,16 +680,6 @@ def spend_of(events: list[StoredEvent]) -> float:
 
 def _digest_bytes(high: np.uint64, low: np.uint64) -> bytes:
     return int(high).to_bytes(8, "big") + int(low).to_bytes(8, "big")
-
-
-def _log_record(customer: str, session: str | None, stored: StoredEvent) -> dict[str, object]:
-    """An event-log line: the event as stored, with the keys it was reported under (the
-    store holds a session's digest; the log, as the trainer reads it, the key)."""
-    fields = {**asdict(stored), SESSION: session}
-    record = EventRecord(customer=customer, **fields)
-    return {
-        key: value for key, value in msgspec.structs.asdict(record).items() if value is not None
-    }
 
 
 def _stored(record: EventRecord, session_key: str | None) -> StoredEvent:

@@ -36,13 +36,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from recsvc.bundle import Bundle, load_current
-from recsvc.events import parse_event
+from recsvc.events import log_lines, log_record, parse_event
 from recsvc.identity import SESSION_PREFIX
-from recsvc.logrecords import EventRecord
 from recsvc.schemas import MAX_BATCH
 
 LOG_FILE = "events-synthetic.jsonl"
@@ -185,34 +183,12 @@ class Synthetic:
             event, errors = parse_event(raw, now)
             if event is None:
                 raise ValueError(f"synthetic event {raw['event_id']} is invalid: {errors}")
-            record = EventRecord(
-                event_id=event.event_id,
-                customer=event.customer,
-                item_id=event.item_id,
-                quantity=event.quantity,
-                price=event.price,
-                timestamp=event.timestamp.isoformat(),
-                source=event.source,
-                received_at=event.timestamp.timestamp() + delay,
-                kind=event.kind,
-                session=event.session,
-                send_id=event.send_id,
-                impression_id=event.impression_id,
-                model_version=event.model_version,
-                surface=event.surface,
-                rank=event.rank,
-            )
-            fields = msgspec.structs.asdict(record).items()
-            records.append({key: value for key, value in fields if value is not None})
+            records.append(log_record(event, event.timestamp.timestamp() + delay))
         return records
 
     def write_log(self, path: Path) -> Path:
         """Write the event log (one JSON object a line, as the service writes it)."""
-        lines = (
-            json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
-            for record in self.log_records()
-        )
-        path.write_text("".join(lines), encoding="utf-8")
+        path.write_text(log_lines(self.log_records()), encoding="utf-8")
         return path
 
 
