@@ -186,3 +186,19 @@ class RedisProcess:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+def sample_bundle(models_dir: Path | None, work: Path) -> Path:
+    """``models_dir``, or (None) a models directory in ``work`` with the bundled sample
+    trained into it."""
+    if models_dir is not None:
+        return models_dir
+    from importlib import resources
+
+    from training.config import load_config
+    from training.pipeline import train
+
+    trained = work / "sample"
+    sample = Path(str(resources.files("training") / "sample"))
+    train(load_config(sample / "sample.toml"), trained)
+    return trained

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.local_server import sample_bundle  # noqa: E402
 from recsvc.app import create_app  # noqa: E402
 from recsvc.bundle import load_current, publish_bundle  # noqa: E402
 from recsvc.config import ServiceConfig  # noqa: E402
@@ -135,14 +135,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recsvc-bench-triggers-") as scratch:
         work = Path(scratch)
-        models_dir = args.models_dir
-        if models_dir is None:
-            from training.config import load_config
-            from training.pipeline import train
-
-            models_dir = work / "sample"
-            sample = Path(str(resources.files("training") / "sample"))
-            train(load_config(sample / "sample.toml"), models_dir)
+        models_dir = sample_bundle(args.models_dir, work)
         many_triggers(models_dir, work / "many", args.triggers)
         results = {
             "sample": measure(models_dir, work / "events-sample", args.repeat),
