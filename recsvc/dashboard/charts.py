@@ -68,15 +68,11 @@ class Tick:
     label: str
 
 
-@dataclass(frozen=True, slots=True)
-class LineChart:
-    title: str
+class _Plotted:
+    """A chart drawn inside the standard margins (``axes`` in charts.html)."""
+
     width: int
     height: int
-    path: str  # the SVG path through the points
-    points: list[Point]
-    x_ticks: list[Tick]
-    y_ticks: list[Tick]
 
     @property
     def left(self) -> int:
@@ -89,6 +85,17 @@ class LineChart:
     @property
     def bottom(self) -> int:
         return self.height - MARGIN_BOTTOM
+
+
+@dataclass(frozen=True, slots=True)
+class LineChart(_Plotted):
+    title: str
+    width: int
+    height: int
+    path: str  # the SVG path through the points
+    points: list[Point]
+    x_ticks: list[Tick]
+    y_ticks: list[Tick]
 
 
 def nice_ceiling(value: float) -> float:
@@ -279,25 +286,13 @@ class Series:
 
 
 @dataclass(frozen=True, slots=True)
-class SeriesChart:
+class SeriesChart(_Plotted):
     title: str
     series: list[Series]
     x_ticks: list[Tick]
     y_ticks: list[Tick]
     width: int
     height: int
-
-    @property
-    def left(self) -> int:
-        return MARGIN_LEFT
-
-    @property
-    def right(self) -> int:
-        return self.width - MARGIN_RIGHT
-
-    @property
-    def bottom(self) -> int:
-        return self.height - MARGIN_BOTTOM
 
 
 def series_chart(
