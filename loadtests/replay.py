@@ -219,14 +219,18 @@ def _top(api: Api, key: str, n: int = TOP) -> list[str]:
     return [item["item_id"] for item in answer["items"]]
 
 
+def _share_in(api: Api, key: str, items: set[str]) -> float:
+    """The share of ``key``'s top recommendations that are among ``items``."""
+    top = _top(api, key)
+    return sum(item in items for item in top) / max(len(top), 1)
+
+
 def sessions_follow_views(api: Api, bundle: Bundle, week: Synthetic) -> dict[str, Any]:
     """Anonymous sessions: the share of their top 5 in the category they browsed."""
     anonymous = [s for s in week.truth.sessions if s.customer is None]
     shares = []
     for session in anonymous[:100]:
-        category = _in_category(bundle, session.category)
-        top = _top(api, session.session)
-        shares.append(sum(item in category for item in top) / max(len(top), 1))
+        shares.append(_share_in(api, session.session, _in_category(bundle, session.category)))
     mean = sum(shares) / max(len(shares), 1)
     return {
         "passed": bool(shares) and mean >= 0.9,
@@ -246,8 +250,7 @@ def login_keeps_interest(api: Api, bundle: Bundle, week: Synthetic) -> dict[str,
     shares = []
     for customer, names in list(browsed.items())[:100]:
         category = set().union(*(_in_category(bundle, name) for name in names))
-        top = _top(api, customer)
-        shares.append(sum(item in category for item in top) / max(len(top), 1))
+        shares.append(_share_in(api, customer, category))
     mean = sum(shares) / max(len(shares), 1)
     return {
         "passed": bool(shares) and mean >= 0.6,
