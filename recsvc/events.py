@@ -51,6 +51,7 @@ from recsvc.schemas import (
     MAX_SOURCE_LENGTH,
     MAX_SURFACE_LENGTH,
     MAX_UNIT_PRICE,
+    PURCHASE_KINDS,
 )
 from recsvc.schemas import Event as EventFields
 from recsvc.schemas import Rejection as Rejection  # the per-event outcome, here since before
@@ -83,11 +84,6 @@ class Event:
     model_version: str | None = None
     surface: str | None = None
     rank: int | None = None
-
-    @property
-    def owned_change(self) -> bool:
-        """A purchase or a return: it changes what the customer holds and spends."""
-        return self.kind in ("purchase", "return")
 
 
 def parse_batch(payload: Any, now: datetime) -> tuple[list[tuple[int, Event]], list[Rejection]]:
@@ -172,7 +168,7 @@ def parse_event(raw: Any, now: datetime) -> tuple[Event | None, list[str]]:
     if session is not None and is_session(customer):
         errors.append("session: a session's own event names no other session")
     quantity, price = 0.0, 0.0
-    if kind in ("purchase", "return"):
+    if kind in PURCHASE_KINDS:
         quantity = number("quantity")
         if quantity == 0 or abs(quantity) > MAX_QUANTITY:
             errors.append(
