@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,28 +30,21 @@ from locust import FastHttpUser, task
 
 from recsvc.bundle import load_bundle, load_current
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # locust runs it as a script
+from loadtests.traffic import Traffic  # noqa: E402
+
 # The customers and items to ask for: a named bundle, or the one the models dir serves.
-BUNDLE = (
+TRAFFIC = Traffic(
     load_bundle(Path(os.environ["RECSVC_LOADTEST_BUNDLE"]))
     if os.environ.get("RECSVC_LOADTEST_BUNDLE")
     else load_current(Path(os.environ.get("RECSVC_MODELS_DIR", "models")))
 )
-CUSTOMERS = [str(customer) for customer in BUNDLE.arrays.customer_ids]
-ITEMS = [str(item) for item in BUNDLE.arrays.item_ids[BUNDLE.arrays.popular_items[:500]]]
-SLOTS = list(BUNDLE.manifest.channels.slots)
+READS = TRAFFIC.reads
 HEADERS = {"X-API-Key": os.environ.get("RECSVC_LOADTEST_KEY", "")}
 RATE_PER_USER = float(os.environ.get("RECSVC_LOADTEST_RATE_PER_USER", "10"))
-UNKNOWN_SHARE = 0.2
 EVENT_IDS = itertools.count()
 WRITES = os.environ.get("RECSVC_LOADTEST_WRITES")
 VIEWS_PER_VISIT = 8  # then the visit signs in, or ends
-CATEGORY_BITS = BUNDLE.arrays.item_categories[BUNDLE.arrays.popular_items[:500]]
-
-
-def customer() -> str:
-    if random.random() < UNKNOWN_SHARE:
-        return f"visitor-{random.randrange(10**9)}"
-    return random.choice(CUSTOMERS)
 
 
 def now() -> str:
@@ -64,9 +58,7 @@ class Shopper(FastHttpUser):
 
     def new_visit(self) -> None:
         self.session = f"session:load-{os.getpid()}-{random.randrange(10**12)}"
-        seed = random.randrange(len(ITEMS))
-        same = [ITEMS[k] for k in range(len(ITEMS)) if CATEGORY_BITS[k] & CATEGORY_BITS[seed]]
-        self.browsing = same if len(same) >= 3 else ITEMS
+        self.browsing = TRAFFIC.same_category()
         self.viewed = 0
 
     def wait_time(self) -> float:
@@ -97,7 +89,8 @@ class Shopper(FastHttpUser):
         self.viewed += 1
         if self.viewed >= VIEWS_PER_VISIT:
             if random.random() < 0.3:
-                self.post_event("login", random.choice(CUSTOMERS), session=self.session)
+                who = random.choice(TRAFFIC.customers)
+                self.post_event("login", who, session=self.session)
             self.new_visit()
 
     @task(3)
@@ -108,7 +101,7 @@ class Shopper(FastHttpUser):
     @task(10)
     def session_block(self) -> None:
         self.client.get(
-            f"/v1/customers/{self.session}/blocks/{random.choice(SLOTS)}?format=html",
+            TRAFFIC.customer_block(self.session),
             name="/v1/customers/[session]/blocks/[slot]",
             headers=HEADERS,
         )
@@ -116,7 +109,7 @@ class Shopper(FastHttpUser):
     @task(8)
     def session_recommendations(self) -> None:
         self.client.get(
-            f"/v1/customers/{self.session}/recommendations?n=10",
+            TRAFFIC.recommendations(self.session),
             name="/v1/customers/[session]/recommendations",
             headers=HEADERS,
         )
@@ -131,64 +124,43 @@ class Shopper(FastHttpUser):
 
     # Everyone else
 
+    def read(self, name: str) -> None:
+        self.client.get(READS[name].path(), name=name, headers=HEADERS)
+
     @task(22)
     def customer_block(self) -> None:
-        self.client.get(
-            f"/v1/customers/{customer()}/blocks/{random.choice(SLOTS)}?format=html",
-            name="/v1/customers/[key]/blocks/[slot]",
-            headers=HEADERS,
-        )
+        self.read("/v1/customers/[key]/blocks/[slot]")
 
     @task(5)
     def anonymous_block(self) -> None:
-        self.client.get(
-            f"/v1/blocks/{random.choice(SLOTS)}?format=html",
-            name="/v1/blocks/[slot]",
-            headers=HEADERS,
-        )
+        self.read("/v1/blocks/[slot]")
 
     @task(15)
     def recommendations(self) -> None:
-        self.client.get(
-            f"/v1/customers/{customer()}/recommendations?n=10",
-            name="/v1/customers/[key]/recommendations",
-            headers=HEADERS,
-        )
+        self.read("/v1/customers/[key]/recommendations")
 
     @task(5)
     def similar(self) -> None:
-        self.client.get(
-            f"/v1/items/{random.choice(ITEMS)}/similar?n=6",
-            name="/v1/items/[id]/similar",
-            headers=HEADERS,
-        )
+        self.read("/v1/items/[id]/similar")
 
     @task(3)
     def cart_recommendations(self) -> None:
-        cart = ",".join(random.sample(ITEMS, random.randint(1, 4)))
-        self.client.get(
-            f"/v1/cart/recommendations?items={cart}",
-            name="/v1/cart/recommendations",
-            headers=HEADERS,
-        )
+        self.read("/v1/cart/recommendations")
 
     @task(8)
     def email_picks(self) -> None:
-        send = f"campaign-{random.randrange(5)}"
-        self.client.get(
-            f"/v1/customers/{customer()}/email-picks?send_id={send}&n=4",
-            name="/v1/customers/[key]/email-picks",
-            headers=HEADERS,
-        )
+        self.read("/v1/customers/[key]/email-picks")
 
     @task(4)
     def email_engagement(self) -> None:
-        who, send = random.choice(CUSTOMERS), f"campaign-{random.randrange(5)}"
+        who, send = random.choice(TRAFFIC.customers), f"campaign-{random.randrange(5)}"
         self.post_event("email_open", who, send_id=send)
         if random.random() < 0.2:
-            self.post_event("email_click", who, send_id=send, item_id=random.choice(ITEMS))
+            item = random.choice(TRAFFIC.items)
+            self.post_event("email_click", who, send_id=send, item_id=item)
 
     @task(3)
     def purchase(self) -> None:
-        buyer = self.session if random.random() < 0.3 else customer()
-        self.post_event("purchase", buyer, item_id=random.choice(ITEMS), quantity=1, price=2.5)
+        buyer = self.session if random.random() < 0.3 else TRAFFIC.customer()
+        item = random.choice(TRAFFIC.items)
+        self.post_event("purchase", buyer, item_id=item, quantity=1, price=2.5)

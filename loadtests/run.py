@@ -1,25 +1,33 @@
-"""Run the locust suite against a local gunicorn and check the targets.
+"""Run the load test against a local gunicorn and check the latency targets.
 
     python loadtests/run.py --models-dir models [--rate 100] [--users 10] [--duration 60]
 
-Starts gunicorn (gunicorn.conf.py, API keys on) on the bundle, runs locust headless at
-``--rate`` requests/s in total for ``--duration`` seconds, writes locust's CSV and HTML
-reports to --out-dir, and exits 1 when a read endpoint's p99 exceeds --p99-ms or more than
---max-failures requests failed. It also prints the server's own view of the same requests
-(its latency histogram from /metrics), which leaves out the time locust's client spends on
-the shared cores. Needs locust (``pip install -e '.[load]'``).
+Starts gunicorn (gunicorn.conf.py, API keys on) on the bundle and sends it two kinds of
+traffic at once for ``--duration`` seconds: locust's realistic mix (``loadtests/locustfile.py``:
+visits, blocks, email picks, events) at ``--rate`` requests/s in total, and a light probe
+(``loadtests/probe.py``) that sends the read endpoints at ``--probe-rate`` more. On a machine
+with two cores or more the clients run on a core of their own and gunicorn on the others.
+
+The verdict, per read route: the server's own latency histogram (from /metrics) and the
+probe's figures must both keep p99 within ``--p99-ms``, and no request may fail. locust's
+figures are printed beside them, with the CPU its client spent per request: on a small
+machine locust's own cost (about 1.5 ms of CPU a request) inflates what it measures, so it
+shows the mix, not the verdict. Writes locust's CSV and HTML reports and ``verdict.json`` to
+``--out-dir``; exits 1 when a target is missed. Needs locust (``pip install -e '.[load]'``).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,20 +36,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.local_server import gunicorn  # noqa: E402
+from loadtests.probe import ProbeResult, percentile, probe  # noqa: E402
+from loadtests.traffic import Traffic  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
+from recsvc.bundle import load_current  # noqa: E402
+
+# (upper bound in seconds, requests at or under it) per route, the last bound infinite
+Histograms = dict[str, list[tuple[float, int]]]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models-dir", type=Path, required=True)
-    parser.add_argument("--rate", type=float, default=100.0, help="requests/s in total")
+    parser.add_argument("--rate", type=float, default=100.0, help="locust's requests/s in total")
     parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="the probe's requests/s")
     parser.add_argument("--duration", type=int, default=60, help="seconds")
     parser.add_argument("--p99-ms", type=float, default=10.0, help="target for reads")
     parser.add_argument("--max-failures", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=Path("loadtests/results"))
     args = parser.parse_args()
     locust_command()
+    traffic = Traffic(load_current(args.models_dir))
     # A limit far above the test rate: the limiter runs on every request but never refuses.
     key, line = mint("loadtest", ["recs:read", "events:write", "metrics:read"], rate=1_000_000)
     scratch = Path(tempfile.mkdtemp(prefix="recsvc-load-"))
@@ -53,13 +69,59 @@ def main() -> int:
         "RECSVC_LOADTEST_KEY": key,
         "RECSVC_LOADTEST_RATE_PER_USER": str(args.rate / args.users),
     }
-    with gunicorn(env) as base:
-        locust_run(base, env, args.users, args.duration, args.out_dir).wait()
-        scrape = urllib.request.Request(f"{base}/metrics", headers={"X-API-Key": key})
-        with urllib.request.urlopen(scrape, timeout=10) as response:
-            metrics_text = response.read().decode()
-    print_server_view(server_latency(metrics_text))
-    return verdict(args.out_dir / "locust_stats.csv", args.p99_ms, args.max_failures)
+    cores = os.sched_getaffinity(0)
+    server_cores, client_cores = split_cores(cores)
+    os.sched_setaffinity(0, server_cores)  # gunicorn and its workers inherit it
+    try:
+        with gunicorn(env) as base:
+            os.sched_setaffinity(0, client_cores)  # the probe and locust
+            locust = locust_run(base, env, args.users, args.duration, args.out_dir)
+            probed = probe(
+                base,
+                {"X-API-Key": key},
+                list(traffic.reads.values()),
+                args.probe_rate,
+                args.duration,
+            )
+            locust_cpu = finished_cpu_seconds(locust)
+            scrape = urllib.request.Request(f"{base}/metrics", headers={"X-API-Key": key})
+            with urllib.request.urlopen(scrape, timeout=10) as response:
+                metrics_text = response.read().decode()
+    finally:
+        os.sched_setaffinity(0, cores)
+    locust_stats = read_locust_stats(args.out_dir / "locust_stats.csv")
+    report = Report(
+        routes=route_rows(traffic, server_latency(metrics_text), probed, locust_stats),
+        failures=sum(probed.failures.values()) + locust_failures(locust_stats),
+        locust_requests=sum(row.requests for row in locust_stats if row.name != "Aggregated"),
+        locust_cpu_seconds=locust_cpu,
+        probe=probed,
+        server_cores=sorted(server_cores),
+        client_cores=sorted(client_cores),
+    )
+    print_report(report)
+    passed = verdict(report, args.p99_ms, args.max_failures)
+    (args.out_dir / "verdict.json").write_text(
+        json.dumps(report.to_json(args.p99_ms, args.max_failures, passed), indent=2) + "\n"
+    )
+    return 0 if passed else 1
+
+
+def split_cores(cores: set[int]) -> tuple[set[int], set[int]]:
+    """(the server's cores, the clients' core): the last core for the clients where there are
+    two or more, so the clients' CPU does not queue the server's requests; all cores for both
+    on one."""
+    if len(cores) < 2:
+        return cores, cores
+    client = max(cores)
+    return cores - {client}, {client}
+
+
+def finished_cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """CPU seconds (user + system) that ``process`` spent, once it has exited."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
 
 
 def locust_command() -> str:
@@ -101,31 +163,6 @@ def locust_run(
     )
 
 
-def verdict(stats: Path, p99_ms: float, max_failures: int) -> int:
-    with stats.open() as handle:
-        rows = list(csv.DictReader(handle))
-    total = sum(int(row["Request Count"]) for row in rows if row["Name"] == "Aggregated")
-    if total == 0:
-        print("FAIL: no request was made (see locust's output above)")
-        return 1
-    failed = False
-    print(f"\n{'endpoint':45} {'requests':>9} {'failures':>9} {'p50 ms':>7} {'p99 ms':>7}")
-    for row in rows:
-        name, method = row["Name"], row["Type"]
-        requests, failures = int(row["Request Count"]), int(row["Failure Count"])
-        p50, p99 = (float(row[q]) if row[q] not in ("", "N/A") else 0.0 for q in ("50%", "99%"))
-        print(f"{method + ' ' + name:45} {requests:>9} {failures:>9} {p50:>7.1f} {p99:>7.1f}")
-        if name == "Aggregated":
-            if failures > max_failures:
-                print(f"FAIL: {failures} failed requests (allowed {max_failures})")
-                failed = True
-        elif method == "GET" and p99 > p99_ms:
-            print(f"FAIL: {name} p99 {p99:.1f} ms > {p99_ms} ms")
-            failed = True
-    print("PASS" if not failed else "targets missed")
-    return 1 if failed else 0
-
-
 def server_latency(metrics_text: str) -> dict[str, list[tuple[float, int]]]:
     """Each route's cumulative latency histogram, as the server measured it: (upper bound in
     seconds, requests at or under it), the last bound infinite."""
@@ -142,27 +179,176 @@ def server_latency(metrics_text: str) -> dict[str, list[tuple[float, int]]]:
     return {route: sorted(counts) for route, counts in buckets.items()}
 
 
-def print_server_view(buckets: dict[str, list[tuple[float, int]]]) -> None:
-    """Per route: the histogram bounds that its p50 and p99 lie under, and the share of
-    requests answered within 5 and 10 ms."""
-    print("\nAs the server timed the requests (its histogram, without the client's time):")
-    header = ("route", "requests", "p50 under", "p99 under", "<= 5 ms", "<= 10 ms")
-    print("{:45} {:>9} {:>10} {:>10} {:>8} {:>9}".format(*header))
-    for route, counts in sorted(buckets.items()):
-        total = counts[-1][1]
-        if route in ("/metrics", "/readyz") or total == 0:
-            continue
-        at_or_under = dict(counts)
-        p50, p99 = (next(bound for bound, n in counts if n >= q * total) for q in (0.5, 0.99))
-        row = (
-            route,
-            total,
-            f"{p50 * 1000:g} ms",
-            f"{p99 * 1000:g} ms",
-            f"{100 * at_or_under[0.005] / total:.1f} %",
-            f"{100 * at_or_under[0.01] / total:.1f} %",
+@dataclass(frozen=True)
+class LocustRow:
+    method: str
+    name: str
+    requests: int
+    failures: int
+    p50_ms: float
+    p99_ms: float
+
+
+def read_locust_stats(path: Path) -> list[LocustRow]:
+    with path.open() as handle:
+        return [
+            LocustRow(
+                row["Type"],
+                row["Name"],
+                int(row["Request Count"]),
+                int(row["Failure Count"]),
+                *(float(row[q]) if row[q] not in ("", "N/A") else 0.0 for q in ("50%", "99%")),
+            )
+            for row in csv.DictReader(handle)
+        ]
+
+
+def locust_failures(rows: list[LocustRow]) -> int:
+    return sum(row.failures for row in rows if row.name == "Aggregated")
+
+
+def server_percentile(counts: list[tuple[float, int]], share: float) -> float:
+    """The histogram bound (ms) under which ``share`` of the route's requests fell."""
+    total = counts[-1][1]
+    return 1000 * next(bound for bound, n in counts if n >= share * total)
+
+
+@dataclass(frozen=True)
+class RouteRow:
+    """One read route, seen by the server, the probe and locust (None: no request)."""
+
+    route: str
+    server_requests: int
+    server_p50_ms: float | None  # histogram bounds: the figure is at or under them
+    server_p99_ms: float | None
+    server_within_5_ms: float | None  # share of requests
+    probe_requests: int
+    probe_p50_ms: float | None
+    probe_p99_ms: float | None
+    locust_requests: int
+    locust_p99_ms: float | None  # the worst of locust's request names on the route
+
+
+def route_rows(
+    traffic: Traffic, server: Histograms, probed: ProbeResult, locust: list[LocustRow]
+) -> list[RouteRow]:
+    routes = {read.route for read in traffic.reads.values()} | set(traffic.session_routes.values())
+    rows = []
+    for route in sorted(routes):
+        counts = server.get(route, [])
+        served = counts[-1][1] if counts else 0
+        probe_latencies = [
+            latency
+            for name, latencies in probed.latencies_ms.items()
+            if traffic.reads[name].route == route
+            for latency in latencies
+        ]
+        by_locust = [
+            row for row in locust if row.method == "GET" and traffic.route_of(row.name) == route
+        ]
+        rows.append(
+            RouteRow(
+                route=route,
+                server_requests=served,
+                server_p50_ms=server_percentile(counts, 0.5) if served else None,
+                server_p99_ms=server_percentile(counts, 0.99) if served else None,
+                server_within_5_ms=dict(counts)[0.005] / served if served else None,
+                probe_requests=len(probe_latencies),
+                probe_p50_ms=percentile(probe_latencies, 0.5) if probe_latencies else None,
+                probe_p99_ms=percentile(probe_latencies, 0.99) if probe_latencies else None,
+                locust_requests=sum(row.requests for row in by_locust),
+                locust_p99_ms=max((row.p99_ms for row in by_locust), default=None),
+            )
         )
-        print("{:45} {:>9} {:>10} {:>10} {:>8} {:>9}".format(*row))
+    return rows
+
+
+@dataclass(frozen=True)
+class Report:
+    routes: list[RouteRow]
+    failures: int  # the probe's and locust's, reads and writes
+    locust_requests: int
+    locust_cpu_seconds: float
+    probe: ProbeResult
+    server_cores: list[int]
+    client_cores: list[int]
+
+    def to_json(self, p99_ms: float, max_failures: int, passed: bool) -> dict[str, object]:
+        return {
+            "passed": passed,
+            "p99_target_ms": p99_ms,
+            "max_failures": max_failures,
+            "failures": self.failures,
+            "server_cores": self.server_cores,
+            "client_cores": self.client_cores,
+            "locust_requests": self.locust_requests,
+            "locust_cpu_ms_per_request": _per_request(
+                self.locust_cpu_seconds, self.locust_requests
+            ),
+            "probe_requests": self.probe.requests,
+            "probe_cpu_ms_per_request": _per_request(self.probe.cpu_seconds, self.probe.requests),
+            "routes": [row.__dict__ for row in self.routes],
+        }
+
+
+def _per_request(cpu_seconds: float, requests: int) -> float | None:
+    return round(1000 * cpu_seconds / requests, 3) if requests else None
+
+
+def print_report(report: Report) -> None:
+    """Per read route, the server's view, the probe's and locust's side by side."""
+    print("\nRead latency (ms), as the server timed it (histogram bounds), the probe and locust:")
+    header = "route", "server n", "p50 <=", "p99 <=", "<=5 ms", "probe n", "p50", "p99"
+    line = "{:38} {:>8} {:>6} {:>6} {:>7} {:>7} {:>6} {:>6} {:>8} {:>6}"
+    print(line.format(*header, "locust n", "p99"))
+    for row in report.routes:
+        print(
+            line.format(
+                row.route,
+                row.server_requests,
+                _ms(row.server_p50_ms),
+                _ms(row.server_p99_ms),
+                "-" if row.server_within_5_ms is None else f"{100 * row.server_within_5_ms:.1f}%",
+                row.probe_requests,
+                _ms(row.probe_p50_ms),
+                _ms(row.probe_p99_ms),
+                row.locust_requests,
+                _ms(row.locust_p99_ms),
+            )
+        )
+    locust_cost = _per_request(report.locust_cpu_seconds, report.locust_requests)
+    probe_cost = _per_request(report.probe.cpu_seconds, report.probe.requests)
+    print(
+        f"\nClients on core(s) {report.client_cores}, gunicorn on {report.server_cores}. "
+        f"CPU per request: locust {locust_cost} ms ({report.locust_requests} requests), "
+        f"the probe {probe_cost} ms ({report.probe.requests}). Failed requests: "
+        f"{report.failures}."
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def verdict(report: Report, p99_ms: float, max_failures: int) -> bool:
+    """True when every read route was served with p99 within ``p99_ms`` by the server's
+    histogram and by the probe, and at most ``max_failures`` requests failed; prints why not."""
+    problems = []
+    for row in report.routes:
+        if row.server_p99_ms is None:
+            problems.append(f"{row.route}: the server timed no request")
+        elif row.server_p99_ms > p99_ms:
+            problems.append(f"{row.route}: server p99 over {p99_ms:g} ms")
+        if row.probe_p99_ms is not None and row.probe_p99_ms > p99_ms:
+            problems.append(f"{row.route}: probe p99 {row.probe_p99_ms:.1f} ms > {p99_ms:g} ms")
+    if report.probe.requests == 0:
+        problems.append("the probe sent no request")
+    if report.failures > max_failures:
+        problems.append(f"{report.failures} failed requests (allowed {max_failures})")
+    for problem in problems:
+        print(f"FAIL: {problem}")
+    print("PASS" if not problems else "targets missed")
+    return not problems
 
 
 if __name__ == "__main__":
