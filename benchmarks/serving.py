@@ -19,7 +19,14 @@ cycle through URLs made from the bundle (``ENDPOINTS``):
 - ``sessions``: recommendations as ``recommendations`` asks them, with 30 % of the requests
   from anonymous sessions that viewed 3 to 8 items of one category (posted as view events
   before the runs): interaction-driven personalisation on;
-- ``blocks``: every slot's JSON block, with the same 30 % share of sessions.
+- ``block``: every slot's JSON block for known customers;
+- ``blocks``: the same with the same 30 % share of sessions as ``sessions``;
+- ``email-picks``: three sends' picks for each of 1,666 customers, each asked once before the
+  runs, so the runs read the kept snapshots (a send's picks are fixed at its first open).
+
+``--store`` picks the real-time store: ``embedded`` (the default; RECSVC_REDIS_URL is
+ignored), ``redis`` (``--redis-url``, or a private redis-server the benchmark starts and
+stops).
 
 Prints and writes (--out, JSON) each endpoint's requests/s against /healthz per round, their
 ratio, and p50/p99 latency at half the endpoint's maximum rate, with the load average. Each
@@ -45,6 +52,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,7 +64,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.local_server import gunicorn  # noqa: E402
+from benchmarks.local_server import RedisProcess, gunicorn  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
 from recsvc.bundle import Bundle, load_current  # noqa: E402
 
@@ -164,17 +172,33 @@ def _sessions(bundle: Bundle, rng: np.random.Generator) -> list[str]:
     return _mixed(_recommendations(bundle, rng), sessions, rng)
 
 
-def _blocks(bundle: Bundle, rng: np.random.Generator) -> list[str]:
+def _block(bundle: Bundle, rng: np.random.Generator) -> list[str]:
     slots = list(bundle.manifest.channels.slots)
     customers = rng.choice(bundle.arrays.customer_ids, URLS)
-    known = [
+    return [
         f"/v1/customers/{quote(str(c), safe='')}/blocks/{slots[k % len(slots)]}"
         for k, c in enumerate(customers)
     ]
+
+
+def _blocks(bundle: Bundle, rng: np.random.Generator) -> list[str]:
+    slots = list(bundle.manifest.channels.slots)
     sessions = [
         f"/v1/customers/session:bench-{k}/blocks/{slots[k % len(slots)]}" for k in range(SESSIONS)
     ]
-    return _mixed(known, sessions, rng)
+    return _mixed(_block(bundle, rng), sessions, rng)
+
+
+SENDS = 3  # email sends per customer in ``email-picks``
+
+
+def _email_picks(bundle: Bundle, rng: np.random.Generator) -> list[str]:
+    customers = rng.choice(bundle.arrays.customer_ids, URLS // SENDS)
+    return [
+        f"/v1/customers/{quote(str(c), safe='')}/email-picks?send_id=bench-{send}&n=4"
+        for send in range(SENDS)
+        for c in customers
+    ]
 
 
 @dataclass(frozen=True)
@@ -183,6 +207,9 @@ class Endpoint:
     p99_ms: float  # the target at half load
     # Events posted before the runs (the sessions' views).
     events: Callable[[Bundle, np.random.Generator], list[dict[str, Any]]] | None = None
+    # Every URL asked once before the runs: they measure the answers kept (email picks'
+    # snapshot per send), as every later open of the same email finds them.
+    prefetch: bool = False
 
 
 ENDPOINTS = {
@@ -191,8 +218,12 @@ ENDPOINTS = {
     "cart": Endpoint(_cart, 5.0),
     "sessions": Endpoint(_sessions, 10.0, _session_views),
     "blocks": Endpoint(_blocks, 10.0, _session_views),
+    "block": Endpoint(_block, 10.0),
+    "email-picks": Endpoint(_email_picks, 10.0, prefetch=True),
 }
 RATIO = 0.75  # every endpoint's target: requests/s against /healthz's
+STORES = ("embedded", "redis")
+REDIS_URL = "RECSVC_REDIS_URL"
 
 
 def main() -> int:
@@ -210,6 +241,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None, help="default: gunicorn.conf.py")
+    parser.add_argument("--store", choices=STORES, default="embedded")
+    parser.add_argument(
+        "--redis-url", help="with --store redis (default: a private redis-server on a free port)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/serving.json"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -228,7 +263,7 @@ def main() -> int:
     # A limit far above any rate here: the limiter runs on every request but never refuses.
     key, line = mint("bench", ["recs:read", "blocks:read", "events:write"], rate=1_000_000)
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != REDIS_URL},
         "RECSVC_MODELS_DIR": str(args.models_dir),
         "RECSVC_API_KEYS": line,
         "RECSVC_EVENTS_DIR": str(scratch / "events"),
@@ -237,7 +272,10 @@ def main() -> int:
         env["RECSVC_WORKERS"] = str(args.workers)
     load_before = os.getloadavg()
     results: dict[str, dict[str, Any]] = {}
-    with gunicorn(env) as base:
+    with ExitStack() as servers:
+        if args.store == "redis":
+            env[REDIS_URL] = args.redis_url or _private_redis(servers, scratch)
+        base = servers.enter_context(gunicorn(env))
 
         def run(name: str, duration: int, delay_ms: float = 0.0) -> dict[str, float]:
             run_env = {
@@ -261,6 +299,8 @@ def main() -> int:
             if make_events is not None and make_events not in posted:
                 _post(base, key, make_events(bundle, np.random.default_rng(1)))
                 posted.add(make_events)
+            if ENDPOINTS[name].prefetch:
+                _prefetch(base, key, paths[name])
         for name in names:
             run(name, 3)  # warm-up: caches, page cache, allocator
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
@@ -294,6 +334,7 @@ def main() -> int:
         "bundle": bundle.version,
         "customers": len(bundle.arrays.customer_ids),
         "items": len(bundle.arrays.item_ids),
+        "store": args.store,
         "connections": args.connections,
         "duration_s": args.duration,
         "endpoints": results,
@@ -337,6 +378,21 @@ def _post(base: str, key: str, events: list[dict[str, Any]]) -> None:
             answer = json.load(response)
         if answer["rejected"]:
             raise RuntimeError(f"events rejected: {answer['rejected'][:3]}")
+
+
+def _prefetch(base: str, key: str, paths: Path) -> None:
+    for path in paths.read_text().split():
+        request = urllib.request.Request(f"{base}{path}", headers={"X-API-Key": key})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+
+
+def _private_redis(servers: ExitStack, scratch: Path) -> str:
+    """Start a redis-server for the benchmark alone; it stops when ``servers`` closes."""
+    process = RedisProcess(scratch)
+    process.start()
+    servers.callback(process.stop)
+    return process.url
 
 
 def _cost(run: dict[str, float]) -> float:
