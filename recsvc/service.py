@@ -578,6 +578,48 @@ class Service:
         if unsubscribed_at is not None:
             raise Unsubscribed(unsubscribed_at.date())
         catalog = self.catalog(model)
+        send = channels.snapshot_key(send_id, n, filters.key())
+        degraded = customer.degraded
+        try:
+            kept = self.realtime.store.kept_snapshot(customer.store_key, send)
+        except StoreUnavailable:
+            kept, degraded = None, True
+        if kept is None:
+            kept, degraded = self._new_picks(
+                model, customer, key, send, send_id, n, filters, catalog, assignment, degraded
+            )
+        picks = msgspec.json.decode(kept, type=EmailPicks)
+        if not picks.impression_id:  # kept before impressions: a new one for each answer
+            picks = msgspec.structs.replace(
+                picks,
+                impression_id=self._shown(
+                    model, impressions.EMAIL, customer, ids_of(picks.items), None
+                ),
+            )
+        picks = msgspec.structs.replace(
+            picks, customer_id=customer.customer_id or key, degraded=degraded
+        )
+        if len(catalog.unavailable):  # a kept snapshot may name an item withdrawn since
+            hidden = {model.item_ids[index] for index in catalog.unavailable.tolist()}
+            shown = [item for item in picks.items if item.item_id not in hidden]
+            return msgspec.structs.replace(picks, items=shown)
+        return picks
+
+    def _new_picks(
+        self,
+        model: ServedModel,
+        customer: CustomerView,
+        key: str,
+        send: str,
+        send_id: str,
+        n: int,
+        filters: ItemFilter,
+        catalog: ServedCatalog,
+        assignment: Assignment | None,
+        degraded: bool,
+    ) -> tuple[str, bool]:
+        """Rank the picks of a send none is kept for, and keep them unless another answer got
+        there first: (the picks kept, degraded)."""
         answer = channels.email_picks(
             model, customer, key, send_id, n, filters.mask(model, catalog), catalog
         )
@@ -586,13 +628,9 @@ class Service:
         # Kept without the customer's id or key (it may be an address): the store holds the
         # snapshot under a digest, and the answer names the customer as asked.
         fresh = channels.dumps({**answer, "customer_id": ""})
-        degraded = customer.degraded
         try:
             kept = self.realtime.store.snapshot(
-                customer.store_key,
-                channels.snapshot_key(send_id, n, filters.key()),
-                fresh,
-                self.config.snapshot_ttl_days * 86400.0,
+                customer.store_key, send, fresh, self.config.snapshot_ttl_days * 86400.0
             )
         except StoreUnavailable:
             kept, degraded = fresh, True
@@ -605,20 +643,7 @@ class Service:
                 assignment,
                 answer["impression_id"],
             )
-        picks = msgspec.json.decode(kept, type=EmailPicks)
-        if not picks.impression_id:  # kept before impressions: a new one for each answer
-            picks = msgspec.structs.replace(
-                picks,
-                impression_id=self._shown(
-                    model, impressions.EMAIL, customer, ids_of(picks.items), None
-                ),
-            )
-        picks = msgspec.structs.replace(picks, customer_id=answer["customer_id"], degraded=degraded)
-        if len(catalog.unavailable):  # a kept snapshot may name an item withdrawn since
-            hidden = {model.item_ids[index] for index in catalog.unavailable.tolist()}
-            shown = [item for item in picks.items if item.item_id not in hidden]
-            return msgspec.structs.replace(picks, items=shown)
-        return picks
+        return kept, degraded
 
     def triggers_page(
         self,

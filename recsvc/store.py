@@ -288,6 +288,9 @@ class Store(Protocol):
         """Keep ``payload`` as the customer's snapshot for ``send`` unless one exists; return
         the snapshot kept (the first one written wins)."""
 
+    def kept_snapshot(self, customer: str, send: str) -> str | None:
+        """The customer's snapshot for ``send``, if one is kept (not expired)."""
+
     def erase(self, customer: str) -> int:
         """Remove the customer's events, triggers, snapshots, impressions and experiment sums
         and mark them erased; returns events removed. (The figures, counts without anyone in
@@ -482,6 +485,13 @@ class EmbeddedStore:
                 "SELECT payload FROM snapshots WHERE customer = ? AND send = ?", (customer, send)
             ).fetchone()[0]
         return kept
+
+    def kept_snapshot(self, customer: str, send: str) -> str | None:
+        rows = self._read(
+            "SELECT payload FROM snapshots WHERE customer = ? AND send = ? AND expires > ?",
+            (customer, send, self.clock()),
+        )
+        return str(rows[0][0]) if rows else None
 
     def add_triggers(self, triggers: Sequence[tuple[float, str, str]]) -> None:
         if not triggers:
@@ -1462,6 +1472,11 @@ class RedisStore:
             return kept.decode() if isinstance(kept, bytes) else str(kept)
 
         return self._call(keep)
+
+    def kept_snapshot(self, customer: str, send: str) -> str | None:
+        key = SNAPSHOT_KEY.format(prefix=self.prefix, customer=customer, send=send)
+        kept = self._call(lambda: self.client.get(key))
+        return kept.decode() if isinstance(kept, bytes) else kept
 
     def triggers_since(self, since: float) -> list[str]:
         members = self._call(

@@ -108,9 +108,13 @@ def test_redis_outage_fails_fast_and_recovers_by_itself(tmp_path: Path) -> None:
 
 
 def test_snapshots_keep_the_first_payload_and_erase_removes_them(store: Store) -> None:
+    assert store.kept_snapshot("c1", "send-1") is None
     assert store.snapshot("c1", "send-1", "first", 60.0) == "first"
     assert store.snapshot("c1", "send-1", "second", 60.0) == "first"
+    assert store.kept_snapshot("c1", "send-1") == "first"
+    assert store.kept_snapshot("c1", "send-2") is None
     store.erase("c1")
+    assert store.kept_snapshot("c1", "send-1") is None
     assert store.snapshot("c1", "send-1", "third", 60.0) == "third"
 
 
