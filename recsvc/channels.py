@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from recsvc.products import Listing
 
 POPULAR_FOR_AFFINITY = 50  # anonymous visitors: the categories of the best sellers
+# The query parameter of an email link that names the picks' impression (its email_click's
+# impression_id).
+IMPRESSION_PARAMETER = "recsvc_impression"
 
 
 def channels(model: ServedModel) -> Channels:
@@ -240,11 +243,14 @@ def email_picks(
     key: str,
     send_id: str,
     n: int,
+    impression_id: str,
     allowed: NDArray[np.bool_] | None = None,
     catalog: ServedCatalog | None = None,
 ) -> dict[str, Any]:
     """Fresh picks for one send (the caller snapshots them: see ``snapshot_key``), among the
-    ``allowed`` items (None: all)."""
+    ``allowed`` items (None: all). Each item's link carries ``impression_id`` (as
+    IMPRESSION_PARAMETER; "" for none: a preview), for the shop to send back with the
+    ``email_click`` it reports."""
     settings = channels(model)
     tiers = model.ranker.tiers
     ranking = model.ranker.recommend_row(
@@ -256,10 +262,13 @@ def email_picks(
         unavailable=None if catalog is None else catalog.unavailable,
         interest=view.interest,
     )
-    utm = {name: value.format(send_id=send_id) for name, value in settings.utm.items()}
-    link_query = "?" + urlencode(utm) if utm else ""
+    query = {name: value.format(send_id=send_id) for name, value in settings.utm.items()}
+    if impression_id:
+        query[IMPRESSION_PARAMETER] = impression_id
+    link_query = "?" + urlencode(query) if query else ""
     return {
         "send_id": send_id,
+        "impression_id": impression_id,
         "customer_id": view.customer_id or key,
         "model_version": model.version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

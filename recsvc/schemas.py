@@ -56,7 +56,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cart_add": (("item_id",), ("quantity",)),
     "cart_remove": (("item_id",), ("quantity",)),
     "email_open": (("send_id",), ()),
-    "email_click": (("send_id",), ("item_id",)),
+    "email_click": (("send_id",), ("item_id", "impression_id")),
     "rec_click": (("item_id", "impression_id", "model_version", "surface", "rank"), ()),
     "unsubscribe": ((), ("send_id",)),
     "login": (("session",), ()),
@@ -218,8 +218,8 @@ class Reason(Body, omit_defaults=True):
 ImpressionId = Annotated[
     str,
     Meta(
-        description="this answer's id: a rec_click event sends it back, and purchases of its "
-        "items within the attribution window count for it"
+        description="this answer's id: a rec_click (or an email_click) event sends it back, "
+        "and purchases of its items within the attribution window count for it"
     ),
 ]
 ArmName = Annotated[

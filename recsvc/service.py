@@ -480,7 +480,7 @@ class Service:
         if unsubscribed_at is not None:
             raise Unsubscribed(unsubscribed_at.date())
         catalog = self.catalog(model)
-        answer = channels.email_picks(model, customer, key, "preview", n, None, catalog)
+        answer = channels.email_picks(model, customer, key, "preview", n, "", None, catalog)
         picks = msgspec.convert(answer, EmailPicks)
         return msgspec.structs.replace(picks, degraded=customer.degraded)
 
@@ -621,9 +621,15 @@ class Service:
         """Rank the picks of a send none is kept for, and keep them unless another answer got
         there first: (the picks kept, degraded)."""
         answer = channels.email_picks(
-            model, customer, key, send_id, n, filters.mask(model, catalog), catalog
+            model,
+            customer,
+            key,
+            send_id,
+            n,
+            impressions.new_id(),
+            filters.mask(model, catalog),
+            catalog,
         )
-        answer["impression_id"] = impressions.new_id()
         answer["arm"] = None if assignment is None else assignment.arm
         # Kept without the customer's id or key (it may be an address): the store holds the
         # snapshot under a digest, and the answer names the customer as asked.

@@ -15,13 +15,14 @@ the same period, which makes applying a batch idempotent.
 
 Impressions (``record_impressions``) arrive in batches from each worker's buffer
 (recsvc.impressions) and are kept for the attribution window. ``apply`` attributes each new
-``rec_click`` to its impression (when it listed the item) and each new purchase to the
-customer's latest impression that listed the item within the window, in the same atomic step
-as the event, so an event counts once whether or not it is replayed; a click or purchase whose
-impression has not arrived yet waits for it (``PENDING_ATTRIBUTION_SECONDS``). The figures
-are counts per (experiment, arm, model version, surface) and, for an experiment's arms,
-running sums over customers (recsvc.stats); they are analytics, not records: the durable logs
-do not hold impressions, so a Redis that lost its data starts them again.
+click (``CLICK_KINDS`` with an impression id) to its impression (when it listed the item)
+and each new purchase to the customer's latest impression that listed the item within the
+window, in the same atomic step as the event, so an event counts once whether or not it is
+replayed; a click or purchase whose impression has not arrived yet waits for it
+(``PENDING_ATTRIBUTION_SECONDS``). The figures are counts per (experiment, arm, model
+version, surface) and, for an experiment's arms, running sums over customers (recsvc.stats);
+they are analytics, not records: the durable logs do not hold impressions, so a Redis that
+lost its data starts them again.
 
 The durable event and erasure logs (recsvc.events) are the record; a store is rebuilt from them
 when it lost its data (a Redis restarted empty): until then it is not ``restored`` and callers
@@ -65,6 +66,7 @@ UNSUBSCRIBED_KEY = "{prefix}:unsubscribed"  # the apply script writes it
 CANCEL_KEY = "{prefix}:cancelled:{batch}"  # an apply the client gave up waiting for
 CANCEL_SECONDS = 600
 CANCEL_TRIES, CANCEL_TIMEOUT = 3, 2.0  # seconds: the store was slow, not gone
+CLICK_KINDS = frozenset({"rec_click", "email_click"})  # recsvc.schemas.EventKind
 UNSUBSCRIBE = "unsubscribe"  # the event kind (recsvc.schemas.EventKind) whose consent lasts
 RESTORED_KEY = "{prefix}:restored:{origin}"  # set once the logs of one events dir are replayed
 TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
@@ -179,8 +181,9 @@ class Touch(NamedTuple):
 
 
 def touch_of(customer: str, event: StoredEvent) -> Touch | None:
-    """A rec_click (with its impression), or a purchase of a positive quantity."""
-    if event.kind == "rec_click" and event.impression_id:
+    """A click on a list shown (a rec_click, or an email_click naming its picks' impression
+    and item), or a purchase of a positive quantity."""
+    if event.kind in CLICK_KINDS and event.impression_id and event.item_id:
         return Touch(event.event_id, CLICK, event.item_id, 0.0, event.impression_id, ())
     if event.kind == "purchase" and event.quantity > 0:
         customers: tuple[str, ...] = (customer,)

@@ -97,6 +97,7 @@ def test_email_picks_stay_the_same_for_one_send(
     assert len(first["items"]) == 3
     assert first["items"][0]["url"].endswith(
         "?utm_source=recsvc&utm_medium=email&utm_campaign=spring-1"
+        f"&recsvc_impression={first['impression_id']}"
     )
     bought = first["items"][0]["item_id"]
     event = {

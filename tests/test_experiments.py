@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis
@@ -25,6 +26,7 @@ from recsvc.api.context import service_of
 from recsvc.app import create_app
 from recsvc.auth import mint
 from recsvc.bundle import current_version, load_current, point_current, publish_bundle
+from recsvc.channels import IMPRESSION_PARAMETER
 from recsvc.config import ServiceConfig
 from recsvc.errors import ConfigError
 from recsvc.events import STORE_FILE
@@ -238,6 +240,33 @@ def test_a_click_and_a_purchase_count_once_and_only_in_the_window(
     assert [(f["arm"], f["surface"], f["clicks"], f["purchases"]) for f in figures] == [
         (arm, "recommendations", 1, 1)
     ]
+
+
+def test_an_email_click_counts_for_the_picks_its_link_named(
+    models: Path, tmp_path: Path, store: dict[str, str]
+) -> None:
+    client = app_for(models, tmp_path / "events", store).test_client()
+    picks = client.get("/v1/customers/c1/email-picks?send_id=spring").get_json()
+    first = picks["items"][0]
+    link = parse_qs(urlsplit(first["url"]).query)
+    assert link[IMPRESSION_PARAMETER] == [picks["impression_id"]]
+    click = {
+        "event_id": "k1",
+        "kind": "email_click",
+        "customer": "c1",
+        "send_id": "spring",
+        "item_id": first["item_id"],
+        "impression_id": link[IMPRESSION_PARAMETER][0],
+        "timestamp": "2011-12-10T10:00:00Z",
+    }
+    # A click the shop reported without the link's id counts for engagement only.
+    unnamed = {name: value for name, value in click.items() if name != "impression_id"}
+    unnamed["event_id"] = "k2"
+    post_events(client, [click, unnamed])
+    found = arms(client)[picks["arm"]]
+    assert (found["impressions"], found["clicked"]) == (1, 1)
+    figures = report(client)["figures"]
+    assert [(f["surface"], f["clicks"]) for f in figures] == [("email", 1)]
 
 
 def test_the_report_holds_a_known_click_stream(
