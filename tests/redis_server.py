@@ -1,5 +1,6 @@
 """Real Redis servers for tests: the machine's (own db number, flushed before and after), or
-one started here (benchmarks.local_server.RedisProcess), e.g. to stop and restart it."""
+one started here (benchmarks.local_server.RedisProcess), e.g. to stop and restart it, and a
+private 3-master + 3-replica Redis Cluster (RedisClusterProcess)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.local_server import RedisProcess
+from benchmarks.local_server import RedisClusterProcess, RedisProcess
 
 SHARED_URL = os.environ.get("RECSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -24,4 +25,4 @@ def shared_redis_url(directory: Path) -> tuple[str, RedisProcess | None]:
         return server.url, server
 
 
-__all__ = ["RedisProcess", "shared_redis_url"]
+__all__ = ["RedisClusterProcess", "RedisProcess", "shared_redis_url"]
