@@ -224,7 +224,7 @@ class RedisClusterProcess:
                 *("--cluster-enabled", "yes", "--cluster-port", str(self.bus_ports[port])),
                 *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)),
                 *("--cluster-config-file", "nodes.conf", "--dir", str(folder)),
-                *("--save", "", "--appendonly", "no"),
+                *("--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -260,11 +260,15 @@ class RedisClusterProcess:
         if created.returncode != 0:
             self.stop()
             raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
-        self.wait_until_ok(replicated=True)
+        try:
+            self.wait_until_ok(replicated=True)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def wait_until_ok(self, seconds: float = 30.0, replicated: bool = False) -> None:
         """Until every running node reports ``cluster_state:ok`` (every slot served), and with
-        ``replicated`` every master has its replicas connected."""
+        ``replicated`` every master has its replicas connected and in sync."""
         deadline = time.monotonic() + seconds
         while True:
             states = []
@@ -274,9 +278,12 @@ class RedisClusterProcess:
                     states.append(client.cluster("info").get("cluster_state") == "ok")
                     if replicated:
                         info = client.info("replication")
-                        states.append(
-                            info["role"] != "master" or info["connected_slaves"] >= self.replicas
-                        )
+                        online = [
+                            value
+                            for name, value in info.items()
+                            if isinstance(value, dict) and value.get("state") == "online"
+                        ]
+                        states.append(info["role"] != "master" or len(online) >= self.replicas)
                 except redis.RedisError:
                     states.append(False)
             if all(states):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import redis
 
 from benchmarks.local_server import RedisClusterProcess, RedisProcess
@@ -25,4 +26,22 @@ def shared_redis_url(directory: Path) -> tuple[str, RedisProcess | None]:
         return server.url, server
 
 
-__all__ = ["RedisClusterProcess", "RedisProcess", "shared_redis_url"]
+# The stores every store-backed test runs against.
+STORE_KINDS = ("embedded", "redis", "cluster")
+
+
+def store_url(request: pytest.FixtureRequest, kind: str) -> str | None:
+    """RECSVC_REDIS_URL for a test of ``kind``: None (the embedded store), a flushed single
+    Redis, or a flushed Redis Cluster (redis+cluster://...)."""
+    if kind == "embedded":
+        return None
+    return str(request.getfixturevalue("clean_redis" if kind == "redis" else "clean_cluster"))
+
+
+__all__ = [
+    "STORE_KINDS",
+    "RedisClusterProcess",
+    "RedisProcess",
+    "shared_redis_url",
+    "store_url",
+]
