@@ -4,6 +4,7 @@ it with deploy/nginx.conf, and a private redis-server that can be stopped and re
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -299,6 +300,25 @@ class RedisClusterProcess:
             role = redis.Redis(port=port, socket_timeout=1).execute_command("ROLE")[0]
             if role in (b"master", "master"):
                 found.append(port)
+        return found
+
+    def start_stopped(self) -> None:
+        """Start again every node stopped (an old master comes back as its replica's)."""
+        for port in self.ports:
+            if port not in self.processes:
+                self.start_node(port)
+
+    def event_ids(self, prefix: str = "recsvc") -> set[str]:
+        """The event ids in every customer's events (recsvc.store.CUSTOMER_EVENTS_KEY) on
+        the cluster's masters."""
+        found: set[str] = set()
+        client = redis.RedisCluster(host="127.0.0.1", port=self.master_ports()[0])
+        try:
+            for key in client.scan_iter(match=f"{prefix}:{{c:*}}:events", count=1000):
+                for member in client.zrange(key, 0, -1):
+                    found.add(json.loads(member)["event_id"])
+        finally:
+            client.close()
         return found
 
     def stop(self) -> None:
