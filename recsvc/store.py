@@ -1453,8 +1453,9 @@ def connect(url: str, **options: Any) -> RedisClient:
 class RedisStore:
     """The store in one Redis or a Redis Cluster (the key layout above). Every call fails fast
     (``timeout`` seconds) with StoreUnavailable; after a failure, calls fail at once for
-    ``cooldown`` seconds so a dead server costs requests nothing, then the next call tries
-    again (redis-py reconnects; on a cluster the client first learns the masters anew).
+    ``cooldown`` seconds (on a cluster, the calls to that master) so a dead server costs
+    requests nothing, then the next call tries again (redis-py reconnects; on a cluster the
+    client first learns the masters anew).
 
     What is atomic on a cluster: an event is recorded with its idempotency marker, against
     the customer's erasure marker, by one script in the customer's slot (a batch of several
@@ -1498,7 +1499,7 @@ class RedisStore:
         self.origin = origin
         self.cooldown = cooldown
         self.clock = clock
-        self._down_until = 0.0
+        self._down_until: dict[str, float] = {}  # by _scope
         self._stale_topology = False
         self._apply = Script(_APPLY_SCRIPT)
         self._forget = Script(_FORGET_SCRIPT)
@@ -1558,8 +1559,23 @@ class RedisStore:
             groups.setdefault(slot, []).append(index)
         return groups
 
-    def _call(self, operation: Callable[[], T]) -> T:
-        if self.clock() < self._down_until:
+    def _scope(self, key: str | None) -> str:
+        """What a failure cools down: on a cluster, the master that holds ``key`` (as the
+        client last learned it; no call), so the customers of the other masters are served
+        while one has failed; otherwise ("") every call."""
+        client = self._client
+        if key is None or not isinstance(client, redis.RedisCluster):
+            return ""
+        try:
+            node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        except (redis.RedisError, RedisClusterException):
+            return ""
+        return str(node.name)
+
+    def _call(self, operation: Callable[[], T], key: str | None = None) -> T:
+        """Run ``operation`` (on the node that holds ``key``, when given)."""
+        now, scope = self.clock(), self._scope(key)
+        if now < max(self._down_until.get("", 0.0), self._down_until.get(scope, 0.0)):
             raise StoreUnavailable("redis is unavailable (cooling down after a failure)")
         try:
             if self._stale_topology:
@@ -1571,7 +1587,7 @@ class RedisStore:
         except StoreNotRestored:
             raise
         except (redis.RedisError, RedisClusterException) as error:
-            self._down_until = self.clock() + self.cooldown
+            self._down_until[scope] = self.clock() + self.cooldown
             self._stale_topology = self.cluster
             raise StoreUnavailable(f"redis: {error}") from error
 
@@ -1592,7 +1608,7 @@ class RedisStore:
             pipeline.set(self._catalog_stamp_key, secrets.randbits(62) + 1)
             pipeline.execute()
 
-        self._call(write)
+        self._call(write, self._catalog_key)
 
     def catalog(self) -> CatalogOverlay:
         def read() -> CatalogOverlay:
@@ -1612,11 +1628,11 @@ class RedisStore:
             self._catalog = CatalogOverlay(int(stamp_now or 0), _catalog_items(iter(rows.items())))
             return self._catalog
 
-        return self._call(read)
+        return self._call(read, self._catalog_key)
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
         key = RATE_KEY.format(prefix=self.prefix, bucket=bucket)
-        wait = self._call(lambda: self._take.run(self._node(key), [key], [rate, burst]))
+        wait = self._call(lambda: self._take.run(self._node(key), [key], [rate, burst]), key)
         return float(wait)
 
     def add_triggers(self, triggers: Sequence[tuple[float, str, str]]) -> None:
@@ -1630,7 +1646,7 @@ class RedisStore:
             pipeline.zremrangebyscore(key, "-inf", self.clock() - self.retention)
             pipeline.execute()
 
-        self._call(add)
+        self._call(add, self._triggers_key)
 
     def snapshot(self, customer: str, send: str, payload: str, ttl_seconds: float) -> str:
         key = self._customer_key(SNAPSHOT_KEY, customer, send=send)
@@ -1648,11 +1664,11 @@ class RedisStore:
             kept = pipeline.execute()[1]
             return kept.decode() if isinstance(kept, bytes) else str(kept)
 
-        return self._call(keep)
+        return self._call(keep, key)
 
     def triggers_since(self, since: float) -> list[str]:
         key = self._triggers_key
-        members = self._call(lambda: self._node(key).zrangebyscore(key, f"({since}", "+inf"))
+        members = self._call(lambda: self._node(key).zrangebyscore(key, f"({since}", "+inf"), key)
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
@@ -1688,7 +1704,9 @@ class RedisStore:
                 )
             ]
 
-        return self._call(read) if customers else []
+        if not customers:
+            return []
+        return self._call(read, self._events_key(customers[0]) if len(customers) == 1 else None)
 
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
@@ -1713,7 +1731,7 @@ class RedisStore:
         touches = [] if restoring else [t for c, e in new if (t := touch_of(c, e)) is not None]
         if touches:
             try:
-                self._call(lambda: self._attribute_touches(touches))
+                self._call(lambda: self._attribute_touches(touches), self._figures_key)
             except StoreUnavailable as error:
                 log.warning(
                     "%d events recorded without their attribution (%s)", len(touches), error
@@ -1750,7 +1768,7 @@ class RedisStore:
             return codes, int(confirmed)
 
         try:
-            codes, confirmed = self._call(run)
+            codes, confirmed = self._call(run, keys[0])
         except StoreUnavailable as error:
             if isinstance(error.__cause__, redis.TimeoutError):
                 self._undo(entries, cancel)  # the script may run all the same
@@ -1799,7 +1817,9 @@ class RedisStore:
                 joined(impression.items),
             ]
         keys = [self._erased_key, self._restored_key(self._erased_key)]
-        recorded = int(self._call(lambda: self._record.run(self._node(keys[0]), keys, args)))
+        recorded = int(
+            self._call(lambda: self._record.run(self._node(keys[0]), keys, args), keys[0])
+        )
         if recorded == -1:
             raise StoreNotRestored("redis lost its data; replaying the durable logs")
         return recorded
@@ -1812,7 +1832,7 @@ class RedisStore:
             figures, units = pipeline.execute()
             return figures, units
 
-        figure_rows, unit_rows = self._call(read)
+        figure_rows, unit_rows = self._call(read, self._figures_key)
         return _collected(
             (field.decode().split(SEPARATOR) + [value] for field, value in figure_rows.items()),
             (field.decode().split(SEPARATOR) + [value] for field, value in unit_rows.items()),
@@ -1951,20 +1971,21 @@ class RedisStore:
             if mine:
                 node.zrem(self._triggers_key, *mine)
 
-        removed = self._persist(clear_customer)
-        self._persist(clear_attribution)
-        self._persist(clear_triggers)
+        removed = self._persist(clear_customer, events)
+        self._persist(clear_attribution, self._figures_key)
+        self._persist(clear_triggers, self._triggers_key)
         return removed
 
-    def _persist(self, step: Callable[[], T]) -> T:
+    def _persist(self, step: Callable[[], T], key: str) -> T:
         """Run one idempotent step of an erasure, again after a failure (past the cooldown,
         on the masters the cluster has then), up to ERASE_TRIES times."""
         for _ in range(ERASE_TRIES - 1):
             try:
-                return self._call(step)
+                return self._call(step, key)
             except StoreUnavailable:
-                time.sleep(max(self._down_until - self.clock(), 0.0))
-        return self._call(step)
+                cooled = max(self._down_until.values(), default=0.0)
+                time.sleep(max(cooled - self.clock(), 0.0))
+        return self._call(step, key)
 
     def mark_erased(self, customers: Sequence[str]) -> None:
         if not customers:
@@ -1980,7 +2001,8 @@ class RedisStore:
         self._call(mark)
 
     def erased_keys(self) -> set[str]:
-        members = self._call(lambda: self._node(self._erased_key).smembers(self._erased_key))
+        key = self._erased_key
+        members = self._call(lambda: self._node(key).smembers(key), key)
         return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     def ping(self) -> bool:
