@@ -4,6 +4,7 @@ it with deploy/nginx.conf, and a private redis-server that can be stopped and re
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -186,6 +187,143 @@ class RedisProcess:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class RedisClusterProcess:
+    """A private Redis Cluster: ``masters`` masters, each with ``replicas`` replicas, from
+    redis-server processes on free local ports (each node in its own folder of
+    ``directory``), joined by ``redis-cli --cluster create``. A node can be stopped (a master
+    stopped is replaced by its replica within about two node timeouts) and started again."""
+
+    NODE_TIMEOUT_MS = 1000  # how long a silent master stands before its replica takes over
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError(
+                "redis-server and redis-cli are not installed (apt-get install redis-server)"
+            )
+        self.binary, self.cli = binary, cli
+        self.directory = directory
+        self.masters, self.replicas = masters, replicas
+        # A node's cluster bus port is chosen too: port + 10000 may be taken or past 65535.
+        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
+        self.bus_ports = {port: free_port() for port in self.ports}
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """The service's setting for this cluster (RECSVC_REDIS_URL)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start_node(self, port: int) -> None:
+        folder = self.directory / str(port)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [
+                *(self.binary, "--port", str(port), "--bind", "127.0.0.1"),
+                *("--cluster-enabled", "yes", "--cluster-port", str(self.bus_ports[port])),
+                *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)),
+                *("--cluster-config-file", "nodes.conf", "--dir", str(folder)),
+                *("--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+
+    def stop_node(self, port: int) -> None:
+        process = self.processes.pop(port, None)
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=10)
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        created = subprocess.run(
+            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas)]
+            + ["--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
+        try:
+            self.wait_until_ok(replicated=True)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def wait_until_ok(self, seconds: float = 30.0, replicated: bool = False) -> None:
+        """Until every running node reports ``cluster_state:ok`` (every slot served), and with
+        ``replicated`` every master has its replicas connected and in sync."""
+        deadline = time.monotonic() + seconds
+        while True:
+            states = []
+            for port in self.processes:
+                try:
+                    client = redis.Redis(port=port, socket_timeout=1)
+                    states.append(client.cluster("info").get("cluster_state") == "ok")
+                    if replicated:
+                        info = client.info("replication")
+                        online = [
+                            value
+                            for name, value in info.items()
+                            if isinstance(value, dict) and value.get("state") == "online"
+                        ]
+                        states.append(info["role"] != "master" or len(online) >= self.replicas)
+                except redis.RedisError:
+                    states.append(False)
+            if all(states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def master_ports(self) -> list[int]:
+        """The ports of the running nodes that are masters now."""
+        found = []
+        for port in self.processes:
+            role = redis.Redis(port=port, socket_timeout=1).execute_command("ROLE")[0]
+            if role in (b"master", "master"):
+                found.append(port)
+        return found
+
+    def start_stopped(self) -> None:
+        """Start again every node stopped (an old master comes back as its replica's)."""
+        for port in self.ports:
+            if port not in self.processes:
+                self.start_node(port)
+
+    def event_ids(self, prefix: str = "recsvc") -> set[str]:
+        """The event ids in every customer's events (recsvc.store.CUSTOMER_EVENTS_KEY) on
+        the cluster's masters."""
+        found: set[str] = set()
+        client = redis.RedisCluster(host="127.0.0.1", port=self.master_ports()[0])
+        try:
+            for key in client.scan_iter(match=f"{prefix}:{{c:*}}:events", count=1000):
+                for member in client.zrange(key, 0, -1):
+                    found.add(json.loads(member)["event_id"])
+        finally:
+            client.close()
+        return found
+
+    def stop(self) -> None:
+        for port in list(self.processes):
+            self.stop_node(port)
 
 
 def sample_bundle(models_dir: Path | None, work: Path) -> Path:

@@ -1,14 +1,20 @@
 """Faults under load: locust traffic while Redis dies, a bundle is swapped, a corrupt one lands.
 
-    python loadtests/faults.py --models-dir models [--scenario redis|swap|corrupt|all]
+    python loadtests/faults.py --models-dir models [--scenario redis|cluster|swap|corrupt|all]
         [--duration 30] [--rate 100] [--users 10] [--out-dir loadtests/results/faults]
 
 Each scenario starts its own gunicorn (on a copy of the bundle; with a private redis-server
-for ``redis``), runs the locust suite for ``--duration`` seconds, injects the fault after a
-third of it, and meanwhile probes the service from this process every 50 ms. It passes when:
+for ``redis``, a private 3-master + 3-replica Redis Cluster for ``cluster``), runs the locust
+suite for ``--duration`` seconds, injects the fault after a third of it, and meanwhile probes
+the service from this process every 50 ms. It passes when:
 
 - redis: no read request failed (writes may get 503 while Redis is down), answers said
   ``degraded`` while it was down and stopped saying so after it came back, without a restart;
+- cluster: a master is stopped, then started again (it comes back as a replica): no read
+  request failed (writes may get 503 while its slots have no master, and while the replica
+  that took over has no replica of its own), answers stopped saying ``degraded`` after it came
+  back, and every event the service acknowledged is on the cluster (not only in the durable
+  log: a replica confirmed it before the answer);
 - swap: no request failed, every answer's titles belong to the version it names (the new
   bundle's titles are marked), and ``/v1/model`` named the new version within the poll
   interval (plus one second);
@@ -21,7 +27,8 @@ when an event the service acknowledged is missing from the durable event log, or
 refused (503) is in it (half applied).
 
 Results go to ``--out-dir/<scenario>/`` (locust's reports, the service log, faults.json).
-Needs locust (``pip install -e '.[load]'``) and, for ``redis``, redis-server.
+Needs locust (``pip install -e '.[load]'``) and, for ``redis`` and ``cluster``, redis-server
+(and redis-cli).
 """
 
 from __future__ import annotations
@@ -47,12 +54,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.local_server import RedisProcess, gunicorn  # noqa: E402
+from benchmarks.local_server import RedisClusterProcess, RedisProcess, gunicorn  # noqa: E402
 from loadtests.run import locust_command, locust_run  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
 from recsvc.bundle import ARRAY_FILES, MANIFEST_FILE, load_current, publish_bundle  # noqa: E402
 
 RELOAD_SECONDS = 2
+Server = RedisProcess | RedisClusterProcess
 NEW_TITLE_MARK = " ·v2"
 
 
@@ -115,8 +123,8 @@ def scenario(
     duration: int,
     rate: float,
     users: int,
-    fault: Callable[[Path, RedisProcess | None], dict[str, Any]],
-    restore: Callable[[Path, RedisProcess | None], None] | None,
+    fault: Callable[[Path, Server | None], dict[str, Any]],
+    restore: Callable[[Path, Server | None], None] | None,
     judge: Callable[[dict[str, Any]], list[str]],
 ) -> dict[str, Any]:
     """Run locust with one fault injected at a third of the run (and undone at two thirds)."""
@@ -140,9 +148,9 @@ def scenario(
         "RECSVC_LOADTEST_WRITES": str(scratch / "writes"),
     }
     (scratch / "writes").mkdir()
-    redis_server = None
-    if name == "redis":
-        redis_server = RedisProcess(scratch)
+    redis_server: Server | None = None
+    if name in ("redis", "cluster"):
+        redis_server = RedisProcess(scratch) if name == "redis" else RedisClusterProcess(scratch)
         redis_server.start()
         env["RECSVC_REDIS_URL"] = redis_server.url
     customer = str(load_current(models).arrays.customer_ids[0])
@@ -165,13 +173,15 @@ def scenario(
                 time.sleep(RELOAD_SECONDS + 1)
             facts["metrics"] = _get(f"{base}/metrics", key)
             facts["model"] = json.loads(_get(f"{base}/v1/model", key))
+        if isinstance(redis_server, RedisClusterProcess):
+            facts["stored"] = redis_server.event_ids()
     finally:
         if redis_server is not None:
             redis_server.stop()
     facts["probes"] = prober.probes
     facts["failures"] = _failures(out / "locust_stats.csv")
     facts["log"] = log_path.read_text()
-    writes = written(scratch / "writes", scratch / "events")
+    writes = written(scratch / "writes", scratch / "events", facts.get("stored"))
     problems = judge(facts) + judge_writes(writes)
     result = {
         "scenario": name,
@@ -187,10 +197,10 @@ def scenario(
     return result
 
 
-def written(outcomes: Path, events_dir: Path) -> dict[str, Any]:
+def written(outcomes: Path, events_dir: Path, stored: set[str] | None = None) -> dict[str, Any]:
     """What locust's event writes got (per kind: acknowledged, refused with 503, other
     failures), and which acknowledged ones the durable event log lacks or refused ones it
-    holds."""
+    holds; with the event ids ``stored`` in the store, which acknowledged ones it lacks."""
     logged = {
         json.loads(line)["event_id"]
         for path in events_dir.glob("events-*.jsonl")
@@ -199,6 +209,7 @@ def written(outcomes: Path, events_dir: Path) -> dict[str, Any]:
     }
     by_kind: dict[str, dict[str, int]] = {}
     lost: list[str] = []
+    not_stored: list[str] = []
     half_applied: list[str] = []
     for path in outcomes.glob("writes-*.txt"):
         for line in path.read_text().splitlines():
@@ -208,19 +219,28 @@ def written(outcomes: Path, events_dir: Path) -> dict[str, Any]:
                 counts["acknowledged"] += 1
                 if event_id not in logged:
                     lost.append(event_id)
+                if stored is not None and event_id not in stored:
+                    not_stored.append(event_id)
             elif status == "503":
                 counts["refused"] += 1
                 if event_id in logged:
                     half_applied.append(event_id)
             else:
                 counts["failed"] += 1
-    return {"by_kind": by_kind, "lost": lost, "half_applied": half_applied}
+    return {
+        "by_kind": by_kind,
+        "lost": lost,
+        "not_stored": not_stored,
+        "half_applied": half_applied,
+    }
 
 
 def judge_writes(writes: dict[str, Any]) -> list[str]:
     problems = []
     if writes["lost"]:
         problems.append(f"{len(writes['lost'])} acknowledged events are not in the event log")
+    if writes["not_stored"]:
+        problems.append(f"{len(writes['not_stored'])} acknowledged events are not in the store")
     if writes["half_applied"]:
         problems.append(f"{len(writes['half_applied'])} refused events are in the event log")
     failed = sum(counts["failed"] for counts in writes["by_kind"].values())
@@ -250,13 +270,13 @@ def _failures(stats: Path) -> dict[str, int]:
 # Redis killed and restarted
 
 
-def kill_redis(models: Path, redis_server: RedisProcess | None) -> dict[str, Any]:
+def kill_redis(models: Path, redis_server: Server | None) -> dict[str, Any]:
     assert redis_server is not None
     redis_server.stop()
     return {}
 
 
-def restart_redis(models: Path, redis_server: RedisProcess | None) -> None:
+def restart_redis(models: Path, redis_server: Server | None) -> None:
     assert redis_server is not None
     redis_server.start()
 
@@ -276,10 +296,36 @@ def judge_redis(facts: dict[str, Any]) -> list[str]:
     return problems
 
 
+# A Redis Cluster master stopped and started again
+
+
+def stop_master(models: Path, cluster: Server | None) -> dict[str, Any]:
+    assert isinstance(cluster, RedisClusterProcess)
+    cluster.stop_node(cluster.master_ports()[0])
+    return {}
+
+
+def restart_node(models: Path, cluster: Server | None) -> None:
+    assert isinstance(cluster, RedisClusterProcess)
+    cluster.start_stopped()
+
+
+def judge_cluster(facts: dict[str, Any]) -> list[str]:
+    problems = []
+    if facts["failures"]["reads"]:
+        problems.append(f"{facts['failures']['reads']} read requests failed")
+    if any(p.status != 200 for p in facts["probes"]):
+        problems.append("a probe of recommendations did not get 200")
+    after = [p for p in facts["probes"] if p.at > facts["restored_at"] + 3]
+    if not after or not all(p.degraded is False for p in after):
+        problems.append("answers did not recover to degraded false after the node came back")
+    return problems
+
+
 # A new bundle published
 
 
-def publish_marked_copy(models: Path, redis_server: RedisProcess | None) -> dict[str, Any]:
+def publish_marked_copy(models: Path, redis_server: Server | None) -> dict[str, Any]:
     """Publish the current bundle again under a new version, every title marked."""
     bundle = load_current(models)
     arrays = dataclasses.replace(
@@ -324,7 +370,7 @@ def judge_swap(facts: dict[str, Any]) -> list[str]:
 # A corrupt bundle published
 
 
-def publish_corrupt(models: Path, redis_server: RedisProcess | None) -> dict[str, Any]:
+def publish_corrupt(models: Path, redis_server: Server | None) -> dict[str, Any]:
     facts = publish_marked_copy(models, redis_server)
     (models / facts["new"] / next(iter(ARRAY_FILES))).write_bytes(b"not a numpy archive")
     return facts
@@ -349,6 +395,7 @@ def judge_corrupt(facts: dict[str, Any]) -> list[str]:
 
 SCENARIOS: dict[str, tuple[Any, Any, Any]] = {
     "redis": (kill_redis, restart_redis, judge_redis),
+    "cluster": (stop_master, restart_node, judge_cluster),
     "swap": (publish_marked_copy, None, judge_swap),
     "corrupt": (publish_corrupt, None, judge_corrupt),
 }

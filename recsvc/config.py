@@ -19,6 +19,7 @@ from recsvc.auth import ApiKey, parse_api_keys
 from recsvc.errors import ConfigError
 from recsvc.experiments import Experiment, parse_spec
 from recsvc.identity import SECRET_VARIABLE, IdentityKey
+from recsvc.store import CLUSTER_SCHEME, cluster_nodes
 from recsvc.tokens import secret_from
 
 PREFIX = "RECSVC_"
@@ -82,8 +83,10 @@ def _models_dir(text: str) -> Path:
 
 
 def _redis_url(text: str) -> str | None:
-    if text and not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must start with redis://, rediss:// or unix://")
+    if text.startswith(CLUSTER_SCHEME):
+        cluster_nodes(text)  # ValueError naming what is wrong
+    elif text and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
     return text or None
 
 
@@ -132,8 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "REDIS_URL",
         "",
-        "e.g. `redis://127.0.0.1:6379/0`; unset: the embedded store (SQLite in "
-        "`RECSVC_EVENTS_DIR`)",
+        "e.g. `redis://127.0.0.1:6379/0`, or a Redis Cluster as "
+        "`redis+cluster://host:port[,host:port...]` (no database number); unset: the embedded "
+        "store (SQLite in `RECSVC_EVENTS_DIR`)",
         _redis_url,
     ),
     Setting(

@@ -31,6 +31,7 @@ treat it as unavailable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import mmap
@@ -44,10 +45,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import IntEnum
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+import numpy as np
 import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 from recsvc import defaults
 from recsvc.errors import StoreNotRestored, StoreUnavailable
@@ -57,32 +65,47 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 WAL_INDEX_HEADER = 48  # bytes of the wal-index header's first copy, at the start of -shm
 
-# Every Redis key the service writes, in one place.
-EVENT_KEY = "{prefix}:event:{event_id}"  # idempotency marker, expires with the retention
-CUSTOMER_EVENTS_KEY = "{prefix}:customer:{customer}:events"  # sorted set, score = received_at
-ERASED_KEY = "{prefix}:erased"  # set of erased customer keys
-# hash: customer -> their first unsubscribe event, kept past the retention (consent lasts)
-UNSUBSCRIBED_KEY = "{prefix}:unsubscribed"  # the apply script writes it
-CANCEL_KEY = "{prefix}:cancelled:{batch}"  # an apply the client gave up waiting for
+# Every Redis key the service writes, in one place, in one layout for a single Redis and a
+# Redis Cluster. A customer's keys share the hash tag {c:<customer>}: one slot, so reading
+# their state is one round trip to one node and the apply and forget scripts touch one slot.
+# The impressions, attributions, experiment figures and the erased set share the tag {a}
+# (the attribution scripts read and write them together); the catalog and its stamp share
+# {catalog}; the triggers, the restored markers and each rate-limit bucket are one key each.
+CUSTOMER = "{prefix}:{{c:{customer}}}"
+EVENT_KEY = CUSTOMER + ":event:{event_id}"  # idempotency marker, expires with the retention
+CUSTOMER_EVENTS_KEY = CUSTOMER + ":events"  # sorted set, score = received_at
+CUSTOMER_ERASED_KEY = CUSTOMER + ":erased"  # set (with no expiry) once the customer is erased
+# Their first unsubscribe event, kept past the retention (consent lasts); the apply script
+# writes it.
+UNSUBSCRIBED_KEY = CUSTOMER + ":unsubscribed"
+CANCEL_KEY = CUSTOMER + ":cancelled:{batch}"  # an apply the client gave up waiting for
+SNAPSHOT_KEY = CUSTOMER + ":snapshot:{send}"  # email picks of one send, with a TTL
+SNAPSHOTS_KEY = CUSTOMER + ":snapshots"  # set of the sends they have a snapshot of
 CANCEL_SECONDS = 600
 CANCEL_TRIES, CANCEL_TIMEOUT = 3, 2.0  # seconds: the store was slow, not gone
 CLICK_KINDS = frozenset({"rec_click", "email_click"})  # recsvc.schemas.EventKind
 UNSUBSCRIBE = "unsubscribe"  # the event kind (recsvc.schemas.EventKind) whose consent lasts
-RESTORED_KEY = "{prefix}:restored:{origin}"  # set once the logs of one events dir are replayed
+# One in every hash slot (see ``slot_tags``): events dir -> 1 once the logs of that dir are
+# replayed. A marker lives with the data it vouches for: a node that lost its data lost its
+# slots' markers too, and a read or write checks its own slot's in the same round trip.
+RESTORED_KEY = "{prefix}:{{{tag}}}:restored"
+SLOTS = 16384  # a Redis Cluster's hash slots
 TRIGGERS_KEY = "{prefix}:triggers"  # sorted set of CRM triggers fired by events, score = time
-SNAPSHOT_KEY = "{prefix}:snapshot:{customer}:{send}"  # email picks of one send, with a TTL
 RATE_KEY = "{prefix}:rate:{bucket}"  # an API key's rate-limit state (GCRA), with a TTL
-CATALOG_KEY = "{prefix}:catalog"  # hash: JSON [item id, field] -> JSON value
-CATALOG_STAMP_KEY = "{prefix}:catalog:stamp"  # bumped by every catalog write
-# Impressions and attribution; the Lua scripts below build these keys the same way.
-IMPRESSION_KEY = "{prefix}:impression:{impression}"  # hash, for the attribution window
-CUSTOMER_IMPRESSIONS_KEY = "{prefix}:customer:{customer}:impressions"  # sorted set, score = time
-CUSTOMER_UNITS_KEY = "{prefix}:customer:{customer}:units"  # hash: their sums per experiment
-PENDING_CLICKS_KEY = "{prefix}:pending:impression:{impression}"  # hash: event id -> click
-PENDING_PURCHASES_KEY = "{prefix}:pending:customer:{customer}"  # hash: event id -> purchase
-ATTRIBUTION_KEY = "{prefix}:attribution:{event_id}"  # what one event was attributed to
-FIGURES_KEY = "{prefix}:figures"  # hash: experiment US arm US version US surface US figure
-UNIT_SUMS_KEY = "{prefix}:units"  # hash: experiment US arm US sum
+CATALOG_KEY = "{prefix}:{{catalog}}"  # hash: JSON [item id, field] -> JSON value
+CATALOG_STAMP_KEY = CATALOG_KEY + ":stamp"  # bumped by every catalog write
+# Impressions and attribution; the Lua scripts below build these keys the same way from
+# ATTRIBUTION (their ``P``).
+ATTRIBUTION = "{prefix}:{{a}}"
+ERASED_KEY = ATTRIBUTION + ":erased"  # set of erased customer keys
+IMPRESSION_KEY = ATTRIBUTION + ":impression:{impression}"  # hash, for the attribution window
+CUSTOMER_IMPRESSIONS_KEY = ATTRIBUTION + ":customer:{customer}:impressions"  # score = time
+CUSTOMER_UNITS_KEY = ATTRIBUTION + ":customer:{customer}:units"  # their sums per experiment
+PENDING_CLICKS_KEY = ATTRIBUTION + ":pending:impression:{impression}"  # event id -> click
+PENDING_PURCHASES_KEY = ATTRIBUTION + ":pending:customer:{customer}"  # event id -> purchase
+ATTRIBUTION_KEY = ATTRIBUTION + ":attribution:{event_id}"  # what one event was attributed to
+FIGURES_KEY = ATTRIBUTION + ":figures"  # hash: experiment US arm US version US surface US figure
+UNIT_SUMS_KEY = ATTRIBUTION + ":units"  # hash: experiment US arm US sum
 SEPARATOR = "\x1f"  # joins the parts of a figure's field and an impression's items
 # Per (experiment, arm, model version, surface): impressions; impressions clicked, and clicks;
 # impressions converted, and purchases; attributed revenue.
@@ -1200,71 +1223,80 @@ local function attribute(event_id, kind, item, amount, impression, customers)
 end
 """.replace("{scan}", str(PURCHASE_SCAN))
 
-_APPLY_SCRIPT = (
-    _ATTRIBUTION_LUA
-    + """
--- KEYS[1] = erased set, KEYS[2] = restored marker; then per event: marker key, events key;
+# Both in a customer's slot: no attribution here (its keys are in another slot).
+_APPLY_SCRIPT = """
+-- KEYS: per event: marker key, events key, erased marker, unsubscribed key, restored marker;
 -- last, this batch's cancel marker (set when the client gave up waiting: nothing to do)
--- ARGV[1] = retention seconds, ARGV[2] = 1 to refuse while not restored, ARGV[3..7] = setup;
--- then per event: customer, score, member, and its touch: event id, kind ('' none), item,
--- amount, impression, session
+-- ARGV[1] = retention seconds, ARGV[2] = events dir, ARGV[3] = 1 to refuse while not
+-- restored; then per event: score, member, 1 if an unsubscribe
 if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
   return {-2}
 end
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then
-  return {-1}
+local n = (#KEYS - 1) / 5
+if ARGV[3] == '1' then
+  for j = 1, n do
+    if redis.call('HEXISTS', KEYS[5 * j], ARGV[2]) == 0 then return {-1} end
+  end
 end
-setup(3)
 local ttl = tonumber(ARGV[1])
 local results = {}
-local n = (#KEYS - 3) / 2
 for j = 1, n do
-  local marker, events = KEYS[2 * j + 1], KEYS[2 * j + 2]
-  local at = 7 + 9 * (j - 1)
-  local customer, score, member = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-  if redis.call('SISMEMBER', KEYS[1], customer) == 1 then
+  local marker, events = KEYS[5 * j - 4], KEYS[5 * j - 3]
+  local score, member = ARGV[3 * j + 1], ARGV[3 * j + 2]
+  if redis.call('EXISTS', KEYS[5 * j - 2]) == 1 then
     results[j] = 2
   elseif redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
     redis.call('ZADD', events, score, member)
     redis.call('EXPIRE', events, ttl)
-    if string.find(member, '"kind":"unsubscribe"', 1, true) then
-      redis.call('HSETNX', P .. ':unsubscribed', customer, member)
-    end
+    if ARGV[3 * j + 3] == '1' then redis.call('SET', KEYS[5 * j - 1], member, 'NX') end
     results[j] = 1
-    local kind, session = ARGV[at + 5], ARGV[at + 9]
-    if kind ~= '' then
-      local customers = {customer}
-      if session ~= '' then customers[2] = session end
-      attribute(ARGV[at + 4], kind, ARGV[at + 6], tonumber(ARGV[at + 7]), ARGV[at + 8],
-                customers)
-    end
   else
     results[j] = 0
   end
 end
 return results
 """
-)
 
-_FORGET_SCRIPT = (
+_FORGET_SCRIPT = """
+-- KEYS: per event: marker key, events key, unsubscribed key; ARGV: per event: member
+for j = 1, #KEYS / 3 do
+  local member = ARGV[j]
+  redis.call('DEL', KEYS[3 * j - 2])
+  redis.call('ZREM', KEYS[3 * j - 1], member)
+  if redis.call('GET', KEYS[3 * j]) == member then redis.call('DEL', KEYS[3 * j]) end
+end
+return 0
+"""
+
+# In the attribution slot, after the apply script said which events are new (idempotent all
+# the same: an event is credited once, by its attribution key).
+_ATTRIBUTE_SCRIPT = (
     _ATTRIBUTION_LUA
     + """
--- KEYS: per event: marker key, events key
--- ARGV[1..5] = setup; then per event: customer, member, event id, impression, session
+-- ARGV[1..5] = setup; then per touch: event id, kind, item, amount, impression, customer,
+-- session
 setup(1)
-for j = 1, #KEYS / 2 do
-  local at = 5 + 5 * (j - 1)
-  local customer, member, event_id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-  local impression, session = ARGV[at + 4], ARGV[at + 5]
+for at = 5, #ARGV - 1, 7 do
+  local customers = {ARGV[at + 6]}
+  if ARGV[at + 7] ~= '' then customers[2] = ARGV[at + 7] end
+  attribute(ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], tonumber(ARGV[at + 4]), ARGV[at + 5],
+            customers)
+end
+return 0
+"""
+)
+
+_UNCREDIT_SCRIPT = (
+    _ATTRIBUTION_LUA
+    + """
+-- ARGV[1..5] = setup; then per event: event id, impression, customer, session
+setup(1)
+for at = 5, #ARGV - 1, 4 do
+  local event_id = ARGV[at + 1]
   uncredit(event_id)
-  redis.call('HDEL', P .. ':pending:impression:' .. impression, event_id)
-  redis.call('HDEL', P .. ':pending:customer:' .. customer, event_id)
-  redis.call('HDEL', P .. ':pending:customer:' .. session, event_id)
-  redis.call('DEL', KEYS[2 * j - 1])
-  redis.call('ZREM', KEYS[2 * j], member)
-  if redis.call('HGET', P .. ':unsubscribed', customer) == member then
-    redis.call('HDEL', P .. ':unsubscribed', customer)
-  end
+  redis.call('HDEL', P .. ':pending:impression:' .. ARGV[at + 2], event_id)
+  redis.call('HDEL', P .. ':pending:customer:' .. ARGV[at + 3], event_id)
+  redis.call('HDEL', P .. ':pending:customer:' .. ARGV[at + 4], event_id)
 end
 return 0
 """
@@ -1273,13 +1305,13 @@ return 0
 _RECORD_SCRIPT = (
     _ATTRIBUTION_LUA
     + """
--- KEYS[1] = erased set, KEYS[2] = restored marker
--- ARGV[1..5] = setup; then per impression: id, customer, shown at, experiment, arm, model
--- version, surface, items
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-setup(1)
+-- KEYS[1] = erased set, KEYS[2] = this slot's restored marker
+-- ARGV[1] = events dir, ARGV[2..6] = setup; then per impression: id, customer, shown at,
+-- experiment, arm, model version, surface, items
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return -1 end
+setup(2)
 local recorded = 0
-for at = 5, #ARGV - 1, 8 do
+for at = 6, #ARGV - 1, 8 do
   local id, customer, shown = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local experiment, arm, version = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
   local surface, items = ARGV[at + 7], ARGV[at + 8]
@@ -1365,10 +1397,93 @@ return '0'
 """
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+TAG_LETTERS = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
+
+
+@cache
+def slot_tags() -> tuple[str, ...]:
+    """A hash tag for each of the SLOTS slots: the first three-letter tag (of TAG_LETTERS)
+    whose slot it is (CRC16-XMODEM of the tag, modulo SLOTS), found for every tag at once."""
+    table = []
+    for byte in range(256):
+        value = byte << 8
+        for _ in range(8):
+            value = (value << 1) ^ 0x1021 if value & 0x8000 else value << 1
+        table.append(value & 0xFFFF)
+    crc_of = np.array(table, dtype=np.int64)
+    letters = np.frombuffer(TAG_LETTERS, dtype=np.uint8).astype(np.int64)
+    size = len(letters)
+    tags = np.arange(size**3)
+    crc = np.zeros(len(tags), dtype=np.int64)
+    for letter in (tags // size**2, tags // size % size, tags % size):
+        crc = ((crc << 8) & 0xFFFF) ^ crc_of[((crc >> 8) ^ letters[letter]) & 0xFF]
+    first = np.full(SLOTS, -1, dtype=np.int64)
+    first[(crc % SLOTS)[::-1]] = tags[::-1]  # the last write wins: the first tag
+    assert (first >= 0).all(), "every slot has a three-letter tag"
+    text = TAG_LETTERS.decode()
+    return tuple(
+        text[tag // size**2] + text[tag // size % size] + text[tag % size] for tag in first.tolist()
+    )
+
+
+ERASE_TRIES = 3  # each step of an erasure, through a failover or a short outage
+RedisClient = redis.Redis | redis.RedisCluster
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The (host, port) seed nodes of a ``redis+cluster://host:port[,host:port...]`` URL.
+    ValueError for anything else: a cluster has one keyspace, so no database number."""
+    rest = url.removeprefix(CLUSTER_SCHEME)
+    if "/" in rest.rstrip("/") or "?" in rest or "@" in rest:
+        raise ValueError(
+            "a Redis Cluster URL is redis+cluster://host:port[,host:port...]: a cluster has "
+            "no database numbers (nor options here)"
+        )
+    nodes = []
+    for part in rest.rstrip("/").split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part.strip()!r} is not a cluster node as host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
+def connect(url: str, **options: Any) -> RedisClient:
+    """A client for ``url``: one Redis (redis://, rediss://, unix://) or a Redis Cluster
+    (redis+cluster://), which follows the cluster's masters as they change."""
+    if not url.startswith(CLUSTER_SCHEME):
+        return redis.Redis.from_url(url, **options)
+    options.pop("retry_on_timeout", None)  # the cluster client's ``retry`` says it
+    return redis.RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],  # type: ignore[no-untyped-call]
+        require_full_coverage=False,  # a slot without a master fails alone
+        retry=Retry(NoBackoff(), 1),  # once, after following a moved slot: then fail fast
+        **options,
+    )
+
+
 class RedisStore:
-    """The store in Redis. Every call fails fast (``timeout`` seconds) with
-    StoreUnavailable; after a failure, calls fail at once for ``cooldown`` seconds so a dead
-    server costs requests nothing, then the next call tries again (redis-py reconnects)."""
+    """The store in one Redis or a Redis Cluster (the key layout above). Every call fails fast
+    (``timeout`` seconds) with StoreUnavailable; after a failure, calls fail at once for
+    ``cooldown`` seconds (on a cluster, the calls to that master) so a dead server costs
+    requests nothing, then the next call tries again (redis-py reconnects; on a cluster the
+    client first learns the masters anew).
+
+    What is atomic on a cluster: an event is recorded with its idempotency marker, against
+    the customer's erasure marker, by one script in the customer's slot (a batch of several
+    customers runs one script per slot; if one fails, those already run are undone, so
+    StoreUnavailable still means nothing applied). Its attribution to impressions follows, by
+    a second script in the attribution slot, idempotent by event id; if that one fails the
+    event stands and the attribution is lost (analytics, not records: see the module
+    docstring). An erasure clears the customer's slot first (from then on nothing more is
+    recorded for them), then the attribution slot and the triggers, each step retried.
+
+    On a cluster an event is acknowledged only once a replica has it too (``WAIT 1``), so the
+    replica that takes over when its master fails holds every acknowledged event; when no
+    replica confirmed in time the events are undone and the call raises StoreUnavailable (the
+    caller answers 503; the event is not in the durable log either, and the client retries).
+    """
 
     def __init__(
         self,
@@ -1381,122 +1496,198 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
         attribution_window: float = defaults.ATTRIBUTION_HOURS * 3600.0,
     ) -> None:
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
-        )
-        self._patient = redis.Redis.from_url(url, socket_timeout=CANCEL_TIMEOUT)
+        self.url = url
+        self.cluster = url.startswith(CLUSTER_SCHEME)
+        self.timeout = timeout
+        self._client: RedisClient | None = None
+        self._patient_client: RedisClient | None = None
+        # Replicas that must confirm an event before it is acknowledged, and how long they
+        # may take (within the call's own timeout).
+        self.replicas = 1 if self.cluster else 0
+        self._wait_ms = max(1, int(timeout * 500))
         self.prefix = prefix
         self.retention = retention_seconds
         self.attribution_window = attribution_window
-        # Which durable logs this store was restored from: one marker per events directory.
-        self._restored_key = RESTORED_KEY.format(prefix=prefix, origin=origin)
+        # Which durable logs this store was restored from: a field per events directory.
+        self.origin = origin
         self.cooldown = cooldown
         self.clock = clock
-        self._down_until = 0.0
-        self._apply = self.client.register_script(_APPLY_SCRIPT)
-        self._forget = self.client.register_script(_FORGET_SCRIPT)
-        self._record = self.client.register_script(_RECORD_SCRIPT)
-        self._take = self.client.register_script(_TAKE_SCRIPT)
+        self._down_until: dict[str, float] = {}  # by _scope
+        self._stale_topology = False
+        self._apply = Script(_APPLY_SCRIPT)
+        self._forget = Script(_FORGET_SCRIPT)
+        self._attribute = Script(_ATTRIBUTE_SCRIPT)
+        self._uncredit = Script(_UNCREDIT_SCRIPT)
+        self._record = Script(_RECORD_SCRIPT)
+        self._take = Script(_TAKE_SCRIPT)
+        self._attribution = ATTRIBUTION.format(prefix=prefix)
+        self._erased_key = ERASED_KEY.format(prefix=prefix)
+        self._figures_key = FIGURES_KEY.format(prefix=prefix)
+        self._triggers_key = TRIGGERS_KEY.format(prefix=prefix)
         self._catalog_key = CATALOG_KEY.format(prefix=prefix)
-        self._unsubscribed_key = UNSUBSCRIBED_KEY.format(prefix=prefix)
         self._catalog_stamp_key = CATALOG_STAMP_KEY.format(prefix=prefix)
         self._catalog = EMPTY_CATALOG
+
+    @property
+    def client(self) -> RedisClient:
+        """Made at the first call (a cluster client asks the cluster for its masters, which
+        must not stop the service from starting while the cluster is down)."""
+        if self._client is None:
+            self._client = connect(
+                self.url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry_on_timeout=False,
+            )
+        return self._client
+
+    @property
+    def _patient(self) -> RedisClient:
+        """A client that waits: for what must be confirmed (undoing an apply, erasing)."""
+        if self._patient_client is None:
+            self._patient_client = connect(self.url, socket_timeout=CANCEL_TIMEOUT)
+        return self._patient_client
+
+    def _node(self, key: str, client: RedisClient | None = None) -> redis.Redis:
+        """A client for the node that holds ``key`` (the one Redis, or the slot's master)."""
+        found = self.client if client is None else client
+        if isinstance(found, redis.RedisCluster):
+            owner = found.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            node: redis.Redis = found.get_redis_connection(owner)
+            return node
+        return found
+
+    def _customer_key(self, template: str, customer: str, **parts: str) -> str:
+        return template.format(prefix=self.prefix, customer=customer, **parts)
+
+    def _events_key(self, customer: str) -> str:
+        return self._customer_key(CUSTOMER_EVENTS_KEY, customer)
+
+    def _slots(self, keys: Sequence[str]) -> dict[int, list[int]]:
+        """The indices of ``keys`` by hash slot (all in one group on a single Redis, where a
+        script may touch any keys)."""
+        groups: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            slot = key_slot(key.encode()) if self.cluster else 0
+            groups.setdefault(slot, []).append(index)
+        return groups
+
+    def _scope(self, key: str | None) -> str:
+        """What a failure cools down: on a cluster, the master that holds ``key`` (as the
+        client last learned it; no call), so the customers of the other masters are served
+        while one has failed; otherwise ("") every call."""
+        client = self._client
+        if key is None or not isinstance(client, redis.RedisCluster):
+            return ""
+        try:
+            node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        except (redis.RedisError, RedisClusterException):
+            return ""
+        return str(node.name)
+
+    def _call(self, operation: Callable[[], T], key: str | None = None) -> T:
+        """Run ``operation`` (on the node that holds ``key``, when given)."""
+        now, scope = self.clock(), self._scope(key)
+        if now < max(self._down_until.get("", 0.0), self._down_until.get(scope, 0.0)):
+            raise StoreUnavailable("redis is unavailable (cooling down after a failure)")
+        try:
+            if self._stale_topology:
+                self._stale_topology = False
+                cluster = self.client
+                if isinstance(cluster, redis.RedisCluster):
+                    cluster.nodes_manager.initialize()  # learn which nodes are masters now
+            return operation()
+        except StoreNotRestored:
+            raise
+        except (redis.RedisError, RedisClusterException) as error:
+            self._down_until[scope] = self.clock() + self.cooldown
+            self._stale_topology = self.cluster
+            raise StoreUnavailable(f"redis: {error}") from error
+
+    def _restored_key(self, key: str) -> str:
+        """The restored marker in ``key``'s slot."""
+        tag = slot_tags()[key_slot(key.encode())]
+        return RESTORED_KEY.format(prefix=self.prefix, tag=tag)
 
     def set_items(self, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
         if not changes:
             return
 
         def write() -> None:
-            pipeline = self.client.pipeline(transaction=True)
+            pipeline = self._node(self._catalog_key).pipeline(transaction=True)
             pipeline.hset(self._catalog_key, mapping=dict(_catalog_rows(changes)))
             # A random stamp, not a counter: a Redis that lost its data and was replayed must
             # not come back to a stamp a reader cached with other contents.
             pipeline.set(self._catalog_stamp_key, secrets.randbits(62) + 1)
             pipeline.execute()
 
-        self._call(write)
+        self._call(write, self._catalog_key)
 
     def catalog(self) -> CatalogOverlay:
         def read() -> CatalogOverlay:
-            pipeline = self.client.pipeline(transaction=False)
+            node = self._node(self._catalog_key)
+            pipeline = node.pipeline(transaction=False)
             pipeline.get(self._catalog_stamp_key)
-            pipeline.exists(self._restored_key)
+            pipeline.hexists(self._restored_key(self._catalog_key), self.origin)
             found, restored = pipeline.execute()
             if not restored:
                 raise StoreNotRestored("redis lost its data; replaying the durable logs")
             if int(found or 0) == self._catalog.stamp:
                 return self._catalog
-            pipeline = self.client.pipeline(transaction=True)
+            pipeline = node.pipeline(transaction=True)
             pipeline.get(self._catalog_stamp_key)
             pipeline.hgetall(self._catalog_key)
             stamp_now, rows = pipeline.execute()
             self._catalog = CatalogOverlay(int(stamp_now or 0), _catalog_items(iter(rows.items())))
             return self._catalog
 
-        return self._call(read)
+        return self._call(read, self._catalog_key)
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
         key = RATE_KEY.format(prefix=self.prefix, bucket=bucket)
-        wait = self._call(lambda: self._take(keys=[key], args=[rate, burst]))
+        wait = self._call(lambda: self._take.run(self._node(key), [key], [rate, burst]), key)
         return float(wait)
-
-    def _events_key(self, customer: str) -> str:
-        return CUSTOMER_EVENTS_KEY.format(prefix=self.prefix, customer=customer)
-
-    def _marker_key(self, event_id: str) -> str:
-        return EVENT_KEY.format(prefix=self.prefix, event_id=event_id)
-
-    def _erased_key(self) -> str:
-        return ERASED_KEY.format(prefix=self.prefix)
-
-    def _triggers_key(self) -> str:
-        return TRIGGERS_KEY.format(prefix=self.prefix)
 
     def add_triggers(self, triggers: Sequence[tuple[float, str, str]]) -> None:
         if not triggers:
             return
 
         def add() -> None:
-            pipeline = self.client.pipeline(transaction=False)
-            pipeline.zadd(self._triggers_key(), {text: at for at, _, text in triggers})
-            pipeline.zremrangebyscore(self._triggers_key(), "-inf", self.clock() - self.retention)
+            key = self._triggers_key
+            pipeline = self._node(key).pipeline(transaction=False)
+            pipeline.zadd(key, {text: at for at, _, text in triggers})
+            pipeline.zremrangebyscore(key, "-inf", self.clock() - self.retention)
             pipeline.execute()
 
-        self._call(add)
+        self._call(add, self._triggers_key)
 
     def snapshot(self, customer: str, send: str, payload: str, ttl_seconds: float) -> str:
-        key = SNAPSHOT_KEY.format(prefix=self.prefix, customer=customer, send=send)
+        key = self._customer_key(SNAPSHOT_KEY, customer, send=send)
+        sends = self._customer_key(SNAPSHOTS_KEY, customer)
+        ttl = max(int(ttl_seconds), 1)
 
         def keep() -> str:
-            pipeline = self.client.pipeline(transaction=True)
-            pipeline.set(key, payload, nx=True, ex=max(int(ttl_seconds), 1))
+            pipeline = self._node(key).pipeline(transaction=True)
+            pipeline.set(key, payload, nx=True, ex=ttl)
             pipeline.get(key)
+            # The sends are kept as long as the longest-lived snapshot, for erasure to find.
+            pipeline.sadd(sends, send)
+            pipeline.expire(sends, ttl, nx=True)
+            pipeline.expire(sends, ttl, gt=True)
             kept = pipeline.execute()[1]
             return kept.decode() if isinstance(kept, bytes) else str(kept)
 
-        return self._call(keep)
+        return self._call(keep, key)
 
     def kept_snapshot(self, customer: str, send: str) -> str | None:
-        key = SNAPSHOT_KEY.format(prefix=self.prefix, customer=customer, send=send)
-        kept = self._call(lambda: self.client.get(key))
+        key = self._customer_key(SNAPSHOT_KEY, customer, send=send)
+        kept = self._call(lambda: self._node(key).get(key), key)
         return kept.decode() if isinstance(kept, bytes) else kept
 
     def triggers_since(self, since: float) -> list[str]:
-        members = self._call(
-            lambda: self.client.zrangebyscore(self._triggers_key(), f"({since}", "+inf")
-        )
+        key = self._triggers_key
+        members = self._call(lambda: self._node(key).zrangebyscore(key, f"({since}", "+inf"), key)
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-
-    def _call(self, operation: Callable[[], T]) -> T:
-        if self.clock() < self._down_until:
-            raise StoreUnavailable("redis is unavailable (cooling down after a failure)")
-        try:
-            return operation()
-        except StoreNotRestored:
-            raise
-        except redis.RedisError as error:
-            self._down_until = self.clock() + self.cooldown
-            raise StoreUnavailable(f"redis: {error}") from error
 
     def customer_state(self, customer: str, since: float) -> CustomerState:
         return self.customer_states([customer], since)[0]
@@ -1505,14 +1696,20 @@ class RedisStore:
         horizon = max(since, self.clock() - self.retention)
 
         def read() -> list[CustomerState]:
-            pipeline = self.client.pipeline(transaction=False)
-            pipeline.exists(self._restored_key)
+            # One customer: one round trip to one node. Several (a session's): pipelined per
+            # node on a cluster.
+            if len(customers) == 1:
+                pipeline: Any = self._node(self._events_key(customers[0])).pipeline(False)
+            else:
+                pipeline = self.client.pipeline(transaction=False)
             for customer in customers:
-                pipeline.zrangebyscore(self._events_key(customer), f"({horizon}", "+inf")
-                pipeline.sismember(self._erased_key(), customer)
-                pipeline.hget(self._unsubscribed_key, customer)
-            restored, *replies = pipeline.execute()
-            if not restored:
+                events = self._events_key(customer)
+                pipeline.zrangebyscore(events, f"({horizon}", "+inf")
+                pipeline.exists(self._customer_key(CUSTOMER_ERASED_KEY, customer))
+                pipeline.get(self._customer_key(UNSUBSCRIBED_KEY, customer))
+                pipeline.hexists(self._restored_key(events), self.origin)
+            replies = pipeline.execute()
+            if not all(replies[3::4]):
                 raise StoreNotRestored("redis lost its data; replaying the durable logs")
             return [
                 CustomerState(
@@ -1521,11 +1718,13 @@ class RedisStore:
                     None if unsubscribed is None else StoredEvent.from_json(unsubscribed),
                 )
                 for members, erased, unsubscribed in zip(
-                    replies[0::3], replies[1::3], replies[2::3], strict=True
+                    replies[0::4], replies[1::4], replies[2::4], strict=True
                 )
             ]
 
-        return self._call(read) if customers else []
+        if not customers:
+            return []
+        return self._call(read, self._events_key(customers[0]) if len(customers) == 1 else None)
 
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False
@@ -1534,44 +1733,96 @@ class RedisStore:
         for the replay itself (``restoring``)."""
         if not entries:
             return []
-        keys = [self._erased_key(), self._restored_key]
-        args: list[str | float | int] = [int(self.retention), 0 if restoring else 1]
-        args += self._setup()
+        results: list[Applied] = [Applied.DUPLICATE] * len(entries)
+        new: list[tuple[str, StoredEvent]] = []  # undone if a later slot fails
+        for indices in self._slots([self._events_key(c) for c, _ in entries]).values():
+            try:
+                codes = self._apply_slot([entries[i] for i in indices], restoring)
+            except StoreUnavailable:
+                if new:
+                    self._undo(new, None)
+                raise
+            for index, code in zip(indices, codes, strict=True):
+                results[index] = code
+                if code == Applied.NEW:
+                    new.append(entries[index])
+        touches = [] if restoring else [t for c, e in new if (t := touch_of(c, e)) is not None]
+        if touches:
+            try:
+                self._call(lambda: self._attribute_touches(touches), self._figures_key)
+            except StoreUnavailable as error:
+                log.warning(
+                    "%d events recorded without their attribution (%s)", len(touches), error
+                )
+        return results
+
+    def _apply_slot(
+        self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool
+    ) -> list[Applied]:
+        """Run the apply script on entries of one slot; on a cluster, acknowledged once a
+        replica confirmed them."""
+        keys: list[str] = []
+        args: list[str | float | int] = [int(self.retention), self.origin, int(not restoring)]
         for customer, event in entries:
-            keys += [self._marker_key(event.event_id), self._events_key(customer)]
-            args += [customer, event.received_at, event.to_json()]
-            touch = None if restoring else touch_of(customer, event)
-            if touch is None:
-                args += ["", "", "", 0, "", ""]
-            else:
-                session = touch.customers[1] if len(touch.customers) > 1 else ""
-                args += [touch.event_id, touch.kind, touch.item_id, repr(touch.amount)]
-                args += [touch.impression_id, session]
-        cancel = CANCEL_KEY.format(prefix=self.prefix, batch=secrets.token_hex(8))
+            events = self._events_key(customer)
+            keys += [
+                self._customer_key(EVENT_KEY, customer, event_id=event.event_id),
+                events,
+                self._customer_key(CUSTOMER_ERASED_KEY, customer),
+                self._customer_key(UNSUBSCRIBED_KEY, customer),
+                self._restored_key(events),
+            ]
+            args += [event.received_at, event.to_json(), int(event.kind == UNSUBSCRIBE)]
+        batch = secrets.token_hex(8)
+        cancel = self._customer_key(CANCEL_KEY, entries[0][0], batch=batch)
+        keys.append(cancel)
+
+        def run() -> tuple[list[int], int]:
+            node = self._node(keys[0])
+            if not self.replicas:
+                return self._apply.run(node, keys, args), 0
+            wait = ("WAIT", self.replicas, self._wait_ms)
+            codes, confirmed = self._apply.run_then(node, keys, args, wait)
+            return codes, int(confirmed)
+
         try:
-            results = self._call(lambda: self._apply(keys=[*keys, cancel], args=args))
+            codes, confirmed = self._call(run, keys[0])
         except StoreUnavailable as error:
             if isinstance(error.__cause__, redis.TimeoutError):
                 self._undo(entries, cancel)  # the script may run all the same
             raise
-        if list(results) == [-1]:
+        if list(codes) == [-1]:
             raise StoreNotRestored("redis lost its data; replaying the durable logs")
-        return [Applied(int(code)) for code in results]
+        results = [Applied(int(code)) for code in codes]
+        if confirmed < self.replicas and Applied.NEW in results:
+            self._undo([e for e, r in zip(entries, results, strict=True) if r == Applied.NEW], None)
+            raise StoreUnavailable("no replica confirmed the events in time; nothing recorded")
+        return results
 
     def _setup(self) -> list[str | float | int]:
         """The attribution scripts' ``setup`` arguments."""
         return [
-            self.prefix,
+            self._attribution,
             repr(self.clock()),
             repr(self.attribution_window),
             defaults.PENDING_ATTRIBUTION_SECONDS,
             int(self.retention),
         ]
 
+    def _attribute_touches(self, touches: Sequence[Touch]) -> None:
+        args = self._setup()
+        for touch in touches:
+            session = touch.customers[1] if len(touch.customers) > 1 else ""
+            customer = touch.customers[0] if touch.customers else ""
+            args += [touch.event_id, touch.kind, touch.item_id, repr(touch.amount)]
+            args += [touch.impression_id, customer, session]
+        keys = [self._figures_key]
+        self._attribute.run(self._node(keys[0]), keys, args)
+
     def record_impressions(self, impressions: Sequence[Impression]) -> int:
         if not impressions:
             return 0
-        args = self._setup()
+        args: list[str | float | int] = [self.origin, *self._setup()]
         for impression in impressions:
             args += [
                 impression.impression_id,
@@ -1583,122 +1834,235 @@ class RedisStore:
                 impression.surface,
                 joined(impression.items),
             ]
-        keys = [self._erased_key(), self._restored_key]
-        recorded = self._call(lambda: self._record(keys=keys, args=args))
-        if int(recorded) == -1:
+        keys = [self._erased_key, self._restored_key(self._erased_key)]
+        recorded = int(
+            self._call(lambda: self._record.run(self._node(keys[0]), keys, args), keys[0])
+        )
+        if recorded == -1:
             raise StoreNotRestored("redis lost its data; replaying the durable logs")
-        return int(recorded)
+        return recorded
 
     def impression_figures(self) -> ImpressionFigures:
         def read() -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-            pipeline = self.client.pipeline(transaction=False)
-            pipeline.hgetall(FIGURES_KEY.format(prefix=self.prefix))
+            pipeline = self._node(self._figures_key).pipeline(transaction=False)
+            pipeline.hgetall(self._figures_key)
             pipeline.hgetall(UNIT_SUMS_KEY.format(prefix=self.prefix))
             figures, units = pipeline.execute()
             return figures, units
 
-        figure_rows, unit_rows = self._call(read)
+        figure_rows, unit_rows = self._call(read, self._figures_key)
         return _collected(
             (field.decode().split(SEPARATOR) + [value] for field, value in figure_rows.items()),
             (field.decode().split(SEPARATOR) + [value] for field, value in unit_rows.items()),
         )
 
     def restored(self) -> bool:
-        return bool(self._call(lambda: self.client.exists(self._restored_key)))
+        """Whether the markers name this store's events dir: one slot's per master is enough
+        (a master that lost its data lost every marker of its slots; a slot moves with its
+        marker)."""
+
+        def look() -> bool:
+            client = self.client
+            slots = [0]
+            if isinstance(client, redis.RedisCluster):
+                first: dict[str, int] = {}
+                for slot, nodes in sorted(client.nodes_manager.slots_cache.items()):
+                    first.setdefault(nodes[0].name, slot)
+                slots = list(first.values())
+            tags = slot_tags()
+            pipeline = client.pipeline(transaction=False)
+            for slot in slots:
+                marker = RESTORED_KEY.format(prefix=self.prefix, tag=tags[slot])
+                pipeline.hexists(marker, self.origin)
+            return all(pipeline.execute())
+
+        return self._call(look)
 
     def mark_restored(self) -> None:
-        self._call(lambda: self.client.set(self._restored_key, "1"))
+        def mark() -> None:  # 16,384 writes: on the client that waits
+            pipeline = self._patient.pipeline(transaction=False)
+            for tag in slot_tags():
+                pipeline.hset(RESTORED_KEY.format(prefix=self.prefix, tag=tag), self.origin, 1)
+            pipeline.execute()
 
-    def _undo(self, entries: Sequence[tuple[str, StoredEvent]], cancel: str) -> None:
-        """After an apply that timed out: Redis runs a script it received to the end whatever
-        the client does, maybe after this. So cancel the batch (an apply that has not run
-        yet does nothing) and forget what it recorded if it ran, in one transaction: a
-        StoreUnavailable from ``apply`` then means nothing applied, and a retry records (and
-        logs) the batch. Sent past the cooldown; if even this cannot be sent, the log says
-        the outcome is unknown."""
-        problem: redis.RedisError | None = None
+        self._call(mark)
+
+    def _undo(self, entries: Sequence[tuple[str, StoredEvent]], cancel: str | None) -> None:
+        """Forget what an apply recorded in the customers' slots (its attribution has not
+        run). After an apply that timed out (``cancel``: its batch's cancel marker): Redis
+        runs a script it received to the end whatever the client does, maybe after this. So
+        cancel the batch (an apply that has not run yet does nothing) and forget what it
+        recorded if it ran, in one transaction: a StoreUnavailable from ``apply`` then means
+        nothing applied, and a retry records (and logs) the batch. Sent past the cooldown; if
+        even this cannot be sent, the log says the outcome is unknown."""
+        problem: Exception | None = None
         for _ in range(CANCEL_TRIES):  # on a connection that waits: this must be confirmed
-            pipeline = self._patient.pipeline(transaction=True)
-            pipeline.set(cancel, 1, ex=CANCEL_SECONDS)
-            self._forget_now(entries, pipeline)
             try:
-                pipeline.execute()
+                self._forget_events(entries, self._patient, cancel)
                 return
-            except redis.RedisError as error:
+            except (redis.RedisError, RedisClusterException) as error:
                 problem = error
         log.warning(
-            "an apply of %d events timed out and could not be cancelled (%s): a retry may "
-            "find some recorded already",
+            "an apply of %d events failed and could not be undone (%s): a retry may find "
+            "some recorded already",
             len(entries),
             problem,
         )
 
-    def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
-        self._call(lambda: self._forget_now(entries))
+    def _forget_events(
+        self, entries: Sequence[tuple[str, StoredEvent]], client: RedisClient, cancel: str | None
+    ) -> None:
+        """Run the forget script on each slot's entries, in a transaction that first sets
+        ``cancel`` when given (entries of one slot then, the cancel marker's)."""
+        for indices in self._slots([self._events_key(c) for c, _ in entries]).values():
+            keys: list[str] = []
+            args: list[str] = []
+            for customer, event in (entries[i] for i in indices):
+                keys += [
+                    self._customer_key(EVENT_KEY, customer, event_id=event.event_id),
+                    self._events_key(customer),
+                    self._customer_key(UNSUBSCRIBED_KEY, customer),
+                ]
+                args.append(event.to_json())
+            pipeline = self._node(keys[0], client).pipeline(transaction=True)
+            if cancel is not None:
+                pipeline.set(cancel, 1, ex=CANCEL_SECONDS)
+            pipeline.eval(_FORGET_SCRIPT, len(keys), *keys, *args)
+            pipeline.execute()
 
-    def _forget_now(self, entries: Sequence[tuple[str, StoredEvent]], pipeline: Any = None) -> None:
-        """Run the forget script (in ``pipeline``, when given)."""
+    def forget(self, entries: Sequence[tuple[str, StoredEvent]]) -> None:
         if not entries:
             return
-        keys: list[str] = []
-        args = self._setup()
-        for customer, event in entries:
-            keys += [self._marker_key(event.event_id), self._events_key(customer)]
-            args += [customer, event.to_json(), event.event_id]
-            args += [event.impression_id or "", event.session or ""]
-        self._forget(keys=keys, args=args, client=pipeline)
+
+        def run() -> None:
+            self._forget_events(entries, self.client, None)
+            args = self._setup()
+            for customer, event in entries:
+                args += [event.event_id, event.impression_id or "", customer, event.session or ""]
+            self._uncredit.run(self._node(self._figures_key), [self._figures_key], args)
+
+        self._call(run)
 
     def erase(self, customer: str) -> int:
-        def run() -> int:
-            members = self.client.zrange(self._triggers_key(), 0, -1)
-            mine = [m for m in members if isinstance(m, bytes) and customer.encode() in m]
-            pattern = SNAPSHOT_KEY.format(prefix=self.prefix, customer=customer, send="*")
-            snapshots = list(self.client.scan_iter(match=pattern, count=500))
-            shown = CUSTOMER_IMPRESSIONS_KEY.format(prefix=self.prefix, customer=customer)
-            impressions = [
-                IMPRESSION_KEY.format(prefix=self.prefix, impression=member.decode())
-                for member in self.client.zrange(shown, 0, -1)
-                if isinstance(member, bytes)
-            ]
-            units = self.client.hgetall(
-                CUSTOMER_UNITS_KEY.format(prefix=self.prefix, customer=customer)
+        """As Store.erase: the customer's slot first (their erasure marker, events, consent
+        and snapshots), then the attribution slot (impressions, experiment sums, the erased
+        set), then the triggers; each step idempotent and tried ERASE_TRIES times."""
+        events = self._events_key(customer)
+        sends_key = self._customer_key(SNAPSHOTS_KEY, customer)
+
+        def clear_customer() -> int:
+            node = self._node(events, self._patient)
+            sends = [_text(s) for s in node.smembers(sends_key)]
+            snapshots = [self._customer_key(SNAPSHOT_KEY, customer, send=s) for s in sends]
+            pipeline = node.pipeline(transaction=True)
+            pipeline.set(self._customer_key(CUSTOMER_ERASED_KEY, customer), 1)
+            pipeline.zcard(events)
+            pipeline.delete(
+                events, self._customer_key(UNSUBSCRIBED_KEY, customer), sends_key, *snapshots
             )
-            pipeline = self.client.pipeline(transaction=True)
+            return int(pipeline.execute()[1])
+
+        def clear_attribution() -> None:
+            node = self._node(self._figures_key, self._patient)
+            key = partial(str.format, prefix=self.prefix, customer=customer)
+            shown = key(CUSTOMER_IMPRESSIONS_KEY)
+            impressions = [
+                IMPRESSION_KEY.format(prefix=self.prefix, impression=_text(member))
+                for member in node.zrange(shown, 0, -1)
+            ]
+            units = node.hgetall(key(CUSTOMER_UNITS_KEY))
+            pipeline = node.pipeline(transaction=True)
             sums = UNIT_SUMS_KEY.format(prefix=self.prefix)
             for (experiment, arm), removal in _unit_removals(units).items():
                 for name, change in removal.items():
-                    field = SEPARATOR.join((experiment, arm, name))
-                    pipeline.hincrbyfloat(sums, field, change)
-            counted_at = len(pipeline)
-            pipeline.zcard(self._events_key(customer))
-            pipeline.delete(self._events_key(customer))
-            pipeline.sadd(self._erased_key(), customer)
-            pipeline.hdel(self._unsubscribed_key, customer)
-            if mine:
-                pipeline.zrem(self._triggers_key(), *mine)
-            if snapshots:
-                pipeline.delete(*snapshots)
+                    pipeline.hincrbyfloat(sums, SEPARATOR.join((experiment, arm, name)), change)
+            pipeline.sadd(self._erased_key, customer)
             pipeline.delete(
-                shown,
-                *impressions,
-                PENDING_PURCHASES_KEY.format(prefix=self.prefix, customer=customer),
-                CUSTOMER_UNITS_KEY.format(prefix=self.prefix, customer=customer),
+                shown, *impressions, key(PENDING_PURCHASES_KEY), key(CUSTOMER_UNITS_KEY)
             )
-            count = pipeline.execute()[counted_at]
-            return int(count)
+            pipeline.execute()
 
-        return self._call(run)
+        def clear_triggers() -> None:
+            node = self._node(self._triggers_key, self._patient)
+            members = [_text(m) for m in node.zrange(self._triggers_key, 0, -1)]
+            mine = [m for m in members if customer in m]
+            if mine:
+                node.zrem(self._triggers_key, *mine)
+
+        removed = self._persist(clear_customer, events)
+        self._persist(clear_attribution, self._figures_key)
+        self._persist(clear_triggers, self._triggers_key)
+        return removed
+
+    def _persist(self, step: Callable[[], T], key: str) -> T:
+        """Run one idempotent step of an erasure, again after a failure (past the cooldown,
+        on the masters the cluster has then), up to ERASE_TRIES times."""
+        for _ in range(ERASE_TRIES - 1):
+            try:
+                return self._call(step, key)
+            except StoreUnavailable:
+                cooled = max(self._down_until.values(), default=0.0)
+                time.sleep(max(cooled - self.clock(), 0.0))
+        return self._call(step, key)
 
     def mark_erased(self, customers: Sequence[str]) -> None:
-        if customers:
-            self._call(lambda: self.client.sadd(self._erased_key(), *customers))
+        if not customers:
+            return
+
+        def mark() -> None:
+            pipeline = self.client.pipeline(transaction=False)
+            for customer in customers:
+                pipeline.set(self._customer_key(CUSTOMER_ERASED_KEY, customer), 1)
+            pipeline.sadd(self._erased_key, *customers)
+            pipeline.execute()
+
+        self._call(mark)
 
     def erased_keys(self) -> set[str]:
-        members = self._call(lambda: self.client.smembers(self._erased_key()))
+        key = self._erased_key
+        members = self._call(lambda: self._node(key).smembers(key), key)
         return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     def ping(self) -> bool:
         try:
-            return bool(self._call(self.client.ping))
+            return bool(self._call(lambda: self.client.ping()))
         except StoreUnavailable:
             return False
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Script:
+    """A Lua script run by its SHA1 on one node (a cluster's client would pick a node for a
+    script by its first key; these pick the node themselves), loaded there when missing."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    def run(self, node: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return node.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return node.eval(self.text, len(keys), *keys, *args)
+
+    def run_then(
+        self, node: redis.Redis, keys: Sequence[str], args: Sequence[Any], *then: Any
+    ) -> list[Any]:
+        """Run the script and then the commands ``then`` (tuples of arguments) in one
+        pipeline on ``node``: the script's reply and theirs."""
+        for attempt in range(2):
+            pipeline = node.pipeline(transaction=False)
+            pipeline.evalsha(self.sha, len(keys), *keys, *args)
+            for command in then:
+                pipeline.execute_command(*command)  # type: ignore[no-untyped-call]
+            try:
+                replies: list[Any] = pipeline.execute()
+                return replies
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                node.script_load(self.text)
+        raise AssertionError("unreachable")

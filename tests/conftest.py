@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from recsvc.app import create_app
 from recsvc.config import ServiceConfig
-from tests.redis_server import shared_redis_url
+from tests.redis_server import RedisClusterProcess, shared_redis_url
 from training.config import EngineConfig, load_config
 from training.engine import stop_spark_sessions
 from training.pipeline import train
@@ -58,6 +58,26 @@ def clean_redis(redis_url: str) -> Iterator[str]:
     client.flushdb()
     yield redis_url
     client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcess]:
+    """A real Redis Cluster (3 masters, 3 replicas) started for the session, then stopped."""
+    cluster = RedisClusterProcess(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def clean_cluster(redis_cluster: RedisClusterProcess) -> Iterator[str]:
+    """The test cluster's URL (``redis+cluster://...``), every master flushed around one test."""
+    redis_cluster.wait_until_ok()
+    client = redis.RedisCluster(host="127.0.0.1", port=redis_cluster.master_ports()[0])
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    yield redis_cluster.url
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     client.close()
 
 

@@ -20,7 +20,7 @@ from recsvc.store import (
     StoredEvent,
 )
 from tests.helpers import ManualClock
-from tests.redis_server import RedisProcess
+from tests.redis_server import STORE_KINDS, RedisProcess, store_url
 
 RETENTION = 90 * 86400.0
 WINDOW = 24 * 3600.0
@@ -33,14 +33,18 @@ def clock() -> ManualClock:
     return ManualClock(START)
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> Iterator[Store]:
     if request.param == "embedded":
         yield EmbeddedStore(tmp_path / "store.sqlite3", RETENTION, clock, attribution_window=WINDOW)
     else:
-        url = request.getfixturevalue("clean_redis")
         redis_store = RedisStore(
-            url, "recsvc-test", RETENTION, timeout=1.0, clock=clock, attribution_window=WINDOW
+            str(store_url(request, request.param)),
+            "recsvc-test",
+            RETENTION,
+            timeout=1.0,
+            clock=clock,
+            attribution_window=WINDOW,
         )
         redis_store.mark_restored()
         yield redis_store

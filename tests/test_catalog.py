@@ -18,14 +18,15 @@ from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
 from recsvc.errors import StoreNotRestored
 from recsvc.logrecords import read_catalog_logs
+from tests.redis_server import STORE_KINDS, store_url
 from tests.test_realtime_api import sample_config_copy
 from training.config import load_config
 from training.pipeline import train
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 def config(request: pytest.FixtureRequest, sample_models: Path, tmp_path: Path) -> ServiceConfig:
-    redis_url = request.getfixturevalue("clean_redis") if request.param == "redis" else None
+    redis_url = store_url(request, request.param)
     return ServiceConfig(
         models_dir=sample_models, events_dir=tmp_path / "events", auth=False, redis_url=redis_url
     )

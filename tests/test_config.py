@@ -155,6 +155,17 @@ def test_the_readme_table_is_the_declared_settings() -> None:
         ("LOG_LEVEL", "loud", "RECSVC_LOG_LEVEL='loud': must be one of DEBUG, INFO"),
         ("MODELS_DIR", "", "RECSVC_MODELS_DIR='': is empty"),
         ("REDIS_URL", "http://x", "RECSVC_REDIS_URL='http://x': must start with redis://"),
+        (
+            "REDIS_URL",
+            "redis+cluster://10.0.0.1:7000/0",
+            "RECSVC_REDIS_URL='redis+cluster://10.0.0.1:7000/0': a Redis Cluster URL is "
+            "redis+cluster://host:port[,host:port...]: a cluster has no database numbers",
+        ),
+        (
+            "REDIS_URL",
+            "redis+cluster://10.0.0.1:7000,10.0.0.2",
+            "'10.0.0.2' is not a cluster node as host:port",
+        ),
         ("CORS_ORIGINS", "*", "RECSVC_CORS_ORIGINS='*': list the shop's origins"),
     ],
 )

@@ -25,7 +25,8 @@ from recsvc.policy import DISENGAGED_OPENS, MIN_OPENS_FOR_TIMING, TierPolicy
 from recsvc.signals import WEEKDAYS
 from recsvc.store import StoredEvent
 from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config, write_csv
-from tests.redis_server import RedisProcess
+from tests.redis_server import STORE_KINDS, RedisProcess
+from tests.redis_server import store_url as url_for_kind
 from tests.test_openapi import check
 from training.cli import main
 from training.config import load_config
@@ -37,11 +38,10 @@ WEDNESDAYS = ["2011-11-09", "2011-11-16", "2011-11-23", "2011-11-30", "2011-12-0
 RULES = TierPolicy()
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 def store_url(request: pytest.FixtureRequest) -> str | None:
-    """None: the embedded store; else the test Redis, flushed around the test."""
-    url: str | None = request.getfixturevalue("clean_redis") if request.param == "redis" else None
-    return url
+    """None: the embedded store; else the test Redis or cluster, flushed around the test."""
+    return url_for_kind(request, request.param)
 
 
 @pytest.fixture

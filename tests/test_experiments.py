@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -34,7 +33,9 @@ from recsvc.identity import IdentityKey
 from recsvc.manifest import Manifest
 from recsvc.openapi import document
 from recsvc.stats import UnitSums
+from recsvc.store import CUSTOMER_ERASED_KEY, connect
 from tests.helpers import ManualClock
+from tests.redis_server import STORE_KINDS, store_url
 from tests.test_bundle import tiny_arrays
 from tests.test_openapi import check
 
@@ -53,13 +54,13 @@ def models(tmp_path: Path) -> Path:
     return models
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    """The store's settings: the embedded store, or the test Redis (flushed)."""
+    """The store's settings: the embedded store, the test Redis or the test cluster (flushed)."""
     if request.param == "embedded":
         yield {}
     else:
-        yield {"RECSVC_REDIS_URL": request.getfixturevalue("clean_redis")}
+        yield {"RECSVC_REDIS_URL": str(store_url(request, request.param))}
 
 
 def app_for(
@@ -462,8 +463,10 @@ def test_erasure_takes_the_customers_impressions(
     post_events(client, [rec_click("k1", "c2", answer)])
     assert arms(client)[answer["arm"]]["clicked"] == 0  # its impression is gone
     if store:
-        with redis.Redis.from_url(store["RECSVC_REDIS_URL"]) as client:
-            assert client.keys(f"*{store_key}*") == []
+        # Only its erasure marker still names the (digest) key.
+        with connect(store["RECSVC_REDIS_URL"]) as client:
+            left = [key.decode() for key in client.scan_iter(match=f"*{store_key}*")]
+        assert left == [CUSTOMER_ERASED_KEY.format(prefix="recsvc", customer=store_key)]
     else:
         import sqlite3
 

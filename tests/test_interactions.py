@@ -17,13 +17,14 @@ from recsvc.app import create_app
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
 from recsvc.store import StoredEvent
+from tests.redis_server import STORE_KINDS, store_url
 
 NOW = "2011-12-10T10:00:00Z"
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 def app(request: pytest.FixtureRequest, sample_models: Path, tmp_path: Path) -> Flask:
-    redis_url = request.getfixturevalue("clean_redis") if request.param == "redis" else None
+    redis_url = store_url(request, request.param)
     config = ServiceConfig(
         models_dir=sample_models, events_dir=tmp_path / "events", auth=False, redis_url=redis_url
     )

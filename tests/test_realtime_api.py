@@ -20,16 +20,16 @@ from recsvc.auth import mint, parse_api_keys
 from recsvc.bundle import load_current
 from recsvc.config import ServiceConfig
 from tests.conftest import SAMPLE_DIR
-from tests.redis_server import RedisProcess
+from tests.redis_server import STORE_KINDS, RedisProcess, store_url
 from training.config import load_config
 from training.pipeline import train
 
 NOW = "2011-12-10T10:00:00Z"
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 def app(request: pytest.FixtureRequest, sample_models: Path, tmp_path: Path) -> Flask:
-    redis_url = request.getfixturevalue("clean_redis") if request.param == "redis" else None
+    redis_url = store_url(request, request.param)
     config = ServiceConfig(
         models_dir=sample_models, events_dir=tmp_path / "events", auth=False, redis_url=redis_url
     )

@@ -1,4 +1,5 @@
-"""One contract for the real-time store, run against the embedded store and a real Redis."""
+"""One contract for the real-time store, run against the embedded store, a real Redis and a real
+Redis Cluster (3 masters, 3 replicas)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,21 @@ def event(event_id: str, item: str = "A", quantity: float = 1.0, at: float = 100
     return StoredEvent(event_id, item, quantity, 2.5, "2011-12-10T10:00:00+00:00", "api", at)
 
 
-@pytest.fixture(params=["embedded", "redis"])
+KINDS = ["embedded", "redis", "cluster"]
+
+
+def redis_url_of(kind: str, request: pytest.FixtureRequest) -> str:
+    """A flushed single Redis (``redis``) or Redis Cluster (``cluster``)."""
+    return str(request.getfixturevalue("clean_redis" if kind == "redis" else "clean_cluster"))
+
+
+@pytest.fixture(params=KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     clock = lambda: 2000.0  # noqa: E731 - a fixed "now" inside retention for every event
     if request.param == "embedded":
         yield EmbeddedStore(tmp_path / "store.sqlite3", RETENTION, clock=clock)
     else:
-        url = request.getfixturevalue("clean_redis")
+        url = redis_url_of(request.param, request)
         redis_store = RedisStore(url, "recsvc-test", RETENTION, timeout=1.0, clock=clock)
         redis_store.mark_restored()
         yield redis_store
@@ -169,10 +178,7 @@ def test_a_reader_sees_another_connections_commit_at_its_next_read(tmp_path: Pat
 def other_worker(store: Store, tmp_path: Path) -> Store:
     """A second handle on the same state, as another worker (or host) holds it."""
     if isinstance(store, RedisStore):
-        url = store.client.connection_pool.connection_kwargs
-        return RedisStore(
-            f"redis://{url['host']}:{url['port']}/{url['db']}", store.prefix, RETENTION
-        )
+        return RedisStore(store.url, store.prefix, RETENTION, timeout=1.0)
     return EmbeddedStore(tmp_path / "store.sqlite3", RETENTION, clock=lambda: 2000.0)
 
 
@@ -214,7 +220,7 @@ def unsubscribe(event_id: str, at: float) -> StoredEvent:
     )
 
 
-@pytest.mark.parametrize("kind", ["embedded", "redis"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_an_unsubscribe_outlasts_the_retention_until_erasure_or_undo(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -224,7 +230,7 @@ def test_an_unsubscribe_outlasts_the_retention_until_erasure_or_undo(
     def open_store() -> Store:
         if kind == "embedded":
             return EmbeddedStore(tmp_path / "store.sqlite3", retention, clock=lambda: now[0])
-        url = request.getfixturevalue("clean_redis")
+        url = redis_url_of(kind, request)
         found = RedisStore(url, "recsvc-test", retention, timeout=1.0, clock=lambda: now[0])
         found.mark_restored()
         return found

@@ -34,6 +34,7 @@ from recsvc.triggers import (
     encode_cursor,
     live_since,
 )
+from tests.redis_server import STORE_KINDS, store_url
 from tests.test_bundle import tiny_arrays
 
 KEY = IdentityKey.development_key()
@@ -69,14 +70,14 @@ def with_triggers(arrays: BundleArrays, triggers: list[tuple[int, int, str, str]
     )
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
     models = tmp_path / "models"
     tiers = TierPolicy(window_days=365.0, levels=DEFAULT_LEVELS, spend_thresholds=(100.0,))
     publish_bundle(
         models, "v1", with_triggers(tiny_arrays(), BUNDLE_TRIGGERS), Manifest(tiers=tiers)
     )
-    redis_url = request.getfixturevalue("clean_redis") if request.param == "redis" else None
+    redis_url = store_url(request, request.param)
     config = ServiceConfig(
         models_dir=models,
         events_dir=tmp_path / "events",
