@@ -1723,7 +1723,20 @@ class RedisStore:
                 ahead.catalog = self._catalog
             return wait
 
-        return self._call(read)
+        if not self.cluster:
+            return self._call(read)
+        # On a cluster the pipeline reaches up to three masters, and a failure must cool down
+        # only the one that failed: that is left to the calls that name one key each.
+        keys = [self._catalog_key, *(key for key in (rate_key,) if key is not None)]
+        keys += [] if customer is None else [self._events_key(customer)]
+        now = self.clock()
+        scopes = ["", *(self._scope(key) for key in keys)]
+        if all(now >= self._down_until.get(scope, 0.0) for scope in scopes):
+            try:
+                return read()
+            except (redis.RedisError, RedisClusterException):
+                pass
+        return 0.0 if bucket is None else self.take(bucket, rate, burst)
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
         key = RATE_KEY.format(prefix=self.prefix, bucket=bucket)
