@@ -31,7 +31,7 @@ from recsvc import (
     reasons,
     tokens,
 )
-from recsvc.auth import Authenticator
+from recsvc.auth import ApiKey, Authenticator
 from recsvc.bundle import point_current
 from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
@@ -39,6 +39,7 @@ from recsvc.errors import (
     ExperimentNotRunning,
     InvalidParameter,
     NoModelLoaded,
+    RecsvcError,
     StoreUnavailable,
     UnknownCustomer,
     UnknownItem,
@@ -219,6 +220,20 @@ class Service:
             return Serving(model)
         arm = running.split.arm_of(self.realtime.resolve(model, key).store_key)
         return Serving(running.models[arm.name], Assignment(running.experiment.name, arm.name))
+
+    def admit(self, key: ApiKey | None, customer_key: str | None) -> float:
+        """The rate limiter's wait for ``key`` (RateLimiter.wait), with the store reads of a
+        request for the customer ``customer_key`` names (None: none) in the same round trip.
+        A key that names nobody valid reads nothing ahead: the request reports it."""
+        store_key = None
+        if customer_key is not None:
+            try:
+                resolved = self.realtime.resolve(self.serving(customer_key).model, customer_key)
+            except RecsvcError:
+                resolved = None
+            if resolved is not None and not resolved.erased:
+                store_key = resolved.store_key
+        return self.limiter.wait(key, store_key)
 
     # Catalog
 

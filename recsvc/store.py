@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from functools import cache, partial
@@ -271,6 +272,40 @@ class CustomerState:
     unsubscribed: StoredEvent | None = None
 
 
+@dataclass
+class Ahead:
+    """What one request read in advance, with its rate-limit take (``Store.take_and_read``):
+    its customer's state (every event kept, as ``customer_state(customer, 0.0)``; used once)
+    and the catalog overlay. Its own later reads use them instead of asking the store again."""
+
+    customer: str | None = None
+    state: CustomerState | None = None
+    catalog: CatalogOverlay | None = None
+
+
+_AHEAD: ContextVar[Ahead | None] = ContextVar("recsvc_store_ahead", default=None)
+
+
+@contextmanager
+def request_reads() -> Iterator[Ahead]:
+    """The scope of one request's read-ahead: reads outside one never use another's."""
+    ahead = Ahead()
+    token = _AHEAD.set(ahead)
+    try:
+        yield ahead
+    finally:
+        _AHEAD.reset(token)
+
+
+def _ahead_state(customer: str) -> CustomerState | None:
+    """The customer's state read ahead in this request, once."""
+    ahead = _AHEAD.get()
+    if ahead is None or ahead.customer != customer or ahead.state is None:
+        return None
+    state, ahead.state = ahead.state, None
+    return state
+
+
 class Store(Protocol):
     retention: float  # seconds events and event ids are kept
     attribution_window: float  # seconds after an impression that its clicks and purchases count
@@ -347,6 +382,14 @@ class Store(Protocol):
     def take(self, bucket: str, rate: float, burst: int) -> float:
         """Take one request from ``bucket`` (``rate`` per second, up to ``burst`` at once):
         0.0 if allowed, else the seconds until one would be."""
+        ...
+
+    def take_and_read(
+        self, bucket: str | None, rate: float, burst: int, customer: str | None
+    ) -> float:
+        """``take`` (none without a ``bucket``: 0.0), and read ahead, in the same round trip,
+        what this request will read: ``customer``'s state and the catalog (see ``Ahead``;
+        inside ``request_reads`` only). A read that fails is left to the request's own."""
         ...
 
     def ping(self) -> bool: ...
@@ -495,6 +538,11 @@ class EmbeddedStore:
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
         return self._buckets.take(bucket, rate, burst)
+
+    def take_and_read(
+        self, bucket: str | None, rate: float, burst: int, customer: str | None
+    ) -> float:
+        return 0.0 if bucket is None else self.take(bucket, rate, burst)  # reads are local
 
     def snapshot(self, customer: str, send: str, payload: str, ttl_seconds: float) -> str:
         now = self.clock()
@@ -1624,6 +1672,10 @@ class RedisStore:
         self._call(write, self._catalog_key)
 
     def catalog(self) -> CatalogOverlay:
+        ahead = _AHEAD.get()
+        if ahead is not None and ahead.catalog is not None:
+            return ahead.catalog
+
         def read() -> CatalogOverlay:
             node = self._node(self._catalog_key)
             pipeline = node.pipeline(transaction=False)
@@ -1642,6 +1694,62 @@ class RedisStore:
             return self._catalog
 
         return self._call(read, self._catalog_key)
+
+    def take_and_read(
+        self, bucket: str | None, rate: float, burst: int, customer: str | None
+    ) -> float:
+        ahead = _AHEAD.get()
+        if ahead is None:
+            return 0.0 if bucket is None else self.take(bucket, rate, burst)
+        rate_key = None if bucket is None else RATE_KEY.format(prefix=self.prefix, bucket=bucket)
+
+        def read() -> float:
+            # One pipeline: one round trip on a single Redis; on a cluster the client sends
+            # each node its commands before it reads any reply.
+            pipeline: Any = self.client.pipeline(transaction=False)
+            if rate_key is not None:
+                # As a command: a cluster's pipeline refuses its evalsha method, whose keys
+                # could span slots; this one has a single key.
+                pipeline.execute_command("EVALSHA", self._take.sha, 1, rate_key, rate, burst)
+            if customer is not None:
+                self._queue_state(pipeline, customer, self.clock() - self.retention)
+            pipeline.get(self._catalog_stamp_key)
+            pipeline.hexists(self._restored_key(self._catalog_key), self.origin)
+            replies = pipeline.execute(raise_on_error=False)
+            wait = 0.0
+            if rate_key is not None:
+                taken, replies = replies[0], replies[1:]
+                if isinstance(taken, redis.exceptions.NoScriptError):
+                    taken = self._take.run(self._node(rate_key), [rate_key], [rate, burst])
+                elif isinstance(taken, Exception):
+                    raise taken
+                wait = float(taken)
+            if customer is not None:
+                state, replies = replies[:4], replies[4:]
+                # Read ahead only what the store answered, from a restored slot; any other
+                # answer is the request's own read's to report.
+                if not any(isinstance(reply, Exception) for reply in state) and state[3]:
+                    ahead.customer, ahead.state = customer, self._state(*state[:3])
+            stamp, restored = replies
+            answered = not isinstance(stamp, Exception) and not isinstance(restored, Exception)
+            if answered and restored and int(stamp or 0) == self._catalog.stamp:
+                ahead.catalog = self._catalog
+            return wait
+
+        if not self.cluster:
+            return self._call(read)
+        # On a cluster the pipeline reaches up to three masters, and a failure must cool down
+        # only the one that failed: that is left to the calls that name one key each.
+        keys = [self._catalog_key, *(key for key in (rate_key,) if key is not None)]
+        keys += [] if customer is None else [self._events_key(customer)]
+        now = self.clock()
+        scopes = ["", *(self._scope(key) for key in keys)]
+        if all(now >= self._down_until.get(scope, 0.0) for scope in scopes):
+            try:
+                return read()
+            except (redis.RedisError, RedisClusterException):
+                pass
+        return 0.0 if bucket is None else self.take(bucket, rate, burst)
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
         key = RATE_KEY.format(prefix=self.prefix, bucket=bucket)
@@ -1693,6 +1801,10 @@ class RedisStore:
         return self.customer_states([customer], since)[0]
 
     def customer_states(self, customers: Sequence[str], since: float) -> list[CustomerState]:
+        if len(customers) == 1 and since == 0.0:
+            state = _ahead_state(customers[0])
+            if state is not None:
+                return [state]
         horizon = max(since, self.clock() - self.retention)
 
         def read() -> list[CustomerState]:
@@ -1703,28 +1815,34 @@ class RedisStore:
             else:
                 pipeline = self.client.pipeline(transaction=False)
             for customer in customers:
-                events = self._events_key(customer)
-                pipeline.zrangebyscore(events, f"({horizon}", "+inf")
-                pipeline.exists(self._customer_key(CUSTOMER_ERASED_KEY, customer))
-                pipeline.get(self._customer_key(UNSUBSCRIBED_KEY, customer))
-                pipeline.hexists(self._restored_key(events), self.origin)
+                self._queue_state(pipeline, customer, horizon)
             replies = pipeline.execute()
             if not all(replies[3::4]):
                 raise StoreNotRestored("redis lost its data; replaying the durable logs")
             return [
-                CustomerState(
-                    [StoredEvent.from_json(m) for m in members],
-                    bool(erased),
-                    None if unsubscribed is None else StoredEvent.from_json(unsubscribed),
-                )
-                for members, erased, unsubscribed in zip(
-                    replies[0::4], replies[1::4], replies[2::4], strict=True
-                )
+                self._state(*state)
+                for state in zip(replies[0::4], replies[1::4], replies[2::4], strict=True)
             ]
 
         if not customers:
             return []
         return self._call(read, self._events_key(customers[0]) if len(customers) == 1 else None)
+
+    def _queue_state(self, pipeline: Any, customer: str, horizon: float) -> None:
+        """Queue the four reads of a customer's state: events, erasure, consent, restored."""
+        events = self._events_key(customer)
+        pipeline.zrangebyscore(events, f"({horizon}", "+inf")
+        pipeline.exists(self._customer_key(CUSTOMER_ERASED_KEY, customer))
+        pipeline.get(self._customer_key(UNSUBSCRIBED_KEY, customer))
+        pipeline.hexists(self._restored_key(events), self.origin)
+
+    @staticmethod
+    def _state(members: list[bytes], erased: int, unsubscribed: bytes | None) -> CustomerState:
+        return CustomerState(
+            [StoredEvent.from_json(member) for member in members],
+            bool(erased),
+            None if unsubscribed is None else StoredEvent.from_json(unsubscribed),
+        )
 
     def apply(
         self, entries: Sequence[tuple[str, StoredEvent]], restoring: bool = False

@@ -4,13 +4,16 @@ scope and takes one request from its rate limit."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import wraps
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from recsvc.api.context import this_request, this_service
+from recsvc.api.params import customer_key
+from recsvc.api.problems import Problem
 from recsvc.auth import ApiKey, granted_scopes
 from recsvc.errors import AuthError, RateLimited
+from recsvc.store import request_reads
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -28,19 +31,33 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
         def checked(*args: P.args, **kwargs: P.kwargs) -> R:
             service = this_service()
             authenticator = service.authenticator
+            served = this_request()
+            key = None
             if authenticator is not None:
-                served = this_request()
                 key = authenticator.authorise(presented_key(served.environ), scope)
                 served.environ[KEY_NAME] = key.name
                 served.environ[KEY] = key
-                wait = service.limiter.wait(key)
-                if wait:
+            with request_reads():
+                # The rate limit and the customer's state in one store round trip.
+                wait = service.admit(key, path_customer(served.view_args, served.args))
+                if key is not None and wait:
                     raise RateLimited(key.name, max(math.ceil(wait), 1))
-            return view(*args, **kwargs)
+                return view(*args, **kwargs)
 
         return checked
 
     return decorate
+
+
+def path_customer(view_args: Mapping[str, Any] | None, args: Mapping[str, str]) -> str | None:
+    """The customer key a request's path names (its ``key``), if it is a valid one."""
+    path_key = None if view_args is None else view_args.get("key")
+    if not isinstance(path_key, str):
+        return None
+    try:
+        return customer_key(path_key, args)
+    except Problem:
+        return None  # the view reports it
 
 
 def granted(scope: str) -> bool:
