@@ -25,8 +25,9 @@ cycle through URLs made from the bundle (``ENDPOINTS``):
   runs, so the runs read the kept snapshots (a send's picks are fixed at its first open).
 
 ``--store`` picks the real-time store: ``embedded`` (the default; RECSVC_REDIS_URL is
-ignored), ``redis`` (``--redis-url``, or a private redis-server the benchmark starts and
-stops).
+ignored), ``redis`` or ``cluster`` (``--redis-url``, or a private redis-server, or a private
+3-master + 3-replica Redis Cluster, that the benchmark starts and stops). The private
+servers are this process's children, so their CPU counts in the server's CPU per request.
 
 Prints and writes (--out, JSON) each endpoint's requests/s against /healthz per round, their
 ratio, and p50/p99 latency at half the endpoint's maximum rate, with the load average. Each
@@ -64,7 +65,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.local_server import RedisProcess, gunicorn  # noqa: E402
+from benchmarks.local_server import RedisClusterProcess, RedisProcess, gunicorn  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
 from recsvc.bundle import Bundle, load_current  # noqa: E402
 
@@ -222,7 +223,7 @@ ENDPOINTS = {
     "email-picks": Endpoint(_email_picks, 10.0, prefetch=True),
 }
 RATIO = 0.75  # every endpoint's target: requests/s against /healthz's
-STORES = ("embedded", "redis")
+STORES = ("embedded", "redis", "cluster")
 REDIS_URL = "RECSVC_REDIS_URL"
 
 
@@ -275,6 +276,8 @@ def main() -> int:
     with ExitStack() as servers:
         if args.store == "redis":
             env[REDIS_URL] = args.redis_url or _private_redis(servers, scratch)
+        elif args.store == "cluster":
+            env[REDIS_URL] = args.redis_url or _private_cluster(servers, scratch)
         base = servers.enter_context(gunicorn(env))
 
         def run(name: str, duration: int, delay_ms: float = 0.0) -> dict[str, float]:
@@ -393,6 +396,14 @@ def _private_redis(servers: ExitStack, scratch: Path) -> str:
     process.start()
     servers.callback(process.stop)
     return process.url
+
+
+def _private_cluster(servers: ExitStack, scratch: Path) -> str:
+    """Start a 3-master, 3-replica Redis Cluster for the benchmark alone."""
+    cluster = RedisClusterProcess(scratch / "cluster")
+    cluster.start()
+    servers.callback(cluster.stop)
+    return cluster.url
 
 
 def _cost(run: dict[str, float]) -> float:
