@@ -590,7 +590,10 @@ def _read_file(file_path: Path, names: tuple[str, ...]) -> dict[str, NDArray[Any
     try:
         if file_path.suffix == ".npy":
             (name,) = names
-            return {name: np.load(file_path, mmap_mode="r", allow_pickle=False)}
+            mapped = np.load(file_path, mmap_mode="r", allow_pickle=False)
+            # A plain ndarray over the same pages: indexing an np.memmap runs Python code
+            # (~1 us a time, and a request indexes a dozen arrays).
+            return {name: mapped.view(np.ndarray)}
         # Opened here: numpy leaves a file it opened itself open when zipfile fails on it.
         with file_path.open("rb") as handle:
             with np.load(handle, allow_pickle=False) as archive:
