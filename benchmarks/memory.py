@@ -228,7 +228,13 @@ def wait_for_workers(log_path: Path, version: str, workers: int, seconds: float 
 def memory(workers: int) -> dict[str, Any]:
     """PSS, RSS and their anonymous and file-backed parts (bytes) of gunicorn's master and
     each worker, and the workers' summed PSS."""
-    (master,) = _children(os.getpid())
+    # gunicorn's master among this process's children (multiprocessing may have started its
+    # resource tracker too)
+    (master,) = [
+        pid
+        for pid in _children(os.getpid())
+        if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
     pids = _children(master)
     if len(pids) != workers:
         raise RuntimeError(f"gunicorn runs {len(pids)} workers, expected {workers}")
