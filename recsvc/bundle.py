@@ -154,7 +154,7 @@ class BundleArrays:
             )
         for name in ("owned_indptr", "neighbour_indptr"):
             indptr = getattr(self, name)
-            if not len(indptr) or indptr[0] != 0 or (np.diff(indptr) < 0).any():
+            if not len(indptr) or indptr[0] != 0 or not _sorted(indptr):
                 raise ValueError(f"{name} does not start at 0 and rise")
         lengths = {name: n_customers for name in PER_CUSTOMER} | {
             name: n_items for name in PER_ITEM
@@ -215,11 +215,23 @@ class BundleArrays:
             self.candidate_items.min() < -1 or self.candidate_items.max() >= n_items
         ):
             raise ValueError("candidate_items refers to items outside the bundle")
-        high, low = self.alias_high, self.alias_low
-        if len(high) > 1 and (
-            (high[1:] < high[:-1]).any() or ((high[1:] == high[:-1]) & (low[1:] < low[:-1])).any()
-        ):
+        if not _sorted(self.alias_high, self.alias_low):
             raise ValueError("alias digests are not sorted")
+
+
+def _sorted(first: NDArray[Any], second: NDArray[Any] | None = None) -> bool:
+    """Whether ``first`` never falls (and, with ``second``, whether ``second`` never falls
+    where ``first`` repeats): a block at a time, as the arrays may be mapped files larger
+    than memory."""
+    for start in range(0, max(len(first) - 1, 0), _CHECK_ROWS):
+        block = first[start : start + _CHECK_ROWS + 1]
+        if (block[1:] < block[:-1]).any():
+            return False
+        if second is not None:
+            within = second[start : start + _CHECK_ROWS + 1]
+            if ((block[1:] == block[:-1]) & (within[1:] < within[:-1])).any():
+                return False
+    return True
 
 
 CUSTOMER_FIGURES = (

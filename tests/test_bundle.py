@@ -276,6 +276,8 @@ def test_a_checksummed_file_that_cannot_be_read_is_corrupt(tmp_path: Path, damag
         ("candidate_reasons", np.array([[0, 1], [-1, -1]], dtype=np.int32), "outside"),
         ("neighbour_indptr", np.array([0, 1, 2], dtype=np.int64), "neighbour_indptr length"),
         ("owned_source", np.array([1], dtype=np.int16), "owned_source refers"),
+        ("owned_indptr", np.array([0, 1, 0], dtype=np.int64), "owned_indptr does not start"),
+        ("alias_high", np.array([9, 1], dtype=np.uint64), "alias digests are not sorted"),
     ],
 )
 def test_arrays_of_another_dtype_or_shape_are_not_published(
