@@ -1,8 +1,9 @@
 """gunicorn settings for recsvc: ``gunicorn -c gunicorn.conf.py recsvc.wsgi:app``.
 
 Chosen by measurement on a 2-core machine (see README, Performance): sync workers, one per
-core. The bundle is loaded before the fork (preload), so every worker shares its arrays
-copy-on-write, and it is frozen out of the garbage collector's reach so that it stays shared.
+core. The bundle is loaded before the fork (preload): its per-customer arrays are
+memory-mapped files every worker shares through the page cache, and the rest is shared
+copy-on-write, frozen out of the garbage collector's reach so that it stays shared.
 BLAS is pinned to one thread per worker. A sync worker is held by one client until its request
 is read in full, so two slow clients stop two workers: gunicorn must sit behind a buffering
 proxy (deploy/nginx.conf; README, Production topology), and it listens on 127.0.0.1 unless

@@ -54,11 +54,8 @@ def id_only(*args: Any, impression_id: str | None = None, **kwargs: Any) -> str:
 def measure(source: Path, work: Path, repeat: int) -> dict[str, float]:
     current = load_current(source)
     models_dir, events_dir, other = work / "models", work / "events", f"{current.version}-b"
-    attachments = {
-        name: current.path / name for name in current.manifest.files if not name.endswith(".npz")
-    }
     for version in (other, current.version):
-        publish_bundle(models_dir, version, current.arrays, current.manifest, attachments)
+        publish_bundle(models_dir, version, current.arrays, current.manifest, current.attachments)
     settings = {
         "RECSVC_MODELS_DIR": str(models_dir),
         "RECSVC_AUTH": "off",

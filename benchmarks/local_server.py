@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from string import Template
@@ -119,11 +119,16 @@ def render_nginx_conf(listen: str, upstream: str, max_body_bytes: int) -> str:
 
 @contextmanager
 def nginx(
-    upstream: str, max_body_bytes: int, log_path: Path | None = None, port: int | None = None
+    upstream: str,
+    max_body_bytes: int,
+    log_path: Path | None = None,
+    port: int | None = None,
+    more_upstreams: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Run nginx with deploy/nginx.conf in front of ``upstream`` (host:port or unix:path) on
-    ``port`` of 127.0.0.1 (a free one by default), and yield its base URL once it answers
-    /healthz; its log lines go to ``log_path`` when given."""
+    """Run nginx with deploy/nginx.conf in front of ``upstream`` (host:port or unix:path),
+    and of ``more_upstreams`` (other hosts: each a file in its upstreams.d/), on ``port`` of
+    127.0.0.1 (a free one by default), and yield its base URL once it answers /healthz; its
+    log lines go to ``log_path`` when given."""
     binary = nginx_binary()
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="recsvc-nginx-") as directory:
@@ -131,6 +136,10 @@ def nginx(
         os.chmod(directory, 0o755)
         conf = Path(directory) / "nginx.conf"
         conf.write_text(render_nginx_conf(f"127.0.0.1:{port}", upstream, max_body_bytes))
+        hosts = Path(directory) / "upstreams.d"
+        hosts.mkdir()
+        for number, address in enumerate(more_upstreams):
+            (hosts / f"host-{number}.conf").write_text(f"server {address} max_fails=0;\n")
         command = [binary, "-p", f"{directory}/", "-c", str(conf), "-e", "stderr"]
         command += ["-g", "daemon off;"]
         failure = "nginx did not start or cannot reach gunicorn"

@@ -59,10 +59,7 @@ def many_triggers(models_dir: Path, target: Path, count: int, seed: int = 7) -> 
         trigger_reasons=reasons,
         trigger_figures=figures,
     )
-    attachments = {
-        name: bundle.path / name for name in bundle.manifest.files if not name.endswith(".npz")
-    }
-    publish_bundle(target, "many-triggers", replaced, bundle.manifest, attachments)
+    publish_bundle(target, "many-triggers", replaced, bundle.manifest, bundle.attachments)
 
 
 def timed(call: Callable[[], Any], repeat: int) -> float:

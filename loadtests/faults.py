@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.local_server import RedisClusterProcess, RedisProcess, gunicorn  # noqa: E402
 from loadtests.run import locust_command, locust_run  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
-from recsvc.bundle import ARRAY_FILES, MANIFEST_FILE, load_current, publish_bundle  # noqa: E402
+from recsvc.bundle import ARRAY_FILES, load_current, publish_bundle  # noqa: E402
 
 RELOAD_SECONDS = 2
 Server = RedisProcess | RedisClusterProcess
@@ -331,13 +331,8 @@ def publish_marked_copy(models: Path, redis_server: Server | None) -> dict[str, 
     arrays = dataclasses.replace(
         bundle.arrays, titles=np.char.add(bundle.arrays.titles.astype(str), NEW_TITLE_MARK)
     )
-    attachments = {
-        name: bundle.path / name
-        for name in bundle.manifest.files
-        if name not in ARRAY_FILES and name != MANIFEST_FILE
-    }
     version = bundle.version + "-swapped"
-    publish_bundle(models, version, arrays, bundle.manifest, attachments)
+    publish_bundle(models, version, arrays, bundle.manifest, bundle.attachments)
     return {"old": bundle.version, "new": version}
 
 

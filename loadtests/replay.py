@@ -145,11 +145,9 @@ def replay(
 def challenger_of(bundle: Bundle, models: Path) -> str:
     """Publish ``bundle`` into ``models`` as it is, then a copy of it as the challenger (the
     same model: the arms differ only in the rates their clicks are drawn at)."""
-    files = {name: bundle.path / name for name in bundle.manifest.files}
-    attachments = {name: path for name, path in files.items() if not name.endswith(".npz")}
     version = f"{bundle.version}-challenger"
-    publish_bundle(models, version, bundle.arrays, bundle.manifest, attachments)
-    publish_bundle(models, bundle.version, bundle.arrays, bundle.manifest, attachments)
+    publish_bundle(models, version, bundle.arrays, bundle.manifest, bundle.attachments)
+    publish_bundle(models, bundle.version, bundle.arrays, bundle.manifest, bundle.attachments)
     return version
 
 

@@ -1,18 +1,37 @@
 """The model bundle format: the one module that writes, verifies and loads bundles.
 
-A bundle is a directory ``<models_dir>/<version>/`` holding numpy archives, a manifest with
+A bundle is a directory ``<models_dir>/<version>/`` holding numpy files, a manifest with
 the sha256 of every file, and optional attachments (e.g. the quarantine file). The file
 ``<models_dir>/current`` names the version being served; it is replaced atomically only after
 the bundle directory is complete, so a reader never sees a half-written bundle.
+
+Format 4 stores every array whose length grows with the customers, their purchases, aliases
+or triggers (and the item-item lists) as one uncompressed ``.npy`` file each, which loading
+maps read-only: every worker of a host reads the same pages of the page cache, so a host
+holds them once however many workers it runs. The catalog-sized arrays sit in ``.npz``
+archives and are read into each worker's memory. A published bundle is never modified in
+place (a file shrunk under a mapping would crash the processes reading it); it is replaced by
+publishing another. Format 3 bundles (every array in a ``.npz``) still load, into memory.
+
+Checking a bundle (every checksum, then the arrays' consistency) reads all of it. A host
+does it once per bundle: the first process to load it records the fact under a lock in a
+host-local directory (``VerificationRecords``), and the others trust that record for as long
+as every file's identity, size and times are as recorded.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Mapping
+import stat
+import tempfile
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -26,6 +45,8 @@ from recsvc.errors import BundleCorrupt, BundleNotFound
 from recsvc.manifest import BUNDLE_FORMAT, Counts, Manifest
 from recsvc.schemas import ContentKind
 
+log = logging.getLogger(__name__)
+
 # A customer owns an item from this net quantity on, in training and in the service alike: a
 # line of 0.0001 (a fractional export artefact) owns nothing, half a unit or more rounds to one.
 OWNED_QUANTITY = 0.5
@@ -35,6 +56,7 @@ CONTENT_FILE = "content.json"  # the content catalog for website blocks (a JSON 
 QUARANTINE_FILE = "quarantine.csv"
 CURRENT_POINTER = "current"
 _STAGING_PREFIX = ".staging-"
+_CHECK_ROWS = 1 << 16  # customers checked at a time
 
 
 @dataclass(frozen=True)
@@ -132,7 +154,7 @@ class BundleArrays:
             )
         for name in ("owned_indptr", "neighbour_indptr"):
             indptr = getattr(self, name)
-            if not len(indptr) or indptr[0] != 0 or (np.diff(indptr) < 0).any():
+            if not len(indptr) or indptr[0] != 0 or not _sorted(indptr):
                 raise ValueError(f"{name} does not start at 0 and rise")
         lengths = {name: n_customers for name in PER_CUSTOMER} | {
             name: n_items for name in PER_ITEM
@@ -169,9 +191,11 @@ class BundleArrays:
             == (self.candidate_reasons.shape)
         ):
             raise ValueError("candidate items, scores and reasons differ in shape")
-        if self.candidate_reasons.size:
-            history = np.diff(self.owned_indptr)[:, None]
-            if ((self.candidate_reasons < -1) | (self.candidate_reasons >= history)).any():
+        # A block of rows at a time: the arrays may be memory-mapped files larger than memory.
+        for start in range(0, n_customers if self.candidate_reasons.size else 0, _CHECK_ROWS):
+            history = np.diff(self.owned_indptr[start : start + _CHECK_ROWS + 1])[:, None]
+            reasons = self.candidate_reasons[start : start + _CHECK_ROWS]
+            if ((reasons < -1) | (reasons >= history)).any():
                 raise ValueError("candidate_reasons refers to purchases outside the customer's")
         for name, indices, size in (
             ("owned_indices", self.owned_indices, n_items),
@@ -191,10 +215,23 @@ class BundleArrays:
             self.candidate_items.min() < -1 or self.candidate_items.max() >= n_items
         ):
             raise ValueError("candidate_items refers to items outside the bundle")
-        if len(self.alias_high) > 1:
-            order = np.lexsort((self.alias_low, self.alias_high))
-            if (order != np.arange(len(order))).any():
-                raise ValueError("alias digests are not sorted")
+        if not _sorted(self.alias_high, self.alias_low):
+            raise ValueError("alias digests are not sorted")
+
+
+def _sorted(first: NDArray[Any], second: NDArray[Any] | None = None) -> bool:
+    """Whether ``first`` never falls (and, with ``second``, whether ``second`` never falls
+    where ``first`` repeats): a block at a time, as the arrays may be mapped files larger
+    than memory."""
+    for start in range(0, max(len(first) - 1, 0), _CHECK_ROWS):
+        block = first[start : start + _CHECK_ROWS + 1]
+        if (block[1:] < block[:-1]).any():
+            return False
+        if second is not None:
+            within = second[start : start + _CHECK_ROWS + 1]
+            if ((block[1:] == block[:-1]) & (within[1:] < within[:-1])).any():
+                return False
+    return True
 
 
 CUSTOMER_FIGURES = (
@@ -231,17 +268,38 @@ def _declared_dtypes() -> dict[str, type[np.generic]]:
 
 DTYPES = _declared_dtypes()
 
-# Which array lives in which file: the single definition of the on-disk layout.
+# Arrays whose length grows with customers, purchases, aliases or triggers, and the item-item
+# lists: each is one .npy file, memory-mapped when loaded.
+MAPPED = (
+    "customer_ids",
+    "user_factors",
+    *OWNED,
+    *CUSTOMER_FIGURES,
+    *CANDIDATES,
+    "neighbour_indptr",
+    "neighbour_items",
+    "neighbour_scores",
+    "alias_high",
+    "alias_low",
+    "alias_rows",
+    "trigger_rows",
+    *TRIGGER_ARRAYS,
+)
+# Which array lives in which file: the single definition of the on-disk layout. A .npy file
+# holds one array and is memory-mapped; a .npz archive's arrays are read into memory.
 ARRAY_FILES: dict[str, tuple[str, ...]] = {
+    "ids.npz": ("item_ids", "source_names"),
+    "factors.npz": ("item_factors", "item_prior"),
+    "catalog.npz": CATALOG,
+    "popular.npz": ("popular_items", "popular_scores"),
+    "segments.npz": SEGMENTS,
+    **{f"{name}.npy": (name,) for name in MAPPED},
+}
+# Format 3's layout (every array in memory), still read.
+FORMAT_3_FILES: dict[str, tuple[str, ...]] = {
     "ids.npz": ("customer_ids", "item_ids", "source_names"),
     "factors.npz": ("user_factors", "item_factors", "item_prior"),
-    "owned.npz": (
-        "owned_indptr",
-        "owned_indices",
-        "owned_quantity",
-        "owned_weight",
-        "owned_source",
-    ),
+    "owned.npz": OWNED,
     "neighbours.npz": ("neighbour_indptr", "neighbour_items", "neighbour_scores"),
     "customers.npz": CUSTOMER_FIGURES,
     "catalog.npz": CATALOG,
@@ -251,21 +309,31 @@ ARRAY_FILES: dict[str, tuple[str, ...]] = {
     "candidates.npz": CANDIDATES,
     "segments.npz": SEGMENTS,
 }
-OPTIONAL_FILES = frozenset({"segments.npz"})  # a bundle written before them loads without
+LAYOUTS = {3: FORMAT_3_FILES, BUNDLE_FORMAT: ARRAY_FILES}
+OPTIONAL_FILES = frozenset({"segments.npz"})  # a format-3 bundle written before them loads
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle loaded into memory."""
+    """A verified bundle, its per-customer arrays memory-mapped (format 4)."""
 
     path: Path
     manifest: Manifest
     arrays: BundleArrays
     content: list[dict[str, Any]]
+    # False when this load trusted the host's record of an earlier verification.
+    verified_now: bool = True
 
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def attachments(self) -> dict[str, Path]:
+        """The bundle's files other than its arrays (quarantine, content), by name: what to
+        pass to ``publish_bundle`` to publish its arrays again with them."""
+        arrays = LAYOUTS[self.manifest.format]
+        return {name: self.path / name for name in self.manifest.files if name not in arrays}
 
     @property
     def categories(self) -> list[str]:
@@ -312,8 +380,7 @@ def publish_bundle(
     staging.mkdir()
     try:
         for file_name, array_names in ARRAY_FILES.items():
-            with (staging / file_name).open("wb") as handle:
-                np.savez(handle, **{name: getattr(arrays, name) for name in array_names})
+            _write(staging / file_name, {name: getattr(arrays, name) for name in array_names})
         for file_name, source in (attachments or {}).items():
             shutil.copyfile(source, staging / file_name)
         checksums = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
@@ -334,6 +401,18 @@ def publish_bundle(
         raise
     point_current(models_dir, version)
     return final
+
+
+def _write(file_path: Path, arrays: dict[str, Any]) -> None:
+    with file_path.open("wb") as handle:
+        if file_path.suffix != ".npy":
+            np.savez(handle, **arrays)
+            return
+        (array,) = arrays.values()
+        # C order, so that a customer's row is one run of the mapped file. An np.memmap
+        # (say, a trainer's array larger than memory) is written from its pages as they are,
+        # never loaded whole.
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def point_current(models_dir: Path, version: str) -> None:
@@ -362,47 +441,56 @@ def current_version(models_dir: Path) -> str:
     return version
 
 
-def load_current(models_dir: Path) -> Bundle:
+def load_current(models_dir: Path, records: VerificationRecords | None = None) -> Bundle:
     """Load and verify the bundle that ``current`` points at."""
-    return load_bundle(models_dir / current_version(models_dir))
+    return load_bundle(models_dir / current_version(models_dir), records)
 
 
-def load_bundle(path: Path) -> Bundle:
+def load_bundle(path: Path, records: VerificationRecords | None = None) -> Bundle:
     """Load a bundle, verifying its manifest, every checksum and the array shapes.
 
+    ``records``: this host's record of the bundles already verified; a bundle it lists, with
+    every file as it was then, is trusted without reading it all again. None: verify it all.
     Raises BundleNotFound when the directory does not exist and BundleCorrupt, naming the
     file, for anything else that is wrong.
     """
     if not path.is_dir():
         raise BundleNotFound(f"bundle directory {path} does not exist")
-    manifest = _read_manifest(path)
+    manifest, raw = _read_manifest(path)
+    layout = LAYOUTS[manifest.format]
     listed = manifest.files
-    for file_name in ARRAY_FILES.keys() - OPTIONAL_FILES:
+    for file_name in layout.keys() - OPTIONAL_FILES:
         if file_name not in listed:
             raise BundleCorrupt(f"{path / MANIFEST_FILE}: does not list {file_name}")
-    for file_name, expected in listed.items():
-        _verify(path / file_name, expected)
-    loaded: dict[str, NDArray[Any]] = {}
-    for file_name, array_names in ARRAY_FILES.items():
-        if file_name not in listed:  # optional, and absent: the arrays' defaults
-            continue
-        loaded |= _read_archive(path / file_name, array_names)
-    arrays = BundleArrays(**loaded)
+    with _verification(records, path, raw, listed) as trusted:
+        if not trusted:
+            _verify_all(path, listed)
+        loaded: dict[str, NDArray[Any]] = {}
+        for file_name, array_names in layout.items():
+            if file_name not in listed:  # optional, and absent: the arrays' defaults
+                continue
+            loaded |= _read_file(path / file_name, array_names)
+        arrays = BundleArrays(**loaded)
+        if not trusted:
+            try:
+                arrays.check()
+            except Exception as error:
+                raise BundleCorrupt(f"{path}: inconsistent arrays: {_describe(error)}") from error
+        content: list[dict[str, Any]] = []
+        if CONTENT_FILE in listed:
+            content = _read_content(path / CONTENT_FILE)
+    return Bundle(path, manifest, arrays, content, verified_now=not trusted)
+
+
+def _read_content(file_path: Path) -> list[dict[str, Any]]:
     try:
-        arrays.check()
+        content = json.loads(file_path.read_text(encoding="utf-8"))
     except Exception as error:
-        raise BundleCorrupt(f"{path}: inconsistent arrays: {_describe(error)}") from error
-    content: list[dict[str, Any]] = []
-    if CONTENT_FILE in listed:
-        try:
-            content = json.loads((path / CONTENT_FILE).read_text(encoding="utf-8"))
-        except Exception as error:
-            message = f"{path / CONTENT_FILE}: unreadable ({_describe(error)})"
-            raise BundleCorrupt(message) from error
-        if not isinstance(content, list) or not all(isinstance(c, dict) for c in content):
-            raise BundleCorrupt(f"{path / CONTENT_FILE}: is not a list of objects")
-        _check_content(path / CONTENT_FILE, content)
-    return Bundle(path=path, manifest=manifest, arrays=arrays, content=content)
+        raise BundleCorrupt(f"{file_path}: unreadable ({_describe(error)})") from error
+    if not isinstance(content, list) or not all(isinstance(c, dict) for c in content):
+        raise BundleCorrupt(f"{file_path}: is not a list of objects")
+    _check_content(file_path, content)
+    return content
 
 
 def load_arrays(path: Path, names: tuple[str, ...]) -> tuple[Manifest, dict[str, NDArray[Any]]]:
@@ -411,17 +499,101 @@ def load_arrays(path: Path, names: tuple[str, ...]) -> tuple[Manifest, dict[str,
     or BundleNotFound as for ``load_bundle``."""
     if not path.is_dir():
         raise BundleNotFound(f"bundle directory {path} does not exist")
-    manifest = _read_manifest(path)
+    manifest, _ = _read_manifest(path)
     loaded: dict[str, NDArray[Any]] = {}
-    for file_name, array_names in ARRAY_FILES.items():
+    for file_name, array_names in LAYOUTS[manifest.format].items():
         wanted = tuple(name for name in array_names if name in names)
         if wanted:
             _verify(path / file_name, manifest.files.get(file_name))
-            loaded |= _read_archive(path / file_name, wanted)
+            loaded |= _read_file(path / file_name, wanted)
     for name in names:
         if name not in loaded:
             raise BundleCorrupt(f"{path}: holds no array {name!r}")
     return manifest, loaded
+
+
+class VerificationRecords:
+    """The bundles verified on this host, in a host-local directory of this user's: one
+    file per bundle (by its path and manifest digest) with each file's identity, size and
+    times when it was verified. The first process to load a bundle verifies it and records
+    it under a lock, which the others wait on; then they trust the record for as long as
+    the files' stats match it. A file rewritten since (a different size, inode or time) is
+    verified again; the directory can be emptied at any time."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        """``directory``: None, ``recsvc-verified-<uid>`` in the temporary directory."""
+        self.directory = directory or Path(tempfile.gettempdir()) / f"recsvc-verified-{os.getuid()}"
+
+    @contextmanager
+    def verifying(self, path: Path, manifest: bytes, files: Mapping[str, str]) -> Iterator[bool]:
+        """Yields whether the bundle at ``path`` is recorded as verified; when not, records it
+        once the block completes (the block raises for a bundle that does not verify)."""
+        directory = self._own_directory()
+        if directory is None:
+            yield False
+            return
+        name = hashlib.sha256(os.fsencode(path.resolve()) + b"\0" + manifest).hexdigest()
+        record = directory / f"{name}.json"
+        with (directory / f"{name}.lock").open("ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+            stats = _file_stats(path, [MANIFEST_FILE, *files])
+            try:
+                trusted = json.loads(record.read_text()) == stats
+            except (OSError, ValueError):
+                trusted = False
+            yield trusted
+            if not trusted:
+                temporary = directory / f".{name}.{os.getpid()}"
+                temporary.write_text(json.dumps(stats))
+                os.replace(temporary, record)
+
+    def _own_directory(self) -> Path | None:
+        """The directory, made if need be; None (verify everything) if it is not this
+        user's alone: another could write a record that makes a corrupt bundle trusted."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = self.directory.stat()
+        except OSError as error:
+            log.warning("bundles are verified in full by every process: %s", error)
+            return None
+        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            log.warning(
+                "bundles are verified in full by every process: %s is not this user's alone",
+                self.directory,
+            )
+            return None
+        return self.directory
+
+
+@contextmanager
+def _verification(
+    records: VerificationRecords | None, path: Path, manifest: bytes, files: Mapping[str, str]
+) -> Iterator[bool]:
+    if records is None:
+        yield False
+    else:
+        with records.verifying(path, manifest, files) as trusted:
+            yield trusted
+
+
+def _file_stats(path: Path, names: list[str]) -> dict[str, list[int] | None]:
+    found: dict[str, list[int] | None] = {}
+    for name in names:
+        try:
+            info = (path / name).stat()
+        except OSError:
+            found[name] = None
+            continue
+        found[name] = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+    return found
+
+
+def _verify_all(path: Path, files: Mapping[str, str]) -> None:
+    """Every file's checksum, on a thread per core (hashlib lets go of the GIL): the first
+    load on a host reads the whole bundle. Raises for the first file listed that fails."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for _ in pool.map(lambda name: _verify(path / name, files[name]), files):
+            pass
 
 
 def _verify(file_path: Path, expected: str | None) -> None:
@@ -431,11 +603,17 @@ def _verify(file_path: Path, expected: str | None) -> None:
         raise BundleCorrupt(f"{file_path}: sha256 does not match the manifest")
 
 
-def _read_archive(file_path: Path, names: tuple[str, ...]) -> dict[str, NDArray[Any]]:
-    """The arrays ``names`` of one numpy archive. A file whose checksum matches can still be
-    unreadable (written wrong, or by another tool): whatever numpy, zipfile or zlib raise
-    for it, it is a corrupt bundle."""
+def _read_file(file_path: Path, names: tuple[str, ...]) -> dict[str, NDArray[Any]]:
+    """The arrays ``names`` of one file: a .npy memory-mapped read-only, a .npz archive's read
+    into memory. A file whose checksum matches can still be unreadable (written wrong, or by
+    another tool): whatever numpy, zipfile or zlib raise for it, it is a corrupt bundle."""
     try:
+        if file_path.suffix == ".npy":
+            (name,) = names
+            mapped = np.load(file_path, mmap_mode="r", allow_pickle=False)
+            # A plain ndarray over the same pages: indexing an np.memmap runs Python code
+            # (~1 us a time, and a request indexes a dozen arrays).
+            return {name: mapped.view(np.ndarray)}
         # Opened here: numpy leaves a file it opened itself open when zipfile fails on it.
         with file_path.open("rb") as handle:
             with np.load(handle, allow_pickle=False) as archive:
@@ -490,7 +668,8 @@ def _check_content(path: Path, content: list[dict[str, Any]]) -> None:
             raise BundleCorrupt(f"{path}: item {position}: {error}") from error
 
 
-def _read_manifest(path: Path) -> Manifest:
+def _read_manifest(path: Path) -> tuple[Manifest, bytes]:
+    """The manifest, and its text as read."""
     manifest_path = path / MANIFEST_FILE
     try:
         raw = manifest_path.read_bytes()
@@ -504,7 +683,7 @@ def _read_manifest(path: Path) -> Manifest:
         raise BundleCorrupt(f"{manifest_path}: {error}") from None
     if manifest.version != path.name:
         raise BundleCorrupt(f"{manifest_path}: version {manifest.version!r} != {path.name}")
-    return manifest
+    return manifest, raw
 
 
 def _fsync_tree(directory: Path) -> None:

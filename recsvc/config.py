@@ -111,6 +111,14 @@ SETTINGS: tuple[Setting, ...] = (
         "directory holding the bundles and the `current` pointer",
         _models_dir,
     ),
+    Setting(
+        "VERIFIED_DIR",
+        "",
+        "a directory of this host's own where the first process to verify a bundle records it, "
+        "so that every other worker on the host trusts it instead of reading it all again",
+        lambda text: Path(text) if text else None,
+        shown_default="`$TMPDIR/recsvc-verified-<uid>`",
+    ),
     Setting("LOG_LEVEL", defaults.LOG_LEVEL, "least severe level logged", choices=LOG_LEVELS),
     Setting(
         "RELOAD_SECONDS",
@@ -282,6 +290,7 @@ SETTINGS: tuple[Setting, ...] = (
 @dataclass(frozen=True)
 class ServiceConfig:
     models_dir: Path
+    verified_dir: Path | None = None  # None: VerificationRecords' default directory
     log_level: str = defaults.LOG_LEVEL
     reload_seconds: int = defaults.RELOAD_SECONDS
     redis_url: str | None = None  # None: the embedded in-process store

@@ -1,8 +1,9 @@
 """The bundle's manifest.json: one typed definition of every section, with one encode and one
 decode. The trainer fills the sections, the service reads them as attributes.
 
-Every section is optional with a default, so a format-2 bundle written before a section
-existed (or a small one made by hand) still loads; unknown keys are ignored.
+Every section is optional with a default, so a bundle written before a section existed (or
+a small one made by hand) still loads; unknown keys are ignored. ``format`` names the files'
+layout (recsvc.bundle): this service writes ``BUNDLE_FORMAT`` and reads ``READ_FORMATS``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from recsvc.defaults import DEFAULT_CHANNELS
 from recsvc.errors import BundleCorrupt
 from recsvc.policy import TierPolicy
 
-BUNDLE_FORMAT = 3
+BUNDLE_FORMAT = 4  # per-customer arrays in .npy files, memory-mapped
+READ_FORMATS = (3, BUNDLE_FORMAT)  # format 3: every array in a .npz, read into memory
 
 
 class Catalog(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,7 +179,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def decode(cls, raw: bytes) -> Manifest:
-        """Raises BundleCorrupt, saying what is wrong, for anything but a format-2 manifest."""
+        """Raises BundleCorrupt, saying what is wrong, for anything but a manifest of a format
+        this service reads."""
         try:
             parsed: Any = msgspec.json.decode(raw)
         except msgspec.DecodeError as error:
@@ -185,9 +188,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
         # The format first: another format's sections need not fit these.
         if not isinstance(parsed, dict) or not isinstance(parsed.get("files"), dict):
             raise BundleCorrupt("has no 'files' table")
-        if parsed.get("format") != BUNDLE_FORMAT:
+        if parsed.get("format") not in READ_FORMATS:
+            readable = " and ".join(str(number) for number in READ_FORMATS)
             raise BundleCorrupt(
-                f"format {parsed.get('format')!r}, this service reads format {BUNDLE_FORMAT}"
+                f"format {parsed.get('format')!r}, this service reads formats {readable}"
             )
         try:
             return msgspec.convert(parsed, type=cls)

@@ -144,7 +144,6 @@ class Ranker:
             )
             for i, name in enumerate(arrays.segment_names.tolist())
         }
-        self.trained_tier = self.tiers.indices(arrays.window_spend)
         self._popularity_of: dict[str, NDArray[np.float64]] = {}
         self._category_members: dict[int, NDArray[np.float64]] = {}
         # Items reserved for higher tiers, per tier (usually none), listed once.
@@ -170,6 +169,11 @@ class Ranker:
     def customer_row(self, key: str) -> int | None:
         """The row of the customer a key names: canonical id, <source>:<id>, email:, phone:."""
         return self.aliases.row(key)
+
+    def trained_tier(self, row: int) -> int:
+        """The customer's tier at training: the one their candidate list was ranked for.
+        Looked up per customer, not kept for all: the per-customer arrays are mapped files."""
+        return self.tiers.index(float(self.arrays.window_spend[row]))
 
     def owned(self, row: int) -> NDArray[np.int32]:
         """Items the customer held at training time (without their editions)."""
@@ -232,7 +236,7 @@ class Ranker:
         deltas = deltas or {}
         if interest:
             return self._with_interest(row, n, deltas, tier, policy, allowed, scopes, interest)
-        if row is not None and policy and tier == self.trained_tier[row]:
+        if row is not None and policy and tier == self.trained_tier(row):
             fast = self._from_candidates(row, n, deltas, allowed)
             if fast is not None:
                 return fast
@@ -614,7 +618,8 @@ class Ranker:
         """The top ``k`` eligible items of each of ``rows`` and their scores (-1 and -inf
         past the last eligible item)."""
         n_items = len(self.arrays.item_ids)
-        block = self.batch_scores(rows, self.trained_tier[rows])
+        tiers = self.tiers.indices(self.arrays.window_spend[rows])
+        block = self.batch_scores(rows, tiers)
         if self._grouped.any():  # editions: each customer's owned set needs expanding
             for offset, row in enumerate(rows):
                 block[offset, self.excluded(int(row), {})] = -np.inf
@@ -623,7 +628,6 @@ class Ranker:
             counts = indptr[rows + 1] - indptr[rows]
             owned = self.arrays.owned_indices[indptr[rows[0]] : indptr[rows[-1] + 1]]
             block[np.repeat(np.arange(len(rows)), counts), owned] = -np.inf
-        tiers = self.trained_tier[rows]
         for tier in np.unique(tiers):
             hidden = self._hidden_items[tier]
             if len(hidden):

@@ -5,6 +5,7 @@ framework here."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import threading
@@ -96,7 +97,9 @@ class Realtime:
         self.erasures = erasures
         self.catalog_log = CatalogLog(event_log.directory)
         self.clock = clock
-        self._row_keys: dict[tuple[str, int], str] = {}  # (bundle version, row) -> store key
+        # Store keys of the customers asked about lately, by canonical key: a bounded cache,
+        # not one entry per customer of the bundle.
+        self._store_key = functools.lru_cache(maxsize=65536)(functools.partial(customer_key, key))
         # Rows of the served bundle that the erasure list names, per (version, list state).
         self._erased_rows: tuple[str, Erasures, frozenset[int]] | None = None
         self._restorer: threading.Thread | None = None
@@ -116,10 +119,7 @@ class Realtime:
         if row is not None:
             customer_id = str(ranker.arrays.customer_ids[row])
             canonical = f"{CANONICAL}:{customer_id}"
-            cached = (model.version, row)
-            store_key = self._row_keys.get(cached) or self._row_keys.setdefault(
-                cached, customer_key(self.key, canonical)
-            )
+            store_key = self._store_key(canonical)
             if (
                 row in self._rows_erased(model, erasures)
                 or store_key in erasures.customer_keys

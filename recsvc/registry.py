@@ -2,10 +2,13 @@
 
 A new bundle is picked up without a restart: each worker process watches the ``current``
 pointer (every ``reload_seconds``) and swaps in the new bundle once it has loaded and
-verified it. A request takes one reference to the served model and uses it throughout, so no
-response mixes two versions. A bundle that fails verification (or cannot be read or served in
-any way) is refused, logged once, and not tried again until the pointer moves; the previous
-one keeps serving, and the refusal is over once the pointer names a bundle that serves.
+verified it (its per-customer arrays memory-mapped, so the workers of a host share one copy
+through the page cache; verified in full only by the first process of the host to load it:
+recsvc.bundle.VerificationRecords). A request takes one reference to the served model and
+uses it throughout, so no response mixes two versions. A bundle that fails verification (or
+cannot be read or served in any way) is refused, logged once, and not tried again until the
+pointer moves; the previous one keeps serving, and the refusal is over once the pointer names
+a bundle that serves.
 
 At start there is no previous one: then the newest bundle in the models directory that
 verifies is served instead (a fallback), and ``current`` is left as the operator wrote it.
@@ -31,7 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from recsvc import experiments
-from recsvc.bundle import CURRENT_POINTER, Bundle, bundle_versions, current_version, load_bundle
+from recsvc.bundle import (
+    CURRENT_POINTER,
+    Bundle,
+    VerificationRecords,
+    bundle_versions,
+    current_version,
+    load_bundle,
+)
 from recsvc.errors import BundleCorrupt, BundleError, BundleNotFound
 from recsvc.experiments import Experiment, Split
 from recsvc.identity import SECRET_VARIABLE, IdentityKey, IdentityRules
@@ -91,12 +101,15 @@ class ModelRegistry:
         key: IdentityKey | None = None,
         wait: Callable[[float], object] = time.sleep,
         experiment: Experiment | None = None,
+        records: VerificationRecords | None = None,
     ) -> None:
         """``key``: this deployment's secret; a bundle trained with another is refused.
         None: the development key. ``wait``: the watcher's pause between two checks (a seam:
         tests pass one they release by hand). ``experiment``: the configured one
-        (RECSVC_EXPERIMENT; the models directory's file comes first)."""
+        (RECSVC_EXPERIMENT; the models directory's file comes first). ``records``: this
+        host's record of the bundles verified (None: every load verifies every file)."""
         self.models_dir = models_dir
+        self.records = records
         self.wait = wait
         self.configured_experiment = experiment
         self.experiment: Experiment | None = None  # in force, running or ended
@@ -129,7 +142,7 @@ class ModelRegistry:
         version: str | None = None
         try:
             version = current_version(self.models_dir)
-            model = serve(load_bundle(self.models_dir / version), self.key)
+            model = serve(self._bundle(version), self.key)
         except BundleError as error:
             self._refuse(version, error)
             if self.model is None and (self.models_dir / CURRENT_POINTER).exists():
@@ -137,7 +150,12 @@ class ModelRegistry:
             return False
         self.model = model
         self._clear()
-        log.info("serving bundle %s from %s", model.version, model.bundle.path)
+        log.info(
+            "serving bundle %s from %s (%s)",
+            model.version,
+            model.bundle.path,
+            "verified" if model.bundle.verified_now else "verified on this host before",
+        )
         return True
 
     def check(self) -> bool:
@@ -207,7 +225,7 @@ class ModelRegistry:
         for model in served:
             if model is not None and model.version == version:
                 return model
-        return serve(load_bundle(self.models_dir / version), self.key)
+        return serve(self._bundle(version), self.key)
 
     def watch(self, interval: float) -> None:
         """Check the pointer every ``interval`` seconds from a daemon thread of this process
@@ -232,6 +250,9 @@ class ModelRegistry:
 
         threading.Thread(target=loop, name="recsvc-bundle-watch", daemon=True).start()
 
+    def _bundle(self, version: str) -> Bundle:
+        return load_bundle(self.models_dir / version, self.records)
+
     def _refuse(self, version: str | None, error: BundleError) -> None:
         self.last_error = str(error)
         self.refused = version
@@ -248,7 +269,7 @@ class ModelRegistry:
             if version == refused:
                 continue
             try:
-                model = serve(load_bundle(self.models_dir / version), self.key)
+                model = serve(self._bundle(version), self.key)
             except BundleError as error:
                 log.warning("bundle %s cannot be the fallback either: %s", version, error)
                 continue

@@ -32,7 +32,7 @@ from recsvc import (
     tokens,
 )
 from recsvc.auth import ApiKey, Authenticator
-from recsvc.bundle import point_current
+from recsvc.bundle import VerificationRecords, point_current
 from recsvc.catalog import ServedCatalog, records_of, served_catalog
 from recsvc.config import ServiceConfig
 from recsvc.errors import (
@@ -181,7 +181,11 @@ class Service:
                 "use this for local work only"
             )
         registry = ModelRegistry(
-            config.models_dir, config.identity_key, wait=wait, experiment=config.experiment
+            config.models_dir,
+            config.identity_key,
+            wait=wait,
+            experiment=config.experiment,
+            records=VerificationRecords(config.verified_dir),
         )
         registry.load()
         store = make_store(config, clock)

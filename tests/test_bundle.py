@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
+import multiprocessing
+import os
+import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
@@ -13,8 +18,11 @@ import pytest
 from recsvc.bundle import (
     ARRAY_FILES,
     CURRENT_POINTER,
+    FORMAT_3_FILES,
     MANIFEST_FILE,
+    MAPPED,
     BundleArrays,
+    VerificationRecords,
     bundle_versions,
     current_version,
     load_bundle,
@@ -89,9 +97,11 @@ def test_no_bundle_is_not_found(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "delete", "truncate"])
-def test_corrupt_file_is_refused_by_name(tmp_path: Path, damage: str) -> None:
+@pytest.mark.parametrize("file_name", ["factors.npz", "user_factors.npy", "candidate_items.npy"])
+def test_corrupt_file_is_refused_by_name(tmp_path: Path, damage: str, file_name: str) -> None:
+    """An archive read into memory or a file memory-mapped: refused alike, naming it."""
     path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
-    target = path / "factors.npz"
+    target = path / file_name
     if damage == "flip_byte":
         data = bytearray(target.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -100,16 +110,18 @@ def test_corrupt_file_is_refused_by_name(tmp_path: Path, damage: str) -> None:
         target.unlink()
     else:
         target.write_bytes(target.read_bytes()[:40])
-    with pytest.raises(BundleCorrupt, match="factors.npz"):
+    with pytest.raises(BundleCorrupt, match=file_name):
         load_bundle(path)
+    with pytest.raises(BundleCorrupt, match=file_name):
+        load_bundle(path, VerificationRecords(tmp_path / "verified"))
 
 
 def test_manifest_edits_are_refused(tmp_path: Path) -> None:
     path = publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())
     manifest = json.loads((path / MANIFEST_FILE).read_text())
-    del manifest["files"]["owned.npz"]
+    del manifest["files"]["owned_indices.npy"]
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(BundleCorrupt, match="owned.npz"):
+    with pytest.raises(BundleCorrupt, match="owned_indices.npy"):
         load_bundle(path)
     (path / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(BundleCorrupt, match=MANIFEST_FILE):
@@ -137,7 +149,7 @@ def test_a_manifest_section_of_the_wrong_shape_is_refused_naming_it(tmp_path: Pa
         load_bundle(path)
     manifest["format"] = BUNDLE_FORMAT + 1
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    found = f"format {BUNDLE_FORMAT + 1}, this service reads format {BUNDLE_FORMAT}"
+    found = f"format {BUNDLE_FORMAT + 1}, this service reads formats 3 and {BUNDLE_FORMAT}"
     with pytest.raises(BundleCorrupt, match=found):
         load_bundle(path)
 
@@ -187,6 +199,12 @@ def npz(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 def unreadable_files(arrays: BundleArrays) -> dict[str, tuple[str, bytes]]:
     """Ways a file whose checksum matches can still not be a bundle's, by name: (file, data)."""
     factors = {name: getattr(arrays, name) for name in ARRAY_FILES["factors.npz"]}
@@ -195,33 +213,30 @@ def unreadable_files(arrays: BundleArrays) -> dict[str, tuple[str, bytes]]:
         "not_npz": ("factors.npz", b"not a numpy archive"),
         "broken_zip": ("factors.npz", b"PK\x03\x04" + b"\x00" * 64),
         "truncated_zip": ("factors.npz", valid[: len(valid) // 2]),
-        "missing_array": ("factors.npz", npz(user_factors=arrays.user_factors)),
+        "missing_array": ("factors.npz", npz(item_factors=arrays.item_factors)),
         "wrong_dtype": (
             "factors.npz",
-            npz(**{**factors, "user_factors": arrays.user_factors.astype(np.float64)}),
+            npz(**{**factors, "item_factors": arrays.item_factors.astype(np.float64)}),
         ),
         "wrong_shape": (
             "factors.npz",
             npz(**{**factors, "item_prior": arrays.item_prior.reshape(-1, 1)}),
         ),
-        "empty_indptr": (
-            "owned.npz",
-            npz(
-                owned_indptr=np.zeros(0, np.int64),
-                owned_indices=arrays.owned_indices,
-                owned_quantity=arrays.owned_quantity,
-                owned_weight=arrays.owned_weight,
-                owned_source=arrays.owned_source,
-            ),
-        ),
         "pickled_object": (
             "ids.npz",
             npz(
-                customer_ids=np.array([{"a": 1}, None], dtype=object),
-                item_ids=arrays.item_ids,
+                item_ids=np.array([{"a": 1}, None, 3], dtype=object),
                 source_names=arrays.source_names,
             ),
         ),
+        # Memory-mapped files
+        "not_npy": ("user_factors.npy", b"not a numpy file"),
+        "truncated_npy": ("user_factors.npy", npy(arrays.user_factors)[:-4]),
+        "npy_wrong_dtype": ("user_factors.npy", npy(arrays.user_factors.astype(np.float64))),
+        "npy_wrong_shape": ("candidate_items.npy", npy(arrays.candidate_items[:1])),
+        "empty_indptr": ("owned_indptr.npy", npy(np.zeros(0, np.int64))),
+        "npy_pickled_object": ("customer_ids.npy", npy(np.array([{"a": 1}, None], dtype=object))),
+        "npy_row_outside": ("alias_rows.npy", npy(arrays.alias_rows + 5)),
         "content_not_json": ("content.json", b"\xff\xfe not json"),
         "content_not_a_list": ("content.json", b'{"a": 1}'),
         # Trained before content was checked at training: every block showing it would fail.
@@ -261,6 +276,8 @@ def test_a_checksummed_file_that_cannot_be_read_is_corrupt(tmp_path: Path, damag
         ("candidate_reasons", np.array([[0, 1], [-1, -1]], dtype=np.int32), "outside"),
         ("neighbour_indptr", np.array([0, 1, 2], dtype=np.int64), "neighbour_indptr length"),
         ("owned_source", np.array([1], dtype=np.int16), "owned_source refers"),
+        ("owned_indptr", np.array([0, 1, 0], dtype=np.int64), "owned_indptr does not start"),
+        ("alias_high", np.array([9, 1], dtype=np.uint64), "alias digests are not sorted"),
     ],
 )
 def test_arrays_of_another_dtype_or_shape_are_not_published(
@@ -281,3 +298,132 @@ def test_bundle_versions_lists_published_bundles_newest_first(tmp_path: Path) ->
     (tmp_path / "v1" / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert bundle_versions(tmp_path) == ["v1", "v3", "v2"]
     assert bundle_versions(tmp_path / "nothing-here") == []
+
+
+def test_per_customer_arrays_are_memory_mapped_and_item_arrays_in_memory(tmp_path: Path) -> None:
+    arrays = load_bundle(publish_bundle(tmp_path, "v1", tiny_arrays(), Manifest())).arrays
+    for name in MAPPED:
+        assert memory_mapped(getattr(arrays, name)), name
+        assert not getattr(arrays, name).flags.writeable, name
+    for name in ("item_ids", "item_factors", "titles", "popular_items", "segment_items"):
+        assert not memory_mapped(getattr(arrays, name)), name
+
+
+def memory_mapped(array: np.ndarray) -> bool:
+    """Whether the array's memory is a file's mapping (somewhere down its chain of bases)."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
+def test_a_host_verifies_a_bundle_once(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path / "models", "v1", tiny_arrays(), Manifest())
+    records = VerificationRecords(tmp_path / "verified")
+    assert load_bundle(path, records).verified_now  # the first load on this host checks it all
+    assert not load_bundle(path, records).verified_now  # the next ones trust the record
+    assert load_bundle(path).verified_now  # without records: every load checks
+    assert (tmp_path / "verified").stat().st_mode & 0o777 == 0o700
+
+    # A file rewritten since (same size, bytes changed): its stats differ, it is checked again.
+    target = path / "candidate_scores.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    later = target.stat().st_mtime_ns + 1_000_000_000  # whatever the clock's granularity
+    os.utime(target, ns=(later, later))
+    with pytest.raises(BundleCorrupt, match="candidate_scores.npy: sha256"):
+        load_bundle(path, records)
+
+
+def test_records_in_a_directory_others_can_write_are_not_trusted(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path / "models", "v1", tiny_arrays(), Manifest())
+    shared = tmp_path / "verified"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    records = VerificationRecords(shared)
+    assert load_bundle(path, records).verified_now
+    assert load_bundle(path, records).verified_now
+    assert not any(shared.iterdir())
+
+
+def verified_now(path: Path, records: Path) -> bool:
+    return load_bundle(path, VerificationRecords(records)).verified_now
+
+
+def test_of_processes_loading_a_bundle_at_once_one_verifies_it(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path / "models", "v1", tiny_arrays(), Manifest())
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=3, mp_context=context) as pool:
+        found = list(pool.map(verified_now, [path] * 3, [tmp_path / "verified"] * 3))
+    assert sorted(found) == [False, False, True]
+
+
+def publish_format_3(models_dir: Path, version: str, arrays: BundleArrays) -> Path:
+    """A bundle as format 3 wrote them: every array in a .npz archive."""
+    path = models_dir / version
+    path.mkdir(parents=True)
+    for file_name, names in FORMAT_3_FILES.items():
+        (path / file_name).write_bytes(npz(**{name: getattr(arrays, name) for name in names}))
+    files = {p.name: sha256_file(p) for p in sorted(path.iterdir())}
+    manifest = {"format": 3, "version": version, "files": files}
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    (models_dir / CURRENT_POINTER).write_text(version + "\n")
+    return path
+
+
+def test_a_format_3_bundle_still_loads_into_memory(tmp_path: Path) -> None:
+    publish_format_3(tmp_path, "v1", tiny_arrays())
+    bundle = load_current(tmp_path, VerificationRecords(tmp_path / "verified"))
+    assert bundle.manifest.format == 3
+    assert not memory_mapped(bundle.arrays.user_factors)
+    np.testing.assert_array_equal(bundle.arrays.candidate_items, tiny_arrays().candidate_items)
+    assert ModelRegistry(tmp_path).load()
+    (tmp_path / "v1" / "owned.npz").write_bytes(b"garbage")
+    with pytest.raises(BundleCorrupt, match="owned.npz"):
+        load_current(tmp_path)
+
+
+def test_publish_streams_memory_mapped_arrays(tmp_path: Path) -> None:
+    """A trainer may hand over per-customer arrays larger than memory as np.memmap files:
+    publishing writes them without reading any whole into memory."""
+    customers, width = 200_000, 64
+
+    def mapped(name: str, shape: tuple[int, ...], dtype: type, fill: float) -> np.memmap:
+        array = np.lib.format.open_memmap(tmp_path / f"{name}.npy", "w+", dtype, shape)
+        array[:] = fill
+        return array
+
+    arrays = BundleArrays(
+        **{
+            **tiny_arrays().__dict__,
+            **empty_crm(customers, 3),
+            "customer_ids": np.char.add("c", np.arange(customers).astype(str)),
+            "item_factors": np.ones((3, width), np.float32),
+            "user_factors": mapped("user_factors", (customers, width), np.float32, 0.5),
+            "owned_indptr": np.zeros(customers + 1, np.int64),
+            "owned_indices": np.zeros(0, np.int32),
+            "owned_quantity": np.zeros(0, np.float32),
+            "owned_weight": np.zeros(0, np.float32),
+            "owned_source": np.zeros(0, np.int16),
+            "customer_spend": np.zeros(customers),
+            "customer_orders": np.zeros(customers, np.int32),
+            "alias_high": np.zeros(0, np.uint64),
+            "alias_low": np.zeros(0, np.uint64),
+            "alias_rows": np.zeros(0, np.int32),
+            "candidate_items": mapped("candidate_items", (customers, 3), np.int32, 1),
+            "candidate_scores": mapped("candidate_scores", (customers, 3), np.float32, 1.0),
+            "candidate_reasons": mapped("candidate_reasons", (customers, 3), np.int32, -1),
+        }
+    )
+    mapped_bytes = arrays.user_factors.nbytes + 3 * arrays.candidate_items.nbytes
+    tracemalloc.start()
+    try:
+        path = publish_bundle(tmp_path / "models", "v1", arrays, Manifest())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < mapped_bytes / 4, f"peak {peak:,} bytes for {mapped_bytes:,} mapped"
+    loaded = load_bundle(path).arrays
+    assert loaded.user_factors.shape == (customers, width) and loaded.user_factors[-1, -1] == 0.5
+    np.testing.assert_array_equal(loaded.candidate_reasons[-1], [-1, -1, -1])

@@ -486,10 +486,8 @@ def test_a_replay_through_gunicorn_and_redis(
     bought through the other, and the report counts every click and purchase once."""
     current = load_current(sample_models)
     models = tmp_path / "models"
-    files = {name: current.path / name for name in current.manifest.files}
-    attachments = {name: path for name, path in files.items() if not name.endswith(".npz")}
     for version in ("b", current.version):
-        publish_bundle(models, version, current.arrays, current.manifest, attachments)
+        publish_bundle(models, version, current.arrays, current.manifest, current.attachments)
     env = {
         "RECSVC_MODELS_DIR": str(models),
         "RECSVC_AUTH": "off",

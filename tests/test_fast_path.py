@@ -48,7 +48,7 @@ def test_candidates_match_full_scoring(sample_app: Flask) -> None:
     full = slow(fast)
     assert fast.arrays.candidate_items.shape[1] == 50
     for row in range(len(fast.arrays.customer_ids)):
-        tier = int(fast.trained_tier[row])
+        tier = fast.trained_tier(row)
         quick = fast.recommend_row(row, 10, None, tier)
         assert_same_answer(quick, full.recommend_row(row, 10, None, tier))
 
@@ -56,7 +56,7 @@ def test_candidates_match_full_scoring(sample_app: Flask) -> None:
 def test_purchases_filter_candidates_and_returns_rescore(sample_app: Flask) -> None:
     fast = service_of(sample_app).registry.model.ranker
     full = slow(fast)
-    row, tier = 7, int(fast.trained_tier[7])
+    row, tier = 7, fast.trained_tier(7)
     top = fast.recommend_row(row, 10, None, tier).items
     bought = {top[0].index: 1.0, top[3].index: 2.0}
     quick = fast.recommend_row(row, 10, bought, tier)
@@ -72,7 +72,7 @@ def test_purchases_filter_candidates_and_returns_rescore(sample_app: Flask) -> N
 def test_a_list_too_short_falls_back(sample_app: Flask, tmp_path: Path) -> None:
     fast = service_of(sample_app).registry.model.ranker
     full = slow(fast)
-    row, tier = 3, int(fast.trained_tier[3])
+    row, tier = 3, fast.trained_tier(3)
     many = fast.recommend_row(row, 80, None, tier)  # more than the 50 candidates
     assert len(many.items) == 80
     assert_same_answer(many, full.recommend_row(row, 80, None, tier))

@@ -19,7 +19,7 @@ def _expected(sample_app: Flask, row: int, n: int, low: float, high: float) -> l
     items priced in [low, high] that they do not own."""
     model = service_of(sample_app).registry.model
     ranker = model.ranker
-    tier = int(ranker.trained_tier[row])
+    tier = ranker.trained_tier(row)
     scores = ranker.batch_scores(np.array([row]), np.array([tier]))[0].astype(np.float64)
     prices = ranker.arrays.prices
     with np.errstate(invalid="ignore"):
@@ -54,7 +54,7 @@ def test_a_narrow_band_scores_past_the_candidates(sample_app: Flask) -> None:
     band = ItemFilter(min_price=10.0, max_price=20.0).mask(model)
     assert band is not None
     row = 3
-    tier = int(fast.trained_tier[row])
+    tier = fast.trained_tier(row)
     in_candidates = band[fast.arrays.candidate_items[row]].sum()
     n = int(in_candidates) + 5
     assert n <= band.sum() - len(fast.excluded(row, {}))

@@ -166,6 +166,8 @@ def found_on_disk(bundle: Path, needles: list[str]) -> list[str]:
             with np.load(path, allow_pickle=False) as arrays:
                 values = [str(v) for name in arrays.files for v in np.ravel(arrays[name])]
             text = "\n".join(values)
+        elif path.suffix == ".npy":
+            text = "\n".join(str(v) for v in np.ravel(np.load(path, allow_pickle=False)))
         else:
             text = path.read_text(encoding="utf-8")
         for needle in needles:

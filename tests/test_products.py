@@ -274,10 +274,10 @@ def test_the_bundle_holds_the_reasons_the_service_would_find(sample_app: Flask) 
         assert kept == ranker.contributors(row, items), row
         named += sum(position >= 0 for position in kept)
     assert named > 0
-    fast = ranker.recommend_row(0, 5, None, int(ranker.trained_tier[0]))
+    fast = ranker.recommend_row(0, 5, None, ranker.trained_tier(0))
     assert fast.contributors == ranker.contributors(0, [item.index for item in fast.items])
     # An item out of stock is skipped over the same candidates, reasons and all.
     hidden = np.array([fast.items[1].index], dtype=np.int32)
-    around = ranker.recommend_row(0, 5, None, int(ranker.trained_tier[0]), unavailable=hidden)
+    around = ranker.recommend_row(0, 5, None, ranker.trained_tier(0), unavailable=hidden)
     assert around.contributors is not None
     assert around.contributors == ranker.contributors(0, [item.index for item in around.items])

@@ -21,7 +21,7 @@ import pytest
 from benchmarks.local_server import ROOT, free_port
 from recsvc.api.context import service_of
 from recsvc.app import create_app
-from recsvc.bundle import point_current, publish_bundle
+from recsvc.bundle import VerificationRecords, point_current, publish_bundle
 from recsvc.config import ServiceConfig
 from recsvc.manifest import Manifest
 from recsvc.registry import ModelRegistry
@@ -57,6 +57,30 @@ def test_registry_swaps_in_new_bundles_and_refuses_corrupt_ones(
     publish_bundle(tmp_path, "v4", tiny_arrays(4.0), Manifest())
     assert registry.check() and registry.model.version == "v4"
     assert registry.last_error is None
+
+
+def test_workers_of_a_host_verify_a_bundle_once_and_refuse_a_corrupt_mapped_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="recsvc.registry")
+    models = tmp_path / "models"
+    publish_bundle(models, "v1", tiny_arrays(), Manifest())
+    records = VerificationRecords(tmp_path / "verified")
+    first, second = ModelRegistry(models, records=records), ModelRegistry(models, records=records)
+    assert first.load() and second.load()
+    serving = [r.message for r in caplog.records if r.message.startswith("serving bundle v1")]
+    assert serving[0].endswith("(verified)")
+    assert serving[1].endswith("(verified on this host before)")
+
+    path = publish_bundle(models, "v2", tiny_arrays(2.0), Manifest())
+    target = path / "user_factors.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF  # one bit of one customer's factors
+    target.write_bytes(bytes(data))
+    for registry in (first, second):
+        assert not registry.check()
+        assert registry.model is not None and registry.model.version == "v1"
+        assert "user_factors.npy: sha256 does not match" in (registry.last_error or "")
 
 
 def test_the_service_follows_the_pointer(tmp_path: Path) -> None:

@@ -27,10 +27,12 @@ from recsvc.bundle import (
     QUARANTINE_FILE,
     BundleArrays,
     bundle_versions,
+    load_arrays,
     new_version,
     publish_bundle,
     sha256_file,
 )
+from recsvc.errors import BundleError
 from recsvc.identity import CANONICAL, IdentityKey, alias_table
 from recsvc.manifest import (
     Accounting,
@@ -466,10 +468,10 @@ def prune_erased(models_dir: Path, keep: str, erased: set[str]) -> list[str]:
         if version == keep:
             continue
         try:
-            with np.load(models_dir / version / "aliases.npz", allow_pickle=False) as aliases:
-                high, low = aliases["alias_high"], aliases["alias_low"]
-        except Exception:  # not a bundle this trainer can read: not ours to judge
+            _, aliases = load_arrays(models_dir / version, ("alias_high", "alias_low"))
+        except BundleError:  # not a bundle this trainer can read: not ours to judge
             continue
+        high, low = aliases["alias_high"], aliases["alias_low"]
         candidates = np.flatnonzero(np.isin(high, highs))
         if any(
             int(high[p]).to_bytes(8, "big") + int(low[p]).to_bytes(8, "big") in wanted

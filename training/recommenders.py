@@ -267,7 +267,7 @@ def _factor_ranker(data: TrainingData, factors: Factors) -> Ranker:
 def _as_served(ranker: Ranker, row: int | None, n: int, policy: bool = True) -> list[int]:
     """The customer's list as the service serves it: in their tier at training, with no
     purchases reported since."""
-    tier = 0 if row is None else int(ranker.trained_tier[row])
+    tier = 0 if row is None else ranker.trained_tier(row)
     return [item.index for item in ranker.recommend_row(row, n, None, tier, policy).items]
 
 
