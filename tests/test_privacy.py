@@ -198,6 +198,31 @@ def test_erasure_is_transitive_and_leaves_nothing_of_them_on_disk(
     assert "bad_quantity" in quarantine and "erased customer: values withheld" in quarantine
 
 
+def test_the_erasure_lists_of_every_host_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each host keeps its own erasure list; ``[identity] erasures`` as a glob reads them all."""
+    monkeypatch.setenv("RECSVC_ID_SECRET", SECRET)
+    config_path = erased_customer_data(tmp_path)
+    config_path.write_text(
+        config_path.read_text().replace(
+            'erasures = "events/erasures.jsonl"', 'erasures = "hosts/*/erasures.jsonl"'
+        )
+    )
+    key, now = IdentityKey(SECRET), datetime.now(UTC)
+    by_email = [key.hex(f"id:email:{EMAIL}"), key.hex(f"email:{EMAIL}")]
+    ErasureLog(tmp_path / "hosts" / "a").record(by_email, [by_email[-1]], now)
+    by_id = [key.hex("id:30001")]
+    ErasureLog(tmp_path / "hosts" / "b").record(by_id, by_id, now)
+
+    train(config_from(config_path), tmp_path / "models")
+
+    bundle = load_current(tmp_path / "models")
+    assert sorted(bundle.arrays.customer_ids.tolist()) == ["30002", "30003"]
+    assert bundle.manifest.identity.erasures is not None
+    assert bundle.manifest.identity.erasures.list_present
+
+
 def test_erasures_made_under_a_retired_secret_still_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

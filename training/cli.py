@@ -380,7 +380,7 @@ def _check_sources(args: argparse.Namespace) -> int:
     results = check_sources(config)
     if config.identity.erasures is None:
         print(f"warning: {NO_ERASURE_LIST}")
-    elif not config.identity.erasures.is_file():
+    elif not config.identity.erasure_files():
         print(f"note: erasure list {config.identity.erasures} does not exist yet (none erased)")
     for result in results:
         status = "error" if result.errors else "ok"

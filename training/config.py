@@ -101,12 +101,14 @@ class SourceConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     base_dir: Path = Path()  # the config file's folder, set by the loader, never by the TOML
 
     def files(self) -> list[Path]:
-        if self.path is None:
-            return []
-        pattern = Path(self.path)
-        if pattern.is_absolute():
-            return sorted(Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))))
-        return sorted(self.base_dir.glob(self.path))
+        return [] if self.path is None else matching_files(self.base_dir / self.path)
+
+
+def matching_files(pattern: Path) -> list[Path]:
+    """The files a glob pattern matches (a plain path: itself, if it exists), sorted."""
+    if pattern.is_absolute():
+        return sorted(Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))))
+    return sorted(Path().glob(str(pattern)))
 
 
 _COMMON = ("name", "kind", "trust", "max_quarantine_share")
@@ -201,11 +203,16 @@ class IdentityConfig:
     rules: IdentityRules = field(default_factory=IdentityRules)
     links: LinkRules = field(default_factory=LinkRules)
     crosswalk: Path | None = None  # CSV: left,right = two keys of one customer
-    # The service's erasure list; may not exist yet (nobody erased), which the manifest notes.
+    # The service's erasure list, or a glob of several hosts' (see ``erasure_files``).
     erasures: Path | None = None
     # Keys the alias digests: RECSVC_ID_SECRET, set by the CLI from the environment, never
     # from the TOML (a config file gets copied and committed).
     key: IdentityKey = field(default_factory=IdentityKey.development_key)
+
+    def erasure_files(self) -> list[Path]:
+        """The erasure lists ``erasures`` names: a file, or a glob matching every host's. None
+        may exist yet (nobody erased), which the manifest notes."""
+        return [] if self.erasures is None else matching_files(self.erasures)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -182,7 +181,7 @@ def merge_sources(
     Values are parsed here, once per distinct value (see ``_parse``); every decision about
     rows from there on is one of the queries below, run by ``engine`` (DuckDB by default)."""
     identity = identity or IdentityConfig()
-    erasures = load_erasures(identity.erasures)
+    erasures = load_erasures(identity)
     key = identity.key
     stitch_sessions(sources, lambda session: bool(erasures) and _erased(session, erasures, key))
     configs = [rows.source for rows in sources]
@@ -242,9 +241,7 @@ def merge_sources(
     quarantine = _withhold_erased(pd.concat(quarantines, ignore_index=True), erased_quarantined)
     identity_report = msgspec.structs.replace(
         identity_report,
-        erasures=erasure_report(
-            identity.erasures, sum(counts["erased"] for counts in accounting.values())
-        ),
+        erasures=erasure_report(identity, sum(counts["erased"] for counts in accounting.values())),
     )
     rows_kept = kept.column("row_id").to_numpy()
     events = parsed[["trust", "quantity", "unit_price", "timestamp", "order"]].take(rows_kept)
@@ -920,31 +917,31 @@ NO_ERASURE_LIST = (
 )
 
 
-def erasure_report(path: Path | None, rows_erased: int) -> ErasureReport:
+def erasure_report(identity: IdentityConfig, rows_erased: int) -> ErasureReport:
     """The manifest's ``identity.erasures``; a ``warning`` when no list is configured."""
     return ErasureReport(
-        list=None if path is None else str(path),
-        list_present=path is not None and path.is_file(),
+        list=None if identity.erasures is None else str(identity.erasures),
+        list_present=bool(identity.erasure_files()),
         rows_erased=rows_erased,
-        warning=NO_ERASURE_LIST if path is None else None,
+        warning=NO_ERASURE_LIST if identity.erasures is None else None,
     )
 
 
-def load_erasures(path: Path | None) -> set[str]:
-    """Alias digests (hex) of every erased customer, from the service's erasure list."""
-    if path is None or not path.is_file():
-        return set()
+def load_erasures(identity: IdentityConfig) -> set[str]:
+    """Alias digests (hex) of every erased customer, from the service's erasure lists (every
+    host's, where ``[identity] erasures`` is a glob)."""
     digests: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                digests.update(json.loads(line)[ALIAS_DIGESTS])
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise SourceError(
-                    f"{path}, line {number}: not an erasure record ({error})"
-                ) from None
+    for path in identity.erasure_files():
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    digests.update(json.loads(line)[ALIAS_DIGESTS])
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise SourceError(
+                        f"{path}, line {number}: not an erasure record ({error})"
+                    ) from None
     return digests
 
 

@@ -213,7 +213,7 @@ def train(
     )
     with progress.step("publishing the bundle"):
         path = publish(models_dir, version, manifest, merged, arrays, content)
-        prune_erased(models_dir, version, load_erasures(config.identity.erasures))
+        prune_erased(models_dir, version, load_erasures(config.identity))
     return TrainReport(
         version, path, time.perf_counter() - started, merged.accounting, interactions
     )
@@ -424,7 +424,7 @@ def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
     digest.update(json.dumps(shaping, sort_keys=True, default=str).encode())
     files = (
         identity.crosswalk,
-        identity.erasures,
+        *identity.erasure_files(),
         config.items.crosswalk,
         config.items.taxonomy,
         config.tiers.exclusive_items,
