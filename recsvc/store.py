@@ -5,7 +5,8 @@ service showed with the clicks and purchases attributed to them.
 
 Store
 ├── EmbeddedStore   one SQLite file per host, shared by its workers (the default)
-└── RedisStore      shared by every worker and host (RECSVC_REDIS_URL)
+└── RedisStore      shared by every worker and host (RECSVC_REDIS_URL): one Redis, or a
+                    Redis Cluster (redis+cluster://host:port,...) in the same key layout
 
 Customers are stored under an opaque key (see ``customer_key``), never an email address.
 Events are kept per customer in arrival order with their receipt time, for
@@ -16,8 +17,11 @@ the same period, which makes applying a batch idempotent.
 Impressions (``record_impressions``) arrive in batches from each worker's buffer
 (recsvc.impressions) and are kept for the attribution window. ``apply`` attributes each new
 ``rec_click`` to its impression (when it listed the item) and each new purchase to the
-customer's latest impression that listed the item within the window, in the same atomic step
-as the event, so an event counts once whether or not it is replayed; a click or purchase whose
+customer's latest impression that listed the item within the window (the embedded store in
+the same transaction as the event; Redis in a second script right after it, in the slot the
+impressions share, since a customer's events and the impressions live in different slots),
+idempotent by event id, so an event counts once whether or not it is replayed; if that second
+step fails the event stands unattributed. A click or purchase whose
 impression has not arrived yet waits for it (``PENDING_ATTRIBUTION_SECONDS``). The figures
 are counts per (experiment, arm, model version, surface) and, for an experiment's arms,
 running sums over customers (recsvc.stats); they are analytics, not records: the durable logs
@@ -26,6 +30,13 @@ do not hold impressions, so a Redis that lost its data starts them again.
 The durable event and erasure logs (recsvc.events) are the record; a store is rebuilt from them
 when it lost its data (a Redis restarted empty): until then it is not ``restored`` and callers
 treat it as unavailable.
+
+On Redis, what is atomic with an event is what lives in its customer's slot: the event, its
+idempotency marker and the checks against the customer's erasure and the slot's restored
+marker (one script per slot of a batch; the slots already done are undone when one fails).
+Aggregates follow idempotently: attribution and figures (above), the erased set, triggers.
+On a cluster an event is acknowledged once a replica confirmed it (``WAIT``); see RedisStore
+and docs/cluster.md.
 """
 
 from __future__ import annotations

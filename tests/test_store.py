@@ -9,9 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from recsvc.errors import StoreNotRestored, StoreUnavailable
-from recsvc.store import Applied, EmbeddedStore, RedisStore, Store, StoredEvent
+from recsvc.store import (
+    Applied,
+    EmbeddedStore,
+    RedisStore,
+    Store,
+    StoredEvent,
+    cluster_nodes,
+    slot_tags,
+)
 from tests.redis_server import RedisProcess
 
 RETENTION = 90 * 86400.0
@@ -270,3 +279,19 @@ def test_an_apply_that_times_out_is_undone_so_a_retry_records_it(
     time.sleep(0.2)  # then the apply runs, and its undo after it
     assert store.customer_state("c1", since=0.0).events == []
     assert store.apply(entries) == [Applied.NEW, Applied.NEW]
+
+
+def test_every_hash_slot_has_a_tag_for_its_restored_marker() -> None:
+    tags = slot_tags()
+    assert len(tags) == 16384 and all(
+        key_slot(tag.encode()) == slot for slot, tag in enumerate(tags)
+    )
+
+
+def test_a_cluster_url_names_its_seed_nodes() -> None:
+    assert cluster_nodes("redis+cluster://10.0.0.1:7000,[::1]:7001/") == [
+        ("10.0.0.1", 7000),
+        ("::1", 7001),
+    ]
+    with pytest.raises(ValueError, match="no database numbers"):
+        cluster_nodes("redis+cluster://10.0.0.1:7000/3")
