@@ -77,6 +77,8 @@ def test_erase_removes_events_and_blocks_new_ones(store: Store) -> None:
     assert state.erased and state.events == []
     assert store.apply([("c1", event("e4"))]) == [Applied.ERASED]
     assert len(store.customer_state("c2", since=0.0).events) == 1
+    assert store.erase("c1") == 0 and store.customer_state("c1", since=0.0).erased  # again
+    assert store.erased_keys() == {"c1"}
 
 
 def test_forget_undoes_apply(store: Store) -> None:
