@@ -1499,6 +1499,7 @@ class RedisStore:
         self.timeout = timeout
         self._client: RedisClient | None = None
         self._patient_client: RedisClient | None = None
+        self._connecting = threading.Lock()  # one client per store, whichever thread is first
         # Replicas that must confirm an event before it is acknowledged, and how long they
         # may take (within the call's own timeout).
         self.replicas = 1 if self.cluster else 0
@@ -1530,21 +1531,25 @@ class RedisStore:
     def client(self) -> RedisClient:
         """Made at the first call (a cluster client asks the cluster for its masters, which
         must not stop the service from starting while the cluster is down)."""
-        if self._client is None:
-            self._client = connect(
-                self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry_on_timeout=False,
-            )
-        return self._client
+        if self._client is not None:
+            return self._client
+        with self._connecting:
+            if self._client is None:
+                self._client = connect(
+                    self.url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry_on_timeout=False,
+                )
+            return self._client
 
     @property
     def _patient(self) -> RedisClient:
         """A client that waits: for what must be confirmed (undoing an apply, erasing)."""
-        if self._patient_client is None:
-            self._patient_client = connect(self.url, socket_timeout=CANCEL_TIMEOUT)
-        return self._patient_client
+        with self._connecting:
+            if self._patient_client is None:
+                self._patient_client = connect(self.url, socket_timeout=CANCEL_TIMEOUT)
+            return self._patient_client
 
     def _node(self, key: str, client: RedisClient | None = None) -> redis.Redis:
         """A client for the node that holds ``key`` (the one Redis, or the slot's master)."""
