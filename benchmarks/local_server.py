@@ -311,6 +311,14 @@ class RedisClusterProcess:
                 found.append(port)
         return found
 
+    def replica_of(self, master: int) -> int:
+        """The port of a running replica of the master on port ``master``."""
+        for port in self.processes:
+            role = redis.Redis(port=port, socket_timeout=1).execute_command("ROLE")
+            if role[0] in (b"slave", "slave") and int(role[2]) == master:
+                return port
+        raise RuntimeError(f"the master on port {master} has no running replica")
+
     def start_stopped(self) -> None:
         """Start again every node stopped (an old master comes back as its replica's)."""
         for port in self.ports:

@@ -5,7 +5,8 @@ service showed with the clicks and purchases attributed to them.
 
 Store
 ├── EmbeddedStore   one SQLite file per host, shared by its workers (the default)
-└── RedisStore      shared by every worker and host (RECSVC_REDIS_URL)
+└── RedisStore      shared by every worker and host (RECSVC_REDIS_URL): one Redis, or a
+                    Redis Cluster (redis+cluster://host:port,...) in the same key layout
 
 Customers are stored under an opaque key (see ``customer_key``), never an email address.
 Events are kept per customer in arrival order with their receipt time, for
@@ -17,8 +18,11 @@ Impressions (``record_impressions``) arrive in batches from each worker's buffer
 (recsvc.impressions) and are kept for the attribution window. ``apply`` attributes each new
 click (``CLICK_KINDS`` with an impression id) to its impression (when it listed the item)
 and each new purchase to the customer's latest impression that listed the item within the
-window, in the same atomic step as the event, so an event counts once whether or not it is
-replayed; a click or purchase whose impression has not arrived yet waits for it
+window (the embedded store in the same transaction as the event; Redis in a second script
+right after it, in the slot the impressions share, since a customer's events and the
+impressions live in different slots), idempotent by event id, so an event counts once
+whether or not it is replayed; if that second step fails the event stands unattributed. A
+click or purchase whose impression has not arrived yet waits for it
 (``PENDING_ATTRIBUTION_SECONDS``). The figures are counts per (experiment, arm, model
 version, surface) and, for an experiment's arms, running sums over customers (recsvc.stats);
 they are analytics, not records: the durable logs do not hold impressions, so a Redis that
@@ -27,6 +31,13 @@ lost its data starts them again.
 The durable event and erasure logs (recsvc.events) are the record; a store is rebuilt from them
 when it lost its data (a Redis restarted empty): until then it is not ``restored`` and callers
 treat it as unavailable.
+
+On Redis, what is atomic with an event is what lives in its customer's slot: the event, its
+idempotency marker and the checks against the customer's erasure and the slot's restored
+marker (one script per slot of a batch; the slots already done are undone when one fails).
+Aggregates follow idempotently: attribution and figures (above), the erased set, triggers.
+On a cluster an event is acknowledged once a replica confirmed it (``WAIT``); see RedisStore
+and docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -1549,6 +1560,7 @@ class RedisStore:
         self.timeout = timeout
         self._client: RedisClient | None = None
         self._patient_client: RedisClient | None = None
+        self._connecting = threading.Lock()  # one client per store, whichever thread is first
         # Replicas that must confirm an event before it is acknowledged, and how long they
         # may take (within the call's own timeout).
         self.replicas = 1 if self.cluster else 0
@@ -1580,21 +1592,25 @@ class RedisStore:
     def client(self) -> RedisClient:
         """Made at the first call (a cluster client asks the cluster for its masters, which
         must not stop the service from starting while the cluster is down)."""
-        if self._client is None:
-            self._client = connect(
-                self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry_on_timeout=False,
-            )
-        return self._client
+        if self._client is not None:
+            return self._client
+        with self._connecting:
+            if self._client is None:
+                self._client = connect(
+                    self.url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry_on_timeout=False,
+                )
+            return self._client
 
     @property
     def _patient(self) -> RedisClient:
         """A client that waits: for what must be confirmed (undoing an apply, erasing)."""
-        if self._patient_client is None:
-            self._patient_client = connect(self.url, socket_timeout=CANCEL_TIMEOUT)
-        return self._patient_client
+        with self._connecting:
+            if self._patient_client is None:
+                self._patient_client = connect(self.url, socket_timeout=CANCEL_TIMEOUT)
+            return self._patient_client
 
     def _node(self, key: str, client: RedisClient | None = None) -> redis.Redis:
         """A client for the node that holds ``key`` (the one Redis, or the slot's master)."""

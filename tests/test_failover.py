@@ -13,8 +13,12 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from benchmarks.local_server import gunicorn
 from recsvc.bundle import load_current
+from recsvc.errors import StoreUnavailable
+from recsvc.store import CUSTOMER_EVENTS_KEY, Applied, RedisStore, StoredEvent
 from tests.redis_server import RedisClusterProcess
 
 NOW = "2011-12-10T10:00:00+00:00"
@@ -122,4 +126,34 @@ def test_a_master_stopped_under_load_fails_no_read_and_loses_no_acknowledged_eve
         lost = acknowledged - cluster.event_ids()
         assert not lost, f"{len(lost)} acknowledged events lost ({summary})"
     finally:
+        cluster.stop()
+
+
+def test_an_event_no_replica_confirmed_is_refused_and_undone(tmp_path: Path) -> None:
+    cluster = RedisClusterProcess(tmp_path / "cluster")
+    cluster.start()
+    store = RedisStore(cluster.url, "recsvc", 86400.0, timeout=0.5, cooldown=0.0)
+    try:
+        store.mark_restored()
+        master = cluster.master_ports()[0]
+        customer = next(
+            name
+            for name in (f"c{n}" for n in range(1000))
+            if store._node(
+                CUSTOMER_EVENTS_KEY.format(prefix="recsvc", customer=name)
+            ).get_connection_kwargs()["port"]
+            == master
+        )
+        sent = StoredEvent("e1", "A", 1.0, 2.5, NOW, "api", time.time())
+        replica = cluster.replica_of(master)
+        cluster.stop_node(replica)
+        with pytest.raises(StoreUnavailable, match="no replica confirmed"):
+            store.apply([(customer, sent)])
+        assert store.customer_state(customer, 0.0).events == []  # undone on the master
+        cluster.start_node(replica)
+        cluster.wait_until_ok(replicated=True)
+        assert store.apply([(customer, sent)]) == [Applied.NEW]
+        assert store.customer_state(customer, 0.0).events == [sent]
+    finally:
+        store.client.close()
         cluster.stop()

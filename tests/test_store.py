@@ -9,9 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from recsvc.errors import StoreNotRestored, StoreUnavailable
-from recsvc.store import Applied, EmbeddedStore, RedisStore, Store, StoredEvent
+from recsvc.store import (
+    Applied,
+    EmbeddedStore,
+    RedisStore,
+    Store,
+    StoredEvent,
+    cluster_nodes,
+    slot_tags,
+)
 from tests.redis_server import RedisProcess
 
 RETENTION = 90 * 86400.0
@@ -68,6 +77,8 @@ def test_erase_removes_events_and_blocks_new_ones(store: Store) -> None:
     assert state.erased and state.events == []
     assert store.apply([("c1", event("e4"))]) == [Applied.ERASED]
     assert len(store.customer_state("c2", since=0.0).events) == 1
+    assert store.erase("c1") == 0 and store.customer_state("c1", since=0.0).erased  # again
+    assert store.erased_keys() == {"c1"}
 
 
 def test_forget_undoes_apply(store: Store) -> None:
@@ -274,3 +285,19 @@ def test_an_apply_that_times_out_is_undone_so_a_retry_records_it(
     time.sleep(0.2)  # then the apply runs, and its undo after it
     assert store.customer_state("c1", since=0.0).events == []
     assert store.apply(entries) == [Applied.NEW, Applied.NEW]
+
+
+def test_every_hash_slot_has_a_tag_for_its_restored_marker() -> None:
+    tags = slot_tags()
+    assert len(tags) == 16384 and all(
+        key_slot(tag.encode()) == slot for slot, tag in enumerate(tags)
+    )
+
+
+def test_a_cluster_url_names_its_seed_nodes() -> None:
+    assert cluster_nodes("redis+cluster://10.0.0.1:7000,[::1]:7001/") == [
+        ("10.0.0.1", 7000),
+        ("::1", 7001),
+    ]
+    with pytest.raises(ValueError, match="no database numbers"):
+        cluster_nodes("redis+cluster://10.0.0.1:7000/3")
