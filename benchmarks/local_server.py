@@ -245,7 +245,11 @@ class RedisClusterProcess:
         process = self.processes.pop(port, None)
         if process is not None:
             process.terminate()
-            process.wait(timeout=10)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def start(self) -> None:
         for port in self.ports:
