@@ -254,7 +254,11 @@ class RedisClusterProcess:
         process = self.processes.pop(port, None)
         if process is not None:
             process.terminate()
-            process.wait(timeout=10)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def start(self) -> None:
         for port in self.ports:
@@ -302,11 +306,26 @@ class RedisClusterProcess:
                 raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
             time.sleep(0.1)
 
+    def wait_for_failover(self, seconds: float = 30.0) -> None:
+        """Until the running nodes count ``masters`` masters again (a stopped master's replica
+        took over) and report ``cluster_state:ok``. Start a stopped master only after this:
+        restarted empty (no persistence here) before its replica took over, it would come
+        back as the empty master of its slots."""
+        deadline = time.monotonic() + seconds
+        while len(self.master_ports()) < self.masters:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no replica took over the stopped master")
+            time.sleep(0.1)
+        self.wait_until_ok(seconds)
+
     def master_ports(self) -> list[int]:
         """The ports of the running nodes that are masters now."""
         found = []
         for port in self.processes:
-            role = redis.Redis(port=port, socket_timeout=1).execute_command("ROLE")[0]
+            try:
+                role = redis.Redis(port=port, socket_timeout=1).execute_command("ROLE")[0]
+            except redis.RedisError:
+                continue  # starting or stopping
             if role in (b"master", "master"):
                 found.append(port)
         return found

@@ -307,6 +307,7 @@ def stop_master(models: Path, cluster: Server | None) -> dict[str, Any]:
 
 def restart_node(models: Path, cluster: Server | None) -> None:
     assert isinstance(cluster, RedisClusterProcess)
+    cluster.wait_for_failover()
     cluster.start_stopped()
 
 

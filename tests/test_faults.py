@@ -1,5 +1,6 @@
-"""The fault scripts, short: Redis killed and restarted, a bundle swapped and a corrupt one
-published, each under locust traffic against a real gunicorn.
+"""The fault scripts, short: Redis killed and restarted, a Redis Cluster master stopped and
+started again, a bundle swapped and a corrupt one published, each under locust traffic
+against a real gunicorn.
 
 Longer runs: ``python loadtests/faults.py --models-dir models --duration 60``.
 """
