@@ -5,17 +5,20 @@ single host does."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import textwrap
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recsvc.bundle import OWNED, load_bundle
 from recsvc.identity import IdentityKey
 from recsvc.logrecords import ALIAS_DIGESTS
 from tests.helpers import write_csv
@@ -26,7 +29,7 @@ from training.engine import spark_session
 from training.fit import Factors
 from training.itemitem import fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
-from training.pipeline import served_arrays
+from training.pipeline import served_arrays, train
 from training.recommenders import History
 from training.sources import read_source
 from training.spark_als import SparkFactors
@@ -279,6 +282,28 @@ def test_executors_rank_customers_as_the_single_host(
     np.testing.assert_array_equal(found.candidate_reasons, expected.candidate_reasons)
     # A matrix product's last bit depends on how many rows BLAS multiplies at once.
     np.testing.assert_allclose(found.candidate_scores, expected.candidate_scores, atol=1e-5)
+
+
+def test_both_engines_train_bundles_with_the_same_accounting_and_owned_items(
+    synthetic: TrainConfig, spark_engine: EngineConfig, tmp_path: Path
+) -> None:
+    # A short fit: what is compared does not depend on it.
+    short = dataclasses.replace(
+        synthetic, model=msgspec.structs.replace(synthetic.model, iterations=3)
+    )
+    configs = {"duckdb": short, "spark": dataclasses.replace(short, engine=spark_engine)}
+    bundles = {
+        name: load_bundle(train(config, tmp_path / name, allow_quarantine=True).path)
+        for name, config in configs.items()
+    }
+    duck, on_spark = bundles["duckdb"], bundles["spark"]
+    assert on_spark.manifest.accounting == duck.manifest.accounting
+    for name in ("customer_ids", "item_ids", *OWNED):
+        np.testing.assert_array_equal(getattr(on_spark.arrays, name), getattr(duck.arrays, name))
+    candidates = on_spark.arrays.candidate_items
+    assert candidates.shape == duck.arrays.candidate_items.shape
+    assert (candidates[:, 0] >= 0).all()  # every customer has a list (the catalog is larger)
+    assert on_spark.arrays.user_factors.any(axis=1).mean() > 0.9
 
 
 def test_spark_without_pyspark_says_how_to_install_it() -> None:
