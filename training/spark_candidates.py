@@ -164,6 +164,10 @@ def customer_side(
 ) -> DataFrame:
     """One row per customer row: what the ranking reads of them besides their factors (their
     owned items with decayed weights, the tier window's spend, the usual price band)."""
+    if owned_indptr[-1] > np.iinfo(np.int32).max:
+        raise TrainingError(
+            "more than 2^31 owned (customer, item) pairs: too many to send from the driver"
+        )
     offsets = pa.array(owned_indptr.astype(np.int32))
     table = pa.table(
         {
