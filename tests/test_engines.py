@@ -1,27 +1,39 @@
 """One merge, two engines: DuckDB and Spark SQL (``local[2]``) give the same accounting,
 the same merged rows and the same owned sets, on the reference data and on a synthetic set
-of four sources that exercises every outcome."""
+of four sources that exercises every outcome; and Spark's executors rank customers as the
+single host does."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import textwrap
 from pathlib import Path
 
+import msgspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recsvc.bundle import OWNED, load_bundle
 from recsvc.identity import IdentityKey
 from recsvc.logrecords import ALIAS_DIGESTS
 from tests.helpers import write_csv
 from tests.test_imports import run_python, without
 from training.config import EngineConfig, TrainConfig, load_config
 from training.dataset import build_dataset
+from training.engine import spark_session
+from training.fit import Factors
+from training.itemitem import fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
+from training.pipeline import served_arrays, train
+from training.recommenders import History
 from training.sources import read_source
+from training.spark_als import SparkFactors
+from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
 
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "online-retail.toml"
 DUCKDB = EngineConfig()
@@ -226,6 +238,72 @@ def test_synthetic_sources_merge_alike(synthetic: TrainConfig, spark_engine: Eng
     assert duck.accounting["live"]["duplicate"] >= 30  # the replayed event ids
     assert duck.identity.customers_with_several_aliases > 10
     assert_same(duck, merged_with(synthetic, spark_engine))
+
+
+def test_executors_rank_customers_as_the_single_host(
+    synthetic: TrainConfig, spark_engine: EngineConfig
+) -> None:
+    merged = merged_with(synthetic, DUCKDB)
+    params = synthetic.model
+    history = History.build(merged.events, params, merged.item_groups, synthetic.tiers)
+    data, crm = history.data, history.crm
+    assert crm is not None
+    customers, items = data.feedback.shape
+    rng = np.random.default_rng(3)
+    user = rng.normal(size=(customers, params.factors)).astype(np.float32)
+    user[::7] = 0  # customers ALS learned nothing for: absent from Spark's factor rows
+    item = rng.normal(size=(items, params.factors)).astype(np.float32)
+    neighbours = fit_neighbours(data.feedback, params)
+    key = synthetic.identity.key
+    aliases = merged.aliases
+    expected = served_arrays(data, Factors(user, item), neighbours, params, aliases, crm, key)
+    assert expected.candidate_items.shape == (customers, min(params.candidates, items))
+    session = spark_session(spark_engine.master, ())
+    fitted = np.flatnonzero(user.any(axis=1))
+    rows = pa.table(
+        {
+            "id": pa.array(fitted.astype(np.int32)),
+            "features": pa.array(list(user[fitted]), pa.list_(pa.float32())),
+        }
+    )
+    factors = SparkFactors(session.createDataFrame(rows), item, customers)
+    batch = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    session.conf.set(batch, "16")  # several part files per task, joined in order
+    try:
+        found = spark_served_arrays(
+            data, factors, neighbours, params, aliases, crm, key, spark_engine
+        )
+    finally:
+        session.conf.unset(batch)
+    for name in CUSTOMER_PARTS:
+        assert isinstance(getattr(found, name), np.memmap), name
+    np.testing.assert_array_equal(found.user_factors, expected.user_factors)
+    np.testing.assert_array_equal(found.candidate_items, expected.candidate_items)
+    np.testing.assert_array_equal(found.candidate_reasons, expected.candidate_reasons)
+    # A matrix product's last bit depends on how many rows BLAS multiplies at once.
+    np.testing.assert_allclose(found.candidate_scores, expected.candidate_scores, atol=1e-5)
+
+
+def test_both_engines_train_bundles_with_the_same_accounting_and_owned_items(
+    synthetic: TrainConfig, spark_engine: EngineConfig, tmp_path: Path
+) -> None:
+    # A short fit: what is compared does not depend on it.
+    short = dataclasses.replace(
+        synthetic, model=msgspec.structs.replace(synthetic.model, iterations=3)
+    )
+    configs = {"duckdb": short, "spark": dataclasses.replace(short, engine=spark_engine)}
+    bundles = {
+        name: load_bundle(train(config, tmp_path / name, allow_quarantine=True).path)
+        for name, config in configs.items()
+    }
+    duck, on_spark = bundles["duckdb"], bundles["spark"]
+    assert on_spark.manifest.accounting == duck.manifest.accounting
+    for name in ("customer_ids", "item_ids", *OWNED):
+        np.testing.assert_array_equal(getattr(on_spark.arrays, name), getattr(duck.arrays, name))
+    candidates = on_spark.arrays.candidate_items
+    assert candidates.shape == duck.arrays.candidate_items.shape
+    assert (candidates[:, 0] >= 0).all()  # every customer has a list (the catalog is larger)
+    assert on_spark.arrays.user_factors.any(axis=1).mean() > 0.9
 
 
 def test_spark_without_pyspark_says_how_to_install_it() -> None:

@@ -9,6 +9,7 @@ typed answers.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -171,6 +172,9 @@ def spark_session(master: str, conf: tuple[tuple[str, str], ...]) -> SparkSessio
     if master.startswith("local"):
         settings = dict(LOCAL_SPARK_CONF)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python tasks (the candidate lists) run in this interpreter, with its packages,
+        # not in whatever ``python3`` comes first on the PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in {**settings, **dict(conf)}.items():
         builder = builder.config(key, value)
     try:

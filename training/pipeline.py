@@ -65,6 +65,8 @@ from training.merge import (
 from training.progress import Progress
 from training.segments import sales_of, segment_arrays
 from training.sources import SourceRows, events_through, read_source
+from training.spark_als import SparkFactors, fit_als_on_spark
+from training.spark_candidates import spark_served_arrays
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,11 @@ def train(
     # and provenance work overlaps them instead of waiting (a few per cent of a run on two
     # cores). Their own bars would cross its lines: each is one step, reported when it ends.
     with ThreadPoolExecutor(max_workers=1) as fitting:
-        factors = fitting.submit(_timed, fit_factors, data.feedback, config.model, config.engine)
+        # On Spark the customer factors stay on the executors, which rank with them.
+        fit: Callable[..., Factors | SparkFactors] = (
+            fit_als_on_spark if config.engine.kind == "spark" else fit_factors
+        )
+        factors = fitting.submit(_timed, fit, data.feedback, config.model, config.engine)
         item_item = fitting.submit(_timed, fit_neighbours, data.feedback, config.model)
         with progress.step("tiers and catalog (while fitting)"):
             contributions = _source_summaries(config.sources, merged.events)
@@ -169,16 +175,29 @@ def train(
             f"{config.model.neighbours} neighbours per item)",
             fit_seconds,
         )
-        arrays = served_arrays(
-            data,
-            fitted,
-            neighbours,
-            config.model,
-            merged.aliases,
-            crm,
-            config.identity.key,
-            progress,
-        )
+        if isinstance(fitted, SparkFactors):
+            arrays = spark_served_arrays(
+                data,
+                fitted,
+                neighbours,
+                config.model,
+                merged.aliases,
+                crm,
+                config.identity.key,
+                config.engine,
+                progress,
+            )
+        else:
+            arrays = served_arrays(
+                data,
+                fitted,
+                neighbours,
+                config.model,
+                merged.aliases,
+                crm,
+                config.identity.key,
+                progress,
+            )
     customer_tiers = TierTable.of(crm.policy).indices(arrays.window_spend)
     segments = segment_arrays(sales, len(data.item_ids), customer_tiers, list(tier_names))
     arrays = dataclasses.replace(arrays, **segments)

@@ -3,14 +3,15 @@ uses (``training.fit.confidences``).
 
 The interaction matrix and its BM25 weighting are built on the driver, as for the single-host
 fit; the nonzero confidences go to the executors as (customer row, item column, confidence)
-rows, Spark's ALS fits there, and the factors come back to the driver, which writes the
-bundle. So the driver still holds everything that grows with customers (the matrix, the user
-factors): this moves the fit, not the data, off the trainer's process.
+rows and Spark's ALS fits there. The item factors come back to the driver; the customer
+factors stay on the executors (``SparkFactors``), where ``training.spark_candidates`` ranks
+with them. The evaluation, which scores on the driver, collects both (``fit_als_spark``).
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -69,11 +70,33 @@ def spark_als_settings(params: ModelParams, weighted: sp.csr_matrix) -> dict[str
     }
 
 
+@dataclass(frozen=True)
+class SparkFactors:
+    """A Spark ALS fit: the customer factors as Spark's (id, features) rows, on the
+    executors; the item factors collected (a customer or item with no positive confidence
+    has none in Spark's rows: zero factors)."""
+
+    user_factors: DataFrame
+    item_factors: NDArray[np.float32]
+    customers: int
+
+
 def fit_als_spark(
     interactions: sp.csr_matrix, params: ModelParams, engine: EngineConfig
 ) -> Factors:
-    """ALS on Spark at ``engine.master``; the factors as ``training.fit.fit_als`` returns them
-    (a customer or item with no positive confidence keeps zero factors)."""
+    """ALS on Spark at ``engine.master``; the factors collected, as ``training.fit.fit_als``
+    returns them."""
+    fitted = fit_als_on_spark(interactions, params, engine)
+    return Factors(
+        user_factors=_collected(fitted.user_factors, fitted.customers, params.factors),
+        item_factors=fitted.item_factors,
+    )
+
+
+def fit_als_on_spark(
+    interactions: sp.csr_matrix, params: ModelParams, engine: EngineConfig
+) -> SparkFactors:
+    """ALS on Spark at ``engine.master``, the customer factors left on the executors."""
     session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
@@ -106,9 +129,10 @@ def fit_als_spark(
         lines = [line for line in str(error).splitlines() if line.strip() and "\tat " not in line]
         raise TrainingError(f"Spark ALS failed with {params}: {' '.join(lines[:2])}") from None
     customers, items = weighted.shape
-    return Factors(
-        user_factors=_collected(model.userFactors, customers, params.factors),
+    return SparkFactors(
+        user_factors=model.userFactors,
         item_factors=_collected(model.itemFactors, items, params.factors),
+        customers=customers,
     )
 
 

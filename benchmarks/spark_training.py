@@ -1,0 +1,98 @@
+"""The Spark driver's memory in one ``recsvc train`` with ``[engine] kind = "spark"``.
+
+    python benchmarks/spark_training.py --config examples/online-retail.toml \
+        [--master local[2]] [--conf spark.driver.memory=6g] [--out spark-training.json]
+
+Trains once in this process (the driver) and reports the driver's peak RSS (``ru_maxrss``:
+memory-mapped bundle arrays it reads count while their pages are in memory) and the peak of
+its anonymous memory (``RssAnon``, sampled every 0.1 s: what it holds itself, not file pages
+the kernel can drop), the time, and the bundle's counts; logs each training step's end (on
+stderr, with the time since the start) and writes the anonymous memory's peak in each step.
+The JVM (on ``local[N]`` the executors too) is another process and is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from training.config import EngineConfig, load_config  # noqa: E402
+from training.pipeline import train  # noqa: E402
+
+
+def anonymous_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--conf", action="append", default=[], help="key=value, repeatable")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    conf = dict(item.split("=", 1) for item in args.conf)
+    config = load_config(args.config)
+    config = replace(config, engine=EngineConfig(kind="spark", master=args.master, conf=conf))
+    peak = [anonymous_kib()]
+    stop = threading.Event()
+    started = time.perf_counter()
+    steps: list[dict[str, object]] = []
+
+    class StepPeaks(logging.Handler):
+        """Each step's closing line ends the interval whose peak it is given."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            at = round(time.perf_counter() - started, 1)
+            steps.append({"step": record.getMessage(), "ended_s": at, "peak_mb": peak[1] // 1024})
+            peak[1] = anonymous_kib()
+
+    logging.basicConfig(level=logging.INFO, format="%(relativeCreated)9.0f ms %(message)s")
+    logging.getLogger("recsvc.progress").addHandler(StepPeaks())
+    peak.append(peak[0])  # [whole run, current step]
+
+    def sample() -> None:
+        while not stop.wait(0.1):
+            now = anonymous_kib()
+            peak[0], peak[1] = max(peak[0], now), max(peak[1], now)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with tempfile.TemporaryDirectory() as models:
+        report = train(config, Path(models))
+        manifest = json.loads((report.path / "manifest.json").read_text())
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    result = {
+        "config": str(args.config),
+        "master": args.master,
+        "train_seconds": round(seconds, 1),
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "driver_peak_anonymous_mb": round(peak[0] / 1024),
+        "customers": manifest["counts"]["customers"],
+        "items": manifest["counts"]["items"],
+        "accounting": report.accounting,
+        "steps": steps,
+    }
+    print(json.dumps(result), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
