@@ -1,13 +1,19 @@
 """Scale benchmark: a synthetic history, trained and served, with time and peak memory.
 
     python benchmarks/scale.py [--purchases 20000000 --customers 1000000 --items 100000]
+                               [--reuse-data] [--no-serving]
 
 Generates purchases with power-law item popularity and skewed customer activity over a year,
 split into three sources with different schemas (two Parquet files and a CSV; the partner
 source keys customers by its own namespace, linked through a customer crosswalk for a tenth
-of them) in one child process, trains a bundle with ``recsvc train`` in another (its peak
-RSS measured with wait4, for that process alone), then runs benchmarks/serving.py on it.
-Writes the figures to --out (JSON).
+of them) in one child process (``--reuse-data``: keep what --work-dir already holds). Then
+the bare path in another: reading the files, a customer x item matrix, the trainer's ALS fit
+(BM25 weights, the config's factors and iterations) and implicit's ``recommend`` top-50 for
+every customer. Then ``recsvc train`` in a third. Each child's peak RSS is measured with
+wait4, for that process alone, and each runs with one OpenBLAS thread (implicit threads
+itself). The targets (issue 26): training's peak RSS <= 4 GiB and its time <= 1.5 x the bare
+path's. Then benchmarks/serving.py on the bundle (unless ``--no-serving``). Writes the
+figures to --out (JSON).
 """
 
 from __future__ import annotations
@@ -25,8 +31,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from training.config import load_config  # noqa: E402
+from training.fit import confidences  # noqa: E402
+
+TARGET_PEAK_GIB = 4.0
+TARGET_RATIO = 1.5  # training's time over the bare path's
+TOP = 50  # the bare path's list per customer
+CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
 
 CONFIG = """
 [model]
@@ -118,6 +134,69 @@ def generate(directory: Path, purchases: int, customers: int, items: int, seed: 
     (directory / "scale.toml").write_text(CONFIG)
 
 
+def bare_path(config_path: Path) -> dict[str, float]:
+    """Read the files, build the matrix, fit ALS as the trainer does, and take implicit's
+    top-50 for every customer: the least any trainer does. Returns each step's seconds."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    config = load_config(config_path)
+    steps: dict[str, float] = {}
+    started = time.perf_counter()
+    frames = []
+    for source in config.sources:
+        columns = [source.columns["customer_id"], source.columns["item_id"]]
+        for path in source.files():
+            if source.kind == "parquet":
+                frame = pd.read_parquet(path, columns=columns)
+            else:
+                frame = pd.read_csv(path, usecols=columns, dtype=str)[columns]
+            frame.columns = ["customer", "item"]
+            frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True)
+    del frames
+    steps["read_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    customers, customer_index = pd.factorize(rows["customer"])
+    items, item_index = pd.factorize(rows["item"])
+    del rows
+    matrix = sp.csr_matrix(
+        (np.ones(len(customers), np.float32), (customers, items)),
+        shape=(len(customer_index), len(item_index)),
+    )
+    del customers, items
+    steps["matrix_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    params = config.model
+    model = AlternatingLeastSquares(
+        factors=params.factors,
+        regularization=params.regularization,
+        alpha=params.alpha,
+        iterations=params.iterations,
+        random_state=params.seed,
+    )
+    model.fit(confidences(matrix, params).astype(np.float32), show_progress=False)
+    steps["fit_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    model.recommend(np.arange(matrix.shape[0]), matrix, N=TOP)
+    steps["top_s"] = time.perf_counter() - started
+    steps["customers"] = matrix.shape[0]
+    return steps
+
+
+def run_child(command: list[str]) -> tuple[float, float, str]:
+    """Run ``command`` (cwd: the project), returning its seconds, its own peak RSS (GiB) and
+    its standard output."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=ROOT, env=CHILD_ENV, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own resource usage
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        sys.exit(f"{command[1:4]} failed (exit code {child.returncode})")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024 / 1024, output
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--purchases", type=int, default=20_000_000)
@@ -126,72 +205,95 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work-dir", type=Path, default=Path("benchmarks/scale-data"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
+    parser.add_argument(
+        "--reuse-data", action="store_true", help="keep the data --work-dir already holds"
+    )
+    parser.add_argument("--no-serving", action="store_true", help="skip benchmarks/serving.py")
+    parser.add_argument("--bare-only", type=Path, help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args()
+    if args.bare_only is not None:
+        print(json.dumps(bare_path(args.bare_only)))
+        return 0
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    config = args.work_dir / "scale.toml"
+    load_before = os.getloadavg()
     started = time.perf_counter()
     # Generated in a process of its own: a child's peak RSS counts the memory its parent held
     # when it was started, so this process must stay small for the training figure to be the
     # trainer's own.
-    generator = multiprocessing.get_context("spawn").Process(
-        target=generate,
-        args=(args.work_dir, args.purchases, args.customers, args.items, args.seed),
-    )
-    generator.start()
-    generator.join()
-    if generator.exitcode != 0:
-        sys.exit(f"generating the data failed (exit code {generator.exitcode})")
+    reused = args.reuse_data and config.is_file()
+    if not reused:
+        generator = multiprocessing.get_context("spawn").Process(
+            target=generate,
+            args=(args.work_dir, args.purchases, args.customers, args.items, args.seed),
+        )
+        generator.start()
+        generator.join()
+        if generator.exitcode != 0:
+            sys.exit(f"generating the data failed (exit code {generator.exitcode})")
     generated = time.perf_counter() - started
+    bare_s, bare_peak, output = run_child(
+        [sys.executable, str(Path(__file__).resolve()), "--bare-only", str(config)]
+    )
+    bare_steps = json.loads(output)
     models = args.work_dir / "models"
-    started = time.perf_counter()
-    trainer = subprocess.Popen(
+    trained, peak, _ = run_child(
         [
             sys.executable,
             "-m",
             "training.cli",
             "train",
             "--config",
-            str(args.work_dir / "scale.toml"),
+            str(config),
             "--models-dir",
             str(models),
             "--no-progress",
-        ],
-        cwd=ROOT,
-        env={"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        ]
     )
-    _, status, usage = os.wait4(trainer.pid, 0)  # this child's own resource usage
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"training failed (exit code {os.waitstatus_to_exitcode(status)})")
-    trained = time.perf_counter() - started
-    peak_gb = usage.ru_maxrss / 1024 / 1024
-    serving_out = args.out.with_name("scale-serving.json")
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "serving.py"),
-            "--models-dir",
-            str(models),
-            "--rounds",
-            "1",
-            "--duration",
-            "10",
-            "--out",
-            str(serving_out),
-        ],
-        check=True,
-    )
-    result = {
+    ratio = trained / bare_s
+    result: dict[str, object] = {
         "purchases": args.purchases,
         "customers": args.customers,
         "items": args.items,
         "generate_s": round(generated, 1),
+        "reused_data": reused,
+        "bare_s": round(bare_s, 1),
+        "bare_steps_s": {name: round(value, 1) for name, value in bare_steps.items()},
+        "bare_peak_rss_gb": round(bare_peak, 2),
         "train_s": round(trained, 1),
-        "train_peak_rss_gb": round(peak_gb, 2),
-        "serving": json.loads(serving_out.read_text()),
+        "train_peak_rss_gb": round(peak, 2),
+        "ratio": round(ratio, 2),
+        "peak_target_met": peak <= TARGET_PEAK_GIB,
+        "ratio_target_met": ratio <= TARGET_RATIO,
+        "load_average_before": [round(load, 1) for load in load_before],
+        "load_average_after": [round(load, 1) for load in os.getloadavg()],
     }
+    if not args.no_serving:
+        serving_out = args.out.with_name("scale-serving.json")
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "serving.py"),
+                "--models-dir",
+                str(models),
+                "--rounds",
+                "1",
+                "--duration",
+                "10",
+                "--out",
+                str(serving_out),
+            ],
+            check=True,
+        )
+        result["serving"] = json.loads(serving_out.read_text())
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"{args.purchases:,} purchases: generated in {generated:.0f} s, trained in "
-        f"{trained:.0f} s with peak RSS {peak_gb:.2f} GiB (target < 8 GB = 7.45 GiB)"
+        f"{args.purchases:,} purchases: bare path {bare_s:.0f} s at {bare_peak:.2f} GiB peak "
+        f"RSS ({', '.join(f'{k} {v:.0f}' for k, v in bare_steps.items())}); trained in "
+        f"{trained:.0f} s at {peak:.2f} GiB: ratio {ratio:.2f} (target <= {TARGET_RATIO}: "
+        f"{'met' if ratio <= TARGET_RATIO else 'not met'}), peak (target <= "
+        f"{TARGET_PEAK_GIB} GiB: {'met' if peak <= TARGET_PEAK_GIB else 'not met'}); load "
+        f"average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
     return 0
 

@@ -96,6 +96,17 @@ class HistoryChunk(NamedTuple):
     positions: NDArray[np.int64]
 
 
+class ItemItemTerms(NamedTuple):
+    """A batch's weighted, standardised item-item scores: ``shift`` (per row of the batch)
+    on every item, plus ``values`` on the cells (``rows`` of the batch, ``items``) the
+    row's purchases' neighbours reach, in row then item order."""
+
+    shift: NDArray[np.float64]
+    rows: NDArray[np.intp]
+    items: NDArray[np.int32]
+    values: NDArray[np.float32]
+
+
 class Ranker:
     def __init__(
         self,
@@ -133,7 +144,6 @@ class Ranker:
         group_sizes = np.bincount(arrays.item_group, minlength=1)
         self._grouped = group_sizes[arrays.item_group] > 1
         self._boosts = np.array([level.premium_boost for level in self.tiers.levels])
-        self._premium_items = np.flatnonzero(arrays.item_premium)
         # Best sellers per segment, by the segment's name in lower case.
         bounds = arrays.segment_indptr.tolist()
         self._segments: dict[str, tuple[str, NDArray[np.int32], NDArray[np.float32]]] = {
@@ -158,11 +168,13 @@ class Ranker:
         item_factors = arrays.item_factors.astype(np.float64)
         self._item_mean = item_factors.mean(axis=0)
         self._item_covariance = np.atleast_2d(np.cov(item_factors, rowvar=False, bias=True))
+        # ... and so does a tier's premium boost, a fourth column.
         self._item_side = np.hstack(
             [
                 arrays.item_factors,
                 np.ones((len(arrays.item_ids), 1), np.float32),
                 arrays.item_prior.reshape(-1, 1),
+                arrays.item_premium.reshape(-1, 1),
             ]
         ).astype(np.float32)
 
@@ -392,22 +404,11 @@ class Ranker:
         """Scores of every item for each of ``rows`` (a customer in each tier of ``tiers``).
         Float32 throughout: at a million customers this is the trainer's largest step."""
         arrays = self.arrays
-        users = arrays.user_factors[rows].astype(np.float64)
-        mean = users @ self._item_mean
-        variance = np.einsum("ij,jk,ik->i", users, self._item_covariance, users)
-        spread = np.sqrt(np.maximum(variance, 0.0))
-        spread[spread == 0] = 1.0  # a zero factor vector: the prior alone ranks
-        user_side = np.hstack(
-            [users / spread[:, None], (-mean / spread)[:, None], np.ones((len(rows), 1))]
-        ).astype(np.float32)
+        user_side, terms = self._user_side(rows, tiers, policy)
         scores: NDArray[np.float32] = user_side @ self._item_side.T
-        if self.item_item_weight:
-            scores += self.item_item_weight * self._item_item_scores(rows)
+        scores[terms.rows, terms.items] += terms.values
         if not policy:
             return scores
-        boosts = self._boosts[tiers]
-        if boosts.any():
-            scores[:, self._premium_items] += boosts[:, None].astype(np.float32)
         low, high = arrays.price_low[rows], arrays.price_high[rows]
         banded = np.isfinite(low) & (low > 0)
         if self.tiers.price_affinity and banded.any():
@@ -424,27 +425,62 @@ class Ranker:
             scores -= outside
         return scores
 
-    def _item_item_scores(self, rows: NDArray[np.intp]) -> NDArray[np.float32]:
-        """Each of ``rows``' item-item scores, standardised over the catalog (0 for a
-        customer whose purchases have no neighbours)."""
+    def _user_side(
+        self, rows: NDArray[np.intp], tiers: NDArray[np.intp], policy: bool
+    ) -> tuple[NDArray[np.float32], ItemItemTerms]:
+        """The customer side of the score product (``user_side @ self._item_side.T``): the
+        standardised factors, the shift (the factor score's and the item-item score's),
+        the prior's weight and the tier's premium boost (0 without ``policy``); and the
+        item-item terms the product leaves out."""
+        users = self.arrays.user_factors[rows].astype(np.float64)
+        mean = users @ self._item_mean
+        variance = np.einsum("ij,jk,ik->i", users, self._item_covariance, users)
+        spread = np.sqrt(np.maximum(variance, 0.0))
+        spread[spread == 0] = 1.0  # a zero factor vector: the prior alone ranks
+        terms = self._item_item_terms(rows)
+        boosts = self._boosts[tiers] if policy else np.zeros(len(rows))
+        user_side = np.hstack(
+            [
+                users / spread[:, None],
+                (terms.shift - mean / spread)[:, None],
+                np.ones((len(rows), 1)),
+                boosts.reshape(-1, 1),
+            ]
+        ).astype(np.float32)
+        return user_side, terms
+
+    def _item_item_terms(self, rows: NDArray[np.intp]) -> ItemItemTerms:
+        """Each of ``rows``' item-item scores, standardised over the catalog and weighted by
+        ``item_item_weight`` (0 for a customer whose purchases have no neighbours). Only the
+        items their purchases' neighbours reach score anything, so the catalog's mean and
+        spread follow from those cells: the rest is one shift per row."""
         arrays = self.arrays
         n_items = len(arrays.item_ids)
-        scores = np.empty((len(rows), n_items), dtype=np.float32)
-        # Summed in float64 a few rows at a time: the sums of a whole batch of a big
-        # catalog's rows would take twice the batch's scores in memory.
+        shift = np.zeros(len(rows))
+        if not self.item_item_weight:
+            return ItemItemTerms(shift, _NONE.astype(np.intp), _NONE, _NONE.astype(np.float32))
+        cells, sums = [], []
         for start, chunk, _, counts, positions in self._history_chunks(rows):
             spread = self.spread(arrays.owned_indices[positions], arrays.owned_weight[positions])
-            owners = np.repeat(np.arange(len(chunk)), counts)[spread.sources]
-            summed = np.bincount(
-                owners * n_items + spread.targets, spread.values, minlength=len(chunk) * n_items
-            )
-            scores[start : start + len(chunk)] = summed.reshape(len(chunk), n_items)
-        mean = scores.mean(axis=1, keepdims=True)
-        deviation = scores.std(axis=1, keepdims=True)
-        deviation[deviation == 0] = np.inf  # no neighbours: every item scores 0
-        scores -= mean
-        scores /= deviation
-        return scores
+            owners = np.repeat(np.arange(start, start + len(chunk)), counts)[spread.sources]
+            found, summed_at = np.unique(owners * n_items + spread.targets, return_inverse=True)
+            cells.append(found)
+            sums.append(np.bincount(summed_at, spread.values, minlength=len(found)))
+        cell = np.concatenate(cells) if cells else np.zeros(0, np.int64)
+        summed = np.concatenate(sums) if sums else np.zeros(0)
+        row = cell // max(n_items, 1)
+        mean = np.bincount(row, summed, minlength=len(rows)) / n_items
+        variance = np.bincount(row, summed * summed, minlength=len(rows)) / n_items - mean**2
+        deviation = np.sqrt(np.maximum(variance, 0.0))
+        scale = np.divide(
+            self.item_item_weight, deviation, out=np.zeros(len(rows)), where=deviation > 0
+        )
+        return ItemItemTerms(
+            -mean * scale,
+            row.astype(np.intp),
+            (cell - row * n_items).astype(np.int32),
+            (summed * scale[row]).astype(np.float32),
+        )
 
     def _history_chunks(self, rows: NDArray[np.intp]) -> Iterator[HistoryChunk]:
         """``rows`` a few at a time (``_SUM_CELLS`` customers x items at most), with their
@@ -501,14 +537,16 @@ class Ranker:
             starts = arrays.neighbour_indptr[bought]
             reach = arrays.neighbour_indptr[bought + 1] - starts
             entries = _ranges(starts, reach)
-            slot = np.full((len(chunk), n_items), -1, dtype=np.int32)
+            purchase = np.repeat(np.arange(len(positions)), reach)
             listed = candidates[start : start + len(chunk)]
             at = np.nonzero(listed >= 0)
-            slot[at[0], listed[at]] = at[1]
-            purchase = np.repeat(np.arange(len(positions)), reach)
-            slots = slot.reshape(-1)[owner[purchase] * n_items + arrays.neighbour_items[entries]]
-            hit = np.flatnonzero(slots >= 0)
-            purchase, slots = purchase[hit], slots[hit]
+            listed_keys = at[0] * n_items + listed[at]  # ascending within a row, not across
+            by_key = np.argsort(listed_keys)
+            listed_keys = listed_keys[by_key]
+            reached = owner[purchase] * n_items + arrays.neighbour_items[entries]
+            found_at = np.searchsorted(listed_keys, reached).clip(max=max(len(listed_keys) - 1, 0))
+            hit = np.flatnonzero(listed_keys[found_at] == reached) if len(listed_keys) else _NONE
+            purchase, slots = purchase[hit], at[1][by_key[found_at[hit]]]
             values = (
                 arrays.neighbour_scores[entries[hit]] * arrays.owned_weight[positions][purchase]
             )
@@ -617,28 +655,29 @@ class Ranker:
     def _top(self, rows: NDArray[np.intp], k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         """The top ``k`` eligible items of each of ``rows`` and their scores (-1 and -inf
         past the last eligible item)."""
-        n_items = len(self.arrays.item_ids)
         tiers = self.tiers.indices(self.arrays.window_spend[rows])
         block = self.batch_scores(rows, tiers)
-        if self._grouped.any():  # editions: each customer's owned set needs expanding
-            for offset, row in enumerate(rows):
-                block[offset, self.excluded(int(row), {})] = -np.inf
-        else:
-            indptr = self.arrays.owned_indptr
-            counts = indptr[rows + 1] - indptr[rows]
-            owned = self.arrays.owned_indices[indptr[rows[0]] : indptr[rows[-1] + 1]]
-            block[np.repeat(np.arange(len(rows)), counts), owned] = -np.inf
+        indptr, excluded = self._excluded_rows(rows)
+        block[np.repeat(np.arange(len(rows)), np.diff(indptr)), excluded] = -np.inf
         for tier in np.unique(tiers):
             hidden = self._hidden_items[tier]
             if len(hidden):
                 block[np.ix_(np.flatnonzero(tiers == tier), hidden)] = -np.inf
-        top = np.argpartition(block, n_items - k, axis=1)[:, n_items - k :]
-        top_scores = np.take_along_axis(block, top, axis=1)
-        order = np.lexsort((top, -top_scores), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
-        valid = np.isfinite(top_scores)
-        return np.where(valid, top, -1), np.where(valid, top_scores, -np.inf)
+        return _best(block, k)
+
+    def _excluded_rows(self, rows: NDArray[np.intp]) -> tuple[NDArray[np.int64], NDArray[np.int32]]:
+        """Each of ``rows``' items never to list (owned, with their editions), as CSR: the
+        row's items are ``indices[indptr[i]:indptr[i + 1]]``, ascending."""
+        if self._grouped.any():
+            held = [self.excluded(int(row), {}) for row in rows]
+            counts = np.array([len(items) for items in held], dtype=np.int64)
+            indices = np.concatenate(held) if held else _NONE
+        else:
+            owned_indptr = self.arrays.owned_indptr
+            counts = (owned_indptr[rows + 1] - owned_indptr[rows]).astype(np.int64)
+            indices = self.arrays.owned_indices[_ranges(owned_indptr[rows], counts)]
+        indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        return indptr, indices.astype(np.int32)
 
     def excluded(self, row: int | None, deltas: Mapping[int, float]) -> NDArray[np.int32]:
         """Items never to show: what the customer holds after ``deltas``, and its editions."""
@@ -722,6 +761,28 @@ class Ranker:
             rest = _first(overall, overall_scores, n, unsold.astype(np.int32), allowed)
             found += [RankedItem(item.index, 0.0) for item in rest[: n - len(found)]]
         return found
+
+
+def _best(block: NDArray[np.float32], k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """Each row's ``k`` largest finite scores and their columns, best first (ties: the lower
+    column), -1 and -inf past the last finite score. Only the scores that reach the smallest
+    of the maxima of ``k`` column blocks are sorted: that maximum is at most the row's k-th
+    largest score, and one pass finds them, where argpartition costs ten."""
+    count, n_items = block.shape
+    starts = np.arange(0, n_items, max(n_items // max(k, 1), 1))[:k]
+    floor = np.maximum.reduceat(block, starts, axis=1).min(axis=1)
+    at = np.flatnonzero(block >= floor[:, None])
+    owner, column = np.divmod(at, n_items)
+    scores = block.reshape(-1)[at]
+    order = np.lexsort((column, -scores, owner))
+    owner, column, scores = owner[order], column[order], scores[order]
+    rank = np.arange(len(order)) - np.searchsorted(owner, owner)
+    kept = (rank < k) & np.isfinite(scores)
+    top = np.full((count, k), -1, dtype=np.int32)
+    top_scores = np.full((count, k), -np.inf, dtype=np.float32)
+    top[owner[kept], rank[kept]] = column[kept]
+    top_scores[owner[kept], rank[kept]] = scores[kept]
+    return top, top_scores
 
 
 def _first(

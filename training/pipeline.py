@@ -188,16 +188,19 @@ def train(
                 progress,
             )
         else:
-            arrays = served_arrays(
+            arrays = bundle_arrays(
                 data,
                 fitted,
-                neighbours,
-                config.model,
+                trend_prior(data.trending, config.model.trend_weight),
                 merged.aliases,
-                crm,
+                crm.arrays,
                 config.identity.key,
-                progress,
+                neighbours,
             )
+            # The bundle's alias table holds them now: the dict (millions of strings at 20 M
+            # purchases) need not outlive it through the candidate lists.
+            merged = dataclasses.replace(merged, aliases={})
+            arrays = with_candidate_lists(arrays, config.model, crm, config.identity.key, progress)
     customer_tiers = TierTable.of(crm.policy).indices(arrays.window_spend)
     segments = segment_arrays(sales, len(data.item_ids), customer_tiers, list(tier_names))
     arrays = dataclasses.replace(arrays, **segments)
@@ -280,7 +283,20 @@ def served_arrays(
     prior = trend_prior(data.trending, params.trend_weight)
     crm_arrays = None if crm is None else crm.arrays
     arrays = bundle_arrays(data, factors, prior, aliases, crm_arrays, key, neighbours)
-    if crm is None or params.candidates == 0:
+    if crm is None:
+        return arrays
+    return with_candidate_lists(arrays, params, crm, key, progress)
+
+
+def with_candidate_lists(
+    arrays: BundleArrays,
+    params: ModelParams,
+    crm: Crm,
+    key: IdentityKey | None = None,
+    progress: Progress | None = None,
+) -> BundleArrays:
+    """``arrays`` with each customer's candidate list under their tier's policy."""
+    if params.candidates == 0:
         return arrays
     ranker = Ranker(
         arrays, tiers=TierTable.of(crm.policy), key=key, item_item_weight=params.item_item_weight
@@ -335,10 +351,10 @@ def bundle_arrays(
         user_factors=factors.user_factors,
         item_factors=factors.item_factors,
         item_prior=item_prior,
-        owned_indptr=data.held.indptr.astype(np.int64),
-        owned_indices=data.held.indices.astype(np.int32),
-        owned_quantity=data.held.data.astype(np.float32),
-        owned_weight=data.interactions.data.astype(np.float32),
+        owned_indptr=data.held.indptr.astype(np.int64, copy=False),
+        owned_indices=data.held.indices.astype(np.int32, copy=False),
+        owned_quantity=data.held.data.astype(np.float32, copy=False),
+        owned_weight=data.interactions.data.astype(np.float32, copy=False),
         owned_source=data.held_source,
         source_names=data.source_names,
         neighbour_indptr=(
