@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -47,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.local_server import gunicorn  # noqa: E402
-from benchmarks.scale import generate  # noqa: E402
+from benchmarks.scale import generate_apart  # noqa: E402
 from benchmarks.serving import WRK_LUA, _children, _recommendations, _wrk  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
 from recsvc.bundle import MANIFEST_FILE, load_current, point_current  # noqa: E402
@@ -166,14 +165,7 @@ def trained(args: argparse.Namespace) -> Path:
     if (models / "current").exists():
         return models
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    generator = multiprocessing.get_context("spawn").Process(
-        target=generate,
-        args=(args.work_dir, args.purchases, args.customers, args.items, args.seed),
-    )
-    generator.start()
-    generator.join()
-    if generator.exitcode != 0:
-        sys.exit(f"generating the data failed (exit code {generator.exitcode})")
+    generate_apart(args.work_dir, args.purchases, args.customers, args.items, args.seed)
     command = [sys.executable, "-m", "training.cli", "train", "--no-progress"]
     command += ["--config", str(args.work_dir / "scale.toml"), "--models-dir", str(models)]
     subprocess.run(command, cwd=ROOT, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, check=True)

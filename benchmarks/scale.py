@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.config import load_config  # noqa: E402
-from training.fit import confidences  # noqa: E402
+from training.fit import als_model, confidences  # noqa: E402
 
 TARGET_PEAK_GIB = 4.0
 TARGET_RATIO = 1.5  # training's time over the bare path's
@@ -134,11 +134,20 @@ def generate(directory: Path, purchases: int, customers: int, items: int, seed: 
     (directory / "scale.toml").write_text(CONFIG)
 
 
+def generate_apart(directory: Path, purchases: int, customers: int, items: int, seed: int) -> None:
+    """``generate`` in a process of its own, which exits when done (its memory with it)."""
+    generator = multiprocessing.get_context("spawn").Process(
+        target=generate, args=(directory, purchases, customers, items, seed)
+    )
+    generator.start()
+    generator.join()
+    if generator.exitcode != 0:
+        sys.exit(f"generating the data failed (exit code {generator.exitcode})")
+
+
 def bare_path(config_path: Path) -> dict[str, float]:
     """Read the files, build the matrix, fit ALS as the trainer does, and take implicit's
     top-50 for every customer: the least any trainer does. Returns each step's seconds."""
-    from implicit.cpu.als import AlternatingLeastSquares
-
     config = load_config(config_path)
     steps: dict[str, float] = {}
     started = time.perf_counter()
@@ -167,13 +176,7 @@ def bare_path(config_path: Path) -> dict[str, float]:
     steps["matrix_s"] = time.perf_counter() - started
     started = time.perf_counter()
     params = config.model
-    model = AlternatingLeastSquares(
-        factors=params.factors,
-        regularization=params.regularization,
-        alpha=params.alpha,
-        iterations=params.iterations,
-        random_state=params.seed,
-    )
+    model = als_model(params)
     model.fit(confidences(matrix, params).astype(np.float32), show_progress=False)
     steps["fit_s"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -223,14 +226,7 @@ def main() -> int:
     # trainer's own.
     reused = args.reuse_data and config.is_file()
     if not reused:
-        generator = multiprocessing.get_context("spawn").Process(
-            target=generate,
-            args=(args.work_dir, args.purchases, args.customers, args.items, args.seed),
-        )
-        generator.start()
-        generator.join()
-        if generator.exitcode != 0:
-            sys.exit(f"generating the data failed (exit code {generator.exitcode})")
+        generate_apart(args.work_dir, args.purchases, args.customers, args.items, args.seed)
     generated = time.perf_counter() - started
     bare_s, bare_peak, output = run_child(
         [sys.executable, str(Path(__file__).resolve()), "--bare-only", str(config)]

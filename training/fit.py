@@ -40,18 +40,23 @@ def confidences(interactions: sp.csr_matrix, params: ModelParams) -> sp.csr_matr
     return weighted
 
 
+def als_model(params: ModelParams) -> AlternatingLeastSquares:
+    """implicit's ALS with the ``[model]`` parameters, not fitted yet."""
+    return AlternatingLeastSquares(
+        factors=params.factors,
+        regularization=params.regularization,
+        alpha=params.alpha,
+        iterations=params.iterations,
+        random_state=params.seed,
+    )
+
+
 def fit_als(interactions: sp.csr_matrix, params: ModelParams, progress: bool = False) -> Factors:
     """ALS on BM25-weighted, time-decayed purchase confidences. Deterministic given the seed."""
     weighted = confidences(interactions, params)
     # implicit parallelises itself; a multi-threaded BLAS underneath only adds contention.
     with threadpool_limits(limits=1, user_api="blas"):
-        model = AlternatingLeastSquares(
-            factors=params.factors,
-            regularization=params.regularization,
-            alpha=params.alpha,
-            iterations=params.iterations,
-            random_state=params.seed,
-        )
+        model = als_model(params)
         try:
             model.fit(weighted.astype(np.float32), show_progress=progress)
         except ModelFitError as error:
