@@ -1715,7 +1715,7 @@ class RedisStore:
         self, bucket: str | None, rate: float, burst: int, customer: str | None
     ) -> float:
         ahead = _AHEAD.get()
-        if ahead is None:
+        if ahead is None or (bucket is None and customer is None):  # nothing to go along with
             return 0.0 if bucket is None else self.take(bucket, rate, burst)
         rate_key = None if bucket is None else RATE_KEY.format(prefix=self.prefix, bucket=bucket)
 
