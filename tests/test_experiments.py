@@ -77,6 +77,9 @@ def app_for(
         "RECSVC_AUTH": "off",
         "RECSVC_RELOAD_SECONDS": "0",  # the tests check for changes by hand
         "RECSVC_EXPERIMENT": experiment,
+        # Counts, not outages, are tested here: a store slowed by a busy machine must not
+        # pass for one that is down.
+        "RECSVC_STORE_TIMEOUT_MS": "2000",
         **store,
         **settings,
     }
