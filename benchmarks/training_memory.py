@@ -1,9 +1,11 @@
-"""The Spark driver's memory in one ``recsvc train`` with ``[engine] kind = "spark"``.
+"""The trainer's memory, step by step, in one ``recsvc train``.
 
-    python benchmarks/spark_training.py --config examples/online-retail.toml \
-        [--master local[2]] [--conf spark.driver.memory=6g] [--out spark-training.json]
+    python benchmarks/training_memory.py --config examples/online-retail.toml \
+        [--engine spark] [--master local[2]] [--conf spark.driver.memory=6g] \
+        [--out training-memory.json]
 
-Trains once in this process (the driver) and reports the driver's peak RSS (``ru_maxrss``:
+Trains once in this process (by default on the engine the config names; with ``--engine
+spark``, the driver) and reports the process's peak RSS (``ru_maxrss``:
 memory-mapped bundle arrays it reads count while their pages are in memory) and the peak of
 its anonymous memory (``RssAnon``, sampled every 0.1 s: what it holds itself, not file pages
 the kernel can drop), the time, and the bundle's counts; logs each training step's end (on
@@ -41,13 +43,16 @@ def anonymous_kib() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--engine", choices=("config", "duckdb", "spark"), default="config")
+    parser.add_argument("--master", default="local[2]", help="with --engine spark")
     parser.add_argument("--conf", action="append", default=[], help="key=value, repeatable")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     conf = dict(item.split("=", 1) for item in args.conf)
     config = load_config(args.config)
-    config = replace(config, engine=EngineConfig(kind="spark", master=args.master, conf=conf))
+    if args.engine != "config":
+        engine = EngineConfig(kind=args.engine, master=args.master, conf=conf)
+        config = replace(config, engine=engine)
     peak = [anonymous_kib()]
     stop = threading.Event()
     started = time.perf_counter()
@@ -80,10 +85,11 @@ def main() -> None:
     sampler.join()
     result = {
         "config": str(args.config),
-        "master": args.master,
+        "engine": config.engine.kind,
+        "master": args.master if config.engine.kind == "spark" else None,
         "train_seconds": round(seconds, 1),
-        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "driver_peak_anonymous_mb": round(peak[0] / 1024),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_anonymous_mb": round(peak[0] / 1024),
         "customers": manifest["counts"]["customers"],
         "items": manifest["counts"]["items"],
         "accounting": report.accounting,
