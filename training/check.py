@@ -21,7 +21,7 @@ from recsvc.identity import IdentityRules, normalise_email, normalise_phone
 from training.config import SourceConfig, TrainConfig
 from training.errors import SourceError
 from training.merge import parse_numbers, parse_timestamps
-from training.sources import read_source
+from training.sources import is_text, read_source
 
 SAMPLE_ROWS = 1000
 ERROR_SHARE = 0.5
@@ -56,8 +56,8 @@ def check_sources(config: TrainConfig, sample_rows: int = SAMPLE_ROWS) -> list[S
             continue
         sample = rows.frame.head(sample_rows)
         for field_name, parses in _parsers(source, config.identity.rules).items():
-            if field_name not in sample:
-                continue
+            if field_name not in sample or not is_text(sample[field_name]):
+                continue  # absent, or a typed Parquet column: nothing to parse
             values = sample[field_name].str.strip()
             values = values[values != ""]
             if values.empty:

@@ -76,7 +76,7 @@ from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link
 from training.interactions import merged_outcomes, records_frame
 from training.sessions import is_session, stitch_sessions
-from training.sources import SourceRows
+from training.sources import SourceRows, is_text, wall_time_in_utc
 
 OUTCOMES = (
     "used",
@@ -647,26 +647,37 @@ def _parse(
         non_product_ids |= item_ids.str.contains(items.non_product_pattern, regex=True).to_numpy()
     non_product = item.per_row(non_product_ids) & (reason == UNDECIDED)
 
+    def numbers(field: str) -> NDArray[np.float64]:
+        if not is_text(raw[field]):  # a typed Parquet column (training.sources.TYPED_FIELDS)
+            typed: NDArray[np.float64] = raw[field].to_numpy(dtype=np.float64)
+            return typed
+        values = text(field)
+        return values.per_row(parse_numbers(values.values))
+
+    def timestamps() -> NDArray[np.datetime64]:
+        if not is_text(raw["timestamp"]):  # typed: naive UTC already
+            typed: NDArray[np.datetime64] = raw["timestamp"].to_numpy(dtype="datetime64[us]")
+            return typed
+        stamps = text("timestamp")
+        parsed = parse_timestamps(stamps.values, source.timestamp_format, source.timezone)
+        return stamps.per_row(parsed.to_numpy().astype("datetime64[us]"))
+
     if "quantity" in raw:
-        quantities = text("quantity")
-        quantity = quantities.per_row(parse_numbers(quantities.values))
+        quantity = numbers("quantity")
         flag(~np.isfinite(quantity) & ~non_product, "bad_quantity")
         flag((quantity == 0) & ~non_product, "zero_quantity")
         flag((np.abs(quantity) > MAX_QUANTITY) & ~non_product, "quantity_out_of_range")
     else:
         quantity = np.ones(count)
     if "unit_price" in raw:
-        prices = text("unit_price")
-        price = prices.per_row(parse_numbers(prices.values) * source.currency_rate)
+        price = numbers("unit_price") * source.currency_rate
         flag(~np.isfinite(price) & ~non_product, "bad_price")
         flag((price < 0) & ~non_product, "negative_price")
         flag((price > MAX_UNIT_PRICE) & ~non_product, "price_out_of_range")
     else:
         price = np.full(count, np.nan)
     if "timestamp" in raw:
-        stamps = text("timestamp")
-        parsed_stamps = parse_timestamps(stamps.values, source.timestamp_format, source.timezone)
-        timestamp = stamps.per_row(parsed_stamps.to_numpy().astype("datetime64[us]"))
+        timestamp = timestamps()
         flag(np.isnat(timestamp) & ~non_product, "bad_timestamp")
         latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE
         flag((timestamp > latest.to_datetime64()) & ~non_product, "future_timestamp")
@@ -991,8 +1002,7 @@ def parse_timestamps(values: pd.Series, fmt: str | None, timezone: str) -> pd.Se
         )
         result[has_offset] = aware.dt.tz_localize(None)
     naive = pd.to_datetime(values[~has_offset], format=fmt or "ISO8601", errors="coerce")
-    local = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
-    result[~has_offset] = local.dt.tz_convert("UTC").dt.tz_localize(None)
+    result[~has_offset] = wall_time_in_utc(naive, timezone)
     return result
 
 

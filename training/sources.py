@@ -1,7 +1,10 @@
 """Source readers: each turns a declared source into rows of canonical fields, as text.
 
 Every kind (CSV, JSONL, Parquet, PostgreSQL) yields the same shape, so ``training.merge``
-judges all of them by one set of parsing rules and accounts for every row in one place.
+judges all of them by one set of parsing rules and accounts for every row in one place. The
+one exception is a Parquet column that is already a number or a timestamp where the merge
+wants one (``TYPED_FIELDS``): it stays typed, since writing twenty million timestamps out as
+text only to parse them back costs minutes and gigabytes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ from training.errors import SourceError
 EVENT_EXTRA = (KIND, SESSION)
 # Text read straight into a dictionary: each distinct value is held once.
 TEXT_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+ARROW_TEXT = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' "str", held by Arrow
+# The fields a typed Parquet column gives the merge as they are: numbers as float64 (NaN where
+# null), timestamps as naive UTC datetime64[us] (NaT where null; a column without a zone is
+# wall time in the source's time zone, as the same value written as text would be).
+TYPED_FIELDS = {"quantity": "number", "unit_price": "number", "timestamp": "timestamp"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ class SourceRows:
     one pseudo-file, its table or query.
 
     Text columns (the fields and ``malformed``) are categoricals of strings, "" where empty:
-    a column holds each distinct value once, and the merge works on its codes."""
+    a column holds each distinct value once, and the merge works on its codes. A Parquet
+    source's typed numbers and timestamps are float64 and datetime64 (``TYPED_FIELDS``)."""
 
     source: SourceConfig
     files: list[str]
@@ -89,6 +98,8 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for column in dict.fromkeys(name for frame in frames for name in frame.columns):
         parts = [frame[column] if column in frame else _blank_text(len(frame)) for frame in frames]
+        if len({part.dtype.kind for part in parts}) > 1:  # typed in some files, text in others
+            parts = [_typed_as_text(part) for part in parts]
         if isinstance(parts[0].dtype, pd.CategoricalDtype):
             columns[column] = union_categoricals(parts)
         else:
@@ -219,13 +230,18 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
 def _categoricals(table: pa.Table) -> pd.DataFrame:
     """Dictionary-typed columns as pandas categoricals. One concatenation per column (which
     unifies the chunks' dictionaries) costs about two thirds of Table.to_pandas."""
-    columns: dict[str, pd.Categorical] = {}
+    columns: dict[str, Any] = {}
     for name in table.column_names:
         column = table.column(name)
         values = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        # An Arrow dictionary holds distinct values, so pandas need not check: its check
+        # hashes every category as a Python string, which for ten million order ids costs
+        # a gigabyte that the categories then keep (pandas' fast path skips it; tests cover
+        # it on every supported pandas). The categories stay Arrow strings.
+        categories = pd.Index(pd.array(values.dictionary, dtype=ARROW_TEXT))
         columns[name] = pd.Categorical.from_codes(
             values.indices.to_numpy(zero_copy_only=False),
-            categories=pd.Index(values.dictionary.to_numpy(zero_copy_only=False), dtype="str"),
+            dtype=pd.CategoricalDtype._from_fastpath(categories, False),  # type: ignore[attr-defined]
             validate=False,
         )
     return pd.DataFrame(columns)
@@ -481,7 +497,66 @@ def _read_parquet(source: SourceConfig, path: Path) -> pd.DataFrame:
         table = pq.read_table(path, columns=list(source.columns.values()))
     except (pa.ArrowException, OSError) as error:
         raise SourceError(f"{where}: cannot read as Parquet ({error})") from error
-    return _fields(_arrow_text(table, list(source.columns.values()), where), source)
+    typed = {
+        column: _typed(table.column(column), TYPED_FIELDS[field], source.timezone)
+        for field, column in source.columns.items()
+        if field in TYPED_FIELDS
+    }
+    text_columns = [column for column in table.column_names if typed.get(column) is None]
+    frame = _arrow_text(table.select(text_columns), text_columns, where)
+    for column, values in typed.items():
+        if values is not None:
+            frame[column] = values
+    return _fields(frame, source)
+
+
+def _typed(values: pa.ChunkedArray, kind: str, timezone: str) -> pd.Series | None:
+    """A Parquet column as the merge's typed value (``TYPED_FIELDS``), or None where its type
+    is not that kind (it is then read as text and parsed like any other source's)."""
+    if kind == "number" and (
+        pa.types.is_integer(values.type)
+        or pa.types.is_floating(values.type)
+        or pa.types.is_decimal(values.type)
+    ):
+        return pd.Series(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False))
+    if kind != "timestamp" or not (
+        pa.types.is_timestamp(values.type) or pa.types.is_date(values.type)
+    ):
+        return None
+    zone = getattr(values.type, "tz", None)
+    stamps = pd.Series(
+        pc.cast(values, pa.timestamp("us", tz=zone)).to_numpy(zero_copy_only=False),
+        dtype="datetime64[us]",
+    )
+    return stamps if zone is not None else wall_time_in_utc(stamps, timezone)
+
+
+def wall_time_in_utc(stamps: pd.Series, timezone: str) -> pd.Series:
+    """Naive wall times in ``timezone`` as naive UTC; an hour that does not exist or is
+    ambiguous there (DST changes) is NaT."""
+    if timezone == "UTC":
+        return stamps
+    local = stamps.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+    utc: pd.Series = local.dt.tz_convert("UTC").dt.tz_localize(None)
+    return utc
+
+
+def is_text(values: pd.Series) -> bool:
+    """Whether a source column is text (see ``SourceRows``) rather than typed."""
+    return isinstance(values.dtype, pd.CategoricalDtype)
+
+
+def _typed_as_text(values: pd.Series) -> pd.Series:
+    """A typed column as the text the merge parses back to the same value (timestamps in
+    UTC, marked Z), for a source whose files disagree on the column's type."""
+    if is_text(values):
+        return values
+    if values.dtype.kind == "M":
+        text = values.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    else:
+        text = values.map(repr)
+    categorical: pd.Series = text.where(values.notna(), "").astype("category")
+    return categorical
 
 
 def _read_postgresql(source: SourceConfig) -> pd.DataFrame:
@@ -542,9 +617,17 @@ def _database_label(source: SourceConfig) -> str:
 
 
 def _fields(raw: pd.DataFrame, source: SourceConfig) -> pd.DataFrame:
-    """Columns renamed to canonical fields, as categorical text with "" for missing values."""
+    """Columns renamed to canonical fields, as categorical text with "" for missing values
+    (a typed number or timestamp of ``TYPED_FIELDS`` as it is)."""
     by_column = {column: field for field, column in source.columns.items()}
-    return pd.DataFrame({by_column[column]: _categorical_text(raw[column]) for column in by_column})
+    return pd.DataFrame(
+        {
+            field: raw[column]
+            if field in TYPED_FIELDS and raw[column].dtype.kind in "fM"
+            else _categorical_text(raw[column])
+            for column, field in by_column.items()
+        }
+    )
 
 
 def _blank_text(count: int) -> pd.Series:
@@ -573,8 +656,8 @@ def _arrow_text(table: pa.Table, columns: list[str], where: str) -> pd.DataFrame
                 f"{where}: column {column!r} of type {values.type} is not "
                 "a number, text or timestamp"
             ) from None
-        text[column] = pc.fill_null(as_text, "").dictionary_encode().to_pandas()
-    return pd.DataFrame(text)
+        text[column] = pc.fill_null(as_text, "").dictionary_encode()
+    return _categoricals(pa.table(text))
 
 
 def _text(value: Any) -> str:
