@@ -40,6 +40,10 @@ TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
 # wholesaler's thousands of lines would cost a millisecond and name an old order anyway.
 REASON_PURCHASES = 200
 _SUM_CELLS = 1 << 22  # customers x items summed at a time for item-item scores
+# The candidate lists score a batch of customers against the catalog at a time: each thread
+# holds a few such blocks (float32), so at 100,000 items 512 customers would take a GB.
+BATCH_SCORES = 1 << 24
+MAX_BATCH = 512
 UNAVAILABLE_SHORTLIST = 256  # beyond this many hidden items, a mask is cheaper than asking more
 # In an interest score, sharing a category with everything viewed is worth this much; being
 # the strongest neighbour of what was viewed, 1: a visitor browsing one department sees it
@@ -623,16 +627,18 @@ class Ranker:
     def candidate_lists(
         self,
         k: int,
-        batch: int = 512,
+        batch: int | None = None,
         threads: int = 1,
         done: Callable[[int], None] | None = None,
     ) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.int32]]:
         """Every customer's top ``k`` items under their tier's policy, best first, padded
         with -1 when fewer items are eligible, and each item's reason (``contributors``, as
         an offset into the customer's owned items): the bundle's fast path. Batches of
-        ``batch`` customers are ranked on ``threads`` threads (numpy releases the GIL);
-        ``done`` is told each batch's size as it finishes (progress)."""
+        ``batch`` customers (default: as many as ``BATCH_SCORES`` scores hold) are ranked on
+        ``threads`` threads (numpy releases the GIL); ``done`` is told each batch's size as
+        it finishes (progress)."""
         count, n_items = len(self.arrays.customer_ids), len(self.arrays.item_ids)
+        batch = batch or min(MAX_BATCH, max(1, BATCH_SCORES // max(n_items, 1)))
         k = min(k, n_items)
         items = np.full((count, k), -1, dtype=np.int32)
         scores = np.full((count, k), -np.inf, dtype=np.float32)

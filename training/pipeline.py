@@ -122,6 +122,17 @@ def train(
             config.model.weights,
         )
     interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
+    with progress.step("each customer's purchase lines and each source's contribution"):
+        contributions = _source_summaries(config.sources, merged.events)
+        lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
+        sales = sales_of(
+            merged.events, data.item_ids, data.customer_ids, data.as_of, config.model.half_life_days
+        )
+        # The merged rows are not needed past this point: at 20 M rows they hold a GB,
+        # which the fits would otherwise hold memory beside.
+        merged = dataclasses.replace(
+            merged, events=merged.events.iloc[:0], interactions=merged.interactions.iloc[:0]
+        )
     # The fits run on every core outside the GIL, one after the other; the tiers, catalog
     # and provenance work overlaps them instead of waiting (a few per cent of a run on two
     # cores). Their own bars would cross its lines: each is one step, reported when it ends.
@@ -133,28 +144,22 @@ def train(
         factors = fitting.submit(_timed, fit, data.feedback, config.model, config.engine)
         item_item = fitting.submit(_timed, fit_neighbours, data.feedback, config.model)
         with progress.step("tiers and catalog (while fitting)"):
-            contributions = _source_summaries(config.sources, merged.events)
-            lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
-            sales = sales_of(
-                merged.events,
-                data.item_ids,
-                data.customer_ids,
-                data.as_of,
-                config.model.half_life_days,
-            )
-            # The merged rows are not needed past this point; at 20 M rows they hold a GB.
-            merged = dataclasses.replace(
-                merged,
-                events=merged.events.iloc[:0],
-                interactions=merged.interactions.iloc[:0],
-            )
             crm = build_crm(
                 lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
             )
             del lines  # not needed by the candidate lists, which hold the most memory
+            tier_table = TierTable.of(crm.policy)
+            tier_names = tier_table.names
+            # Every sale's arrays (a GB at 20 M rows) need not wait for the candidate lists.
+            segments = segment_arrays(
+                sales,
+                len(data.item_ids),
+                tier_table.indices(crm.arrays["window_spend"]),
+                list(tier_names),
+            )
+            del sales
             taxonomy = load_taxonomy(config.items.taxonomy)
             crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
-            tier_names = TierTable.of(crm.policy).names
             crm.arrays["item_min_tier"] = withdraw(
                 crm.arrays["item_min_tier"],
                 data.item_ids,
@@ -201,8 +206,6 @@ def train(
             # purchases) need not outlive it through the candidate lists.
             merged = dataclasses.replace(merged, aliases={})
             arrays = with_candidate_lists(arrays, config.model, crm, config.identity.key, progress)
-    customer_tiers = TierTable.of(crm.policy).indices(arrays.window_spend)
-    segments = segment_arrays(sales, len(data.item_ids), customer_tiers, list(tier_names))
     arrays = dataclasses.replace(arrays, **segments)
     version = new_version(fingerprint)
     manifest = Manifest(
