@@ -12,14 +12,18 @@ import os
 import sys
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 import sqlglot
 
+import recsvc
+import training
 from training.config import EngineConfig
 from training.errors import TrainingError
 
@@ -168,13 +172,15 @@ def spark_session(master: str, conf: tuple[tuple[str, str], ...]) -> SparkSessio
             "[engine] kind = \"spark\" needs pyspark: pip install 'recsvc[spark]'"
         ) from None
     builder = SparkSession.builder.master(master).appName("recsvc-train")
+    local = master.startswith("local")
     settings = {}
-    if master.startswith("local"):
+    if local:
         settings = dict(LOCAL_SPARK_CONF)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        # Python tasks (the candidate lists) run in this interpreter, with its packages,
-        # not in whatever ``python3`` comes first on the PATH.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Python tasks (the candidate lists) run in this interpreter, with its packages, not in
+    # whatever ``python3`` comes first on the PATH; on a cluster, the interpreter at this
+    # path on every executor host, unless PYSPARK_PYTHON names another.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in {**settings, **dict(conf)}.items():
         builder = builder.config(key, value)
     try:
@@ -185,8 +191,30 @@ def spark_session(master: str, conf: tuple[tuple[str, str], ...]) -> SparkSessio
             f"Spark could not start at master {master!r} (is Java 17 or later installed?): {error}"
         ) from None
     session.sparkContext.setLogLevel("ERROR")
+    if not local:
+        session.sparkContext.addPyFile(str(code_archive()))
     _started.append((master, conf))
     return session
+
+
+@cache
+def code_archive() -> Path:
+    """The trainer's own packages as a zip for the executors' Python path. Tasks unpickle the
+    functions they run by module name: on a cluster they must find the driver's code, not
+    whatever version of recsvc (if any) is installed where they run. Made once per process,
+    removed when it exits."""
+    archive = Path(_code_directory().name) / "recsvc-code.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for package in (recsvc, training):
+            root = Path(package.__path__[0])
+            for module in sorted(root.rglob("*.py")):
+                bundle.write(module, module.relative_to(root.parent).as_posix())
+    return archive
+
+
+@cache
+def _code_directory() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="recsvc-code-")
 
 
 def stop_spark_sessions() -> None:
