@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
@@ -376,3 +377,96 @@ def sample_bundle(models_dir: Path | None, work: Path) -> Path:
     sample = Path(str(resources.files("training") / "sample"))
     train(load_config(sample / "sample.toml"), trained)
     return trained
+
+
+@dataclass(frozen=True)
+class SparkStandalone:
+    """A running standalone cluster: its master's URL, and the ``[engine] conf`` a trainer on
+    this host uses with it (the driver on the loopback interface, as the cluster is; ALS's
+    checkpoints and the executors' part files in the cluster's folder, which the driver
+    reads too)."""
+
+    master: str
+    conf: dict[str, str]
+
+
+@contextmanager
+def spark_standalone(
+    directory: Path, cores: int = 1, memory: str = "2g", seconds: float = 90.0
+) -> Iterator[SparkStandalone]:
+    """A Spark standalone cluster on 127.0.0.1, from the ``bin/spark-class`` the pip package
+    ``pyspark`` ships: a master and one worker of ``cores`` and ``memory``, on free ports, their
+    logs, the executors' work folders and the checkpoints in ``directory``. Ready once the
+    worker has registered with the master, within ``seconds``; both are stopped when the block
+    ends."""
+    import pyspark
+
+    if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
+        raise RuntimeError("Java is not installed: Spark needs Java 17 or later (`make services`)")
+    home = Path(pyspark.__file__).parent
+    port, master_ui, worker_ui = free_port(), free_port(), free_port()
+    url = f"spark://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(home),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        # The master's REST submission server takes a fixed port (6066) otherwise.
+        "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
+    }
+    commands = {
+        "master": [
+            *("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1"),
+            *("--port", str(port), "--webui-port", str(master_ui)),
+        ],
+        "worker": [
+            *("org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1"),
+            *("--cores", str(cores), "--memory", memory, "--webui-port", str(worker_ui)),
+            *("--work-dir", str(directory / "work")),
+        ],
+    }
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, arguments in commands.items():
+            with (directory / f"{name}.log").open("ab") as log:
+                processes[name] = subprocess.Popen(
+                    [str(home / "bin" / "spark-class"), *arguments],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                )
+        deadline = time.monotonic() + seconds
+        while _alive_workers(master_ui) < 1:
+            exited = [name for name, process in processes.items() if process.poll() is not None]
+            if exited or time.monotonic() > deadline:
+                logs = "\n".join(
+                    f"{name}.log: ...{(directory / f'{name}.log').read_text()[-1500:]}"
+                    for name in commands
+                )
+                why = f"{exited} exited" if exited else f"no worker registered in {seconds:.0f} s"
+                raise RuntimeError(f"the Spark standalone cluster did not start ({why}):\n{logs}")
+            time.sleep(0.5)
+        yield SparkStandalone(
+            master=url,
+            conf={
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.checkpoint.dir": str(directory / "checkpoints"),
+            },
+        )
+    finally:
+        for process in reversed(processes.values()):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _alive_workers(master_ui: int) -> int:
+    """The workers the master at web UI port ``master_ui`` counts alive (0 until it answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{master_ui}/json/", timeout=1) as answer:
+            return int(json.load(answer).get("aliveworkers", 0))
+    except OSError:
+        return 0

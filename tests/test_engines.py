@@ -1,7 +1,7 @@
 """One merge, two engines: DuckDB and Spark SQL (``local[2]``) give the same accounting,
 the same merged rows and the same owned sets, on the reference data and on a synthetic set
 of four sources that exercises every outcome; and Spark's executors rank customers as the
-single host does."""
+single host does, on ``local[2]`` and on a standalone cluster started on this host."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import dataclasses
 import json
 import random
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.local_server import spark_standalone
 from recsvc.bundle import OWNED, load_bundle
 from recsvc.identity import IdentityKey
 from recsvc.logrecords import ALIAS_DIGESTS
@@ -25,7 +27,7 @@ from tests.helpers import write_csv
 from tests.test_imports import run_python, without
 from training.config import EngineConfig, TrainConfig, load_config
 from training.dataset import build_dataset
-from training.engine import spark_session
+from training.engine import spark_session, stop_spark_sessions
 from training.fit import Factors
 from training.itemitem import fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
@@ -243,6 +245,10 @@ def test_synthetic_sources_merge_alike(synthetic: TrainConfig, spark_engine: Eng
 def test_executors_rank_customers_as_the_single_host(
     synthetic: TrainConfig, spark_engine: EngineConfig
 ) -> None:
+    assert_executors_rank_as_the_single_host(synthetic, spark_engine)
+
+
+def assert_executors_rank_as_the_single_host(synthetic: TrainConfig, engine: EngineConfig) -> None:
     merged = merged_with(synthetic, DUCKDB)
     params = synthetic.model
     history = History.build(merged.events, params, merged.item_groups, synthetic.tiers)
@@ -258,7 +264,7 @@ def test_executors_rank_customers_as_the_single_host(
     aliases = merged.aliases
     expected = served_arrays(data, Factors(user, item), neighbours, params, aliases, crm, key)
     assert expected.candidate_items.shape == (customers, min(params.candidates, items))
-    session = spark_session(spark_engine.master, ())
+    session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
     fitted = np.flatnonzero(user.any(axis=1))
     rows = pa.table(
         {
@@ -270,9 +276,7 @@ def test_executors_rank_customers_as_the_single_host(
     batch = "spark.sql.execution.arrow.maxRecordsPerBatch"
     session.conf.set(batch, "16")  # several part files per task, joined in order
     try:
-        found = spark_served_arrays(
-            data, factors, neighbours, params, aliases, crm, key, spark_engine
-        )
+        found = spark_served_arrays(data, factors, neighbours, params, aliases, crm, key, engine)
     finally:
         session.conf.unset(batch)
     for name in CUSTOMER_PARTS:
@@ -287,11 +291,17 @@ def test_executors_rank_customers_as_the_single_host(
 def test_both_engines_train_bundles_with_the_same_accounting_and_owned_items(
     synthetic: TrainConfig, spark_engine: EngineConfig, tmp_path: Path
 ) -> None:
+    assert_bundles_alike(synthetic, spark_engine, tmp_path)
+
+
+def assert_bundles_alike(synthetic: TrainConfig, engine: EngineConfig, tmp_path: Path) -> None:
+    """A bundle trained with ``engine`` and one with DuckDB and implicit: the same accounting,
+    customers, items and owned items (the fits differ, so the lists do)."""
     # A short fit: what is compared does not depend on it.
     short = dataclasses.replace(
         synthetic, model=msgspec.structs.replace(synthetic.model, iterations=3)
     )
-    configs = {"duckdb": short, "spark": dataclasses.replace(short, engine=spark_engine)}
+    configs = {"duckdb": short, "spark": dataclasses.replace(short, engine=engine)}
     bundles = {
         name: load_bundle(train(config, tmp_path / name, allow_quarantine=True).path)
         for name, config in configs.items()
@@ -323,3 +333,35 @@ def test_spark_without_pyspark_says_how_to_install_it() -> None:
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "pip install 'recsvc[spark]'" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineConfig]:
+    """Spark at a standalone master on this host with one worker of one core, started here
+    (from the pip package's ``spark-class``) and stopped after: the executors are processes
+    of their own, which import the trainer's code as the driver sends it. Their part files
+    and ALS's checkpoints go under ``spark.checkpoint.dir``, as on a cluster."""
+    directory = tmp_path_factory.mktemp("spark-cluster")
+    stop_spark_sessions()  # a JVM holds one Spark context: the local one would answer
+    with spark_standalone(directory) as cluster:
+        conf = {
+            **cluster.conf,
+            "spark.sql.shuffle.partitions": "4",  # a cluster's 200 are for big data, not these
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+        }
+        try:
+            yield EngineConfig(kind="spark", master=cluster.master, conf=conf)
+        finally:
+            stop_spark_sessions()  # before the cluster stops; later tests start their own
+
+
+def test_a_standalone_cluster_ranks_and_trains_as_the_single_host(
+    synthetic: TrainConfig, cluster_engine: EngineConfig, tmp_path: Path
+) -> None:
+    session = spark_session(cluster_engine.master, tuple(sorted(cluster_engine.conf.items())))
+    assert session.sparkContext.master == cluster_engine.master
+    assert_executors_rank_as_the_single_host(synthetic, cluster_engine)
+    assert_bundles_alike(synthetic, cluster_engine, tmp_path)
+    checkpoints = Path(cluster_engine.conf["spark.checkpoint.dir"])
+    assert not list(checkpoints.glob("recsvc-parts-*")), "part files left behind"
