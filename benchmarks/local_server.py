@@ -448,8 +448,7 @@ def spark_standalone(
         yield SparkStandalone(
             master=url,
             conf={
-                "spark.driver.host": "127.0.0.1",
-                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.driver.host": "127.0.0.1",  # and so its bindAddress
                 "spark.checkpoint.dir": str(directory / "checkpoints"),
             },
         )
