@@ -31,7 +31,7 @@ from training.engine import spark_session, stop_spark_sessions
 from training.fit import Factors
 from training.itemitem import fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
-from training.pipeline import served_arrays, train
+from training.pipeline import alias_digests, served_arrays, train
 from training.recommenders import History
 from training.sources import read_source
 from training.spark_als import SparkFactors
@@ -276,7 +276,8 @@ def assert_executors_rank_as_the_single_host(synthetic: TrainConfig, engine: Eng
     batch = "spark.sql.execution.arrow.maxRecordsPerBatch"
     session.conf.set(batch, "16")  # several part files per task, joined in order
     try:
-        found = spark_served_arrays(data, factors, neighbours, params, aliases, crm, key, engine)
+        digests = alias_digests(aliases, data.customer_ids, key)
+        found = spark_served_arrays(data, factors, neighbours, params, digests, crm, engine)
     finally:
         session.conf.unset(batch)
     for name in CUSTOMER_PARTS:

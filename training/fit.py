@@ -53,12 +53,13 @@ def als_model(params: ModelParams) -> AlternatingLeastSquares:
 
 def fit_als(interactions: sp.csr_matrix, params: ModelParams, progress: bool = False) -> Factors:
     """ALS on BM25-weighted, time-decayed purchase confidences. Deterministic given the seed."""
-    weighted = confidences(interactions, params)
+    # As float32 at once: the float64 weights are not kept beside implicit's copies.
+    weighted = confidences(interactions, params).astype(np.float32)
     # implicit parallelises itself; a multi-threaded BLAS underneath only adds contention.
     with threadpool_limits(limits=1, user_api="blas"):
         model = als_model(params)
         try:
-            model.fit(weighted.astype(np.float32), show_progress=progress)
+            model.fit(weighted, show_progress=progress)
         except ModelFitError as error:
             raise TrainingError(f"ALS did not converge with {params}: {error}") from error
     return _factors(model)

@@ -11,10 +11,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -70,7 +69,6 @@ from training.spark_candidates import spark_served_arrays
 from training.tiers import Crm, CustomerLines, build_crm, empty_crm
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -122,6 +120,10 @@ def train(
             config.model.weights,
         )
     interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
+    # The alias dict (millions of strings at 20 M purchases) as the bundle's digests now, so
+    # that it is not held through the fits and the candidate lists.
+    digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
+    merged = dataclasses.replace(merged, aliases={})
     with progress.step("each customer's purchase lines and each source's contribution"):
         contributions = _source_summaries(config.sources, merged.events)
         lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
@@ -133,79 +135,61 @@ def train(
         merged = dataclasses.replace(
             merged, events=merged.events.iloc[:0], interactions=merged.interactions.iloc[:0]
         )
-    # The fits run on every core outside the GIL, one after the other; the tiers, catalog
-    # and provenance work overlaps them instead of waiting (a few per cent of a run on two
-    # cores). Their own bars would cross its lines: each is one step, reported when it ends.
-    with ThreadPoolExecutor(max_workers=1) as fitting:
-        # On Spark the customer factors stay on the executors, which rank with them.
-        fit: Callable[..., Factors | SparkFactors] = (
-            fit_als_on_spark if config.engine.kind == "spark" else fit_factors
+    # The tiers are built before the fits rather than beside them: on two cores the overlap
+    # saved a few per cent of a run, and cost their working memory on top of ALS's (the
+    # run's peak at 20 M purchases).
+    with progress.step("tiers and catalog"):
+        crm = build_crm(
+            lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
         )
-        factors = fitting.submit(_timed, fit, data.feedback, config.model, config.engine)
-        item_item = fitting.submit(_timed, fit_neighbours, data.feedback, config.model)
-        with progress.step("tiers and catalog (while fitting)"):
-            crm = build_crm(
-                lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
-            )
-            del lines  # not needed by the candidate lists, which hold the most memory
-            tier_table = TierTable.of(crm.policy)
-            tier_names = tier_table.names
-            # Every sale's arrays (a GB at 20 M rows) need not wait for the candidate lists.
-            segments = segment_arrays(
-                sales,
-                len(data.item_ids),
-                tier_table.indices(crm.arrays["window_spend"]),
-                list(tier_names),
-            )
-            del sales
-            taxonomy = load_taxonomy(config.items.taxonomy)
-            crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
-            crm.arrays["item_min_tier"] = withdraw(
-                crm.arrays["item_min_tier"],
-                data.item_ids,
-                unavailable_items(config.items),
-                len(tier_names),
-            )
-            content = load_content(
-                config.channels.content, list(taxonomy), tier_names, config.channels.base_url
-            )
-        fitted, fit_seconds = factors.result()
-        progress.done(
-            f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)",
-            fit_seconds,
+        del lines
+        tier_table = TierTable.of(crm.policy)
+        tier_names = tier_table.names
+        segments = segment_arrays(
+            sales,
+            len(data.item_ids),
+            tier_table.indices(crm.arrays["window_spend"]),
+            list(tier_names),
         )
-        neighbours, fit_seconds = item_item.result()
-        progress.done(
-            f"fitting the item-item model ({neighbours.kind}, "
-            f"{config.model.neighbours} neighbours per item)",
-            fit_seconds,
+        del sales
+        taxonomy = load_taxonomy(config.items.taxonomy)
+        crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
+        crm.arrays["item_min_tier"] = withdraw(
+            crm.arrays["item_min_tier"],
+            data.item_ids,
+            unavailable_items(config.items),
+            len(tier_names),
         )
-        if isinstance(fitted, SparkFactors):
-            arrays = spark_served_arrays(
-                data,
-                fitted,
-                neighbours,
-                config.model,
-                merged.aliases,
-                crm,
-                config.identity.key,
-                config.engine,
-                progress,
-            )
-        else:
-            arrays = bundle_arrays(
-                data,
-                fitted,
-                trend_prior(data.trending, config.model.trend_weight),
-                merged.aliases,
-                crm.arrays,
-                config.identity.key,
-                neighbours,
-            )
-            # The bundle's alias table holds them now: the dict (millions of strings at 20 M
-            # purchases) need not outlive it through the candidate lists.
-            merged = dataclasses.replace(merged, aliases={})
-            arrays = with_candidate_lists(arrays, config.model, crm, config.identity.key, progress)
+        content = load_content(
+            config.channels.content, list(taxonomy), tier_names, config.channels.base_url
+        )
+    # On Spark the customer factors stay on the executors, which rank with them.
+    fit: Callable[..., Factors | SparkFactors] = (
+        fit_als_on_spark if config.engine.kind == "spark" else fit_factors
+    )
+    with progress.step(
+        f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)"
+    ):
+        fitted = fit(data.feedback, config.model, config.engine)
+    with progress.step(
+        f"fitting the item-item model ({item_item_kind(config.model, len(data.item_ids))}, "
+        f"{config.model.neighbours} neighbours per item)"
+    ):
+        neighbours = fit_neighbours(data.feedback, config.model)
+    if isinstance(fitted, SparkFactors):
+        arrays = spark_served_arrays(
+            data, fitted, neighbours, config.model, digests, crm, config.engine, progress
+        )
+    else:
+        arrays = bundle_arrays(
+            data,
+            fitted,
+            trend_prior(data.trending, config.model.trend_weight),
+            digests,
+            crm.arrays,
+            neighbours=neighbours,
+        )
+        arrays = with_candidate_lists(arrays, config.model, crm, config.identity.key, progress)
     arrays = dataclasses.replace(arrays, **segments)
     version = new_version(fingerprint)
     manifest = Manifest(
@@ -261,11 +245,6 @@ def merged_history(config: TrainConfig, progress: Progress | None = None) -> Mer
         return merge_sources(sources, config.items, config.identity, config.engine)
 
 
-def _timed(function: Callable[..., T], *args: Any) -> tuple[T, float]:
-    started = time.perf_counter()
-    return function(*args), time.perf_counter() - started
-
-
 def model_kind(params: ModelParams, n_items: int) -> str:
     """The manifest's name for the blend served: "als+ease+trend", "als+knn+trend"."""
     return f"als+{item_item_kind(params, n_items)}+trend"
@@ -285,7 +264,8 @@ def served_arrays(
     each customer's candidate list under their tier's policy (given ``crm``)."""
     prior = trend_prior(data.trending, params.trend_weight)
     crm_arrays = None if crm is None else crm.arrays
-    arrays = bundle_arrays(data, factors, prior, aliases, crm_arrays, key, neighbours)
+    digests = alias_digests(aliases, data.customer_ids, key)
+    arrays = bundle_arrays(data, factors, prior, digests, crm_arrays, key, neighbours)
     if crm is None:
         return arrays
     return with_candidate_lists(arrays, params, crm, key, progress)
@@ -328,26 +308,36 @@ def _usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+AliasDigests = tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int32]]
+
+
+def alias_digests(
+    aliases: dict[str, str] | None, customer_ids: NDArray[np.str_], key: IdentityKey | None
+) -> AliasDigests:
+    """The bundle's alias table (``recsvc.identity.alias_table``) of ``aliases`` (alias ->
+    canonical id; None: each customer's canonical id only), digested with ``key`` (None:
+    the development key, for evaluation, which ranks by row)."""
+    customers = customer_ids.tolist()
+    if aliases is None:
+        aliases = {f"{CANONICAL}:{customer}": customer for customer in customers}
+    return alias_table(key or IdentityKey.development_key(), aliases, customers)
+
+
 def bundle_arrays(
     data: TrainingData,
     factors: Factors,
     item_prior: NDArray[np.float32],
-    aliases: dict[str, str] | None = None,
+    digests: AliasDigests | None = None,
     crm: dict[str, NDArray[Any]] | None = None,
     key: IdentityKey | None = None,
     neighbours: Neighbours | None = None,
 ) -> BundleArrays:
-    """The served arrays. Without ``aliases`` a customer is found by canonical id only;
-    without ``crm`` every customer is in the first tier with no signals. ``key`` makes the
-    alias digests (None: the development key, for evaluation, which ranks by row). Without
-    ``neighbours`` no item-item model: no similar items, no reasons from purchases."""
+    """The served arrays. Without alias ``digests`` a customer is found by canonical id only
+    (digested with ``key``, see ``alias_digests``); without ``crm`` every customer is in the
+    first tier with no signals. Without ``neighbours`` no item-item model: no similar items,
+    no reasons from purchases."""
     order = np.lexsort((np.arange(len(data.item_ids)), -data.popularity))
-    customer_ids = data.customer_ids.tolist()
-    if aliases is None:
-        aliases = {f"{CANONICAL}:{customer}": customer for customer in customer_ids}
-    alias_high, alias_low, alias_rows = alias_table(
-        key or IdentityKey.development_key(), aliases, customer_ids
-    )
+    alias_high, alias_low, alias_rows = digests or alias_digests(None, data.customer_ids, key)
     return BundleArrays(
         customer_ids=data.customer_ids,
         item_ids=data.item_ids,
@@ -375,10 +365,10 @@ def bundle_arrays(
         alias_rows=alias_rows,
         popular_items=order.astype(np.int32),
         popular_scores=data.popularity[order].astype(np.float32),
-        **(crm if crm is not None else empty_crm(len(customer_ids), len(data.item_ids))),
-        candidate_items=np.zeros((len(customer_ids), 0), np.int32),
-        candidate_scores=np.zeros((len(customer_ids), 0), np.float32),
-        candidate_reasons=np.zeros((len(customer_ids), 0), np.int32),
+        **(crm if crm is not None else empty_crm(len(data.customer_ids), len(data.item_ids))),
+        candidate_items=np.zeros((len(data.customer_ids), 0), np.int32),
+        candidate_scores=np.zeros((len(data.customer_ids), 0), np.float32),
+        candidate_reasons=np.zeros((len(data.customer_ids), 0), np.int32),
     )
 
 

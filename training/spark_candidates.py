@@ -26,7 +26,6 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from recsvc.bundle import CANDIDATES, BundleArrays
-from recsvc.identity import IdentityKey
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
 from training.config import EngineConfig, ModelParams
@@ -42,6 +41,8 @@ from training.tiers import Crm
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
+
+    from training.pipeline import AliasDigests
 
 # The arrays the executors write, one row per customer.
 CUSTOMER_PARTS = ("user_factors", *CANDIDATES)
@@ -83,14 +84,14 @@ def spark_served_arrays(
     factors: SparkFactors,
     neighbours: Neighbours | None,
     params: ModelParams,
-    aliases: dict[str, str],
+    digests: AliasDigests,
     crm: Crm,
-    key: IdentityKey,
     engine: EngineConfig,
     progress: Progress | None = None,
 ) -> BundleArrays:
     """``training.pipeline.served_arrays`` with the per-customer model arrays (factors and
-    candidate lists) from the executors, memory-mapped."""
+    candidate lists) from the executors, memory-mapped; ``digests``: the customers' alias
+    table (``training.pipeline.alias_digests``)."""
     from training.pipeline import bundle_arrays
 
     session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
@@ -100,10 +101,9 @@ def spark_served_arrays(
         data,
         Factors(user_factors=no_customers, item_factors=factors.item_factors),
         prior,
-        aliases,
+        digests,
         crm.arrays,
-        key,
-        neighbours,
+        neighbours=neighbours,
     )
     customers = customer_side(
         session,

@@ -383,9 +383,10 @@ def _crossings(orders: pd.DataFrame, rules: TierPolicy) -> list[dict[str, Any]]:
         [[True], orders["row"].to_numpy()[1:] != orders["row"].to_numpy()[:-1]]
     )
     previous[first_of_customer] = 0
-    upgrades = orders.assign(tier=tiers, before=previous, window_spend=window_spend)[
-        tiers > previous
-    ]
+    upgraded = tiers > previous  # a few orders: filtered before the columns are added
+    upgrades = orders[upgraded].assign(
+        tier=tiers[upgraded], before=previous[upgraded], window_spend=window_spend[upgraded]
+    )
     last_upgrades = upgrades.groupby("row").tail(1)
     for row, seconds, before, after, spend in zip(
         *(last_upgrades[c].tolist() for c in ("row", "seconds", "before", "tier", "window_spend")),
