@@ -191,11 +191,13 @@ class ModelParams(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
 
 class EngineConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """What runs the merge's SQL (``training.engine``): DuckDB in the trainer's process, or
-    Spark SQL at ``master`` with ``conf`` passed to the session as written."""
+    Spark SQL at ``master``, with ``conf`` passed to either as written."""
 
     kind: Literal["duckdb", "spark"] = "duckdb"
     master: Text = "local[2]"  # spark only: local[N], spark://host:port, yarn, k8s://...
-    conf: dict[str, str] = {}  # spark only, as Spark takes them: "spark.executor.memory" = "8g"
+    # As the engine takes them: Spark's ("spark.executor.memory" = "8g") or DuckDB's settings
+    # ("memory_limit" = "4GB", "threads" = "4"; training.engine.DUCKDB_SETTINGS are defaults).
+    conf: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

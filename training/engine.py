@@ -44,6 +44,9 @@ LOCAL_SPARK_CONF = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
 }
+# DuckDB's settings that ``[engine] conf`` overrides: past this memory it spills to disk
+# rather than let the merge's working memory grow with the rows (its default: 80 % of RAM).
+DUCKDB_SETTINGS = {"memory_limit": "1GB"}
 # PySpark warns about the installed pandas when it converts data; the engine hands it Arrow
 # only, never pandas.
 PANDAS_WARNING = "PySpark does not yet fully support pandas"
@@ -77,7 +80,7 @@ def engine(config: EngineConfig) -> Iterator[Engine]:
         finally:
             spark.close()
         return
-    duck = DuckDBEngine()
+    duck = DuckDBEngine(config.conf)
     try:
         yield duck
     finally:
@@ -91,11 +94,16 @@ class DuckDBEngine:
 
     dialect = "duckdb"
 
-    def __init__(self) -> None:
+    def __init__(self, conf: dict[str, str] | None = None) -> None:
         import duckdb
 
         self._spill = tempfile.TemporaryDirectory(prefix="recsvc-duckdb-")
-        self._connection = duckdb.connect(config={"temp_directory": self._spill.name})
+        settings: dict[str, str | bool | int | float | list[str]] = {
+            "temp_directory": self._spill.name,
+            **DUCKDB_SETTINGS,
+            **(conf or {}),
+        }
+        self._connection = duckdb.connect(config=settings)
 
     def load(self, name: str, table: pa.Table) -> None:
         self._connection.register(name, table)

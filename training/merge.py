@@ -193,7 +193,7 @@ def merge_sources(
     crosswalk = load_item_crosswalk(items.crosswalk, {source.name for source in configs})
     namespace_of = {source.name: source.customer_namespace for source in configs}
     namespace_of |= {namespace: namespace for namespace in namespace_of.values()}
-    frames: list[pd.DataFrame] = []
+    frames: list[Columns] = []
     texts: list[dict[str, pa.DictionaryArray]] = []
     quarantines: list[pd.DataFrame] = []
     for position in range(len(configs)):
@@ -244,17 +244,21 @@ def merge_sources(
         erasures=erasure_report(identity, sum(counts["erased"] for counts in accounting.values())),
     )
     rows_kept = kept.column("row_id").to_numpy()
-    events = parsed[["trust", "quantity", "unit_price", "timestamp", "order"]].take(rows_kept)
-    events = events.reset_index(drop=True)
+    events = pd.DataFrame(
+        {
+            column: parsed.pop(column)[rows_kept]
+            for column in ("trust", "quantity", "unit_price", "timestamp", "order")
+        }
+    )
     events["source"] = pd.Categorical.from_codes(
-        parsed["source_position"].to_numpy()[rows_kept], categories=pd.Index(names)
+        parsed.pop("source_position")[rows_kept], categories=pd.Index(names)
     )
     events["customer_id"] = pd.Categorical.from_codes(
         kept.column("customer").to_numpy(), categories=customers
     )
     for column in ("item_id", "description", "country"):
         events[column] = pd.Categorical.from_codes(
-            parsed[column].to_numpy()[rows_kept],
+            parsed.pop(column)[rows_kept],
             categories=pd.Index(vocabulary[column].to_pylist(), dtype="str"),
         )
     events["outcome"] = pd.Categorical.from_codes(
@@ -292,6 +296,8 @@ def merge_sources(
 #   sorted canonical ids (0: nobody).
 #
 # ``kind`` is the position of the alias column in ALIAS_COLUMNS.
+# A merge's columns by name, each one value per row.
+Columns = dict[str, NDArray[Any]]
 ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED = (
     "rows",
     "erased_aliases",
@@ -416,32 +422,33 @@ WHERE outcome IN ({USED}, {DUPLICATE}, {CANCELLATION}, {ANONYMOUS}) ORDER BY row
 
 
 def _rows_table(
-    parsed: pd.DataFrame, vocabulary: dict[str, pa.Array], event_logs: list[int]
+    parsed: Columns, vocabulary: dict[str, pa.Array], event_logs: list[int]
 ) -> pa.Table:
     """``parsed`` as the ``rows`` table the queries read."""
 
     def codes(column: str) -> pa.Array:
-        values = parsed[column].to_numpy()
+        values = parsed[column]
         return pa.array(values, mask=values == _blank_code(vocabulary[column]))
 
-    stamps = parsed["timestamp"].to_numpy().astype("datetime64[us]")
-    positions = parsed["source_position"].to_numpy()
+    stamps = parsed["timestamp"].astype("datetime64[us]", copy=False)
+    positions = parsed["source_position"]
+    count = len(positions)
     columns = {
-        "row_id": pa.array(np.arange(len(parsed), dtype=np.int64)),
+        "row_id": pa.array(np.arange(count, dtype=np.int64)),
         "source_position": pa.array(positions.astype(np.int32)),
-        "outcome": pa.array(parsed["outcome"].to_numpy()),
-        "reason": pa.array(parsed["reason"].to_numpy()),
+        "outcome": pa.array(parsed["outcome"]),
+        "reason": pa.array(parsed["reason"]),
         "event_log": pa.array(np.isin(positions, event_logs)),
-        "is_cancellation": pa.array(parsed["is_cancellation"].to_numpy()),
+        "is_cancellation": pa.array(parsed["is_cancellation"]),
         "order_code": codes("order"),
-        "item_code": pa.array(parsed["item_id"].to_numpy()),
-        "quantity": pa.array(parsed["quantity"].to_numpy()),
+        "item_code": pa.array(parsed["item_id"]),
+        "quantity": pa.array(parsed["quantity"]),
         "stamp": pa.array(stamps.view(np.int64), mask=np.isnat(stamps)),
         "raw_id": codes("raw_customer_id"),
         **{column: codes(column) for column in ALIAS_COLUMNS},
-        "invalid_email": pa.array(parsed["invalid_email"].to_numpy()),
-        "invalid_phone": pa.array(parsed["invalid_phone"].to_numpy()),
-        "erased": pa.array(np.zeros(len(parsed), dtype=bool)),
+        "invalid_email": pa.array(parsed["invalid_email"]),
+        "invalid_phone": pa.array(parsed["invalid_phone"]),
+        "erased": pa.array(np.zeros(count, dtype=bool)),
     }
     return pa.table(columns)
 
@@ -619,7 +626,7 @@ def _parse(
     crosswalk: ItemCrosswalk,
     identity_rules: IdentityRules,
     namespace_of: dict[str, str],
-) -> tuple[pd.DataFrame, dict[str, pa.DictionaryArray], pd.DataFrame]:
+) -> tuple[Columns, dict[str, pa.DictionaryArray], pd.DataFrame]:
     """Typed rows with a provisional outcome, their text columns (see TEXT_COLUMNS), and the
     quarantined rows with their raw values."""
     raw = rows.frame
@@ -728,20 +735,18 @@ def _parse(
         }
         invalid_email = email.per_row((emails == "") & (email.values != ""))
         invalid_phone = phone.per_row((phones == "") & (phone.values != ""))
-    parsed = pd.DataFrame(
-        {
-            "source_position": np.full(count, position, dtype=np.int16),
-            "trust": np.full(count, source.trust, dtype=np.float32),
-            "invalid_email": invalid_email,
-            "invalid_phone": invalid_phone,
-            "quantity": quantity,
-            "unit_price": price,
-            "timestamp": timestamp,
-            "is_cancellation": is_cancellation,
-            "outcome": outcome,
-            "reason": reason,
-        }
-    )
+    parsed: Columns = {
+        "source_position": np.full(count, position, dtype=np.int16),
+        "trust": np.full(count, source.trust, dtype=np.float32),
+        "invalid_email": invalid_email,
+        "invalid_phone": invalid_phone,
+        "quantity": quantity,
+        "unit_price": price,
+        "timestamp": timestamp,
+        "is_cancellation": is_cancellation,
+        "outcome": outcome,
+        "reason": reason,
+    }
     encoded = {
         **identifiers,
         "item_id": item.encoded(item_ids),
@@ -845,26 +850,29 @@ def _prefixed(kind: str, values: pd.Series) -> pd.Series:
 
 
 def _concat_parsed(
-    frames: list[pd.DataFrame], texts: list[dict[str, pa.DictionaryArray]]
-) -> tuple[pd.DataFrame, dict[str, pa.Array]]:
-    """One frame, each text column as int32 codes into its sorted vocabulary (returned).
-    Empties ``frames`` and ``texts`` column by column as it goes."""
-    parsed = pd.DataFrame(
-        {
-            column: np.concatenate([frame.pop(column).to_numpy() for frame in frames])
-            for column in list(frames[0].columns)
-        },
-        copy=False,
-    )
+    frames: list[Columns], texts: list[dict[str, pa.DictionaryArray]]
+) -> tuple[Columns, dict[str, pa.Array]]:
+    """One set of columns, each text column as int32 codes into its sorted vocabulary
+    (returned). Empties ``frames`` and ``texts`` column by column as it goes. Plain arrays,
+    not a DataFrame: pandas would copy them into blocks of one type (at 20 M rows, GBs)."""
+    parsed = {
+        column: np.concatenate([frame.pop(column) for frame in frames])
+        for column in list(frames[0])
+    }
     vocabulary: dict[str, pa.Array] = {}
     for column in TEXT_COLUMNS:
         parts = [text.pop(column) for text in texts]
-        merged = pa.concat_arrays([part.dictionary for part in parts]).dictionary_encode()
-        order = pc.array_sort_indices(merged.dictionary).to_numpy()
-        rank = np.empty(len(order), dtype=np.int32)
-        rank[order] = np.arange(len(order), dtype=np.int32)
+        # The sources' dictionaries (each distinct) sorted together; equal neighbours are one
+        # value. A sort, not a hash table: at 20 M order ids the hash table took GBs.
+        combined = pa.concat_arrays([part.dictionary for part in parts])
+        order = pc.array_sort_indices(combined).to_numpy()
+        ordered = combined.take(order)
+        first = np.ones(len(order), dtype=bool)
+        if len(order) > 1:
+            first[1:] = pc.not_equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
         # Each source's dictionary entry -> its position in the sorted vocabulary.
-        code_of = rank[merged.indices.to_numpy()]
+        code_of = np.empty(len(order), dtype=np.int32)
+        code_of[order] = np.cumsum(first) - 1
         starts = np.cumsum([0, *(len(part.dictionary) for part in parts)])
         parsed[column] = np.concatenate(
             [
@@ -872,7 +880,7 @@ def _concat_parsed(
                 for start, part in zip(starts, parts, strict=False)
             ]
         )
-        vocabulary[column] = merged.dictionary.take(order)
+        vocabulary[column] = ordered.filter(pa.array(first))
     return parsed, vocabulary
 
 

@@ -54,6 +54,7 @@ from training.errors import QuarantineError, TrainingError
 from training.fit import Factors, fit_factors, trend_prior
 from training.interactions import accounting as interaction_accounting
 from training.itemitem import Neighbours, fit_neighbours, item_item_kind
+from training.memory import give_back_freed_memory
 from training.merge import (
     NO_ERASURE_LIST,
     REASON_FIELDS,
@@ -92,6 +93,7 @@ def train(
     reported (default: one log line per step)."""
     progress = progress or Progress.silent()
     started = time.perf_counter()
+    give_back_freed_memory()
     if config.identity.erasures is None:
         log.warning(NO_ERASURE_LIST)
     if config.identity.key.development:
