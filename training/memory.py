@@ -21,8 +21,9 @@ def give_back_freed_memory() -> None:
     raises that threshold (up to 32 MB) each time a larger block is freed, so after the
     first big step most arrays land in those heaps; fixing the threshold at 1 MB keeps
     them in mappings of their own. Arrow's default pool (mimalloc) also keeps what it
-    frees: the system allocator does not. Measured at 5 M purchases: 35 % less memory held
-    after the merge, the same time."""
+    frees: the system allocator does not. At 5 M purchases the process held 950 MB after
+    the merge without either (and without the merge's sorted vocabularies), 567 MB with
+    them, in the same time."""
     pa.set_memory_pool(pa.system_memory_pool())
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc only (not musl, macOS)
     if mallopt is not None:
