@@ -82,25 +82,16 @@ def build_dataset(
     settlement = settle_returns(events)
     quantity = settlement.quantities(quantity)
     # Duplicates are decided before anonymity, so anonymous copies keep that outcome too.
-    personal = (
+    personal = np.flatnonzero(
         outcome_is(events, "used", "cancellation", "duplicate")
         & (item >= 0)
         & ~value_is(events["customer_id"], "")
     )
-    held = _held(
-        events["customer_id"].cat.codes.to_numpy()[personal],
-        item[personal],
-        events["source"].cat.codes.to_numpy()[personal],
-        quantity[personal],
-        timestamps[personal],
-        outcome_is(events, "used")[personal],
-        outcome_is(events, "duplicate")[personal],
-        (weight * events["trust"].to_numpy())[personal],
-        len(item_ids),
-    )
+    held = _held(events, personal, item, quantity, weight, len(item_ids))
+    del personal
     known = events["customer_id"].cat.categories
     customer_ids = np.sort(known[np.unique(held.customer)].to_numpy()).astype(str)
-    rows = pd.Index(customer_ids).get_indexer(known)[held.customer]
+    rows = pd.Index(customer_ids).get_indexer(known).astype(np.int32)[held.customer]
     shape = (len(customer_ids), len(item_ids))
     interactions = sp.csr_matrix((held.weight.astype(np.float32), (rows, held.item)), shape)
     interactions.sort_indices()
@@ -109,15 +100,23 @@ def build_dataset(
     # Entries are in (row, item) order, as in both matrices: they line up one to one.
     order = np.lexsort((held.item, rows))
     assert len(order) == held_quantity.nnz == interactions.nnz
+    held_source = held.source[order]
+    del order
     item_group = _group_codes(item_ids, item_groups or {})
     owned = _owned(rows, held.item, item_group, shape)
+    del held, rows
     spend, orders = _customer_totals(events, quantity, pd.Index(customer_ids))
+    del quantity
 
     sold = item[is_sale]
+    del item
     popularity = np.bincount(sold, weight[is_sale], len(item_ids))
+    del weight
     trend_weight = decay_weights(timestamps[is_sale], as_of, trend_half_life_days)
     trending = np.bincount(sold, trend_weight, len(item_ids))
+    del trend_weight
     titles, prices = _catalog(events, is_sale, sold, item_index)
+    del is_sale, sold
     logged = records_frame([]) if interaction_records is None else interaction_records
     weighed = weigh(
         logged,
@@ -133,7 +132,7 @@ def build_dataset(
         item_ids=item_ids,
         interactions=interactions,
         held=held_quantity,
-        held_source=held.source[order].astype(np.int16),
+        held_source=held_source,
         source_names=events["source"].cat.categories.to_numpy().astype(str),
         owned=owned,
         item_group=item_group,
@@ -239,11 +238,11 @@ def value_is(column: pd.Series, *values: str) -> NDArray[np.bool_]:
     return np.isin(column.cat.codes.to_numpy(), codes[codes >= 0])
 
 
-def positions(column: pd.Series, index: pd.Index) -> NDArray[np.intp]:
+def positions(column: pd.Series, index: pd.Index) -> NDArray[np.int32]:
     """Each row's position in ``index`` (-1 where absent) for a categorical column, looked
     up once per category instead of once per row."""
     lookup = np.append(index.get_indexer(column.cat.categories), -1)  # code -1 is a NaN
-    found: NDArray[np.intp] = lookup[column.cat.codes.to_numpy()]
+    found: NDArray[np.int32] = lookup.astype(np.int32)[column.cat.codes.to_numpy()]
     return found
 
 
@@ -252,50 +251,95 @@ class _Held:
     """One entry per (customer, item) the customer holds, in (customer, item) order;
     ``customer`` is a code of the events' ``customer_id``."""
 
-    customer: NDArray[np.int64]
-    item: NDArray[np.int64]
+    customer: NDArray[np.int32]
+    item: NDArray[np.int32]
     weight: NDArray[np.float64]  # summed decayed weight of the purchases
     quantity: NDArray[np.float64]
-    source: NDArray[np.int64]  # of the latest purchase line (-1: none)
+    source: NDArray[np.int16]  # of the latest purchase line (-1: none)
 
 
 def _held(
-    customer: NDArray[np.integer],
-    item: NDArray[np.intp],
-    source: NDArray[np.integer],
+    events: pd.DataFrame,
+    lines: NDArray[np.intp],
+    item: NDArray[np.int32],
     quantity: NDArray[np.float64],
-    timestamp: NDArray[np.datetime64],
-    used: NDArray[np.bool_],
-    duplicate: NDArray[np.bool_],
     weight: NDArray[np.float64],
     n_items: int,
 ) -> _Held:
-    """What each customer holds, from their purchase, cancellation and duplicate lines."""
-    pairs, pair = np.unique(customer.astype(np.int64) * n_items + item, return_inverse=True)
-    merged = np.bincount(pair, np.where(duplicate, 0.0, quantity), len(pairs))
+    """What each customer holds, from their purchase, cancellation and duplicate ``lines``
+    (positions in ``events``; ``item``, ``quantity`` and ``weight`` are along the events).
+
+    Memory, not speed, bounds this at 20 M purchases: the lines are sorted by (customer,
+    item) once, each per-line column is taken in that order when it is needed and dropped
+    after, and the sums run in the order the lines were read, as before the sort."""
+    key = events["customer_id"].cat.codes.to_numpy()[lines].astype(np.int64)
+    key *= n_items
+    key += item[lines]
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    lines = lines[order]
+    del order
+    first = run_starts(key)
+    pairs = key[first]
+    del key
+    pair = np.cumsum(first) - 1  # each line's (customer, item), ascending
+    del first
+    count = len(pairs)
+    line_quantity = quantity[lines]
+    duplicate = outcome_is(events, "duplicate")[lines]
+    merged = np.bincount(pair, np.where(duplicate, 0.0, line_quantity), count)
+    del duplicate
     # The most any one source lists (a source with no line for the pair does not count).
-    best_source = np.full(len(pairs), -np.inf)
+    source = events["source"].cat.codes.to_numpy()[lines]
+    best_source = np.full(count, -np.inf)
     for code in np.unique(source):
         mine = source == code
-        listed = np.bincount(pair[mine], minlength=len(pairs)) > 0
-        total = np.bincount(pair[mine], quantity[mine], minlength=len(pairs))
-        best_source = np.where(listed, np.maximum(best_source, total), best_source)
+        listed = np.bincount(pair[mine], minlength=count) > 0
+        total = np.bincount(pair[mine], line_quantity[mine], minlength=count)
+        best_source[listed] = np.maximum(best_source[listed], total[listed])
+        del mine, listed, total
     held = (merged >= OWNED_QUANTITY) | (best_source >= OWNED_QUANTITY)
-    # The source of each pair's latest purchase: the last of its dated purchase lines.
-    bought = np.flatnonzero(used & (quantity > 0))
-    when = timestamp[bought].astype("datetime64[us]").view(np.int64)
-    bought = bought[np.lexsort((bought, when, pair[bought]))]  # NaT sorts first
-    last = np.ones(len(bought), dtype=bool)  # each pair's last line
-    last[:-1] = pair[bought][1:] != pair[bought][:-1]
-    latest = np.full(len(pairs), -1, dtype=np.int64)
-    latest[pair[bought][last]] = source[bought][last]
+    held_quantity = np.maximum(merged, best_source)[held]
+    del merged, best_source
+    used = outcome_is(events, "used")[lines]
+    line_weight = weight[lines]
+    line_weight *= events["trust"].to_numpy()[lines]
+    line_weight[~used] = 0.0
+    held_weight = np.bincount(pair, line_weight, count)[held].astype(np.float64, copy=False)
+    del line_weight
+    # The source of each pair's latest purchase: the last of its dated purchase lines (the
+    # latest time, then the last read; an undated line is earlier than any dated one).
+    bought = np.flatnonzero(used & (line_quantity > 0))
+    del used, line_quantity
+    bought_pair = pair[bought]
+    del pair
+    when = events["timestamp"].to_numpy()[lines[bought]].view(np.int64)  # NaT: the minimum
+    latest = _latest(bought_pair, when, source[bought], count)
+    del bought, bought_pair, when
+    pairs = pairs[held]
     return _Held(
+        customer=(pairs // n_items).astype(np.int32),
+        item=(pairs % n_items).astype(np.int32),
+        weight=held_weight,
+        quantity=held_quantity,
         source=latest[held],
-        customer=pairs[held] // n_items,
-        item=pairs[held] % n_items,
-        weight=np.bincount(pair, np.where(used, weight, 0.0), len(pairs))[held].astype(np.float64),
-        quantity=np.maximum(merged, best_source)[held],
     )
+
+
+def _latest(
+    pair: NDArray[np.intp], when: NDArray[np.int64], source: NDArray[np.integer], count: int
+) -> NDArray[np.int16]:
+    """Per pair (``count`` of them), the ``source`` of its last line by ``when``, then by
+    position (-1: none); ``pair`` is ascending."""
+    latest = np.full(count, -1, dtype=np.int16)
+    if not len(pair):
+        return latest
+    starts = np.flatnonzero(run_starts(pair))
+    sizes = np.diff(np.append(starts, len(pair)))
+    at_latest = when == np.repeat(np.maximum.reduceat(when, starts), sizes)
+    last = np.maximum.reduceat(np.where(at_latest, np.arange(len(pair)), -1), starts)
+    latest[pair[starts]] = source[last]
+    return latest
 
 
 def _customer_totals(
@@ -305,15 +349,24 @@ def _customer_totals(
     distinct orders."""
     rows = positions(events["customer_id"], customers)
     known = (rows >= 0) & outcome_is(events, "used", "cancellation")
-    price = events["unit_price"].to_numpy()
-    amount = quantity * np.where(np.isnan(price), 0.0, price)
+    price = events["unit_price"].to_numpy()[known]
+    amount = quantity[known]
+    amount *= np.where(np.isnan(price), 0.0, price)
+    del price
     # A return refunded at more than the purchase price cannot make the spend negative.
-    spend = np.maximum(np.bincount(rows[known], amount[known], len(customers)), 0.0)
+    spend = np.maximum(np.bincount(rows[known], amount, len(customers)), 0.0)
+    del amount
     bought = known & outcome_is(events, "used")
+    del known
     orders = events["order"].to_numpy()
     span = int(orders.max(initial=0)) + 1
-    row_orders = np.unique(rows[bought].astype(np.int64) * span + orders[bought])
-    order_counts = np.bincount(row_orders // span, minlength=len(customers)).astype(np.int32)
+    row_orders = rows[bought].astype(np.int64)
+    row_orders *= span
+    row_orders += orders[bought]
+    row_orders.sort()
+    distinct = row_orders[run_starts(row_orders)]
+    del row_orders
+    order_counts = np.bincount(distinct // span, minlength=len(customers)).astype(np.int32)
     return spend.astype(np.float64), order_counts
 
 
@@ -328,8 +381,8 @@ def _group_codes(item_ids: NDArray[np.str_], item_groups: dict[str, str]) -> NDA
 
 
 def _owned(
-    rows: NDArray[np.intp],
-    items: NDArray[np.intp],
+    rows: NDArray[np.int32],
+    items: NDArray[np.int32],
     item_group: NDArray[np.int32],
     shape: tuple[int, int],
 ) -> sp.csr_matrix:
@@ -355,14 +408,23 @@ def decay_weights(
     """0.5 ** (age / half-life); rows without a timestamp weigh 1."""
     if as_of is None:
         return np.ones(len(timestamps))
-    age = as_of.to_datetime64().astype("datetime64[us]") - timestamps.astype("datetime64[us]")
-    age_days = age.astype(np.int64) / 1e6 / 86400.0  # as pandas's total_seconds, then days
-    weights = np.power(0.5, np.clip(age_days, 0.0, None) / half_life_days)
-    return np.where(np.isnat(age), 1.0, weights)
+    moments = timestamps.astype("datetime64[us]", copy=False)
+    undated = np.isnat(moments)
+    age = as_of.to_datetime64().astype("datetime64[us]") - moments
+    # In place: one array per line at a time (at 20 M purchases each is 160 MB).
+    weights: NDArray[np.float64] = age.view(np.int64).astype(np.float64)
+    del age
+    weights /= 1e6  # as pandas's total_seconds, then days
+    weights /= 86400.0
+    np.clip(weights, 0.0, None, out=weights)
+    weights /= half_life_days
+    np.power(0.5, weights, out=weights)
+    weights[undated] = 1.0
+    return weights
 
 
 def _catalog(
-    events: pd.DataFrame, is_sale: NDArray[np.bool_], sold: NDArray[np.intp], item_index: pd.Index
+    events: pd.DataFrame, is_sale: NDArray[np.bool_], sold: NDArray[np.int32], item_index: pd.Index
 ) -> tuple[NDArray[np.str_], NDArray[np.float64]]:
     """From the sales (rows ``is_sale``, of items ``sold``): the title, each item's most
     frequent non-empty description (ties: the first in sort order); the price, its latest

@@ -133,9 +133,12 @@ def train(
             merged.events, data.item_ids, data.customer_ids, data.as_of, config.model.half_life_days
         )
         # The merged rows are not needed past this point: at 20 M rows they hold a GB,
-        # which the fits would otherwise hold memory beside.
+        # which the fits would otherwise hold memory beside. Copied: an empty slice is a
+        # view that keeps every row's memory.
         merged = dataclasses.replace(
-            merged, events=merged.events.iloc[:0], interactions=merged.interactions.iloc[:0]
+            merged,
+            events=merged.events.iloc[:0].copy(),
+            interactions=merged.interactions.iloc[:0].copy(),
         )
     # The tiers are built before the fits rather than beside them: on two cores the overlap
     # saved a few per cent of a run, and cost their working memory on top of ALS's (the
