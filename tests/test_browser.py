@@ -28,6 +28,10 @@ CHROMIUM = "/usr/bin/chromium"
 SECRET = "browser-test-secret-of-32-characters"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# The embed script marks each block data-recsvc-loaded="true" or "failed" once it settles.
+ALL_SETTLED = """() => [...document.querySelectorAll("[data-recsvc-slot]")]
+    .every(node => node.hasAttribute("data-recsvc-loaded"))"""
+BLOCK_STATES = "nodes => Object.fromEntries(nodes.map(n => [n.id, n.dataset.recsvcLoaded ?? null]))"
 
 
 def png(width: int = 8, height: int = 8) -> bytes:
@@ -119,8 +123,9 @@ def service(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "RECSVC_SECRET_KEY": SECRET,
         "RECSVC_WORKERS": "1",
     }
-    with gunicorn(env) as url:
-        yield {"url": url, "web_key": web_key, "mail_key": mail_key}
+    log = directory / "gunicorn.log"
+    with gunicorn(env, log_path=log) as url:
+        yield {"url": url, "web_key": web_key, "mail_key": mail_key, "log": str(log)}
 
 
 def api_json(service: dict[str, str], path: str, key: str) -> dict[str, object]:
@@ -137,6 +142,7 @@ def test_embedded_block_shows_the_customers_picks(
 ) -> None:
     """The logged-in visitor's page carries a token the shop's backend minted: their own
     block. A page that only names a customer gets the anonymous block."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import sync_playwright
 
     token = tokens.mint(SECRET.encode(), "festive")
@@ -153,15 +159,25 @@ def test_embedded_block_shows_the_customers_picks(
     anonymous = api_json(service, "/v1/blocks/home_hero", service["web_key"])
     ARTIFACTS.mkdir(exist_ok=True)
     dialogs: list[str] = []
+    console: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=FLAGS)
         page = browser.new_page()
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         page.goto(f"{site.url}/demo.html")
-        page.wait_for_selector('#hero[data-recsvc-loaded="true"]', timeout=10_000)
-        page.wait_for_selector('#anon[data-recsvc-loaded="true"]', timeout=10_000)
-        page.wait_for_selector('#claimed[data-recsvc-loaded="true"]', timeout=10_000)
-        page.wait_for_selector('#broken[data-recsvc-loaded="failed"]', timeout=10_000)
+        # Every block settles, loaded or failed, within the script's own timeout (3 s). One
+        # wait for all of them, then their states: a block that did not settle, or settled
+        # the wrong way, is named in the failure instead of a bare timeout on one selector.
+        try:
+            page.wait_for_function(ALL_SETTLED, timeout=10_000, polling=100)
+        except PlaywrightTimeoutError:
+            pass
+        states = page.eval_on_selector_all("[data-recsvc-slot]", BLOCK_STATES)
+        assert states == {"hero": "true", "claimed": "true", "anon": "true", "broken": "failed"}, (
+            f"blocks {states}; page console {console}; service log:\n"
+            + Path(service["log"]).read_text(encoding="utf-8")[-4000:]
+        )
         shown = page.eval_on_selector_all(
             "#hero .recsvc-product", "nodes => nodes.map(n => n.dataset.itemId)"
         )
