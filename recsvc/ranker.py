@@ -542,15 +542,16 @@ class Ranker:
             reach = arrays.neighbour_indptr[bought + 1] - starts
             entries = _ranges(starts, reach)
             purchase = np.repeat(np.arange(len(positions)), reach)
+            # Each (row, item) cell of the chunk's: its slot in the row's candidates, or -1.
+            # A table as large as the item-item sums' chunk, read once per neighbour reached:
+            # cheaper than a search among the candidates.
             listed = candidates[start : start + len(chunk)]
             at = np.nonzero(listed >= 0)
-            listed_keys = at[0] * n_items + listed[at]  # ascending within a row, not across
-            by_key = np.argsort(listed_keys)
-            listed_keys = listed_keys[by_key]
-            reached = owner[purchase] * n_items + arrays.neighbour_items[entries]
-            found_at = np.searchsorted(listed_keys, reached).clip(max=max(len(listed_keys) - 1, 0))
-            hit = np.flatnonzero(listed_keys[found_at] == reached) if len(listed_keys) else _NONE
-            purchase, slots = purchase[hit], at[1][by_key[found_at[hit]]]
+            slot_of = np.full(len(chunk) * n_items, -1, dtype=np.int32)
+            slot_of[at[0] * n_items + listed[at]] = at[1]
+            found_slots = slot_of[owner[purchase] * n_items + arrays.neighbour_items[entries]]
+            hit = np.flatnonzero(found_slots >= 0)
+            purchase, slots = purchase[hit], found_slots[hit]
             values = (
                 arrays.neighbour_scores[entries[hit]] * arrays.owned_weight[positions][purchase]
             )
@@ -778,17 +779,46 @@ def _best(block: NDArray[np.float32], k: int) -> tuple[NDArray[np.int32], NDArra
     starts = np.arange(0, n_items, max(n_items // max(k, 1), 1))[:k]
     floor = np.maximum.reduceat(block, starts, axis=1).min(axis=1)
     at = np.flatnonzero(block >= floor[:, None])
-    owner, column = np.divmod(at, n_items)
-    scores = block.reshape(-1)[at]
-    order = np.lexsort((column, -scores, owner))
-    owner, column, scores = owner[order], column[order], scores[order]
-    rank = np.arange(len(order)) - np.searchsorted(owner, owner)
+    owner, column = _by_row_then_score(at, block.reshape(-1)[at], count, n_items)
+    scores = block[owner, column]
+    counts = np.bincount(owner, minlength=count)
+    rank = np.arange(len(at)) - np.repeat(np.cumsum(counts) - counts, counts)
     kept = (rank < k) & np.isfinite(scores)
     top = np.full((count, k), -1, dtype=np.int32)
     top_scores = np.full((count, k), -np.inf, dtype=np.float32)
     top[owner[kept], rank[kept]] = column[kept]
     top_scores[owner[kept], rank[kept]] = scores[kept]
     return top, top_scores
+
+
+def _by_row_then_score(
+    at: NDArray[np.intp], scores: NDArray[np.float32], count: int, n_items: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The rows and columns of the cells ``at`` (ascending flat positions in a block of
+    ``count`` rows of ``n_items``; ``scores`` not NaN) by row, then score descending, then
+    column: np.lexsort((column, -scores, row))'s order. Sorting one 64-bit key per cell
+    (row, score, column) with np.sort is several times faster than that lexsort; the rows
+    are keyed as many at a time as fit beside the score's 32 bits and the column's."""
+    column_bits = max(n_items - 1, 1).bit_length()
+    rows_at_once = 1 << (32 - column_bits)
+    row_shift, column_mask = np.uint64(32 + column_bits), np.uint64((1 << column_bits) - 1)
+    rows, columns = np.divmod(at, n_items)
+    # +0.0 makes -0.0 into 0.0, which the comparison holds equal: the column decides.
+    bits = (scores + np.float32(0.0)).view(np.uint32).astype(np.uint64)
+    # Bits that grow as the float falls: a negative float's do already (and its sign bit
+    # puts it after every positive); a positive one's, flipped.
+    descending = np.where(bits >> np.uint64(31) == 1, bits, ~bits & np.uint64(0x7FFFFFFF))
+    keys = (descending << np.uint64(column_bits)) | columns.astype(np.uint64)
+    found_rows, found_columns = [], []
+    for first in range(0, count, rows_at_once):
+        begin, end = np.searchsorted(rows, [first, first + rows_at_once])
+        local = (rows[begin:end] - first).astype(np.uint64)
+        ordered = np.sort(keys[begin:end] | (local << row_shift))
+        found_rows.append((ordered >> row_shift).astype(np.int64) + first)
+        found_columns.append((ordered & column_mask).astype(np.int64))
+    if not found_rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(found_rows), np.concatenate(found_columns)
 
 
 def _first(
