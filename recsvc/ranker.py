@@ -491,12 +491,16 @@ class Ranker:
     def _history_chunks(self, rows: NDArray[np.intp]) -> Iterator[HistoryChunk]:
         """``rows`` a few at a time (``_SUM_CELLS`` customers x items at most), with their
         owned items."""
-        step = max(1, _SUM_CELLS // max(len(self.arrays.item_ids), 1))
+        step = self._chunk_rows()
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             firsts = self.arrays.owned_indptr[chunk]
             counts = self.arrays.owned_indptr[chunk + 1] - firsts
             yield HistoryChunk(start, chunk, firsts, counts, _ranges(firsts, counts))
+
+    def _chunk_rows(self) -> int:
+        """Customers per history chunk: ``_SUM_CELLS`` customers x items at most."""
+        return max(1, _SUM_CELLS // max(len(self.arrays.item_ids), 1))
 
     def spread(self, items: NDArray[np.int32], weights: NDArray[np.float32]) -> Spread:
         """The neighbours of ``items``, each weighted by its item's weight."""
@@ -527,6 +531,13 @@ class Ranker:
         arrays = self.arrays
         n_items, width = len(arrays.item_ids), candidates.shape[1]
         found = np.full(candidates.shape, -1, dtype=np.int32)
+        # Each (row, item) cell of a chunk's: its slot in the row's candidates, or -1. As
+        # large as the item-item sums' chunks, in the narrowest type that holds the slots
+        # (a byte, for lists under 128), and cleared after each: read once per neighbour
+        # reached, it costs less than a search among the candidates.
+        slot_of = np.full(
+            min(len(rows), self._chunk_rows()) * n_items, -1, dtype=np.min_scalar_type(-width)
+        )
         for start, chunk, firsts, counts, positions in self._history_chunks(rows):
             owner = np.repeat(np.arange(len(chunk)), counts)
             if (counts > REASON_PURCHASES).any():  # only their strongest purchases count
@@ -544,14 +555,12 @@ class Ranker:
             reach = arrays.neighbour_indptr[bought + 1] - starts
             entries = _ranges(starts, reach)
             purchase = np.repeat(np.arange(len(positions)), reach)
-            # Each (row, item) cell of the chunk's: its slot in the row's candidates, or -1.
-            # A table as large as the item-item sums' chunk, read once per neighbour reached:
-            # cheaper than a search among the candidates.
             listed = candidates[start : start + len(chunk)]
             at = np.nonzero(listed >= 0)
-            slot_of = np.full(len(chunk) * n_items, -1, dtype=np.int32)
-            slot_of[at[0] * n_items + listed[at]] = at[1]
+            cells = at[0] * n_items + listed[at]
+            slot_of[cells] = at[1]
             found_slots = slot_of[owner[purchase] * n_items + arrays.neighbour_items[entries]]
+            slot_of[cells] = -1
             hit = np.flatnonzero(found_slots >= 0)
             purchase, slots = purchase[hit], found_slots[hit]
             values = (
