@@ -41,6 +41,7 @@ TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
 # wholesaler's thousands of lines would cost a millisecond and name an old order anyway.
 REASON_PURCHASES = 200
 _SUM_CELLS = 1 << 22  # customers x items summed at a time for item-item scores
+_FLOOR_CELLS = 1 << 19  # scores compared with their row's floor at a time (2 MB)
 # The candidate lists score a batch of customers against the catalog at a time: each thread
 # holds a few such blocks (float32), so at 100,000 items 512 customers would take a GB.
 BATCH_SCORES = 1 << 24
@@ -794,8 +795,13 @@ def _best(block: NDArray[np.float32], k: int) -> tuple[NDArray[np.int32], NDArra
     largest score, and one pass finds them, where argpartition costs ten."""
     count, n_items = block.shape
     starts = np.arange(0, n_items, max(n_items // max(k, 1), 1))[:k]
-    floor = np.maximum.reduceat(block, starts, axis=1).min(axis=1)
-    at = np.flatnonzero(block >= floor[:, None])
+    step = max(1, _FLOOR_CELLS // max(n_items, 1))
+    found = []
+    for first in range(0, count, step):  # a few rows at a time: read again while cached
+        rows = block[first : first + step]
+        floor = np.maximum.reduceat(rows, starts, axis=1).min(axis=1)
+        found.append(np.flatnonzero(rows >= floor[:, None]) + first * n_items)
+    at = np.concatenate(found) if found else np.zeros(0, np.intp)
     owner, column = _by_row_then_score(at, block.reshape(-1)[at], count, n_items)
     scores = block[owner, column]
     counts = np.bincount(owner, minlength=count)
