@@ -852,11 +852,12 @@ def _grouped(
     and which distinct key each of those is. What np.unique's inverse gives, to sum by key
     in the same order, from one np.sort of (key, position) pairs in 64 bits: three times
     faster than np.unique's argsort."""
-    packed = np.sort(
-        (keys.astype(np.uint64) << np.uint64(32)) | np.arange(len(keys), dtype=np.uint64)
-    )
-    ordered = (packed >> np.uint64(32)).astype(np.int64)
-    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    packed = keys.astype(np.uint64)  # in place from here: each pass is a few MB
+    packed <<= np.uint64(32)
+    packed |= np.arange(len(keys), dtype=np.uint64)
+    packed.sort()
+    ordered = (packed >> np.uint64(32)).view(np.int64)
+    order = (packed & np.uint64(0xFFFFFFFF)).view(np.intp)
     first = np.ones(len(ordered), dtype=bool)
     first[1:] = ordered[1:] != ordered[:-1]
     return ordered[first], order, np.cumsum(first) - 1
