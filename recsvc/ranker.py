@@ -40,7 +40,10 @@ TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
 # A customer's strongest purchases (by decayed weight) a reason is looked for among: a
 # wholesaler's thousands of lines would cost a millisecond and name an old order anyway.
 REASON_PURCHASES = 200
-_SUM_CELLS = 1 << 22  # customers x items summed at a time for item-item scores
+# Customers x items summed at a time for item-item scores and reasons: the chunk's arrays
+# (its purchases' neighbours) stay under glibc's mmap threshold as the trainer sets it (1 MB),
+# so they are not mapped and unmapped every chunk.
+_SUM_CELLS = 1 << 19
 _FLOOR_CELLS = 1 << 19  # scores compared with their row's floor at a time (2 MB)
 # The candidate lists score a batch of customers against the catalog at a time: each thread
 # holds a few such blocks (float32), so at 100,000 items 512 customers would take a GB.
@@ -104,12 +107,14 @@ class HistoryChunk(NamedTuple):
 
 class ItemItemTerms(NamedTuple):
     """A batch's weighted, standardised item-item scores: ``shift`` (per row of the batch)
-    on every item, plus ``values`` on the cells the row's purchases' neighbours reach
-    (``cells``: row of the batch times the item count plus item, ascending)."""
+    on every item, plus ``values`` on the cells the rows' purchases' neighbours reach
+    (``cells``: row of the batch times the item count plus item, ascending), a list per
+    history chunk of the batch: arrays of a few hundred KB, where batch-sized ones are
+    mapped and unmapped (page faults) every batch."""
 
     shift: NDArray[np.float64]
-    cells: NDArray[np.int64]
-    values: NDArray[np.float32]
+    cells: list[NDArray[np.int64]]
+    values: list[NDArray[np.float32]]
 
 
 class Ranker:
@@ -418,7 +423,8 @@ class Ranker:
         arrays = self.arrays
         user_side, terms = self._user_side(rows, tiers, policy)
         scores: NDArray[np.float32] = np.matmul(user_side, self._item_side.T, out=out)
-        np.add.at(scores.reshape(-1), terms.cells, terms.values)  # cells are distinct
+        for cells, values in zip(terms.cells, terms.values, strict=True):
+            np.add.at(scores.reshape(-1), cells, values)  # cells are distinct
         if not policy:
             return scores
         low, high = arrays.price_low[rows], arrays.price_high[rows]
@@ -468,26 +474,25 @@ class Ranker:
         spread follow from those cells: the rest is one shift per row."""
         arrays = self.arrays
         n_items = len(arrays.item_ids)
-        shift = np.zeros(len(rows))
+        terms = ItemItemTerms(np.zeros(len(rows)), [], [])
         if not self.item_item_weight:
-            return ItemItemTerms(shift, np.zeros(0, np.int64), _NONE.astype(np.float32))
-        cells, sums = [], []
+            return terms
         for start, chunk, _, counts, positions in self._history_chunks(rows):
             spread = self.spread(arrays.owned_indices[positions], arrays.owned_weight[positions])
             owners = np.repeat(np.arange(len(chunk)), counts)[spread.sources]
             found, order, group = _grouped(owners * n_items + spread.targets)
-            cells.append(found + start * n_items)
-            sums.append(np.bincount(group, spread.values[order], minlength=len(found)))
-        cell = np.concatenate(cells) if cells else np.zeros(0, np.int64)
-        summed = np.concatenate(sums) if sums else np.zeros(0)
-        row = cell // max(n_items, 1)
-        mean = np.bincount(row, summed, minlength=len(rows)) / n_items
-        variance = np.bincount(row, summed * summed, minlength=len(rows)) / n_items - mean**2
-        deviation = np.sqrt(np.maximum(variance, 0.0))
-        scale = np.divide(
-            self.item_item_weight, deviation, out=np.zeros(len(rows)), where=deviation > 0
-        )
-        return ItemItemTerms(-mean * scale, cell, (summed * scale[row]).astype(np.float32))
+            summed = np.bincount(group, spread.values[order], minlength=len(found))
+            row = found // max(n_items, 1)
+            mean = np.bincount(row, summed, minlength=len(chunk)) / n_items
+            variance = np.bincount(row, summed * summed, minlength=len(chunk)) / n_items - mean**2
+            deviation = np.sqrt(np.maximum(variance, 0.0))
+            scale = np.divide(
+                self.item_item_weight, deviation, out=np.zeros(len(chunk)), where=deviation > 0
+            )
+            terms.shift[start : start + len(chunk)] = -mean * scale
+            terms.cells.append(found + start * n_items)
+            terms.values.append((summed * scale[row]).astype(np.float32))
+        return terms
 
     def _history_chunks(self, rows: NDArray[np.intp]) -> Iterator[HistoryChunk]:
         """``rows`` a few at a time (``_SUM_CELLS`` customers x items at most), with their
