@@ -44,7 +44,9 @@ REASON_PURCHASES = 200
 # (its purchases' neighbours) stay under glibc's mmap threshold as the trainer sets it (1 MB),
 # so they are not mapped and unmapped every chunk.
 _SUM_CELLS = 1 << 19
-_FLOOR_CELLS = 1 << 19  # scores compared with their row's floor at a time (2 MB)
+# Scores a pass over a block takes a few rows at a time (2 MB), read again while cached: the
+# price penalty's, the top k's floor's.
+_ROW_CELLS = 1 << 19
 # The candidate lists score a batch of customers against the catalog at a time: each thread
 # holds a few such blocks (float32), so at 100,000 items 512 customers would take a GB.
 BATCH_SCORES = 1 << 24
@@ -436,11 +438,15 @@ class Ranker:
                 lower = np.where(banded, np.log(low), -np.inf).astype(np.float32)[:, None]
                 upper = np.where(banded, np.log(high), np.inf).astype(np.float32)[:, None]
             prices = self._log_prices
-            outside = np.clip(prices, lower, upper)
-            np.subtract(prices, outside, out=outside)
-            np.abs(outside, out=outside)
-            outside *= self._price_weight
-            scores -= outside
+            step = max(1, _ROW_CELLS // max(len(prices), 1))
+            outside = np.empty((min(step, len(rows)), len(prices)), dtype=np.float32)
+            for first in range(0, len(rows), step):  # a few rows at a time, in cache
+                part = outside[: min(step, len(rows) - first)]
+                np.clip(prices, lower[first : first + step], upper[first : first + step], part)
+                np.subtract(prices, part, out=part)
+                np.abs(part, out=part)
+                part *= self._price_weight
+                scores[first : first + step] -= part
         return scores
 
     def _user_side(
@@ -800,7 +806,7 @@ def _best(block: NDArray[np.float32], k: int) -> tuple[NDArray[np.int32], NDArra
     largest score, and one pass finds them, where argpartition costs ten."""
     count, n_items = block.shape
     starts = np.arange(0, n_items, max(n_items // max(k, 1), 1))[:k]
-    step = max(1, _FLOOR_CELLS // max(n_items, 1))
+    step = max(1, _ROW_CELLS // max(n_items, 1))
     found = []
     for first in range(0, count, step):  # a few rows at a time: read again while cached
         rows = block[first : first + step]
