@@ -675,7 +675,7 @@ class Ranker:
         def rank(start: int) -> int:
             rows = np.arange(start, min(start + batch, count))
             if not hasattr(blocks, "scores"):
-                blocks.scores = np.empty((batch, n_items), dtype=np.float32)
+                blocks.scores = np.empty((min(batch, count), n_items), dtype=np.float32)
             items[rows], scores[rows] = self._top(rows, k, blocks.scores[: len(rows)])
             reasons[rows] = self._candidate_reasons(rows, items[rows])
             return start
