@@ -40,9 +40,9 @@ TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
 # A customer's strongest purchases (by decayed weight) a reason is looked for among: a
 # wholesaler's thousands of lines would cost a millisecond and name an old order anyway.
 REASON_PURCHASES = 200
-# Customers x items summed at a time for item-item scores and reasons: the chunk's arrays
-# (its purchases' neighbours) stay under glibc's mmap threshold as the trainer sets it (1 MB),
-# so they are not mapped and unmapped every chunk.
+# Customers x items summed at a time for item-item scores and reasons: at tens of purchases
+# a customer, a chunk's arrays (its purchases' neighbours) stay under glibc's mmap threshold
+# as the trainer sets it (1 MB), so they are not mapped, faulted and unmapped every chunk.
 _SUM_CELLS = 1 << 19
 # Scores a pass over a block takes a few rows at a time (2 MB), read again while cached: the
 # price penalty's, the top k's floor's.
