@@ -23,6 +23,7 @@ metrics describe what customers are served.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,7 +40,13 @@ TRENDING_SHARE = 0.05  # of the catalog: the items with the largest trend prior
 # A customer's strongest purchases (by decayed weight) a reason is looked for among: a
 # wholesaler's thousands of lines would cost a millisecond and name an old order anyway.
 REASON_PURCHASES = 200
-_SUM_CELLS = 1 << 22  # customers x items summed at a time for item-item scores
+# Customers x items summed at a time for item-item scores and reasons: at tens of purchases
+# a customer, a chunk's arrays (its purchases' neighbours) stay under glibc's mmap threshold
+# as the trainer sets it (1 MB), so they are not mapped, faulted and unmapped every chunk.
+_SUM_CELLS = 1 << 19
+# Scores a pass over a block takes a few rows at a time (2 MB), read again while cached: the
+# price penalty's, the top k's floor's.
+_ROW_CELLS = 1 << 19
 # The candidate lists score a batch of customers against the catalog at a time: each thread
 # holds a few such blocks (float32), so at 100,000 items 512 customers would take a GB.
 BATCH_SCORES = 1 << 24
@@ -102,13 +109,14 @@ class HistoryChunk(NamedTuple):
 
 class ItemItemTerms(NamedTuple):
     """A batch's weighted, standardised item-item scores: ``shift`` (per row of the batch)
-    on every item, plus ``values`` on the cells (``rows`` of the batch, ``items``) the
-    row's purchases' neighbours reach, in row then item order."""
+    on every item, plus ``values`` on the cells the rows' purchases' neighbours reach
+    (``cells``: row of the batch times the item count plus item, ascending), a list per
+    history chunk of the batch: arrays of a few hundred KB, where batch-sized ones are
+    mapped and unmapped (page faults) every batch."""
 
     shift: NDArray[np.float64]
-    rows: NDArray[np.intp]
-    items: NDArray[np.int32]
-    values: NDArray[np.float32]
+    cells: list[NDArray[np.int64]]
+    values: list[NDArray[np.float32]]
 
 
 class Ranker:
@@ -403,14 +411,22 @@ class Ranker:
         return [start + offset if offset >= 0 else -1 for offset in offsets]
 
     def batch_scores(
-        self, rows: NDArray[np.intp], tiers: NDArray[np.intp], policy: bool = True
+        self,
+        rows: NDArray[np.intp],
+        tiers: NDArray[np.intp],
+        policy: bool = True,
+        out: NDArray[np.float32] | None = None,
     ) -> NDArray[np.float32]:
         """Scores of every item for each of ``rows`` (a customer in each tier of ``tiers``).
-        Float32 throughout: at a million customers this is the trainer's largest step."""
+        Float32 throughout: at a million customers this is the trainer's largest step.
+        ``out``: a C-contiguous float32 array of len(rows) x items to write them into
+        (returned); the candidate lists reuse one per thread, where a new block of tens of
+        MB costs its page faults every batch."""
         arrays = self.arrays
         user_side, terms = self._user_side(rows, tiers, policy)
-        scores: NDArray[np.float32] = user_side @ self._item_side.T
-        scores[terms.rows, terms.items] += terms.values
+        scores: NDArray[np.float32] = np.matmul(user_side, self._item_side.T, out=out)
+        for cells, values in zip(terms.cells, terms.values, strict=True):
+            np.add.at(scores.reshape(-1), cells, values)  # cells are distinct
         if not policy:
             return scores
         low, high = arrays.price_low[rows], arrays.price_high[rows]
@@ -422,11 +438,15 @@ class Ranker:
                 lower = np.where(banded, np.log(low), -np.inf).astype(np.float32)[:, None]
                 upper = np.where(banded, np.log(high), np.inf).astype(np.float32)[:, None]
             prices = self._log_prices
-            outside = np.clip(prices, lower, upper)
-            np.subtract(prices, outside, out=outside)
-            np.abs(outside, out=outside)
-            outside *= self._price_weight
-            scores -= outside
+            step = max(1, _ROW_CELLS // max(len(prices), 1))
+            outside = np.empty((min(step, len(rows)), len(prices)), dtype=np.float32)
+            for first in range(0, len(rows), step):  # a few rows at a time, in cache
+                part = outside[: min(step, len(rows) - first)]
+                np.clip(prices, lower[first : first + step], upper[first : first + step], part)
+                np.subtract(prices, part, out=part)
+                np.abs(part, out=part)
+                part *= self._price_weight
+                scores[first : first + step] -= part
         return scores
 
     def _user_side(
@@ -460,41 +480,39 @@ class Ranker:
         spread follow from those cells: the rest is one shift per row."""
         arrays = self.arrays
         n_items = len(arrays.item_ids)
-        shift = np.zeros(len(rows))
+        terms = ItemItemTerms(np.zeros(len(rows)), [], [])
         if not self.item_item_weight:
-            return ItemItemTerms(shift, _NONE.astype(np.intp), _NONE, _NONE.astype(np.float32))
-        cells, sums = [], []
+            return terms
         for start, chunk, _, counts, positions in self._history_chunks(rows):
             spread = self.spread(arrays.owned_indices[positions], arrays.owned_weight[positions])
-            owners = np.repeat(np.arange(start, start + len(chunk)), counts)[spread.sources]
-            found, summed_at = np.unique(owners * n_items + spread.targets, return_inverse=True)
-            cells.append(found)
-            sums.append(np.bincount(summed_at, spread.values, minlength=len(found)))
-        cell = np.concatenate(cells) if cells else np.zeros(0, np.int64)
-        summed = np.concatenate(sums) if sums else np.zeros(0)
-        row = cell // max(n_items, 1)
-        mean = np.bincount(row, summed, minlength=len(rows)) / n_items
-        variance = np.bincount(row, summed * summed, minlength=len(rows)) / n_items - mean**2
-        deviation = np.sqrt(np.maximum(variance, 0.0))
-        scale = np.divide(
-            self.item_item_weight, deviation, out=np.zeros(len(rows)), where=deviation > 0
-        )
-        return ItemItemTerms(
-            -mean * scale,
-            row.astype(np.intp),
-            (cell - row * n_items).astype(np.int32),
-            (summed * scale[row]).astype(np.float32),
-        )
+            owners = np.repeat(np.arange(len(chunk)), counts)[spread.sources]
+            found, order, group = _grouped(owners * n_items + spread.targets)
+            summed = np.bincount(group, spread.values[order], minlength=len(found))
+            row = found // max(n_items, 1)
+            mean = np.bincount(row, summed, minlength=len(chunk)) / n_items
+            variance = np.bincount(row, summed * summed, minlength=len(chunk)) / n_items - mean**2
+            deviation = np.sqrt(np.maximum(variance, 0.0))
+            scale = np.divide(
+                self.item_item_weight, deviation, out=np.zeros(len(chunk)), where=deviation > 0
+            )
+            terms.shift[start : start + len(chunk)] = -mean * scale
+            terms.cells.append(found + start * n_items)
+            terms.values.append((summed * scale[row]).astype(np.float32))
+        return terms
 
     def _history_chunks(self, rows: NDArray[np.intp]) -> Iterator[HistoryChunk]:
         """``rows`` a few at a time (``_SUM_CELLS`` customers x items at most), with their
         owned items."""
-        step = max(1, _SUM_CELLS // max(len(self.arrays.item_ids), 1))
+        step = self._chunk_rows()
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             firsts = self.arrays.owned_indptr[chunk]
             counts = self.arrays.owned_indptr[chunk + 1] - firsts
             yield HistoryChunk(start, chunk, firsts, counts, _ranges(firsts, counts))
+
+    def _chunk_rows(self) -> int:
+        """Customers per history chunk: ``_SUM_CELLS`` customers x items at most."""
+        return max(1, _SUM_CELLS // max(len(self.arrays.item_ids), 1))
 
     def spread(self, items: NDArray[np.int32], weights: NDArray[np.float32]) -> Spread:
         """The neighbours of ``items``, each weighted by its item's weight."""
@@ -525,6 +543,13 @@ class Ranker:
         arrays = self.arrays
         n_items, width = len(arrays.item_ids), candidates.shape[1]
         found = np.full(candidates.shape, -1, dtype=np.int32)
+        # Each (row, item) cell of a chunk's: its slot in the row's candidates, or -1. As
+        # large as the item-item sums' chunks, in the narrowest type that holds the slots
+        # (a byte, for lists under 128), and cleared after each: read once per neighbour
+        # reached, it costs less than a search among the candidates.
+        slot_of = np.full(
+            min(len(rows), self._chunk_rows()) * n_items, -1, dtype=np.min_scalar_type(-width)
+        )
         for start, chunk, firsts, counts, positions in self._history_chunks(rows):
             owner = np.repeat(np.arange(len(chunk)), counts)
             if (counts > REASON_PURCHASES).any():  # only their strongest purchases count
@@ -544,13 +569,12 @@ class Ranker:
             purchase = np.repeat(np.arange(len(positions)), reach)
             listed = candidates[start : start + len(chunk)]
             at = np.nonzero(listed >= 0)
-            listed_keys = at[0] * n_items + listed[at]  # ascending within a row, not across
-            by_key = np.argsort(listed_keys)
-            listed_keys = listed_keys[by_key]
-            reached = owner[purchase] * n_items + arrays.neighbour_items[entries]
-            found_at = np.searchsorted(listed_keys, reached).clip(max=max(len(listed_keys) - 1, 0))
-            hit = np.flatnonzero(listed_keys[found_at] == reached) if len(listed_keys) else _NONE
-            purchase, slots = purchase[hit], at[1][by_key[found_at[hit]]]
+            cells = at[0] * n_items + listed[at]
+            slot_of[cells] = at[1]
+            found_slots = slot_of[owner[purchase] * n_items + arrays.neighbour_items[entries]]
+            slot_of[cells] = -1
+            hit = np.flatnonzero(found_slots >= 0)
+            purchase, slots = purchase[hit], found_slots[hit]
             values = (
                 arrays.neighbour_scores[entries[hit]] * arrays.owned_weight[positions][purchase]
             )
@@ -646,9 +670,13 @@ class Ranker:
         if k == 0:
             return items, scores, reasons
 
+        blocks = threading.local()  # each thread's block of scores, reused batch after batch
+
         def rank(start: int) -> int:
             rows = np.arange(start, min(start + batch, count))
-            items[rows], scores[rows] = self._top(rows, k)
+            if not hasattr(blocks, "scores"):
+                blocks.scores = np.empty((min(batch, count), n_items), dtype=np.float32)
+            items[rows], scores[rows] = self._top(rows, k, blocks.scores[: len(rows)])
             reasons[rows] = self._candidate_reasons(rows, items[rows])
             return start
 
@@ -658,11 +686,13 @@ class Ranker:
                     done(min(batch, count - start))
         return items, scores, reasons
 
-    def _top(self, rows: NDArray[np.intp], k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    def _top(
+        self, rows: NDArray[np.intp], k: int, block: NDArray[np.float32]
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         """The top ``k`` eligible items of each of ``rows`` and their scores (-1 and -inf
-        past the last eligible item)."""
+        past the last eligible item), their scores computed in ``block``."""
         tiers = self.tiers.indices(self.arrays.window_spend[rows])
-        block = self.batch_scores(rows, tiers)
+        self.batch_scores(rows, tiers, out=block)
         indptr, excluded = self._excluded_rows(rows)
         block[np.repeat(np.arange(len(rows)), np.diff(indptr)), excluded] = -np.inf
         for tier in np.unique(tiers):
@@ -776,19 +806,72 @@ def _best(block: NDArray[np.float32], k: int) -> tuple[NDArray[np.int32], NDArra
     largest score, and one pass finds them, where argpartition costs ten."""
     count, n_items = block.shape
     starts = np.arange(0, n_items, max(n_items // max(k, 1), 1))[:k]
-    floor = np.maximum.reduceat(block, starts, axis=1).min(axis=1)
-    at = np.flatnonzero(block >= floor[:, None])
-    owner, column = np.divmod(at, n_items)
-    scores = block.reshape(-1)[at]
-    order = np.lexsort((column, -scores, owner))
-    owner, column, scores = owner[order], column[order], scores[order]
-    rank = np.arange(len(order)) - np.searchsorted(owner, owner)
+    step = max(1, _ROW_CELLS // max(n_items, 1))
+    found = []
+    for first in range(0, count, step):  # a few rows at a time: read again while cached
+        rows = block[first : first + step]
+        floor = np.maximum.reduceat(rows, starts, axis=1).min(axis=1)
+        found.append(np.flatnonzero(rows >= floor[:, None]) + first * n_items)
+    at = np.concatenate(found) if found else np.zeros(0, np.intp)
+    owner, column = _by_row_then_score(at, block.reshape(-1)[at], count, n_items)
+    scores = block[owner, column]
+    counts = np.bincount(owner, minlength=count)
+    rank = np.arange(len(at)) - np.repeat(np.cumsum(counts) - counts, counts)
     kept = (rank < k) & np.isfinite(scores)
     top = np.full((count, k), -1, dtype=np.int32)
     top_scores = np.full((count, k), -np.inf, dtype=np.float32)
     top[owner[kept], rank[kept]] = column[kept]
     top_scores[owner[kept], rank[kept]] = scores[kept]
     return top, top_scores
+
+
+def _by_row_then_score(
+    at: NDArray[np.intp], scores: NDArray[np.float32], count: int, n_items: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The rows and columns of the cells ``at`` (ascending flat positions in a block of
+    ``count`` rows of ``n_items``; ``scores`` not NaN) by row, then score descending, then
+    column: np.lexsort((column, -scores, row))'s order. Sorting one 64-bit key per cell
+    (row, score, column) with np.sort is several times faster than that lexsort; the rows
+    are keyed as many at a time as fit beside the score's 32 bits and the column's."""
+    column_bits = max(n_items - 1, 1).bit_length()
+    rows_at_once = 1 << (32 - column_bits)
+    row_shift, column_mask = np.uint64(32 + column_bits), np.uint64((1 << column_bits) - 1)
+    rows, columns = np.divmod(at, n_items)
+    # +0.0 makes -0.0 into 0.0, which the comparison holds equal: the column decides.
+    bits = (scores + np.float32(0.0)).view(np.uint32).astype(np.uint64)
+    # Bits that grow as the float falls: a negative float's do already (and its sign bit
+    # puts it after every positive); a positive one's, flipped.
+    descending = np.where(bits >> np.uint64(31) == 1, bits, ~bits & np.uint64(0x7FFFFFFF))
+    keys = (descending << np.uint64(column_bits)) | columns.astype(np.uint64)
+    found_rows, found_columns = [], []
+    for first in range(0, count, rows_at_once):
+        begin, end = np.searchsorted(rows, [first, first + rows_at_once])
+        local = (rows[begin:end] - first).astype(np.uint64)
+        ordered = np.sort(keys[begin:end] | (local << row_shift))
+        found_rows.append((ordered >> row_shift).astype(np.int64) + first)
+        found_columns.append((ordered & column_mask).astype(np.int64))
+    if not found_rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(found_rows), np.concatenate(found_columns)
+
+
+def _grouped(
+    keys: NDArray[np.int64],
+) -> tuple[NDArray[np.int64], NDArray[np.intp], NDArray[np.int64]]:
+    """``keys`` (each in [0, 2**32), fewer than 2**32 of them) grouped: the distinct ones
+    ascending, the positions of all in ascending order of key (equal keys in their order),
+    and which distinct key each of those is. What np.unique's inverse gives, to sum by key
+    in the same order, from one np.sort of (key, position) pairs in 64 bits: three times
+    faster than np.unique's argsort."""
+    packed = keys.astype(np.uint64)  # in place from here: each pass is a few MB
+    packed <<= np.uint64(32)
+    packed |= np.arange(len(keys), dtype=np.uint64)
+    packed.sort()
+    ordered = (packed >> np.uint64(32)).view(np.int64)
+    order = (packed & np.uint64(0xFFFFFFFF)).view(np.intp)
+    first = np.ones(len(ordered), dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return ordered[first], order, np.cumsum(first) - 1
 
 
 def _first(

@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import msgspec
 import numpy as np
+import pytest
 from flask import Flask
 
+import recsvc.ranker
 from recsvc.api.context import service_of
+from recsvc.policy import TierLevel, TierTable
 from recsvc.ranker import Ranker, Ranking
 
 
@@ -76,3 +80,52 @@ def test_a_list_too_short_falls_back(sample_app: Flask, tmp_path: Path) -> None:
     many = fast.recommend_row(row, 80, None, tier)  # more than the 50 candidates
     assert len(many.items) == 80
     assert_same_answer(many, full.recommend_row(row, 80, None, tier))
+
+
+def _with_price_affinity(ranker: Ranker, affinity: float) -> Ranker:
+    """The same model under two tiers (the higher boosting premium items) and ``affinity``."""
+    levels = (
+        TierLevel(name="standard", min_spend=0.0),
+        TierLevel(name="gold", min_spend=float(np.median(ranker.arrays.window_spend))),
+    )
+    levels = (levels[0], msgspec.structs.replace(levels[1], premium_boost=0.3))
+    return Ranker(
+        ranker.arrays,
+        tiers=TierTable(365.0, levels, affinity),
+        item_item_weight=ranker.item_item_weight,
+    )
+
+
+def test_the_price_penalty_is_the_distance_outside_the_band(sample_app: Flask) -> None:
+    base = service_of(sample_app).registry.model.ranker
+    penalised, plain = _with_price_affinity(base, 0.5), _with_price_affinity(base, 0.0)
+    arrays = base.arrays
+    rows = np.arange(len(arrays.customer_ids))
+    tiers = penalised.tiers.indices(arrays.window_spend[rows])
+    low, high = arrays.price_low[rows].astype(float), arrays.price_high[rows].astype(float)
+    banded = np.isfinite(low) & (low > 0)
+    assert banded.any()
+    prices = np.log(arrays.prices)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lower = np.where(banded, np.log(low), -np.inf)[:, None]
+        upper = np.where(banded, np.log(high), np.inf)[:, None]
+    expected = 0.5 * (np.maximum(lower - prices, 0) + np.maximum(prices - upper, 0))
+    expected[:, ~np.isfinite(prices)] = 0.0
+    found = plain.batch_scores(rows, tiers) - penalised.batch_scores(rows, tiers)
+    np.testing.assert_allclose(found, expected, atol=1e-4)
+
+
+def test_candidate_lists_do_not_depend_on_how_a_batch_is_cut(
+    sample_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The passes over a batch's scores and its customers' histories go a few rows at a time;
+    cut finer (into uneven pieces), the lists stay the same to the bit."""
+    ranker = _with_price_affinity(service_of(sample_app).registry.model.ranker, 0.5)
+    n_items = len(ranker.arrays.item_ids)
+    whole = ranker.candidate_lists(20, batch=64, threads=2)
+    monkeypatch.setattr(recsvc.ranker, "_ROW_CELLS", 3 * n_items + 1)
+    monkeypatch.setattr(recsvc.ranker, "_SUM_CELLS", 5 * n_items - 1)
+    cut = ranker.candidate_lists(20, batch=64, threads=2)
+    for expected, found in zip(whole, cut, strict=True):
+        np.testing.assert_array_equal(found, expected)
+    assert (whole[0][:, 0] >= 0).all() and (whole[2] >= 0).any()
