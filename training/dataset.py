@@ -77,7 +77,6 @@ def build_dataset(
     item = positions(events["item_id"], item_index)
     as_of = events["timestamp"].max()
     as_of = None if pd.isna(as_of) else pd.Timestamp(as_of)
-    weight = decay_weights(timestamps, as_of, half_life_days)
 
     settlement = settle_returns(events)
     quantity = settlement.quantities(quantity)
@@ -87,7 +86,7 @@ def build_dataset(
         & (item >= 0)
         & ~value_is(events["customer_id"], "")
     )
-    held = _held(events, personal, item, quantity, weight, len(item_ids))
+    held = _held(events, personal, item, quantity, as_of, half_life_days, len(item_ids))
     del personal
     known = events["customer_id"].cat.categories
     customer_ids = np.sort(known[np.unique(held.customer)].to_numpy()).astype(str)
@@ -110,11 +109,11 @@ def build_dataset(
 
     sold = item[is_sale]
     del item
-    popularity = np.bincount(sold, weight[is_sale], len(item_ids))
-    del weight
-    trend_weight = decay_weights(timestamps[is_sale], as_of, trend_half_life_days)
+    sale_times = timestamps[is_sale]
+    popularity = np.bincount(sold, decay_weights(sale_times, as_of, half_life_days), len(item_ids))
+    trend_weight = decay_weights(sale_times, as_of, trend_half_life_days)
     trending = np.bincount(sold, trend_weight, len(item_ids))
-    del trend_weight
+    del sale_times, trend_weight
     titles, prices = _catalog(events, is_sale, sold, item_index)
     del is_sale, sold
     logged = records_frame([]) if interaction_records is None else interaction_records
@@ -171,13 +170,14 @@ class Settlement:
         bounded[self.rows] = self.quantity
         return bounded
 
-    def charged(self, timestamp: NDArray[np.datetime64]) -> NDArray[np.datetime64]:
-        """The events' timestamps, a matched return's moved to the purchase it returns."""
-        if not len(self.rows):
-            return timestamp
-        charged = timestamp.astype("datetime64[us]", copy=True)
-        charged[self.rows] = self.charged_at
-        return charged
+    def along(self, lines: NDArray[np.intp]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        """The rows with a return among ``lines`` (ascending positions in the events): where
+        each is in ``lines``, and in ``rows``."""
+        if not len(lines):
+            return np.zeros(0, np.intp), np.zeros(0, np.intp)
+        at = np.searchsorted(lines, self.rows).clip(max=len(lines) - 1)
+        found = np.flatnonzero(lines[at] == self.rows)
+        return at[found], found
 
 
 def settle_returns(events: pd.DataFrame) -> Settlement:
@@ -263,11 +263,13 @@ def _held(
     lines: NDArray[np.intp],
     item: NDArray[np.int32],
     quantity: NDArray[np.float64],
-    weight: NDArray[np.float64],
+    as_of: pd.Timestamp | None,
+    half_life_days: float,
     n_items: int,
 ) -> _Held:
     """What each customer holds, from their purchase, cancellation and duplicate ``lines``
-    (positions in ``events``; ``item``, ``quantity`` and ``weight`` are along the events).
+    (positions in ``events``; ``item`` and ``quantity`` are along the events), with the
+    purchases' weights decayed to ``as_of``.
 
     Memory, not speed, bounds this at 20 M purchases: the lines are sorted by (customer,
     item) once, each per-line column is taken in that order when it is needed and dropped
@@ -302,7 +304,7 @@ def _held(
     held_quantity = np.maximum(merged, best_source)[held]
     del merged, best_source
     used = outcome_is(events, "used")[lines]
-    line_weight = weight[lines]
+    line_weight = decay_weights(events["timestamp"].to_numpy()[lines], as_of, half_life_days)
     line_weight *= events["trust"].to_numpy()[lines]
     line_weight[~used] = 0.0
     held_weight = np.bincount(pair, line_weight, count)[held].astype(np.float64, copy=False)
@@ -330,15 +332,19 @@ def _latest(
     pair: NDArray[np.intp], when: NDArray[np.int64], source: NDArray[np.integer], count: int
 ) -> NDArray[np.int16]:
     """Per pair (``count`` of them), the ``source`` of its last line by ``when``, then by
-    position (-1: none); ``pair`` is ascending."""
+    position (-1: none); ``pair`` is ascending. ``when`` is overwritten."""
     latest = np.full(count, -1, dtype=np.int16)
     if not len(pair):
         return latest
     starts = np.flatnonzero(run_starts(pair))
     sizes = np.diff(np.append(starts, len(pair)))
-    at_latest = when == np.repeat(np.maximum.reduceat(when, starts), sizes)
-    last = np.maximum.reduceat(np.where(at_latest, np.arange(len(pair)), -1), starts)
-    latest[pair[starts]] = source[last]
+    # 0 at each pair's latest lines (an undated line under a dated latest wraps around,
+    # never to 0); the last of them is the one.
+    when -= np.repeat(np.maximum.reduceat(when, starts), sizes)
+    at_latest = np.flatnonzero(when == 0)
+    pairs = pair[at_latest]
+    last = at_latest[np.append(pairs[1:] != pairs[:-1], True)]
+    latest[pair[last]] = source[last]
     return latest
 
 
