@@ -12,6 +12,7 @@ import pytest
 from recsvc.config import ServiceConfig, settings_table
 from recsvc.errors import ConfigError as ServiceConfigError
 from training.config import EngineConfig, ModelParams, load_config, parse_config, tuned_path
+from training.engine import engine as open_engine
 from training.errors import ConfigError
 
 SHOP = {"name": "shop", "kind": "csv", "path": "shop.csv", "columns": {"item_id": "Sku"}}
@@ -119,6 +120,15 @@ def test_the_engine_table_passes_spark_settings_through() -> None:
     assert engine == EngineConfig(
         kind="spark", master="spark://head:7077", conf={"spark.executor.memory": "8g"}
     )
+
+
+def test_the_engine_table_passes_duckdb_settings_through() -> None:
+    raw = with_table("engine", {"conf": {"memory_limit": "512MB", "threads": "2"}})
+    engine = parse_config(raw, Path("/tmp")).engine
+    assert engine == EngineConfig(kind="duckdb", conf={"memory_limit": "512MB", "threads": "2"})
+    with open_engine(engine) as sql:
+        limit = sql.query("SELECT current_setting('memory_limit') AS m").column("m")[0].as_py()
+    assert limit in ("488.2 MiB", "512.0 MB")
 
 
 def test_a_tuned_file_overrides_the_model_and_is_checked(tmp_path: Path) -> None:

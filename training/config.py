@@ -436,7 +436,7 @@ def _source(source: SourceConfig, raw: dict[str, Any], base_dir: Path, where: st
 
 def _engine(engine: EngineConfig, raw: dict[str, Any], where: str) -> EngineConfig:
     if engine.kind != "spark":
-        spark_only = sorted(set(raw) & {"master", "conf"})
+        spark_only = sorted(set(raw) & {"master"})
         if spark_only:
             raise ConfigError(f'{where}: {spark_only} only apply to kind = "spark"')
     return engine
