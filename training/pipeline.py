@@ -44,7 +44,7 @@ from recsvc.manifest import (
     Returns,
     SourceSummary,
 )
-from recsvc.policy import TierTable
+from recsvc.policy import TierTable, tier_indices
 from recsvc.ranker import Ranker
 from training.catalog import unavailable_items, withdraw
 from training.channels import item_categories, load_content, load_taxonomy
@@ -67,7 +67,14 @@ from training.segments import sales_of, segment_arrays
 from training.sources import SourceRows, events_through, read_source
 from training.spark_als import SparkFactors, fit_als_on_spark
 from training.spark_candidates import spark_served_arrays
-from training.tiers import Crm, CustomerLines, build_crm, empty_crm
+from training.tiers import (
+    Crm,
+    CustomerLines,
+    build_crm,
+    empty_crm,
+    resolve_levels,
+    window_spend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +133,27 @@ def train(
     # that it is not held through the fits and the candidate lists.
     digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
     merged = dataclasses.replace(merged, aliases={})
-    with progress.step("each customer's purchase lines and each source's contribution"):
+    with progress.step("each customer's purchase lines, each source's contribution, segments"):
         contributions = _source_summaries(config.sources, merged.events)
         lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
-        sales = sales_of(
-            merged.events, data.item_ids, data.customer_ids, data.as_of, config.model.half_life_days
+        # The segments' best sellers need each customer's tier, which the tiers step
+        # computes the same way, but the sales (a GB at 20 M purchases with everything
+        # else held then) are counted before the rows go.
+        spend = window_spend(lines, len(data.customer_ids), data.as_of, config.tiers.window_days)
+        levels = resolve_levels(config.tiers, spend)
+        segments = segment_arrays(
+            sales_of(
+                merged.events,
+                data.item_ids,
+                data.customer_ids,
+                data.as_of,
+                config.model.half_life_days,
+            ),
+            len(data.item_ids),
+            tier_indices(levels, spend),
+            [level.name for level in levels],
         )
+        del spend
         # The merged rows are not needed past this point: at 20 M rows they hold a GB,
         # which the fits would otherwise hold memory beside. Copied: an empty slice is a
         # view that keeps every row's memory.
@@ -148,15 +170,7 @@ def train(
             lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
         )
         del lines
-        tier_table = TierTable.of(crm.policy)
-        tier_names = tier_table.names
-        segments = segment_arrays(
-            sales,
-            len(data.item_ids),
-            tier_table.indices(crm.arrays["window_spend"]),
-            list(tier_names),
-        )
-        del sales
+        tier_names = TierTable.of(crm.policy).names
         taxonomy = load_taxonomy(config.items.taxonomy)
         crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
         crm.arrays["item_min_tier"] = withdraw(

@@ -8,6 +8,8 @@ quality bar: the sample's second-largest country (Germany) has six customers.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from recsvc.bundle import SEGMENTS
-from training.dataset import decay_weights, outcome_is, positions, value_is
+from training.dataset import decay_weights, outcome_is, positions
 
 MIN_CUSTOMERS = 3
 
@@ -45,15 +47,16 @@ def sales_of(
     is_sale = (events["quantity"].to_numpy() > 0) & outcome_is(events, "used", "anonymous")
     items = positions(events["item_id"], pd.Index(item_ids))
     is_sale &= items >= 0
-    rows = positions(events["customer_id"], pd.Index(customer_ids))
-    rows = np.where(value_is(events["customer_id"], ""), -1, rows)
+    sales = np.flatnonzero(is_sale)
+    del is_sale
+    items = items[sales]
+    # An anonymous sale's customer ("") is none of ``customer_ids``: -1.
+    rows = positions(events["customer_id"], pd.Index(customer_ids))[sales]
     country = events["country"]
     names = country.cat.categories.astype(str).to_numpy()
-    countries = country.cat.codes.to_numpy()[is_sale].astype(np.int32)
-    weights = decay_weights(events["timestamp"].to_numpy()[is_sale], as_of, half_life_days)
-    return Sales(
-        items[is_sale].astype(np.int32), rows[is_sale].astype(np.int32), countries, weights, names
-    )
+    countries = country.cat.codes.to_numpy()[sales].astype(np.int32)
+    weights = decay_weights(events["timestamp"].to_numpy()[sales], as_of, half_life_days)
+    return Sales(items, rows, countries, weights, names)
 
 
 def segment_arrays(
@@ -65,12 +68,15 @@ def segment_arrays(
     tiers = np.full(len(sales.rows), -1, dtype=np.int16)
     tiers[known] = customer_tiers[sales.rows[known]]
     countries = sales.country_names.tolist()
-    segments: list[tuple[str, NDArray[np.bool_]]] = [
-        (f"country:{countries[code]}", sales.countries == code)
-        for code in sorted(range(len(countries)), key=countries.__getitem__)
-        if countries[code]
-    ]
-    segments += [(f"tier:{name}", tiers == index) for index, name in enumerate(tier_names)]
+    # One segment's mask at a time: each is a byte per sale.
+    segments: Iterator[tuple[str, NDArray[np.bool_]]] = itertools.chain(
+        (
+            (f"country:{countries[code]}", sales.countries == code)
+            for code in sorted(range(len(countries)), key=countries.__getitem__)
+            if countries[code]
+        ),
+        ((f"tier:{name}", tiers == index) for index, name in enumerate(tier_names)),
+    )
     names: list[str] = []
     indptr = [0]
     items: list[NDArray[np.intp]] = []

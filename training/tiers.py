@@ -176,15 +176,7 @@ def customer_signals(
     lines: CustomerLines, count: int, as_of: pd.Timestamp | None, config: TierConfig
 ) -> CustomerSignals:
     """Per-customer figures from their purchase and cancellation lines; ``count`` customers."""
-    window_spend: NDArray[np.float64] = np.zeros(count)
-    if as_of is not None:
-        start = (as_of - pd.Timedelta(days=config.window_days)).to_datetime64()
-        recent = lines.charged_at >= start
-        window_spend = np.bincount(lines.row[recent], lines.amount[recent], count).astype(
-            np.float64
-        )
-        window_spend = np.maximum(window_spend, 0.0)  # refunds above the purchase price
-
+    spend = window_spend(lines, count, as_of, config.window_days)
     # Each order with a purchase, placed when its first purchased line was.
     placed = lines.placed(lines.purchase)
     bought = placed != np.iinfo(np.int64).max
@@ -207,8 +199,21 @@ def customer_signals(
     )
     low, high = _price_band(lines, count)
     return CustomerSignals(
-        window_spend, first, last, median, best_hour, best_weekday, own, low, high, *population
+        spend, first, last, median, best_hour, best_weekday, own, low, high, *population
     )
+
+
+def window_spend(
+    lines: CustomerLines, count: int, as_of: pd.Timestamp | None, window_days: float
+) -> NDArray[np.float64]:
+    """Each of ``count`` customers' spend in the tier window, the ``window_days`` before
+    ``as_of``: returns charged to the purchase they return, never below zero."""
+    if as_of is None:
+        return np.zeros(count)
+    start = (as_of - pd.Timedelta(days=window_days)).to_datetime64()
+    recent = lines.charged_at >= start
+    spend = np.bincount(lines.row[recent], lines.amount[recent], count).astype(np.float64)
+    return np.maximum(spend, 0.0)  # refunds above the purchase price
 
 
 def _median_interval_days(
