@@ -49,13 +49,14 @@ def sales_of(
     is_sale &= items >= 0
     sales = np.flatnonzero(is_sale)
     del is_sale
+    # The weights first, while little else is held: their temporaries are the largest.
+    weights = decay_weights(events["timestamp"].to_numpy()[sales], as_of, half_life_days)
     items = items[sales]
     # An anonymous sale's customer ("") is none of ``customer_ids``: -1.
     rows = positions(events["customer_id"], pd.Index(customer_ids))[sales]
     country = events["country"]
     names = country.cat.categories.astype(str).to_numpy()
     countries = country.cat.codes.to_numpy()[sales].astype(np.int32)
-    weights = decay_weights(events["timestamp"].to_numpy()[sales], as_of, half_life_days)
     return Sales(items, rows, countries, weights, names)
 
 
@@ -66,7 +67,7 @@ def segment_arrays(
     sales, then per tier (customers by their tier at training)."""
     known = sales.rows >= 0
     tiers = np.full(len(sales.rows), -1, dtype=np.int16)
-    tiers[known] = customer_tiers[sales.rows[known]]
+    tiers[known] = customer_tiers.astype(np.int16)[sales.rows[known]]
     countries = sales.country_names.tolist()
     # One segment's mask at a time: each is a byte per sale.
     segments: Iterator[tuple[str, NDArray[np.bool_]]] = itertools.chain(
@@ -82,7 +83,8 @@ def segment_arrays(
     items: list[NDArray[np.intp]] = []
     scores: list[NDArray[np.float64]] = []
     for name, chosen in segments:
-        if len(np.unique(sales.rows[chosen & known])) < MIN_CUSTOMERS:
+        customers = np.count_nonzero(np.bincount(sales.rows[chosen & known]))  # no sort
+        if customers < MIN_CUSTOMERS:
             continue
         popularity = np.bincount(sales.items[chosen], sales.weights[chosen], n_items).astype(float)
         sold = np.flatnonzero(popularity > 0)

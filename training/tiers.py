@@ -116,7 +116,7 @@ class CustomerLines:
     # quantity x unit price (negative for a return, bounded by what it returns; 0 unpriced)
     amount: NDArray[np.float64]
     purchase: NDArray[np.bool_]  # a purchase, not a cancellation
-    order: NDArray[np.intp]  # the line's order: an index into order_rows
+    order: NDArray[np.int32]  # the line's order: an index into order_rows
     order_rows: NDArray[np.int64]  # each distinct (customer, order)'s customer row, in that order
 
     @staticmethod
@@ -141,8 +141,10 @@ class CustomerLines:
         key *= span
         key += orders
         del orders
-        order, keys = pd.factorize(key, sort=True)
+        codes, keys = pd.factorize(key, sort=True)
         del key
+        order = codes.astype(np.int32)
+        del codes
         # The returns settled along these lines only (each column of every event is 160 MB
         # at 20 M purchases).
         at, settled = settlement.along(lines)
