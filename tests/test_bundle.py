@@ -293,9 +293,12 @@ def test_bundle_versions_lists_published_bundles_newest_first(tmp_path: Path) ->
         publish_bundle(tmp_path, version, tiny_arrays(), Manifest())
     (tmp_path / ".staging-v4-1").mkdir()
     (tmp_path / "stray").mkdir()
-    manifest = json.loads((tmp_path / "v1" / MANIFEST_FILE).read_text())
-    manifest["created"] = "2999-01-01T00:00:00+00:00"  # v1 claims to be the newest
-    (tmp_path / "v1" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    # v1 claims to be the newest; v3 and v2 were created at one moment, so their names
+    # decide. Written, not left to the clock: two publishes can fall in one second or not.
+    for version, created in (("v1", "2999"), ("v2", "2020"), ("v3", "2020")):
+        manifest = json.loads((tmp_path / version / MANIFEST_FILE).read_text())
+        manifest["created"] = f"{created}-01-01T00:00:00+00:00"
+        (tmp_path / version / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert bundle_versions(tmp_path) == ["v1", "v3", "v2"]
     assert bundle_versions(tmp_path / "nothing-here") == []
 
