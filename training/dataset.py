@@ -276,9 +276,7 @@ def _held(
     Memory, not speed, bounds this at 20 M purchases: the lines are sorted by (customer,
     item) once, each per-line column is taken in that order when it is needed and dropped
     after, and the sums run in the order the lines were read, as before the sort."""
-    key = events["customer_id"].cat.codes.to_numpy()[lines].astype(np.int64)
-    key *= n_items
-    key += item[lines]
+    key = combined_keys(events["customer_id"].cat.codes.to_numpy()[lines], n_items, item[lines])
     order = np.argsort(key, kind="stable")
     key = key[order]
     lines = lines[order]
@@ -385,12 +383,7 @@ def _customer_totals(
     del known
     orders = events["order"].to_numpy()
     span = int(orders.max(initial=0)) + 1
-    row_orders = rows[bought].astype(np.int64)
-    row_orders *= span
-    row_orders += orders[bought]
-    row_orders.sort()
-    distinct = row_orders[run_starts(row_orders)]
-    del row_orders
+    distinct = distinct_sorted(combined_keys(rows[bought], span, orders[bought]))
     order_counts = np.bincount(distinct // span, minlength=len(customers)).astype(np.int32)
     return spend.astype(np.float64), order_counts
 
@@ -478,6 +471,24 @@ def _catalog(
     np.maximum.at(line, sold[at_latest], at_latest)
     prices = np.where(line >= 0, price[line], np.nan)
     return titles.astype(np.str_), prices
+
+
+def combined_keys(
+    high: NDArray[np.integer[Any]], span: int, low: NDArray[np.integer[Any]]
+) -> NDArray[np.int64]:
+    """``high * span + low`` as int64 (``low`` below ``span``), computed in place: one
+    array per line at a time rather than three (each is 160 MB at 20 M purchases)."""
+    keys = high.astype(np.int64)
+    keys *= span
+    keys += low
+    return keys
+
+
+def distinct_sorted(keys: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The distinct ``keys``, ascending, as np.unique without its copies: ``keys`` is
+    sorted in place."""
+    keys.sort()
+    return keys[run_starts(keys)]
 
 
 def run_starts(values: NDArray[np.integer[Any]]) -> NDArray[np.bool_]:

@@ -24,7 +24,15 @@ from numpy.typing import NDArray
 
 from recsvc import policy
 from recsvc.policy import TierPolicy, tier_indices
-from training.dataset import Settlement, outcome_is, positions, run_starts, settle_returns
+from training.dataset import (
+    Settlement,
+    combined_keys,
+    distinct_sorted,
+    outcome_is,
+    positions,
+    run_starts,
+    settle_returns,
+)
 from training.errors import ConfigError
 
 
@@ -137,12 +145,8 @@ class CustomerLines:
         orders = events["order"].to_numpy()[lines]
         span = int(orders.max(initial=0)) + 1
         # A hash table over the distinct orders beats np.unique's sort of every line.
-        key = rows.astype(np.int64)
-        key *= span
-        key += orders
+        codes, keys = pd.factorize(combined_keys(rows, span, orders), sort=True)
         del orders
-        codes, keys = pd.factorize(key, sort=True)
-        del key
         order = codes.astype(np.int32)
         del codes
         # The returns settled along these lines only (each column of every event is 160 MB
@@ -232,12 +236,9 @@ def _median_interval_days(
         return median
     earliest = int(days.min())
     span = int(days.max()) - earliest + 1
-    customer_days = order_rows * span  # in place from here: one array per order at a time
-    customer_days += days
-    customer_days -= earliest
+    days -= earliest  # a copy of placed_at's
+    customer_days = distinct_sorted(combined_keys(order_rows, span, days))
     del days
-    customer_days.sort()
-    customer_days = customer_days[run_starts(customer_days)]
     rows, day = customer_days // span, customer_days % span
     del customer_days
     same_customer = ~run_starts(rows)
@@ -416,8 +417,7 @@ def _crossings(orders: pd.DataFrame, rules: TierPolicy) -> list[dict[str, Any]]:
 
     # Tier after each order, by spend in the trailing window ending at that order.
     window = int(rules.window_days * 86400)
-    key = orders["row"].to_numpy(np.int64) * (1 << 40)
-    key += orders["seconds"].to_numpy()
+    key = combined_keys(orders["row"].to_numpy(), 1 << 40, orders["seconds"].to_numpy())
     start = np.searchsorted(key, key - window, side="right")
     del key
     running = np.concatenate([[0.0], orders["amount"].to_numpy().cumsum()])
