@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ from recsvc.identity import (
     normalise_phone,
     request_aliases,
 )
-from training.identity import LinkRules, canonical_id, link
+from training.identity import Identity, LinkRules, _Forest, canonical_id, link
 
 PLAIN = IdentityRules()
 KEY = IdentityKey("a-test-secret-of-at-least-32-characters")
@@ -128,6 +130,61 @@ def test_cluster_cap_refuses_placeholder_identifiers() -> None:
     identity = link(records, [], LinkRules(link_distinct_ids=True, max_cluster_ids=3), KEY)
     assert len({identity.customer_of[f"customer:{i}"] for i in range(5)}) == 3
     assert identity.report()["conflicts"]["cluster_cap"]["count"] == 2
+
+
+def union_find_everywhere(
+    records: list[tuple[str, ...]], crosswalk: list[tuple[str, str]], rules: LinkRules
+) -> Identity:
+    """The reference: the union-find over every alias and link (what ``link`` did before
+    it resolved conflict-free components by connected components)."""
+    forest = _Forest(rules)
+    for left, right in crosswalk:
+        forest.union(left, right, explicit=True)
+    edges: set[tuple[str, str]] = set()
+    for record in records:
+        present = sorted({alias for alias in record if alias})
+        for alias in present:
+            forest.add(alias)
+        edges.update(zip(present, present[1:], strict=False))
+    for left, right in sorted(edges):
+        forest.union(left, right, explicit=False)
+    return Identity(forest.canonical_ids(KEY), forest.refused, forest.examples)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        LinkRules(),
+        LinkRules(max_cluster_ids=2),
+        LinkRules(link_distinct_ids=True, max_cluster_ids=3),
+    ],
+)
+def test_linking_by_components_equals_the_union_find_everywhere(rules: LinkRules) -> None:
+    """Random records from small pools of ids, addresses and numbers (many shared, so many
+    links refused) and crosswalk pairs: every alias's customer and every refusal, in order,
+    as the union-find over everything gives them."""
+    rng = np.random.default_rng(7)
+
+    def drawn(kind: str, pool: int) -> str:
+        return f"{kind}{rng.integers(pool)}" if rng.random() < 0.6 else ""
+
+    records = [
+        (
+            drawn(str(rng.choice(["customer:", "partner:"])), 400),
+            drawn("email:e", 300).replace("e", "e@x.com/", 1) if rng.random() < 0.7 else "",
+            drawn("phone:+44", 200),
+        )
+        for _ in range(600)
+    ]
+    crosswalk = [
+        (f"customer:{rng.integers(400)}", f"partner:{rng.integers(400)}") for _ in range(40)
+    ]
+    found = link(records, crosswalk, rules, KEY)
+    expected = union_find_everywhere(records, crosswalk, rules)
+    assert found.customer_of == expected.customer_of
+    assert found.refused == expected.refused and found.examples == expected.examples
+    sizes = Counter(found.customer_of.values())
+    assert found.refused and max(sizes.values()) > 2 and min(sizes.values()) == 1
 
 
 def test_canonical_ids_never_show_an_address() -> None:

@@ -73,7 +73,7 @@ from training.crosswalk import (
 from training.engine import Engine
 from training.engine import engine as open_engine
 from training.errors import SourceError
-from training.identity import PRIMARY_NAMESPACE, link
+from training.identity import PRIMARY_NAMESPACE, link_nodes
 from training.interactions import merged_outcomes, records_frame
 from training.sessions import is_session, stitch_sessions
 from training.sources import SourceRows, is_text, wall_time_in_utc
@@ -475,25 +475,20 @@ def _link(
     combinations of aliases, which number about as many as the customers."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
     combinations = sql.query(COMBINATIONS.format(relation=relation))
-    records = zip(
-        *(
-            _aliases_of(identifiers[column], combinations.column(column))
-            for column in ALIAS_COLUMNS
-        ),
-        strict=True,
-    )
-    # A session is never linked: only a stitch makes it a customer's (training.sessions).
-    unsessioned = (tuple("" if _is_session_alias(a) else a for a in r) for r in records)
-    linked = link(unsessioned, crosswalk, config.links, config.key)
+    names, records, pairs = _alias_nodes(combinations, identifiers, crosswalk)
+    linked = link_nodes(names, records, pairs, config.links, config.key)
     aliases = dict(linked.customer_of)
     source_ids = sql.query(SOURCE_IDS.format(relation=relation))
     raw_ids = _aliases_of(identifiers["raw_customer_id"], source_ids.column("raw_id"))
     id_aliases = _aliases_of(identifiers["id_alias"], source_ids.column("id_alias"))
-    positions = source_ids.column("source_position").to_pylist()
-    for position, raw, alias in zip(positions, raw_ids, id_aliases, strict=True):
-        aliases[f"{sources[position].name}:{raw}"] = linked.customer_of[alias]
-    for canonical in set(linked.customer_of.values()):
-        aliases[f"{CANONICAL}:{canonical}"] = canonical
+    source_names = pa.array([source.name for source in sources]).take(
+        source_ids.column("source_position")
+    )
+    lookups = pc.binary_join_element_wise(source_names, pa.array(raw_ids, pa.string()), ":")
+    customer_of = linked.customer_of.__getitem__
+    aliases.update(zip(lookups.to_pylist(), map(customer_of, id_aliases), strict=True))
+    canonical_ids = list(set(linked.customer_of.values()))
+    aliases.update(zip([f"{CANONICAL}:" + c for c in canonical_ids], canonical_ids, strict=True))
     invalid = sql.query(INVALID_CONTACTS.format(relation=relation)).to_pylist()[0]
     report = msgspec.structs.replace(
         msgspec.convert(linked.report(), Identity),
@@ -501,6 +496,43 @@ def _link(
         invalid=InvalidContacts(email=int(invalid["email"]), phone=int(invalid["phone"])),
     )
     return aliases, report
+
+
+def _alias_nodes(
+    combinations: pa.Table,
+    identifiers: dict[str, NDArray[np.object_]],
+    crosswalk: list[tuple[str, str]],
+) -> tuple[NDArray[np.object_], NDArray[np.int64], NDArray[np.int64]]:
+    """What ``training.identity.link_nodes`` links: the aliases the ``combinations`` (codes
+    into the vocabularies, a column per alias kind) and the ``crosswalk`` name, distinct and
+    ascending; each combination's as positions among them (-1: none); each pair's. A
+    session is never linked: only a stitch makes it a customer's (training.sessions)."""
+    pieces: list[NDArray[np.object_]] = []
+    columns: list[NDArray[np.int64]] = []
+    offset = 0
+    for column in ALIAS_COLUMNS:
+        codes = combinations.column(column).fill_null(-1).to_numpy().astype(np.int64)
+        used, inverse = np.unique(codes, return_inverse=True)
+        strings = identifiers[column][np.maximum(used, 0)]
+        sessions = pc.starts_with(pa.array(strings, type=pa.string()), SESSION_PREFIX)
+        linkable = (used >= 0) & (strings != "") & ~sessions.to_numpy(zero_copy_only=False)
+        pieces.append(strings[linkable])
+        # Each combination's alias as a position in the concatenated pieces, -1 for none.
+        columns.append(np.where(linkable, offset + np.cumsum(linkable) - 1, -1)[inverse])
+        offset += int(linkable.sum())
+    pieces.append(np.array([alias for pair in crosswalk for alias in pair], dtype=object))
+    combined = pa.array(np.concatenate(pieces), type=pa.string())
+    order = pc.array_sort_indices(combined).to_numpy()
+    ordered = combined.take(order)
+    first = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        first[1:] = pc.not_equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
+    node_of = np.empty(len(order) + 1, dtype=np.int64)
+    node_of[order] = np.cumsum(first) - 1
+    node_of[-1] = -1  # where a combination has no alias of a kind
+    names = _strings(ordered.filter(pa.array(first)))
+    records = np.column_stack([node_of[column] for column in columns])
+    return names, records, node_of[offset:-1].reshape(-1, 2)
 
 
 def _alias_codes(
