@@ -521,16 +521,9 @@ def _alias_nodes(
         columns.append(np.where(linkable, offset + np.cumsum(linkable) - 1, -1)[inverse])
         offset += int(linkable.sum())
     pieces.append(np.array([alias for pair in crosswalk for alias in pair], dtype=object))
-    combined = pa.array(np.concatenate(pieces), type=pa.string())
-    order = pc.array_sort_indices(combined).to_numpy()
-    ordered = combined.take(order)
-    first = np.ones(len(order), dtype=bool)
-    if len(order) > 1:
-        first[1:] = pc.not_equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
-    node_of = np.empty(len(order) + 1, dtype=np.int64)
-    node_of[order] = np.cumsum(first) - 1
-    node_of[-1] = -1  # where a combination has no alias of a kind
-    names = _strings(ordered.filter(pa.array(first)))
+    distinct, position = _sorted_distinct(pa.array(np.concatenate(pieces), type=pa.string()))
+    node_of = np.append(position, -1).astype(np.int64)  # -1: no alias of a kind
+    names = _strings(distinct)
     records = np.column_stack([node_of[column] for column in columns])
     return names, records, node_of[offset:-1].reshape(-1, 2)
 
@@ -894,17 +887,8 @@ def _concat_parsed(
     vocabulary: dict[str, pa.Array] = {}
     for column in TEXT_COLUMNS:
         parts = [text.pop(column) for text in texts]
-        # The sources' dictionaries (each distinct) sorted together; equal neighbours are one
-        # value. A sort, not a hash table: at 20 M order ids the hash table took GBs.
-        combined = pa.concat_arrays([part.dictionary for part in parts])
-        order = pc.array_sort_indices(combined).to_numpy()
-        ordered = combined.take(order)
-        first = np.ones(len(order), dtype=bool)
-        if len(order) > 1:
-            first[1:] = pc.not_equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
-        # Each source's dictionary entry -> its position in the sorted vocabulary.
-        code_of = np.empty(len(order), dtype=np.int32)
-        code_of[order] = np.cumsum(first) - 1
+        # The sources' dictionaries sorted together; each entry's code is its position.
+        distinct, code_of = _sorted_distinct(pa.concat_arrays([part.dictionary for part in parts]))
         starts = np.cumsum([0, *(len(part.dictionary) for part in parts)])
         parsed[column] = np.concatenate(
             [
@@ -912,8 +896,21 @@ def _concat_parsed(
                 for start, part in zip(starts, parts, strict=False)
             ]
         )
-        vocabulary[column] = ordered.filter(pa.array(first))
+        vocabulary[column] = distinct
     return parsed, vocabulary
+
+
+def _sorted_distinct(values: pa.Array) -> tuple[pa.Array, NDArray[np.int32]]:
+    """``values``' distinct strings, ascending, and each value's position among them. A
+    sort, not a hash table: at 20 M order ids the hash table took GBs."""
+    order = pc.array_sort_indices(values).to_numpy()
+    ordered = values.take(order)
+    first = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        first[1:] = pc.not_equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
+    position = np.empty(len(order), dtype=np.int32)
+    position[order] = np.cumsum(first) - 1
+    return ordered.filter(pa.array(first)), position
 
 
 def _blank_code(values: pa.Array) -> int:
