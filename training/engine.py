@@ -19,8 +19,10 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import pyarrow as pa
 import sqlglot
+from numpy.typing import NDArray
 
 import recsvc
 import training
@@ -119,6 +121,22 @@ class DuckDBEngine:
     def close(self) -> None:
         self._connection.close()
         self._spill.cleanup()
+
+
+def sorted_strings(values: pa.Array) -> tuple[NDArray[np.int64], pa.Array]:
+    """``values`` (strings, no nulls) in ascending byte order, and the position of each in
+    ``values`` (equal values in any order). DuckDB's sort runs on every core: at 20 M
+    purchases the 17 M distinct order ids took 4 s, Arrow's ``array_sort_indices`` and a
+    ``take`` 12 s."""
+    duck = DuckDBEngine()
+    try:
+        positions = pa.array(np.arange(len(values), dtype=np.int64))
+        duck.load("strings", pa.table({"position": positions, "value": values}))
+        ordered = duck.query("SELECT position, value FROM strings ORDER BY value")
+    finally:
+        duck.close()
+    order: NDArray[np.int64] = ordered.column("position").to_numpy()
+    return order, ordered.column("value").combine_chunks()
 
 
 class SparkEngine:

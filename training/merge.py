@@ -70,7 +70,7 @@ from training.crosswalk import (
     load_item_crosswalk,
     training_alias,
 )
-from training.engine import Engine
+from training.engine import Engine, sorted_strings
 from training.engine import engine as open_engine
 from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link_nodes
@@ -903,8 +903,7 @@ def _concat_parsed(
 def _sorted_distinct(values: pa.Array) -> tuple[pa.Array, NDArray[np.int32]]:
     """``values``' distinct strings, ascending, and each value's position among them. A
     sort, not a hash table: at 20 M order ids the hash table took GBs."""
-    order = pc.array_sort_indices(values).to_numpy()
-    ordered = values.take(order)
+    order, ordered = sorted_strings(values)
     first = np.ones(len(order), dtype=bool)
     if len(order) > 1:
         first[1:] = pc.not_equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
