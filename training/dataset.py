@@ -73,7 +73,11 @@ def build_dataset(
     timestamps = events["timestamp"].to_numpy()
     is_sale = (quantity > 0) & outcome_is(events, "used", "anonymous")
     item_codes = events["item_id"].cat.codes.to_numpy()
-    item_ids = np.sort(events["item_id"].cat.categories[np.unique(item_codes[is_sale])])
+    item_ids = np.sort(
+        events["item_id"].cat.categories[
+            present(item_codes[is_sale], len(events["item_id"].cat.categories))
+        ]
+    )
     item_ids = item_ids.astype(str)
     item_index = pd.Index(item_ids)
     item = positions(events["item_id"], item_index)
@@ -91,7 +95,7 @@ def build_dataset(
     held = _held(events, personal, item, quantity, as_of, half_life_days, len(item_ids))
     del personal
     known = events["customer_id"].cat.categories
-    customer_ids = np.sort(known[np.unique(held.customer)].to_numpy()).astype(str)
+    customer_ids = np.sort(known[present(held.customer, len(known))].to_numpy()).astype(str)
     rows = pd.Index(customer_ids).get_indexer(known).astype(np.int32)[held.customer]
     shape = (len(customer_ids), len(item_ids))
     interactions = sp.csr_matrix((held.weight.astype(np.float32), (rows, held.item)), shape)
@@ -276,8 +280,9 @@ def _held(
     Memory, not speed, bounds this at 20 M purchases: the lines are sorted by (customer,
     item) once, each per-line column is taken in that order when it is needed and dropped
     after, and the sums run in the order the lines were read, as before the sort."""
-    key = combined_keys(events["customer_id"].cat.codes.to_numpy()[lines], n_items, item[lines])
-    order = np.argsort(key, kind="stable")
+    customers = events["customer_id"].cat.codes.to_numpy()
+    key = combined_keys(customers[lines], n_items, item[lines])
+    order = stable_order(key, len(events["customer_id"].cat.categories) * n_items)
     key = key[order]
     lines = lines[order]
     del order
@@ -482,6 +487,38 @@ def combined_keys(
     keys *= span
     keys += low
     return keys
+
+
+def present(codes: NDArray[np.integer[Any]], count: int) -> NDArray[np.intp]:
+    """The distinct ``codes`` (each in ``[0, count)``), ascending, from a count of each
+    rather than np.unique's hash table or sort (at 20 M purchases, 1.3 s a column)."""
+    return np.flatnonzero(np.bincount(codes, minlength=count))
+
+
+def stable_order(keys: NDArray[np.int64], bound: int) -> NDArray[np.intp]:
+    """np.argsort(keys, kind="stable") for ``keys`` in ``[0, bound)``. Where a key and a
+    position fit in 63 bits, one np.sort of the two packed in an int64 (numpy's vectorised
+    sort: at 20 M lines 0.2 s rather than 3.5 s)."""
+    position_bits = max(len(keys) - 1, 1).bit_length()
+    if bound > (1 << (63 - position_bits)):
+        return np.argsort(keys, kind="stable")
+    packed = keys << position_bits  # a copy, sorted in place
+    packed |= np.arange(len(keys))
+    packed.sort()
+    packed &= (1 << position_bits) - 1
+    return packed
+
+
+def factorized(keys: NDArray[np.int64]) -> tuple[NDArray[np.int32], NDArray[np.int64]]:
+    """pd.factorize(keys, sort=True): each key's position among the distinct ``keys``, and
+    those ascending, from one unstable argsort (numpy's vectorised one: at 20 M lines 1.6 s,
+    pandas's hash table and the sort of its keys 6.9 s)."""
+    order = np.argsort(keys)
+    ordered = keys[order]
+    first = run_starts(ordered)
+    codes = np.empty(len(keys), dtype=np.int32)
+    codes[order] = np.cumsum(first) - 1
+    return codes, ordered[first]
 
 
 def distinct_sorted(keys: NDArray[np.int64]) -> NDArray[np.int64]:

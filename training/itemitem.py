@@ -115,17 +115,20 @@ def _strongest_dense(weights: NDArray[np.float32], k: int) -> Neighbours:
 
 
 def _strongest_sparse(similarity: sp.csr_matrix, k: int) -> Neighbours:
-    coo = similarity.tocoo()
+    similarity.sort_indices()
+    coo = similarity.tocoo()  # by row, then item
     keep = (coo.row != coo.col) & (coo.data > 0)
     rows, columns, values = coo.row[keep], coo.col[keep], coo.data[keep].astype(np.float32)
-    # The k best of each row: rank within the row, best first.
-    order = np.lexsort((columns, -values, rows))
+    # Each row best first, ties by item: one stable sort on the row and the value, the items
+    # already ascending within a row. A positive float32 orders as its bits do; at 20 M
+    # purchases this took 1 s, a lexsort on (row, -value, item) 4 s.
+    descending = np.uint64(0xFFFFFFFF) - values.view(np.uint32)
+    order = np.argsort((rows.astype(np.uint64) << np.uint64(32)) | descending, kind="stable")
     rows, columns, values = rows[order], columns[order], values[order]
-    starts = np.searchsorted(rows, rows, side="left")
-    kept = np.arange(len(rows)) - starts < k
-    return _neighbours(
-        "knn", similarity.shape[0], rows[kept], columns[kept].astype(np.int64), values[kept]
-    )
+    del order, descending
+    # The k best of each row: its rank within the row.
+    kept = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left") < k
+    return _sorted_neighbours("knn", similarity.shape[0], rows[kept], columns[kept], values[kept])
 
 
 def _neighbours(
@@ -137,8 +140,17 @@ def _neighbours(
 ) -> Neighbours:
     """Sort each row best first (ties by item) into a CSR list."""
     order = np.lexsort((columns, -values, rows))
+    return _sorted_neighbours(kind, n, rows[order], columns[order], values[order])
+
+
+def _sorted_neighbours(
+    kind: Literal["ease", "knn"],
+    n: int,
+    rows: NDArray[np.integer],
+    columns: NDArray[np.integer],
+    values: NDArray[np.float32],
+) -> Neighbours:
+    """Rows' entries, each row best first, as a CSR list."""
     counts = np.bincount(rows, minlength=n)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return Neighbours(
-        kind, indptr, columns[order].astype(np.int32), values[order].astype(np.float32)
-    )
+    return Neighbours(kind, indptr, columns.astype(np.int32), values.astype(np.float32))
