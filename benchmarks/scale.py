@@ -1,7 +1,7 @@
 """Scale benchmark: a synthetic history, trained and served, with time and peak memory.
 
     python benchmarks/scale.py [--purchases 20000000 --customers 1000000 --items 100000]
-                               [--reuse-data] [--no-serving]
+                               [--reuse-data] [--no-serving] [--rounds 1]
 
 Generates purchases with power-law item popularity and skewed customer activity over a year,
 split into three sources with different schemas (two Parquet files and a CSV; the partner
@@ -12,7 +12,9 @@ the bare path in another: reading the files, a customer x item matrix, the train
 every customer. Then ``recsvc train`` in a third. Each child's peak RSS is measured with
 wait4, for that process alone, and each runs with one OpenBLAS thread (implicit threads
 itself). The targets (issue 26): training's peak RSS <= 4 GiB and its time <= 1.5 x the bare
-path's. Then benchmarks/serving.py on the bundle (unless ``--no-serving``). Writes the
+path's, the bare path and the trainer run one after the other ``--rounds`` times and judged
+by the median round's ratio (this machine's neighbours move one run by a third). Then
+benchmarks/serving.py on the bundle (unless ``--no-serving``). Writes the
 figures to --out (JSON).
 """
 
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -200,6 +203,38 @@ def run_child(command: list[str]) -> tuple[float, float, str]:
     return time.perf_counter() - started, usage.ru_maxrss / 1024 / 1024, output
 
 
+def run_round(config: Path, models: Path) -> dict[str, Any]:
+    """The bare path, then ``recsvc train``, each in a child of its own: their times, peaks
+    and the ratio."""
+    bare_s, bare_peak, output = run_child(
+        [sys.executable, str(Path(__file__).resolve()), "--bare-only", str(config)]
+    )
+    bare_steps = json.loads(output)
+    trained, peak, _ = run_child(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "train",
+            "--config",
+            str(config),
+            "--models-dir",
+            str(models),
+            "--no-progress",
+        ]
+    )
+    result = {
+        "bare_s": round(bare_s, 1),
+        "bare_steps_s": {name: round(value, 1) for name, value in bare_steps.items()},
+        "bare_peak_rss_gb": round(bare_peak, 2),
+        "train_s": round(trained, 1),
+        "train_peak_rss_gb": round(peak, 2),
+        "ratio": round(trained / bare_s, 2),
+    }
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--purchases", type=int, default=20_000_000)
@@ -212,8 +247,17 @@ def main() -> int:
         "--reuse-data", action="store_true", help="keep the data --work-dir already holds"
     )
     parser.add_argument("--no-serving", action="store_true", help="skip benchmarks/serving.py")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="bare path and train, one after the other, this many times; the verdict is the "
+        "median round's ratio",
+    )
     parser.add_argument("--bare-only", type=Path, help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.bare_only is not None:
         print(json.dumps(bare_path(args.bare_only)))
         return 0
@@ -228,37 +272,29 @@ def main() -> int:
     if not reused:
         generate_apart(args.work_dir, args.purchases, args.customers, args.items, args.seed)
     generated = time.perf_counter() - started
-    bare_s, bare_peak, output = run_child(
-        [sys.executable, str(Path(__file__).resolve()), "--bare-only", str(config)]
-    )
-    bare_steps = json.loads(output)
     models = args.work_dir / "models"
-    trained, peak, _ = run_child(
-        [
-            sys.executable,
-            "-m",
-            "training.cli",
-            "train",
-            "--config",
-            str(config),
-            "--models-dir",
-            str(models),
-            "--no-progress",
-        ]
-    )
-    ratio = trained / bare_s
+    rounds = [run_round(config, models) for _ in range(args.rounds)]
+    # The verdict is the median round's (of an even count, the worse middle one): on this
+    # shared machine one run's ratio moved between 1.41 and 1.97 with the same code
+    # (docs/scaling.md).
+    median = sorted(rounds, key=lambda round_: round_["ratio"])[len(rounds) // 2]
+    bare_s, bare_peak = median["bare_s"], median["bare_peak_rss_gb"]
+    bare_steps, trained = median["bare_steps_s"], median["train_s"]
+    ratio = median["ratio"]
+    peak = max(round_["train_peak_rss_gb"] for round_ in rounds)
     result: dict[str, object] = {
         "purchases": args.purchases,
         "customers": args.customers,
         "items": args.items,
         "generate_s": round(generated, 1),
         "reused_data": reused,
-        "bare_s": round(bare_s, 1),
-        "bare_steps_s": {name: round(value, 1) for name, value in bare_steps.items()},
-        "bare_peak_rss_gb": round(bare_peak, 2),
-        "train_s": round(trained, 1),
-        "train_peak_rss_gb": round(peak, 2),
-        "ratio": round(ratio, 2),
+        "bare_s": bare_s,
+        "bare_steps_s": bare_steps,
+        "bare_peak_rss_gb": bare_peak,
+        "train_s": trained,
+        "train_peak_rss_gb": peak,
+        "ratio": ratio,
+        "rounds": rounds,
         "peak_target_met": peak <= TARGET_PEAK_GIB,
         "ratio_target_met": ratio <= TARGET_RATIO,
         "load_average_before": [round(load, 1) for load in load_before],
@@ -284,7 +320,9 @@ def main() -> int:
         result["serving"] = json.loads(serving_out.read_text())
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"{args.purchases:,} purchases: bare path {bare_s:.0f} s at {bare_peak:.2f} GiB peak "
+        f"{args.purchases:,} purchases, median of {len(rounds)} round(s) (ratios "
+        f"{', '.join(str(round_['ratio']) for round_ in rounds)}): "
+        f"bare path {bare_s:.0f} s at {bare_peak:.2f} GiB peak "
         f"RSS ({', '.join(f'{k} {v:.0f}' for k, v in bare_steps.items())}); trained in "
         f"{trained:.0f} s at {peak:.2f} GiB: ratio {ratio:.2f} (target <= {TARGET_RATIO}: "
         f"{'met' if ratio <= TARGET_RATIO else 'not met'}), peak (target <= "
