@@ -120,8 +120,9 @@ def _strongest_sparse(similarity: sp.csr_matrix, k: int) -> Neighbours:
     keep = (coo.row != coo.col) & (coo.data > 0)
     rows, columns, values = coo.row[keep], coo.col[keep], coo.data[keep].astype(np.float32)
     # Each row best first, ties by item: one stable sort on the row and the value, the items
-    # already ascending within a row. A positive float32 orders as its bits do; at 20 M
-    # purchases this took 1 s, a lexsort on (row, -value, item) 4 s.
+    # already ascending within a row. A positive float32 orders as its bits do. For 100,000
+    # items of 101 neighbours: 0.7 s, against 12.8 s for a lexsort on (row, -value, item)
+    # here and another in _neighbours.
     descending = np.uint64(0xFFFFFFFF) - values.view(np.uint32)
     order = np.argsort((rows.astype(np.uint64) << np.uint64(32)) | descending, kind="stable")
     rows, columns, values = rows[order], columns[order], values[order]
