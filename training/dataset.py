@@ -280,8 +280,7 @@ def _held(
     Memory, not speed, bounds this at 20 M purchases: the lines are sorted by (customer,
     item) once, each per-line column is taken in that order when it is needed and dropped
     after, and the sums run in the order the lines were read, as before the sort."""
-    customers = events["customer_id"].cat.codes.to_numpy()
-    key = combined_keys(customers[lines], n_items, item[lines])
+    key = combined_keys(events["customer_id"].cat.codes.to_numpy()[lines], n_items, item[lines])
     order = stable_order(key, len(events["customer_id"].cat.categories) * n_items)
     key = key[order]
     lines = lines[order]
