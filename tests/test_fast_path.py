@@ -123,9 +123,15 @@ def test_candidate_lists_do_not_depend_on_how_a_batch_is_cut(
     ranker = _with_price_affinity(service_of(sample_app).registry.model.ranker, 0.5)
     n_items = len(ranker.arrays.item_ids)
     whole = ranker.candidate_lists(20, batch=64, threads=2)
+    # Chunks of histories by their purchases' neighbours: a few customers each, unevenly.
+    monkeypatch.setattr(recsvc.ranker, "_SUM_ENTRIES", 300 * int(ranker._neighbours_per_item) + 7)
+    by_purchases = ranker.candidate_lists(20, batch=64, threads=2)
+    # And by customers x items, with the passes over scores a few rows at a time.
+    monkeypatch.setattr(recsvc.ranker, "_SUM_ENTRIES", 1 << 30)
     monkeypatch.setattr(recsvc.ranker, "_ROW_CELLS", 3 * n_items + 1)
     monkeypatch.setattr(recsvc.ranker, "_SUM_CELLS", 5 * n_items - 1)
-    cut = ranker.candidate_lists(20, batch=64, threads=2)
-    for expected, found in zip(whole, cut, strict=True):
-        np.testing.assert_array_equal(found, expected)
+    by_cells = ranker.candidate_lists(20, batch=64, threads=2)
+    for expected, first, second in zip(whole, by_purchases, by_cells, strict=True):
+        np.testing.assert_array_equal(first, expected)
+        np.testing.assert_array_equal(second, expected)
     assert (whole[0][:, 0] >= 0).all() and (whole[2] >= 0).any()
