@@ -510,14 +510,18 @@ class Ranker:
         """``rows`` a few at a time (about ``_SUM_ENTRIES`` neighbours of their purchases,
         as the catalog's mean neighbours per item estimates them; ``_SUM_CELLS`` customers x
         items at most), with their owned items."""
-        indptr = self.arrays.owned_indptr
-        firsts, counts = indptr[rows], indptr[rows + 1] - indptr[rows]
+        firsts = self.arrays.owned_indptr[rows]
+        counts = self.arrays.owned_indptr[rows + 1] - firsts
         reach = np.cumsum(counts) * self._neighbours_per_item
-        total = float(reach[-1]) if len(reach) else 0.0
-        starts = np.union1d(
-            np.searchsorted(reach, np.arange(_SUM_ENTRIES, total, _SUM_ENTRIES)),
-            np.arange(0, len(rows), self._chunk_rows()),
-        ).tolist()
+        total, most_rows = (float(reach[-1]) if len(reach) else 0.0), self._chunk_rows()
+        # A batch that fits one chunk (a single customer's request) is not cut: the cuts
+        # took one customer's chunks from 10.5 to 15.2 µs.
+        starts = [0] if len(rows) else []
+        if total > _SUM_ENTRIES or len(rows) > most_rows:
+            starts = np.union1d(
+                np.searchsorted(reach, np.arange(_SUM_ENTRIES, total, _SUM_ENTRIES)),
+                np.arange(0, len(rows), most_rows),
+            ).tolist()
         for start, end in zip(starts, [*starts[1:], len(rows)], strict=True):
             yield HistoryChunk(
                 start,
