@@ -101,6 +101,14 @@ class IdentityKey:
     def rotated(self) -> bool:
         return bool(self._retired)
 
+    def __reduce__(self) -> tuple[type[IdentityKey], tuple[str, tuple[str, ...]]]:
+        # Pickled for the trainer's Spark tasks (linking makes tokens there); the hasher
+        # itself cannot be pickled.
+        return IdentityKey, (
+            self._secret.decode("ascii"),
+            tuple(old.decode("ascii") for old in self._retired),
+        )
+
     def __repr__(self) -> str:  # never the secret
         return f"IdentityKey(fingerprint={self.fingerprint[:8]}..., retired={len(self._retired)})"
 

@@ -29,6 +29,7 @@ from training.config import EngineConfig, TrainConfig, load_config
 from training.dataset import build_dataset
 from training.engine import spark_session, stop_spark_sessions
 from training.fit import Factors
+from training.identity import MAX_EXAMPLES, LinkRules, link
 from training.itemitem import fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
 from training.pipeline import alias_digests, served_arrays, train
@@ -36,6 +37,7 @@ from training.recommenders import History
 from training.sources import read_source
 from training.spark_als import SparkFactors
 from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
+from training.spark_identity import link_on_spark
 
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "online-retail.toml"
 DUCKDB = EngineConfig()
@@ -240,6 +242,47 @@ def test_synthetic_sources_merge_alike(synthetic: TrainConfig, spark_engine: Eng
     assert duck.accounting["live"]["duplicate"] >= 30  # the replayed event ids
     assert duck.identity.customers_with_several_aliases > 10
     assert_same(duck, merged_with(synthetic, spark_engine))
+
+
+def test_executors_link_customers_as_the_single_host(spark_engine: EngineConfig) -> None:
+    """Spark finds the alias graph's components and each task links whole ones with the
+    single-host union-find: the same customers, refusals and first examples as linking all
+    at once, across several tasks, with a chain longer than a few label rounds."""
+    rng = random.Random(11)
+    records: list[tuple[str, str, str]] = []
+    for n in range(300):
+        shop_id = f"shop:{n}" if rng.random() < 0.8 else ""
+        email = f"email:c{rng.randrange(260)}@example.com" if rng.random() < 0.6 else ""
+        phone = rng.choice(["", "", f"phone:+4420794{n:05d}", "phone:+447700900123"])
+        records.append((shop_id, email, phone))
+    # One customer known by 40 addresses and numbers, each only beside the next.
+    for n in range(40):
+        records.append(("", f"email:chain{n}@example.com", f"phone:+4477009{n:05d}"))
+        records.append(("", f"email:chain{n + 1}@example.com", f"phone:+4477009{n:05d}"))
+    # Households: an address shared by ids of five shops, more than max_cluster_ids.
+    for n in range(8):
+        records += [(f"shop{shop}:{n}", f"email:home{n}@example.com", "") for shop in range(5)]
+    records.append(("", "", ""))
+    crosswalk = [(f"partner:M{n}", f"shop:{rng.randrange(300)}") for n in range(30)]
+    crosswalk += [crosswalk[3], ("partner:M0", "partner:M0"), ("customer:7", "shop:7")]
+    # Accounts joined one by one past max_cluster_ids: which are refused depends on the order.
+    crosswalk += [(f"till:{n}", f"{system}:{n}") for n in range(4) for system in "abcd"]
+    rules = LinkRules(max_cluster_ids=3)
+    key = IdentityKey.development_key()
+    expected = link(records, crosswalk, rules, key)
+    assert set(expected.refused) == {"cluster_cap", "distinct_ids"}
+    assert all(count > MAX_EXAMPLES for count in expected.refused.values())
+    session = spark_session(spark_engine.master, tuple(sorted(spark_engine.conf.items())))
+    frame = session.createDataFrame(
+        [tuple(alias or None for alias in record) for record in records],
+        schema="id_alias string, email_alias string, phone_alias string",
+    ).repartition(3)
+    found = link_on_spark(frame, crosswalk, rules, key)
+    assert found.customer_of == expected.customer_of
+    assert found.refused == expected.refused
+    assert found.examples == expected.examples
+    chain = {found.customer_of[f"email:chain{n}@example.com"] for n in range(41)}
+    assert len(chain) == 1
 
 
 def test_executors_rank_customers_as_the_single_host(

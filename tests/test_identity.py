@@ -138,8 +138,8 @@ def union_find_everywhere(
     """The reference: the union-find over every alias and link (what ``link`` did before
     it resolved conflict-free components by connected components)."""
     forest = _Forest(rules)
-    for left, right in crosswalk:
-        forest.union(left, right, explicit=True)
+    for row, (left, right) in enumerate(crosswalk):
+        forest.union(left, right, (0, row, "", ""), explicit=True)
     edges: set[tuple[str, str]] = set()
     for record in records:
         present = sorted({alias for alias in record if alias})
@@ -147,7 +147,7 @@ def union_find_everywhere(
             forest.add(alias)
         edges.update(zip(present, present[1:], strict=False))
     for left, right in sorted(edges):
-        forest.union(left, right, explicit=False)
+        forest.union(left, right, (1, 0, left, right), explicit=False)
     return Identity(forest.canonical_ids(KEY), forest.refused, forest.examples)
 
 

@@ -162,7 +162,11 @@ class SparkEngine:
 
     def query(self, query: str) -> pa.Table:
         with quiet():
-            return self._session.sql(transpile(query, self.dialect)).toArrow()
+            return self.frame(query).toArrow()
+
+    def frame(self, query: str) -> DataFrame:
+        """``query``'s rows, left on the executors."""
+        return self._session.sql(transpile(query, self.dialect))
 
     def _keep(self, name: str, frame: DataFrame) -> None:
         frame = frame.persist()

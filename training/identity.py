@@ -38,13 +38,27 @@ class LinkRules:
     max_cluster_ids: int = 10
 
 
+# Where a link comes in the order links are applied: a crosswalk pair (0, its row in the
+# file, "", "") before a record's link (1, 0, its two aliases, ascending). Aliases compare as
+# their nodes do, so the key orders links alike however the nodes are numbered.
+LinkOrder = tuple[int, int, str, str]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refused link, as the manifest shows it (aliases masked), and where it came."""
+
+    order: LinkOrder
+    example: str
+
+
 @dataclass
 class Identity:
     """The result of linking: every alias's customer, and a report for the manifest."""
 
     customer_of: dict[str, str]  # alias -> canonical customer id
-    refused: dict[str, Counter[str]] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # links refused, per guard
+    examples: dict[str, list[Refusal]] = field(default_factory=dict)  # the first few, in order
 
     def report(self) -> dict[str, Any]:
         sizes = Counter(self.customer_of.values())
@@ -54,8 +68,8 @@ class Identity:
             "customers_with_several_aliases": sum(1 for size in sizes.values() if size > 1),
             "conflicts": {
                 reason: {
-                    "count": sum(self.refused[reason].values()),
-                    "examples": self.examples.get(reason, []),
+                    "count": self.refused[reason],
+                    "examples": [refusal.example for refusal in self.examples.get(reason, [])],
                 }
                 for reason in sorted(self.refused)
             },
@@ -94,10 +108,12 @@ def link_nodes(
     crosswalk: NDArray[np.int64],
     rules: LinkRules,
     key: IdentityKey,
+    crosswalk_rows: NDArray[np.int64] | None = None,
 ) -> Identity:
     """Link ``aliases`` (distinct and ascending: a node is its position) that ``records``
     carry together (a row per record, -1 where it has none) or ``crosswalk`` pairs (rows of
-    two, in the file's order).
+    two, in the file's order; ``crosswalk_rows``: their rows in the file, when these are only
+    some of its pairs).
 
     The links are those of a union-find that applies the crosswalk's pairs in order, then
     each record's aliases, ascending, joined in a chain, all records' links ascending, under
@@ -129,10 +145,13 @@ def link_nodes(
         inside = conflicted[component]
         for position in np.flatnonzero(inside).tolist():
             forest.add(aliases[position])
-        for left, right in crosswalk[inside[crosswalk[:, 0]]].tolist():
-            forest.union(aliases[left], aliases[right], explicit=True)
+        rows = np.arange(len(crosswalk)) if crosswalk_rows is None else crosswalk_rows
+        pairs = inside[crosswalk[:, 0]]
+        for row, (left, right) in zip(rows[pairs].tolist(), crosswalk[pairs].tolist(), strict=True):
+            forest.union(aliases[left], aliases[right], (0, row, "", ""), explicit=True)
         for left, right in edges[inside[edges[:, 0]]].tolist():
-            forest.union(aliases[left], aliases[right], explicit=False)
+            first, second = aliases[left], aliases[right]
+            forest.union(first, second, (1, 0, first, second), explicit=False)
         customer_of.update(forest.canonical_ids(key))
     return Identity(customer_of, forest.refused, forest.examples)
 
@@ -186,8 +205,8 @@ class _Forest:
         self.rules = rules
         self.parent: dict[str, str] = {}
         self.ids: dict[str, dict[str, set[str]]] = {}  # root -> namespace -> ids
-        self.refused: dict[str, Counter[str]] = {}
-        self.examples: dict[str, list[str]] = {}
+        self.refused: dict[str, int] = {}
+        self.examples: dict[str, list[Refusal]] = {}
 
     def add(self, alias: str) -> None:
         if alias in self.parent:
@@ -204,7 +223,7 @@ class _Forest:
             self.parent[alias], alias = root, self.parent[alias]
         return root
 
-    def union(self, left: str, right: str, explicit: bool) -> None:
+    def union(self, left: str, right: str, order: LinkOrder, explicit: bool) -> None:
         self.add(left)
         self.add(right)
         a, b = self.find(left), self.find(right)
@@ -213,11 +232,11 @@ class _Forest:
         ids_a, ids_b = self.ids[a], self.ids[b]
         if not explicit and not self.rules.link_distinct_ids:
             if any(ns in ids_b and ids_a[ns] != ids_b[ns] for ns in ids_a):
-                self._refuse("distinct_ids", left, right)
+                self._refuse("distinct_ids", left, right, order)
                 return
         merged = {ns: ids_a.get(ns, set()) | ids_b.get(ns, set()) for ns in {*ids_a, *ids_b}}
         if sum(len(v) for v in merged.values()) > self.rules.max_cluster_ids:
-            self._refuse("cluster_cap", left, right)
+            self._refuse("cluster_cap", left, right, order)
             return
         if a > b:  # deterministic root choice
             a, b = b, a
@@ -225,11 +244,11 @@ class _Forest:
         self.ids[a] = merged
         del self.ids[b]
 
-    def _refuse(self, reason: str, left: str, right: str) -> None:
-        self.refused.setdefault(reason, Counter())[left] += 1
+    def _refuse(self, reason: str, left: str, right: str, order: LinkOrder) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
         examples = self.examples.setdefault(reason, [])
         if len(examples) < MAX_EXAMPLES:
-            examples.append(f"{mask(left)} ~ {mask(right)}")
+            examples.append(Refusal(order, f"{mask(left)} ~ {mask(right)}"))
 
     def canonical_ids(self, key: IdentityKey) -> dict[str, str]:
         members: dict[str, list[str]] = {}

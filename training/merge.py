@@ -27,9 +27,10 @@ naive timestamps read in the source's time zone.
 
 Steps 1-3 are decided in Python as each source is parsed, once per distinct value. From
 there on, every decision about rows is SQL, written once below and run by the engine the
-config names (``training.engine``: DuckDB in this process, or Spark SQL); linking, a
-union-find with order-dependent guards, stays in Python, fed the distinct combinations of
-aliases by the engine.
+config names (``training.engine``: DuckDB in this process, or Spark SQL). Linking, a
+union-find with order-dependent guards, is ``training.identity.link_nodes``, fed the distinct
+combinations of aliases by the engine: in this process with DuckDB; with Spark, run by the
+executors on whole components of the alias graph (``training.spark_identity``).
 """
 
 from __future__ import annotations
@@ -70,13 +71,14 @@ from training.crosswalk import (
     load_item_crosswalk,
     training_alias,
 )
-from training.engine import Engine, sorted_strings
+from training.engine import Engine, SparkEngine, sorted_strings
 from training.engine import engine as open_engine
 from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link_nodes
 from training.interactions import merged_outcomes, records_frame
 from training.sessions import is_session, stitch_sessions
 from training.sources import SourceRows, is_text, wall_time_in_utc
+from training.spark_identity import link_on_spark
 
 OUTCOMES = (
     "used",
@@ -298,12 +300,13 @@ def merge_sources(
 # ``kind`` is the position of the alias column in ALIAS_COLUMNS.
 # A merge's columns by name, each one value per row.
 Columns = dict[str, NDArray[Any]]
-ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED = (
+ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED, ALIAS_NAMES = (
     "rows",
     "erased_aliases",
     "marked",
     "customers",
     "decided",
+    "alias_names",
 )
 ALIAS_COLUMNS = ("id_alias", "email_alias", "phone_alias")
 ROW_COLUMNS = (
@@ -338,6 +341,17 @@ FROM {ROWS} AS r
 COMBINATIONS = f"""
 SELECT DISTINCT {", ".join(ALIAS_COLUMNS)} FROM {{relation}}
 WHERE NOT erased AND COALESCE({", ".join(ALIAS_COLUMNS)}) IS NOT NULL
+"""
+# On Spark, linking reads the combinations as the aliases they name, never collected
+# (``training.spark_identity``); ALIAS_NAMES holds (kind, code, alias) of the linkable ones.
+_NAME_JOINS = "\n".join(
+    f"LEFT JOIN {ALIAS_NAMES} AS n{kind} ON n{kind}.kind = {kind} AND n{kind}.code = c.{column}"
+    for kind, column in enumerate(ALIAS_COLUMNS)
+)
+_NAMES = ", ".join(f"n{kind}.alias AS {column}" for kind, column in enumerate(ALIAS_COLUMNS))
+COMBINATION_ALIASES = f"""
+SELECT {_NAMES} FROM ({COMBINATIONS}) AS c
+{_NAME_JOINS}
 """
 SOURCE_IDS = """
 SELECT DISTINCT source_position, raw_id, id_alias FROM {relation}
@@ -471,12 +485,17 @@ def _link(
     """Link the identifiers of every row of ``relation`` not erased; return alias ->
     canonical id (including ``<source>:<id>`` and ``id:<canonical>`` lookups for the
     service) and the linking report. Linking is a union-find with order-dependent guards
-    (``training.identity``), not a relational step: the engine hands it the distinct
-    combinations of aliases, which number about as many as the customers."""
+    (``training.identity``), not a relational step: it links the distinct combinations of
+    aliases, which number about as many as the customers."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
-    combinations = sql.query(COMBINATIONS.format(relation=relation))
-    names, records, pairs = _alias_nodes(combinations, identifiers, crosswalk)
-    linked = link_nodes(names, records, pairs, config.links, config.key)
+    if isinstance(sql, SparkEngine):  # the combinations stay on the executors
+        sql.load(ALIAS_NAMES, _linkable_names(identifiers))
+        carried = sql.frame(COMBINATION_ALIASES.format(relation=relation))
+        linked = link_on_spark(carried, crosswalk, config.links, config.key)
+    else:
+        combinations = sql.query(COMBINATIONS.format(relation=relation))
+        names, records, pairs = _alias_nodes(combinations, identifiers, crosswalk)
+        linked = link_nodes(names, records, pairs, config.links, config.key)
     aliases = dict(linked.customer_of)
     source_ids = sql.query(SOURCE_IDS.format(relation=relation))
     raw_ids = _aliases_of(identifiers["raw_customer_id"], source_ids.column("raw_id"))
@@ -514,8 +533,7 @@ def _alias_nodes(
         codes = combinations.column(column).fill_null(-1).to_numpy().astype(np.int64)
         used, inverse = np.unique(codes, return_inverse=True)
         strings = identifiers[column][np.maximum(used, 0)]
-        sessions = pc.starts_with(pa.array(strings, type=pa.string()), SESSION_PREFIX)
-        linkable = (used >= 0) & (strings != "") & ~sessions.to_numpy(zero_copy_only=False)
+        linkable = (used >= 0) & _linkable(strings)
         pieces.append(strings[linkable])
         # Each combination's alias as a position in the concatenated pieces, -1 for none.
         columns.append(np.where(linkable, offset + np.cumsum(linkable) - 1, -1)[inverse])
@@ -526,6 +544,30 @@ def _alias_nodes(
     names = _strings(distinct)
     records = np.column_stack([node_of[column] for column in columns])
     return names, records, node_of[offset:-1].reshape(-1, 2)
+
+
+def _linkable(aliases: NDArray[np.object_]) -> NDArray[np.bool_]:
+    """Which ``aliases`` are linked: not blank, not a session's."""
+    sessions = pc.starts_with(pa.array(aliases, type=pa.string()), SESSION_PREFIX)
+    linkable: NDArray[np.bool_] = (aliases != "") & ~sessions.to_numpy(zero_copy_only=False)
+    return linkable
+
+
+def _linkable_names(identifiers: dict[str, NDArray[np.object_]]) -> pa.Table:
+    """ALIAS_NAMES: (kind, code, alias) of every alias that is linked."""
+    kinds, codes, aliases = [], [], []
+    for kind, column in enumerate(ALIAS_COLUMNS):
+        (found,) = np.nonzero(_linkable(identifiers[column]))
+        kinds.append(np.full(len(found), kind, dtype=np.int32))
+        codes.append(found.astype(np.int32))
+        aliases.append(identifiers[column][found])
+    return pa.table(
+        {
+            "kind": np.concatenate(kinds),
+            "code": np.concatenate(codes),
+            "alias": pa.array(np.concatenate(aliases), type=pa.string()),
+        }
+    )
 
 
 def _alias_codes(
