@@ -11,6 +11,7 @@ import random
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
@@ -38,6 +39,9 @@ from training.sources import read_source
 from training.spark_als import SparkFactors
 from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
 from training.spark_identity import link_on_spark
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "online-retail.toml"
 DUCKDB = EngineConfig()
@@ -255,10 +259,13 @@ def test_executors_link_customers_as_the_single_host(spark_engine: EngineConfig)
         email = f"email:c{rng.randrange(260)}@example.com" if rng.random() < 0.6 else ""
         phone = rng.choice(["", "", f"phone:+4420794{n:05d}", "phone:+447700900123"])
         records.append((shop_id, email, phone))
-    # One customer known by 40 addresses and numbers, each only beside the next.
+    # One customer known by 80 addresses and numbers, each only beside the next, in an
+    # order their names do not follow.
+    chain = [f"c{rng.randrange(10**9)}" for _ in range(41)]
     for n in range(40):
-        records.append(("", f"email:chain{n}@example.com", f"phone:+4477009{n:05d}"))
-        records.append(("", f"email:chain{n + 1}@example.com", f"phone:+4477009{n:05d}"))
+        number = f"phone:+447{rng.randrange(10**9):09d}"
+        records.append(("", f"email:{chain[n]}@example.com", number))
+        records.append(("", f"email:{chain[n + 1]}@example.com", number))
     # Households: an address shared by ids of five shops, more than max_cluster_ids.
     for n in range(8):
         records += [(f"shop{shop}:{n}", f"email:home{n}@example.com", "") for shop in range(5)]
@@ -273,16 +280,22 @@ def test_executors_link_customers_as_the_single_host(spark_engine: EngineConfig)
     assert set(expected.refused) == {"cluster_cap", "distinct_ids"}
     assert all(count > MAX_EXAMPLES for count in expected.refused.values())
     session = spark_session(spark_engine.master, tuple(sorted(spark_engine.conf.items())))
-    frame = session.createDataFrame(
-        [tuple(alias or None for alias in record) for record in records],
-        schema="id_alias string, email_alias string, phone_alias string",
-    ).repartition(3)
-    found = link_on_spark(frame, crosswalk, rules, key)
+    found = link_on_spark(alias_frame(session, records).repartition(3), crosswalk, rules, key)
     assert found.customer_of == expected.customer_of
     assert found.refused == expected.refused
     assert found.examples == expected.examples
-    chain = {found.customer_of[f"email:chain{n}@example.com"] for n in range(41)}
-    assert len(chain) == 1
+    assert len({found.customer_of[f"email:{name}@example.com"] for name in chain}) == 1
+    # Fewer components than tasks: some tasks link nothing.
+    few = [("shop:1", "email:a@example.com", ""), ("", "", "")]
+    assert link_on_spark(alias_frame(session, few), [], rules, key) == link(few, [], rules, key)
+
+
+def alias_frame(session: SparkSession, records: list[tuple[str, str, str]]) -> DataFrame:
+    """``records`` as the merge hands them to Spark's linking: NULL where "" (none)."""
+    return session.createDataFrame(
+        [tuple(alias or None for alias in record) for record in records],
+        schema="id_alias string, email_alias string, phone_alias string",
+    )
 
 
 def test_executors_rank_customers_as_the_single_host(

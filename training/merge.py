@@ -490,8 +490,8 @@ def _link(
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
     if isinstance(sql, SparkEngine):  # the combinations stay on the executors
         sql.load(ALIAS_NAMES, _linkable_names(identifiers))
-        carried = sql.frame(COMBINATION_ALIASES.format(relation=relation))
-        linked = link_on_spark(carried, crosswalk, config.links, config.key)
+        alias_records = sql.frame(COMBINATION_ALIASES.format(relation=relation))
+        linked = link_on_spark(alias_records, crosswalk, config.links, config.key)
     else:
         combinations = sql.query(COMBINATIONS.format(relation=relation))
         names, records, pairs = _alias_nodes(combinations, identifiers, crosswalk)

@@ -7,12 +7,16 @@ is linked, so each component links the same on its own. Spark finds the componen
 task runs ``link_nodes``, the single-host code, on the whole components of its partition.
 The driver gets each alias's customer and the refusals' counts and first examples, never the
 graph or the records.
+
+The aliases go to the executors as they are (emails and phone numbers included), and the
+identity key with the tasks: on a shared cluster, turn on Spark's authentication and
+encryption (docs/scaling.md, "On a cluster").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import partial
+from functools import partial, reduce
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,18 +65,17 @@ def link_on_spark(
     from pyspark.sql.pandas.types import from_arrow_schema
 
     session = records.sparkSession
-    carried = F.array_sort(F.filter(F.array(*records.columns), lambda alias: alias.isNotNull()))
-    chains = records.select(carried.alias("aliases"))
+    present = F.filter(F.array(*records.columns), lambda alias: alias.isNotNull())
+    chains = records.select(F.array_sort(present).alias("aliases")).persist()
     # A record links its aliases in ascending order, each to the next (as link_nodes does).
-    links = None
-    for position in range(len(records.columns) - 1):
-        step = chains.select(
+    steps = [
+        chains.select(
             F.get("aliases", position).alias("first"),
             F.get("aliases", position + 1).alias("second"),
         ).where(F.col("second").isNotNull())
-        links = step if links is None else links.unionByName(step)
-    assert links is not None, "records carry at least two kinds of alias"
-    links = links.distinct()
+        for position in range(len(records.columns) - 1)
+    ]
+    links = reduce(lambda one, other: one.unionByName(other), steps).distinct()
     with quiet():
         pairs = session.createDataFrame(
             pa.table(
@@ -90,116 +93,143 @@ def link_on_spark(
         .distinct()
     )
     component = components(nodes, links.unionByName(pairs.select("first", "second")))
-    of_first = component.withColumnRenamed("node", "first")
-    given = (
+    component_of_first = component.withColumnRenamed("node", "first")
+    no_row = F.lit(0).cast("long").alias("row")
+    task_input = (
         component.select(
             "component",
             F.lit(NODE).alias("stage"),
-            F.lit(0).cast("long").alias("row"),
+            no_row,
             F.col("node").alias("first"),
             F.lit(None).cast("string").alias("second"),
         )
         .unionByName(
-            pairs.join(of_first, "first").select(
+            pairs.join(component_of_first, "first").select(
                 "component", F.lit(PAIR).alias("stage"), "row", "first", "second"
             )
         )
         .unionByName(
-            links.join(of_first, "first").select(
-                "component",
-                F.lit(LINK).alias("stage"),
-                F.lit(0).cast("long").alias("row"),
-                "first",
-                "second",
+            links.join(component_of_first, "first").select(
+                "component", F.lit(LINK).alias("stage"), no_row, "first", "second"
             )
         )
     )
-    # As many tasks as a shuffle makes (``spark.sql.shuffle.partitions``): a task holds its
-    # components' aliases and links in memory while it links them.
-    tasks = int(session.conf.get("spark.sql.shuffle.partitions") or 200)
+    # Into spark.sql.shuffle.partitions tasks: each holds its components' aliases and links
+    # in memory while it links them.
     with quiet():
-        linked = (
-            given.repartition(tasks, "component")
-            .mapInArrow(partial(_link_partition, rules=rules, key=key), from_arrow_schema(LINKED))
-            .persist()
+        linked = task_input.repartition("component").mapInArrow(
+            partial(_link_partition, rules=rules, key=key), from_arrow_schema(LINKED)
         )
+    linked.persist()
     try:
         with quiet():
             assigned = linked.where(F.col("kind") == ALIAS).select("alias", "customer").toArrow()
-        customer_of = dict(
-            zip(assigned["alias"].to_pylist(), assigned["customer"].to_pylist(), strict=True)
-        )
-        refused = {
-            row["reason"]: int(row["refused"])
-            for row in linked.where(F.col("kind") == REFUSED)
+        refused = (
+            linked.where(F.col("kind") == REFUSED)
             .groupBy("reason")
             .agg(F.sum("refused").alias("refused"))
             .collect()
-        }
-        examples: dict[str, list[Refusal]] = {}
-        for row in linked.where(F.col("kind") == EXAMPLE).collect():
-            order = (int(row["stage"]), int(row["row"]), row["first"], row["second"])
-            examples.setdefault(row["reason"], []).append(Refusal(order, row["example"]))
+        )
+        examples = linked.where(F.col("kind") == EXAMPLE).collect()
     finally:
         linked.unpersist()
-    first = {
-        reason: sorted(found, key=lambda refusal: refusal.order)[:MAX_EXAMPLES]
-        for reason, found in examples.items()
-    }
-    return Identity(customer_of, refused, first)
+        chains.unpersist()
+    customer_of = dict(
+        zip(assigned["alias"].to_pylist(), assigned["customer"].to_pylist(), strict=True)
+    )
+    found: dict[str, list[Refusal]] = {}
+    for row in examples:
+        order = (int(row["stage"]), int(row["row"]), row["first"], row["second"])
+        found.setdefault(row["reason"], []).append(Refusal(order, row["example"]))
+    return Identity(
+        customer_of,
+        {row["reason"]: int(row["refused"]) for row in refused},
+        {
+            reason: sorted(refusals, key=lambda refusal: refusal.order)[:MAX_EXAMPLES]
+            for reason, refusals in found.items()
+        },
+    )
 
 
 def components(nodes: DataFrame, links: DataFrame) -> DataFrame:
     """(node, component) for every node of ``nodes`` (column ``node``), ``component`` the
     smallest node it is joined to through ``links`` (columns ``first``, ``second``; either
-    direction). Each round a node takes the smallest label among its own and its
-    neighbours', then its label's label (pointer jumping, so a long chain takes a few
-    rounds, not one per link), until no label changes: then the two ends of every link
-    carry one label, the smallest node of their component."""
+    direction). Kiveris et al.'s alternating algorithm ("Connected Components in MapReduce
+    and Beyond", 2014; what GraphFrames runs): large-star then small-star, until the links no
+    longer change; each component is then a star around its smallest node. O(log² n)
+    rounds: a path of 10,000 aliases in random order takes 12."""
     from pyspark.sql import functions as F
 
-    both = links.select(F.col("first").alias("node"), F.col("second").alias("neighbour"))
-    both = both.unionByName(
-        both.select(F.col("neighbour").alias("node"), F.col("node").alias("neighbour"))
+    edges = (
+        links.select(
+            F.greatest("first", "second").alias("big"), F.least("first", "second").alias("small")
+        )
+        .where(F.col("big") != F.col("small"))
+        .distinct()
+        .localCheckpoint()
     )
-    both = both.where(F.col("node") != F.col("neighbour")).distinct().localCheckpoint()
-    labels = nodes.select("node", F.col("node").alias("label")).localCheckpoint()
+    count = edges.count()
     while True:
-        offered = both.join(labels.withColumnRenamed("node", "neighbour"), "neighbour").select(
-            "node", "label"
-        )
-        smallest = labels.unionByName(offered).groupBy("node").agg(F.min("label").alias("label"))
-        jumped = (
-            smallest.join(
-                smallest.select(F.col("node").alias("label"), F.col("label").alias("onward")),
-                "label",
-            )
-            .select("node", F.least("label", "onward").alias("label"))
-            .localCheckpoint()
-        )
-        changed = (
-            jumped.join(labels.withColumnRenamed("label", "before"), "node")
-            .where(F.col("label") != F.col("before"))
-            .count()
-        )
-        labels = jumped
-        if not changed:
-            return labels.withColumnRenamed("label", "component")
+        stars = _small_star(_large_star(edges)).localCheckpoint()
+        stars_count = stars.count()
+        settled = stars_count == count and stars.subtract(edges).isEmpty()
+        edges.unpersist()
+        edges, count = stars, stars_count
+        if settled:
+            break
+    centre = edges.select(F.col("big").alias("node"), F.col("small").alias("component"))
+    return nodes.join(centre, "node", "left").select(
+        "node", F.coalesce("component", "node").alias("component")
+    )
+
+
+def _large_star(edges: DataFrame) -> DataFrame:
+    """Each node's larger neighbours joined to the smallest of it and its neighbours.
+    ``edges``: (big, small), distinct, big > small; so is the answer."""
+    from pyspark.sql import functions as F
+
+    both = edges.select(F.col("big").alias("node"), F.col("small").alias("neighbour"))
+    both = both.unionByName(
+        edges.select(F.col("small").alias("node"), F.col("big").alias("neighbour"))
+    )
+    smallest = both.groupBy("node").agg(F.min("neighbour").alias("smallest"))
+    return (
+        both.where(F.col("neighbour") > F.col("node"))
+        .join(smallest, "node")
+        .select(F.col("neighbour").alias("big"), F.least("node", "smallest").alias("small"))
+        .distinct()
+    )
+
+
+def _small_star(edges: DataFrame) -> DataFrame:
+    """Each node and its smaller neighbours joined to the smallest of those. ``edges``:
+    (big, small), distinct, big > small; so is the answer."""
+    from pyspark.sql import functions as F
+
+    smallest = edges.groupBy("big").agg(F.min("small").alias("centre"))
+    return (
+        edges.join(smallest, "big")
+        .select(F.col("small").alias("big"), F.col("centre").alias("small"))
+        .where(F.col("big") != F.col("small"))
+        .unionByName(smallest.select("big", F.col("centre").alias("small")))
+        .distinct()
+    )
 
 
 def _link_partition(
     batches: Iterator[pa.RecordBatch], rules: LinkRules, key: IdentityKey
 ) -> Iterator[pa.RecordBatch]:
     """``link_nodes`` on the whole components of one partition (see ``link_on_spark``)."""
-    given = pa.Table.from_batches(list(batches))
-    if not given.num_rows:
+    given = list(batches)
+    if not given:  # an empty partition: fewer components than tasks
         return
-    stage = given.column("stage").to_numpy()
-    first = np.asarray(given.column("first").to_numpy(zero_copy_only=False), dtype=object)
-    second = np.asarray(given.column("second").to_numpy(zero_copy_only=False), dtype=object)
+    table = pa.Table.from_batches(given)
+    stage = table.column("stage").to_numpy()
+    first = np.asarray(table.column("first").to_numpy(zero_copy_only=False), dtype=object)
+    second = np.asarray(table.column("second").to_numpy(zero_copy_only=False), dtype=object)
     names = pd.Index(np.unique(first[stage == NODE]))
     is_pair = stage == PAIR
-    rows = given.column("row").to_numpy()[is_pair]
+    rows = table.column("row").to_numpy()[is_pair]
     in_file_order = np.argsort(rows, kind="stable")
     pairs = np.column_stack(
         [names.get_indexer(first[is_pair]), names.get_indexer(second[is_pair])]
@@ -210,6 +240,16 @@ def _link_partition(
     ).astype(np.int64)
     linked = link_nodes(
         np.asarray(names, dtype=object), links, pairs, rules, key, rows[in_file_order]
+    )
+    aliases = len(linked.customer_of)
+    yield pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.full(aliases, ALIAS, np.int8)),
+            pa.array(list(linked.customer_of), pa.string()),
+            pa.array(list(linked.customer_of.values()), pa.string()),
+            *(pa.nulls(aliases, LINKED.field(column).type) for column in LINKED.names[3:]),
+        ],
+        schema=LINKED,
     )
     answer: list[dict[str, object]] = [
         {"kind": REFUSED, "reason": reason, "refused": count}
@@ -225,18 +265,8 @@ def _link_partition(
             "second": refusal.order[3],
             "example": refusal.example,
         }
-        for reason, found in linked.examples.items()
-        for refusal in found
+        for reason, refusals in linked.examples.items()
+        for refusal in refusals
     ]
-    aliases = len(linked.customer_of)
-    yield pa.RecordBatch.from_arrays(
-        [
-            pa.array(np.full(aliases, ALIAS, np.int8)),
-            pa.array(list(linked.customer_of), pa.string()),
-            pa.array(list(linked.customer_of.values()), pa.string()),
-            *(pa.nulls(aliases, LINKED.field(column).type) for column in LINKED.names[3:]),
-        ],
-        schema=LINKED,
-    )
     if answer:
         yield pa.RecordBatch.from_pylist(answer, schema=LINKED)
