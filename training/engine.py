@@ -35,16 +35,18 @@ if TYPE_CHECKING:
 # The dialect the merge's queries are written in: SQLGlot's own, which it reads as standard
 # SQL and writes into each engine's.
 QUERY_DIALECT = ""
-# A local Spark (``local[N]``) binds to the loopback interface only, shows no web UI, and
+# A local Spark (``local[N]``) binds to the loopback interface only, shows no web UI,
 # shuffles into a few partitions (the default 200 are for clusters: on two cores they make
-# the reference merge four times slower). A cluster's own settings are left alone.
-# ``[engine] conf`` overrides either.
+# the reference merge four times slower), and has 2 GB of heap, driver and executors in one
+# JVM (with Spark's default 1 GB, merges of 2 M purchases ran out of it while linking). A
+# cluster's own settings are left alone. ``[engine] conf`` overrides either.
 LOCAL_SPARK_CONF = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
+    "spark.driver.memory": "2g",
 }
 # DuckDB's settings that ``[engine] conf`` overrides: past this memory it spills to disk
 # rather than let the merge's working memory grow with the rows (its default: 80 % of RAM).
