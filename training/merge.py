@@ -213,6 +213,8 @@ def merge_sources(
     event_logs = [position for position, source in enumerate(configs) if source.kind == "events"]
     with open_engine(engine or EngineConfig()) as sql:
         sql.load(ROWS, _rows_table(parsed, vocabulary, event_logs))
+        if isinstance(sql, SparkEngine):  # what linking on the executors reads (``_link``)
+            sql.load(ALIAS_NAMES, _linkable_names(identifiers))
         aliases, identity_report = _link(sql, ROWS, identifiers, configs, identity, namespace_of)
         erased_customers = _erased_customers(aliases, erasures, key)
         erased = _erased_aliases(identifiers, aliases, erased_customers, erasures, key)
@@ -489,7 +491,6 @@ def _link(
     aliases, which number about as many as the customers."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
     if isinstance(sql, SparkEngine):  # the combinations stay on the executors
-        sql.load(ALIAS_NAMES, _linkable_names(identifiers))
         alias_records = sql.frame(COMBINATION_ALIASES.format(relation=relation))
         linked = link_on_spark(alias_records, crosswalk, config.links, config.key)
     else:

@@ -75,7 +75,7 @@ def link_on_spark(
         ).where(F.col("second").isNotNull())
         for position in range(len(records.columns) - 1)
     ]
-    links = reduce(lambda one, other: one.unionByName(other), steps).distinct()
+    links = reduce(lambda one, other: one.unionByName(other), steps).distinct().persist()
     with quiet():
         pairs = session.createDataFrame(
             pa.table(
@@ -133,6 +133,7 @@ def link_on_spark(
         examples = linked.where(F.col("kind") == EXAMPLE).collect()
     finally:
         linked.unpersist()
+        links.unpersist()
         chains.unpersist()
     customer_of = dict(
         zip(assigned["alias"].to_pylist(), assigned["customer"].to_pylist(), strict=True)
@@ -178,8 +179,11 @@ def components(nodes: DataFrame, links: DataFrame) -> DataFrame:
         if settled:
             break
     centre = edges.select(F.col("big").alias("node"), F.col("small").alias("component"))
-    return nodes.join(centre, "node", "left").select(
-        "node", F.coalesce("component", "node").alias("component")
+    # Computed once: the tasks' input reads it three times.
+    return (
+        nodes.join(centre, "node", "left")
+        .select("node", F.coalesce("component", "node").alias("component"))
+        .localCheckpoint()
     )
 
 
