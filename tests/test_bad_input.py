@@ -67,6 +67,17 @@ def test_a_ragged_row_in_one_of_several_files_is_quarantined(tmp_path: Path) -> 
     assert list(merged.quarantine["file"]) == [str(tmp_path / "shop-2.csv")]
 
 
+def test_a_file_with_only_its_header_among_several_is_no_rows(tmp_path: Path) -> None:
+    (tmp_path / "shop-1.csv").write_text(lines(GOOD, "536367,22041,FRAME"))
+    (tmp_path / "shop-2.csv").write_text(lines())
+    (tmp_path / "shop-3.csv").write_text(lines(GOOD_2))
+    config = load_config(write_config(tmp_path, source_toml("shop", "shop-*.csv", SHOP_COLUMNS)))
+    merged = merge_sources([read_source(s) for s in config.sources], config.items)
+    counts = merged.accounting["shop"]
+    assert counts["rows_read"] == 3 and counts["used"] == 2
+    assert counts["quarantined"] == {"malformed_row": 1}
+
+
 def test_quoted_newlines_and_a_byte_order_mark_are_read(tmp_path: Path) -> None:
     quoted = '536367,22041,"PHOTO FRAME\nCORNICE",4,2010-12-01 08:34:00,2.1,13047,United Kingdom'
     merged = merge(tmp_path, "\ufeff" + lines(GOOD, quoted, GOOD_2))

@@ -80,19 +80,25 @@ def read_source(source: SourceConfig) -> SourceRows:
             f"source {source.name!r}: no file matches {source.path!r} "
             f"(relative to {source.base_dir})"
         )
-    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
-    reader = readers[source.kind]
-    frames = []
-    for index, path in enumerate(files):
-        frame = reader(source, path)
-        frame["file"] = index
-        frames.append(frame if "record" in frame else _numbered(frame))
+    frames = [read_file(source, path, index) for index, path in enumerate(files)]
     return SourceRows(source, [str(p) for p in files], _concat(frames))
+
+
+def read_file(source: SourceConfig, path: Path, index: int) -> pd.DataFrame:
+    """One file of a CSV, JSONL or Parquet source, as ``SourceRows.frame``'s rows of it
+    (``index``: the file's position among the source's files)."""
+    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
+    frame = readers[source.kind](source, path)
+    frame["file"] = index
+    return frame if "record" in frame else _numbered(frame)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Frames one after the other; text columns stay categorical. A text column that only
-    some frames have (``malformed``) is "" in the others."""
+    some frames have (``malformed``) is "" in the others. A frame without rows (a file with
+    only its header) adds nothing: a blank column of no rows has untyped categories, which
+    pandas refuses to join with strings."""
+    frames = [frame for frame in frames if len(frame)] or frames[:1]
     if len(frames) == 1:
         return frames[0]
     columns: dict[str, Any] = {}
