@@ -115,6 +115,20 @@ def test_missing_columns_and_empty_files_are_clear_errors(tmp_path: Path) -> Non
         merge(tmp_path, b"")
     header_only = merge(tmp_path, HEADER + "\n")
     assert header_only.accounting["shop"]["rows_read"] == 0
+    misspelt = HEADER.replace("UnitPrice", "Unit_Price")
+    with pytest.raises(SourceError, match=r"'UnitPrice' \(is it 'Unit_Price'\?\)"):
+        merge(tmp_path, lines().replace(HEADER, misspelt))
+
+
+def test_a_file_without_its_header_is_an_error_that_quotes_no_row(tmp_path: Path) -> None:
+    """Without a header the first row stands in its place: its values (an email, a phone,
+    a customer id) are never quoted back."""
+    row = "536365,85123A,HEART HOLDER,6,2010-12-01 08:26:00,2.55,17850,ann@example.com"
+    with pytest.raises(SourceError) as error:
+        merge(tmp_path, row + "\n" + GOOD + "\n")
+    message = str(error.value)
+    assert "missing column(s)" in message and "the header has 8 column(s)" in message
+    assert "ann@example.com" not in message and "17850" not in message
 
 
 def test_impossible_numbers_and_dates_are_quarantined(tmp_path: Path) -> None:

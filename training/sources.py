@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import difflib
 import io
 import json
 import os
@@ -127,10 +128,27 @@ def _check_columns(source: SourceConfig, found: list[str], where: str) -> None:
                 f"(columns {', '.join(positions)}); rename all but one"
             )
     missing = [
-        f"{field} -> {column!r}" for field, column in source.columns.items() if column not in found
+        f"{field} -> {column!r}{_close_match(column, found)}"
+        for field, column in source.columns.items()
+        if column not in found
     ]
     if missing:
-        raise SourceError(f"{where}: missing column(s) {', '.join(missing)}; found {found}")
+        raise SourceError(
+            f"{where}: missing column(s) {', '.join(missing)}; the header has {len(found)} "
+            "column(s)"
+        )
+
+
+def _close_match(column: str, found: list[str]) -> str:
+    """A header name that looks like a misspelt ``column``, as a hint. The header itself is
+    never quoted: a file without one has a customer's row (an email, a phone) in its place."""
+    close = difflib.get_close_matches(
+        column.casefold(), [name.casefold() for name in found], 1, 0.8
+    )
+    if not close:
+        return ""
+    name = next(name for name in found if name.casefold() == close[0])
+    return f" (is it {name!r}?)"
 
 
 def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
