@@ -29,16 +29,18 @@ from tests.test_imports import run_python, without
 from training.config import EngineConfig, TrainConfig, load_config
 from training.dataset import build_dataset
 from training.engine import spark_session, stop_spark_sessions
+from training.errors import SourceError
 from training.fit import Factors
 from training.identity import MAX_EXAMPLES, LinkRules, link
 from training.itemitem import fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
 from training.pipeline import alias_digests, served_arrays, train
 from training.recommenders import History
-from training.sources import read_source
+from training.sources import SourceFiles, read_source
 from training.spark_als import SparkFactors
 from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
 from training.spark_identity import link_on_spark
+from training.spark_sources import read_by_executors
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -105,8 +107,15 @@ path = "events-*.jsonl"
 
 
 def merged_with(config: TrainConfig, engine: EngineConfig) -> MergedHistory:
+    """As ``recsvc train`` merges: with Spark, its executors read the file sources."""
     return merge_sources(
-        [read_source(source) for source in config.sources], config.items, config.identity, engine
+        [
+            SourceFiles.of(source) if read_by_executors(source, engine) else read_source(source)
+            for source in config.sources
+        ],
+        config.items,
+        config.identity,
+        engine,
     )
 
 
@@ -246,6 +255,162 @@ def test_synthetic_sources_merge_alike(synthetic: TrainConfig, spark_engine: Eng
     assert duck.accounting["live"]["duplicate"] >= 30  # the replayed event ids
     assert duck.identity.customers_with_several_aliases > 10
     assert_same(duck, merged_with(synthetic, spark_engine))
+
+
+MULTI_FILE_CONFIG = """
+[[sources]]
+name = "shop"
+kind = "csv"
+path = "shop-*.csv"
+cancellation_prefix = "C"
+[sources.columns]
+order_id = "order"
+customer_id = "cust"
+email = "mail"
+item_id = "sku"
+quantity = "qty"
+unit_price = "price"
+timestamp = "at"
+
+[[sources]]
+name = "partner"
+kind = "jsonl"
+path = "partner-*.jsonl"
+customer_namespace = "partner"
+[sources.columns]
+customer_id = "member"
+item_id = "isbn"
+quantity = "n"
+timestamp = "at"
+"""
+
+
+def test_executors_read_each_file_as_the_single_host(
+    tmp_path: Path, spark_engine: EngineConfig
+) -> None:
+    """A task per file reads and parses it with the single-host code: rows numbered across a
+    source's files in order (repeated lines inside a source are kept, across files too),
+    quarantined rows from several files with their file and record, a file with no rows,
+    a blank order id; and a file the reader refuses fails the run with the reader's
+    message."""
+    header = ["order", "cust", "mail", "sku", "qty", "price", "at"]
+    first = [
+        ["1", "100", "a@example.com", "20001", "1", "2.5", "2011-01-01 10:00:00"],
+        ["1", "100", "a@example.com", "20002", "x", "2.5", "2011-01-01 10:00:00"],
+        ["C2", "101", "", "20001", "1", "2.5", "2011-01-02 10:00:00"],
+        ["", "102", "", "20003", "2", "2.5", "2011-01-03 10:00:00"],
+    ]
+    write_csv(tmp_path / "shop-1.csv", header, first)
+    with (tmp_path / "shop-1.csv").open("a") as handle:
+        handle.write("9,100\n")  # malformed
+    write_csv(tmp_path / "shop-2.csv", header, [])
+    write_csv(
+        tmp_path / "shop-3.csv",
+        header,
+        [
+            first[0],  # the same line again, in the same source: kept
+            ["3", "", "b@example.com", "20004", "1", "-1", "2011-01-04 10:00:00"],
+            ["4", "103", "", "20005", "1", "2.5", "not a time"],
+        ],
+    )
+    for number, rows in enumerate(
+        [
+            [{"member": "M1", "isbn": "20001", "n": 1, "at": "2011-02-01T00:00:00Z"}],
+            [
+                {"member": "M2", "isbn": "20006", "n": 0, "at": "2011-02-02T00:00:00Z"},
+                {"member": "", "isbn": "20007", "n": 1, "at": "2011-02-03T00:00:00Z"},
+            ],
+        ],
+        start=1,
+    ):
+        lines = "".join(json.dumps(row) + "\n" for row in rows)
+        (tmp_path / f"partner-{number}.jsonl").write_text(lines)
+    (tmp_path / "train.toml").write_text(MULTI_FILE_CONFIG)
+    config = load_config(tmp_path / "train.toml")
+    duck = merged_with(config, DUCKDB)
+    spark = merged_with(config, spark_engine)
+    assert_same(duck, spark)
+    assert spark.accounting["shop"]["rows_read"] == 8
+    assert spark.accounting["shop"]["quarantined"] == {
+        "malformed_row": 1,
+        "bad_quantity": 1,
+        "negative_price": 1,
+        "bad_timestamp": 1,
+    }
+    assert spark.accounting["partner"]["quarantined"] == {"zero_quantity": 1}
+    assert [Path(name).name for name in spark.quarantine["file"]] == [
+        "shop-1.csv",
+        "shop-1.csv",
+        "shop-3.csv",
+        "shop-3.csv",
+        "partner-2.jsonl",
+    ]
+    repeated = spark.events[spark.events["item_id"] == "20001"]
+    assert (repeated["outcome"] == "used").sum() == 3  # twice in the shop, once the partner's
+
+    write_csv(tmp_path / "shop-4.csv", ["order", "cust"], [["5", "104"]])
+    with pytest.raises(SourceError) as single_host:
+        merged_with(config, DUCKDB)
+    with pytest.raises(SourceError) as executors:
+        merged_with(config, spark_engine)
+    assert str(executors.value) == str(single_host.value)
+    assert "shop-4.csv" in str(executors.value)
+    assert "missing column" in str(executors.value)
+
+
+PARQUET_CONFIG = """
+[[sources]]
+name = "legacy"
+kind = "parquet"
+path = "legacy-*.parquet"
+timestamp_format = "%d/%m/%Y %H:%M"
+[sources.columns]
+customer_id = "customer"
+item_id = "sku"
+quantity = "qty"
+timestamp = "at"
+"""
+
+
+def test_files_read_alone_by_executors_are_read_as_with_their_source(
+    tmp_path: Path, spark_engine: EngineConfig
+) -> None:
+    """Where one host reads a Parquet source's files together (a column typed in some files
+    and text in others is text in all), a task reading one file does the same; sources
+    with no rows at all merge alike; a file an executor cannot open fails the run with a
+    message that says so, not a traceback."""
+    typed = {
+        "customer": ["1"],
+        "sku": ["A"],
+        "qty": [1.0],
+        "at": [pd.Timestamp("2011-01-02 10:00")],
+    }
+    pq.write_table(pa.table(typed), tmp_path / "legacy-1.parquet")
+    text = {"customer": ["2"], "sku": ["B"], "qty": ["2"], "at": ["03/01/2011 11:00"]}
+    pq.write_table(pa.table(text), tmp_path / "legacy-2.parquet")
+    (tmp_path / "train.toml").write_text(PARQUET_CONFIG)
+    config = load_config(tmp_path / "train.toml")
+    duck = merged_with(config, DUCKDB)
+    assert duck.accounting["legacy"]["quarantined"] == {"bad_timestamp": 1}  # as text
+    assert_same(duck, merged_with(config, spark_engine))
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_csv(empty / "shop-1.csv", ["order", "cust", "mail", "sku", "qty", "price", "at"], [])
+    write_csv(empty / "shop-2.csv", ["order", "cust", "mail", "sku", "qty", "price", "at"], [])
+    shop_only = MULTI_FILE_CONFIG[: MULTI_FILE_CONFIG.index('[[sources]]\nname = "partner"')]
+    (empty / "train.toml").write_text(shop_only)
+    config = load_config(empty / "train.toml")
+    duck = merged_with(config, DUCKDB)
+    spark = merged_with(config, spark_engine)
+    assert spark.accounting == duck.accounting
+    assert duck.accounting["shop"]["rows_read"] == 0
+    pd.testing.assert_frame_equal(spark.events, duck.events)
+    pd.testing.assert_frame_equal(spark.quarantine, duck.quarantine)
+
+    (empty / "shop-3.csv").symlink_to(empty / "gone.csv")  # as on a host without it
+    with pytest.raises(SourceError, match=r"shop-3\.csv: cannot read it on executor host"):
+        merged_with(config, spark_engine)
 
 
 def test_executors_link_customers_as_the_single_host(spark_engine: EngineConfig) -> None:

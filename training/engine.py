@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import uuid
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -38,8 +39,11 @@ QUERY_DIALECT = ""
 # A local Spark (``local[N]``) binds to the loopback interface only, shows no web UI,
 # shuffles into a few partitions (the default 200 are for clusters: on two cores they make
 # the reference merge four times slower), and has 2 GB of heap, driver and executors in one
-# JVM (with Spark's default 1 GB, merges of 2 M purchases ran out of it while linking). A
-# cluster's own settings are left alone. ``[engine] conf`` overrides either.
+# JVM (with Spark's default 1 GB, merges of 2 M purchases ran out of it while linking), in
+# pages of 1 MB: each join table Spark broadcasts is held in whole pages (64 MB by default
+# here) until the cleaner drops it, so a reference merge left 742 MB of the heap live
+# (23 MB with 1 MB pages, and as fast), and a session merging again and again ran out of it.
+# A cluster's own settings are left alone. ``[engine] conf`` overrides either.
 LOCAL_SPARK_CONF = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
@@ -47,6 +51,7 @@ LOCAL_SPARK_CONF = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
     "spark.driver.memory": "2g",
+    "spark.buffer.pageSize": "1m",
 }
 # DuckDB's settings that ``[engine] conf`` overrides: past this memory it spills to disk
 # rather than let the merge's working memory grow with the rows (its default: 80 % of RAM).
@@ -157,10 +162,10 @@ class SparkEngine:
         # Arrow batches become partitions of 10,000 rows; one task per core suits better.
         parallelism = self._session.sparkContext.defaultParallelism
         with quiet():
-            self._keep(name, self._session.createDataFrame(table).coalesce(parallelism))
+            self.keep(name, self._session.createDataFrame(table).coalesce(parallelism))
 
     def materialise(self, name: str, query: str) -> None:
-        self._keep(name, self._session.sql(transpile(query, self.dialect)))
+        self.keep(name, self._session.sql(transpile(query, self.dialect)))
 
     def query(self, query: str) -> pa.Table:
         with quiet():
@@ -170,17 +175,54 @@ class SparkEngine:
         """``query``'s rows, left on the executors."""
         return self._session.sql(transpile(query, self.dialect))
 
-    def _keep(self, name: str, frame: DataFrame) -> None:
-        frame = frame.persist()
+    @property
+    def session(self) -> SparkSession:
+        return self._session
+
+    def keep(self, name: str, frame: DataFrame) -> None:
+        """``frame`` as the table ``name`` of the queries, persisted."""
+        self.view(name, self.hold(frame))
+
+    def view(self, name: str, frame: DataFrame) -> None:
+        """``frame`` as the table ``name`` of the queries, computed where read."""
         frame.createOrReplaceTempView(name)
         self._views.append(name)
+
+    def hold(self, frame: DataFrame) -> DataFrame:
+        """``frame`` persisted until the merge ends."""
+        frame = frame.persist()
         self._persisted.append(frame)
+        return frame
+
+    def release(self, frame: DataFrame) -> None:
+        """A ``hold``'s frame no longer needed: what read it is persisted itself."""
+        frame.unpersist()
+        self._persisted.remove(frame)
 
     def close(self) -> None:
         for frame in self._persisted:
             frame.unpersist()
         for name in self._views:
             self._session.catalog.dropTempView(name)
+
+
+def parts_directory(engine: EngineConfig) -> Path:
+    """Where executors write part files and the driver reads them: a temporary directory on
+    a local master; on a cluster, under the checkpoint directory (which every executor
+    reaches), which must then be a path the driver mounts too."""
+    if engine.master.startswith("local"):
+        return Path(tempfile.mkdtemp(prefix="recsvc-spark-parts-"))
+    checkpoints = engine.conf.get("spark.checkpoint.dir", "")
+    local = checkpoints.removeprefix("file://")
+    if not local.startswith("/"):
+        raise TrainingError(
+            '[engine] kind = "spark": the executors write the bundle\'s per-customer parts '
+            'under conf "spark.checkpoint.dir", which must be a shared file system path the '
+            f"trainer mounts too (file:///... or /...), not {checkpoints!r}"
+        )
+    directory = Path(local) / f"recsvc-parts-{uuid.uuid4().hex}"
+    directory.mkdir(parents=True)
+    return directory
 
 
 @contextmanager

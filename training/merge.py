@@ -25,7 +25,8 @@ Before that, each row's identifiers are linked across sources (``training.identi
 item id is mapped through the item crosswalk; prices are converted to the shop currency and
 naive timestamps read in the source's time zone.
 
-Steps 1-3 are decided in Python as each source is parsed, once per distinct value. From
+Steps 1-3 are decided in Python as each source is parsed, once per distinct value (with
+Spark, a file per executor task: ``training.spark_sources``). From
 there on, every decision about rows is SQL, written once below and run by the engine the
 config names (``training.engine``: DuckDB in this process, or Spark SQL). Linking, a
 union-find with order-dependent guards, is ``training.identity.link_nodes``, fed the distinct
@@ -38,6 +39,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -77,8 +79,9 @@ from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link_nodes
 from training.interactions import merged_outcomes, records_frame
 from training.sessions import is_session, stitch_sessions
-from training.sources import SourceRows, is_text, wall_time_in_utc
+from training.sources import SourceFiles, SourceRows, is_text, read_source, wall_time_in_utc
 from training.spark_identity import link_on_spark
+from training.spark_sources import VALUE_COLUMNS, Parse, rows_on_spark
 
 OUTCOMES = (
     "used",
@@ -172,47 +175,55 @@ class MergedHistory:
 
 
 def merge_sources(
-    sources: list[SourceRows],
+    sources: list[SourceRows | SourceFiles],
     items: ItemRules,
     identity: IdentityConfig | None = None,
     engine: EngineConfig | None = None,
 ) -> MergedHistory:
     """Takes ``sources`` over: each is removed from the list once parsed, so that a source's
-    raw text is freed before the next is parsed (at 20 M rows that is gigabytes).
+    raw text is freed before the next is parsed (at 20 M rows that is gigabytes). A source
+    given as its files is read here: with Spark by the executors, a task per file
+    (``training.spark_sources``; ``read_by_executors`` says which), with DuckDB in its turn.
 
-    Values are parsed here, once per distinct value (see ``_parse``); every decision about
-    rows from there on is one of the queries below, run by ``engine`` (DuckDB by default)."""
+    Values are parsed once per distinct value (see ``_parse``); every decision about rows
+    from there on is one of the queries below, run by ``engine`` (DuckDB by default)."""
     identity = identity or IdentityConfig()
+    engine = engine or EngineConfig()
     erasures = load_erasures(identity)
     key = identity.key
-    stitch_sessions(sources, lambda session: bool(erasures) and _erased(session, erasures, key))
-    configs = [rows.source for rows in sources]
+    stitch_sessions(
+        [rows for rows in sources if isinstance(rows, SourceRows)],
+        lambda session: bool(erasures) and _erased(session, erasures, key),
+    )
+    configs = [entry.source for entry in sources]
     logged = [
         (position, rows.interactions)
         for position, rows in enumerate(sources)
-        if rows.interactions is not None
+        if isinstance(rows, SourceRows) and rows.interactions is not None
     ]
     crosswalk = load_item_crosswalk(items.crosswalk, {source.name for source in configs})
     namespace_of = {source.name: source.customer_namespace for source in configs}
     namespace_of |= {namespace: namespace for namespace in namespace_of.values()}
-    frames: list[Columns] = []
-    texts: list[dict[str, pa.DictionaryArray]] = []
-    quarantines: list[pd.DataFrame] = []
-    for position in range(len(configs)):
-        rows = sources.pop(0)
-        frame, text, quarantine = _parse(
-            rows, position, items, crosswalk, identity.rules, namespace_of
-        )
-        del rows
-        texts.append(text)
-        frames.append(frame)
-        quarantines.append(quarantine)
-    parsed, vocabulary = _concat_parsed(frames, texts)
-    # The identifier vocabularies as Python strings, made once for erasures and linking.
-    identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
+    parse = partial(
+        _parse,
+        items=items,
+        crosswalk=crosswalk,
+        identity_rules=identity.rules,
+        namespace_of=namespace_of,
+    )
     event_logs = [position for position, source in enumerate(configs) if source.kind == "events"]
-    with open_engine(engine or EngineConfig()) as sql:
-        sql.load(ROWS, _rows_table(parsed, vocabulary, event_logs))
+    parsed: Columns | None = None
+    with open_engine(engine) as sql:
+        if isinstance(sql, SparkEngine):
+            spark_rows = rows_on_spark(sql, sources, parse, TEXT_COLUMNS, event_logs)
+            sql.view(ROWS, spark_rows.rows)
+            sql.view(ROW_VALUES, spark_rows.values)
+            vocabulary, quarantines = spark_rows.vocabulary, spark_rows.quarantine
+        else:
+            parsed, vocabulary, quarantines = _parse_here(sources, parse)
+            sql.load(ROWS, _rows_table(parsed, vocabulary, event_logs))
+        # The identifier vocabularies as Python strings, made once for erasures and linking.
+        identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
         if isinstance(sql, SparkEngine):  # what linking on the executors reads (``_link``)
             sql.load(ALIAS_NAMES, _linkable_names(identifiers))
         aliases, identity_report = _link(sql, ROWS, identifiers, configs, identity, namespace_of)
@@ -241,28 +252,33 @@ def merge_sources(
         sql.materialise(DECIDED, DECIDE.format(relation=relation))
         names = [source.name for source in configs]
         accounting = _accounting(sql.query(ACCOUNTING), names)
-        kept = sql.query(KEPT)
+        kept = sql.query(KEPT if parsed is not None else KEPT_VALUES)
     quarantine = _withhold_erased(pd.concat(quarantines, ignore_index=True), erased_quarantined)
     identity_report = msgspec.structs.replace(
         identity_report,
         erasures=erasure_report(identity, sum(counts["erased"] for counts in accounting.values())),
     )
-    rows_kept = kept.column("row_id").to_numpy()
+    if parsed is not None:
+        rows_kept = kept.column("row_id").to_numpy()
+        values = {column: parsed.pop(column)[rows_kept] for column in _VALUE_COLUMNS}
+        del parsed
+    else:
+        values = _kept_values(kept)
     events = pd.DataFrame(
         {
-            column: parsed.pop(column)[rows_kept]
+            column: values.pop(column)
             for column in ("trust", "quantity", "unit_price", "timestamp", "order")
         }
     )
     events["source"] = pd.Categorical.from_codes(
-        parsed.pop("source_position")[rows_kept], categories=pd.Index(names)
+        values.pop("source_position"), categories=pd.Index(names)
     )
     events["customer_id"] = pd.Categorical.from_codes(
         kept.column("customer").to_numpy(), categories=customers
     )
     for column in ("item_id", "description", "country"):
         events[column] = pd.Categorical.from_codes(
-            parsed.pop(column)[rows_kept],
+            values.pop(column),
             categories=pd.Index(vocabulary[column].to_pylist(), dtype="str"),
         )
     events["outcome"] = pd.Categorical.from_codes(
@@ -302,13 +318,14 @@ def merge_sources(
 # ``kind`` is the position of the alias column in ALIAS_COLUMNS.
 # A merge's columns by name, each one value per row.
 Columns = dict[str, NDArray[Any]]
-ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED, ALIAS_NAMES = (
+ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED, ALIAS_NAMES, ROW_VALUES = (
     "rows",
     "erased_aliases",
     "marked",
     "customers",
     "decided",
     "alias_names",
+    "row_values",
 )
 ALIAS_COLUMNS = ("id_alias", "email_alias", "phone_alias")
 ROW_COLUMNS = (
@@ -431,10 +448,20 @@ ACCOUNTING = f"""
 SELECT source_position, outcome, reason, COUNT(*) AS row_count
 FROM {DECIDED} GROUP BY source_position, outcome, reason
 """
+_KEPT_OUTCOMES = f"{USED}, {DUPLICATE}, {CANCELLATION}, {ANONYMOUS}"
 KEPT = f"""
 SELECT row_id, outcome, customer FROM {DECIDED}
-WHERE outcome IN ({USED}, {DUPLICATE}, {CANCELLATION}, {ANONYMOUS}) ORDER BY row_id
+WHERE outcome IN ({_KEPT_OUTCOMES}) ORDER BY row_id
 """
+# On Spark the rows' values stay on the executors too (``training.spark_sources``): the
+# merged rows come back with them. ``row_values`` (Spark only): row_id and VALUE_COLUMNS.
+KEPT_VALUES = f"""
+SELECT d.row_id, d.outcome, d.customer, {", ".join(f"v.{column}" for column in VALUE_COLUMNS)}
+FROM {DECIDED} AS d JOIN {ROW_VALUES} AS v ON v.row_id = d.row_id
+WHERE d.outcome IN ({_KEPT_OUTCOMES}) ORDER BY d.row_id
+"""
+# What a merged row carries beside its outcome and customer, as ``_parse`` names them.
+_VALUE_COLUMNS = tuple("timestamp" if column == "stamp" else column for column in VALUE_COLUMNS)
 
 
 def _rows_table(
@@ -467,6 +494,39 @@ def _rows_table(
         "erased": pa.array(np.zeros(count, dtype=bool)),
     }
     return pa.table(columns)
+
+
+def _parse_here(
+    sources: list[SourceRows | SourceFiles], parse: Parse
+) -> tuple[Columns, dict[str, pa.Array], list[pd.DataFrame]]:
+    """Every source parsed in this process, one after another (emptying ``sources``): the
+    rows' columns, the text columns' vocabularies, each source's quarantined rows."""
+    frames: list[Columns] = []
+    texts: list[dict[str, pa.DictionaryArray]] = []
+    quarantines: list[pd.DataFrame] = []
+    for position in range(len(sources)):
+        entry = sources.pop(0)
+        rows = read_source(entry.source, entry.files) if isinstance(entry, SourceFiles) else entry
+        del entry
+        frame, text, quarantine = parse(rows, position)
+        del rows
+        texts.append(text)
+        frames.append(frame)
+        quarantines.append(quarantine)
+    parsed, vocabulary = _concat_parsed(frames, texts)
+    return parsed, vocabulary, quarantines
+
+
+def _kept_values(kept: pa.Table) -> Columns:
+    """KEPT_VALUES's columns as ``_parse`` types them."""
+    stamps = kept.column("stamp").fill_null(np.iinfo(np.int64).min).to_numpy()
+    values: Columns = {
+        column: kept.column(column).to_numpy() for column in VALUE_COLUMNS if column != "stamp"
+    }
+    values["timestamp"] = stamps.view("datetime64[us]")
+    for column in ("order", "item_id", "description", "country"):
+        values[column] = values[column].astype(np.int32, copy=False)
+    return values
 
 
 def _aliases_of(identifiers: NDArray[np.object_], codes: pa.ChunkedArray) -> list[str]:
@@ -939,8 +999,18 @@ def _concat_parsed(
                 for start, part in zip(starts, parts, strict=False)
             ]
         )
-        vocabulary[column] = distinct
+        vocabulary[column], parsed[column] = _used(distinct, parsed[column])
     return parsed, vocabulary
+
+
+def _used(vocabulary: pa.Array, codes: NDArray[np.int32]) -> tuple[pa.Array, NDArray[np.int32]]:
+    """Only the values some row holds (a dictionary can hold more: an empty source's blank),
+    as Spark's vocabularies hold them (``training.spark_sources``)."""
+    used = np.bincount(codes, minlength=len(vocabulary)) > 0
+    if used.all():
+        return vocabulary, codes
+    renumbered = (np.cumsum(used) - 1).astype(np.int32)
+    return vocabulary.filter(pa.array(used)), renumbered[codes]
 
 
 def _sorted_distinct(values: pa.Array) -> tuple[pa.Array, NDArray[np.int32]]:

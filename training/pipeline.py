@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +65,10 @@ from training.merge import (
 )
 from training.progress import Progress
 from training.segments import sales_of, segment_arrays
-from training.sources import SourceRows, events_through, read_source
+from training.sources import SourceFiles, SourceRows, events_through, read_source
 from training.spark_als import SparkFactors, fit_als_on_spark
 from training.spark_candidates import spark_served_arrays
+from training.spark_sources import read_by_executors
 from training.tiers import (
     Crm,
     CustomerLines,
@@ -111,12 +112,12 @@ def train(
         )
     sources = read_sources(config, progress)
     fingerprint = data_fingerprint(config, sources)
-    received = [events_through(rows) for rows in sources]
+    received = [events_through(rows) for rows in sources if isinstance(rows, SourceRows)]
     with progress.step("merging sources and linking customers", "rows") as step:
-        step.add(sum(len(rows.frame) for rows in sources))
         merged = merge_sources(  # frees the raw rows
             sources, config.items, config.identity, config.engine
         )
+        step.add(sum(counts["rows_read"] for counts in merged.accounting.values()))
     quarantine = quarantine_gate(config.sources, merged, allow_quarantine)
     if not (outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)).any():
         raise TrainingError("nothing to train on: no source has a purchase that can be used")
@@ -253,20 +254,25 @@ def train(
     )
 
 
-def read_sources(config: TrainConfig, progress: Progress) -> list[SourceRows]:
+def read_sources(config: TrainConfig, progress: Progress) -> list[SourceRows | SourceFiles]:
     """Every source, side by side on the usable cores: Arrow and pandas parse without the
     GIL (at 20 M purchases three sources took 16.4 s one after another, 10.0 s on two
-    cores, for 0.5 GB more at the peak of reading, under the run's)."""
+    cores, for 0.5 GB more at the peak of reading, under the run's). A source Spark's
+    executors read (``read_by_executors``) is only listed: the merge reads it."""
 
-    def timed(source: SourceConfig) -> tuple[SourceRows, float]:
+    def timed(source: SourceConfig) -> tuple[SourceRows | SourceFiles, float]:
         started = time.perf_counter()
+        if read_by_executors(source, config.engine):
+            return SourceFiles.of(source), 0.0
         return read_source(source), time.perf_counter() - started
 
     sources = []
     workers = min(_usable_cores(), len(config.sources))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as pool:
         for rows, seconds in pool.map(timed, config.sources):
-            progress.done(f"reading source {rows.source.name!r}", seconds, len(rows.frame), "rows")
+            if isinstance(rows, SourceRows):
+                name, count = rows.source.name, len(rows.frame)
+                progress.done(f"reading source {name!r}", seconds, count, "rows")
             sources.append(rows)
     return sources
 
@@ -275,8 +281,9 @@ def merged_history(config: TrainConfig, progress: Progress | None = None) -> Mer
     progress = progress or Progress.silent()
     sources = read_sources(config, progress)
     with progress.step("merging sources and linking customers", "rows") as step:
-        step.add(sum(len(rows.frame) for rows in sources))
-        return merge_sources(sources, config.items, config.identity, config.engine)
+        merged = merge_sources(sources, config.items, config.identity, config.engine)
+        step.add(sum(counts["rows_read"] for counts in merged.accounting.values()))
+        return merged
 
 
 def model_kind(params: ModelParams, n_items: int) -> str:
@@ -458,24 +465,27 @@ def _first_quarantined(source: SourceConfig, quarantine: pd.DataFrame, reason: s
     return f"{where}, {value}"
 
 
-def data_fingerprint(config: TrainConfig, sources: list[SourceRows]) -> str:
+def data_fingerprint(config: TrainConfig, sources: Sequence[SourceRows | SourceFiles]) -> str:
     """sha256 over every input's content, the config that shapes how it is read (each
     source's declaration: mappings, formats, time zone, prefixes), the identity rules and
     crosswalks, the erasure list and the parameters: same inputs, same model. Files are
     hashed as bytes; a database source by the rows it returned."""
     digest = hashlib.sha256()
     for rows in sources:
-        if rows.source.kind == "postgresql":
+        source = rows.source
+        if isinstance(rows, SourceFiles):
+            part = "".join(sha256_file(path) for path in rows.files)
+        elif source.kind == "postgresql":
             content = pd.util.hash_pandas_object(rows.frame, index=False).to_numpy().tobytes()
             part = hashlib.sha256(content).hexdigest()
         else:
             part = "".join(sha256_file(Path(path)) for path in rows.files)
         declared = {
             key: value
-            for key, value in msgspec.structs.asdict(rows.source).items()
+            for key, value in msgspec.structs.asdict(source).items()
             if key not in ("base_dir", "path", "dsn", "dsn_env")  # where, not what
         }
-        digest.update(f"{rows.source.name}\0{part}\0".encode())
+        digest.update(f"{source.name}\0{part}\0".encode())
         digest.update(json.dumps(declared, sort_keys=True, default=str).encode())
     identity = config.identity
     shaping = {

@@ -15,7 +15,7 @@ import difflib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -70,28 +70,73 @@ class SourceRows:
     interactions: pd.DataFrame | None = None
 
 
-def read_source(source: SourceConfig) -> SourceRows:
+@dataclass(frozen=True)
+class SourceFiles:
+    """A CSV, JSONL or Parquet source not read yet (Spark's executors read it, a task per
+    file: ``training.spark_sources``), with its files listed once: the ones fingerprinted are
+    the ones read."""
+
+    source: SourceConfig
+    files: list[Path]
+
+    @staticmethod
+    def of(source: SourceConfig) -> SourceFiles:
+        files = source.files()
+        if not files:
+            raise SourceError(
+                f"source {source.name!r}: no file matches {source.path!r} "
+                f"(relative to {source.base_dir})"
+            )
+        return SourceFiles(source, files)
+
+
+def read_source(source: SourceConfig, files: list[Path] | None = None) -> SourceRows:
+    """Every row of ``source`` (of ``files``, where they are listed already)."""
     if source.kind == "postgresql":
         return SourceRows(source, [_database_label(source)], _read_postgresql(source))
-    files = source.files()
     if source.kind == "events":
-        return _read_event_log(source, files)
-    if not files:
-        raise SourceError(
-            f"source {source.name!r}: no file matches {source.path!r} "
-            f"(relative to {source.base_dir})"
-        )
-    frames = [read_file(source, path, index) for index, path in enumerate(files)]
-    return SourceRows(source, [str(p) for p in files], _concat(frames))
+        return _read_event_log(source, source.files() if files is None else files)
+    listed = SourceFiles.of(source).files if files is None else files
+    frames = [read_file(source, path, index) for index, path in enumerate(listed)]
+    return SourceRows(source, [str(p) for p in listed], _concat(frames))
 
 
-def read_file(source: SourceConfig, path: Path, index: int) -> pd.DataFrame:
+def read_file(
+    source: SourceConfig, path: Path, index: int, as_text: Collection[str] = ()
+) -> pd.DataFrame:
     """One file of a CSV, JSONL or Parquet source, as ``SourceRows.frame``'s rows of it
-    (``index``: the file's position among the source's files)."""
+    (``index``: the file's position among the source's files). ``as_text``: the fields read
+    as text even where the file types them (``mixed_fields``)."""
     readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
     frame = readers[source.kind](source, path)
+    for field in as_text:
+        frame[field] = _typed_as_text(frame[field])
     frame["file"] = index
     return frame if "record" in frame else _numbered(frame)
+
+
+def mixed_fields(source: SourceConfig, paths: list[Path]) -> set[str]:
+    """The fields of a Parquet source typed (``TYPED_FIELDS``) in some of its files that have
+    rows and text in others, from the files' schemas: ``read_source`` reads these as text in
+    every file (``_concat``), so a file read on its own must too."""
+    if source.kind != "parquet":
+        return set()
+    typed: dict[str, set[bool]] = {}
+    for path in paths:
+        try:
+            metadata = pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as error:
+            raise SourceError(
+                f"source {source.name!r}, file {path}: cannot read as Parquet ({error})"
+            ) from error
+        if not metadata.num_rows:
+            continue
+        schema = metadata.schema.to_arrow_schema()
+        for field, column in source.columns.items():
+            if field in TYPED_FIELDS and column in schema.names:
+                kind = TYPED_FIELDS[field]
+                typed.setdefault(field, set()).add(_is_typed(schema.field(column).type, kind))
+    return {field for field, kinds in typed.items() if len(kinds) > 1}
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -537,22 +582,25 @@ def _read_parquet(source: SourceConfig, path: Path) -> pd.DataFrame:
 def _typed(values: pa.ChunkedArray, kind: str, timezone: str) -> pd.Series | None:
     """A Parquet column as the merge's typed value (``TYPED_FIELDS``), or None where its type
     is not that kind (it is then read as text and parsed like any other source's)."""
-    if kind == "number" and (
-        pa.types.is_integer(values.type)
-        or pa.types.is_floating(values.type)
-        or pa.types.is_decimal(values.type)
-    ):
-        return pd.Series(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False))
-    if kind != "timestamp" or not (
-        pa.types.is_timestamp(values.type) or pa.types.is_date(values.type)
-    ):
+    if not _is_typed(values.type, kind):
         return None
+    if kind == "number":
+        return pd.Series(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False))
     zone = getattr(values.type, "tz", None)
     stamps = pd.Series(
         pc.cast(values, pa.timestamp("us", tz=zone)).to_numpy(zero_copy_only=False),
         dtype="datetime64[us]",
     )
     return stamps if zone is not None else wall_time_in_utc(stamps, timezone)
+
+
+def _is_typed(type_: pa.DataType, kind: str) -> bool:
+    """Whether a Parquet column of ``type_`` is read typed as ``kind`` (``TYPED_FIELDS``)."""
+    if kind == "number":
+        return bool(
+            pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_)
+        )
+    return bool(pa.types.is_timestamp(type_) or pa.types.is_date(type_))
 
 
 def wall_time_in_utc(stamps: pd.Series, timezone: str) -> pd.Series:

@@ -1,0 +1,427 @@
+"""Reading and parsing the sources on Spark's executors (``[engine] kind = "spark"``).
+
+Each file of a CSV, JSONL or Parquet source is one task, which runs the single-host reader
+(``training.sources.read_file``) and parser (``training.merge``'s ``_parse``) on it, so the
+driver never holds those sources' rows. The service's event logs (their sessions are stitched
+across the whole log, ``training.sessions``) and database sources are read and parsed by the
+driver, as on one host, and sent to Spark parsed.
+
+Spark then numbers the rows in source order (each file's after the files before it) and gives
+each text value its position in its column's sorted vocabulary, as the single host does, so
+the merge's queries read the same ``rows`` table on either engine. The driver collects the
+vocabularies, except the order ids' (which grow with purchases); the identifiers' grow with
+customers (docs/scaling.md, "When to switch"). A task's quarantined rows, raw values
+included, come back to the driver through Spark, one row per file (no side files: a task Spark
+runs again does the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial, reduce
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.typing import NDArray
+
+from training.config import EngineConfig, SourceConfig
+from training.engine import SparkEngine, quiet
+from training.errors import SourceError
+from training.sources import SourceFiles, SourceRows, mixed_fields, read_file
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+# ``training.merge``'s parser of one source's rows: typed columns, text columns (Arrow
+# dictionaries), quarantined rows.
+Columns = dict[str, NDArray[Any]]
+Parse = Callable[[SourceRows, int], tuple[Columns, dict[str, pa.DictionaryArray], pd.DataFrame]]
+# The columns of ``rows`` that a merged row carries beside its outcome and customer.
+VALUE_COLUMNS = (
+    "source_position",
+    "trust",
+    "quantity",
+    "unit_price",
+    "stamp",
+    "order",
+    "item_id",
+    "description",
+    "country",
+)
+# Rows per Arrow batch: a text column's strings are made a batch at a time.
+BATCH_ROWS = 65_536
+_TYPED = [
+    ("source_position", pa.int32()),
+    ("file", pa.int32()),
+    ("row_in_file", pa.int64()),
+    ("trust", pa.float32()),
+    ("quantity", pa.float64()),
+    ("unit_price", pa.float64()),
+    ("stamp", pa.int64()),  # microseconds, NULL for no timestamp
+    ("is_cancellation", pa.bool_()),
+    ("outcome", pa.int8()),
+    ("reason", pa.int8()),
+    ("invalid_email", pa.bool_()),
+    ("invalid_phone", pa.bool_()),
+]
+# A vocabulary up to this many bytes is sent whole to every task that codes rows (Spark
+# cannot tell its size: it is one column of a table of all of them); a larger one (order
+# ids at scale, a large shop's customers) is joined by shuffling the rows. At 2 M purchases
+# (every vocabulary under it) coding took 15.1 s, against 18.6 s with every one shuffled.
+BROADCAST_BYTES = 64 << 20
+# The kinds whose files the executors read.
+EXECUTOR_KINDS = ("csv", "jsonl", "parquet")
+# Identifiers and orders are NULL in ``rows`` where blank; items are not (a blank item is
+# quarantined), descriptions and countries are only values.
+_NULL_WHEN_BLANK = {"raw_customer_id", "id_alias", "email_alias", "phone_alias", "order"}
+
+
+def read_by_executors(source: SourceConfig, engine: EngineConfig) -> bool:
+    """Whether ``source`` is read by Spark's executors rather than by the trainer."""
+    return engine.kind == "spark" and source.kind in EXECUTOR_KINDS
+
+
+def parsed_schema(text_columns: list[str]) -> pa.Schema:
+    """What parsing gives Spark: the rows (``row_in_file`` set), then a row of its own per file
+    with its quarantined rows (``quarantine``, a pickled DataFrame), or only a row with the
+    ``error`` that stopped it."""
+    return pa.schema(
+        [
+            *_TYPED,
+            *((column, pa.string()) for column in text_columns),
+            ("error", pa.string()),
+            ("quarantine", pa.binary()),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class SparkRows:
+    """The parsed rows in Spark: ``rows`` as the merge's queries read it (``ROW_COLUMNS`` and
+    ``erased``), ``values`` (row_id, VALUE_COLUMNS and a code per text column but the
+    order's and the identifiers'), the collected ``vocabulary`` of each text column but the
+    order ids', and the quarantined rows in row order."""
+
+    rows: DataFrame
+    values: DataFrame
+    vocabulary: dict[str, pa.Array]
+    quarantine: list[pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class _Files:
+    """What the tasks read: task number -> (source position, file index, path)."""
+
+    tasks: list[tuple[int, int, str]]
+    sources: dict[int, SourceConfig]
+    files: dict[int, list[str]]  # every file of each source, for the quarantine's names
+    as_text: dict[int, set[str]]  # per source, the fields read as text (``mixed_fields``)
+    text_columns: list[str]
+
+
+def rows_on_spark(
+    sql: SparkEngine,
+    sources: list[SourceRows | SourceFiles],
+    parse: Parse,
+    text_columns: list[str],
+    event_logs: list[int],
+) -> SparkRows:
+    """Every source's rows parsed and coded in Spark: ``SourceFiles`` by the executors, one
+    task per file; ``SourceRows`` (read by the driver) here, then sent. Empties ``sources``.
+    What it persists, ``sql`` holds until the merge ends."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    session = sql.session
+    parallelism = session.sparkContext.defaultParallelism
+    files = _Files([], {}, {}, {}, text_columns)
+    parts: list[DataFrame] = []
+    for position in range(len(sources)):
+        entry = sources.pop(0)
+        if isinstance(entry, SourceFiles):
+            paths = [str(path) for path in entry.files]
+            files.sources[position] = entry.source
+            files.files[position] = paths
+            files.as_text[position] = mixed_fields(entry.source, entry.files)
+            files.tasks.extend((position, index, path) for index, path in enumerate(paths))
+            continue
+        parsed, encoded, quarantine = parse(entry, position)
+        del entry
+        table = pa.Table.from_batches(
+            _parsed_batches(parsed, encoded, quarantine, position, 0, text_columns),
+            schema=parsed_schema(text_columns),
+        )
+        del parsed, encoded, quarantine
+        with quiet():  # Arrow batches become partitions of 10,000 rows: too many
+            parts.append(session.createDataFrame(table).coalesce(parallelism))
+    if files.tasks:
+        shared = session.sparkContext.broadcast(files)
+        tasks = session.range(len(files.tasks), numPartitions=len(files.tasks))
+        schema = from_arrow_schema(parsed_schema(text_columns))
+        with quiet():
+            parts.append(
+                tasks.mapInArrow(partial(_parse_files, shared=shared, parse=parse), schema)
+            )
+    all_parsed = sql.hold(reduce(lambda a, b: a.unionByName(b), parts))
+    errors = all_parsed.where(F.col("error").isNotNull()).select("error").limit(1).collect()
+    if errors:
+        raise SourceError(errors[0]["error"])
+    with quiet():
+        quarantined = (
+            all_parsed.where(F.col("quarantine").isNotNull())
+            .select("source_position", "file", "quarantine")
+            .toArrow()
+        )
+    coded = _coded(
+        sql, all_parsed.where(F.col("row_in_file").isNotNull()), text_columns, event_logs
+    )
+    sql.release(all_parsed)
+    return dataclasses.replace(coded, quarantine=_per_source(quarantined))
+
+
+def _per_source(quarantined: pa.Table) -> list[pd.DataFrame]:
+    """Each source's quarantined rows, its files' in order, as the single host has them:
+    a file without any adds no columns (``training.sources`` reads it as no rows)."""
+    sources: dict[int, list[pd.DataFrame]] = {}
+    for row in sorted(
+        quarantined.to_pylist(), key=lambda row: (row["source_position"], row["file"])
+    ):
+        sources.setdefault(row["source_position"], []).append(pickle.loads(row["quarantine"]))
+    joined = []
+    for _, files in sorted(sources.items()):
+        found = [part for part in files if len(part)] or files[:1]
+        joined.append(found[0] if len(found) == 1 else pd.concat(found, ignore_index=True))
+    return joined
+
+
+def _parse_files(
+    batches: Iterator[pa.RecordBatch], shared: Any, parse: Parse
+) -> Iterator[pa.RecordBatch]:
+    """A task: read and parse each file it is given (``shared``: the broadcast ``_Files``).
+    A file that cannot be read is one row with its ``error``."""
+    files: _Files = shared.value
+    schema = parsed_schema(files.text_columns)
+    for batch in batches:
+        for task in batch.column("id").to_pylist():
+            position, index, path = files.tasks[task]
+            source = files.sources[position]
+            try:
+                frame = read_file(source, Path(path), index, files.as_text[position])
+                parsed, encoded, quarantine = parse(
+                    SourceRows(source, files.files[position], frame), position
+                )
+            except SourceError as error:
+                yield pa.RecordBatch.from_pylist([{"error": str(error)}], schema=schema)
+                continue
+            except OSError as error:  # e.g. not on this executor's host: not shared storage
+                message = (
+                    f"source {source.name!r}, file {path}: cannot read it on executor host "
+                    f"{socket.gethostname()} ({error.strerror or error})"
+                )
+                yield pa.RecordBatch.from_pylist([{"error": message}], schema=schema)
+                continue
+            del frame
+            yield from _parsed_batches(
+                parsed, encoded, quarantine, position, index, files.text_columns
+            )
+
+
+def _parsed_batches(
+    parsed: Columns,
+    encoded: dict[str, pa.DictionaryArray],
+    quarantine: pd.DataFrame,
+    position: int,
+    file: int,
+    text_columns: list[str],
+) -> Iterator[pa.RecordBatch]:
+    """One parsed file (or a source parsed by the driver: ``file`` 0) as ``parsed_schema``'s
+    rows, BATCH_ROWS at a time (a text column's strings are made per batch, never a whole
+    file's at once), then one row holding its quarantined rows."""
+    schema = parsed_schema(text_columns)
+    stamps = parsed["timestamp"].astype("datetime64[us]", copy=False)
+    count = len(stamps)
+    for start in range(0, count, BATCH_ROWS):
+        rows = slice(start, min(start + BATCH_ROWS, count))
+        size = rows.stop - start
+        columns: dict[str, pa.Array] = {
+            "source_position": pa.array(parsed["source_position"][rows].astype(np.int32)),
+            "file": pa.array(np.full(size, file, dtype=np.int32)),
+            "row_in_file": pa.array(np.arange(start, rows.stop, dtype=np.int64)),
+            "trust": pa.array(parsed["trust"][rows]),
+            "quantity": pa.array(parsed["quantity"][rows]),
+            "unit_price": pa.array(parsed["unit_price"][rows]),
+            "stamp": pa.array(stamps[rows].view(np.int64), mask=np.isnat(stamps[rows])),
+            "is_cancellation": pa.array(parsed["is_cancellation"][rows]),
+            "outcome": pa.array(parsed["outcome"][rows]),
+            "reason": pa.array(parsed["reason"][rows]),
+            "invalid_email": pa.array(parsed["invalid_email"][rows]),
+            "invalid_phone": pa.array(parsed["invalid_phone"][rows]),
+        }
+        for column in text_columns:
+            text = encoded[column]
+            columns[column] = pc.take(text.dictionary, text.indices[rows]).cast(pa.string())
+        columns["error"] = pa.nulls(size, pa.string())
+        columns["quarantine"] = pa.nulls(size, pa.binary())
+        yield pa.RecordBatch.from_pydict(columns, schema=schema)
+    side = {
+        "source_position": position,
+        "file": file,
+        "quarantine": pickle.dumps(quarantine, protocol=pickle.HIGHEST_PROTOCOL),
+    }
+    yield pa.RecordBatch.from_pylist([side], schema=schema)
+
+
+def _coded(
+    sql: SparkEngine, parsed: DataFrame, text_columns: list[str], event_logs: list[int]
+) -> SparkRows:
+    """``parsed`` numbered in source order, its text as codes into sorted vocabularies."""
+    from pyspark.sql import functions as F
+
+    session = sql.session
+
+    # Row numbers: each (source, file)'s rows after those of the ones before it.
+    units = parsed.groupBy("source_position", "file").count().orderBy("source_position", "file")
+    counted = units.toArrow()
+    sizes = counted.column("count").to_numpy()
+    with quiet():
+        offsets = session.createDataFrame(
+            counted.select(["source_position", "file"]).append_column(
+                "offset", pa.array((np.cumsum(sizes) - sizes).astype(np.int64))
+            )
+        )
+    numbered = parsed.join(F.broadcast(offsets), on=["source_position", "file"]).withColumn(
+        "row_id", F.col("offset") + F.col("row_in_file")
+    )
+    codes, sizes = _vocabulary_codes(sql, parsed, text_columns)
+    for number, column in enumerate(text_columns):
+        of_column = codes.where(F.col("column") == number).select(
+            F.col("value").alias(column), F.col("code").alias(f"{column}_code")
+        )
+        if sizes.get(number, 0) <= BROADCAST_BYTES:
+            of_column = F.broadcast(of_column)
+        numbered = numbered.join(of_column, on=column, how="left")
+
+    def code(column: str) -> Any:
+        coded = F.col(f"{column}_code").cast("int")
+        if column in _NULL_WHEN_BLANK:
+            coded = F.when(F.col(column) == "", None).otherwise(coded)
+        return coded.alias(column)
+
+    # Only codes go on: the strings are in the vocabularies.
+    numbered = sql.hold(
+        numbered.select(
+            "row_id",
+            *(name for name, _ in _TYPED if name not in ("file", "row_in_file")),
+            *(code(column) for column in text_columns),
+        )
+    )
+    collected = (
+        codes.where(F.col("column") != text_columns.index("order"))
+        .orderBy("column", "code")
+        .select("column", "value")
+        .toArrow()
+    )
+    numbers = collected.column("column").to_numpy()
+    vocabulary = {
+        column: collected.column("value").filter(pa.array(numbers == number)).combine_chunks()
+        for number, column in enumerate(text_columns)
+        if column != "order"
+    }
+    numbered.count()  # persisted, so that the strings and their codes can go
+    sql.release(codes)
+
+    rows = numbered.select(
+        "row_id",
+        "source_position",
+        "outcome",
+        "reason",
+        F.col("source_position").isin(event_logs).alias("event_log"),
+        "is_cancellation",
+        F.col("order").alias("order_code"),
+        F.col("item_id").alias("item_code"),
+        "quantity",
+        "stamp",
+        F.col("raw_customer_id").alias("raw_id"),
+        "id_alias",
+        "email_alias",
+        "phone_alias",
+        "invalid_email",
+        "invalid_phone",
+        F.lit(False).alias("erased"),
+    )
+    # The merged rows' order is a code as on one host: a blank one is the first value, 0.
+    values = numbered.select(
+        "row_id",
+        *(
+            F.coalesce(F.col(column), F.lit(0)).alias(column) if column == "order" else column
+            for column in VALUE_COLUMNS
+        ),
+    )
+    return SparkRows(rows, values, vocabulary, [])
+
+
+def _vocabulary_codes(
+    sql: SparkEngine, parsed: DataFrame, text_columns: list[str]
+) -> tuple[DataFrame, dict[int, int]]:
+    """(column, value, code): each text column's distinct values, ``code`` the value's place
+    among them in ascending (byte) order, as ``training.merge`` codes them on one host; and
+    the bytes of each column's (by number) values. Sorted by Spark across partitions; each
+    partition's rows counted to number them."""
+    from pyspark.sql import functions as F
+
+    session = sql.session
+    distinct = reduce(
+        lambda a, b: a.unionByName(b),
+        [
+            parsed.select(F.lit(number).alias("column"), F.col(column).alias("value"))
+            for number, column in enumerate(text_columns)
+        ],
+    ).distinct()
+    ordered = sql.hold(
+        distinct.orderBy("column", "value")
+        .withColumn("part", F.spark_partition_id())
+        .withColumn("at", F.monotonically_increasing_id())
+    )
+    parts = ordered.groupBy("part").count().orderBy("part").toArrow()
+    sizes = parts.column("count").to_numpy()
+    with quiet():
+        starts = session.createDataFrame(
+            pa.table(
+                {
+                    "part": parts.column("part"),
+                    "start": pa.array((np.cumsum(sizes) - sizes).astype(np.int64)),
+                }
+            )
+        )
+    # monotonically_increasing_id: the partition id in the upper 31 bits, the row's place in
+    # the partition below.
+    indexed = ordered.join(F.broadcast(starts), on="part").select(
+        "column",
+        "value",
+        (F.col("start") + F.col("at") - F.shiftleft(F.col("part").cast("long"), 33)).alias("at"),
+    )
+    firsts = indexed.groupBy("column").agg(
+        F.min("at").alias("first"), F.sum(F.octet_length("value")).alias("size")
+    )
+    with quiet():
+        counted = firsts.toArrow()
+    columns, counts = counted.column("column").to_pylist(), counted.column("size").to_pylist()
+    sizes = dict(zip(columns, counts, strict=True))
+    with quiet():
+        firsts = session.createDataFrame(counted.select(["column", "first"]))
+    codes = sql.hold(
+        indexed.join(F.broadcast(firsts), on="column").select(
+            "column", "value", (F.col("at") - F.col("first")).alias("code")
+        )
+    )
+    codes.count()
+    sql.release(ordered)
+    return codes, sizes
