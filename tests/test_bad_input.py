@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import SHOP_COLUMNS, SHOP_HEADER, source_toml, write_config
 from training.config import load_config
+from training.dataset import build_dataset
 from training.errors import SourceError
 from training.merge import MergedHistory, merge_sources
 from training.sources import read_source
@@ -76,6 +77,20 @@ def test_a_file_with_only_its_header_among_several_is_no_rows(tmp_path: Path) ->
     counts = merged.accounting["shop"]
     assert counts["rows_read"] == 3 and counts["used"] == 2
     assert counts["quarantined"] == {"malformed_row": 1}
+
+
+def test_ids_padded_with_nul_bytes_are_the_ids_without_them(tmp_path: Path) -> None:
+    """Fixed-width exports pad with NULs: "85123A\\0" is item 85123A, and training does
+    not fail on the two spellings."""
+    padded = GOOD.replace("85123A", "85123A\0\0").replace("17850", "17850\0")
+    config_path = write_config(tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS))
+    (tmp_path / "shop.csv").write_text(lines(padded, GOOD, GOOD_2))
+    config = load_config(config_path)
+    merged = merge_sources([read_source(s) for s in config.sources], config.items)
+    assert set(merged.events["item_id"]) == {"85123A", "71053"}
+    assert set(merged.events["customer_id"]) == {"17850"}
+    data = build_dataset(merged.events, 90.0, 14.0)
+    assert list(data.item_ids) == ["71053", "85123A"]
 
 
 def test_quoted_newlines_and_a_byte_order_mark_are_read(tmp_path: Path) -> None:

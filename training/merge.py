@@ -743,7 +743,9 @@ def _text(raw: pd.DataFrame, field: str) -> _Text:
     if field not in raw:
         return _Text.blank(len(raw))
     column = raw[field]
-    values = pd.Series(column.cat.categories, dtype="str").str.strip()
+    # NUL padding (fixed-width exports) goes too: NumPy's strings drop trailing NULs, so
+    # "A\0" and "A" would later collide as one id, twice.
+    values = pd.Series(column.cat.categories, dtype="str").str.strip().str.strip("\0").str.strip()
     return _Text(values, column.cat.codes.to_numpy())  # int8, int16 or int32
 
 
