@@ -141,10 +141,8 @@ def mixed_fields(source: SourceConfig, paths: list[Path]) -> set[str]:
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Frames one after the other; text columns stay categorical. A text column that only
-    some frames have (``malformed``) is "" in the others. A frame without rows (a file with
-    only its header) adds nothing: a blank column of no rows has untyped categories, which
-    pandas refuses to join with strings."""
-    frames = [frame for frame in frames if len(frame)] or frames[:1]
+    some frames have (``malformed``) is "" in the others."""
+    frames = with_rows(frames)
     if len(frames) == 1:
         return frames[0]
     columns: dict[str, Any] = {}
@@ -157,6 +155,13 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
         else:
             columns[column] = np.concatenate([part.to_numpy() for part in parts])
     return pd.DataFrame(columns)
+
+
+def with_rows(frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """The frames that have rows (or the first, where none has): a frame without rows (a file
+    with only its header) adds nothing to its source, not even its columns; a blank column of
+    no rows has untyped categories, which pandas refuses to join with strings."""
+    return [frame for frame in frames if len(frame)] or frames[:1]
 
 
 def _numbered(frame: pd.DataFrame) -> pd.DataFrame:

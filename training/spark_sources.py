@@ -35,10 +35,10 @@ from numpy.typing import NDArray
 from training.config import EngineConfig, SourceConfig
 from training.engine import SparkEngine, quiet
 from training.errors import SourceError
-from training.sources import SourceFiles, SourceRows, mixed_fields, read_file
+from training.sources import SourceFiles, SourceRows, mixed_fields, read_file, with_rows
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 # ``training.merge``'s parser of one source's rows: typed columns, text columns (Arrow
 # dictionaries), quarantined rows.
@@ -197,7 +197,7 @@ def _per_source(quarantined: pa.Table) -> list[pd.DataFrame]:
         sources.setdefault(row["source_position"], []).append(pickle.loads(row["quarantine"]))
     joined = []
     for _, files in sorted(sources.items()):
-        found = [part for part in files if len(part)] or files[:1]
+        found = with_rows(files)
         joined.append(found[0] if len(found) == 1 else pd.concat(found, ignore_index=True))
     return joined
 
@@ -288,17 +288,9 @@ def _coded(
     session = sql.session
 
     # Row numbers: each (source, file)'s rows after those of the ones before it.
-    units = parsed.groupBy("source_position", "file").count().orderBy("source_position", "file")
-    counted = units.toArrow()
-    sizes = counted.column("count").to_numpy()
-    with quiet():
-        offsets = session.createDataFrame(
-            counted.select(["source_position", "file"]).append_column(
-                "offset", pa.array((np.cumsum(sizes) - sizes).astype(np.int64))
-            )
-        )
+    offsets = _starts(session, parsed, ["source_position", "file"])
     numbered = parsed.join(F.broadcast(offsets), on=["source_position", "file"]).withColumn(
-        "row_id", F.col("offset") + F.col("row_in_file")
+        "row_id", F.col("start") + F.col("row_in_file")
     )
     codes, sizes = _vocabulary_codes(sql, parsed, text_columns)
     for number, column in enumerate(text_columns):
@@ -390,17 +382,7 @@ def _vocabulary_codes(
         .withColumn("part", F.spark_partition_id())
         .withColumn("at", F.monotonically_increasing_id())
     )
-    parts = ordered.groupBy("part").count().orderBy("part").toArrow()
-    sizes = parts.column("count").to_numpy()
-    with quiet():
-        starts = session.createDataFrame(
-            pa.table(
-                {
-                    "part": parts.column("part"),
-                    "start": pa.array((np.cumsum(sizes) - sizes).astype(np.int64)),
-                }
-            )
-        )
+    starts = _starts(session, ordered, ["part"])
     # monotonically_increasing_id: the partition id in the upper 31 bits, the row's place in
     # the partition below.
     indexed = ordered.join(F.broadcast(starts), on="part").select(
@@ -425,3 +407,13 @@ def _vocabulary_codes(
     codes.count()
     sql.release(ordered)
     return codes, sizes
+
+
+def _starts(session: SparkSession, frame: DataFrame, keys: list[str]) -> DataFrame:
+    """(``keys``, start): how many of ``frame``'s rows come before each group of ``keys``, the
+    groups in ascending order; counted on the driver (a row per group)."""
+    counted = frame.groupBy(*keys).count().orderBy(*keys).toArrow()
+    sizes = counted.column("count").to_numpy()
+    starts = pa.array((np.cumsum(sizes) - sizes).astype(np.int64))
+    with quiet():
+        return session.createDataFrame(counted.select(keys).append_column("start", starts))
