@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import uuid
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -207,25 +206,6 @@ class SparkEngine:
             frame.unpersist()
         for name in self._views:
             self._session.catalog.dropTempView(name)
-
-
-def parts_directory(engine: EngineConfig) -> Path:
-    """Where executors write part files and the driver reads them: a temporary directory on
-    a local master; on a cluster, under the checkpoint directory (which every executor
-    reaches), which must then be a path the driver mounts too."""
-    if engine.master.startswith("local"):
-        return Path(tempfile.mkdtemp(prefix="recsvc-spark-parts-"))
-    checkpoints = engine.conf.get("spark.checkpoint.dir", "")
-    local = checkpoints.removeprefix("file://")
-    if not local.startswith("/"):
-        raise TrainingError(
-            '[engine] kind = "spark": the executors write the bundle\'s per-customer parts '
-            'under conf "spark.checkpoint.dir", which must be a shared file system path the '
-            f"trainer mounts too (file:///... or /...), not {checkpoints!r}"
-        )
-    directory = Path(local) / f"recsvc-parts-{uuid.uuid4().hex}"
-    directory.mkdir(parents=True)
-    return directory
 
 
 @contextmanager
