@@ -52,10 +52,10 @@ def test_ragged_rows_are_quarantined_with_their_line(tmp_path: Path) -> None:
     assert counts["rows_read"] == 4 and counts["used"] == 2
     assert counts["quarantined"] == {"malformed_row": 2}
     assert accounted(counts) == 4
-    details = sorted(merged.quarantine["detail"])
+    details = sorted(merged.quarantine.frame()["detail"])
     assert details[0].startswith("line 3: 9 fields, not 8: 536365,85123A")
     assert details[1].startswith("line 4: 3 fields, not 8: 536367,22041,FRAME")
-    assert sorted(merged.quarantine["record"]) == [3, 4]
+    assert sorted(merged.quarantine.frame()["record"]) == [3, 4]
 
 
 def test_a_ragged_row_in_one_of_several_files_is_quarantined(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_a_ragged_row_in_one_of_several_files_is_quarantined(tmp_path: Path) -> 
     merged = merge_sources([read_source(s) for s in config.sources], config.items)
     counts = merged.accounting["shop"]
     assert counts["used"] == 2 and counts["quarantined"] == {"malformed_row": 1}
-    assert list(merged.quarantine["file"]) == [str(tmp_path / "shop-2.csv")]
+    assert list(merged.quarantine.frame()["file"]) == [str(tmp_path / "shop-2.csv")]
 
 
 def test_a_file_with_only_its_header_among_several_is_no_rows(tmp_path: Path) -> None:
@@ -280,7 +280,8 @@ def test_jsonl_values_of_the_wrong_type_quarantine_their_row(tmp_path: Path) -> 
     assert counts["used"] == 2
     assert counts["quarantined"] == {"malformed_row": 1, "bad_quantity": 2}
     assert accounted(counts) == 5
-    detail = merged.quarantine.loc[merged.quarantine["reason"] == "malformed_row", "detail"]
+    quarantine = merged.quarantine.frame()
+    detail = quarantine.loc[quarantine["reason"] == "malformed_row", "detail"]
     assert list(detail) == ["line 4: 'qty' is a list, not a value"]
     assert set(merged.events["item_id"]) == {"A", "7"}
 

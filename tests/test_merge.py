@@ -101,7 +101,7 @@ def test_accounting_is_exact(merged) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_quarantine_keeps_reason_and_location(merged) -> None:  # type: ignore[no-untyped-def]
-    found = {(r.source, r.record, r.reason) for r in merged.quarantine.itertuples()}
+    found = {(r.source, r.record, r.reason) for r in merged.quarantine.frame().itertuples()}
     assert found == {
         ("legacy", 8, "missing_item"),
         ("legacy", 9, "bad_quantity"),
@@ -109,7 +109,8 @@ def test_quarantine_keeps_reason_and_location(merged) -> None:  # type: ignore[n
         ("shop", 6, "bad_price"),
         ("shop", 7, "zero_quantity"),
     }
-    row = merged.quarantine[merged.quarantine["reason"] == "bad_quantity"].iloc[0]
+    quarantine = merged.quarantine.frame()
+    row = quarantine[quarantine["reason"] == "bad_quantity"].iloc[0]
     assert row["quantity"] == "many" and row["file"].endswith("legacy.csv")
 
 

@@ -74,7 +74,7 @@ def _merged(directory: Path, pattern: str) -> tuple[pd.DataFrame, dict[str, obje
     columns = ["customer_id", "item_id", "quantity", "unit_price", "timestamp", "outcome"]
     events = merged.events[columns].astype({"customer_id": str, "item_id": str, "outcome": str})
     events = events.sort_values(columns[:3], ignore_index=True)
-    return events, merged.accounting["shop"], sorted(merged.quarantine["reason"])
+    return events, merged.accounting["shop"], sorted(merged.quarantine.frame()["reason"])
 
 
 def test_typed_columns_merge_as_their_text_does(tmp_path: Path) -> None:

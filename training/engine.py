@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import uuid
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -253,6 +254,26 @@ def spark_session(master: str, conf: tuple[tuple[str, str], ...]) -> SparkSessio
         session.sparkContext.addPyFile(str(code_archive()))
     _started.append((master, conf))
     return session
+
+
+def parts_directory(engine: EngineConfig) -> Path:
+    """Where executors write part files and the driver reads them: a temporary directory on
+    a local master; on a cluster, under the checkpoint directory (which every executor
+    reaches), which must then be a path the driver mounts too."""
+    if engine.master.startswith("local"):
+        return Path(tempfile.mkdtemp(prefix="recsvc-spark-parts-"))
+    checkpoints = engine.conf.get("spark.checkpoint.dir", "")
+    local = checkpoints.removeprefix("file://")
+    if not local.startswith("/"):
+        raise TrainingError(
+            '[engine] kind = "spark": the executors write part files (the bundle\'s '
+            'per-customer arrays, the quarantine file) under conf "spark.checkpoint.dir", '
+            "which must be a shared file system path the trainer mounts too (file:///... or "
+            f"/...), not {checkpoints!r}"
+        )
+    directory = Path(local) / f"recsvc-parts-{uuid.uuid4().hex}"
+    directory.mkdir(parents=True)
+    return directory
 
 
 @cache

@@ -78,10 +78,11 @@ from training.engine import engine as open_engine
 from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link_nodes
 from training.interactions import merged_outcomes, records_frame
+from training.quarantine import QuarantinedRows, quarantine_columns
 from training.sessions import is_session, stitch_sessions
 from training.sources import SourceFiles, SourceRows, is_text, read_source, wall_time_in_utc
 from training.spark_identity import link_on_spark
-from training.spark_sources import VALUE_COLUMNS, Parse, rows_on_spark
+from training.spark_sources import VALUE_COLUMNS, Parse, rows_on_spark, write_quarantine
 
 OUTCOMES = (
     "used",
@@ -158,12 +159,12 @@ class MergedHistory:
     integer code, equal for the lines of one order id. Duplicates are kept because they still
     say what their own source lists as held; they never count twice towards weights, spend or
     popularity.
-    ``quarantine``: malformed rows with their reason and raw values.
+    ``quarantine``: malformed rows with their reason and raw values (``training.quarantine``).
     ``accounting``: per source, where its rows went; the parts add up to rows_read.
     """
 
     events: pd.DataFrame
-    quarantine: pd.DataFrame
+    quarantine: QuarantinedRows
     accounting: dict[str, dict[str, Any]]
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> canonical customer id
     identity: Identity = field(default_factory=Identity)  # linking report for the manifest
@@ -212,15 +213,16 @@ def merge_sources(
         namespace_of=namespace_of,
     )
     event_logs = [position for position, source in enumerate(configs) if source.kind == "events"]
+    columns = quarantine_columns(configs)
     parsed: Columns | None = None
     with open_engine(engine) as sql:
         if isinstance(sql, SparkEngine):
             spark_rows = rows_on_spark(sql, sources, parse, TEXT_COLUMNS, event_logs)
             sql.view(ROWS, spark_rows.rows)
             sql.view(ROW_VALUES, spark_rows.values)
-            vocabulary, quarantines = spark_rows.vocabulary, spark_rows.quarantine
+            vocabulary = spark_rows.vocabulary
         else:
-            parsed, vocabulary, quarantines = _parse_here(sources, parse)
+            parsed, vocabulary, quarantined = _parse_here(sources, parse)
             sql.load(ROWS, _rows_table(parsed, vocabulary, event_logs))
         # The identifier vocabularies as Python strings, made once for erasures and linking.
         identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
@@ -241,19 +243,20 @@ def merge_sources(
             aliases, identity_report = _link(
                 sql, relation, identifiers, configs, identity, namespace_of
             )
-        erased_quarantined = (
-            sql.query(QUARANTINED_ERASED.format(relation=relation))
-            .column("erased")
-            .to_numpy(zero_copy_only=False)
-            .astype(bool)
-        )
+        erased_rows = sql.query(QUARANTINED_ERASED.format(relation=relation)).column("row_id")
+        if isinstance(sql, SparkEngine):
+            quarantine = write_quarantine(
+                sql, spark_rows.quarantine, columns, erased_rows.to_numpy(), engine
+            )
+        else:
+            quarantine = QuarantinedRows.written(quarantined, columns, erased_rows.to_numpy())
+            del quarantined
         customers = pd.Index(["", *sorted(set(aliases.values()))], dtype="str")
         sql.load(CUSTOMERS, _customers_table(identifiers, aliases, customers))
         sql.materialise(DECIDED, DECIDE.format(relation=relation))
         names = [source.name for source in configs]
         accounting = _accounting(sql.query(ACCOUNTING), names)
         kept = sql.query(KEPT if parsed is not None else KEPT_VALUES)
-    quarantine = _withhold_erased(pd.concat(quarantines, ignore_index=True), erased_quarantined)
     identity_report = msgspec.structs.replace(
         identity_report,
         erasures=erasure_report(identity, sum(counts["erased"] for counts in accounting.values())),
@@ -382,7 +385,7 @@ SELECT COUNT(CASE WHEN invalid_email THEN 1 END) AS email,
 FROM {relation} WHERE NOT erased
 """
 QUARANTINED_ERASED = f"""
-SELECT erased FROM {{relation}} WHERE outcome = {QUARANTINED} ORDER BY row_id
+SELECT row_id FROM {{relation}} WHERE outcome = {QUARANTINED} AND erased ORDER BY row_id
 """
 # A row's customer is that of its strongest identifier: id, then email, then phone (they
 # differ only where linking refused a conflict). Then the outcomes in the order of the
@@ -498,12 +501,14 @@ def _rows_table(
 
 def _parse_here(
     sources: list[SourceRows | SourceFiles], parse: Parse
-) -> tuple[Columns, dict[str, pa.Array], list[pd.DataFrame]]:
+) -> tuple[Columns, dict[str, pa.Array], list[tuple[pd.DataFrame, NDArray[np.int64]]]]:
     """Every source parsed in this process, one after another (emptying ``sources``): the
-    rows' columns, the text columns' vocabularies, each source's quarantined rows."""
+    rows' columns, the text columns' vocabularies, each source's quarantined rows with their
+    row ids."""
     frames: list[Columns] = []
     texts: list[dict[str, pa.DictionaryArray]] = []
-    quarantines: list[pd.DataFrame] = []
+    quarantined: list[tuple[pd.DataFrame, NDArray[np.int64]]] = []
+    rows_before = 0
     for position in range(len(sources)):
         entry = sources.pop(0)
         rows = read_source(entry.source, entry.files) if isinstance(entry, SourceFiles) else entry
@@ -511,10 +516,11 @@ def _parse_here(
         frame, text, quarantine = parse(rows, position)
         del rows
         texts.append(text)
+        quarantined.append((quarantine, rows_before + quarantine.index.to_numpy(np.int64)))
+        rows_before += len(frame["outcome"])
         frames.append(frame)
-        quarantines.append(quarantine)
     parsed, vocabulary = _concat_parsed(frames, texts)
-    return parsed, vocabulary, quarantines
+    return parsed, vocabulary, quarantined
 
 
 def _kept_values(kept: pa.Table) -> Columns:
@@ -832,6 +838,7 @@ def _parse(
     quarantined = reason != UNDECIDED
     outcome[quarantined] = QUARANTINED
     bad = raw.loc[quarantined]
+    # Indexed by the row's place among the parsed rows, from which its row id follows.
     quarantine = pd.DataFrame(
         {
             "source": source.name,
@@ -840,7 +847,8 @@ def _parse(
             "reason": [REASONS[r] for r in reason[quarantined]],
             **{field: bad[field].to_numpy() for field in source.columns},
             "detail": bad["malformed"].to_numpy() if "malformed" in bad else "",
-        }
+        },
+        index=np.flatnonzero(quarantined),
     )
     customer = text("customer_id")
     if source.kind == "events":
@@ -1114,21 +1122,6 @@ def _is_session_alias(alias: str) -> bool:
 def _erased(alias: str, erased: set[str], key: IdentityKey) -> bool:
     """Listed under the current secret or a retired one (records from before a rotation)."""
     return any(value in erased for value in key.all_hex(alias))
-
-
-def _withhold_erased(quarantine: pd.DataFrame, erased: NDArray[np.bool_]) -> pd.DataFrame:
-    """Quarantined rows of erased customers stay (they are counted) without their values:
-    a raw row holds the customer's id, email and phone, maybe in any column."""
-    if not erased.any():
-        return quarantine
-    assert len(erased) == len(quarantine), "one quarantine row per quarantined row, in order"
-    kept = {"source", "file", "record", "reason"}
-    for column in quarantine.columns:
-        if column not in kept:
-            quarantine[column] = quarantine[column].astype(object)
-            quarantine.loc[erased, column] = ""
-    quarantine.loc[erased, "detail"] = "erased customer: values withheld"
-    return quarantine
 
 
 def _normalised(values: pd.Series, normalise: Callable[[str], str | None]) -> pd.Series:

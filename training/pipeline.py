@@ -64,6 +64,7 @@ from training.merge import (
     merge_sources,
 )
 from training.progress import Progress
+from training.quarantine import QuarantinedRows
 from training.segments import sales_of, segment_arrays
 from training.sources import SourceFiles, SourceRows, events_through, read_source
 from training.spark_als import SparkFactors, fit_als_on_spark
@@ -450,11 +451,10 @@ def quarantine_gate(
     )
 
 
-def _first_quarantined(source: SourceConfig, quarantine: pd.DataFrame, reason: str) -> str:
+def _first_quarantined(source: SourceConfig, quarantine: QuarantinedRows, reason: str) -> str:
     """Where the first row quarantined for ``reason`` is, and the value that failed (never
     a whole row: rows hold personal data)."""
-    row = quarantine[(quarantine["source"] == source.name) & (quarantine["reason"] == reason)]
-    first = row.iloc[0]
+    first = quarantine.first(source.name, reason)
     where = f"file {first['file']}, record {first['record']}"
     field = REASON_FIELDS.get(reason)
     if field is None or field not in source.columns:
@@ -519,11 +519,9 @@ def publish(
 ) -> Path:
     """Write the bundle: arrays, the manifest, the quarantine file and the content catalog."""
     with tempfile.TemporaryDirectory() as scratch:
-        quarantine_path = Path(scratch) / QUARANTINE_FILE
-        merged.quarantine.to_csv(quarantine_path, index=False)
         content_path = Path(scratch) / CONTENT_FILE
         content_path.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
-        attachments = {QUARANTINE_FILE: quarantine_path, CONTENT_FILE: content_path}
+        attachments = {QUARANTINE_FILE: merged.quarantine.path, CONTENT_FILE: content_path}
         return publish_bundle(models_dir, version, arrays, manifest, attachments)
 
 

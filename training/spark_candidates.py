@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
 from training.config import EngineConfig, ModelParams
 from training.dataset import TrainingData
-from training.engine import quiet, spark_session
+from training.engine import parts_directory, quiet, spark_session
 from training.errors import TrainingError
 from training.fit import Factors, trend_prior
 from training.itemitem import Neighbours
@@ -132,25 +131,6 @@ def spark_served_arrays(
         # The joined files stay readable through their memory maps until these are dropped.
         shutil.rmtree(directory, ignore_errors=True)
     return dataclasses.replace(arrays, **parts)
-
-
-def parts_directory(engine: EngineConfig) -> Path:
-    """Where executors write part files and the driver reads them: a temporary directory on
-    a local master; on a cluster, under the checkpoint directory (which every executor
-    reaches), which must then be a path the driver mounts too."""
-    if engine.master.startswith("local"):
-        return Path(tempfile.mkdtemp(prefix="recsvc-spark-parts-"))
-    checkpoints = engine.conf.get("spark.checkpoint.dir", "")
-    local = checkpoints.removeprefix("file://")
-    if not local.startswith("/"):
-        raise TrainingError(
-            '[engine] kind = "spark": the executors write the bundle\'s per-customer parts '
-            'under conf "spark.checkpoint.dir", which must be a shared file system path the '
-            f"trainer mounts too (file:///... or /...), not {checkpoints!r}"
-        )
-    directory = Path(local) / f"recsvc-parts-{uuid.uuid4().hex}"
-    directory.mkdir(parents=True)
-    return directory
 
 
 def customer_side(

@@ -10,16 +10,18 @@ Spark then numbers the rows in source order (each file's after the files before 
 each text value its position in its column's sorted vocabulary, as the single host does, so
 the merge's queries read the same ``rows`` table on either engine. The driver collects the
 vocabularies, except the order ids' (which grow with purchases); the identifiers' grow with
-customers (docs/scaling.md, "When to switch"). A task's quarantined rows, raw values
-included, come back to the driver through Spark, one row per file (no side files: a task Spark
-runs again does the same).
+customers (docs/scaling.md, "When to switch"). A file's quarantined rows, raw values
+included, stay in Spark as one row per file until the merge has decided which are an erased
+customer's; then the executors write them as the quarantine file's parts
+(``write_quarantine``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
+import shutil
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial, reduce
@@ -33,9 +35,10 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from training.config import EngineConfig, SourceConfig
-from training.engine import SparkEngine, quiet
+from training.engine import SparkEngine, parts_directory, quiet
 from training.errors import SourceError
-from training.sources import SourceFiles, SourceRows, mixed_fields, read_file, with_rows
+from training.quarantine import QuarantinedRows, firsts, withhold_erased, write_part
+from training.sources import SourceFiles, SourceRows, mixed_fields, read_file
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -90,9 +93,9 @@ def read_by_executors(source: SourceConfig, engine: EngineConfig) -> bool:
 
 
 def parsed_schema(text_columns: list[str]) -> pa.Schema:
-    """What parsing gives Spark: the rows (``row_in_file`` set), then a row of its own per file
-    with its quarantined rows (``quarantine``, a pickled DataFrame), or only a row with the
-    ``error`` that stopped it."""
+    """What parsing gives Spark: the rows (``row_in_file`` set), then, where a file has any,
+    a row of its own with its quarantined rows (``quarantine``, a pickled DataFrame indexed by
+    row in file), or only a row with the ``error`` that stopped it."""
     return pa.schema(
         [
             *_TYPED,
@@ -108,12 +111,13 @@ class SparkRows:
     """The parsed rows in Spark: ``rows`` as the merge's queries read it (``ROW_COLUMNS`` and
     ``erased``), ``values`` (row_id, VALUE_COLUMNS and a code per text column but the
     order's and the identifiers'), the collected ``vocabulary`` of each text column but the
-    order ids', and the quarantined rows in row order."""
+    order ids', and each file's ``quarantine`` row (source_position, file, quarantine, and
+    ``start``, its first row's row_id)."""
 
     rows: DataFrame
     values: DataFrame
     vocabulary: dict[str, pa.Array]
-    quarantine: list[pd.DataFrame]
+    quarantine: DataFrame
 
 
 @dataclass(frozen=True)
@@ -174,32 +178,79 @@ def rows_on_spark(
     errors = all_parsed.where(F.col("error").isNotNull()).select("error").limit(1).collect()
     if errors:
         raise SourceError(errors[0]["error"])
-    with quiet():
-        quarantined = (
-            all_parsed.where(F.col("quarantine").isNotNull())
-            .select("source_position", "file", "quarantine")
-            .toArrow()
-        )
     coded = _coded(
-        sql, all_parsed.where(F.col("row_in_file").isNotNull()), text_columns, event_logs
+        sql,
+        all_parsed.where(F.col("row_in_file").isNotNull()),
+        all_parsed.where(F.col("quarantine").isNotNull()),
+        text_columns,
+        event_logs,
     )
     sql.release(all_parsed)
-    return dataclasses.replace(coded, quarantine=_per_source(quarantined))
+    return coded
 
 
-def _per_source(quarantined: pa.Table) -> list[pd.DataFrame]:
-    """Each source's quarantined rows, its files' in order, as the single host has them:
-    a file without any adds no columns (``training.sources`` reads it as no rows)."""
-    sources: dict[int, list[pd.DataFrame]] = {}
-    for row in sorted(
-        quarantined.to_pylist(), key=lambda row: (row["source_position"], row["file"])
-    ):
-        sources.setdefault(row["source_position"], []).append(pickle.loads(row["quarantine"]))
-    joined = []
-    for _, files in sorted(sources.items()):
-        found = with_rows(files)
-        joined.append(found[0] if len(found) == 1 else pd.concat(found, ignore_index=True))
-    return joined
+def write_quarantine(
+    sql: SparkEngine,
+    quarantine: DataFrame,
+    columns: list[str],
+    erased: NDArray[np.int64],
+    engine: EngineConfig,
+) -> QuarantinedRows:
+    """The quarantine file (``training.quarantine``), written by the executors from
+    ``quarantine`` (``SparkRows.quarantine``), a part per file, the values of the rows in
+    ``erased`` (row ids) withheld; the driver joins the parts."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    directory = parts_directory(engine)
+    try:
+        setup = sql.session.sparkContext.broadcast((columns, erased, str(directory)))
+        with quiet():
+            written = quarantine.mapInArrow(
+                partial(_write_quarantine_parts, setup=setup), from_arrow_schema(_WRITTEN)
+            ).toArrow()
+        rows = sorted(written.to_pylist(), key=lambda row: (row["source_position"], row["file"]))
+        parts = [directory / row["part"] for row in rows]
+        found = [pickle.loads(row["firsts"]) for row in rows]
+        return QuarantinedRows.joined(parts, found, columns)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# A quarantine part written: its file, its name in the parts directory, the first row of each
+# of its reasons (a pickled DataFrame).
+_WRITTEN = pa.schema(
+    [
+        ("source_position", pa.int32()),
+        ("file", pa.int32()),
+        ("part", pa.string()),
+        ("firsts", pa.binary()),
+    ]
+)
+
+
+def _write_quarantine_parts(
+    batches: Iterator[pa.RecordBatch], setup: Any
+) -> Iterator[pa.RecordBatch]:
+    """A task: write each file's quarantined rows it is given as a part (``setup``: the
+    broadcast columns, erased row ids and parts directory)."""
+    columns, erased, directory = setup.value
+    for batch in batches:
+        for row in batch.to_pylist():
+            frame = pickle.loads(row["quarantine"])
+            frame = withhold_erased(frame, row["start"] + frame.index.to_numpy(np.int64), erased)
+            name = f"quarantine-{row['source_position']:05d}-{row['file']:09d}.csv"
+            target = Path(directory) / name
+            staged = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+            with staged.open("w", newline="", encoding="utf-8") as handle:
+                write_part(frame, columns, handle)
+            staged.replace(target)  # a task run again writes the same part whole
+            written = {
+                "source_position": row["source_position"],
+                "file": row["file"],
+                "part": name,
+                "firsts": pickle.dumps(firsts(frame), protocol=pickle.HIGHEST_PROTOCOL),
+            }
+            yield pa.RecordBatch.from_pylist([written], schema=_WRITTEN)
 
 
 def _parse_files(
@@ -244,7 +295,7 @@ def _parsed_batches(
 ) -> Iterator[pa.RecordBatch]:
     """One parsed file (or a source parsed by the driver: ``file`` 0) as ``parsed_schema``'s
     rows, BATCH_ROWS at a time (a text column's strings are made per batch, never a whole
-    file's at once), then one row holding its quarantined rows."""
+    file's at once), then, where it has any, one row holding its quarantined rows."""
     schema = parsed_schema(text_columns)
     stamps = parsed["timestamp"].astype("datetime64[us]", copy=False)
     count = len(stamps)
@@ -271,6 +322,8 @@ def _parsed_batches(
         columns["error"] = pa.nulls(size, pa.string())
         columns["quarantine"] = pa.nulls(size, pa.binary())
         yield pa.RecordBatch.from_pydict(columns, schema=schema)
+    if not len(quarantine):
+        return
     side = {
         "source_position": position,
         "file": file,
@@ -280,9 +333,14 @@ def _parsed_batches(
 
 
 def _coded(
-    sql: SparkEngine, parsed: DataFrame, text_columns: list[str], event_logs: list[int]
+    sql: SparkEngine,
+    parsed: DataFrame,
+    quarantine: DataFrame,
+    text_columns: list[str],
+    event_logs: list[int],
 ) -> SparkRows:
-    """``parsed`` numbered in source order, its text as codes into sorted vocabularies."""
+    """``parsed`` numbered in source order, its text as codes into sorted vocabularies;
+    ``quarantine`` (the files' quarantine rows) with each file's first row id."""
     from pyspark.sql import functions as F
 
     session = sql.session
@@ -292,6 +350,13 @@ def _coded(
     numbered = parsed.join(F.broadcast(offsets), on=["source_position", "file"]).withColumn(
         "row_id", F.col("start") + F.col("row_in_file")
     )
+    # Persisted, as the rows are below, before what they come from goes.
+    quarantine = sql.hold(
+        quarantine.join(F.broadcast(offsets), on=["source_position", "file"]).select(
+            "source_position", "file", "quarantine", "start"
+        )
+    )
+    quarantine.count()
     codes, sizes = _vocabulary_codes(sql, parsed, text_columns)
     for number, column in enumerate(text_columns):
         of_column = codes.where(F.col("column") == number).select(
@@ -357,7 +422,7 @@ def _coded(
             for column in VALUE_COLUMNS
         ),
     )
-    return SparkRows(rows, values, vocabulary, [])
+    return SparkRows(rows, values, vocabulary, quarantine)
 
 
 def _vocabulary_codes(
