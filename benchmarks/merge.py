@@ -15,6 +15,7 @@ read time is then the driver's (event logs, databases) only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -28,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 from training.config import EngineConfig, load_config  # noqa: E402
 from training.engine import spark_session  # noqa: E402
 from training.merge import merge_sources  # noqa: E402
-from training.sources import SourceFiles, SourceRows, read_source  # noqa: E402
-from training.spark_sources import read_by_executors  # noqa: E402
+from training.pipeline import read_sources  # noqa: E402
+from training.progress import Progress  # noqa: E402
 
 
 def peak_rss_mb(pid: int) -> int:
@@ -91,10 +92,7 @@ def main() -> int:
     accounting = None
     for _ in range(args.rounds):
         started = time.perf_counter()
-        sources: list[SourceRows | SourceFiles] = [
-            SourceFiles.of(source) if read_by_executors(source, engine) else read_source(source)
-            for source in config.sources
-        ]
+        sources = read_sources(dataclasses.replace(config, engine=engine), Progress.silent())
         read_s = time.perf_counter() - started
         started = time.perf_counter()
         merged = merge_sources(sources, config.items, config.identity, engine)

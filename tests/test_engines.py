@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import numpy as np
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +29,7 @@ from recsvc.identity import IdentityKey
 from recsvc.logrecords import ALIAS_DIGESTS
 from tests.helpers import write_csv
 from tests.test_imports import run_python, without
+from training import sources as sources_module
 from training.config import EngineConfig, TrainConfig, load_config
 from training.dataset import build_dataset
 from training.engine import spark_session, stop_spark_sessions
@@ -34,20 +38,23 @@ from training.fit import Factors
 from training.identity import MAX_EXAMPLES, LinkRules, link
 from training.itemitem import fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
-from training.pipeline import alias_digests, served_arrays, train
+from training.pipeline import alias_digests, read_sources, served_arrays, source_contents, train
+from training.progress import Progress
 from training.quarantine import WITHHELD
 from training.recommenders import History
-from training.sources import SourceFiles, read_source
+from training.sources import DatabaseSlices, read_source
 from training.spark_als import SparkFactors
 from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
 from training.spark_identity import link_on_spark
-from training.spark_sources import read_by_executors
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "online-retail.toml"
 DUCKDB = EngineConfig()
+POSTGRES_DSN = os.environ.get(
+    "RECSVC_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 SYNTHETIC_CONFIG = """
 [identity]
@@ -108,16 +115,10 @@ path = "events-*.jsonl"
 
 
 def merged_with(config: TrainConfig, engine: EngineConfig) -> MergedHistory:
-    """As ``recsvc train`` merges: with Spark, its executors read the file sources."""
-    return merge_sources(
-        [
-            SourceFiles.of(source) if read_by_executors(source, engine) else read_source(source)
-            for source in config.sources
-        ],
-        config.items,
-        config.identity,
-        engine,
-    )
+    """As ``recsvc train`` merges: with Spark, its executors read the file and database
+    sources."""
+    sources = read_sources(dataclasses.replace(config, engine=engine), Progress.silent())
+    return merge_sources(sources, config.items, config.identity, engine)
 
 
 def owned(merged: MergedHistory) -> set[tuple[str, str]]:
@@ -373,6 +374,69 @@ item_id = "sku"
 quantity = "qty"
 timestamp = "at"
 """
+
+
+def test_executors_read_a_table_in_slices_as_the_single_host(
+    tmp_path: Path, spark_engine: EngineConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL table read a range of blocks per task: the same rows, quarantine
+    (located by slice) and fingerprint content as one host reading it, whole or in slices."""
+    try:
+        connection = psycopg.connect(POSTGRES_DSN, connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL is needed at {POSTGRES_DSN} (set RECSVC_TEST_POSTGRES_DSN): {error}"
+        )
+    schema = f"recsvc_slices_{uuid.uuid4().hex[:8]}"
+    rows = [
+        (
+            f"O{i // 3}",
+            i // 7,
+            f"c{i // 7}@example.com",
+            f"P{i % 40}",
+            "x" if i % 97 == 5 else str(0 if i % 131 == 7 else 1 + i % 3),
+            2.5,
+            f"2011-0{1 + i % 9}-01 10:00+00",
+        )
+        for i in range(1500)
+    ]
+    with connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+        connection.execute(
+            f"CREATE TABLE {schema}.orders (order_no text, customer integer, email text, "
+            "sku text, qty text, price numeric(10, 2), sold_at timestamptz)"
+        )
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {schema}.orders VALUES (%s, %s, %s, %s, %s, %s, %s)", rows
+            )
+        try:
+            (tmp_path / "train.toml").write_text(
+                f'[[sources]]\nname = "orders"\nkind = "postgresql"\ndsn = "{POSTGRES_DSN}"\n'
+                f'table = "{schema}.orders"\nmax_quarantine_share = 0.5\n'
+                '[sources.columns]\norder_id = "order_no"\ncustomer_id = "customer"\n'
+                'email = "email"\nitem_id = "sku"\nquantity = "qty"\nunit_price = "price"\n'
+                'timestamp = "sold_at"\n'
+            )
+            config = load_config(tmp_path / "train.toml")
+            (source,) = config.sources
+            whole = merged_with(config, DUCKDB)
+            whole_content = source_contents([read_source(source)])
+            assert DatabaseSlices.of(source).clauses == [None]
+
+            monkeypatch.setattr(sources_module, "SLICE_BLOCKS", 3)
+            assert len(DatabaseSlices.of(source).clauses) >= 3
+            duck = merged_with(config, DUCKDB)
+            spark = merged_with(config, spark_engine)
+        finally:
+            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+    assert_same(duck, spark)
+    assert duck.accounting == whole.accounting
+    pd.testing.assert_frame_equal(duck.events, whole.events)
+    assert duck.accounting["orders"]["quarantined"] == {"bad_quantity": 16, "zero_quantity": 12}
+    assert spark.database_contents == whole_content
+    files = set(spark.quarantine.frame()["file"])
+    assert len(files) >= 3 and all(f"table {schema}.orders, blocks from" in f for f in files)
 
 
 def test_files_read_alone_by_executors_are_read_as_with_their_source(

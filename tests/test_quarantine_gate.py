@@ -22,7 +22,7 @@ from tests.helpers import (
 )
 from training.config import load_config
 from training.errors import QuarantineError
-from training.pipeline import data_fingerprint, train
+from training.pipeline import data_fingerprint, source_contents, train
 from training.sources import read_source
 
 
@@ -111,7 +111,7 @@ def test_the_fingerprint_covers_how_the_data_is_read(tmp_path: Path) -> None:
         config = load_config(
             write_config(tmp_path, source_toml("shop", "shop.csv", SHOP_COLUMNS, **options))
         )
-        return data_fingerprint(config, [read_source(s) for s in config.sources])
+        return data_fingerprint(config, source_contents([read_source(s) for s in config.sources]))
 
     base = fingerprint()
     assert fingerprint() == base
@@ -124,12 +124,17 @@ def test_the_fingerprint_covers_how_the_data_is_read(tmp_path: Path) -> None:
     assert len({base, *changed}) == 5
     swapped = {**SHOP_COLUMNS, "description": "Country", "country": "Description"}
     config = load_config(write_config(tmp_path, source_toml("shop", "shop.csv", swapped)))
-    assert data_fingerprint(config, [read_source(s) for s in config.sources]) != base
+    assert (
+        data_fingerprint(config, source_contents([read_source(s) for s in config.sources])) != base
+    )
     erasures = tmp_path / "erasures.jsonl"
     listed = source_toml("shop", "shop.csv", SHOP_COLUMNS)
     config = load_config(
         write_config(tmp_path, listed, items='[identity]\nerasures = "erasures.jsonl"\n')
     )
-    before = data_fingerprint(config, [read_source(s) for s in config.sources])
+    before = data_fingerprint(config, source_contents([read_source(s) for s in config.sources]))
     erasures.write_text('{"alias_digests": ["00"]}\n')
-    assert data_fingerprint(config, [read_source(s) for s in config.sources]) != before
+    assert (
+        data_fingerprint(config, source_contents([read_source(s) for s in config.sources]))
+        != before
+    )

@@ -80,7 +80,15 @@ from training.identity import PRIMARY_NAMESPACE, link_nodes
 from training.interactions import merged_outcomes, records_frame
 from training.quarantine import QuarantinedRows, quarantine_columns
 from training.sessions import is_session, stitch_sessions
-from training.sources import SourceFiles, SourceRows, is_text, read_source, wall_time_in_utc
+from training.sources import (
+    DatabaseSlices,
+    SourceFiles,
+    SourceInput,
+    SourceRows,
+    is_text,
+    read_source,
+    wall_time_in_utc,
+)
 from training.spark_identity import link_on_spark
 from training.spark_sources import VALUE_COLUMNS, Parse, rows_on_spark, write_quarantine
 
@@ -173,10 +181,13 @@ class MergedHistory:
     # customer's canonical id ("" for none) and the merge's outcome (UNDECIDED: a known
     # customer's, for the dataset to weigh).
     interactions: pd.DataFrame = field(default_factory=lambda: records_frame([]))
+    # The content of each database source the merge read itself (on Spark, by the
+    # executors), as the data fingerprint takes it (``training.sources.database_digest``).
+    database_contents: dict[str, str] = field(default_factory=dict)
 
 
 def merge_sources(
-    sources: list[SourceRows | SourceFiles],
+    sources: list[SourceInput],
     items: ItemRules,
     identity: IdentityConfig | None = None,
     engine: EngineConfig | None = None,
@@ -221,8 +232,10 @@ def merge_sources(
             sql.view(ROWS, spark_rows.rows)
             sql.view(ROW_VALUES, spark_rows.values)
             vocabulary = spark_rows.vocabulary
+            database_contents = spark_rows.database_contents
         else:
             parsed, vocabulary, quarantined = _parse_here(sources, parse)
+            database_contents = {}
             sql.load(ROWS, _rows_table(parsed, vocabulary, event_logs))
         # The identifier vocabularies as Python strings, made once for erasures and linking.
         identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
@@ -304,6 +317,7 @@ def merge_sources(
         identity=identity_report,
         item_groups=dict(crosswalk.groups),
         interactions=interactions,
+        database_contents=database_contents,
     )
 
 
@@ -500,7 +514,7 @@ def _rows_table(
 
 
 def _parse_here(
-    sources: list[SourceRows | SourceFiles], parse: Parse
+    sources: list[SourceInput], parse: Parse
 ) -> tuple[Columns, dict[str, pa.Array], list[tuple[pd.DataFrame, NDArray[np.int64]]]]:
     """Every source parsed in this process, one after another (emptying ``sources``): the
     rows' columns, the text columns' vocabularies, each source's quarantined rows with their
@@ -511,7 +525,12 @@ def _parse_here(
     rows_before = 0
     for position in range(len(sources)):
         entry = sources.pop(0)
-        rows = read_source(entry.source, entry.files) if isinstance(entry, SourceFiles) else entry
+        if isinstance(entry, SourceFiles):
+            rows = read_source(entry.source, entry.files)
+        elif isinstance(entry, DatabaseSlices):
+            rows = entry.read()
+        else:
+            rows = entry
         del entry
         frame, text, quarantine = parse(rows, position)
         del rows

@@ -66,7 +66,16 @@ from training.merge import (
 from training.progress import Progress
 from training.quarantine import QuarantinedRows
 from training.segments import sales_of, segment_arrays
-from training.sources import SourceFiles, SourceRows, events_through, read_source
+from training.sources import (
+    DatabaseSlices,
+    SourceFiles,
+    SourceInput,
+    SourceRows,
+    database_content,
+    database_digest,
+    events_through,
+    read_source,
+)
 from training.spark_als import SparkFactors, fit_als_on_spark
 from training.spark_candidates import spark_served_arrays
 from training.spark_sources import read_by_executors
@@ -112,13 +121,14 @@ def train(
             "development secret, and a service with authentication on refuses it"
         )
     sources = read_sources(config, progress)
-    fingerprint = data_fingerprint(config, sources)
+    contents = source_contents(sources)
     received = [events_through(rows) for rows in sources if isinstance(rows, SourceRows)]
     with progress.step("merging sources and linking customers", "rows") as step:
         merged = merge_sources(  # frees the raw rows
             sources, config.items, config.identity, config.engine
         )
         step.add(sum(counts["rows_read"] for counts in merged.accounting.values()))
+    fingerprint = data_fingerprint(config, contents | merged.database_contents)
     quarantine = quarantine_gate(config.sources, merged, allow_quarantine)
     if not (outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)).any():
         raise TrainingError("nothing to train on: no source has a purchase that can be used")
@@ -255,15 +265,18 @@ def train(
     )
 
 
-def read_sources(config: TrainConfig, progress: Progress) -> list[SourceRows | SourceFiles]:
+def read_sources(config: TrainConfig, progress: Progress) -> list[SourceInput]:
     """Every source, side by side on the usable cores: Arrow and pandas parse without the
     GIL (at 20 M purchases three sources took 16.4 s one after another, 10.0 s on two
     cores, for 0.5 GB more at the peak of reading, under the run's). A source Spark's
-    executors read (``read_by_executors``) is only listed: the merge reads it."""
+    executors read (``read_by_executors``) is only listed (its files,
+    or its slices): the merge reads it."""
 
-    def timed(source: SourceConfig) -> tuple[SourceRows | SourceFiles, float]:
+    def timed(source: SourceConfig) -> tuple[SourceInput, float]:
         started = time.perf_counter()
         if read_by_executors(source, config.engine):
+            if source.kind == "postgresql":
+                return DatabaseSlices.of(source), 0.0
             return SourceFiles.of(source), 0.0
         return read_source(source), time.perf_counter() - started
 
@@ -465,21 +478,33 @@ def _first_quarantined(source: SourceConfig, quarantine: QuarantinedRows, reason
     return f"{where}, {value}"
 
 
-def data_fingerprint(config: TrainConfig, sources: Sequence[SourceRows | SourceFiles]) -> str:
-    """sha256 over every input's content, the config that shapes how it is read (each
-    source's declaration: mappings, formats, time zone, prefixes), the identity rules and
-    crosswalks, the erasure list and the parameters: same inputs, same model. Files are
-    hashed as bytes; a database source by the rows it returned."""
-    digest = hashlib.sha256()
+def source_contents(sources: Sequence[SourceInput]) -> dict[str, str]:
+    """Each source's content as the data fingerprint takes it: files by their bytes' sha256,
+    a database source by its rows (``training.sources.database_digest``). A database source
+    Spark's executors read is left out: the merge, which reads it, gives it
+    (``MergedHistory.database_contents``)."""
+    contents = {}
     for rows in sources:
-        source = rows.source
+        if isinstance(rows, DatabaseSlices):
+            continue
         if isinstance(rows, SourceFiles):
-            part = "".join(sha256_file(path) for path in rows.files)
-        elif source.kind == "postgresql":
-            content = pd.util.hash_pandas_object(rows.frame, index=False).to_numpy().tobytes()
-            part = hashlib.sha256(content).hexdigest()
+            contents[rows.source.name] = "".join(sha256_file(path) for path in rows.files)
+        elif rows.source.kind == "postgresql":
+            count, total = database_digest(rows.frame, rows.source)
+            contents[rows.source.name] = database_content(count, total)
         else:
-            part = "".join(sha256_file(Path(path)) for path in rows.files)
+            contents[rows.source.name] = "".join(sha256_file(Path(path)) for path in rows.files)
+    return contents
+
+
+def data_fingerprint(config: TrainConfig, contents: dict[str, str]) -> str:
+    """sha256 over every input's content (``source_contents``), the config that shapes how
+    it is read (each source's declaration: mappings, formats, time zone, prefixes), the
+    identity rules and crosswalks, the erasure list and the parameters: same inputs, same
+    model."""
+    digest = hashlib.sha256()
+    for source in config.sources:
+        part = contents[source.name]
         declared = {
             key: value
             for key, value in msgspec.structs.asdict(source).items()

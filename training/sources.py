@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import dataclasses
 import difflib
 import io
 import json
@@ -43,6 +44,10 @@ EVENT_EXTRA = (KIND, SESSION)
 # Text read straight into a dictionary: each distinct value is held once.
 TEXT_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 ARROW_TEXT = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' "str", held by Arrow
+# A database table is read in slices of this many blocks (of 8 kB by default: about 128 MB),
+# each a range of row locations (ctid) that PostgreSQL 14 and later scans alone; on Spark a
+# task per slice (``training.spark_sources``).
+SLICE_BLOCKS = 16_384
 # The fields a typed Parquet column gives the merge as they are: numbers as float64 (NaN where
 # null), timestamps as naive UTC datetime64[us] (NaT where null; a column without a zone is
 # wall time in the source's time zone, as the same value written as text would be).
@@ -54,8 +59,8 @@ class SourceRows:
     """All rows of one source. ``frame`` has one column per mapped field, plus ``file``
     (index into ``files``) and ``record`` (1-based record number in it; for a malformed CSV
     row, its line number). A CSV source may add ``malformed``: what is wrong with a row that
-    could not be split into the header's fields ("" for good rows). A database source has
-    one pseudo-file, its table or query.
+    could not be split into the header's fields ("" for good rows). A database source's
+    pseudo-files are its slices (``DatabaseSlices``).
 
     Text columns (the fields and ``malformed``) are categoricals of strings, "" where empty:
     a column holds each distinct value once, and the merge works on its codes. A Parquet
@@ -90,10 +95,74 @@ class SourceFiles:
         return SourceFiles(source, files)
 
 
+@dataclass(frozen=True)
+class DatabaseSlices:
+    """A PostgreSQL source not read yet, as the slices that read it in turn (on Spark, a
+    task each): a table in ranges of SLICE_BLOCKS blocks, in its physical order; a query or
+    a view whole. ``labels`` name each slice (the quarantine file's ``file``), ``clauses``
+    select its rows (None: all). ``dsn`` is resolved once, by the trainer (an executor has
+    not its environment)."""
+
+    source: SourceConfig
+    labels: list[str]
+    clauses: list[str | None]
+    dsn: str = dataclasses.field(repr=False)  # may hold a password
+
+    @staticmethod
+    def of(source: SourceConfig) -> DatabaseSlices:
+        """Checks that the relation has the mapped columns, and sizes a table."""
+        import psycopg
+        from psycopg import sql
+
+        where = f"source {source.name!r} ({_database_label(source)})"
+        probe = sql.SQL("SELECT * FROM {} LIMIT 0").format(_relation(source))
+        dsn = database_dsn(source)
+        try:
+            with psycopg.connect(dsn, connect_timeout=10) as connection:
+                with connection.cursor() as cursor:
+                    cursor.execute(probe)
+                    found = [column.name for column in cursor.description or []]
+                    _check_columns(source, found, where)
+                    blocks = _table_blocks(source, cursor)
+        except psycopg.Error as error:
+            raise SourceError(f"{where}: {str(error).strip()}") from error
+        label = _database_label(source)
+        if blocks is None:
+            return DatabaseSlices(source, [label], [None], dsn)
+        starts = range(0, max(blocks, 1), SLICE_BLOCKS)
+        if len(starts) == 1:
+            return DatabaseSlices(source, [label], [None], dsn)
+        labels: list[str] = []
+        clauses: list[str | None] = []
+        for number, start in enumerate(starts):
+            last = number == len(starts) - 1  # open: rows added since the table was sized
+            clause = f"ctid >= '({start},0)'::tid"
+            if not last:
+                clause += f" AND ctid < '({start + SLICE_BLOCKS},0)'::tid"
+            labels.append(
+                f"{label}, blocks from {start}"
+                + ("" if last else f" to {start + SLICE_BLOCKS - 1}")
+            )
+            clauses.append(clause)
+        return DatabaseSlices(source, labels, clauses, dsn)
+
+    def read(self) -> SourceRows:
+        """Every slice, one after another."""
+        frames = [
+            read_slice(self.source, self.dsn, clause, index)
+            for index, clause in enumerate(self.clauses)
+        ]
+        return SourceRows(self.source, self.labels, _concat(frames))
+
+
+# A source as the merge is given it: read, or to be read there (on Spark, by the executors).
+SourceInput = SourceRows | SourceFiles | DatabaseSlices
+
+
 def read_source(source: SourceConfig, files: list[Path] | None = None) -> SourceRows:
     """Every row of ``source`` (of ``files``, where they are listed already)."""
     if source.kind == "postgresql":
-        return SourceRows(source, [_database_label(source)], _read_postgresql(source))
+        return DatabaseSlices.of(source).read()
     if source.kind == "events":
         return _read_event_log(source, source.files() if files is None else files)
     listed = SourceFiles.of(source).files if files is None else files
@@ -636,28 +705,24 @@ def _typed_as_text(values: pd.Series) -> pd.Series:
     return categorical
 
 
-def _read_postgresql(source: SourceConfig) -> pd.DataFrame:
+def read_slice(source: SourceConfig, dsn: str, clause: str | None, index: int) -> pd.DataFrame:
+    """The rows of one of a database source's slices (``DatabaseSlices``), numbered from 1
+    in it, as ``file`` ``index``."""
     import psycopg
     from psycopg import sql
 
     where = f"source {source.name!r} ({_database_label(source)})"
     columns = list(source.columns.values())
     selected = sql.SQL(", ").join(sql.Identifier(column) for column in columns)
-    if source.table is not None:
-        relation: sql.Composable = sql.Identifier(*source.table.split("."))
-    else:
-        relation = sql.SQL("({}) AS source").format(sql.SQL(source.query))  # type: ignore[arg-type]
+    query = sql.SQL("SELECT {} FROM {}").format(selected, _relation(source))
+    if clause is not None:
+        query = sql.SQL("{} WHERE {}").format(query, sql.SQL(clause))
     try:
-        with psycopg.connect(database_dsn(source), connect_timeout=10) as connection:
-            probe = sql.SQL("SELECT * FROM {} LIMIT 0").format(relation)
-            with connection.cursor() as cursor:
-                cursor.execute(probe)
-                found = [column.name for column in cursor.description or []]
-            _check_columns(source, found, where)
+        with psycopg.connect(dsn, connect_timeout=10) as connection:
             chunks: list[pd.DataFrame] = []
             with connection.cursor(name="recsvc_source") as cursor:
                 cursor.itersize = source.chunk_rows
-                cursor.execute(sql.SQL("SELECT {} FROM {}").format(selected, relation))
+                cursor.execute(query)
                 while rows := cursor.fetchmany(source.chunk_rows):
                     chunks.append(
                         pd.DataFrame(
@@ -675,8 +740,45 @@ def _read_postgresql(source: SourceConfig) -> pd.DataFrame:
         else pd.DataFrame({column: pd.Series([], dtype="str") for column in columns})
     )
     numbered = _numbered(_fields(frame, source))
-    numbered["file"] = 0
+    numbered["file"] = index
     return numbered
+
+
+def database_digest(frame: pd.DataFrame, source: SourceConfig) -> tuple[int, int]:
+    """What the data fingerprint takes of a database source's rows: their count and the sum
+    of their hashes (mapped fields only), modulo 2**64. A sum, so that slices read apart add
+    up to the whole."""
+    hashes = pd.util.hash_pandas_object(frame[list(source.columns)], index=False).to_numpy()
+    return len(frame), int(hashes.sum(dtype=np.uint64))
+
+
+def database_content(count: int, total: int) -> str:
+    """``database_digest``'s figures as the data fingerprint's text."""
+    return f"{count} rows, hash sum {total:016x}"
+
+
+def _relation(source: SourceConfig) -> Any:
+    from psycopg import sql
+
+    if source.table is not None:
+        return sql.Identifier(*source.table.split("."))
+    return sql.SQL("({}) AS source").format(sql.SQL(source.query))  # type: ignore[arg-type]
+
+
+def _table_blocks(source: SourceConfig, cursor: Any) -> int | None:
+    """A plain table's size in blocks, where PostgreSQL (14 and later) scans a block range
+    alone; None for a query, a view or an older server."""
+    if source.table is None or cursor.connection.info.server_version < 140000:
+        return None
+    cursor.execute(
+        "SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::bigint "
+        "FROM pg_class AS c WHERE c.oid = to_regclass(%s)",
+        (source.table,),
+    )
+    found = cursor.fetchone()
+    if found is None or found[0] != "r":
+        return None
+    return int(found[1])
 
 
 def database_dsn(source: SourceConfig) -> str:

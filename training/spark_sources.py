@@ -1,10 +1,11 @@
 """Reading and parsing the sources on Spark's executors (``[engine] kind = "spark"``).
 
-Each file of a CSV, JSONL or Parquet source is one task, which runs the single-host reader
-(``training.sources.read_file``) and parser (``training.merge``'s ``_parse``) on it, so the
-driver never holds those sources' rows. The service's event logs (their sessions are stitched
-across the whole log, ``training.sessions``) and database sources are read and parsed by the
-driver, as on one host, and sent to Spark parsed.
+Each file of a CSV, JSONL or Parquet source, and each slice of a PostgreSQL source
+(``training.sources.DatabaseSlices``), is one task, which runs the single-host reader
+(``training.sources.read_file``, ``read_slice``) and parser (``training.merge``'s ``_parse``)
+on it, so the driver never holds those sources' rows. The service's event logs (their sessions
+are stitched across the whole log, ``training.sessions``) are read and parsed by the driver,
+as on one host, and sent to Spark parsed.
 
 Spark then numbers the rows in source order (each file's after the files before it) and gives
 each text value its position in its column's sorted vocabulary, as the single host does, so
@@ -18,6 +19,7 @@ customer's; then the executors write them as the quarantine file's parts
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import shutil
 import socket
@@ -38,7 +40,17 @@ from training.config import EngineConfig, SourceConfig
 from training.engine import SparkEngine, parts_directory, quiet
 from training.errors import SourceError
 from training.quarantine import QuarantinedRows, firsts, withhold_erased, write_part
-from training.sources import SourceFiles, SourceRows, mixed_fields, read_file
+from training.sources import (
+    DatabaseSlices,
+    SourceFiles,
+    SourceInput,
+    SourceRows,
+    database_content,
+    database_digest,
+    mixed_fields,
+    read_file,
+    read_slice,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -80,8 +92,8 @@ _TYPED = [
 # ids at scale, a large shop's customers) is joined by shuffling the rows. At 2 M purchases
 # (every vocabulary under it) coding took 15.1 s, against 18.6 s with every one shuffled.
 BROADCAST_BYTES = 64 << 20
-# The kinds whose files the executors read.
-EXECUTOR_KINDS = ("csv", "jsonl", "parquet")
+# The kinds the executors read: files, a task each; a database, a task per slice.
+EXECUTOR_KINDS = ("csv", "jsonl", "parquet", "postgresql")
 # Identifiers and orders are NULL in ``rows`` where blank; items are not (a blank item is
 # quarantined), descriptions and countries are only values.
 _NULL_WHEN_BLANK = {"raw_customer_id", "id_alias", "email_alias", "phone_alias", "order"}
@@ -95,13 +107,15 @@ def read_by_executors(source: SourceConfig, engine: EngineConfig) -> bool:
 def parsed_schema(text_columns: list[str]) -> pa.Schema:
     """What parsing gives Spark: the rows (``row_in_file`` set), then, where a file has any,
     a row of its own with its quarantined rows (``quarantine``, a pickled DataFrame indexed by
-    row in file), or only a row with the ``error`` that stopped it."""
+    row in file) and a database slice's ``content`` (``training.sources.database_digest``:
+    count and hash sum), or only a row with the ``error`` that stopped it."""
     return pa.schema(
         [
             *_TYPED,
             *((column, pa.string()) for column in text_columns),
             ("error", pa.string()),
             ("quarantine", pa.binary()),
+            ("content", pa.string()),
         ]
     )
 
@@ -111,42 +125,47 @@ class SparkRows:
     """The parsed rows in Spark: ``rows`` as the merge's queries read it (``ROW_COLUMNS`` and
     ``erased``), ``values`` (row_id, VALUE_COLUMNS and a code per text column but the
     order's and the identifiers'), the collected ``vocabulary`` of each text column but the
-    order ids', and each file's ``quarantine`` row (source_position, file, quarantine, and
-    ``start``, its first row's row_id)."""
+    order ids', each file's ``quarantine`` row (source_position, file, quarantine, and
+    ``start``, its first row's row_id), and each database source's content as the data
+    fingerprint takes it, by source name."""
 
     rows: DataFrame
     values: DataFrame
     vocabulary: dict[str, pa.Array]
     quarantine: DataFrame
+    database_contents: dict[str, str]
 
 
 @dataclass(frozen=True)
 class _Files:
-    """What the tasks read: task number -> (source position, file index, path)."""
+    """What the tasks read: task number -> (source position, file index, path), or for a
+    database source (source position, slice, its WHERE clause or None)."""
 
-    tasks: list[tuple[int, int, str]]
+    tasks: list[tuple[int, int, str | None]]
     sources: dict[int, SourceConfig]
-    files: dict[int, list[str]]  # every file of each source, for the quarantine's names
+    files: dict[int, list[str]]  # each source's files (slices), for the quarantine's names
+    dsns: dict[int, str]  # each database source's connection string
     as_text: dict[int, set[str]]  # per source, the fields read as text (``mixed_fields``)
     text_columns: list[str]
 
 
 def rows_on_spark(
     sql: SparkEngine,
-    sources: list[SourceRows | SourceFiles],
+    sources: list[SourceInput],
     parse: Parse,
     text_columns: list[str],
     event_logs: list[int],
 ) -> SparkRows:
-    """Every source's rows parsed and coded in Spark: ``SourceFiles`` by the executors, one
-    task per file; ``SourceRows`` (read by the driver) here, then sent. Empties ``sources``.
+    """Every source's rows parsed and coded in Spark: ``SourceFiles`` and ``DatabaseSlices``
+    by the executors, one task per file or slice; ``SourceRows`` (read by the driver) here,
+    then sent. Empties ``sources``.
     What it persists, ``sql`` holds until the merge ends."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     session = sql.session
     parallelism = session.sparkContext.defaultParallelism
-    files = _Files([], {}, {}, {}, text_columns)
+    files = _Files([], {}, {}, {}, {}, text_columns)
     parts: list[DataFrame] = []
     for position in range(len(sources)):
         entry = sources.pop(0)
@@ -156,6 +175,15 @@ def rows_on_spark(
             files.files[position] = paths
             files.as_text[position] = mixed_fields(entry.source, entry.files)
             files.tasks.extend((position, index, path) for index, path in enumerate(paths))
+            continue
+        if isinstance(entry, DatabaseSlices):
+            files.sources[position] = entry.source
+            files.files[position] = entry.labels
+            files.as_text[position] = set()
+            files.dsns[position] = entry.dsn
+            files.tasks.extend(
+                (position, index, clause) for index, clause in enumerate(entry.clauses)
+            )
             continue
         parsed, encoded, quarantine = parse(entry, position)
         del entry
@@ -178,6 +206,13 @@ def rows_on_spark(
     errors = all_parsed.where(F.col("error").isNotNull()).select("error").limit(1).collect()
     if errors:
         raise SourceError(errors[0]["error"])
+    with quiet():
+        contents = (
+            all_parsed.where(F.col("content").isNotNull())
+            .select("source_position", "content")
+            .toArrow()
+            .to_pylist()
+        )
     coded = _coded(
         sql,
         all_parsed.where(F.col("row_in_file").isNotNull()),
@@ -186,7 +221,23 @@ def rows_on_spark(
         event_logs,
     )
     sql.release(all_parsed)
-    return coded
+    return dataclasses.replace(coded, database_contents=_database_contents(contents, files.sources))
+
+
+def _database_contents(
+    slices: list[dict[str, Any]], sources: dict[int, SourceConfig]
+) -> dict[str, str]:
+    """Each database source's content, from its slices' (``content``: "count hash-sum")."""
+    totals: dict[int, tuple[int, int]] = {}
+    for found in slices:
+        count, total = map(int, found["content"].split())
+        before = totals.get(found["source_position"], (0, 0))
+        totals[found["source_position"]] = (before[0] + count, (before[1] + total) % 2**64)
+    return {
+        source.name: database_content(*totals.get(position, (0, 0)))
+        for position, source in sources.items()
+        if source.kind == "postgresql"
+    }
 
 
 def write_quarantine(
@@ -264,8 +315,14 @@ def _parse_files(
         for task in batch.column("id").to_pylist():
             position, index, path = files.tasks[task]
             source = files.sources[position]
+            content = None
             try:
-                frame = read_file(source, Path(path), index, files.as_text[position])
+                if source.kind == "postgresql":
+                    frame = read_slice(source, files.dsns[position], path, index)
+                    content = database_digest(frame, source)
+                else:
+                    assert path is not None
+                    frame = read_file(source, Path(path), index, files.as_text[position])
                 parsed, encoded, quarantine = parse(
                     SourceRows(source, files.files[position], frame), position
                 )
@@ -281,7 +338,7 @@ def _parse_files(
                 continue
             del frame
             yield from _parsed_batches(
-                parsed, encoded, quarantine, position, index, files.text_columns
+                parsed, encoded, quarantine, position, index, files.text_columns, content
             )
 
 
@@ -292,10 +349,12 @@ def _parsed_batches(
     position: int,
     file: int,
     text_columns: list[str],
+    content: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """One parsed file (or a source parsed by the driver: ``file`` 0) as ``parsed_schema``'s
     rows, BATCH_ROWS at a time (a text column's strings are made per batch, never a whole
-    file's at once), then, where it has any, one row holding its quarantined rows."""
+    file's at once), then, where it has any, one row holding its quarantined rows and
+    ``content`` (a database slice's count and hash sum)."""
     schema = parsed_schema(text_columns)
     stamps = parsed["timestamp"].astype("datetime64[us]", copy=False)
     count = len(stamps)
@@ -321,13 +380,17 @@ def _parsed_batches(
             columns[column] = pc.take(text.dictionary, text.indices[rows]).cast(pa.string())
         columns["error"] = pa.nulls(size, pa.string())
         columns["quarantine"] = pa.nulls(size, pa.binary())
+        columns["content"] = pa.nulls(size, pa.string())
         yield pa.RecordBatch.from_pydict(columns, schema=schema)
-    if not len(quarantine):
+    if not len(quarantine) and content is None:
         return
     side = {
         "source_position": position,
         "file": file,
-        "quarantine": pickle.dumps(quarantine, protocol=pickle.HIGHEST_PROTOCOL),
+        "quarantine": (
+            pickle.dumps(quarantine, protocol=pickle.HIGHEST_PROTOCOL) if len(quarantine) else None
+        ),
+        "content": None if content is None else f"{content[0]} {content[1]}",
     }
     yield pa.RecordBatch.from_pylist([side], schema=schema)
 
@@ -422,7 +485,7 @@ def _coded(
             for column in VALUE_COLUMNS
         ),
     )
-    return SparkRows(rows, values, vocabulary, quarantine)
+    return SparkRows(rows, values, vocabulary, quarantine, {})
 
 
 def _vocabulary_codes(
