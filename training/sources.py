@@ -147,12 +147,15 @@ class DatabaseSlices:
         return DatabaseSlices(source, labels, clauses, dsn)
 
     def read(self) -> SourceRows:
-        """Every slice, one after another."""
-        frames = [
-            read_slice(self.source, self.dsn, clause, index)
-            for index, clause in enumerate(self.clauses)
-        ]
-        return SourceRows(self.source, self.labels, _concat(frames))
+        """Every slice, one after another, each row numbered in its slice. One frame made of
+        all their text: a frame per slice, joined, took a fifth longer at 2 M rows (their
+        text columns' categories merged)."""
+        slices = [_database_rows(self.source, self.dsn, clause) for clause in self.clauses]
+        sizes = [len(rows) for rows in slices]
+        frame = _fields(pd.concat(slices, ignore_index=True), self.source)
+        frame["record"] = np.concatenate([np.arange(1, size + 1) for size in sizes])
+        frame["file"] = np.repeat(np.arange(len(sizes)), sizes)
+        return SourceRows(self.source, self.labels, frame)
 
 
 # A source as the merge is given it: read, or to be read there (on Spark, by the executors).
@@ -708,6 +711,13 @@ def _typed_as_text(values: pd.Series) -> pd.Series:
 def read_slice(source: SourceConfig, dsn: str, clause: str | None, index: int) -> pd.DataFrame:
     """The rows of one of a database source's slices (``DatabaseSlices``), numbered from 1
     in it, as ``file`` ``index``."""
+    numbered = _numbered(_fields(_database_rows(source, dsn, clause), source))
+    numbered["file"] = index
+    return numbered
+
+
+def _database_rows(source: SourceConfig, dsn: str, clause: str | None) -> pd.DataFrame:
+    """The mapped columns of the rows ``clause`` selects (None: all), as Python strings."""
     import psycopg
     from psycopg import sql
 
@@ -734,14 +744,9 @@ def read_slice(source: SourceConfig, dsn: str, clause: str | None, index: int) -
                     )
     except psycopg.Error as error:
         raise SourceError(f"{where}: {str(error).strip()}") from error
-    frame = (
-        pd.concat(chunks, ignore_index=True)
-        if chunks
-        else pd.DataFrame({column: pd.Series([], dtype="str") for column in columns})
-    )
-    numbered = _numbered(_fields(frame, source))
-    numbered["file"] = index
-    return numbered
+    if not chunks:
+        return pd.DataFrame({column: pd.Series([], dtype="str") for column in columns})
+    return pd.concat(chunks, ignore_index=True)
 
 
 def database_digest(frame: pd.DataFrame, source: SourceConfig) -> tuple[int, int]:
