@@ -53,8 +53,7 @@ def test_ragged_rows_are_quarantined_with_their_line(tmp_path: Path) -> None:
     assert counts["quarantined"] == {"malformed_row": 2}
     assert accounted(counts) == 4
     details = sorted(merged.quarantine.frame()["detail"])
-    assert details[0].startswith("line 3: 9 fields, not 8: 536365,85123A")
-    assert details[1].startswith("line 4: 3 fields, not 8: 536367,22041,FRAME")
+    assert details == ["line 3: 9 fields, not 8", "line 4: 3 fields, not 8"]
     assert sorted(merged.quarantine.frame()["record"]) == [3, 4]
 
 

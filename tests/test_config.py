@@ -11,7 +11,14 @@ import pytest
 
 from recsvc.config import ServiceConfig, settings_table
 from recsvc.errors import ConfigError as ServiceConfigError
-from training.config import EngineConfig, ModelParams, load_config, parse_config, tuned_path
+from training.config import (
+    EngineConfig,
+    ModelParams,
+    SourceConfig,
+    load_config,
+    parse_config,
+    tuned_path,
+)
 from training.engine import engine as open_engine
 from training.errors import ConfigError
 
@@ -208,3 +215,8 @@ def test_settings_parse_to_typed_values() -> None:
         "127.0.0.1:8000",
     )
     assert ServiceConfig.from_mapping({"RECSVC_AUTH": "off"}).workers >= 1
+
+
+def test_a_sources_repr_hides_its_connection_string() -> None:
+    source = SourceConfig(name="orders", kind="postgresql", dsn="postgresql://u:s3cret@h/db")
+    assert "s3cret" not in repr(source) and "dsn=<hidden>" in repr(source)

@@ -461,6 +461,28 @@ def test_files_read_alone_by_executors_are_read_as_with_their_source(
     assert duck.accounting["legacy"]["quarantined"] == {"bad_timestamp": 1}  # as text
     assert_same(duck, merged_with(config, spark_engine))
 
+    # Typed in every file, quarantined rows in both: midnight in one file, not in the other
+    # (pandas would write a column of midnights as dates, and the two engines split the
+    # rows differently).
+    typed_dir = tmp_path / "typed"
+    typed_dir.mkdir()
+    for number, hour in ((1, "00:00"), (2, "10:30")):
+        rows = {
+            "customer": [f"{number}", f"{number}0"],
+            "sku": ["A", "B"],
+            "qty": [1.0, 0.0],
+            "at": [pd.Timestamp(f"2011-01-0{number} {hour}")] * 2,
+        }
+        pq.write_table(pa.table(rows), typed_dir / f"legacy-{number}.parquet")
+    (typed_dir / "train.toml").write_text(PARQUET_CONFIG)
+    config = load_config(typed_dir / "train.toml")
+    duck = merged_with(config, DUCKDB)
+    assert list(duck.quarantine.frame()["timestamp"]) == [
+        "2011-01-01T00:00:00.000000Z",
+        "2011-01-02T10:30:00.000000Z",
+    ]
+    assert_same(duck, merged_with(config, spark_engine))
+
     empty = tmp_path / "empty"
     empty.mkdir()
     write_csv(empty / "shop-1.csv", ["order", "cust", "mail", "sku", "qty", "price", "at"], [])

@@ -11,11 +11,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import psycopg
 import pytest
 
 from recsvc.bundle import load_current
 from recsvc.ranker import Ranker
+from training import sources
 from training.cli import main
 from training.config import load_config
 from training.pipeline import train
@@ -136,3 +138,47 @@ def test_sources_check(tmp_path: Path, schema: str, capsys: pytest.CaptureFixtur
     assert main(["sources", "check", "--config", str(down)]) == 1
     out = capsys.readouterr().out
     assert "error: source 'orders'" in out and "127.0.0.1" in out
+
+
+def test_a_table_read_in_slices_is_read_in_one_snapshot(
+    tmp_path: Path, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices read apart (Spark's tasks) read the snapshot the trainer exported: a row that
+    an update moves into a slice not read yet is not read twice, and one moved into a slice
+    read already is not lost. A quoted table name is sized as it is read."""
+    table = f'{schema}."Order Lines"'
+    with psycopg.connect(DSN, autocommit=True) as connection:
+        connection.execute(
+            f"CREATE TABLE {table} (order_no text, customer integer, email text, sku text, "
+            "qty integer, price numeric(10, 2), sold_at timestamptz) WITH (fillfactor = 100)"
+        )
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {table} VALUES (%s, %s, NULL, %s, 1, 2.5, '2011-01-01 10:00+00')",
+                [(f"O{i}", i, f"P{i % 7}") for i in range(600)],
+            )
+        monkeypatch.setattr(sources, "SLICE_BLOCKS", 1)
+        config = write_config(
+            tmp_path,
+            f'name = "orders"\nkind = "postgresql"\ndsn = "{DSN}"\n'
+            f'table = "{schema}.Order Lines"',  # as is, each part quoted when read
+        )
+        (source,) = load_config(config).sources
+        slices = sources.DatabaseSlices.of(source)
+        assert len(slices.clauses) > 3  # sized: the quoted name found
+        holder, snapshot = sources.export_snapshot(DSN, "test")
+        try:
+            frames = []
+            for index, clause in enumerate(slices.clauses):
+                frames.append(sources.read_slice(source, DSN, clause, index, snapshot))
+                if index == 0:  # too long for the first block: the new version goes to the end
+                    connection.execute(
+                        f"UPDATE {table} SET qty = 2, email = repeat('x', 4000) "
+                        "WHERE order_no = 'O0'"
+                    )
+        finally:
+            holder.close()
+        read = pd.concat(frames)
+        assert len(read) == 600 and list(read["order_id"]).count("O0") == 1
+        whole = slices.read().frame  # one host: every slice in one transaction
+        assert len(whole) == 600 and set(whole["quantity"]) == {"1", "2"}

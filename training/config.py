@@ -103,6 +103,14 @@ class SourceConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     def files(self) -> list[Path]:
         return [] if self.path is None else matching_files(self.base_dir / self.path)
 
+    def __repr__(self) -> str:
+        """Without ``dsn``'s value, which may hold a password."""
+        shown = (
+            f"{name}={'<hidden>' if name == 'dsn' and value else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"SourceConfig({', '.join(shown)})"
+
 
 def matching_files(pattern: Path) -> list[Path]:
     """The files a glob pattern matches (a plain path: itself, if it exists), sorted."""

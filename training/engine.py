@@ -14,7 +14,7 @@ import tempfile
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -159,6 +159,7 @@ class SparkEngine:
         self._session = session
         self._views: list[str] = []
         self._persisted: list[DataFrame] = []
+        self._closing: list[Callable[[], object]] = []
 
     def load(self, name: str, table: pa.Table) -> None:
         # Kept on the executors once first read: every query reads the rows.
@@ -202,11 +203,17 @@ class SparkEngine:
         frame.unpersist()
         self._persisted.remove(frame)
 
+    def closing(self, close: Callable[[], object]) -> None:
+        """``close`` called when the merge ends: something the tasks need until then."""
+        self._closing.append(close)
+
     def close(self) -> None:
         for frame in self._persisted:
             frame.unpersist()
         for name in self._views:
             self._session.catalog.dropTempView(name)
+        for close in self._closing:
+            close()
 
 
 @contextmanager

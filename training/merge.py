@@ -87,6 +87,7 @@ from training.sources import (
     SourceRows,
     is_text,
     read_source,
+    typed_as_text,
     wall_time_in_utc,
 )
 from training.spark_identity import link_on_spark
@@ -864,7 +865,9 @@ def _parse(
             "file": [str(rows.files[i]) for i in bad["file"]],
             "record": bad["record"].to_numpy(),
             "reason": [REASONS[r] for r in reason[quarantined]],
-            **{field: bad[field].to_numpy() for field in source.columns},
+            # Typed values as text, so that the file reads the same however the rows were
+            # split (pandas formats a column's timestamps by what else is in it).
+            **{field: typed_as_text(bad[field]).to_numpy() for field in source.columns},
             "detail": bad["malformed"].to_numpy() if "malformed" in bad else "",
         },
         index=np.flatnonzero(quarantined),

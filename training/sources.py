@@ -101,7 +101,12 @@ class DatabaseSlices:
     task each): a table in ranges of SLICE_BLOCKS blocks, in its physical order; a query or
     a view whole. ``labels`` name each slice (the quarantine file's ``file``), ``clauses``
     select its rows (None: all). ``dsn`` is resolved once, by the trainer (an executor has
-    not its environment)."""
+    not its environment).
+
+    The slices are read in one snapshot of the database, as one query would be: a row that
+    an update moves to another block while the slices are read would otherwise be read
+    twice, or not at all. One host reads them in one transaction; Spark's tasks in the
+    snapshot the trainer exports (``export_snapshot``) and holds until the merge ends."""
 
     source: SourceConfig
     labels: list[str]
@@ -150,7 +155,7 @@ class DatabaseSlices:
         """Every slice, one after another, each row numbered in its slice. One frame made of
         all their text: a frame per slice, joined, took a fifth longer at 2 M rows (their
         text columns' categories merged)."""
-        slices = [_database_rows(self.source, self.dsn, clause) for clause in self.clauses]
+        slices = _database_rows(self.source, self.dsn, self.clauses)
         sizes = [len(rows) for rows in slices]
         frame = _fields(pd.concat(slices, ignore_index=True), self.source)
         frame["record"] = np.concatenate([np.arange(1, size + 1) for size in sizes])
@@ -182,7 +187,7 @@ def read_file(
     readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
     frame = readers[source.kind](source, path)
     for field in as_text:
-        frame[field] = _typed_as_text(frame[field])
+        frame[field] = typed_as_text(frame[field])
     frame["file"] = index
     return frame if "record" in frame else _numbered(frame)
 
@@ -221,7 +226,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     for column in dict.fromkeys(name for frame in frames for name in frame.columns):
         parts = [frame[column] if column in frame else _blank_text(len(frame)) for frame in frames]
         if len({part.dtype.kind for part in parts}) > 1:  # typed in some files, text in others
-            parts = [_typed_as_text(part) for part in parts]
+            parts = [typed_as_text(part) for part in parts]
         if isinstance(parts[0].dtype, pd.CategoricalDtype):
             columns[column] = union_categoricals(parts)
         else:
@@ -275,7 +280,7 @@ def _close_match(column: str, found: list[str]) -> str:
 
 def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
     """The mapped columns as text. A row with too many or too few fields is kept as a
-    ``malformed`` row (its line number and text), for the merge to quarantine."""
+    ``malformed`` row (its line number and field count), for the merge to quarantine."""
     where = f"source {source.name!r}, file {path}"
     if path.stat().st_size == 0:
         raise SourceError(f"{where}: the file is empty (not even a header line)")
@@ -363,8 +368,9 @@ def _read_csv(source: SourceConfig, path: Path) -> pd.DataFrame:
     bad["malformed"] = _categorical_text(
         pd.Series(
             [
-                f"line {number}: {row.actual_columns} fields, not {row.expected_columns}: "
-                f"{row.text[:200]}"
+                # Not its text: a line whose fields cannot be told apart may hold a
+                # customer's email or phone that no erasure could then find.
+                f"line {number}: {row.actual_columns} fields, not {row.expected_columns}"
                 for number, row in zip(numbers, malformed, strict=True)
             ]
         )
@@ -695,7 +701,7 @@ def is_text(values: pd.Series) -> bool:
     return isinstance(values.dtype, pd.CategoricalDtype)
 
 
-def _typed_as_text(values: pd.Series) -> pd.Series:
+def typed_as_text(values: pd.Series) -> pd.Series:
     """A typed column as the text the merge parses back to the same value (timestamps in
     UTC, marked Z), for a source whose files disagree on the column's type."""
     if is_text(values):
@@ -708,45 +714,76 @@ def _typed_as_text(values: pd.Series) -> pd.Series:
     return categorical
 
 
-def read_slice(source: SourceConfig, dsn: str, clause: str | None, index: int) -> pd.DataFrame:
+def read_slice(
+    source: SourceConfig, dsn: str, clause: str | None, index: int, snapshot: str | None
+) -> pd.DataFrame:
     """The rows of one of a database source's slices (``DatabaseSlices``), numbered from 1
-    in it, as ``file`` ``index``."""
-    numbered = _numbered(_fields(_database_rows(source, dsn, clause), source))
+    in it, as ``file`` ``index``, read in ``snapshot`` (``export_snapshot``; None: now)."""
+    (rows,) = _database_rows(source, dsn, [clause], snapshot)
+    numbered = _numbered(_fields(rows, source))
     numbered["file"] = index
     return numbered
 
 
-def _database_rows(source: SourceConfig, dsn: str, clause: str | None) -> pd.DataFrame:
-    """The mapped columns of the rows ``clause`` selects (None: all), as Python strings."""
+def export_snapshot(dsn: str, where: str) -> tuple[Any, str]:
+    """A transaction kept open (the connection returned: close it when the snapshot is no
+    longer read) and its snapshot's id, for other connections to read in."""
+    import psycopg
+
+    try:
+        connection = psycopg.connect(dsn, connect_timeout=10)
+        connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        found = connection.execute("SELECT pg_export_snapshot()").fetchone()
+    except psycopg.Error as error:
+        raise SourceError(f"{where}: {str(error).strip()}") from error
+    assert found is not None
+    return connection, str(found[0])
+
+
+def _database_rows(
+    source: SourceConfig, dsn: str, clauses: list[str | None], snapshot: str | None = None
+) -> list[pd.DataFrame]:
+    """The mapped columns of the rows each of ``clauses`` selects (None: all), as Python
+    strings, all read in one transaction (in ``snapshot``, where given)."""
     import psycopg
     from psycopg import sql
 
     where = f"source {source.name!r} ({_database_label(source)})"
     columns = list(source.columns.values())
     selected = sql.SQL(", ").join(sql.Identifier(column) for column in columns)
-    query = sql.SQL("SELECT {} FROM {}").format(selected, _relation(source))
-    if clause is not None:
-        query = sql.SQL("{} WHERE {}").format(query, sql.SQL(clause))
+    frames = []
     try:
         with psycopg.connect(dsn, connect_timeout=10) as connection:
-            chunks: list[pd.DataFrame] = []
-            with connection.cursor(name="recsvc_source") as cursor:
-                cursor.itersize = source.chunk_rows
-                cursor.execute(query)
-                while rows := cursor.fetchmany(source.chunk_rows):
-                    chunks.append(
-                        pd.DataFrame(
-                            {
-                                column: [_text(row[i]) for row in rows]
-                                for i, column in enumerate(columns)
-                            }
+            connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            if snapshot is not None:
+                connection.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
+                )
+            for clause in clauses:
+                query = sql.SQL("SELECT {} FROM {}").format(selected, _relation(source))
+                if clause is not None:
+                    query = sql.SQL("{} WHERE {}").format(query, sql.SQL(clause))
+                chunks: list[pd.DataFrame] = []
+                with connection.cursor(name="recsvc_source") as cursor:
+                    cursor.itersize = source.chunk_rows
+                    cursor.execute(query)
+                    while rows := cursor.fetchmany(source.chunk_rows):
+                        chunks.append(
+                            pd.DataFrame(
+                                {
+                                    column: [_text(row[i]) for row in rows]
+                                    for i, column in enumerate(columns)
+                                }
+                            )
                         )
-                    )
+                frames.append(
+                    pd.concat(chunks, ignore_index=True)
+                    if chunks
+                    else pd.DataFrame({column: pd.Series([], dtype="str") for column in columns})
+                )
     except psycopg.Error as error:
         raise SourceError(f"{where}: {str(error).strip()}") from error
-    if not chunks:
-        return pd.DataFrame({column: pd.Series([], dtype="str") for column in columns})
-    return pd.concat(chunks, ignore_index=True)
+    return frames
 
 
 def database_digest(frame: pd.DataFrame, source: SourceConfig) -> tuple[int, int]:
@@ -773,12 +810,14 @@ def _relation(source: SourceConfig) -> Any:
 def _table_blocks(source: SourceConfig, cursor: Any) -> int | None:
     """A plain table's size in blocks, where PostgreSQL (14 and later) scans a block range
     alone; None for a query, a view or an older server."""
+
     if source.table is None or cursor.connection.info.server_version < 140000:
         return None
+    quoted = _relation(source).as_string(cursor)  # the relation read, quoted as it is read
     cursor.execute(
         "SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::bigint "
         "FROM pg_class AS c WHERE c.oid = to_regclass(%s)",
-        (source.table,),
+        (quoted,),
     )
     found = cursor.fetchone()
     if found is None or found[0] != "r":

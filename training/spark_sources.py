@@ -47,6 +47,7 @@ from training.sources import (
     SourceRows,
     database_content,
     database_digest,
+    export_snapshot,
     mixed_fields,
     read_file,
     read_slice,
@@ -144,7 +145,8 @@ class _Files:
     tasks: list[tuple[int, int, str | None]]
     sources: dict[int, SourceConfig]
     files: dict[int, list[str]]  # each source's files (slices), for the quarantine's names
-    dsns: dict[int, str]  # each database source's connection string
+    dsns: dict[int, str] = dataclasses.field(repr=False)  # connection strings, by source
+    snapshots: dict[int, str | None]  # and the snapshot its slices are read in
     as_text: dict[int, set[str]]  # per source, the fields read as text (``mixed_fields``)
     text_columns: list[str]
 
@@ -165,7 +167,7 @@ def rows_on_spark(
 
     session = sql.session
     parallelism = session.sparkContext.defaultParallelism
-    files = _Files([], {}, {}, {}, {}, text_columns)
+    files = _Files([], {}, {}, {}, {}, {}, text_columns)
     parts: list[DataFrame] = []
     for position in range(len(sources)):
         entry = sources.pop(0)
@@ -181,6 +183,11 @@ def rows_on_spark(
             files.files[position] = entry.labels
             files.as_text[position] = set()
             files.dsns[position] = entry.dsn
+            files.snapshots[position] = None
+            if len(entry.clauses) > 1:  # read apart: in one snapshot, held until the merge ends
+                where = f"source {entry.source.name!r}"
+                holder, files.snapshots[position] = export_snapshot(entry.dsn, where)
+                sql.closing(holder.close)
             files.tasks.extend(
                 (position, index, clause) for index, clause in enumerate(entry.clauses)
             )
@@ -318,7 +325,9 @@ def _parse_files(
             content = None
             try:
                 if source.kind == "postgresql":
-                    frame = read_slice(source, files.dsns[position], path, index)
+                    frame = read_slice(
+                        source, files.dsns[position], path, index, files.snapshots[position]
+                    )
                     content = database_digest(frame, source)
                 else:
                     assert path is not None
