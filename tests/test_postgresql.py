@@ -182,3 +182,16 @@ def test_a_table_read_in_slices_is_read_in_one_snapshot(
         assert len(read) == 600 and list(read["order_id"]).count("O0") == 1
         whole = slices.read().frame  # one host: every slice in one transaction
         assert len(whole) == 600 and set(whole["quantity"]) == {"1", "2"}
+
+
+def test_a_connection_string_libpq_cannot_parse_is_not_quoted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for dsn in ("host=127.0.0.1 password=s3 cret", "postgresql://u:s3cret w0rd@127.0.0.1/test"):
+        config = write_config(
+            tmp_path, f'name = "orders"\nkind = "postgresql"\ndsn = "{dsn}"\ntable = "orders"'
+        )
+        assert main(["sources", "check", "--config", str(config)]) == 1
+        out = capsys.readouterr().out
+        assert "dsn is not a libpq connection string" in out
+        assert "cret" not in out and "w0rd" not in out

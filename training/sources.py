@@ -826,12 +826,25 @@ def _table_blocks(source: SourceConfig, cursor: Any) -> int | None:
 
 
 def database_dsn(source: SourceConfig) -> str:
+    """The source's connection string, checked: libpq's message for one it cannot parse
+    quotes the part it stopped at, which may be the password, so it is not passed on."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
     if source.dsn is not None:
-        return source.dsn
-    assert source.dsn_env is not None  # the config requires one of the two
-    value = os.environ.get(source.dsn_env, "")
-    if not value:
-        raise SourceError(f"source {source.name!r}: environment variable {source.dsn_env} is unset")
+        value, named = source.dsn, "dsn"
+    else:
+        assert source.dsn_env is not None  # the config requires one of the two
+        value, named = os.environ.get(source.dsn_env, ""), f"environment variable {source.dsn_env}"
+        if not value:
+            raise SourceError(f"source {source.name!r}: {named} is unset")
+    try:
+        conninfo_to_dict(value)
+    except ProgrammingError:
+        raise SourceError(
+            f"source {source.name!r}: {named} is not a libpq connection string (key=value "
+            "pairs, or a postgresql:// URI with spaces percent-encoded)"
+        ) from None
     return value
 
 
