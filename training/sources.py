@@ -135,8 +135,8 @@ class DatabaseSlices:
         if blocks is None:
             return DatabaseSlices(source, [label], [None], dsn)
         starts = range(0, max(blocks, 1), SLICE_BLOCKS)
-        if len(starts) == 1:
-            return DatabaseSlices(source, [label], [None], dsn)
+        if len(starts) == 1:  # a range scan all the same: a plain one may start mid-table
+            return DatabaseSlices(source, [label], ["ctid >= '(0,0)'::tid"], dsn)
         labels: list[str] = []
         clauses: list[str | None] = []
         for number, start in enumerate(starts):
