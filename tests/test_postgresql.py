@@ -145,7 +145,8 @@ def test_a_table_read_in_slices_is_read_in_one_snapshot(
 ) -> None:
     """Slices read apart (Spark's tasks) read the snapshot the trainer exported: a row that
     an update moves into a slice not read yet is not read twice, and one moved into a slice
-    read already is not lost. A quoted table name is sized as it is read."""
+    read already is not lost; the table is not rewritten meanwhile. A quoted table name is
+    sized as it is read."""
     table = f'{schema}."Order Lines"'
     with psycopg.connect(DSN, autocommit=True) as connection:
         connection.execute(
@@ -166,7 +167,7 @@ def test_a_table_read_in_slices_is_read_in_one_snapshot(
         (source,) = load_config(config).sources
         slices = sources.DatabaseSlices.of(source)
         assert len(slices.clauses) > 3  # sized: the quoted name found
-        holder, snapshot = sources.export_snapshot(DSN, "test")
+        holder, snapshot = sources.export_snapshot(source, DSN)
         try:
             frames = []
             for index, clause in enumerate(slices.clauses):
@@ -176,6 +177,11 @@ def test_a_table_read_in_slices_is_read_in_one_snapshot(
                         f"UPDATE {table} SET qty = 2, email = repeat('x', 4000) "
                         "WHERE order_no = 'O0'"
                     )
+            # No rewrite moves the rows between slices while they are read.
+            connection.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                connection.execute(f"VACUUM FULL {table}")
+            connection.execute("RESET lock_timeout")
         finally:
             holder.close()
         read = pd.concat(frames)

@@ -208,12 +208,14 @@ class SparkEngine:
         self._closing.append(close)
 
     def close(self) -> None:
-        for frame in self._persisted:
-            frame.unpersist()
-        for name in self._views:
-            self._session.catalog.dropTempView(name)
-        for close in self._closing:
-            close()
+        try:
+            for frame in self._persisted:
+                frame.unpersist()
+            for name in self._views:
+                self._session.catalog.dropTempView(name)
+        finally:
+            for close in self._closing:
+                close()
 
 
 @contextmanager

@@ -725,19 +725,36 @@ def read_slice(
     return numbered
 
 
-def export_snapshot(dsn: str, where: str) -> tuple[Any, str]:
+def export_snapshot(source: SourceConfig, dsn: str) -> tuple[Any, str]:
     """A transaction kept open (the connection returned: close it when the snapshot is no
-    longer read) and its snapshot's id, for other connections to read in."""
+    longer read) and its snapshot's id, for other connections to read ``source``'s table
+    in. It holds the table's lightest lock: a snapshot keeps the rows, not where they are,
+    and a rewrite (CLUSTER, VACUUM FULL) would move them between slices."""
     import psycopg
+    from psycopg import sql
 
+    where = f"source {source.name!r} ({_database_label(source)})"
+    connection = None
     try:
         connection = psycopg.connect(dsn, connect_timeout=10)
         connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        _read_settings(connection)
         found = connection.execute("SELECT pg_export_snapshot()").fetchone()
+        connection.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(_relation(source)))
     except psycopg.Error as error:
+        if connection is not None:
+            connection.close()
         raise SourceError(f"{where}: {str(error).strip()}") from error
     assert found is not None
     return connection, str(found[0])
+
+
+def _read_settings(connection: Any) -> None:
+    """For a transaction that reads a table in slices: never ended for idling between them
+    (a server's idle_in_transaction_session_timeout), and no scan that starts where another
+    one is (synchronized scans), which would number the rows differently each time."""
+    connection.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    connection.execute("SET LOCAL synchronize_seqscans = off")
 
 
 def _database_rows(
@@ -755,10 +772,11 @@ def _database_rows(
     try:
         with psycopg.connect(dsn, connect_timeout=10) as connection:
             connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            if snapshot is not None:
+            if snapshot is not None:  # the first statement of the transaction
                 connection.execute(
                     sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
                 )
+            _read_settings(connection)
             for clause in clauses:
                 query = sql.SQL("SELECT {} FROM {}").format(selected, _relation(source))
                 if clause is not None:

@@ -185,8 +185,7 @@ def rows_on_spark(
             files.dsns[position] = entry.dsn
             files.snapshots[position] = None
             if len(entry.clauses) > 1:  # read apart: in one snapshot, held until the merge ends
-                where = f"source {entry.source.name!r}"
-                holder, files.snapshots[position] = export_snapshot(entry.dsn, where)
+                holder, files.snapshots[position] = export_snapshot(entry.source, entry.dsn)
                 sql.closing(holder.close)
             files.tasks.extend(
                 (position, index, clause) for index, clause in enumerate(entry.clauses)
