@@ -31,7 +31,7 @@ from tests.helpers import write_csv
 from tests.test_imports import run_python, without
 from training import sources as sources_module
 from training.config import EngineConfig, TrainConfig, load_config
-from training.dataset import build_dataset
+from training.dataset import ItemSales, build_dataset
 from training.engine import spark_session, stop_spark_sessions
 from training.errors import SourceError
 from training.fit import Factors
@@ -164,6 +164,39 @@ def test_reference_data_merges_alike(spark_engine: EngineConfig) -> None:
     duck = merged_with(config, DUCKDB)
     assert duck.accounting["shop"]["duplicate"] > 20_000  # the exports overlap
     assert_same(duck, merged_with(config, spark_engine))
+
+
+def test_the_item_side_adds_up_from_any_split_of_the_rows() -> None:
+    """What each part of the merged rows makes of the items sold (as each Spark partition
+    will) adds up to what all the rows make on one host: the same items, titles (ties by
+    count), prices (ties by time, then row) and, up to float sums, popularity."""
+    events = merged_with(load_config(REFERENCE), DUCKDB).events
+    # Two of an item's latest sales at one time, at two prices: the later row's is its price.
+    sales = np.flatnonzero(
+        (events["outcome"] == "used").to_numpy() & (events["unit_price"] > 0).to_numpy()
+    )
+    first, second = sales[len(sales) // 2], sales[-1]
+    events.loc[second, ["item_id", "timestamp"]] = events.loc[first, ["item_id", "timestamp"]]
+    events.loc[second, "unit_price"] = events.loc[first, "unit_price"] + 1.0
+    events.loc[events["item_id"] == events.loc[first, "item_id"], "timestamp"] = events.loc[
+        first, "timestamp"
+    ]
+    whole = build_dataset(events, 30.0, 14.0)
+    tied = whole.item_ids.tolist().index(events.loc[first, "item_id"])
+    assert whole.prices[tied] == events.loc[second, "unit_price"]
+    customer = events["customer_id"].cat.codes.to_numpy()
+    rows = np.arange(len(events))
+    for split in (customer % 3, rows % 2, (rows * 7919) % 5):
+        parts = [
+            ItemSales.of(events[split == part], whole.as_of, 30.0, 14.0, rows[split == part])
+            for part in np.unique(split)
+        ]
+        combined = ItemSales.combined(parts)
+        np.testing.assert_array_equal(combined.item_ids, whole.item_ids)
+        np.testing.assert_array_equal(combined.titles(), whole.titles)
+        np.testing.assert_array_equal(combined.prices(), whole.prices)
+        np.testing.assert_allclose(combined.popularity, whole.popularity, rtol=1e-9)
+        np.testing.assert_allclose(combined.trending, whole.trending, rtol=1e-9)
 
 
 @pytest.fixture(scope="module")

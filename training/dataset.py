@@ -69,20 +69,13 @@ def build_dataset(
     Ownership wins: a missed suggestion costs less than offering what the customer may own.
     ``item_groups`` (catalog item -> group) extends ownership to every item of a held group.
     """
-    quantity = events["quantity"].to_numpy()
-    timestamps = events["timestamp"].to_numpy()
-    is_sale = (quantity > 0) & outcome_is(events, "used", "anonymous")
-    item_codes = events["item_id"].cat.codes.to_numpy()
-    item_ids = np.sort(
-        events["item_id"].cat.categories[
-            present(item_codes[is_sale], len(events["item_id"].cat.categories))
-        ]
-    )
-    item_ids = item_ids.astype(str)
-    item_index = pd.Index(item_ids)
-    item = positions(events["item_id"], item_index)
     as_of = events["timestamp"].max()
     as_of = None if pd.isna(as_of) else pd.Timestamp(as_of)
+    sales = ItemSales.of(events, as_of, half_life_days, trend_half_life_days)
+    item_ids = sales.item_ids
+    item_index = pd.Index(item_ids)
+    item = positions(events["item_id"], item_index)
+    quantity = events["quantity"].to_numpy()
 
     settlement = settle_returns(events)
     quantity = settlement.quantities(quantity)
@@ -111,17 +104,7 @@ def build_dataset(
     owned = _owned(rows, held.item, item_group, shape)
     del held, rows
     spend, orders = _customer_totals(events, quantity, pd.Index(customer_ids))
-    del quantity
-
-    sold = item[is_sale]
-    del item
-    sale_times = timestamps[is_sale]
-    popularity = np.bincount(sold, decay_weights(sale_times, as_of, half_life_days), len(item_ids))
-    trend_weight = decay_weights(sale_times, as_of, trend_half_life_days)
-    trending = np.bincount(sold, trend_weight, len(item_ids))
-    del sale_times, trend_weight
-    titles, prices = _catalog(events, is_sale, sold, item_index)
-    del is_sale, sold
+    del quantity, item
     logged = records_frame([]) if interaction_records is None else interaction_records
     weighed = weigh(
         logged,
@@ -143,10 +126,10 @@ def build_dataset(
         item_group=item_group,
         spend=spend,
         orders=orders,
-        titles=titles,
-        prices=prices,
-        popularity=popularity.astype(np.float64),
-        trending=trending.astype(np.float64),
+        titles=sales.titles(),
+        prices=sales.prices(),
+        popularity=sales.popularity,
+        trending=sales.trending,
         as_of=as_of,
         settlement=settlement,
         feedback=feedback,
@@ -445,36 +428,164 @@ def decay_weights(
     return weights
 
 
-def _catalog(
-    events: pd.DataFrame, is_sale: NDArray[np.bool_], sold: NDArray[np.int32], item_index: pd.Index
-) -> tuple[NDArray[np.str_], NDArray[np.float64]]:
-    """From the sales (rows ``is_sale``, of items ``sold``): the title, each item's most
-    frequent non-empty description (ties: the first in sort order); the price, its latest
-    positive unit price."""
-    descriptions = events["description"]
-    description = descriptions.cat.codes.to_numpy()[is_sale].astype(np.int64)
-    described = ~value_is(descriptions, "")[is_sale]
-    span = len(descriptions.cat.categories) + 1
-    lines, counts = np.unique(sold[described] * span + description[described], return_counts=True)
-    item, description = lines // span, lines % span
-    best = np.lexsort((description, -counts, item))  # per item: most frequent, then first
-    first = best[run_starts(item[best])]
-    titles = np.array(item_index, dtype=object)  # a copy: written below
-    titles[item[first]] = descriptions.cat.categories.to_numpy()[description[first]]
+@dataclass(frozen=True)
+class ItemSales:
+    """Per item sold, what its catalog entry and popularity are made from. Made from any
+    part of the merged rows (``of``, with the whole history's ``as_of``), and parts add up
+    (``combined``) to what the whole makes, up to the order of float sums: the item side
+    does not need every row in one place."""
 
-    price = events["unit_price"].to_numpy()[is_sale]
-    timestamp = events["timestamp"].to_numpy()[is_sale]
-    priced = np.flatnonzero(price > 0)
-    # The latest line: by timestamp (none counts as latest), then the last read.
-    when = timestamp[priced].view(np.int64)
-    when = np.where(np.isnat(timestamp[priced]), np.iinfo(np.int64).max, when)
-    latest = np.full(len(item_index), np.iinfo(np.int64).min)
-    np.maximum.at(latest, sold[priced], when)
-    at_latest = priced[when == latest[sold[priced]]]
-    line = np.full(len(item_index), -1)
-    np.maximum.at(line, sold[at_latest], at_latest)
-    prices = np.where(line >= 0, price[line], np.nan)
-    return titles.astype(np.str_), prices
+    item_ids: NDArray[np.str_]  # every item with a sale, ascending
+    popularity: NDArray[np.float64]  # sales decayed with the model's half-life
+    trending: NDArray[np.float64]  # sales decayed with the (shorter) trend half-life
+    # Each (item, description) pair of the sales with a description, and how many: the item
+    # as its position in ``item_ids``.
+    described_item: NDArray[np.int64]
+    description: NDArray[np.str_]
+    description_count: NDArray[np.int64]
+    # Per item, its latest sale with a positive price: when (µs since the epoch; undated
+    # counts as the latest), its row in the merged rows (-1: no such sale), the price.
+    priced_at: NDArray[np.int64]
+    priced_row: NDArray[np.int64]
+    price: NDArray[np.float64]
+
+    @classmethod
+    def of(
+        cls,
+        events: pd.DataFrame,
+        as_of: pd.Timestamp | None,
+        half_life_days: float,
+        trend_half_life_days: float,
+        rows: NDArray[np.int64] | None = None,
+    ) -> ItemSales:
+        """``events``: merged rows (``training.merge.MergedHistory``), ``rows`` their
+        positions among all the merged rows (default: they are all of them)."""
+        quantity = events["quantity"].to_numpy()
+        is_sale = (quantity > 0) & outcome_is(events, "used", "anonymous")
+        items = events["item_id"]
+        codes = items.cat.codes.to_numpy()
+        item_ids = np.sort(items.cat.categories[present(codes[is_sale], len(items.cat.categories))])
+        item_ids = item_ids.astype(str)
+        sold = positions(items, pd.Index(item_ids))[is_sale]
+        sale_times = events["timestamp"].to_numpy()[is_sale]
+        count = len(item_ids)
+        popularity = np.bincount(sold, decay_weights(sale_times, as_of, half_life_days), count)
+        trend_weight = decay_weights(sale_times, as_of, trend_half_life_days)
+        trending = np.bincount(sold, trend_weight, count)
+        del trend_weight
+
+        descriptions = events["description"]
+        description = descriptions.cat.codes.to_numpy()[is_sale].astype(np.int64)
+        described = ~value_is(descriptions, "")[is_sale]
+        span = len(descriptions.cat.categories) + 1
+        pairs, counts = np.unique(
+            sold[described] * span + description[described], return_counts=True
+        )
+
+        sale_rows = np.flatnonzero(is_sale) if rows is None else rows[is_sale]
+        price = events["unit_price"].to_numpy()[is_sale]
+        priced = np.flatnonzero(price > 0)
+        when = sale_times[priced].astype("datetime64[us]").view(np.int64)
+        when = np.where(np.isnat(sale_times[priced]), np.iinfo(np.int64).max, when)
+        latest = _latest_per_item(sold[priced], when, sale_rows[priced], count)
+        found = latest >= 0
+        priced_at = np.full(count, np.iinfo(np.int64).min)
+        priced_row = np.full(count, -1, dtype=np.int64)
+        item_price = np.full(count, np.nan)
+        priced_at[found] = when[latest[found]]
+        priced_row[found] = sale_rows[priced][latest[found]]
+        item_price[found] = price[priced][latest[found]]
+        return cls(
+            item_ids=item_ids,
+            popularity=popularity.astype(np.float64),
+            trending=trending.astype(np.float64),
+            described_item=(pairs // span).astype(np.int64),
+            description=descriptions.cat.categories.to_numpy()[pairs % span].astype(str),
+            description_count=counts.astype(np.int64),
+            priced_at=priced_at,
+            priced_row=priced_row,
+            price=item_price,
+        )
+
+    @classmethod
+    def combined(cls, parts: list[ItemSales]) -> ItemSales:
+        """What ``of`` makes of the parts' rows together."""
+        item_ids = np.unique(np.concatenate([part.item_ids for part in parts]).astype(str))
+        count = len(item_ids)
+        popularity, trending = np.zeros(count), np.zeros(count)
+        described: list[NDArray[np.int64]] = []
+        for part in parts:
+            at = np.searchsorted(item_ids, part.item_ids)
+            popularity[at] += part.popularity
+            trending[at] += part.trending
+            described.append(at[part.described_item])
+        totals = (
+            pd.DataFrame(
+                {
+                    "item": np.concatenate(described),
+                    "description": np.concatenate([part.description for part in parts]),
+                    "count": np.concatenate([part.description_count for part in parts]),
+                }
+            )
+            .groupby(["item", "description"], sort=True)["count"]
+            .sum()
+        )
+        at = np.concatenate([np.searchsorted(item_ids, part.item_ids) for part in parts])
+        when = np.concatenate([part.priced_at for part in parts])
+        row = np.concatenate([part.priced_row for part in parts])
+        price = np.concatenate([part.price for part in parts])
+        found = np.flatnonzero(row >= 0)
+        latest = _latest_per_item(at[found], when[found], row[found], count)
+        has = latest >= 0
+        priced_at = np.full(count, np.iinfo(np.int64).min)
+        priced_row = np.full(count, -1, dtype=np.int64)
+        item_price = np.full(count, np.nan)
+        priced_at[has] = when[found][latest[has]]
+        priced_row[has] = row[found][latest[has]]
+        item_price[has] = price[found][latest[has]]
+        return cls(
+            item_ids=item_ids,
+            popularity=popularity,
+            trending=trending,
+            described_item=totals.index.get_level_values("item").to_numpy().astype(np.int64),
+            description=totals.index.get_level_values("description").to_numpy().astype(str),
+            description_count=totals.to_numpy().astype(np.int64),
+            priced_at=priced_at,
+            priced_row=priced_row,
+            price=item_price,
+        )
+
+    def titles(self) -> NDArray[np.str_]:
+        """Each item's most frequent description (ties: the first in sort order); its id
+        where none of its sales has one."""
+        item, count = self.described_item, self.description_count
+        best = np.lexsort((self.description, -count, item))
+        first = best[run_starts(item[best])]
+        titles = self.item_ids.astype(object)
+        titles[item[first]] = self.description[first]
+        return titles.astype(np.str_)
+
+    def prices(self) -> NDArray[np.float64]:
+        """Each item's price: that of its latest sale with a positive price (the latest
+        time, an undated sale counting as the latest, then the last row); NaN where none."""
+        return self.price
+
+
+def _latest_per_item(
+    item: NDArray[np.integer[Any]], when: NDArray[np.int64], row: NDArray[np.int64], count: int
+) -> NDArray[np.intp]:
+    """Per item (``count`` of them), the position of its latest line (the largest ``when``,
+    then the largest ``row``; rows are distinct) among the lines ``item``, ``when`` and
+    ``row`` describe; -1 where an item has none."""
+    latest_when = np.full(count, np.iinfo(np.int64).min)
+    np.maximum.at(latest_when, item, when)
+    at_latest = np.flatnonzero(when == latest_when[item])
+    last_row = np.full(count, -1, dtype=np.int64)
+    np.maximum.at(last_row, item[at_latest], row[at_latest])
+    chosen = at_latest[row[at_latest] == last_row[item[at_latest]]]
+    latest = np.full(count, -1, dtype=np.intp)
+    latest[item[chosen]] = chosen
+    return latest
 
 
 def combined_keys(
