@@ -22,6 +22,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
 
 from benchmarks.local_server import spark_standalone
 from recsvc.bundle import OWNED, load_bundle
@@ -601,6 +602,47 @@ def alias_frame(session: SparkSession, records: list[tuple[str, str, str]]) -> D
         [tuple(alias or None for alias in record) for record in records],
         schema="id_alias string, email_alias string, phone_alias string",
     )
+
+
+@pytest.mark.parametrize("history", ["reference", "synthetic"])
+def test_customer_ranges_built_apart_add_up_to_the_whole(
+    history: str, request: pytest.FixtureRequest
+) -> None:
+    """Each range of customers' rows (anonymous rows anywhere), built with the whole
+    history's item side, gives those customers' rows of the whole history's dataset (as each
+    Spark partition will): owned items, held quantities and sources, weights, spend, orders
+    and the settlement of returns."""
+    config = load_config(REFERENCE) if history == "reference" else request.getfixturevalue(history)
+    merged = merged_with(config, DUCKDB)
+    events = merged.events
+    whole = build_dataset(events, 30.0, 14.0, merged.item_groups)
+    items = ItemSales.of(events, whole.as_of, 30.0, 14.0)
+    customer = events["customer_id"]
+    known = customer.cat.categories
+    assert known[0] == ""  # the anonymous rows' code
+    bounds = [len(known) // 3, 2 * len(known) // 3]
+    part = np.searchsorted(bounds, customer.cat.codes.to_numpy(), side="right")
+    anonymous = customer.cat.codes.to_numpy() == 0
+    part[anonymous] = np.arange(anonymous.sum()) % 3
+    parts = [
+        build_dataset(events[part == p], 30.0, 14.0, merged.item_groups, items=items)
+        for p in range(3)
+    ]
+    assert all(len(p.customer_ids) for p in parts)
+    np.testing.assert_array_equal(
+        np.concatenate([p.customer_ids for p in parts]), whole.customer_ids
+    )
+    for name in ("interactions", "held", "owned", "feedback"):
+        stacked = sp.vstack([getattr(p, name) for p in parts]).tocsr()
+        assert (stacked != getattr(whole, name)).nnz == 0, name
+    for name in ("held_source", "spend", "orders"):
+        np.testing.assert_array_equal(
+            np.concatenate([getattr(p, name) for p in parts]), getattr(whole, name)
+        )
+    report = whole.settlement.report
+    assert report["returns"] > 0
+    for key, value in report.items():
+        assert sum(p.settlement.report[key] for p in parts) == pytest.approx(value), key
 
 
 def test_executors_rank_customers_as_the_single_host(

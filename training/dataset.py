@@ -57,10 +57,13 @@ def build_dataset(
     item_groups: dict[str, str] | None = None,
     interaction_records: pd.DataFrame | None = None,
     weights: InteractionWeights | None = None,
+    items: ItemSales | None = None,
 ) -> TrainingData:
     """``events`` are merged rows (see ``training.merge.MergedHistory``), and
     ``interaction_records`` its interactions, added to ``feedback`` with ``weights`` (none:
-    all 0).
+    all 0). ``items``: the item side of a larger history that ``events`` and
+    ``interaction_records`` are a part of (every row of some customers): the customers'
+    rows come out as in that history's (default: the item side of ``events``).
 
     A customer holds an item when its net quantity is at least ``OWNED_QUANTITY`` in the
     merged history *or* in any one source's own records (returns bounded, see
@@ -69,10 +72,12 @@ def build_dataset(
     Ownership wins: a missed suggestion costs less than offering what the customer may own.
     ``item_groups`` (catalog item -> group) extends ownership to every item of a held group.
     """
-    as_of = events["timestamp"].max()
-    as_of = None if pd.isna(as_of) else pd.Timestamp(as_of)
-    sales = ItemSales.of(events, as_of, half_life_days, trend_half_life_days)
-    item_ids = sales.item_ids
+    if items is None:
+        latest = events["timestamp"].max()
+        as_of = None if pd.isna(latest) else pd.Timestamp(latest)
+        items = ItemSales.of(events, as_of, half_life_days, trend_half_life_days)
+    as_of = items.as_of
+    item_ids = items.item_ids
     item_index = pd.Index(item_ids)
     item = positions(events["item_id"], item_index)
     quantity = events["quantity"].to_numpy()
@@ -126,10 +131,10 @@ def build_dataset(
         item_group=item_group,
         spend=spend,
         orders=orders,
-        titles=sales.titles(),
-        prices=sales.prices(),
-        popularity=sales.popularity,
-        trending=sales.trending,
+        titles=items.titles(),
+        prices=items.prices(),
+        popularity=items.popularity,
+        trending=items.trending,
         as_of=as_of,
         settlement=settlement,
         feedback=feedback,
@@ -435,6 +440,7 @@ class ItemSales:
     (``combined``) to what the whole makes, up to the order of float sums: the item side
     does not need every row in one place."""
 
+    as_of: pd.Timestamp | None  # what the sales are decayed to: the history's latest time
     item_ids: NDArray[np.str_]  # every item with a sale, ascending
     popularity: NDArray[np.float64]  # sales decayed with the model's half-life
     trending: NDArray[np.float64]  # sales decayed with the (shorter) trend half-life
@@ -496,6 +502,7 @@ class ItemSales:
         priced_row[found] = sale_rows[priced][latest[found]]
         item_price[found] = price[priced][latest[found]]
         return cls(
+            as_of=as_of,
             item_ids=item_ids,
             popularity=popularity.astype(np.float64),
             trending=trending.astype(np.float64),
@@ -509,7 +516,9 @@ class ItemSales:
 
     @classmethod
     def combined(cls, parts: list[ItemSales]) -> ItemSales:
-        """What ``of`` makes of the parts' rows together."""
+        """What ``of`` makes of the parts' rows together (each part made with their
+        ``as_of``)."""
+        (as_of,) = {part.as_of for part in parts}
         item_ids = np.unique(np.concatenate([part.item_ids for part in parts]).astype(str))
         count = len(item_ids)
         popularity, trending = np.zeros(count), np.zeros(count)
@@ -544,6 +553,7 @@ class ItemSales:
         priced_row[has] = row[found][latest[has]]
         item_price[has] = price[found][latest[has]]
         return cls(
+            as_of=as_of,
             item_ids=item_ids,
             popularity=popularity,
             trending=trending,
