@@ -47,6 +47,14 @@ from training.sources import DatabaseSlices, read_source
 from training.spark_als import SparkFactors
 from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
 from training.spark_identity import link_on_spark
+from training.tiers import (
+    CustomerLines,
+    Population,
+    TierLevel,
+    build_crm,
+    order_slots,
+    window_spend,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -611,7 +619,8 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
     """Each range of customers' rows (anonymous rows anywhere), built with the whole
     history's item side, gives those customers' rows of the whole history's dataset (as each
     Spark partition will): owned items, held quantities and sources, weights, spend, orders
-    and the settlement of returns."""
+    and the settlement of returns; and with the population the ranges add up to (tier
+    table, usual order hour), their tiers, signals and triggers."""
     config = load_config(REFERENCE) if history == "reference" else request.getfixturevalue(history)
     merged = merged_with(config, DUCKDB)
     events = merged.events
@@ -643,6 +652,80 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
     assert report["returns"] > 0
     for key, value in report.items():
         assert sum(p.settlement.report[key] for p in parts) == pytest.approx(value), key
+
+    # Tiers, signals and triggers: each range's with the population its ranges add up to.
+    tiers = dataclasses.replace(
+        config.tiers,
+        method="percentiles",
+        levels=(TierLevel("bronze", min_percentile=0), TierLevel("gold", min_percentile=70)),
+        spend_thresholds=(100.0,),
+        order_thresholds=(3,),
+        thank_you_spend=200.0,
+    )
+    lines = [
+        CustomerLines.of(events[part == p], data.customer_ids, data.settlement)
+        for p, data in enumerate(parts)
+    ]
+    spend = [
+        window_spend(mine, len(data.customer_ids), whole.as_of, tiers.window_days)
+        for mine, data in zip(lines, parts, strict=True)
+    ]
+    slots = [order_slots(mine) for mine in lines]
+    population = Population.of(
+        tiers,
+        np.concatenate(spend),
+        np.sum([hours for hours, _ in slots], axis=0),
+        np.sum([weekdays for _, weekdays in slots], axis=0),
+    )
+    crm = build_crm(
+        CustomerLines.of(events, whole.customer_ids, whole.settlement),
+        whole.customer_ids,
+        whole.item_ids,
+        whole.prices,
+        whole.as_of,
+        tiers,
+    )
+    assert population.levels == crm.policy.levels
+    assert (population.hour, population.weekday) == (
+        crm.policy.population_best_hour,
+        crm.policy.population_best_weekday,
+    )
+    ranges = [
+        build_crm(
+            mine, data.customer_ids, whole.item_ids, whole.prices, whole.as_of, tiers, population
+        )
+        for mine, data in zip(lines, parts, strict=True)
+    ]
+    for name, array in crm.arrays.items():
+        if name.startswith("trigger_"):
+            continue
+        if name.startswith("item_"):
+            assert all(np.array_equal(r.arrays[name], array) for r in ranges), name
+        else:
+            stacked = np.concatenate([r.arrays[name] for r in ranges])
+            np.testing.assert_array_equal(stacked, array, err_msg=name)
+    offsets = np.cumsum([0, *(len(data.customer_ids) for data in parts)])
+    triggers = pd.DataFrame(
+        {
+            "row": np.concatenate(
+                [r.arrays["trigger_rows"] + o for r, o in zip(ranges, offsets, strict=False)]
+            ),
+            **{
+                name: np.concatenate([r.arrays[f"trigger_{name}"] for r in ranges])
+                for name in ("kinds", "at", "reasons", "figures")
+            },
+        }
+    ).sort_values(["at", "row", "kinds"], ignore_index=True)
+    assert len(triggers) > 100
+    for name in ("rows", "kinds", "at", "reasons", "figures"):
+        column = "row" if name == "rows" else name
+        np.testing.assert_array_equal(
+            triggers[column].to_numpy(), crm.arrays[f"trigger_{name}"], err_msg=name
+        )
+    assert crm.policy.customers_per_tier == {
+        level.name: sum(r.policy.customers_per_tier[level.name] for r in ranges)
+        for level in population.levels
+    }
 
 
 def test_executors_rank_customers_as_the_single_host(

@@ -177,16 +177,16 @@ class CustomerLines:
 
 
 def customer_signals(
-    lines: CustomerLines, count: int, as_of: pd.Timestamp | None, config: TierConfig
+    lines: CustomerLines,
+    count: int,
+    as_of: pd.Timestamp | None,
+    config: TierConfig,
+    population: Population | None = None,
 ) -> CustomerSignals:
-    """Per-customer figures from their purchase and cancellation lines; ``count`` customers."""
+    """Per-customer figures from their purchase and cancellation lines; ``count`` customers.
+    ``population``: that of a larger history these customers are part of (default: theirs)."""
     spend = window_spend(lines, count, as_of, config.window_days)
-    # Each order with a purchase, placed when its first purchased line was.
-    placed = lines.placed(lines.purchase)
-    bought = placed != np.iinfo(np.int64).max
-    order_rows = lines.order_rows[bought]
-    placed_at = placed[bought].view("datetime64[us]")
-    del placed, bought
+    order_rows, placed_at = _orders_placed(lines)
     first = np.zeros(count, dtype=np.int64)
     last = np.zeros(count, dtype=np.int64)
     if len(placed_at):
@@ -198,13 +198,84 @@ def customer_signals(
         del seconds
 
     median = _median_interval_days(order_rows, placed_at, count, config.min_orders_for_interval)
-    best_hour, best_weekday, own, population = _timing(
-        order_rows, placed_at, count, config.min_orders_for_timing
+    if population is None:
+        population = Population.of(config, spend, *_slot_counts(placed_at))
+    best_hour, best_weekday, own = _timing(
+        order_rows, placed_at, count, config.min_orders_for_timing, population
     )
     low, high = _price_band(lines, count)
     return CustomerSignals(
-        spend, first, last, median, best_hour, best_weekday, own, low, high, *population
+        spend,
+        first,
+        last,
+        median,
+        best_hour,
+        best_weekday,
+        own,
+        low,
+        high,
+        population.hour,
+        population.weekday,
     )
+
+
+def _orders_placed(lines: CustomerLines) -> tuple[NDArray[np.int64], NDArray[np.datetime64]]:
+    """Each order with a purchase: its customer row, and when it was placed (its first
+    purchased line's time)."""
+    placed = lines.placed(lines.purchase)
+    bought = placed != np.iinfo(np.int64).max
+    return lines.order_rows[bought], placed[bought].view("datetime64[us]")
+
+
+def order_slots(lines: CustomerLines) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """How many orders with a purchase were placed in each hour of the day, and on each
+    weekday (0 = Monday): of any part of the customers, summed over the parts."""
+    return _slot_counts(_orders_placed(lines)[1])
+
+
+def _slot_counts(placed_at: NDArray[np.datetime64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    return (
+        np.bincount(_hours(placed_at), minlength=24).astype(np.int64),
+        np.bincount(_weekdays(placed_at), minlength=7).astype(np.int64),
+    )
+
+
+def _hours(placed_at: NDArray[np.datetime64]) -> NDArray[np.int64]:
+    hours: NDArray[np.int64] = placed_at.astype("datetime64[h]").view(np.int64) % 24
+    return hours
+
+
+def _weekdays(placed_at: NDArray[np.datetime64]) -> NDArray[np.int64]:
+    weekdays: NDArray[np.int64] = (placed_at.astype("datetime64[D]").view(np.int64) + 3) % 7
+    return weekdays  # 1970-01-01 was a Thursday
+
+
+@dataclass(frozen=True)
+class Population:
+    """What each customer's tier, signals and triggers depend on beyond their own lines:
+    the tier table (its percentiles are of every customer's window spend) and the most
+    common order hour and weekday over everyone's orders (ties: the earlier; -1: no
+    orders)."""
+
+    levels: tuple[policy.TierLevel, ...]
+    hour: int
+    weekday: int
+
+    @classmethod
+    def of(
+        cls,
+        config: TierConfig,
+        window_spend: NDArray[np.float64],
+        hours: NDArray[np.int64],
+        weekdays: NDArray[np.int64],
+    ) -> Population:
+        """From every customer's ``window_spend`` and the summed ``order_slots``."""
+        ordered = hours.sum() > 0
+        return cls(
+            resolve_levels(config, window_spend),
+            int(hours.argmax()) if ordered else -1,
+            int(weekdays.argmax()) if ordered else -1,
+        )
 
 
 def window_spend(
@@ -257,25 +328,26 @@ def _median_interval_days(
 
 
 def _timing(
-    order_rows: NDArray[np.int64], placed_at: NDArray[np.datetime64], count: int, min_orders: int
-) -> tuple[NDArray[np.int8], NDArray[np.int8], NDArray[np.bool_], tuple[int, int]]:
+    order_rows: NDArray[np.int64],
+    placed_at: NDArray[np.datetime64],
+    count: int,
+    min_orders: int,
+    population: Population,
+) -> tuple[NDArray[np.int8], NDArray[np.int8], NDArray[np.bool_]]:
     """Each customer's most common order hour and weekday (ties go to the earlier), the
-    population's for customers with fewer than ``min_orders`` orders, and the population's."""
-    hour = np.full(count, -1, dtype=np.int8)
-    weekday = np.full(count, -1, dtype=np.int8)
+    ``population``'s for customers with fewer than ``min_orders`` orders."""
+    hour = np.full(count, population.hour, dtype=np.int8)
+    weekday = np.full(count, population.weekday, dtype=np.int8)
     own = np.zeros(count, dtype=bool)
     if not len(order_rows):
-        return hour, weekday, own, (-1, -1)
-    hours = placed_at.astype("datetime64[h]").view(np.int64) % 24
-    weekdays = (placed_at.astype("datetime64[D]").view(np.int64) + 3) % 7  # 1970-01-01: Thu
-    population = (int(np.bincount(hours).argmax()), int(np.bincount(weekdays).argmax()))
-    hour[:], weekday[:] = population
+        return hour, weekday, own
+    hours, weekdays = _hours(placed_at), _weekdays(placed_at)
     regulars = np.flatnonzero(np.bincount(order_rows, minlength=count) >= min_orders)
     for values, slots, target in ((hours, 24, hour), (weekdays, 7, weekday)):
         counts = np.bincount(order_rows * slots + values, minlength=count * slots)
         target[regulars] = counts.reshape(count, slots)[regulars].argmax(axis=1)
     own[regulars] = True
-    return hour, weekday, own, population
+    return hour, weekday, own
 
 
 def _price_band(
@@ -464,11 +536,16 @@ def build_crm(
     prices: NDArray[np.float64],
     as_of: pd.Timestamp | None,
     config: TierConfig,
+    population: Population | None = None,
 ) -> Crm:
     """Tiers, signals and triggers of ``customer_ids`` (``lines``: theirs, see
-    ``CustomerLines.of``), and which items are premium or reserved for a tier."""
-    signals = customer_signals(lines, len(customer_ids), as_of, config)
-    levels = resolve_levels(config, signals.window_spend)
+    ``CustomerLines.of``), and which items are premium or reserved for a tier.
+    ``population``: that of a larger history ``customer_ids`` are a range of (default:
+    theirs); the triggers' rows are then positions in the range."""
+    signals = customer_signals(lines, len(customer_ids), as_of, config, population)
+    levels = (
+        resolve_levels(config, signals.window_spend) if population is None else population.levels
+    )
     known_prices = prices[np.isfinite(prices)]
     premium_price = (
         float(np.percentile(known_prices, config.premium_price_percentile))
