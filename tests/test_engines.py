@@ -6,6 +6,7 @@ single host does, on ``local[2]`` and on a standalone cluster started on this ho
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from benchmarks.local_server import spark_standalone
 from recsvc.bundle import OWNED, load_bundle
 from recsvc.identity import IdentityKey
 from recsvc.logrecords import ALIAS_DIGESTS
+from recsvc.policy import tier_indices
 from tests.helpers import write_csv
 from tests.test_imports import run_python, without
 from training import sources as sources_module
@@ -43,6 +45,7 @@ from training.pipeline import alias_digests, read_sources, served_arrays, source
 from training.progress import Progress
 from training.quarantine import WITHHELD
 from training.recommenders import History
+from training.segments import SegmentSales, sales_of, segment_arrays
 from training.sources import DatabaseSlices, read_source
 from training.spark_als import SparkFactors
 from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
@@ -620,7 +623,7 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
     history's item side, gives those customers' rows of the whole history's dataset (as each
     Spark partition will): owned items, held quantities and sources, weights, spend, orders
     and the settlement of returns; and with the population the ranges add up to (tier
-    table, usual order hour), their tiers, signals and triggers."""
+    table, usual order hour), their tiers, signals, triggers and best sellers per segment."""
     config = load_config(REFERENCE) if history == "reference" else request.getfixturevalue(history)
     merged = merged_with(config, DUCKDB)
     events = merged.events
@@ -726,6 +729,42 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
         level.name: sum(r.policy.customers_per_tier[level.name] for r in ranges)
         for level in population.levels
     }
+
+    # Best sellers per country and tier: each range's sales by its customers' tiers.
+    names = [level.name for level in population.levels]
+    segments = segment_arrays(
+        sales_of(events, whole.item_ids, whole.customer_ids, whole.as_of, 30.0),
+        len(whole.item_ids),
+        tier_indices(population.levels, crm.arrays["window_spend"]),
+        names,
+    )
+    combined = SegmentSales.combined(
+        [
+            SegmentSales.of(
+                sales_of(events[part == p], whole.item_ids, data.customer_ids, whole.as_of, 30.0),
+                len(whole.item_ids),
+                tier_indices(population.levels, spend[p]),
+                names,
+            )
+            for p, data in enumerate(parts)
+        ]
+    ).arrays()
+    assert len(segments["segment_names"]) >= len(names)
+    for name in ("segment_names", "segment_indptr"):
+        np.testing.assert_array_equal(combined[name], segments[name], err_msg=name)
+    # The same items and scores; sums in another order may swap two items of (nearly) one
+    # score.
+    indptr = segments["segment_indptr"]
+    for start, end in itertools.pairwise(indptr.tolist()):
+        items = segments["segment_items"][start:end]
+        score_of = dict(zip(items.tolist(), segments["segment_scores"][start:end], strict=True))
+        found = combined["segment_items"][start:end]
+        assert set(found.tolist()) == set(score_of)
+        np.testing.assert_allclose(
+            [score_of[item] for item in found.tolist()],
+            combined["segment_scores"][start:end],
+            rtol=1e-6,
+        )
 
 
 def test_executors_rank_customers_as_the_single_host(

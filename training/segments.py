@@ -66,39 +66,92 @@ def segment_arrays(
 ) -> dict[str, NDArray[Any]]:
     """The bundle's segment arrays (``recsvc.bundle.SEGMENTS``): a list per country with
     sales, then per tier (customers by their tier at training)."""
-    known = sales.rows >= 0
-    tiers = np.full(len(sales.rows), -1, dtype=np.int16)
-    tiers[known] = customer_tiers.astype(np.int16)[sales.rows[known]]
-    countries = sales.country_names.tolist()
-    # One segment's mask at a time: each is a byte per sale.
-    segments: Iterator[tuple[str, NDArray[np.bool_]]] = itertools.chain(
-        (
-            (f"country:{countries[code]}", sales.countries == code)
-            for code in sorted(range(len(countries)), key=countries.__getitem__)
-            if countries[code]
-        ),
-        ((f"tier:{name}", tiers == index) for index, name in enumerate(tier_names)),
-    )
-    names: list[str] = []
-    indptr = [0]
-    items: list[NDArray[np.intp]] = []
-    scores: list[NDArray[np.float64]] = []
-    for name, chosen in segments:
-        customers = np.count_nonzero(np.bincount(sales.rows[chosen & known]))  # no sort
-        if customers < MIN_CUSTOMERS:
-            continue
-        popularity = np.bincount(sales.items[chosen], sales.weights[chosen], n_items).astype(float)
-        sold = np.flatnonzero(popularity > 0)
-        order = sold[np.lexsort((sold, -popularity[sold]))]
-        names.append(name)
-        items.append(order)
-        scores.append(popularity[order])
-        indptr.append(indptr[-1] + len(order))
-    arrays: dict[str, NDArray[Any]] = {
-        "segment_names": np.array(names, dtype=str),
-        "segment_indptr": np.array(indptr, dtype=np.int64),
-        "segment_items": np.concatenate([np.zeros(0, np.intp), *items]).astype(np.int32),
-        "segment_scores": np.concatenate([np.zeros(0), *scores]).astype(np.float32),
-    }
-    assert tuple(arrays) == SEGMENTS
-    return arrays
+    return SegmentSales.of(sales, n_items, customer_tiers, tier_names).arrays()
+
+
+@dataclass(frozen=True)
+class SegmentSales:
+    """Per segment (each country, then each tier), how many customers bought in it and each
+    item's decayed sales in it. Made from the sales of any range of customers (anonymous
+    sales in any range) and summed over the ranges (``combined``) to what all the sales
+    make."""
+
+    names: list[str]  # "country:<name>" ascending, then "tier:<name>" in tier order
+    customers: NDArray[np.int64]
+    popularity: NDArray[np.float64]  # segments x items
+
+    @classmethod
+    def of(
+        cls,
+        sales: Sales,
+        n_items: int,
+        customer_tiers: NDArray[np.intp],
+        tier_names: list[str],
+    ) -> SegmentSales:
+        """``customer_tiers``: the tier of each customer ``sales.rows`` counts."""
+        known = sales.rows >= 0
+        tiers = np.full(len(sales.rows), -1, dtype=np.int16)
+        tiers[known] = customer_tiers.astype(np.int16)[sales.rows[known]]
+        countries = sales.country_names.tolist()
+        # One segment's mask at a time: each is a byte per sale.
+        segments: Iterator[tuple[str, NDArray[np.bool_]]] = itertools.chain(
+            (
+                (f"country:{countries[code]}", sales.countries == code)
+                for code in sorted(range(len(countries)), key=countries.__getitem__)
+                if countries[code]
+            ),
+            ((f"tier:{name}", tiers == index) for index, name in enumerate(tier_names)),
+        )
+        names: list[str] = []
+        customers: list[int] = []
+        popularity: list[NDArray[np.float64]] = []
+        for name, chosen in segments:
+            names.append(name)
+            customers.append(int(np.count_nonzero(np.bincount(sales.rows[chosen & known]))))
+            sold = np.bincount(sales.items[chosen], sales.weights[chosen], n_items)
+            popularity.append(sold.astype(np.float64, copy=False))
+        return cls(
+            names,
+            np.array(customers, dtype=np.int64),
+            np.array(popularity, dtype=np.float64).reshape(len(names), n_items),
+        )
+
+    @classmethod
+    def combined(cls, parts: list[SegmentSales]) -> SegmentSales:
+        tiers = [name for name in parts[0].names if name.startswith("tier:")]
+        countries = {name for part in parts for name in part.names if name.startswith("country:")}
+        names = [*sorted(countries), *tiers]
+        at = {name: position for position, name in enumerate(names)}
+        customers = np.zeros(len(names), dtype=np.int64)
+        popularity = np.zeros((len(names), parts[0].popularity.shape[1]))
+        for part in parts:
+            rows = [at[name] for name in part.names]
+            customers[rows] += part.customers
+            popularity[rows] += part.popularity
+        return cls(names, customers, popularity)
+
+    def arrays(self) -> dict[str, NDArray[Any]]:
+        """The bundle's segment arrays: a list for each segment with ``MIN_CUSTOMERS``."""
+        names: list[str] = []
+        indptr = [0]
+        items: list[NDArray[np.intp]] = []
+        scores: list[NDArray[np.float64]] = []
+        for name, customers, popularity in zip(
+            self.names, self.customers, self.popularity, strict=True
+        ):
+            if customers < MIN_CUSTOMERS:
+                continue
+            sold = np.flatnonzero(popularity > 0)
+            order = sold[np.lexsort((sold, -popularity[sold]))]
+            names.append(name)
+            items.append(order)
+            scores.append(popularity[order])
+            indptr.append(indptr[-1] + len(order))
+        arrays: dict[str, NDArray[Any]] = {
+            "segment_names": np.array(names, dtype=str),
+            "segment_indptr": np.array(indptr, dtype=np.int64),
+            "segment_items": np.concatenate([np.zeros(0, np.intp), *items]).astype(np.int32),
+            "segment_scores": np.concatenate([np.zeros(0), *scores]).astype(np.float32),
+        }
+        assert tuple(arrays) == SEGMENTS
+        return arrays
