@@ -124,13 +124,9 @@ def link_on_spark(
     try:
         with quiet():
             assigned = linked.where(F.col("kind") == ALIAS).select("alias", "customer").toArrow()
-        refused = (
-            linked.where(F.col("kind") == REFUSED)
-            .groupBy("reason")
-            .agg(F.sum("refused").alias("refused"))
-            .collect()
-        )
-        examples = linked.where(F.col("kind") == EXAMPLE).collect()
+            # Each task's refusal counts and first examples: a few rows a task, in one action
+            # (each action costs seconds on a small cluster).
+            reports = linked.where(F.col("kind") != ALIAS).toArrow().to_pylist()
     finally:
         linked.unpersist()
         links.unpersist()
@@ -138,13 +134,18 @@ def link_on_spark(
     customer_of = dict(
         zip(assigned["alias"].to_pylist(), assigned["customer"].to_pylist(), strict=True)
     )
+    refused: dict[str, int] = {}
     found: dict[str, list[Refusal]] = {}
-    for row in examples:
+    for row in reports:
+        reason = str(row["reason"])
+        if row["kind"] == REFUSED:
+            refused[reason] = refused.get(reason, 0) + int(row["refused"])
+            continue
         order = (int(row["stage"]), int(row["row"]), row["first"], row["second"])
-        found.setdefault(row["reason"], []).append(Refusal(order, row["example"]))
+        found.setdefault(reason, []).append(Refusal(order, row["example"]))
     return Identity(
         customer_of,
-        {row["reason"]: int(row["refused"]) for row in refused},
+        refused,
         {
             reason: sorted(refusals, key=lambda refusal: refusal.order)[:MAX_EXAMPLES]
             for reason, refusals in found.items()
