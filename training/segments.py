@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from recsvc.bundle import SEGMENTS
@@ -78,7 +79,7 @@ class SegmentSales:
 
     names: list[str]  # "country:<name>" ascending, then "tier:<name>" in tier order
     customers: NDArray[np.int64]
-    popularity: NDArray[np.float64]  # segments x items
+    popularity: sp.csr_matrix  # segments x items: the items sold in each
 
     @classmethod
     def of(
@@ -104,17 +105,20 @@ class SegmentSales:
         )
         names: list[str] = []
         customers: list[int] = []
-        popularity: list[NDArray[np.float64]] = []
+        indptr, items, scores = [0], [np.zeros(0, np.intp)], [np.zeros(0)]
         for name, chosen in segments:
             names.append(name)
             customers.append(int(np.count_nonzero(np.bincount(sales.rows[chosen & known]))))
-            sold = np.bincount(sales.items[chosen], sales.weights[chosen], n_items)
-            popularity.append(sold.astype(np.float64, copy=False))
-        return cls(
-            names,
-            np.array(customers, dtype=np.int64),
-            np.array(popularity, dtype=np.float64).reshape(len(names), n_items),
+            popularity = np.bincount(sales.items[chosen], sales.weights[chosen], n_items)
+            sold = np.flatnonzero(popularity > 0)
+            items.append(sold)
+            scores.append(popularity[sold].astype(np.float64, copy=False))
+            indptr.append(indptr[-1] + len(sold))
+        matrix = sp.csr_matrix(
+            (np.concatenate(scores), np.concatenate(items), np.array(indptr, dtype=np.int64)),
+            shape=(len(names), n_items),
         )
+        return cls(names, np.array(customers, dtype=np.int64), matrix)
 
     @classmethod
     def combined(cls, parts: list[SegmentSales]) -> SegmentSales:
@@ -123,11 +127,14 @@ class SegmentSales:
         names = [*sorted(countries), *tiers]
         at = {name: position for position, name in enumerate(names)}
         customers = np.zeros(len(names), dtype=np.int64)
-        popularity = np.zeros((len(names), parts[0].popularity.shape[1]))
+        popularity = sp.csr_matrix((len(names), parts[0].popularity.shape[1]))
         for part in parts:
-            rows = [at[name] for name in part.names]
+            rows = np.array([at[name] for name in part.names], dtype=np.intp)
             customers[rows] += part.customers
-            popularity[rows] += part.popularity
+            placed = part.popularity.tocoo()
+            popularity = popularity + sp.csr_matrix(
+                (placed.data, (rows[placed.row], placed.col)), shape=popularity.shape
+            )
         return cls(names, customers, popularity)
 
     def arrays(self) -> dict[str, NDArray[Any]]:
@@ -136,15 +143,15 @@ class SegmentSales:
         indptr = [0]
         items: list[NDArray[np.intp]] = []
         scores: list[NDArray[np.float64]] = []
-        for name, customers, popularity in zip(
-            self.names, self.customers, self.popularity, strict=True
-        ):
+        matrix = self.popularity
+        for row, (name, customers) in enumerate(zip(self.names, self.customers, strict=True)):
             if customers < MIN_CUSTOMERS:
                 continue
-            sold = np.flatnonzero(popularity > 0)
-            order = sold[np.lexsort((sold, -popularity[sold]))]
+            start, end = matrix.indptr[row], matrix.indptr[row + 1]
+            sold, popularity = matrix.indices[start:end], matrix.data[start:end]
+            order = np.lexsort((sold, -popularity))
             names.append(name)
-            items.append(order)
+            items.append(sold[order])
             scores.append(popularity[order])
             indptr.append(indptr[-1] + len(order))
         arrays: dict[str, NDArray[Any]] = {
