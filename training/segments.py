@@ -122,6 +122,7 @@ class SegmentSales:
 
     @classmethod
     def combined(cls, parts: list[SegmentSales]) -> SegmentSales:
+        """What ``of`` makes of the parts' sales together (each part's tiers the same)."""
         tiers = [name for name in parts[0].names if name.startswith("tier:")]
         countries = {name for part in parts for name in part.names if name.startswith("country:")}
         names = [*sorted(countries), *tiers]
