@@ -472,13 +472,14 @@ class ItemSales:
         codes = items.cat.codes.to_numpy()
         item_ids = np.sort(items.cat.categories[present(codes[is_sale], len(items.cat.categories))])
         item_ids = item_ids.astype(str)
-        sold = positions(items, pd.Index(item_ids))[is_sale]
+        item = positions(items, pd.Index(item_ids))
+        sold = item[is_sale]
         sale_times = events["timestamp"].to_numpy()[is_sale]
         count = len(item_ids)
         popularity = np.bincount(sold, decay_weights(sale_times, as_of, half_life_days), count)
         trend_weight = decay_weights(sale_times, as_of, trend_half_life_days)
         trending = np.bincount(sold, trend_weight, count)
-        del trend_weight
+        del trend_weight, sale_times
 
         descriptions = events["description"]
         description = descriptions.cat.codes.to_numpy()[is_sale].astype(np.int64)
@@ -487,20 +488,28 @@ class ItemSales:
         pairs, counts = np.unique(
             sold[described] * span + description[described], return_counts=True
         )
+        del sold, description, described
 
-        sale_rows = np.flatnonzero(is_sale) if rows is None else rows[is_sale]
-        price = events["unit_price"].to_numpy()[is_sale]
-        priced = np.flatnonzero(price > 0)
-        when = sale_times[priced].astype("datetime64[us]").view(np.int64)
-        when = np.where(np.isnat(sale_times[priced]), np.iinfo(np.int64).max, when)
-        latest = _latest_per_item(sold[priced], when, sale_rows[priced], count)
+        unit_price = events["unit_price"].to_numpy()
+        priced = np.flatnonzero(is_sale & (unit_price > 0))
+        del is_sale
+        price = unit_price[priced]
+        times = events["timestamp"].to_numpy()[priced]
+        when = times.astype("datetime64[us]").view(np.int64)
+        when = np.where(np.isnat(times), np.iinfo(np.int64).max, when)
+        del times
+        priced_item = item[priced]
+        del item
+        if rows is not None:
+            priced = rows[priced]  # positions among all the merged rows
+        latest = _latest_per_item(priced_item, when, priced, count)
         found = latest >= 0
         priced_at = np.full(count, np.iinfo(np.int64).min)
         priced_row = np.full(count, -1, dtype=np.int64)
         item_price = np.full(count, np.nan)
         priced_at[found] = when[latest[found]]
-        priced_row[found] = sale_rows[priced][latest[found]]
-        item_price[found] = price[priced][latest[found]]
+        priced_row[found] = priced[latest[found]]
+        item_price[found] = price[latest[found]]
         return cls(
             as_of=as_of,
             item_ids=item_ids,
