@@ -756,8 +756,8 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
     # score.
     indptr = segments["segment_indptr"]
     for start, end in itertools.pairwise(indptr.tolist()):
-        items = segments["segment_items"][start:end]
-        score_of = dict(zip(items.tolist(), segments["segment_scores"][start:end], strict=True))
+        listed = segments["segment_items"][start:end]
+        score_of = dict(zip(listed.tolist(), segments["segment_scores"][start:end], strict=True))
         found = combined["segment_items"][start:end]
         assert set(found.tolist()) == set(score_of)
         np.testing.assert_allclose(
