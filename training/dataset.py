@@ -502,14 +502,7 @@ class ItemSales:
         del item
         if rows is not None:
             priced = rows[priced]  # positions among all the merged rows
-        latest = _latest_per_item(priced_item, when, priced, count)
-        found = latest >= 0
-        priced_at = np.full(count, np.iinfo(np.int64).min)
-        priced_row = np.full(count, -1, dtype=np.int64)
-        item_price = np.full(count, np.nan)
-        priced_at[found] = when[latest[found]]
-        priced_row[found] = priced[latest[found]]
-        item_price[found] = price[latest[found]]
+        priced_at, priced_row, item_price = _latest_prices(priced_item, when, priced, price, count)
         return cls(
             as_of=as_of,
             item_ids=item_ids,
@@ -553,14 +546,9 @@ class ItemSales:
         row = np.concatenate([part.priced_row for part in parts])
         price = np.concatenate([part.price for part in parts])
         found = np.flatnonzero(row >= 0)
-        latest = _latest_per_item(at[found], when[found], row[found], count)
-        has = latest >= 0
-        priced_at = np.full(count, np.iinfo(np.int64).min)
-        priced_row = np.full(count, -1, dtype=np.int64)
-        item_price = np.full(count, np.nan)
-        priced_at[has] = when[found][latest[has]]
-        priced_row[has] = row[found][latest[has]]
-        item_price[has] = price[found][latest[has]]
+        priced_at, priced_row, item_price = _latest_prices(
+            at[found], when[found], row[found], price[found], count
+        )
         return cls(
             as_of=as_of,
             item_ids=item_ids,
@@ -590,21 +578,25 @@ class ItemSales:
         return self.price
 
 
-def _latest_per_item(
-    item: NDArray[np.integer[Any]], when: NDArray[np.int64], row: NDArray[np.int64], count: int
-) -> NDArray[np.intp]:
-    """Per item (``count`` of them), the position of its latest line (the largest ``when``,
-    then the largest ``row``; rows are distinct) among the lines ``item``, ``when`` and
-    ``row`` describe; -1 where an item has none."""
+def _latest_prices(
+    item: NDArray[np.integer[Any]],
+    when: NDArray[np.int64],
+    row: NDArray[np.int64],
+    price: NDArray[np.float64],
+    count: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """Per item (``count`` of them), the ``when``, ``row`` and ``price`` of its latest priced
+    line (the largest ``when``, then the largest ``row``; rows are distinct) among the lines
+    these describe: ``ItemSales``'s ``priced_at``, ``priced_row`` and ``price``."""
     latest_when = np.full(count, np.iinfo(np.int64).min)
     np.maximum.at(latest_when, item, when)
     at_latest = np.flatnonzero(when == latest_when[item])
     last_row = np.full(count, -1, dtype=np.int64)
     np.maximum.at(last_row, item[at_latest], row[at_latest])
     chosen = at_latest[row[at_latest] == last_row[item[at_latest]]]
-    latest = np.full(count, -1, dtype=np.intp)
-    latest[item[chosen]] = chosen
-    return latest
+    item_price = np.full(count, np.nan)
+    item_price[item[chosen]] = price[chosen]
+    return latest_when, last_row, item_price
 
 
 def combined_keys(
