@@ -76,8 +76,7 @@ class CustomerSignals:
     timing_own: NDArray[np.bool_]  # best hour/weekday from their own orders (else population)
     price_low: NDArray[np.float32]  # the customer's usual unit-price band (10th..90th pct.)
     price_high: NDArray[np.float32]
-    population_hour: int = -1  # most common order hour and weekday over everyone's orders
-    population_weekday: int = -1
+    population: Population  # the tier table and everyone's usual order hour and weekday
     triggers: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
@@ -214,8 +213,7 @@ def customer_signals(
         own,
         low,
         high,
-        population.hour,
-        population.weekday,
+        population,
     )
 
 
@@ -543,9 +541,7 @@ def build_crm(
     ``population``: that of a larger history ``customer_ids`` are a range of (default:
     theirs); the triggers' rows are then positions in the range."""
     signals = customer_signals(lines, len(customer_ids), as_of, config, population)
-    levels = (
-        resolve_levels(config, signals.window_spend) if population is None else population.levels
-    )
+    levels = signals.population.levels
     known_prices = prices[np.isfinite(prices)]
     premium_price = (
         float(np.percentile(known_prices, config.premium_price_percentile))
@@ -567,8 +563,8 @@ def build_crm(
         min_opens_for_timing=config.min_opens_for_timing,
         disengaged_opens=config.disengaged_opens,
         as_of=None if as_of is None else as_of.isoformat(),
-        population_best_hour=signals.population_hour,
-        population_best_weekday=signals.population_weekday,
+        population_best_hour=signals.population.hour,
+        population_best_weekday=signals.population.weekday,
         customers_per_tier={
             level.name: int(count)
             for level, count in zip(
