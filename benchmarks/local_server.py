@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -27,10 +28,52 @@ from recsvc.identity import DEVELOPMENT_SECRET, SECRET_VARIABLE
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports free on 127.0.0.1 now, below the kernel's ephemeral range: a
+    port from that range (what binding port 0 gives) can be taken by any outgoing connection,
+    such as the load's, before the server meant for it binds it."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(10_000, ephemeral_low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def start_redis_server(arguments: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start redis-server with ``arguments`` (logging to ``log``) and wait until it answers on
+    ``port``. If it exits or stays silent, RuntimeError with its log's end; nothing is left
+    running."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    process = subprocess.Popen(
+        [binary, *arguments, "--port", str(port), "--bind", "127.0.0.1", "--logfile", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            client.ping()
+            return process
+        except redis.RedisError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    said = log.read_text(errors="replace")[-1000:] if log.exists() else "(no log)"
+    raise RuntimeError(f"redis-server did not start on port {port}; its log ends:\n{said}")
 
 
 def _wait_for(url: str, server: subprocess.Popen[bytes], seconds: float, failure: str) -> None:
@@ -152,10 +195,6 @@ class RedisProcess:
     """A private redis-server, on a fixed port so it can be stopped and restarted."""
 
     def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -165,32 +204,11 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.process = start_redis_server(
+            ["--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            self.port,
+            self.directory / "redis.log",
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -208,17 +226,17 @@ class RedisClusterProcess:
     NODE_TIMEOUT_MS = 1000  # how long a silent master stands before its replica takes over
 
     def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
-        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-        if binary is None or cli is None:
-            raise RuntimeError(
-                "redis-server and redis-cli are not installed (apt-get install redis-server)"
-            )
-        self.binary, self.cli = binary, cli
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (apt-get install redis-server)")
+        self.cli = cli
         self.directory = directory
         self.masters, self.replicas = masters, replicas
         # A node's cluster bus port is chosen too: port + 10000 may be taken or past 65535.
-        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
-        self.bus_ports = {port: free_port() for port in self.ports}
+        nodes = masters * (1 + replicas)
+        ports = free_ports(2 * nodes)
+        self.ports = ports[:nodes]
+        self.bus_ports = dict(zip(self.ports, ports[nodes:], strict=True))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
@@ -229,27 +247,16 @@ class RedisClusterProcess:
     def start_node(self, port: int) -> None:
         folder = self.directory / str(port)
         folder.mkdir(parents=True, exist_ok=True)
-        self.processes[port] = subprocess.Popen(
+        self.processes[port] = start_redis_server(
             [
-                *(self.binary, "--port", str(port), "--bind", "127.0.0.1"),
                 *("--cluster-enabled", "yes", "--cluster-port", str(self.bus_ports[port])),
                 *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)),
                 *("--cluster-config-file", "nodes.conf", "--dir", str(folder)),
                 *("--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            port,
+            folder / "redis.log",
         )
-        client = redis.Redis(port=port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.05)
 
     def stop_node(self, port: int) -> None:
         process = self.processes.pop(port, None)
@@ -262,8 +269,12 @@ class RedisClusterProcess:
                 process.wait()
 
     def start(self) -> None:
-        for port in self.ports:
-            self.start_node(port)
+        try:
+            for port in self.ports:
+                self.start_node(port)
+        except RuntimeError:
+            self.stop()
+            raise
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         created = subprocess.run(
             [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas)]
