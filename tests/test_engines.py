@@ -35,10 +35,20 @@ from tests.test_imports import run_python, without
 from training import sources as sources_module
 from training.config import EngineConfig, TrainConfig, load_config
 from training.dataset import ItemSales, build_dataset
-from training.engine import spark_session, stop_spark_sessions
+from training.engine import quiet, spark_session, stop_spark_sessions
 from training.errors import SourceError
 from training.fit import Factors
 from training.identity import MAX_EXAMPLES, LinkRules, link
+from training.interactions import (
+    ANONYMOUS,
+    DUPLICATE,
+    UNDECIDED,
+    UNKNOWN_CUSTOMER,
+    UNKNOWN_ITEM,
+    UNWEIGHTED,
+    USED,
+    records_frame,
+)
 from training.itemitem import fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
 from training.pipeline import alias_digests, read_sources, served_arrays, source_contents, train
@@ -49,6 +59,12 @@ from training.segments import SegmentSales, sales_of, segment_arrays
 from training.sources import DatabaseSlices, read_source
 from training.spark_als import SparkFactors
 from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
+from training.spark_dataset import (
+    ROW_SCHEMA,
+    RowVocabulary,
+    dataset_on_executors,
+    item_sales_on_executors,
+)
 from training.spark_identity import link_on_spark
 from training.tiers import (
     CustomerLines,
@@ -613,6 +629,110 @@ def alias_frame(session: SparkSession, records: list[tuple[str, str, str]]) -> D
         [tuple(alias or None for alias in record) for record in records],
         schema="id_alias string, email_alias string, phone_alias string",
     )
+
+
+def rows_on_spark(session: SparkSession, events: pd.DataFrame) -> tuple[DataFrame, RowVocabulary]:
+    """Merged ``events`` as the merge leaves them on the executors (ROW_SCHEMA)."""
+    stamps = events["timestamp"].to_numpy().astype("datetime64[us]")
+    table = pa.table(
+        {
+            "row_id": pa.array(np.arange(len(events), dtype=np.int64)),
+            "outcome": pa.array(events["outcome"].cat.codes.to_numpy(np.int32)),
+            "customer_id": pa.array(events["customer_id"].astype("str").to_numpy(), pa.string()),
+            "source_position": pa.array(events["source"].cat.codes.to_numpy(np.int32)),
+            "trust": pa.array(events["trust"].to_numpy(np.float32)),
+            "quantity": pa.array(events["quantity"].to_numpy(np.float64)),
+            "unit_price": pa.array(events["unit_price"].to_numpy(np.float64)),
+            "stamp": pa.array(stamps.view(np.int64), mask=np.isnat(stamps)),
+            "order": pa.array(events["order"].to_numpy(np.int32)),
+            **{
+                column: pa.array(events[column].cat.codes.to_numpy(np.int32))
+                for column in ("item_id", "description", "country")
+            },
+        }
+    )
+    vocabulary = RowVocabulary(
+        *(
+            events[column].cat.categories.astype(str).tolist()
+            for column in ("source", "item_id", "description", "country")
+        )
+    )
+    with quiet():
+        return session.createDataFrame(table, schema=ROW_SCHEMA).repartition(3), vocabulary
+
+
+@pytest.mark.parametrize("history", ["reference", "synthetic"])
+def test_the_executors_build_the_dataset_as_one_host_does(
+    history: str, request: pytest.FixtureRequest, spark_engine: EngineConfig, tmp_path: Path
+) -> None:
+    """Spark tasks, one per range of customers, build the same dataset from the merged rows
+    as ``build_dataset`` does from all of them in one process: item side, matrices, owned
+    items, spend, orders, settlement and the interaction records' outcomes."""
+    config = load_config(REFERENCE) if history == "reference" else request.getfixturevalue(history)
+    merged = merged_with(config, DUCKDB)
+    records = planted_records(merged.events)
+    weights = msgspec.structs.replace(config.model.weights, view=0.2, cart_add=0.5)
+    whole = build_dataset(merged.events, 30.0, 14.0, merged.item_groups, records, weights)
+    session = spark_session(spark_engine.master, tuple(sorted(spark_engine.conf.items())))
+    rows, vocabulary = rows_on_spark(session, merged.events)
+    items = item_sales_on_executors(rows, vocabulary, 30.0, 14.0)
+    built = dataset_on_executors(
+        session,
+        rows,
+        records,
+        vocabulary,
+        items,
+        30.0,
+        14.0,
+        merged.item_groups,
+        weights,
+        tmp_path,
+        ranges=3,
+    )
+    for name in ("customer_ids", "item_ids", "held_source", "source_names", "item_group"):
+        np.testing.assert_array_equal(getattr(built, name), getattr(whole, name), err_msg=name)
+    for name in ("spend", "orders", "interaction_outcome", "titles", "prices"):
+        np.testing.assert_array_equal(getattr(built, name), getattr(whole, name), err_msg=name)
+    for name in ("popularity", "trending"):
+        np.testing.assert_allclose(getattr(built, name), getattr(whole, name), rtol=1e-9)
+    for name in ("interactions", "held", "owned", "feedback"):
+        assert getattr(built, name).shape == getattr(whole, name).shape, name
+        assert (getattr(built, name) != getattr(whole, name)).nnz == 0, name
+    assert built.as_of == whole.as_of
+    assert built.settlement.report == whole.settlement.report
+    assert set(whole.interaction_outcome) == {
+        USED,
+        UNWEIGHTED,
+        UNKNOWN_ITEM,
+        UNKNOWN_CUSTOMER,
+        ANONYMOUS,
+        DUPLICATE,
+    }
+
+
+def planted_records(events: pd.DataFrame, count: int = 400) -> pd.DataFrame:
+    """Interaction records of the customers and items of ``events`` (and some of no
+    customer, an unknown one, an unknown item, a kind that is not feedback, and some the
+    merge decided already), at the events' times."""
+    generator = np.random.default_rng(7)
+    customers = [*events["customer_id"].cat.categories.astype(str), "nobody-known"]
+    items = [*events["item_id"].cat.categories.astype(str), "NO-SUCH-ITEM"]
+    customer = generator.choice(customers, count)
+    customer[: count // 20] = ""
+    outcome = np.where(customer == "", ANONYMOUS, UNDECIDED).astype(np.int8)
+    outcome[generator.random(count) < 0.05] = DUPLICATE
+    frame = pd.DataFrame(
+        {
+            "source": "live",
+            "kind": generator.choice(["view", "cart_add", "login"], count),
+            "customer_id": customer,
+            "item_id": generator.choice(items, count),
+            "timestamp": generator.choice(events["timestamp"].to_numpy(), count),
+            "trust": np.float32(1.0),
+            "outcome": outcome,
+        }
+    )
+    return records_frame([frame])
 
 
 @pytest.mark.parametrize("history", ["reference", "synthetic"])

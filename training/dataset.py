@@ -105,7 +105,7 @@ def build_dataset(
     assert len(order) == held_quantity.nnz == interactions.nnz
     held_source = held.source[order]
     del order
-    item_group = _group_codes(item_ids, item_groups or {})
+    item_group = group_codes(item_ids, item_groups or {})
     owned = _owned(rows, held.item, item_group, shape)
     del held, rows
     spend, orders = _customer_totals(events, quantity, pd.Index(customer_ids))
@@ -380,7 +380,7 @@ def _customer_totals(
     return spend.astype(np.float64), order_counts
 
 
-def _group_codes(item_ids: NDArray[np.str_], item_groups: dict[str, str]) -> NDArray[np.int32]:
+def group_codes(item_ids: NDArray[np.str_], item_groups: dict[str, str]) -> NDArray[np.int32]:
     """One code per work: grouped items share their group's code, others get their own."""
     labels = [
         f"group:{item_groups[item]}" if item in item_groups else f"item:{item}"

@@ -243,7 +243,7 @@ def _write_part(setup: RankingSetup, batch: pd.DataFrame) -> int:
         items, scores, reasons = ranker.candidate_lists(setup.candidates)
     directory = Path(setup.directory)
     for name, array in zip(CUSTOMER_PARTS, (user_factors, items, scores, reasons), strict=True):
-        target = directory / _part_name(name, first)
+        target = directory / part_name(name, first)
         staged = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
         with staged.open("wb") as handle:
             np.save(handle, np.ascontiguousarray(array))
@@ -308,14 +308,15 @@ def _block_arrays(
     )
 
 
-def _part_name(name: str, first: int) -> str:
+def part_name(name: str, first: int) -> str:
+    """The file of array ``name``'s part that starts at row (or range) ``first``."""
     return f"{name}-{first:012d}.npy"
 
 
 def join_parts(directory: Path, name: str, firsts: list[int], total: int) -> NDArray[Any]:
     """The parts of array ``name`` (starting at rows ``firsts``, in order) as one ``.npy``
     file of ``total`` rows, copied a buffer at a time; returned memory-mapped, read-only."""
-    parts = [directory / _part_name(name, first) for first in firsts]
+    parts = [directory / part_name(name, first) for first in firsts]
     if not parts:
         raise TrainingError(f"no {name} parts were written")
     with parts[0].open("rb") as handle:
