@@ -654,7 +654,7 @@ def rows_on_spark(session: SparkSession, events: pd.DataFrame) -> tuple[DataFram
     vocabulary = RowVocabulary(
         *(
             events[column].cat.categories.astype(str).tolist()
-            for column in ("source", "item_id", "description", "country")
+            for column in ("source", "item_id", "description", "country", "outcome")
         )
     )
     with quiet():
@@ -666,8 +666,9 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     history: str, request: pytest.FixtureRequest, spark_engine: EngineConfig, tmp_path: Path
 ) -> None:
     """Spark tasks, one per range of customers, build the same dataset from the merged rows
-    as ``build_dataset`` does from all of them in one process: item side, matrices, owned
-    items, spend, orders, settlement and the interaction records' outcomes."""
+    as ``build_dataset`` does from all of them in one process (item side, matrices, owned
+    items, spend, orders, settlement and the interaction records' outcomes), and the same
+    purchase lines and sales."""
     config = load_config(REFERENCE) if history == "reference" else request.getfixturevalue(history)
     merged = merged_with(config, DUCKDB)
     records = planted_records(merged.events)
@@ -676,7 +677,7 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     session = spark_session(spark_engine.master, tuple(sorted(spark_engine.conf.items())))
     rows, vocabulary = rows_on_spark(session, merged.events)
     items = item_sales_on_executors(rows, vocabulary, 30.0, 14.0)
-    built = dataset_on_executors(
+    executors = dataset_on_executors(
         session,
         rows,
         records,
@@ -689,6 +690,7 @@ def test_the_executors_build_the_dataset_as_one_host_does(
         tmp_path,
         ranges=3,
     )
+    built = executors.data
     for name in ("customer_ids", "item_ids", "held_source", "source_names", "item_group"):
         np.testing.assert_array_equal(getattr(built, name), getattr(whole, name), err_msg=name)
     for name in ("spend", "orders", "interaction_outcome", "titles", "prices"):
@@ -708,6 +710,39 @@ def test_the_executors_build_the_dataset_as_one_host_does(
         ANONYMOUS,
         DUPLICATE,
     }
+    # The lines and sales come range by range, each range's in row order: the same, sorted
+    # by customer.
+    lines = CustomerLines.of(merged.events, whole.customer_ids, whole.settlement)
+    mine = np.argsort(executors.lines.row, kind="stable")
+    theirs = np.argsort(lines.row, kind="stable")
+    for name, array in dataclasses.asdict(lines).items():
+        if name == "order_rows":
+            np.testing.assert_array_equal(executors.lines.order_rows, array)
+        else:
+            found = getattr(executors.lines, name)[mine]
+            np.testing.assert_array_equal(found, array[theirs], err_msg=name)
+    sales = sales_of(merged.events, whole.item_ids, whole.customer_ids, whole.as_of, 30.0)
+    assert (sales.rows < 0).any()  # anonymous sales
+    # (A sale of a customer with nothing held is in their range, row -1 as anonymous ones.)
+    mine, theirs = (
+        np.lexsort((found.weights, found.countries, found.items, found.rows))
+        for found in (executors.sales, sales)
+    )
+    for name, array in dataclasses.asdict(sales).items():
+        found = getattr(executors.sales, name)
+        if name != "country_names":
+            found, array = found[mine], array[theirs]
+        np.testing.assert_array_equal(found, array, err_msg=name)
+    # What the lines make does not depend on their order.
+    tiers = dataclasses.replace(config.tiers, spend_thresholds=(100.0,), order_thresholds=(3,))
+    crm = build_crm(lines, whole.customer_ids, whole.item_ids, whole.prices, whole.as_of, tiers)
+    joined = build_crm(
+        executors.lines, built.customer_ids, built.item_ids, built.prices, built.as_of, tiers
+    )
+    assert len(crm.arrays["trigger_rows"]) > 10
+    for name, array in crm.arrays.items():
+        np.testing.assert_array_equal(joined.arrays[name], array, err_msg=name)
+    assert joined.policy == crm.policy
 
 
 def planted_records(events: pd.DataFrame, count: int = 400) -> pd.DataFrame:

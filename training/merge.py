@@ -36,6 +36,7 @@ executors on whole components of the alias graph (``training.spark_identity``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ from training.sources import (
     typed_as_text,
     wall_time_in_utc,
 )
+from training.spark_dataset import MergedRows, RowVocabulary, row_arrow_schema
 from training.spark_identity import link_on_spark
 from training.spark_sources import VALUE_COLUMNS, Parse, rows_on_spark, write_quarantine
 
@@ -185,6 +187,9 @@ class MergedHistory:
     # The content of each database source the merge read itself (on Spark, by the
     # executors), as the data fingerprint takes it (``training.sources.database_digest``).
     database_contents: dict[str, str] = field(default_factory=dict)
+    # With Spark, when the merge was asked to keep them there: the merged rows on the
+    # executors (``events`` is then empty), until ``rows.release()``.
+    rows: MergedRows | None = None
 
 
 def merge_sources(
@@ -192,11 +197,14 @@ def merge_sources(
     items: ItemRules,
     identity: IdentityConfig | None = None,
     engine: EngineConfig | None = None,
+    keep_on_executors: bool = False,
 ) -> MergedHistory:
     """Takes ``sources`` over: each is removed from the list once parsed, so that a source's
     raw text is freed before the next is parsed (at 20 M rows that is gigabytes). A source
     given as its files is read here: with Spark by the executors, a task per file
     (``training.spark_sources``; ``read_by_executors`` says which), with DuckDB in its turn.
+    ``keep_on_executors``: with Spark, the merged rows are left on the executors
+    (``MergedHistory.rows``) rather than brought to this process as ``events``.
 
     Values are parsed once per distinct value (see ``_parse``); every decision about rows
     from there on is one of the queries below, run by ``engine`` (DuckDB by default)."""
@@ -270,17 +278,55 @@ def merge_sources(
         sql.materialise(DECIDED, DECIDE.format(relation=relation))
         names = [source.name for source in configs]
         accounting = _accounting(sql.query(ACCOUNTING), names)
-        kept = sql.query(KEPT if parsed is not None else KEPT_VALUES)
+        spark_merged: MergedRows | None = None
+        if isinstance(sql, SparkEngine):
+            sql.load(CUSTOMER_IDS, _customer_ids_table(customers))
+            spark_merged = MergedRows.held(
+                sql.frame(MERGED_ROWS),
+                RowVocabulary(
+                    source_names=names,
+                    item_ids=vocabulary["item_id"].to_pylist(),
+                    descriptions=vocabulary["description"].to_pylist(),
+                    countries=vocabulary["country"].to_pylist(),
+                    outcomes=list(OUTCOMES),
+                ),
+            )
+        else:
+            kept = sql.query(KEPT)
     identity_report = msgspec.structs.replace(
         identity_report,
         erasures=erasure_report(identity, sum(counts["erased"] for counts in accounting.values())),
     )
-    if parsed is not None:
-        rows_kept = kept.column("row_id").to_numpy()
-        values = {column: parsed.pop(column)[rows_kept] for column in _VALUE_COLUMNS}
-        del parsed
-    else:
-        values = _kept_values(kept)
+    interactions = _interactions(
+        logged,
+        configs,
+        crosswalk,
+        identity,
+        namespace_of,
+        _Erasure(linked_before, erased_customers, erasures),
+        aliases,
+    )
+    merged = MergedHistory(
+        events=pd.DataFrame(),
+        quarantine=quarantine,
+        accounting=accounting,
+        aliases=aliases,
+        identity=identity_report,
+        item_groups=dict(crosswalk.groups),
+        interactions=interactions,
+        database_contents=database_contents,
+    )
+    if spark_merged is not None:
+        if keep_on_executors:
+            events = spark_merged.vocabulary.events(row_arrow_schema().empty_table())
+            return dataclasses.replace(merged, events=events, rows=spark_merged)
+        events = spark_merged.collected(customers)
+        spark_merged.release()
+        return dataclasses.replace(merged, events=events)
+    assert parsed is not None
+    rows_kept = kept.column("row_id").to_numpy()
+    values = {column: parsed.pop(column)[rows_kept] for column in _VALUE_COLUMNS}
+    del parsed
     events = pd.DataFrame(
         {
             column: values.pop(column)
@@ -301,25 +347,7 @@ def merge_sources(
     events["outcome"] = pd.Categorical.from_codes(
         kept.column("outcome").to_numpy(), categories=pd.Index(OUTCOMES)
     )
-    interactions = _interactions(
-        logged,
-        configs,
-        crosswalk,
-        identity,
-        namespace_of,
-        _Erasure(linked_before, erased_customers, erasures),
-        aliases,
-    )
-    return MergedHistory(
-        events=events[EVENT_COLUMNS],
-        quarantine=quarantine,
-        accounting=accounting,
-        aliases=aliases,
-        identity=identity_report,
-        item_groups=dict(crosswalk.groups),
-        interactions=interactions,
-        database_contents=database_contents,
-    )
+    return dataclasses.replace(merged, events=events[EVENT_COLUMNS])
 
 
 # The merge's row-level rules, once, as SQL in SQLGlot's standard dialect; training.engine
@@ -336,7 +364,7 @@ def merge_sources(
 # ``kind`` is the position of the alias column in ALIAS_COLUMNS.
 # A merge's columns by name, each one value per row.
 Columns = dict[str, NDArray[Any]]
-ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED, ALIAS_NAMES, ROW_VALUES = (
+ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED, ALIAS_NAMES, ROW_VALUES, CUSTOMER_IDS = (
     "rows",
     "erased_aliases",
     "marked",
@@ -344,6 +372,7 @@ ROWS, ERASED_ALIASES, MARKED, CUSTOMERS, DECIDED, ALIAS_NAMES, ROW_VALUES = (
     "decided",
     "alias_names",
     "row_values",
+    "customer_ids",
 )
 ALIAS_COLUMNS = ("id_alias", "email_alias", "phone_alias")
 ROW_COLUMNS = (
@@ -471,12 +500,14 @@ KEPT = f"""
 SELECT row_id, outcome, customer FROM {DECIDED}
 WHERE outcome IN ({_KEPT_OUTCOMES}) ORDER BY row_id
 """
-# On Spark the rows' values stay on the executors too (``training.spark_sources``): the
-# merged rows come back with them. ``row_values`` (Spark only): row_id and VALUE_COLUMNS.
-KEPT_VALUES = f"""
-SELECT d.row_id, d.outcome, d.customer, {", ".join(f"v.{column}" for column in VALUE_COLUMNS)}
+# On Spark the rows' values stay on the executors too (``training.spark_sources``), and so
+# do the merged rows (``training.spark_dataset.ROW_SCHEMA``). ``row_values`` (Spark only):
+# row_id and VALUE_COLUMNS; ``customer_ids`` (customer, customer_id): each customer code's id.
+MERGED_ROWS = f"""
+SELECT d.row_id, d.outcome, c.customer_id, {", ".join(f"v.{column}" for column in VALUE_COLUMNS)}
 FROM {DECIDED} AS d JOIN {ROW_VALUES} AS v ON v.row_id = d.row_id
-WHERE d.outcome IN ({_KEPT_OUTCOMES}) ORDER BY d.row_id
+JOIN {CUSTOMER_IDS} AS c ON c.customer = d.customer
+WHERE d.outcome IN ({_KEPT_OUTCOMES})
 """
 # What a merged row carries beside its outcome and customer, as ``_parse`` names them.
 _VALUE_COLUMNS = tuple("timestamp" if column == "stamp" else column for column in VALUE_COLUMNS)
@@ -541,18 +572,6 @@ def _parse_here(
         frames.append(frame)
     parsed, vocabulary = _concat_parsed(frames, texts)
     return parsed, vocabulary, quarantined
-
-
-def _kept_values(kept: pa.Table) -> Columns:
-    """KEPT_VALUES's columns as ``_parse`` types them."""
-    stamps = kept.column("stamp").fill_null(np.iinfo(np.int64).min).to_numpy()
-    values: Columns = {
-        column: kept.column(column).to_numpy() for column in VALUE_COLUMNS if column != "stamp"
-    }
-    values["timestamp"] = stamps.view("datetime64[us]")
-    for column in ("order", "item_id", "description", "country"):
-        values[column] = values[column].astype(np.int32, copy=False)
-    return values
 
 
 def _aliases_of(identifiers: NDArray[np.object_], codes: pa.ChunkedArray) -> list[str]:
@@ -709,6 +728,15 @@ def _erased_aliases(
         return int(aliases.get(alias) in customers)
 
     return _alias_codes(identifiers, is_erased).select(["kind", "code"])
+
+
+def _customer_ids_table(customers: pd.Index) -> pa.Table:
+    return pa.table(
+        {
+            "customer": pa.array(np.arange(len(customers), dtype=np.int64)),
+            "customer_id": pa.array(customers.to_numpy(), pa.string()),
+        }
+    )
 
 
 def _customers_table(

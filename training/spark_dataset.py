@@ -29,8 +29,9 @@ from training.dataset import ItemSales, Settlement, TrainingData, build_dataset,
 from training.engine import quiet
 from training.errors import TrainingError
 from training.interactions import InteractionWeights, records_frame
-from training.merge import OUTCOMES
+from training.segments import Sales, sales_of
 from training.spark_candidates import join_parts, part_name
+from training.tiers import CustomerLines
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -51,8 +52,10 @@ RECORD_SCHEMA = (
 )
 # A matrix of the dataset as its parts are written: per customer row, its entries' count.
 MATRICES = ("interactions", "held", "owned", "feedback")
-# The per-customer arrays written as parts beside the matrices.
-CUSTOMER_ARRAYS = ("customer_ids", "spend", "orders")
+# CustomerLines's arrays (a part's numbered within it: its ``row``s, ``order``s and
+# ``order_rows`` are shifted when joined) and Sales's.
+LINES = ("row", "timestamp", "charged_at", "unit_price", "amount", "purchase", "order")
+SALES = ("items", "rows", "countries", "weights")
 _SETTLEMENT_FIGURES = (
     "returns",
     "charged_to_purchase_date",
@@ -70,18 +73,20 @@ class RowVocabulary:
     item_ids: list[str]
     descriptions: list[str]
     countries: list[str]
+    outcomes: list[str]  # training.merge.OUTCOMES
 
-    def events(self, rows: pa.Table) -> pd.DataFrame:
+    def events(self, rows: pa.Table, customers: pd.Index | None = None) -> pd.DataFrame:
         """``rows`` (ROW_SCHEMA) as the merged events (``MergedHistory.events``), in row
-        order; the customers' categories are this table's own."""
+        order; the customers' categories are ``customers`` (default: this table's own)."""
         rows = rows.sort_by("row_id")
         stamps = rows.column("stamp").fill_null(np.iinfo(np.int64).min).to_numpy()
-        customers = rows.column("customer_id").to_numpy(zero_copy_only=False).astype(str)
+        ids = rows.column("customer_id").to_numpy(zero_copy_only=False).astype(str)
+        known = np.unique(["", *ids]) if customers is None else customers
         events = pd.DataFrame(
             {
                 "source": self._codes(rows, "source_position", self.source_names),
                 "trust": rows.column("trust").to_numpy(),
-                "customer_id": pd.Categorical(customers, np.unique(["", *customers])),
+                "customer_id": pd.Categorical(ids, known),
                 "item_id": self._codes(rows, "item_id", self.item_ids),
                 "quantity": rows.column("quantity").to_numpy(),
                 "unit_price": rows.column("unit_price").to_numpy(),
@@ -89,7 +94,7 @@ class RowVocabulary:
                 "order": rows.column("order").to_numpy(),
                 "description": self._codes(rows, "description", self.descriptions),
                 "country": self._codes(rows, "country", self.countries),
-                "outcome": self._codes(rows, "outcome", list(OUTCOMES)),
+                "outcome": self._codes(rows, "outcome", self.outcomes),
             }
         )
         return events
@@ -98,6 +103,49 @@ class RowVocabulary:
     def _codes(rows: pa.Table, column: str, values: list[str]) -> pd.Categorical:
         codes = rows.column(column).to_numpy().astype(np.int32)
         return pd.Categorical.from_codes(codes, pd.Index(values, dtype="str"))
+
+
+@dataclass(frozen=True)
+class MergedRows:
+    """The merged rows (ROW_SCHEMA) as the merge leaves them on Spark's executors, held
+    until ``release``d, and what their codes stand for."""
+
+    frame: DataFrame
+    vocabulary: RowVocabulary
+
+    @classmethod
+    def held(cls, frame: DataFrame, vocabulary: RowVocabulary) -> MergedRows:
+        """``frame``'s rows computed now and held on the executors (in memory, spilled to
+        their disks), so that they outlive what they were computed from."""
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import StructType, _parse_datatype_string
+
+        schema = _parse_datatype_string(ROW_SCHEMA)
+        assert isinstance(schema, StructType)
+        typed = frame.select(*(F.col(f.name).cast(f.dataType) for f in schema.fields)).persist()
+        typed.count()
+        return cls(typed, vocabulary)
+
+    def collected(self, customers: pd.Index) -> pd.DataFrame:
+        """Every row brought to the driver as the merged events (``MergedHistory.events``,
+        ``customers`` the categories of their customer ids): for a history that fits in
+        the driver's memory."""
+        with quiet():
+            return self.vocabulary.events(self.frame.toArrow(), customers)
+
+    def release(self) -> None:
+        self.frame.unpersist()
+
+
+@dataclass(frozen=True)
+class SparkDataset:
+    """What the executors build of the merged rows, joined and memory-mapped: the
+    dataset, the customers' purchase lines (for their tiers and signals) and the sales
+    (for the best sellers per segment)."""
+
+    data: TrainingData
+    lines: CustomerLines
+    sales: Sales
 
 
 def item_sales_on_executors(
@@ -109,7 +157,7 @@ def item_sales_on_executors(
 
     latest = rows.agg(F.max("stamp")).first()
     as_of = None if latest is None or latest[0] is None else pd.Timestamp(latest[0], unit="us")
-    schema = _row_arrow_schema()
+    schema = row_arrow_schema()
 
     def partials(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         table = pa.Table.from_batches(list(batches), schema=schema)
@@ -140,7 +188,7 @@ def dataset_on_executors(
     weights: InteractionWeights,
     directory: Path,
     ranges: int,
-) -> TrainingData:
+) -> SparkDataset:
     """``build_dataset`` of every merged row (``rows``, ROW_SCHEMA) and interaction record,
     with the item side ``items`` (``item_sales_on_executors``): a task per range of
     customers (``ranges`` of them, split by customer id) writes that range's arrays under
@@ -170,14 +218,14 @@ def dataset_on_executors(
 
 
 _WRITTEN_SCHEMA = (
-    "part int, customers long, "
+    "part int, customers long, lines long, orders long, sales long, "
     + ", ".join(f"{name}_entries long" for name in MATRICES)
     + ", settlement string, customer_id_width int, record array<long>, "
     "record_outcome array<byte>"
 )
 
 
-def _row_arrow_schema() -> pa.Schema:
+def row_arrow_schema() -> pa.Schema:
     from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import StructType, _parse_datatype_string
 
@@ -259,8 +307,9 @@ def _build_range(
 ) -> pa.Table:
     """One range's dataset, written as its part files; what the driver needs to join them."""
     logged = logged.sort_by("record")
+    events = vocabulary.events(mine)
     data = build_dataset(
-        vocabulary.events(mine),
+        events,
         half_life_days,
         trend_half_life,
         item_groups,
@@ -279,10 +328,20 @@ def _build_range(
     _save(folder, "customer_ids", part, data.customer_ids.astype(f"<U{width}"))
     _save(folder, "spend", part, data.spend)
     _save(folder, "orders", part, data.orders)
+    lines = CustomerLines.of(events, data.customer_ids, data.settlement)
+    for name in LINES:
+        _save(folder, f"line_{name}", part, getattr(lines, name))
+    _save(folder, "line_order_rows", part, lines.order_rows)
+    sales = sales_of(events, items.item_ids, data.customer_ids, items.as_of, half_life_days)
+    for name in SALES:
+        _save(folder, f"sale_{name}", part, getattr(sales, name))
     return pa.table(
         {
             "part": pa.array([part], pa.int32()),
             "customers": pa.array([len(data.customer_ids)], pa.int64()),
+            "lines": pa.array([len(lines.row)], pa.int64()),
+            "orders": pa.array([len(lines.order_rows)], pa.int64()),
+            "sales": pa.array([len(sales.items)], pa.int64()),
             **{
                 f"{name}_entries": pa.array([getattr(data, name).nnz], pa.int64())
                 for name in MATRICES
@@ -306,21 +365,33 @@ def _joined(
     vocabulary: RowVocabulary,
     item_groups: dict[str, str],
     record_count: int,
-) -> TrainingData:
+) -> SparkDataset:
     written = written.sort_by("part")
     parts = written.column("part").to_pylist()
-    customers = int(pa.compute.sum(written.column("customers")).as_py() or 0)
 
-    def joined(name: str, total: int) -> NDArray[Any]:
-        return join_parts(directory, name, parts, total)
+    def total(column: str) -> int:
+        return int(pa.compute.sum(written.column(column)).as_py() or 0)
+
+    def firsts(column: str) -> list[int]:
+        counts = written.column(column).to_numpy()
+        return [int(first) for first in np.concatenate([[0], np.cumsum(counts)[:-1]])]
+
+    def joined(name: str, count: int, shifts: list[int] | None = None) -> NDArray[Any]:
+        return join_parts(directory, name, parts, count, shifts)
+
+    customers = total("customers")
 
     shape = (customers, len(items.item_ids))
     matrices = {}
     for name in MATRICES:
-        entries = int(pa.compute.sum(written.column(f"{name}_entries")).as_py() or 0)
+        entries = total(f"{name}_entries")
         counts = joined(f"{name}_counts", customers)
-        indptr = np.zeros(customers + 1, np.int64)
+        indptr = np.lib.format.open_memmap(
+            directory / f"{name}_indptr.npy", "w+", np.int64, (customers + 1,)
+        )
+        indptr[0] = 0
         np.cumsum(counts, out=indptr[1:])
+        indptr.flush()
         matrices[name] = sp.csr_matrix(
             (joined(f"{name}_data", entries), joined(f"{name}_indices", entries), indptr),
             shape=shape,
@@ -342,7 +413,7 @@ def _joined(
         outcome[positions] = outcomes
     if (outcome < 0).any():
         raise TrainingError("the executors' dataset parts do not decide every record once")
-    return TrainingData(
+    data = TrainingData(
         customer_ids=joined("customer_ids", customers),
         item_ids=items.item_ids,
         interactions=matrices["interactions"],
@@ -364,6 +435,28 @@ def _joined(
         feedback=matrices["feedback"],
         interaction_outcome=outcome,
     )
+    lines = total("lines")
+    first_rows, first_orders = firsts("customers"), firsts("orders")
+    order = joined("line_order", lines, first_orders)
+    customer_lines = CustomerLines(
+        row=joined("line_row", lines, first_rows),
+        timestamp=joined("line_timestamp", lines),
+        charged_at=joined("line_charged_at", lines),
+        unit_price=joined("line_unit_price", lines),
+        amount=joined("line_amount", lines),
+        purchase=joined("line_purchase", lines),
+        order=order,
+        order_rows=joined("line_order_rows", total("orders"), first_rows),
+    )
+    sales = total("sales")
+    sold = Sales(
+        items=joined("sale_items", sales),
+        rows=joined("sale_rows", sales, first_rows),  # -1 (anonymous) stays
+        countries=joined("sale_countries", sales),
+        weights=joined("sale_weights", sales),
+        country_names=np.array(vocabulary.countries, dtype=str),
+    )
+    return SparkDataset(data, customer_lines, sold)
 
 
 def _widen(directory: Path, parts: list[int], width: int) -> None:
