@@ -14,7 +14,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -26,7 +26,7 @@ import pytest
 import scipy.sparse as sp
 
 from benchmarks.local_server import spark_standalone
-from recsvc.bundle import OWNED, load_bundle
+from recsvc.bundle import CATALOG, OWNED, TRIGGER_ARRAYS, load_bundle
 from recsvc.identity import IdentityKey
 from recsvc.logrecords import ALIAS_DIGESTS
 from recsvc.policy import tier_indices
@@ -59,12 +59,7 @@ from training.segments import SegmentSales, sales_of, segment_arrays
 from training.sources import DatabaseSlices, read_source
 from training.spark_als import SparkFactors
 from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
-from training.spark_dataset import (
-    ROW_SCHEMA,
-    RowVocabulary,
-    dataset_on_executors,
-    item_sales_on_executors,
-)
+from training.spark_dataset import ROW_SCHEMA, MergedRows, RowVocabulary, built_on_executors
 from training.spark_identity import link_on_spark
 from training.tiers import (
     CustomerLines,
@@ -631,7 +626,86 @@ def alias_frame(session: SparkSession, records: list[tuple[str, str, str]]) -> D
     )
 
 
-def rows_on_spark(session: SparkSession, events: pd.DataFrame) -> tuple[DataFrame, RowVocabulary]:
+@pytest.mark.parametrize("history", ["reference", "synthetic"])
+def test_the_executors_build_the_dataset_as_one_host_does(
+    history: str, request: pytest.FixtureRequest, spark_engine: EngineConfig
+) -> None:
+    """Spark tasks, a range of customers each, build from the merged rows what one process
+    builds from all of them: the dataset (item side, matrices, owned items, spend, orders,
+    settlement, the interaction records' outcomes), then, with the population the ranges
+    add up to, the tiers, signals, triggers and best sellers per segment."""
+    config = load_config(REFERENCE) if history == "reference" else request.getfixturevalue(history)
+    merged = merged_with(config, DUCKDB)
+    records = planted_records(merged.events)
+    params = msgspec.structs.replace(
+        config.model,
+        weights=msgspec.structs.replace(config.model.weights, view=0.2, cart_add=0.5),
+    )
+    tiers = dataclasses.replace(
+        config.tiers,
+        method="percentiles",
+        levels=(TierLevel("bronze", min_percentile=0), TierLevel("gold", min_percentile=70)),
+        spend_thresholds=(100.0,),
+        order_thresholds=(3,),
+        thank_you_spend=200.0,
+    )
+    whole = build_dataset(
+        merged.events,
+        params.half_life_days,
+        params.trend_half_life_days,
+        merged.item_groups,
+        records,
+        params.weights,
+    )
+    session = spark_session(spark_engine.master, tuple(sorted(spark_engine.conf.items())))
+    rows = merged_rows_on_spark(session, merged.events)
+    built = built_on_executors(
+        rows, records, merged.item_groups, params, tiers, spark_engine, len(merged.events)
+    )
+    data = built.data
+    for name in ("customer_ids", "item_ids", "held_source", "source_names", "item_group"):
+        np.testing.assert_array_equal(getattr(data, name), getattr(whole, name), err_msg=name)
+    for name in ("spend", "orders", "interaction_outcome", "titles", "prices"):
+        np.testing.assert_array_equal(getattr(data, name), getattr(whole, name), err_msg=name)
+    for name in ("popularity", "trending"):
+        np.testing.assert_allclose(getattr(data, name), getattr(whole, name), rtol=1e-9)
+    for name in ("interactions", "held", "owned", "feedback"):
+        assert getattr(data, name).shape == getattr(whole, name).shape, name
+        assert (getattr(data, name) != getattr(whole, name)).nnz == 0, name
+    assert data.as_of == whole.as_of
+    assert data.settlement.report == whole.settlement.report
+    assert set(whole.interaction_outcome) == {
+        USED,
+        UNWEIGHTED,
+        UNKNOWN_ITEM,
+        UNKNOWN_CUSTOMER,
+        ANONYMOUS,
+        DUPLICATE,
+    }
+
+    lines = CustomerLines.of(merged.events, whole.customer_ids, whole.settlement)
+    crm = build_crm(
+        lines, len(whole.customer_ids), whole.item_ids, whole.prices, whole.as_of, tiers
+    )
+    assert len(crm.arrays["trigger_rows"]) > 10
+    assert len(crm.policy.levels) == 2 and crm.policy.levels[1].min_spend > 0
+    for name, array in crm.arrays.items():
+        np.testing.assert_array_equal(built.crm.arrays[name], array, err_msg=name)
+    assert built.crm.policy == crm.policy
+    spend = crm.arrays["window_spend"]
+    sales = sales_of(
+        merged.events, whole.item_ids, whole.customer_ids, whole.as_of, params.half_life_days
+    )
+    segments = segment_arrays(
+        sales,
+        len(whole.item_ids),
+        tier_indices(crm.policy.levels, spend),
+        [level.name for level in crm.policy.levels],
+    )
+    assert_segments_alike(built.segments, segments)
+
+
+def merged_rows_on_spark(session: SparkSession, events: pd.DataFrame) -> MergedRows:
     """Merged ``events`` as the merge leaves them on the executors (ROW_SCHEMA)."""
     stamps = events["timestamp"].to_numpy().astype("datetime64[us]")
     table = pa.table(
@@ -658,91 +732,8 @@ def rows_on_spark(session: SparkSession, events: pd.DataFrame) -> tuple[DataFram
         )
     )
     with quiet():
-        return session.createDataFrame(table, schema=ROW_SCHEMA).repartition(3), vocabulary
-
-
-@pytest.mark.parametrize("history", ["reference", "synthetic"])
-def test_the_executors_build_the_dataset_as_one_host_does(
-    history: str, request: pytest.FixtureRequest, spark_engine: EngineConfig, tmp_path: Path
-) -> None:
-    """Spark tasks, one per range of customers, build the same dataset from the merged rows
-    as ``build_dataset`` does from all of them in one process (item side, matrices, owned
-    items, spend, orders, settlement and the interaction records' outcomes), and the same
-    purchase lines and sales."""
-    config = load_config(REFERENCE) if history == "reference" else request.getfixturevalue(history)
-    merged = merged_with(config, DUCKDB)
-    records = planted_records(merged.events)
-    weights = msgspec.structs.replace(config.model.weights, view=0.2, cart_add=0.5)
-    whole = build_dataset(merged.events, 30.0, 14.0, merged.item_groups, records, weights)
-    session = spark_session(spark_engine.master, tuple(sorted(spark_engine.conf.items())))
-    rows, vocabulary = rows_on_spark(session, merged.events)
-    items = item_sales_on_executors(rows, vocabulary, 30.0, 14.0)
-    executors = dataset_on_executors(
-        session,
-        rows,
-        records,
-        vocabulary,
-        items,
-        30.0,
-        14.0,
-        merged.item_groups,
-        weights,
-        tmp_path,
-        ranges=3,
-    )
-    built = executors.data
-    for name in ("customer_ids", "item_ids", "held_source", "source_names", "item_group"):
-        np.testing.assert_array_equal(getattr(built, name), getattr(whole, name), err_msg=name)
-    for name in ("spend", "orders", "interaction_outcome", "titles", "prices"):
-        np.testing.assert_array_equal(getattr(built, name), getattr(whole, name), err_msg=name)
-    for name in ("popularity", "trending"):
-        np.testing.assert_allclose(getattr(built, name), getattr(whole, name), rtol=1e-9)
-    for name in ("interactions", "held", "owned", "feedback"):
-        assert getattr(built, name).shape == getattr(whole, name).shape, name
-        assert (getattr(built, name) != getattr(whole, name)).nnz == 0, name
-    assert built.as_of == whole.as_of
-    assert built.settlement.report == whole.settlement.report
-    assert set(whole.interaction_outcome) == {
-        USED,
-        UNWEIGHTED,
-        UNKNOWN_ITEM,
-        UNKNOWN_CUSTOMER,
-        ANONYMOUS,
-        DUPLICATE,
-    }
-    # The lines and sales come range by range, each range's in row order: the same, sorted
-    # by customer.
-    lines = CustomerLines.of(merged.events, whole.customer_ids, whole.settlement)
-    mine = np.argsort(executors.lines.row, kind="stable")
-    theirs = np.argsort(lines.row, kind="stable")
-    for name, array in dataclasses.asdict(lines).items():
-        if name == "order_rows":
-            np.testing.assert_array_equal(executors.lines.order_rows, array)
-        else:
-            found = getattr(executors.lines, name)[mine]
-            np.testing.assert_array_equal(found, array[theirs], err_msg=name)
-    sales = sales_of(merged.events, whole.item_ids, whole.customer_ids, whole.as_of, 30.0)
-    assert (sales.rows < 0).any()  # anonymous sales
-    # (A sale of a customer with nothing held is in their range, row -1 as anonymous ones.)
-    mine, theirs = (
-        np.lexsort((found.weights, found.countries, found.items, found.rows))
-        for found in (executors.sales, sales)
-    )
-    for name, array in dataclasses.asdict(sales).items():
-        found = getattr(executors.sales, name)
-        if name != "country_names":
-            found, array = found[mine], array[theirs]
-        np.testing.assert_array_equal(found, array, err_msg=name)
-    # What the lines make does not depend on their order.
-    tiers = dataclasses.replace(config.tiers, spend_thresholds=(100.0,), order_thresholds=(3,))
-    crm = build_crm(lines, whole.customer_ids, whole.item_ids, whole.prices, whole.as_of, tiers)
-    joined = build_crm(
-        executors.lines, built.customer_ids, built.item_ids, built.prices, built.as_of, tiers
-    )
-    assert len(crm.arrays["trigger_rows"]) > 10
-    for name, array in crm.arrays.items():
-        np.testing.assert_array_equal(joined.arrays[name], array, err_msg=name)
-    assert joined.policy == crm.policy
+        frame = session.createDataFrame(table, schema=ROW_SCHEMA).repartition(3)
+    return MergedRows.held(frame, vocabulary)
 
 
 def planted_records(events: pd.DataFrame, count: int = 400) -> pd.DataFrame:
@@ -837,7 +828,7 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
     )
     crm = build_crm(
         CustomerLines.of(events, whole.customer_ids, whole.settlement),
-        whole.customer_ids,
+        len(whole.customer_ids),
         whole.item_ids,
         whole.prices,
         whole.as_of,
@@ -850,7 +841,13 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
     )
     ranges = [
         build_crm(
-            mine, data.customer_ids, whole.item_ids, whole.prices, whole.as_of, tiers, population
+            mine,
+            len(data.customer_ids),
+            whole.item_ids,
+            whole.prices,
+            whole.as_of,
+            tiers,
+            population,
         )
         for mine, data in zip(lines, parts, strict=True)
     ]
@@ -905,20 +902,21 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
         ]
     ).arrays()
     assert len(segments["segment_names"]) >= len(names)
+    assert_segments_alike(combined, segments)
+
+
+def assert_segments_alike(found: dict[str, Any], expected: dict[str, Any]) -> None:
+    """The same segments, items and scores; sums in another order may swap two items of
+    (nearly) one score."""
     for name in ("segment_names", "segment_indptr"):
-        np.testing.assert_array_equal(combined[name], segments[name], err_msg=name)
-    # The same items and scores; sums in another order may swap two items of (nearly) one
-    # score.
-    indptr = segments["segment_indptr"]
-    for start, end in itertools.pairwise(indptr.tolist()):
-        listed = segments["segment_items"][start:end]
-        score_of = dict(zip(listed.tolist(), segments["segment_scores"][start:end], strict=True))
-        found = combined["segment_items"][start:end]
-        assert set(found.tolist()) == set(score_of)
+        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+    for start, end in itertools.pairwise(expected["segment_indptr"].tolist()):
+        listed = expected["segment_items"][start:end].tolist()
+        score_of = dict(zip(listed, expected["segment_scores"][start:end], strict=True))
+        items = found["segment_items"][start:end].tolist()
+        assert set(items) == set(score_of)
         np.testing.assert_allclose(
-            [score_of[item] for item in found.tolist()],
-            combined["segment_scores"][start:end],
-            rtol=1e-6,
+            [score_of[item] for item in items], found["segment_scores"][start:end], rtol=1e-6
         )
 
 
@@ -988,9 +986,22 @@ def assert_bundles_alike(synthetic: TrainConfig, engine: EngineConfig, tmp_path:
         for name, config in configs.items()
     }
     duck, on_spark = bundles["duckdb"], bundles["spark"]
-    assert on_spark.manifest.accounting == duck.manifest.accounting
-    for name in ("customer_ids", "item_ids", *OWNED):
-        np.testing.assert_array_equal(getattr(on_spark.arrays, name), getattr(duck.arrays, name))
+    for section in ("accounting", "sources", "returns", "tiers", "interactions"):
+        assert getattr(on_spark.manifest, section) == getattr(duck.manifest, section), section
+    # Everything but the fits is built from the same rows: the same arrays (sums of decayed
+    # weights up to their order).
+    exact = ("customer_ids", "item_ids", *OWNED, *CATALOG, "trigger_rows", *TRIGGER_ARRAYS)
+    exact += ("customer_spend", "customer_orders", "window_spend", "first_purchase")
+    exact += ("last_purchase", "median_interval_days", "best_hour", "best_weekday")
+    exact += ("price_low", "price_high", "alias_rows", "segment_names", "segment_indptr")
+    for name in exact:
+        np.testing.assert_array_equal(
+            getattr(on_spark.arrays, name), getattr(duck.arrays, name), err_msg=name
+        )
+    for name in ("item_prior", "popular_scores", "segment_scores"):
+        np.testing.assert_allclose(
+            getattr(on_spark.arrays, name), getattr(duck.arrays, name), rtol=1e-5, err_msg=name
+        )
     candidates = on_spark.arrays.candidate_items
     assert candidates.shape == duck.arrays.candidate_items.shape
     assert (candidates[:, 0] >= 0).all()  # every customer has a list (the catalog is larger)

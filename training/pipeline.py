@@ -78,6 +78,11 @@ from training.sources import (
 )
 from training.spark_als import SparkFactors, fit_als_on_spark
 from training.spark_candidates import spark_served_arrays
+from training.spark_dataset import (
+    NOTHING_TO_TRAIN,
+    built_on_executors,
+    contributions_on_executors,
+)
 from training.spark_sources import read_by_executors
 from training.tiers import (
     Crm,
@@ -125,69 +130,111 @@ def train(
     received = [events_through(rows) for rows in sources if isinstance(rows, SourceRows)]
     with progress.step("merging sources and linking customers", "rows") as step:
         merged = merge_sources(  # frees the raw rows
-            sources, config.items, config.identity, config.engine
+            sources,
+            config.items,
+            config.identity,
+            config.engine,
+            # On Spark the rows stay on the executors, which build the matrix from them.
+            keep_on_executors=True,
         )
         step.add(sum(counts["rows_read"] for counts in merged.accounting.values()))
     fingerprint = data_fingerprint(config, contents | merged.database_contents)
     quarantine = quarantine_gate(config.sources, merged, allow_quarantine)
-    if not (outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)).any():
-        raise TrainingError("nothing to train on: no source has a purchase that can be used")
-    with progress.step("building the interaction matrix"):
-        data = build_dataset(
-            merged.events,
-            config.model.half_life_days,
-            config.model.trend_half_life_days,
-            merged.item_groups,
-            merged.interactions,
-            config.model.weights,
-        )
-    interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
-    # Only the matrix reads the rows' trust and descriptions: dropped before the next step,
-    # the run's peak (at 20 M purchases, 0.1 GB of it).
-    merged = dataclasses.replace(
-        merged, events=merged.events.drop(columns=["trust", "description"])
-    )
-    # The alias dict (millions of strings at 20 M purchases) as the bundle's digests now, so
-    # that it is not held through the fits and the candidate lists.
-    digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
-    merged = dataclasses.replace(merged, aliases={})
-    with progress.step("each customer's purchase lines, each source's contribution, segments"):
-        contributions = _source_summaries(config.sources, merged.events)
-        lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
-        # The segments' best sellers need each customer's tier, which the tiers step
-        # computes the same way; their sales (0.4 GB at 20 M purchases) are counted and
-        # ranked here, before the rows go, rather than held through the tiers.
-        spend = window_spend(lines, len(data.customer_ids), data.as_of, config.tiers.window_days)
-        levels = resolve_levels(config.tiers, spend)
-        segments = segment_arrays(
-            sales_of(
-                merged.events,
-                data.item_ids,
-                data.customer_ids,
-                data.as_of,
-                config.model.half_life_days,
-            ),
-            len(data.item_ids),
-            tier_indices(levels, spend),
-            [level.name for level in levels],
-        )
-        del spend
-        # The merged rows are not needed past this point: at 20 M rows they hold a GB,
-        # which the fits would otherwise hold memory beside. Copied: an empty slice is a
-        # view that keeps every row's memory.
+    if merged.rows is not None:
+        with progress.step("the matrix, tiers, signals and segments (Spark executors)"):
+            built = built_on_executors(
+                merged.rows,
+                merged.interactions,
+                merged.item_groups,
+                config.model,
+                config.tiers,
+                config.engine,
+                sum(
+                    counts[outcome]
+                    for counts in merged.accounting.values()
+                    for outcome in ("used", "duplicate", "cancellation", "anonymous")
+                ),
+            )
+            contributions = _source_summaries(
+                config.sources, contributions_on_executors(merged.rows)
+            )
+        merged.rows.release()
+        data, crm, segments = built.data, built.crm, built.segments
+        del built
+        interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
+        digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
         merged = dataclasses.replace(
-            merged,
-            events=merged.events.iloc[:0].copy(),
-            interactions=merged.interactions.iloc[:0].copy(),
+            merged, aliases={}, interactions=merged.interactions.iloc[:0].copy(), rows=None
         )
-    # The tiers are built before the fits rather than beside them: on two cores the overlap
-    # saved a few per cent of a run, and cost their working memory on top of ALS's (the
-    # run's peak at 20 M purchases).
-    with progress.step("tiers and catalog"):
-        crm = build_crm(
-            lines, data.customer_ids, data.item_ids, data.prices, data.as_of, config.tiers
+    else:
+        if not (
+            outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)
+        ).any():
+            raise TrainingError(NOTHING_TO_TRAIN)
+        with progress.step("building the interaction matrix"):
+            data = build_dataset(
+                merged.events,
+                config.model.half_life_days,
+                config.model.trend_half_life_days,
+                merged.item_groups,
+                merged.interactions,
+                config.model.weights,
+            )
+        interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
+        # Only the matrix reads the rows' trust and descriptions: dropped before the next
+        # step, the run's peak (at 20 M purchases, 0.1 GB of it).
+        merged = dataclasses.replace(
+            merged, events=merged.events.drop(columns=["trust", "description"])
         )
-        del lines
+        # The alias dict (millions of strings at 20 M purchases) as the bundle's digests
+        # now, so that it is not held through the fits and the candidate lists.
+        digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
+        merged = dataclasses.replace(merged, aliases={})
+        with progress.step("each customer's purchase lines, each source's contribution, segments"):
+            contributions = _source_summaries(config.sources, _contributions(merged.events))
+            lines = CustomerLines.of(merged.events, data.customer_ids, data.settlement)
+            # The segments' best sellers need each customer's tier, which the tiers step
+            # computes the same way; their sales (0.4 GB at 20 M purchases) are counted and
+            # ranked here, before the rows go, rather than held through the tiers.
+            spend = window_spend(
+                lines, len(data.customer_ids), data.as_of, config.tiers.window_days
+            )
+            levels = resolve_levels(config.tiers, spend)
+            segments = segment_arrays(
+                sales_of(
+                    merged.events,
+                    data.item_ids,
+                    data.customer_ids,
+                    data.as_of,
+                    config.model.half_life_days,
+                ),
+                len(data.item_ids),
+                tier_indices(levels, spend),
+                [level.name for level in levels],
+            )
+            del spend
+            # The merged rows are not needed past this point: at 20 M rows they hold a GB,
+            # which the fits would otherwise hold memory beside. Copied: an empty slice is
+            # a view that keeps every row's memory.
+            merged = dataclasses.replace(
+                merged,
+                events=merged.events.iloc[:0].copy(),
+                interactions=merged.interactions.iloc[:0].copy(),
+            )
+        # The tiers are built before the fits rather than beside them: on two cores the
+        # overlap saved a few per cent of a run, and cost their working memory on top of
+        # ALS's (the run's peak at 20 M purchases).
+        with progress.step("tiers"):
+            crm = build_crm(
+                lines,
+                len(data.customer_ids),
+                data.item_ids,
+                data.prices,
+                data.as_of,
+                config.tiers,
+            )
+            del lines
+    with progress.step("catalog"):
         tier_names = TierTable.of(crm.policy).names
         taxonomy = load_taxonomy(config.items.taxonomy)
         crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
@@ -579,35 +626,43 @@ def prune_erased(models_dir: Path, keep: str, erased: set[str]) -> list[str]:
 
 
 def _source_summaries(
-    sources: Iterable[SourceConfig], merged_events: pd.DataFrame
+    sources: Iterable[SourceConfig], contributions: dict[str, Contribution]
 ) -> tuple[SourceSummary, ...]:
     """What each source is and what it contributed (provenance)."""
+    return tuple(
+        SourceSummary(
+            name=source.name,
+            kind=source.kind,
+            location=str(source.path or source.table or "query"),
+            customer_namespace=source.customer_namespace,
+            trust=source.trust,
+            currency_rate=source.currency_rate,
+            timezone=source.timezone,
+            contribution=contributions.get(source.name, Contribution()),
+        )
+        for source in sources
+    )
+
+
+def _contributions(merged_events: pd.DataFrame) -> dict[str, Contribution]:
+    """Per source: its purchases used, the customers of its purchases and returns, the
+    items of its merged rows (``training.spark_dataset.contributions_on_executors`` counts
+    the same on Spark)."""
     used = outcome_is(merged_events, "used")
     personal = outcome_is(merged_events, "used", "cancellation")
     customers = merged_events["customer_id"].cat.codes.to_numpy()
     items = merged_events["item_id"].cat.codes.to_numpy()
     n_customers = len(merged_events["customer_id"].cat.categories)
     n_items = len(merged_events["item_id"].cat.categories)
-    summaries = []
-    for source in sources:
-        mine = value_is(merged_events["source"], source.name)
-        summaries.append(
-            SourceSummary(
-                name=source.name,
-                kind=source.kind,
-                location=str(source.path or source.table or "query"),
-                customer_namespace=source.customer_namespace,
-                trust=source.trust,
-                currency_rate=source.currency_rate,
-                timezone=source.timezone,
-                contribution=Contribution(
-                    purchases=int((mine & used).sum()),
-                    customers=len(present(customers[mine & personal], n_customers)),
-                    items=len(present(items[mine], n_items)),
-                ),
-            )
+    found = {}
+    for name in merged_events["source"].cat.categories:
+        mine = value_is(merged_events["source"], name)
+        found[str(name)] = Contribution(
+            purchases=int((mine & used).sum()),
+            customers=len(present(customers[mine & personal], n_customers)),
+            items=len(present(items[mine], n_items)),
         )
-    return tuple(summaries)
+    return found
 
 
 def parameters(config: TrainConfig) -> Parameters:

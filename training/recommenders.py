@@ -63,7 +63,7 @@ class History:
             return cls(events, data, item_groups)
         crm = build_crm(
             CustomerLines.of(events, data.customer_ids),
-            data.customer_ids,
+            len(data.customer_ids),
             data.item_ids,
             data.prices,
             data.as_of,

@@ -313,17 +313,10 @@ def part_name(name: str, first: int) -> str:
     return f"{name}-{first:012d}.npy"
 
 
-def join_parts(
-    directory: Path,
-    name: str,
-    firsts: list[int],
-    total: int,
-    shifts: list[int] | None = None,
-) -> NDArray[Any]:
-    """The parts of array ``name`` (starting at rows ``firsts``, in order) as one ``.npy``
-    file of ``total`` rows, copied a buffer at a time; returned memory-mapped, read-only.
-    ``shifts``: per part, what is added to its values that are not negative (positions
-    numbered within the part: -1 is none), a part at a time."""
+def join_parts(directory: Path, name: str, firsts: list[int], total: int) -> NDArray[Any]:
+    """The parts of array ``name`` (numbered ``firsts``: their first rows, or their
+    ranges; in order) as one ``.npy`` file of ``total`` rows, copied a buffer at a time;
+    returned memory-mapped, read-only."""
     parts = [directory / part_name(name, first) for first in firsts]
     if not parts:
         raise TrainingError(f"no {name} parts were written")
@@ -334,18 +327,13 @@ def join_parts(
     with target.open("wb") as out:
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
         np.lib.format.write_array_header_1_0(out, header | {"shape": (total, *shape[1:])})
-        for position, part in enumerate(parts):
+        for part in parts:
             with part.open("rb") as handle:
                 part_shape, fortran, part_dtype = _read_header(handle)
                 rows += part_shape[0]
                 if part_dtype != dtype or part_shape[1:] != shape[1:] or fortran:
                     raise TrainingError(f"the executors' {name} parts differ in shape or type")
-                if shifts is None:
-                    shutil.copyfileobj(handle, out, 1 << 20)
-                else:
-                    values = np.fromfile(handle, dtype=dtype)
-                    values[values >= 0] += shifts[position]
-                    values.tofile(out)
+                shutil.copyfileobj(handle, out, 1 << 20)
             part.unlink()
     if rows != total:
         raise TrainingError(f"the executors' {name} parts hold {rows} rows, not {total}")

@@ -1,40 +1,65 @@
-"""The interaction matrix built by Spark's executors (``[engine] kind = "spark"``), a task
-per range of customers, from the merged rows left on the executors.
+"""The interaction matrix, tiers, signals, triggers and best sellers per segment built by
+Spark's executors (``[engine] kind = "spark"``), a task per range of customers, from the
+merged rows the merge leaves on the executors (``MergedRows``).
 
 A customer's part of the dataset depends on their own rows and the item side (which items
 were sold, at what price, how popular), never on another customer's rows
 (``training.dataset.build_dataset`` with ``items``). So the item side is summed from a
-partial per task (``ItemSales``, item-sized), broadcast, and each task builds its range of
-customers with the single-host code and writes that range's arrays as ``.npy`` part files.
-The driver joins each array's parts by copying bytes (a matrix's row counts become its
-``indptr`` on the way) and memory-maps the result: its memory does not grow with the rows.
+partial per task (``ItemSales``, item-sized) and broadcast, and each task builds its range
+of customers with the single-host code and writes that range's arrays as ``.npy`` part
+files. Their tiers, signals and triggers depend on their own purchase lines and on the
+population (``training.tiers.Population``: the tier table's percentiles of everyone's
+spend, by Spark, and the usual order hour); a second task per range builds them with
+``build_crm(..., population=)`` and counts its best sellers per segment (summed here,
+segment-sized); Spark sorts the triggers. The driver joins each array's parts by copying
+bytes (a matrix's row counts become its ``indptr`` on the way) and memory-maps the result.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from recsvc.bundle import TRIGGER_ARRAYS
+from recsvc.manifest import Contribution
+from recsvc.policy import tier_indices
+from training.config import EngineConfig, ModelParams
 from training.dataset import ItemSales, Settlement, TrainingData, build_dataset, group_codes
-from training.engine import quiet
+from training.engine import parts_directory, quiet, spark_session
 from training.errors import TrainingError
-from training.interactions import InteractionWeights, records_frame
-from training.segments import Sales, sales_of
+from training.interactions import records_frame
+from training.segments import Sales, SegmentSales, sales_of
 from training.spark_candidates import join_parts, part_name
-from training.tiers import CustomerLines
+from training.tiers import (
+    Crm,
+    CustomerLines,
+    Population,
+    TierConfig,
+    build_crm,
+    order_slots,
+    tier_levels,
+    window_spend,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+NOTHING_TO_TRAIN = "nothing to train on: no source has a purchase that can be used"
+# About how many merged rows a task builds at once (its memory: about 1 GB per million).
+ROWS_PER_RANGE = 2_000_000
 
 # The merged rows as the executors hold them: the merge's kept rows (``training.merge``),
 # ``outcome`` a position in OUTCOMES, ``customer_id`` the canonical id ("" anonymous), the
@@ -52,10 +77,34 @@ RECORD_SCHEMA = (
 )
 # A matrix of the dataset as its parts are written: per customer row, its entries' count.
 MATRICES = ("interactions", "held", "owned", "feedback")
-# CustomerLines's arrays (a part's numbered within it: its ``row``s, ``order``s and
-# ``order_rows`` are shifted when joined) and Sales's.
-LINES = ("row", "timestamp", "charged_at", "unit_price", "amount", "purchase", "order")
+# A range's CustomerLines's and Sales's arrays, as its parts (its customers' rows numbered
+# within the range).
+LINES = (
+    "row",
+    "timestamp",
+    "charged_at",
+    "unit_price",
+    "amount",
+    "purchase",
+    "order",
+    "order_rows",
+)
 SALES = ("items", "rows", "countries", "weights")
+# The folders of the ranges' Parquet parts: their customers' spend in the tier window, and
+# their triggers.
+WINDOW_SPEND, TRIGGERS = "window_spend", "triggers"
+# build_crm's per-customer arrays (its others are per item, or triggers).
+CRM_CUSTOMER_ARRAYS = (
+    "window_spend",
+    "first_purchase",
+    "last_purchase",
+    "median_interval_days",
+    "best_hour",
+    "best_weekday",
+    "timing_own",
+    "price_low",
+    "price_high",
+)
 _SETTLEMENT_FIGURES = (
     "returns",
     "charged_to_purchase_date",
@@ -137,15 +186,84 @@ class MergedRows:
         self.frame.unpersist()
 
 
+def built_on_executors(
+    merged: MergedRows,
+    records: pd.DataFrame,
+    item_groups: dict[str, str],
+    params: ModelParams,
+    tiers: TierConfig,
+    engine: EngineConfig,
+    row_count: int,
+) -> SparkDataset:
+    """The dataset, tiers, signals, triggers and segments of the merged rows (``row_count``
+    of them) and interaction ``records``, built by the executors a range of customers at a
+    time: the dataset and each range's purchase lines and sales first
+    (``dataset_on_executors``), then the population every range's tiers depend on (the
+    tier table's percentiles by Spark), then each range's tiers, signals, triggers and
+    best sellers (``crm_on_executors``)."""
+    session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
+    half_life, trend_half_life = params.half_life_days, params.trend_half_life_days
+    items = item_sales_on_executors(merged.frame, merged.vocabulary, half_life, trend_half_life)
+    ranges = max(session.sparkContext.defaultParallelism, -(-row_count // ROWS_PER_RANGE))
+    directory = parts_directory(engine)
+    try:
+        data, written = dataset_on_executors(
+            session,
+            merged,
+            records,
+            items,
+            params,
+            item_groups,
+            tiers.window_days,
+            directory,
+            ranges,
+            row_count,
+        )
+        population = population_of(session, directory, written, tiers)
+        crm, segments = crm_on_executors(
+            session, directory, written, items, merged.vocabulary, tiers, population
+        )
+        return SparkDataset(data, crm, segments)
+    finally:
+        # The joined files stay readable through their memory maps until these are dropped.
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def contributions_on_executors(merged: MergedRows) -> dict[str, Contribution]:
+    """``training.pipeline._contributions`` of the merged rows, by Spark."""
+    from pyspark.sql import functions as F
+
+    outcome = F.col("outcome")
+    used = merged.vocabulary.outcomes.index("used")
+    personal = outcome.isin(used, merged.vocabulary.outcomes.index("cancellation"))
+    counts = (
+        merged.frame.groupBy("source_position")
+        .agg(
+            F.sum(F.when(outcome == used, 1).otherwise(0)).alias("purchases"),
+            F.countDistinct(F.when(personal, F.col("customer_id"))).alias("customers"),
+            F.countDistinct("item_id").alias("items"),
+        )
+        .collect()
+    )
+    return {
+        merged.vocabulary.source_names[row["source_position"]]: Contribution(
+            purchases=int(row["purchases"]),
+            customers=int(row["customers"]),
+            items=int(row["items"]),
+        )
+        for row in counts
+    }
+
+
 @dataclass(frozen=True)
 class SparkDataset:
     """What the executors build of the merged rows, joined and memory-mapped: the
-    dataset, the customers' purchase lines (for their tiers and signals) and the sales
-    (for the best sellers per segment)."""
+    dataset, the tiers and signals (``training.tiers.build_crm``'s), and the best sellers
+    per segment (``training.segments.SegmentSales.arrays``)."""
 
     data: TrainingData
-    lines: CustomerLines
-    sales: Sales
+    crm: Crm
+    segments: dict[str, NDArray[Any]]
 
 
 def item_sales_on_executors(
@@ -157,12 +275,12 @@ def item_sales_on_executors(
 
     latest = rows.agg(F.max("stamp")).first()
     as_of = None if latest is None or latest[0] is None else pd.Timestamp(latest[0], unit="us")
-    schema = row_arrow_schema()
 
     def partials(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(list(batches), schema=schema)
-        if not table.num_rows:
+        received = list(batches)
+        if not received:
             return
+        table = pa.Table.from_batches(received)
         events = vocabulary.events(table)
         row_ids = np.sort(table.column("row_id").to_numpy())
         part = ItemSales.of(events, as_of, half_life_days, trend_half_life, rows=row_ids)
@@ -171,57 +289,75 @@ def item_sales_on_executors(
     with quiet():
         found = rows.mapInArrow(partials, "part binary").toArrow()
     parts = [pickle.loads(blob) for blob in found.column("part").to_pylist()]
-    if not parts:
-        raise TrainingError("nothing to train on: no merged rows")
-    return ItemSales.combined(parts)
+    combined = ItemSales.combined(parts) if parts else None
+    if combined is None or not len(combined.item_ids):
+        raise TrainingError(NOTHING_TO_TRAIN)
+    return combined
 
 
 def dataset_on_executors(
     session: SparkSession,
-    rows: DataFrame,
+    merged: MergedRows,
     records: pd.DataFrame,
-    vocabulary: RowVocabulary,
     items: ItemSales,
-    half_life_days: float,
-    trend_half_life: float,
+    params: ModelParams,
     item_groups: dict[str, str],
-    weights: InteractionWeights,
+    window_days: float,
     directory: Path,
     ranges: int,
-) -> SparkDataset:
-    """``build_dataset`` of every merged row (``rows``, ROW_SCHEMA) and interaction record,
-    with the item side ``items`` (``item_sales_on_executors``): a task per range of
-    customers (``ranges`` of them, split by customer id) writes that range's arrays under
-    ``directory``; they are joined there and returned memory-mapped."""
+    row_count: int,
+) -> tuple[TrainingData, pa.Table]:
+    """``build_dataset`` of every merged row and interaction record, with the item side
+    ``items`` (``item_sales_on_executors``): a task per range of customers (``ranges`` of
+    them, of about as many of the ``row_count`` rows each) writes that range's arrays
+    under ``directory``; they are joined there and returned memory-mapped. Each range's
+    purchase lines and sales are left there as parts (``LINES``, ``SALES``), with its
+    customers' spend in the tier window (``window_days``) as a Parquet part; the second
+    value is what each range's task reported (``_WRITTEN_SCHEMA``), by range."""
     from pyspark.sql import functions as F
 
-    bounds = _range_bounds(rows, ranges)
-    part_of_rows = _part(F.col("customer_id"), bounds)
-    grouped_rows = rows.withColumn("part", part_of_rows).groupBy("part")
-    record_rows = _records_table(records)
+    bounds = _range_bounds(merged.frame, ranges, row_count)
+    grouped_rows = merged.frame.withColumn("part", _part(F.col("customer_id"), bounds))
     with quiet():
-        sent = session.createDataFrame(record_rows, schema=RECORD_SCHEMA)
-    grouped_records = sent.withColumn("part", _part(F.col("customer_id"), bounds)).groupBy("part")
-    shared = session.sparkContext.broadcast(
-        (vocabulary, items, half_life_days, trend_half_life, item_groups, weights, str(directory))
-    )
+        sent = session.createDataFrame(_records_table(records), schema=RECORD_SCHEMA)
+    grouped_records = sent.withColumn("part", _part(F.col("customer_id"), bounds))
+    (directory / WINDOW_SPEND).mkdir()
+    setup = _RangeSetup(merged.vocabulary, items, params, item_groups, window_days, str(directory))
+    shared = session.sparkContext.broadcast(setup)
 
     def build(key: tuple[Any, ...], mine: pa.Table, logged: pa.Table) -> pa.Table:
-        return _build_range(int(key[0].as_py()), mine, logged, *shared.value)
+        return _build_range(int(key[0].as_py()), mine, logged, shared.value)
 
     with quiet():
         written = (
-            grouped_rows.cogroup(grouped_records).applyInArrow(build, _WRITTEN_SCHEMA).toArrow()
+            grouped_rows.groupBy("part")
+            .cogroup(grouped_records.groupBy("part"))
+            .applyInArrow(build, _WRITTEN_SCHEMA)
+            .toArrow()
+            .sort_by("part")
         )
     shared.unpersist()
-    return _joined(written, directory, items, vocabulary, item_groups, len(records))
+    data = _joined(written, directory, items, merged.vocabulary, item_groups, len(records))
+    return data, written
+
+
+@dataclass(frozen=True)
+class _RangeSetup:
+    """What every range's task needs besides its rows (broadcast once)."""
+
+    vocabulary: RowVocabulary
+    items: ItemSales
+    params: ModelParams
+    item_groups: dict[str, str]
+    window_days: float
+    directory: str
 
 
 _WRITTEN_SCHEMA = (
-    "part int, customers long, lines long, orders long, sales long, "
+    "part int, customers long, "
     + ", ".join(f"{name}_entries long" for name in MATRICES)
     + ", settlement string, customer_id_width int, record array<long>, "
-    "record_outcome array<byte>"
+    "record_outcome array<byte>, hours array<long>, weekdays array<long>"
 )
 
 
@@ -234,20 +370,23 @@ def row_arrow_schema() -> pa.Schema:
     return to_arrow_schema(schema)
 
 
-def _range_bounds(rows: DataFrame, ranges: int) -> list[str]:
-    """Customer ids splitting the customers into ``ranges`` ranges of about equal size
-    (Spark's approximate quantiles of the distinct ids' positions)."""
-    from pyspark.sql import Window
+def _range_bounds(rows: DataFrame, ranges: int, row_count: int) -> list[str]:
+    """Customer ids splitting the merged rows (``row_count`` of them) into ``ranges``
+    ranges of customers with about as many rows each: quantiles of a sample of about 1,000
+    rows per range (the only rows brought here)."""
     from pyspark.sql import functions as F
 
-    if ranges <= 1:
+    if ranges <= 1 or row_count <= 0:
         return []
-    customers = rows.where(F.col("customer_id") != "").select("customer_id").distinct()
-    numbered = customers.withColumn("position", F.row_number().over(Window.orderBy("customer_id")))
-    total = customers.count()
-    cuts = sorted({max(1, total * k // ranges) for k in range(1, ranges)})
-    found = numbered.where(F.col("position").isin(cuts)).orderBy("position").collect()
-    return [str(row["customer_id"]) for row in found]
+    fraction = min(1.0, 1_000 * ranges / row_count)
+    known = rows.where(F.col("customer_id") != "").select("customer_id")
+    with quiet():
+        drawn = known.sample(fraction=fraction, seed=0).toArrow().column("customer_id")
+    sample = np.sort(drawn.to_numpy(zero_copy_only=False).astype(str))
+    if not len(sample):
+        return []
+    cuts = (np.arange(1, ranges) * len(sample)) // ranges
+    return sorted(set(sample[cuts].tolist()))
 
 
 def _part(customer: Any, bounds: list[str]) -> Any:
@@ -293,31 +432,21 @@ def _records_frame(logged: pa.Table) -> pd.DataFrame:
     return records_frame([frame])
 
 
-def _build_range(
-    part: int,
-    mine: pa.Table,
-    logged: pa.Table,
-    vocabulary: RowVocabulary,
-    items: ItemSales,
-    half_life_days: float,
-    trend_half_life: float,
-    item_groups: dict[str, str],
-    weights: InteractionWeights,
-    directory: str,
-) -> pa.Table:
+def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup) -> pa.Table:
     """One range's dataset, written as its part files; what the driver needs to join them."""
     logged = logged.sort_by("record")
-    events = vocabulary.events(mine)
+    events = setup.vocabulary.events(mine)
+    params, items = setup.params, setup.items
     data = build_dataset(
         events,
-        half_life_days,
-        trend_half_life,
-        item_groups,
+        params.half_life_days,
+        params.trend_half_life_days,
+        setup.item_groups,
         _records_frame(logged),
-        weights,
+        params.weights,
         items=items,
     )
-    folder = Path(directory)
+    folder = Path(setup.directory)
     for name in MATRICES:
         matrix: sp.csr_matrix = getattr(data, name)
         _save(folder, f"{name}_counts", part, np.diff(matrix.indptr).astype(np.int64))
@@ -331,17 +460,17 @@ def _build_range(
     lines = CustomerLines.of(events, data.customer_ids, data.settlement)
     for name in LINES:
         _save(folder, f"line_{name}", part, getattr(lines, name))
-    _save(folder, "line_order_rows", part, lines.order_rows)
-    sales = sales_of(events, items.item_ids, data.customer_ids, items.as_of, half_life_days)
+    sales = sales_of(events, items.item_ids, data.customer_ids, items.as_of, params.half_life_days)
     for name in SALES:
         _save(folder, f"sale_{name}", part, getattr(sales, name))
+    customers = len(data.customer_ids)
+    spend = window_spend(lines, customers, items.as_of, setup.window_days)
+    pq.write_table(pa.table({"spend": spend}), folder / WINDOW_SPEND / f"{part:012d}.parquet")
+    hours, weekdays = order_slots(lines)
     return pa.table(
         {
             "part": pa.array([part], pa.int32()),
-            "customers": pa.array([len(data.customer_ids)], pa.int64()),
-            "lines": pa.array([len(lines.row)], pa.int64()),
-            "orders": pa.array([len(lines.order_rows)], pa.int64()),
-            "sales": pa.array([len(sales.items)], pa.int64()),
+            "customers": pa.array([customers], pa.int64()),
             **{
                 f"{name}_entries": pa.array([getattr(data, name).nnz], pa.int64())
                 for name in MATRICES
@@ -350,6 +479,8 @@ def _build_range(
             "customer_id_width": pa.array([width], pa.int32()),
             "record": pa.array([logged.column("record").to_numpy()], pa.list_(pa.int64())),
             "record_outcome": pa.array([data.interaction_outcome], pa.list_(pa.int8())),
+            "hours": pa.array([hours], pa.list_(pa.int64())),
+            "weekdays": pa.array([weekdays], pa.list_(pa.int64())),
         }
     )
 
@@ -365,22 +496,16 @@ def _joined(
     vocabulary: RowVocabulary,
     item_groups: dict[str, str],
     record_count: int,
-) -> SparkDataset:
-    written = written.sort_by("part")
+) -> TrainingData:
     parts = written.column("part").to_pylist()
 
     def total(column: str) -> int:
         return int(pa.compute.sum(written.column(column)).as_py() or 0)
 
-    def firsts(column: str) -> list[int]:
-        counts = written.column(column).to_numpy()
-        return [int(first) for first in np.concatenate([[0], np.cumsum(counts)[:-1]])]
-
-    def joined(name: str, count: int, shifts: list[int] | None = None) -> NDArray[Any]:
-        return join_parts(directory, name, parts, count, shifts)
+    def joined(name: str, count: int) -> NDArray[Any]:
+        return join_parts(directory, name, parts, count)
 
     customers = total("customers")
-
     shape = (customers, len(items.item_ids))
     matrices = {}
     for name in MATRICES:
@@ -398,7 +523,7 @@ def _joined(
             copy=False,
         )
     width = max(written.column("customer_id_width").to_pylist(), default=1)
-    _widen(directory, parts, width)
+    _widen(directory, "customer_ids", parts, width)
     report: dict[str, float] = dict.fromkeys(_SETTLEMENT_FIGURES, 0)
     for figures in written.column("settlement").to_pylist():
         for figure, value in json.loads(figures).items():
@@ -413,7 +538,7 @@ def _joined(
         outcome[positions] = outcomes
     if (outcome < 0).any():
         raise TrainingError("the executors' dataset parts do not decide every record once")
-    data = TrainingData(
+    return TrainingData(
         customer_ids=joined("customer_ids", customers),
         item_ids=items.item_ids,
         interactions=matrices["interactions"],
@@ -435,35 +560,242 @@ def _joined(
         feedback=matrices["feedback"],
         interaction_outcome=outcome,
     )
-    lines = total("lines")
-    first_rows, first_orders = firsts("customers"), firsts("orders")
-    order = joined("line_order", lines, first_orders)
-    customer_lines = CustomerLines(
-        row=joined("line_row", lines, first_rows),
-        timestamp=joined("line_timestamp", lines),
-        charged_at=joined("line_charged_at", lines),
-        unit_price=joined("line_unit_price", lines),
-        amount=joined("line_amount", lines),
-        purchase=joined("line_purchase", lines),
-        order=order,
-        order_rows=joined("line_order_rows", total("orders"), first_rows),
-    )
-    sales = total("sales")
-    sold = Sales(
-        items=joined("sale_items", sales),
-        rows=joined("sale_rows", sales, first_rows),  # -1 (anonymous) stays
-        countries=joined("sale_countries", sales),
-        weights=joined("sale_weights", sales),
-        country_names=np.array(vocabulary.countries, dtype=str),
-    )
-    return SparkDataset(data, customer_lines, sold)
 
 
-def _widen(directory: Path, parts: list[int], width: int) -> None:
-    """Each range's customer id part rewritten at the widest part's string width, so that
-    the parts join byte for byte (each part is a range's, so rewriting it is range-sized)."""
+def _widen(directory: Path, name: str, parts: list[int], width: int) -> None:
+    """Each part of string array ``name`` rewritten at the widest part's string width, so
+    that the parts join byte for byte (a part is a range's, so rewriting it is range-sized)."""
     for part in parts:
-        path = directory / part_name("customer_ids", part)
-        ids = np.load(path)
-        if ids.dtype.itemsize != np.dtype(f"<U{width}").itemsize:
-            np.save(path, ids.astype(f"<U{width}"))
+        path = directory / part_name(name, part)
+        values = np.load(path)
+        if values.dtype.itemsize != np.dtype(f"<U{width}").itemsize:
+            np.save(path, values.astype(f"<U{width}"))
+
+
+def population_of(
+    session: SparkSession, directory: Path, written: pa.Table, tiers: TierConfig
+) -> Population:
+    """What every range's tiers depend on: the tier table, whose percentiles Spark takes
+    of the ranges' window spend parts (exact, interpolated as ``np.percentile``), and the
+    usual order hour and weekday from the ranges' ``order_slots``."""
+    from pyspark.sql import functions as F
+
+    wanted = sorted(
+        {
+            level.min_percentile
+            for level in tiers.levels
+            if tiers.method == "percentiles"
+            and level.min_percentile is not None
+            and level.min_percentile > 0
+        }
+    )
+    found: dict[float, float | None] = {}
+    if wanted:
+        spenders = session.read.parquet(str(directory / WINDOW_SPEND)).where("spend > 0")
+        row = spenders.agg(
+            *(F.percentile("spend", q / 100).alias(f"p{i}") for i, q in enumerate(wanted))
+        ).first()
+        assert row is not None
+        found = {q: None if row[i] is None else float(row[i]) for i, q in enumerate(wanted)}
+    hours = np.sum(written.column("hours").to_pylist(), axis=0)
+    weekdays = np.sum(written.column("weekdays").to_pylist(), axis=0)
+    return Population.with_slots(tier_levels(tiers, found.get), hours, weekdays)
+
+
+def crm_on_executors(
+    session: SparkSession,
+    directory: Path,
+    written: pa.Table,
+    items: ItemSales,
+    vocabulary: RowVocabulary,
+    tiers: TierConfig,
+    population: Population,
+) -> tuple[Crm, dict[str, NDArray[Any]]]:
+    """``build_crm`` and the best sellers per segment of every range, from the purchase
+    lines and sales ``dataset_on_executors`` left under ``directory``, a task per range;
+    the per-customer arrays joined and memory-mapped, the triggers sorted by Spark as one
+    history's are (time, customer row, kind)."""
+    parts = written.column("part").to_pylist()
+    counts = written.column("customers").to_numpy()
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    (directory / TRIGGERS).mkdir()
+    setup = _CrmSetup(
+        items.item_ids,
+        items.prices(),
+        items.as_of,
+        np.array(vocabulary.countries, dtype=str),
+        tiers,
+        population,
+        str(directory),
+    )
+    shared = session.sparkContext.broadcast(setup)
+
+    def build(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            ranges = batch.to_pydict()
+            for part, customers, first in zip(
+                ranges["part"], ranges["customers"], ranges["first"], strict=True
+            ):
+                yield _crm_range(part, customers, first, shared.value)
+
+    ranges = pa.table(
+        {
+            "part": pa.array(parts, pa.int32()),
+            "customers": pa.array(counts, pa.int64()),
+            "first": pa.array(firsts),
+        }
+    )
+    with quiet():
+        frame = session.createDataFrame(ranges).repartition(len(parts))
+        done = frame.mapInArrow(build, _CRM_SCHEMA).toArrow().sort_by("part")
+    shared.unpersist()
+    total = int(counts.sum())
+    base = build_crm(_no_lines(), 0, items.item_ids, items.prices(), items.as_of, tiers, population)
+    arrays = dict(base.arrays)
+    for name in CRM_CUSTOMER_ARRAYS:
+        arrays[name] = join_parts(directory, name, parts, total)
+    arrays |= _sorted_triggers(session, directory)
+    per_tier = np.sum(done.column("customers_per_tier").to_pylist(), axis=0)
+    policy = msgspec.structs.replace(
+        base.policy,
+        customers_per_tier={
+            level.name: int(count) for level, count in zip(population.levels, per_tier, strict=True)
+        },
+    )
+    segments = SegmentSales.combined(
+        [pickle.loads(blob) for blob in done.column("segments").to_pylist()]
+    )
+    return Crm(arrays, policy), segments.arrays()
+
+
+_CRM_SCHEMA = "part int, customers_per_tier array<long>, segments binary"
+_TRIGGER_TEXT = ("trigger_kinds", "trigger_reasons", "trigger_figures")
+
+
+@dataclass(frozen=True)
+class _CrmSetup:
+    """What every range's tiers task needs besides its lines and sales (broadcast once)."""
+
+    item_ids: NDArray[np.str_]
+    prices: NDArray[np.float64]
+    as_of: pd.Timestamp | None
+    country_names: NDArray[np.str_]
+    tiers: TierConfig
+    population: Population
+    directory: str
+
+
+def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.RecordBatch:
+    """One range's tiers, signals and best sellers, from its lines and sales parts: the
+    per-customer arrays written as parts, the triggers as a Parquet part (rows numbered
+    among all customers: the range's first is ``first``)."""
+    folder = Path(setup.directory)
+
+    def load(name: str) -> NDArray[Any]:
+        path = folder / part_name(name, part)
+        values: NDArray[Any] = np.load(path)
+        path.unlink()
+        return values
+
+    lines = CustomerLines(**{name: load(f"line_{name}") for name in LINES})
+    crm = build_crm(
+        lines,
+        customers,
+        setup.item_ids,
+        setup.prices,
+        setup.as_of,
+        setup.tiers,
+        setup.population,
+    )
+    for name in CRM_CUSTOMER_ARRAYS:
+        _save(folder, name, part, crm.arrays[name])
+    rows = crm.arrays["trigger_rows"]
+    triggers = pa.table(
+        {
+            "row": pa.array(rows.astype(np.int64) + first),
+            "position": pa.array(np.arange(len(rows), dtype=np.int64)),
+            **{name: pa.array(crm.arrays[name]) for name in TRIGGER_ARRAYS},
+        }
+    )
+    pq.write_table(triggers, folder / TRIGGERS / f"{part:012d}.parquet")
+    sales = Sales(
+        **{name: load(f"sale_{name}") for name in SALES}, country_names=setup.country_names
+    )
+    levels = setup.population.levels
+    tiers = tier_indices(levels, crm.arrays["window_spend"])
+    segments = SegmentSales.of(sales, len(setup.item_ids), tiers, [level.name for level in levels])
+    return pa.RecordBatch.from_pydict(
+        {
+            "part": pa.array([part], pa.int32()),
+            "customers_per_tier": pa.array(
+                [np.bincount(tiers, minlength=len(levels))], pa.list_(pa.int64())
+            ),
+            "segments": pa.array([pickle.dumps(segments)], pa.binary()),
+        }
+    )
+
+
+def _no_lines() -> CustomerLines:
+    """No customer's lines: what ``build_crm`` makes of them is the item side alone."""
+    return CustomerLines(
+        row=np.zeros(0, np.int32),
+        timestamp=np.zeros(0, "datetime64[us]"),
+        charged_at=np.zeros(0, "datetime64[us]"),
+        unit_price=np.zeros(0),
+        amount=np.zeros(0),
+        purchase=np.zeros(0, bool),
+        order=np.zeros(0, np.int32),
+        order_rows=np.zeros(0, np.int64),
+    )
+
+
+def _sorted_triggers(session: SparkSession, directory: Path) -> dict[str, NDArray[Any]]:
+    """Every range's triggers in the order one history's are (time, customer row, kind;
+    then the order its customer's came in), sorted by Spark; each sorted partition's
+    written as parts by its task and joined here in partition order ({}: there are none)."""
+    from pyspark import TaskContext
+
+    triggers = session.read.parquet(str(directory / TRIGGERS))
+    ordered = triggers.orderBy("trigger_at", "row", "trigger_kinds", "position")
+    folder = str(directory)
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        received = list(batches)
+        if not received:
+            return
+        table = pa.Table.from_batches(received)
+        context = TaskContext.get()
+        assert context is not None
+        part = context.partitionId()
+        widths = {}
+        for name in TRIGGER_ARRAYS:
+            values = table.column(name).to_numpy(zero_copy_only=False)
+            if name in _TRIGGER_TEXT:
+                values = values.astype(str)
+                widths[name] = max(1, values.dtype.itemsize // 4)
+            _save(Path(folder), name, part, values)
+        _save(Path(folder), "trigger_rows", part, table.column("row").to_numpy().astype(np.int32))
+        yield pa.RecordBatch.from_pydict(
+            {
+                "part": pa.array([part], pa.int32()),
+                "count": pa.array([table.num_rows], pa.int64()),
+                **{
+                    f"{name}_width": pa.array([widths[name]], pa.int32())
+                    for name in _TRIGGER_TEXT
+                },
+            }
+        )
+
+    schema = "part int, count long, " + ", ".join(f"{name}_width int" for name in _TRIGGER_TEXT)
+    with quiet():
+        written = ordered.mapInArrow(write, schema).toArrow().sort_by("part")
+    parts = written.column("part").to_pylist()
+    total = int(pa.compute.sum(written.column("count")).as_py() or 0)
+    if not parts:
+        return {}
+    for name in _TRIGGER_TEXT:
+        _widen(directory, name, parts, max(written.column(f"{name}_width").to_pylist()))
+    return {
+        name: join_parts(directory, name, parts, total)
+        for name in ("trigger_rows", *TRIGGER_ARRAYS)
+    }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,16 +85,23 @@ def resolve_levels(
     config: TierConfig, window_spend: NDArray[np.float64]
 ) -> tuple[policy.TierLevel, ...]:
     """The tier table as the service applies it: spend thresholds, ascending."""
-    levels: list[policy.TierLevel] = []
     spenders = window_spend[window_spend > 0]
+    return tier_levels(
+        config, lambda q: float(np.percentile(spenders, q)) if len(spenders) else None
+    )
+
+
+def tier_levels(
+    config: TierConfig, percentile: Callable[[float], float | None]
+) -> tuple[policy.TierLevel, ...]:
+    """``resolve_levels`` with ``percentile(q)``: the q-th percentile (0-100, linear
+    interpolation) of the positive window spends, None when nobody spent."""
+    levels: list[policy.TierLevel] = []
     for level in config.levels:
         if config.method == "percentiles":
             assert level.min_percentile is not None
-            threshold = (
-                0.0
-                if level.min_percentile <= 0 or not len(spenders)
-                else float(np.percentile(spenders, level.min_percentile))
-            )
+            found = None if level.min_percentile <= 0 else percentile(level.min_percentile)
+            threshold = 0.0 if found is None else found
         else:
             assert level.min_spend is not None
             threshold = level.min_spend
@@ -268,9 +276,19 @@ class Population:
         weekdays: NDArray[np.int64],
     ) -> Population:
         """From every customer's ``window_spend`` and the summed ``order_slots``."""
+        return cls.with_slots(resolve_levels(config, window_spend), hours, weekdays)
+
+    @classmethod
+    def with_slots(
+        cls,
+        levels: tuple[policy.TierLevel, ...],
+        hours: NDArray[np.int64],
+        weekdays: NDArray[np.int64],
+    ) -> Population:
+        """The tier table ``levels`` and the summed ``order_slots``."""
         ordered = hours.sum() > 0
         return cls(
-            resolve_levels(config, window_spend),
+            levels,
             int(hours.argmax()) if ordered else -1,
             int(weekdays.argmax()) if ordered else -1,
         )
@@ -529,18 +547,18 @@ class Crm:
 
 def build_crm(
     lines: CustomerLines,
-    customer_ids: NDArray[np.str_],
+    customers: int,
     item_ids: NDArray[np.str_],
     prices: NDArray[np.float64],
     as_of: pd.Timestamp | None,
     config: TierConfig,
     population: Population | None = None,
 ) -> Crm:
-    """Tiers, signals and triggers of ``customer_ids`` (``lines``: theirs, see
+    """Tiers, signals and triggers of ``customers`` customers (``lines``: theirs, see
     ``CustomerLines.of``), and which items are premium or reserved for a tier.
-    ``population``: that of a larger history ``customer_ids`` are a range of (default:
+    ``population``: that of a larger history these customers are a range of (default:
     theirs); the triggers' rows are then positions in the range."""
-    signals = customer_signals(lines, len(customer_ids), as_of, config, population)
+    signals = customer_signals(lines, customers, as_of, config, population)
     levels = signals.population.levels
     known_prices = prices[np.isfinite(prices)]
     premium_price = (
