@@ -779,10 +779,7 @@ def _sorted_triggers(session: SparkSession, directory: Path) -> dict[str, NDArra
             {
                 "part": pa.array([part], pa.int32()),
                 "count": pa.array([table.num_rows], pa.int64()),
-                **{
-                    f"{name}_width": pa.array([widths[name]], pa.int32())
-                    for name in _TRIGGER_TEXT
-                },
+                **{f"{name}_width": pa.array([widths[name]], pa.int32()) for name in _TRIGGER_TEXT},
             }
         )
 
