@@ -37,7 +37,7 @@ from training.config import EngineConfig, TrainConfig, load_config
 from training.dataset import ItemSales, build_dataset
 from training.engine import quiet, spark_session, stop_spark_sessions
 from training.errors import SourceError
-from training.fit import Factors
+from training.fit import Factors, confidences
 from training.identity import MAX_EXAMPLES, LinkRules, link
 from training.interactions import (
     ANONYMOUS,
@@ -703,6 +703,23 @@ def test_the_executors_build_the_dataset_as_one_host_does(
         [level.name for level in crm.policy.levels],
     )
     assert_segments_alike(built.segments, segments)
+
+    # What ALS learns from: the feedback's BM25 confidences, as the driver computes them.
+    expected = confidences(whole.feedback, params).tocsr()
+    with quiet():
+        rated = built.ratings.frame.toArrow()
+    found = sp.csr_matrix(
+        (
+            rated.column("confidence").to_numpy(),
+            (rated.column("customer").to_numpy(), rated.column("item").to_numpy()),
+        ),
+        shape=expected.shape,
+    )
+    assert (built.ratings.customers, built.ratings.items) == expected.shape
+    assert built.ratings.positive == np.count_nonzero(expected.data > 0)
+    assert found.nnz == expected.nnz
+    np.testing.assert_allclose(found.toarray(), expected.toarray(), rtol=1e-5, atol=1e-7)
+    built.release()
 
 
 def merged_rows_on_spark(session: SparkSession, events: pd.DataFrame) -> MergedRows:

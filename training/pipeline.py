@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,10 +76,11 @@ from training.sources import (
     events_through,
     read_source,
 )
-from training.spark_als import SparkFactors, fit_als_on_spark
+from training.spark_als import SparkFactors, fit_ratings_on_spark
 from training.spark_candidates import spark_served_arrays
 from training.spark_dataset import (
     NOTHING_TO_TRAIN,
+    SparkDataset,
     built_on_executors,
     contributions_on_executors,
 )
@@ -160,13 +161,14 @@ def train(
             )
         merged.rows.release()
         data, crm, segments = built.data, built.crm, built.segments
-        del built
+        ratings: SparkDataset | None = built
         interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
         digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
         merged = dataclasses.replace(
             merged, aliases={}, interactions=merged.interactions.iloc[:0].copy(), rows=None
         )
     else:
+        ratings = None
         if not (
             outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)
         ).any():
@@ -247,14 +249,19 @@ def train(
         content = load_content(
             config.channels.content, list(taxonomy), tier_names, config.channels.base_url
         )
-    # On Spark the customer factors stay on the executors, which rank with them.
-    fit: Callable[..., Factors | SparkFactors] = (
-        fit_als_on_spark if config.engine.kind == "spark" else fit_factors
-    )
     with progress.step(
         f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)"
     ):
-        fitted = fit(data.feedback, config.model, config.engine)
+        fitted: Factors | SparkFactors
+        if ratings is None:
+            fitted = fit_factors(data.feedback, config.model, config.engine)
+        else:
+            # On Spark the customer factors stay on the executors, which rank with them.
+            try:
+                fitted = fit_ratings_on_spark(ratings.ratings, config.model, config.engine)
+            finally:
+                ratings.release()
+                del ratings
     with progress.step(
         f"fitting the item-item model ({item_item_kind(config.model, len(data.item_ids))}, "
         f"{config.model.neighbours} neighbours per item)"

@@ -26,7 +26,7 @@ from training.errors import TrainingError
 from training.fit import Factors, confidences
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 # Spark splits customers and items into this many blocks each (its own default). Fixed, not
 # taken from the cluster's cores: the blocks decide the order of the sums, so the same data
@@ -38,7 +38,35 @@ ALS_BLOCKS = 10
 CHECKPOINT_INTERVAL = 5
 
 
-def spark_als_settings(params: ModelParams, weighted: sp.csr_matrix) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Ratings:
+    """What Spark's ALS learns from: (customer, item, confidence) rows on the executors,
+    the BM25-weighted, time-decayed purchases (``training.fit.confidences``) of a
+    ``customers`` x ``items`` matrix, ``positive`` of them above zero."""
+
+    frame: DataFrame
+    customers: int
+    items: int
+    positive: int
+
+    @classmethod
+    def of(cls, session: SparkSession, interactions: sp.csr_matrix, params: ModelParams) -> Ratings:
+        """``interactions``'s confidences, sent from this process."""
+        weighted = confidences(interactions, params).tocoo()
+        rows = pa.table(
+            {
+                "customer": pa.array(weighted.row, pa.int32()),
+                "item": pa.array(weighted.col, pa.int32()),
+                "confidence": pa.array(weighted.data, pa.float32()),
+            }
+        )
+        with quiet():
+            frame = session.createDataFrame(rows)
+        customers, items = weighted.shape
+        return cls(frame, customers, items, int(np.count_nonzero(weighted.data > 0)))
+
+
+def spark_als_settings(params: ModelParams, ratings: Ratings) -> dict[str, Any]:
     """``params`` (implicit's ALS) as ``pyspark.ml.recommendation.ALS`` takes them.
 
     - rank = factors, maxIter = iterations, seed = seed, alpha = alpha, the same confidences
@@ -54,8 +82,8 @@ def spark_als_settings(params: ModelParams, weighted: sp.csr_matrix) -> dict[str
       average number of purchases is regularised about as implicit regularises everyone,
       heavier buyers more, lighter ones less.
     """
-    customers, items = weighted.shape
-    purchases = max(int(np.count_nonzero(weighted.data > 0)), 1)
+    customers, items = ratings.customers, ratings.items
+    purchases = max(ratings.positive, 1)
     return {
         "rank": params.factors,
         "maxIter": params.iterations,
@@ -96,7 +124,17 @@ def fit_als_spark(
 def fit_als_on_spark(
     interactions: sp.csr_matrix, params: ModelParams, engine: EngineConfig
 ) -> SparkFactors:
-    """ALS on Spark at ``engine.master``, the customer factors left on the executors."""
+    """ALS on Spark at ``engine.master`` of this process's ``interactions``, the customer
+    factors left on the executors."""
+    session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
+    return fit_ratings_on_spark(Ratings.of(session, interactions, params), params, engine)
+
+
+def fit_ratings_on_spark(
+    ratings: Ratings, params: ModelParams, engine: EngineConfig
+) -> SparkFactors:
+    """ALS on Spark at ``engine.master`` of ``ratings``, the customer factors left on the
+    executors."""
     session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
@@ -110,29 +148,18 @@ def fit_als_on_spark(
                 'executor reaches: set conf "spark.checkpoint.dir" (e.g. an hdfs:// path)'
             )
         context.setCheckpointDir(_local_checkpoints().name)
-    weighted = confidences(interactions, params).tocoo()
-    rows = pa.table(
-        {
-            "customer": pa.array(weighted.row, pa.int32()),
-            "item": pa.array(weighted.col, pa.int32()),
-            "confidence": pa.array(weighted.data, pa.float32()),
-        }
-    )
-    with quiet():
-        ratings = session.createDataFrame(rows)
     als = ALS(userCol="customer", itemCol="item", ratingCol="confidence")
-    als.setParams(**spark_als_settings(params, weighted.tocsr()))
+    als.setParams(**spark_als_settings(params, ratings))
     try:
-        model = als.fit(ratings)
+        model = als.fit(ratings.frame)
     except (PySparkException, Py4JJavaError) as error:
         # The JVM's failure comes with its whole stack: the first lines say what failed.
         lines = [line for line in str(error).splitlines() if line.strip() and "\tat " not in line]
         raise TrainingError(f"Spark ALS failed with {params}: {' '.join(lines[:2])}") from None
-    customers, items = weighted.shape
     return SparkFactors(
         user_factors=model.userFactors,
-        item_factors=_collected(model.itemFactors, items, params.factors),
-        customers=customers,
+        item_factors=_collected(model.itemFactors, ratings.items, params.factors),
+        customers=ratings.customers,
     )
 
 

@@ -42,6 +42,7 @@ from training.engine import parts_directory, quiet, spark_session
 from training.errors import TrainingError
 from training.interactions import records_frame
 from training.segments import Sales, SegmentSales, sales_of
+from training.spark_als import Ratings
 from training.spark_candidates import join_parts, part_name
 from training.tiers import (
     Crm,
@@ -205,7 +206,7 @@ def built_on_executors(
     half_life, trend_half_life = params.half_life_days, params.trend_half_life_days
     items = item_sales_on_executors(merged.frame, merged.vocabulary, half_life, trend_half_life)
     ranges = max(session.sparkContext.defaultParallelism, -(-row_count // ROWS_PER_RANGE))
-    directory = parts_directory(engine)
+    directory, ratings_directory = parts_directory(engine), parts_directory(engine)
     try:
         data, written = dataset_on_executors(
             session,
@@ -216,6 +217,7 @@ def built_on_executors(
             item_groups,
             tiers.window_days,
             directory,
+            ratings_directory,
             ranges,
             row_count,
         )
@@ -223,10 +225,65 @@ def built_on_executors(
         crm, segments = crm_on_executors(
             session, directory, written, items, merged.vocabulary, tiers, population
         )
-        return SparkDataset(data, crm, segments)
+        ratings = ratings_on_executors(
+            session, ratings_directory, written, params, len(items.item_ids)
+        )
+    except BaseException:
+        shutil.rmtree(ratings_directory, ignore_errors=True)
+        raise
     finally:
         # The joined files stay readable through their memory maps until these are dropped.
         shutil.rmtree(directory, ignore_errors=True)
+    return SparkDataset(data, crm, segments, ratings, ratings_directory)
+
+
+def ratings_on_executors(
+    session: SparkSession,
+    ratings_directory: Path,
+    written: pa.Table,
+    params: ModelParams,
+    items: int,
+) -> Ratings:
+    """``training.fit.confidences`` of the ranges' feedback parts under
+    ``ratings_directory`` (BM25, as implicit's ``bm25_weight`` computes it), by Spark: the
+    customers numbered among all of them, held on the executors."""
+    from pyspark.sql import functions as F
+
+    counts = written.column("customers").to_numpy()
+    firsts = pa.table(
+        {
+            "part": written.column("part"),
+            "first": pa.array(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)),
+        }
+    )
+    customers = int(counts.sum())
+    with quiet():
+        offsets = session.createDataFrame(firsts)
+    entries = (
+        session.read.parquet(str(ratings_directory))
+        .join(F.broadcast(offsets), "part")
+        .select(
+            (F.col("first") + F.col("row")).cast("int").alias("customer"),
+            "item",
+            F.col("value").cast("double").alias("value"),
+        )
+    )
+    per_item = entries.groupBy("item").agg(F.count("*").alias("holders"))
+    per_customer = entries.groupBy("customer").agg(F.sum("value").alias("length"))
+    total = entries.agg(F.sum("value")).first()
+    average = (0.0 if total is None or total[0] is None else float(total[0])) / max(customers, 1)
+    k1, b = params.bm25_k1, params.bm25_b
+    norm = (1.0 - b) + b * F.col("length") / F.lit(average)
+    idf = F.log(F.lit(float(customers))) - F.log1p(F.col("holders"))
+    confidence = F.col("value") * (k1 + 1.0) / (k1 * norm + F.col("value")) * idf
+    frame = (
+        entries.join(per_item, "item")
+        .join(per_customer, "customer")
+        .select("customer", "item", confidence.cast("float").alias("confidence"))
+        .persist()
+    )
+    positive = frame.where(F.col("confidence") > 0).count()
+    return Ratings(frame, customers, items, positive)
 
 
 def contributions_on_executors(merged: MergedRows) -> dict[str, Contribution]:
@@ -258,12 +315,20 @@ def contributions_on_executors(merged: MergedRows) -> dict[str, Contribution]:
 @dataclass(frozen=True)
 class SparkDataset:
     """What the executors build of the merged rows, joined and memory-mapped: the
-    dataset, the tiers and signals (``training.tiers.build_crm``'s), and the best sellers
-    per segment (``training.segments.SegmentSales.arrays``)."""
+    dataset, the tiers and signals (``training.tiers.build_crm``'s), the best sellers per
+    segment (``training.segments.SegmentSales.arrays``); and the confidences ALS learns."""
 
     data: TrainingData
     crm: Crm
     segments: dict[str, NDArray[Any]]
+    # What Spark's ALS learns from, held on the executors until ``release``d (its feedback
+    # parts are kept until then, under ``ratings_directory``).
+    ratings: Ratings
+    ratings_directory: Path
+
+    def release(self) -> None:
+        self.ratings.frame.unpersist()
+        shutil.rmtree(self.ratings_directory, ignore_errors=True)
 
 
 def item_sales_on_executors(
@@ -304,6 +369,7 @@ def dataset_on_executors(
     item_groups: dict[str, str],
     window_days: float,
     directory: Path,
+    ratings_directory: Path,
     ranges: int,
     row_count: int,
 ) -> tuple[TrainingData, pa.Table]:
@@ -312,8 +378,9 @@ def dataset_on_executors(
     them, of about as many of the ``row_count`` rows each) writes that range's arrays
     under ``directory``; they are joined there and returned memory-mapped. Each range's
     purchase lines and sales are left there as parts (``LINES``, ``SALES``), with its
-    customers' spend in the tier window (``window_days``) as a Parquet part; the second
-    value is what each range's task reported (``_WRITTEN_SCHEMA``), by range."""
+    customers' spend in the tier window (``window_days``) as a Parquet part, and its
+    ``feedback`` entries as a Parquet part under ``ratings_directory``; the second value is
+    what each range's task reported (``_WRITTEN_SCHEMA``), by range."""
     from pyspark.sql import functions as F
 
     bounds = _range_bounds(merged.frame, ranges, row_count)
@@ -322,7 +389,15 @@ def dataset_on_executors(
         sent = session.createDataFrame(_records_table(records), schema=RECORD_SCHEMA)
     grouped_records = sent.withColumn("part", _part(F.col("customer_id"), bounds))
     (directory / WINDOW_SPEND).mkdir()
-    setup = _RangeSetup(merged.vocabulary, items, params, item_groups, window_days, str(directory))
+    setup = _RangeSetup(
+        merged.vocabulary,
+        items,
+        params,
+        item_groups,
+        window_days,
+        str(directory),
+        str(ratings_directory),
+    )
     shared = session.sparkContext.broadcast(setup)
 
     def build(key: tuple[Any, ...], mine: pa.Table, logged: pa.Table) -> pa.Table:
@@ -351,6 +426,7 @@ class _RangeSetup:
     item_groups: dict[str, str]
     window_days: float
     directory: str
+    ratings_directory: str  # where each range's feedback goes, as a Parquet part
 
 
 _WRITTEN_SCHEMA = (
@@ -453,6 +529,19 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
         _save(folder, f"{name}_indices", part, matrix.indices.astype(np.int32))
         _save(folder, f"{name}_data", part, matrix.data.astype(np.float32))
     _save(folder, "held_source", part, data.held_source)
+    feedback = data.feedback.tocoo()
+    pq.write_table(
+        pa.table(
+            {
+                "part": pa.array(np.full(feedback.nnz, part, np.int32)),
+                "row": pa.array(feedback.row.astype(np.int32)),
+                "item": pa.array(feedback.col.astype(np.int32)),
+                "value": pa.array(feedback.data.astype(np.float32)),
+            }
+        ),
+        Path(setup.ratings_directory) / f"{part:012d}.parquet",
+    )
+    del feedback
     width = max((len(customer) for customer in data.customer_ids), default=1)
     _save(folder, "customer_ids", part, data.customer_ids.astype(f"<U{width}"))
     _save(folder, "spend", part, data.spend)
