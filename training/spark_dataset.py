@@ -59,7 +59,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 NOTHING_TO_TRAIN = "nothing to train on: no source has a purchase that can be used"
-# About how many merged rows a task builds at once (its memory: about 1 GB per million).
+# About how many merged rows one task builds at once: it holds them, their matrix and their
+# lines together, as the single host holds the whole history's.
 ROWS_PER_RANGE = 2_000_000
 
 # The merged rows as the executors hold them: the merge's kept rows (``training.merge``),
@@ -106,13 +107,6 @@ CRM_CUSTOMER_ARRAYS = (
     "price_low",
     "price_high",
 )
-_SETTLEMENT_FIGURES = (
-    "returns",
-    "charged_to_purchase_date",
-    "unmatched",
-    "clamped",
-    "clamped_quantity",
-)
 
 
 @dataclass(frozen=True)
@@ -131,7 +125,7 @@ class RowVocabulary:
         rows = rows.sort_by("row_id")
         stamps = rows.column("stamp").fill_null(np.iinfo(np.int64).min).to_numpy()
         ids = rows.column("customer_id").to_numpy(zero_copy_only=False).astype(str)
-        known = np.unique(["", *ids]) if customers is None else customers
+        known = np.unique(np.append(ids, "")) if customers is None else customers
         events = pd.DataFrame(
             {
                 "source": self._codes(rows, "source_position", self.source_names),
@@ -384,7 +378,11 @@ def dataset_on_executors(
     from pyspark.sql import functions as F
 
     bounds = _range_bounds(merged.frame, ranges, row_count)
-    grouped_rows = merged.frame.withColumn("part", _part(F.col("customer_id"), bounds))
+    # Anonymous rows (no customer's; they count in the sales) are spread over the ranges.
+    anonymous = F.pmod(F.col("row_id"), F.lit(len(bounds) + 1)).cast("int")
+    customer = F.col("customer_id")
+    part = F.when(customer == "", anonymous).otherwise(_part(customer, bounds))
+    grouped_rows = merged.frame.withColumn("part", part)
     with quiet():
         sent = session.createDataFrame(_records_table(records), schema=RECORD_SCHEMA)
     grouped_records = sent.withColumn("part", _part(F.col("customer_id"), bounds))
@@ -466,8 +464,8 @@ def _range_bounds(rows: DataFrame, ranges: int, row_count: int) -> list[str]:
 
 
 def _part(customer: Any, bounds: list[str]) -> Any:
-    """The range of ``customer`` (a Column): how many bounds are below it; anonymous rows
-    ("") fall in the first."""
+    """The range of ``customer`` (a Column): how many bounds are below it ("", no
+    customer: the first)."""
     from pyspark.sql import functions as F
 
     part = F.lit(0)
@@ -613,11 +611,11 @@ def _joined(
         )
     width = max(written.column("customer_id_width").to_pylist(), default=1)
     _widen(directory, "customer_ids", parts, width)
-    report: dict[str, float] = dict.fromkeys(_SETTLEMENT_FIGURES, 0)
+    report: dict[str, float] = {}
     for figures in written.column("settlement").to_pylist():
         for figure, value in json.loads(figures).items():
-            report[figure] += value
-    report["clamped_quantity"] = round(report["clamped_quantity"], 4)
+            report[figure] = report.get(figure, 0) + value
+    report["clamped_quantity"] = round(report["clamped_quantity"], 4)  # as settle_returns
     outcome = np.full(record_count, -1, np.int8)
     for positions, outcomes in zip(
         written.column("record").to_pylist(),
