@@ -141,34 +141,36 @@ def train(
         step.add(sum(counts["rows_read"] for counts in merged.accounting.values()))
     fingerprint = data_fingerprint(config, contents | merged.database_contents)
     quarantine = quarantine_gate(config.sources, merged, allow_quarantine)
+    # On Spark: what the executors built, whose confidences ALS learns from.
+    executors: SparkDataset | None = None
     if merged.rows is not None:
         with progress.step("the matrix, tiers, signals and segments (Spark executors)"):
-            built = built_on_executors(
-                merged.rows,
-                merged.interactions,
-                merged.item_groups,
-                config.model,
-                config.tiers,
-                config.engine,
-                sum(
-                    counts[outcome]
-                    for counts in merged.accounting.values()
-                    for outcome in ("used", "duplicate", "cancellation", "anonymous")
-                ),
-            )
-            contributions = _source_summaries(
-                config.sources, contributions_on_executors(merged.rows)
-            )
-        merged.rows.release()
-        data, crm, segments = built.data, built.crm, built.segments
-        ratings: SparkDataset | None = built
+            try:
+                executors = built_on_executors(
+                    merged.rows,
+                    merged.interactions,
+                    merged.item_groups,
+                    config.model,
+                    config.tiers,
+                    config.engine,
+                    sum(
+                        counts[outcome]
+                        for counts in merged.accounting.values()
+                        for outcome in ("used", "duplicate", "cancellation", "anonymous")
+                    ),
+                )
+                contributions = _source_summaries(
+                    config.sources, contributions_on_executors(merged.rows)
+                )
+            finally:
+                merged.rows.release()
+        data, crm, segments = executors.data, executors.crm, executors.segments
         interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
         digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
         merged = dataclasses.replace(
             merged, aliases={}, interactions=merged.interactions.iloc[:0].copy(), rows=None
         )
     else:
-        ratings = None
         if not (
             outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)
         ).any():
@@ -253,15 +255,15 @@ def train(
         f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)"
     ):
         fitted: Factors | SparkFactors
-        if ratings is None:
+        if executors is None:
             fitted = fit_factors(data.feedback, config.model, config.engine)
         else:
             # On Spark the customer factors stay on the executors, which rank with them.
             try:
-                fitted = fit_ratings_on_spark(ratings.ratings, config.model, config.engine)
+                fitted = fit_ratings_on_spark(executors.ratings, config.model, config.engine)
             finally:
-                ratings.release()
-                del ratings
+                executors.release()
+                executors = None
     with progress.step(
         f"fitting the item-item model ({item_item_kind(config.model, len(data.item_ids))}, "
         f"{config.model.neighbours} neighbours per item)"

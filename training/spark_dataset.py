@@ -243,14 +243,8 @@ def ratings_on_executors(
     customers numbered among all of them, held on the executors."""
     from pyspark.sql import functions as F
 
-    counts = written.column("customers").to_numpy()
-    firsts = pa.table(
-        {
-            "part": written.column("part"),
-            "first": pa.array(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)),
-        }
-    )
-    customers = int(counts.sum())
+    firsts = pa.table({"part": written.column("part"), "first": _first_rows(written)})
+    customers = int(pa.compute.sum(written.column("customers")).as_py() or 0)
     with quiet():
         offsets = session.createDataFrame(firsts)
     entries = (
@@ -641,12 +635,19 @@ def _joined(
         popularity=items.popularity,
         trending=items.trending,
         as_of=items.as_of,
+        # The report alone: each range settled its own returns, where its lines were made.
         settlement=Settlement(
             np.zeros(0, np.intp), np.zeros(0), np.zeros(0, "datetime64[us]"), report
         ),
         feedback=matrices["feedback"],
         interaction_outcome=outcome,
     )
+
+
+def _first_rows(written: pa.Table) -> NDArray[np.int64]:
+    """Each range's first customer row among all customers (``written`` by range)."""
+    counts = written.column("customers").to_numpy()
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
 def _widen(directory: Path, name: str, parts: list[int], width: int) -> None:
@@ -704,7 +705,6 @@ def crm_on_executors(
     history's are (time, customer row, kind)."""
     parts = written.column("part").to_pylist()
     counts = written.column("customers").to_numpy()
-    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     (directory / TRIGGERS).mkdir()
     setup = _CrmSetup(
         items.item_ids,
@@ -729,7 +729,7 @@ def crm_on_executors(
         {
             "part": pa.array(parts, pa.int32()),
             "customers": pa.array(counts, pa.int64()),
-            "first": pa.array(firsts),
+            "first": pa.array(_first_rows(written)),
         }
     )
     with quiet():
