@@ -779,9 +779,8 @@ def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.Re
     folder = Path(setup.directory)
 
     def load(name: str) -> NDArray[Any]:
-        path = folder / part_name(name, part)
-        values: NDArray[Any] = np.load(path)
-        path.unlink()
+        # Left in place (the driver removes the folder): a task Spark runs again reads them.
+        values: NDArray[Any] = np.load(folder / part_name(name, part))
         return values
 
     lines = CustomerLines(**{name: load(f"line_{name}") for name in LINES})
