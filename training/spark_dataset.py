@@ -57,6 +57,7 @@ from training.tiers import (
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 NOTHING_TO_TRAIN = "nothing to train on: no source has a purchase that can be used"
 # About how many merged rows one task builds at once: it holds them, their matrix and their
@@ -162,11 +163,9 @@ class MergedRows:
         """``frame``'s rows computed now and held on the executors (in memory, spilled to
         their disks), so that they outlive what they were computed from."""
         from pyspark.sql import functions as F
-        from pyspark.sql.types import StructType, _parse_datatype_string
 
-        schema = _parse_datatype_string(ROW_SCHEMA)
-        assert isinstance(schema, StructType)
-        typed = frame.select(*(F.col(f.name).cast(f.dataType) for f in schema.fields)).persist()
+        fields = _row_struct().fields
+        typed = frame.select(*(F.col(f.name).cast(f.dataType) for f in fields)).persist()
         typed.count()
         return cls(typed, vocabulary)
 
@@ -430,12 +429,18 @@ _WRITTEN_SCHEMA = (
 
 
 def row_arrow_schema() -> pa.Schema:
+    """ROW_SCHEMA as Arrow types it."""
     from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(_row_struct())
+
+
+def _row_struct() -> StructType:
     from pyspark.sql.types import StructType, _parse_datatype_string
 
     schema = _parse_datatype_string(ROW_SCHEMA)
     assert isinstance(schema, StructType)
-    return to_arrow_schema(schema)
+    return schema
 
 
 def _range_bounds(rows: DataFrame, ranges: int, row_count: int) -> list[str]:
