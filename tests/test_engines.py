@@ -64,6 +64,7 @@ from training.spark_identity import link_on_spark
 from training.tiers import (
     CustomerLines,
     Population,
+    TierConfig,
     TierLevel,
     build_crm,
     order_slots,
@@ -641,14 +642,7 @@ def test_the_executors_build_the_dataset_as_one_host_does(
         config.model,
         weights=msgspec.structs.replace(config.model.weights, view=0.2, cart_add=0.5),
     )
-    tiers = dataclasses.replace(
-        config.tiers,
-        method="percentiles",
-        levels=(TierLevel("bronze", min_percentile=0), TierLevel("gold", min_percentile=70)),
-        spend_thresholds=(100.0,),
-        order_thresholds=(3,),
-        thank_you_spend=200.0,
-    )
+    tiers = percentile_tiers(config)
     whole = build_dataset(
         merged.events,
         params.half_life_days,
@@ -753,6 +747,19 @@ def merged_rows_on_spark(session: SparkSession, events: pd.DataFrame) -> MergedR
     return MergedRows.held(frame, vocabulary)
 
 
+def percentile_tiers(config: TrainConfig) -> TierConfig:
+    """``config``'s tiers with a percentile tier table (which takes every customer's spend)
+    and spend, order and thank-you thresholds (which fire triggers)."""
+    return dataclasses.replace(
+        config.tiers,
+        method="percentiles",
+        levels=(TierLevel("bronze", min_percentile=0), TierLevel("gold", min_percentile=70)),
+        spend_thresholds=(100.0,),
+        order_thresholds=(3,),
+        thank_you_spend=200.0,
+    )
+
+
 def planted_records(events: pd.DataFrame, count: int = 400) -> pd.DataFrame:
     """Interaction records of the customers and items of ``events`` (and some of no
     customer, an unknown one, an unknown item, a kind that is not feedback, and some the
@@ -820,14 +827,7 @@ def test_customer_ranges_built_apart_add_up_to_the_whole(
         assert sum(p.settlement.report[key] for p in parts) == pytest.approx(value), key
 
     # Tiers, signals and triggers: each range's with the population its ranges add up to.
-    tiers = dataclasses.replace(
-        config.tiers,
-        method="percentiles",
-        levels=(TierLevel("bronze", min_percentile=0), TierLevel("gold", min_percentile=70)),
-        spend_thresholds=(100.0,),
-        order_thresholds=(3,),
-        thank_you_spend=200.0,
-    )
+    tiers = percentile_tiers(config)
     lines = [
         CustomerLines.of(events[part == p], data.customer_ids, data.settlement)
         for p, data in enumerate(parts)

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from recsvc.bundle import TRIGGER_ARRAYS
+from recsvc.bundle import CUSTOMER_FIGURES, TRIGGER_ARRAYS
 from recsvc.manifest import Contribution
 from recsvc.policy import tier_indices
 from training.config import EngineConfig, ModelParams
@@ -96,18 +96,6 @@ SALES = ("items", "rows", "countries", "weights")
 # The folders of the ranges' Parquet parts: their customers' spend in the tier window, and
 # their triggers.
 WINDOW_SPEND, TRIGGERS = "window_spend", "triggers"
-# build_crm's per-customer arrays (its others are per item, or triggers).
-CRM_CUSTOMER_ARRAYS = (
-    "window_spend",
-    "first_purchase",
-    "last_purchase",
-    "median_interval_days",
-    "best_hour",
-    "best_weekday",
-    "timing_own",
-    "price_low",
-    "price_high",
-)
 
 
 @dataclass(frozen=True)
@@ -744,7 +732,7 @@ def crm_on_executors(
     total = int(counts.sum())
     base = build_crm(_no_lines(), 0, items.item_ids, items.prices(), items.as_of, tiers, population)
     arrays = dict(base.arrays)
-    for name in CRM_CUSTOMER_ARRAYS:
+    for name in _customer_figures(base):
         arrays[name] = join_parts(directory, name, parts, total)
     arrays |= _sorted_triggers(session, directory)
     per_tier = np.sum(done.column("customers_per_tier").to_pylist(), axis=0)
@@ -798,7 +786,7 @@ def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.Re
         setup.tiers,
         setup.population,
     )
-    for name in CRM_CUSTOMER_ARRAYS:
+    for name in _customer_figures(crm):
         _save(folder, name, part, crm.arrays[name])
     rows = crm.arrays["trigger_rows"]
     triggers = pa.table(
@@ -824,6 +812,12 @@ def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.Re
             "segments": pa.array([pickle.dumps(segments)], pa.binary()),
         }
     )
+
+
+def _customer_figures(crm: Crm) -> list[str]:
+    """The bundle's per-customer figures ``build_crm`` makes (the others are per item, or
+    triggers)."""
+    return [name for name in CUSTOMER_FIGURES if name in crm.arrays]
 
 
 def _no_lines() -> CustomerLines:
