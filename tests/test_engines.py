@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+from numpy.typing import NDArray
 
 from benchmarks.local_server import spark_standalone
 from recsvc.bundle import CATALOG, OWNED, TRIGGER_ARRAYS, load_bundle
@@ -34,7 +35,7 @@ from tests.helpers import write_csv
 from tests.test_imports import run_python, without
 from training import sources as sources_module
 from training.config import EngineConfig, TrainConfig, load_config
-from training.dataset import ItemSales, build_dataset
+from training.dataset import ItemSales, TrainingData, build_dataset
 from training.engine import quiet, spark_session, stop_spark_sessions
 from training.errors import SourceError
 from training.fit import Factors, confidences
@@ -58,7 +59,12 @@ from training.recommenders import History
 from training.segments import SegmentSales, sales_of, segment_arrays
 from training.sources import DatabaseSlices, read_source
 from training.spark_als import SparkFactors
-from training.spark_candidates import CUSTOMER_PARTS, spark_served_arrays
+from training.spark_candidates import (
+    CUSTOMER_PARTS,
+    customer_side,
+    owned_lists,
+    spark_served_arrays,
+)
 from training.spark_dataset import ROW_SCHEMA, MergedRows, RowVocabulary, built_on_executors
 from training.spark_identity import link_on_spark
 from training.tiers import (
@@ -698,6 +704,23 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     )
     assert_segments_alike(built.segments, segments)
 
+    # What the ranking reads of each customer, left on the executors as Parquet parts.
+    side = pq.read_table(built.customers_directory).sort_by("row")
+    expected_side = single_host_customer_side(whole, crm.arrays)
+    assert side.schema.names == expected_side.schema.names
+    for name in side.schema.names:
+        found_column, expected_column = side.column(name), expected_side.column(name)
+        if pa.types.is_list(expected_column.type):
+            np.testing.assert_array_equal(
+                pa.compute.list_value_length(found_column),
+                pa.compute.list_value_length(expected_column),
+            )
+            found_column, expected_column = (
+                pa.compute.list_flatten(found_column),
+                pa.compute.list_flatten(expected_column),
+            )
+        np.testing.assert_array_equal(found_column, expected_column, err_msg=name)
+
     # What ALS learns from: the feedback's BM25 confidences, as the driver computes them.
     expected = confidences(whole.feedback, params).tocsr()
     with quiet():
@@ -714,6 +737,17 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     assert found.nnz == expected.nnz
     np.testing.assert_allclose(found.toarray(), expected.toarray(), rtol=1e-5, atol=1e-7)
     built.release()
+
+
+def single_host_customer_side(data: TrainingData, crm: dict[str, NDArray[Any]]) -> pa.Table:
+    """``customer_side`` of every customer of ``data`` with ``crm``'s figures."""
+    return customer_side(
+        0,
+        owned_lists(data.held.indptr, data.held.indices, data.interactions.data),
+        crm["window_spend"],
+        crm["price_low"],
+        crm["price_high"],
+    )
 
 
 def merged_rows_on_spark(session: SparkSession, events: pd.DataFrame) -> MergedRows:
@@ -938,12 +972,14 @@ def assert_segments_alike(found: dict[str, Any], expected: dict[str, Any]) -> No
 
 
 def test_executors_rank_customers_as_the_single_host(
-    synthetic: TrainConfig, spark_engine: EngineConfig
+    synthetic: TrainConfig, spark_engine: EngineConfig, tmp_path: Path
 ) -> None:
-    assert_executors_rank_as_the_single_host(synthetic, spark_engine)
+    assert_executors_rank_as_the_single_host(synthetic, spark_engine, tmp_path)
 
 
-def assert_executors_rank_as_the_single_host(synthetic: TrainConfig, engine: EngineConfig) -> None:
+def assert_executors_rank_as_the_single_host(
+    synthetic: TrainConfig, engine: EngineConfig, tmp_path: Path
+) -> None:
     merged = merged_with(synthetic, DUCKDB)
     params = synthetic.model
     history = History.build(merged.events, params, merged.item_groups, synthetic.tiers)
@@ -970,9 +1006,16 @@ def assert_executors_rank_as_the_single_host(synthetic: TrainConfig, engine: Eng
     factors = SparkFactors(session.createDataFrame(rows), item, customers)
     batch = "spark.sql.execution.arrow.maxRecordsPerBatch"
     session.conf.set(batch, "16")  # several part files per task, joined in order
+    customers = tmp_path / "customer-side"
+    customers.mkdir()
+    side = single_host_customer_side(data, crm.arrays)
+    for first in range(0, side.num_rows, 40):  # parts of 40 customers, as ranges write them
+        pq.write_table(side.slice(first, 40), customers / f"{first:012d}.parquet")
     try:
         digests = alias_digests(aliases, data.customer_ids, key)
-        found = spark_served_arrays(data, factors, neighbours, params, digests, crm, engine)
+        found = spark_served_arrays(
+            data, factors, neighbours, params, digests, crm, customers, engine
+        )
     finally:
         session.conf.unset(batch)
     for name in CUSTOMER_PARTS:
@@ -1070,7 +1113,7 @@ def test_a_standalone_cluster_ranks_and_trains_as_the_single_host(
 ) -> None:
     session = spark_session(cluster_engine.master, tuple(sorted(cluster_engine.conf.items())))
     assert session.sparkContext.master == cluster_engine.master
-    assert_executors_rank_as_the_single_host(synthetic, cluster_engine)
+    assert_executors_rank_as_the_single_host(synthetic, cluster_engine, tmp_path)
     assert_bundles_alike(synthetic, cluster_engine, tmp_path)
     checkpoints = Path(cluster_engine.conf["spark.checkpoint.dir"])
     assert not list(checkpoints.glob("recsvc-parts-*")), "part files left behind"

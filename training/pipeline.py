@@ -251,38 +251,48 @@ def train(
         content = load_content(
             config.channels.content, list(taxonomy), tier_names, config.channels.base_url
         )
-    with progress.step(
-        f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)"
-    ):
-        fitted: Factors | SparkFactors
-        if executors is None:
-            fitted = fit_factors(data.feedback, config.model, config.engine)
-        else:
-            # On Spark the customer factors stay on the executors, which rank with them.
-            try:
+    try:
+        with progress.step(
+            f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)"
+        ):
+            fitted: Factors | SparkFactors
+            if executors is None:
+                fitted = fit_factors(data.feedback, config.model, config.engine)
+            else:
+                # On Spark the customer factors stay on the executors, which rank with them.
                 fitted = fit_ratings_on_spark(executors.ratings, config.model, config.engine)
-            finally:
-                executors.release()
-                executors = None
-    with progress.step(
-        f"fitting the item-item model ({item_item_kind(config.model, len(data.item_ids))}, "
-        f"{config.model.neighbours} neighbours per item)"
-    ):
-        neighbours = fit_neighbours(data.feedback, config.model)
-    if isinstance(fitted, SparkFactors):
-        arrays = spark_served_arrays(
-            data, fitted, neighbours, config.model, digests, crm, config.engine, progress
-        )
-    else:
-        arrays = bundle_arrays(
-            data,
-            fitted,
-            trend_prior(data.trending, config.model.trend_weight),
-            digests,
-            crm.arrays,
-            neighbours=neighbours,
-        )
-        arrays = with_candidate_lists(arrays, config.model, crm, config.identity.key, progress)
+                executors.ratings.frame.unpersist()
+        with progress.step(
+            f"fitting the item-item model ({item_item_kind(config.model, len(data.item_ids))}, "
+            f"{config.model.neighbours} neighbours per item)"
+        ):
+            neighbours = fit_neighbours(data.feedback, config.model)
+        if isinstance(fitted, SparkFactors):
+            assert executors is not None
+            arrays = spark_served_arrays(
+                data,
+                fitted,
+                neighbours,
+                config.model,
+                digests,
+                crm,
+                executors.customers_directory,
+                config.engine,
+                progress,
+            )
+        else:
+            arrays = bundle_arrays(
+                data,
+                fitted,
+                trend_prior(data.trending, config.model.trend_weight),
+                digests,
+                crm.arrays,
+                neighbours=neighbours,
+            )
+            arrays = with_candidate_lists(arrays, config.model, crm, config.identity.key, progress)
+    finally:
+        if executors is not None:
+            executors.release()
     arrays = dataclasses.replace(arrays, **segments)
     version = new_version(fingerprint)
     manifest = Manifest(

@@ -85,12 +85,14 @@ def spark_served_arrays(
     params: ModelParams,
     digests: AliasDigests,
     crm: Crm,
+    customers: Path,
     engine: EngineConfig,
     progress: Progress | None = None,
 ) -> BundleArrays:
     """``training.pipeline.served_arrays`` with the per-customer model arrays (factors and
     candidate lists) from the executors, memory-mapped; ``digests``: the customers' alias
-    table (``training.pipeline.alias_digests``)."""
+    table (``training.pipeline.alias_digests``); ``customers``: the folder of the
+    customers' ``customer_side`` Parquet parts."""
     from training.pipeline import bundle_arrays
 
     session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
@@ -104,22 +106,13 @@ def spark_served_arrays(
         crm.arrays,
         neighbours=neighbours,
     )
-    customers = customer_side(
-        session,
-        arrays.owned_indptr,
-        arrays.owned_indices,
-        arrays.owned_weight,
-        arrays.window_spend,
-        arrays.price_low,
-        arrays.price_high,
-    )
     directory = parts_directory(engine)
     try:
         with (progress or Progress.silent()).step("candidate lists (Spark executors)"):
             parts = rank_on_executors(
                 session,
                 factors.user_factors,
-                customers,
+                session.read.parquet(str(customers)),
                 {name: getattr(arrays, name) for name in ITEM_SIDE},
                 TierTable.of(crm.policy),
                 params.item_item_weight,
@@ -133,34 +126,44 @@ def spark_served_arrays(
     return dataclasses.replace(arrays, **parts)
 
 
+def owned_lists(
+    indptr: NDArray[np.int64], items: NDArray[np.int32], weight: NDArray[np.float32]
+) -> pa.Table:
+    """Each customer row's owned items and their decayed weights (a CSR list's entries,
+    rows numbered from 0) as list columns of ``CUSTOMER_SIDE``."""
+    offsets = pa.array(np.asarray(indptr).astype(np.int32))
+    return pa.table(
+        {
+            "owned_items": pa.ListArray.from_arrays(offsets, pa.array(items, pa.int32())),
+            "owned_weight": pa.ListArray.from_arrays(offsets, pa.array(weight, pa.float32())),
+        }
+    )
+
+
 def customer_side(
-    session: SparkSession,
-    owned_indptr: NDArray[np.int64],
-    owned_indices: NDArray[np.int32],
-    owned_weight: NDArray[np.float32],
+    first: int,
+    owned: pa.Table,
     window_spend: NDArray[np.float64],
     price_low: NDArray[np.float32],
     price_high: NDArray[np.float32],
-) -> DataFrame:
-    """One row per customer row: what the ranking reads of them besides their factors (their
-    owned items with decayed weights, the tier window's spend, the usual price band)."""
-    if owned_indptr[-1] > np.iinfo(np.int32).max:
-        raise TrainingError(
-            "more than 2^31 owned (customer, item) pairs: too many to send from the driver"
-        )
-    offsets = pa.array(owned_indptr.astype(np.int32))
-    table = pa.table(
+) -> pa.Table:
+    """What the ranking reads of each customer besides their factors, one row per customer
+    row (numbered from ``first``): ``owned_lists``'s owned items with their weights, the
+    tier window's spend, the usual price band. The executors write it a range of customers
+    at a time (``training.spark_dataset``); ``rank_on_executors`` reads it."""
+    rows = np.arange(first, first + owned.num_rows, dtype=np.int64)
+    if len(rows) and rows[-1] > np.iinfo(np.int32).max:
+        raise TrainingError("more than 2^31 customers: ALS numbers them as 32-bit integers")
+    return pa.table(
         {
-            "row": pa.array(np.arange(len(window_spend), dtype=np.int32)),
-            "owned_items": pa.ListArray.from_arrays(offsets, pa.array(owned_indices)),
-            "owned_weight": pa.ListArray.from_arrays(offsets, pa.array(owned_weight)),
-            "window_spend": pa.array(window_spend),
-            "price_low": pa.array(price_low),
-            "price_high": pa.array(price_high),
+            "row": pa.array(rows.astype(np.int32)),
+            "owned_items": owned.column("owned_items"),
+            "owned_weight": owned.column("owned_weight"),
+            "window_spend": pa.array(np.asarray(window_spend, np.float64)),
+            "price_low": pa.array(np.asarray(price_low, np.float32)),
+            "price_high": pa.array(np.asarray(price_high, np.float32)),
         }
     )
-    with quiet():
-        return session.createDataFrame(table)
 
 
 def rank_on_executors(
@@ -178,7 +181,7 @@ def rank_on_executors(
     under ``directory`` and joined there; returns them memory-mapped, by array name.
 
     ``user_factors``: ALS's (id, features) rows (a customer missing from them has zero
-    factors); ``customers``: ``customer_side``'s rows."""
+    factors); ``customers``: ``customer_side``'s rows, read from the executors' parts."""
     setup = RankingSetup(item_side, tiers, item_item_weight, candidates, rank, str(directory))
     shared = session.sparkContext.broadcast(setup)
     parallelism = session.sparkContext.defaultParallelism

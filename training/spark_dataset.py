@@ -43,7 +43,7 @@ from training.errors import TrainingError
 from training.interactions import records_frame
 from training.segments import Sales, SegmentSales, sales_of
 from training.spark_als import Ratings
-from training.spark_candidates import join_parts, part_name
+from training.spark_candidates import customer_side, join_parts, owned_lists, part_name
 from training.tiers import (
     Crm,
     CustomerLines,
@@ -93,9 +93,9 @@ LINES = (
     "order_rows",
 )
 SALES = ("items", "rows", "countries", "weights")
-# The folders of the ranges' Parquet parts: their customers' spend in the tier window, and
-# their triggers.
-WINDOW_SPEND, TRIGGERS = "window_spend", "triggers"
+# The folders of the ranges' Parquet parts: their customers' spend in the tier window, their
+# owned items (``owned_lists``), and their triggers.
+WINDOW_SPEND, OWNED, TRIGGERS = "window_spend", "owned", "triggers"
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,8 @@ def built_on_executors(
     half_life, trend_half_life = params.half_life_days, params.trend_half_life_days
     items = item_sales_on_executors(merged.frame, merged.vocabulary, half_life, trend_half_life)
     ranges = max(session.sparkContext.defaultParallelism, -(-row_count // ROWS_PER_RANGE))
-    directory, ratings_directory = parts_directory(engine), parts_directory(engine)
+    directory = parts_directory(engine)
+    ratings_directory, customers_directory = parts_directory(engine), parts_directory(engine)
     try:
         data, written = dataset_on_executors(
             session,
@@ -204,18 +205,26 @@ def built_on_executors(
         )
         population = population_of(session, directory, written, tiers)
         crm, segments = crm_on_executors(
-            session, directory, written, items, merged.vocabulary, tiers, population
+            session,
+            directory,
+            customers_directory,
+            written,
+            items,
+            merged.vocabulary,
+            tiers,
+            population,
         )
         ratings = ratings_on_executors(
             session, ratings_directory, written, params, len(items.item_ids)
         )
     except BaseException:
         shutil.rmtree(ratings_directory, ignore_errors=True)
+        shutil.rmtree(customers_directory, ignore_errors=True)
         raise
     finally:
         # The joined files stay readable through their memory maps until these are dropped.
         shutil.rmtree(directory, ignore_errors=True)
-    return SparkDataset(data, crm, segments, ratings, ratings_directory)
+    return SparkDataset(data, crm, segments, ratings, ratings_directory, customers_directory)
 
 
 def ratings_on_executors(
@@ -291,7 +300,8 @@ def contributions_on_executors(merged: MergedRows) -> dict[str, Contribution]:
 class SparkDataset:
     """What the executors build of the merged rows, joined and memory-mapped: the
     dataset, the tiers and signals (``training.tiers.build_crm``'s), the best sellers per
-    segment (``training.segments.SegmentSales.arrays``); and the confidences ALS learns."""
+    segment (``training.segments.SegmentSales.arrays``); and, left on the executors, the
+    confidences ALS learns and what the ranking reads of each customer."""
 
     data: TrainingData
     crm: Crm
@@ -300,10 +310,14 @@ class SparkDataset:
     # parts are kept until then, under ``ratings_directory``).
     ratings: Ratings
     ratings_directory: Path
+    # Each range's ``training.spark_candidates.customer_side`` as a Parquet part, kept until
+    # ``release``d.
+    customers_directory: Path
 
     def release(self) -> None:
         self.ratings.frame.unpersist()
         shutil.rmtree(self.ratings_directory, ignore_errors=True)
+        shutil.rmtree(self.customers_directory, ignore_errors=True)
 
 
 def item_sales_on_executors(
@@ -368,6 +382,7 @@ def dataset_on_executors(
         sent = session.createDataFrame(_records_table(records), schema=RECORD_SCHEMA)
     grouped_records = sent.withColumn("part", _part(F.col("customer_id"), bounds))
     (directory / WINDOW_SPEND).mkdir()
+    (directory / OWNED).mkdir()
     setup = _RangeSetup(
         merged.vocabulary,
         items,
@@ -514,6 +529,12 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
         _save(folder, f"{name}_indices", part, matrix.indices.astype(np.int32))
         _save(folder, f"{name}_data", part, matrix.data.astype(np.float32))
     _save(folder, "held_source", part, data.held_source)
+    # The owned items (the held matrix's) with their decayed weights (the interactions',
+    # entry for entry): what the ranking reads of them, completed by the tiers task.
+    pq.write_table(
+        owned_lists(data.held.indptr, data.held.indices, data.interactions.data),
+        folder / OWNED / f"{part:012d}.parquet",
+    )
     feedback = data.feedback.tocoo()
     pq.write_table(
         pa.table(
@@ -686,6 +707,7 @@ def population_of(
 def crm_on_executors(
     session: SparkSession,
     directory: Path,
+    customers_directory: Path,
     written: pa.Table,
     items: ItemSales,
     vocabulary: RowVocabulary,
@@ -695,7 +717,9 @@ def crm_on_executors(
     """``build_crm`` and the best sellers per segment of every range, from the purchase
     lines and sales ``dataset_on_executors`` left under ``directory``, a task per range;
     the per-customer arrays joined and memory-mapped, the triggers sorted by Spark as one
-    history's are (time, customer row, kind)."""
+    history's are (time, customer row, kind). Each range's ``customer_side`` (what the
+    ranking reads of its customers) is written as a Parquet part under
+    ``customers_directory``."""
     parts = written.column("part").to_pylist()
     counts = written.column("customers").to_numpy()
     (directory / TRIGGERS).mkdir()
@@ -707,6 +731,7 @@ def crm_on_executors(
         tiers,
         population,
         str(directory),
+        str(customers_directory),
     )
     shared = session.sparkContext.broadcast(setup)
 
@@ -763,12 +788,13 @@ class _CrmSetup:
     tiers: TierConfig
     population: Population
     directory: str
+    customers_directory: str
 
 
 def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.RecordBatch:
     """One range's tiers, signals and best sellers, from its lines and sales parts: the
-    per-customer arrays written as parts, the triggers as a Parquet part (rows numbered
-    among all customers: the range's first is ``first``)."""
+    per-customer arrays written as parts, the triggers and the ``customer_side`` as
+    Parquet parts (rows numbered among all customers: the range's first is ``first``)."""
     folder = Path(setup.directory)
 
     def load(name: str) -> NDArray[Any]:
@@ -788,6 +814,14 @@ def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.Re
     )
     for name in _customer_figures(crm):
         _save(folder, name, part, crm.arrays[name])
+    side = customer_side(
+        first,
+        pq.read_table(folder / OWNED / f"{part:012d}.parquet"),
+        crm.arrays["window_spend"],
+        crm.arrays["price_low"],
+        crm.arrays["price_high"],
+    )
+    pq.write_table(side, Path(setup.customers_directory) / f"{part:012d}.parquet")
     rows = crm.arrays["trigger_rows"]
     triggers = pa.table(
         {
