@@ -78,9 +78,16 @@ def fit_bpr(interactions: sp.csr_matrix, params: ModelParams, progress: bool = F
     return _factors(model)
 
 
+def item_knn_model(neighbours: int = 100) -> BM25Recommender:
+    """implicit's BM25 item-item model, ``neighbours`` kept per item, not fitted yet: its own
+    K1 and B (which weigh the items x customers matrix, not ``[model]``'s bm25_k1 and
+    bm25_b, which weigh ALS's customers x items confidences)."""
+    return BM25Recommender(K=neighbours)
+
+
 def fit_item_knn(interactions: sp.csr_matrix, neighbours: int = 100) -> sp.csr_matrix:
     """Item-item BM25 similarities, ``neighbours`` per item (a baseline): items x items."""
-    model = BM25Recommender(K=neighbours)
+    model = item_knn_model(neighbours)
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         # implicit BM25-weights into a COO matrix internally, then warns about its own input.
         warnings.filterwarnings("ignore", "Method expects CSR input", ParameterWarning)

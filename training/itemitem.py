@@ -59,16 +59,41 @@ def fit_neighbours(interactions: sp.csr_matrix, params: ModelParams) -> Neighbou
     per item."""
     kind = item_item_kind(params, interactions.shape[1])
     if kind == "ease":
-        weights = fit_ease(interactions, params.ease_regularization)
-        return _strongest_dense(weights, params.neighbours)
+        return ease_neighbours(gram_of(interactions), params)
     similarity = fit_item_knn(interactions, params.neighbours + 1)  # +1: itself, dropped
+    return knn_neighbours(similarity, params)
+
+
+def ease_neighbours(gram: NDArray[np.float32], params: ModelParams) -> Neighbours:
+    """EASE^R's ``params.neighbours`` strongest weights per item, from the purchases' items x
+    items Gram matrix ``gram`` (``gram_of``; overwritten)."""
+    weights = ease_weights(gram, params.ease_regularization)
+    return _strongest_dense(weights, params.neighbours)
+
+
+def knn_neighbours(similarity: sp.csr_matrix, params: ModelParams) -> Neighbours:
+    """The ``params.neighbours`` strongest of items x items ``similarity`` per item, itself
+    left out: ``fit_item_knn``'s with ``params.neighbours + 1`` kept per item (or at least
+    those)."""
     return _strongest_sparse(similarity, params.neighbours)
+
+
+def gram_of(interactions: sp.csr_matrix) -> NDArray[np.float32]:
+    """XᵀX of customers x items ``interactions`` X, dense, summed in float32 (Fortran order,
+    as ``ease_weights`` factors it)."""
+    matrix = interactions.astype(np.float32)
+    return np.asarray((matrix.T @ matrix).toarray(), dtype=np.float32, order="F")
 
 
 def fit_ease(interactions: sp.csr_matrix, regularization: float) -> NDArray[np.float32]:
     """EASE^R's items x items weights (row: the item bought, column: the item predicted)."""
-    matrix = interactions.astype(np.float32)
-    gram = np.asarray((matrix.T @ matrix).toarray(), dtype=np.float32, order="F")
+    return ease_weights(gram_of(interactions), regularization)
+
+
+def ease_weights(gram: NDArray[np.float32], regularization: float) -> NDArray[np.float32]:
+    """EASE^R's weights from the items x items Gram matrix XᵀX (float32, symmetric; it is
+    overwritten): ``B = -P / diag(P)``, ``P = (XᵀX + λI)⁻¹``, zero diagonal."""
+    gram = np.asarray(gram, dtype=np.float32, order="F")
     gram[np.diag_indices_from(gram)] += np.float32(regularization)
     # XᵀX + λI is symmetric positive definite: a Cholesky inverse costs half an LU one. One
     # BLAS thread, as for every fit: the same weights on any machine, and no spinning
