@@ -50,7 +50,7 @@ from training.interactions import (
     USED,
     records_frame,
 )
-from training.itemitem import fit_neighbours
+from training.itemitem import Neighbours, fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
 from training.pipeline import alias_digests, read_sources, served_arrays, source_contents, train
 from training.progress import Progress
@@ -67,6 +67,7 @@ from training.spark_candidates import (
 )
 from training.spark_dataset import ROW_SCHEMA, MergedRows, RowVocabulary, built_on_executors
 from training.spark_identity import link_on_spark
+from training.spark_itemitem import neighbours_on_executors
 from training.tiers import (
     CustomerLines,
     Population,
@@ -736,6 +737,14 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     assert built.ratings.positive == np.count_nonzero(expected.data > 0)
     assert found.nnz == expected.nnz
     np.testing.assert_allclose(found.toarray(), expected.toarray(), rtol=1e-5, atol=1e-7)
+
+    # The item-item model, from the same feedback parts: either kind, whatever the catalog.
+    for kind in ("ease", "knn"):
+        item_params = msgspec.structs.replace(params, item_item=kind)
+        neighbours = neighbours_on_executors(
+            session, built.ratings_directory, item_params, len(whole.item_ids)
+        )
+        assert_neighbours_alike(neighbours, fit_neighbours(whole.feedback, item_params))
     built.release()
 
 
@@ -748,6 +757,30 @@ def single_host_customer_side(data: TrainingData, crm: dict[str, NDArray[Any]]) 
         crm["price_low"],
         crm["price_high"],
     )
+
+
+def assert_neighbours_alike(found: Neighbours, expected: Neighbours) -> None:
+    """The same neighbours per item, with the same scores up to the float rounding of their
+    sums (the single host sums EASE^R's Gram matrix in float32, the executors in float64);
+    two items in either order only where their scores are that close, and a neighbour in
+    one list only where it ties with the other's last kept."""
+    rtol = 1e-4 if expected.kind == "ease" else 1e-5
+    assert found.kind == expected.kind
+    np.testing.assert_array_equal(found.indptr, expected.indptr)
+    assert len(expected.items) > 1000
+    np.testing.assert_allclose(found.scores, expected.scores, rtol=rtol)
+    for item in range(len(expected.indptr) - 1):
+        start, end = expected.indptr[item], expected.indptr[item + 1]
+        ours, theirs = found.items[start:end], expected.items[start:end]
+        scores = expected.scores[start:end]
+        for position in np.flatnonzero(ours != theirs):
+            for neighbour, others in ((ours[position], theirs), (theirs[position], ours)):
+                at = np.flatnonzero(others == neighbour)
+                other = int(at[0]) if len(at) else len(scores) - 1
+                assert np.isclose(scores[position], scores[other], rtol=rtol, atol=0), (
+                    item,
+                    neighbour,
+                )
 
 
 def merged_rows_on_spark(session: SparkSession, events: pd.DataFrame) -> MergedRows:

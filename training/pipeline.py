@@ -51,6 +51,7 @@ from training.catalog import unavailable_items, withdraw
 from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, present, value_is
+from training.engine import spark_session
 from training.errors import QuarantineError, TrainingError
 from training.fit import Factors, fit_factors, trend_prior
 from training.interactions import accounting as interaction_accounting
@@ -76,7 +77,7 @@ from training.sources import (
     events_through,
     read_source,
 )
-from training.spark_als import SparkFactors, fit_ratings_on_spark
+from training.spark_als import fit_ratings_on_spark
 from training.spark_candidates import spark_served_arrays
 from training.spark_dataset import (
     NOTHING_TO_TRAIN,
@@ -84,6 +85,7 @@ from training.spark_dataset import (
     built_on_executors,
     contributions_on_executors,
 )
+from training.spark_itemitem import neighbours_on_executors
 from training.spark_sources import read_by_executors
 from training.tiers import (
     Crm,
@@ -238,40 +240,55 @@ def train(
                 config.tiers,
             )
             del lines
-    with progress.step("catalog"):
-        tier_names = TierTable.of(crm.policy).names
-        taxonomy = load_taxonomy(config.items.taxonomy)
-        crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
-        crm.arrays["item_min_tier"] = withdraw(
-            crm.arrays["item_min_tier"],
-            data.item_ids,
-            unavailable_items(config.items),
-            len(tier_names),
-        )
-        content = load_content(
-            config.channels.content, list(taxonomy), tier_names, config.channels.base_url
-        )
     try:
-        with progress.step(
-            f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)"
-        ):
-            fitted: Factors | SparkFactors
-            if executors is None:
-                fitted = fit_factors(data.feedback, config.model, config.engine)
-            else:
-                # On Spark the customer factors stay on the executors, which rank with them.
-                fitted = fit_ratings_on_spark(executors.ratings, config.model, config.engine)
-                executors.ratings.frame.unpersist()
-        with progress.step(
+        with progress.step("catalog"):
+            tier_names = TierTable.of(crm.policy).names
+            taxonomy = load_taxonomy(config.items.taxonomy)
+            crm.arrays["item_categories"] = item_categories(data.titles, taxonomy)
+            crm.arrays["item_min_tier"] = withdraw(
+                crm.arrays["item_min_tier"],
+                data.item_ids,
+                unavailable_items(config.items),
+                len(tier_names),
+            )
+            content = load_content(
+                config.channels.content, list(taxonomy), tier_names, config.channels.base_url
+            )
+        als = f"fitting ALS ({config.model.factors} factors, {config.model.iterations} iterations)"
+        item_item = (
             f"fitting the item-item model ({item_item_kind(config.model, len(data.item_ids))}, "
             f"{config.model.neighbours} neighbours per item)"
-        ):
-            neighbours = fit_neighbours(data.feedback, config.model)
-        if isinstance(fitted, SparkFactors):
-            assert executors is not None
+        )
+        if executors is None:
+            with progress.step(als):
+                factors = fit_factors(data.feedback, config.model, config.engine)
+            with progress.step(item_item):
+                neighbours = fit_neighbours(data.feedback, config.model)
+            arrays = bundle_arrays(
+                data,
+                factors,
+                trend_prior(data.trending, config.model.trend_weight),
+                digests,
+                crm.arrays,
+                neighbours=neighbours,
+            )
+            arrays = with_candidate_lists(arrays, config.model, crm, config.identity.key, progress)
+        else:
+            with progress.step(als):
+                # The customer factors stay on the executors, which rank with them.
+                spark_factors = fit_ratings_on_spark(executors.ratings, config.model, config.engine)
+                executors.ratings.frame.unpersist()
+            # From the feedback parts the executors wrote, not the joined matrix.
+            with progress.step(f"{item_item} (Spark executors)"):
+                neighbours = neighbours_on_executors(
+                    spark_session(config.engine.master, tuple(sorted(config.engine.conf.items()))),
+                    executors.ratings_directory,
+                    config.model,
+                    len(data.item_ids),
+                )
             arrays = spark_served_arrays(
                 data,
-                fitted,
+                spark_factors,
                 neighbours,
                 config.model,
                 digests,
@@ -280,17 +297,8 @@ def train(
                 config.engine,
                 progress,
             )
-        else:
-            arrays = bundle_arrays(
-                data,
-                fitted,
-                trend_prior(data.trending, config.model.trend_weight),
-                digests,
-                crm.arrays,
-                neighbours=neighbours,
-            )
-            arrays = with_candidate_lists(arrays, config.model, crm, config.identity.key, progress)
     finally:
+        # What the executors left for the fits and the ranking, however the run ends.
         if executors is not None:
             executors.release()
     arrays = dataclasses.replace(arrays, **segments)

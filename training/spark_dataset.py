@@ -307,7 +307,8 @@ class SparkDataset:
     crm: Crm
     segments: dict[str, NDArray[Any]]
     # What Spark's ALS learns from, held on the executors until ``release``d (its feedback
-    # parts are kept until then, under ``ratings_directory``).
+    # parts, which the item-item fit reads too, are kept until then, under
+    # ``ratings_directory``).
     ratings: Ratings
     ratings_directory: Path
     # Each range's ``training.spark_candidates.customer_side`` as a Parquet part, kept until
