@@ -742,7 +742,7 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     for kind in ("ease", "knn"):
         item_params = msgspec.structs.replace(params, item_item=kind)
         neighbours = neighbours_on_executors(
-            session, built.ratings_directory, item_params, len(whole.item_ids)
+            spark_engine, built.ratings_directory, item_params, len(whole.item_ids)
         )
         assert_neighbours_alike(neighbours, fit_neighbours(whole.feedback, item_params))
     built.release()

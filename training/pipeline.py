@@ -51,7 +51,6 @@ from training.catalog import unavailable_items, withdraw
 from training.channels import item_categories, load_content, load_taxonomy
 from training.config import ModelParams, SourceConfig, TrainConfig
 from training.dataset import TrainingData, build_dataset, outcome_is, present, value_is
-from training.engine import spark_session
 from training.errors import QuarantineError, TrainingError
 from training.fit import Factors, fit_factors, trend_prior
 from training.interactions import accounting as interaction_accounting
@@ -281,7 +280,7 @@ def train(
             # From the feedback parts the executors wrote, not the joined matrix.
             with progress.step(f"{item_item} (Spark executors)"):
                 neighbours = neighbours_on_executors(
-                    spark_session(config.engine.master, tuple(sorted(config.engine.conf.items()))),
+                    config.engine,
                     executors.ratings_directory,
                     config.model,
                     len(data.item_ids),

@@ -14,8 +14,9 @@ similarities WᵀW (W: X weighted as implicit's ``BM25Recommender`` weighs it). 
   summed, as they arrive (its memory bounded by the block's items x items, not by the
   ranges). For kNN it keeps each item's K + 1 strongest similarities (itself among them),
   as implicit's ``all_pairs_knn`` in ``training.fit.fit_item_knn`` does.
-- driver: EASE^R collects the summed Gram matrix's upper triangle (at most items², the size
-  of the dense matrix it inverts) and ``training.itemitem.ease_neighbours`` does the rest;
+- driver: EASE^R reads the summed blocks, written by their tasks as dense float32 parts, into
+  the lower triangle of the dense Gram matrix it inverts (items², the single host's too)
+  and ``training.itemitem.ease_neighbours`` does the rest;
   kNN collects the K + 1 per item and ``training.itemitem.knn_neighbours`` ranks them.
 
 The blocks are summed by numpy, not by a Spark ``groupBy`` of item pairs: as 7 million
@@ -33,6 +34,8 @@ the scores agree to 1.3e-5 relative (EASE^R: the single host's float32 sums' rou
 from __future__ import annotations
 
 import pickle
+import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +46,11 @@ import pyarrow as pa
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from training.config import ModelParams
-from training.engine import quiet
+from training.config import EngineConfig, ModelParams
+from training.engine import parts_directory, quiet, spark_session
 from training.fit import item_knn_model
 from training.itemitem import Neighbours, ease_neighbours, item_item_kind, knn_neighbours
+from training.spark_candidates import part_name
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -56,38 +60,62 @@ if TYPE_CHECKING:
 ITEMS_PER_BLOCK = 256
 # A block of rows of an items x items matrix, rows ``block * ITEMS_PER_BLOCK`` on: a pickled
 # ITEMS_PER_BLOCK x items ``scipy.sparse.csr_matrix`` (opaque bytes to Spark, which only
-# moves them: millions of entries as rows cost it seconds).
+# moves them: millions of entries as rows cost it seconds); EASE^R's summed blocks are
+# written as dense float32 ``.npy`` parts instead, and their rows carry no matrix.
 BLOCK_SCHEMA = "block int, matrix binary"
 
 
 def neighbours_on_executors(
-    session: SparkSession, feedback_directory: Path, params: ModelParams, items: int
+    engine: EngineConfig, feedback_directory: Path, params: ModelParams, items: int
 ) -> Neighbours:
     """``training.itemitem.fit_neighbours`` of the feedback whose ranges' entries are the
     Parquet parts under ``feedback_directory`` (part, row, item, value: ``row`` within
     range ``part``), of ``items`` items."""
+    session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
     entries = session.read.parquet(str(feedback_directory))
     if item_item_kind(params, items) == "ease":
-        gram = np.zeros((items, items), dtype=np.float32, order="F")
-        for block, rows in _summed_blocks(session, entries, _Setup("ease", items)).items():
-            upper = rows.tocoo()  # the upper triangle, rounded to float32
-            item, value = upper.row + block * ITEMS_PER_BLOCK, upper.data.astype(np.float32)
-            gram[item, upper.col] = value
-            gram[upper.col, item] = value
-        return ease_neighbours(gram, params)
+        directory = parts_directory(engine)
+        try:
+            setup = _Setup("ease", items, directory=str(directory))
+            return ease_neighbours(_gram(session, entries, setup), params)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
     model = item_knn_model(params.neighbours + 1)  # +1: itself, dropped
     setup = _Setup("knn", items, model.K, model.K1, model.B, _length_norm(entries, items, model.B))
-    blocks = _summed_blocks(session, entries, setup)
+    found = _summed_blocks(session, entries, setup)
+    blocks = {
+        int(block): pickle.loads(matrix)
+        for block, matrix in zip(
+            found.column("block").to_pylist(), found.column("matrix").to_pylist(), strict=True
+        )
+    }
     empty = sp.csr_matrix((ITEMS_PER_BLOCK, items))
     stacked = [blocks.get(block, empty) for block in range(-(-items // ITEMS_PER_BLOCK))]
     similarity = sp.vstack(stacked, format="csr")[:items]
     return knn_neighbours(similarity, params)
 
 
+def _gram(session: SparkSession, entries: DataFrame, setup: _Setup) -> NDArray[np.float32]:
+    """The summed Gram matrix's lower triangle (all that ``ease_weights`` reads; Fortran
+    order), read from the dense float32 block parts the executors wrote: this process holds
+    the dense matrix alone, never the sparse sums it is made of (larger, as float64 entries
+    with their columns, than the dense matrix on the reference data)."""
+    gram = np.zeros((setup.items, setup.items), dtype=np.float32, order="F")
+    lower = gram.T  # C order: a row of it is a column of the lower triangle
+    for block in _summed_blocks(session, entries, setup).column("block").to_pylist():
+        first = block * ITEMS_PER_BLOCK
+        rows = lower[first : first + ITEMS_PER_BLOCK]
+        rows[:] = np.load(Path(setup.directory) / part_name("gram", block), mmap_mode="r")[
+            : len(rows)
+        ]
+    return gram
+
+
 @dataclass(frozen=True)
 class _Setup:
     """What every task needs (broadcast once): for kNN, how many similarities to keep per
-    item, implicit's BM25 K1 and B, and each item's BM25 length norm (item-sized)."""
+    item, implicit's BM25 K1 and B, and each item's BM25 length norm (item-sized); for
+    EASE^R, where the summed blocks are written."""
 
     kind: Literal["ease", "knn"]
     items: int
@@ -95,6 +123,7 @@ class _Setup:
     k1: float = 0.0
     b: float = 0.0
     length_norm: NDArray[np.float64] | None = None
+    directory: str = ""
 
 
 def _length_norm(entries: DataFrame, items: int, b: float) -> NDArray[np.float64]:
@@ -112,12 +141,11 @@ def _length_norm(entries: DataFrame, items: int, b: float) -> NDArray[np.float64
     return norm
 
 
-def _summed_blocks(
-    session: SparkSession, entries: DataFrame, setup: _Setup
-) -> dict[int, sp.csr_matrix]:
+def _summed_blocks(session: SparkSession, entries: DataFrame, setup: _Setup) -> pa.Table:
     """The items x items product's blocks of rows with an entry (EASE^R: its upper
     triangle; kNN: each item's kept similarities), a task per range making its contribution
-    (``_range_blocks``) and a task per block summing them (``_block_sum``); collected."""
+    (``_range_blocks``) and a task per block summing them (``_block_sum``): ``BLOCK_SCHEMA``
+    rows, by block (for EASE^R the matrices are the parts the tasks wrote, not these)."""
     shared = session.sparkContext.broadcast(setup)
 
     def contribution(mine: pa.Table) -> pa.Table:
@@ -128,21 +156,16 @@ def _summed_blocks(
 
     try:
         with quiet():
-            found = (
+            return (
                 entries.groupBy("part")
                 .applyInArrow(contribution, BLOCK_SCHEMA)
                 .groupBy("block")
                 .applyInArrow(summed, BLOCK_SCHEMA)
                 .toArrow()
+                .sort_by("block")
             )
     finally:
         shared.unpersist()
-    return {
-        int(block): pickle.loads(matrix)
-        for block, matrix in zip(
-            found.column("block").to_pylist(), found.column("matrix").to_pylist(), strict=True
-        )
-    }
 
 
 def _range_blocks(mine: pa.Table, setup: _Setup) -> pa.Table:
@@ -200,7 +223,9 @@ def _bm25(
 
 def _block_sum(batches: Iterator[pa.RecordBatch], setup: _Setup) -> Iterator[pa.RecordBatch]:
     """One block's rows from every range, summed as they arrive; for kNN each item's
-    ``setup.keep`` strongest (ties: the lower item first)."""
+    ``setup.keep`` strongest (ties: the lower item first), returned; for EASE^R written as a
+    dense float32 part (rounded as the single host's float32 sums are), nothing returned
+    but the block's number."""
     block, total = 0, None
     for batch in batches:
         for key, matrix in zip(
@@ -210,12 +235,19 @@ def _block_sum(batches: Iterator[pa.RecordBatch], setup: _Setup) -> Iterator[pa.
             block, total = key, part if total is None else total + part
     if total is None:
         return
+    kept = b""
     if setup.kind == "knn":
-        total = _strongest(total, setup.keep)
+        kept = pickle.dumps(_strongest(total, setup.keep))
+    else:
+        target = Path(setup.directory) / part_name("gram", block)
+        staged = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        with staged.open("wb") as handle:
+            np.save(handle, total.toarray().astype(np.float32))
+        staged.replace(target)  # a retried task rewrites the same part whole
     yield pa.RecordBatch.from_pydict(
         {
             "block": pa.array([block], pa.int32()),
-            "matrix": pa.array([pickle.dumps(total)], pa.binary()),
+            "matrix": pa.array([kept], pa.binary()),
         }
     )
 
