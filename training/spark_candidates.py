@@ -1,13 +1,15 @@
 """The bundle's per-customer model arrays computed and written by Spark's executors
 (``[engine] kind = "spark"``): each customer's factors and candidate lists.
 
-The customer factors stay a Spark DataFrame (ALS's ``userFactors``); the item side (factors,
-prior, catalog, the item-item model) fits in memory and is broadcast. Each executor task ranks
-a contiguous range of customer rows with ``recsvc.ranker.Ranker.candidate_lists`` (the
-single-host code: every customer's list depends on that customer and the item side only, so
-the lists are the same) and writes the range's arrays as ``.npy`` part files. The driver then
-joins the parts of each array into one ``.npy`` file by copying bytes, and memory-maps it, so
-its memory does not grow with customers.
+The customer factors stay a Spark DataFrame (ALS's ``userFactors``), joined with what the
+ranking reads of each customer (``customer_side``: the Parquet parts the executors wrote
+while building the tiers); the item side (factors, prior, catalog, the item-item model) fits
+in memory and is broadcast. Each executor task ranks a contiguous range of customer rows
+with ``recsvc.ranker.Ranker.candidate_lists`` (the single-host code: every customer's list
+depends on that customer and the item side only, so the lists are the same) and writes the
+range's arrays as ``.npy`` part files. The driver then joins the parts of each array into
+one ``.npy`` file by copying bytes, and memory-maps it, so its memory does not grow with
+customers.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def owned_lists(
     indptr: NDArray[np.int64], items: NDArray[np.int32], weight: NDArray[np.float32]
 ) -> pa.Table:
     """Each customer row's owned items and their decayed weights (a CSR list's entries,
-    rows numbered from 0) as list columns of ``CUSTOMER_SIDE``."""
+    rows numbered from 0) as the list columns of ``customer_side``'s table."""
     offsets = pa.array(np.asarray(indptr).astype(np.int32))
     return pa.table(
         {
