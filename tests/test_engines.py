@@ -1039,15 +1039,15 @@ def assert_executors_rank_as_the_single_host(
     factors = SparkFactors(session.createDataFrame(rows), item, customers)
     batch = "spark.sql.execution.arrow.maxRecordsPerBatch"
     session.conf.set(batch, "16")  # several part files per task, joined in order
-    customers = tmp_path / "customer-side"
-    customers.mkdir()
+    side_parts = tmp_path / "customer-side"
+    side_parts.mkdir()
     side = single_host_customer_side(data, crm.arrays)
     for first in range(0, side.num_rows, 40):  # parts of 40 customers, as ranges write them
-        pq.write_table(side.slice(first, 40), customers / f"{first:012d}.parquet")
+        pq.write_table(side.slice(first, 40), side_parts / f"{first:012d}.parquet")
     try:
         digests = alias_digests(aliases, data.customer_ids, key)
         found = spark_served_arrays(
-            data, factors, neighbours, params, digests, crm, customers, engine
+            data, factors, neighbours, params, digests, crm, side_parts, engine
         )
     finally:
         session.conf.unset(batch)
