@@ -276,7 +276,8 @@ def parts_directory(engine: EngineConfig) -> Path:
     if not local.startswith("/"):
         raise TrainingError(
             '[engine] kind = "spark": the executors write part files (the bundle\'s '
-            'per-customer arrays, the quarantine file) under conf "spark.checkpoint.dir", '
+            "per-customer arrays, the quarantine file, each range of customers' data) under "
+            'conf "spark.checkpoint.dir", '
             "which must be a shared file system path the trainer mounts too (file:///... or "
             f"/...), not {checkpoints!r}"
         )

@@ -147,6 +147,9 @@ def train(
     if merged.rows is not None:
         with progress.step("the matrix, tiers, signals and segments (Spark executors)"):
             try:
+                contributions = _source_summaries(
+                    config.sources, contributions_on_executors(merged.rows)
+                )
                 executors = built_on_executors(
                     merged.rows,
                     merged.interactions,
@@ -160,14 +163,15 @@ def train(
                         for outcome in ("used", "duplicate", "cancellation", "anonymous")
                     ),
                 )
-                contributions = _source_summaries(
-                    config.sources, contributions_on_executors(merged.rows)
-                )
             finally:
                 merged.rows.release()
         data, crm, segments = executors.data, executors.crm, executors.segments
-        interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
-        digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
+        try:
+            interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
+            digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
+        except BaseException:
+            executors.release()  # from here on, the try around the fits releases them
+            raise
         merged = dataclasses.replace(
             merged, aliases={}, interactions=merged.interactions.iloc[:0].copy(), rows=None
         )
@@ -281,7 +285,7 @@ def train(
             with progress.step(f"{item_item} (Spark executors)"):
                 neighbours = neighbours_on_executors(
                     config.engine,
-                    executors.ratings_directory,
+                    executors.feedback_directory,
                     config.model,
                     len(data.item_ids),
                 )
@@ -292,7 +296,7 @@ def train(
                 config.model,
                 digests,
                 crm,
-                executors.customers_directory,
+                executors.customer_side_directory,
                 config.engine,
                 progress,
             )

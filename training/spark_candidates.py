@@ -87,14 +87,14 @@ def spark_served_arrays(
     params: ModelParams,
     digests: AliasDigests,
     crm: Crm,
-    customers: Path,
+    customer_side_directory: Path,
     engine: EngineConfig,
     progress: Progress | None = None,
 ) -> BundleArrays:
     """``training.pipeline.served_arrays`` with the per-customer model arrays (factors and
     candidate lists) from the executors, memory-mapped; ``digests``: the customers' alias
-    table (``training.pipeline.alias_digests``); ``customers``: the folder of the
-    customers' ``customer_side`` Parquet parts."""
+    table (``training.pipeline.alias_digests``); ``customer_side_directory``: the folder of
+    the customers' ``customer_side`` Parquet parts."""
     from training.pipeline import bundle_arrays
 
     session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
@@ -114,7 +114,7 @@ def spark_served_arrays(
             parts = rank_on_executors(
                 session,
                 factors.user_factors,
-                session.read.parquet(str(customers)),
+                session.read.parquet(str(customer_side_directory)),
                 {name: getattr(arrays, name) for name in ITEM_SIDE},
                 TierTable.of(crm.policy),
                 params.item_item_weight,
@@ -125,6 +125,8 @@ def spark_served_arrays(
     finally:
         # The joined files stay readable through their memory maps until these are dropped.
         shutil.rmtree(directory, ignore_errors=True)
+    if len(parts["user_factors"]) != len(data.customer_ids):
+        raise TrainingError("the customer side the executors ranked is not every customer's")
     return dataclasses.replace(arrays, **parts)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,7 @@ LINES = (
 SALES = ("items", "rows", "countries", "weights")
 # The folders of the ranges' Parquet parts: their customers' spend in the tier window, their
 # owned items (``owned_lists``), and their triggers.
-WINDOW_SPEND, OWNED, TRIGGERS = "window_spend", "owned", "triggers"
+WINDOW_SPEND, OWNED_ITEMS, TRIGGERS = "window_spend", "owned_items", "triggers"
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def built_on_executors(
     items = item_sales_on_executors(merged.frame, merged.vocabulary, half_life, trend_half_life)
     ranges = max(session.sparkContext.defaultParallelism, -(-row_count // ROWS_PER_RANGE))
     directory = parts_directory(engine)
-    ratings_directory, customers_directory = parts_directory(engine), parts_directory(engine)
+    feedback_directory, customer_side_directory = parts_directory(engine), parts_directory(engine)
     try:
         data, written = dataset_on_executors(
             session,
@@ -199,7 +200,7 @@ def built_on_executors(
             item_groups,
             tiers.window_days,
             directory,
-            ratings_directory,
+            feedback_directory,
             ranges,
             row_count,
         )
@@ -207,7 +208,7 @@ def built_on_executors(
         crm, segments = crm_on_executors(
             session,
             directory,
-            customers_directory,
+            customer_side_directory,
             written,
             items,
             merged.vocabulary,
@@ -215,27 +216,27 @@ def built_on_executors(
             population,
         )
         ratings = ratings_on_executors(
-            session, ratings_directory, written, params, len(items.item_ids)
+            session, feedback_directory, written, params, len(items.item_ids)
         )
     except BaseException:
-        shutil.rmtree(ratings_directory, ignore_errors=True)
-        shutil.rmtree(customers_directory, ignore_errors=True)
+        shutil.rmtree(feedback_directory, ignore_errors=True)
+        shutil.rmtree(customer_side_directory, ignore_errors=True)
         raise
     finally:
         # The joined files stay readable through their memory maps until these are dropped.
         shutil.rmtree(directory, ignore_errors=True)
-    return SparkDataset(data, crm, segments, ratings, ratings_directory, customers_directory)
+    return SparkDataset(data, crm, segments, ratings, feedback_directory, customer_side_directory)
 
 
 def ratings_on_executors(
     session: SparkSession,
-    ratings_directory: Path,
+    feedback_directory: Path,
     written: pa.Table,
     params: ModelParams,
     items: int,
 ) -> Ratings:
     """``training.fit.confidences`` of the ranges' feedback parts under
-    ``ratings_directory`` (BM25, as implicit's ``bm25_weight`` computes it), by Spark: the
+    ``feedback_directory`` (BM25, as implicit's ``bm25_weight`` computes it), by Spark: the
     customers numbered among all of them, held on the executors."""
     from pyspark.sql import functions as F
 
@@ -244,7 +245,7 @@ def ratings_on_executors(
     with quiet():
         offsets = session.createDataFrame(firsts)
     entries = (
-        session.read.parquet(str(ratings_directory))
+        session.read.parquet(str(feedback_directory))
         .join(F.broadcast(offsets), "part")
         .select(
             (F.col("first") + F.col("row")).cast("int").alias("customer"),
@@ -308,17 +309,19 @@ class SparkDataset:
     segments: dict[str, NDArray[Any]]
     # What Spark's ALS learns from, held on the executors until ``release``d (its feedback
     # parts, which the item-item fit reads too, are kept until then, under
-    # ``ratings_directory``).
+    # ``feedback_directory``).
     ratings: Ratings
-    ratings_directory: Path
+    feedback_directory: Path
     # Each range's ``training.spark_candidates.customer_side`` as a Parquet part, kept until
     # ``release``d.
-    customers_directory: Path
+    customer_side_directory: Path
 
     def release(self) -> None:
+        # The parts first: they hold customers' data, and unpersisting fails where the
+        # Spark context has died.
+        shutil.rmtree(self.feedback_directory, ignore_errors=True)
+        shutil.rmtree(self.customer_side_directory, ignore_errors=True)
         self.ratings.frame.unpersist()
-        shutil.rmtree(self.ratings_directory, ignore_errors=True)
-        shutil.rmtree(self.customers_directory, ignore_errors=True)
 
 
 def item_sales_on_executors(
@@ -359,7 +362,7 @@ def dataset_on_executors(
     item_groups: dict[str, str],
     window_days: float,
     directory: Path,
-    ratings_directory: Path,
+    feedback_directory: Path,
     ranges: int,
     row_count: int,
 ) -> tuple[TrainingData, pa.Table]:
@@ -369,7 +372,7 @@ def dataset_on_executors(
     under ``directory``; they are joined there and returned memory-mapped. Each range's
     purchase lines and sales are left there as parts (``LINES``, ``SALES``), with its
     customers' spend in the tier window (``window_days``) as a Parquet part, and its
-    ``feedback`` entries as a Parquet part under ``ratings_directory``; the second value is
+    ``feedback`` entries as a Parquet part under ``feedback_directory``; the second value is
     what each range's task reported (``_WRITTEN_SCHEMA``), by range."""
     from pyspark.sql import functions as F
 
@@ -383,7 +386,7 @@ def dataset_on_executors(
         sent = session.createDataFrame(_records_table(records), schema=RECORD_SCHEMA)
     grouped_records = sent.withColumn("part", _part(F.col("customer_id"), bounds))
     (directory / WINDOW_SPEND).mkdir()
-    (directory / OWNED).mkdir()
+    (directory / OWNED_ITEMS).mkdir()
     setup = _RangeSetup(
         merged.vocabulary,
         items,
@@ -391,7 +394,7 @@ def dataset_on_executors(
         item_groups,
         window_days,
         str(directory),
-        str(ratings_directory),
+        str(feedback_directory),
     )
     shared = session.sparkContext.broadcast(setup)
 
@@ -421,7 +424,7 @@ class _RangeSetup:
     item_groups: dict[str, str]
     window_days: float
     directory: str
-    ratings_directory: str  # where each range's feedback goes, as a Parquet part
+    feedback_directory: str  # where each range's feedback goes, as a Parquet part
 
 
 _WRITTEN_SCHEMA = (
@@ -532,12 +535,13 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
     _save(folder, "held_source", part, data.held_source)
     # The owned items (the held matrix's) with their decayed weights (the interactions',
     # entry for entry): what the ranking reads of them, completed by the tiers task.
-    pq.write_table(
+    _write_parquet(
         owned_lists(data.held.indptr, data.held.indices, data.interactions.data),
-        folder / OWNED / f"{part:012d}.parquet",
+        folder / OWNED_ITEMS,
+        part,
     )
     feedback = data.feedback.tocoo()
-    pq.write_table(
+    _write_parquet(
         pa.table(
             {
                 "part": pa.array(np.full(feedback.nnz, part, np.int32)),
@@ -546,7 +550,8 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
                 "value": pa.array(feedback.data.astype(np.float32)),
             }
         ),
-        Path(setup.ratings_directory) / f"{part:012d}.parquet",
+        Path(setup.feedback_directory),
+        part,
     )
     del feedback
     width = max((len(customer) for customer in data.customer_ids), default=1)
@@ -561,7 +566,7 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
         _save(folder, f"sale_{name}", part, getattr(sales, name))
     customers = len(data.customer_ids)
     spend = window_spend(lines, customers, items.as_of, setup.window_days)
-    pq.write_table(pa.table({"spend": spend}), folder / WINDOW_SPEND / f"{part:012d}.parquet")
+    _write_parquet(pa.table({"spend": spend}), folder / WINDOW_SPEND, part)
     hours, weekdays = order_slots(lines)
     return pa.table(
         {
@@ -583,6 +588,20 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
 
 def _save(folder: Path, name: str, part: int, array: NDArray[Any]) -> None:
     np.save(folder / part_name(name, part), np.ascontiguousarray(array))
+
+
+def _parquet_name(part: int) -> str:
+    return f"{part:012d}.parquet"
+
+
+def _write_parquet(table: pa.Table, folder: Path, part: int) -> None:
+    """Range ``part``'s Parquet part in ``folder``, written under a hidden name (which
+    Spark's reader skips) and renamed whole: a task Spark runs twice, or again, never leaves
+    a file half written where a reader of the folder finds it."""
+    target = folder / _parquet_name(part)
+    staged = folder / f".{target.name}.{uuid.uuid4().hex}"
+    pq.write_table(table, staged)
+    staged.replace(target)
 
 
 def _joined(
@@ -708,7 +727,7 @@ def population_of(
 def crm_on_executors(
     session: SparkSession,
     directory: Path,
-    customers_directory: Path,
+    customer_side_directory: Path,
     written: pa.Table,
     items: ItemSales,
     vocabulary: RowVocabulary,
@@ -720,7 +739,7 @@ def crm_on_executors(
     the per-customer arrays joined and memory-mapped, the triggers sorted by Spark as one
     history's are (time, customer row, kind). Each range's ``customer_side`` (what the
     ranking reads of its customers) is written as a Parquet part under
-    ``customers_directory``."""
+    ``customer_side_directory``."""
     parts = written.column("part").to_pylist()
     counts = written.column("customers").to_numpy()
     (directory / TRIGGERS).mkdir()
@@ -732,7 +751,7 @@ def crm_on_executors(
         tiers,
         population,
         str(directory),
-        str(customers_directory),
+        str(customer_side_directory),
     )
     shared = session.sparkContext.broadcast(setup)
 
@@ -789,7 +808,7 @@ class _CrmSetup:
     tiers: TierConfig
     population: Population
     directory: str
-    customers_directory: str
+    customer_side_directory: str
 
 
 def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.RecordBatch:
@@ -815,14 +834,17 @@ def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.Re
     )
     for name in _customer_figures(crm):
         _save(folder, name, part, crm.arrays[name])
+    owned = pq.read_table(folder / OWNED_ITEMS / _parquet_name(part))
+    if owned.num_rows != customers:
+        raise TrainingError(f"range {part}'s owned items are not its customers'")
     side = customer_side(
         first,
-        pq.read_table(folder / OWNED / f"{part:012d}.parquet"),
+        owned,
         crm.arrays["window_spend"],
         crm.arrays["price_low"],
         crm.arrays["price_high"],
     )
-    pq.write_table(side, Path(setup.customers_directory) / f"{part:012d}.parquet")
+    _write_parquet(side, Path(setup.customer_side_directory), part)
     rows = crm.arrays["trigger_rows"]
     triggers = pa.table(
         {
@@ -831,7 +853,7 @@ def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.Re
             **{name: pa.array(crm.arrays[name]) for name in TRIGGER_ARRAYS},
         }
     )
-    pq.write_table(triggers, folder / TRIGGERS / f"{part:012d}.parquet")
+    _write_parquet(triggers, folder / TRIGGERS, part)
     sales = Sales(
         **{name: load(f"sale_{name}") for name in SALES}, country_names=setup.country_names
     )

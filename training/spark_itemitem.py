@@ -178,13 +178,16 @@ def _range_blocks(mine: pa.Table, setup: _Setup) -> pa.Table:
     if setup.kind == "knn":
         values = _bm25(rows, items, values, customers, setup)
     matrix = sp.csr_matrix((values, (rows, items)), shape=(customers, setup.items))
-    product = (matrix.T @ matrix).tocsr()
-    if setup.kind == "ease":
-        product = sp.triu(product, format="csr")
+    by_item = matrix.tocsc()
     blocks, matrices = [], []
+    # A block of the product's rows at a time: the task holds the range's blocks as bytes,
+    # never the whole product beside them.
     for block in range(-(-setup.items // ITEMS_PER_BLOCK)):
         first = block * ITEMS_PER_BLOCK
-        rows_of_block = _padded(product[first : first + ITEMS_PER_BLOCK], setup.items)
+        product = (by_item[:, first : first + ITEMS_PER_BLOCK].T @ matrix).tocsr()
+        if setup.kind == "ease":  # the upper triangle: item first + r's columns from it on
+            product = sp.triu(product, k=first, format="csr")
+        rows_of_block = _padded(product, setup.items)
         if rows_of_block.nnz:
             blocks.append(block)
             matrices.append(pickle.dumps(rows_of_block))
