@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from benchmarks.local_server import spark_standalone
-from recsvc.bundle import CATALOG, OWNED, TRIGGER_ARRAYS, load_bundle
+from recsvc.bundle import CATALOG, OWNED, TRIGGER_ARRAYS, Bundle, load_bundle
 from recsvc.identity import IdentityKey
 from recsvc.logrecords import ALIAS_DIGESTS
 from recsvc.policy import tier_indices
@@ -706,7 +706,7 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     assert_segments_alike(built.segments, segments)
 
     # What the ranking reads of each customer, left on the executors as Parquet parts.
-    side = pq.read_table(built.customers_directory).sort_by("row")
+    side = pq.read_table(built.customer_side_directory).sort_by("row")
     expected_side = single_host_customer_side(whole, crm.arrays)
     assert side.schema.names == expected_side.schema.names
     for name in side.schema.names:
@@ -742,10 +742,19 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     for kind in ("ease", "knn"):
         item_params = msgspec.structs.replace(params, item_item=kind)
         neighbours = neighbours_on_executors(
-            spark_engine, built.ratings_directory, item_params, len(whole.item_ids)
+            spark_engine, built.feedback_directory, item_params, len(whole.item_ids)
         )
         assert_neighbours_alike(neighbours, fit_neighbours(whole.feedback, item_params))
     built.release()
+
+
+def bundle_neighbours(bundle: Bundle) -> Neighbours:
+    """The item-item model a bundle serves."""
+    arrays = bundle.arrays
+    kind = "ease" if "+ease+" in bundle.manifest.model else "knn"
+    return Neighbours(
+        kind, arrays.neighbour_indptr, arrays.neighbour_items, arrays.neighbour_scores
+    )
 
 
 def single_host_customer_side(data: TrainingData, crm: dict[str, NDArray[Any]]) -> pa.Table:
@@ -1095,6 +1104,7 @@ def assert_bundles_alike(synthetic: TrainConfig, engine: EngineConfig, tmp_path:
         np.testing.assert_allclose(
             getattr(on_spark.arrays, name), getattr(duck.arrays, name), rtol=1e-5, err_msg=name
         )
+    assert_neighbours_alike(*(bundle_neighbours(bundle) for bundle in (on_spark, duck)))
     candidates = on_spark.arrays.candidate_items
     assert candidates.shape == duck.arrays.candidate_items.shape
     assert (candidates[:, 0] >= 0).all()  # every customer has a list (the catalog is larger)

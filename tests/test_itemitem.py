@@ -28,8 +28,12 @@ def baskets() -> sp.csr_matrix:
     return sp.csr_matrix(np.array(rows, dtype=np.float32))
 
 
-def test_ease_is_the_closed_form() -> None:
-    matrix = baskets()
+@pytest.mark.parametrize("items", [6, 601])  # 601: several blocks mirrored, a ragged last
+def test_ease_is_the_closed_form(items: int) -> None:
+    if items == 6:
+        matrix = baskets()
+    else:
+        matrix = sp.random(3000, items, density=0.02, format="csr", random_state=5)
     dense = matrix.toarray().astype(np.float64)
     gram = dense.T @ dense + 2.0 * np.eye(dense.shape[1])
     inverse = np.linalg.inv(gram)
