@@ -83,7 +83,8 @@ def gram_of(interactions: sp.csr_matrix) -> NDArray[np.float32]:
     """XᵀX of customers x items ``interactions`` X, dense, summed in float32 (Fortran order,
     as ``ease_weights`` factors it)."""
     matrix = interactions.astype(np.float32)
-    return np.asarray((matrix.T @ matrix).toarray(), dtype=np.float32, order="F")
+    gram: NDArray[np.float32] = (matrix.T @ matrix).toarray(order="F")
+    return gram
 
 
 def fit_ease(interactions: sp.csr_matrix, regularization: float) -> NDArray[np.float32]:
