@@ -663,6 +663,7 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     built = built_on_executors(
         rows, records, merged.item_groups, params, tiers, spark_engine, len(merged.events)
     )
+    request.addfinalizer(built.release)  # its parts removed whether the checks pass or not
     data = built.data
     for name in ("customer_ids", "item_ids", "held_source", "source_names", "item_group"):
         np.testing.assert_array_equal(getattr(data, name), getattr(whole, name), err_msg=name)
@@ -745,7 +746,6 @@ def test_the_executors_build_the_dataset_as_one_host_does(
             spark_engine, built.feedback_directory, item_params, len(whole.item_ids)
         )
         assert_neighbours_alike(neighbours, fit_neighbours(whole.feedback, item_params))
-    built.release()
 
 
 def bundle_neighbours(bundle: Bundle) -> Neighbours:
