@@ -28,7 +28,9 @@ Precision: the tasks sum in float64 where the single host sums EASE^R's Gram mat
 float32 (implicit sums its BM25 similarities in float64 too); the summed Gram matrix is
 rounded to float32 before its inversion, as the single host's is. On the reference data
 the scores agree to 1.3e-5 relative (EASE^R: the single host's float32 sums' rounding) and
-3e-6 (kNN), and items whose scores tie that closely may swap places.
+3e-6 (kNN), and items whose scores tie that closely may swap places. A block's parts are
+summed in the order they arrive, which is not fixed: two runs can differ in those last
+bits too (summing in range order would hold every range's part of a block at once).
 """
 
 from __future__ import annotations
