@@ -250,11 +250,7 @@ def _write_part(setup: RankingSetup, batch: pd.DataFrame) -> int:
         items, scores, reasons = ranker.candidate_lists(setup.candidates)
     directory = Path(setup.directory)
     for name, array in zip(CUSTOMER_PARTS, (user_factors, items, scores, reasons), strict=True):
-        target = directory / part_name(name, first)
-        staged = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        with staged.open("wb") as handle:
-            np.save(handle, np.ascontiguousarray(array))
-        staged.replace(target)  # a retried task rewrites the same part whole
+        save_part(directory, name, first, array)
     return first
 
 
@@ -318,6 +314,16 @@ def _block_arrays(
 def part_name(name: str, first: int) -> str:
     """The file of array ``name``'s part that starts at row (or range) ``first``."""
     return f"{name}-{first:012d}.npy"
+
+
+def save_part(directory: Path, name: str, first: int, array: NDArray[Any]) -> None:
+    """Array ``name``'s part that starts at row (or range) ``first``, written under a
+    temporary name and renamed whole: a task Spark runs again rewrites the same part."""
+    target = directory / part_name(name, first)
+    staged = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    with staged.open("wb") as handle:
+        np.save(handle, np.ascontiguousarray(array))
+    staged.replace(target)
 
 
 def join_parts(directory: Path, name: str, firsts: list[int], total: int) -> NDArray[Any]:

@@ -44,7 +44,13 @@ from training.errors import TrainingError
 from training.interactions import records_frame
 from training.segments import Sales, SegmentSales, sales_of
 from training.spark_als import Ratings
-from training.spark_candidates import customer_side, join_parts, owned_lists, part_name
+from training.spark_candidates import (
+    customer_side,
+    join_parts,
+    owned_lists,
+    part_name,
+    save_part,
+)
 from training.tiers import (
     Crm,
     CustomerLines,
@@ -529,10 +535,10 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
     folder = Path(setup.directory)
     for name in MATRICES:
         matrix: sp.csr_matrix = getattr(data, name)
-        _save(folder, f"{name}_counts", part, np.diff(matrix.indptr).astype(np.int64))
-        _save(folder, f"{name}_indices", part, matrix.indices.astype(np.int32))
-        _save(folder, f"{name}_data", part, matrix.data.astype(np.float32))
-    _save(folder, "held_source", part, data.held_source)
+        save_part(folder, f"{name}_counts", part, np.diff(matrix.indptr).astype(np.int64))
+        save_part(folder, f"{name}_indices", part, matrix.indices.astype(np.int32))
+        save_part(folder, f"{name}_data", part, matrix.data.astype(np.float32))
+    save_part(folder, "held_source", part, data.held_source)
     # The owned items (the held matrix's) with their decayed weights (the interactions',
     # entry for entry): what the ranking reads of them, completed by the tiers task.
     _write_parquet(
@@ -555,15 +561,15 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
     )
     del feedback
     width = max((len(customer) for customer in data.customer_ids), default=1)
-    _save(folder, "customer_ids", part, data.customer_ids.astype(f"<U{width}"))
-    _save(folder, "spend", part, data.spend)
-    _save(folder, "orders", part, data.orders)
+    save_part(folder, "customer_ids", part, data.customer_ids.astype(f"<U{width}"))
+    save_part(folder, "spend", part, data.spend)
+    save_part(folder, "orders", part, data.orders)
     lines = CustomerLines.of(events, data.customer_ids, data.settlement)
     for name in LINES:
-        _save(folder, f"line_{name}", part, getattr(lines, name))
+        save_part(folder, f"line_{name}", part, getattr(lines, name))
     sales = sales_of(events, items.item_ids, data.customer_ids, items.as_of, params.half_life_days)
     for name in SALES:
-        _save(folder, f"sale_{name}", part, getattr(sales, name))
+        save_part(folder, f"sale_{name}", part, getattr(sales, name))
     customers = len(data.customer_ids)
     spend = window_spend(lines, customers, items.as_of, setup.window_days)
     _write_parquet(pa.table({"spend": spend}), folder / WINDOW_SPEND, part)
@@ -584,10 +590,6 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
             "weekdays": pa.array([weekdays], pa.list_(pa.int64())),
         }
     )
-
-
-def _save(folder: Path, name: str, part: int, array: NDArray[Any]) -> None:
-    np.save(folder / part_name(name, part), np.ascontiguousarray(array))
 
 
 def _parquet_name(part: int) -> str:
@@ -833,7 +835,7 @@ def _crm_range(part: int, customers: int, first: int, setup: _CrmSetup) -> pa.Re
         setup.population,
     )
     for name in _customer_figures(crm):
-        _save(folder, name, part, crm.arrays[name])
+        save_part(folder, name, part, crm.arrays[name])
     owned = pq.read_table(folder / OWNED_ITEMS / _parquet_name(part))
     if owned.num_rows != customers:
         raise TrainingError(f"range {part}'s owned items are not its customers'")
@@ -915,8 +917,10 @@ def _sorted_triggers(session: SparkSession, directory: Path) -> dict[str, NDArra
             if name in _TRIGGER_TEXT:
                 values = values.astype(str)
                 widths[name] = max(1, values.dtype.itemsize // 4)
-            _save(Path(folder), name, part, values)
-        _save(Path(folder), "trigger_rows", part, table.column("row").to_numpy().astype(np.int32))
+            save_part(Path(folder), name, part, values)
+        save_part(
+            Path(folder), "trigger_rows", part, table.column("row").to_numpy().astype(np.int32)
+        )
         yield pa.RecordBatch.from_pydict(
             {
                 "part": pa.array([part], pa.int32()),

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ from training.config import EngineConfig, ModelParams
 from training.engine import parts_directory, quiet, spark_session
 from training.fit import item_knn_model
 from training.itemitem import Neighbours, ease_neighbours, item_item_kind, knn_neighbours
-from training.spark_candidates import part_name
+from training.spark_candidates import part_name, save_part
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -244,11 +243,7 @@ def _block_sum(batches: Iterator[pa.RecordBatch], setup: _Setup) -> Iterator[pa.
     if setup.kind == "knn":
         kept = pickle.dumps(_strongest(total, setup.keep))
     else:
-        target = Path(setup.directory) / part_name("gram", block)
-        staged = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        with staged.open("wb") as handle:
-            np.save(handle, total.toarray().astype(np.float32))
-        staged.replace(target)  # a retried task rewrites the same part whole
+        save_part(Path(setup.directory), "gram", block, total.toarray().astype(np.float32))
     yield pa.RecordBatch.from_pydict(
         {
             "block": pa.array([block], pa.int32()),
