@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,6 +96,11 @@ class IdentityKey:
             hashlib.blake2b(data, key=key, digest_size=DIGEST_BYTES).hexdigest()
             for key in (self._secret, *self._retired)
         ]
+
+    def is_listed(self, alias: str, digests: Container[str]) -> bool:
+        """Whether ``alias`` is on an erasure list (``digests``, hex) under the secret or a
+        retired one (records from before a rotation)."""
+        return any(value in digests for value in self.all_hex(alias))
 
     @property
     def rotated(self) -> bool:
@@ -237,9 +242,13 @@ def request_aliases(key: str, rules: IdentityRules, namespaces: Iterable[str]) -
     return aliases
 
 
+# A bundle's alias table: digests' high and low halves, sorted, and each one's customer row.
+AliasDigests = tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int32]]
+
+
 def alias_table(
     key: IdentityKey, customer_of: dict[str, str], customer_ids: Sequence[str]
-) -> tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int32]]:
+) -> AliasDigests:
     """Alias digests (high and low halves, sorted) and the customer row of each, for the
     customers in the model. Built in flat buffers: at millions of aliases a Python tuple per
     alias would cost gigabytes."""

@@ -50,6 +50,7 @@ from training.interactions import (
     USED,
     records_frame,
 )
+from training.interactions import ERASED as ERASED_RECORD
 from training.itemitem import Neighbours, fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
 from training.pipeline import alias_digests, read_sources, served_arrays, source_contents, train
@@ -185,6 +186,7 @@ def assert_same(duck: MergedHistory, spark: MergedHistory) -> None:
     pd.testing.assert_frame_equal(spark.quarantine.firsts, duck.quarantine.firsts)
     assert spark.aliases == duck.aliases
     assert spark.identity == duck.identity
+    pd.testing.assert_frame_equal(spark.interactions, duck.interactions)
     assert owned(spark) == owned(duck)
 
 
@@ -306,6 +308,35 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
         }
         for n in range(120)
     ]
+    # Anonymous visits, each viewing an item and buying one: one signs in as customer 101
+    # (stitched: its records become theirs), one never signs in (anonymous), and one is on
+    # the erasure list (never stitched: its rows are erased, its view too).
+    visits = {"session:v1": "101", "session:v2": None, "session:v3": "102"}
+    for number, (session, login) in enumerate(visits.items()):
+        moment = {"timestamp": f"2011-06-{10 + number}T09:00:00Z", "customer": session}
+        received = 1_300_001_000 + 3 * number
+        events.append(
+            {"event_id": f"v{number}-view", "kind": "view", "item_id": skus[number + 1]}
+            | moment
+            | {"received_at": received}
+        )
+        events.append(
+            {
+                "event_id": f"v{number}-buy",
+                "kind": "purchase",
+                "item_id": skus[number],
+                "quantity": 1,
+                "price": 2.5,
+            }
+            | moment
+            | {"received_at": received + 1}
+        )
+        if login is not None:
+            events.append(
+                {"event_id": f"v{number}-login", "kind": "login", "session": session}
+                | moment
+                | {"customer": login, "received_at": received + 2}
+            )
     (directory / "events-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     write_csv(
         directory / "items.csv",
@@ -318,7 +349,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
         [[f"partner:M{n}", f"shop:{110 + n}"] for n in range(10)],
     )
     key = IdentityKey.development_key()
-    erased = ["customer:105", "email:c120@example.com"]
+    erased = ["customer:105", "email:c120@example.com", "session:v3"]
     (directory / "erasures.jsonl").write_text(
         "".join(json.dumps({ALIAS_DIGESTS: [key.hex(alias)]}) + "\n" for alias in erased)
     )
@@ -339,6 +370,13 @@ def test_synthetic_sources_merge_alike(synthetic: TrainConfig, spark_engine: Eng
     assert duck.accounting["live"]["duplicate"] >= 30  # the replayed event ids
     assert duck.identity.customers_with_several_aliases > 10
     assert WITHHELD in set(duck.quarantine.frame()["detail"])  # an erased customer's
+    # The visits: the one who signed in viewed as customer 101 (stitched), the anonymous
+    # one's view and purchase are nobody's, the erased one's are erased.
+    views = duck.interactions[duck.interactions["kind"] == "view"].set_index("item_id")
+    assert views.loc["20001", "customer_id"] == duck.aliases["customer:101"]
+    assert views.loc["20001", "outcome"] == UNDECIDED  # a known customer's, for the dataset
+    assert list(views.loc[["20002", "20003"], "outcome"]) == [ANONYMOUS, ERASED_RECORD]
+    assert duck.accounting["live"]["anonymous"] == 1 and duck.accounting["live"]["erased"] == 1
     assert_same(duck, merged_with(synthetic, spark_engine))
 
 
@@ -616,14 +654,17 @@ def test_executors_link_customers_as_the_single_host(spark_engine: EngineConfig)
     assert set(expected.refused) == {"cluster_cap", "distinct_ids"}
     assert all(count > MAX_EXAMPLES for count in expected.refused.values())
     session = spark_session(spark_engine.master, tuple(sorted(spark_engine.conf.items())))
-    found = link_on_spark(alias_frame(session, records).repartition(3), crosswalk, rules, key)
+    linked = link_on_spark(alias_frame(session, records).repartition(3), crosswalk, rules, key)
+    assert linked.report() == expected.report()
+    found = linked.collected()
     assert found.customer_of == expected.customer_of
     assert found.refused == expected.refused
     assert found.examples == expected.examples
     assert len({found.customer_of[f"email:{name}@example.com"] for name in chain}) == 1
     # Fewer components than tasks: some tasks link nothing.
     few = [("shop:1", "email:a@example.com", ""), ("", "", "")]
-    assert link_on_spark(alias_frame(session, few), [], rules, key) == link(few, [], rules, key)
+    linked = link_on_spark(alias_frame(session, few), [], rules, key)
+    assert linked.collected() == link(few, [], rules, key)
 
 
 def alias_frame(session: SparkSession, records: list[tuple[str, str, str]]) -> DataFrame:
@@ -660,11 +701,37 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     )
     session = spark_session(spark_engine.master, tuple(sorted(spark_engine.conf.items())))
     rows = merged_rows_on_spark(session, merged.events)
+    aliases = session.createDataFrame(
+        pa.table(
+            {
+                "alias": pa.array(list(merged.aliases), pa.string()),
+                "customer": pa.array(list(merged.aliases.values()), pa.string()),
+            }
+        )
+    )
+    key = IdentityKey("executors-test-secret-0123456789abcdef")
     built = built_on_executors(
-        rows, records, merged.item_groups, params, tiers, spark_engine, len(merged.events)
+        rows,
+        aliases,
+        records,
+        merged.item_groups,
+        params,
+        tiers,
+        spark_engine,
+        key,
+        len(merged.events),
     )
     request.addfinalizer(built.release)  # its parts removed whether the checks pass or not
     data = built.data
+    expected_digests = alias_digests(merged.aliases, whole.customer_ids, key)
+    assert len(expected_digests[0]) > len(whole.customer_ids)  # each customer's, and more
+    for name, found, expected in zip(
+        ("alias_high", "alias_low", "alias_rows"),
+        built.alias_digests,
+        expected_digests,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(found, expected, err_msg=name)
     for name in ("customer_ids", "item_ids", "held_source", "source_names", "item_group"):
         np.testing.assert_array_equal(getattr(data, name), getattr(whole, name), err_msg=name)
     for name in ("spend", "orders", "interaction_outcome", "titles", "prices"):

@@ -41,7 +41,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -67,6 +67,7 @@ from recsvc.schemas import (  # the API's bounds, one definition
     MAX_QUANTITY,
     MAX_UNIT_PRICE,
 )
+from training import spark_identity
 from training.config import EngineConfig, IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (
     ItemCrosswalk,
@@ -92,8 +93,17 @@ from training.sources import (
     wall_time_in_utc,
 )
 from training.spark_dataset import MergedRows, RowVocabulary, row_arrow_schema
-from training.spark_identity import link_on_spark
-from training.spark_sources import VALUE_COLUMNS, Parse, rows_on_spark, write_quarantine
+from training.spark_identity import collected_aliases
+from training.spark_sources import (
+    VALUE_COLUMNS,
+    Parse,
+    SparkRows,
+    rows_on_spark,
+    write_quarantine,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 OUTCOMES = (
     "used",
@@ -188,8 +198,11 @@ class MergedHistory:
     # executors), as the data fingerprint takes it (``training.sources.database_digest``).
     database_contents: dict[str, str] = field(default_factory=dict)
     # With Spark, when the merge was asked to keep them there: the merged rows on the
-    # executors (``events`` is then empty), until ``rows.release()``.
+    # executors (``events`` is then empty), until ``rows.release()``; and each alias's
+    # customer (alias, customer; ``aliases`` is then empty), checkpointed there, dropped
+    # by Spark's cleaner once nothing refers to it.
     rows: MergedRows | None = None
+    spark_aliases: DataFrame | None = None
 
 
 def merge_sources(
@@ -214,7 +227,7 @@ def merge_sources(
     key = identity.key
     stitch_sessions(
         [rows for rows in sources if isinstance(rows, SourceRows)],
-        lambda session: bool(erasures) and _erased(session, erasures, key),
+        lambda session: bool(erasures) and key.is_listed(session, erasures),
     )
     configs = [entry.source for entry in sources]
     logged = [
@@ -236,51 +249,48 @@ def merge_sources(
     columns = quarantine_columns(configs)
     parsed: Columns | None = None
     with open_engine(engine) as sql:
+        spark_rows: SparkRows | None = None
         if isinstance(sql, SparkEngine):
-            spark_rows = rows_on_spark(sql, sources, parse, TEXT_COLUMNS, event_logs)
+            spark_rows = rows_on_spark(
+                sql, sources, parse, TEXT_COLUMNS, IDENTIFIER_COLUMNS, event_logs
+            )
             sql.view(ROWS, spark_rows.rows)
             sql.view(ROW_VALUES, spark_rows.values)
             vocabulary = spark_rows.vocabulary
             database_contents = spark_rows.database_contents
+            identities: _IdentitySide = _link_on_spark(
+                sql, spark_rows.identifiers, configs, identity, namespace_of, erasures
+            )
         else:
             parsed, vocabulary, quarantined = _parse_here(sources, parse)
             database_contents = {}
             sql.load(ROWS, _rows_table(parsed, vocabulary, event_logs))
-        # The identifier vocabularies as Python strings, made once for erasures and linking.
-        identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
-        if isinstance(sql, SparkEngine):  # what linking on the executors reads (``_link``)
-            sql.load(ALIAS_NAMES, _linkable_names(identifiers))
-        aliases, identity_report = _link(sql, ROWS, identifiers, configs, identity, namespace_of)
-        erased_customers = _erased_customers(aliases, erasures, key)
-        erased = _erased_aliases(identifiers, aliases, erased_customers, erasures, key)
-        linked_before = aliases
-        relation = ROWS
-        if erased.num_rows:
-            # Linked again without their rows, so that no alias, id or masked example of
-            # theirs is left in the result. The others link as before: a link to an erased
-            # customer's alias was refused, or it would have made them one customer.
-            sql.load(ERASED_ALIASES, erased)
-            sql.materialise(MARKED, MARK_ERASED)
-            relation = MARKED
-            aliases, identity_report = _link(
-                sql, relation, identifiers, configs, identity, namespace_of
-            )
+            identities = _link_here(sql, vocabulary, configs, identity, namespace_of, erasures)
+        relation = identities.relation
         erased_rows = sql.query(QUARANTINED_ERASED.format(relation=relation)).column("row_id")
-        if isinstance(sql, SparkEngine):
+        if isinstance(sql, SparkEngine) and spark_rows is not None:
             quarantine = write_quarantine(
                 sql, spark_rows.quarantine, columns, erased_rows.to_numpy(), engine
             )
         else:
             quarantine = QuarantinedRows.written(quarantined, columns, erased_rows.to_numpy())
             del quarantined
-        customers = pd.Index(["", *sorted(set(aliases.values()))], dtype="str")
-        sql.load(CUSTOMERS, _customers_table(identifiers, aliases, customers))
         sql.materialise(DECIDED, DECIDE.format(relation=relation))
         names = [source.name for source in configs]
         accounting = _accounting(sql.query(ACCOUNTING), names)
+        # The event logs' records need their aliases' customers: on Spark, only theirs come
+        # here (the logs are read here too). A session has none unless stitched.
+        keyed = [_keyed_records(raw, identity, namespace_of) for _, raw in logged]
+        wanted = {
+            alias
+            for _, aliases in keyed
+            for alias in aliases
+            if alias and not _is_session_alias(alias)
+        }
+        erasure, logged_customers = identities.of_aliases(wanted)
         spark_merged: MergedRows | None = None
-        if isinstance(sql, SparkEngine):
-            sql.load(CUSTOMER_IDS, _customer_ids_table(customers))
+        spark_aliases: DataFrame | None = None
+        if isinstance(sql, SparkEngine) and isinstance(identities, _IdentityOnSpark):
             spark_merged = MergedRows.held(
                 sql.frame(MERGED_ROWS),
                 RowVocabulary(
@@ -291,38 +301,41 @@ def merge_sources(
                     outcomes=list(OUTCOMES),
                 ),
             )
-        else:
+            spark_aliases = identities.aliases
+            if not keep_on_executors:
+                customers = pd.Index(
+                    sql.query(CUSTOMERS_IN_ORDER).column("customer_id").to_pylist(), dtype="str"
+                )
+        elif isinstance(identities, _IdentityHere):
+            customers = identities.customers
             kept = sql.query(KEPT)
     identity_report = msgspec.structs.replace(
-        identity_report,
+        identities.report,
         erasures=erasure_report(identity, sum(counts["erased"] for counts in accounting.values())),
     )
     interactions = _interactions(
-        logged,
-        configs,
-        crosswalk,
-        identity,
-        namespace_of,
-        _Erasure(linked_before, erased_customers, erasures),
-        aliases,
+        logged, keyed, configs, crosswalk, identity, erasure, logged_customers
     )
     merged = MergedHistory(
         events=pd.DataFrame(),
         quarantine=quarantine,
         accounting=accounting,
-        aliases=aliases,
+        aliases=identities.aliases if isinstance(identities, _IdentityHere) else {},
         identity=identity_report,
         item_groups=dict(crosswalk.groups),
         interactions=interactions,
         database_contents=database_contents,
     )
-    if spark_merged is not None:
+    if spark_merged is not None and spark_aliases is not None:
         if keep_on_executors:
             events = spark_merged.vocabulary.events(row_arrow_schema().empty_table())
-            return dataclasses.replace(merged, events=events, rows=spark_merged)
+            return dataclasses.replace(
+                merged, events=events, rows=spark_merged, spark_aliases=spark_aliases
+            )
         events = spark_merged.collected(customers)
         spark_merged.release()
-        return dataclasses.replace(merged, events=events)
+        aliases = collected_aliases(spark_aliases)
+        return dataclasses.replace(merged, events=events, aliases=aliases)
     assert parsed is not None
     rows_kept = kept.column("row_id").to_numpy()
     values = {column: parsed.pop(column)[rows_kept] for column in _VALUE_COLUMNS}
@@ -509,6 +522,7 @@ FROM {DECIDED} AS d JOIN {ROW_VALUES} AS v ON v.row_id = d.row_id
 JOIN {CUSTOMER_IDS} AS c ON c.customer = d.customer
 WHERE d.outcome IN ({_KEPT_OUTCOMES})
 """
+CUSTOMERS_IN_ORDER = f"SELECT customer_id FROM {CUSTOMER_IDS} ORDER BY customer"
 # What a merged row carries beside its outcome and customer, as ``_parse`` names them.
 _VALUE_COLUMNS = tuple("timestamp" if column == "stamp" else column for column in VALUE_COLUMNS)
 
@@ -581,6 +595,109 @@ def _aliases_of(identifiers: NDArray[np.object_], codes: pa.ChunkedArray) -> lis
     return list(np.where(present, identifiers[filled], ""))
 
 
+@dataclass(frozen=True)
+class _IdentityHere:
+    """The identity side, decided in this process: each alias's customer (``aliases``, with
+    the service's ``<source>:<id>`` and ``id:<canonical>`` lookups) as linked from the rows
+    of ``relation`` (ROWS, or MARKED: those of the erased customers marked), the linking
+    report, what erasure decided (``erasure``) and the customers in code order."""
+
+    relation: str
+    aliases: dict[str, str]
+    report: Identity
+    erasure: _Erasure
+    customers: pd.Index
+
+    def of_aliases(self, wanted: set[str]) -> tuple[_Erasure, dict[str, str]]:
+        """What the event logs' records need of their aliases (``wanted``): erasure and each
+        alias's customer (here, every alias's)."""
+        return self.erasure, self.aliases
+
+
+@dataclass(frozen=True)
+class _IdentityOnSpark:
+    """The identity side, decided on Spark's executors: ``aliases`` (alias, customer) and
+    ``before`` (as linked with the erased customers' rows) are frames checkpointed there;
+    the driver has the report and the erased customers."""
+
+    relation: str
+    aliases: DataFrame
+    report: Identity
+    before: DataFrame
+    erased_customers: set[str]
+    erasures: set[str]
+
+    def of_aliases(self, wanted: set[str]) -> tuple[_Erasure, dict[str, str]]:
+        """As ``_IdentityHere.of_aliases``, for the ``wanted`` aliases alone."""
+        before = spark_identity.customers_of(self.before, wanted) if self.erasures else {}
+        erasure = _Erasure(before, self.erased_customers, self.erasures)
+        return erasure, spark_identity.customers_of(self.aliases, wanted)
+
+
+def _link_here(
+    sql: Engine,
+    vocabulary: dict[str, pa.Array],
+    sources: list[SourceConfig],
+    config: IdentityConfig,
+    namespace_of: dict[str, str],
+    erasures: set[str],
+) -> _IdentityHere:
+    """Linking and erasure, in this process (the identifiers' ``vocabulary`` is here)."""
+    identifiers = {column: _strings(vocabulary[column]) for column in IDENTIFIER_COLUMNS}
+    aliases, report = _link(sql, ROWS, identifiers, sources, config, namespace_of)
+    erased_customers = _erased_customers(aliases, erasures, config.key)
+    erasure = _Erasure(aliases, erased_customers, erasures)
+    erased = _erased_aliases(identifiers, aliases, erased_customers, erasures, config.key)
+    relation = ROWS
+    if erased.num_rows:
+        # Linked again without their rows, so that no alias, id or masked example of
+        # theirs is left in the result. The others link as before: a link to an erased
+        # customer's alias was refused, or it would have made them one customer.
+        sql.load(ERASED_ALIASES, erased)
+        sql.materialise(MARKED, MARK_ERASED)
+        relation = MARKED
+        aliases, report = _link(sql, relation, identifiers, sources, config, namespace_of)
+    customers = pd.Index(["", *sorted(set(aliases.values()))], dtype="str")
+    sql.load(CUSTOMERS, _customers_table(identifiers, aliases, customers))
+    return _IdentityHere(relation, aliases, report, erasure, customers)
+
+
+def _link_on_spark(
+    sql: SparkEngine,
+    identifiers: DataFrame,
+    sources: list[SourceConfig],
+    config: IdentityConfig,
+    namespace_of: dict[str, str],
+    erasures: set[str],
+) -> _IdentityOnSpark:
+    """As ``_link_here``, on the executors (``training.spark_identity``): the identifiers'
+    vocabularies (``identifiers``: column, code, value), each alias's customer and the
+    erasure list's matches stay there."""
+    names = spark_identity.alias_names(identifiers, ALIAS_COLUMNS).localCheckpoint()
+    sql.view(ALIAS_NAMES, spark_identity.linkable(names))
+    aliases, report = _link_spark(sql, ROWS, identifiers, sources, config, namespace_of)
+    before = aliases
+    erased_customers = spark_identity.erased_customers(aliases, erasures, config.key)
+    relation = ROWS
+    if erasures:
+        erased = spark_identity.erased_aliases(
+            names, aliases, erased_customers, erasures, config.key
+        )
+        sql.view(ERASED_ALIASES, erased)
+        if sql.query(f"SELECT COUNT(*) AS n FROM {ERASED_ALIASES}").column("n")[0].as_py():
+            sql.materialise(MARKED, MARK_ERASED)  # and linked again, as in _link_here
+            relation = MARKED
+            aliases, report = _link_spark(sql, relation, identifiers, sources, config, namespace_of)
+    customers, customer_ids = spark_identity.customer_tables(sql, names, aliases)
+    sql.view(CUSTOMERS, customers)
+    sql.view(CUSTOMER_IDS, customer_ids)
+    return _IdentityOnSpark(relation, aliases, report, before, erased_customers, erasures)
+
+
+# Either engine's identity side.
+_IdentitySide = _IdentityHere | _IdentityOnSpark
+
+
 def _link(
     sql: Engine,
     relation: str,
@@ -595,13 +712,9 @@ def _link(
     (``training.identity``), not a relational step: it links the distinct combinations of
     aliases, which number about as many as the customers."""
     crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
-    if isinstance(sql, SparkEngine):  # the combinations stay on the executors
-        alias_records = sql.frame(COMBINATION_ALIASES.format(relation=relation))
-        linked = link_on_spark(alias_records, crosswalk, config.links, config.key)
-    else:
-        combinations = sql.query(COMBINATIONS.format(relation=relation))
-        names, records, pairs = _alias_nodes(combinations, identifiers, crosswalk)
-        linked = link_nodes(names, records, pairs, config.links, config.key)
+    combinations = sql.query(COMBINATIONS.format(relation=relation))
+    names, records, pairs = _alias_nodes(combinations, identifiers, crosswalk)
+    linked = link_nodes(names, records, pairs, config.links, config.key)
     aliases = dict(linked.customer_of)
     source_ids = sql.query(SOURCE_IDS.format(relation=relation))
     raw_ids = _aliases_of(identifiers["raw_customer_id"], source_ids.column("raw_id"))
@@ -614,13 +727,43 @@ def _link(
     aliases.update(zip(lookups.to_pylist(), map(customer_of, id_aliases), strict=True))
     canonical_ids = list(set(linked.customer_of.values()))
     aliases.update(zip([f"{CANONICAL}:" + c for c in canonical_ids], canonical_ids, strict=True))
+    return aliases, _linking_report(sql, relation, config, linked.report())
+
+
+def _link_spark(
+    sql: SparkEngine,
+    relation: str,
+    identifiers: DataFrame,
+    sources: list[SourceConfig],
+    config: IdentityConfig,
+    namespace_of: dict[str, str],
+) -> tuple[DataFrame, Identity]:
+    """``_link`` on the executors: the combinations go to linking as the aliases they name
+    (COMBINATION_ALIASES), and each alias's customer stays there."""
+    crosswalk = load_customer_crosswalk(config.crosswalk, config.rules, namespace_of)
+    combinations = sql.frame(COMBINATION_ALIASES.format(relation=relation))
+    linked = spark_identity.link_on_spark(combinations, crosswalk, config.links, config.key)
+    aliases = spark_identity.service_aliases(
+        linked.customer_of,
+        sql.frame(SOURCE_IDS.format(relation=relation)),
+        identifiers,
+        [source.name for source in sources],
+    )
+    # Checkpointed, as linking's result is (``link_on_spark``).
+    return aliases.localCheckpoint(), _linking_report(sql, relation, config, linked.report())
+
+
+def _linking_report(
+    sql: Engine, relation: str, config: IdentityConfig, linked: dict[str, Any]
+) -> Identity:
+    """The manifest's linking report: ``linked`` (``training.identity.Identity.report``)
+    with the rules and the count of contacts in ``relation`` that did not normalise."""
     invalid = sql.query(INVALID_CONTACTS.format(relation=relation)).to_pylist()[0]
-    report = msgspec.structs.replace(
-        msgspec.convert(linked.report(), Identity),
+    return msgspec.structs.replace(
+        msgspec.convert(linked, Identity),
         rules=config.rules.to_manifest(),
         invalid=InvalidContacts(email=int(invalid["email"]), phone=int(invalid["phone"])),
     )
-    return aliases, report
 
 
 def _alias_nodes(
@@ -653,27 +796,11 @@ def _alias_nodes(
 
 
 def _linkable(aliases: NDArray[np.object_]) -> NDArray[np.bool_]:
-    """Which ``aliases`` are linked: not blank, not a session's."""
+    """Which ``aliases`` are linked: not blank, not a session's (on Spark:
+    ``training.spark_identity.linkable``)."""
     sessions = pc.starts_with(pa.array(aliases, type=pa.string()), SESSION_PREFIX)
     linkable: NDArray[np.bool_] = (aliases != "") & ~sessions.to_numpy(zero_copy_only=False)
     return linkable
-
-
-def _linkable_names(identifiers: dict[str, NDArray[np.object_]]) -> pa.Table:
-    """ALIAS_NAMES: (kind, code, alias) of every alias that is linked."""
-    kinds, codes, aliases = [], [], []
-    for kind, column in enumerate(ALIAS_COLUMNS):
-        (found,) = np.nonzero(_linkable(identifiers[column]))
-        kinds.append(np.full(len(found), kind, dtype=np.int32))
-        codes.append(found.astype(np.int32))
-        aliases.append(identifiers[column][found])
-    return pa.table(
-        {
-            "kind": np.concatenate(kinds),
-            "code": np.concatenate(codes),
-            "alias": pa.array(np.concatenate(aliases), type=pa.string()),
-        }
-    )
 
 
 def _alias_codes(
@@ -705,7 +832,7 @@ def _erased_customers(aliases: dict[str, str], erased: set[str], key: IdentityKe
     ``<source>:<id>`` and ``id:<canonical>``) is on the erasure list."""
     if not erased:
         return set()
-    return {customer for alias, customer in aliases.items() if _erased(alias, erased, key)}
+    return {customer for alias, customer in aliases.items() if key.is_listed(alias, erased)}
 
 
 def _erased_aliases(
@@ -724,19 +851,10 @@ def _erased_aliases(
 
     def is_erased(alias: str) -> int:
         if _is_session_alias(alias):
-            return int(_erased(alias, erased, key))
+            return int(key.is_listed(alias, erased))
         return int(aliases.get(alias) in customers)
 
     return _alias_codes(identifiers, is_erased).select(["kind", "code"])
-
-
-def _customer_ids_table(customers: pd.Index) -> pa.Table:
-    return pa.table(
-        {
-            "customer": pa.array(np.arange(len(customers), dtype=np.int64)),
-            "customer_id": pa.array(customers.to_numpy(), pa.string()),
-        }
-    )
 
 
 def _customers_table(
@@ -967,29 +1085,26 @@ class _Erasure:
             return False
         if self.aliases.get(alias) in self.customers:
             return True
-        return _erased(alias, self.digests, key)
+        return key.is_listed(alias, self.digests)
 
 
 def _interactions(
     logged: list[tuple[int, pd.DataFrame]],
+    keyed: list[tuple[_Text, pd.Series]],
     configs: list[SourceConfig],
     crosswalk: ItemCrosswalk,
     identity: IdentityConfig,
-    namespace_of: dict[str, str],
     erasure: _Erasure,
     aliases: dict[str, str],
 ) -> pd.DataFrame:
-    """The event logs' interaction records (stitched) with their customer's canonical id and
-    the merge's outcome (``training.interactions.merged_outcomes``). Values are worked on
-    once per distinct value, as in ``_parse``."""
+    """The event logs' interaction records (stitched) with their customer's canonical id
+    (``keyed``: each log's ``_keyed_records``; ``aliases``: each of their aliases' customer)
+    and the merge's outcome (``training.interactions.merged_outcomes``). Values are worked
+    on once per distinct value, as in ``_parse``."""
     parts = []
     latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE
-    for position, raw in logged:
+    for (position, raw), (customer, alias) in zip(logged, keyed, strict=True):
         source = configs[position]
-        customer = _text(raw, "customer_id")
-        ids, emails, phones = _key_aliases(customer.values, identity.rules, namespace_of)
-        alias = ids.where(ids != "", _prefixed(EMAIL, emails))
-        alias = alias.where(alias != "", _prefixed(PHONE, phones))
         canonical = alias.map(aliases).fillna("")
         erased = alias.map(lambda value: erasure.covers(value, identity.key))
         item = _text(raw, "item_id")
@@ -1030,6 +1145,18 @@ def _interactions(
             )
         )
     return records_frame(parts)
+
+
+def _keyed_records(
+    raw: pd.DataFrame, identity: IdentityConfig, namespace_of: dict[str, str]
+) -> tuple[_Text, pd.Series]:
+    """An event log's interaction records' customer keys (``raw``'s), and each distinct
+    key as the alias its customer is known by: its id's, else its email's, else its
+    phone's ("" for none)."""
+    customer = _text(raw, "customer_id")
+    ids, emails, phones = _key_aliases(customer.values, identity.rules, namespace_of)
+    alias = ids.where(ids != "", _prefixed(EMAIL, emails))
+    return customer, alias.where(alias != "", _prefixed(PHONE, phones))
 
 
 def _prefixed(kind: str, values: pd.Series) -> pd.Series:
@@ -1167,11 +1294,6 @@ def load_erasures(identity: IdentityConfig) -> set[str]:
 
 def _is_session_alias(alias: str) -> bool:
     return alias.startswith(SESSION_PREFIX)
-
-
-def _erased(alias: str, erased: set[str], key: IdentityKey) -> bool:
-    """Listed under the current secret or a retired one (records from before a rotation)."""
-    return any(value in erased for value in key.all_hex(alias))
 
 
 def _normalised(values: pd.Series, normalise: Callable[[str], str | None]) -> pd.Series:

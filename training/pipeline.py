@@ -33,7 +33,7 @@ from recsvc.bundle import (
     sha256_file,
 )
 from recsvc.errors import BundleError
-from recsvc.identity import CANONICAL, IdentityKey, alias_table
+from recsvc.identity import CANONICAL, AliasDigests, IdentityKey, alias_table
 from recsvc.manifest import (
     Accounting,
     Catalog,
@@ -145,18 +145,21 @@ def train(
     # On Spark: what the executors built, whose confidences ALS learns from.
     executors: SparkDataset | None = None
     if merged.rows is not None:
-        with progress.step("the matrix, tiers, signals and segments (Spark executors)"):
+        assert merged.spark_aliases is not None  # kept on the executors with the rows
+        with progress.step("the matrix, tiers, signals, segments, alias table (Spark executors)"):
             try:
                 contributions = _source_summaries(
                     config.sources, contributions_on_executors(merged.rows)
                 )
                 executors = built_on_executors(
                     merged.rows,
+                    merged.spark_aliases,
                     merged.interactions,
                     merged.item_groups,
                     config.model,
                     config.tiers,
                     config.engine,
+                    config.identity.key,
                     sum(
                         counts[outcome]
                         for counts in merged.accounting.values()
@@ -166,14 +169,17 @@ def train(
             finally:
                 merged.rows.release()
         data, crm, segments = executors.data, executors.crm, executors.segments
+        digests = executors.alias_digests
         try:
             interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
-            digests = alias_digests(merged.aliases, data.customer_ids, config.identity.key)
         except BaseException:
             executors.release()  # from here on, the try around the fits releases them
             raise
         merged = dataclasses.replace(
-            merged, aliases={}, interactions=merged.interactions.iloc[:0].copy(), rows=None
+            merged,
+            interactions=merged.interactions.iloc[:0].copy(),
+            rows=None,
+            spark_aliases=None,
         )
     else:
         if not (
@@ -438,9 +444,6 @@ def _usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-AliasDigests = tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int32]]
 
 
 def alias_digests(

@@ -27,6 +27,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from recsvc.bundle import CANDIDATES, BundleArrays
+from recsvc.identity import AliasDigests
 from recsvc.policy import TierTable
 from recsvc.ranker import Ranker
 from training.config import EngineConfig, ModelParams
@@ -42,8 +43,6 @@ from training.tiers import Crm
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
-
-    from training.pipeline import AliasDigests
 
 # The arrays the executors write, one row per customer.
 CUSTOMER_PARTS = ("user_factors", *CANDIDATES)

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from recsvc.bundle import CUSTOMER_FIGURES, TRIGGER_ARRAYS
+from recsvc.identity import AliasDigests, IdentityKey
 from recsvc.manifest import Contribution
 from recsvc.policy import tier_indices
 from training.config import EngineConfig, ModelParams
@@ -51,6 +52,7 @@ from training.spark_candidates import (
     part_name,
     save_part,
 )
+from training.spark_identity import alias_digests_on_executors
 from training.tiers import (
     Crm,
     CustomerLines,
@@ -177,11 +179,13 @@ class MergedRows:
 
 def built_on_executors(
     merged: MergedRows,
+    aliases: DataFrame,
     records: pd.DataFrame,
     item_groups: dict[str, str],
     params: ModelParams,
     tiers: TierConfig,
     engine: EngineConfig,
+    key: IdentityKey,
     row_count: int,
 ) -> SparkDataset:
     """The dataset, tiers, signals, triggers and segments of the merged rows (``row_count``
@@ -189,7 +193,8 @@ def built_on_executors(
     time: the dataset and each range's purchase lines and sales first
     (``dataset_on_executors``), then the population every range's tiers depend on (the
     tier table's percentiles by Spark), then each range's tiers, signals, triggers and
-    best sellers (``crm_on_executors``)."""
+    best sellers (``crm_on_executors``). Then the bundle's alias table of ``aliases``
+    (alias, customer), each digested with ``key`` and given its customer's row in the dataset."""
     session = spark_session(engine.master, tuple(sorted(engine.conf.items())))
     half_life, trend_half_life = params.half_life_days, params.trend_half_life_days
     items = item_sales_on_executors(merged.frame, merged.vocabulary, half_life, trend_half_life)
@@ -221,6 +226,8 @@ def built_on_executors(
             tiers,
             population,
         )
+        digests = alias_digests_on_executors(aliases, directory / "customer_ids.npy", key, engine)
+        # Last: persisted until the fits are done, released by ``SparkDataset.release``.
         ratings = ratings_on_executors(
             session, feedback_directory, written, params, len(items.item_ids)
         )
@@ -231,7 +238,9 @@ def built_on_executors(
     finally:
         # The joined files stay readable through their memory maps until these are dropped.
         shutil.rmtree(directory, ignore_errors=True)
-    return SparkDataset(data, crm, segments, ratings, feedback_directory, customer_side_directory)
+    return SparkDataset(
+        data, crm, segments, digests, ratings, feedback_directory, customer_side_directory
+    )
 
 
 def ratings_on_executors(
@@ -307,12 +316,13 @@ def contributions_on_executors(merged: MergedRows) -> dict[str, Contribution]:
 class SparkDataset:
     """What the executors build of the merged rows, joined and memory-mapped: the
     dataset, the tiers and signals (``training.tiers.build_crm``'s), the best sellers per
-    segment (``training.segments.SegmentSales.arrays``); and, left on the executors, the
-    confidences ALS learns and what the ranking reads of each customer."""
+    segment (``training.segments.SegmentSales.arrays``), the alias table; and, left on the
+    executors, the confidences ALS learns and what the ranking reads of each customer."""
 
     data: TrainingData
     crm: Crm
     segments: dict[str, NDArray[Any]]
+    alias_digests: AliasDigests
     # What Spark's ALS learns from, held on the executors until ``release``d (its feedback
     # parts, which the item-item fit reads too, are kept until then, under
     # ``feedback_directory``).

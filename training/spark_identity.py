@@ -5,8 +5,17 @@ depend on what it linked before. A guard only ever looks inside one connected co
 the alias graph, though, and a component's links are applied in the same order whatever else
 is linked, so each component links the same on its own. Spark finds the components; each
 task runs ``link_nodes``, the single-host code, on the whole components of its partition.
-The driver gets each alias's customer and the refusals' counts and first examples, never the
-graph or the records.
+Each alias's customer stays on the executors, and so does what the merge makes of it (the
+service's lookups, the erasure list's matches, the customers' numbers, the bundle's alias
+table); the driver gets counts, the refusals' first examples, the erased customers and the
+customers of the event logs' aliases.
+
+The frames the merge's tables are made of here are checkpointed on the executors
+(``localCheckpoint``), not persisted: a persisted frame carries its whole plan, and these
+nest (linking's, the rows'), so that their plans' text alone overran 2 GB of the driver's
+heap on the reference data. A local checkpoint is not recomputed: an executor lost before
+the bundle is written fails the run (start it again). Spark's cleaner drops the checkpoints
+once the driver's JVM has collected the frames.
 
 The aliases go to the executors as they are (emails and phone numbers included), and the
 identity key with the tasks: on a shared cluster, turn on Spark's authentication and
@@ -15,19 +24,26 @@ encryption (docs/scaling.md, "On a cluster").
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial, reduce
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from recsvc.identity import IdentityKey
-from training.engine import quiet
+from recsvc.identity import CANONICAL, SESSION_PREFIX, AliasDigests, IdentityKey
+from training.config import EngineConfig
+from training.engine import SparkEngine, parts_directory, quiet
 from training.identity import MAX_EXAMPLES, Identity, LinkRules, Refusal, link_nodes
+from training.spark_candidates import join_parts, save_part
+from training.spark_sources import vocabulary_codes
 
 if TYPE_CHECKING:
+    from pyspark import Broadcast
     from pyspark.sql import DataFrame
 
 # A task's answer, one schema for three kinds of row: an alias and its customer; a guard's
@@ -53,12 +69,66 @@ LINKED = pa.schema(
 NODE, PAIR, LINK = range(3)
 
 
+@dataclass(frozen=True)
+class LinkedOnSpark:
+    """What ``link_on_spark`` linked: each alias's customer (``customer_of``: alias,
+    customer), checkpointed on the executors (Spark's cleaner drops it once unreferenced);
+    the refusals' counts and first examples."""
+
+    customer_of: DataFrame
+    refused: dict[str, int]
+    examples: dict[str, list[Refusal]]
+
+    def report(self) -> dict[str, Any]:
+        """``Identity.report``, its counts made by Spark."""
+        from pyspark.sql import functions as F
+
+        sizes = self.customer_of.groupBy("customer").count()
+        counts = sizes.agg(
+            F.count("*").alias("customers"),
+            F.sum("count").alias("aliases"),
+            F.count(F.when(F.col("count") > 1, True)).alias("several"),
+        ).first()
+        assert counts is not None
+        return Identity({}, self.refused, self.examples).report() | {
+            "customers": int(counts["customers"]),
+            "aliases": int(counts["aliases"] or 0),
+            "customers_with_several_aliases": int(counts["several"]),
+        }
+
+    def collected(self) -> Identity:
+        """Brought to the driver, as ``training.identity.link_nodes`` answers: for a test's
+        aliases, not a shop's."""
+        return Identity(collected_aliases(self.customer_of), self.refused, self.examples)
+
+
+def customers_of(aliases: DataFrame, wanted: set[str]) -> dict[str, str]:
+    """The customer of each of the ``wanted`` aliases that ``aliases`` (alias, customer)
+    holds: a few, brought to the driver."""
+    from pyspark.sql import functions as F
+
+    if not wanted:
+        return {}
+    with quiet():
+        asked = aliases.sparkSession.createDataFrame(
+            pa.table({"alias": pa.array(sorted(wanted), pa.string())})
+        )
+    return collected_aliases(aliases.join(F.broadcast(asked), "alias"))
+
+
+def collected_aliases(frame: DataFrame) -> dict[str, str]:
+    """An (alias, customer) frame as a dict on the driver."""
+    with quiet():
+        table = frame.select("alias", "customer").toArrow()
+    return dict(zip(table["alias"].to_pylist(), table["customer"].to_pylist(), strict=True))
+
+
 def link_on_spark(
     records: DataFrame,
     crosswalk: list[tuple[str, str]],
     rules: LinkRules,
     key: IdentityKey,
-) -> Identity:
+) -> LinkedOnSpark:
     """``link_nodes`` of the aliases ``records`` carry together (a string column per alias
     kind, NULL where a record has none) and of the ``crosswalk`` pairs, in the file's order."""
     from pyspark.sql import functions as F
@@ -123,17 +193,18 @@ def link_on_spark(
     linked.persist()
     try:
         with quiet():
-            assigned = linked.where(F.col("kind") == ALIAS).select("alias", "customer").toArrow()
             # Each task's refusal counts and first examples: a few rows a task, in one action
             # (each action costs seconds on a small cluster).
             reports = linked.where(F.col("kind") != ALIAS).toArrow().to_pylist()
+        # Checkpointed: the plans that read it (the merge's tables) would otherwise carry
+        # linking's and the rows' whole plans, several times over
+        # (``training.engine.SparkEngine.load_computed``).
+        customer_of = linked.where(F.col("kind") == ALIAS).select("alias", "customer")
+        customer_of = customer_of.localCheckpoint()
     finally:
         linked.unpersist()
         links.unpersist()
         chains.unpersist()
-    customer_of = dict(
-        zip(assigned["alias"].to_pylist(), assigned["customer"].to_pylist(), strict=True)
-    )
     refused: dict[str, int] = {}
     found: dict[str, list[Refusal]] = {}
     for row in reports:
@@ -143,7 +214,7 @@ def link_on_spark(
             continue
         order = (int(row["stage"]), int(row["row"]), row["first"], row["second"])
         found.setdefault(reason, []).append(Refusal(order, row["example"]))
-    return Identity(
+    return LinkedOnSpark(
         customer_of,
         refused,
         {
@@ -275,3 +346,252 @@ def _link_partition(
     ]
     if answer:
         yield pa.RecordBatch.from_pylist(answer, schema=LINKED)
+
+
+# The merge's identity side on the executors (``training.merge``): the identifier
+# vocabularies, each alias's customer and the erasure list's matches stay in Spark; the
+# driver gets counts, and the customers the erasure list names (one at most per listed alias).
+
+
+def alias_names(identifiers: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """(kind, code, alias) of every alias in the vocabularies of ``columns``
+    (``identifiers``: column, code, value; ``kind`` the column's position in ``columns``),
+    blanks left out."""
+    from pyspark.sql import functions as F
+
+    kind = F.array_position(F.array(*(F.lit(column) for column in columns)), F.col("column"))
+    return identifiers.where(F.col("column").isin(list(columns)) & (F.col("value") != "")).select(
+        (kind - 1).cast("int").alias("kind"),
+        F.col("code").cast("int"),
+        F.col("value").alias("alias"),
+    )
+
+
+def linkable(names: DataFrame) -> DataFrame:
+    """The aliases of ``names`` (``alias_names``) that are linked: not a session's (only a
+    stitch makes a session a customer's, ``training.sessions``), as the single host's
+    ``training.merge._linkable``."""
+    from pyspark.sql import functions as F
+
+    return names.where(~F.col("alias").startswith(SESSION_PREFIX))
+
+
+def service_aliases(
+    linked: DataFrame, source_ids: DataFrame, identifiers: DataFrame, source_names: list[str]
+) -> DataFrame:
+    """(alias, customer): every alias the service finds a customer by. The ``linked``
+    aliases; each source's raw ids as ``<source>:<id>`` (``source_ids``: source_position and
+    the codes raw_id and id_alias), the customer of the row's id alias; each customer's
+    ``id:<customer>``. Where two of those name one alias the later wins, as the single
+    host's dict updates do."""
+    from pyspark.sql import functions as F
+
+    def vocabulary(column: str, code: str, value: str) -> DataFrame:
+        return identifiers.where(F.col("column") == column).select(
+            F.col("code").alias(code), F.col("value").alias(value)
+        )
+
+    names = F.array(*(F.lit(name) for name in source_names))
+    lookups = (
+        source_ids.join(vocabulary("raw_customer_id", "raw_id", "raw"), "raw_id")
+        .join(vocabulary("id_alias", "id_alias", "alias"), "id_alias")
+        .join(linked, "alias")
+        .select(
+            F.concat(F.element_at(names, F.col("source_position") + 1), F.lit(":"), "raw").alias(
+                "alias"
+            ),
+            "customer",
+        )
+    )
+    canonical = (
+        linked.select("customer")
+        .distinct()
+        .select(F.concat(F.lit(f"{CANONICAL}:"), "customer").alias("alias"), "customer")
+    )
+    ranked = [
+        frame.select("alias", "customer", F.lit(rank).alias("rank"))
+        for rank, frame in enumerate([linked, lookups, canonical])
+    ]
+    return (
+        reduce(lambda one, other: one.unionByName(other), ranked)
+        .groupBy("alias")
+        .agg(F.max_by("customer", "rank").alias("customer"))
+    )
+
+
+def erased_customers(aliases: DataFrame, erasures: set[str], key: IdentityKey) -> set[str]:
+    """The customers one of whose aliases (``aliases``: alias, customer) is on the erasure
+    list (``erasures``, alias digests)."""
+    if not erasures:
+        return set()
+    listed, shared = _listed(aliases, erasures, key)
+    try:
+        with quiet():
+            found = listed.select("customer").distinct().toArrow()
+    finally:
+        shared.destroy()
+    return set(found.column("customer").to_pylist())
+
+
+def erased_aliases(
+    names: DataFrame,
+    aliases: DataFrame,
+    customers: set[str],
+    erasures: set[str],
+    key: IdentityKey,
+) -> DataFrame:
+    """(kind, code) of every alias of ``names`` (``alias_names``) whose customer
+    (``aliases``) is one of the erased ``customers``, and of every session alias on the
+    list (a session is nobody's customer unless stitched), as ``training.merge`` finds them
+    on one host; checkpointed."""
+    from pyspark.sql import functions as F
+
+    session = names.sparkSession
+    with quiet():
+        erased = session.createDataFrame(
+            pa.table({"customer": pa.array(sorted(customers), pa.string())})
+        )
+    theirs = linkable(names).join(aliases.join(F.broadcast(erased), "customer"), "alias")
+    sessions, shared = _listed(
+        names.where(F.col("alias").startswith(SESSION_PREFIX)), erasures, key
+    )
+    try:
+        both = theirs.select("kind", "code").unionByName(sessions.select("kind", "code"))
+        return both.localCheckpoint()
+    finally:
+        shared.destroy()
+
+
+def customer_tables(
+    sql: SparkEngine, names: DataFrame, aliases: DataFrame
+) -> tuple[DataFrame, DataFrame]:
+    """The merge's ``customers`` (kind, code, customer) and ``customer_ids`` (customer,
+    customer_id) tables, checkpointed: each alias of ``names`` (``alias_names``) with its
+    customer's code (``aliases``), the customers numbered from 1 in ascending order of their
+    ids, 0 (id "") for nobody."""
+    from pyspark.sql import functions as F
+
+    codes, _ = vocabulary_codes(sql, aliases.select("customer"), ["customer"])
+    nobody = sql.session.range(1).select(
+        F.lit(0).cast("long").alias("customer"), F.lit("").alias("customer_id")
+    )
+    customer_ids = codes.select(
+        (F.col("code") + 1).cast("long").alias("customer"), F.col("value").alias("customer_id")
+    ).unionByName(nobody)
+    customers = names.join(aliases, "alias").join(
+        customer_ids.withColumnRenamed("customer", "number").withColumnRenamed(
+            "customer_id", "customer"
+        ),
+        "customer",
+    )
+    customers = customers.select("kind", "code", F.col("number").alias("customer"))
+    tables = customers.localCheckpoint(), customer_ids.localCheckpoint()
+    sql.release(codes)
+    return tables
+
+
+def _listed(
+    frame: DataFrame, erasures: set[str], key: IdentityKey
+) -> tuple[DataFrame, Broadcast[Any]]:
+    """The rows of ``frame`` whose ``alias`` is on the erasure list, and the broadcast list
+    and key they read (for the caller to destroy once they are computed)."""
+    shared = frame.sparkSession.sparkContext.broadcast((erasures, key))
+    with quiet():
+        return frame.mapInArrow(partial(_listed_rows, shared=shared), frame.schema), shared
+
+
+def _listed_rows(batches: Iterator[pa.RecordBatch], shared: Any) -> Iterator[pa.RecordBatch]:
+    erasures, key = shared.value
+    for batch in batches:
+        aliases = batch.column(batch.schema.get_field_index("alias")).to_pylist()
+        yield batch.filter(pa.array([key.is_listed(alias, erasures) for alias in aliases]))
+
+
+# Digest halves are unsigned; Spark sorts signed longs. With the sign bit flipped, the
+# signed order is the unsigned one.
+_SIGN = np.uint64(1 << 63)
+_DIGESTED = pa.schema([("high", pa.int64()), ("low", pa.int64()), ("row", pa.int32())])
+_WRITTEN = pa.schema([("part", pa.int32()), ("count", pa.int64())])
+ALIAS_ARRAYS = ("alias_high", "alias_low", "alias_rows")
+
+
+def alias_digests_on_executors(
+    aliases: DataFrame, customer_ids: Path, key: IdentityKey, engine: EngineConfig
+) -> AliasDigests:
+    """The bundle's alias table (``recsvc.identity.alias_table``) of ``aliases`` (alias,
+    customer), made by the executors: each alias of a customer in the model
+    (``customer_ids``: the model's ids, ascending, as an ``.npy`` file every executor
+    reads) digested with ``key`` and given the customer's row, sorted by Spark, each
+    sorted partition written as ``.npy`` parts that the driver joins byte for byte and
+    memory-maps."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    session = aliases.sparkSession
+    directory = parts_directory(engine)
+    shared = session.sparkContext.broadcast((key, str(customer_ids)))
+    try:
+        with quiet():
+            digested = aliases.mapInArrow(
+                partial(_digested, shared=shared), from_arrow_schema(_DIGESTED)
+            )
+            written = (
+                digested.orderBy("high", "low")
+                .mapInArrow(
+                    partial(_write_digests, directory=str(directory)), from_arrow_schema(_WRITTEN)
+                )
+                .toArrow()
+                .sort_by("part")
+            )
+        parts = written.column("part").to_pylist()
+        total = int(pa.compute.sum(written.column("count")).as_py() or 0)
+        if not total:
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int32)
+        high, low, rows = (join_parts(directory, name, parts, total) for name in ALIAS_ARRAYS)
+        return high, low, rows
+    finally:
+        shared.destroy()  # it holds the identity secret
+        # The joined files stay readable through their memory maps.
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _digested(batches: Iterator[pa.RecordBatch], shared: Any) -> Iterator[pa.RecordBatch]:
+    """A task: each alias of a customer in the model as its digest's halves (sign bits
+    flipped) and the customer's row."""
+    key, path = shared.value
+    customer_ids = np.load(path, mmap_mode="r")
+    for batch in batches:
+        customers = np.asarray(
+            batch.column(batch.schema.get_field_index("customer")).to_numpy(zero_copy_only=False),
+            dtype=str,
+        )
+        rows = np.searchsorted(customer_ids, customers)
+        found = rows < len(customer_ids)
+        found[found] = customer_ids[rows[found]] == customers[found]
+        aliases = batch.column(batch.schema.get_field_index("alias")).filter(pa.array(found))
+        digests = b"".join(key.digest(alias) for alias in aliases.to_pylist())
+        halves = np.frombuffer(digests, ">u8").reshape(-1, 2).astype(np.uint64) ^ _SIGN
+        signed = halves.view(np.int64)
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(signed[:, 0]),
+                pa.array(signed[:, 1]),
+                pa.array(rows[found].astype(np.int32)),
+            ],
+            schema=_DIGESTED,
+        )
+
+
+def _write_digests(batches: Iterator[pa.RecordBatch], directory: str) -> Iterator[pa.RecordBatch]:
+    """A task: its sorted partition of digests as ``.npy`` parts named by the partition."""
+    from pyspark import TaskContext
+
+    table = pa.Table.from_batches(list(batches), schema=_DIGESTED)
+    if not table.num_rows:
+        return
+    context = TaskContext.get()
+    assert context is not None
+    part = context.partitionId()
+    for name, column in zip(ALIAS_ARRAYS[:2], ("high", "low"), strict=True):
+        save_part(Path(directory), name, part, table[column].to_numpy().view(np.uint64) ^ _SIGN)
+    save_part(Path(directory), "alias_rows", part, table["row"].to_numpy())
+    yield pa.RecordBatch.from_pylist([{"part": part, "count": table.num_rows}], schema=_WRITTEN)

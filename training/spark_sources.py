@@ -10,11 +10,11 @@ as on one host, and sent to Spark parsed.
 Spark then numbers the rows in source order (each file's after the files before it) and gives
 each text value its position in its column's sorted vocabulary, as the single host does, so
 the merge's queries read the same ``rows`` table on either engine. The driver collects the
-vocabularies, except the order ids' (which grow with purchases); the identifiers' grow with
-customers (docs/scaling.md, "When to switch"). A file's quarantined rows, raw values
-included, stay in Spark as one row per file until the merge has decided which are an erased
-customer's; then the executors write them as the quarantine file's parts
-(``write_quarantine``).
+catalog's vocabularies (items, descriptions, countries); the order ids' (which grow with
+purchases) and the identifiers' (which grow with customers) stay on the executors. A
+file's quarantined rows, raw values included, stay in Spark as one row per file until the
+merge has decided which are an erased customer's; then the executors write them as the
+quarantine file's parts (``write_quarantine``).
 """
 
 from __future__ import annotations
@@ -125,14 +125,16 @@ def parsed_schema(text_columns: list[str]) -> pa.Schema:
 class SparkRows:
     """The parsed rows in Spark: ``rows`` as the merge's queries read it (``ROW_COLUMNS`` and
     ``erased``), ``values`` (row_id, VALUE_COLUMNS and a code per text column but the
-    order's and the identifiers'), the collected ``vocabulary`` of each text column but the
-    order ids', each file's ``quarantine`` row (source_position, file, quarantine, and
-    ``start``, its first row's row_id), and each database source's content as the data
-    fingerprint takes it, by source name."""
+    order's and the identifiers'), the collected ``vocabulary`` of each catalog-sized text
+    column (items, descriptions, countries), the ``identifiers``' vocabularies left on the
+    executors (column, code, value: they grow with customers), each file's ``quarantine``
+    row (source_position, file, quarantine, and ``start``, its first row's row_id), and each
+    database source's content as the data fingerprint takes it, by source name."""
 
     rows: DataFrame
     values: DataFrame
     vocabulary: dict[str, pa.Array]
+    identifiers: DataFrame
     quarantine: DataFrame
     database_contents: dict[str, str]
 
@@ -156,11 +158,13 @@ def rows_on_spark(
     sources: list[SourceInput],
     parse: Parse,
     text_columns: list[str],
+    identifier_columns: list[str],
     event_logs: list[int],
 ) -> SparkRows:
     """Every source's rows parsed and coded in Spark: ``SourceFiles`` and ``DatabaseSlices``
     by the executors, one task per file or slice; ``SourceRows`` (read by the driver) here,
-    then sent. Empties ``sources``.
+    then sent. Empties ``sources``. The vocabularies of ``identifier_columns`` (and the
+    order ids') stay on the executors.
     What it persists, ``sql`` holds until the merge ends."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -224,6 +228,7 @@ def rows_on_spark(
         all_parsed.where(F.col("row_in_file").isNotNull()),
         all_parsed.where(F.col("quarantine").isNotNull()),
         text_columns,
+        identifier_columns,
         event_logs,
     )
     sql.release(all_parsed)
@@ -408,6 +413,7 @@ def _coded(
     parsed: DataFrame,
     quarantine: DataFrame,
     text_columns: list[str],
+    identifier_columns: list[str],
     event_logs: list[int],
 ) -> SparkRows:
     """``parsed`` numbered in source order, its text as codes into sorted vocabularies;
@@ -428,7 +434,7 @@ def _coded(
         )
     )
     quarantine.count()
-    codes, sizes = _vocabulary_codes(sql, parsed, text_columns)
+    codes, sizes = vocabulary_codes(sql, parsed, text_columns)
     for number, column in enumerate(text_columns):
         of_column = codes.where(F.col("column") == number).select(
             F.col("value").alias(column), F.col("code").alias(f"{column}_code")
@@ -451,8 +457,9 @@ def _coded(
             *(code(column) for column in text_columns),
         )
     )
+    on_executors = [text_columns.index(column) for column in ["order", *identifier_columns]]
     collected = (
-        codes.where(F.col("column") != text_columns.index("order"))
+        codes.where(~F.col("column").isin(on_executors))
         .orderBy("column", "code")
         .select("column", "value")
         .toArrow()
@@ -461,9 +468,18 @@ def _coded(
     vocabulary = {
         column: collected.column("value").filter(pa.array(numbers == number)).combine_chunks()
         for number, column in enumerate(text_columns)
-        if column != "order"
+        if number not in on_executors
     }
-    numbered.count()  # persisted, so that the strings and their codes can go
+    names = F.array(*(F.lit(column) for column in text_columns))
+    identifiers = sql.hold(
+        codes.where(F.col("column").isin(on_executors[1:])).select(
+            F.element_at(names, F.col("column") + 1).alias("column"),
+            F.col("code").cast("int").alias("code"),
+            "value",
+        )
+    )
+    numbered.count()  # persisted, as the identifiers are, so that the codes can go
+    identifiers.count()
     sql.release(codes)
 
     rows = numbered.select(
@@ -493,10 +509,10 @@ def _coded(
             for column in VALUE_COLUMNS
         ),
     )
-    return SparkRows(rows, values, vocabulary, quarantine, {})
+    return SparkRows(rows, values, vocabulary, identifiers, quarantine, {})
 
 
-def _vocabulary_codes(
+def vocabulary_codes(
     sql: SparkEngine, parsed: DataFrame, text_columns: list[str]
 ) -> tuple[DataFrame, dict[int, int]]:
     """(column, value, code): each text column's distinct values, ``code`` the value's place
