@@ -196,9 +196,7 @@ def link_on_spark(
             # Each task's refusal counts and first examples: a few rows a task, in one action
             # (each action costs seconds on a small cluster).
             reports = linked.where(F.col("kind") != ALIAS).toArrow().to_pylist()
-        # Checkpointed: the plans that read it (the merge's tables) would otherwise carry
-        # linking's and the rows' whole plans, several times over
-        # (``training.engine.SparkEngine.load_computed``).
+        # Checkpointed, not persisted: see the module's docstring.
         customer_of = linked.where(F.col("kind") == ALIAS).select("alias", "customer")
         customer_of = customer_of.localCheckpoint()
     finally:
