@@ -236,7 +236,8 @@ def test_the_item_side_adds_up_from_any_split_of_the_rows() -> None:
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
     """Four sources with three id schemes, an item and a customer crosswalk, lines that
     overlap between sources and repeat inside one, cancellations, non-products, bad values,
-    malformed CSV rows, anonymous rows, a replayed event log and two erased customers."""
+    malformed CSV rows, anonymous rows, a replayed event log with anonymous visits (one
+    signed in, one erased) and two erased customers."""
     directory = tmp_path_factory.mktemp("synthetic")
     rng = random.Random(7)
     skus = [f"{20000 + n}" for n in range(40)]
