@@ -279,15 +279,9 @@ def merge_sources(
         names = [source.name for source in configs]
         accounting = _accounting(sql.query(ACCOUNTING), names)
         # The event logs' records need their aliases' customers: on Spark, only theirs come
-        # here (the logs are read here too). A session has none unless stitched.
+        # here (the logs are read here too).
         keyed = [_keyed_records(raw, identity, namespace_of) for _, raw in logged]
-        wanted = {
-            alias
-            for _, aliases in keyed
-            for alias in aliases
-            if alias and not _is_session_alias(alias)
-        }
-        erasure, logged_customers = identities.of_aliases(wanted)
+        erasure, logged_customers = identities.of_aliases(keyed)
         spark_merged: MergedRows | None = None
         spark_aliases: DataFrame | None = None
         if isinstance(sql, SparkEngine) and isinstance(identities, _IdentityOnSpark):
@@ -608,9 +602,9 @@ class _IdentityHere:
     erasure: _Erasure
     customers: pd.Index
 
-    def of_aliases(self, wanted: set[str]) -> tuple[_Erasure, dict[str, str]]:
-        """What the event logs' records need of their aliases (``wanted``): erasure and each
-        alias's customer (here, every alias's)."""
+    def of_aliases(self, keyed: list[tuple[_Text, pd.Series]]) -> tuple[_Erasure, dict[str, str]]:
+        """What the event logs' records need of their aliases (``keyed``: each log's
+        ``_keyed_records``): erasure and each alias's customer (here, every alias's)."""
         return self.erasure, self.aliases
 
 
@@ -627,8 +621,15 @@ class _IdentityOnSpark:
     erased_customers: set[str]
     erasures: set[str]
 
-    def of_aliases(self, wanted: set[str]) -> tuple[_Erasure, dict[str, str]]:
-        """As ``_IdentityHere.of_aliases``, for the ``wanted`` aliases alone."""
+    def of_aliases(self, keyed: list[tuple[_Text, pd.Series]]) -> tuple[_Erasure, dict[str, str]]:
+        """As ``_IdentityHere.of_aliases``, for the logs' own aliases alone (a session has
+        no customer unless stitched)."""
+        wanted = {
+            alias
+            for _, aliases in keyed
+            for alias in aliases
+            if alias and not _is_session_alias(alias)
+        }
         before = spark_identity.customers_of(self.before, wanted) if self.erasures else {}
         erasure = _Erasure(before, self.erased_customers, self.erasures)
         return erasure, spark_identity.customers_of(self.aliases, wanted)
