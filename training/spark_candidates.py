@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -323,6 +323,37 @@ def save_part(directory: Path, name: str, first: int, array: NDArray[Any]) -> No
     with staged.open("wb") as handle:
         np.save(handle, np.ascontiguousarray(array))
     staged.replace(target)
+
+
+def write_sorted_parts(
+    ordered: DataFrame, directory: Path, arrays: Callable[[pa.Table], dict[str, NDArray[Any]]]
+) -> tuple[list[int], int]:
+    """Each sorted partition of ``ordered`` written by its task as ``.npy`` parts under
+    ``directory`` (``arrays`` of the partition's rows, by name), numbered by the partition;
+    the numbers of the parts written, in order (for ``join_parts``), and the rows they hold.
+    A sort's partitions hold ascending ranges, so the parts join in the sorted order."""
+    from pyspark import TaskContext
+
+    folder = str(directory)
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        received = list(batches)
+        if not received or not sum(batch.num_rows for batch in received):
+            return
+        table = pa.Table.from_batches(received)
+        context = TaskContext.get()
+        assert context is not None
+        part = context.partitionId()
+        for name, values in arrays(table).items():
+            save_part(Path(folder), name, part, values)
+        yield pa.RecordBatch.from_pydict(
+            {"part": pa.array([part], pa.int32()), "count": pa.array([table.num_rows], pa.int64())}
+        )
+
+    with quiet():
+        written = ordered.mapInArrow(write, "part int, count long").toArrow().sort_by("part")
+    total = int(pa.compute.sum(written.column("count")).as_py() or 0)
+    return written.column("part").to_pylist(), total
 
 
 def join_parts(directory: Path, name: str, firsts: list[int], total: int) -> NDArray[Any]:

@@ -51,6 +51,7 @@ from training.spark_candidates import (
     owned_lists,
     part_name,
     save_part,
+    write_sorted_parts,
 )
 from training.spark_identity import alias_digests_on_executors
 from training.tiers import (
@@ -907,47 +908,23 @@ def _sorted_triggers(session: SparkSession, directory: Path) -> dict[str, NDArra
     """Every range's triggers in the order one history's are (time, customer row, kind;
     then the order its customer's came in), sorted by Spark; each sorted partition's
     written as parts by its task and joined here in partition order ({}: there are none)."""
-    from pyspark import TaskContext
-
     triggers = session.read.parquet(str(directory / TRIGGERS))
     ordered = triggers.orderBy("trigger_at", "row", "trigger_kinds", "position")
-    folder = str(directory)
 
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        received = list(batches)
-        if not received:
-            return
-        table = pa.Table.from_batches(received)
-        context = TaskContext.get()
-        assert context is not None
-        part = context.partitionId()
-        widths = {}
+    def arrays(table: pa.Table) -> dict[str, NDArray[Any]]:
+        found = {}
         for name in TRIGGER_ARRAYS:
             values = table.column(name).to_numpy(zero_copy_only=False)
-            if name in _TRIGGER_TEXT:
-                values = values.astype(str)
-                widths[name] = max(1, values.dtype.itemsize // 4)
-            save_part(Path(folder), name, part, values)
-        save_part(
-            Path(folder), "trigger_rows", part, table.column("row").to_numpy().astype(np.int32)
-        )
-        yield pa.RecordBatch.from_pydict(
-            {
-                "part": pa.array([part], pa.int32()),
-                "count": pa.array([table.num_rows], pa.int64()),
-                **{f"{name}_width": pa.array([widths[name]], pa.int32()) for name in _TRIGGER_TEXT},
-            }
-        )
+            found[name] = values.astype(str) if name in _TRIGGER_TEXT else values
+        found["trigger_rows"] = table.column("row").to_numpy().astype(np.int32)
+        return found
 
-    schema = "part int, count long, " + ", ".join(f"{name}_width int" for name in _TRIGGER_TEXT)
-    with quiet():
-        written = ordered.mapInArrow(write, schema).toArrow().sort_by("part")
-    parts = written.column("part").to_pylist()
-    total = int(pa.compute.sum(written.column("count")).as_py() or 0)
+    parts, total = write_sorted_parts(ordered, directory, arrays)
     if not parts:
         return {}
     for name in _TRIGGER_TEXT:
-        _widen(directory, name, parts, max(written.column(f"{name}_width").to_pylist()))
+        widths = [np.load(directory / part_name(name, part), mmap_mode="r").dtype for part in parts]
+        _widen(directory, name, parts, max(1, *(width.itemsize // 4 for width in widths)))
     return {
         name: join_parts(directory, name, parts, total)
         for name in ("trigger_rows", *TRIGGER_ARRAYS)

@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from recsvc.identity import CANONICAL, SESSION_PREFIX, AliasDigests, IdentityKey
 from training.config import EngineConfig
 from training.engine import SparkEngine, parts_directory, quiet
 from training.identity import MAX_EXAMPLES, Identity, LinkRules, Refusal, link_nodes
-from training.spark_candidates import join_parts, save_part
+from training.spark_candidates import join_parts, write_sorted_parts
 from training.spark_sources import vocabulary_codes
 
 if TYPE_CHECKING:
@@ -509,7 +510,6 @@ def _listed_rows(batches: Iterator[pa.RecordBatch], shared: Any) -> Iterator[pa.
 # signed order is the unsigned one.
 _SIGN = np.uint64(1 << 63)
 _DIGESTED = pa.schema([("high", pa.int64()), ("low", pa.int64()), ("row", pa.int32())])
-_WRITTEN = pa.schema([("part", pa.int32()), ("count", pa.int64())])
 ALIAS_ARRAYS = ("alias_high", "alias_low", "alias_rows")
 
 
@@ -532,16 +532,7 @@ def alias_digests_on_executors(
             digested = aliases.mapInArrow(
                 partial(_digested, shared=shared), from_arrow_schema(_DIGESTED)
             )
-            written = (
-                digested.orderBy("high", "low")
-                .mapInArrow(
-                    partial(_write_digests, directory=str(directory)), from_arrow_schema(_WRITTEN)
-                )
-                .toArrow()
-                .sort_by("part")
-            )
-        parts = written.column("part").to_pylist()
-        total = int(pa.compute.sum(written.column("count")).as_py() or 0)
+        parts, total = write_sorted_parts(digested.orderBy("high", "low"), directory, _halves)
         if not total:
             return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int32)
         high, low, rows = (join_parts(directory, name, parts, total) for name in ALIAS_ARRAYS)
@@ -579,17 +570,10 @@ def _digested(batches: Iterator[pa.RecordBatch], shared: Any) -> Iterator[pa.Rec
         )
 
 
-def _write_digests(batches: Iterator[pa.RecordBatch], directory: str) -> Iterator[pa.RecordBatch]:
-    """A task: its sorted partition of digests as ``.npy`` parts named by the partition."""
-    from pyspark import TaskContext
-
-    table = pa.Table.from_batches(list(batches), schema=_DIGESTED)
-    if not table.num_rows:
-        return
-    context = TaskContext.get()
-    assert context is not None
-    part = context.partitionId()
-    for name, column in zip(ALIAS_ARRAYS[:2], ("high", "low"), strict=True):
-        save_part(Path(directory), name, part, table[column].to_numpy().view(np.uint64) ^ _SIGN)
-    save_part(Path(directory), "alias_rows", part, table["row"].to_numpy())
-    yield pa.RecordBatch.from_pylist([{"part": part, "count": table.num_rows}], schema=_WRITTEN)
+def _halves(table: pa.Table) -> dict[str, NDArray[Any]]:
+    """A sorted partition's digests as the alias table's arrays (sign bits flipped back)."""
+    return {
+        "alias_high": table["high"].to_numpy().view(np.uint64) ^ _SIGN,
+        "alias_low": table["low"].to_numpy().view(np.uint64) ^ _SIGN,
+        "alias_rows": table["row"].to_numpy(),
+    }
