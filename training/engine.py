@@ -150,8 +150,10 @@ def sorted_strings(values: pa.Array) -> tuple[NDArray[np.int64], pa.Array]:
 
 
 class SparkEngine:
-    """Spark SQL on the session's cluster. Loaded tables become temporary views; a
-    materialised one is persisted on the executors until the merge ends."""
+    """Spark SQL on the session's cluster. Loaded tables become temporary views, persisted
+    on the executors until the merge ends; a materialised one is checkpointed there (an
+    executor lost before the merge ends fails it, to be run again, as linking's
+    checkpoints do: ``training.spark_identity``)."""
 
     dialect = "spark"
 
@@ -169,7 +171,10 @@ class SparkEngine:
             self.keep(name, self._session.createDataFrame(table).coalesce(parallelism))
 
     def materialise(self, name: str, query: str) -> None:
-        self.keep(name, self._session.sql(transpile(query, self.dialect)))
+        # Checkpointed, not persisted: a persisted table's plan holds the plans of every
+        # persisted table it reads, and the merge's queries read ``rows`` several times
+        # each, so the plan strings Spark builds grew past the driver's heap.
+        self.view(name, self._session.sql(transpile(query, self.dialect)).localCheckpoint())
 
     def query(self, query: str) -> pa.Table:
         with quiet():
