@@ -51,6 +51,7 @@ from training.interactions import (
     records_frame,
 )
 from training.interactions import ERASED as ERASED_RECORD
+from training.interactions import accounting as interaction_accounting
 from training.itemitem import Neighbours, fit_neighbours
 from training.merge import OUTCOMES, MergedHistory, merge_sources
 from training.pipeline import alias_digests, read_sources, served_arrays, source_contents, train
@@ -67,6 +68,7 @@ from training.spark_candidates import (
     spark_served_arrays,
 )
 from training.spark_dataset import ROW_SCHEMA, MergedRows, RowVocabulary, built_on_executors
+from training.spark_events import RECORD_SCHEMA
 from training.spark_identity import link_on_spark
 from training.spark_itemitem import neighbours_on_executors
 from training.tiers import (
@@ -338,7 +340,32 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
                 | moment
                 | {"customer": login, "received_at": received + 2}
             )
+    # A second file: a replayed view (a duplicate across files) and a fourth visit whose
+    # session signs in twice, its later link (by receipt) in the first file: it goes to the
+    # customer of that link.
+    visit = {
+        "customer": "session:v4",
+        "timestamp": "2011-06-20T09:00:00Z",
+        "quantity": None,  # the log's columns, in a file of no purchase
+        "price": None,
+    }
+    later = [
+        {"event_id": "v0-view", "kind": "view", "item_id": skus[5]}
+        | visit
+        | {"customer": "session:v1", "received_at": 1_300_002_001},
+        {"event_id": "v4-view", "kind": "view", "item_id": skus[6], "received_at": 1_300_002_002}
+        | visit,
+        {"event_id": "v4-login-b", "kind": "login", "session": "session:v4"}
+        | visit
+        | {"customer": "101", "received_at": 1_300_002_003},
+    ]
+    events.append(
+        {"event_id": "v4-login-a", "kind": "login", "session": "session:v4"}
+        | visit
+        | {"customer": "email:c102@example.com", "received_at": 1_300_002_005}
+    )
     (directory / "events-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (directory / "events-2.jsonl").write_text("".join(json.dumps(e) + "\n" for e in later))
     write_csv(
         directory / "items.csv",
         ["source", "item_id", "catalog_id", "group"],
@@ -377,6 +404,9 @@ def test_synthetic_sources_merge_alike(synthetic: TrainConfig, spark_engine: Eng
     assert views.loc["20001", "customer_id"] == duck.aliases["customer:101"]
     assert views.loc["20001", "outcome"] == UNDECIDED  # a known customer's, for the dataset
     assert list(views.loc[["20002", "20003"], "outcome"]) == [ANONYMOUS, ERASED_RECORD]
+    assert views.loc["20005", "outcome"] == DUPLICATE  # v1's view replayed, in the next file
+    assert duck.aliases["email:c102@example.com"] != duck.aliases["customer:101"]
+    assert views.loc["20006", "customer_id"] == duck.aliases["email:c102@example.com"]
     assert duck.accounting["live"]["anonymous"] == 1 and duck.accounting["live"]["erased"] == 1
     assert_same(duck, merged_with(synthetic, spark_engine))
 
@@ -714,7 +744,7 @@ def test_the_executors_build_the_dataset_as_one_host_does(
     built = built_on_executors(
         rows,
         aliases,
-        records,
+        records_on_executors(session, records),
         merged.item_groups,
         params,
         tiers,
@@ -735,7 +765,7 @@ def test_the_executors_build_the_dataset_as_one_host_does(
         np.testing.assert_array_equal(found, expected, err_msg=name)
     for name in ("customer_ids", "item_ids", "held_source", "source_names", "item_group"):
         np.testing.assert_array_equal(getattr(data, name), getattr(whole, name), err_msg=name)
-    for name in ("spend", "orders", "interaction_outcome", "titles", "prices"):
+    for name in ("spend", "orders", "titles", "prices"):
         np.testing.assert_array_equal(getattr(data, name), getattr(whole, name), err_msg=name)
     for name in ("popularity", "trending"):
         np.testing.assert_allclose(getattr(data, name), getattr(whole, name), rtol=1e-9)
@@ -752,6 +782,9 @@ def test_the_executors_build_the_dataset_as_one_host_does(
         ANONYMOUS,
         DUPLICATE,
     }
+    # The ranges decide the records and count them; the driver gets the counts alone.
+    assert built.interactions == interaction_accounting(records, whole.interaction_outcome)
+    assert len(built.data.interaction_outcome) == 0
 
     lines = CustomerLines.of(merged.events, whole.customer_ids, whole.settlement)
     crm = build_crm(
@@ -902,6 +935,26 @@ def percentile_tiers(config: TrainConfig) -> TierConfig:
         order_thresholds=(3,),
         thank_you_spend=200.0,
     )
+
+
+def records_on_executors(session: SparkSession, records: pd.DataFrame) -> DataFrame:
+    """Interaction ``records`` (``training.interactions.COLUMNS``) as the merge leaves them
+    on the executors (``training.spark_events.RECORD_SCHEMA``), in order."""
+    stamps = records["timestamp"].to_numpy().astype("datetime64[us]")
+    table = pa.table(
+        {
+            "record": pa.array(np.arange(len(records), dtype=np.int64)),
+            **{
+                column: pa.array(records[column].astype("str").to_numpy(), pa.string())
+                for column in ("source", "kind", "customer_id", "item_id")
+            },
+            "stamp": pa.array(stamps.view(np.int64), mask=np.isnat(stamps)),
+            "trust": pa.array(records["trust"].to_numpy(np.float32)),
+            "outcome": pa.array(records["outcome"].to_numpy(np.int8)),
+        }
+    )
+    with quiet():
+        return session.createDataFrame(table, schema=RECORD_SCHEMA)
 
 
 def planted_records(events: pd.DataFrame, count: int = 400) -> pd.DataFrame:

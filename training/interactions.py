@@ -24,6 +24,7 @@ Steps 1-5 are the merge's (``merged_outcomes``), 6-9 the dataset's (``weigh``). 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -179,6 +180,13 @@ def accounting(
     interactions: pd.DataFrame, outcome: NDArray[np.int8]
 ) -> dict[str, dict[str, dict[str, int]]]:
     """Per source, per kind: ``read`` and the count of each outcome (they add up to it)."""
+    return accounting_of(outcome_counts(interactions, outcome))
+
+
+def outcome_counts(
+    interactions: pd.DataFrame, outcome: NDArray[np.int8]
+) -> list[tuple[str, str, int, int]]:
+    """(source, kind, outcome, records) of each outcome that some records have."""
     assert (outcome >= 0).all(), "every record decided (weigh)"
     counts = (
         pd.DataFrame(
@@ -191,11 +199,21 @@ def accounting(
         .groupby(["source", "kind", "outcome"])
         .size()
     )
+    return [
+        (str(source), str(kind), int(code), int(count))
+        for (source, kind, code), count in zip(counts.index.tolist(), counts.tolist(), strict=True)
+    ]
+
+
+def accounting_of(
+    counts: Iterable[tuple[str, str, int, int]],
+) -> dict[str, dict[str, dict[str, int]]]:
+    """``accounting`` of ``outcome_counts`` (from one place, or summed from several)."""
     found: dict[str, dict[str, dict[str, int]]] = {}
-    for (source, kind, code), count in zip(counts.index.tolist(), counts.tolist(), strict=True):
+    for source, kind, code, count in counts:
         per_kind = found.setdefault(source, {}).setdefault(
             kind, {"read": 0, **dict.fromkeys(OUTCOMES, 0)}
         )
-        per_kind["read"] += int(count)
-        per_kind[OUTCOMES[code]] += int(count)
+        per_kind["read"] += count
+        per_kind[OUTCOMES[code]] += count
     return {source: dict(sorted(kinds.items())) for source, kinds in found.items()}

@@ -67,7 +67,7 @@ from recsvc.schemas import (  # the API's bounds, one definition
     MAX_QUANTITY,
     MAX_UNIT_PRICE,
 )
-from training import spark_identity
+from training import spark_events, spark_identity
 from training.config import EngineConfig, IdentityConfig, ItemRules, SourceConfig
 from training.crosswalk import (
     ItemCrosswalk,
@@ -203,6 +203,12 @@ class MergedHistory:
     # by Spark's cleaner once nothing refers to it.
     rows: MergedRows | None = None
     spark_aliases: DataFrame | None = None
+    # and the event logs' interaction records (``training.spark_events.RECORD_SCHEMA``;
+    # ``interactions`` is then empty), checkpointed there.
+    spark_records: DataFrame | None = None
+    # With Spark, which reads the event logs itself: the receipt time of the last purchase
+    # or return they hold (``training.sources.events_through`` of each log read here).
+    events_through: float | None = None
 
 
 def merge_sources(
@@ -245,14 +251,37 @@ def merge_sources(
         identity_rules=identity.rules,
         namespace_of=namespace_of,
     )
+    read_records: _ReadRecords = partial(
+        _LoggedRecords.read,
+        crosswalk=crosswalk,
+        identity=identity,
+        namespace_of=namespace_of,
+        latest=pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE,
+    )
     event_logs = [position for position, source in enumerate(configs) if source.kind == "events"]
     columns = quarantine_columns(configs)
     parsed: Columns | None = None
+    # With Spark: the event logs' records, read by the executors (training.spark_events).
+    logged_on_spark: DataFrame | None = None
+    events_through: float | None = None
     with open_engine(engine) as sql:
         spark_rows: SparkRows | None = None
         if isinstance(sql, SparkEngine):
+            stitched = spark_events.stitched_logs(
+                sql, spark_events.EventLogs.of(sources), erasures, key
+            )
+            events_through = stitched.through
             spark_rows = rows_on_spark(
-                sql, sources, parse, TEXT_COLUMNS, IDENTIFIER_COLUMNS, event_logs
+                sql,
+                sources,
+                parse,
+                TEXT_COLUMNS,
+                IDENTIFIER_COLUMNS,
+                event_logs,
+                spark_events.parsed_purchases(stitched, parse, TEXT_COLUMNS),
+            )
+            logged_on_spark = spark_events.logged_records(
+                stitched, partial(_logged_table, read=read_records, configs=configs)
             )
             sql.view(ROWS, spark_rows.rows)
             sql.view(ROW_VALUES, spark_rows.values)
@@ -278,13 +307,20 @@ def merge_sources(
         sql.materialise(DECIDED, DECIDE.format(relation=relation))
         names = [source.name for source in configs]
         accounting = _accounting(sql.query(ACCOUNTING), names)
-        # The event logs' records need their aliases' customers: on Spark, only theirs come
-        # here (the logs are read here too).
-        keyed = [_keyed_records(raw, identity, namespace_of) for _, raw in logged]
-        erasure, logged_customers = identities.of_aliases(keyed)
         spark_merged: MergedRows | None = None
         spark_aliases: DataFrame | None = None
+        spark_records: DataFrame | None = None
         if isinstance(sql, SparkEngine) and isinstance(identities, _IdentityOnSpark):
+            if logged_on_spark is not None:
+                spark_records = spark_events.records_on_spark(
+                    logged_on_spark,
+                    identities.aliases,
+                    identities.before,
+                    identities.erased_customers,
+                    erasures,
+                    key,
+                    names,
+                )
             spark_merged = MergedRows.held(
                 sql.frame(MERGED_ROWS),
                 RowVocabulary(
@@ -303,12 +339,12 @@ def merge_sources(
         elif isinstance(identities, _IdentityHere):
             customers = identities.customers
             kept = sql.query(KEPT)
+            interactions = _interactions(
+                logged, configs, read_records, identity, identities.erasure, identities.aliases
+            )
     identity_report = msgspec.structs.replace(
         identities.report,
         erasures=erasure_report(identity, sum(counts["erased"] for counts in accounting.values())),
-    )
-    interactions = _interactions(
-        logged, keyed, configs, crosswalk, identity, erasure, logged_customers
     )
     merged = MergedHistory(
         events=pd.DataFrame(),
@@ -317,20 +353,33 @@ def merge_sources(
         aliases=identities.aliases if isinstance(identities, _IdentityHere) else {},
         identity=identity_report,
         item_groups=dict(crosswalk.groups),
-        interactions=interactions,
         database_contents=database_contents,
+        events_through=events_through,
     )
     if spark_merged is not None and spark_aliases is not None:
         if keep_on_executors:
             events = spark_merged.vocabulary.events(row_arrow_schema().empty_table())
             return dataclasses.replace(
-                merged, events=events, rows=spark_merged, spark_aliases=spark_aliases
+                merged,
+                events=events,
+                rows=spark_merged,
+                spark_aliases=spark_aliases,
+                spark_records=spark_records,
             )
         events = spark_merged.collected(customers)
         spark_merged.release()
-        aliases = collected_aliases(spark_aliases)
-        return dataclasses.replace(merged, events=events, aliases=aliases)
+        return dataclasses.replace(
+            merged,
+            events=events,
+            aliases=collected_aliases(spark_aliases),
+            interactions=(
+                records_frame([])
+                if spark_records is None
+                else spark_events.collected_records(spark_records)
+            ),
+        )
     assert parsed is not None
+    merged = dataclasses.replace(merged, interactions=interactions)
     rows_kept = kept.column("row_id").to_numpy()
     values = {column: parsed.pop(column)[rows_kept] for column in _VALUE_COLUMNS}
     del parsed
@@ -602,11 +651,6 @@ class _IdentityHere:
     erasure: _Erasure
     customers: pd.Index
 
-    def of_aliases(self, keyed: list[tuple[_Text, pd.Series]]) -> tuple[_Erasure, dict[str, str]]:
-        """What the event logs' records need of their aliases (``keyed``: each log's
-        ``_keyed_records``): erasure and each alias's customer (here, every alias's)."""
-        return self.erasure, self.aliases
-
 
 @dataclass(frozen=True)
 class _IdentityOnSpark:
@@ -619,20 +663,6 @@ class _IdentityOnSpark:
     report: Identity
     before: DataFrame
     erased_customers: set[str]
-    erasures: set[str]
-
-    def of_aliases(self, keyed: list[tuple[_Text, pd.Series]]) -> tuple[_Erasure, dict[str, str]]:
-        """As ``_IdentityHere.of_aliases``, for the logs' own aliases alone (a session has
-        no customer unless stitched)."""
-        wanted = {
-            alias
-            for _, aliases in keyed
-            for alias in aliases
-            if alias and not _is_session_alias(alias)
-        }
-        before = spark_identity.customers_of(self.before, wanted) if self.erasures else {}
-        erasure = _Erasure(before, self.erased_customers, self.erasures)
-        return erasure, spark_identity.customers_of(self.aliases, wanted)
 
 
 def _link_here(
@@ -692,7 +722,7 @@ def _link_on_spark(
     customers, customer_ids = spark_identity.customer_tables(sql, names, aliases)
     sql.view(CUSTOMERS, customers)
     sql.view(CUSTOMER_IDS, customer_ids)
-    return _IdentityOnSpark(relation, aliases, report, before, erased_customers, erasures)
+    return _IdentityOnSpark(relation, aliases, report, before, erased_customers)
 
 
 # Either engine's identity side.
@@ -1091,73 +1121,142 @@ class _Erasure:
 
 def _interactions(
     logged: list[tuple[int, pd.DataFrame]],
-    keyed: list[tuple[_Text, pd.Series]],
     configs: list[SourceConfig],
-    crosswalk: ItemCrosswalk,
+    read: _ReadRecords,
     identity: IdentityConfig,
     erasure: _Erasure,
     aliases: dict[str, str],
 ) -> pd.DataFrame:
     """The event logs' interaction records (stitched) with their customer's canonical id
-    (``keyed``: each log's ``_keyed_records``; ``aliases``: each of their aliases' customer)
-    and the merge's outcome (``training.interactions.merged_outcomes``). Values are worked
-    on once per distinct value, as in ``_parse``."""
+    (``aliases``: each alias's customer) and the merge's outcome
+    (``training.interactions.merged_outcomes``), in this process. Spark decides them as
+    ``training.spark_events.records_on_spark``."""
     parts = []
-    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE
-    for (position, raw), (customer, alias) in zip(logged, keyed, strict=True):
-        source = configs[position]
-        canonical = alias.map(aliases).fillna("")
-        erased = alias.map(lambda value: erasure.covers(value, identity.key))
+    for position, raw in logged:
+        records = read(raw, configs[position])
+        canonical = records.alias.map(aliases).fillna("")
+        erased = records.alias.map(lambda value: erasure.covers(value, identity.key))
+        parts.append(records.decided(canonical, erased.to_numpy(dtype=bool)))
+    return records_frame(parts)
+
+
+@dataclass(frozen=True)
+class _LoggedRecords:
+    """An event log's interaction records (stitched: a log's, or on Spark a file's) as the
+    merge reads them, before any lookup. Text is worked on once per distinct value, as in
+    ``_parse``: ``alias`` is, per distinct customer key, the alias its customer is known
+    by: its id's, else its email's, else its phone's ("" for none)."""
+
+    source: SourceConfig
+    kind: NDArray[np.object_]
+    customer: _Text
+    alias: pd.Series
+    item_id: NDArray[np.object_]  # in the catalog
+    has_item: NDArray[np.bool_]
+    timestamp: NDArray[np.datetime64]
+    invalid: NDArray[np.bool_]  # step 1 (training.interactions)
+    event_id: _Text
+    file: NDArray[np.integer[Any]]
+    record: NDArray[np.integer[Any]]
+
+    @staticmethod
+    def read(
+        raw: pd.DataFrame,
+        source: SourceConfig,
+        crosswalk: ItemCrosswalk,
+        identity: IdentityConfig,
+        namespace_of: dict[str, str],
+        latest: pd.Timestamp,
+    ) -> _LoggedRecords:
+        """``latest``: the last timestamp not in the future."""
+        customer = _text(raw, "customer_id")
+        ids, emails, phones = _key_aliases(customer.values, identity.rules, namespace_of)
+        alias = ids.where(ids != "", _prefixed(EMAIL, emails))
         item = _text(raw, "item_id")
         stamps = _text(raw, "timestamp")
         timestamp = stamps.per_row(
             parse_timestamps(stamps.values, None, "UTC").to_numpy().astype("datetime64[us]")
         )
         malformed = _text(raw, "malformed")
-        order = _text(raw, "order_id")
-        repeated = pd.Series(order.codes).duplicated().to_numpy() & order.per_row(
-            order.values != ""
-        )
-        kind = raw["kind"].astype("str").to_numpy(dtype=object)
-        outcome = merged_outcomes(
-            kind,
+        return _LoggedRecords(
+            source=source,
+            kind=raw["kind"].astype("str").to_numpy(dtype=object),
+            customer=customer,
+            alias=alias.where(alias != "", _prefixed(PHONE, phones)),
+            item_id=item.per_row(
+                _catalog_items(item.values, source.name, crosswalk).to_numpy(dtype=object)
+            ),
+            has_item=item.per_row(item.values != ""),
+            timestamp=timestamp,
             invalid=malformed.per_row(malformed.values != "")
             | np.isnat(timestamp)
             | (timestamp > latest.to_datetime64()),
-            erased=customer.per_row(erased.to_numpy(dtype=bool)),
-            duplicate=repeated,
-            has_item=item.per_row(item.values != ""),
-            session=customer.per_row(customer.values.map(is_session).to_numpy(dtype=bool)),
-            customer_known=customer.per_row((canonical != "").to_numpy()),
+            event_id=_text(raw, "order_id"),
+            file=raw["file"].to_numpy(),
+            record=raw["record"].to_numpy(),
         )
-        parts.append(
-            pd.DataFrame(
-                {
-                    "source": source.name,
-                    "kind": kind,
-                    "customer_id": customer.per_row(canonical.to_numpy(dtype=object)),
-                    "item_id": item.per_row(
-                        _catalog_items(item.values, source.name, crosswalk).to_numpy(dtype=object)
-                    ),
-                    "timestamp": timestamp,
-                    "trust": np.full(len(raw), source.trust, dtype=np.float32),
-                    "outcome": outcome,
-                }
-            )
+
+    def decided(self, canonical: pd.Series, erased: NDArray[np.bool_]) -> pd.DataFrame:
+        """``training.interactions.COLUMNS`` of the records, given each alias's canonical
+        id (``canonical``, "" for none) and whether its records are erased (``erased``)."""
+        distinct = pd.factorize(self.event_id.values)[0]  # two raw ids may strip to one
+        duplicate = pd.Series(self.event_id.per_row(distinct)).duplicated().to_numpy()
+        outcome = merged_outcomes(
+            self.kind,
+            invalid=self.invalid,
+            erased=self.customer.per_row(erased),
+            duplicate=duplicate & self.event_id.per_row(self.event_id.values != ""),
+            has_item=self.has_item,
+            session=self._session(),
+            customer_known=self.customer.per_row((canonical != "").to_numpy()),
         )
-    return records_frame(parts)
+        return pd.DataFrame(
+            {
+                "source": self.source.name,
+                "kind": self.kind,
+                "customer_id": self.customer.per_row(canonical.to_numpy(dtype=object)),
+                "item_id": self.item_id,
+                "timestamp": self.timestamp,
+                "trust": np.full(len(self.kind), self.source.trust, dtype=np.float32),
+                "outcome": outcome,
+            }
+        )
+
+    def table(self, position: int) -> pa.Table:
+        """The records as ``training.spark_events.LOGGED``'s rows, for Spark to decide
+        (``position``: their source's)."""
+        alias = self.customer.per_row(self.alias.to_numpy(dtype=object))
+        event_id = self.event_id.per_row(self.event_id.values.to_numpy(dtype=object))
+        stamps = self.timestamp.astype("datetime64[us]").view(np.int64)
+        columns = {
+            "record": pa.array(spark_events.record_order(position, self.file, self.record)),
+            "source_position": pa.array(np.full(len(self.kind), position, np.int32)),
+            "kind": pa.array(self.kind, pa.string()),
+            "alias": pa.array(alias, pa.string(), mask=alias == ""),
+            "session": pa.array(self._session()),
+            "item_id": pa.array(self.item_id, pa.string()),
+            "stamp": pa.array(stamps, mask=np.isnat(self.timestamp)),
+            "invalid": pa.array(self.invalid),
+            "has_item": pa.array(self.has_item),
+            "event_id": pa.array(event_id, pa.string(), mask=event_id == ""),
+            "trust": pa.array(np.full(len(self.kind), self.source.trust, np.float32)),
+        }
+        return pa.table(columns, schema=spark_events.LOGGED)
+
+    def _session(self) -> NDArray[np.bool_]:
+        """Whether each record's customer key is a session's still (never stitched)."""
+        return self.customer.per_row(self.customer.values.map(is_session).to_numpy(dtype=bool))
 
 
-def _keyed_records(
-    raw: pd.DataFrame, identity: IdentityConfig, namespace_of: dict[str, str]
-) -> tuple[_Text, pd.Series]:
-    """An event log's interaction records' customer keys (``raw``'s), and each distinct
-    key as the alias its customer is known by: its id's, else its email's, else its
-    phone's ("" for none)."""
-    customer = _text(raw, "customer_id")
-    ids, emails, phones = _key_aliases(customer.values, identity.rules, namespace_of)
-    alias = ids.where(ids != "", _prefixed(EMAIL, emails))
-    return customer, alias.where(alias != "", _prefixed(PHONE, phones))
+# ``_LoggedRecords.read`` of a log's records with the merge's rules bound.
+_ReadRecords = Callable[[pd.DataFrame, SourceConfig], _LoggedRecords]
+
+
+def _logged_table(
+    raw: pd.DataFrame, position: int, read: _ReadRecords, configs: list[SourceConfig]
+) -> pa.Table:
+    """A file's interaction records for Spark (``training.spark_events.ReadRecords``)."""
+    return read(raw, configs[position]).table(position)
 
 
 def _prefixed(kind: str, values: pd.Series) -> pd.Series:

@@ -154,7 +154,7 @@ def train(
                 executors = built_on_executors(
                     merged.rows,
                     merged.spark_aliases,
-                    merged.interactions,
+                    merged.spark_records,
                     merged.item_groups,
                     config.model,
                     config.tiers,
@@ -169,18 +169,8 @@ def train(
             finally:
                 merged.rows.release()
         data, crm, segments = executors.data, executors.crm, executors.segments
-        digests = executors.alias_digests
-        try:
-            interactions = interaction_accounting(merged.interactions, data.interaction_outcome)
-        except BaseException:
-            executors.release()  # from here on, the try around the fits releases them
-            raise
-        merged = dataclasses.replace(
-            merged,
-            interactions=merged.interactions.iloc[:0].copy(),
-            rows=None,
-            spark_aliases=None,
-        )
+        digests, interactions = executors.alias_digests, executors.interactions
+        merged = dataclasses.replace(merged, rows=None, spark_aliases=None, spark_records=None)
     else:
         if not (
             outcome_is(merged.events, "used", "anonymous") & (merged.events["quantity"] > 0)
@@ -321,7 +311,9 @@ def train(
         interactions=interactions,
         # Receipt time of the last reported event learned from; the service only applies
         # events received after it, so none counts twice.
-        events_through=max((t for t in received if t is not None), default=None),
+        events_through=max(
+            (t for t in [*received, merged.events_through] if t is not None), default=None
+        ),
         tiers=crm.policy,
         catalog=Catalog(categories=tuple(taxonomy)),
         channels=config.channels.to_manifest(),

@@ -54,22 +54,53 @@ def stitch_sessions(sources: list[SourceRows], erased: Callable[[str], bool]) ->
     customer_of = _latest_links(frames, erased)
     if not customer_of:
         return Stitched(0, 0)
-    records = 0
-    for _, frame in frames:
-        column = frame[CUSTOMER]
-        keys = pd.Series(column.cat.categories, dtype="str").str.strip()
-        linked = keys.map(customer_of)
-        if not linked.notna().any():
-            continue
-        records += int(np.isin(column.cat.codes.to_numpy(), np.flatnonzero(linked.notna())).sum())
-        renamed = linked.fillna(pd.Series(column.cat.categories, dtype="str"))
-        codes, categories = pd.factorize(renamed)
-        old = column.cat.codes.to_numpy()
-        frame[CUSTOMER] = pd.Categorical.from_codes(
-            np.where(old >= 0, codes[np.maximum(old, 0)], -1), categories=categories
-        )
+    records = sum(rewrite_sessions(frame, customer_of) for _, frame in frames)
     log.info("stitched %d sessions into customers: %d records", len(customer_of), records)
     return Stitched(len(customer_of), records)
+
+
+def rewrite_sessions(frame: pd.DataFrame, customer_of: dict[str, str]) -> int:
+    """In ``frame`` (an event log's records), the customer key of each record made under a
+    session in ``customer_of`` rewritten to that session's customer's; how many were."""
+    column = frame[CUSTOMER]
+    keys = pd.Series(column.cat.categories, dtype="str").str.strip()
+    linked = keys.map(customer_of)
+    if not linked.notna().any():
+        return 0
+    records = int(np.isin(column.cat.codes.to_numpy(), np.flatnonzero(linked.notna())).sum())
+    renamed = linked.fillna(pd.Series(column.cat.categories, dtype="str"))
+    codes, categories = pd.factorize(renamed)
+    old = column.cat.codes.to_numpy()
+    frame[CUSTOMER] = pd.Categorical.from_codes(
+        np.where(old >= 0, codes[np.maximum(old, 0)], -1), categories=categories
+    )
+    return records
+
+
+def session_links(frame: pd.DataFrame, position: int) -> pd.DataFrame | None:
+    """The links of ``frame`` (an event log's records; ``position``: its source's): each
+    record carrying both a session key and a customer's key, as (session, customer,
+    received, source, file, record); None for none."""
+    session = frame[SESSION].astype("str").str.strip()
+    customer = frame[CUSTOMER].astype("str").str.strip()
+    linking = (session != "") & (customer != "") & ~customer.map(is_session)
+    if not linking.any():
+        return None
+    return pd.DataFrame(
+        {
+            "session": session[linking],
+            "customer": customer[linking],
+            "received": frame.loc[linking, RECEIVED_AT],
+            "source": position,
+            "file": frame.loc[linking, "file"],
+            "record": frame.loc[linking, "record"],
+        }
+    )
+
+
+# Which of a session's links is the latest: the last in this order. Spark picks it by the
+# same columns (``training.spark_events``).
+LINK_ORDER = ["received", "source", "file", "record"]
 
 
 def _latest_links(
@@ -77,30 +108,12 @@ def _latest_links(
 ) -> dict[str, str]:
     """Session key -> the customer key of its latest link (frames: with their source's
     position)."""
-    links = []
-    for position, frame in frames:
-        session = frame[SESSION].astype("str").str.strip()
-        customer = frame[CUSTOMER].astype("str").str.strip()
-        linking = (session != "") & (customer != "") & ~customer.map(is_session)
-        if not linking.any():
-            continue
-        links.append(
-            pd.DataFrame(
-                {
-                    "session": session[linking],
-                    "customer": customer[linking],
-                    "received": frame.loc[linking, RECEIVED_AT],
-                    "source": position,
-                    "file": frame.loc[linking, "file"],
-                    "record": frame.loc[linking, "record"],
-                }
-            )
-        )
+    links = [
+        found for position, frame in frames if (found := session_links(frame, position)) is not None
+    ]
     if not links:
         return {}
-    ordered = pd.concat(links, ignore_index=True).sort_values(
-        ["received", "source", "file", "record"], kind="stable"
-    )
+    ordered = pd.concat(links, ignore_index=True).sort_values(LINK_ORDER, kind="stable")
     latest = ordered.drop_duplicates("session", keep="last")
     return {
         session: customer

@@ -87,7 +87,7 @@ class SourceFiles:
     @staticmethod
     def of(source: SourceConfig) -> SourceFiles:
         files = source.files()
-        if not files:
+        if not files and source.kind != "events":  # an event log with no file: none logged
             raise SourceError(
                 f"source {source.name!r}: no file matches {source.path!r} "
                 f"(relative to {source.base_dir})"
@@ -493,14 +493,33 @@ def _read_event_log(source: SourceConfig, files: list[Path]) -> SourceRows:
     other kind in ``interactions``. No file yet (nothing logged) is no rows."""
     purchases, interactions = [], []
     for index, path in enumerate(files or [None]):
-        frame = _no_events() if path is None else _read_events(source, path)
-        frame["file"] = index
-        bought = frame[KIND].isin(["", *PURCHASE_KINDS]).to_numpy()
-        purchases.append(_subset(frame.drop(columns=[KIND]), bought))
-        interactions.append(_subset(frame, ~bought))
+        frame = _no_events(index) if path is None else read_event_file(source, path, index)
+        bought, others = split_event_records(frame)
+        purchases.append(bought)
+        interactions.append(others)
     return SourceRows(
         source, [str(p) for p in files], _concat(purchases), interactions=_concat(interactions)
     )
+
+
+def read_event_file(source: SourceConfig, path: Path, index: int) -> pd.DataFrame:
+    """One file of the event log (``index``: its position among the log's files), every
+    record of it, as ``split_event_records`` takes them."""
+    frame = _read_events(source, path)
+    frame["file"] = index
+    return frame
+
+
+def split_event_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An event log's records as its purchases and returns (``SourceRows.frame``, without
+    ``kind``) and its other records (``SourceRows.interactions``)."""
+    bought = frame[KIND].isin(["", *PURCHASE_KINDS]).to_numpy()
+    return _subset(frame.drop(columns=[KIND]), bought), _subset(frame, ~bought)
+
+
+def purchases_received_through(purchases: pd.DataFrame) -> float | None:
+    """Receipt time of the last of an event log's purchases and returns (None: none)."""
+    return None if purchases.empty else float(purchases[RECEIVED_AT].max())
 
 
 def _subset(frame: pd.DataFrame, rows: NDArray[np.bool_]) -> pd.DataFrame:
@@ -536,11 +555,15 @@ def _read_events(source: SourceConfig, path: Path) -> pd.DataFrame:
     return _numbered(frame)
 
 
-def _no_events() -> pd.DataFrame:
-    """An event log with no record: no rows, the columns a read log has."""
+def _no_events(index: int | None = None) -> pd.DataFrame:
+    """An event log with no record: no rows, the columns a read log has (with ``file``,
+    where ``index`` is given)."""
     frame = pd.DataFrame({field: _blank_text(0) for field in (*EVENTS_COLUMNS, *EVENT_EXTRA)})
     frame[RECEIVED_AT] = np.zeros(0)
-    return _numbered(frame)
+    frame = _numbered(frame)
+    if index is not None:
+        frame["file"] = index
+    return frame
 
 
 def _jsonl_table(source: SourceConfig, path: Path) -> pa.Table | None:
@@ -636,9 +659,9 @@ def _json_text(value: Any) -> str:
 
 def events_through(rows: SourceRows) -> float | None:
     """Receipt time of the last event read from an event log source."""
-    if rows.source.kind != "events" or rows.frame.empty:
+    if rows.source.kind != "events":
         return None
-    return float(rows.frame[RECEIVED_AT].max())
+    return purchases_received_through(rows.frame)
 
 
 def _read_parquet(source: SourceConfig, path: Path) -> pd.DataFrame:

@@ -42,7 +42,7 @@ from training.config import EngineConfig, ModelParams
 from training.dataset import ItemSales, Settlement, TrainingData, build_dataset, group_codes
 from training.engine import parts_directory, quiet, spark_session
 from training.errors import TrainingError
-from training.interactions import records_frame
+from training.interactions import accounting_of, outcome_counts
 from training.segments import Sales, SegmentSales, sales_of
 from training.spark_als import Ratings
 from training.spark_candidates import (
@@ -53,6 +53,7 @@ from training.spark_candidates import (
     save_part,
     write_sorted_parts,
 )
+from training.spark_events import RECORD_SCHEMA, records_of
 from training.spark_identity import alias_digests_on_executors
 from training.tiers import (
     Crm,
@@ -81,12 +82,6 @@ ROW_SCHEMA = (
     "row_id long, outcome int, customer_id string, source_position int, trust float, "
     "quantity double, unit_price double, stamp long, order int, item_id int, "
     "description int, country int"
-)
-# The event logs' interaction records (``training.interactions.COLUMNS``) as sent to the
-# executors, with their position among the records.
-RECORD_SCHEMA = (
-    "record long, source string, kind string, customer_id string, item_id string, "
-    "stamp long, trust float, outcome byte"
 )
 # A matrix of the dataset as its parts are written: per customer row, its entries' count.
 MATRICES = ("interactions", "held", "owned", "feedback")
@@ -181,7 +176,7 @@ class MergedRows:
 def built_on_executors(
     merged: MergedRows,
     aliases: DataFrame,
-    records: pd.DataFrame,
+    records: DataFrame | None,
     item_groups: dict[str, str],
     params: ModelParams,
     tiers: TierConfig,
@@ -190,7 +185,8 @@ def built_on_executors(
     row_count: int,
 ) -> SparkDataset:
     """The dataset, tiers, signals, triggers and segments of the merged rows (``row_count``
-    of them) and interaction ``records``, built by the executors a range of customers at a
+    of them) and interaction ``records`` (``training.spark_events.RECORD_SCHEMA``; None:
+    no event log), built by the executors a range of customers at a
     time: the dataset and each range's purchase lines and sales first
     (``dataset_on_executors``), then the population every range's tiers depend on (the
     tier table's percentiles by Spark), then each range's tiers, signals, triggers and
@@ -203,7 +199,7 @@ def built_on_executors(
     directory = parts_directory(engine)
     feedback_directory, customer_side_directory = parts_directory(engine), parts_directory(engine)
     try:
-        data, written = dataset_on_executors(
+        data, written, interactions = dataset_on_executors(
             session,
             merged,
             records,
@@ -240,7 +236,14 @@ def built_on_executors(
         # The joined files stay readable through their memory maps until these are dropped.
         shutil.rmtree(directory, ignore_errors=True)
     return SparkDataset(
-        data, crm, segments, digests, ratings, feedback_directory, customer_side_directory
+        data,
+        crm,
+        segments,
+        digests,
+        interactions,
+        ratings,
+        feedback_directory,
+        customer_side_directory,
     )
 
 
@@ -324,6 +327,8 @@ class SparkDataset:
     crm: Crm
     segments: dict[str, NDArray[Any]]
     alias_digests: AliasDigests
+    # Per event log, per interaction kind: read and each outcome (training.interactions).
+    interactions: dict[str, dict[str, dict[str, int]]]
     # What Spark's ALS learns from, held on the executors until ``release``d (its feedback
     # parts, which the item-item fit reads too, are kept until then, under
     # ``feedback_directory``).
@@ -373,7 +378,7 @@ def item_sales_on_executors(
 def dataset_on_executors(
     session: SparkSession,
     merged: MergedRows,
-    records: pd.DataFrame,
+    records: DataFrame | None,
     items: ItemSales,
     params: ModelParams,
     item_groups: dict[str, str],
@@ -382,7 +387,7 @@ def dataset_on_executors(
     feedback_directory: Path,
     ranges: int,
     row_count: int,
-) -> tuple[TrainingData, pa.Table]:
+) -> tuple[TrainingData, pa.Table, dict[str, dict[str, dict[str, int]]]]:
     """``build_dataset`` of every merged row and interaction record, with the item side
     ``items`` (``item_sales_on_executors``): a task per range of customers (``ranges`` of
     them, of about as many of the ``row_count`` rows each) writes that range's arrays
@@ -390,7 +395,9 @@ def dataset_on_executors(
     purchase lines and sales are left there as parts (``LINES``, ``SALES``), with its
     customers' spend in the tier window (``window_days``) as a Parquet part, and its
     ``feedback`` entries as a Parquet part under ``feedback_directory``; the second value is
-    what each range's task reported (``_WRITTEN_SCHEMA``), by range."""
+    what each range's task reported (``_WRITTEN_SCHEMA``), by range; the third the
+    interaction records' accounting (``training.interactions.accounting``), counted by the
+    ranges, which decide them."""
     from pyspark.sql import functions as F
 
     bounds = _range_bounds(merged.frame, ranges, row_count)
@@ -399,9 +406,10 @@ def dataset_on_executors(
     customer = F.col("customer_id")
     part = F.when(customer == "", anonymous).otherwise(_part(customer, bounds))
     grouped_rows = merged.frame.withColumn("part", part)
-    with quiet():
-        sent = session.createDataFrame(_records_table(records), schema=RECORD_SCHEMA)
-    grouped_records = sent.withColumn("part", _part(F.col("customer_id"), bounds))
+    if records is None:
+        records = session.createDataFrame([], RECORD_SCHEMA)
+    record_count = records.count()
+    grouped_records = records.withColumn("part", _part(F.col("customer_id"), bounds))
     (directory / WINDOW_SPEND).mkdir()
     (directory / OWNED_ITEMS).mkdir()
     setup = _RangeSetup(
@@ -427,8 +435,15 @@ def dataset_on_executors(
             .sort_by("part")
         )
     shared.unpersist()
-    data = _joined(written, directory, items, merged.vocabulary, item_groups, len(records))
-    return data, written
+    data = _joined(written, directory, items, merged.vocabulary, item_groups)
+    counts = [
+        (source, kind, int(code), int(count))
+        for part in written.column("interactions").to_pylist()
+        for source, kind, code, count in json.loads(part)
+    ]
+    if sum(count for *_, count in counts) != record_count:
+        raise TrainingError("the executors' dataset parts do not decide every record once")
+    return data, written, accounting_of(counts)
 
 
 @dataclass(frozen=True)
@@ -447,8 +462,8 @@ class _RangeSetup:
 _WRITTEN_SCHEMA = (
     "part int, customers long, "
     + ", ".join(f"{name}_entries long" for name in MATRICES)
-    + ", settlement string, customer_id_width int, record array<long>, "
-    "record_outcome array<byte>, hours array<long>, weekdays array<long>"
+    + ", settlement string, customer_id_width int, "
+    "interactions string, hours array<long>, weekdays array<long>"
 )
 
 
@@ -497,41 +512,9 @@ def _part(customer: Any, bounds: list[str]) -> Any:
     return part
 
 
-def _records_table(records: pd.DataFrame) -> pa.Table:
-    stamps = records["timestamp"].to_numpy().astype("datetime64[us]")
-    return pa.table(
-        {
-            "record": pa.array(np.arange(len(records), dtype=np.int64)),
-            **{
-                column: pa.array(records[column].astype("str").to_numpy(), pa.string())
-                for column in ("source", "kind", "customer_id", "item_id")
-            },
-            "stamp": pa.array(stamps.view(np.int64), mask=np.isnat(stamps)),
-            "trust": pa.array(records["trust"].to_numpy(np.float32)),
-            "outcome": pa.array(records["outcome"].to_numpy(np.int8)),
-        }
-    )
-
-
-def _records_frame(logged: pa.Table) -> pd.DataFrame:
-    stamps = logged.column("stamp").fill_null(np.iinfo(np.int64).min).to_numpy()
-    frame = pd.DataFrame(
-        {
-            **{
-                column: logged.column(column).to_numpy(zero_copy_only=False).astype(str)
-                for column in ("source", "kind", "customer_id", "item_id")
-            },
-            "timestamp": stamps.view("datetime64[us]"),
-            "trust": logged.column("trust").to_numpy().astype(np.float32),
-            "outcome": logged.column("outcome").to_numpy().astype(np.int8),
-        }
-    )
-    return records_frame([frame])
-
-
 def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup) -> pa.Table:
     """One range's dataset, written as its part files; what the driver needs to join them."""
-    logged = logged.sort_by("record")
+    records = records_of(logged)
     events = setup.vocabulary.events(mine)
     params, items = setup.params, setup.items
     data = build_dataset(
@@ -539,7 +522,7 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
         params.half_life_days,
         params.trend_half_life_days,
         setup.item_groups,
-        _records_frame(logged),
+        records,
         params.weights,
         items=items,
     )
@@ -595,8 +578,9 @@ def _build_range(part: int, mine: pa.Table, logged: pa.Table, setup: _RangeSetup
             },
             "settlement": pa.array([json.dumps(data.settlement.report)]),
             "customer_id_width": pa.array([width], pa.int32()),
-            "record": pa.array([logged.column("record").to_numpy()], pa.list_(pa.int64())),
-            "record_outcome": pa.array([data.interaction_outcome], pa.list_(pa.int8())),
+            "interactions": pa.array(
+                [json.dumps(outcome_counts(records, data.interaction_outcome))]
+            ),
             "hours": pa.array([hours], pa.list_(pa.int64())),
             "weekdays": pa.array([weekdays], pa.list_(pa.int64())),
         }
@@ -623,7 +607,6 @@ def _joined(
     items: ItemSales,
     vocabulary: RowVocabulary,
     item_groups: dict[str, str],
-    record_count: int,
 ) -> TrainingData:
     parts = written.column("part").to_pylist()
 
@@ -657,15 +640,6 @@ def _joined(
         for figure, value in json.loads(figures).items():
             report[figure] = report.get(figure, 0) + value
     report["clamped_quantity"] = round(report["clamped_quantity"], 4)  # as settle_returns
-    outcome = np.full(record_count, -1, np.int8)
-    for positions, outcomes in zip(
-        written.column("record").to_pylist(),
-        written.column("record_outcome").to_pylist(),
-        strict=True,
-    ):
-        outcome[positions] = outcomes
-    if (outcome < 0).any():
-        raise TrainingError("the executors' dataset parts do not decide every record once")
     return TrainingData(
         customer_ids=joined("customer_ids", customers),
         item_ids=items.item_ids,
@@ -687,7 +661,8 @@ def _joined(
             np.zeros(0, np.intp), np.zeros(0), np.zeros(0, "datetime64[us]"), report
         ),
         feedback=matrices["feedback"],
-        interaction_outcome=outcome,
+        # Decided and counted by the ranges (``dataset_on_executors``), not gathered here.
+        interaction_outcome=np.zeros(0, np.int8),
     )
 
 

@@ -7,8 +7,8 @@ is linked, so each component links the same on its own. Spark finds the componen
 task runs ``link_nodes``, the single-host code, on the whole components of its partition.
 Each alias's customer stays on the executors, and so does what the merge makes of it (the
 service's lookups, the erasure list's matches, the customers' numbers, the bundle's alias
-table); the driver gets counts, the refusals' first examples, the erased customers and the
-customers of the event logs' aliases.
+table, the event logs' records' customers: ``training.spark_events``); the driver gets
+counts, the refusals' first examples and the erased customers.
 
 The frames the merge's tables are made of here are checkpointed on the executors
 (``localCheckpoint``), not persisted: a persisted frame carries its whole plan, and these
@@ -101,20 +101,6 @@ class LinkedOnSpark:
         """Brought to the driver, as ``training.identity.link_nodes`` answers: for a test's
         aliases, not a shop's."""
         return Identity(collected_aliases(self.customer_of), self.refused, self.examples)
-
-
-def customers_of(aliases: DataFrame, wanted: set[str]) -> dict[str, str]:
-    """The customer of each of the ``wanted`` aliases that ``aliases`` (alias, customer)
-    holds: a few, brought to the driver."""
-    from pyspark.sql import functions as F
-
-    if not wanted:
-        return {}
-    with quiet():
-        asked = aliases.sparkSession.createDataFrame(
-            pa.table({"alias": pa.array(sorted(wanted), pa.string())})
-        )
-    return collected_aliases(aliases.join(F.broadcast(asked), "alias"))
 
 
 def collected_aliases(frame: DataFrame) -> dict[str, str]:
@@ -423,7 +409,7 @@ def erased_customers(aliases: DataFrame, erasures: set[str], key: IdentityKey) -
     list (``erasures``, alias digests)."""
     if not erasures:
         return set()
-    listed, shared = _listed(aliases, erasures, key)
+    listed, shared = listed_aliases(aliases, erasures, key)
     try:
         with quiet():
             found = listed.select("customer").distinct().toArrow()
@@ -451,7 +437,7 @@ def erased_aliases(
             pa.table({"customer": pa.array(sorted(customers), pa.string())})
         )
     theirs = linkable(names).join(aliases.join(F.broadcast(erased), "customer"), "alias")
-    sessions, shared = _listed(
+    sessions, shared = listed_aliases(
         names.where(F.col("alias").startswith(SESSION_PREFIX)), erasures, key
     )
     try:
@@ -489,7 +475,7 @@ def customer_tables(
     return tables
 
 
-def _listed(
+def listed_aliases(
     frame: DataFrame, erasures: set[str], key: IdentityKey
 ) -> tuple[DataFrame, Broadcast[Any]]:
     """The rows of ``frame`` whose ``alias`` is on the erasure list, and the broadcast list

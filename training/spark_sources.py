@@ -4,8 +4,8 @@ Each file of a CSV, JSONL or Parquet source, and each slice of a PostgreSQL sour
 (``training.sources.DatabaseSlices``), is one task, which runs the single-host reader
 (``training.sources.read_file``, ``read_slice``) and parser (``training.merge``'s ``_parse``)
 on it, so the driver never holds those sources' rows. The service's event logs (their sessions
-are stitched across the whole log, ``training.sessions``) are read and parsed by the driver,
-as on one host, and sent to Spark parsed.
+are stitched across the whole log first) are read by the executors too, in passes of their
+own (``training.spark_events``).
 
 Spark then numbers the rows in source order (each file's after the files before it) and gives
 each text value its position in its column's sorted vocabulary, as the single host does, so
@@ -93,8 +93,9 @@ _TYPED = [
 # ids at scale, a large shop's customers) is joined by shuffling the rows. At 2 M purchases
 # (every vocabulary under it) coding took 15.1 s, against 18.6 s with every one shuffled.
 BROADCAST_BYTES = 64 << 20
-# The kinds the executors read: files, a task each; a database, a task per slice.
-EXECUTOR_KINDS = ("csv", "jsonl", "parquet", "postgresql")
+# The kinds the executors read: files, a task each; a database, a task per slice; the
+# service's event logs, a task per file in each of their passes (``training.spark_events``).
+EXECUTOR_KINDS = ("csv", "jsonl", "parquet", "postgresql", "events")
 # Identifiers and orders are NULL in ``rows`` where blank; items are not (a blank item is
 # quarantined), descriptions and countries are only values.
 _NULL_WHEN_BLANK = {"raw_customer_id", "id_alias", "email_alias", "phone_alias", "order"}
@@ -160,11 +161,13 @@ def rows_on_spark(
     text_columns: list[str],
     identifier_columns: list[str],
     event_logs: list[int],
+    event_log_rows: DataFrame | None,
 ) -> SparkRows:
     """Every source's rows parsed and coded in Spark: ``SourceFiles`` and ``DatabaseSlices``
     by the executors, one task per file or slice; ``SourceRows`` (read by the driver) here,
-    then sent. Empties ``sources``. The vocabularies of ``identifier_columns`` (and the
-    order ids') stay on the executors.
+    then sent; the event logs' (at ``event_logs``) are ``event_log_rows``, parsed by
+    ``training.spark_events``. Empties ``sources``. The vocabularies of
+    ``identifier_columns`` (and the order ids') stay on the executors.
     What it persists, ``sql`` holds until the merge ends."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -172,9 +175,11 @@ def rows_on_spark(
     session = sql.session
     parallelism = session.sparkContext.defaultParallelism
     files = _Files([], {}, {}, {}, {}, {}, text_columns)
-    parts: list[DataFrame] = []
+    parts: list[DataFrame] = [] if event_log_rows is None else [event_log_rows]
     for position in range(len(sources)):
         entry = sources.pop(0)
+        if position in event_logs:
+            continue
         if isinstance(entry, SourceFiles):
             paths = [str(path) for path in entry.files]
             files.sources[position] = entry.source
@@ -198,7 +203,7 @@ def rows_on_spark(
         parsed, encoded, quarantine = parse(entry, position)
         del entry
         table = pa.Table.from_batches(
-            _parsed_batches(parsed, encoded, quarantine, position, 0, text_columns),
+            parsed_batches(parsed, encoded, quarantine, position, 0, text_columns),
             schema=parsed_schema(text_columns),
         )
         del parsed, encoded, quarantine
@@ -350,12 +355,12 @@ def _parse_files(
                 yield pa.RecordBatch.from_pylist([{"error": message}], schema=schema)
                 continue
             del frame
-            yield from _parsed_batches(
+            yield from parsed_batches(
                 parsed, encoded, quarantine, position, index, files.text_columns, content
             )
 
 
-def _parsed_batches(
+def parsed_batches(
     parsed: Columns,
     encoded: dict[str, pa.DictionaryArray],
     quarantine: pd.DataFrame,
