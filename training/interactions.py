@@ -216,4 +216,4 @@ def accounting_of(
         )
         per_kind["read"] += count
         per_kind[OUTCOMES[code]] += count
-    return {source: dict(sorted(kinds.items())) for source, kinds in found.items()}
+    return {source: dict(sorted(kinds.items())) for source, kinds in sorted(found.items())}

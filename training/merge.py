@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -75,7 +76,7 @@ from training.crosswalk import (
     load_item_crosswalk,
     training_alias,
 )
-from training.engine import Engine, SparkEngine, sorted_strings
+from training.engine import Engine, SparkEngine, parts_directory, sorted_strings
 from training.engine import engine as open_engine
 from training.errors import SourceError
 from training.identity import PRIMARY_NAMESPACE, link_nodes
@@ -254,7 +255,7 @@ def merge_sources(
     read_records: _ReadRecords = partial(
         _LoggedRecords.read,
         crosswalk=crosswalk,
-        identity=identity,
+        rules=identity.rules,  # not the key: on Spark this goes to the tasks
         namespace_of=namespace_of,
         latest=pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE,
     )
@@ -267,8 +268,10 @@ def merge_sources(
     with open_engine(engine) as sql:
         spark_rows: SparkRows | None = None
         if isinstance(sql, SparkEngine):
+            snapshots = parts_directory(engine)  # the event logs' copies
+            sql.closing(partial(shutil.rmtree, snapshots, ignore_errors=True))
             stitched = spark_events.stitched_logs(
-                sql, spark_events.EventLogs.of(sources), erasures, key
+                sql, spark_events.EventLogs.of(sources, snapshots), erasures, key
             )
             events_through = stitched.through
             spark_rows = rows_on_spark(
@@ -281,7 +284,7 @@ def merge_sources(
                 spark_events.parsed_purchases(stitched, parse, TEXT_COLUMNS),
             )
             logged_on_spark = spark_events.logged_records(
-                stitched, partial(_logged_table, read=read_records, configs=configs)
+                stitched, partial(_logged_table, read=read_records, logs=stitched.logs.sources)
             )
             sql.view(ROWS, spark_rows.rows)
             sql.view(ROW_VALUES, spark_rows.values)
@@ -1164,13 +1167,13 @@ class _LoggedRecords:
         raw: pd.DataFrame,
         source: SourceConfig,
         crosswalk: ItemCrosswalk,
-        identity: IdentityConfig,
+        rules: IdentityRules,
         namespace_of: dict[str, str],
         latest: pd.Timestamp,
     ) -> _LoggedRecords:
         """``latest``: the last timestamp not in the future."""
         customer = _text(raw, "customer_id")
-        ids, emails, phones = _key_aliases(customer.values, identity.rules, namespace_of)
+        ids, emails, phones = _key_aliases(customer.values, rules, namespace_of)
         alias = ids.where(ids != "", _prefixed(EMAIL, emails))
         item = _text(raw, "item_id")
         stamps = _text(raw, "timestamp")
@@ -1253,10 +1256,11 @@ _ReadRecords = Callable[[pd.DataFrame, SourceConfig], _LoggedRecords]
 
 
 def _logged_table(
-    raw: pd.DataFrame, position: int, read: _ReadRecords, configs: list[SourceConfig]
+    raw: pd.DataFrame, position: int, read: _ReadRecords, logs: dict[int, SourceConfig]
 ) -> pa.Table:
-    """A file's interaction records for Spark (``training.spark_events.ReadRecords``)."""
-    return read(raw, configs[position]).table(position)
+    """A file's interaction records for Spark (``training.spark_events.ReadRecords``;
+    ``logs``: the event logs, by position)."""
+    return read(raw, logs[position]).table(position)
 
 
 def _prefixed(kind: str, values: pd.Series) -> pd.Series:

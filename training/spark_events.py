@@ -4,7 +4,10 @@ An event log's anonymous sessions are stitched into the customers who signed in 
 across the whole log (``training.sessions``), before its records are parsed, so a log is
 read in three passes of a task per file, and the driver holds none of its records:
 
-1. **Links.** Each task reads its file and gives its links (a record carrying both a
+1. **Links.** Each task copies its file (``EventLogs.snapshot``: the service appends to its
+   logs and rewrites them on an erasure while the trainer runs, and every pass must read
+   the same records, as the single host reads a file once; the copies are removed when the
+   merge ends), reads the copy and gives its links (a record carrying both a
    session and a customer's key: ``training.sessions.session_links``), how many records
    each distinct customer key has, and the receipt time of its last purchase. Spark keeps
    each session's latest link (the last in ``training.sessions.LINK_ORDER``), drops the
@@ -25,6 +28,9 @@ the ranges.
 from __future__ import annotations
 
 import logging
+import shutil
+import socket
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from recsvc.identity import IdentityKey
@@ -104,6 +111,9 @@ _LINKS = pa.schema(
 )
 
 
+MAX_FILES = 1 << 16  # an event log's files ``record_order`` tells apart
+
+
 def record_order(
     position: int, file: NDArray[np.integer[Any]], record: NDArray[np.integer[Any]]
 ) -> NDArray[np.int64]:
@@ -118,17 +128,20 @@ def record_order(
 @dataclass(frozen=True)
 class EventLogs:
     """The event logs' files, as the tasks read them: task -> (source position, file
-    index, path)."""
+    index, path); and the directory (on storage every executor reaches) where pass 1 copies
+    each file, which every pass then reads: the service appends to its logs and rewrites
+    them on an erasure while the trainer runs, and the passes must read the same records."""
 
     tasks: list[tuple[int, int, str]]
     sources: dict[int, SourceConfig]
     files: dict[int, list[str]]
+    snapshots: str
 
     @staticmethod
-    def of(sources: list[SourceInput]) -> EventLogs:
+    def of(sources: list[SourceInput], snapshots: Path) -> EventLogs:
         """The event logs of ``sources`` (listed by ``SourceFiles``: on Spark the
         executors read them)."""
-        logs = EventLogs([], {}, {})
+        logs = EventLogs([], {}, {}, str(snapshots))
         for position, entry in enumerate(sources):
             if entry.source.kind != "events":
                 continue
@@ -139,10 +152,26 @@ class EventLogs:
                 )
             assert isinstance(entry, SourceFiles)
             paths = [str(path) for path in entry.files]
+            if len(paths) >= MAX_FILES:
+                raise SourceError(
+                    f"source {entry.source.name!r}: {len(paths):,} files; Spark reads at most "
+                    f"{MAX_FILES - 1:,} of an event log (join old ones into fewer files)"
+                )
             logs.sources[position] = entry.source
             logs.files[position] = paths
             logs.tasks.extend((position, index, path) for index, path in enumerate(paths))
         return logs
+
+    def snapshot(self, task: int) -> Path:
+        """Where pass 1 copies task ``task``'s file."""
+        position, index, path = self.tasks[task]
+        return Path(self.snapshots) / f"{position:05d}-{index:09d}-{Path(path).name}"
+
+    def read(self, task: int) -> tuple[int, int, pd.DataFrame]:
+        """Task ``task``'s file as pass 1 copied it: its source's position, its index
+        among the source's files, its records."""
+        position, index, _ = self.tasks[task]
+        return position, index, read_event_file(self.sources[position], self.snapshot(task), index)
 
 
 @dataclass(frozen=True)
@@ -182,31 +211,33 @@ def stitched_logs(
         .agg(F.max_by("customer", F.struct(*LINK_ORDER)).alias("customer"))
     )
     listed_shared = None
-    if erasures:
-        listed, listed_shared = listed_aliases(
-            latest.select(F.col("session").alias("alias")), erasures, key
-        )
-        latest = latest.join(listed.withColumnRenamed("alias", "session"), "session", "left_anti")
     try:
+        if erasures:
+            listed, listed_shared = listed_aliases(
+                latest.select(F.col("session").alias("alias")), erasures, key
+            )
+            latest = latest.join(
+                listed.withColumnRenamed("alias", "session"), "session", "left_anti"
+            )
         stitched = (
             found.where(F.col("uses").isNotNull())
             .select("task", "session", "uses")
             .join(latest, "session")
             .localCheckpoint()
         )
+        sessions = latest.count()  # linked, as the single host counts them, used or not
     finally:
         if listed_shared is not None:
             listed_shared.destroy()  # it holds the identity secret
-    counts = stitched.agg(
-        F.countDistinct("session").alias("sessions"), F.sum("uses").alias("records")
-    ).first()
+    records = stitched.agg(F.sum("uses")).first()
     through = found.agg(F.max("through")).first()
     sql.release(found)
-    if counts is not None and counts["sessions"]:
+    shared.destroy()
+    if sessions:
         log.info(
             "stitched %d sessions into customers: %d records",
-            counts["sessions"],
-            counts["records"],
+            sessions,
+            0 if records is None else records[0],
         )
     every_task = tasks.select(
         F.col("id").cast("int").alias("task"),
@@ -223,11 +254,22 @@ def _links(batches: Iterator[pa.RecordBatch], shared: Any) -> Iterator[pa.Record
     logs: EventLogs = shared.value
     for batch in batches:
         for task in batch.column("id").to_pylist():
-            position, index, path = logs.tasks[task]
+            position, _, path = logs.tasks[task]
             try:
-                frame = read_event_file(logs.sources[position], Path(path), index)
+                snapshot = logs.snapshot(task)
+                staged = snapshot.with_name(f".{snapshot.name}.{uuid.uuid4().hex}")
+                shutil.copyfile(path, staged)
+                staged.replace(snapshot)  # a task run again copies the file whole again
+                position, _, frame = logs.read(task)
             except SourceError as error:
                 yield _links_batch(task=task, error=[str(error)])
+                continue
+            except OSError as error:  # e.g. not on this executor's host: not shared storage
+                message = (
+                    f"source {logs.sources[position].name!r}, file {path}: cannot read it on "
+                    f"executor host {socket.gethostname()} ({error.strerror or error})"
+                )
+                yield _links_batch(task=task, error=[message])
                 continue
             links = session_links(frame, position)
             if links is not None:
@@ -255,12 +297,26 @@ def _links_batch(task: int, **columns: Any) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=_LINKS)
 
 
-def _stitched_file(logs: EventLogs, stitches: pa.Table) -> tuple[int, int, pd.DataFrame]:
-    """A task's file of a group of ``stitches`` (one task's), read with its sessions'
-    customer keys rewritten: its source's position, its index, its records."""
-    task = int(stitches.column("task")[0].as_py())
-    position, index, path = logs.tasks[task]
-    frame = read_event_file(logs.sources[position], Path(path), index)
+def _per_task(
+    batches: Iterator[pa.RecordBatch],
+    logs: EventLogs,
+    handle: Callable[[int, int, pd.DataFrame], pa.Table],
+) -> Iterator[pa.RecordBatch]:
+    """Passes 2 and 3's tasks: each file whose stitches (``StitchedLogs.stitches``' rows,
+    all of a file's in the same partition) it is given, read as pass 1 copied it, its
+    sessions' customer keys rewritten, and handed to ``handle`` (position, index, records)."""
+    given = list(batches)
+    stitches = pa.Table.from_batches(given) if given else _STITCHES.empty_table()
+    for task in pc.unique(stitches.column("task")).to_pylist():
+        position, index, frame = logs.read(task)
+        mine = stitches.filter(pc.equal(stitches.column("task"), task))
+        _rewritten(frame, mine)
+        yield from handle(position, index, frame).to_batches()
+
+
+def _rewritten(frame: pd.DataFrame, stitches: pa.Table) -> None:
+    """``frame``'s records made under the sessions of ``stitches`` (session, customer; NULL
+    session: none) given their customer's key."""
     customer_of = {
         session: customer
         for session, customer in zip(
@@ -272,7 +328,16 @@ def _stitched_file(logs: EventLogs, stitches: pa.Table) -> tuple[int, int, pd.Da
     }
     if customer_of:
         rewrite_sessions(frame, customer_of)
-    return position, index, frame
+
+
+_STITCHES = pa.schema([("task", pa.int32()), ("session", pa.string()), ("customer", pa.string())])
+
+
+def _by_task(stitched: StitchedLogs) -> DataFrame:
+    """The stitches, a partition per file as far as hashing spreads them: a grouping
+    aggregate's partitions could be coalesced into one, reading every file in one task."""
+    assert stitched.stitches is not None
+    return stitched.stitches.repartition(len(stitched.logs.tasks), "task")
 
 
 def parsed_purchases(
@@ -287,20 +352,17 @@ def parsed_purchases(
     schema = parsed_schema(text_columns)
     logs = stitched.logs
 
-    def parsed(stitches: pa.Table) -> pa.Table:
-        try:
-            position, index, frame = _stitched_file(logs, stitches)
-        except SourceError as error:
-            return pa.Table.from_pylist([{"error": str(error)}], schema)
+    def parsed(position: int, index: int, frame: pd.DataFrame) -> pa.Table:
         purchases = split_event_records(frame)[0]
-        del frame
         rows = SourceRows(logs.sources[position], logs.files[position], purchases)
         columns, encoded, quarantine = parse(rows, position)
         batches = parsed_batches(columns, encoded, quarantine, position, index, text_columns)
         return pa.Table.from_batches(list(batches), schema)
 
     with quiet():
-        return stitched.stitches.groupBy("task").applyInArrow(parsed, from_arrow_schema(schema))
+        return _by_task(stitched).mapInArrow(
+            partial(_per_task, logs=logs, handle=parsed), from_arrow_schema(schema)
+        )
 
 
 def logged_records(stitched: StitchedLogs, read_records: ReadRecords) -> DataFrame | None:
@@ -309,14 +371,14 @@ def logged_records(stitched: StitchedLogs, read_records: ReadRecords) -> DataFra
 
     if stitched.stitches is None:
         return None
-    logs = stitched.logs
 
-    def logged(stitches: pa.Table) -> pa.Table:
-        position, _, frame = _stitched_file(logs, stitches)
+    def logged(position: int, _: int, frame: pd.DataFrame) -> pa.Table:
         return read_records(split_event_records(frame)[1], position)
 
     with quiet():
-        return stitched.stitches.groupBy("task").applyInArrow(logged, from_arrow_schema(LOGGED))
+        return _by_task(stitched).mapInArrow(
+            partial(_per_task, logs=stitched.logs, handle=logged), from_arrow_schema(LOGGED)
+        )
 
 
 def records_on_spark(
@@ -339,44 +401,54 @@ def records_on_spark(
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    logged = logged.localCheckpoint()  # read below more than once
     first = Window.partitionBy("source_position", "event_id").orderBy("record")
-    records = logged.withColumn(
-        "duplicate",
-        F.col("event_id").isNotNull() & (F.row_number().over(first) > 1),
-    ).join(aliases.withColumnRenamed("customer", "customer_id"), "alias", "left")
+    identified = F.col("event_id").isNotNull()
+    records = (
+        logged.where(identified)
+        .withColumn("duplicate", F.row_number().over(first) > 1)
+        .unionByName(logged.where(~identified).withColumn("duplicate", F.lit(False)))
+        .join(aliases.withColumnRenamed("customer", "customer_id"), "alias", "left")
+    )
     shared = None
     if erasures:
-        listed, shared = listed_aliases(
-            logged.where(F.col("alias").isNotNull()).select("alias").distinct(), erasures, key
-        )
-        theirs = before.where(F.col("customer").isin(sorted(erased_customers))).select("alias")
-        erased = listed.unionByName(theirs).distinct().withColumn("erased", F.lit(True))
-        records = records.join(erased, "alias", "left")
-    else:
-        records = records.withColumn("erased", F.lit(False))
-    records = records.select(
-        "record",
-        F.element_at(F.array(*map(F.lit, source_names)), F.col("source_position") + 1).alias(
-            "source"
-        ),
-        "kind",
-        F.coalesce("customer_id", F.lit("")).alias("customer_id"),
-        "item_id",
-        "stamp",
-        "trust",
-        "invalid",
-        F.coalesce("erased", F.lit(False)).alias("erased"),
-        "duplicate",
-        "has_item",
-        "session",
-    )
-    try:
         with quiet():
-            decided = records.mapInArrow(_decided, RECORD_SCHEMA).localCheckpoint()
+            erased_frame = logged.sparkSession.createDataFrame(
+                pa.table({"customer": pa.array(sorted(erased_customers), pa.string())})
+            )
+        theirs = before.join(F.broadcast(erased_frame), "customer").select("alias")
+    try:
+        if erasures:
+            listed, shared = listed_aliases(
+                logged.where(F.col("alias").isNotNull()).select("alias").distinct(),
+                erasures,
+                key,
+            )
+            erased = listed.unionByName(theirs).distinct().withColumn("erased", F.lit(True))
+            records = records.join(erased, "alias", "left")
+        else:
+            records = records.withColumn("erased", F.lit(False))
+        records = records.select(
+            "record",
+            F.element_at(F.array(*map(F.lit, source_names)), F.col("source_position") + 1).alias(
+                "source"
+            ),
+            "kind",
+            F.coalesce("customer_id", F.lit("")).alias("customer_id"),
+            "item_id",
+            "stamp",
+            "trust",
+            "invalid",
+            F.coalesce("erased", F.lit(False)).alias("erased"),
+            "duplicate",
+            "has_item",
+            "session",
+        )
+        with quiet():
+            return records.mapInArrow(_decided, RECORD_SCHEMA).localCheckpoint()
     finally:
         if shared is not None:
             shared.destroy()  # it holds the identity secret
-    return decided
 
 
 def _decided(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
