@@ -1,12 +1,14 @@
 """Scale benchmark: a synthetic history, trained and served, with time and peak memory.
 
     python benchmarks/scale.py [--purchases 20000000 --customers 1000000 --items 100000]
-                               [--reuse-data] [--no-serving] [--rounds 1]
+                               [--events 0] [--reuse-data] [--no-serving] [--rounds 1]
 
 Generates purchases with power-law item popularity and skewed customer activity over a year,
 split into three sources with different schemas (two Parquet files and a CSV; the partner
 source keys customers by its own namespace, linked through a customer crosswalk for a tenth
-of them) in one child process (``--reuse-data``: keep what --work-dir already holds). Then
+of them), and with ``--events`` the service's event log as a fourth (views, cart adds,
+purchases and sign-ins, a third under anonymous sessions), in one child process
+(``--reuse-data``: keep what --work-dir already holds). Then
 the bare path in another: reading the files, a customer x item matrix, the trainer's ALS fit
 (BM25 weights, the config's factors and iterations) and implicit's ``recommend`` top-50 for
 every customer. Then ``recsvc train`` in a third. Each child's peak RSS is measured with
@@ -35,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
+from numpy.typing import NDArray
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,7 +94,25 @@ timestamp = "date"
 """
 
 
-def generate(directory: Path, purchases: int, customers: int, items: int, seed: int) -> None:
+# With ``--events``: the service's event log as a fourth source, its views and cart adds
+# weighted.
+EVENTS_CONFIG = """
+[model.weights]
+view = 0.2
+cart_add = 0.5
+
+[[sources]]
+name = "live"
+kind = "events"
+path = "events-*.jsonl"
+"""
+EVENT_LOG_FILES = 4  # a day's file each, as the service rotates them
+
+
+def generate(
+    directory: Path, purchases: int, customers: int, items: int, seed: int, events: int = 0
+) -> None:
+    """``events``: that many records of the service's event log too (``write_event_log``)."""
     rng = np.random.default_rng(seed)
     item_weights = 1.0 / np.arange(1, items + 1) ** 1.05
     item = rng.choice(items, size=purchases, p=item_weights / item_weights.sum())
@@ -134,13 +155,57 @@ def generate(directory: Path, purchases: int, customers: int, items: int, seed: 
     pd.DataFrame(
         {"left": [f"shop:{c}" for c in linked], "right": [f"partner:M{c}" for c in linked]}
     ).to_csv(directory / "crosswalk.csv", index=False)
-    (directory / "scale.toml").write_text(CONFIG)
+    if events:
+        write_event_log(directory, events, customers, item_weights, rng)
+    (directory / "scale.toml").write_text(CONFIG + (EVENTS_CONFIG if events else ""))
 
 
-def generate_apart(directory: Path, purchases: int, customers: int, items: int, seed: int) -> None:
+def write_event_log(
+    directory: Path,
+    records: int,
+    customers: int,
+    item_weights: NDArray[np.float64],
+    rng: np.random.Generator,
+) -> None:
+    """The service's event log (``EVENT_LOG_FILES`` files) after the purchases' year: views,
+    cart adds, purchases and sign-ins, a third of them made under an anonymous session (a
+    twentieth as many sessions as records), which a sign-in links to its customer."""
+    kind = rng.choice(
+        ["view", "cart_add", "purchase", "login"], records, p=[0.75, 0.15, 0.06, 0.04]
+    )
+    customer = rng.choice(customers, records).astype(str)
+    session = np.char.add("session:s", rng.integers(0, max(records // 20, 1), records).astype(str))
+    anonymous = (rng.random(records) < 1 / 3) & (kind != "login")
+    item = np.char.add(
+        "P", rng.choice(len(item_weights), records, p=item_weights / item_weights.sum()).astype(str)
+    )
+    received = 1_735_689_600.0 + np.arange(records) * (4 * 86400 / records)  # from 2025-01-01
+    bought = kind == "purchase"
+    log = pd.DataFrame(
+        {
+            "event_id": np.char.add("e", np.arange(records).astype(str)),
+            "kind": kind,
+            "customer": np.where(anonymous, session, customer),
+            "session": np.where(kind == "login", session, ""),
+            "item_id": np.where(kind == "login", "", item),
+            "quantity": np.where(bought, 1, 0),
+            "price": np.where(bought, 9.99, 0.0),
+            "timestamp": pd.to_datetime(received, unit="s").strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "received_at": received,
+        }
+    )
+    for index, part in enumerate(np.array_split(np.arange(records), EVENT_LOG_FILES)):
+        log.iloc[part].to_json(
+            directory / f"events-{index + 1}.jsonl", orient="records", lines=True
+        )
+
+
+def generate_apart(
+    directory: Path, purchases: int, customers: int, items: int, seed: int, events: int = 0
+) -> None:
     """``generate`` in a process of its own, which exits when done (its memory with it)."""
     generator = multiprocessing.get_context("spawn").Process(
-        target=generate, args=(directory, purchases, customers, items, seed)
+        target=generate, args=(directory, purchases, customers, items, seed, events)
     )
     generator.start()
     generator.join()
@@ -241,6 +306,13 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=0,
+        help="records of the service's event log as a fourth source (views and cart adds "
+        "weighted; the bare path reads the purchases only)",
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("benchmarks/scale-data"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scale.json"))
     parser.add_argument(
@@ -270,7 +342,9 @@ def main() -> int:
     # trainer's own.
     reused = args.reuse_data and config.is_file()
     if not reused:
-        generate_apart(args.work_dir, args.purchases, args.customers, args.items, args.seed)
+        generate_apart(
+            args.work_dir, args.purchases, args.customers, args.items, args.seed, args.events
+        )
     generated = time.perf_counter() - started
     models = args.work_dir / "models"
     rounds = [run_round(config, models) for _ in range(args.rounds)]
@@ -286,6 +360,7 @@ def main() -> int:
         "purchases": args.purchases,
         "customers": args.customers,
         "items": args.items,
+        "events": args.events,
         "generate_s": round(generated, 1),
         "reused_data": reused,
         "bare_s": bare_s,
