@@ -47,6 +47,8 @@ class TrainingData:
     # itself when none is used. Never what is owned.
     feedback: sp.csr_matrix
     # Along the merged interaction records: each one's outcome (training.interactions.OUTCOMES).
+    # Empty where Spark's ranges built the dataset: they count the outcomes themselves
+    # (``training.spark_dataset.SparkDataset.interactions``).
     interaction_outcome: NDArray[np.int8]
 
 
