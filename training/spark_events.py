@@ -237,7 +237,7 @@ def stitched_logs(
         log.info(
             "stitched %d sessions into customers: %d records",
             sessions,
-            0 if records is None else records[0],
+            0 if records is None else records[0] or 0,  # none used: a NULL sum
         )
     every_task = tasks.select(
         F.col("id").cast("int").alias("task"),
