@@ -232,12 +232,15 @@ class RedisClusterProcess:
         self.cli = cli
         self.directory = directory
         self.masters, self.replicas = masters, replicas
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
         # A node's cluster bus port is chosen too: port + 10000 may be taken or past 65535.
-        nodes = masters * (1 + replicas)
+        nodes = self.masters * (1 + self.replicas)
         ports = free_ports(2 * nodes)
         self.ports = ports[:nodes]
         self.bus_ports = dict(zip(self.ports, ports[nodes:], strict=True))
-        self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -268,29 +271,44 @@ class RedisClusterProcess:
                 process.kill()
                 process.wait()
 
+    CREATE_TRIES = 3
+    CREATE_SECONDS = 60
+
     def start(self) -> None:
-        try:
+        """Start the nodes and join them. On a loaded machine a join has timed out (once in
+        a clean-clone run): each try that fails stops its nodes and the next starts afresh,
+        on new ports."""
+        for attempt in range(1, self.CREATE_TRIES + 1):
+            try:
+                self._start_once()
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == self.CREATE_TRIES:
+                    raise
             for port in self.ports:
-                self.start_node(port)
-        except RuntimeError:
-            self.stop()
-            raise
+                shutil.rmtree(self.directory / str(port), ignore_errors=True)
+            self._choose_ports()
+
+    def _start_once(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        created = subprocess.run(
-            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas)]
-            + ["--cluster-yes"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if created.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
         try:
-            self.wait_until_ok(replicated=True)
-        except RuntimeError:
-            self.stop()
-            raise
+            created = subprocess.run(
+                [self.cli, "--cluster", "create", *nodes]
+                + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=self.CREATE_SECONDS,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(
+                f"redis-cli --cluster create did not finish in {self.CREATE_SECONDS} s"
+            ) from error
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
+        self.wait_until_ok(replicated=True)
 
     def wait_until_ok(self, seconds: float = 30.0, replicated: bool = False) -> None:
         """Until every running node reports ``cluster_state:ok`` (every slot served), and with
