@@ -21,14 +21,16 @@ class RateLimiter:
         self.default_rate = default_rate  # for keys without their own; 0: unlimited
         self._local = LocalBuckets(clock)
 
-    def wait(self, key: ApiKey | None, customer: str | None = None) -> float:
+    def wait(
+        self, key: ApiKey | None, customer: str | None = None, send: str | None = None
+    ) -> float:
         """0.0 if ``key`` may make one more request now, else the seconds until it may (None:
         no key, authentication off: always 0.0). In the same store round trip, what the
-        request will read for the customer with the store key ``customer`` is read ahead
-        (``Store.take_and_read``)."""
+        request will read for the customer with the store key ``customer`` (and their email
+        ``send``) is read ahead (``Store.take_and_read``)."""
         rate = 0 if key is None else self.default_rate if key.rate is None else key.rate
         bucket = key.name if key is not None and rate > 0 else None
         try:
-            return self.store.take_and_read(bucket, rate, rate, customer)
+            return self.store.take_and_read(bucket, rate, rate, customer, send)
         except StoreUnavailable:
             return 0.0 if bucket is None else self._local.take(bucket, rate, burst=rate)

@@ -225,10 +225,11 @@ class Service:
         arm = running.split.arm_of(self.realtime.resolve(model, key).store_key)
         return Serving(running.models[arm.name], Assignment(running.experiment.name, arm.name))
 
-    def admit(self, key: ApiKey | None, customer_key: str | None) -> float:
+    def admit(self, key: ApiKey | None, customer_key: str | None, send: str | None = None) -> float:
         """The rate limiter's wait for ``key`` (RateLimiter.wait), with the store reads of a
-        request for the customer ``customer_key`` names (None: none) in the same round trip.
-        A key that names nobody valid reads nothing ahead: the request reports it."""
+        request for the customer ``customer_key`` names (None: none), and for the kept picks
+        of their email ``send`` (``channels.snapshot_key``), in the same round trip. A key
+        that names nobody valid reads nothing ahead: the request reports it."""
         store_key = None
         if customer_key is not None:
             try:
@@ -237,7 +238,7 @@ class Service:
                 resolved = None
             if resolved is not None and not resolved.erased:
                 store_key = resolved.store_key
-        return self.limiter.wait(key, store_key)
+        return self.limiter.wait(key, store_key, None if store_key is None else send)
 
     # Catalog
 

@@ -61,6 +61,7 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+import hiredis
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
@@ -286,12 +287,15 @@ class CustomerState:
 @dataclass
 class Ahead:
     """What one request read in advance, with its rate-limit take (``Store.take_and_read``):
-    its customer's state (every event kept, as ``customer_state(customer, 0.0)``; used once)
-    and the catalog overlay. Its own later reads use them instead of asking the store again."""
+    its customer's state (every event kept, as ``customer_state(customer, 0.0)``; used once),
+    the catalog overlay, and the kept picks of the email send it asks for. Its own later
+    reads use them instead of asking the store again."""
 
     customer: str | None = None
     state: CustomerState | None = None
     catalog: CatalogOverlay | None = None
+    # An email send's kept picks: (customer, send, payload or None when none is kept).
+    snapshot: tuple[str, str, str | None] | None = None
 
 
 _AHEAD: ContextVar[Ahead | None] = ContextVar("recsvc_store_ahead", default=None)
@@ -315,6 +319,16 @@ def _ahead_state(customer: str) -> CustomerState | None:
         return None
     state, ahead.state = ahead.state, None
     return state
+
+
+def _ahead_snapshot(customer: str, send: str) -> tuple[bool, str | None]:
+    """Whether this request read the kept picks of ``customer``'s ``send`` ahead, and them
+    (None: none kept), once."""
+    ahead = _AHEAD.get()
+    if ahead is None or ahead.snapshot is None or ahead.snapshot[:2] != (customer, send):
+        return False, None
+    kept, ahead.snapshot = ahead.snapshot[2], None
+    return True, kept
 
 
 class Store(Protocol):
@@ -396,11 +410,17 @@ class Store(Protocol):
         ...
 
     def take_and_read(
-        self, bucket: str | None, rate: float, burst: int, customer: str | None
+        self,
+        bucket: str | None,
+        rate: float,
+        burst: int,
+        customer: str | None,
+        send: str | None = None,
     ) -> float:
         """``take`` (none without a ``bucket``: 0.0), and read ahead, in the same round trip,
-        what this request will read: ``customer``'s state and the catalog (see ``Ahead``;
-        inside ``request_reads`` only). A read that fails is left to the request's own."""
+        what this request will read: ``customer``'s state, the catalog and the snapshot of
+        their email ``send`` (see ``Ahead``; inside ``request_reads`` only). A read that
+        fails is left to the request's own."""
         ...
 
     def ping(self) -> bool: ...
@@ -551,7 +571,12 @@ class EmbeddedStore:
         return self._buckets.take(bucket, rate, burst)
 
     def take_and_read(
-        self, bucket: str | None, rate: float, burst: int, customer: str | None
+        self,
+        bucket: str | None,
+        rate: float,
+        burst: int,
+        customer: str | None,
+        send: str | None = None,
     ) -> float:
         return 0.0 if bucket is None else self.take(bucket, rate, burst)  # reads are local
 
@@ -1369,6 +1394,25 @@ _RECORD_SCRIPT = (
 -- experiment, arm, model version, surface, items
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return -1 end
 setup(2)
+-- What the batch needs besides writing its impressions, each asked once for the batch: any
+-- click or purchase that came before its impression (rare: the buffer is written every
+-- second), the figures by group, and the trimming of each customer's list.
+local waiting, customers, groups = {}, {}, {}
+for at = 6, #ARGV - 1, 8 do
+  waiting[#waiting + 1] = P .. ':pending:impression:' .. ARGV[at + 1]
+  local customer = ARGV[at + 2]
+  if customer ~= '' and not customers[customer] then
+    customers[customer] = true
+    waiting[#waiting + 1] = P .. ':pending:customer:' .. customer
+  end
+end
+local pending_any = false
+for first = 1, #waiting, 1000 do  -- Lua unpacks at most about 8,000 values at once
+  if redis.call('EXISTS', unpack(waiting, first, math.min(first + 999, #waiting))) > 0 then
+    pending_any = true
+    break
+  end
+end
 local recorded = 0
 for at = 6, #ARGV - 1, 8 do
   local id, customer, shown = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
@@ -1382,39 +1426,44 @@ for at = 6, #ARGV - 1, 8 do
                's', surface, 'items', items, 'k', '0', 'p', '0')
     redis.call('EXPIRE', key, WINDOW_TTL)
     if customer ~= '' then
-      local mine = P .. ':customer:' .. customer .. ':impressions'
-      redis.call('ZADD', mine, shown, id)
-      -- Kept as long as the impressions it lists, so erasure finds every one of them.
-      redis.call('ZREMRANGEBYSCORE', mine, '-inf', '(' .. num(NOW - WINDOW_TTL))
-      redis.call('EXPIRE', mine, WINDOW_TTL)
+      redis.call('ZADD', P .. ':customer:' .. customer .. ':impressions', shown, id)
     end
     local group = experiment .. US .. arm .. US .. version .. US .. surface .. US
-    add(P .. ':figures', group .. 'impressions', 1)
+    groups[group] = (groups[group] or 0) + 1
     if experiment ~= '' and customer ~= '' then add_unit(experiment, arm, customer, 'n', 1) end
-    local t = tonumber(shown)
-    local pending_key = P .. ':pending:impression:' .. id
-    local pending = redis.call('HGETALL', pending_key)
-    for i = 1, #pending, 2 do
-      local parts = split(pending[i + 1])
-      if math.abs(tonumber(parts[2]) - t) <= WINDOW and listed(items, parts[1]) then
-        credit(pending[i], id, 'c', 0)
-      end
-    end
-    redis.call('DEL', pending_key)
-    if customer ~= '' then
-      pending_key = P .. ':pending:customer:' .. customer
-      pending = redis.call('HGETALL', pending_key)
+    if pending_any then
+      local t = tonumber(shown)
+      local pending_key = P .. ':pending:impression:' .. id
+      local pending = redis.call('HGETALL', pending_key)
       for i = 1, #pending, 2 do
         local parts = split(pending[i + 1])
-        local bought = tonumber(parts[3])
-        if t <= bought and bought - t <= WINDOW and listed(items, parts[1]) then
-          credit(pending[i], id, 'p', tonumber(parts[2]))
-          redis.call('HDEL', pending_key, pending[i])
+        if math.abs(tonumber(parts[2]) - t) <= WINDOW and listed(items, parts[1]) then
+          credit(pending[i], id, 'c', 0)
+        end
+      end
+      redis.call('DEL', pending_key)
+      if customer ~= '' then
+        pending_key = P .. ':pending:customer:' .. customer
+        pending = redis.call('HGETALL', pending_key)
+        for i = 1, #pending, 2 do
+          local parts = split(pending[i + 1])
+          local bought = tonumber(parts[3])
+          if t <= bought and bought - t <= WINDOW and listed(items, parts[1]) then
+            credit(pending[i], id, 'p', tonumber(parts[2]))
+            redis.call('HDEL', pending_key, pending[i])
+          end
         end
       end
     end
   end
 end
+for customer in pairs(customers) do
+  -- Kept as long as the impressions it lists, so erasure finds every one of them.
+  local mine = P .. ':customer:' .. customer .. ':impressions'
+  redis.call('ZREMRANGEBYSCORE', mine, '-inf', '(' .. num(NOW - WINDOW_TTL))
+  redis.call('EXPIRE', mine, WINDOW_TTL)
+end
+for group, n in pairs(groups) do add(P .. ':figures', group .. 'impressions', n) end
 return recorded
 """
 )
@@ -1442,18 +1491,66 @@ class LocalBuckets:
             return 0.0
 
 
-# The same algorithm in Redis, on the server's clock so every worker and host agrees.
-_TAKE_SCRIPT = """
-local now = redis.call('TIME')
-now = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local interval = 1 / tonumber(ARGV[1])
-local arrival = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now) + interval
-local wait = arrival - now - tonumber(ARGV[2]) * interval
-if wait > 1e-9 then return tostring(wait) end
-local ttl_ms = math.ceil((arrival - now) * 1000) + 1
-redis.call('SET', KEYS[1], string.format('%.6f', arrival), 'PX', ttl_ms)
-return '0'
+# The same algorithm in Redis, on the server's clock so every worker and host agrees: the
+# wait as a string ("0": taken).
+_TAKE_LUA = """
+local function take(key, rate, burst)
+  local now = redis.call('TIME')
+  now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+  local interval = 1 / tonumber(rate)
+  local arrival = math.max(tonumber(redis.call('GET', key) or 0), now) + interval
+  local wait = arrival - now - tonumber(burst) * interval
+  if wait > 1e-9 then return tostring(wait) end
+  local ttl_ms = math.ceil((arrival - now) * 1000) + 1
+  redis.call('SET', key, string.format('%.6f', arrival), 'PX', ttl_ms)
+  return '0'
+end
 """
+_TAKE_SCRIPT = _TAKE_LUA + "return take(KEYS[1], ARGV[1], ARGV[2])\n"
+
+# A request's reads ahead (``RedisStore.take_and_read``) in one script call per hash slot,
+# by parts, ARGV[1] naming those in this call, in this order: "t" the rate-limit take (KEYS:
+# the bucket), "s" the customer's state (their events, erasure marker, unsubscription and
+# their slot's restored marker), "k" the kept picks of one of their email sends (KEYS: its
+# snapshot), "c" the catalog overlay's stamp and its slot's restored marker. ARGV[2..5] =
+# rate, burst, the events' horizon, the events dir. The replies of every part, one after
+# another (REQUEST_PARTS: how many each).
+_REQUEST_SCRIPT = (
+    _TAKE_LUA
+    + """
+local parts, k, out = ARGV[1], 1, {}
+local function has(part) return string.find(parts, part, 1, true) ~= nil end
+if has('t') then
+  out[#out + 1] = take(KEYS[k], ARGV[2], ARGV[3])
+  k = k + 1
+end
+if has('s') then
+  out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. ARGV[4], '+inf')
+  out[#out + 1] = redis.call('EXISTS', KEYS[k + 1])
+  out[#out + 1] = redis.call('GET', KEYS[k + 2])
+  out[#out + 1] = redis.call('HEXISTS', KEYS[k + 3], ARGV[5])
+  k = k + 4
+end
+if has('k') then
+  out[#out + 1] = redis.call('GET', KEYS[k])
+  k = k + 1
+end
+if has('c') then
+  out[#out + 1] = redis.call('GET', KEYS[k])
+  out[#out + 1] = redis.call('HEXISTS', KEYS[k + 1], ARGV[5])
+end
+return out
+"""
+)
+REQUEST_PARTS = {"t": 1, "s": 4, "k": 1, "c": 2}  # replies of each part of _REQUEST_SCRIPT
+
+
+def _offsets(names: str) -> Iterator[tuple[str, int]]:
+    """Each part of a _REQUEST_SCRIPT call and where its replies start."""
+    at = 0
+    for name in names:
+        yield name, at
+        at += REQUEST_PARTS[name]
 
 
 CLUSTER_SCHEME = "redis+cluster://"
@@ -1580,12 +1677,14 @@ class RedisStore:
         self._uncredit = Script(_UNCREDIT_SCRIPT)
         self._record = Script(_RECORD_SCRIPT)
         self._take = Script(_TAKE_SCRIPT)
+        self._request = Script(_REQUEST_SCRIPT)
         self._attribution = ATTRIBUTION.format(prefix=prefix)
         self._erased_key = ERASED_KEY.format(prefix=prefix)
         self._figures_key = FIGURES_KEY.format(prefix=prefix)
         self._triggers_key = TRIGGERS_KEY.format(prefix=prefix)
         self._catalog_key = CATALOG_KEY.format(prefix=prefix)
         self._catalog_stamp_key = CATALOG_STAMP_KEY.format(prefix=prefix)
+        self._catalog_restored_key = self._restored_key(self._catalog_key)
         self._catalog = EMPTY_CATALOG
 
     @property
@@ -1611,6 +1710,12 @@ class RedisStore:
             if self._patient_client is None:
                 self._patient_client = connect(self.url, socket_timeout=CANCEL_TIMEOUT)
             return self._patient_client
+
+    def close(self) -> None:
+        """Close the clients' connections (a later call connects again)."""
+        for client in (self._client, self._patient_client):
+            if client is not None:
+                client.close()
 
     def _node(self, key: str, client: RedisClient | None = None) -> redis.Redis:
         """A client for the node that holds ``key`` (the one Redis, or the slot's master)."""
@@ -1696,7 +1801,7 @@ class RedisStore:
             node = self._node(self._catalog_key)
             pipeline = node.pipeline(transaction=False)
             pipeline.get(self._catalog_stamp_key)
-            pipeline.hexists(self._restored_key(self._catalog_key), self.origin)
+            pipeline.hexists(self._catalog_restored_key, self.origin)
             found, restored = pipeline.execute()
             if not restored:
                 raise StoreNotRestored("redis lost its data; replaying the durable logs")
@@ -1712,60 +1817,87 @@ class RedisStore:
         return self._call(read, self._catalog_key)
 
     def take_and_read(
-        self, bucket: str | None, rate: float, burst: int, customer: str | None
+        self,
+        bucket: str | None,
+        rate: float,
+        burst: int,
+        customer: str | None,
+        send: str | None = None,
     ) -> float:
         ahead = _AHEAD.get()
         if ahead is None or (bucket is None and customer is None):  # nothing to go along with
             return 0.0 if bucket is None else self.take(bucket, rate, burst)
         rate_key = None if bucket is None else RATE_KEY.format(prefix=self.prefix, bucket=bucket)
+        parts: list[tuple[str, list[str]]] = []
+        if rate_key is not None:
+            parts.append(("t", [rate_key]))
+        if customer is not None:
+            events = self._events_key(customer)
+            erased = self._customer_key(CUSTOMER_ERASED_KEY, customer)
+            unsubscribed = self._customer_key(UNSUBSCRIBED_KEY, customer)
+            parts.append(("s", [events, erased, unsubscribed, self._restored_key(events)]))
+            if send is not None:
+                parts.append(("k", [self._customer_key(SNAPSHOT_KEY, customer, send=send)]))
+        parts.append(("c", [self._catalog_stamp_key, self._catalog_restored_key]))
+        horizon = repr(self.clock() - self.retention)
+        arguments = (rate, burst, horizon, self.origin)
 
         def read() -> float:
-            # One pipeline: one round trip on a single Redis; on a cluster the client sends
-            # each node its commands before it reads any reply.
-            pipeline: Any = self.client.pipeline(transaction=False)
-            if rate_key is not None:
-                # As a command: a cluster's pipeline refuses its evalsha method, whose keys
-                # could span slots; this one has a single key.
-                pipeline.execute_command("EVALSHA", self._take.sha, 1, rate_key, rate, burst)
-            if customer is not None:
-                self._queue_state(pipeline, customer, self.clock() - self.retention)
-            pipeline.get(self._catalog_stamp_key)
-            pipeline.hexists(self._restored_key(self._catalog_key), self.origin)
-            replies = pipeline.execute(raise_on_error=False)
-            wait = 0.0
-            if rate_key is not None:
-                taken, replies = replies[0], replies[1:]
-                if isinstance(taken, redis.exceptions.NoScriptError):
-                    taken = self._take.run(self._node(rate_key), [rate_key], [rate, burst])
-                elif isinstance(taken, Exception):
-                    raise taken
-                wait = float(taken)
-            if customer is not None:
-                state, replies = replies[:4], replies[4:]
-                # Read ahead only what the store answered, from a restored slot; any other
-                # answer is the request's own read's to report.
-                if not any(isinstance(reply, Exception) for reply in state) and state[3]:
-                    ahead.customer, ahead.state = customer, self._state(*state[:3])
-            stamp, restored = replies
-            answered = not isinstance(stamp, Exception) and not isinstance(restored, Exception)
-            if answered and restored and int(stamp or 0) == self._catalog.stamp:
+            # A script call per slot (one on a single Redis), each sent before any reply is
+            # read: one round trip.
+            calls: dict[int, tuple[str, list[str]]] = {}
+            for name, keys in parts:
+                slot = key_slot(keys[0].encode()) if self.cluster else 0
+                names, slot_keys = calls.get(slot, ("", []))
+                calls[slot] = (names + name, slot_keys + keys)
+            groups = list(calls.values())
+            replies = self._request.run_each(
+                [(self._node(keys[0]), keys, (names, *arguments)) for names, keys in groups],
+                raise_errors=False,
+            )
+            found: dict[str, list[Any]] = {}
+            for (names, _), reply in zip(groups, replies, strict=True):
+                if isinstance(reply, Exception):
+                    # A node failed or a slot moved: the next call learns the masters anew.
+                    self._stale_topology = self.cluster
+                    # The take's failure is the caller's; a read's, the request's own read's
+                    # to report.
+                    if "t" in names:
+                        raise reply
+                    continue
+                found |= {
+                    name: reply[at : at + REQUEST_PARTS[name]] for name, at in _offsets(names)
+                }
+            wait = float(found["t"][0]) if "t" in found else 0.0
+            if "s" in found and found["s"][3]:  # read ahead only from a restored slot
+                ahead.customer, ahead.state = customer, self._state(*found["s"][:3])
+                if "k" in found and customer is not None and send is not None:
+                    kept = found["k"][0]
+                    ahead.snapshot = (customer, send, None if kept is None else kept.decode())
+            if "c" not in found:
+                return wait
+            stamp_now, restored = found["c"]
+            if restored and int(stamp_now or 0) == self._catalog.stamp:
                 ahead.catalog = self._catalog
             return wait
 
         if not self.cluster:
             return self._call(read)
-        # On a cluster the pipeline reaches up to three masters, and a failure must cool down
-        # only the one that failed: that is left to the calls that name one key each.
-        keys = [self._catalog_key, *(key for key in (rate_key,) if key is not None)]
-        keys += [] if customer is None else [self._events_key(customer)]
+        # On a cluster the calls reach up to three masters, and a failure must cool down
+        # only the one that failed: a read's is left to the request's own read, the take's
+        # cools down the bucket's master. The take is not sent again: it may have run.
         now = self.clock()
-        scopes = ["", *(self._scope(key) for key in keys)]
-        if all(now >= self._down_until.get(scope, 0.0) for scope in scopes):
-            try:
-                return read()
-            except (redis.RedisError, RedisClusterException):
-                pass
-        return 0.0 if bucket is None else self.take(bucket, rate, burst)
+        scopes = ["", *(self._scope(keys[0]) for _, keys in parts)]
+        if not all(now >= self._down_until.get(scope, 0.0) for scope in scopes):
+            return 0.0 if bucket is None else self.take(bucket, rate, burst)
+        try:
+            return read()
+        except (redis.RedisError, RedisClusterException) as error:
+            if rate_key is None:
+                return 0.0
+            self._down_until[self._scope(rate_key)] = self.clock() + self.cooldown
+            self._stale_topology = True
+            raise StoreUnavailable(f"redis: {error}") from error
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
         key = RATE_KEY.format(prefix=self.prefix, bucket=bucket)
@@ -1804,9 +1936,12 @@ class RedisStore:
         return self._call(keep, key)
 
     def kept_snapshot(self, customer: str, send: str) -> str | None:
+        read, kept = _ahead_snapshot(customer, send)
+        if read:
+            return kept
         key = self._customer_key(SNAPSHOT_KEY, customer, send=send)
-        kept = self._call(lambda: self._node(key).get(key), key)
-        return kept.decode() if isinstance(kept, bytes) else kept
+        found = self._call(lambda: self._node(key).get(key), key)
+        return found.decode() if isinstance(found, bytes) else found
 
     def triggers_since(self, since: float) -> list[str]:
         key = self._triggers_key
@@ -2177,10 +2312,38 @@ class Script:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
     def run(self, node: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return node.evalsha(self.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            return node.eval(self.text, len(keys), *keys, *args)
+        return self.run_each([(node, keys, args)])[0]
+
+    def run_each(
+        self,
+        calls: Sequence[tuple[redis.Redis, Sequence[str], Sequence[Any]]],
+        raise_errors: bool = True,
+    ) -> list[Any]:
+        """Run the script once per (node, keys, args), every call sent before any reply is
+        read: one round trip to each node, at once. Straight on the nodes' pooled
+        connections, packed by hiredis: a request's reads are the hot path, and redis-py's
+        command machinery cost a request more than the round trip itself. A node that lacks
+        the script is given it and its call is sent again; any other error reply is raised,
+        or with ``raise_errors=False`` given in its place."""
+        commands = [
+            (node, ("EVALSHA", self.sha, len(keys), *keys, *args)) for node, keys, args in calls
+        ]
+        replies = _send_each(commands)
+        missing = [
+            index
+            for index, reply in enumerate(replies)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+        if missing:
+            for index in missing:
+                commands[index][0].script_load(self.text)
+            again = _send_each([commands[i] for i in missing])
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if raise_errors and isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def run_then(
         self, node: redis.Redis, keys: Sequence[str], args: Sequence[Any], *then: Any
@@ -2200,3 +2363,51 @@ class Script:
                     raise
                 node.script_load(self.text)
         raise AssertionError("unreachable")
+
+
+def _send_each(commands: Sequence[tuple[redis.Redis, tuple[Any, ...]]]) -> list[Any]:
+    """Send each command on a connection of its node's pool, then read every reply: one
+    round trip to each node, at once. A node's failure (an error reply, a refused connection,
+    a timeout) is that command's reply, as its exception, and the others are still read. A
+    connection whose reply may be unread is closed, never handed back to the pool with it.
+    Nothing is retried: the store's callers decide (see RedisStore)."""
+    try:
+        packed = [hiredis.pack_command(command) for _, command in commands]
+    except TypeError as error:  # an argument hiredis cannot pack (str, bytes, int, float)
+        raise redis.exceptions.DataError(str(error)) from error
+    failures = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    replies: list[Any] = [None] * len(commands)
+    taken: list[tuple[Any, Any]] = []
+    sent: list[tuple[int, Any]] = []
+    try:
+        for index, (node, _) in enumerate(commands):
+            pool: Any = node.connection_pool
+            try:
+                connection = pool.get_connection()
+            except failures as error:
+                replies[index] = error
+                continue
+            taken.append((pool, connection))
+            try:
+                connection.send_packed_command([packed[index]])
+            except failures as error:
+                connection.disconnect()
+                replies[index] = error
+                continue
+            sent.append((index, connection))
+        for index, connection in sent:
+            try:
+                replies[index] = connection.read_response()
+            except redis.exceptions.ResponseError as error:
+                replies[index] = error
+            except failures as error:
+                connection.disconnect()  # its reply may still come
+                replies[index] = error
+    except BaseException:
+        for _, connection in taken:
+            connection.disconnect()
+        raise
+    finally:
+        for pool, connection in taken:
+            pool.release(connection)
+    return replies

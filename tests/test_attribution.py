@@ -48,6 +48,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) ->
         )
         redis_store.mark_restored()
         yield redis_store
+        redis_store.close()
 
 
 def shown(
@@ -171,6 +172,15 @@ def test_events_before_their_impression_wait_for_it(store: Store, clock: ManualC
     store.record_impressions([shown("imp2", items=("Z",), at=clock())])
     group = figures(store)
     assert group["impressions"] == 2 and group["converted"] == 1
+
+
+def test_a_large_batch_finds_what_waits_for_its_last_impression(store: Store) -> None:
+    """The script looks for waiting clicks in chunks (Lua unpacks a few thousand values at
+    most): one waiting for the batch's last impression, past the first chunks, counts."""
+    store.apply([("c1", click("k1", "imp-last"))])
+    batch = [shown(f"imp-{k}", customer=f"c{k}") for k in range(4_500)] + [shown("imp-last")]
+    assert store.record_impressions(batch) == len(batch)
+    assert figures(store) == {"impressions": len(batch), "clicks": 1, "clicked": 1}
 
 
 def test_a_session_purchase_counts_for_the_session_impression(store: Store) -> None:

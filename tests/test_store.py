@@ -48,6 +48,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         redis_store = RedisStore(url, "recsvc-test", RETENTION, timeout=1.0, clock=clock)
         redis_store.mark_restored()
         yield redis_store
+        redis_store.close()
 
 
 def test_apply_is_idempotent_by_event_id(store: Store) -> None:

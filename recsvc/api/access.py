@@ -25,7 +25,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def requires(
+    scope: str, send: Callable[[], str | None] | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``send``: for a view that reads an email send's kept picks, the send it asks for
+    (``channels.snapshot_key``; None when its arguments name none), read ahead with the rest."""
+
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @wraps(view)
         def checked(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -39,7 +44,9 @@ def requires(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 served.environ[KEY] = key
             with request_reads():
                 # The rate limit and the customer's state in one store round trip.
-                wait = service.admit(key, path_customer(served.view_args, served.args))
+                customer = path_customer(served.view_args, served.args)
+                asked = None if send is None or customer is None else send()
+                wait = service.admit(key, customer, asked)
                 if key is not None and wait:
                     raise RateLimited(key.name, max(math.ceil(wait), 1))
                 return view(*args, **kwargs)

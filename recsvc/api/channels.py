@@ -35,6 +35,8 @@ from recsvc.api.params import (
     query_args,
 )
 from recsvc.api.problems import Problem, invalid_parameter
+from recsvc.errors import RecsvcError
+from recsvc.filters import ItemFilter
 from recsvc.openapi import ANONYMOUS_BLOCK, CUSTOMER_BLOCK, EMAIL_PICKS, VISITOR_TOKENS
 from recsvc.render import block_html, email_html, embed_script
 from recsvc.schemas import Block, PublicBlock, VisitorToken, VisitorTokenRequest
@@ -111,14 +113,29 @@ def visitor_token() -> Response:
     return encoded(VisitorToken(token, expires_at))
 
 
+def _email_send(args: Mapping[str, str]) -> tuple[str, int, ItemFilter]:
+    """The send id, number of picks and filters an email-picks request asks for."""
+    send_id = checked_text("send_id", args.get("send_id") or "", MAX_SEND_ID_LENGTH).strip()
+    n = int_arg(args, "n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
+    return send_id, n, item_filter(args)
+
+
+def _asked_send() -> str | None:
+    """The snapshot key of the send this request asks for, read ahead with its customer's
+    state; None for arguments the view will refuse."""
+    try:
+        send_id, n, filters = _email_send(query_args(EMAIL_PICKS))
+    except (Problem, RecsvcError):  # the view's to report, after the rate limit
+        return None
+    return channels.snapshot_key(send_id, n, filters.key())
+
+
 @blueprint.get("/customers/<key>/email-picks")
-@requires(EMAIL_PICKS.key_scope)
+@requires(EMAIL_PICKS.key_scope, send=_asked_send)
 def email_picks(key: str) -> Response:
     args = query_args(EMAIL_PICKS)
     key = customer_key(key, args)
-    send_id = checked_text("send_id", args.get("send_id") or "", MAX_SEND_ID_LENGTH).strip()
-    n = int_arg(args, "n", default=defaults.EMAIL_DEFAULT_N, low=1, high=defaults.EMAIL_MAX_N)
-    filters = item_filter(args)
+    send_id, n, filters = _email_send(args)
     output = _format(args)
     service = this_service()
     model, assignment = service.serving(key)
