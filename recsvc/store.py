@@ -2323,8 +2323,9 @@ class Script:
         read: one round trip to each node, at once. Straight on the nodes' pooled
         connections, packed by hiredis: a request's reads are the hot path, and redis-py's
         command machinery cost a request more than the round trip itself. A node that lacks
-        the script is given it and its call is sent again; any other error reply is raised,
-        or with ``raise_errors=False`` given in its place."""
+        the script is given it and its call is sent again; any other failure (an error
+        reply, a refused connection, a timeout) is raised, or with ``raise_errors=False``
+        given in its place."""
         commands = [
             (node, ("EVALSHA", self.sha, len(keys), *keys, *args)) for node, keys, args in calls
         ]
