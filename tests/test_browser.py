@@ -31,6 +31,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 # The embed script marks each block data-recsvc-loaded="true" or "failed" once it settles.
 ALL_SETTLED = """() => [...document.querySelectorAll("[data-recsvc-slot]")]
     .every(node => node.hasAttribute("data-recsvc-loaded"))"""
+HERO_IMAGES_DONE = """() => [...document.querySelectorAll("#hero img")].every(n => n.complete)"""
 BLOCK_STATES = "nodes => Object.fromEntries(nodes.map(n => [n.id, n.dataset.recsvcLoaded ?? null]))"
 
 
@@ -187,6 +188,12 @@ def test_embedded_block_shows_the_customers_picks(
         anonymous_titles = page.eval_on_selector_all(
             "#anon .recsvc-title", "nodes => nodes.map(n => n.textContent)"
         )
+        # The block's images are fetched once it is in the page: wait until each has loaded
+        # or failed, then require that each loaded.
+        try:
+            page.wait_for_function(HERO_IMAGES_DONE, timeout=10_000, polling=100)
+        except PlaywrightTimeoutError:
+            pass
         images_loaded = page.eval_on_selector_all(
             "#hero img", "nodes => nodes.every(n => n.complete && n.naturalWidth > 0)"
         )
