@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from flask import Flask
 
 from recsvc.app import create_app
 from recsvc.auth import mint
@@ -40,22 +41,26 @@ def sends(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield counted
 
 
-def test_a_recommendation_is_one_round_trip(
-    sample_models: Path, tmp_path: Path, clean_redis: str, sends: list[int]
-) -> None:
-    key, line = mint("web", ["recs:read", "blocks:read"], rate=100)
-    app = create_app(
+def _service(models: Path, tmp_path: Path, redis_url: str, api_keys: str) -> Flask:
+    """The service on the sample bundle and ``redis_url``, with the API keys ``api_keys``."""
+    return create_app(
         {
-            "RECSVC_MODELS_DIR": str(sample_models),
+            "RECSVC_MODELS_DIR": str(models),
             "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
-            "RECSVC_API_KEYS": line,
-            "RECSVC_REDIS_URL": clean_redis,
+            "RECSVC_API_KEYS": api_keys,
+            "RECSVC_REDIS_URL": redis_url,
             "RECSVC_RELOAD_SECONDS": "0",
             SECRET_VARIABLE: DEVELOPMENT_SECRET,  # the sample bundle's
             "RECSVC_ALLOW_DEVELOPMENT_SECRET": "on",
         }
     )
-    client = app.test_client()
+
+
+def test_a_recommendation_is_one_round_trip(
+    sample_models: Path, tmp_path: Path, clean_redis: str, sends: list[int]
+) -> None:
+    key, line = mint("web", ["recs:read", "blocks:read"], rate=100)
+    client = _service(sample_models, tmp_path, clean_redis, line).test_client()
     customer = str(load_current(sample_models).arrays.customer_ids[0])
     headers = {"X-API-Key": key}
     slot = next(iter(load_current(sample_models).manifest.channels.slots))
@@ -134,17 +139,7 @@ def test_email_picks_with_arguments_the_view_refuses_still_take_from_the_limit(
     """The send read ahead is worked out from the request's arguments; ones the view will
     refuse (a price range upside down) read nothing ahead but are still rate-limited."""
     key, line = mint("web", ["recs:read"], rate=1)
-    app = create_app(
-        {
-            "RECSVC_MODELS_DIR": str(sample_models),
-            "RECSVC_EVENTS_DIR": str(tmp_path / "events"),
-            "RECSVC_API_KEYS": line,
-            "RECSVC_REDIS_URL": clean_redis,
-            "RECSVC_RELOAD_SECONDS": "0",
-            SECRET_VARIABLE: DEVELOPMENT_SECRET,
-            "RECSVC_ALLOW_DEVELOPMENT_SECRET": "on",
-        }
-    )
+    app = _service(sample_models, tmp_path, clean_redis, line)
     customer = str(load_current(sample_models).arrays.customer_ids[0])
     path = f"/v1/customers/{customer}/email-picks?send_id=s1&min_price=5&max_price=1"
     statuses = [app.test_client().get(path, headers={"X-API-Key": key}).status_code for _ in "ab"]
