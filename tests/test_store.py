@@ -171,6 +171,44 @@ def test_embedded_store_leaves_no_erased_bytes_in_its_files(tmp_path: Path) -> N
         assert marker.encode() not in file.read_bytes(), file.name
 
 
+def _write_megabytes(store: EmbeddedStore, megabytes: int) -> None:
+    payload = "x" * 10_000
+    for n in range(megabytes * 100):
+        store.snapshot(f"c{n}", "send", payload, 60.0)
+
+
+def test_a_commit_leaves_the_log_to_the_checkpoint_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's default folds the log in the commit that fills 1,000 pages (4 MB), and that
+    request waits for the fsyncs: here commits never fold it below AUTOCHECKPOINT_PAGES."""
+    monkeypatch.setattr(EmbeddedStore, "CHECKPOINT_SECONDS", 3600.0)  # the thread sleeps
+    path = tmp_path / "store.sqlite3"
+    store = EmbeddedStore(path, RETENTION, lambda: 2000.0)
+    empty = path.stat().st_size
+    _write_megabytes(store, 6)
+    assert path.with_name("store.sqlite3-wal").stat().st_size > 6_000_000
+    assert path.stat().st_size == empty
+
+
+def test_the_checkpoint_thread_folds_the_log_and_ends_with_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(EmbeddedStore, "CHECKPOINT_SECONDS", 0.05)
+    before = set(threading.enumerate())
+    path = tmp_path / "store.sqlite3"
+    store = EmbeddedStore(path, RETENTION, lambda: 2000.0)
+    (checkpointing,) = [t for t in set(threading.enumerate()) - before if "checkpoint" in t.name]
+    _write_megabytes(store, 1)
+    deadline = time.monotonic() + 10.0
+    while path.stat().st_size < 1_000_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size > 1_000_000, "the log was not folded into the database"
+    del store
+    checkpointing.join(timeout=5.0)
+    assert not checkpointing.is_alive(), "the thread outlived its store"
+
+
 def test_a_reader_sees_another_connections_commit_at_its_next_read(tmp_path: Path) -> None:
     """Readers keep their answers until some connection commits: the next read after a
     commit elsewhere must see it (no own write in between to reset anything)."""
