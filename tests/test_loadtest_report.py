@@ -19,6 +19,7 @@ from loadtests.run import (
     LocustRow,
     Report,
     RouteRow,
+    latency_since,
     locust_failures,
     read_locust_stats,
     route_rows,
@@ -134,6 +135,19 @@ def test_server_latency_reads_the_histogram() -> None:
     route = "/v1/customers/<key>/recommendations"
     buckets = server_latency(_histogram(route, [0.0005] * 60 + [0.003] * 39 + [0.02]))
     assert buckets[route] == [(0.001, 60), (0.005, 99), (0.01, 99), (float("inf"), 100)]
+
+
+def test_latency_since_counts_only_the_measured_window() -> None:
+    route = "/v1/customers/<key>/recommendations"
+    before = server_latency(_histogram(route, [0.02] * 3))  # the warm-up's slow requests
+    after = server_latency(_histogram(route, [0.02] * 3 + [0.0005] * 10))
+    assert latency_since(before, after)[route] == [
+        (0.001, 10),
+        (0.005, 10),
+        (0.01, 10),
+        (float("inf"), 10),
+    ]
+    assert latency_since({}, after)[route] == after[route]
 
 
 def test_route_rows_put_the_three_views_side_by_side(sample_models: Path, tmp_path: Path) -> None:
