@@ -116,10 +116,13 @@ def _serving(
 
 
 @contextmanager
-def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Iterator[str]:
+def gunicorn(
+    environment: dict[str, str], log_path: Path | None = None, app: str = "recsvc.wsgi:app"
+) -> Iterator[str]:
     """Run gunicorn with ``environment`` (RECSVC_* settings) and yield its base URL; its log
     lines go to ``log_path`` when given. Without RECSVC_ID_SECRET in either, the development
-    secret, which bundles trained without one use."""
+    secret, which bundles trained without one use. ``app``: the WSGI app, importable from the
+    repository's root."""
     port = free_port()
     env = {
         SECRET_VARIABLE: DEVELOPMENT_SECRET,
@@ -130,7 +133,7 @@ def gunicorn(environment: dict[str, str], log_path: Path | None = None) -> Itera
     }
     command = [
         *(sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")),
-        "recsvc.wsgi:app",
+        *("--pythonpath", str(ROOT), app),
     ]
     with _serving(command, env, log_path, port, "/readyz", 60, "gunicorn did not become ready"):
         yield f"http://127.0.0.1:{port}"
