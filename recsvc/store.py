@@ -569,7 +569,8 @@ class EmbeddedStore:
         """Copy the write-ahead log's committed pages into the database, without waiting for
         readers or writers (a passive checkpoint); the log is reused once folded."""
         try:
-            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with _FOLDING:
+                self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as error:
             now = time.monotonic()
             if now - self._checkpoint_warned_at >= 60.0:  # once a minute, not every second
@@ -1013,6 +1014,14 @@ class EmbeddedStore:
 
 
 _CHECKPOINTING_LOCK = threading.Lock()
+# Held while a thread folds a log. A fork waits for it: a child forked in the middle of a
+# checkpoint (gunicorn's master forks its workers, and its store has a checkpoint thread too)
+# would inherit SQLite's mutexes locked by a thread it does not have, and hang on its first
+# query.
+_FOLDING = threading.Lock()
+os.register_at_fork(
+    before=_FOLDING.acquire, after_in_parent=_FOLDING.release, after_in_child=_FOLDING.release
+)
 
 
 def _checkpoint_every(store: weakref.ref[EmbeddedStore], seconds: float) -> None:

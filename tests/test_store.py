@@ -3,6 +3,7 @@ Redis Cluster (3 masters, 3 replicas)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
+from recsvc import store as store_module
 from recsvc.errors import StoreNotRestored, StoreUnavailable
 from recsvc.store import (
     Applied,
@@ -207,6 +209,24 @@ def test_the_checkpoint_thread_folds_the_log_and_ends_with_its_store(
     del store
     checkpointing.join(timeout=5.0)
     assert not checkpointing.is_alive(), "the thread outlived its store"
+
+
+def test_a_fork_waits_for_a_checkpoint_in_progress() -> None:
+    forked = threading.Event()
+
+    def fork() -> None:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            os._exit(0)
+        os.waitpid(child, 0)
+        forked.set()
+
+    with store_module._FOLDING:  # as fold_log holds it
+        forking = threading.Thread(target=fork)
+        forking.start()
+        assert not forked.wait(0.3), "the fork did not wait for the checkpoint"
+    assert forked.wait(5.0)
+    forking.join()
 
 
 def test_a_reader_sees_another_connections_commit_at_its_next_read(tmp_path: Path) -> None:
