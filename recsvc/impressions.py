@@ -15,11 +15,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from recsvc import defaults, ids
+from recsvc import defaults
 from recsvc.errors import StoreUnavailable
 from recsvc.experiments import Assignment
 from recsvc.store import Impression, Store
@@ -44,7 +45,7 @@ def block_surface(slot: str) -> str:
 
 
 def new_id() -> str:
-    return ids.token_urlsafe(ID_BYTES)
+    return secrets.token_urlsafe(ID_BYTES)
 
 
 class Impressions:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
 
 from flask import Flask, Response
 
-from recsvc import ids, metrics
+from recsvc import metrics
 from recsvc.api.access import KEY_NAME, requires
 from recsvc.api.context import this_request, this_service
 
@@ -37,7 +38,7 @@ def _start() -> None:
     environ = this_request().environ
     environ[STARTED] = time.perf_counter()
     incoming = environ.get("HTTP_X_REQUEST_ID", "")
-    environ[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else ids.token_hex(8)
+    environ[REQUEST_ID] = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
 
 
 class _RouteMetrics:
@@ -73,7 +74,7 @@ def _finish(response: Response) -> Response:
         counted.fallbacks.inc()
     if degraded:
         counted.degraded.inc()
-    identifier = environ.get(REQUEST_ID) or ids.token_hex(8)
+    identifier = environ.get(REQUEST_ID) or secrets.token_hex(8)
     response.headers["X-Request-ID"] = identifier
     line: dict[str, object] = {
         "request_id": identifier,
