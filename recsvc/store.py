@@ -567,10 +567,16 @@ class EmbeddedStore:
 
     def fold_log(self) -> None:
         """Copy the write-ahead log's committed pages into the database, without waiting for
-        readers or writers (a passive checkpoint); the log is reused once folded."""
+        readers or writers (a passive checkpoint); the log is reused once folded. On a
+        connection of its own, closed before it returns: a process forked meanwhile (from
+        gunicorn's master, whose store folds too) inherits no connection of this thread."""
         try:
             with _FOLDING:
-                self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                connection = sqlite3.connect(self.path, timeout=self.busy_timeout)
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    connection.close()
         except sqlite3.Error as error:
             now = time.monotonic()
             if now - self._checkpoint_warned_at >= 60.0:  # once a minute, not every second
@@ -978,11 +984,27 @@ class EmbeddedStore:
 
     def _checkpoint(self) -> None:
         """Fold the write-ahead log into the database and empty it, so the pages that held
-        deleted rows survive in neither file (best effort while other readers are active)."""
-        try:
-            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
+        deleted rows survive in neither file. SQLite answers busy, without waiting, while
+        another connection checkpoints (every process's thread does, every second): tried
+        again until it is done or ``busy_timeout`` has passed."""
+        deadline = time.monotonic() + self.busy_timeout
+        connection = self._connection()
+        while True:
+            try:
+                with _FOLDING:  # not this process's thread meanwhile
+                    busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error:
+                busy = 1
+            if not busy:
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "embedded store %s: the write-ahead log could not be emptied after an "
+                    "erasure; the next checkpoint folds it",
+                    self.path,
+                )
+                return
+            time.sleep(0.01)
 
     def mark_erased(self, customers: Sequence[str]) -> None:
         if not customers:
@@ -1019,9 +1041,10 @@ _CHECKPOINTING_LOCK = threading.Lock()
 # would inherit SQLite's mutexes locked by a thread it does not have, and hang on its first
 # query.
 _FOLDING = threading.Lock()
-os.register_at_fork(
-    before=_FOLDING.acquire, after_in_parent=_FOLDING.release, after_in_child=_FOLDING.release
-)
+for _lock in (_CHECKPOINTING_LOCK, _FOLDING):  # neither is ever taken while holding the other
+    os.register_at_fork(
+        before=_lock.acquire, after_in_parent=_lock.release, after_in_child=_lock.release
+    )
 
 
 def _checkpoint_every(store: weakref.ref[EmbeddedStore], seconds: float) -> None:
@@ -1032,7 +1055,10 @@ def _checkpoint_every(store: weakref.ref[EmbeddedStore], seconds: float) -> None
         alive = store()
         if alive is None:
             return
-        alive.fold_log()
+        try:
+            alive.fold_log()
+        except Exception:  # the thread must outlive any surprise, or commits fold again
+            log.exception("embedded store: checkpoint failed")
         del alive
 
 

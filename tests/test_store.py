@@ -4,6 +4,7 @@ Redis Cluster (3 masters, 3 replicas)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -209,6 +210,31 @@ def test_the_checkpoint_thread_folds_the_log_and_ends_with_its_store(
     del store
     checkpointing.join(timeout=5.0)
     assert not checkpointing.is_alive(), "the thread outlived its store"
+
+
+def test_an_erasure_empties_the_log_even_while_another_connection_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite answers busy to a checkpoint while another runs (every worker's thread runs
+    one every second): the erasure's must wait for it, not leave the log as it is."""
+    monkeypatch.setattr(EmbeddedStore, "CHECKPOINT_SECONDS", 3600.0)
+    path = tmp_path / "store.sqlite3"
+    store = EmbeddedStore(path, RETENTION, lambda: 2000.0)
+    marker = "ITEM-ONLY-THIS-CUSTOMER-HAD"
+    store.apply([("c1", event("e1", item=marker))])
+    _write_megabytes(store, 30)  # a log whose checkpoint takes a while
+    other = sqlite3.connect(path, check_same_thread=False)
+    unfolded = path.stat().st_size
+    thread = threading.Thread(target=lambda: other.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+    thread.start()
+    deadline = time.monotonic() + 5.0
+    while path.stat().st_size == unfolded and time.monotonic() < deadline:
+        pass  # until the other checkpoint is copying pages
+    store.erase("c1")
+    thread.join()
+    other.close()
+    for file in tmp_path.iterdir():
+        assert marker.encode() not in file.read_bytes(), file.name
 
 
 def test_a_fork_waits_for_a_checkpoint_in_progress() -> None:
