@@ -8,11 +8,12 @@ picks, events) at ``--rate`` requests/s in total, and a light probe (``loadtests
 that sends the read endpoints at ``--probe-rate`` more. On a machine with two cores or more
 the clients run on a core of their own and gunicorn on the others.
 
-locust's users start one after the other over ``--warmup`` seconds, whose latency is not
-judged: all of them starting at once sent the fresh workers a burst no shop's traffic has,
-and the probe's requests caught in it took 14-27 ms. The latency verdict covers the
-``--duration`` seconds after it: the probe runs in them, and the server's histogram is read at
-both ends. locust's figures, and the failures counted, cover the whole run.
+locust's users start one after the other over ``--warmup`` seconds (counted from its first
+request), whose latency is not judged: all of them starting at once sent the fresh workers a
+burst no shop's traffic has, and the probe's requests caught in it took 14-27 ms. The latency
+verdict covers the ``--duration`` seconds after it: the probe runs in them, and the server's
+histogram is read at both ends. locust's figures, and the failures counted, cover the whole
+run.
 
 The verdict, per read route: the server's own latency histogram (from /metrics) and the
 probe's figures must both keep p99 within ``--p99-ms``, and no request may fail. locust's
@@ -49,6 +50,7 @@ from loadtests.traffic import Traffic  # noqa: E402
 from recsvc.auth import mint  # noqa: E402
 from recsvc.bundle import load_current  # noqa: E402
 
+LOCUST_MARGIN_SECONDS = 2
 # (upper bound in seconds, requests at or under it) per route, the last bound infinite
 Histograms = dict[str, list[tuple[float, int]]]
 
@@ -87,6 +89,7 @@ def main() -> int:
         with gunicorn(env) as base:
             os.sched_setaffinity(0, client_cores)  # the probe and locust
             locust = locust_run(base, env, args.users, args.warmup, args.duration, args.out_dir)
+            wait_for_first_requests(base, key, locust)  # locust takes a second to start
             time.sleep(args.warmup)
             before = server_latency(scrape_metrics(base, key))
             probed = probe(
@@ -146,7 +149,8 @@ def locust_run(
     base: str, env: dict[str, str], users: int, warmup: float, duration: int, out_dir: Path
 ) -> subprocess.Popen[bytes]:
     """Start locust headless against ``base``: its users start over ``warmup`` seconds and it
-    stops ``duration`` seconds later. Its CSV and HTML reports go to ``out_dir``."""
+    stops ``duration`` seconds later, and a margin, so that it runs through the probe's
+    window. Its CSV and HTML reports go to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spawn_rate = users / warmup if warmup > 0 else users
     return subprocess.Popen(
@@ -160,7 +164,7 @@ def locust_run(
             "-r",
             str(spawn_rate),
             "-t",
-            f"{math.ceil(warmup + duration)}s",
+            f"{math.ceil(warmup + duration) + LOCUST_MARGIN_SECONDS}s",
             "--host",
             base,
             "--csv",
@@ -181,6 +185,30 @@ def scrape_metrics(base: str, key: str) -> str:
     with urllib.request.urlopen(scrape, timeout=10) as response:
         text: str = response.read().decode()
     return text
+
+
+def requests_served(metrics_text: str) -> int:
+    """Requests the server answered, its metrics' scrapes left out."""
+    return sum(
+        int(sample.value)
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "recsvc_requests"
+        for sample in family.samples
+        if sample.name == "recsvc_requests_total" and sample.labels["route"] != "/metrics"
+    )
+
+
+def wait_for_first_requests(
+    base: str, key: str, client: subprocess.Popen[bytes], seconds: float = 60.0
+) -> None:
+    """Until the server has answered a request from ``client`` (nothing else sends yet)."""
+    deadline = time.monotonic() + seconds
+    while requests_served(scrape_metrics(base, key)) == 0:
+        if client.poll() is not None:
+            sys.exit(f"locust exited with status {client.returncode} before sending a request")
+        if time.monotonic() > deadline:
+            sys.exit(f"locust sent no request within {seconds:g} s")
+        time.sleep(0.1)
 
 
 def latency_since(before: Histograms, after: Histograms) -> Histograms:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from benchmarks.local_server import free_port
 from loadtests.probe import ProbeResult, percentile, probe, schedule
@@ -22,6 +22,7 @@ from loadtests.run import (
     latency_since,
     locust_failures,
     read_locust_stats,
+    requests_served,
     route_rows,
     server_latency,
     split_cores,
@@ -135,6 +136,19 @@ def test_server_latency_reads_the_histogram() -> None:
     route = "/v1/customers/<key>/recommendations"
     buckets = server_latency(_histogram(route, [0.0005] * 60 + [0.003] * 39 + [0.02]))
     assert buckets[route] == [(0.001, 60), (0.005, 99), (0.01, 99), (float("inf"), 100)]
+
+
+def test_requests_served_leaves_out_the_scrapes() -> None:
+    registry = CollectorRegistry()
+    requests = Counter(
+        "recsvc_requests", "requests", ["route", "method", "status"], registry=registry
+    )
+    assert requests_served(generate_latest(registry).decode()) == 0
+    requests.labels("/metrics", "GET", "200").inc(3)
+    assert requests_served(generate_latest(registry).decode()) == 0
+    requests.labels("/v1/customers/<key>/recommendations", "GET", "200").inc(2)
+    requests.labels("/v1/events", "POST", "400").inc()
+    assert requests_served(generate_latest(registry).decode()) == 3
 
 
 def test_latency_since_counts_only_the_measured_window() -> None:
