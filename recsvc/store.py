@@ -571,8 +571,8 @@ class EmbeddedStore:
         connection of its own, closed before it returns: a process forked meanwhile (from
         gunicorn's master, whose store folds too) inherits no connection of this thread."""
         try:
-            with _FOLDING:
-                connection = sqlite3.connect(self.path, timeout=self.busy_timeout)
+            with _FOLDING:  # a fork waits for it: briefly, as the checkpoint does not wait
+                connection = sqlite3.connect(self.path, timeout=0.1)
                 try:
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 finally:
