@@ -88,8 +88,9 @@ def main() -> int:
     try:
         with gunicorn(env) as base:
             os.sched_setaffinity(0, client_cores)  # the probe and locust
+            answered = requests_served(scrape_metrics(base, key))  # gunicorn's start probes
             locust = locust_run(base, env, args.users, args.warmup, args.duration, args.out_dir)
-            wait_for_first_requests(base, key, locust)  # locust takes a second to start
+            wait_for_first_requests(base, key, locust, answered)  # locust takes a second to start
             time.sleep(args.warmup)
             before = server_latency(scrape_metrics(base, key))
             probed = probe(
@@ -199,11 +200,12 @@ def requests_served(metrics_text: str) -> int:
 
 
 def wait_for_first_requests(
-    base: str, key: str, client: subprocess.Popen[bytes], seconds: float = 60.0
+    base: str, key: str, client: subprocess.Popen[bytes], answered: int, seconds: float = 60.0
 ) -> None:
-    """Until the server has answered a request from ``client`` (nothing else sends yet)."""
+    """Until the server has answered more than ``answered`` requests: one from ``client``,
+    as nothing else sends meanwhile."""
     deadline = time.monotonic() + seconds
-    while requests_served(scrape_metrics(base, key)) == 0:
+    while requests_served(scrape_metrics(base, key)) <= answered:
         if client.poll() is not None:
             sys.exit(f"locust exited with status {client.returncode} before sending a request")
         if time.monotonic() > deadline:
