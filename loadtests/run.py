@@ -89,7 +89,9 @@ def main() -> int:
         with gunicorn(env) as base:
             os.sched_setaffinity(0, client_cores)  # the probe and locust
             answered = requests_served(scrape_metrics(base, key))  # gunicorn's start probes
-            locust = locust_run(base, env, args.users, args.warmup, args.duration, args.out_dir)
+            # locust runs through the probe's window, and a margin past it.
+            seconds = math.ceil(args.warmup + args.duration) + LOCUST_MARGIN_SECONDS
+            locust = locust_run(base, env, args.users, seconds, args.out_dir, args.warmup)
             wait_for_first_requests(base, key, locust, answered)  # locust takes a second to start
             time.sleep(args.warmup)
             before = server_latency(scrape_metrics(base, key))
@@ -147,13 +149,17 @@ def locust_command() -> str:
 
 
 def locust_run(
-    base: str, env: dict[str, str], users: int, warmup: float, duration: int, out_dir: Path
+    base: str,
+    env: dict[str, str],
+    users: int,
+    duration: int,
+    out_dir: Path,
+    ramp_up: float = 0.0,
 ) -> subprocess.Popen[bytes]:
-    """Start locust headless against ``base``: its users start over ``warmup`` seconds and it
-    stops ``duration`` seconds later, and a margin, so that it runs through the probe's
-    window. Its CSV and HTML reports go to ``out_dir``."""
+    """Start locust headless against ``base`` for ``duration`` seconds, its users starting
+    over ``ramp_up`` seconds (0: all at once); its CSV and HTML reports go to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    spawn_rate = users / warmup if warmup > 0 else users
+    spawn_rate = users / ramp_up if ramp_up > 0 else users
     return subprocess.Popen(
         [
             locust_command(),
@@ -165,7 +171,7 @@ def locust_run(
             "-r",
             str(spawn_rate),
             "-t",
-            f"{math.ceil(warmup + duration) + LOCUST_MARGIN_SECONDS}s",
+            f"{duration}s",
             "--host",
             base,
             "--csv",
